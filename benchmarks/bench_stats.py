@@ -1,0 +1,131 @@
+"""Benchmark: partial distance correlation at n=128, d=100,352 (ResNet-50 L1 at 112^2 scale).
+
+Measures, in one run and on the same data:
+
+- ``captum_unicam.stats.partial_distance_correlation`` on float32 tensors;
+- ``dcor.partial_distance_correlation`` on the same arrays (the reference);
+- the floor: the three Gram products x x^T, y y^T, z z^T that any Gram-based method needs;
+- peak extra memory of each (in a fresh subprocess, from ru_maxrss);
+- agreement with dcor in float64 (bar: 1e-9) and in float32.
+
+Bars (DESIGN.md section 6): >= 100x faster than dcor, <= 3x the floor, float64 within 1e-9.
+
+    python benchmarks/bench_stats.py [--n 128] [--d 100352] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def _data(n: int, d: int, seed: int = 0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=dtype).relu()
+    z = 0.7 * x + 0.3 * torch.randn(n, d, generator=g, dtype=dtype).relu()
+    y = x[:, : d // 2] - torch.randn(n, d // 2, generator=g, dtype=dtype)
+    return x, y, z
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _memory_child(which: str, n: int, d: int) -> None:
+    """Runs in a subprocess: prints the peak RSS growth (MiB) of one computation."""
+    import dcor
+
+    from captum_unicam import stats
+
+    x, y, z = _data(n, d)
+    xn, yn, zn = x.numpy(), y.numpy(), z.numpy()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if which == "ours":
+        stats.partial_distance_correlation(x, y, z)
+    elif which == "floor":
+        [v @ v.T for v in (x, y, z)]
+    else:
+        dcor.partial_distance_correlation(xn, yn, zn)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_extra_mib": (after - before) / 1024}))
+
+
+def _memory(which: str, n: int, d: int) -> float:
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-child", which, "--n", str(n), "--d", str(d)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_extra_mib"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=128)
+    parser.add_argument("--d", type=int, default=100352)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dcor-repeats", type=int, default=2)
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        _memory_child(args.memory_child, args.n, args.d)
+        return
+
+    import dcor
+
+    from captum_unicam import stats
+
+    n, d = args.n, args.d
+    x, y, z = _data(n, d)
+    xn, yn, zn = x.numpy(), y.numpy(), z.numpy()
+
+    t_floor = _time(lambda: [v @ v.T for v in (x, y, z)], args.repeats)
+    t_ours = _time(lambda: stats.partial_distance_correlation(x, y, z), args.repeats)
+    t_dcor = _time(lambda: dcor.partial_distance_correlation(xn, yn, zn), args.dcor_repeats)
+
+    ours32 = float(stats.partial_distance_correlation(x, y, z))
+    ref32 = float(dcor.partial_distance_correlation(xn.astype(np.float64), yn.astype(np.float64), zn.astype(np.float64)))
+    x64, y64, z64 = (t.double() for t in (x, y, z))
+    ours64 = float(stats.partial_distance_correlation(x64, y64, z64))
+    err64 = abs(ours64 - ref32)  # ref32 is dcor on the float64 copy of the same data
+    err32 = abs(ours32 - ref32)
+
+    mem = {k: _memory(k, n, d) for k in ("floor", "ours", "dcor")}
+
+    rows = [
+        ("floor: 3 Gram products (float32)", t_floor, mem["floor"]),
+        ("captum_unicam.stats pdCor (float32)", t_ours, mem["ours"]),
+        ("dcor pdCor (float32 arrays)", t_dcor, mem["dcor"]),
+    ]
+    print(f"partial_distance_correlation, n={n}, d={d}, torch threads={torch.get_num_threads()}")
+    print(f"{'what':40s} {'time (ms)':>10s} {'peak extra MiB':>15s}")
+    for name, t, m in rows:
+        print(f"{name:40s} {1000 * t:10.1f} {m:15.1f}")
+    input_mib = 3 * n * d * 4 / 2**20
+    speedup = t_dcor / t_ours
+    vs_floor = t_ours / t_floor
+    print()
+    print(f"speed-up over dcor:        {speedup:8.1f}x   (bar >= 100x)  {'OK' if speedup >= 100 else 'MISSED'}")
+    print(f"time / floor:              {vs_floor:8.2f}x   (bar <= 3x)    {'OK' if vs_floor <= 3 else 'MISSED'}")
+    print(f"|ours - dcor|, float64:    {err64:10.2e} (bar <= 1e-9)  {'OK' if err64 <= 1e-9 else 'MISSED'}")
+    print(f"|ours - dcor|, float32 in: {err32:10.2e} (float32 Gram, float64 after it)")
+    print(f"inputs: {input_mib:.0f} MiB; an (n, n, d) tensor would be {n * n * d * 4 / 2**30:.1f} GiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,595 @@
+r"""Distance statistics on torch tensors, with the names and values of ``dcor``.
+
+Every function takes samples as a tensor of shape ``(n, ...)``: the first dimension
+indexes the ``n`` observations, the trailing dimensions are flattened, so a batch of
+feature maps ``(n, C, h, w)`` is read as ``n`` vectors of length ``C * h * w`` and a
+1-D tensor ``(n,)`` as ``n`` scalars. Two or three arguments must share ``n`` but may
+differ in their number of features.
+
+The functions return what the package `dcor <https://dcor.readthedocs.io>`_ returns on
+the same data (:func:`distance_matrix` is ``dcor.distances.pairwise_distances``), and
+they differ from it in three ways that matter for explaining neural networks:
+
+- **Differentiable.** Gradients flow to every input, and stay finite where two samples
+  coincide (a distance of zero), with no ``eps`` under the square root: such an ``eps``
+  would make a constant variable look non-constant. The gradient of a zero distance
+  is taken as 0 (a subgradient of the Euclidean norm at the origin).
+- **Large features, small memory.** Distances come from the Gram matrix
+  :math:`x x^\top` after translating the samples by the first one, so the cost is
+  one ``(n, d) @ (d, n)`` product and the memory is :math:`O(n^2 + n d)`: an
+  ``(n, n, d)`` tensor is never formed. Translating by a sample (not by the mean)
+  keeps duplicated rows, and a constant variable, at a distance of exactly 0.
+- **Precision.** The Gram product runs in the input's dtype; everything after it
+  (centring, inner products, ratios) runs in float64, and the result is returned in
+  the input's dtype. float64 inputs therefore get float64 throughout.
+
+Definitions (Székely & Rizzo 2014, "Partial distance correlation with methods for
+dissimilarities"): with :math:`a_{ij} = \lVert x_i - x_j \rVert^{\text{exponent}}`,
+
+- double-centred :math:`A_{ij} = a_{ij} - \bar a_{i.} - \bar a_{.j} + \bar a_{..}`;
+  the V-statistic :math:`\mathcal{V}^2_n(x, y) = \frac{1}{n^2}\sum_{ij} A_{ij}B_{ij}`;
+- U-centred :math:`\tilde A_{ij} = a_{ij} - \frac{a_{i.}}{n-2} - \frac{a_{.j}}{n-2}
+  + \frac{a_{..}}{(n-1)(n-2)}` for :math:`i \neq j`, 0 on the diagonal; the inner
+  product :math:`(\tilde A \cdot \tilde B) = \frac{1}{n(n-3)}\sum_{i \neq j}
+  \tilde A_{ij} \tilde B_{ij}` is the unbiased estimator of :math:`\mathcal{V}^2`;
+- correlations divide by :math:`\sqrt{|\text{var}_x \text{var}_y|}` and are 0 where
+  that is 0; the partial distance correlation :math:`\mathcal{R}^*(x, y; z)` is the
+  correlation of :math:`\tilde A` and :math:`\tilde B` after projecting both onto the
+  orthogonal complement of :math:`\tilde C`, computed as ``dcor`` does from the three
+  pairwise correlations, and 0 where the projection leaves nothing.
+
+Bad input raises :class:`ValueError` naming the argument and the fix: fewer samples
+than the statistic needs (4 for U-statistics, 2 for V-statistics), sample counts that
+differ, NaN or Inf, empty or non-floating tensors, tensors on different devices.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "distance_matrix",
+    "double_centered",
+    "u_centered",
+    "mean_product",
+    "u_product",
+    "u_projection",
+    "u_complementary_projection",
+    "distance_covariance_sqr",
+    "distance_correlation_sqr",
+    "u_distance_covariance_sqr",
+    "u_distance_correlation_sqr",
+    "partial_distance_covariance",
+    "partial_distance_correlation",
+]
+
+_ACC = torch.float64  # dtype of every step after the Gram product
+
+# ---------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------
+
+
+def _as_samples(x: Tensor, name: str) -> Tensor:
+    """Checks one argument and returns it as an (n, d) view or copy."""
+    if not isinstance(x, Tensor):
+        try:
+            x = torch.as_tensor(x)
+        except Exception as err:  # pragma: no cover - message only
+            raise ValueError(f"`{name}` must be a tensor of shape (n, ...); got {type(x).__name__}") from err
+    if not (x.is_floating_point()):
+        raise ValueError(
+            f"`{name}` must be a floating-point tensor, got dtype {x.dtype}; "
+            f"convert it with `{name}.float()` or `{name}.double()`."
+        )
+    if x.dim() == 0:
+        raise ValueError(f"`{name}` must have a sample dimension: shape (n, ...), got a scalar.")
+    if x.numel() == 0:
+        raise ValueError(f"`{name}` is empty (shape {tuple(x.shape)}): it needs n samples with at least one feature.")
+    return x.reshape(x.shape[0], -1)
+
+
+def _non_finite_error(x: Tensor, name: str) -> ValueError:
+    if bool(torch.isfinite(x).all()):
+        what = "values so large that their squared norms overflow"
+    else:
+        what = "NaN or Inf values"
+    return ValueError(
+        f"`{name}` contains {what}; distance statistics need finite samples "
+        "(check the data, or the model's activations, for NaN/Inf)."
+    )
+
+
+def _check_samples(tensors: Sequence[Tensor], names: Sequence[str], min_n: int, what: str) -> list[Tensor]:
+    out = [_as_samples(t, nm) for t, nm in zip(tensors, names)]
+    n = out[0].shape[0]
+    for t, nm in zip(out[1:], names[1:]):
+        if t.shape[0] != n:
+            counts = ", ".join(f"{k}: {v.shape[0]}" for k, v in zip(names, out))
+            raise ValueError(f"The arguments must have the same number of samples (first dimension); got {counts}.")
+        if t.device != out[0].device:
+            raise ValueError(f"`{names[0]}` is on {out[0].device} but `{nm}` is on {t.device}; move them to one device.")
+    if n < min_n:
+        raise ValueError(
+            f"{what} needs at least {min_n} samples, got n={n}. Use a larger batch "
+            "(UniCAM: pass a reference set with `context=`)."
+        )
+    return out
+
+
+def _check_square(a: Tensor, name: str) -> Tensor:
+    if not isinstance(a, Tensor) or not a.is_floating_point():
+        raise ValueError(f"`{name}` must be a floating-point tensor (an n x n matrix).")
+    if a.dim() != 2 or a.shape[0] != a.shape[1]:
+        raise ValueError(f"`{name}` must be a square n x n matrix, got shape {tuple(a.shape)}.")
+    if not bool(torch.isfinite(a).all()):
+        raise ValueError(f"`{name}` contains NaN or Inf values.")
+    return a
+
+
+def _check_exponent(exponent: float) -> None:
+    if not (0 < exponent < 2):
+        raise ValueError(f"`exponent` must be in (0, 2) for a valid distance covariance, got {exponent}.")
+
+
+def _result_dtype(*tensors: Tensor) -> torch.dtype:
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+# ---------------------------------------------------------------------------
+# Numerically safe pieces
+# ---------------------------------------------------------------------------
+
+
+def _safe_pow_half(sq: Tensor, exponent: float) -> Tensor:
+    """sq ** (exponent / 2), with value 0 and gradient 0 where sq <= 0."""
+    positive = sq > 0
+    safe = torch.where(positive, sq, torch.ones_like(sq))
+    root = safe.sqrt() if exponent == 1 else safe.pow(exponent / 2)
+    return torch.where(positive, root, torch.zeros_like(sq))
+
+
+def _safe_div(num: Tensor, den: Tensor) -> Tensor:
+    """num / den, and 0 (with gradient 0) where den == 0, as dcor does."""
+    nonzero = den != 0
+    return torch.where(nonzero, num / torch.where(nonzero, den, torch.ones_like(den)), torch.zeros_like(num))
+
+
+def _safe_sqrt(v: Tensor) -> Tensor:
+    return _safe_pow_half(v, 1.0)
+
+
+# ---------------------------------------------------------------------------
+# Matrices
+# ---------------------------------------------------------------------------
+
+
+# Relative error of a squared distance that the Gram route may leave before it falls
+# back to translating the samples (float64 is held to dcor's values within 1e-9).
+_GRAM_TOLERANCE = {torch.float64: 1e-12}
+_GRAM_TOLERANCE_DEFAULT = 1e-3
+
+
+def _gram(x: Tensor, name: str) -> Tensor:
+    gram = (x @ x.T).to(_ACC)
+    if not bool(torch.isfinite(gram).all()):
+        raise _non_finite_error(x, name)
+    return gram
+
+
+def _sq_from_gram(gram: Tensor) -> Tensor:
+    norms = gram.diagonal()
+    sq = norms[:, None] + norms[None, :] - 2 * gram
+    return ((sq + sq.T) / 2).clamp_min(0)  # exact symmetry whatever the matmul kernel did
+
+
+def _sq_distances(x: Tensor, name: str) -> Tensor:
+    """Squared Euclidean distances of (n, d) samples, in float64, in O(n^2 + n d) memory.
+
+    1. One Gram product ``x @ x.T`` in the input's dtype (the cost floor), then
+       ``|x_i|^2 + |x_j|^2 - 2 x_i.x_j`` in float64. NaN/Inf anywhere in ``x`` shows up
+       in the (n, n) Gram matrix, so no extra pass over ``x`` is needed to detect it.
+    2. That difference cancels when the samples lie far from the origin compared with
+       their spread; its relative error grows like kappa * eps * sqrt(d), with kappa =
+       mean |x_i|^2 / mean distance^2. When that exceeds the dtype's tolerance the
+       Gram product is redone on ``x - x[0]``, which removes the offset exactly (and
+       makes a constant variable give distances of exactly 0).
+    3. Pairs whose squared distance is within the Gram product's rounding of zero
+       (duplicated or nearly duplicated samples) are recomputed directly from
+       ``x_i - x_j``, so duplicates are at a distance of exactly 0, as in dcor.
+    """
+    n, d = x.shape
+    eps = torch.finfo(x.dtype).eps
+    tolerance = _GRAM_TOLERANCE.get(x.dtype, _GRAM_TOLERANCE_DEFAULT)
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=x.device)
+
+    gram = _gram(x, name)
+    sq = _sq_from_gram(gram)
+    mean_sq = sq.detach()[off_diagonal].mean() if n > 1 else sq.new_zeros(())
+    kappa = gram.detach().diagonal().mean() / mean_sq if mean_sq > 0 else float("inf")
+    if kappa * eps * d**0.5 > tolerance:
+        gram = _gram(x - x[:1], name)
+        sq = _sq_from_gram(gram)
+
+    norms = gram.detach().diagonal()
+    noise = 4 * eps * d**0.5 * (norms[:, None] + norms[None, :])
+    near_zero = (sq.detach() <= noise) & (noise > 0) & off_diagonal
+    rows, cols = torch.nonzero(torch.triu(near_zero, diagonal=1), as_tuple=True)
+    if rows.numel():
+        exact = torch.cat(
+            [
+                (x[r] - x[c]).to(_ACC).pow(2).sum(dim=1)
+                for r, c in zip(rows.split(256), cols.split(256))
+            ]
+        )
+        sq = sq.index_put((rows, cols), exact).index_put((cols, rows), exact)
+    return sq
+
+
+def _distances(x: Tensor, exponent: float = 1.0, name: str = "x") -> Tensor:
+    """Euclidean distance matrix ``|x_i - x_j| ** exponent`` of (n, d) samples, in float64."""
+    d = _safe_pow_half(_sq_distances(x, name), exponent)
+    return d * (1 - torch.eye(d.shape[0], dtype=d.dtype, device=d.device))
+
+
+def _double_centered(a: Tensor) -> Tensor:
+    row = a.mean(dim=1, keepdim=True)
+    col = a.mean(dim=0, keepdim=True)
+    return a - row - col + a.mean()
+
+
+def _u_centered(a: Tensor) -> Tensor:
+    n = a.shape[0]
+    row = a.sum(dim=1, keepdim=True) / (n - 2)
+    col = a.sum(dim=0, keepdim=True) / (n - 2)
+    total = a.sum() / ((n - 1) * (n - 2))
+    out = a - row - col + total
+    return out * (1 - torch.eye(n, dtype=a.dtype, device=a.device))
+
+
+def _u_product(a: Tensor, b: Tensor) -> Tensor:
+    n = a.shape[0]
+    return (a * b).sum() / (n * (n - 3))
+
+
+def distance_matrix(x: Tensor, *, exponent: float = 1.0) -> Tensor:
+    r"""Pairwise Euclidean distances :math:`\lVert x_i - x_j \rVert^{\text{exponent}}`.
+
+    Equals ``dcor.distances.pairwise_distances(x, exponent=exponent)``.
+
+    Args:
+        x (Tensor): samples, shape ``(n, ...)``; trailing dimensions are flattened.
+        exponent (float, optional): power of the distances, in (0, 2). Default: 1.
+
+    Returns:
+        Tensor: ``(n, n)`` symmetric matrix with a zero diagonal, in ``x``'s dtype.
+
+    Examples::
+
+        >>> x = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+        >>> distance_matrix(x)
+        tensor([[0., 5.],
+                [5., 0.]])
+    """
+    _check_exponent(exponent)
+    (x,) = _check_samples([x], ["x"], 1, "A distance matrix")
+    return _distances(x, exponent, "x").to(x.dtype)
+
+
+def double_centered(a: Tensor) -> Tensor:
+    r"""Double-centred copy of a square matrix: rows and columns sum to 0.
+
+    Equals ``dcor.double_centered(a)``.
+
+    Args:
+        a (Tensor): ``(n, n)`` matrix, usually from :func:`distance_matrix`.
+
+    Returns:
+        Tensor: :math:`A_{ij} = a_{ij} - \bar a_{i.} - \bar a_{.j} + \bar a_{..}`.
+
+    Examples::
+
+        >>> double_centered(torch.tensor([[1.0, 2.0], [2.0, 4.0]]))
+        tensor([[ 0.2500, -0.2500],
+                [-0.2500,  0.2500]])
+    """
+    a = _check_square(a, "a")
+    return _double_centered(a.to(_ACC)).to(a.dtype)
+
+
+def u_centered(a: Tensor) -> Tensor:
+    r"""U-centred copy of a square matrix (Székely & Rizzo 2014, Definition 1).
+
+    Equals ``dcor.u_centered(a)``. Needs ``n >= 3``.
+
+    Args:
+        a (Tensor): ``(n, n)`` matrix, usually from :func:`distance_matrix`.
+
+    Returns:
+        Tensor: :math:`\tilde A`, zero on the diagonal.
+
+    Examples::
+
+        >>> u_centered(torch.tensor([[1.0, 2, 3], [2, 4, 5], [3, 5, 6]]))
+        tensor([[ 0.0000,  0.5000, -1.5000],
+                [ 0.5000,  0.0000, -4.5000],
+                [-1.5000, -4.5000,  0.0000]])
+    """
+    a = _check_square(a, "a")
+    if a.shape[0] < 3:
+        raise ValueError(f"U-centring needs an n x n matrix with n >= 3, got n={a.shape[0]}.")
+    return _u_centered(a.to(_ACC)).to(a.dtype)
+
+
+def mean_product(a: Tensor, b: Tensor) -> Tensor:
+    r"""Mean of the element-wise product :math:`\frac{1}{n^2}\sum_{ij} a_{ij} b_{ij}`.
+
+    Equals ``dcor.mean_product(a, b)``; on double-centred distance matrices it is the
+    V-statistic of the squared distance covariance.
+
+    Args:
+        a (Tensor): first matrix.
+        b (Tensor): second matrix, same shape.
+
+    Returns:
+        Tensor: a scalar.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"`a` and `b` must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
+    return (a.to(_ACC) * b.to(_ACC)).mean().to(_result_dtype(a, b))
+
+
+def u_product(a: Tensor, b: Tensor) -> Tensor:
+    r"""Inner product of U-centred matrices, :math:`\frac{1}{n(n-3)}\sum_{ij} a_{ij} b_{ij}`.
+
+    Equals ``dcor.u_product(a, b)``. Needs ``n >= 4``.
+
+    Args:
+        a (Tensor): ``(n, n)`` U-centred matrix (see :func:`u_centered`).
+        b (Tensor): ``(n, n)`` U-centred matrix.
+
+    Returns:
+        Tensor: a scalar.
+
+    Examples::
+
+        >>> a = u_centered(distance_matrix(torch.randn(8, 3)))
+        >>> bool(u_product(a, a) >= 0)
+        True
+    """
+    a = _check_square(a, "a")
+    b = _check_square(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"`a` and `b` must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
+    if a.shape[0] < 4:
+        raise ValueError(f"u_product needs n >= 4 (it divides by n(n-3)), got n={a.shape[0]}.")
+    return _u_product(a.to(_ACC), b.to(_ACC)).to(_result_dtype(a, b))
+
+
+def u_projection(a: Tensor) -> Callable[[Tensor], Tensor]:
+    r"""The orthogonal projection onto a U-centred matrix :math:`\tilde A`.
+
+    Equals ``dcor.u_projection(a)``: the returned function maps :math:`\tilde B` to
+    :math:`\frac{(\tilde A \cdot \tilde B)}{(\tilde A \cdot \tilde A)} \tilde A`
+    (0 where :math:`(\tilde A \cdot \tilde A) = 0`).
+
+    Args:
+        a (Tensor): ``(n, n)`` U-centred matrix.
+
+    Returns:
+        Callable[[Tensor], Tensor]: the projection.
+    """
+    a = _check_square(a, "a")
+    aa = u_product(a, a)
+
+    def projection(b: Tensor) -> Tensor:
+        return _safe_div(u_product(a, b), aa) * a
+
+    return projection
+
+
+def u_complementary_projection(a: Tensor) -> Callable[[Tensor], Tensor]:
+    r"""The projection onto the orthogonal complement of a U-centred matrix.
+
+    Equals ``dcor.u_complementary_projection(a)``: :math:`\tilde B \mapsto
+    \tilde B - \text{proj}_{\tilde A}(\tilde B)`.
+
+    Args:
+        a (Tensor): ``(n, n)`` U-centred matrix.
+
+    Returns:
+        Callable[[Tensor], Tensor]: the projection.
+    """
+    proj = u_projection(a)
+    return lambda b: b - proj(b)
+
+
+# ---------------------------------------------------------------------------
+# Statistics of samples
+# ---------------------------------------------------------------------------
+
+
+def _stats(x: Tensor, y: Tensor, exponent: float, unbiased: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(cov_xy, var_x, var_y) of validated samples, in float64."""
+    if unbiased:
+        a = _u_centered(_distances(x, exponent, "x"))
+        b = _u_centered(_distances(y, exponent, "y"))
+        product = _u_product
+    else:
+        a = _double_centered(_distances(x, exponent, "x"))
+        b = _double_centered(_distances(y, exponent, "y"))
+        product = lambda p, q: (p * q).mean()  # noqa: E731
+    return product(a, b), product(a, a), product(b, b)
+
+
+def _correlation(cov: Tensor, var_x: Tensor, var_y: Tensor) -> Tensor:
+    return _safe_div(cov, _safe_sqrt((var_x * var_y).abs()))
+
+
+def distance_covariance_sqr(x: Tensor, y: Tensor, *, exponent: float = 1.0) -> Tensor:
+    r"""Squared distance covariance, the usual (biased) V-statistic.
+
+    Equals ``dcor.distance_covariance_sqr(x, y)``.
+
+    Args:
+        x (Tensor): samples ``(n, ...)``.
+        y (Tensor): samples ``(n, ...)``; the number of features may differ from ``x``.
+        exponent (float, optional): power of the distances, in (0, 2). Default: 1.
+
+    Returns:
+        Tensor: a scalar :math:`\mathcal{V}^2_n(x, y) \ge 0`.
+
+    Examples::
+
+        >>> x = torch.randn(16, 5, dtype=torch.float64)
+        >>> v = distance_covariance_sqr(x, x ** 2)
+    """
+    _check_exponent(exponent)
+    x, y = _check_samples([x, y], ["x", "y"], 2, "The V-statistic distance covariance")
+    cov, _, _ = _stats(x, y, exponent, unbiased=False)
+    return cov.to(_result_dtype(x, y))
+
+
+def distance_correlation_sqr(x: Tensor, y: Tensor, *, exponent: float = 1.0) -> Tensor:
+    r"""Squared distance correlation, the usual (biased) estimator.
+
+    Equals ``dcor.distance_correlation_sqr(x, y)``: 0 when either distance variance is 0.
+
+    Args:
+        x (Tensor): samples ``(n, ...)``.
+        y (Tensor): samples ``(n, ...)``.
+        exponent (float, optional): power of the distances, in (0, 2). Default: 1.
+
+    Returns:
+        Tensor: a scalar in [0, 1].
+
+    Examples::
+
+        >>> x = torch.randn(16, 5)
+        >>> float(distance_correlation_sqr(x, 2 * x + 1))
+        1.0
+    """
+    _check_exponent(exponent)
+    x, y = _check_samples([x, y], ["x", "y"], 2, "The V-statistic distance correlation")
+    return _correlation(*_stats(x, y, exponent, unbiased=False)).to(_result_dtype(x, y))
+
+
+def u_distance_covariance_sqr(x: Tensor, y: Tensor, *, exponent: float = 1.0) -> Tensor:
+    r"""Unbiased estimator of the squared distance covariance, :math:`(\tilde A \cdot \tilde B)`.
+
+    Equals ``dcor.u_distance_covariance_sqr(x, y)``. Needs ``n >= 4``.
+
+    Args:
+        x (Tensor): samples ``(n, ...)``.
+        y (Tensor): samples ``(n, ...)``.
+        exponent (float, optional): power of the distances, in (0, 2). Default: 1.
+
+    Returns:
+        Tensor: a scalar (it can be slightly negative: it is unbiased).
+    """
+    _check_exponent(exponent)
+    x, y = _check_samples([x, y], ["x", "y"], 4, "The U-statistic distance covariance")
+    cov, _, _ = _stats(x, y, exponent, unbiased=True)
+    return cov.to(_result_dtype(x, y))
+
+
+def u_distance_correlation_sqr(x: Tensor, y: Tensor, *, exponent: float = 1.0) -> Tensor:
+    r"""Bias-corrected squared distance correlation (the FSS and RS statistic).
+
+    Equals ``dcor.u_distance_correlation_sqr(x, y)``: :math:`(\tilde A \cdot \tilde B)
+    / \sqrt{|(\tilde A \cdot \tilde A)(\tilde B \cdot \tilde B)|}`, 0 when the
+    denominator is 0. Needs ``n >= 4``.
+
+    Args:
+        x (Tensor): samples ``(n, ...)``.
+        y (Tensor): samples ``(n, ...)``.
+        exponent (float, optional): power of the distances, in (0, 2). Default: 1.
+
+    Returns:
+        Tensor: a scalar in [-1, 1] (near 0 for independent samples).
+
+    Examples::
+
+        >>> features = torch.randn(32, 64, 4, 4)
+        >>> labels = torch.nn.functional.one_hot(torch.arange(32) % 4).float()
+        >>> r = u_distance_correlation_sqr(features, labels)
+    """
+    _check_exponent(exponent)
+    x, y = _check_samples([x, y], ["x", "y"], 4, "The U-statistic distance correlation")
+    return _correlation(*_stats(x, y, exponent, unbiased=True)).to(_result_dtype(x, y))
+
+
+def _u_matrices(tensors: Sequence[Tensor], exponent: float, names: str = "xyz") -> list[Tensor]:
+    return [_u_centered(_distances(t, exponent, nm)) for t, nm in zip(tensors, names)]
+
+
+def partial_distance_covariance(x: Tensor, y: Tensor, z: Tensor, *, exponent: float = 1.0) -> Tensor:
+    r"""Partial distance covariance :math:`(P_{z^\perp}(x) \cdot P_{z^\perp}(y))`.
+
+    Equals ``dcor.partial_distance_covariance(x, y, z)``. Needs ``n >= 4``.
+
+    Args:
+        x (Tensor): samples ``(n, ...)``.
+        y (Tensor): samples ``(n, ...)``.
+        z (Tensor): samples ``(n, ...)`` whose influence is removed.
+        exponent (float, optional): power of the distances, in (0, 2). Default: 1.
+
+    Returns:
+        Tensor: a scalar.
+    """
+    _check_exponent(exponent)
+    x, y, z = _check_samples([x, y, z], ["x", "y", "z"], 4, "The partial distance covariance")
+    a, b, c = _u_matrices([x, y, z], exponent)
+    cc = _u_product(c, c)
+    pa = a - _safe_div(_u_product(a, c), cc) * c
+    pb = b - _safe_div(_u_product(b, c), cc) * c
+    return _u_product(pa, pb).to(_result_dtype(x, y, z))
+
+
+def partial_distance_correlation(x: Tensor, y: Tensor, z: Tensor, *, exponent: float = 1.0) -> Tensor:
+    r"""Partial distance correlation :math:`\mathcal{R}^*(x, y; z)`.
+
+    Equals ``dcor.partial_distance_correlation(x, y, z)``: from the bias-corrected
+    correlations :math:`r_{xy}, r_{xz}, r_{yz}` (each clipped to [-1, 1]),
+
+    .. math::
+        \mathcal{R}^*(x, y; z) = \frac{r_{xy} - r_{xz} r_{yz}}
+        {\sqrt{1 - r_{xz}^2}\sqrt{1 - r_{yz}^2}},
+
+    which is the correlation of :math:`\tilde A` and :math:`\tilde B` projected off
+    :math:`\tilde C`; 0 when a projection leaves nothing (e.g. ``x`` is ``z``). A
+    constant ``z`` removes nothing. Needs ``n >= 4``. UniCAM's distilled score is
+    ``partial_distance_correlation(student_features, labels, base_features)``.
+
+    Args:
+        x (Tensor): samples ``(n, ...)``.
+        y (Tensor): samples ``(n, ...)``.
+        z (Tensor): samples ``(n, ...)`` whose influence is removed.
+        exponent (float, optional): power of the distances, in (0, 2). Default: 1.
+
+    Returns:
+        Tensor: a scalar in [-1, 1].
+
+    Examples::
+
+        >>> base = torch.randn(32, 10, dtype=torch.float64)
+        >>> labels = torch.randn(32, 3, dtype=torch.float64)
+        >>> student = torch.cat([base, labels], dim=1)
+        >>> float(partial_distance_correlation(student, labels, base)) > 0
+        True
+    """
+    _check_exponent(exponent)
+    x, y, z = _check_samples([x, y, z], ["x", "y", "z"], 4, "The partial distance correlation")
+    a, b, c = _u_matrices([x, y, z], exponent)
+    aa, bb, cc = _u_product(a, a), _u_product(b, b), _u_product(c, c)
+    r_xy = _correlation(_u_product(a, b), aa, bb).clamp(-1, 1)
+    r_xz = _correlation(_u_product(a, c), aa, cc).clamp(-1, 1)
+    r_yz = _correlation(_u_product(b, c), bb, cc).clamp(-1, 1)
+    den = _safe_sqrt(1 - r_xz**2) * _safe_sqrt(1 - r_yz**2)
+    return _safe_div(r_xy - r_xz * r_yz, den).to(_result_dtype(x, y, z))
