@@ -1,0 +1,353 @@
+r"""Figures for the report: attribution grids (paper Figs. 3 and 5) and scores per layer (Fig. 4).
+
+Every map is drawn with Captum's own
+:func:`captum.attr.visualization.visualize_image_attr`
+(``method="blended_heat_map"``, ``sign="positive"``) after upsampling with
+:meth:`captum.attr.LayerAttribution.interpolate`. Captum refuses a map with no positive
+value (it normalises by the largest one); UniCAM and Grad-CAM apply a ReLU, which can leave
+nothing, so such a map is drawn here as an empty panel carrying the note
+``"no positive evidence after ReLU"`` instead.
+
+The figures use matplotlib's object-oriented API on the Agg backend: nothing is shown,
+nothing needs a display, and ``pyplot``'s global state is not touched.
+
+Example::
+
+    >>> from captum_unicam import viz
+    >>> fig = viz.attribution_grid(images, {"Grad-CAM student": g_s, "UniCAM distilled": d},
+    ...                            title="L4")
+    >>> viz.save_figure(fig, "figures/grid_L4.png")
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import matplotlib
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+__all__ = [
+    "EMPTY_MAP_NOTE",
+    "HEAT_CMAP",
+    "is_empty_map",
+    "upsample_maps",
+    "draw_attribution",
+    "attribution_grid",
+    "scores_per_layer",
+    "localisation_plot",
+    "save_figure",
+]
+
+#: Note written on a panel whose map has no positive value.
+EMPTY_MAP_NOTE = "no positive evidence after ReLU"
+
+#: Colour map of the heat maps (Captum's default for ``sign="positive"``).
+HEAT_CMAP = "Greens"
+
+_DPI = 110
+_FONT = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 8}
+
+
+def _new_figure(figsize: Tuple[float, float]) -> Figure:
+    fig = Figure(figsize=figsize, dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _as_image(image: Union[Tensor, np.ndarray]) -> np.ndarray:
+    """(C,H,W) or (H,W,C) tensor/array with values in [0, 1] -> (H,W,3) float array in [0, 1]."""
+    arr = image.detach().cpu().float().numpy() if isinstance(image, Tensor) else np.asarray(image, float)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
+        arr = arr.transpose(1, 2, 0)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3:
+        raise ValueError(f"an image must have shape (C,H,W) or (H,W,C), got {tuple(arr.shape)}")
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    if arr.max() > 1.0 + 1e-6 or arr.min() < -1e-6:
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    return np.clip(arr, 0.0, 1.0)
+
+
+def is_empty_map(attr: Union[Tensor, np.ndarray]) -> bool:
+    r"""Whether a map has nothing Captum can draw with ``sign="positive"``.
+
+    Args:
+        attr (Tensor or numpy.ndarray): one map, any shape.
+
+    Returns:
+        bool: True when no entry is a finite positive number (all zero, all negative,
+        or not finite), i.e. when ``visualize_image_attr(..., sign="positive")`` would
+        raise.
+    """
+    arr = attr.detach().cpu().double().numpy() if isinstance(attr, Tensor) else np.asarray(attr, float)
+    finite = arr[np.isfinite(arr)]
+    return finite.size == 0 or not bool((finite > 0).any())
+
+
+def upsample_maps(maps: Tensor, size: Sequence[int]) -> Tensor:
+    r"""Upsample (N,1,h,w) maps to ``size`` with ``LayerAttribution.interpolate`` (bilinear).
+
+    Args:
+        maps (Tensor): attributions of shape (N,1,h,w) (or (N,h,w)).
+        size (tuple of int): target (H, W), usually ``inputs.shape[-2:]``.
+
+    Returns:
+        Tensor: (N,1,H,W) float maps on the CPU, detached.
+    """
+    from captum.attr import LayerAttribution
+
+    maps = maps.detach().cpu().float()
+    if maps.dim() == 3:
+        maps = maps.unsqueeze(1)
+    if maps.dim() != 4 or maps.shape[1] != 1:
+        raise ValueError(f"maps must have shape (N,1,h,w), got {tuple(maps.shape)}")
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return LayerAttribution.interpolate(maps, tuple(int(s) for s in size), "bilinear")
+
+
+def draw_attribution(ax, image, attr, *, title: Optional[str] = None, note: Optional[str] = None):
+    r"""Draw one map blended over its image on ``ax`` with Captum's visualiser.
+
+    Args:
+        ax (matplotlib.axes.Axes): axis to draw on (its figure is used).
+        image (Tensor or numpy.ndarray): (3,H,W) or (H,W,3) image in [0, 1].
+        attr (Tensor or numpy.ndarray): (H,W) or (1,H,W) map, already at the image size.
+        title (str, optional): panel title.
+        note (str, optional): text written under the panel (e.g. the map's largest value).
+
+    Returns:
+        bool: True when the map was drawn, False when it was empty (no positive value),
+        in which case the greyed image and :data:`EMPTY_MAP_NOTE` are drawn instead.
+    """
+    from captum.attr import visualization as captum_viz
+
+    img = _as_image(image)
+    arr = attr.detach().cpu().double().numpy() if isinstance(attr, Tensor) else np.asarray(attr, float)
+    arr = np.squeeze(arr)
+    if arr.shape != img.shape[:2]:
+        raise ValueError(f"the map {arr.shape} must have the image's size {img.shape[:2]}; upsample it first")
+    empty = is_empty_map(arr)
+    if empty:
+        grey = img.mean(axis=2)
+        ax.imshow(grey, cmap="gray", vmin=0.0, vmax=1.0, alpha=0.35)
+        ax.text(0.5, 0.5, EMPTY_MAP_NOTE.replace(" after", "\nafter"), transform=ax.transAxes,
+                ha="center", va="center", fontsize=7, color="#7a1f1f",
+                bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="#c9a0a0", alpha=0.9))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if title:
+            ax.set_title(title)
+    else:
+        arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+        captum_viz.visualize_image_attr(
+            arr[:, :, None], img, method="blended_heat_map", sign="positive",
+            plt_fig_axis=(ax.figure, ax), cmap=HEAT_CMAP, alpha_overlay=0.55,
+            show_colorbar=False, title=title, use_pyplot=False,
+        )
+    if note:
+        ax.set_xlabel(note, fontsize=7, labelpad=2)
+    return not empty
+
+
+def attribution_grid(
+    images: Tensor,
+    maps: Mapping[str, Tensor],
+    *,
+    title: Optional[str] = None,
+    row_labels: Optional[Sequence[str]] = None,
+) -> Figure:
+    r"""Grid of image | map 1 | map 2 | ... for a few images (the layout of paper Figs. 3 and 5).
+
+    Args:
+        images (Tensor): (N,C,H,W) images with values in [0, 1].
+        maps (dict of str -> Tensor): column title -> (N,1,h,w) maps (e.g.
+            ``{"Grad-CAM student": ..., "Grad-CAM base": ..., "UniCAM distilled": ...,
+            "UniCAM residual": ...}``); upsampled to (H, W) here, bilinearly.
+        title (str, optional): figure title (e.g. the layer name).
+        row_labels (list of str, optional): one label per image (e.g. its class).
+
+    Returns:
+        matplotlib.figure.Figure: the figure (Agg canvas), with one colour bar for all
+        panels (each map is scaled to its own largest value, as Captum does).
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape (N,C,H,W), got {tuple(images.shape)}")
+    n = images.shape[0]
+    if n == 0:
+        raise ValueError("attribution_grid needs at least one image")
+    ups = {}
+    for name, m in maps.items():
+        if m.shape[0] != n:
+            raise ValueError(f"maps[{name!r}] has {m.shape[0]} maps for {n} images")
+        ups[name] = upsample_maps(m, images.shape[-2:])
+    if row_labels is not None and len(row_labels) != n:
+        raise ValueError(f"row_labels has {len(row_labels)} labels for {n} images")
+    cols = 1 + len(ups)
+    with matplotlib.rc_context(_FONT):
+        fig = _new_figure((1.75 * cols + 0.6, 1.8 * n + (0.5 if title else 0.2)))
+        axes = fig.subplots(n, cols, squeeze=False)
+        for i in range(n):
+            ax = axes[i, 0]
+            ax.imshow(_as_image(images[i]))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title("image")
+            if row_labels is not None:
+                ax.set_ylabel(str(row_labels[i]))
+            for j, (name, up) in enumerate(ups.items(), start=1):
+                peak = float(up[i].max()) if up[i].numel() else 0.0
+                draw_attribution(axes[i, j], images[i], up[i, 0], title=name if i == 0 else None,
+                                 note=None if is_empty_map(up[i]) else f"max {peak:.3g}")
+        if title:
+            fig.suptitle(title, fontsize=11, fontweight="bold")
+        fig.tight_layout(rect=(0, 0, 0.93, 1))
+        cax = fig.add_axes((0.94, 0.15, 0.015, 0.7))
+        cbar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap=HEAT_CMAP), cax=cax)
+        cbar.set_label("map value, scaled per map (top 2 % clipped)", fontsize=7)
+        cbar.ax.tick_params(labelsize=7)
+    return fig
+
+
+_Interval = Union[float, Tuple[float, float, float], Mapping[str, float]]
+
+
+def _mean_low_high(value: _Interval) -> Tuple[float, float, float]:
+    if isinstance(value, Mapping):
+        mean = float(value["mean"])
+        low = float(value.get("low", value.get("ci_low", mean)))
+        high = float(value.get("high", value.get("ci_high", mean)))
+        return mean, low, high
+    if isinstance(value, (tuple, list)):
+        if len(value) != 3:
+            raise ValueError(f"an interval must be (mean, low, high), got {value!r}")
+        return tuple(float(v) for v in value)  # type: ignore[return-value]
+    v = float(value)
+    return v, v, v
+
+
+def scores_per_layer(
+    panels: Mapping[str, Mapping[str, Mapping[str, _Interval]]],
+    *,
+    title: Optional[str] = None,
+) -> Figure:
+    r"""FSS / RS per layer with 95 % intervals as error bars (the layout of paper Fig. 4).
+
+    Args:
+        panels (dict): panel title -> series name -> layer -> value, where a value is a
+            float, a ``(mean, low, high)`` tuple or a dict with ``mean``, ``low``, ``high``.
+            E.g. ``{"(a) FSS": {"Student vs Base": {"L1": (0.4, 0.3, 0.5), ...}},
+            "(b) RS": {"Base": {...}, "Student": {...}}}``. Layers are plotted in the
+            order of their first appearance.
+        title (str, optional): figure title.
+
+    Returns:
+        matplotlib.figure.Figure: one panel per entry of ``panels``; grouped bars per
+        layer with error bars.
+    """
+    if not panels:
+        raise ValueError("scores_per_layer needs at least one panel")
+    with matplotlib.rc_context(_FONT):
+        fig = _new_figure((4.2 * len(panels), 3.3))
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        palette = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
+        for ax, (ptitle, series) in zip(axes, panels.items()):
+            layers: list = []
+            for s in series.values():
+                layers.extend(k for k in s if k not in layers)
+            x = np.arange(len(layers))
+            k = max(len(series), 1)
+            width = 0.8 / k
+            for si, (sname, values) in enumerate(series.items()):
+                means, lows, highs = [], [], []
+                for layer in layers:
+                    m, lo, hi = _mean_low_high(values[layer]) if layer in values else (math.nan,) * 3
+                    means.append(m)
+                    lows.append(m - lo if math.isfinite(lo) else 0.0)
+                    highs.append(hi - m if math.isfinite(hi) else 0.0)
+                err = np.clip(np.array([lows, highs]), 0.0, None)
+                ax.bar(x + (si - (k - 1) / 2) * width, means, width * 0.92, yerr=err, capsize=3,
+                       label=sname, color=palette[si % len(palette)], edgecolor="white",
+                       error_kw={"elinewidth": 1.0, "ecolor": "#333333"})
+            ax.set_xticks(x)
+            ax.set_xticklabels(layers)
+            ax.set_xlabel("layer")
+            ax.set_title(ptitle)
+            ax.axhline(0.0, color="#888888", linewidth=0.6)
+            ax.grid(axis="y", alpha=0.3)
+            ax.set_axisbelow(True)
+            for side in ("top", "right"):
+                ax.spines[side].set_visible(False)
+            if len(series) > 1:
+                ax.legend(frameon=False)
+        if title:
+            fig.suptitle(title, fontsize=11, fontweight="bold")
+        fig.tight_layout()
+    return fig
+
+
+def localisation_plot(
+    localisation: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]],
+    *,
+    chance: Optional[Mapping[str, float]] = None,
+    title: Optional[str] = None,
+) -> Figure:
+    r"""Mask energy fraction and pointing game per layer and map kind, with intervals.
+
+    Args:
+        localisation (dict): layer -> map kind -> metric -> dict with ``mean``, ``low``,
+            ``high``, for the metrics ``"energy"`` and ``"pointing"`` (the layout of
+            :func:`captum_unicam.report.localisation`).
+        chance (dict, optional): metric -> value a uniform map would get (the mean mask
+            area), drawn as a dashed line.
+        title (str, optional): figure title.
+
+    Returns:
+        matplotlib.figure.Figure: two panels, energy fraction and pointing game.
+    """
+    panels: Dict[str, Dict[str, Dict[str, _Interval]]] = {
+        "mask energy fraction": {}, "pointing game (hit rate)": {}}
+    for layer, kinds in localisation.items():
+        for kind, metrics in kinds.items():
+            for metric, panel in (("energy", "mask energy fraction"), ("pointing", "pointing game (hit rate)")):
+                if metric in metrics:
+                    panels[panel].setdefault(kind, {})[layer] = metrics[metric]
+    fig = scores_per_layer(panels, title=title)
+    if chance:
+        for ax, metric in zip(fig.axes, ("energy", "pointing")):
+            if metric in chance and math.isfinite(chance[metric]):
+                ax.axhline(chance[metric], color="#444444", linestyle="--", linewidth=0.9,
+                           label="uniform map")
+                ax.legend(frameon=False)
+        for ax in fig.axes:
+            ax.set_ylim(0.0, 1.05)
+    return fig
+
+
+def save_figure(fig: Figure, path: Union[str, os.PathLike], *, dpi: int = _DPI) -> str:
+    r"""Save ``fig`` as a PNG at ``path`` (parent folders are created) and release it.
+
+    Returns:
+        str: the path written.
+    """
+    path = os.fspath(path)
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png", facecolor="white")
+    fig.clear()
+    return path
