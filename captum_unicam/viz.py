@@ -227,15 +227,20 @@ _Interval = Union[float, Tuple[float, float, float], Mapping[str, float]]
 
 
 def _mean_low_high(value: _Interval) -> Tuple[float, float, float]:
+    def num(v) -> float:
+        return math.nan if v is None else float(v)
+
+    if value is None:
+        return math.nan, math.nan, math.nan
     if isinstance(value, Mapping):
-        mean = float(value["mean"])
-        low = float(value.get("low", value.get("ci_low", mean)))
-        high = float(value.get("high", value.get("ci_high", mean)))
+        mean = num(value.get("mean"))
+        low = num(value.get("low", value.get("ci_low", mean)))
+        high = num(value.get("high", value.get("ci_high", mean)))
         return mean, low, high
     if isinstance(value, (tuple, list)):
         if len(value) != 3:
             raise ValueError(f"an interval must be (mean, low, high), got {value!r}")
-        return tuple(float(v) for v in value)  # type: ignore[return-value]
+        return tuple(num(v) for v in value)  # type: ignore[return-value]
     v = float(value)
     return v, v, v
 
@@ -277,8 +282,8 @@ def scores_per_layer(
                 for layer in layers:
                     m, lo, hi = _mean_low_high(values[layer]) if layer in values else (math.nan,) * 3
                     means.append(m)
-                    lows.append(m - lo if math.isfinite(lo) else 0.0)
-                    highs.append(hi - m if math.isfinite(hi) else 0.0)
+                    lows.append(m - lo if math.isfinite(lo) and math.isfinite(m) else 0.0)
+                    highs.append(hi - m if math.isfinite(hi) and math.isfinite(m) else 0.0)
                 err = np.clip(np.array([lows, highs]), 0.0, None)
                 ax.bar(x + (si - (k - 1) / 2) * width, means, width * 0.92, yerr=err, capsize=3,
                        label=sname, color=palette[si % len(palette)], edgecolor="white",
