@@ -1,0 +1,57 @@
+"""Knowledge distillation toolkit: the paper's three KD losses, training loops,
+Teacher-assistant chains, k-fold splits and the demo models.
+
+- :mod:`captum_unicam.kd.losses`: :func:`response_kd_loss`, :func:`attention_transfer_loss`,
+  :class:`OverhaulDistiller` (and their building blocks);
+- :mod:`captum_unicam.kd.train`: :func:`train_model`, :func:`evaluate_accuracy`,
+  :func:`train_teacher_assistant_chain`, :func:`kfold_indices`, :func:`train_from_spec`;
+- :mod:`captum_unicam.kd.demo`: :func:`train_demo_models` (Teacher, Base and Student of
+  the demo, cached).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from captum_unicam.kd.losses import (
+    OverhaulDistiller,
+    OverhaulOutput,
+    attention_map,
+    attention_transfer_loss,
+    bn_margin,
+    overhaul_loss,
+    overhaul_margin,
+    response_kd_loss,
+)
+
+_LAZY = {
+    "train_model": "captum_unicam.kd.train",
+    "evaluate_accuracy": "captum_unicam.kd.train",
+    "train_teacher_assistant_chain": "captum_unicam.kd.train",
+    "kfold_indices": "captum_unicam.kd.train",
+    "train_from_spec": "captum_unicam.kd.train",
+    "KD_METHODS": "captum_unicam.kd.train",
+    "train_demo_models": "captum_unicam.kd.demo",
+    "DemoModels": "captum_unicam.kd.demo",
+}
+
+__all__ = [
+    "OverhaulDistiller",
+    "OverhaulOutput",
+    "attention_map",
+    "attention_transfer_loss",
+    "bn_margin",
+    "overhaul_loss",
+    "overhaul_margin",
+    "response_kd_loss",
+    *sorted(_LAZY),
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'captum_unicam.kd' has no attribute {name!r}")
