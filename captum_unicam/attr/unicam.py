@@ -1,0 +1,916 @@
+r"""UniCAM: unique class activation maps of a distilled Student against its Base.
+
+:class:`UniCAM` is a Captum :class:`~captum.attr.LayerAttribution` that takes the place
+of :class:`~captum.attr.LayerGradCam`. Where Grad-CAM weights a layer's channels by the
+gradient of a class score, UniCAM weights them by the gradient of a *batch statistic*:
+the partial distance correlation between one model's representation and the label
+vectors, given the other model's representation (DESIGN.md, section 3). The
+**distilled** score :math:`S_d = \mathcal{R}^*(X_s, Y; X_b)` measures what the Student
+knows about the labels beyond the Base; the **residual** score
+:math:`S_r = \mathcal{R}^*(X_b, Y; X_s)` what the Base knows beyond the Student, i.e.
+what distillation made the Student drop.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from captum._utils.common import _format_additional_forward_args, _format_tensor_into_tuples
+from captum._utils.typing import TargetType
+from captum.attr._utils.attribution import GradientAttribution, LayerAttribution
+from captum.log import log_usage
+from torch import Tensor
+from torch.nn import Module
+
+from captum_unicam import stats
+
+__all__ = ["UniCAM", "UniCAMWarning"]
+
+_FEATURES = ("distilled", "residual", "both")
+_MIN_SAMPLES = 4  # the U-statistics divide by n (n - 3)
+
+Transform = Callable[[Tensor], Tensor]
+
+
+class UniCAMWarning(UserWarning):
+    """A UniCAM result is defined but degenerate (e.g. a score set to 0), or a model is
+    in a state (training mode) that makes the explanation unreliable."""
+
+
+class _HookError(ValueError):
+    """Raised from inside a hook: passed to the user as is, not wrapped."""
+
+
+# ---------------------------------------------------------------------------
+# Hooks
+# ---------------------------------------------------------------------------
+
+
+class _Capture:
+    """Forward hooks on one model: the attribution layer A and, optionally, a deeper
+    representation layer.
+
+    ``graph=False``: A (and the representation) are stored as detached copies; the
+    forward runs entirely under ``torch.no_grad()``.
+
+    ``graph=True`` (a representation layer deeper than A, whose gradient is needed): the
+    forward still starts under ``no_grad``; the hook on A stores a leaf copy that
+    requires grad, switches autograd on and hands a differentiable copy of it to the rest
+    of the network; the hook on the representation layer stores its output and switches
+    autograd off again. So a graph is recorded from A to the representation only.
+    The caller's ``no_grad`` block restores the grad mode when the forward ends (or
+    raises).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        layer: Module,
+        layer_arg: str,
+        feature_layer: Optional[Module],
+        feature_arg: str,
+        to_input: bool,
+        graph: bool,
+    ) -> None:
+        self.model = model
+        self.layer = layer
+        self.layer_arg = layer_arg
+        self.feature_layer = feature_layer
+        self.feature_arg = feature_arg
+        self.to_input = to_input
+        self.graph = graph
+        self.activation: Optional[Tensor] = None
+        self.representation: Optional[Tensor] = None
+        self._tick = 0
+        self._activation_tick = 0
+        self._feature_tick = 0
+        self._handles: List[Any] = []
+
+    def attach(self) -> None:
+        try:
+            if self.to_input:
+                self._handles.append(self.layer.register_forward_pre_hook(self._pre_hook))
+            else:
+                self._handles.append(self.layer.register_forward_hook(self._hook))
+            if self.feature_layer is not None:
+                self._handles.append(self.feature_layer.register_forward_hook(self._feature_hook))
+        except BaseException:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _take(self, value: Any, where: str) -> Optional[Tensor]:
+        if not isinstance(value, Tensor) or not value.is_floating_point():
+            raise _HookError(
+                f"The {where} of `{self.layer_arg}` in the {self.model} is "
+                f"{type(value).__name__ if not isinstance(value, Tensor) else value.dtype}; "
+                "UniCAM needs a single floating-point tensor there. Choose a layer whose "
+                f"{where} is one tensor (or set attribute_to_layer_input="
+                f"{not self.to_input})."
+            )
+        self._tick += 1
+        self._activation_tick = self._tick
+        leaf = value.detach().clone()
+        self.activation = leaf
+        if self.graph:
+            torch.set_grad_enabled(True)
+            leaf.requires_grad_(True)
+            return leaf.clone()  # a non-leaf copy, so in-place layers downstream stay legal
+        return None
+
+    def _hook(self, module: Module, args: Any, output: Any) -> Optional[Tensor]:
+        return self._take(output, "output")
+
+    def _pre_hook(self, module: Module, args: Tuple[Any, ...]) -> Optional[Tuple[Any, ...]]:
+        if not args:
+            raise _HookError(
+                f"`{self.layer_arg}` of the {self.model} received no positional input; "
+                "use attribute_to_layer_input=False."
+            )
+        replaced = self._take(args[0], "input")
+        return None if replaced is None else (replaced,) + tuple(args[1:])
+
+    def _feature_hook(self, module: Module, args: Any, output: Any) -> Optional[Tensor]:
+        if not isinstance(output, Tensor) or not output.is_floating_point():
+            raise _HookError(
+                f"The output of `{self.feature_arg}` in the {self.model} is not a single "
+                "floating-point tensor; choose another representation layer."
+            )
+        self._tick += 1
+        self._feature_tick = self._tick
+        if self.graph:
+            self.representation = output
+            torch.set_grad_enabled(False)  # the rest of the network needs no graph
+            return output.detach().clone()  # in-place layers downstream cannot alter it
+        self.representation = output.detach().clone()
+        return None
+
+    def check(self) -> None:
+        if self.activation is None:
+            raise ValueError(
+                f"`{self.layer_arg}` ({type(self.layer).__name__}) was never called during "
+                f"the {self.model}'s forward pass; pass a submodule that the model runs "
+                "on these inputs."
+            )
+        if self.feature_layer is not None:
+            if self.representation is None:
+                raise ValueError(
+                    f"`{self.feature_arg}` ({type(self.feature_layer).__name__}) was never "
+                    f"called during the {self.model}'s forward pass; pass a submodule that "
+                    "the model runs, at or after the attribution layer."
+                )
+            if self._feature_tick < self._activation_tick:
+                raise ValueError(
+                    f"`{self.feature_arg}` runs before `{self.layer_arg}` in the {self.model}"
+                    "'s forward pass, so its output cannot depend on the attribution "
+                    "layer; pass a representation layer at or after the attribution layer "
+                    "(or None to read the representation at the attribution layer)."
+                )
+        for name, value in (("activations", self.activation), ("representation", self.representation)):
+            if value is not None and not bool(torch.isfinite(value.detach()).all()):
+                raise ValueError(
+                    f"The {self.model}'s {name} at "
+                    f"`{self.layer_arg if name == 'activations' else self.feature_arg}` "
+                    "contain NaN or Inf; check the inputs and the model's weights."
+                )
+
+
+# ---------------------------------------------------------------------------
+# Targets and label vectors
+# ---------------------------------------------------------------------------
+
+
+def _parse_target(target: Any, n: int, name: str, table_rows: Optional[int]) -> Tuple[str, Optional[Tensor]]:
+    """Returns ("predicted", None), ("index", LongTensor (n,)) or ("vector", Tensor (n, e))."""
+    if target is None:
+        return "predicted", None
+    how = (
+        f"`{name}` must be None (the Student's predicted classes), an int, a list or 1-D "
+        f"tensor of {n} class indices, or an ({n}, e) float tensor of label vectors"
+    )
+    if isinstance(target, bool):
+        raise ValueError(f"{how}; got a bool.")
+    if isinstance(target, int):
+        index = torch.full((n,), target, dtype=torch.long)
+    elif isinstance(target, list):
+        if len(target) != n or not all(isinstance(t, int) and not isinstance(t, bool) for t in target):
+            raise ValueError(f"{how}; got a list of length {len(target)}.")
+        index = torch.tensor(target, dtype=torch.long)
+    elif isinstance(target, Tensor):
+        if target.is_floating_point():
+            if target.dim() != 2 or target.shape[0] != n:
+                raise ValueError(
+                    f"{how}; got a float tensor of shape {tuple(target.shape)}. Class indices "
+                    "must be an integer tensor; label vectors a 2-D float tensor."
+                )
+            if not bool(torch.isfinite(target).all()):
+                raise ValueError(f"`{name}` (label vectors) contains NaN or Inf.")
+            return "vector", target
+        if target.dtype == torch.bool or target.is_complex():
+            raise ValueError(f"{how}; got dtype {target.dtype}.")
+        if target.numel() == 1:
+            index = torch.full((n,), int(target.reshape(())), dtype=torch.long)
+        elif target.dim() == 1 and target.shape[0] == n:
+            index = target.detach().to("cpu", torch.long)
+        else:
+            raise ValueError(f"{how}; got an integer tensor of shape {tuple(target.shape)}.")
+    else:
+        raise ValueError(f"{how}; got {type(target).__name__}.")
+    if bool((index < 0).any()):
+        raise ValueError(f"`{name}` contains negative class indices: {index[index < 0].tolist()[:5]}.")
+    if table_rows is not None and bool((index >= table_rows).any()):
+        raise ValueError(
+            f"`{name}` contains class index {int(index.max())}, but `label_embeddings` has "
+            f"only {table_rows} rows (one per class); give an embedding for every class."
+        )
+    return "index", index
+
+
+def _same_rows(y: Tensor) -> bool:
+    return bool((y == y[:1]).all())
+
+
+# ---------------------------------------------------------------------------
+# UniCAM
+# ---------------------------------------------------------------------------
+
+
+class UniCAM(LayerAttribution, GradientAttribution):
+    r"""
+    Computes UniCAM (unique class activation mapping) attributions: Grad-CAM maps of the
+    features that are unique to a distilled **Student** with respect to a **Base** model
+    (the same architecture trained without distillation), or unique to the Base.
+
+    UniCAM reads a representation of each model on the batch (by default the output of
+    the attribution layer), turns each into a U-centred distance matrix, and scores
+
+    - **distilled** features: :math:`S_d = \mathcal{R}^*(X_s, Y; X_b)`, the partial
+      distance correlation of the Student's representation with the label vectors
+      :math:`Y`, given the Base's -- what the Student knows about the labels that the
+      Base does not (``dcor.partial_distance_correlation(X_s, Y, X_b)``);
+    - **residual** features: :math:`S_r = \mathcal{R}^*(X_b, Y; X_s)`, the roles swapped
+      -- what the Base knows that the Student dropped.
+
+    The gradient :math:`G` of the score with respect to the explained model's layer
+    activations :math:`A` (Student's layer for distilled, Base's for residual) then
+    weights the channels as in Grad-CAM: :math:`\alpha_{ik}` is the spatial mean of
+    :math:`G_{ik}` and the map is :math:`\mathrm{ReLU}(\sum_k \alpha_{ik} A_{ik})`.
+
+    The score is a **batch statistic**: the map of an image depends on the other images
+    of the batch (at least 4 are needed), much as a contrastive explanation depends on
+    its contrast set. Permuting the batch permutes the maps and changes nothing else.
+    To explain a few images reproducibly, pass a fixed reference set with ``context=``.
+
+    Degenerate cases give zeros, never NaN, with a :class:`UniCAMWarning`: Student and
+    Base with the same representation (nothing unique left), labels identical over the
+    batch, a constant representation of the explained model. A Base representation
+    that is constant over the batch removes nothing (the distilled score is then the
+    distance correlation of the Student with the labels), also with a warning.
+
+    Cost: one forward pass of each model per call, also for ``features="both"``. When
+    the representation is read at the attribution layer (the default) the forward
+    passes record no autograd graph at all: only the distance statistics are
+    differentiated, so UniCAM costs about as much as two LayerGradCam calls, or less
+    for early layers. With a deeper representation layer, a graph is recorded from the
+    attribution layer to the representation layer only.
+
+    More details: Sarkar et al., "UniCAM: explaining knowledge distillation with unique
+    class activation maps" (see DESIGN.md of captum-unicam for the exact reading).
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Tensor],
+        layer: Module,
+        base_forward_func: Callable[..., Tensor],
+        base_layer: Module,
+        device_ids: Union[None, List[int]] = None,
+        *,
+        label_embeddings: Optional[Tensor] = None,
+        student_feature_layer: Optional[Module] = None,
+        base_feature_layer: Optional[Module] = None,
+        reshape_transform: Union[None, Transform, Sequence[Optional[Transform]]] = None,
+    ) -> None:
+        r"""
+        Args:
+
+            forward_func (Callable): The Student: the forward function of the distilled
+                        model or any modification of it. Its output, shape
+                        ``(N, num_classes)``, gives the predicted classes when
+                        ``target=None`` and the number of classes of the default
+                        one-hot label vectors.
+            layer (torch.nn.Module): Layer of the Student for which attributions are
+                        computed (distilled features). The output size of
+                        ``attribute`` matches this layer's output, except for
+                        dimension 1, which is 1 since UniCAM sums over channels.
+            base_forward_func (Callable): The Base: the model trained on data alone,
+                        usually of the Student's architecture (a Teacher of the same
+                        architecture may serve). Architectures may differ.
+            base_layer (torch.nn.Module): Layer of the Base for which residual
+                        attributions are computed.
+            device_ids (list[int], optional): Accepted for Captum compatibility; must be
+                        None. ``DataParallel`` is not supported: the scores are batch
+                        statistics, so pass the underlying module and a batch on one
+                        device (CPU or CUDA).
+                        Default: None
+            label_embeddings (Tensor, optional): ``(num_classes, e)`` float tensor whose
+                        row ``c`` is the label vector of class ``c`` (e.g. from
+                        ``captum_unicam.embed_labels(class_names)``). Default: one-hot
+                        vectors, with ``num_classes`` the width of the Student's output.
+                        Default: None
+            student_feature_layer (torch.nn.Module, optional): Layer of the Student
+                        whose output is the representation :math:`X_s` in the
+                        statistics. It must run at or after ``layer``. Default: None,
+                        the attribution layer's activations themselves.
+            base_feature_layer (torch.nn.Module, optional): The same for the Base.
+                        Default: None
+            reshape_transform (Callable or tuple, optional): Maps a layer's activations
+                        to ``(N, C, h, w)``, e.g. the ``(N, T, C)`` tokens of a ViT
+                        block to a grid. One callable for both models, or a pair
+                        ``(student_transform, base_transform)`` whose entries may be
+                        None. It is applied to the activations and to their gradients
+                        (so it must be differentiable and act row-wise on the batch);
+                        with no feature layer, the transformed activations are also the
+                        representation. Default: None
+        """
+        if device_ids is not None or isinstance(forward_func, torch.nn.DataParallel) or isinstance(
+            base_forward_func, torch.nn.DataParallel
+        ):
+            raise ValueError(
+                "UniCAM does not support DataParallel (device_ids): its scores are "
+                "statistics of the whole batch. Pass the underlying modules "
+                "(model.module) and a batch on one device."
+            )
+        for name, value in (("layer", layer), ("base_layer", base_layer)):
+            if not isinstance(value, Module):
+                raise ValueError(f"`{name}` must be a torch.nn.Module inside the model, got {type(value).__name__}.")
+        for name, value in (("student_feature_layer", student_feature_layer), ("base_feature_layer", base_feature_layer)):
+            if value is not None and not isinstance(value, Module):
+                raise ValueError(f"`{name}` must be None or a torch.nn.Module, got {type(value).__name__}.")
+        if not callable(forward_func) or not callable(base_forward_func):
+            raise ValueError("`forward_func` and `base_forward_func` must be callables (models).")
+        LayerAttribution.__init__(self, forward_func, layer, device_ids)
+        GradientAttribution.__init__(self, forward_func)
+        self.base_forward_func = base_forward_func
+        self.base_layer = base_layer
+        self.student_feature_layer = student_feature_layer
+        self.base_feature_layer = base_feature_layer
+        self.label_embeddings = self._check_embeddings(label_embeddings)
+        self.reshape_transform = reshape_transform
+        self._transforms = self._check_transforms(reshape_transform)
+
+    # -- construction helpers ------------------------------------------------
+
+    @staticmethod
+    def _check_embeddings(table: Any) -> Optional[Tensor]:
+        if table is None:
+            return None
+        if not isinstance(table, Tensor):
+            try:
+                table = torch.as_tensor(table)
+            except Exception as err:
+                raise ValueError("`label_embeddings` must be a (num_classes, e) float tensor.") from err
+        if table.dim() != 2 or table.shape[0] == 0 or table.shape[1] == 0 or not table.is_floating_point():
+            raise ValueError(
+                "`label_embeddings` must be a non-empty (num_classes, e) float tensor, got "
+                f"shape {tuple(table.shape)} and dtype {table.dtype}."
+            )
+        if not bool(torch.isfinite(table).all()):
+            raise ValueError("`label_embeddings` contains NaN or Inf.")
+        return table
+
+    @staticmethod
+    def _check_transforms(transform: Any) -> Tuple[Optional[Transform], Optional[Transform]]:
+        if transform is None or callable(transform):
+            return transform, transform
+        if isinstance(transform, (tuple, list)) and len(transform) == 2 and all(t is None or callable(t) for t in transform):
+            return transform[0], transform[1]
+        raise ValueError(
+            "`reshape_transform` must be None, a callable, or a pair "
+            "(student_transform, base_transform) of callables or None."
+        )
+
+    # -- public API ----------------------------------------------------------
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor, ...]],
+        target: TargetType = None,
+        additional_forward_args: Optional[object] = None,
+        attribute_to_layer_input: bool = False,
+        relu_attributions: bool = True,
+        attr_dim_summation: bool = True,
+        grad_kwargs: Optional[Dict[str, Any]] = None,
+        *,
+        features: str = "distilled",
+        context: Optional[Tuple[Any, ...]] = None,
+        return_score: bool = False,
+    ) -> Union[Tensor, Tuple[Tensor, Tensor], Tuple[Any, Any]]:
+        r"""
+        Args:
+
+            inputs (Tensor or tuple[Tensor, ...]): Input for which attributions are
+                        computed, given to both models. If the models take a single
+                        tensor, a single tensor should be provided; if they take
+                        several, a tuple. Dimension 0 indexes the examples. UniCAM's
+                        scores are batch statistics: together with ``context`` there
+                        must be at least 4 examples.
+            target (int, list, Tensor, optional): The labels of the examples:
+
+                        - an int, applied to every example;
+                        - a list or 1-D integer tensor of class indices, one per
+                          example (a one-element tensor applies to all);
+                        - an ``(N, e)`` float tensor of label vectors, used as
+                          :math:`Y` directly.
+
+                        Class indices select rows of ``label_embeddings`` (default:
+                        one-hot vectors). None means the **Student's predicted
+                        classes** (argmax of its output), used for both models.
+                        Default: None
+            additional_forward_args (Any, optional): Further arguments of both
+                        forward functions, passed after ``inputs`` (a single
+                        argument or a tuple), as in Captum. Not attributed to.
+                        Default: None
+            attribute_to_layer_input (bool, optional): Whether to attribute to the
+                        input of the layers (the first positional tensor) rather than
+                        to their output. Default: False
+            relu_attributions (bool, optional): Whether to apply a ReLU to the maps,
+                        keeping the regions that increase the score. **Default True**,
+                        as the UniCAM paper applies ReLU; note that
+                        ``LayerGradCam``'s default is False, so pass
+                        ``relu_attributions=True`` there to compare like with like, or
+                        False here to keep the sign.
+                        Default: True
+            attr_dim_summation (bool, optional): Whether to sum the weighted
+                        activations over dimension 1 (channels). Default: True
+            grad_kwargs (Dict[str, Any], optional): Additional keyword arguments
+                        for ``torch.autograd.grad`` (the gradient of the score with
+                        respect to the layer activations).
+                        Default: None
+            features (str, optional): ``"distilled"`` (maps on the Student's layer),
+                        ``"residual"`` (maps on the Base's layer) or ``"both"`` (a
+                        pair, from one forward pass of each model).
+                        Default: "distilled"
+            context (tuple, optional): ``(ctx_inputs, ctx_target)`` or
+                        ``(ctx_inputs, ctx_target, ctx_additional_forward_args)``: a
+                        reference set scored together with ``inputs`` (appended after
+                        them, tensor by tensor for tuple inputs), whose maps are not
+                        returned. It makes single-image explanations possible and
+                        reproducible. ``ctx_target`` follows the rules of ``target``.
+                        Tensors in ``additional_forward_args`` that have a batch
+                        dimension must then be given for the context too, as the third
+                        element (they are concatenated in the same way); other
+                        arguments are shared as they are. With two elements, a tensor
+                        argument whose first dimension equals the number of inputs is
+                        an error, since it cannot be extended to the context.
+                        Default: None
+            return_score (bool, optional): Also return the score(s), as 0-d tensors
+                        (see :meth:`score`). Default: False
+
+        Returns:
+            *Tensor* or *tuple[Tensor, Tensor]* of **attributions**:
+            - **attributions** (*Tensor* or *tuple[Tensor, Tensor]*):
+                        ``(N, 1, h, w)`` maps on the explained layer's grid, like
+                        ``LayerGradCam`` (``(N, K, h, w)`` with
+                        ``attr_dim_summation=False``; other layer shapes as
+                        LayerGradCam treats them). ``features="both"`` returns
+                        ``(distilled, residual)``, the first on the Student's grid,
+                        the second on the Base's. Rows of ``context`` are not
+                        returned. With ``return_score=True``, a pair
+                        ``(attributions, scores)`` where ``scores`` is ``S_d``,
+                        ``S_r``, or ``(S_d, S_r)``.
+
+        Examples::
+
+            >>> import torch
+            >>> from torchvision.models import resnet18
+            >>> from captum.attr import LayerAttribution
+            >>> from captum_unicam import UniCAM
+            >>> _ = torch.manual_seed(0)
+            >>> student = resnet18(weights=None, num_classes=4).eval()
+            >>> base = resnet18(weights=None, num_classes=4).eval()
+            >>> unicam = UniCAM(student, student.layer4, base, base.layer4)
+            >>> x = torch.randn(8, 3, 64, 64)
+            >>> y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+            >>> # Where the Student's unique (distilled) features are, per image.
+            >>> attr = unicam.attribute(x, target=y)
+            >>> attr.shape
+            torch.Size([8, 1, 2, 2])
+            >>> # Distilled and residual maps from one forward pass of each model.
+            >>> distilled, residual = unicam.attribute(x, target=y, features="both")
+            >>> # Upsample to the input, as with LayerGradCam.
+            >>> LayerAttribution.interpolate(distilled, (64, 64), "bilinear").shape
+            torch.Size([8, 1, 64, 64])
+            >>> # Explain one image against a fixed reference set.
+            >>> one = unicam.attribute(x[:1], target=y[:1], context=(x[1:], y[1:]))
+            >>> one.shape
+            torch.Size([1, 1, 2, 2])
+        """
+        if features not in _FEATURES:
+            raise ValueError(f"`features` must be one of {_FEATURES}, got {features!r}.")
+        maps, scores = self._compute(
+            inputs,
+            target,
+            additional_forward_args,
+            attribute_to_layer_input,
+            features,
+            context,
+            maps=True,
+            relu_attributions=relu_attributions,
+            attr_dim_summation=attr_dim_summation,
+            grad_kwargs=grad_kwargs,
+        )
+        out = maps if features == "both" else maps[0]
+        if not return_score:
+            return out
+        return out, (scores if features == "both" else scores[0])
+
+    def score(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor, ...]],
+        target: TargetType = None,
+        additional_forward_args: Optional[object] = None,
+        attribute_to_layer_input: bool = False,
+        *,
+        features: str = "both",
+        context: Optional[Tuple[Any, ...]] = None,
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        r"""The scores behind the maps, without computing any gradient.
+
+        Arguments as in :meth:`attribute`. The distilled score is
+        ``stats.partial_distance_correlation(X_s, Y, X_b)`` and the residual score
+        ``stats.partial_distance_correlation(X_b, Y, X_s)``, on the whole batch
+        (``inputs`` followed by ``context``); they equal
+        ``dcor.partial_distance_correlation`` on the same representations, except in
+        the degenerate cases, where they are 0 (with a :class:`UniCAMWarning`).
+
+        Returns:
+            *Tensor* or *tuple[Tensor, Tensor]*: 0-d tensor ``S_d`` or ``S_r``, or
+            ``(S_d, S_r)`` for ``features="both"`` (the default here).
+
+        Examples::
+
+            >>> s_d, s_r = unicam.score(x, target=y)  # doctest: +SKIP
+        """
+        if features not in _FEATURES:
+            raise ValueError(f"`features` must be one of {_FEATURES}, got {features!r}.")
+        _, scores = self._compute(
+            inputs, target, additional_forward_args, attribute_to_layer_input, features, context, maps=False
+        )
+        return scores if features == "both" else scores[0]
+
+    # -- the algorithm -------------------------------------------------------
+
+    def _compute(
+        self,
+        inputs: Any,
+        target: Any,
+        additional_forward_args: Any,
+        attribute_to_layer_input: bool,
+        features: str,
+        context: Any,
+        maps: bool,
+        relu_attributions: bool = True,
+        attr_dim_summation: bool = True,
+        grad_kwargs: Optional[Dict[str, Any]] = None,
+    ) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
+        kinds = ("distilled", "residual") if features == "both" else (features,)
+
+        # 1. Validate everything before any forward pass.
+        inputs = self._check_inputs(inputs, "inputs")
+        n = inputs[0].shape[0]
+        args = _format_additional_forward_args(additional_forward_args) or ()
+        table_rows = None if self.label_embeddings is None else self.label_embeddings.shape[0]
+        parts = [(_parse_target(target, n, "target", table_rows), n)]
+        if context is not None:
+            inputs, args, ctx_part = self._join_context(inputs, args, context, table_rows)
+            parts.append(ctx_part)
+        n_total = inputs[0].shape[0]
+        if n_total < _MIN_SAMPLES:
+            raise ValueError(
+                f"UniCAM's scores are statistics of the batch and need at least "
+                f"{_MIN_SAMPLES} samples; got {n_total}. Explain a larger batch, or pass "
+                "a reference set with `context=(ctx_inputs, ctx_target)`."
+            )
+        if grad_kwargs is not None and not isinstance(grad_kwargs, dict):
+            raise ValueError("`grad_kwargs` must be a dict of keyword arguments for torch.autograd.grad.")
+        self._warn_training()
+
+        # 2. One forward pass of each model, recording a graph only where needed.
+        need_s = maps and "distilled" in kinds
+        need_b = maps and "residual" in kinds
+        s_feature = self._feature_layer(self.student_feature_layer, self.layer, attribute_to_layer_input)
+        b_feature = self._feature_layer(self.base_feature_layer, self.base_layer, attribute_to_layer_input)
+        out_s, cap_s = self._run(
+            "Student", self.forward_func, self.layer, "layer", s_feature, "student_feature_layer",
+            inputs, args, attribute_to_layer_input, graph=need_s and s_feature is not None,
+        )
+        _, cap_b = self._run(
+            "Base", self.base_forward_func, self.base_layer, "base_layer", b_feature, "base_feature_layer",
+            inputs, args, attribute_to_layer_input, graph=need_b and b_feature is not None,
+        )
+
+        # 3. Label vectors Y.
+        y = self._labels(parts, out_s)
+
+        # 4. Scores and their gradients with respect to the layer activations.
+        with torch.enable_grad() if maps else torch.no_grad():
+            leaf_s, a_s, x_s = self._representation(cap_s, self._transforms[0], need_s, "Student", n_total)
+            leaf_b, a_b, x_b = self._representation(cap_b, self._transforms[1], need_b, "Base", n_total)
+            y = y.to(device=x_s.device)
+            cache: Dict[str, Tensor] = {}
+            scores, grads_of = [], []
+            for kind in kinds:
+                if kind == "distilled":
+                    s = self._score(x_s, y, x_b, "distilled", cache)
+                    grads_of.append((s, leaf_s, a_s, self._transforms[0]))
+                else:
+                    s = self._score(x_b, y, x_s, "residual", cache)
+                    grads_of.append((s, leaf_b, a_b, self._transforms[1]))
+                scores.append(torch.zeros((), dtype=x_s.dtype, device=x_s.device) if s is None else s.detach())
+            if not maps:
+                return (), tuple(scores)
+            results = []
+            for i, (s, leaf, a, transform) in enumerate(grads_of):
+                more = any(other is not None for other, *_ in grads_of[i + 1 :])
+                grad = self._gradient(s, leaf, grad_kwargs or {}, retain=more)
+                if transform is not None and grad is not None:
+                    grad = transform(grad)
+                results.append(self._gradcam(a.detach(), grad, relu_attributions, attr_dim_summation)[:n])
+        return tuple(results), tuple(scores)
+
+    # -- steps -----------------------------------------------------------------
+
+    @staticmethod
+    def _check_inputs(inputs: Any, name: str) -> Tuple[Tensor, ...]:
+        if isinstance(inputs, list):
+            inputs = tuple(inputs)
+        inputs = _format_tensor_into_tuples(inputs)
+        if not inputs or not all(isinstance(t, Tensor) for t in inputs):
+            raise ValueError(f"`{name}` must be a tensor or a tuple of tensors.")
+        if any(t.dim() == 0 for t in inputs):
+            raise ValueError(f"`{name}` must have a batch dimension (dimension 0).")
+        sizes = {t.shape[0] for t in inputs}
+        if len(sizes) != 1:
+            raise ValueError(
+                f"All tensors of `{name}` must have the same number of examples "
+                f"(dimension 0); got {[t.shape[0] for t in inputs]}."
+            )
+        return inputs
+
+    def _join_context(
+        self, inputs: Tuple[Tensor, ...], args: Tuple[Any, ...], context: Any, table_rows: Optional[int]
+    ) -> Tuple[Tuple[Tensor, ...], Tuple[Any, ...], Tuple[Tuple[str, Optional[Tensor]], int]]:
+        if not isinstance(context, (tuple, list)) or len(context) not in (2, 3):
+            raise ValueError(
+                "`context` must be (ctx_inputs, ctx_target) or (ctx_inputs, ctx_target, "
+                "ctx_additional_forward_args)."
+            )
+        ctx_inputs = self._check_inputs(context[0], "context[0] (ctx_inputs)")
+        if len(ctx_inputs) != len(inputs):
+            raise ValueError(
+                f"`context` inputs must match `inputs`: {len(inputs)} tensor(s) expected, "
+                f"got {len(ctx_inputs)}."
+            )
+        for i, (a, c) in enumerate(zip(inputs, ctx_inputs)):
+            if a.shape[1:] != c.shape[1:]:
+                raise ValueError(
+                    f"Context input {i} has example shape {tuple(c.shape[1:])}, but the "
+                    f"explained input has {tuple(a.shape[1:])}."
+                )
+        n, m = inputs[0].shape[0], ctx_inputs[0].shape[0]
+        ctx_part = (_parse_target(context[1], m, "context[1] (ctx_target)", table_rows), m)
+        joined = tuple(torch.cat([a, c.to(device=a.device, dtype=a.dtype)]) for a, c in zip(inputs, ctx_inputs))
+        if len(context) == 3:
+            ctx_args = _format_additional_forward_args(context[2]) or ()
+            if len(ctx_args) != len(args):
+                raise ValueError(
+                    f"`context[2]` must hold the context's version of each additional "
+                    f"forward argument: {len(args)} expected, got {len(ctx_args)}."
+                )
+            args = tuple(
+                torch.cat([a, c.to(a.device)]) if isinstance(a, Tensor) and isinstance(c, Tensor) else a
+                for a, c in zip(args, ctx_args)
+            )
+        else:
+            for a in args:
+                if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n:
+                    raise ValueError(
+                        "An additional forward argument is a tensor with one row per "
+                        "explained input; give its rows for the context too: "
+                        "context=(ctx_inputs, ctx_target, ctx_additional_forward_args)."
+                    )
+        return joined, args, ctx_part
+
+    def _warn_training(self) -> None:
+        for model, modules in (
+            ("Student", (self.forward_func, self.layer, self.student_feature_layer)),
+            ("Base", (self.base_forward_func, self.base_layer, self.base_feature_layer)),
+        ):
+            if any(isinstance(m, Module) and m.training for m in modules):
+                warnings.warn(
+                    f"The {model} is in training mode: dropout and batch normalisation make "
+                    "its activations depend on chance and on the batch (and update "
+                    f"running statistics). Call .eval() on the {model} before explaining; "
+                    "UniCAM does not change the mode.",
+                    UniCAMWarning,
+                    stacklevel=4,
+                )
+
+    @staticmethod
+    def _feature_layer(feature: Optional[Module], layer: Module, to_input: bool) -> Optional[Module]:
+        if feature is None or (feature is layer and not to_input):
+            return None
+        return feature
+
+    @staticmethod
+    def _run(
+        model: str,
+        forward_func: Callable[..., Any],
+        layer: Module,
+        layer_arg: str,
+        feature: Optional[Module],
+        feature_arg: str,
+        inputs: Tuple[Tensor, ...],
+        args: Tuple[Any, ...],
+        to_input: bool,
+        graph: bool,
+    ) -> Tuple[Any, _Capture]:
+        capture = _Capture(model, layer, layer_arg, feature, feature_arg, to_input, graph)
+        capture.attach()
+        try:
+            with torch.no_grad():
+                try:
+                    output = forward_func(*inputs, *args)
+                except _HookError:
+                    raise
+                except Exception as err:
+                    raise ValueError(
+                        f"The {model} failed on the inputs ({type(err).__name__}: {err}). "
+                        "Check the shapes, dtypes and devices of `inputs`, `context` and "
+                        "`additional_forward_args`."
+                    ) from err
+        finally:
+            capture.remove()
+        capture.check()
+        return output, capture
+
+    def _labels(self, parts: List[Tuple[Tuple[str, Optional[Tensor]], int]], output: Any) -> Tensor:
+        kinds = {kind for (kind, _), _ in parts}
+        logits: Optional[Tensor] = None
+        if "predicted" in kinds or ("index" in kinds and self.label_embeddings is None):
+            if not isinstance(output, Tensor) or output.dim() != 2:
+                shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+                raise ValueError(
+                    "UniCAM reads the Student's output as (N, num_classes) logits to find "
+                    f"{'predicted classes (target=None)' if 'predicted' in kinds else 'the number of classes'}"
+                    f", but it is {shape}. Pass `target` as class indices and "
+                    "`label_embeddings`, or label vectors."
+                )
+            logits = output.detach()
+        num_classes = self.label_embeddings.shape[0] if self.label_embeddings is not None else (
+            logits.shape[1] if logits is not None else None
+        )
+        rows: List[Tensor] = []
+        start = 0
+        for (kind, value), count in parts:
+            if kind == "vector":
+                rows.append(value.detach())
+            else:
+                if kind == "predicted":
+                    index = logits[start : start + count].argmax(dim=1).cpu()
+                else:
+                    index = value
+                if kind == "predicted" or self.label_embeddings is None:
+                    if bool((index >= num_classes).any()):
+                        raise ValueError(
+                            f"Class index {int(index.max())} is out of range: there are "
+                            f"{num_classes} classes ("
+                            f"{'rows of label_embeddings' if self.label_embeddings is not None else 'Student outputs'}"
+                            "). Pass valid class indices, or `label_embeddings` with a row "
+                            "per class."
+                        )
+                if self.label_embeddings is not None:
+                    table = self.label_embeddings.detach()
+                    rows.append(table[index.to(table.device)])
+                else:
+                    rows.append(F.one_hot(index, num_classes))
+            start += count
+        if len({r.shape[1] for r in rows}) != 1:
+            raise ValueError(
+                "The label vectors of `target` and of the context have different widths "
+                f"({[r.shape[1] for r in rows]}); give both as class indices or as label "
+                "vectors of one width."
+            )
+        dtype = next((r.dtype for r in rows if r.is_floating_point()), torch.get_default_dtype())
+        device = rows[0].device
+        return torch.cat([r.to(device=device, dtype=dtype) for r in rows])
+
+    @staticmethod
+    def _representation(
+        capture: _Capture, transform: Optional[Transform], grad: bool, model: str, n: int
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """(leaf, A, X): the captured leaf, A = transform(leaf), and the representation."""
+        leaf = capture.activation
+        assert leaf is not None
+        if grad and not capture.graph:
+            leaf.requires_grad_(True)  # our own copy: only the statistics are differentiated
+        a = leaf if transform is None else transform(leaf)
+        if not isinstance(a, Tensor) or a.dim() < 2 or a.shape[0] != n:
+            raise ValueError(
+                f"`reshape_transform` must map the {model}'s activations to a tensor "
+                f"(N, C, ...) with N = {n}; got "
+                f"{tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__}."
+            )
+        x = a if capture.feature_layer is None else capture.representation
+        assert x is not None
+        if x.shape[0] != n:
+            raise ValueError(
+                f"The {model}'s representation has {x.shape[0]} rows for {n} inputs; choose a "
+                "representation layer whose output has one row per example."
+            )
+        return leaf, a, x
+
+    @staticmethod
+    def _score(x: Tensor, y: Tensor, z: Tensor, kind: str, cache: Dict[str, Tensor]) -> Optional[Tensor]:
+        """pdCor(x, y; z), or None (score 0, maps 0) in a degenerate case, with a warning."""
+        explained, other = ("Student", "Base") if kind == "distilled" else ("Base", "Student")
+        xd, zd = x.detach(), z.detach()
+        z_constant = _same_rows(zd)
+        if z_constant:
+            warnings.warn(
+                f"The {other}'s representation is constant over the batch, so there is "
+                f"nothing to remove: the {kind} score is the distance correlation of the "
+                f"{explained} with the labels.",
+                UniCAMWarning,
+                stacklevel=5,
+            )
+        reason = None
+        if _same_rows(xd):
+            reason = f"the {explained}'s representation is constant over the batch"
+        elif _same_rows(y):
+            reason = (
+                "every sample has the same label vector; explain a batch with several "
+                "classes, or pass a reference set with `context=`"
+            )
+        elif not z_constant:
+            if "r_sb" not in cache:
+                cache["r_sb"] = stats.u_distance_correlation_sqr(xd, zd)
+            r_xz = cache["r_sb"]
+            r_yz = stats.u_distance_correlation_sqr(y.to(zd.dtype), zd)
+            if 1 - r_xz.abs() <= 8 * torch.finfo(r_xz.dtype).eps:
+                reason = (
+                    "the Student's and the Base's representations have the same distance "
+                    "structure (e.g. they are the same model), so no unique part is left"
+                )
+            elif 1 - r_yz.abs() <= 8 * torch.finfo(r_yz.dtype).eps:
+                reason = f"the labels are fully explained by the {other}'s representation"
+        if reason is not None:
+            warnings.warn(
+                f"UniCAM {kind} score set to 0 and its maps to zero: {reason}.",
+                UniCAMWarning,
+                stacklevel=5,
+            )
+            return None
+        return stats.partial_distance_correlation(x, y, z)
+
+    @staticmethod
+    def _gradient(score: Optional[Tensor], leaf: Tensor, grad_kwargs: Dict[str, Any], retain: bool) -> Optional[Tensor]:
+        if score is None:
+            return None
+        if not score.requires_grad:
+            raise ValueError(
+                "The representation does not depend on the attribution layer's "
+                "activations; choose a feature layer downstream of the attribution layer."
+            )
+        kwargs = dict(grad_kwargs)
+        if retain:
+            kwargs["retain_graph"] = True
+        kwargs.setdefault("allow_unused", True)
+        (grad,) = torch.autograd.grad(score, leaf, **kwargs)
+        if grad is None:
+            raise ValueError(
+                "The representation does not depend on the attribution layer's "
+                "activations; choose a feature layer downstream of the attribution layer."
+            )
+        return grad
+
+    @staticmethod
+    def _gradcam(a: Tensor, grad: Optional[Tensor], relu: bool, summation: bool) -> Tensor:
+        if grad is None:
+            grad = torch.zeros_like(a)
+        weights = grad.mean(dim=tuple(range(2, grad.dim())), keepdim=True) if grad.dim() > 2 else grad
+        out = weights * a
+        if summation:
+            out = out.sum(dim=1, keepdim=True)
+        if relu:
+            out = F.relu(out)
+        return out.detach()
