@@ -1,0 +1,662 @@
+r"""FSS and RS over a data set: ``evaluate_kd`` and its result, ``KDEvaluation``.
+
+For a Student/Base pair, each layer (L1..L4) and each kind of saliency map,
+:func:`evaluate_kd` computes on every batch of a DataLoader
+
+- ``fss``: :math:`\mathcal{R}^{*2}(\hat x_s, \hat x_b)` (paper Eq. 8);
+- ``rs_base`` / ``rs_student``: :math:`\mathcal{R}^{*2}(\hat x_b, Y)` /
+  :math:`\mathcal{R}^{*2}(\hat x_s, Y)` (Eq. 9);
+- ``rs_distilled``: :math:`\mathcal{R}^*(\hat x_s, Y; \hat x_b)`, the relevance of what
+  only the Student encodes; ``rs_residual``: :math:`\mathcal{R}^*(\hat x_b, Y; \hat x_s)`,
+  of what only the Base encodes (partial distance correlations);
+
+and summarises them over batches: mean (the paper's statistic), a percentile bootstrap
+95 % interval, and one-sided paired permutation p-values for "RS Student > RS Base" and
+"RS distilled > RS residual". Under ``torch.distributed`` the batches are shared between
+ranks and the result equals a one-process run over the same batches.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from captum_unicam import stats
+from captum_unicam.metrics.fss import (
+    MIN_BATCH,
+    _check_estimator,
+    _check_inputs,
+    _check_perturb_func,
+    dcor_sqr,
+    layer_features,
+    mask_multiply,
+    perturb,
+)
+from captum_unicam.metrics.rs import _check_label_embeddings, label_vectors
+
+__all__ = [
+    "evaluate_kd",
+    "KDEvaluation",
+    "bootstrap_ci",
+    "paired_permutation_pvalue",
+    "MAP_KINDS",
+    "METRICS",
+]
+
+#: Kinds of saliency map, and which map perturbs the input of each model.
+MAP_KINDS = ("none", "gradcam", "distilled", "residual")
+KIND_TITLES = {
+    "none": "none (raw)",
+    "gradcam": "Grad-CAM",
+    "distilled": "UniCAM distilled",
+    "residual": "UniCAM residual",
+}
+#: Per-batch statistics, in table order.
+METRICS = ("fss", "rs_base", "rs_student", "rs_distilled", "rs_residual")
+METRIC_TITLES = {
+    "fss": "FSS",
+    "rs_base": "RS Base",
+    "rs_student": "RS Student",
+    "rs_distilled": "RS distilled",
+    "rs_residual": "RS residual",
+}
+_SERIES = {
+    "fss": "Student vs Base",
+    "rs_base": "Base",
+    "rs_student": "Student",
+    "rs_distilled": "distilled",
+    "rs_residual": "residual",
+}
+_FORMAT = "captum-unicam/kd-evaluation"
+_FORMAT_VERSION = 1
+
+
+# ---------------------------------------------------------------------------
+# Interval and test
+# ---------------------------------------------------------------------------
+
+
+def bootstrap_ci(values: Sequence[float], n_bootstrap: int = 1000, seed: int = 0, level: float = 0.95) -> Tuple[float, float]:
+    r"""Percentile bootstrap interval of the mean of ``values``.
+
+    Draws ``n_bootstrap`` resamples of the ``k`` values with replacement (indices from
+    ``numpy.random.default_rng(seed).integers(0, k, (n_bootstrap, k))``) and returns the
+    :math:`(1-\text{level})/2` and :math:`(1+\text{level})/2` quantiles of their means.
+    One value gives the degenerate interval (v, v).
+
+    Returns:
+        tuple[float, float]: (low, high).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or v.size == 0:
+        raise ValueError("bootstrap_ci needs a non-empty 1-D sequence of values.")
+    if v.size == 1:
+        return float(v[0]), float(v[0])
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(n_bootstrap, v.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def paired_permutation_pvalue(a: Sequence[float], b: Sequence[float], n_permutations: int = 10000, seed: int = 0) -> float:
+    r"""One-sided paired permutation p-value for "mean of a > mean of b".
+
+    The paired differences :math:`d_i = a_i - b_i` (one per batch) have their signs
+    flipped at random; the p-value is the share of sign patterns whose mean difference
+    is at least the observed one. When :math:`2^k \le` ``n_permutations`` all
+    :math:`2^k` patterns are enumerated (exact test; its smallest p-value is
+    :math:`2^{-k}`); otherwise ``n_permutations`` random patterns are drawn with
+    ``numpy.random.default_rng(seed)`` and :math:`p = (1 + \#\{\ge\}) / (1 + B)`.
+    Identical ``a`` and ``b`` give 1.
+
+    Returns:
+        float: the p-value in (0, 1].
+    """
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if d.ndim != 1 or d.size == 0:
+        raise ValueError("paired_permutation_pvalue needs two equal-length, non-empty 1-D sequences.")
+    k = d.size
+    observed = d.mean()
+    tol = 1e-9 * float(np.abs(d).mean())  # rounding of equal sums in another order
+    if 2**k <= n_permutations:
+        codes = np.arange(2**k)[:, None] >> np.arange(k)[None, :] & 1
+        signs = 1.0 - 2.0 * codes
+        return float(((signs * d).mean(axis=1) >= observed - tol).mean())
+    rng = np.random.default_rng(seed)
+    signs = rng.choice(np.array([-1.0, 1.0]), size=(n_permutations, k))
+    hits = int(((signs * d).mean(axis=1) >= observed - tol).sum())
+    return (1 + hits) / (1 + n_permutations)
+
+
+# ---------------------------------------------------------------------------
+# Result
+# ---------------------------------------------------------------------------
+
+
+def _write_atomic(path: Union[str, os.PathLike], text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass
+class KDEvaluation:
+    r"""Per-batch FSS / RS values of a Student/Base pair, with summaries and tables.
+
+    Attributes:
+        layers (list[str]): layer names, in the order given to :func:`evaluate_kd`.
+        map_kinds (list[str]): map kinds evaluated (see :func:`evaluate_kd`).
+        values (dict): ``values[layer][kind][metric]`` is the list of per-batch values,
+                    in batch order; metrics are :data:`METRICS`.
+        batch_indices (list[int]): index of each evaluated batch in the loader.
+        batch_sizes (list[int]): its number of samples.
+        skipped_batches (list[int]): indices of batches skipped for having fewer than 4
+                    samples.
+        settings (dict): estimator, perturbation, label vectors, bootstrap and
+                    permutation settings, seed, world size.
+    """
+
+    layers: List[str]
+    map_kinds: List[str]
+    values: Dict[str, Dict[str, Dict[str, List[float]]]]
+    batch_indices: List[int]
+    batch_sizes: List[int]
+    skipped_batches: List[int] = field(default_factory=list)
+    settings: Dict[str, Any] = field(default_factory=dict)
+
+    def per_batch(self, layer: str, kind: str, metric: str) -> np.ndarray:
+        """Per-batch values of one metric, as a float64 array."""
+        return np.asarray(self.values[layer][kind][metric], dtype=np.float64)
+
+    def summary(self, n_bootstrap: Optional[int] = None, n_permutations: Optional[int] = None, seed: Optional[int] = None) -> Dict[str, Any]:
+        r"""Mean, bootstrap 95 % interval and permutation p-values per layer and map kind.
+
+        Defaults for ``n_bootstrap``, ``n_permutations`` and ``seed`` come from
+        ``settings``; the same seed gives the same numbers.
+
+        Returns:
+            dict: two views of the same numbers.
+
+            - ``"by_layer"``: ``[layer][kind]`` holds, for each metric of
+              :data:`METRICS`, ``{"mean", "ci_low", "ci_high"}``, and ``"n_batches"``,
+              ``"p_student_gt_base"`` (one-sided paired permutation p-value over
+              batches for RS Student > RS Base) and ``"p_distilled_gt_residual"``
+              (RS distilled > RS residual);
+            - ``"rows"``: one flat record per (layer, map, statistic): ``{"layer",
+              "map", "metric": "FSS"|"RS", "key": "fss"|"rs_base"|..., "series":
+              "Student vs Base"|"Base"|"Student"|"distilled"|"residual", "mean", "low",
+              "high", "n_batches"}`` (for plotting), and the RS Student row carries ``"p"`` (Student > Base) and the RS distilled row
+              ``"p"`` (distilled > residual).
+        """
+        nb = int(n_bootstrap if n_bootstrap is not None else self.settings.get("n_bootstrap", 1000))
+        nperm = int(n_permutations if n_permutations is not None else self.settings.get("n_permutations", 10000))
+        sd = int(seed if seed is not None else self.settings.get("seed", 0))
+        by_layer: Dict[str, Dict[str, Dict[str, Any]]] = {}
+        rows: List[Dict[str, Any]] = []
+        k = len(self.batch_indices)
+        for layer in self.layers:
+            by_layer[layer] = {}
+            for kind in self.map_kinds:
+                entry: Dict[str, Any] = {"n_batches": k}
+                for metric in METRICS:
+                    v = self.per_batch(layer, kind, metric)
+                    lo, hi = bootstrap_ci(v, nb, sd)
+                    entry[metric] = {"mean": float(v.mean()), "ci_low": lo, "ci_high": hi}
+                entry["p_student_gt_base"] = paired_permutation_pvalue(
+                    self.per_batch(layer, kind, "rs_student"), self.per_batch(layer, kind, "rs_base"), nperm, sd
+                )
+                entry["p_distilled_gt_residual"] = paired_permutation_pvalue(
+                    self.per_batch(layer, kind, "rs_distilled"), self.per_batch(layer, kind, "rs_residual"), nperm, sd
+                )
+                by_layer[layer][kind] = entry
+                for metric in METRICS:
+                    e = entry[metric]
+                    row = {
+                        "layer": layer,
+                        "map": kind,
+                        "metric": "FSS" if metric == "fss" else "RS",
+                        "key": metric,
+                        "series": _SERIES[metric],
+                        "mean": e["mean"],
+                        "low": e["ci_low"],
+                        "high": e["ci_high"],
+                        "n_batches": k,
+                    }
+                    if metric == "rs_student":
+                        row["p"] = entry["p_student_gt_base"]
+                    if metric == "rs_distilled":
+                        row["p"] = entry["p_distilled_gt_residual"]
+                    rows.append(row)
+        return {"by_layer": by_layer, "rows": rows}
+
+    # -- serialisation ----------------------------------------------------
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Everything, plus the summary, as JSON-ready Python objects."""
+        return {
+            "format": _FORMAT,
+            "version": _FORMAT_VERSION,
+            "layers": list(self.layers),
+            "map_kinds": list(self.map_kinds),
+            "metrics": list(METRICS),
+            "batch_indices": list(self.batch_indices),
+            "batch_sizes": list(self.batch_sizes),
+            "skipped_batches": list(self.skipped_batches),
+            "settings": dict(self.settings),
+            "values": self.values,
+            "summary": self.summary(),
+        }
+
+    def to_json(self, path: Optional[Union[str, os.PathLike]] = None, indent: int = 2) -> str:
+        """JSON text of :meth:`to_dict`; also written atomically to ``path`` if given."""
+        text = json.dumps(self.to_dict(), indent=indent)
+        if path is not None:
+            _write_atomic(path, text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, source: Union[str, os.PathLike]) -> "KDEvaluation":
+        """Read what :meth:`to_json` wrote: a file path, or the JSON text itself."""
+        if isinstance(source, str) and source.lstrip().startswith("{"):
+            data = json.loads(source)
+        else:
+            data = json.loads(Path(source).read_text(encoding="utf-8"))
+        if data.get("format") != _FORMAT:
+            raise ValueError(f"not a KDEvaluation JSON (format {data.get('format')!r}, expected {_FORMAT!r}).")
+        return cls(
+            layers=list(data["layers"]),
+            map_kinds=list(data["map_kinds"]),
+            values={
+                layer: {kind: {m: [float(x) for x in vals] for m, vals in km.items()} for kind, km in lk.items()}
+                for layer, lk in data["values"].items()
+            },
+            batch_indices=[int(i) for i in data["batch_indices"]],
+            batch_sizes=[int(i) for i in data["batch_sizes"]],
+            skipped_batches=[int(i) for i in data.get("skipped_batches", [])],
+            settings=dict(data.get("settings", {})),
+        )
+
+    # -- tables -----------------------------------------------------------
+
+    def _rows(self) -> List[Tuple[str, str, Dict[str, Any]]]:
+        s = self.summary()["by_layer"]
+        return [(layer, kind, s[layer][kind]) for layer in self.layers for kind in self.map_kinds]
+
+    def to_markdown(self, path: Optional[Union[str, os.PathLike]] = None, digits: int = 4) -> str:
+        r"""The paper's Table 1 layout: one row per layer and map kind.
+
+        Columns: FSS, RS Base, RS Student, RS distilled, RS residual as ``mean ± h``,
+        where ``h`` is half the width of the 95 % bootstrap interval over batches (the
+        exact bounds are in :meth:`to_csv` and :meth:`to_json`), and the permutation
+        p-value of RS Student > RS Base. Written atomically to ``path`` if given.
+        """
+        header = ["Layer", "Map"] + [METRIC_TITLES[m] for m in METRICS] + ["p (Student > Base)"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+        for layer, kind, entry in self._rows():
+            cells = [layer, KIND_TITLES.get(kind, kind)]
+            for m in METRICS:
+                e = entry[m]
+                half = (e["ci_high"] - e["ci_low"]) / 2
+                cells.append(f"{e['mean']:.{digits}f} ± {half:.{digits}f}")
+            cells.append(f"{entry['p_student_gt_base']:.3g}")
+            lines.append("| " + " | ".join(cells) + " |")
+        st = self.settings
+        lines += [
+            "",
+            f"Mean over {len(self.batch_indices)} batches ± half the width of the 95 % bootstrap "
+            f"interval ({st.get('n_bootstrap', '?')} resamples of the batches, seed {st.get('seed', '?')}). "
+            f"p: one-sided paired permutation test over batches. Estimator {st.get('estimator', '?')!r}, "
+            f"perturbation {st.get('perturb_func', '?')}, labels {st.get('label_embeddings', '?')}.",
+        ]
+        text = "\n".join(lines) + "\n"
+        if path is not None:
+            _write_atomic(path, text)
+        return text
+
+    def to_csv(self, path: Optional[Union[str, os.PathLike]] = None) -> str:
+        """The Table 1 layout with exact numbers: mean, ci_low, ci_high per metric, and p-values.
+
+        Written atomically to ``path`` if given.
+        """
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        header = ["layer", "map", "n_batches"]
+        for m in METRICS:
+            header += [f"{m}_mean", f"{m}_ci_low", f"{m}_ci_high"]
+        header += ["p_student_gt_base", "p_distilled_gt_residual"]
+        writer.writerow(header)
+        for layer, kind, entry in self._rows():
+            row = [layer, kind, entry["n_batches"]]
+            for m in METRICS:
+                row += [repr(entry[m]["mean"]), repr(entry[m]["ci_low"]), repr(entry[m]["ci_high"])]
+            row += [repr(entry["p_student_gt_base"]), repr(entry["p_distilled_gt_residual"])]
+            writer.writerow(row)
+        text = buf.getvalue()
+        if path is not None:
+            _write_atomic(path, text)
+        return text
+
+
+# ---------------------------------------------------------------------------
+# evaluate_kd
+# ---------------------------------------------------------------------------
+
+
+def _batch_metrics(feats_s: Tensor, feats_b: Tensor, y: Tensor, estimator: str) -> Dict[str, float]:
+    y = y.to(feats_s.device)
+    return {
+        "fss": float(dcor_sqr(feats_s, feats_b, estimator)),
+        "rs_base": float(dcor_sqr(feats_b, y, estimator)),
+        "rs_student": float(dcor_sqr(feats_s, y, estimator)),
+        "rs_distilled": float(stats.partial_distance_correlation(feats_s, y, feats_b)),
+        "rs_residual": float(stats.partial_distance_correlation(feats_b, y, feats_s)),
+    }
+
+
+def _dist_info() -> Tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _unpack(item: Any, index: int) -> Tuple[Tensor, Any]:
+    if isinstance(item, Mapping):
+        raise ValueError(
+            f"batch {index} is a mapping; evaluate_kd expects loader items (inputs, target) or "
+            "(inputs, target, mask)."
+        )
+    if not isinstance(item, (tuple, list)) or len(item) < 2 or not isinstance(item[0], Tensor):
+        raise ValueError(
+            f"batch {index} is not (inputs, target[, ...]) with a tensor of inputs; got "
+            f"{type(item).__name__}."
+        )
+    return item[0], item[1]
+
+
+def _check_layers(layers: Any, student: nn.Module, base: nn.Module) -> Dict[str, Tuple[nn.Module, nn.Module]]:
+    if not isinstance(layers, Mapping) or not layers:
+        raise ValueError(
+            "layers must be a non-empty mapping name -> (student_layer, base_layer), e.g. "
+            "{'L4': (student.layer4[-1], base.layer4[-1])}."
+        )
+    out = {}
+    for name, pair in layers.items():
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(isinstance(m, nn.Module) for m in pair):
+            raise ValueError(f"layers[{name!r}] must be a pair (student_layer, base_layer) of nn.Modules.")
+        for model, layer, who in ((student, pair[0], "student"), (base, pair[1], "base")):
+            if isinstance(model, nn.Module) and not any(m is layer for m in model.modules()):
+                raise ValueError(f"layers[{name!r}]: the {who} layer is not a module of the {who} model.")
+        out[str(name)] = (pair[0], pair[1])
+    return out
+
+
+def _check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return value
+
+
+def _maps(kinds, student, base, s_layer, b_layer, unicam, x, y) -> Dict[str, Tuple[Optional[Tensor], Optional[Tensor]]]:
+    """The (Student's map, Base's map) of each kind on the batch."""
+    maps: Dict[str, Tuple[Optional[Tensor], Optional[Tensor]]] = {}
+    if "none" in kinds:
+        maps["none"] = (None, None)
+    if "gradcam" in kinds:
+        from captum.attr import LayerGradCam
+
+        cam_s = LayerGradCam(student, s_layer).attribute(x, target=y, relu_attributions=True).detach()
+        cam_b = LayerGradCam(base, b_layer).attribute(x, target=y, relu_attributions=True).detach()
+        maps["gradcam"] = (cam_s, cam_b)
+    if "distilled" in kinds or "residual" in kinds:
+        distilled, residual = unicam.attribute(x, target=y, features="both")
+        maps["distilled"] = (distilled.detach(), distilled.detach())
+        maps["residual"] = (residual.detach(), residual.detach())
+    return maps
+
+
+def evaluate_kd(
+    student: nn.Module,
+    base: nn.Module,
+    loader: Any,
+    layers: Mapping[str, Tuple[nn.Module, nn.Module]],
+    *,
+    label_embeddings: Optional[Tensor] = None,
+    map_kinds: Sequence[str] = MAP_KINDS,
+    perturb_func: Callable = mask_multiply,
+    estimator: str = "u",
+    n_bootstrap: int = 1000,
+    n_permutations: int = 10000,
+    seed: int = 0,
+    progress: bool = True,
+    device: Union[str, torch.device] = "cpu",
+    small_batches: str = "skip",
+) -> KDEvaluation:
+    r"""FSS and RS of a Student/Base pair over a data set, per layer and map kind.
+
+    For each batch ``(x, y)`` of ``loader``, each layer ``name -> (student_layer,
+    base_layer)`` and each map kind, the inputs of the two models are perturbed
+    (``perturb_func``) with these maps:
+
+    ============  ==============================  ===============================
+    kind          Student's input                 Base's input
+    ============  ==============================  ===============================
+    ``none``      x (raw features)                x
+    ``gradcam``   x ⊙ Grad-CAM of the Student     x ⊙ Grad-CAM of the Base
+    ``distilled`` x ⊙ UniCAM distilled map        x ⊙ the same distilled map
+    ``residual``  x ⊙ UniCAM residual map         x ⊙ the same residual map
+    ============  ==============================  ===============================
+
+    Grad-CAM is Captum's ``LayerGradCam`` on that layer with ReLU (as in the paper),
+    each model explained by its own map (the paper's "layer-specific features",
+    Fig. 3-4, Table 1 left). The UniCAM maps come from one ``UniCAM(student,
+    student_layer, base, base_layer, label_embeddings=...)`` call with
+    ``features="both"``; each perturbs the inputs of *both* models, as paper Eq. 7
+    writes (one :math:`I \odot H` fed to :math:`f_s` and :math:`f_b`), so FSS compares
+    the two models on the same evidence. The paper's Table 1 right half is then
+    ``rs_student`` of the ``distilled`` rows (Student features on the distilled map)
+    and ``rs_base`` of the ``residual`` rows (Base features on the residual map).
+
+    Per batch it records ``fss``, ``rs_base``, ``rs_student``, ``rs_distilled`` =
+    pdCor(x̂_s, Y; x̂_b) and ``rs_residual`` = pdCor(x̂_b, Y; x̂_s) (see
+    :func:`~captum_unicam.feature_similarity_score` and
+    :func:`~captum_unicam.relevance_score`; x̂ = flattened layer output on the
+    perturbed batch, Y = label vectors).
+
+    **Batches.** Loader items are ``(x, y)`` or ``(x, y, mask, ...)``; only the first
+    two are used; ``y`` holds class indices. Batches with fewer than 4 samples cannot
+    be scored (U-statistics): with ``small_batches="skip"`` (default) they are skipped
+    with a warning and listed in ``KDEvaluation.skipped_batches``; with ``"error"``
+    they raise. A DataLoader's last batch is often small: use ``drop_last=True``. The
+    models are used as given (not moved, mode unchanged): put them on ``device`` and in
+    ``eval()`` mode first, or batch-norm statistics change and dropout is active.
+
+    **Distributed.** If ``torch.distributed`` is initialised (e.g. under ``torchrun``,
+    gloo on CPU or nccl on GPU), rank ``r`` of ``W`` computes the batches whose index
+    ``i`` in the loader satisfies ``i % W == r`` (every rank iterates the same loader,
+    so it must yield the same batches in the same order on every rank: no unseeded
+    shuffling); the per-batch values are all-gathered and ordered by ``i``, so every
+    rank returns the same result as one process over the whole loader. If the loader
+    already uses a ``DistributedSampler``, each rank computes all of its own batches
+    and they are ordered by (local index, rank). With nccl, set the CUDA device of each
+    rank first (``torch.cuda.set_device``), as ``all_gather_object`` requires.
+
+    Args:
+        student (torch.nn.Module): the model trained with KD.
+        base (torch.nn.Module): the same architecture trained without KD (or the Teacher).
+        loader (Iterable): batches ``(x, y[, ...])``, typically a DataLoader.
+        layers (Mapping[str, tuple[nn.Module, nn.Module]]): name -> (student_layer,
+                    base_layer), e.g. ``{"L1": (s.layer1[-1], b.layer1[-1]), ...}``.
+        label_embeddings (Tensor, optional): ``(num_classes, e)`` label vectors for RS and
+                    UniCAM (e.g. ``embed_labels(class_names)``). Default: one-hot.
+        map_kinds (sequence of str, optional): subset of ``("none", "gradcam",
+                    "distilled", "residual")``. Default: all four.
+        perturb_func (Callable, optional): ``mask_multiply`` (default) or ``road_impute``.
+        estimator (str, optional): ``"u"`` (paper) or ``"v"`` for FSS and the plain RS;
+                    ``rs_distilled`` / ``rs_residual`` are always the (U-statistic)
+                    partial distance correlation. Default: "u".
+        n_bootstrap (int, optional): bootstrap resamples for the intervals. Default: 1000.
+        n_permutations (int, optional): sign patterns for the permutation tests (all
+                    :math:`2^k` when that is not more). Default: 10000.
+        seed (int, optional): seed of the bootstrap and permutations. Default: 0.
+        progress (bool, optional): tqdm progress bar (rank 0 only). Default: True.
+        device (str or torch.device, optional): where batches are moved. Default: "cpu".
+        small_batches (str, optional): ``"skip"`` or ``"error"``. Default: "skip".
+
+    Returns:
+        KDEvaluation: per-batch values; ``.summary()``, ``.to_json()``,
+        ``.to_markdown()``, ``.to_csv()``.
+
+    Raises:
+        ValueError: bad arguments; NaN in a batch; a target beyond the label-embedding
+                    table; a batch under 4 with ``small_batches="error"``; no batch of 4
+                    or more samples at all.
+
+    Examples::
+
+        >>> from captum_unicam.metrics import evaluate_kd
+        >>> layers = {f"L{i}": (getattr(student, f"layer{i}")[-1], getattr(base, f"layer{i}")[-1])
+        ...           for i in range(1, 5)}
+        >>> result = evaluate_kd(student.eval(), base.eval(), loader, layers,
+        ...                      label_embeddings=embed_labels(class_names))
+        >>> print(result.to_markdown())
+    """
+    # -- validation before any work ------------------------------------------------
+    layer_pairs = _check_layers(layers, student, base)
+    if isinstance(map_kinds, str):
+        map_kinds = (map_kinds,)
+    kinds = list(map_kinds)
+    unknown = [k for k in kinds if k not in MAP_KINDS]
+    if not kinds or unknown or len(set(kinds)) != len(kinds):
+        raise ValueError(f"map_kinds must be distinct values among {MAP_KINDS}; got {list(map_kinds)!r}.")
+    _check_estimator(estimator)
+    _check_perturb_func(perturb_func)
+    _check_label_embeddings(label_embeddings)
+    _check_positive_int(n_bootstrap, "n_bootstrap")
+    _check_positive_int(n_permutations, "n_permutations")
+    if small_batches not in ("skip", "error"):
+        raise ValueError(f"small_batches must be 'skip' or 'error', got {small_batches!r}.")
+    device = torch.device(device)
+    emb = label_embeddings.detach().to(device) if label_embeddings is not None else None
+    for model, who in ((student, "student"), (base, "base")):
+        if isinstance(model, nn.Module) and model.training:
+            warnings.warn(
+                f"the {who} model is in training mode: batch-norm statistics will be updated and "
+                "dropout is active during evaluation; call .eval() first.",
+                stacklevel=2,
+            )
+
+    unicams = {}
+    if "distilled" in kinds or "residual" in kinds:
+        from captum_unicam.attr.unicam import UniCAM
+
+        unicams = {
+            name: UniCAM(student, s_layer, base, b_layer, label_embeddings=emb)
+            for name, (s_layer, b_layer) in layer_pairs.items()
+        }
+
+    rank, world = _dist_info()
+    presharded = isinstance(getattr(loader, "sampler", None), torch.utils.data.DistributedSampler)
+
+    try:
+        total = len(loader)
+    except TypeError:
+        total = None
+    from tqdm.auto import tqdm
+
+    records: List[Dict[str, Any]] = []
+    bar = tqdm(total=total, desc="evaluate_kd", unit="batch", disable=not progress or rank != 0)
+    try:
+        for i, item in enumerate(loader):
+            bar.update(1)
+            if world > 1 and not presharded and i % world != rank:
+                continue
+            x, y = _unpack(item, i)
+            n = x.shape[0]
+            if n < MIN_BATCH:
+                msg = (
+                    f"batch {i} has {n} samples; FSS and RS need at least {MIN_BATCH} per batch. "
+                    "Use DataLoader(..., drop_last=True) or a batch size that divides the data set."
+                )
+                if small_batches == "error":
+                    raise ValueError(msg)
+                warnings.warn(msg + " The batch is skipped.", stacklevel=2)
+                records.append({"index": i, "rank": rank, "size": n, "values": None})
+                continue
+            x = x.to(device)
+            y = (y if isinstance(y, Tensor) else torch.as_tensor(y)).to(device)
+            try:
+                _check_inputs(x)
+                labels = label_vectors(y, n, emb)
+            except ValueError as err:
+                raise ValueError(f"batch {i}: {err}") from err
+            values: Dict[str, Dict[str, Dict[str, float]]] = {}
+            for name, (s_layer, b_layer) in layer_pairs.items():
+                maps = _maps(kinds, student, base, s_layer, b_layer, unicams.get(name), x, y)
+                values[name] = {}
+                for kind in kinds:
+                    h_s, h_b = maps[kind]
+                    x_s = perturb(x, h_s, perturb_func)
+                    x_b = x_s if h_b is h_s else perturb(x, h_b, perturb_func)
+                    feats_s = layer_features(student, s_layer, x_s)
+                    feats_b = layer_features(base, b_layer, x_b)
+                    values[name][kind] = _batch_metrics(feats_s, feats_b, labels, estimator)
+            records.append({"index": i, "rank": rank, "size": n, "values": values})
+    finally:
+        bar.close()
+
+    if world > 1:
+        gathered: List[Any] = [None] * world
+        torch.distributed.all_gather_object(gathered, records)
+        records = [r for part in gathered for r in part]
+    records.sort(key=lambda r: (r["index"], r["rank"]))
+
+    done = [r for r in records if r["values"] is not None]
+    if not done:
+        raise ValueError(
+            f"no batch had at least {MIN_BATCH} samples ({len(records)} batches seen); use a larger batch size."
+        )
+    result_values = {
+        name: {kind: {m: [r["values"][name][kind][m] for r in done] for m in METRICS} for kind in kinds}
+        for name in layer_pairs
+    }
+    settings = {
+        "estimator": estimator,
+        "perturb_func": getattr(perturb_func, "__name__", type(perturb_func).__name__),
+        "label_embeddings": "one-hot"
+        if label_embeddings is None
+        else f"table {tuple(label_embeddings.shape)[0]}x{tuple(label_embeddings.shape)[1]}",
+        "n_bootstrap": n_bootstrap,
+        "n_permutations": n_permutations,
+        "seed": seed,
+        "world_size": world,
+        "sharding": "sampler" if presharded else "batch index % world size",
+    }
+    return KDEvaluation(
+        layers=list(layer_pairs),
+        map_kinds=kinds,
+        values=result_values,
+        batch_indices=[r["index"] for r in done],
+        batch_sizes=[r["size"] for r in done],
+        skipped_batches=[r["index"] for r in records if r["values"] is None],
+        settings=settings,
+    )
