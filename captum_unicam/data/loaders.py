@@ -1,0 +1,334 @@
+r"""Datasets by spec string: the controlled dataset, CIFAR-10 and ImageFolder trees.
+
+A spec names a dataset the way the command line does (``--data SPEC``):
+
+==================== ==========================================================
+spec                 dataset
+==================== ==========================================================
+``controlled``       :class:`~captum_unicam.data.ControlledShapes`, seed 0
+``controlled:SEED``  the same with another seed
+``cifar10:ROOT``     torchvision's CIFAR-10 under ROOT (downloaded only when
+                     ``download=True``)
+``imagefolder:ROOT`` a folder of class sub-folders of images (PetImages / ASIRRA,
+                     PlantVillage, ...): ``ROOT/train`` and ``ROOT/test`` (or
+                     ``ROOT/val``) when present, else ``ROOT`` itself split
+                     deterministically, stratified by class
+==================== ==========================================================
+
+Transforms. Images come as float tensors ``(3, H, W)`` in [0, 1], **not normalised**
+by default (the models of :mod:`captum_unicam.models` have batch normalisation after the
+first convolution and train well on [0, 1] inputs; maps and perturbations are easier
+to read on unnormalised images). ``normalize=True`` applies the per-channel mean / std
+of the dataset (CIFAR-10's, or ImageNet's for folders) and records them as ``.mean``
+and ``.std`` on the dataset. ``augment=True`` (training split only) adds the usual
+augmentation: random crop with 4-pixel padding and horizontal flip for CIFAR-10,
+random resized crop and horizontal flip for folders. Without augmentation, folder
+images are resized (shorter side to ``image_size * 8 / 7``) and centre-cropped to
+``image_size`` (default 224); CIFAR-10 is resized only when ``image_size`` is not 32.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+from typing import Any, Callable, List, Optional, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from captum_unicam.data.controlled import SPLITS, ControlledShapes
+
+__all__ = ["DataSpecError", "load_dataset", "SCHEMES"]
+
+#: Schemes accepted by :func:`load_dataset`.
+SCHEMES = ("controlled", "cifar10", "imagefolder")
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+_DEFAULT_CONTROLLED_SIZE = {"train": 2000, "test": 1000, "val": 1000, "transfer": 4000}
+
+
+class DataSpecError(ValueError):
+    r"""A data spec cannot be loaded: unknown scheme, missing or empty folder, absent
+    CIFAR-10 files. The message says what is wrong and what to do."""
+
+
+class _Subset(Dataset):
+    """A subset that keeps ``classes`` (and the base dataset's other attributes)."""
+
+    def __init__(self, base: Dataset, indices: Sequence[int]) -> None:
+        self.base = base
+        self.indices = list(indices)
+        self.classes = list(base.classes)
+        targets = getattr(base, "targets", None)
+        if targets is not None:
+            self.targets = [int(targets[i]) for i in self.indices]
+        for name in ("class_to_idx", "mean", "std", "root", "split"):
+            if hasattr(base, name):
+                setattr(self, name, getattr(base, name))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.base[self.indices[i]]
+
+
+def _limited(ds: Dataset, limit: Optional[int], seed: int = 0) -> Dataset:
+    """The first ``limit`` items of a seeded permutation (so every class is sampled
+    even when the dataset is sorted by class), kept in their original order."""
+    if limit is None or limit >= len(ds):
+        return ds
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.randperm(len(ds), generator=g)[:limit].sort().values.tolist()
+    return _Subset(ds, keep)
+
+
+def _check_common(split: str, image_size: Optional[int], limit: Optional[int]) -> None:
+    if split not in SPLITS:
+        raise DataSpecError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if image_size is not None and (
+        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8
+    ):
+        raise DataSpecError(f"image_size must be an int >= 8, got {image_size!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DataSpecError(f"limit must be a positive int, got {limit!r}")
+
+
+def load_dataset(
+    spec: str,
+    split: str = "train",
+    *,
+    download: bool = False,
+    image_size: Optional[int] = None,
+    limit: Optional[int] = None,
+    augment: bool = False,
+    normalize: bool = False,
+    **kwargs: Any,
+) -> Dataset:
+    r"""Loads a dataset named by a spec string (see the module docstring).
+
+    Args:
+
+        spec (str): ``"controlled"``, ``"controlled:SEED"``, ``"cifar10:ROOT"`` or
+                    ``"imagefolder:ROOT"``.
+        split (str, optional): ``"train"`` or ``"test"`` (``"val"`` reads the test
+                    part of folders and CIFAR-10; the controlled dataset also has
+                    independent ``"val"`` and ``"transfer"`` streams).
+                    Default: "train"
+        download (bool, optional): Download CIFAR-10 into ROOT when it is absent.
+                    Nothing is ever downloaded otherwise. Default: False
+        image_size (int, optional): Side of the (square) images. Default: 32 for the
+                    controlled dataset and CIFAR-10, 224 for folders.
+        limit (int, optional): Keep only this many items (a seeded random subset, so
+                    every class is represented). Default: None (all)
+        augment (bool, optional): Training augmentation (only applied to the train
+                    split). Default: False
+        normalize (bool, optional): Normalise by the dataset's mean / std (not for
+                    the controlled dataset, whose images stay in [0, 1]).
+                    Default: False
+        **kwargs: For ``controlled``: ``size`` (default 2000 train, 1000 test/val,
+                    4000 transfer; ``limit`` overrides it), ``num_classes``,
+                    ``cue_strength``, ``clutter``, ``noise``. For ``imagefolder``:
+                    ``test_fraction`` (default 0.2) and ``split_seed`` (default 0) of
+                    the split of a folder without train / test sub-folders.
+
+    Returns:
+        *Dataset*: items ``(image, label)``, or ``(image, label, mask)`` for the
+        controlled dataset; the dataset has ``.classes``.
+
+    Raises:
+        DataSpecError: unknown scheme, missing root, empty folder, CIFAR-10 files
+        absent with ``download=False``, bad keywords.
+
+    Examples::
+
+        >>> train = load_dataset("controlled:3", "train", cue_strength=0.9, limit=300)
+        >>> test = load_dataset("imagefolder:/data/PetImages", "test", image_size=128)
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise DataSpecError(
+            f"data spec must be a non-empty str like 'controlled', 'cifar10:ROOT' or "
+            f"'imagefolder:ROOT', got {spec!r}"
+        )
+    _check_common(split, image_size, limit)
+    scheme, sep, arg = spec.strip().partition(":")
+    scheme = scheme.lower()
+    if scheme == "controlled":
+        return _controlled(arg if sep else "", split, image_size, limit, kwargs)
+    if scheme not in SCHEMES:
+        raise DataSpecError(
+            f"unknown data spec {spec!r}; use one of 'controlled', 'controlled:SEED', "
+            "'cifar10:ROOT', 'imagefolder:ROOT'"
+        )
+    if not arg:
+        raise DataSpecError(f"data spec {spec!r} needs a folder: '{scheme}:ROOT'")
+    root = pathlib.Path(os.path.expanduser(arg))
+    if scheme == "cifar10":
+        return _cifar10(root, split, download, image_size, limit, augment, normalize, kwargs)
+    return _imagefolder(root, split, image_size, limit, augment, normalize, kwargs)
+
+
+def _controlled(arg: str, split: str, image_size, limit, kwargs) -> Dataset:
+    seed = 0
+    if arg:
+        try:
+            seed = int(arg)
+        except ValueError:
+            raise DataSpecError(
+                f"'controlled:{arg}': the seed must be a non-negative integer, "
+                "e.g. 'controlled:3'"
+            ) from None
+    allowed = {"size", "num_classes", "cue_strength", "clutter", "noise"}
+    unknown = set(kwargs) - allowed
+    if unknown:
+        raise DataSpecError(
+            f"unknown keyword(s) {sorted(unknown)} for the controlled dataset; "
+            f"accepted: {sorted(allowed)}"
+        )
+    size = kwargs.pop("size", _DEFAULT_CONTROLLED_SIZE[split])
+    if limit is not None:
+        size = limit
+    try:
+        return ControlledShapes(
+            size, seed=seed, image_size=image_size or 32, split=split, **kwargs
+        )
+    except ValueError as e:
+        raise DataSpecError(f"controlled dataset: {e}") from e
+
+
+def _no_kwargs(scheme: str, kwargs: dict, allowed: Sequence[str] = ()) -> None:
+    unknown = set(kwargs) - set(allowed)
+    if unknown:
+        raise DataSpecError(
+            f"unknown keyword(s) {sorted(unknown)} for {scheme}"
+            + (f"; accepted: {sorted(allowed)}" if allowed else "")
+        )
+
+
+def _normalizer(mean, std):
+    from torchvision import transforms as T
+
+    return T.Normalize(mean, std)
+
+
+def _cifar10(root, split, download, image_size, limit, augment, normalize, kwargs):
+    from torchvision import datasets
+    from torchvision import transforms as T
+
+    _no_kwargs("cifar10", kwargs)
+    if root.name == "cifar-10-batches-py":  # the extracted folder itself was given
+        root = root.parent
+    if not download and not (root / "cifar-10-batches-py").is_dir():
+        raise DataSpecError(
+            f"CIFAR-10 is not in {str(root)!r} (no cifar-10-batches-py folder); pass "
+            "download=True (--download on the command line) to download it there, or "
+            "point cifar10:ROOT at the folder that holds cifar-10-batches-py"
+        )
+    size = image_size or 32
+    train = split == "train"
+    tf: List[Callable] = []
+    if size != 32:
+        tf.append(T.Resize(size, antialias=True))
+    if augment and train:
+        tf += [T.RandomCrop(size, padding=4 * size // 32), T.RandomHorizontalFlip()]
+    tf.append(T.ToTensor())
+    if normalize:
+        tf.append(_normalizer(CIFAR10_MEAN, CIFAR10_STD))
+    try:
+        ds = datasets.CIFAR10(str(root), train=train, download=download, transform=T.Compose(tf))
+    except RuntimeError as e:
+        hint = "" if download else "; pass download=True (--download) to download it again"
+        raise DataSpecError(f"cannot read CIFAR-10 in {str(root)!r}: {e}{hint}") from e
+    if normalize:
+        ds.mean, ds.std = CIFAR10_MEAN, CIFAR10_STD
+    return _limited(ds, limit)
+
+
+def _is_image(path: str) -> bool:
+    # zero-byte files (PetImages has a few) cannot be images: skip them
+    return path.lower().endswith(IMAGE_EXTENSIONS) and os.path.getsize(path) > 0
+
+
+def _class_dirs(root: pathlib.Path) -> List[str]:
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+
+
+def _imagefolder(root, split, image_size, limit, augment, normalize, kwargs):
+    from torchvision import datasets
+    from torchvision import transforms as T
+
+    _no_kwargs("imagefolder", kwargs, ("test_fraction", "split_seed"))
+    test_fraction = kwargs.get("test_fraction", 0.2)
+    split_seed = kwargs.get("split_seed", 0)
+    if not isinstance(test_fraction, (int, float)) or not 0.0 < test_fraction < 1.0:
+        raise DataSpecError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    if not root.exists():
+        raise DataSpecError(
+            f"image folder {str(root)!r} does not exist; give the folder that holds one "
+            "sub-folder of images per class (or train/ and test/ sub-folders of those)"
+        )
+    if not root.is_dir():
+        raise DataSpecError(f"{str(root)!r} is not a folder; imagefolder:ROOT needs a folder")
+    train = split in ("train", "transfer")
+    sub = None
+    if (root / "train").is_dir() and ((root / "test").is_dir() or (root / "val").is_dir()):
+        if train:
+            sub = root / "train"
+        else:
+            sub = root / "test" if (root / "test").is_dir() else root / "val"
+    folder = sub or root
+    if not _class_dirs(folder):
+        raise DataSpecError(
+            f"image folder {str(folder)!r} has no class sub-folders; arrange the images "
+            "as ROOT/<class name>/<image file>"
+        )
+    size = image_size or 224
+    if augment and train:
+        tf: List[Callable] = [
+            T.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
+            T.RandomHorizontalFlip(),
+        ]
+    else:
+        tf = [T.Resize(int(math.ceil(size * 8 / 7)), antialias=True), T.CenterCrop(size)]
+    tf.append(T.ToTensor())
+    if normalize:
+        tf.append(_normalizer(IMAGENET_MEAN, IMAGENET_STD))
+    try:
+        ds = datasets.ImageFolder(
+            str(folder),
+            transform=T.Compose(tf),
+            is_valid_file=_is_image,
+            allow_empty=False,
+        )
+    except FileNotFoundError as e:
+        raise DataSpecError(
+            f"image folder {str(folder)!r} holds no images ({e}); put image files "
+            f"({', '.join(IMAGE_EXTENSIONS)}) in ROOT/<class name>/"
+        ) from e
+    if normalize:
+        ds.mean, ds.std = IMAGENET_MEAN, IMAGENET_STD
+    if sub is None:
+        ds = _Subset(ds, _stratified_split(ds.targets, train, float(test_fraction), split_seed))
+    return _limited(ds, limit)
+
+
+def _stratified_split(targets: Sequence[int], train: bool, frac: float, seed: int) -> List[int]:
+    """Indices of the train or test part: per class, a seeded permutation of its files
+    (sorted by path) whose first ceil(frac * n) go to test (none if the class has one
+    file). Deterministic, and the same for every run on the same folder."""
+    by_class: dict = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(int(t), []).append(i)
+    keep: List[int] = []
+    for c, idx in sorted(by_class.items()):
+        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + c)
+        perm = [idx[j] for j in torch.randperm(len(idx), generator=g).tolist()]
+        n_test = math.ceil(frac * len(idx)) if len(idx) > 1 else 0
+        keep += perm[n_test:] if train else perm[:n_test]
+    return sorted(keep)
