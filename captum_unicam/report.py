@@ -405,25 +405,52 @@ def _evaluation_parts(evaluation: Any) -> Dict[str, Any]:
 
 
 def _panels_from_summary(summary: Any) -> Optional[Dict[str, Dict[str, Dict[str, Any]]]]:
-    """FSS / RS per layer panels for viz.scores_per_layer, from an evaluation summary.
+    """FSS / RS per layer panels for viz.scores_per_layer, from KDEvaluation.summary().
 
-    Accepts a summary with rows ``{"layer", "metric", "map"/"kind", "model"/"series",
-    "mean", "low", "high"}`` (a list or under key "rows"), as KDEvaluation.summary() gives.
+    The summary is ``summary[layer][kind][metric] = {"mean", "ci_low", "ci_high"}``.
+    Panels (paper Fig. 4 and Table 1): FSS per map kind; RS of Base and Student on
+    their Grad-CAM regions; RS of the Student on the distilled map and of the Base on
+    the residual map.
     """
-    rows = summary.get("rows") if isinstance(summary, Mapping) else summary
-    if not isinstance(rows, list) or not rows or not isinstance(rows[0], Mapping):
+    if not isinstance(summary, Mapping) or not summary:
         return None
+    titles = {"none": "raw features", "gradcam": "Grad-CAM", "distilled": "UniCAM distilled",
+              "residual": "UniCAM residual"}
+    fss: Dict[str, Dict[str, Any]] = {}
+    rs_gc: Dict[str, Dict[str, Any]] = {}
+    rs_uc: Dict[str, Dict[str, Any]] = {}
+
+    def iv(entry: Any, metric: str) -> Optional[Dict[str, Any]]:
+        e = entry.get(metric) if isinstance(entry, Mapping) else None
+        if not isinstance(e, Mapping) or e.get("mean") is None:
+            return None
+        return {"mean": e["mean"], "low": e.get("ci_low", e.get("low")), "high": e.get("ci_high", e.get("high"))}
+
+    for layer, kinds in summary.items():
+        if not isinstance(kinds, Mapping):
+            return None
+        for kind, entry in kinds.items():
+            v = iv(entry, "fss")
+            if v is not None:
+                fss.setdefault(titles.get(kind, kind), {})[layer] = v
+        gc = kinds.get("gradcam")
+        if gc is not None:
+            for metric, name in (("rs_base", "Base"), ("rs_student", "Student")):
+                v = iv(gc, metric)
+                if v is not None:
+                    rs_gc.setdefault(name, {})[layer] = v
+        for kind, metric, name in (("distilled", "rs_student", "Student on distilled map"),
+                                   ("residual", "rs_base", "Base on residual map")):
+            v = iv(kinds.get(kind), metric)
+            if v is not None:
+                rs_uc.setdefault(name, {})[layer] = v
     panels: Dict[str, Dict[str, Dict[str, Any]]] = {}
-    for r in rows:
-        metric = str(r.get("metric", "")).upper()
-        if metric not in ("FSS", "RS") or r.get("mean") is None:
-            continue
-        kind = r.get("map", r.get("kind", r.get("map_kind", "")))
-        who = r.get("model", r.get("series", r.get("pair", "")))
-        panel = f"{metric} ({kind})" if kind else metric
-        series = str(who) if who else ("Student vs Base" if metric == "FSS" else "")
-        panels.setdefault(panel, {}).setdefault(series, {})[str(r["layer"])] = {
-            "mean": r["mean"], "low": r.get("low", r["mean"]), "high": r.get("high", r["mean"])}
+    if fss:
+        panels["(a) FSS, Student vs Base"] = fss
+    if rs_gc:
+        panels["(b) RS on Grad-CAM regions"] = rs_gc
+    if rs_uc:
+        panels["(c) RS on UniCAM regions"] = rs_uc
     return panels or None
 
 

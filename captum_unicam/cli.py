@@ -1,0 +1,728 @@
+r"""The ``captum-unicam`` command: ``demo``, ``train``, ``explain`` and ``quantify``.
+
+::
+
+    captum-unicam demo     [--out DIR] [--quick] [--seed N] [--device cpu|cuda]
+    captum-unicam train    --data SPEC --arch ARCH [--teacher CKPT --method M] --out CKPT
+    captum-unicam explain  --student CKPT --base CKPT --data SPEC [--layers ...] --out DIR
+    captum-unicam quantify --student CKPT --base CKPT --data SPEC [--perturb road|mask|none] --out DIR
+
+The command line is a thin layer over the library: it parses and validates everything
+(files, checkpoints, data, layers, output folder) before any long work, then calls
+:func:`~captum_unicam.kd.demo.train_demo_models`,
+:func:`~captum_unicam.metrics.evaluate_kd`, :class:`~captum_unicam.UniCAM` and
+:func:`~captum_unicam.report.write_report`. Bad input prints one line on stderr saying
+what is wrong and what to do, and exits with code 2 (no traceback, no report left
+behind); ``CAPTUM_UNICAM_TRACEBACK=1`` in the environment shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+__all__ = ["main", "build_parser", "CLIError"]
+
+PROG = "captum-unicam"
+LAYERS = ("L1", "L2", "L3", "L4")
+MAP_COLUMNS = {
+    "gradcam_student": "Grad-CAM student",
+    "gradcam_base": "Grad-CAM base",
+    "distilled": "UniCAM distilled",
+    "residual": "UniCAM residual",
+}
+
+
+class CLIError(ValueError):
+    """Bad command-line input; the message says what is wrong and what to do."""
+
+
+# ---------------------------------------------------------------------------
+# parser
+# ---------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2) instead of the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default: flags as "off", required options as "required"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        if "default" in text.lower():
+            return text
+        if action.required:
+            return text + " (required)"
+        if isinstance(action, argparse._StoreTrueAction):
+            return text + " (default: off)"
+        if isinstance(action, argparse._StoreFalseAction):
+            return text + " (default: shown)"
+        if action.default is None:
+            return text + " (default: none)"
+        if isinstance(action.default, list):
+            return text + " (default: " + " ".join(map(str, action.default)) + ")"
+        return text + " (default: %(default)s)"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {v}")
+    return v
+
+
+def _add_common(p: argparse.ArgumentParser, *, out_help: str, out_default: Optional[str] = None,
+                seed_help: str = "seed of the bootstrap intervals and permutation tests") -> None:
+    p.add_argument("--out", required=out_default is None, default=out_default, metavar="DIR",
+                   help=out_help)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing non-empty output folder (otherwise it is refused and left untouched)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=_nonneg_int, default=0, metavar="N", help=seed_help)
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="hide the progress bars")
+
+
+def _add_pair(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--student", required=True, metavar="CKPT",
+                   help="checkpoint of the Student (written by 'captum-unicam train', or a plain state dict with --arch)")
+    p.add_argument("--base", required=True, metavar="CKPT",
+                   help="checkpoint of the Base (the Student's architecture trained without KD, or the Teacher)")
+    p.add_argument("--teacher", default=None, metavar="CKPT",
+                   help="checkpoint of the Teacher, only to state its accuracy in the report")
+    p.add_argument("--arch", default=None, metavar="ARCH",
+                   help="architecture of plain state-dict checkpoints (all of them); see 'captum-unicam train --help' for names")
+    p.add_argument("--student-arch", default=None, metavar="ARCH", help="architecture of the Student, if it differs from --arch")
+    p.add_argument("--base-arch", default=None, metavar="ARCH", help="architecture of the Base, if it differs from --arch")
+    p.add_argument("--data", required=True, metavar="SPEC",
+                   help="data spec: controlled, controlled:SEED, cifar10:ROOT or imagefolder:ROOT")
+    p.add_argument("--split", default="test", choices=("train", "test", "val"), help="split of the data to use")
+    p.add_argument("--download", action="store_true", help="allow downloading CIFAR-10 into ROOT (nothing is downloaded otherwise)")
+    p.add_argument("--image-size", type=_positive_int, metavar="N", default=None,
+                   help="image side in pixels (default: 32 for controlled and CIFAR-10, 224 for image folders)")
+    p.add_argument("--layers", nargs="+", default=list(LAYERS), metavar="LAYER",
+                   help="layers to explain: L1..L4 (last block of each ResNet stage) or dotted module paths present in both models")
+    p.add_argument("--batch-size", type=_positive_int, metavar="N", default=32,
+                   help="images per batch; UniCAM and the statistics are batch statistics and need at least 4")
+    p.add_argument("--label-model", default=None, metavar="MODEL",
+                   help="text encoder for the label embeddings (local folder or cached Hugging Face id); "
+                        "default: the bundled all-MiniLM-L6-v2")
+    p.add_argument("--one-hot", action="store_true", help="use one-hot label vectors instead of text embeddings of the class names")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    r"""The argument parser of ``captum-unicam`` (one sub-parser per command)."""
+    from captum_unicam import __version__
+
+    parser = _Parser(prog=PROG, formatter_class=_Formatter,
+                     description="UniCAM, FSS and RS: explain and measure what knowledge distillation changed.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("demo", formatter_class=_Formatter, help="train, explain and quantify a KD demo offline; write a report",
+                       description="Train a Teacher, a Base and a KD Student on the built-in controlled dataset "
+                                   "(no network, no files of yours; cached per seed), explain and quantify L1..L4 and "
+                                   "write the report folder, including models/teacher.pt, base.pt, student.pt.")
+    _add_common(p, out_help="report folder to write", out_default="unicam-report",
+                seed_help="seed of the demo: data, training (models are cached per seed) and intervals")
+    p.add_argument("--quick", action="store_true", help="a smaller, faster run (for tests): fewer epochs, images and bootstrap resamples")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="where the trained demo models are cached (default: the user's cache folder, e.g. ~/.cache/captum-unicam)")
+    p.add_argument("--images", type=_positive_int, metavar="N", default=None,
+                   help="images shown per layer in the map grids (default: 4 with --quick, else 6)")
+    p.set_defaults(func=cmd_demo)
+
+    from_models = ", ".join(_architectures())
+    p = sub.add_parser("train", formatter_class=_Formatter, help="train a model (optionally by distillation) and save a checkpoint",
+                       description=f"Train ARCH on the data; with --teacher, by knowledge distillation. Architectures: {from_models}.")
+    p.add_argument("--data", required=True, metavar="SPEC",
+                   help="data spec: controlled, controlled:SEED, cifar10:ROOT or imagefolder:ROOT")
+    p.add_argument("--arch", required=True, metavar="ARCH", help=f"architecture, one of {from_models}")
+    p.add_argument("--teacher", default=None, metavar="CKPT", help="Teacher checkpoint: train by distillation from it")
+    p.add_argument("--teacher-arch", default=None, metavar="ARCH", help="architecture of a plain state-dict Teacher checkpoint")
+    p.add_argument("--method", default=None, choices=("response", "attention", "overhaul"),
+                   help="KD method (needs --teacher; default with --teacher: response)")
+    p.add_argument("--epochs", type=_positive_int, metavar="N", default=None, help="training epochs (default: the library's recipe)")
+    p.add_argument("--limit", type=_positive_int, metavar="N", default=None, help="use only N training images")
+    p.add_argument("--download", action="store_true", help="allow downloading CIFAR-10 into ROOT")
+    p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint file")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=_nonneg_int, default=0, metavar="N", help="seed of initialisation and data order")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("explain", formatter_class=_Formatter, help="Grad-CAM and UniCAM maps of a Student/Base pair; write a report",
+                       description="Draw Grad-CAM (Student, Base) and UniCAM (distilled, residual) maps per layer for the "
+                                   "first images of the data, and, on the controlled dataset, measure their localisation "
+                                   "on the object masks. Maps are computed over the first --batch-size images (UniCAM is "
+                                   "a batch statistic), the first --images of them are drawn.")
+    _add_pair(p)
+    p.add_argument("--images", type=_positive_int, metavar="N", default=8, help="images drawn per layer")
+    p.add_argument("--limit", type=_positive_int, metavar="N", default=256,
+                   help="images used for the accuracies and the localisation numbers")
+    _add_common(p, out_help="report folder to write")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("quantify", formatter_class=_Formatter, help="FSS and RS per layer with intervals; write a report",
+                       description="FSS and RS of a Student/Base pair per layer and map kind over the data, with bootstrap "
+                                   "intervals and permutation p-values (Table 1). Under torchrun the batches are shared "
+                                   "between processes and rank 0 writes the same numbers as one process.")
+    _add_pair(p)
+    p.add_argument("--perturb", default="mask", choices=("mask", "road", "none"),
+                   help="how a map selects features: mask (image x map), road (impute the least relevant 50 %% of pixels), "
+                        "none (raw features, no maps)")
+    p.add_argument("--maps", nargs="+", default=["gradcam", "distilled", "residual"],
+                   choices=("none", "gradcam", "distilled", "residual"), metavar="KIND",
+                   help="map kinds to evaluate: none, gradcam, distilled, residual (ignored with --perturb none)")
+    p.add_argument("--limit", type=_positive_int, metavar="N", default=None, help="use only the first N images (default: all)")
+    p.add_argument("--n-bootstrap", type=_positive_int, metavar="N", default=1000, help="bootstrap resamples of the batches for the intervals")
+    _add_common(p, out_help="report folder to write")
+    p.set_defaults(func=cmd_quantify)
+    return parser
+
+
+def _architectures() -> Tuple[str, ...]:
+    try:
+        from captum_unicam.models import ARCHITECTURES
+
+        return tuple(ARCHITECTURES)
+    except Exception:  # pragma: no cover - models.py missing
+        return ("resnet18", "resnet34", "resnet50", "resnet101", "small_resnet_s", "small_resnet_m", "small_resnet_l")
+
+
+# ---------------------------------------------------------------------------
+# validation helpers (cheap, before any long work)
+# ---------------------------------------------------------------------------
+
+
+def _device(name: str):
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise CLIError(f"unknown device {name!r} ({e}); use cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"device {name!r} asked for but CUDA is not available; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise CLIError(f"device {name!r} is not supported; use cpu or cuda")
+    return dev
+
+
+def _check_arch(name: Optional[str], flag: str) -> Optional[str]:
+    if name is None:
+        return None
+    archs = _architectures()
+    if name not in archs:
+        raise CLIError(f"unknown architecture {name!r} for {flag}; use one of {', '.join(archs)}")
+    return name
+
+
+def _load_model(path: str, role: str, *, arch: Optional[str], num_classes: int, device):
+    from captum_unicam.models import CheckpointError, load_checkpoint
+
+    if not Path(path).exists():
+        raise CLIError(f"{role} checkpoint {path!r} does not exist; give the path of a .pt file "
+                       "written by 'captum-unicam train' (or 'captum-unicam demo' in models/)")
+    try:
+        model, meta = load_checkpoint(path, arch=arch, num_classes=num_classes)
+    except CheckpointError as e:
+        raise CLIError(f"{role}: {e}") from None
+    model = model.to(device).eval()
+    return model, meta
+
+
+def _load_data(spec: str, split: str, *, download: bool = False, image_size=None, limit=None):
+    from captum_unicam.data import load_dataset
+
+    ds = load_dataset(spec, split, download=download, image_size=image_size, limit=limit)
+    if len(ds) == 0:
+        raise CLIError(f"data {spec!r} ({split} split) holds no images; point --data at a folder with images")
+    return ds
+
+
+def _resolve_layers(names: Sequence[str], student, base) -> Dict[str, Tuple[Any, Any]]:
+    from captum_unicam.models import get_layer
+
+    layers: Dict[str, Tuple[Any, Any]] = {}
+    for name in names:
+        key = name.upper() if name.upper() in LAYERS else name
+        pair = []
+        for role, model in (("Student", student), ("Base", base)):
+            try:
+                pair.append(get_layer(model, key))
+            except ValueError as e:
+                raise CLIError(f"--layers {name}: {role}: {e}") from None
+        layers[key] = (pair[0], pair[1])
+    if not layers:
+        raise CLIError("--layers needs at least one layer, e.g. --layers L1 L2 L3 L4")
+    return layers
+
+
+def _label_embeddings(class_names: Sequence[str], args) -> Tuple[Any, str]:
+    if getattr(args, "one_hot", False):
+        return None, "one-hot"
+    from captum_unicam.embeddings import embed_labels
+
+    model = getattr(args, "label_model", None)
+    table = embed_labels(list(class_names), model=model) if model else embed_labels(list(class_names))
+    return table.detach().float().cpu(), f"text embeddings of the class names ({model or 'all-MiniLM-L6-v2'})"
+
+
+def _dist_info() -> Tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _maybe_init_distributed(device) -> bool:
+    """Joins the torchrun process group (gloo on CPU, nccl on CUDA); True if we started it."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
+        return False
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend)
+    return True
+
+
+# ---------------------------------------------------------------------------
+# maps, accuracies
+# ---------------------------------------------------------------------------
+
+
+def _accuracy(model, loader, device, progress: bool, desc: str) -> float:
+    import torch
+    from tqdm.auto import tqdm
+
+    correct = total = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+                x, y = batch[0].to(device), batch[1].to(device)
+                correct += int((model(x).argmax(1) == y).sum())
+                total += int(y.numel())
+    finally:
+        model.train(was_training)
+    return correct / total if total else float("nan")
+
+
+def compute_maps(student, base, layers, batches, *, label_embeddings=None, device="cpu",
+                 progress: bool = True) -> Dict[str, Dict[str, Any]]:
+    r"""Grad-CAM (Student, Base) and UniCAM (distilled, residual) maps per layer.
+
+    Each batch is explained on its own (UniCAM is a batch statistic; each batch is its
+    own context), with the true labels as targets.
+
+    Args:
+        student, base (nn.Module): the models, in eval mode on ``device``.
+        layers (dict): name -> (student_layer, base_layer).
+        batches (list): ``(x, y)`` or ``(x, y, mask)`` batches of at least 4 images.
+        label_embeddings (Tensor, optional): label vectors for UniCAM. Default: one-hot.
+        device: where to compute.
+        progress (bool): show a progress bar over layers x batches.
+
+    Returns:
+        dict: layer -> ``{"gradcam_student", "gradcam_base", "distilled", "residual"}``
+        -> (N,1,h,w) CPU tensors over all batches, concatenated.
+    """
+    import torch
+    from captum.attr import LayerGradCam
+    from tqdm.auto import tqdm
+
+    from captum_unicam.attr.unicam import UniCAM
+
+    out: Dict[str, Dict[str, List[Any]]] = {name: {k: [] for k in MAP_COLUMNS} for name in layers}
+    bar = tqdm(total=len(layers) * len(batches), desc="maps (Grad-CAM, UniCAM)", unit="batch",
+               disable=not progress, leave=False)
+    for name, (s_layer, b_layer) in layers.items():
+        gc_s, gc_b = LayerGradCam(student, s_layer), LayerGradCam(base, b_layer)
+        uc = UniCAM(student, s_layer, base, b_layer, label_embeddings=label_embeddings)
+        for batch in batches:
+            x, y = batch[0].to(device), batch[1].to(device)
+            out[name]["gradcam_student"].append(gc_s.attribute(x, target=y, relu_attributions=True).detach().cpu())
+            out[name]["gradcam_base"].append(gc_b.attribute(x, target=y, relu_attributions=True).detach().cpu())
+            d, r = uc.attribute(x, target=y, features="both")
+            out[name]["distilled"].append(d.detach().cpu())
+            out[name]["residual"].append(r.detach().cpu())
+            bar.update(1)
+    bar.close()
+    return {name: {k: torch.cat(v) for k, v in kinds.items()} for name, kinds in out.items()}
+
+
+def _first_batches(ds, batch_size: int, n_images: int):
+    """Deterministic batches (no shuffling) covering the first n_images items."""
+    import torch
+
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
+    batches, seen = [], 0
+    for batch in loader:
+        if seen >= n_images:
+            break
+        if batch[0].shape[0] < 4:
+            break
+        batches.append(batch)
+        seen += batch[0].shape[0]
+    return batches
+
+
+def _grids_and_localisation(maps, batches, class_names, n_show: int, *, seed: int,
+                            n_bootstrap: int) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
+    import torch
+
+    from captum_unicam.report import localisation
+
+    images = torch.cat([b[0] for b in batches])
+    labels = torch.cat([b[1] for b in batches])
+    has_masks = all(len(b) > 2 for b in batches)
+    names = [class_names[int(i)] if class_names else str(int(i)) for i in labels[:n_show]]
+    grids = {layer: {"images": images[:n_show],
+                     "maps": {MAP_COLUMNS[k]: m[:n_show] for k, m in kinds.items()},
+                     "labels": names}
+             for layer, kinds in maps.items()}
+    loc = None
+    if has_masks:
+        masks = torch.cat([b[2] for b in batches])
+        loc = {layer: localisation({MAP_COLUMNS[k]: m for k, m in kinds.items()}, masks,
+                                   n_bootstrap=n_bootstrap, seed=seed)
+               for layer, kinds in maps.items()}
+    return grids, loc
+
+
+def _model_info(meta: Dict[str, Any], accuracy: Optional[float], path: Optional[str]) -> Dict[str, Any]:
+    return {"arch": meta.get("arch"), "accuracy": accuracy, "kd_method": meta.get("kd_method"),
+            "checkpoint": path, "num_classes": meta.get("num_classes")}
+
+
+def _command_line(argv: Optional[Sequence[str]]) -> List[str]:
+    return [PROG] + list(sys.argv[1:] if argv is None else argv)
+
+
+# ---------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------
+
+
+def cmd_demo(args, argv) -> int:
+    import torch
+
+    from captum_unicam.data import ControlledShapes
+    from captum_unicam.kd.demo import train_demo_models
+    from captum_unicam.metrics import evaluate_kd
+    from captum_unicam.perturb import mask_multiply
+    from captum_unicam.report import check_output_dir, write_report
+
+    out = check_output_dir(args.out, overwrite=args.overwrite)
+    device = _device(args.device)
+    quick = args.quick
+    n_show = args.images or (4 if quick else 6)
+    eval_batches, eval_bs = (3, 32) if quick else (8, 64)
+    n_boot = 200 if quick else 1000
+    timings: Dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    demo = train_demo_models(seed=args.seed, quick=quick, cache_dir=args.cache_dir, device=str(device),
+                             progress=args.progress)
+    timings["train_or_load_models_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    class_names = list(demo.class_names)
+    test = ControlledShapes(eval_batches * eval_bs, seed=args.seed, split="test",
+                            num_classes=len(class_names), cue_strength=0.0)
+    loader = torch.utils.data.DataLoader(test, batch_size=eval_bs, shuffle=False, drop_last=True)
+    student, base = demo.student.to(device).eval(), demo.base.to(device).eval()
+    layers = _resolve_layers(list(LAYERS), student, base)
+    emb, emb_desc = _label_embeddings(class_names, args)
+
+    evaluation = evaluate_kd(student, base, loader, layers, label_embeddings=emb,
+                             map_kinds=("none", "gradcam", "distilled", "residual"),
+                             perturb_func=mask_multiply, n_bootstrap=n_boot, seed=args.seed,
+                             progress=args.progress, device=device)
+    timings["quantify_s"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    batches = _first_batches(test, eval_bs, eval_bs * (1 if quick else 2))
+    maps = compute_maps(student, base, layers, batches, label_embeddings=emb, device=device,
+                        progress=args.progress)
+    grids, loc = _grids_and_localisation(maps, batches, class_names, n_show, seed=args.seed, n_bootstrap=n_boot)
+    timings["explain_s"] = time.perf_counter() - t2
+
+    accs = dict(demo.accuracies)
+    paths = dict(demo.checkpoint_paths)
+    models = {
+        "Teacher": {"arch": _meta_arch(demo, "teacher"), "accuracy": accs.get("teacher"),
+                    "kd_method": None, "checkpoint": "models/teacher.pt"},
+        "Base": {"arch": _meta_arch(demo, "base"), "accuracy": accs.get("base"),
+                 "kd_method": None, "checkpoint": "models/base.pt"},
+        "Student": {"arch": _meta_arch(demo, "student"), "accuracy": accs.get("student"),
+                    "kd_method": _recipe(demo).get("kd_method", "response"), "checkpoint": "models/student.pt"},
+    }
+    data = (f"controlled dataset, seed {args.seed}: {len(test)} held-out cue-free test images "
+            f"({eval_batches} batches of {eval_bs}); labels: {emb_desc}")
+    t3 = time.perf_counter()
+    write_report(out, overwrite=args.overwrite, title="captum-unicam demo: what did distillation change?",
+                 command=_command_line(argv), data=data, models=models, evaluation=evaluation,
+                 grids=grids, localisation=loc,
+                 model_files={f"{k}.pt": v for k, v in paths.items()},
+                 notes=_demo_notes(demo, accs),
+                 extra_metrics={"recipe": _recipe(demo), "label_embeddings": emb_desc,
+                                "timings": timings, "quick": quick, "seed": args.seed},
+                 progress=args.progress)
+    timings["report_s"] = time.perf_counter() - t3
+    total = time.perf_counter() - t0
+    print(f"report written to {out}/index.html ({total:.0f} s: models {timings['train_or_load_models_s']:.0f} s, "
+          f"quantify {timings['quantify_s']:.0f} s, maps {timings['explain_s']:.0f} s, report {timings['report_s']:.0f} s)")
+    return 0
+
+
+def _recipe(demo) -> Dict[str, Any]:
+    r = getattr(demo, "recipe", None)
+    return dict(r) if isinstance(r, dict) else {}
+
+
+def _meta_arch(demo, role: str) -> Optional[str]:
+    r = _recipe(demo)
+    for key in (f"{role}_arch", role):
+        v = r.get(key)
+        if isinstance(v, str):
+            return v
+        if isinstance(v, dict) and isinstance(v.get("arch"), str):
+            return v["arch"]
+    return None
+
+
+def _demo_notes(demo, accs) -> List[str]:
+    s, b = accs.get("student"), accs.get("base")
+    if isinstance(s, (int, float)) and isinstance(b, (int, float)) and s <= b:
+        return [f"Distillation did not help in this run: Student {100 * s:.1f} % vs Base {100 * b:.1f} % "
+                "test accuracy. The maps below explain the models as they are."]
+    return []
+
+
+def _pair_setup(args):
+    """Validates and loads what explain / quantify share; returns a namespace of objects."""
+    device = _device(args.device)
+    for flag in ("arch", "student_arch", "base_arch"):
+        _check_arch(getattr(args, flag), "--" + flag.replace("_", "-"))
+    for role, path in (("Student", args.student), ("Base", args.base), ("Teacher", args.teacher)):
+        if path is not None and not Path(path).is_file():
+            what = "is a folder" if Path(path).is_dir() else "does not exist"
+            raise CLIError(f"{role} checkpoint {path!r} {what}; give the path of a .pt file written by "
+                           "'captum-unicam train' (or models/*.pt of a demo report)")
+    ds = _load_data(args.data, args.split, download=args.download, image_size=args.image_size,
+                    limit=getattr(args, "limit", None))
+    classes = list(getattr(ds, "classes", []) or [])
+    if not classes:
+        raise CLIError(f"data {args.data!r} has no class names; use an ImageFolder tree of class folders")
+    n = len(classes)
+    student, s_meta = _load_model(args.student, "Student", arch=args.student_arch or args.arch, num_classes=n, device=device)
+    base, b_meta = _load_model(args.base, "Base", arch=args.base_arch or args.arch, num_classes=n, device=device)
+    teacher = t_meta = None
+    if args.teacher:
+        teacher, t_meta = _load_model(args.teacher, "Teacher", arch=None, num_classes=n, device=device)
+    layers = _resolve_layers(args.layers, student, base)
+    if args.batch_size < 4:
+        raise CLIError(f"--batch-size {args.batch_size} is too small: UniCAM, FSS and RS need at least 4 images per batch")
+    emb, emb_desc = _label_embeddings(classes, args)
+    return argparse.Namespace(device=device, ds=ds, classes=classes, student=student, s_meta=s_meta,
+                              base=base, b_meta=b_meta, teacher=teacher, t_meta=t_meta, layers=layers,
+                              emb=emb, emb_desc=emb_desc)
+
+
+def _pair_models(args, st, loader) -> Dict[str, Dict[str, Any]]:
+    models: Dict[str, Dict[str, Any]] = {}
+    if st.teacher is not None:
+        models["Teacher"] = _model_info(st.t_meta, _accuracy(st.teacher, loader, st.device, args.progress, "accuracy Teacher"), args.teacher)
+    else:
+        models["Teacher"] = {"arch": None, "accuracy": None, "checkpoint": "not given (--teacher)"}
+    models["Base"] = _model_info(st.b_meta, _accuracy(st.base, loader, st.device, args.progress, "accuracy Base"), args.base)
+    models["Student"] = _model_info(st.s_meta, _accuracy(st.student, loader, st.device, args.progress, "accuracy Student"), args.student)
+    return models
+
+
+def cmd_explain(args, argv) -> int:
+    import torch
+
+    from captum_unicam.report import check_output_dir, write_report
+
+    out = check_output_dir(args.out, overwrite=args.overwrite)
+    st = _pair_setup(args)
+    n_needed = max(args.images, args.limit)
+    batches = _first_batches(st.ds, args.batch_size, n_needed)
+    if not batches:
+        raise CLIError(f"data {args.data!r} has fewer than 4 images in its {args.split} split; UniCAM needs at least 4")
+    loader = torch.utils.data.DataLoader(st.ds, batch_size=args.batch_size, shuffle=False)
+    models = _pair_models(args, st, loader)
+    maps = compute_maps(st.student, st.base, st.layers, batches, label_embeddings=st.emb,
+                        device=st.device, progress=args.progress)
+    n_show = min(args.images, sum(b[0].shape[0] for b in batches))
+    grids, loc = _grids_and_localisation(maps, batches, st.classes, n_show, seed=args.seed, n_bootstrap=1000)
+    n_img = sum(b[0].shape[0] for b in batches)
+    data = (f"{args.data} ({args.split} split): maps over the first {n_img} images in batches of "
+            f"{args.batch_size}; accuracies over {len(st.ds)} images; labels: {st.emb_desc}")
+    write_report(out, overwrite=args.overwrite, title="captum-unicam explain", command=_command_line(argv),
+                 data=data, models=models, grids=grids, localisation=loc,
+                 extra_metrics={"label_embeddings": st.emb_desc, "layers": list(st.layers)},
+                 progress=args.progress)
+    print(f"report written to {out}/index.html")
+    return 0
+
+
+def cmd_quantify(args, argv) -> int:
+    import torch
+
+    from captum_unicam.metrics import evaluate_kd
+    from captum_unicam.perturb import mask_multiply, road_impute
+    from captum_unicam.report import check_output_dir, write_report
+
+    out = check_output_dir(args.out, overwrite=args.overwrite)
+    st = _pair_setup(args)
+    if len(st.ds) < 4:
+        raise CLIError(f"data {args.data!r} has {len(st.ds)} images in its {args.split} split; FSS and RS need at least 4")
+    perturb = {"mask": mask_multiply, "road": road_impute, "none": mask_multiply}[args.perturb]
+    kinds = ("none",) if args.perturb == "none" else tuple(dict.fromkeys(args.maps))
+    started = _maybe_init_distributed(st.device)
+    try:
+        rank, world = _dist_info()
+        loader = torch.utils.data.DataLoader(st.ds, batch_size=args.batch_size, shuffle=False)
+        evaluation = evaluate_kd(st.student, st.base, loader, st.layers, label_embeddings=st.emb,
+                                 map_kinds=kinds, perturb_func=perturb, n_bootstrap=args.n_bootstrap,
+                                 seed=args.seed, progress=args.progress and rank == 0, device=st.device)
+        if rank == 0:
+            models = _pair_models(args, st, loader)
+            data = (f"{args.data} ({args.split} split): {len(st.ds)} images in batches of {args.batch_size}; "
+                    f"perturbation: {args.perturb}; labels: {st.emb_desc}"
+                    + (f"; {world} processes" if world > 1 else ""))
+            write_report(out, overwrite=args.overwrite, title="captum-unicam quantify",
+                         command=_command_line(argv), data=data, models=models, evaluation=evaluation,
+                         extra_metrics={"label_embeddings": st.emb_desc, "perturb": args.perturb,
+                                        "map_kinds": list(kinds), "world_size": world},
+                         progress=args.progress)
+            print(f"report written to {out}/index.html")
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    return 0
+
+
+def cmd_train(args, argv) -> int:
+    from captum_unicam.kd import train_from_spec
+
+    device = _device(args.device)
+    _check_arch(args.arch, "--arch")
+    _check_arch(args.teacher_arch, "--teacher-arch")
+    if args.method is not None and args.teacher is None:
+        raise CLIError("--method needs --teacher CKPT (the model to distil from)")
+    out = Path(args.out)
+    if out.is_dir():
+        raise CLIError(f"--out {args.out!r} is a folder; give a checkpoint file name such as student.pt")
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"--out {args.out!r} exists; choose another file or pass --overwrite")
+    ds = _load_data(args.data, "train", download=args.download, limit=args.limit)
+    classes = list(getattr(ds, "classes", []) or [])
+    teacher = None
+    if args.teacher is not None:
+        _load_model(args.teacher, "Teacher", arch=args.teacher_arch, num_classes=len(classes) or None, device=device)
+        teacher = args.teacher
+    method = args.method or ("response" if teacher else None)
+    kwargs: Dict[str, Any] = dict(teacher=teacher, method=method, limit=args.limit, seed=args.seed,
+                                  device=str(device), progress=args.progress)
+    if args.epochs is not None:
+        kwargs["epochs"] = args.epochs
+    result = train_from_spec(args.data, args.arch, str(out), **kwargs)
+    acc = _result_accuracy(result)
+    print(f"checkpoint written to {out}" + (f" (test accuracy {100 * acc:.1f} %)" if acc is not None else ""))
+    return 0
+
+
+def _result_accuracy(result) -> Optional[float]:
+    for key in ("test_accuracy", "accuracy"):
+        v = result.get(key) if isinstance(result, dict) else getattr(result, key, None)
+        if isinstance(v, (int, float)):
+            return float(v)
+    return None
+
+
+# ---------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------
+
+
+def _known_errors() -> Tuple[type, ...]:
+    errors: List[type] = [CLIError, FileNotFoundError, NotADirectoryError, PermissionError]
+    for mod, name in (("captum_unicam.data", "DataSpecError"), ("captum_unicam.models", "CheckpointError"),
+                      ("captum_unicam.embeddings", "EmbeddingModelError"),
+                      ("captum_unicam.report", "OutputFolderError")):
+        try:
+            errors.append(getattr(__import__(mod, fromlist=[name]), name))
+        except Exception:  # pragma: no cover - a module not there yet
+            pass
+    errors.append(ValueError)
+    return tuple(errors)
+
+
+def _one_line(e: BaseException) -> str:
+    msg = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, (FileNotFoundError, PermissionError)) and getattr(e, "filename", None):
+        msg = f"{e.strerror or type(e).__name__}: {e.filename!s}; check the path"
+    return msg
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    r"""Runs ``captum-unicam`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code.
+
+    Exit codes: 0 success, 2 bad input (one line on stderr), 130 interrupted.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, usage errors
+        return int(e.code or 0) if not isinstance(e.code, str) else 2
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    try:
+        return int(args.func(args, argv) or 0)
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except _known_errors() as e:
+        if os.environ.get("CAPTUM_UNICAM_TRACEBACK"):
+            raise
+        print(f"{PROG} {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
