@@ -1,0 +1,295 @@
+"""evaluate_kd and KDEvaluation: per-batch values against the metric functions, intervals,
+permutation tests, serialisation, tables, errors."""
+
+import csv
+import io
+import itertools
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from captum.attr import LayerGradCam
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from captum_unicam.attr.unicam import UniCAM
+from captum_unicam.metrics import KDEvaluation, evaluate_kd, feature_similarity_score, relevance_score
+from captum_unicam.metrics.aggregate import METRICS, bootstrap_ci, paired_permutation_pvalue
+from captum_unicam.perturb import mask_multiply
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP contention on a loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class TinyNet(nn.Module):
+    def __init__(self, width=4, classes=3):
+        super().__init__()
+        self.layer1 = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU())
+        self.layer2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU())
+        self.fc = nn.Linear(2 * width, classes)
+
+    def forward(self, x):
+        return self.fc(self.layer2(self.layer1(x)).mean((2, 3)))
+
+
+def make_models():
+    torch.manual_seed(0)
+    return TinyNet(4).eval(), TinyNet(5).eval()
+
+
+def make_data(n=26, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, 16, 16, generator=g)
+    y = torch.arange(n) % 3
+    masks = torch.ones(n, 1, 16, 16)
+    return TensorDataset(x, y, masks)  # items (x, y, mask): only the first two are used
+
+
+def layers_of(s, b):
+    return {"L1": (s.layer1, b.layer1), "L2": (s.layer2, b.layer2)}
+
+
+EMB = torch.randn(3, 6, generator=torch.Generator().manual_seed(5))
+
+
+@pytest.fixture(scope="module")
+def evaluation():
+    s, b = make_models()
+    loader = DataLoader(make_data(), batch_size=6)  # 6, 6, 6, 6, 2: the last one is skipped
+    with pytest.warns(UserWarning, match="batch 4 has 2 samples"):
+        result = evaluate_kd(s, b, loader, layers_of(s, b), label_embeddings=EMB, progress=False, n_bootstrap=200)
+    return s, b, loader, result
+
+
+# ---------------------------------------------------------------------------
+# statistics of the summary
+# ---------------------------------------------------------------------------
+
+
+def test_bootstrap_ci_hand_computation():
+    v = np.array([0.1, 0.4, 0.2, 0.9, 0.3])
+    lo, hi = bootstrap_ci(v, n_bootstrap=500, seed=7)
+    rng = np.random.default_rng(7)
+    means = [v[rng.integers(0, 5, size=(1, 5))[0]].mean() for _ in range(500)]  # one resample at a time
+    want = np.quantile(np.array(means), [0.025, 0.975])
+    assert (lo, hi) == pytest.approx(tuple(want), abs=1e-15)
+    assert v.min() <= lo <= v.mean() <= hi <= v.max()
+    assert bootstrap_ci([0.3], 100, 0) == (0.3, 0.3)
+    assert bootstrap_ci(v, 500, 7) == (lo, hi)  # deterministic
+
+
+def test_permutation_pvalue_exact_enumeration():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=6), rng.normal(size=6)
+    d = a - b
+    flips = [np.mean(np.array(s) * d) >= d.mean() - 1e-12 for s in itertools.product([-1, 1], repeat=6)]
+    assert paired_permutation_pvalue(a, b, n_permutations=10000) == pytest.approx(np.mean(flips), abs=1e-15)
+    # Student >> Base on every batch: only the identity pattern is as extreme
+    assert paired_permutation_pvalue(a + 10, a, 10000) == pytest.approx(2**-6)
+    # Student == Base: every pattern ties, p = 1
+    assert paired_permutation_pvalue(a, a, 10000) == 1.0
+    # Student << Base: p = 1 (one-sided)
+    assert paired_permutation_pvalue(a, a + 10, 10000) == 1.0
+
+
+def test_permutation_pvalue_monte_carlo():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=20)
+    b = a - 0.5 - 0.1 * rng.normal(size=20)  # Student clearly above Base
+    p = paired_permutation_pvalue(a, b, n_permutations=2000, seed=3)
+    signs = np.random.default_rng(3).choice(np.array([-1.0, 1.0]), size=(2000, 20))
+    d = a - b
+    want = (1 + np.sum((signs * d).mean(1) >= d.mean() - 1e-9 * np.abs(d).mean())) / 2001
+    assert p == pytest.approx(want, abs=1e-15)
+    assert p < 0.001
+    noise = paired_permutation_pvalue(rng.normal(size=20), rng.normal(size=20), 2000, seed=3)
+    assert 0.01 < noise < 0.99
+    assert paired_permutation_pvalue(a, a, 2000) == 1.0
+
+
+# ---------------------------------------------------------------------------
+# evaluate_kd values
+# ---------------------------------------------------------------------------
+
+
+def test_per_batch_values_equal_metric_functions(evaluation):
+    s, b, loader, result = evaluation
+    assert result.batch_indices == [0, 1, 2, 3] and result.batch_sizes == [6] * 4
+    assert result.skipped_batches == [4]
+    assert result.layers == ["L1", "L2"] and result.map_kinds == ["none", "gradcam", "distilled", "residual"]
+    checked = 0
+    for i, (x, y, _) in enumerate(loader):
+        if i not in (0, 3):
+            continue
+        for name, (sl, bl) in layers_of(s, b).items():
+            cam_s = LayerGradCam(s, sl).attribute(x, target=y, relu_attributions=True)
+            cam_b = LayerGradCam(b, bl).attribute(x, target=y, relu_attributions=True)
+            dist, res = UniCAM(s, sl, b, bl, label_embeddings=EMB).attribute(x, target=y, features="both")
+            maps = {"none": None, "gradcam": (cam_s, cam_b), "distilled": dist, "residual": res}
+            for kind, attr in maps.items():
+                pair = attr if isinstance(attr, tuple) else (attr, attr)
+                want = {
+                    "fss": feature_similarity_score(s, sl, b, bl, x, attr),
+                    "rs_student": relevance_score(s, sl, x, y, pair[0], label_embeddings=EMB),
+                    "rs_base": relevance_score(b, bl, x, y, pair[1], label_embeddings=EMB),
+                    "rs_distilled": relevance_score(s, sl, x, y, attr, label_embeddings=EMB, given=(b, bl)),
+                    "rs_residual": relevance_score(
+                        b, bl, x, y, attr if attr is None else (pair[1], pair[0]), label_embeddings=EMB, given=(s, sl)
+                    ),
+                }
+                pos = result.batch_indices.index(i)
+                for m in METRICS:
+                    got = result.values[name][kind][m][pos]
+                    assert got == pytest.approx(float(want[m]), abs=1e-9), (name, kind, m)
+                    checked += 1
+    assert checked == 2 * 2 * 4 * 5
+    # the maps really differ between kinds
+    v = result.values["L2"]
+    assert len({round(v[k]["fss"][0], 8) for k in result.map_kinds}) == 4
+
+
+def test_summary_matches_hand_computation(evaluation):
+    _, _, _, result = evaluation
+    summ = result.summary()
+    e = summ["by_layer"]["L2"]["gradcam"]
+    v = np.array(result.values["L2"]["gradcam"]["rs_student"])
+    assert e["rs_student"]["mean"] == pytest.approx(v.mean(), abs=1e-15)
+    assert (e["rs_student"]["ci_low"], e["rs_student"]["ci_high"]) == bootstrap_ci(v, 200, 0)
+    assert e["p_student_gt_base"] == paired_permutation_pvalue(v, result.values["L2"]["gradcam"]["rs_base"], 10000, 0)
+    assert e["n_batches"] == 4
+    rows = [r for r in summ["rows"] if r["layer"] == "L2" and r["map"] == "gradcam"]
+    assert [r["key"] for r in rows] == list(METRICS)
+    assert rows[2]["series"] == "Student" and rows[2]["metric"] == "RS" and rows[2]["p"] == e["p_student_gt_base"]
+    assert rows[0]["metric"] == "FSS" and rows[0]["low"] == e["fss"]["ci_low"]
+    assert len(summ["rows"]) == 2 * 4 * 5
+
+
+def test_json_round_trip(evaluation, tmp_path):
+    _, _, _, result = evaluation
+    path = tmp_path / "sub" / "metrics.json"
+    text = result.to_json(path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["metrics.json"]  # no temporary left
+    back = KDEvaluation.from_json(path)
+    assert back == result
+    assert KDEvaluation.from_json(text) == result
+    data = json.loads(path.read_text())
+    assert data["summary"] == json.loads(json.dumps(result.summary()))
+    assert data["settings"]["label_embeddings"] == "table 3x6" and data["settings"]["estimator"] == "u"
+    with pytest.raises(ValueError, match="not a KDEvaluation"):
+        KDEvaluation.from_json('{"format": "other"}')
+
+
+def test_markdown_and_csv_layout(evaluation, tmp_path):
+    _, _, _, result = evaluation
+    md = result.to_markdown(tmp_path / "table1.md")
+    lines = md.splitlines()
+    assert lines[0] == "| Layer | Map | FSS | RS Base | RS Student | RS distilled | RS residual | p (Student > Base) |"
+    body = [line for line in lines[2:] if line.startswith("|")]
+    assert len(body) == 8
+    assert [c.strip() for c in body[0].strip("|").split("|")][:2] == ["L1", "none (raw)"]
+    assert [c.strip() for c in body[5].strip("|").split("|")][:2] == ["L2", "Grad-CAM"]
+    e = result.summary()["by_layer"]["L2"]["gradcam"]["fss"]
+    cell = [c.strip() for c in body[5].strip("|").split("|")][2]
+    assert cell == f"{e['mean']:.4f} ± {(e['ci_high'] - e['ci_low']) / 2:.4f}"
+    assert (tmp_path / "table1.md").read_text() == md
+
+    text = result.to_csv(tmp_path / "table1.csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 8 and rows[0]["layer"] == "L1" and rows[0]["map"] == "none"
+    r = rows[5]
+    assert (r["layer"], r["map"]) == ("L2", "gradcam")
+    assert float(r["fss_mean"]) == e["mean"] and float(r["fss_ci_low"]) == e["ci_low"]
+    assert list(rows[0])[-2:] == ["p_student_gt_base", "p_distilled_gt_residual"]
+    assert (tmp_path / "table1.csv").read_text() == text
+
+
+def test_subset_of_kinds_v_estimator_and_modes():
+    s, b = make_models()
+    s.train()
+    loader = DataLoader(make_data(12), batch_size=6)
+    with pytest.warns(UserWarning, match="training mode"):
+        res = evaluate_kd(s, b, [(x, y) for x, y, _ in loader], {"L2": (s.layer2, b.layer2)}, map_kinds=("none",), estimator="v", progress=False)
+    assert s.training and not b.training  # modes untouched
+    s.eval()
+    x, y, _ = next(iter(loader))
+    want = feature_similarity_score(s, s.layer2, b, b.layer2, x, estimator="v")
+    assert res.values["L2"]["none"]["fss"][0] == pytest.approx(float(want), abs=1e-9)
+    assert res.map_kinds == ["none"] and res.settings["label_embeddings"] == "one-hot"
+    for m in list(s.modules()) + list(b.modules()):
+        assert not m._forward_hooks and not m._backward_hooks
+
+
+def test_value_errors():
+    s, b = make_models()
+    data = make_data(12)
+    loader = DataLoader(data, batch_size=6)
+    lay = layers_of(s, b)
+
+    def run(**kw):
+        args = dict(student=s, base=b, loader=loader, layers=lay, progress=False)
+        args.update(kw)
+        return evaluate_kd(**args)
+
+    with pytest.raises(ValueError, match="3 rows but target holds class index 3"):
+        run(loader=[(torch.rand(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 0, 1]))], label_embeddings=torch.randn(3, 4))
+    with pytest.raises(ValueError, match="batch 0: inputs contain NaN"):
+        run(loader=[(torch.full((6, 3, 16, 16), float("nan")), torch.arange(6) % 3)])
+    with pytest.raises(ValueError, match="at least 4"):
+        run(loader=DataLoader(data, batch_size=5), small_batches="error")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="no batch had at least 4"):
+            run(loader=DataLoader(data, batch_size=3))
+    with pytest.raises(ValueError, match="map_kinds"):
+        run(map_kinds=("gradcam", "unicam"))
+    with pytest.raises(ValueError, match="not a module of the student"):
+        run(layers={"L1": (b.layer1, b.layer1)})
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        run(layers={})
+    with pytest.raises(ValueError, match="estimator"):
+        run(estimator="x")
+    with pytest.raises(ValueError, match="n_bootstrap"):
+        run(n_bootstrap=0)
+    with pytest.raises(ValueError, match="label_embeddings contain NaN"):
+        run(label_embeddings=torch.full((3, 2), float("nan")))
+    with pytest.raises(ValueError, match=r"\(inputs, target"):
+        run(loader=[torch.rand(6, 3, 16, 16)])
+    for m in list(s.modules()) + list(b.modules()):
+        assert not m._forward_hooks and not m._backward_hooks
+
+
+def test_student_much_better_than_base_gives_small_p():
+    """A Student whose features carry the label and a Base whose features do not."""
+
+    class Oracle(nn.Module):
+        def __init__(self, informative):
+            super().__init__()
+            self.informative = informative
+            self.layer = nn.Identity()
+
+        def forward(self, x):
+            feats = x[:, 0, :2, :2].reshape(len(x), -1)  # label planted in these pixels
+            if not self.informative:
+                feats = x[:, 1, :2, :2].reshape(len(x), -1)
+            return self.layer(feats)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(48, 2, 4, 4, generator=g)
+    y = torch.arange(48) % 2
+    x[:, 0, :2, :2] += 3.0 * y.view(-1, 1, 1).float()
+    s, b = Oracle(True).eval(), Oracle(False).eval()
+    res = evaluate_kd(s, b, DataLoader(TensorDataset(x, y), batch_size=8), {"L": (s.layer, b.layer)}, map_kinds=("none",), progress=False)
+    e = res.summary()["by_layer"]["L"]["none"]
+    assert e["rs_student"]["mean"] > 0.5 > 0.1 > e["rs_base"]["mean"]
+    assert e["p_student_gt_base"] == pytest.approx(2**-6)
+    assert e["p_distilled_gt_residual"] == pytest.approx(2**-6)
+    same = evaluate_kd(s, s, DataLoader(TensorDataset(x, y), batch_size=8), {"L": (s.layer, s.layer)}, map_kinds=("none",), progress=False)
+    assert same.summary()["by_layer"]["L"]["none"]["p_student_gt_base"] == 1.0
