@@ -1,0 +1,77 @@
+"""Worker for tests/test_distributed.py: evaluate_kd on tiny models under torch.distributed.
+
+Also runnable by hand on CPU, e.g.::
+
+    torchrun --nproc_per_node 2 tests/distributed_worker.py OUT_DIR
+
+Each rank writes OUT_DIR/rank{r}.json (index sharding) and OUT_DIR/sampler_rank{r}.json
+(a DataLoader with DistributedSampler).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+N_SAMPLES, BATCH = 30, 6  # 5 batches: ranks get 3 and 2 of them
+SAMPLER_BATCH = 5  # with a DistributedSampler: 15 samples per rank, 3 batches each
+
+
+class TinyNet(nn.Module):
+    def __init__(self, width=4, classes=3):
+        super().__init__()
+        self.layer1 = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU())
+        self.layer2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU())
+        self.fc = nn.Linear(2 * width, classes)
+
+    def forward(self, x):
+        return self.fc(self.layer2(self.layer1(x)).mean((2, 3)))
+
+
+def build():
+    """Models, dataset, layers and label embeddings, identical in every process."""
+    torch.manual_seed(0)
+    student, base = TinyNet(4).eval(), TinyNet(5).eval()
+    g = torch.Generator().manual_seed(1)
+    data = TensorDataset(torch.rand(N_SAMPLES, 3, 16, 16, generator=g), torch.arange(N_SAMPLES) % 3)
+    layers = {"L1": (student.layer1, base.layer1), "L2": (student.layer2, base.layer2)}
+    emb = torch.randn(3, 5, generator=g)
+    return student, base, data, layers, emb
+
+
+def evaluate(loader, student, base, layers, emb):
+    from captum_unicam.metrics import evaluate_kd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # UniCAM degenerate-case warnings on random nets
+        return evaluate_kd(student, base, loader, layers, label_embeddings=emb, progress=False, n_bootstrap=100)
+
+
+def run(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        student, base, data, layers, emb = build()
+        out = Path(out_dir)
+        # 1. a plain loader: evaluate_kd shards the batches by index
+        result = evaluate(DataLoader(data, batch_size=BATCH), student, base, layers, emb)
+        (out / f"rank{rank}.json").write_text(result.to_json())
+        # 2. the caller shards with a DistributedSampler
+        sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=False)
+        result = evaluate(DataLoader(data, batch_size=SAMPLER_BATCH, sampler=sampler), student, base, layers, emb)
+        (out / f"sampler_rank{rank}.json").write_text(result.to_json())
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":  # under torchrun
+    run(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["MASTER_PORT"]), sys.argv[1])
