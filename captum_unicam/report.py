@@ -407,11 +407,14 @@ def _evaluation_parts(evaluation: Any) -> Dict[str, Any]:
 def _panels_from_summary(summary: Any) -> Optional[Dict[str, Dict[str, Dict[str, Any]]]]:
     """FSS / RS per layer panels for viz.scores_per_layer, from KDEvaluation.summary().
 
-    The summary is ``summary[layer][kind][metric] = {"mean", "ci_low", "ci_high"}``.
+    The summary is ``summary[layer][kind][metric] = {"mean", "ci_low", "ci_high"}``
+    (or that under the key ``"by_layer"``).
     Panels (paper Fig. 4 and Table 1): FSS per map kind; RS of Base and Student on
     their Grad-CAM regions; RS of the Student on the distilled map and of the Base on
     the residual map.
     """
+    if isinstance(summary, Mapping) and isinstance(summary.get("by_layer"), Mapping):
+        summary = summary["by_layer"]
     if not isinstance(summary, Mapping) or not summary:
         return None
     titles = {"none": "raw features", "gradcam": "Grad-CAM", "distilled": "UniCAM distilled",
@@ -672,7 +675,7 @@ def _render_html(*, title, command, data, models, figures, grids, table1_md, tab
     parts.append('<h2 id="maps">Grad-CAM and UniCAM maps per layer</h2>')
     grid_names = [k for k in figures if k.startswith("grid_")]
     if grid_names:
-        parts.append('<p class="note">Each row is one image; each map is blended over the '
+        parts.append('<p class="note">Each row is one image; each map (jet colours: blue low, red high) is blended over the '
                      "grey image and scaled to its own largest value. Grad-CAM shows where each "
                      "model looks; UniCAM distilled shows where the Student uses what the Base "
                      "lacks, UniCAM residual where the Base uses what the Student lacks.</p>")

@@ -51,8 +51,8 @@ __all__ = [
 #: Note written on a panel whose map has no positive value.
 EMPTY_MAP_NOTE = "no positive evidence after ReLU"
 
-#: Colour map of the heat maps (Captum's default for ``sign="positive"``).
-HEAT_CMAP = "Greens"
+#: Colour map of the heat maps (the usual Grad-CAM colours).
+HEAT_CMAP = "jet"
 
 _DPI = 110
 _FONT = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 8}
@@ -153,9 +153,10 @@ def draw_attribution(ax, image, attr, *, title: Optional[str] = None, note: Opti
             ax.set_title(title)
     else:
         arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+        arr = arr / arr.max()  # Captum rescales per map anyway; this avoids its tiny-scale warning
         captum_viz.visualize_image_attr(
             arr[:, :, None], img, method="blended_heat_map", sign="positive",
-            plt_fig_axis=(ax.figure, ax), cmap=HEAT_CMAP, alpha_overlay=0.55,
+            plt_fig_axis=(ax.figure, ax), cmap=HEAT_CMAP, alpha_overlay=0.5,
             show_colorbar=False, title=title, use_pyplot=False,
         )
     if note:

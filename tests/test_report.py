@@ -1,0 +1,214 @@
+"""The report folder: atomic writing, refusal of non-empty folders, localisation numbers."""
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from captum_unicam import report, viz
+from captum_unicam.metrics.aggregate import KDEvaluation
+
+
+# ---------------------------------------------------------------------------
+# localisation, against hand computations
+# ---------------------------------------------------------------------------
+
+
+def test_localisation_hand_computed():
+    masks = torch.zeros(3, 1, 4, 4)
+    masks[:, 0, :2, :2] = 1.0  # object: top-left 2x2, area 4/16
+    m = torch.zeros(3, 1, 4, 4)
+    m[0, 0, 0, 0] = 3.0
+    m[0, 0, 3, 3] = 1.0      # energy 3/4, peak on object
+    m[1, 0, 3, 3] = 2.0
+    m[1, 0, 1, 1] = 1.0      # energy 1/3, peak off object
+    m[1, 0, 2, 2] = -5.0     # negative values are ignored
+    # image 2: all zero -> empty, left out
+    out = report.localisation({"k": m}, masks, n_bootstrap=200, seed=1)
+    assert out["chance"]["energy"] == pytest.approx(0.25)
+    k = out["kinds"]["k"]
+    assert k["n_images"] == 3 and k["n_empty"] == 1
+    assert k["energy"]["n"] == 2
+    assert k["energy"]["mean"] == pytest.approx((3 / 4 + 1 / 3) / 2)
+    assert k["pointing"]["mean"] == pytest.approx(0.5)
+    for metric in ("energy", "pointing"):
+        assert k[metric]["low"] <= k[metric]["mean"] <= k[metric]["high"]
+    # percentile bootstrap of two values: the interval lies within their range
+    assert 1 / 3 - 1e-12 <= k["energy"]["low"] and k["energy"]["high"] <= 3 / 4 + 1e-12
+
+
+def test_localisation_upsamples_like_captum():
+    masks = torch.zeros(1, 8, 8, dtype=torch.bool)
+    masks[0, :4, :] = True
+    m = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
+    from captum.attr import LayerAttribution
+
+    up = LayerAttribution.interpolate(m, (8, 8), "bilinear")[0, 0].double()
+    expected = float((up * masks[0]).sum() / up.sum())
+    out = report.localisation({"m": m}, masks, n_bootstrap=10)
+    assert out["kinds"]["m"]["energy"]["mean"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_localisation_bad_input():
+    with pytest.raises(ValueError, match="3 maps for 2 masks"):
+        report.localisation({"m": torch.rand(3, 1, 2, 2)}, torch.ones(2, 4, 4))
+    with pytest.raises(ValueError, match="masks must have shape"):
+        report.localisation({"m": torch.rand(2, 1, 2, 2)}, torch.ones(2, 3, 4, 4))
+
+
+# ---------------------------------------------------------------------------
+# write_report
+# ---------------------------------------------------------------------------
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links, self.tags = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        for k, v in attrs:
+            if k in ("src", "href") and v is not None:
+                self.links.append(v)
+
+
+def _evaluation():
+    vals = {}
+    rng = np.random.default_rng(0)
+    for layer in ("L1", "L2"):
+        vals[layer] = {k: {m: list(rng.random(4)) for m in ("fss", "rs_base", "rs_student", "rs_distilled", "rs_residual")}
+                       for k in ("gradcam", "distilled", "residual")}
+    return KDEvaluation(layers=["L1", "L2"], map_kinds=["gradcam", "distilled", "residual"], values=vals,
+                        batch_indices=[0, 1, 2, 3], batch_sizes=[8] * 4,
+                        settings={"n_bootstrap": 100, "n_permutations": 100, "seed": 0})
+
+
+def _small_kwargs():
+    # no figures: fast
+    return dict(command=["captum-unicam", "demo"], data="test data", progress=False,
+                models={"Teacher": {"arch": "t", "accuracy": 0.9}, "Base": {"arch": "b", "accuracy": 0.6},
+                        "Student": {"arch": "s", "accuracy": 0.75}})
+
+
+def _kwargs(ckpt=None):
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.rand(4, 3, 16, 16, generator=g)
+    maps = {"Grad-CAM student": torch.rand(4, 1, 4, 4, generator=g), "UniCAM residual": torch.zeros(4, 1, 4, 4)}
+    masks = torch.zeros(4, 16, 16)
+    masks[:, 4:12, 4:12] = 1
+    kw = dict(command=["captum-unicam", "demo", "--quick"], data="test data",
+              models={"Teacher": {"arch": "t", "accuracy": 0.9}, "Base": {"arch": "b", "accuracy": 0.6},
+                      "Student": {"arch": "s", "accuracy": 0.75, "kd_method": "response"}},
+              evaluation=_evaluation(),
+              grids={"L4": {"images": imgs, "maps": maps, "labels": list("abcd")}},
+              localisation={"L4": report.localisation(maps, masks, n_bootstrap=50)},
+              progress=False)
+    if ckpt is not None:
+        kw["model_files"] = {"student.pt": ckpt}
+    return kw
+
+
+def test_write_report_contents(tmp_path):
+    ckpt = tmp_path / "s.pt"
+    torch.save({"w": torch.ones(1)}, ckpt)
+    out = report.write_report(tmp_path / "a" / "rep", **_kwargs(ckpt))
+    assert out == (tmp_path / "a" / "rep").absolute()
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    for f in ("index.html", "metrics.json", "tables/table1.csv", "tables/table1.md", "tables/models.csv",
+              "tables/localisation.csv", "figures/grid_L4.png", "figures/scores.png",
+              "figures/localisation.png", "models/student.pt"):
+        assert f in files
+    # no temporary siblings left
+    assert [p.name for p in out.parent.iterdir()] == ["rep"]
+
+    metrics = json.loads((out / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert metrics["models"]["Student"]["accuracy"] == 0.75
+    assert metrics["command"] == "captum-unicam demo --quick"
+    assert set(metrics["versions"]) >= {"python", "torch", "captum", "captum-unicam"}
+    ev = _evaluation().summary()
+    ev, got = ev.get("by_layer", ev), metrics["evaluation"]
+    got = got.get("by_layer", got)
+    assert got["L2"]["distilled"]["rs_student"]["mean"] == pytest.approx(
+        ev["L2"]["distilled"]["rs_student"]["mean"])
+    loc = metrics["localisation"]["L4"]["kinds"]
+    assert loc["UniCAM residual"]["n_empty"] == 4 and loc["UniCAM residual"]["energy"]["mean"] is None
+
+    page = (out / "index.html").read_text()
+    parser = _Links()
+    parser.feed(page)
+    assert "script" not in parser.tags
+    for link in parser.links:
+        if link.startswith("#"):
+            continue
+        assert not re.match(r"^[a-z]+:", link), link  # relative only: no http, no CDN
+        assert (out / link).is_file(), link
+    for text in ("Teacher", "90.0 %", "60.0 %", "75.0 %", "FSS", "RS", "distilled", "residual",
+                 "captum-unicam demo --quick", "no positive evidence after ReLU"):
+        assert text in page
+    assert (out / "tables" / "table1.csv").read_text() == _evaluation().to_csv()
+
+
+def test_existing_folder_refused_and_untouched(tmp_path):
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(report.OutputFolderError, match="--overwrite"):
+        report.check_output_dir(out)
+    with pytest.raises(report.OutputFolderError, match="not empty"):
+        report.write_report(out, **_small_kwargs())
+    assert [p.name for p in tmp_path.iterdir()] == ["rep"]
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    # an empty folder is fine; so is --overwrite
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    report.write_report(empty, **_small_kwargs())
+    assert (empty / "index.html").is_file()
+    report.write_report(out, overwrite=True, **_small_kwargs())
+    assert not (out / "keep.txt").exists() and (out / "index.html").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "rep"]
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(report.OutputFolderError, match="not a folder"):
+        report.check_output_dir(f, overwrite=True)
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_crash_mid_report_leaves_nothing(tmp_path, monkeypatch, existing):
+    out = tmp_path / "deep" / "rep"
+    if existing:
+        out.mkdir(parents=True)
+        (out / "keep.txt").write_text("mine")
+
+    def boom(*a, **k):
+        raise RuntimeError("figure failed")
+
+    monkeypatch.setattr(viz, "scores_per_layer", boom)
+    with pytest.raises(RuntimeError, match="figure failed"):
+        report.write_report(out, overwrite=True, score_panels={"FSS": {"s": {"L1": 0.5}}}, **_small_kwargs())
+    if existing:
+        assert [p.name for p in out.parent.iterdir()] == ["rep"]
+        assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    else:
+        assert list(tmp_path.iterdir()) == []  # even the parent folders we made are gone
+
+
+def test_failed_accuracy_is_stated(tmp_path):
+    kw = _small_kwargs()
+    kw["models"] = {"Teacher": {"arch": "t", "accuracy": None}, "Base": {"arch": "b", "accuracy": 0.8},
+                    "Student": {"arch": "s", "accuracy": 0.7}}
+    out = report.write_report(tmp_path / "r", **kw)
+    page = (out / "index.html").read_text()
+    assert "not measured" in page and "did not help" in page
+    assert "Not computed for this report" in page  # no Table 1 without an evaluation
+
+
+def test_markdown_table_to_html():
+    md = "| a | b |\n|---|---:|\n| 1 | <x> |\n\nnote & more\n"
+    h = report._markdown_to_html(md)
+    assert "<th>a</th>" in h and "<td>&lt;x&gt;</td>" in h and "<p>note &amp; more</p>" in h
+    assert "---" not in h
