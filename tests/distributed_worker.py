@@ -5,7 +5,8 @@ Also runnable by hand on CPU, e.g.::
     torchrun --nproc_per_node 2 tests/distributed_worker.py OUT_DIR
 
 Each rank writes OUT_DIR/rank{r}.json (index sharding) and OUT_DIR/sampler_rank{r}.json
-(a DataLoader with DistributedSampler).
+(a DataLoader with DistributedSampler), and OUT_DIR/error_rank{r}.txt (the error each
+rank raised when rank 1 met a NaN batch).
 """
 
 from __future__ import annotations
@@ -69,6 +70,13 @@ def run(rank: int, world_size: int, port: int, out_dir: str) -> None:
         sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=False)
         result = evaluate(DataLoader(data, batch_size=SAMPLER_BATCH, sampler=sampler), student, base, layers, emb)
         (out / f"sampler_rank{rank}.json").write_text(result.to_json())
+        # 3. a bad batch on rank 1 only: every rank raises, none waits forever
+        x, y = data.tensors
+        bad = [(x[:6], y[:6]), (torch.full_like(x[:6], float("nan")), y[:6])]
+        try:
+            evaluate(bad, student, base, layers, emb)
+        except ValueError as err:
+            (out / f"error_rank{rank}.txt").write_text(str(err))
     finally:
         dist.destroy_process_group()
 

@@ -17,7 +17,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from captum_unicam.attr.unicam import UniCAM
 from captum_unicam.metrics import KDEvaluation, evaluate_kd, feature_similarity_score, relevance_score
 from captum_unicam.metrics.aggregate import METRICS, bootstrap_ci, paired_permutation_pvalue
-from captum_unicam.perturb import mask_multiply
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).parent))
 import distributed_worker as worker  # noqa: E402
@@ -64,3 +64,7 @@ def test_two_processes_equal_one(tmp_path):
     assert sampled[0] == sampled[1] and sampled[0].settings["sharding"] == "sampler"
     assert sampled[0].batch_indices == [0, 0, 1, 1, 2, 2]
     assert_same_values(sampled[0], single_sampler)
+
+    errors = [(tmp_path / f"error_rank{r}.txt").read_text() for r in (0, 1)]
+    assert errors[1].startswith("batch 1: inputs contain NaN")
+    assert errors[0] == "evaluate_kd failed on another rank: rank 1: " + errors[1]

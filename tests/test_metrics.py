@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from captum_unicam import stats
 from captum_unicam.metrics import feature_similarity_score, relevance_score
 from captum_unicam.perturb import mask_multiply, road_impute
 
@@ -194,7 +193,8 @@ def test_bad_input_value_errors(setup):
     rs = functools.partial(relevance_score, s, s.layer1)
     cases = [
         (lambda: fss(x, attr[:5]), "cannot be matched"),
-        (lambda: fss(x, attr[:, 0]), "cannot be matched"),
+        (lambda: fss(x, attr[:, 0, 0]), "cannot be matched"),
+        (lambda: fss(x[:, :, 0], attr[:, 0]), "cannot be matched"),
         (lambda: fss(x, attr.expand(N, 2, 4, 4)), "cannot be matched"),
         (lambda: fss(x, (attr, attr[:3])), "cannot be matched"),
         (lambda: rs(x, y, attr.unsqueeze(1)), "cannot be matched"),
@@ -247,3 +247,10 @@ def test_batch_permutation_and_symmetry(seed, n):
     r2 = relevance_score(s, s.layer1, x[perm], y[perm], attr[perm], given=(b, b.layer1))
     assert abs(float(r1) - float(r2)) < 1e-9
     assert -1 - 1e-12 <= float(r1) <= 1 + 1e-12
+
+
+def test_attributions_without_channel_dim(setup):
+    s, b, x, y, attr = setup
+    a = feature_similarity_score(s, s.layer2, b, b.layer2, x, attr)
+    c = feature_similarity_score(s, s.layer2, b, b.layer2, x, attr[:, 0])  # (N, h, w)
+    assert abs(float(a) - float(c)) < 1e-12

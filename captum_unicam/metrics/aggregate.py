@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import tempfile
 import warnings
@@ -434,6 +433,31 @@ def _maps(kinds, student, base, s_layer, b_layer, unicam, x, y) -> Dict[str, Tup
     return maps
 
 
+def _evaluate_batch(
+    i, x, y, student, base, layer_pairs, kinds, unicams, emb, perturb_func, estimator, device
+) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """Every metric of one batch, for each layer and map kind."""
+    x = x.to(device)
+    y = (y if isinstance(y, Tensor) else torch.as_tensor(y)).to(device)
+    try:
+        _check_inputs(x)
+        labels = label_vectors(y, x.shape[0], emb)
+    except ValueError as err:
+        raise ValueError(f"batch {i}: {err}") from err
+    values: Dict[str, Dict[str, Dict[str, float]]] = {}
+    for name, (s_layer, b_layer) in layer_pairs.items():
+        maps = _maps(kinds, student, base, s_layer, b_layer, unicams.get(name), x, y)
+        values[name] = {}
+        for kind in kinds:
+            h_s, h_b = maps[kind]
+            x_s = perturb(x, h_s, perturb_func)
+            x_b = x_s if h_b is h_s else perturb(x, h_b, perturb_func)
+            feats_s = layer_features(student, s_layer, x_s)
+            feats_b = layer_features(base, b_layer, x_b)
+            values[name][kind] = _batch_metrics(feats_s, feats_b, labels, estimator)
+    return values
+
+
 def evaluate_kd(
     student: nn.Module,
     base: nn.Module,
@@ -495,7 +519,8 @@ def evaluate_kd(
     ``i`` in the loader satisfies ``i % W == r`` (every rank iterates the same loader,
     so it must yield the same batches in the same order on every rank: no unseeded
     shuffling); the per-batch values are all-gathered and ordered by ``i``, so every
-    rank returns the same result as one process over the whole loader. If the loader
+    rank returns the same result as one process over the whole loader. An error on one
+    rank is raised on every rank (none is left waiting). If the loader
     already uses a ``DistributedSampler``, each rank computes all of its own batches
     and they are ordered by (local index, rank). With nccl, set the CUDA device of each
     rank first (``torch.cuda.set_device``), as ``all_gather_object`` requires.
@@ -584,6 +609,7 @@ def evaluate_kd(
     from tqdm.auto import tqdm
 
     records: List[Dict[str, Any]] = []
+    failure: Optional[BaseException] = None
     bar = tqdm(total=total, desc="evaluate_kd", unit="batch", disable=not progress or rank != 0)
     try:
         for i, item in enumerate(loader):
@@ -602,32 +628,29 @@ def evaluate_kd(
                 warnings.warn(msg + " The batch is skipped.", stacklevel=2)
                 records.append({"index": i, "rank": rank, "size": n, "values": None})
                 continue
-            x = x.to(device)
-            y = (y if isinstance(y, Tensor) else torch.as_tensor(y)).to(device)
-            try:
-                _check_inputs(x)
-                labels = label_vectors(y, n, emb)
-            except ValueError as err:
-                raise ValueError(f"batch {i}: {err}") from err
-            values: Dict[str, Dict[str, Dict[str, float]]] = {}
-            for name, (s_layer, b_layer) in layer_pairs.items():
-                maps = _maps(kinds, student, base, s_layer, b_layer, unicams.get(name), x, y)
-                values[name] = {}
-                for kind in kinds:
-                    h_s, h_b = maps[kind]
-                    x_s = perturb(x, h_s, perturb_func)
-                    x_b = x_s if h_b is h_s else perturb(x, h_b, perturb_func)
-                    feats_s = layer_features(student, s_layer, x_s)
-                    feats_b = layer_features(base, b_layer, x_b)
-                    values[name][kind] = _batch_metrics(feats_s, feats_b, labels, estimator)
+            values = _evaluate_batch(
+                i, x, y, student, base, layer_pairs, kinds, unicams, emb, perturb_func, estimator, device
+            )
             records.append({"index": i, "rank": rank, "size": n, "values": values})
+    except Exception as err:  # noqa: BLE001 - re-raised below, after telling the other ranks
+        failure = err
     finally:
         bar.close()
 
     if world > 1:
+        # Every rank reaches this point, also after an error, so no rank waits forever.
+        note = None if failure is None else (type(failure).__name__, f"rank {rank}: {failure}")
         gathered: List[Any] = [None] * world
-        torch.distributed.all_gather_object(gathered, records)
-        records = [r for part in gathered for r in part]
+        torch.distributed.all_gather_object(gathered, (records, note))
+        if failure is None:
+            remote = [n for _, n in gathered if n is not None]
+            if remote:
+                kind_name, message = remote[0]
+                error_type = ValueError if kind_name == "ValueError" else RuntimeError
+                raise error_type(f"evaluate_kd failed on another rank: {message}")
+        records = [r for part, _ in gathered for r in part]
+    if failure is not None:
+        raise failure
     records.sort(key=lambda r: (r["index"], r["rank"]))
 
     done = [r for r in records if r["values"] is not None]

@@ -9,19 +9,13 @@ data set, FSS is the mean over batches (Eq. 8); see
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from captum_unicam import stats
-
-
-def mask_multiply(inputs: Tensor, attributions: Tensor) -> Tensor:  # TEMPORARY lazy stand-in
-    from captum_unicam.perturb import mask_multiply as _mask_multiply
-
-    return _mask_multiply(inputs, attributions)
+from captum_unicam.perturb import mask_multiply
 
 __all__ = ["feature_similarity_score"]
 
@@ -63,19 +57,20 @@ def _check_inputs(inputs: Tensor) -> None:
 def _check_attributions(attr: Tensor, inputs: Tensor, name: str = "attributions") -> None:
     if not isinstance(attr, Tensor):
         raise ValueError(f"{name} must be a tensor (N, 1, h, w), got {type(attr).__name__}.")
+    with_channels = attr.dim() == inputs.dim() and attr.shape[1] in (1, inputs.shape[1])
+    without_channels = attr.dim() == inputs.dim() - 1
     ok = (
-        attr.dim() == inputs.dim()
-        and attr.dim() >= 3
+        inputs.dim() >= 3
+        and (with_channels or without_channels)
         and attr.shape[0] == inputs.shape[0]
-        and attr.shape[1] in (1, inputs.shape[1])
         and all(s > 0 for s in attr.shape)
     )
     if not ok:
         raise ValueError(
             f"{name} of shape {tuple(attr.shape)} cannot be matched to inputs of shape "
-            f"{tuple(inputs.shape)}: expected (N, 1, h, w) (or (N, C, h, w)) with the same N "
-            f"= {inputs.shape[0] if inputs.dim() else '?'}, any h, w (upsampled to the "
-            "input size), as LayerGradCam and UniCAM return."
+            f"{tuple(inputs.shape)}: expected (N, 1, h, w) as LayerGradCam and UniCAM return "
+            f"(or (N, h, w), or (N, C, h, w) with the inputs' C), with the same N = "
+            f"{inputs.shape[0] if inputs.dim() else '?'} and any h, w (upsampled to the input size)."
         )
     if not attr.is_floating_point():
         raise ValueError(f"{name} must be floating point, got dtype {attr.dtype}.")

@@ -2,7 +2,7 @@ r"""Relevance score (RS, paper Sec. 3.2.2, Eq. 9), plain or of the unique featur
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
