@@ -1,0 +1,930 @@
+r"""The experiment runner: trains (or loads) the models of a KD study and writes the
+paper's artefacts, plus the localisation check the paper could not make.
+
+:func:`run_experiment` does, for one dataset:
+
+1. **Models** (cached in ``out/models/``, one checkpoint per role, reused when its
+   recipe is unchanged): a **Teacher** (large), a **Base** (small, data alone), one
+   **Student** per KD method (small, distilled from the Teacher), and a
+   **Teacher-assistant chain** large -> medium -> small (paper Sec. 4.2.3, R101 -> R50 ->
+   R18), whose end is compared with the direct large -> small Student (the response
+   Student; trained separately when ``"response"`` is not among the methods).
+2. **Evaluation** with :func:`~captum_unicam.metrics.evaluate_kd` on held-out data, per
+   layer L1..L4 and map kind (raw features, Grad-CAM, UniCAM distilled / residual): FSS,
+   RS of Base / Student / distilled / residual features, bootstrap 95 % intervals over
+   batches, paired permutation p-values.
+3. **Artefacts** in ``out/``: ``table1_<method>.md/.csv`` (paper Table 1 layout),
+   ``table2.md/.csv`` (direct Student against the Teacher-assistant chain, paper
+   Table 2), ``accuracies.md/.csv``, ``evaluation_<pair>.md/.csv`` (every number of
+   evaluate_kd), on the controlled dataset ``localisation.md/.csv`` (mask energy
+   fraction and pointing game of every map kind, with bootstrap intervals), figures in
+   ``out/figures/`` (Grad-CAM / UniCAM grids per layer and method, paper Figs. 3, 5,
+   7, 8; FSS / RS per layer, Fig. 4; localisation) and ``results.json`` (all numbers,
+   the recipe, the command, versions, timings).
+
+**Output folder.** Checkpoints are written to ``out/models/`` as each model finishes
+(each file atomically), so an interrupted run resumes without retraining. Everything
+else is built in a temporary sibling folder and renamed onto ``out`` only when
+complete: ``out`` holds either the previous complete results or the new ones. A
+non-empty ``out`` that is not an experiment folder (no ``results.json``, not only
+``models/``) is refused before any work.
+
+**Datasets.**
+
+- ``"controlled[:SEED]"`` (default): the controlled shapes dataset. The Teacher learns
+  the shapes on cue-free data; the Base learns from a few hundred labelled images whose
+  background tint agrees with the class most of the time (a spurious cue); the Students
+  are distilled from the Teacher on a larger *unlabelled* transfer set with the same
+  cue. Test data are cue-free (and, for the accuracies, also cued). Small ResNets stand
+  in for R101 / R50 / R18 (see :data:`CONTROLLED_ARCHS`); see :data:`RECIPES`.
+- ``"cifar10:ROOT"`` and ``"imagefolder:ROOT"`` (via
+  :func:`~captum_unicam.data.load_dataset`): every model is trained on the labelled
+  training split (Students with their KD loss plus cross-entropy), with augmentation;
+  the real torchvision ResNets R101 / R50 / R18 (CIFAR stem for images of 64 pixels or
+  less) and many more epochs. This needs a GPU and hours; it was not run here.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "run_experiment",
+    "RECIPES",
+    "CONTROLLED_ARCHS",
+    "REAL_ARCHS",
+    "ExperimentFolderError",
+]
+
+PathLike = Union[str, os.PathLike]
+ArchSpec = Union[str, Tuple[str, Mapping[str, Any]], Mapping[str, Any]]
+
+_FORMAT = "captum-unicam/experiment"
+_FORMAT_VERSION = 1
+LAYERS = ("L1", "L2", "L3", "L4")
+
+#: Default (teacher, assistant, student) architectures on the controlled dataset:
+#: small ResNets of widths 16 / 12 / 8 standing in for R101 / R50 / R18 (parameter
+#: ratios 4 : 2.3 : 1, close to R101 : R50 : R18 = 3.8 : 2.2 : 1).
+CONTROLLED_ARCHS: Dict[str, ArchSpec] = {
+    "teacher": "small_resnet_m",
+    "assistant": ("small_resnet_s", {"width": 12}),
+    "student": "small_resnet_s",
+}
+
+#: Default architectures on CIFAR-10 and image folders: the paper's R101 -> R50 -> R18.
+REAL_ARCHS: Dict[str, ArchSpec] = {
+    "teacher": "resnet101",
+    "assistant": "resnet50",
+    "student": "resnet18",
+}
+
+#: Training and evaluation recipes. ``controlled`` is sized to finish in about 15
+#: minutes on a loaded 2-core CPU; ``controlled_quick`` is for tests; ``real`` is for
+#: CIFAR-10 / image folders on a GPU.
+RECIPES: Dict[str, Dict[str, Any]] = {
+    "controlled": {
+        "image_size": 32, "num_classes": 4, "cue_strength": 0.9,
+        "teacher_size": 1536, "base_size": 256, "transfer_size": 1024,
+        "test_size": 512, "teacher_epochs": 6, "base_epochs": 25, "student_epochs": 6,
+        "batch_size": 64, "optimizer": "adam", "lr": 3e-3, "weight_decay": 5e-4,
+        "eval_batch_size": 48, "eval_batches": 8, "map_batches": 2, "n_show": 4,
+        "n_bootstrap": 1000, "n_permutations": 10000, "dpi": 64,
+    },
+    "controlled_quick": {
+        "image_size": 32, "num_classes": 4, "cue_strength": 0.9,
+        "teacher_size": 192, "base_size": 64, "transfer_size": 128,
+        "test_size": 48, "teacher_epochs": 1, "base_epochs": 1, "student_epochs": 1,
+        "batch_size": 32, "optimizer": "adam", "lr": 3e-3, "weight_decay": 5e-4,
+        "eval_batch_size": 24, "eval_batches": 2, "map_batches": 1, "n_show": 2,
+        "n_bootstrap": 100, "n_permutations": 1000, "dpi": 40,
+    },
+    "real": {
+        "image_size": None, "teacher_epochs": 60, "base_epochs": 60, "student_epochs": 60,
+        "batch_size": 64, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4,
+        "eval_batch_size": 64, "eval_batches": 16, "map_batches": 1, "n_show": 6,
+        "n_bootstrap": 1000, "n_permutations": 10000, "dpi": 80,
+    },
+    "real_quick": {
+        "image_size": None, "teacher_epochs": 1, "base_epochs": 1, "student_epochs": 1,
+        "batch_size": 16, "optimizer": "adam", "lr": 3e-3, "weight_decay": 5e-4,
+        "eval_batch_size": 8, "eval_batches": 2, "map_batches": 1, "n_show": 2,
+        "n_bootstrap": 100, "n_permutations": 1000, "dpi": 40,
+    },
+}
+
+_MAP_TITLES = {
+    "gradcam_base": "Grad-CAM Base",
+    "gradcam_student": "Grad-CAM Student",
+    "distilled": "UniCAM distilled",
+    "residual": "UniCAM residual",
+}
+
+
+class ExperimentFolderError(ValueError):
+    r"""The output folder cannot be used: it is a file, or a non-empty folder that is not
+    an experiment folder (it would be replaced)."""
+
+
+# ---------------------------------------------------------------------------
+# argument checks (all before any training)
+# ---------------------------------------------------------------------------
+
+
+def _arch(spec: Any, role: str) -> Tuple[str, Dict[str, Any]]:
+    """(name, build keywords) of an architecture given as 'name', ('name', {...}) or
+    {'arch': 'name', ...}."""
+    from captum_unicam.models import ARCHITECTURES
+
+    if isinstance(spec, str):
+        name, kwargs = spec, {}
+    elif isinstance(spec, Mapping) and isinstance(spec.get("arch"), str):
+        name, kwargs = spec["arch"], {k: v for k, v in spec.items() if k != "arch"}
+    elif isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], Mapping):
+        name, kwargs = spec[0], dict(spec[1])
+    else:
+        raise ValueError(
+            f"{role}_arch must be an architecture name like 'resnet18', a pair "
+            f"('small_resnet_s', {{'width': 12}}) or a dict {{'arch': ..., ...}}; got {spec!r}"
+        )
+    if name not in ARCHITECTURES:
+        raise ValueError(f"{role}_arch: unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return name, dict(kwargs)
+
+
+def _arch_label(name: str, kwargs: Mapping[str, Any]) -> str:
+    extra = ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items()) if k != "cifar_stem")
+    return f"{name}({extra})" if extra else name
+
+
+def _check_methods(methods: Any) -> Tuple[str, ...]:
+    from captum_unicam.kd.train import KD_METHODS
+
+    if isinstance(methods, str):
+        methods = (methods,)
+    try:
+        methods = tuple(methods)
+    except TypeError:
+        raise ValueError(f"methods must be a sequence of KD methods, got {methods!r}") from None
+    bad = [m for m in methods if m not in KD_METHODS]
+    if not methods or bad or len(set(methods)) != len(methods):
+        raise ValueError(
+            f"methods must be distinct names among {', '.join(KD_METHODS)}; got {list(methods)!r}"
+        )
+    return methods
+
+
+def _check_out(out: PathLike) -> Path:
+    path = Path(out).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise ExperimentFolderError(f"out {str(path)!r} exists and is not a folder; choose another out")
+    if path.is_dir():
+        entries = {p.name for p in path.iterdir()}
+        if entries and "results.json" not in entries and entries != {"models"}:
+            raise ExperimentFolderError(
+                f"out {str(path)!r} is a non-empty folder that is not an experiment folder "
+                "(no results.json); it would be replaced, so choose a new or empty folder"
+            )
+    return path
+
+
+# ---------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------
+
+
+def _scheme(spec: str) -> str:
+    return spec.strip().partition(":")[0].lower()
+
+
+def _controlled_data(spec: str, r: Mapping[str, Any]) -> Dict[str, Any]:
+    from captum_unicam.data import load_dataset
+
+    common = dict(image_size=r["image_size"], num_classes=r["num_classes"])
+    cue = r["cue_strength"]
+    return {
+        # the Teacher learns the shapes on cue-free labelled data
+        "teacher": load_dataset(spec, "train", size=r["teacher_size"], cue_strength=0.0, **common),
+        # the Base: few labelled images with the spurious tint cue
+        "base": load_dataset(spec, "val", size=r["base_size"], cue_strength=cue, **common),
+        # the Students: a larger unlabelled transfer set with the same cue
+        "transfer": load_dataset(spec, "transfer", size=r["transfer_size"], cue_strength=cue, **common),
+        "test": load_dataset(spec, "test", size=r["test_size"], cue_strength=0.0, **common),
+        "test_cued": load_dataset(spec, "test", size=r["test_size"], cue_strength=cue, **common),
+        "unlabelled_transfer": True,
+    }
+
+
+def _real_data(spec: str, r: Mapping[str, Any], image_size: Optional[int]) -> Dict[str, Any]:
+    from captum_unicam.data import DataSpecError, load_dataset
+
+    size = image_size or r.get("image_size")
+    train = load_dataset(spec, "train", image_size=size, augment=True)
+    test = load_dataset(spec, "test", image_size=size)
+    if len(train) == 0 or len(test) == 0:
+        raise DataSpecError(f"data spec {spec!r} has an empty train or test split")
+    return {"teacher": train, "base": train, "transfer": train, "test": test, "test_cued": None,
+            "unlabelled_transfer": False}
+
+
+def _loader(ds, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    drop = drop_last and len(ds) > batch_size
+    return torch.utils.data.DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=shuffle,
+                                       generator=g if shuffle else None, drop_last=drop)
+
+
+# ---------------------------------------------------------------------------
+# models (trained once, cached in out/models)
+# ---------------------------------------------------------------------------
+
+
+def _fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _normal(obj: Any) -> Any:
+    """JSON round trip, so tuples and lists compare equal."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _obtain(role: str, arch: Tuple[str, Dict[str, Any]], recipe: Dict[str, Any], *, models_dir: Path,
+            num_classes: int, class_names: Sequence[str], train_fn, device, log: Dict[str, Any],
+            kd_method: Optional[str] = None, teacher: Optional[str] = None) -> nn.Module:
+    """Loads ``models_dir/<role>.pt`` when its recipe matches, else trains and saves it."""
+    from captum_unicam.models import CheckpointError, build_model, load_checkpoint, save_checkpoint
+
+    path = models_dir / f"{role}.pt"
+    name, kwargs = arch
+    if path.is_file():
+        try:
+            model, meta = load_checkpoint(path, arch=name, num_classes=num_classes, map_location=device)
+            if _normal(meta.get("recipe")) == _normal(recipe):
+                log[role] = {"status": "loaded", "seconds": 0.0}
+                return model
+            why = "its recipe differs from this run's"
+        except CheckpointError as e:
+            why = str(e)
+        warnings.warn(f"retraining {role}: the cached checkpoint {str(path)!r} cannot be reused ({why})",
+                      stacklevel=3)
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(recipe["seed"]))
+        model = build_model(name, num_classes, **kwargs)
+    train_fn(model)
+    model.to(device).eval()
+    save_checkpoint(path, model, arch=name, num_classes=num_classes, class_names=list(class_names),
+                    recipe=recipe, kd_method=kd_method, teacher=teacher)
+    log[role] = {"status": "trained", "seconds": round(time.perf_counter() - t0, 2)}
+    return model
+
+
+# ---------------------------------------------------------------------------
+# formatting and writing
+# ---------------------------------------------------------------------------
+
+
+def _pm(entry: Optional[Mapping[str, Any]], digits: int = 4) -> str:
+    """'mean ± half-width of the interval'."""
+    if not entry or entry.get("mean") is None:
+        return "–"
+    m = float(entry["mean"])
+    lo = entry.get("ci_low", entry.get("low"))
+    hi = entry.get("ci_high", entry.get("high"))
+    if lo is None or hi is None:
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {(float(hi) - float(lo)) / 2:.{digits}f}"
+
+
+def _iv(entry: Optional[Mapping[str, Any]], digits: int = 3) -> str:
+    """'mean [low, high]'."""
+    if not entry or entry.get("mean") is None:
+        return "–"
+    lo, hi = entry.get("low", entry.get("ci_low")), entry.get("high", entry.get("ci_high"))
+    if lo is None or hi is None:
+        return f"{float(entry['mean']):.{digits}f}"
+    return f"{float(entry['mean']):.{digits}f} [{float(lo):.{digits}f}, {float(hi):.{digits}f}]"
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]], notes: Sequence[str] = ()) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    if notes:
+        lines += [""] + list(notes)
+    return "\n".join(lines) + "\n"
+
+
+def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for row in rows:
+        w.writerow(["" if v is None else (repr(v) if isinstance(v, float) else v) for v in row])
+    return buf.getvalue()
+
+
+def _write(folder: Path, name: str, text: str) -> None:
+    (folder / name).write_text(text, encoding="utf-8")
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        obj = obj.detach().cpu().tolist()
+    if isinstance(obj, np.ndarray):
+        obj = obj.tolist()
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [_jsonable(v) for v in obj]
+    return str(obj)
+
+
+def _save_png(fig, path: Path, dpi: int) -> None:
+    """Saves with viz.save_figure, then re-encodes with an adaptive palette (PNGs stay small)."""
+    from captum_unicam.viz import save_figure
+
+    save_figure(fig, path, dpi=dpi)
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            small = im.convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT)
+        small.save(path, optimize=True)
+    except Exception:  # pragma: no cover - Pillow missing or failing: keep the plain PNG
+        pass
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Renames the complete folder ``tmp`` onto ``out`` (the old one is removed)."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+    os.rmdir(old)
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# tables
+# ---------------------------------------------------------------------------
+
+
+def _table1(method: str, summary: Mapping[str, Any], settings: Mapping[str, Any]) -> Tuple[str, str]:
+    """Paper Table 1 for one KD method: layer-specific (Grad-CAM) and UniCAM features."""
+    header_md = ["Layer", "FSS (Grad-CAM)", "RS Base (Grad-CAM)", "RS Student (Grad-CAM)", "p (Student > Base)",
+                 "RS Base (residual map)", "RS Student (distilled map)", "pdCor distilled (raw)",
+                 "pdCor residual (raw)", "p (distilled > residual)"]
+    header_csv = ["layer"]
+    cols = [("gradcam", "fss", "fss_gradcam"), ("gradcam", "rs_base", "rs_base_gradcam"),
+            ("gradcam", "rs_student", "rs_student_gradcam"), ("residual", "rs_base", "rs_base_residual_map"),
+            ("distilled", "rs_student", "rs_student_distilled_map"), ("none", "rs_distilled", "rs_distilled_raw"),
+            ("none", "rs_residual", "rs_residual_raw")]
+    for _, _, key in cols:
+        header_csv += [f"{key}_mean", f"{key}_ci_low", f"{key}_ci_high"]
+    header_csv += ["p_student_gt_base_gradcam", "p_distilled_gt_residual_raw", "n_batches"]
+    md_rows, csv_rows = [], []
+    for layer in LAYERS:
+        s = summary[layer]
+        cell = {key: s[kind][metric] for kind, metric, key in cols}
+        p_sb = s["gradcam"]["p_student_gt_base"]
+        p_dr = s["none"]["p_distilled_gt_residual"]
+        md_rows.append([layer, _pm(cell["fss_gradcam"]), _pm(cell["rs_base_gradcam"]), _pm(cell["rs_student_gradcam"]),
+                        f"{p_sb:.3g}", _pm(cell["rs_base_residual_map"]), _pm(cell["rs_student_distilled_map"]),
+                        _pm(cell["rs_distilled_raw"]), _pm(cell["rs_residual_raw"]), f"{p_dr:.3g}"])
+        row: List[Any] = [layer]
+        for _, _, key in cols:
+            row += [cell[key]["mean"], cell[key]["ci_low"], cell[key]["ci_high"]]
+        row += [p_sb, p_dr, s["gradcam"]["n_batches"]]
+        csv_rows.append(row)
+    notes = [
+        f"Table 1 layout, KD method **{method}**: Student and Base compared on "
+        f"{summary['L1']['gradcam']['n_batches']} held-out batches. Mean ± half-width of the 95 % bootstrap "
+        "interval over batches; p: one-sided paired permutation test over batches.",
+        "Grad-CAM columns: each model's input is masked by its own Grad-CAM (paper: layer-specific features). "
+        "Residual / distilled map columns: the input is masked by the UniCAM residual / distilled map and the Base / "
+        "Student features are scored (paper: residual / distilled features). pdCor columns: partial distance "
+        "correlation of the raw features with the labels given the other model's features "
+        f"(RS of the unique features). Labels: {settings.get('label_embeddings', '?')}; "
+        f"estimator {settings.get('estimator', '?')!r}.",
+    ]
+    return _md_table(header_md, md_rows, notes), _csv_text(header_csv, csv_rows)
+
+
+def _table2(direct: Mapping[str, Any], ta: Mapping[str, Any], accs: Mapping[str, Mapping[str, Any]],
+            roles: Mapping[str, str], labels: Mapping[str, str]) -> Tuple[str, str]:
+    """Paper Table 2: Base, direct Student (T -> S) and Teacher-assistant Student (T -> A -> S)."""
+    stats = [
+        ("RS, Grad-CAM (layer-specific)", "gradcam", "rs_student", True),
+        ("FSS vs Base, Grad-CAM", "gradcam", "fss", False),
+        ("RS, distilled map (Student features)", "distilled", "rs_student", False),
+        ("RS, residual map (Base features)", "residual", "rs_base", False),
+        ("pdCor distilled (raw features)", "none", "rs_distilled", False),
+    ]
+    md_rows, csv_rows = [], []
+    for layer in LAYERS:
+        for title, kind, metric, with_base in stats:
+            b = direct[layer][kind]["rs_base"] if with_base else None
+            d, t = direct[layer][kind][metric], ta[layer][kind][metric]
+            md_rows.append([layer, title, _pm(b) if b else "–", _pm(d), _pm(t)])
+            for model, e in (("base", b), ("direct", d), ("ta", t)):
+                if e is not None:
+                    csv_rows.append([layer, title, model, e["mean"], e["ci_low"], e["ci_high"]])
+    for split, title in (("test", "accuracy, cue-free test"), ("test_cued", "accuracy, cued test")):
+        vals = {k: accs.get(roles[k], {}).get(split) for k in ("base", "direct", "ta")}
+        if all(v is None for v in vals.values()):
+            continue
+        md_rows.append(["all", title] + ["–" if v is None else f"{100 * v:.1f} %" for v in vals.values()])
+        for model, v in vals.items():
+            if v is not None:
+                csv_rows.append(["all", title, model, v, None, None])
+    header = ["Layer", "Statistic", f"Base ({labels['base']})", f"direct T→S ({labels['direct']})",
+              f"TA chain T→A→S ({labels['ta']})"]
+    notes = ["Table 2 layout: the Student distilled directly from the Teacher (response KD) against the Student "
+             "distilled through the Teacher assistant, each compared with the same Base. Mean ± half-width of the 95 % "
+             "bootstrap interval over batches."]
+    return (_md_table(header, md_rows, notes),
+            _csv_text(["layer", "statistic", "model", "mean", "ci_low", "ci_high"], csv_rows))
+
+
+def _localisation_table(loc: Mapping[str, Mapping[str, Any]], pair_titles: Mapping[str, str]) -> Tuple[str, str]:
+    md_rows, csv_rows = [], []
+    chance = None
+    for pair, by_layer in loc.items():
+        for layer in LAYERS:
+            entry = by_layer[layer]
+            chance = entry["chance"]["energy"]
+            for kind, title in _MAP_TITLES.items():
+                k = entry["kinds"][kind]
+                md_rows.append([pair_titles[pair], layer, title, _iv(k["energy"]), _iv(k["pointing"]),
+                                f"{k['n_empty']}/{k['n_images']}"])
+                csv_rows.append([pair, layer, kind, k["energy"]["mean"], k["energy"]["low"], k["energy"]["high"],
+                                 k["pointing"]["mean"], k["pointing"]["low"], k["pointing"]["high"],
+                                 k["n_images"], k["n_empty"], entry["chance"]["energy"]])
+    header = ["Pair", "Layer", "Map", "mask energy fraction [95 % CI]", "pointing game [95 % CI]", "empty maps"]
+    notes = [f"Share of each map's positive mass on the object mask, and the share of images whose map peaks on the "
+             f"object; 95 % percentile bootstrap intervals over images. A uniform map scores the mean mask area, "
+             f"{chance:.3f} (chance). Empty maps (nothing left after ReLU) are left out of the means."] if chance is not None else []
+    csv_header = ["pair", "layer", "map", "energy_mean", "energy_low", "energy_high", "pointing_mean",
+                  "pointing_low", "pointing_high", "n_images", "n_empty", "chance"]
+    return _md_table(header, md_rows, notes), _csv_text(csv_header, csv_rows)
+
+
+def _accuracy_table(accs: Mapping[str, Mapping[str, Any]], info: Mapping[str, Mapping[str, Any]]) -> Tuple[str, str]:
+    md_rows, csv_rows = [], []
+    for role, a in accs.items():
+        i = info[role]
+        md_rows.append([role, i["arch"], i["trained_on"], f"{100 * a['test']:.1f} %",
+                        "–" if a.get("test_cued") is None else f"{100 * a['test_cued']:.1f} %"])
+        csv_rows.append([role, i["arch"], i["trained_on"], a["test"], a.get("test_cued")])
+    header = ["Model", "Architecture", "Trained on", "accuracy, cue-free test", "accuracy, cued test"]
+    return (_md_table(header, md_rows),
+            _csv_text(["model", "arch", "trained_on", "acc_test", "acc_test_cued"], csv_rows))
+
+
+# ---------------------------------------------------------------------------
+# run_experiment
+# ---------------------------------------------------------------------------
+
+
+def run_experiment(
+    dataset: str = "controlled",
+    *,
+    out: PathLike,
+    methods: Sequence[str] = ("response", "attention", "overhaul"),
+    teacher_arch: Optional[ArchSpec] = None,
+    student_arch: Optional[ArchSpec] = None,
+    assistant_arch: Optional[ArchSpec] = None,
+    seed: int = 0,
+    quick: bool = False,
+    device: Union[str, torch.device] = "cpu",
+    progress: bool = True,
+    label_embeddings: str = "text",
+    image_size: Optional[int] = None,
+    recipe: Optional[Mapping[str, Any]] = None,
+    num_threads: Optional[int] = None,
+    command: Optional[str] = None,
+) -> Dict[str, Any]:
+    r"""Trains (or loads) the models of a KD study and writes the paper's tables and figures.
+
+    See the module docstring for what is trained, evaluated and written.
+
+    Args:
+
+        dataset (str, optional): Data spec: ``"controlled"``, ``"controlled:SEED"``,
+                    ``"cifar10:ROOT"`` or ``"imagefolder:ROOT"``. Default: "controlled"
+        out (str or PathLike): Output folder. Created; an existing experiment folder is
+                    updated (its models reused when their recipe is unchanged) and
+                    replaced atomically.
+        methods (sequence of str, optional): KD methods, one Student each, among
+                    ``"response"``, ``"attention"``, ``"overhaul"``.
+                    Default: all three
+        teacher_arch, student_arch, assistant_arch (str, tuple or dict, optional):
+                    Architectures of the Teacher (large), the Base and Students
+                    (small) and the Teacher assistant (medium): a name of
+                    ``captum_unicam.models.ARCHITECTURES``, a pair
+                    ``(name, build keywords)`` or a dict ``{"arch": name, ...}``.
+                    Default: :data:`CONTROLLED_ARCHS` on the controlled dataset,
+                    :data:`REAL_ARCHS` (R101 / R18 / R50) otherwise.
+        seed (int, optional): Seed of every model's initialisation and training, of the
+                    bootstrap and of the permutations (the controlled dataset's seed
+                    is in the spec). Default: 0
+        quick (bool, optional): A tiny recipe, for tests (seconds, numbers
+                    meaningless). Default: False
+        device (str or torch.device, optional): Device to train and evaluate on.
+                    Default: "cpu"
+        progress (bool, optional): tqdm progress bars. Default: True
+        label_embeddings (str, optional): ``"text"``: embeddings of the class names by
+                    ``captum_unicam.embed_labels`` (the paper's choice; the bundled
+                    encoder, offline), or ``"one-hot"``. Default: "text"
+        image_size (int, optional): Image side for CIFAR-10 / image folders (default
+                    32 / 224); the controlled dataset's is in the recipe.
+        recipe (dict, optional): Overrides of the entries of :data:`RECIPES` (sizes,
+                    epochs, learning rate, ...).
+        num_threads (int, optional): torch threads during the run (restored after).
+                    Default: None (unchanged)
+        command (str, optional): The command line to record in ``results.json``.
+
+    Returns:
+        *dict*: what ``results.json`` holds: ``config``, ``recipe``, ``models``
+        (architecture, status ``trained`` / ``loaded``, seconds), ``accuracies``,
+        ``evaluations`` (the summary of every Student/Base pair, per layer and map
+        kind), ``localisation`` (controlled dataset), ``tables`` (the Markdown text of
+        every table), ``files``, ``timings``, ``versions``, ``command``; plus ``out``.
+
+    Raises:
+        DataSpecError: the dataset spec cannot be loaded (before any training).
+        ExperimentFolderError: ``out`` is a file or a foreign non-empty folder.
+        ValueError: unknown method or architecture, bad seed, recipe or label option.
+
+    Examples::
+
+        >>> from captum_unicam.experiments import run_experiment
+        >>> results = run_experiment("controlled", out="runs/controlled")
+        >>> print(results["tables"]["table2"])
+    """
+    from captum_unicam.data import DataSpecError
+
+    t_start = time.perf_counter()
+    # ---- cheap checks ----------------------------------------------------------------
+    if not isinstance(dataset, str) or not dataset.strip():
+        raise DataSpecError(f"dataset must be a spec like 'controlled' or 'cifar10:ROOT', got {dataset!r}")
+    methods = _check_methods(methods)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if label_embeddings not in ("text", "one-hot"):
+        raise ValueError(f"label_embeddings must be 'text' or 'one-hot', got {label_embeddings!r}")
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1):
+        raise ValueError(f"num_threads must be a positive int, got {num_threads!r}")
+    scheme = _scheme(dataset)
+    controlled = scheme == "controlled"
+    base_recipe = dict(RECIPES[("controlled" if controlled else "real") + ("_quick" if quick else "")])
+    if recipe:
+        unknown = set(recipe) - set(base_recipe)
+        if unknown:
+            raise ValueError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(base_recipe)}")
+        base_recipe.update(recipe)
+    r = base_recipe
+    defaults = CONTROLLED_ARCHS if controlled else REAL_ARCHS
+    archs = {
+        "teacher": _arch(teacher_arch if teacher_arch is not None else defaults["teacher"], "teacher"),
+        "assistant": _arch(assistant_arch if assistant_arch is not None else defaults["assistant"], "assistant"),
+        "student": _arch(student_arch if student_arch is not None else defaults["student"], "student"),
+    }
+    out_path = _check_out(out)
+    device = torch.device(device)
+
+    # ---- data (DataSpecError here, before training) ------------------------------------
+    data = _controlled_data(dataset, r) if controlled else _real_data(dataset, r, image_size)
+    class_names = [str(c) for c in data["test"].classes]
+    num_classes = len(class_names)
+    if num_classes < 2:
+        raise DataSpecError(f"data spec {dataset!r} has {num_classes} class(es); at least 2 are needed")
+    side = int(data["test"][0][0].shape[-1])
+    stem = side <= 64
+    for key in archs:
+        name, kwargs = archs[key]
+        kwargs.setdefault("cifar_stem", stem)
+
+    old_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        return _run(dataset, controlled, data, class_names, r, archs, methods, seed, quick, device, progress,
+                    label_embeddings, out_path, command, t_start)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _run(dataset, controlled, data, class_names, r, archs, methods, seed, quick, device, progress,
+         label_embeddings, out_path: Path, command, t_start) -> Dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from captum_unicam.kd.train import evaluate_accuracy, train_model
+    from captum_unicam.metrics import evaluate_kd
+    from captum_unicam.models import stage_layers
+
+    num_classes = len(class_names)
+    timings: Dict[str, float] = {}
+    direct_role = "student_response" if "response" in methods else "student_direct"
+    roles = ["teacher", "base"] + [f"student_{m}" for m in methods]
+    if direct_role not in roles:
+        roles.append(direct_role)
+    roles += ["assistant", "student_ta"]
+    pairs = {m: f"student_{m}" for m in methods}
+    if "direct" not in pairs and direct_role == "student_direct":
+        pairs["direct"] = direct_role
+    pairs["ta"] = "student_ta"
+    n_stages = len(roles) + len(pairs) + 2
+    stage_bar = tqdm(total=n_stages, desc="experiment", unit="stage", disable=not progress, position=0)
+
+    # ---- models ---------------------------------------------------------------------------
+    models_dir = out_path / "models"
+    t0 = time.perf_counter()
+    bs = int(r["batch_size"])
+    train_common = dict(optimizer=r["optimizer"], lr=float(r["lr"]), weight_decay=float(r["weight_decay"]),
+                        device=device, progress=progress)
+    labelled = {"teacher": data["teacher"], "base": data["base"]}
+    transfer = data["transfer"]
+    unl = bool(data["unlabelled_transfer"])
+    trained_on = {
+        "teacher": f"{len(data['teacher'])} labelled images" + (" (cue-free)" if controlled else ""),
+        "base": f"{len(data['base'])} labelled images" + (f" (cue {r['cue_strength']})" if controlled else ""),
+    }
+    distil_desc = (f"{len(transfer)} unlabelled transfer images (cue {r['cue_strength']})" if unl
+                   else f"{len(transfer)} labelled images + KD loss")
+    data_id = {"dataset": dataset, "recipe": {k: v for k, v in r.items()
+                                              if k not in ("eval_batches", "eval_batch_size", "map_batches", "n_show",
+                                                           "n_bootstrap", "n_permutations", "dpi", "test_size")}}
+    models: Dict[str, nn.Module] = {}
+    recipes: Dict[str, Dict[str, Any]] = {}
+    log: Dict[str, Any] = {}
+    info: Dict[str, Dict[str, Any]] = {}
+
+    def plain_recipe(role, arch_key, epochs, method, teacher_role, i):
+        name, kwargs = archs[arch_key]
+        rec = {"role": role, "arch": name, "build_kwargs": kwargs, "epochs": int(epochs), "method": method,
+               "seed": seed + i, "data": _fingerprint(data_id), "dataset": dataset,
+               "teacher": None if teacher_role is None else _fingerprint(recipes[teacher_role])}
+        return _normal(rec)
+
+    plan = []  # (role, arch key, epochs, method, teacher role)
+    plan.append(("teacher", "teacher", r["teacher_epochs"], None, None))
+    plan.append(("base", "student", r["base_epochs"], None, None))
+    for m in methods:
+        plan.append((f"student_{m}", "student", r["student_epochs"], m, "teacher"))
+    if direct_role == "student_direct":
+        plan.append(("student_direct", "student", r["student_epochs"], "response", "teacher"))
+    plan.append(("assistant", "assistant", r["student_epochs"], "response", "teacher"))
+    plan.append(("student_ta", "student", r["student_epochs"], "response", "assistant"))
+
+    for i, (role, arch_key, epochs, method, teacher_role) in enumerate(plan):
+        rec = plain_recipe(role, arch_key, epochs, method, teacher_role, i)
+        recipes[role] = rec
+        teacher = models.get(teacher_role) if teacher_role else None
+        if teacher_role is None:
+            loader = _loader(labelled[role], bs, shuffle=True, seed=seed + i, drop_last=True)
+            info[role] = {"arch": _arch_label(*archs[arch_key]), "trained_on": trained_on[role]}
+        else:
+            loader = _loader(transfer, bs, shuffle=True, seed=seed + i, drop_last=True)
+            info[role] = {"arch": _arch_label(*archs[arch_key]),
+                          "trained_on": f"{method} KD from the {teacher_role} on {distil_desc}"}
+
+        def train_fn(model, loader=loader, teacher=teacher, method=method, epochs=epochs, role=role, i=i):
+            if teacher is not None:
+                teacher.eval()
+            train_model(model, loader, epochs=int(epochs), teacher=teacher, method=method,
+                        unlabelled=teacher is not None and unl, seed=seed + i, desc=role, **train_common)
+
+        models[role] = _obtain(role, archs[arch_key], rec, models_dir=models_dir, num_classes=num_classes,
+                               class_names=class_names, train_fn=train_fn, device=device, log=log,
+                               kd_method=method, teacher=teacher_role)
+        stage_bar.update(1)
+        stage_bar.set_postfix_str(f"{role}: {log[role]['status']}", refresh=False)
+    timings["models_s"] = time.perf_counter() - t0
+
+    # ---- accuracies -----------------------------------------------------------------------
+    t0 = time.perf_counter()
+    eval_bs = int(r["eval_batch_size"])
+    accs: Dict[str, Dict[str, Any]] = {}
+    test_loader = _loader(data["test"], 256, shuffle=False)
+    cued_loader = _loader(data["test_cued"], 256, shuffle=False) if data["test_cued"] is not None else None
+    for role in roles:
+        m = models[role].to(device).eval()
+        accs[role] = {"test": evaluate_accuracy(m, test_loader, device=device),
+                      "test_cued": evaluate_accuracy(m, cued_loader, device=device) if cued_loader else None}
+    stage_bar.update(1)
+    timings["accuracies_s"] = time.perf_counter() - t0
+
+    # ---- label vectors ----------------------------------------------------------------------
+    if label_embeddings == "text":
+        from captum_unicam.embeddings import embed_labels
+
+        emb = embed_labels(class_names).detach().float().cpu()
+        emb_desc = f"text embeddings of the class names (embed_labels, {tuple(emb.shape)[1]}-d)"
+    else:
+        emb, emb_desc = None, "one-hot"
+
+    # ---- evaluation per Student/Base pair -------------------------------------------------------
+    from captum_unicam.cli import compute_maps
+    from captum_unicam.report import localisation
+
+    n_eval = min(len(data["test"]), int(r["eval_batches"]) * eval_bs)
+    eval_ds = torch.utils.data.Subset(data["test"], range(n_eval))
+    eval_loader = torch.utils.data.DataLoader(eval_ds, batch_size=eval_bs, shuffle=False,
+                                              drop_last=n_eval > eval_bs)
+    base = models["base"].to(device).eval()
+    evaluations: Dict[str, Any] = {}
+    summaries: Dict[str, Any] = {}
+    maps_by_pair: Dict[str, Any] = {}
+    map_batches = [b for _, b in zip(range(int(r["map_batches"])), eval_loader)]
+    t0 = time.perf_counter()
+    for pair, role in pairs.items():
+        student = models[role].to(device).eval()
+        s_l, b_l = stage_layers(student), stage_layers(base)
+        layers = {k: (s_l[k], b_l[k]) for k in LAYERS}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # degenerate-batch notes of UniCAM; counted in the tables
+            ev = evaluate_kd(student, base, eval_loader, layers, label_embeddings=emb,
+                             n_bootstrap=int(r["n_bootstrap"]), n_permutations=int(r["n_permutations"]),
+                             seed=seed, progress=progress, device=device)
+            maps_by_pair[pair] = compute_maps(student, base, layers, map_batches, label_embeddings=emb,
+                                              device=device, progress=progress)
+        evaluations[pair] = ev
+        summaries[pair] = ev.summary()["by_layer"]
+        stage_bar.update(1)
+    timings["evaluation_s"] = time.perf_counter() - t0
+
+    loc: Dict[str, Any] = {}
+    if controlled:
+        masks = torch.cat([b[2] for b in map_batches])
+        for pair, by_layer in maps_by_pair.items():
+            loc[pair] = {layer: localisation(kinds, masks, n_bootstrap=int(r["n_bootstrap"]), seed=seed)
+                         for layer, kinds in by_layer.items()}
+
+    # ---- write everything into a temporary folder, then rename --------------------------------
+    t0 = time.perf_counter()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_path.parent, prefix=f".{out_path.name}.tmp-"))
+    try:
+        files = _write_all(tmp, r, methods, pairs, models, roles, accs, info, evaluations, summaries, maps_by_pair,
+                           map_batches, loc, class_names, direct_role, emb_desc)
+        stage_bar.update(1)
+        timings["write_s"] = time.perf_counter() - t0
+        timings["total_s"] = time.perf_counter() - t_start
+        from captum_unicam.report import versions
+
+        results = {
+            "format": _FORMAT, "version": _FORMAT_VERSION,
+            "config": {"dataset": dataset, "methods": list(methods), "seed": seed, "quick": quick,
+                       "device": str(device), "label_embeddings": emb_desc, "class_names": class_names,
+                       "archs": {k: _arch_label(*v) for k, v in archs.items()},
+                       "pairs": {p: {"student": role, "base": "base"} for p, role in pairs.items()},
+                       "direct_student": direct_role},
+            "recipe": r,
+            "models": {role: {**info[role], **log[role], "recipe": recipes[role],
+                              "checkpoint": f"models/{role}.pt"} for role in roles},
+            "accuracies": accs,
+            "evaluations": {p: ev.to_dict() for p, ev in evaluations.items()},
+            "localisation": loc or None,
+            "tables": files.pop("_tables"),
+            "files": files,
+            "timings": {k: round(v, 2) for k, v in timings.items()},
+            "versions": versions(),
+            "command": command or _default_command(dataset, methods, seed, quick, out_path),
+        }
+        results = _jsonable(results)
+        (tmp / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+        # the cached checkpoints join the new folder (hard links when possible)
+        (tmp / "models").mkdir()
+        for role in roles:
+            src, dst = models_dir / f"{role}.pt", tmp / "models" / f"{role}.pt"
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+        _publish(tmp, out_path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        stage_bar.close()
+    results["out"] = str(out_path)
+    return results
+
+
+def _default_command(dataset, methods, seed, quick, out_path) -> str:
+    args = ["python", "experiments/run_controlled.py", "--out", str(out_path), "--seed", str(seed),
+            "--methods", *methods] + (["--quick"] if quick else [])
+    if _scheme(dataset) != "controlled" or dataset.strip() != "controlled":
+        return f"run_experiment({dataset!r}, out={str(out_path)!r}, methods={tuple(methods)!r}, seed={seed}, quick={quick})"
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def _write_all(folder: Path, r, methods, pairs, models, roles, accs, info, evaluations, summaries, maps_by_pair,
+               map_batches, loc, class_names, direct_role, emb_desc) -> Dict[str, Any]:
+    from captum_unicam import viz
+
+    dpi = int(r["dpi"])
+    figs = folder / "figures"
+    figs.mkdir()
+    tables: Dict[str, str] = {}
+    written: Dict[str, List[str]] = {"tables": [], "figures": []}
+
+    def table(name: str, md: str, csv_text: str) -> None:
+        _write(folder, f"{name}.md", md)
+        _write(folder, f"{name}.csv", csv_text)
+        tables[name] = md
+        written["tables"] += [f"{name}.md", f"{name}.csv"]
+
+    pair_titles = {p: ("Teacher-assistant chain" if p == "ta" else f"{p} KD") for p in pairs}
+    # Table 1 per method, full evaluations
+    for m in methods:
+        md, csv_text = _table1(m, summaries[m], evaluations[m].settings)
+        table(f"table1_{m}", md, csv_text)
+    for p, ev in evaluations.items():
+        table(f"evaluation_{p}", ev.to_markdown(), ev.to_csv())
+    # Table 2
+    labels = {"base": info["base"]["arch"], "direct": info[direct_role]["arch"], "ta": info["student_ta"]["arch"]}
+    direct_pair = "response" if "response" in pairs else "direct"
+    md, csv_text = _table2(summaries[direct_pair], summaries["ta"], accs,
+                           {"base": "base", "direct": direct_role, "ta": "student_ta"}, labels)
+    table("table2", md, csv_text)
+    # accuracies, localisation
+    md, csv_text = _accuracy_table(accs, info)
+    table("accuracies", md, csv_text)
+    if loc:
+        md, csv_text = _localisation_table(loc, pair_titles)
+        table("localisation", md, csv_text)
+
+    # figures: grids per layer and pair (Figs. 3, 5, 8), direct vs TA (Fig. 7)
+    n_show = int(r["n_show"])
+    images = torch.cat([b[0] for b in map_batches])[:n_show]
+    labels_idx = torch.cat([b[1] for b in map_batches])[:n_show]
+    row_labels = [class_names[int(i)] for i in labels_idx]
+    for p, by_layer in maps_by_pair.items():
+        for layer, kinds in by_layer.items():
+            maps = {_MAP_TITLES[k]: kinds[k][:n_show] for k in _MAP_TITLES}
+            fig = viz.attribution_grid(images, maps, title=f"{pair_titles[p]}: {layer}", row_labels=row_labels)
+            name = f"figures/grid_{p}_{layer}.png"
+            _save_png(fig, folder / name, dpi)
+            written["figures"].append(name)
+    for layer in LAYERS:
+        d, t = maps_by_pair[direct_pair][layer], maps_by_pair["ta"][layer]
+        maps = {"Grad-CAM direct": d["gradcam_student"][:n_show], "UniCAM distilled, direct": d["distilled"][:n_show],
+                "Grad-CAM TA chain": t["gradcam_student"][:n_show], "UniCAM distilled, TA chain": t["distilled"][:n_show]}
+        fig = viz.attribution_grid(images, maps, title=f"direct vs Teacher-assistant: {layer}", row_labels=row_labels)
+        name = f"figures/grid_direct_vs_ta_{layer}.png"
+        _save_png(fig, folder / name, dpi)
+        written["figures"].append(name)
+    # FSS / RS per layer (Fig. 4)
+    for p, s in summaries.items():
+        panels = {
+            "(a) FSS, Grad-CAM": {"Student vs Base": {l: s[l]["gradcam"]["fss"] for l in LAYERS}},
+            "(b) RS, Grad-CAM": {"Base": {l: s[l]["gradcam"]["rs_base"] for l in LAYERS},
+                                 "Student": {l: s[l]["gradcam"]["rs_student"] for l in LAYERS}},
+            "(c) RS, UniCAM maps": {"Base on residual map": {l: s[l]["residual"]["rs_base"] for l in LAYERS},
+                                    "Student on distilled map": {l: s[l]["distilled"]["rs_student"] for l in LAYERS}},
+        }
+        fig = viz.scores_per_layer(panels, title=f"{pair_titles[p]}: FSS and RS per layer")
+        name = f"figures/scores_{p}.png"
+        _save_png(fig, folder / name, dpi + 16)
+        written["figures"].append(name)
+    for p, by_layer in loc.items():
+        per_layer = {l: {_MAP_TITLES[k]: by_layer[l]["kinds"][k] for k in _MAP_TITLES} for l in LAYERS}
+        chance = by_layer["L1"]["chance"]
+        fig = viz.localisation_plot(per_layer, chance=chance, title=f"{pair_titles[p]}: localisation on the object")
+        name = f"figures/localisation_{p}.png"
+        _save_png(fig, folder / name, dpi + 16)
+        written["figures"].append(name)
+    written["_tables"] = tables  # type: ignore[assignment]
+    return written
