@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from captum._utils.common import _format_additional_forward_args, _format_tensor_into_tuples
 from captum._utils.typing import TargetType
 from captum.attr._utils.attribution import GradientAttribution, LayerAttribution
-from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
@@ -399,7 +398,6 @@ class UniCAM(LayerAttribution, GradientAttribution):
 
     # -- public API ----------------------------------------------------------
 
-    @log_usage()
     def attribute(
         self,
         inputs: Union[Tensor, Tuple[Tensor, ...]],
@@ -498,7 +496,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
             >>> student = resnet18(weights=None, num_classes=4).eval()
             >>> base = resnet18(weights=None, num_classes=4).eval()
             >>> unicam = UniCAM(student, student.layer4, base, base.layer4)
-            >>> x = torch.randn(8, 3, 64, 64)
+            >>> x = torch.randn(8, 3, 48, 48)
             >>> y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
             >>> # Where the Student's unique (distilled) features are, per image.
             >>> attr = unicam.attribute(x, target=y)
@@ -507,8 +505,8 @@ class UniCAM(LayerAttribution, GradientAttribution):
             >>> # Distilled and residual maps from one forward pass of each model.
             >>> distilled, residual = unicam.attribute(x, target=y, features="both")
             >>> # Upsample to the input, as with LayerGradCam.
-            >>> LayerAttribution.interpolate(distilled, (64, 64), "bilinear").shape
-            torch.Size([8, 1, 64, 64])
+            >>> LayerAttribution.interpolate(distilled, (48, 48), "bilinear").shape
+            torch.Size([8, 1, 48, 48])
             >>> # Explain one image against a fixed reference set.
             >>> one = unicam.attribute(x[:1], target=y[:1], context=(x[1:], y[1:]))
             >>> one.shape
@@ -711,11 +709,13 @@ class UniCAM(LayerAttribution, GradientAttribution):
         return joined, args, ctx_part
 
     def _warn_training(self) -> None:
-        for model, modules in (
-            ("Student", (self.forward_func, self.layer, self.student_feature_layer)),
-            ("Base", (self.base_forward_func, self.base_layer, self.base_feature_layer)),
+        for model, func, layers in (
+            ("Student", self.forward_func, (self.layer, self.student_feature_layer)),
+            ("Base", self.base_forward_func, (self.base_layer, self.base_feature_layer)),
         ):
-            if any(isinstance(m, Module) and m.training for m in modules):
+            # The whole model when it is a Module, else the layers we know of.
+            roots = (func,) if isinstance(func, Module) else tuple(m for m in layers if m is not None)
+            if any(m.training for root in roots for m in root.modules()):
                 warnings.warn(
                     f"The {model} is in training mode: dropout and batch normalisation make "
                     "its activations depend on chance and on the batch (and update "
@@ -851,7 +851,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
                 f"nothing to remove: the {kind} score is the distance correlation of the "
                 f"{explained} with the labels.",
                 UniCAMWarning,
-                stacklevel=5,
+                stacklevel=4,
             )
         reason = None
         if _same_rows(xd):
@@ -877,7 +877,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
             warnings.warn(
                 f"UniCAM {kind} score set to 0 and its maps to zero: {reason}.",
                 UniCAMWarning,
-                stacklevel=5,
+                stacklevel=4,
             )
             return None
         return stats.partial_distance_correlation(x, y, z)
