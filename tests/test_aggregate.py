@@ -292,3 +292,25 @@ def test_student_much_better_than_base_gives_small_p():
     assert e["p_distilled_gt_residual"] == pytest.approx(2**-6)
     same = evaluate_kd(s, s, DataLoader(TensorDataset(x, y), batch_size=8), {"L": (s.layer, s.layer)}, map_kinds=("none",), progress=False)
     assert same.summary()["by_layer"]["L"]["none"]["p_student_gt_base"] == 1.0
+
+
+def test_paper_layout(evaluation):
+    _, _, _, result = evaluation
+    md = result.to_markdown(layout="paper")
+    lines = md.splitlines()
+    assert lines[0] == "| Layer | Layer-specific: Base | Layer-specific: Student | Residual: Base | Distilled: Student |"
+    s = result.summary()["by_layer"]
+    cells = [c.strip() for c in lines[3].strip("|").split("|")]
+    assert cells[0] == "L2"
+    for cell, (k, m) in zip(cells[1:], [("gradcam", "rs_base"), ("gradcam", "rs_student"), ("residual", "rs_base"), ("distilled", "rs_student")]):
+        assert cell.startswith(f"{s['L2'][k][m]['mean']:.4f} ± ")
+    rows = list(csv.DictReader(io.StringIO(result.to_csv(layout="paper"))))
+    assert [r["layer"] for r in rows] == ["L1", "L2"]
+    assert float(rows[0]["distilled_rs_student_mean"]) == s["L1"]["distilled"]["rs_student"]["mean"]
+    assert float(rows[1]["residual_rs_base_ci_high"]) == s["L2"]["residual"]["rs_base"]["ci_high"]
+    partial = KDEvaluation(result.layers, ["none"], {l: {"none": result.values[l]["none"]} for l in result.layers},
+                           result.batch_indices, result.batch_sizes)
+    with pytest.raises(ValueError, match="needs the map kinds"):
+        partial.to_markdown(layout="paper")
+    with pytest.raises(ValueError, match="layout"):
+        result.to_csv(layout="wide")

@@ -301,55 +301,111 @@ class KDEvaluation:
         s = self.summary()["by_layer"]
         return [(layer, kind, s[layer][kind]) for layer in self.layers for kind in self.map_kinds]
 
-    def to_markdown(self, path: Optional[Union[str, os.PathLike]] = None, digits: int = 4) -> str:
-        r"""The paper's Table 1 layout: one row per layer and map kind.
+    def _paper_columns(self) -> List[Tuple[str, str, str]]:
+        """(title, kind, metric) of the paper's Table 1 columns."""
+        cols = [
+            ("Layer-specific: Base", "gradcam", "rs_base"),
+            ("Layer-specific: Student", "gradcam", "rs_student"),
+            ("Residual: Base", "residual", "rs_base"),
+            ("Distilled: Student", "distilled", "rs_student"),
+        ]
+        missing = sorted({k for _, k, _ in cols} - set(self.map_kinds))
+        if missing:
+            raise ValueError(
+                f"layout='paper' needs the map kinds gradcam, distilled and residual; missing {missing}."
+            )
+        return cols
 
-        Columns: FSS, RS Base, RS Student, RS distilled, RS residual as ``mean ± h``,
-        where ``h`` is half the width of the 95 % bootstrap interval over batches (the
-        exact bounds are in :meth:`to_csv` and :meth:`to_json`), and the permutation
-        p-value of RS Student > RS Base. Written atomically to ``path`` if given.
-        """
-        header = ["Layer", "Map"] + [METRIC_TITLES[m] for m in METRICS] + ["p (Student > Base)"]
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
-        for layer, kind, entry in self._rows():
-            cells = [layer, KIND_TITLES.get(kind, kind)]
-            for m in METRICS:
-                e = entry[m]
-                half = (e["ci_high"] - e["ci_low"]) / 2
-                cells.append(f"{e['mean']:.{digits}f} ± {half:.{digits}f}")
-            cells.append(f"{entry['p_student_gt_base']:.3g}")
-            lines.append("| " + " | ".join(cells) + " |")
+    def _footnote(self) -> str:
         st = self.settings
-        lines += [
-            "",
+        return (
             f"Mean over {len(self.batch_indices)} batches ± half the width of the 95 % bootstrap "
             f"interval ({st.get('n_bootstrap', '?')} resamples of the batches, seed {st.get('seed', '?')}). "
             f"p: one-sided paired permutation test over batches. Estimator {st.get('estimator', '?')!r}, "
-            f"perturbation {st.get('perturb_func', '?')}, labels {st.get('label_embeddings', '?')}.",
-        ]
+            f"perturbation {st.get('perturb_func', '?')}, labels {st.get('label_embeddings', '?')}."
+        )
+
+    def to_markdown(
+        self, path: Optional[Union[str, os.PathLike]] = None, digits: int = 4, layout: str = "full"
+    ) -> str:
+        r"""Table 1 of the paper as Markdown, written atomically to ``path`` if given.
+
+        Cells are ``mean ± h``, ``h`` half the width of the 95 % bootstrap interval over
+        batches (the exact bounds are in :meth:`to_csv` and :meth:`to_json`).
+
+        Args:
+            path (str or path-like, optional): file to write.
+            digits (int, optional): decimals. Default: 4.
+            layout (str, optional): ``"full"`` (default): one row per layer and map
+                    kind; columns FSS, RS Base, RS Student, RS distilled, RS residual
+                    and the p-value of RS Student > RS Base. ``"paper"``: the paper's
+                    exact Table 1, one row per layer; columns RS of the Base and the
+                    Student on their Grad-CAM maps ("layer-specific"), RS of the Base
+                    on the residual map and of the Student on the distilled map.
+        """
+        fmt = lambda e: f"{e['mean']:.{digits}f} ± {(e['ci_high'] - e['ci_low']) / 2:.{digits}f}"  # noqa: E731
+        if layout == "full":
+            header = ["Layer", "Map"] + [METRIC_TITLES[m] for m in METRICS] + ["p (Student > Base)"]
+            body = [
+                [layer, KIND_TITLES.get(kind, kind)] + [fmt(entry[m]) for m in METRICS] + [f"{entry['p_student_gt_base']:.3g}"]
+                for layer, kind, entry in self._rows()
+            ]
+            n_text = 2
+        elif layout == "paper":
+            cols = self._paper_columns()
+            s = self.summary()["by_layer"]
+            header = ["Layer"] + [c[0] for c in cols]
+            body = [[layer] + [fmt(s[layer][k][m]) for _, k, m in cols] for layer in self.layers]
+            n_text = 1
+        else:
+            raise ValueError(f"layout must be 'full' or 'paper', got {layout!r}.")
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * n_text + ["---:"] * (len(header) - n_text)) + "|"]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        lines += ["", self._footnote()]
         text = "\n".join(lines) + "\n"
         if path is not None:
             _write_atomic(path, text)
         return text
 
-    def to_csv(self, path: Optional[Union[str, os.PathLike]] = None) -> str:
-        """The Table 1 layout with exact numbers: mean, ci_low, ci_high per metric, and p-values.
+    def to_csv(self, path: Optional[Union[str, os.PathLike]] = None, layout: str = "full") -> str:
+        """Table 1 with exact numbers, written atomically to ``path`` if given.
 
-        Written atomically to ``path`` if given.
+        ``layout="full"`` (default): columns ``layer, map, n_batches``, then
+        ``{metric}_mean, {metric}_ci_low, {metric}_ci_high`` for each metric of
+        :data:`METRICS`, then ``p_student_gt_base, p_distilled_gt_residual``.
+        ``layout="paper"``: ``layer``, then mean / ci_low / ci_high of
+        ``gradcam_rs_base, gradcam_rs_student, residual_rs_base, distilled_rs_student``
+        (see :meth:`to_markdown`).
         """
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        header = ["layer", "map", "n_batches"]
-        for m in METRICS:
-            header += [f"{m}_mean", f"{m}_ci_low", f"{m}_ci_high"]
-        header += ["p_student_gt_base", "p_distilled_gt_residual"]
-        writer.writerow(header)
-        for layer, kind, entry in self._rows():
-            row = [layer, kind, entry["n_batches"]]
+        if layout == "full":
+            header = ["layer", "map", "n_batches"]
             for m in METRICS:
-                row += [repr(entry[m]["mean"]), repr(entry[m]["ci_low"]), repr(entry[m]["ci_high"])]
-            row += [repr(entry["p_student_gt_base"]), repr(entry["p_distilled_gt_residual"])]
-            writer.writerow(row)
+                header += [f"{m}_mean", f"{m}_ci_low", f"{m}_ci_high"]
+            header += ["p_student_gt_base", "p_distilled_gt_residual"]
+            writer.writerow(header)
+            for layer, kind, entry in self._rows():
+                row = [layer, kind, entry["n_batches"]]
+                for m in METRICS:
+                    row += [repr(entry[m]["mean"]), repr(entry[m]["ci_low"]), repr(entry[m]["ci_high"])]
+                row += [repr(entry["p_student_gt_base"]), repr(entry["p_distilled_gt_residual"])]
+                writer.writerow(row)
+        elif layout == "paper":
+            cols = self._paper_columns()
+            s = self.summary()["by_layer"]
+            header = ["layer"]
+            for _, k, m in cols:
+                header += [f"{k}_{m}_mean", f"{k}_{m}_ci_low", f"{k}_{m}_ci_high"]
+            writer.writerow(header)
+            for layer in self.layers:
+                row = [layer]
+                for _, k, m in cols:
+                    e = s[layer][k][m]
+                    row += [repr(e["mean"]), repr(e["ci_low"]), repr(e["ci_high"])]
+                writer.writerow(row)
+        else:
+            raise ValueError(f"layout must be 'full' or 'paper', got {layout!r}.")
         text = buf.getvalue()
         if path is not None:
             _write_atomic(path, text)
