@@ -47,12 +47,14 @@ def build():
     return student, base, data, layers, emb
 
 
-def evaluate(loader, student, base, layers, emb):
+def evaluate(loader, student, base, layers, emb, **kwargs):
     from captum_unicam.metrics import evaluate_kd
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # UniCAM degenerate-case warnings on random nets
-        return evaluate_kd(student, base, loader, layers, label_embeddings=emb, progress=False, n_bootstrap=100)
+        return evaluate_kd(
+            student, base, loader, layers, label_embeddings=emb, progress=False, n_bootstrap=100, **kwargs
+        )
 
 
 def run(rank: int, world_size: int, port: int, out_dir: str) -> None:
@@ -64,7 +66,10 @@ def run(rank: int, world_size: int, port: int, out_dir: str) -> None:
         student, base, data, layers, emb = build()
         out = Path(out_dir)
         # 1. a plain loader: evaluate_kd shards the batches by index
-        result = evaluate(DataLoader(data, batch_size=BATCH), student, base, layers, emb)
+        #    (road_impute with its default noise: random, yet the same on any rank)
+        from captum_unicam.perturb import road_impute
+
+        result = evaluate(DataLoader(data, batch_size=BATCH), student, base, layers, emb, perturb_func=road_impute)
         (out / f"rank{rank}.json").write_text(result.to_json())
         # 2. the caller shards with a DistributedSampler
         sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=False)

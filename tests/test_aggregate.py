@@ -314,3 +314,26 @@ def test_paper_layout(evaluation):
         partial.to_markdown(layout="paper")
     with pytest.raises(ValueError, match="layout"):
         result.to_csv(layout="wide")
+
+
+def test_random_perturbation_is_seeded_per_batch():
+    """road_impute's noise is drawn from (seed, batch index): reproducible, caller's RNG kept."""
+    from captum_unicam.perturb import road_impute
+
+    s, b = make_models()
+    batches = [(x, y) for x, y, _ in DataLoader(make_data(12), batch_size=6)]
+    run = lambda data, seed=0: evaluate_kd(  # noqa: E731
+        s, b, data, {"L1": (s.layer1, b.layer1)}, map_kinds=("gradcam",), perturb_func=road_impute, seed=seed, progress=False
+    )
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = run(batches)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's generator is untouched
+    torch.rand(5)  # whatever the global state, the values are the same
+    assert run(batches).values == first.values
+    other = run(batches, seed=1).values["L1"]["gradcam"]["rs_student"]
+    assert other != first.values["L1"]["gradcam"]["rs_student"]  # the noise is really random
+    # batch 1's values depend on its index, not on batch 0 having run first
+    with pytest.warns(UserWarning, match="batch 0 has 0 samples"):
+        alone = run([(batches[0][0][:0], batches[0][1][:0]), batches[1]])
+    assert alone.values["L1"]["gradcam"]["fss"] == first.values["L1"]["gradcam"]["fss"][1:]

@@ -40,7 +40,11 @@ def test_two_processes_equal_one(tmp_path):
     torch.set_num_threads(1)
     try:
         student, base, data, layers, emb = worker.build()
-        single = worker.evaluate(DataLoader(data, batch_size=worker.BATCH), student, base, layers, emb)
+        from captum_unicam.perturb import road_impute
+
+        single = worker.evaluate(
+            DataLoader(data, batch_size=worker.BATCH), student, base, layers, emb, perturb_func=road_impute
+        )
         # the same batches as the two DistributedSamplers, in the order (local index, rank)
         bs = worker.SAMPLER_BATCH
         order = [

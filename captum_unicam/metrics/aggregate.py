@@ -24,6 +24,7 @@ import json
 import os
 import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -489,6 +490,21 @@ def _maps(kinds, student, base, s_layer, b_layer, unicam, x, y) -> Dict[str, Tup
     return maps
 
 
+@contextmanager
+def _batch_rng(seed: int, index: int, device: torch.device):
+    """Seed torch's generators from (seed, batch index) for one batch; restore them after.
+
+    Random perturbations (``road_impute``'s noise) then depend only on the batch, not on
+    the rank that computes it or on what ran before, and the caller's RNG state is kept.
+    """
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed((int(seed) * 1_000_003 + int(index)) % (2**63))
+        yield
+
+
 def _evaluate_batch(
     i, x, y, student, base, layer_pairs, kinds, unicams, emb, perturb_func, estimator, device
 ) -> Dict[str, Dict[str, Dict[str, float]]]:
@@ -556,6 +572,11 @@ def evaluate_kd(
     ``rs_student`` of the ``distilled`` rows (Student features on the distilled map)
     and ``rs_base`` of the ``residual`` rows (Base features on the residual map).
 
+    Reading FSS: with a shared map both models see the same perturbed images, and the
+    perturbation itself (how much of each image survives) is a strong common signal:
+    even two untrained networks can reach an FSS near 1 on UniCAM- or Grad-CAM-masked
+    images. Read FSS of a map kind against the ``none`` row of the same layer.
+
     Per batch it records ``fss``, ``rs_base``, ``rs_student``, ``rs_distilled`` =
     pdCor(x̂_s, Y; x̂_b) and ``rs_residual`` = pdCor(x̂_b, Y; x̂_s) (see
     :func:`~captum_unicam.feature_similarity_score` and
@@ -598,7 +619,10 @@ def evaluate_kd(
         n_bootstrap (int, optional): bootstrap resamples for the intervals. Default: 1000.
         n_permutations (int, optional): sign patterns for the permutation tests (all
                     :math:`2^k` when that is not more). Default: 10000.
-        seed (int, optional): seed of the bootstrap and permutations. Default: 0.
+        seed (int, optional): seed of the bootstrap and permutations, and of torch's
+                    generators while batch ``i`` is evaluated (seeded with ``(seed, i)``, then
+                    restored), so random perturbations such as ``road_impute``'s noise are
+                    reproducible and the same under any sharding. Default: 0.
         progress (bool, optional): tqdm progress bar (rank 0 only). Default: True.
         device (str or torch.device, optional): where batches are moved. Default: "cpu".
         small_batches (str, optional): ``"skip"`` or ``"error"``. Default: "skip".
@@ -684,9 +708,10 @@ def evaluate_kd(
                 warnings.warn(msg + " The batch is skipped.", stacklevel=2)
                 records.append({"index": i, "rank": rank, "size": n, "values": None})
                 continue
-            values = _evaluate_batch(
-                i, x, y, student, base, layer_pairs, kinds, unicams, emb, perturb_func, estimator, device
-            )
+            with _batch_rng(seed, i, device):
+                values = _evaluate_batch(
+                    i, x, y, student, base, layer_pairs, kinds, unicams, emb, perturb_func, estimator, device
+                )
             records.append({"index": i, "rank": rank, "size": n, "values": values})
     except Exception as err:  # noqa: BLE001 - re-raised below, after telling the other ranks
         failure = err
