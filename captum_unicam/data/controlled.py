@@ -91,6 +91,9 @@ class ControlledShapes(torch.utils.data.Dataset):
         labels (Tensor): All labels, int64 ``(size,)``.
         masks (Tensor): All masks, ``(size, 1, H, W)``.
         tints (Tensor): Index of each image's background tint in :attr:`palette`.
+        object_colors, background_colors (Tensor): ``(size, 3)`` colours before
+                    clutter and noise.
+        geometry (Tensor): ``(size, 4)`` object centre x, y, radius, angle.
         palette (Tensor): The ``(num_classes, 3)`` tint colours.
 
     Examples::
@@ -187,7 +190,8 @@ class ControlledShapes(torch.utils.data.Dataset):
     def _empty(self, key: str) -> Tensor:
         s = self.image_size
         shapes = {"images": (0, 3, s, s), "masks": (0, 1, s, s), "labels": (0,),
-                  "tints": (0,), "object_colors": (0, 3), "background_colors": (0, 3)}
+                  "tints": (0,), "object_colors": (0, 3), "background_colors": (0, 3),
+                  "geometry": (0, 4)}
         dtype = torch.int64 if key in ("labels", "tints") else torch.float32
         return torch.zeros(shapes[key], dtype=dtype)
 
@@ -213,6 +217,12 @@ class ControlledShapes(torch.utils.data.Dataset):
         """``(size, 3)`` RGB background colour of each image (tint + jitter, before
         clutter and noise)."""
         return self._all("background_colors")
+
+    @property
+    def geometry(self) -> Tensor:
+        """``(size, 4)`` object centre x, centre y (pixels, from the top-left corner),
+        radius (pixels) and rotation angle (radians) of each object."""
+        return self._all("geometry")
 
     @property
     def labels(self) -> Tensor:
@@ -319,6 +329,7 @@ class ControlledShapes(torch.utils.data.Dataset):
             "tints": torch.from_numpy(tint),
             "object_colors": obj_rgb,
             "background_colors": bg,
+            "geometry": torch.from_numpy(obj).to(f),
         }
 
     def _clutter_alpha(self, g: Tensor, is_line: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
