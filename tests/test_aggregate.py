@@ -9,6 +9,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from captum.attr import LayerGradCam
 from torch import nn
@@ -337,3 +339,18 @@ def test_random_perturbation_is_seeded_per_batch():
     with pytest.warns(UserWarning, match="batch 0 has 0 samples"):
         alone = run([(batches[0][0][:0], batches[0][1][:0]), batches[1]])
     assert alone.values["L1"]["gradcam"]["fss"] == first.values["L1"]["gradcam"]["fss"][1:]
+
+
+@settings(deadline=None, max_examples=40)
+@given(
+    d=st.lists(st.floats(-1, 1, allow_nan=False), min_size=1, max_size=9),
+    seed=st.integers(0, 100),
+)
+def test_permutation_and_bootstrap_properties(d, seed):
+    d = np.array(d)
+    zeros = np.zeros_like(d)
+    p_up, p_down = paired_permutation_pvalue(d, zeros, 1000, seed), paired_permutation_pvalue(zeros, d, 1000, seed)
+    assert 2.0 ** -len(d) - 1e-15 <= p_up <= 1.0
+    assert p_up + p_down >= 1.0 - 1e-12  # the sign-flip distribution is symmetric
+    lo, hi = bootstrap_ci(d, 200, seed)
+    assert d.min() - 1e-12 <= lo <= hi <= d.max() + 1e-12
