@@ -201,8 +201,8 @@ def removal_mask(maps: Tensor, percentile: float) -> Tensor:
 # symmetric positive definite (every connected hole touches a kept pixel). It is solved
 # for all images and channels at once by conjugate gradients, one set of scalars per
 # (image, channel), preconditioned by one symmetric multigrid V-cycle: undamped Jacobi
-# smoothing (one sweep before, one after), cell-centred bilinear prolongation P, its
-# adjoint as restriction, a coarse cell is removed only when all its children are (so
+# smoothing (one sweep before and after on the full grid, more on coarse grids),
+# cell-centred bilinear prolongation P, its adjoint as restriction, a coarse cell is removed only when all its children are (so
 # every coarse problem keeps a boundary), and a dense Cholesky solve on the coarsest
 # grid (at most 8 x 8). Arrays carry a one-pixel zero border so the stencil is a few
 # contiguous shifted adds.
@@ -340,27 +340,49 @@ def _prolong_add(coarse: _Level, fine: _Level) -> None:
     _inner(fine.e).addcmul_(full, _inner(fine.u), value=1.0 / 16.0)
 
 
+def _sweeps(index: int) -> int:
+    """Jacobi sweeps before and after the coarse correction on level ``index``: one on
+    the full grid (the expensive one), more on the cheap coarse grids, which makes the
+    preconditioner stronger (7 instead of 9 iterations at 224 x 224) for ~10 % more work."""
+    return 1 if index == 0 else min(2 * index + 1, 8)
+
+
+def _jacobi(level: _Level) -> None:
+    """e <- e + (r - A e) / D12 = (S(e) + r) / D12 - k4 * e   (on removed pixels)."""
+    e = level.e
+    h = _stencil(e, level.o, level.t)
+    h.add_(level.r).mul_(level.inv)
+    h.addcmul_(level.k4, e, value=-1.0)
+    level.e, level.o = h, e
+
+
 def _vcycle(levels: List[_Level], index: int) -> None:
-    """levels[index].e <- B levels[index].r, B ~ A^-1 (symmetric V(1,1)-cycle)."""
+    """levels[index].e <- B levels[index].r with B ~ A^-1: a symmetric V-cycle (the same
+    Jacobi sweeps before and after, restriction = prolongation^T, exact coarsest solve),
+    so B is symmetric positive definite, as conjugate gradients needs."""
     level = levels[index]
     if index == len(levels) - 1:
         level.coarse_solve()
         return
-    r, e = level.r, level.e
-    torch.mul(r, level.inv, out=e)  # Jacobi from 0
-    # residual r - A e = u S(e) - k4 * r   (on removed pixels)
+    sweeps = _sweeps(index)
+    r = level.r
+    torch.mul(r, level.inv, out=level.e)  # the first sweep, from e = 0
+    for _ in range(sweeps - 1):
+        _jacobi(level)
+    e = level.e
     h = _stencil(e, level.o, level.t)
-    h.mul_(level.u)
-    h.addcmul_(level.k4, r, value=-1.0)
+    if sweeps == 1:  # r - A e = u S(e) - k4 r when e = r / D12
+        h.mul_(level.u)
+        h.addcmul_(level.k4, r, value=-1.0)
+    else:  # r - A e = u (S(e) + r) - c e
+        h.add_(r).mul_(level.u)
+        h.addcmul_(level.c, e, value=-1.0)
     coarse = levels[index + 1]
     _restrict(level, coarse, _inner(h))
     _vcycle(levels, index + 1)
     _prolong_add(coarse, level)
-    # Jacobi: e <- e + (r - A e) / D12 = (S(e) + r) / D12 - k4 * e
-    h = _stencil(e, level.o, level.t)
-    h.add_(r).mul_(level.inv)
-    h.addcmul_(level.k4, e, value=-1.0)
-    level.e, level.o = h, e
+    for _ in range(sweeps):
+        _jacobi(level)
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
@@ -381,12 +403,12 @@ def _solve(x: Tensor, unknown: Tensor, tol: float, max_iter: int) -> Tuple[Tenso
     scale = known.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1.0)
     mean = known.sum(dim=(-2, -1), keepdim=True) / kept.sum(dim=(-2, -1), keepdim=True)
     sol = F.pad(torch.where(unknown, mean, x), (1, 1, 1, 1))
-    r = top.minus_apply(sol).clone()  # b - A x
+    r = top.r  # the V-cycle's right-hand side is the CG residual itself
+    r.copy_(top.minus_apply(sol))  # b - A x
     p = torch.empty_like(r)
     ones = torch.ones((), dtype=x.dtype, device=x.device)
 
     def precondition() -> Tensor:
-        top.r.copy_(r)
         _vcycle(levels, 0)
         return top.e
 
@@ -402,14 +424,15 @@ def _solve(x: Tensor, unknown: Tensor, tol: float, max_iter: int) -> Tuple[Tenso
         r.addcmul_(alpha, nq)
         z = precondition()
         # z = B r approximates the remaining error (B ~ A^-1); stop when it is small
-        estimate = float((torch.linalg.vector_norm(z, ord=float("inf"), dim=(-2, -1), keepdim=True) / scale).max())
+        largest = torch.maximum(z.amax(dim=(-2, -1), keepdim=True), -z.amin(dim=(-2, -1), keepdim=True))
+        estimate = float((largest / scale).max())
         if estimate <= tol:
             sol.add_(z)  # one more multigrid correction, for free
             return sol, iteration, estimate
         rz_new = _dot(r, z)
         beta = rz_new / torch.where(rz > 0, rz, ones)
         rz = rz_new
-        p.mul_(beta).add_(z)
+        torch.addcmul(z, beta, p, out=p)
     return sol, max_iter, estimate
 
 
