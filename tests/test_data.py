@@ -350,6 +350,11 @@ def test_imagefolder_errors(tmp_path):
     f.write_bytes(b"x")
     with pytest.raises(DataSpecError, match="not a folder"):
         load_dataset(f"imagefolder:{f}")
+    # a damaged (non-empty) image file is named when it is read
+    (empty / "cat" / "bad.png").write_bytes(b"not a png at all")
+    ds = load_dataset(f"imagefolder:{empty}", "train")
+    with pytest.raises(DataSpecError, match="bad.png"):
+        ds[0]
 
 
 # ---------------------------------------------------------------------------
@@ -412,3 +417,5 @@ def test_cifar10_reads_local_files(tmp_path, monkeypatch, no_download):
     assert len(big) == 4 and big[0][0].shape == (3, 64, 64) and big.mean[0] == 0.4914
     aug = load_dataset(f"cifar10:{tmp_path}", "train", augment=True)
     assert aug[0][0].shape == (3, 32, 32)
+    assert len(load_dataset(f"cifar10:{tmp_path}", "transfer")) == 30
+    assert len(load_dataset(f"cifar10:{tmp_path}", "val")) == 6

@@ -117,10 +117,10 @@ def load_dataset(
 
         spec (str): ``"controlled"``, ``"controlled:SEED"``, ``"cifar10:ROOT"`` or
                     ``"imagefolder:ROOT"``.
-        split (str, optional): ``"train"`` or ``"test"`` (``"val"`` reads the test
-                    part of folders and CIFAR-10; the controlled dataset also has
-                    independent ``"val"`` and ``"transfer"`` streams).
-                    Default: "train"
+        split (str, optional): ``"train"`` or ``"test"``. For folders and CIFAR-10,
+                    ``"val"`` reads the test part and ``"transfer"`` the train part;
+                    the controlled dataset has four independent streams ``"train"``,
+                    ``"test"``, ``"val"``, ``"transfer"``. Default: "train"
         download (bool, optional): Download CIFAR-10 into ROOT when it is absent.
                     Nothing is ever downloaded otherwise. Default: False
         image_size (int, optional): Side of the (square) images. Default: 32 for the
@@ -231,7 +231,7 @@ def _cifar10(root, split, download, image_size, limit, augment, normalize, kwarg
             "point cifar10:ROOT at the folder that holds cifar-10-batches-py"
         )
     size = image_size or 32
-    train = split == "train"
+    train = split in ("train", "transfer")  # "val" and "test" read the test batch
     tf: List[Callable] = []
     if size != 32:
         tf.append(T.Resize(size, antialias=True))
@@ -253,6 +253,21 @@ def _cifar10(root, split, download, image_size, limit, augment, normalize, kwarg
 def _is_image(path: str) -> bool:
     # zero-byte files (PetImages has a few) cannot be images: skip them
     return path.lower().endswith(IMAGE_EXTENSIONS) and os.path.getsize(path) > 0
+
+
+def _load_rgb(path: str):
+    """Reads an image file as RGB, naming the file when it is damaged."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise DataSpecError(
+            f"cannot read image {path!r} ({type(e).__name__}: {e}); delete or replace the "
+            "damaged file"
+        ) from e
 
 
 def _class_dirs(root: pathlib.Path) -> List[str]:
@@ -303,6 +318,7 @@ def _imagefolder(root, split, image_size, limit, augment, normalize, kwargs):
         ds = datasets.ImageFolder(
             str(folder),
             transform=T.Compose(tf),
+            loader=_load_rgb,
             is_valid_file=_is_image,
             allow_empty=False,
         )
