@@ -254,16 +254,20 @@ def test_tuple_inputs_additional_forward_args_and_context():
     assert_close(d, exp_d)
     assert_close(r, exp_r)
     # the non-tensor argument reaches the models: "sum" gives other maps
-    assert not torch.allclose(d, unicam.attribute((img, depth), target=y, additional_forward_args=(scale, "sum")))
+    # a single map for tuple inputs comes as a 1-tuple (Captum's convention for tuple inputs)
+    (d_sum,) = unicam.attribute((img, depth), target=y, additional_forward_args=(scale, "sum"))
+    assert not torch.allclose(d, d_sum)
     # attribute to the layer input: the fused activations (N, 8, 8, 8) for the Student
-    d_in = unicam.attribute((img, depth), target=y, additional_forward_args=(scale, "diff"), attribute_to_layer_input=True)
+    (d_in,) = unicam.attribute(
+        (img, depth), target=y, additional_forward_args=(scale, "diff"), attribute_to_layer_input=True
+    )
     with torch.no_grad():
         f_s = student.fused(img, depth, scale, "diff")
         f_b = base.fused(img, depth, scale, "diff")
     assert_close(d_in, unicam_oracle(f_s, f_b, one_hot(y))[0])
     # context with batch-wise additional args: the third element of `context`
     k = 3
-    dk = unicam.attribute(
+    (dk,) = unicam.attribute(
         (img[:k], depth[:k]), target=y[:k], additional_forward_args=(scale[:k], "diff"),
         context=((img[k:], depth[k:]), y[k:], (scale[k:], "diff")),
     )

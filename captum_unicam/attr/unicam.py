@@ -482,8 +482,13 @@ class UniCAM(LayerAttribution, GradientAttribution):
                         LayerGradCam treats them). ``features="both"`` returns
                         ``(distilled, residual)``, the first on the Student's grid,
                         the second on the Base's. Rows of ``context`` are not
-                        returned. With ``return_score=True``, a pair
-                        ``(attributions, scores)`` where ``scores`` is ``S_d``,
+                        returned. When ``inputs`` is a tuple, a single map is
+                        returned as a 1-tuple, as Captum's primary attributions do:
+                        ``captum.metrics.sensitivity_max`` calls the explanation
+                        function with a tuple and reads a bare tensor wrongly
+                        (``LayerGradCam`` returns a bare tensor there, so its
+                        sensitivity is mis-computed). With ``return_score=True``, a
+                        pair ``(attributions, scores)`` where ``scores`` is ``S_d``,
                         ``S_r``, or ``(S_d, S_r)``.
 
         Examples::
@@ -526,7 +531,12 @@ class UniCAM(LayerAttribution, GradientAttribution):
             attr_dim_summation=attr_dim_summation,
             grad_kwargs=grad_kwargs,
         )
-        out = maps if features == "both" else maps[0]
+        if features == "both":
+            out: Any = maps
+        else:
+            # Captum's convention for tuple inputs, which captum.metrics relies on
+            # (sensitivity_max calls the explanation function with a tuple first).
+            out = (maps[0],) if isinstance(inputs, tuple) else maps[0]
         if not return_score:
             return out
         return out, (scores if features == "both" else scores[0])
