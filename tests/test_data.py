@@ -52,6 +52,7 @@ def test_item_types_and_ranges():
     img, _, _ = ds[0]
     img.zero_()
     assert ds[0][0].abs().sum() > 0
+    assert ds.images.data_ptr() == ds.images.data_ptr()  # cached, not rebuilt
     with pytest.raises(IndexError):
         ds[40]
 

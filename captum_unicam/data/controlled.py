@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import colorsys
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -87,7 +87,9 @@ class ControlledShapes(torch.utils.data.Dataset):
     Attributes:
 
         classes (list[str]): Class names, ``SHAPES[:num_classes]``.
-        images (Tensor): All images, ``(size, 3, H, W)`` (generated on first use).
+        images (Tensor): All images, ``(size, 3, H, W)`` (generated on first use,
+                    then cached: the same tensor every time, so do not modify it in
+                    place; items of ``ds[i]`` are copies).
         labels (Tensor): All labels, int64 ``(size,)``.
         masks (Tensor): All masks, ``(size, 1, H, W)``.
         tints (Tensor): Index of each image's background tint in :attr:`palette`.
@@ -150,6 +152,7 @@ class ControlledShapes(torch.utils.data.Dataset):
         self.class_to_idx: Dict[str, int] = {c: i for i, c in enumerate(self.classes)}
         self.palette: Tensor = _palette(self.num_classes)
         self._chunks: Dict[int, Dict[str, Tensor]] = {}
+        self._full: Dict[str, Tensor] = {}
         self._labels: Optional[Tensor] = None
 
     # -- Dataset protocol ---------------------------------------------------
@@ -181,11 +184,17 @@ class ControlledShapes(torch.utils.data.Dataset):
     # -- whole-dataset tensors ----------------------------------------------
 
     def _all(self, key: str) -> Tensor:
-        n_chunks = -(-self.size // _CHUNK)
-        parts = [self._chunk(c)[key] for c in range(n_chunks)]
-        if not parts:
-            return self._empty(key)
-        return torch.cat(parts)
+        # concatenated once; the chunks then hold views of it, so memory is not doubled
+        if key not in self._full:
+            n_chunks = -(-self.size // _CHUNK)
+            parts = [self._chunk(c)[key] for c in range(n_chunks)]
+            if not parts:
+                return self._empty(key)
+            full = torch.cat(parts)
+            for c in range(n_chunks):
+                self._chunks[c][key] = full[c * _CHUNK : (c + 1) * _CHUNK]
+            self._full[key] = full
+        return self._full[key]
 
     def _empty(self, key: str) -> Tensor:
         s = self.image_size
