@@ -129,9 +129,10 @@ def load_dataset(
                     every class is represented). Default: None (all)
         augment (bool, optional): Training augmentation (only applied to the train
                     split). Default: False
-        normalize (bool, optional): Normalise by the dataset's mean / std (not for
-                    the controlled dataset, whose images stay in [0, 1]).
+        normalize (bool, optional): Normalise by the dataset's mean / std.
                     Default: False
+                    ``augment`` and ``normalize`` do not apply to the controlled
+                    dataset: its images stay in [0, 1], aligned with their masks.
         **kwargs: For ``controlled``: ``size`` (default 2000 train, 1000 test/val,
                     4000 transfer; ``limit`` overrides it), ``num_classes``,
                     ``cue_strength``, ``clutter``, ``noise``. For ``imagefolder``:
