@@ -63,7 +63,9 @@ def test_visualize_image_attr_shows_the_map(setup):
         heat, image, ["original_image", "blended_heat_map"], ["all", "positive"], use_pyplot=False
     )
     assert len(axes) == 2
-    np.testing.assert_allclose(np.asarray(axes[0].images[0].get_array()), image, atol=1e-6)
+    # the original image is shown as 8-bit colours
+    np.testing.assert_allclose(np.asarray(axes[0].images[0].get_array()) / 255, image, atol=1 / 255 + 1e-9)
+    assert len(axes[1].images) == 2  # image and heat map, blended
     plt.close(fig)
 
 
