@@ -109,7 +109,11 @@ def _saliency_maps(inputs: Tensor, attributions: Tensor, func: str) -> Tensor:
     if maps.shape[1] != 1:
         maps = maps.sum(dim=1, keepdim=True)
     if maps.shape[-2:] != (height, width):
+        lo = maps.amin(dim=(-2, -1), keepdim=True)
+        constant = lo == maps.amax(dim=(-2, -1), keepdim=True)
         maps = F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False)
+        # a constant map stays exactly constant (bilinear weights can round otherwise)
+        maps = torch.where(constant, lo, maps)
     return maps
 
 
