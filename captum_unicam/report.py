@@ -471,6 +471,7 @@ def write_report(
     localisation: Optional[Mapping[str, Mapping[str, Any]]] = None,
     model_files: Optional[Mapping[str, PathLike]] = None,
     notes: Optional[Sequence[str]] = None,
+    warnings: Optional[Sequence[str]] = None,
     extra_metrics: Optional[Mapping[str, Any]] = None,
     progress: bool = True,
 ) -> Path:
@@ -500,7 +501,9 @@ def write_report(
             (N,1,h,w)}, "labels": [str] (optional)}``; one grid figure per layer.
         localisation (dict, optional): layer -> result of :func:`localisation`.
         model_files (dict, optional): file name -> checkpoint path, copied to ``models/``.
-        notes (list of str, optional): paragraphs shown at the top (e.g. warnings).
+        notes (list of str, optional): paragraphs shown at the top (e.g. the scenario).
+        warnings (list of str, optional): highlighted paragraphs shown at the top (e.g.
+            "distillation did not help").
         extra_metrics (dict, optional): more numbers for metrics.json.
         progress (bool, optional): show a progress bar over the figures. Default: True
 
@@ -611,7 +614,7 @@ def write_report(
         # ---- index.html
         page = _render_html(title=title, command=command_str, data=data, models=models or {},
                             figures=figures, grids=grids or {}, table1_md=ev["markdown"],
-                            tables=tables, localisation=localisation, notes=notes or [],
+                            tables=tables, localisation=localisation, notes=notes or [], warnings=warnings or [],
                             has_models=bool(model_files), model_files=model_files or {})
         (tmp / "index.html").write_text(page, encoding="utf-8")
 
@@ -628,7 +631,7 @@ def write_report(
 
 
 def _render_html(*, title, command, data, models, figures, grids, table1_md, tables,
-                 localisation, notes, has_models, model_files) -> str:
+                 localisation, notes, warnings, has_models, model_files) -> str:
     e = html.escape
     v = versions()
     parts: List[str] = [
@@ -641,22 +644,32 @@ def _render_html(*, title, command, data, models, figures, grids, table1_md, tab
         + ('<a href="#localisation">Localisation</a>' if localisation else "")
         + '<a href="#meaning">What the numbers mean</a><a href="#versions">Versions</a></nav>',
     ]
-    for n in notes:
+    for n in warnings:
         parts.append(f'<p class="warn">{e(n)}</p>')
+    for n in notes:
+        parts.append(f"<p>{e(n)}</p>")
 
     # what was compared
     parts.append('<h2 id="compared">What was compared</h2>')
     if data:
         parts.append(f"<p>Data: {e(data)}</p>")
     if models:
+        def pct(a: Any) -> str:
+            return f"{100 * a:.1f} %" if isinstance(a, (int, float)) and math.isfinite(a) else "not measured"
+
+        cued = any(i.get("cued_accuracy") is not None for i in models.values())
+        trained = any(i.get("trained_on") for i in models.values())
         parts.append("<table><thead><tr><th>model</th><th>architecture</th><th>test accuracy</th>"
-                     "<th>KD method</th><th>checkpoint</th></tr></thead><tbody>")
+                     + ("<th>accuracy, test with the training cue</th>" if cued else "")
+                     + "<th>KD method</th>" + ("<th>trained on</th>" if trained else "")
+                     + "<th>checkpoint</th></tr></thead><tbody>")
         for role, info in models.items():
-            acc = info.get("accuracy")
-            acc_s = f"{100 * acc:.1f} %" if isinstance(acc, (int, float)) and math.isfinite(acc) else "not measured"
-            parts.append(f"<tr><td>{e(role)}</td><td>{e(str(info.get('arch') or '–'))}</td><td>{acc_s}</td>"
-                         f"<td>{e(str(info.get('kd_method') or '–'))}</td>"
-                         f"<td>{e(str(info.get('checkpoint') or '–'))}</td></tr>")
+            parts.append(f"<tr><td>{e(role)}</td><td>{e(str(info.get('arch') or '–'))}</td>"
+                         f"<td>{pct(info.get('accuracy'))}</td>"
+                         + (f"<td>{pct(info.get('cued_accuracy'))}</td>" if cued else "")
+                         + f"<td>{e(str(info.get('kd_method') or '–'))}</td>"
+                         + (f"<td>{e(str(info.get('trained_on') or '–'))}</td>" if trained else "")
+                         + f"<td>{e(str(info.get('checkpoint') or '–'))}</td></tr>")
         parts.append("</tbody></table>")
         accs = {r: i.get("accuracy") for r, i in models.items()}
         s, b = accs.get("Student"), accs.get("Base")
