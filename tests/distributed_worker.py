@@ -73,13 +73,14 @@ def run(rank: int, world_size: int, port: int, out_dir: str) -> None:
         (out / f"rank{rank}.json").write_text(result.to_json())
         # 2. the caller shards with a DistributedSampler
         sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=False)
-        result = evaluate(DataLoader(data, batch_size=SAMPLER_BATCH, sampler=sampler), student, base, layers, emb)
+        loader = DataLoader(data, batch_size=SAMPLER_BATCH, sampler=sampler)
+        result = evaluate(loader, student, base, layers, emb, map_kinds=("none", "distilled"))
         (out / f"sampler_rank{rank}.json").write_text(result.to_json())
         # 3. a bad batch on rank 1 only: every rank raises, none waits forever
         x, y = data.tensors
         bad = [(x[:6], y[:6]), (torch.full_like(x[:6], float("nan")), y[:6])]
         try:
-            evaluate(bad, student, base, layers, emb)
+            evaluate(bad, student, base, layers, emb, map_kinds=("none",))
         except ValueError as err:
             (out / f"error_rank{rank}.txt").write_text(str(err))
     finally:
