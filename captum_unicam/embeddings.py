@@ -107,7 +107,11 @@ def _resolve(model: Optional[Union[str, os.PathLike]]) -> Tuple[str, str, bool]:
                 "pass model= a local model folder."
             )
         return str(path), str(path.resolve()), True
-    if isinstance(model, os.PathLike) or (isinstance(model, str) and os.path.isdir(model)):
+    looks_local = isinstance(model, str) and (
+        os.path.isdir(model) or model.startswith((".", "/", "~")) or os.sep in model.strip("/").replace("/", "", 1)
+    )
+    if isinstance(model, os.PathLike) or looks_local:
+        model = os.path.expanduser(model) if isinstance(model, str) else model
         path = Path(model)
         if not path.is_dir():
             raise EmbeddingModelError(

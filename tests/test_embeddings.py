@@ -100,6 +100,8 @@ def test_missing_folder(tmp_path):
 
     with pytest.raises(EmbeddingModelError, match="does not exist"):
         embed_labels(["cat"], model=Path(tmp_path) / "nothing")
+    with pytest.raises(EmbeddingModelError, match="does not exist"):
+        embed_labels(["cat"], model=str(tmp_path / "nothing"))  # a path-like string, not a hub id
 
 
 def test_missing_default_package(monkeypatch):
