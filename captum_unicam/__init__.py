@@ -22,6 +22,7 @@ _LAZY = {
     "feature_similarity_score": "captum_unicam.metrics",
     "relevance_score": "captum_unicam.metrics",
     "evaluate_kd": "captum_unicam.metrics",
+    "KDEvaluation": "captum_unicam.metrics",
     "embed_labels": "captum_unicam.embeddings",
     "road_impute": "captum_unicam.perturb",
     "mask_multiply": "captum_unicam.perturb",
