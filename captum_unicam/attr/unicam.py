@@ -280,8 +280,12 @@ class UniCAM(LayerAttribution, GradientAttribution):
     for early layers. With a deeper representation layer, a graph is recorded from the
     attribution layer to the representation layer only.
 
-    More details: Sarkar et al., "UniCAM: explaining knowledge distillation with unique
-    class activation maps" (see DESIGN.md of captum-unicam for the exact reading).
+    More details: the UniCAM paper (unique class activation mapping, with the FSS and RS
+    metrics, for explaining knowledge distillation); the exact reading implemented here is
+    fixed in section 3 of captum-unicam's design notes: the paper's "gradient of the class
+    score with respect to the unique features" is the gradient of :math:`S_d` (or
+    :math:`S_r`). The authors' release projects only the Student's matrix (a semi-partial
+    correlation); its maps differ from these by a positive per-batch factor.
     """
 
     def __init__(
