@@ -1,0 +1,733 @@
+r"""Training Teachers, Bases and Students: plain, with each KD method, in
+Teacher-assistant chains and with k-fold splits.
+
+- :func:`train_model` trains one model on data alone (a Teacher or a Base) or by
+  distillation from a Teacher (a Student) with one of :data:`KD_METHODS`:
+
+  ============= =================================================================
+  method        loss (labelled data; ``unlabelled=True`` replaces the cross-entropy
+                by the response-KD term, the only supervision left)
+  ============= =================================================================
+  None          :math:`\mathrm{CE}(z_s, y)`
+  ``response``  :math:`(1-\alpha)\,\mathrm{CE} + \alpha\,T^2\,\mathrm{KL}` (Hinton et al.)
+  ``attention`` :math:`\mathrm{CE} + \frac{\beta}{2}\sum_j \lVert Q^S_j - Q^T_j\rVert^2`
+                over L1..L4, :math:`\beta = 10^3` (Zagoruyko & Komodakis)
+  ``overhaul``  :math:`\mathrm{CE} + \beta\,\ell_\text{overhaul}`, :math:`\beta = 10^{-3}`
+                (Heo et al.; connectors are trained with the Student)
+  ============= =================================================================
+
+- :func:`train_teacher_assistant_chain` trains a Teacher, then each next architecture
+  by distillation from the previous one (R101 -> R50 -> R18 in the paper).
+- :func:`kfold_indices` and :func:`cross_validate` give seeded k-fold splits and scores.
+- :func:`train_from_spec` is the library side of ``captum-unicam train``: it validates
+  every input, trains, measures the test accuracy and writes a checkpoint atomically.
+
+**Determinism.** Training runs inside :func:`torch.random.fork_rng` seeded with
+``seed``: the same model, data, seed and arguments give bit-identical weights on the
+same machine, and the caller's global random state is left untouched. Models are moved
+to ``device``; their train / eval modes are restored on return (also after an error).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import pathlib
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from captum_unicam.kd.losses import OverhaulDistiller, attention_transfer_loss, response_kd_loss
+
+__all__ = [
+    "KD_METHODS",
+    "train_model",
+    "evaluate_accuracy",
+    "train_teacher_assistant_chain",
+    "kfold_indices",
+    "cross_validate",
+    "train_from_spec",
+]
+
+#: KD methods of the paper, names as on the command line.
+KD_METHODS: Tuple[str, ...] = ("response", "attention", "overhaul")
+
+_DEFAULT_BETA = {"attention": 1e3, "overhaul": 1e-3}
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+
+def _check_method(method: Optional[str], teacher: Optional[nn.Module]) -> None:
+    if method is not None and method not in KD_METHODS:
+        raise ValueError(f"unknown KD method {method!r}; choose one of {', '.join(KD_METHODS)}")
+    if method is not None and teacher is None:
+        raise ValueError(f"KD method {method!r} needs a teacher; pass teacher=...")
+    if teacher is not None and method is None:
+        raise ValueError(
+            f"a teacher was given but no KD method; pass method= one of {', '.join(KD_METHODS)}"
+        )
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _split_batch(batch: Any, labelled: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    if isinstance(batch, Tensor):
+        if labelled:
+            raise ValueError(
+                "the loader yields bare tensors without labels; pass unlabelled=True with "
+                "a teacher to distil on unlabelled data, or yield (inputs, labels) batches"
+            )
+        return batch, None
+    if not isinstance(batch, (tuple, list)) or not batch or not isinstance(batch[0], Tensor):
+        raise ValueError(
+            "each batch must be a tensor of inputs or a tuple (inputs, labels, ...); got "
+            f"{type(batch).__name__}"
+        )
+    if not labelled:
+        return batch[0], None
+    if len(batch) < 2:
+        raise ValueError("labelled training needs (inputs, labels) batches")
+    return batch[0], torch.as_tensor(batch[1])
+
+
+@contextlib.contextmanager
+def _capture(modules: Sequence[nn.Module]) -> Iterator[List[Optional[Tensor]]]:
+    """Forward hooks keeping the latest output of each module; removed on exit."""
+    store: List[Optional[Tensor]] = [None] * len(modules)
+    handles = []
+
+    def make(j: int) -> Callable:
+        def hook(module: nn.Module, args: Any, output: Tensor) -> None:
+            store[j] = output
+
+        return hook
+
+    try:
+        for j, m in enumerate(modules):
+            handles.append(m.register_forward_hook(make(j)))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def _modes(*models: Optional[nn.Module]) -> Iterator[None]:
+    """Restores the train / eval mode of every sub-module on exit."""
+    saved = [
+        [(m, m.training) for m in model.modules()] for model in models if model is not None
+    ]
+    try:
+        yield
+    finally:
+        for entries in saved:
+            for m, flag in entries:
+                m.training = flag
+
+
+def _rng_devices(device: torch.device) -> List[int]:
+    if device.type == "cuda" and torch.cuda.is_available():
+        return [device.index if device.index is not None else torch.cuda.current_device()]
+    return []
+
+
+def _tqdm(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------------------
+# training and evaluation
+# ---------------------------------------------------------------------------
+
+
+def train_model(
+    model: nn.Module,
+    train_loader: Any,
+    *,
+    epochs: int,
+    teacher: Optional[nn.Module] = None,
+    method: Optional[str] = None,
+    alpha: float = 0.9,
+    temperature: float = 4.0,
+    beta: Optional[float] = None,
+    lr: float = 0.05,
+    optimizer: str = "sgd",
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    schedule: str = "cosine",
+    seed: int = 0,
+    device: Union[str, torch.device] = "cpu",
+    progress: bool = True,
+    unlabelled: bool = False,
+    layers: Optional[Sequence[Tuple[nn.Module, nn.Module]]] = None,
+    desc: Optional[str] = None,
+) -> nn.Module:
+    r"""Trains ``model`` in place, on data alone or by distillation from ``teacher``.
+
+    Args:
+
+        model (nn.Module): The model to train (Teacher, Base or Student).
+        train_loader (iterable): Batches ``(inputs, labels, ...)`` (extra items, such
+                    as the controlled dataset's masks, are ignored), or bare input
+                    tensors when ``unlabelled=True``. A ``DataLoader`` with
+                    ``shuffle=True`` is reshuffled deterministically from ``seed``.
+        epochs (int): Passes over ``train_loader``.
+        teacher (nn.Module, optional): The Teacher, kept frozen in eval mode.
+                    Default: None (train on data alone)
+        method (str, optional): ``"response"``, ``"attention"`` or ``"overhaul"``;
+                    required with a teacher. Default: None
+        alpha (float, optional): Weight of the KD term of ``"response"`` (the
+                    cross-entropy gets ``1 - alpha``). Default: 0.9
+        temperature (float, optional): Softmax temperature of the response-KD term.
+                    Default: 4.0
+        beta (float, optional): Weight of the feature term: ``beta / 2`` times the
+                    attention-transfer loss (default ``beta = 1e3``) or ``beta`` times
+                    the overhaul loss (default ``1e-3``). Default: None (the method's)
+        lr (float, optional): Peak learning rate. Default: 0.05
+        optimizer (str, optional): ``"sgd"`` (Nesterov momentum) or ``"adam"``
+                    (AdamW). Default: "sgd"
+        momentum (float, optional): SGD momentum. Default: 0.9
+        weight_decay (float, optional): Weight decay. Default: 5e-4
+        schedule (str, optional): ``"cosine"`` (cosine decay to 0 over all steps) or
+                    ``"constant"``. Default: "cosine"
+        seed (int, optional): Seed of every random draw during training.
+                    Default: 0
+        device (str or torch.device, optional): Device to train on; ``model`` and
+                    ``teacher`` are moved there. Default: "cpu"
+        progress (bool, optional): Show a tqdm progress bar. Default: True
+        unlabelled (bool, optional): The loader's labels are ignored (a transfer set):
+                    needs a teacher, and the response-KD term replaces the
+                    cross-entropy. Default: False
+        layers (sequence of (nn.Module, nn.Module), optional): (student, teacher)
+                    block pairs of the feature methods. Default: L1..L4 of both
+                    (``captum_unicam.models.stage_layers``).
+        desc (str, optional): Label of the progress bar.
+
+    Returns:
+        *nn.Module*: ``model``, trained, in the train / eval mode it had on entry.
+
+    Raises:
+        ValueError: unknown method, method without teacher (or teacher without
+        method), bad numbers, or batches without labels for labelled training; raised
+        before any training step.
+
+    Examples::
+
+        >>> teacher = train_model(build_model("small_resnet_l", 4), loader, epochs=10)
+        >>> student = train_model(build_model("small_resnet_s", 4), transfer_loader,
+        ...                       epochs=10, teacher=teacher, method="response",
+        ...                       unlabelled=True)
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if teacher is not None and not isinstance(teacher, nn.Module):
+        raise ValueError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
+    _check_method(method, teacher)
+    epochs = _positive_int(epochs, "epochs")
+    if unlabelled and teacher is None:
+        raise ValueError("unlabelled=True needs a teacher: without labels only distillation can train")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    if not (float(temperature) > 0):
+        raise ValueError(f"temperature must be positive, got {temperature!r}")
+    if not (float(lr) > 0):
+        raise ValueError(f"lr must be positive, got {lr!r}")
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+    if beta is None and method in _DEFAULT_BETA:
+        beta = _DEFAULT_BETA[method]
+    try:
+        steps_per_epoch = len(train_loader)
+    except TypeError:
+        raise ValueError("train_loader must have a length (a DataLoader or a list of batches)") from None
+    if steps_per_epoch < 1:
+        raise ValueError("train_loader is empty; give it at least one batch")
+    device = torch.device(device)
+
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device)
+    layer_pairs: List[Tuple[nn.Module, nn.Module]] = []
+    if method in ("attention", "overhaul") and layers is None:
+        from captum_unicam.models import stage_layers
+
+        s_st, t_st = stage_layers(model), stage_layers(teacher)
+        layer_pairs = [(s_st[k], t_st[k]) for k in s_st]
+    elif layers is not None:
+        layer_pairs = [tuple(p) for p in layers]  # type: ignore[misc]
+
+    with _modes(model, teacher), torch.random.fork_rng(devices=_rng_devices(device)):
+        torch.manual_seed(seed)
+        distiller = None
+        if method == "overhaul":
+            distiller = OverhaulDistiller(model, teacher, layer_pairs).to(device)
+        params = list(model.parameters()) + (list(distiller.parameters()) if distiller else [])
+        if optimizer == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0
+            )
+        else:
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        total = epochs * steps_per_epoch
+        sched = None
+        if schedule == "cosine":
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+            )
+        model.train()
+        if distiller is not None:
+            distiller.train()
+        if teacher is not None:
+            teacher.eval()
+        label = desc or ("student" if teacher is not None else "train")
+        bar = _tqdm(total, label, progress)
+        try:
+            for epoch in range(epochs):
+                for batch in train_loader:
+                    x, y = _split_batch(batch, labelled=not unlabelled)
+                    x = x.to(device)
+                    y = y.to(device) if y is not None else None
+                    loss = _step_loss(
+                        model, teacher, method, distiller, layer_pairs, x, y,
+                        alpha=float(alpha), temperature=float(temperature), beta=beta,
+                    )
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"the training loss became {loss.item()} at epoch {epoch}; "
+                            "lower the learning rate (lr=...) or the KD weight (beta=...)"
+                        )
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    if sched is not None:
+                        sched.step()
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
+        finally:
+            bar.close()
+    return model
+
+
+def _step_loss(model, teacher, method, distiller, layer_pairs, x, y, *, alpha, temperature, beta) -> Tensor:
+    if teacher is None:
+        return F.cross_entropy(model(x), y)
+    if method == "overhaul":
+        out = distiller(x)
+        s_logits, t_logits, feat = out.student_logits, out.teacher_logits, beta * out.loss
+    elif method == "attention":
+        with _capture([p[1] for p in layer_pairs]) as t_store:
+            with torch.no_grad():
+                t_logits = teacher(x)
+        with _capture([p[0] for p in layer_pairs]) as s_store:
+            s_logits = model(x)
+        feat = beta / 2 * attention_transfer_loss(list(s_store), list(t_store))
+    else:
+        with torch.no_grad():
+            t_logits = teacher(x)
+        s_logits = model(x)
+        feat = None
+    if s_logits.shape != t_logits.shape:
+        raise ValueError(
+            f"Student logits {tuple(s_logits.shape)} and Teacher logits {tuple(t_logits.shape)} "
+            "differ: Student and Teacher must have the same number of classes"
+        )
+    kd = response_kd_loss(s_logits, t_logits, temperature)
+    if y is None:
+        base = kd
+    elif method == "response":
+        base = (1 - alpha) * F.cross_entropy(s_logits, y) + alpha * kd
+    else:
+        base = F.cross_entropy(s_logits, y)
+    return base if feat is None else base + feat
+
+
+def evaluate_accuracy(
+    model: nn.Module,
+    loader: Any,
+    *,
+    device: Union[str, torch.device] = "cpu",
+    progress: bool = False,
+) -> float:
+    r"""Top-1 accuracy of ``model`` over ``loader``'s ``(inputs, labels, ...)`` batches.
+
+    The model runs in eval mode under ``torch.no_grad()``; its mode is restored.
+
+    Returns:
+        *float*: the fraction of correct predictions, in [0, 1].
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    device = torch.device(device)
+    correct = total = 0
+    with _modes(model), torch.no_grad():
+        model.eval()
+        n = len(loader) if hasattr(loader, "__len__") else None
+        bar = _tqdm(n or 0, "evaluate", progress)
+        try:
+            for batch in loader:
+                x, y = _split_batch(batch, labelled=True)
+                pred = model(x.to(device)).argmax(dim=1).cpu()
+                correct += int((pred == y.view(-1).cpu()).sum())
+                total += int(y.numel())
+                bar.update(1)
+        finally:
+            bar.close()
+    if total == 0:
+        raise ValueError("the evaluation loader is empty")
+    return correct / total
+
+
+# ---------------------------------------------------------------------------
+# Teacher-assistant chains and k-fold
+# ---------------------------------------------------------------------------
+
+
+def train_teacher_assistant_chain(
+    train_loader: Any,
+    *,
+    num_classes: int,
+    archs: Sequence[str] = ("resnet101", "resnet50", "resnet18"),
+    epochs: Union[int, Sequence[int]] = 10,
+    method: str = "response",
+    build_kwargs: Optional[Dict[str, Any]] = None,
+    transfer_loader: Any = None,
+    seed: int = 0,
+    device: Union[str, torch.device] = "cpu",
+    progress: bool = True,
+    **train_kwargs: Any,
+) -> List[nn.Module]:
+    r"""Teacher-assistant KD (Mirzadeh et al. 2020): a chain Teacher -> assistant(s) -> Student.
+
+    The first architecture is trained on ``train_loader`` with cross-entropy; each next
+    one is distilled from the one before with ``method``, on ``transfer_loader``
+    (unlabelled) when given, else on ``train_loader`` (labelled).
+
+    Args:
+
+        train_loader (iterable): Labelled batches ``(inputs, labels, ...)``.
+        num_classes (int): Number of classes of every model.
+        archs (sequence of str, optional): At least two architectures of
+                    ``captum_unicam.models.ARCHITECTURES``, largest first.
+                    Default: ("resnet101", "resnet50", "resnet18"), the paper's chain
+        epochs (int or sequence of int, optional): Epochs of every model, or one
+                    number per model. Default: 10
+        method (str, optional): KD method of every link. Default: "response"
+        build_kwargs (dict, optional): Keywords of ``build_model`` (e.g.
+                    ``{"cifar_stem": True}``).
+        transfer_loader (iterable, optional): Unlabelled data for the distilled links.
+        seed (int, optional): Model ``i`` is built and trained with seed ``seed + i``.
+        device, progress: As in :func:`train_model`.
+        **train_kwargs: Passed to :func:`train_model` (``lr``, ``temperature``, ...).
+
+    Returns:
+        *list[nn.Module]*: the trained models, in the order of ``archs`` (Teacher,
+        assistant(s), Student).
+
+    Examples::
+
+        >>> teacher, assistant, student = train_teacher_assistant_chain(
+        ...     loader, num_classes=10, archs=("small_resnet_l", "small_resnet_m",
+        ...     "small_resnet_s"), epochs=5)
+    """
+    from captum_unicam.models import ARCHITECTURES, build_model
+
+    archs = list(archs)
+    if len(archs) < 2:
+        raise ValueError("a Teacher-assistant chain needs at least two architectures")
+    for a in archs:
+        if a not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {a!r}; choose from {', '.join(ARCHITECTURES)}")
+    _check_method(method, nn.Identity())
+    if isinstance(epochs, int):
+        epoch_list = [epochs] * len(archs)
+    else:
+        epoch_list = list(epochs)
+        if len(epoch_list) != len(archs):
+            raise ValueError(f"epochs has {len(epoch_list)} entries for {len(archs)} architectures")
+    for e in epoch_list:
+        _positive_int(e, "epochs")
+    models: List[nn.Module] = []
+    for i, (arch, ep) in enumerate(zip(archs, epoch_list)):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + i)
+            model = build_model(arch, num_classes, **(build_kwargs or {}))
+        prev = models[-1] if models else None
+        loader = train_loader if prev is None or transfer_loader is None else transfer_loader
+        train_model(
+            model, loader, epochs=ep, teacher=prev, method=None if prev is None else method,
+            unlabelled=prev is not None and transfer_loader is not None, seed=seed + i,
+            device=device, progress=progress, desc=f"{arch} ({i + 1}/{len(archs)})", **train_kwargs,
+        )
+        models.append(model)
+    return models
+
+
+def kfold_indices(n: int, k: int, seed: int = 0) -> List[Tuple[List[int], List[int]]]:
+    r"""Seeded k-fold split of ``range(n)``.
+
+    The indices are shuffled with ``seed`` and cut into ``k`` folds whose sizes differ
+    by at most one; fold ``i`` is the validation set of split ``i`` and the rest, in
+    increasing order, its training set.
+
+    Returns:
+        *list[tuple[list[int], list[int]]]*: ``k`` pairs ``(train_idx, val_idx)``; the
+        validation sets are disjoint and cover ``range(n)``.
+    """
+    n = int(n)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ValueError(f"k must be an int >= 2, got {k!r}")
+    if n < k:
+        raise ValueError(f"cannot split {n} items into {k} folds; use k <= n")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
+    sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
+    out = []
+    start = 0
+    for size in sizes:
+        val = sorted(perm[start : start + size])
+        val_set = set(val)
+        train = [i for i in range(n) if i not in val_set]
+        out.append((train, val))
+        start += size
+    return out
+
+
+def cross_validate(
+    build: Callable[[], nn.Module],
+    dataset: Dataset,
+    *,
+    k: int = 5,
+    epochs: int,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: Union[str, torch.device] = "cpu",
+    progress: bool = True,
+    **train_kwargs: Any,
+) -> Dict[str, Any]:
+    r"""k-fold cross-validation: trains ``build()`` on each training part and scores it
+    on the held-out fold (the paper trains with 5-fold cross-validation).
+
+    Args:
+
+        build (callable): Returns a fresh model; called once per fold, with the
+                    global seed set to ``seed + fold``.
+        dataset (Dataset): Labelled items ``(input, label, ...)``.
+        k (int, optional): Number of folds. Default: 5
+        epochs, batch_size, seed, device, progress: As in :func:`train_model`.
+        **train_kwargs: Passed to :func:`train_model` (``teacher``, ``method``, ...).
+
+    Returns:
+        *dict*: ``accuracies`` (one per fold), ``mean``, ``std`` (sample standard
+        deviation) and ``folds`` (the :func:`kfold_indices` splits).
+    """
+    splits = kfold_indices(len(dataset), k, seed)
+    accs = []
+    for fold, (tr, va) in enumerate(splits):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + fold)
+            model = build()
+        g = torch.Generator().manual_seed(seed + fold)
+        tl = DataLoader(Subset(dataset, tr), batch_size=batch_size, shuffle=True, generator=g)
+        vl = DataLoader(Subset(dataset, va), batch_size=batch_size)
+        train_model(model, tl, epochs=epochs, seed=seed + fold, device=device, progress=progress,
+                    desc=f"fold {fold + 1}/{k}", **train_kwargs)
+        accs.append(evaluate_accuracy(model, vl, device=device))
+    mean = sum(accs) / len(accs)
+    std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1))
+    return {"accuracies": accs, "mean": mean, "std": std, "folds": splits}
+
+
+# ---------------------------------------------------------------------------
+# captum-unicam train
+# ---------------------------------------------------------------------------
+
+
+def train_from_spec(
+    data: str,
+    arch: str,
+    out: Union[str, os.PathLike],
+    *,
+    teacher: Optional[Union[str, os.PathLike]] = None,
+    method: Optional[str] = None,
+    epochs: int = 10,
+    limit: Optional[int] = None,
+    seed: int = 0,
+    device: Union[str, torch.device] = "cpu",
+    progress: bool = True,
+    batch_size: int = 64,
+    lr: float = 0.05,
+    optimizer: str = "sgd",
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+    beta: Optional[float] = None,
+    folds: Optional[int] = None,
+    image_size: Optional[int] = None,
+    download: bool = False,
+    test_limit: Optional[int] = None,
+) -> Dict[str, Any]:
+    r"""``captum-unicam train``: trains a model on a data spec and writes its checkpoint.
+
+    Without ``teacher`` it trains on labels alone (a Teacher or a Base); with
+    ``teacher`` and ``method`` it trains a Student by distillation (labels and the KD
+    loss). Every input is checked before training starts. The test accuracy (on the
+    spec's ``test`` split) is stored in the checkpoint's metadata (``extra``) and
+    returned. The checkpoint is written atomically by
+    ``captum_unicam.models.save_checkpoint``.
+
+    Args:
+
+        data (str): Data spec: ``controlled[:SEED]``, ``cifar10:ROOT``,
+                    ``imagefolder:ROOT``.
+        arch (str): Architecture of ``captum_unicam.models.ARCHITECTURES``.
+        out (str or PathLike): Checkpoint file to write.
+        teacher (str or PathLike, optional): Teacher checkpoint (with the same classes).
+        method (str, optional): ``"response"``, ``"attention"`` or ``"overhaul"``;
+                    required with ``teacher``.
+        epochs (int, optional): Training epochs. Default: 10
+        limit (int, optional): Use only this many training images. Default: None (all)
+        seed (int, optional): Seed of the model's initialisation and of training.
+        device (str, optional): Default: "cpu"
+        progress (bool, optional): tqdm progress bars. Default: True
+        batch_size, lr, optimizer, temperature, alpha, beta: See :func:`train_model`.
+        folds (int, optional): When given, also run ``folds``-fold cross-validation on
+                    the training data first and record its accuracies. Default: None
+        image_size (int, optional): Image side; default from the dataset (32 for the
+                    controlled dataset and CIFAR-10, 224 for folders). Models get the
+                    CIFAR stem for images of 64 pixels or less.
+        download (bool, optional): Allow downloading CIFAR-10. Default: False
+        test_limit (int, optional): Measure the test accuracy on only this many test
+                    images (a seeded subset). Default: None (all)
+
+    Returns:
+        *dict*: ``path``, ``arch``, ``num_classes``, ``class_names``, ``kd_method``,
+        ``teacher``, ``test_accuracy``, ``train_size``, ``test_size``, ``recipe``
+        (and ``cross_validation`` with ``folds``).
+
+    Raises:
+        DataSpecError: the data cannot be loaded.
+        CheckpointError: the Teacher checkpoint is missing, unreadable or has other
+        classes than the data.
+        ValueError: unknown architecture or method, a method without teacher, bad
+        numbers, ``out`` is a folder.
+    """
+    from captum_unicam.data.loaders import DataSpecError, load_dataset
+    from captum_unicam.models import ARCHITECTURES, CheckpointError, build_model, load_checkpoint, save_checkpoint
+
+    # ---- cheap checks first ----
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    if method is not None and method not in KD_METHODS:
+        raise ValueError(f"unknown KD method {method!r}; choose one of {', '.join(KD_METHODS)}")
+    if method is not None and teacher is None:
+        raise ValueError(f"--method {method} needs a Teacher checkpoint (--teacher CKPT)")
+    if teacher is not None and method is None:
+        raise ValueError(f"a Teacher was given; choose the KD method (--method {'|'.join(KD_METHODS)})")
+    epochs = _positive_int(epochs, "epochs")
+    batch_size = _positive_int(batch_size, "batch_size")
+    if limit is not None:
+        limit = _positive_int(limit, "limit")
+    if test_limit is not None:
+        test_limit = _positive_int(test_limit, "test_limit")
+    if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 2):
+        raise ValueError(f"folds must be an int >= 2, got {folds!r}")
+    out_path = pathlib.Path(out)
+    if out_path.is_dir():
+        raise ValueError(f"--out {str(out_path)!r} is a folder; give a checkpoint file name like model.pt")
+    teacher_path = None
+    if teacher is not None:
+        teacher_path = pathlib.Path(teacher)
+        if not teacher_path.is_file():
+            raise CheckpointError(
+                f"Teacher checkpoint {str(teacher_path)!r} does not exist; train one first "
+                "with 'captum-unicam train' (without --teacher)"
+            )
+    device = torch.device(device)
+
+    # ---- data ----
+    train_ds = load_dataset(data, "train", download=download, image_size=image_size, limit=limit)
+    test_ds = load_dataset(data, "test", download=download, image_size=image_size, limit=test_limit)
+    if len(train_ds) == 0:
+        raise DataSpecError(f"data spec {data!r} has no training images")
+    if len(test_ds) == 0:
+        raise DataSpecError(f"data spec {data!r} has no test images")
+    class_names = [str(c) for c in getattr(train_ds, "classes", [])]
+    if len(class_names) < 2:
+        raise DataSpecError(f"data spec {data!r} has {len(class_names)} class(es); at least 2 are needed")
+    num_classes = len(class_names)
+    side = int(train_ds[0][0].shape[-1])
+
+    # ---- teacher ----
+    teacher_model = None
+    if teacher_path is not None:
+        teacher_model, t_meta = load_checkpoint(teacher_path, num_classes=num_classes, map_location=device)
+        t_names = t_meta.get("class_names")
+        if t_names is not None and list(t_names) != class_names:
+            raise CheckpointError(
+                f"Teacher checkpoint {str(teacher_path)!r} was trained on classes {list(t_names)}, "
+                f"but {data!r} has {class_names}; use a Teacher trained on the same data"
+            )
+        if method in ("attention", "overhaul"):
+            from captum_unicam.models import stage_layers
+
+            stage_layers(teacher_model)  # ValueError now, not mid-training
+
+    recipe = {
+        "data": data, "arch": arch, "epochs": epochs, "limit": limit, "seed": seed,
+        "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "method": method,
+        "temperature": temperature if method else None,
+        "alpha": alpha if method == "response" else None,
+        "beta": (beta if beta is not None else _DEFAULT_BETA.get(method)) if method else None,
+        "image_size": side,
+    }
+    build_kwargs = {"cifar_stem": side <= 64}
+
+    def build() -> nn.Module:
+        return build_model(arch, num_classes, **build_kwargs)
+
+    train_kwargs = dict(
+        teacher=teacher_model, method=method, lr=lr, optimizer=optimizer,
+        temperature=temperature, alpha=alpha, beta=beta,
+    )
+    result: Dict[str, Any] = {}
+    if folds is not None:
+        cv = cross_validate(build, train_ds, k=folds, epochs=epochs, batch_size=batch_size, seed=seed,
+                            device=device, progress=progress, **train_kwargs)
+        result["cross_validation"] = {"k": folds, "accuracies": cv["accuracies"], "mean": cv["mean"], "std": cv["std"]}
+
+    with torch.random.fork_rng(devices=_rng_devices(device)):
+        torch.manual_seed(seed)
+        model = build()
+    g = torch.Generator().manual_seed(seed)
+    loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=g, drop_last=len(train_ds) > batch_size)
+    train_model(model, loader, epochs=epochs, seed=seed, device=device, progress=progress,
+                desc=f"train {arch}", **train_kwargs)
+    test_loader = DataLoader(test_ds, batch_size=256)
+    acc = evaluate_accuracy(model, test_loader, device=device, progress=progress)
+    extra = {"test_accuracy": acc, "train_size": len(train_ds), "test_size": len(test_ds)}
+    if "cross_validation" in result:
+        extra["cross_validation"] = result["cross_validation"]
+    save_checkpoint(
+        out_path, model, arch=arch, num_classes=num_classes, class_names=class_names, recipe=recipe,
+        kd_method=method, teacher=str(teacher_path) if teacher_path is not None else None, extra=extra,
+        build_kwargs=build_kwargs,
+    )
+    result.update(
+        path=str(out_path), arch=arch, num_classes=num_classes, class_names=class_names,
+        kd_method=method, teacher=str(teacher_path) if teacher_path is not None else None,
+        test_accuracy=acc, train_size=len(train_ds), test_size=len(test_ds), recipe=recipe,
+    )
+    return result
