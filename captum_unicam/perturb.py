@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["mask_multiply", "road_impute"]
+__all__ = ["mask_multiply", "road_impute", "removal_count", "removal_mask"]
 
 # ROAD's neighbour weights (Rong et al. 2022): 1/6 for the 4 edge neighbours, 1/12 for
 # the 4 diagonal ones. Times 12 they are the separable stencil [1 2 1] x [1 2 1] minus
@@ -206,9 +206,9 @@ def removal_mask(maps: Tensor, percentile: float) -> Tensor:
 # for all images and channels at once by conjugate gradients, one set of scalars per
 # (image, channel), preconditioned by one symmetric multigrid V-cycle: undamped Jacobi
 # smoothing (one sweep before and after on the full grid, more on coarse grids),
-# cell-centred bilinear prolongation P, its adjoint as restriction, a coarse cell is removed only when all its children are (so
-# every coarse problem keeps a boundary), and a dense Cholesky solve on the coarsest
-# grid (at most 8 x 8). Arrays carry a one-pixel zero border so the stencil is a few
+# cell-centred bilinear prolongation P, its adjoint as restriction, a coarse cell is
+# removed only when all its children are (so every coarse problem keeps a boundary), and
+# a dense Cholesky solve on the coarsest grid (at most 8 x 8). Arrays carry a one-pixel zero border so the stencil is a few
 # contiguous shifted adds.
 
 
