@@ -289,3 +289,21 @@ def test_parameters_without_requires_grad(pair, data):
     for a, b in zip(frozen + default_frozen, reference + default_ref):
         assert torch.equal(a, b)
     assert flags == [p.requires_grad for p in list(student.parameters()) + list(base.parameters())]
+
+
+def test_layer_input_with_feature_layer_equals_previous_layer_output(pair, data):
+    """Attributing to layer2's input (= layer1's output) with layer2's output as the
+    representation is the deeper-feature-layer computation at layer1."""
+    student, base = pair
+    x, y = data
+    via_input = UniCAM(
+        student, student.layer2, base, base.layer2,
+        student_feature_layer=student.layer2, base_feature_layer=base.layer2,
+    ).attribute(x, target=y, features="both", attribute_to_layer_input=True)
+    via_output = UniCAM(
+        student, student.layer1, base, base.layer1,
+        student_feature_layer=student.layer2, base_feature_layer=base.layer2,
+    ).attribute(x, target=y, features="both")
+    for a, b in zip(via_input, via_output):
+        assert_close(a, b, rtol=1e-12)
+    assert all_hooks(student, base) == 0
