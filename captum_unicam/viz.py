@@ -250,6 +250,8 @@ def scores_per_layer(
     panels: Mapping[str, Mapping[str, Mapping[str, _Interval]]],
     *,
     title: Optional[str] = None,
+    reference_lines: Optional[Mapping[str, Tuple[float, str]]] = None,
+    ylim: Optional[Tuple[float, float]] = None,
 ) -> Figure:
     r"""FSS / RS per layer with 95 % intervals as error bars (the layout of paper Fig. 4).
 
@@ -260,15 +262,19 @@ def scores_per_layer(
             "(b) RS": {"Base": {...}, "Student": {...}}}``. Layers are plotted in the
             order of their first appearance.
         title (str, optional): figure title.
+        reference_lines (dict, optional): panel title -> (value, label) of a dashed
+            horizontal line (e.g. the score of a uniform map).
+        ylim (tuple, optional): y limits of every panel.
 
     Returns:
         matplotlib.figure.Figure: one panel per entry of ``panels``; grouped bars per
-        layer with error bars.
+        layer with error bars; legends below the panels.
     """
     if not panels:
         raise ValueError("scores_per_layer needs at least one panel")
     with matplotlib.rc_context(_FONT):
-        fig = _new_figure((4.2 * len(panels), 3.3))
+        n_series = max(len(series) for series in panels.values())
+        fig = _new_figure((4.2 * len(panels), 3.0 + 0.2 * ((n_series + 1) // 2)))
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
         palette = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
         for ax, (ptitle, series) in zip(axes, panels.items()):
@@ -298,8 +304,13 @@ def scores_per_layer(
             ax.set_axisbelow(True)
             for side in ("top", "right"):
                 ax.spines[side].set_visible(False)
-            if len(series) > 1:
-                ax.legend(frameon=False)
+            ref = (reference_lines or {}).get(ptitle)
+            if ref is not None and ref[0] is not None and math.isfinite(ref[0]):
+                ax.axhline(ref[0], color="#444444", linestyle="--", linewidth=0.9, label=ref[1])
+            if ylim is not None:
+                ax.set_ylim(*ylim)
+            if len(series) > 1 or ref is not None:
+                ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
         if title:
             fig.suptitle(title, fontsize=11, fontweight="bold")
         fig.tight_layout()
@@ -332,16 +343,11 @@ def localisation_plot(
             for metric, panel in (("energy", "mask energy fraction"), ("pointing", "pointing game (hit rate)")):
                 if metric in metrics:
                     panels[panel].setdefault(kind, {})[layer] = metrics[metric]
-    fig = scores_per_layer(panels, title=title)
-    if chance:
-        for ax, metric in zip(fig.axes, ("energy", "pointing")):
-            if metric in chance and math.isfinite(chance[metric]):
-                ax.axhline(chance[metric], color="#444444", linestyle="--", linewidth=0.9,
-                           label="uniform map")
-                ax.legend(frameon=False)
-        for ax in fig.axes:
-            ax.set_ylim(0.0, 1.05)
-    return fig
+    refs = {}
+    for metric, panel in (("energy", "mask energy fraction"), ("pointing", "pointing game (hit rate)")):
+        if chance and chance.get(metric) is not None:
+            refs[panel] = (float(chance[metric]), "uniform map")
+    return scores_per_layer(panels, title=title, reference_lines=refs, ylim=(0.0, 1.05))
 
 
 def save_figure(fig: Figure, path: Union[str, os.PathLike], *, dpi: int = _DPI) -> str:
