@@ -103,33 +103,37 @@ REAL_ARCHS: Dict[str, ArchSpec] = {
 RECIPES: Dict[str, Dict[str, Any]] = {
     "controlled": {
         "image_size": 32, "num_classes": 4, "cue_strength": 0.9,
-        "teacher_size": 1536, "base_size": 256, "transfer_size": 1024,
-        "test_size": 512, "teacher_epochs": 6, "base_epochs": 25, "student_epochs": 6,
-        "batch_size": 64, "optimizer": "adam", "lr": 3e-3, "weight_decay": 5e-4,
-        "eval_batch_size": 48, "eval_batches": 8, "map_batches": 2, "n_show": 4,
-        "n_bootstrap": 1000, "n_permutations": 10000, "dpi": 64,
+        "transfer_cue": 0.5, "teacher_size": 1536, "base_size": 256, "transfer_size": 1536,
+        "test_size": 512, "teacher_epochs": 6, "base_epochs": 25, "student_epochs": 8,
+        "batch_size": 64, "optimizer": "adam", "lr": 3e-3, "student_lr": 1e-2, "weight_decay": 5e-4,
+        "eval_batch_size": 48, "eval_batches": 8, "map_batches": 2, "n_show": 3,
+        "n_bootstrap": 1000, "n_permutations": 10000, "dpi": 64, "grid_layers": LAYERS,
     },
     "controlled_quick": {
-        "image_size": 32, "num_classes": 4, "cue_strength": 0.9,
+        "image_size": 32, "num_classes": 4, "cue_strength": 0.9, "transfer_cue": 0.5,
         "teacher_size": 192, "base_size": 64, "transfer_size": 128,
         "test_size": 48, "teacher_epochs": 1, "base_epochs": 1, "student_epochs": 1,
-        "batch_size": 32, "optimizer": "adam", "lr": 3e-3, "weight_decay": 5e-4,
+        "batch_size": 32, "optimizer": "adam", "lr": 3e-3, "student_lr": 1e-2, "weight_decay": 5e-4,
         "eval_batch_size": 24, "eval_batches": 2, "map_batches": 1, "n_show": 2,
-        "n_bootstrap": 100, "n_permutations": 1000, "dpi": 40,
+        "n_bootstrap": 100, "n_permutations": 1000, "dpi": 40, "grid_layers": LAYERS,
     },
     "real": {
         "image_size": None, "teacher_epochs": 60, "base_epochs": 60, "student_epochs": 60,
-        "batch_size": 64, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4,
+        "batch_size": 64, "optimizer": "sgd", "lr": 0.05, "student_lr": 0.05, "weight_decay": 5e-4,
         "eval_batch_size": 64, "eval_batches": 16, "map_batches": 1, "n_show": 6,
-        "n_bootstrap": 1000, "n_permutations": 10000, "dpi": 80,
+        "n_bootstrap": 1000, "n_permutations": 10000, "dpi": 80, "grid_layers": LAYERS,
     },
     "real_quick": {
         "image_size": None, "teacher_epochs": 1, "base_epochs": 1, "student_epochs": 1,
-        "batch_size": 16, "optimizer": "adam", "lr": 3e-3, "weight_decay": 5e-4,
+        "batch_size": 16, "optimizer": "adam", "lr": 3e-3, "student_lr": 3e-3, "weight_decay": 5e-4,
         "eval_batch_size": 8, "eval_batches": 2, "map_batches": 1, "n_show": 2,
-        "n_bootstrap": 100, "n_permutations": 1000, "dpi": 40,
+        "n_bootstrap": 100, "n_permutations": 1000, "dpi": 40, "grid_layers": LAYERS,
     },
 }
+
+#: Recipe keys of the evaluation only: changing them does not retrain any model.
+_EVAL_KEYS = frozenset({"test_size", "eval_batch_size", "eval_batches", "map_batches", "n_show", "n_bootstrap",
+                        "n_permutations", "dpi", "grid_layers"})
 
 _MAP_TITLES = {
     "gradcam_base": "Grad-CAM Base",
@@ -225,8 +229,10 @@ def _controlled_data(spec: str, r: Mapping[str, Any]) -> Dict[str, Any]:
         "teacher": load_dataset(spec, "train", size=r["teacher_size"], cue_strength=0.0, **common),
         # the Base: few labelled images with the spurious tint cue
         "base": load_dataset(spec, "val", size=r["base_size"], cue_strength=cue, **common),
-        # the Students: a larger unlabelled transfer set with the same cue
-        "transfer": load_dataset(spec, "transfer", size=r["transfer_size"], cue_strength=cue, **common),
+        # the Students: a larger unlabelled transfer set with a weaker cue (with the Base's
+        # cue the small Students copy the Teacher through the tint: see RECIPES notes)
+        "transfer": load_dataset(spec, "transfer", size=r["transfer_size"], cue_strength=r["transfer_cue"],
+                                 **common),
         "test": load_dataset(spec, "test", size=r["test_size"], cue_strength=0.0, **common),
         "test_cued": load_dataset(spec, "test", size=r["test_size"], cue_strength=cue, **common),
         "unlabelled_transfer": True,
@@ -592,7 +598,7 @@ def run_experiment(
         >>> results = run_experiment("controlled", out="runs/controlled")
         >>> print(results["tables"]["table2"])
     """
-    from captum_unicam.data import DataSpecError
+    from captum_unicam.data import SCHEMES, DataSpecError, load_dataset
 
     t_start = time.perf_counter()
     # ---- cheap checks ----------------------------------------------------------------
@@ -607,13 +613,13 @@ def run_experiment(
         raise ValueError(f"num_threads must be a positive int, got {num_threads!r}")
     scheme = _scheme(dataset)
     controlled = scheme == "controlled"
-    base_recipe = dict(RECIPES[("controlled" if controlled else "real") + ("_quick" if quick else "")])
-    if recipe:
-        unknown = set(recipe) - set(base_recipe)
-        if unknown:
-            raise ValueError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(base_recipe)}")
-        base_recipe.update(recipe)
-    r = base_recipe
+    if scheme not in SCHEMES:
+        load_dataset(dataset)  # raises DataSpecError naming the accepted specs
+    recipe = dict(recipe or {})
+    known = set().union(*RECIPES.values())
+    if set(recipe) - known:
+        raise ValueError(f"unknown recipe keys {sorted(set(recipe) - known)}; known: {sorted(known)}")
+    r = dict(RECIPES[("controlled" if controlled else "real") + ("_quick" if quick else "")])
     defaults = CONTROLLED_ARCHS if controlled else REAL_ARCHS
     archs = {
         "teacher": _arch(teacher_arch if teacher_arch is not None else defaults["teacher"], "teacher"),
@@ -624,7 +630,13 @@ def run_experiment(
     device = torch.device(device)
 
     # ---- data (DataSpecError here, before training) ------------------------------------
-    data = _controlled_data(dataset, r) if controlled else _real_data(dataset, r, image_size)
+    data = _controlled_data(dataset, {**r, **recipe}) if controlled else _real_data(dataset, r, image_size)
+    unused = set(recipe) - set(r)
+    if unused:
+        raise ValueError(f"recipe keys {sorted(unused)} do not apply to {dataset!r}; use {sorted(r)}")
+    r.update(recipe)
+    if not set(r["grid_layers"]) <= set(LAYERS):
+        raise ValueError(f"recipe grid_layers must be among {LAYERS}, got {r['grid_layers']!r}")
     class_names = [str(c) for c in data["test"].classes]
     num_classes = len(class_names)
     if num_classes < 2:
@@ -671,7 +683,7 @@ def _run(dataset, controlled, data, class_names, r, archs, methods, seed, quick,
     models_dir = out_path / "models"
     t0 = time.perf_counter()
     bs = int(r["batch_size"])
-    train_common = dict(optimizer=r["optimizer"], lr=float(r["lr"]), weight_decay=float(r["weight_decay"]),
+    train_common = dict(optimizer=r["optimizer"], weight_decay=float(r["weight_decay"]),
                         device=device, progress=progress)
     labelled = {"teacher": data["teacher"], "base": data["base"]}
     transfer = data["transfer"]
@@ -680,11 +692,15 @@ def _run(dataset, controlled, data, class_names, r, archs, methods, seed, quick,
         "teacher": f"{len(data['teacher'])} labelled images" + (" (cue-free)" if controlled else ""),
         "base": f"{len(data['base'])} labelled images" + (f" (cue {r['cue_strength']})" if controlled else ""),
     }
-    distil_desc = (f"{len(transfer)} unlabelled transfer images (cue {r['cue_strength']})" if unl
+    distil_desc = (f"{len(transfer)} unlabelled transfer images (cue {r['transfer_cue']})" if unl
                    else f"{len(transfer)} labelled images + KD loss")
-    data_id = {"dataset": dataset, "recipe": {k: v for k, v in r.items()
-                                              if k not in ("eval_batches", "eval_batch_size", "map_batches", "n_show",
-                                                           "n_bootstrap", "n_permutations", "dpi", "test_size")}}
+    common_keys = ("image_size", "num_classes", "batch_size", "optimizer", "weight_decay")
+    role_keys = {"teacher": ("teacher_size", "teacher_epochs", "lr"),
+                 "base": ("base_size", "cue_strength", "base_epochs", "lr"),
+                 "distilled": ("transfer_size", "transfer_cue", "student_epochs", "student_lr")}
+
+    def data_id(group):
+        return {"dataset": dataset, **{k: r.get(k) for k in common_keys + role_keys[group]}}
     models: Dict[str, nn.Module] = {}
     recipes: Dict[str, Dict[str, Any]] = {}
     log: Dict[str, Any] = {}
@@ -693,7 +709,8 @@ def _run(dataset, controlled, data, class_names, r, archs, methods, seed, quick,
     def plain_recipe(role, arch_key, epochs, method, teacher_role, i):
         name, kwargs = archs[arch_key]
         rec = {"role": role, "arch": name, "build_kwargs": kwargs, "epochs": int(epochs), "method": method,
-               "seed": seed + i, "data": _fingerprint(data_id), "dataset": dataset,
+               "seed": seed + i, "dataset": dataset,
+               "data": data_id(role if teacher_role is None else "distilled"),
                "teacher": None if teacher_role is None else _fingerprint(recipes[teacher_role])}
         return _normal(rec)
 
@@ -722,7 +739,8 @@ def _run(dataset, controlled, data, class_names, r, archs, methods, seed, quick,
         def train_fn(model, loader=loader, teacher=teacher, method=method, epochs=epochs, role=role, i=i):
             if teacher is not None:
                 teacher.eval()
-            train_model(model, loader, epochs=int(epochs), teacher=teacher, method=method,
+            lr = float(r["lr"] if teacher is None else r["student_lr"])
+            train_model(model, loader, epochs=int(epochs), teacher=teacher, method=method, lr=lr,
                         unlabelled=teacher is not None and unl, seed=seed + i, desc=role, **train_common)
 
         models[role] = _obtain(role, archs[arch_key], rec, models_dir=models_dir, num_classes=num_classes,
@@ -891,14 +909,16 @@ def _write_all(folder: Path, r, methods, pairs, models, roles, accs, info, evalu
     images = torch.cat([b[0] for b in map_batches])[:n_show]
     labels_idx = torch.cat([b[1] for b in map_batches])[:n_show]
     row_labels = [class_names[int(i)] for i in labels_idx]
+    grid_layers = [layer for layer in LAYERS if layer in tuple(r["grid_layers"])]
     for p, by_layer in maps_by_pair.items():
-        for layer, kinds in by_layer.items():
+        for layer in grid_layers:
+            kinds = by_layer[layer]
             maps = {_MAP_TITLES[k]: kinds[k][:n_show] for k in _MAP_TITLES}
             fig = viz.attribution_grid(images, maps, title=f"{pair_titles[p]}: {layer}", row_labels=row_labels)
             name = f"figures/grid_{p}_{layer}.png"
             _save_png(fig, folder / name, dpi)
             written["figures"].append(name)
-    for layer in LAYERS:
+    for layer in grid_layers:
         d, t = maps_by_pair[direct_pair][layer], maps_by_pair["ta"][layer]
         maps = {"Grad-CAM direct": d["gradcam_student"][:n_show], "UniCAM distilled, direct": d["distilled"][:n_show],
                 "Grad-CAM TA chain": t["gradcam_student"][:n_show], "UniCAM distilled, TA chain": t["distilled"][:n_show]}

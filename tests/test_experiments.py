@@ -1,0 +1,221 @@
+"""Tests of the experiment runner (captum_unicam.experiments): a tiny controlled run,
+its files and tables, the model cache, and errors raised before any training."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from captum_unicam.data import DataSpecError
+from captum_unicam.experiments import ExperimentFolderError, run_experiment
+
+# tiny models and data: seconds, numbers meaningless
+TINY_ARCHS = dict(
+    teacher_arch=("small_resnet_s", {"width": 8}),
+    assistant_arch=("small_resnet_s", {"width": 6}),
+    student_arch=("small_resnet_s", {"width": 4}),
+)
+TINY_RECIPE = {
+    "teacher_size": 64, "base_size": 32, "transfer_size": 32, "test_size": 16,
+    "batch_size": 16, "eval_batch_size": 8, "eval_batches": 2, "map_batches": 1,
+    "n_show": 1, "n_bootstrap": 50, "n_permutations": 64, "dpi": 30,
+}
+
+
+def _run(out: Path, dataset: str = "controlled:3", **kwargs):
+    args = dict(methods=("response",), seed=0, quick=True, progress=False, label_embeddings="one-hot",
+                 recipe=TINY_RECIPE, num_threads=1, **TINY_ARCHS)
+    args.update(kwargs)
+    return run_experiment(dataset, out=out, **args)
+
+
+def _finite_numbers(obj, where="results"):
+    """Every number in a JSON tree is finite (None marks a number that was not finite)."""
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, (int, float)):
+        assert math.isfinite(obj), where
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _finite_numbers(v, f"{where}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _finite_numbers(v, f"{where}[{i}]")
+
+
+def _parse_md(text: str):
+    """Rows of the first Markdown table of ``text`` (header excluded), as lists of cells."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    assert len(lines) >= 3, text
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert set(lines[1].replace("|", "").strip()) <= {"-", ":"}
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+    assert all(len(r) == len(header) for r in rows)
+    return header, rows
+
+
+@pytest.fixture(scope="module")
+def controlled_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("exp") / "controlled"
+    results = _run(out)
+    return out, results
+
+
+def test_files_tables_and_json(controlled_run):
+    out, results = controlled_run
+    for name in ("results.json", "table1_response.md", "table1_response.csv", "table2.md", "table2.csv",
+                 "localisation.md", "localisation.csv", "accuracies.md", "accuracies.csv",
+                 "evaluation_response.md", "evaluation_ta.csv"):
+        assert (out / name).is_file(), name
+    for role in ("teacher", "base", "student_response", "assistant", "student_ta"):
+        assert (out / "models" / f"{role}.pt").is_file(), role
+    for layer in ("L1", "L2", "L3", "L4"):
+        for pair in ("response", "ta", "direct_vs_ta"):
+            assert (out / "figures" / f"grid_{pair}_{layer}.png").is_file()
+    for name in ("scores_response", "scores_ta", "localisation_response", "localisation_ta"):
+        png = (out / "figures" / f"{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "temporary folder left behind"
+
+    # results.json: the returned dict, all numbers finite, recorded statuses
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["config"]["methods"] == ["response"]
+    assert {k: v["status"] for k, v in on_disk["models"].items()} == dict.fromkeys(
+        ("teacher", "base", "student_response", "assistant", "student_ta"), "trained")
+    _finite_numbers(on_disk)
+    assert on_disk == {k: v for k, v in results.items() if k != "out"}
+
+    # Table 1: four layers; the CSV's numbers equal the summary of evaluate_kd
+    header, rows = _parse_md((out / "table1_response.md").read_text())
+    assert [r[0] for r in rows] == ["L1", "L2", "L3", "L4"]
+    assert header[1] == "FSS (Grad-CAM)"
+    table1 = list(csv.DictReader(io.StringIO((out / "table1_response.csv").read_text())))
+    summary = on_disk["evaluations"]["response"]["summary"]["by_layer"]
+    for row in table1:
+        s = summary[row["layer"]]
+        assert float(row["fss_gradcam_mean"]) == pytest.approx(s["gradcam"]["fss"]["mean"], rel=1e-12)
+        assert float(row["rs_student_distilled_map_mean"]) == pytest.approx(
+            s["distilled"]["rs_student"]["mean"], rel=1e-12)
+        assert float(row["rs_distilled_raw_ci_low"]) <= float(row["rs_distilled_raw_mean"]) <= float(
+            row["rs_distilled_raw_ci_high"])
+        assert 0.0 < float(row["p_student_gt_base_gradcam"]) <= 1.0
+
+    # Table 2: per layer statistics for base / direct / ta, then accuracies
+    _, rows2 = _parse_md((out / "table2.md").read_text())
+    assert {r[0] for r in rows2} == {"L1", "L2", "L3", "L4", "all"}
+    t2 = list(csv.DictReader(io.StringIO((out / "table2.csv").read_text())))
+    acc = {(r["statistic"], r["model"]): float(r["mean"]) for r in t2 if r["layer"] == "all"}
+    assert acc[("accuracy, cue-free test", "ta")] == on_disk["accuracies"]["student_ta"]["test"]
+    assert acc[("accuracy, cued test", "base")] == on_disk["accuracies"]["base"]["test_cued"]
+    direct_rs = [float(r["mean"]) for r in t2 if r["layer"] == "L4" and r["model"] == "direct"
+                 and r["statistic"].startswith("RS, Grad-CAM")]
+    assert direct_rs == [summary["L4"]["gradcam"]["rs_student"]["mean"]]
+
+    # accuracies: every model on cue-free and cued data, in [0, 1]
+    accs = on_disk["accuracies"]
+    assert set(accs) == {"teacher", "base", "student_response", "assistant", "student_ta"}
+    assert all(0.0 <= a["test"] <= 1.0 and 0.0 <= a["test_cued"] <= 1.0 for a in accs.values())
+
+    # localisation: four map kinds per layer and pair, energies are fractions with ordered bounds
+    loc = list(csv.DictReader(io.StringIO((out / "localisation.csv").read_text())))
+    assert len(loc) == 2 * 4 * 4
+    assert {r["map"] for r in loc} == {"gradcam_base", "gradcam_student", "distilled", "residual"}
+    for r in loc:
+        if r["energy_mean"]:
+            assert 0.0 <= float(r["energy_low"]) <= float(r["energy_mean"]) <= float(r["energy_high"]) <= 1.0
+        assert 0.0 < float(r["chance"]) < 1.0
+
+
+def test_localisation_matches_report_on_the_same_maps(controlled_run):
+    """The energy fraction in the table is recomputed here by hand from the masks."""
+    out, results = controlled_run
+    from captum_unicam.cli import compute_maps
+    from captum_unicam.data import load_dataset
+    from captum_unicam.models import load_checkpoint, stage_layers
+
+    student, _ = load_checkpoint(out / "models" / "student_response.pt")
+    base, _ = load_checkpoint(out / "models" / "base.pt")
+    test = load_dataset("controlled:3", "test", size=TINY_RECIPE["test_size"], cue_strength=0.0)
+    batch = next(iter(torch.utils.data.DataLoader(test, batch_size=TINY_RECIPE["eval_batch_size"])))
+    s, b = stage_layers(student), stage_layers(base)
+    maps = compute_maps(student, base, {"L4": (s["L4"], b["L4"])}, [batch], progress=False)["L4"]
+    h = torch.nn.functional.interpolate(maps["gradcam_student"].double(), size=(32, 32), mode="bilinear",
+                                        align_corners=False).clamp_min(0)[:, 0]
+    m = batch[2][:, 0].double()
+    ok = h.flatten(1).sum(1) > 0
+    energy = ((h * m).flatten(1).sum(1) / h.flatten(1).sum(1))[ok].mean().item()
+    row = results["localisation"]["response"]["L4"]["kinds"]["gradcam_student"]
+    assert row["energy"]["mean"] == pytest.approx(energy, rel=1e-6)
+    assert row["n_empty"] == int((~ok).sum())
+
+
+def test_rerun_loads_cached_models(controlled_run, monkeypatch):
+    out, first = controlled_run
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "models").iterdir()}
+    import captum_unicam.kd.train as kd_train
+
+    calls = []
+    original = kd_train.train_model
+    monkeypatch.setattr(kd_train, "train_model", lambda *a, **k: calls.append(1) or original(*a, **k))
+    second = _run(out, recipe={**TINY_RECIPE, "grid_layers": ("L4",)})  # evaluation-only change
+    assert calls == []
+    assert {k: v["status"] for k, v in second["models"].items()} == dict.fromkeys(first["models"], "loaded")
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "models").iterdir()} == mtimes
+    # same models, same data, same seeds: the same numbers
+    assert second["accuracies"] == first["accuracies"]
+    assert not (out / "figures" / "grid_response_L1.png").exists()  # the folder was replaced
+    assert second["evaluations"]["ta"]["values"] == first["evaluations"]["ta"]["values"]
+
+
+@pytest.mark.parametrize("spec", ["controlled:abc", "nope:x", "imagefolder:/no/such/folder", "cifar10:/no/such"])
+def test_bad_dataset_spec_raises_before_training(tmp_path, spec, monkeypatch):
+    import captum_unicam.kd.train as kd_train
+
+    monkeypatch.setattr(kd_train, "train_model", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(DataSpecError):
+        _run(tmp_path / "out", dataset=spec)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_arguments_and_foreign_folder(tmp_path):
+    with pytest.raises(ValueError, match="methods"):
+        _run(tmp_path / "a", methods=("hinton",))
+    with pytest.raises(ValueError, match="unknown architecture"):
+        _run(tmp_path / "a", teacher_arch="resnet7")
+    with pytest.raises(ValueError, match="recipe"):
+        _run(tmp_path / "a", recipe={"epochz": 3})
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(ExperimentFolderError):
+        _run(foreign)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_imagefolder_tree(tmp_path):
+    """A tiny generated ImageFolder tree runs end to end (no masks: no localisation)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    root = tmp_path / "tree"
+    for c, name in enumerate(("cat", "dog")):
+        (root / name).mkdir(parents=True)
+        for i in range(10):
+            arr = (torch.rand(24, 24, 3, generator=g) * 80).to(torch.uint8)
+            arr[6:18, 6:18, c] = 230  # a class-coloured square
+            Image.fromarray(arr.numpy()).save(root / name / f"{i}.png")
+    recipe = {"batch_size": 8, "eval_batch_size": 4, "eval_batches": 1, "n_show": 1, "n_bootstrap": 20,
+              "n_permutations": 16, "dpi": 30, "grid_layers": ("L4",)}
+    results = _run(tmp_path / "out", dataset=f"imagefolder:{root}", recipe=recipe, image_size=24)
+    out = tmp_path / "out"
+    assert results["localisation"] is None and not (out / "localisation.md").exists()
+    assert results["config"]["class_names"] == ["cat", "dog"]
+    assert (out / "table2.md").is_file() and (out / "figures" / "grid_ta_L4.png").is_file()
+    assert all(a["test_cued"] is None for a in results["accuracies"].values())
+    _finite_numbers(json.loads((out / "results.json").read_text()))
