@@ -2,15 +2,21 @@ r"""The demo's Teacher, Base and Student, trained on the controlled dataset and 
 
 The scenario (DESIGN.md section 5) is one where distillation measurably helps:
 
-- the **Teacher** (``small_resnet_m``) is trained with labels on cue-free images
-  (the background tint says nothing about the class);
+- the **Teacher** (``small_resnet_s``; the same architecture as the Student, to fit the
+  CPU budget) is trained with labels on cue-free images (the background tint says
+  nothing about the class);
 - the **Base** (``small_resnet_s``) is trained with labels on a few hundred images whose
   background tint agrees with the class most of the time (``cue_strength`` 0.9), so the
   tint is a shortcut it can take;
 - the **Student** (``small_resnet_s``, the Base's architecture) is trained by
-  response-based distillation from the Teacher on a larger *unlabelled* transfer set
-  with the same cue: its targets are the Teacher's softened outputs, which follow the
-  shape and not the tint.
+  distillation from the Teacher on a larger *unlabelled* transfer set with the same
+  cue: overhaul feature distillation (Heo et al.) at L1..L4 plus the response-KD term
+  (its only supervision, as there are no labels). The Teacher's outputs and features
+  follow the shape, not the tint. (Response KD alone transfers much less here: the
+  tint predicts the Teacher's output on most transfer images, so a Student trained on
+  soft labels only still learns the shortcut; in one run with seed 0, cue-free
+  accuracy was 0.44 with response KD, 0.42 with attention transfer + KD, 0.76 with
+  overhaul + KD, against 0.27 for the Base.)
 
 All three are evaluated on cue-free test images; the Student beats the Base there (see
 :func:`train_demo_models` for measured numbers). The accuracies on a test set with the cue
@@ -36,7 +42,7 @@ from captum_unicam.kd.train import evaluate_accuracy, train_model
 
 __all__ = ["DemoModels", "train_demo_models", "demo_recipe", "default_cache_dir"]
 
-_RECIPE_VERSION = 1
+_RECIPE_VERSION = 2
 ROLES = ("teacher", "base", "student")
 
 
@@ -82,11 +88,13 @@ class DemoModels:
 def demo_recipe(seed: int = 0, quick: bool = False) -> Dict[str, Any]:
     """The recipe of :func:`train_demo_models` (plain values; recorded in checkpoints)."""
     if quick:
-        sizes = {"teacher": 1500, "base": 200, "student": 1500, "test": 500}
-        epochs = {"teacher": 6, "base": 30, "student": 6}
+        sizes = {"teacher": 800, "base": 200, "student": 800, "test": 500}
+        epochs = {"teacher": 6, "base": 15, "student": 5}
+        batch = {"teacher": 64, "base": 64, "student": 64}
     else:
         sizes = {"teacher": 3000, "base": 300, "student": 3000, "test": 1000}
-        epochs = {"teacher": 8, "base": 40, "student": 8}
+        epochs = {"teacher": 8, "base": 30, "student": 8}
+        batch = {"teacher": 128, "base": 64, "student": 128}
     return {
         "version": _RECIPE_VERSION,
         "seed": int(seed),
@@ -98,12 +106,13 @@ def demo_recipe(seed: int = 0, quick: bool = False) -> Dict[str, Any]:
         "sizes": sizes,
         "epochs": epochs,
         "splits": {"teacher": "val", "base": "train", "student": "transfer", "test": "test"},
-        "batch_size": {"teacher": 128, "base": 64, "student": 128},
-        "optimizer": "adam",
-        "lr": 1e-2,
+        "batch_size": batch,
+        "optimizer": "sgd",
+        "lr": 0.2,
         "weight_decay": 5e-4,
-        "method": "response",
+        "method": "overhaul",
         "temperature": 4.0,
+        "beta": 1e-3,
     }
 
 
@@ -244,6 +253,7 @@ def train_demo_models(
                 seed=seed * 1000 + 21, desc="base", **common)
     train_model(models["student"], loaders["student"], epochs=recipe["epochs"]["student"],
                 teacher=models["teacher"], method=recipe["method"], temperature=recipe["temperature"],
+                beta=recipe["beta"],
                 unlabelled=True, seed=seed * 1000 + 22, desc="student (KD)", **common)
     seconds = time.perf_counter() - start
 
