@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from captum_unicam import stats
 from captum_unicam.attr import UniCAM
 from test_unicam_common import (
     SmallResNet,
@@ -77,6 +78,7 @@ def test_score_float32_and_label_embeddings(data):
         x_s, x_b = student.layer1_out(x), base.layer1_out(x)
     expected = dcor.partial_distance_correlation(np64(x_s), table[y].double().numpy(), np64(x_b))
     assert abs(float(s_d) - expected) < 1e-5
+    assert float(s_d) == pytest.approx(float(stats.partial_distance_correlation(x_s, table[y], x_b)), abs=1e-6)
     # label vectors given directly as target are the same thing
     assert float(unicam.score(x, target=table[y], features="distilled")) == pytest.approx(float(s_d), abs=1e-7)
 

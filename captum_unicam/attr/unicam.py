@@ -557,9 +557,10 @@ class UniCAM(LayerAttribution, GradientAttribution):
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         r"""The scores behind the maps, without computing any gradient.
 
-        Arguments as in :meth:`attribute`. The distilled score is
+        Arguments as in :meth:`attribute`. The distilled score equals
         ``stats.partial_distance_correlation(X_s, Y, X_b)`` and the residual score
-        ``stats.partial_distance_correlation(X_b, Y, X_s)``, on the whole batch
+        ``stats.partial_distance_correlation(X_b, Y, X_s)`` (both are formed from the
+        three distance correlations, computed once per call), on the whole batch
         (``inputs`` followed by ``context``); they equal
         ``dcor.partial_distance_correlation`` on the same representations, except in
         the degenerate cases, where they are 0 (with a :class:`UniCAMWarning`).
@@ -875,17 +876,26 @@ class UniCAM(LayerAttribution, GradientAttribution):
                 "every sample has the same label vector; explain a batch with several "
                 "classes, or pass a reference set with `context=`"
             )
-        elif not z_constant:
-            if "r_sb" not in cache:
-                cache["r_sb"] = stats.u_distance_correlation_sqr(xd, zd)
-            r_xz = cache["r_sb"]
-            r_yz = stats.u_distance_correlation_sqr(y.to(zd.dtype), zd)
-            if 1 - r_xz.abs() <= 8 * torch.finfo(r_xz.dtype).eps:
+        else:
+            # The three bias-corrected distance correlations, each computed once per call
+            # and shared by both scores (they carry the gradient).
+            x_name, z_name = ("s", "b") if kind == "distilled" else ("b", "s")
+
+            def correlation(key: str, p: Tensor, q: Tensor) -> Tensor:
+                if key not in cache:
+                    cache[key] = stats.u_distance_correlation_sqr(p, q)
+                return cache[key]
+
+            r_xz = correlation("sb", x, z)
+            r_xy = correlation(x_name + "y", x, y)
+            r_yz = correlation(z_name + "y", z, y)
+            tol = 8 * torch.finfo(r_xz.dtype).eps
+            if not z_constant and 1 - float(r_xz.detach().abs()) <= tol:
                 reason = (
                     "the Student's and the Base's representations have the same distance "
                     "structure (e.g. they are the same model), so no unique part is left"
                 )
-            elif 1 - r_yz.abs() <= 8 * torch.finfo(r_yz.dtype).eps:
+            elif not z_constant and 1 - float(r_yz.detach().abs()) <= tol:
                 reason = f"the labels are fully explained by the {other}'s representation"
         if reason is not None:
             warnings.warn(
@@ -894,7 +904,10 @@ class UniCAM(LayerAttribution, GradientAttribution):
                 stacklevel=4,
             )
             return None
-        return stats.partial_distance_correlation(x, y, z)
+        # pdCor(x, y; z) from the three correlations, as dcor and stats compute it:
+        # the correlation of x's and y's U-centred distance matrices projected off z's.
+        r_xy, r_xz, r_yz = (r.clamp(-1, 1) for r in (r_xy, r_xz, r_yz))
+        return (r_xy - r_xz * r_yz) / ((1 - r_xz**2).sqrt() * (1 - r_yz**2).sqrt())
 
     @staticmethod
     def _gradient(score: Optional[Tensor], leaf: Tensor, grad_kwargs: Dict[str, Any], retain: bool) -> Optional[Tensor]:
