@@ -521,17 +521,18 @@ def _describe_split(demo, role: str) -> Optional[str]:
         return None
     cue = d.get("cue_strength")
     return (f"{d.get('size')} controlled images ({d.get('split')} stream), "
-            + ("labelled" if d.get("labelled", True) else "unlabelled, Teacher's soft labels")
+            + ("labelled" if d.get("labelled", True) else "unlabelled, distilled from the Teacher")
             + (f", background tint agrees with the class {100 * cue:.0f} % of the time" if cue else ", no tint cue"))
 
 
 def _demo_notes(demo, accs) -> List[str]:
     s, b = accs.get("student"), accs.get("base")
+    method = _recipe(demo).get("method") or "response"
     notes = ["Scenario: the Teacher learnt the shapes on cue-free images; the Base learnt from a few "
              "hundred labelled images whose background tint mostly agrees with the class (a shortcut); "
-             "the Student, of the Base's architecture, learnt from the Teacher's soft labels on a larger "
-             "unlabelled set with the same cue. Accuracies are on cue-free test images, where the tint "
-             "shortcut does not help."]
+             f"the Student, of the Base's architecture, learnt from the Teacher by distillation ({method} KD) "
+             "on a larger unlabelled set with the same cue. Accuracies are on cue-free test images, where "
+             "the tint shortcut does not help."]
     if isinstance(s, (int, float)) and isinstance(b, (int, float)) and s <= b:
         notes.append(f"Distillation did not help in this run: Student {100 * s:.1f} % vs Base {100 * b:.1f} % "
                      "test accuracy. The maps below explain the models as they are.")
