@@ -207,13 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _architectures() -> Tuple[str, ...]:
-    try:
-        from captum_unicam.models import ARCHITECTURES
+#: The names of captum_unicam.models.ARCHITECTURES, spelt out so that --help and early
+#: errors do not import torch (tests check that the two agree).
+_ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "small_resnet_s", "small_resnet_m",
+                  "small_resnet_l", "small_resnet")
 
-        return tuple(ARCHITECTURES)
-    except Exception:  # pragma: no cover - models.py missing
-        return ("resnet18", "resnet34", "resnet50", "resnet101", "small_resnet_s", "small_resnet_m", "small_resnet_l")
+
+def _architectures() -> Tuple[str, ...]:
+    return _ARCHITECTURES
 
 
 # ---------------------------------------------------------------------------
@@ -541,7 +542,6 @@ def _demo_notes(demo, accs) -> List[str]:
 
 def _pair_setup(args):
     """Validates and loads what explain / quantify share; returns a namespace of objects."""
-    device = _device(args.device)
     for flag in ("arch", "student_arch", "base_arch"):
         _check_arch(getattr(args, flag), "--" + flag.replace("_", "-"))
     for role, path in (("Student", args.student), ("Base", args.base), ("Teacher", args.teacher)):
@@ -549,6 +549,7 @@ def _pair_setup(args):
             what = "is a folder" if Path(path).is_dir() else "does not exist"
             raise CLIError(f"{role} checkpoint {path!r} {what}; give the path of a .pt file written by "
                            "'captum-unicam train' (or models/*.pt of a demo report)")
+    device = _device(args.device)
     ds = _load_data(args.data, args.split, download=args.download, image_size=args.image_size,
                     limit=getattr(args, "limit", None))
     classes = list(getattr(ds, "classes", []) or [])

@@ -95,6 +95,12 @@ def test_help_mentions_every_option_and_its_default(capsys, command):
         assert cmd_opt in flat
 
 
+def test_architecture_names_agree_with_models():
+    from captum_unicam.models import ARCHITECTURES
+
+    assert tuple(cli._architectures()) == tuple(ARCHITECTURES)
+
+
 def test_top_level_help_lists_commands(capsys):
     code, out, _ = _run(capsys, ["--help"])
     assert code == 0
