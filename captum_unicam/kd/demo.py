@@ -42,7 +42,7 @@ from captum_unicam.kd.train import evaluate_accuracy, train_model
 
 __all__ = ["DemoModels", "train_demo_models", "demo_recipe", "default_cache_dir"]
 
-_RECIPE_VERSION = 2
+_RECIPE_VERSION = 3
 ROLES = ("teacher", "base", "student")
 
 
@@ -91,10 +91,14 @@ def demo_recipe(seed: int = 0, quick: bool = False) -> Dict[str, Any]:
         sizes = {"teacher": 800, "base": 200, "student": 800, "test": 500}
         epochs = {"teacher": 6, "base": 15, "student": 5}
         batch = {"teacher": 64, "base": 64, "student": 64}
+        optim = {"optimizer": "sgd", "lr": 0.2}
     else:
         sizes = {"teacher": 3000, "base": 300, "student": 3000, "test": 1000}
         epochs = {"teacher": 8, "base": 30, "student": 8}
         batch = {"teacher": 128, "base": 64, "student": 128}
+        # measured with seed 0: SGD lr 0.2 here left the Student on the tint shortcut
+        # (cue-free 0.27 = the Base), AdamW lr 1e-2 gave 0.76
+        optim = {"optimizer": "adam", "lr": 1e-2}
     return {
         "version": _RECIPE_VERSION,
         "seed": int(seed),
@@ -107,8 +111,7 @@ def demo_recipe(seed: int = 0, quick: bool = False) -> Dict[str, Any]:
         "epochs": epochs,
         "splits": {"teacher": "val", "base": "train", "student": "transfer", "test": "test"},
         "batch_size": batch,
-        "optimizer": "sgd",
-        "lr": 0.2,
+        **optim,
         "weight_decay": 5e-4,
         "method": "overhaul",
         "temperature": 4.0,
