@@ -198,6 +198,14 @@ def train_demo_models(
         *DemoModels*: the three models (eval mode, on ``device``), their cue-free and
         cued test accuracies, the recipe, the datasets and the checkpoint paths.
 
+    Measured (cue-free test accuracy Teacher / Base / Student; a 2-core machine shared
+    with other jobs, so times are CPU seconds of one thread, not wall time):
+
+    - quick, seeds 0 / 1 / 2: 0.68 / 0.27 / 0.51, 0.73 / 0.24 / 0.48, 0.77 / 0.24 / 0.32;
+      about 29 CPU-seconds each, data generation and evaluation included;
+    - full, seed 0 (the same recipe in an experiment script): 0.98 / 0.27 / 0.76, about
+      130 CPU-seconds. The Base reads the tint (0.92 on cued test images).
+
     Examples::
 
         >>> demo = train_demo_models(seed=0, quick=True)
