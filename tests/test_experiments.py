@@ -24,7 +24,7 @@ TINY_ARCHS = dict(
 TINY_RECIPE = {
     "teacher_size": 64, "base_size": 32, "transfer_size": 32, "test_size": 16,
     "batch_size": 16, "eval_batch_size": 8, "eval_batches": 2, "map_batches": 1,
-    "n_show": 1, "n_bootstrap": 50, "n_permutations": 64, "dpi": 30,
+    "n_show": 1, "n_bootstrap": 50, "n_permutations": 64, "dpi": 30, "grid_layers": ("L1", "L4"),
 }
 
 
@@ -75,9 +75,10 @@ def test_files_tables_and_json(controlled_run):
         assert (out / name).is_file(), name
     for role in ("teacher", "base", "student_response", "assistant", "student_ta"):
         assert (out / "models" / f"{role}.pt").is_file(), role
-    for layer in ("L1", "L2", "L3", "L4"):
-        for pair in ("response", "ta", "direct_vs_ta"):
+    for pair in ("response", "ta", "direct_vs_ta"):
+        for layer in ("L1", "L4"):
             assert (out / "figures" / f"grid_{pair}_{layer}.png").is_file()
+        assert not (out / "figures" / f"grid_{pair}_L2.png").exists()  # recipe grid_layers
     for name in ("scores_response", "scores_ta", "localisation_response", "localisation_ta"):
         png = (out / "figures" / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
