@@ -104,7 +104,7 @@ REAL_ARCHS: Dict[str, ArchSpec] = {
     "student": "resnet18",
 }
 
-#: Training and evaluation recipes. ``controlled`` takes about 6 minutes of CPU time on
+#: Training and evaluation recipes. ``controlled`` takes about 7 minutes of CPU time on
 #: one thread (5 for training: Teacher 144 steps, Base 100, each distilled model 192
 #: steps of 64 images); on a 2-core machine shared with other jobs the wall time is
 #: several times that. ``controlled_quick`` is for tests; ``real`` is for CIFAR-10 /
