@@ -53,23 +53,19 @@ non-empty ``out`` that is not an experiment folder (no ``results.json``, not onl
 
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import io
 import json
-import math
 import os
 import shlex
 import shutil
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -365,24 +361,6 @@ def _write(folder: Path, name: str, text: str) -> None:
     (folder / name).write_text(text, encoding="utf-8")
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        obj = obj.detach().cpu().tolist()
-    if isinstance(obj, np.ndarray):
-        obj = obj.tolist()
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, (str, int, bool)):
-        return obj
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
-        return [_jsonable(v) for v in obj]
-    return str(obj)
-
-
 def _save_png(fig, path: Path, dpi: int) -> None:
     """Saves with viz.save_figure, then re-encodes with an adaptive palette (PNGs stay small)."""
     from captum_unicam.viz import save_figure
@@ -396,22 +374,6 @@ def _save_png(fig, path: Path, dpi: int) -> None:
         small.save(path, optimize=True)
     except Exception:  # pragma: no cover - Pillow missing or failing: keep the plain PNG
         pass
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Renames the complete folder ``tmp`` onto ``out`` (the old one is removed)."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-    os.rmdir(old)
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------
@@ -833,7 +795,7 @@ def _run(dataset, controlled, data, class_names, r, archs, methods, seed, quick,
         stage_bar.update(1)
         timings["write_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - t_start
-        from captum_unicam.report import versions
+        from captum_unicam.report import publish_folder, to_jsonable, versions
 
         results = {
             "format": _FORMAT, "version": _FORMAT_VERSION,
@@ -854,7 +816,7 @@ def _run(dataset, controlled, data, class_names, r, archs, methods, seed, quick,
             "versions": versions(),
             "command": command or _default_command(dataset, methods, seed, quick, out_path),
         }
-        results = _jsonable(results)
+        results = to_jsonable(results)
         (tmp / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
         # the cached checkpoints join the new folder (hard links when possible)
         (tmp / "models").mkdir()
@@ -864,7 +826,7 @@ def _run(dataset, controlled, data, class_names, r, archs, methods, seed, quick,
                 os.link(src, dst)
             except OSError:
                 shutil.copy2(src, dst)
-        _publish(tmp, out_path)
+        publish_folder(tmp, out_path, overwrite=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -44,6 +44,8 @@ __all__ = [
     "OutputFolderError",
     "check_output_dir",
     "localisation",
+    "publish_folder",
+    "to_jsonable",
     "versions",
     "write_report",
     "MEANINGS",
@@ -95,8 +97,10 @@ def check_output_dir(out_dir: PathLike, *, overwrite: bool = False) -> Path:
     return out
 
 
-def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Moves the complete report ``tmp`` to ``out`` (the last step of write_report)."""
+def publish_folder(tmp: Path, out: Path, *, overwrite: bool) -> None:
+    """Moves the complete folder ``tmp`` to ``out`` by renames (the last step of
+    write_report): an empty ``out`` is replaced; an existing one only with ``overwrite``,
+    and it is restored if the final rename fails."""
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()
     if not out.exists():
@@ -239,7 +243,7 @@ def versions() -> Dict[str, str]:
     }
 
 
-def _jsonable(obj: Any) -> Any:
+def to_jsonable(obj: Any) -> Any:
     """Plain JSON values: tensors/arrays to lists, non-finite floats to None."""
     if isinstance(obj, Tensor):
         obj = obj.detach().cpu().tolist()
@@ -252,9 +256,9 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (str, int, bool)) or obj is None:
         return obj
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set)):
-        return [_jsonable(v) for v in obj]
+        return [to_jsonable(v) for v in obj]
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     return str(obj)
@@ -609,7 +613,7 @@ def write_report(
         if extra_metrics:
             metrics.update(extra_metrics)
         (tmp / "metrics.json").write_text(
-            json.dumps(_jsonable(metrics), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+            json.dumps(to_jsonable(metrics), indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
         # ---- index.html
         page = _render_html(title=title, command=command_str, data=data, models=models or {},
@@ -618,7 +622,7 @@ def write_report(
                             has_models=bool(model_files), model_files=model_files or {})
         (tmp / "index.html").write_text(page, encoding="utf-8")
 
-        _publish(tmp, out, overwrite)
+        publish_folder(tmp, out, overwrite=overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         for d in created:

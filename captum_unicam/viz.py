@@ -26,7 +26,6 @@ import os
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
 from torch import Tensor
 
 import matplotlib

@@ -21,15 +21,6 @@ from captum_unicam.metrics import KDEvaluation, evaluate_kd, feature_similarity_
 from captum_unicam.metrics.aggregate import METRICS, bootstrap_ci, paired_permutation_pvalue
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP contention on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class TinyNet(nn.Module):
     def __init__(self, width=4, classes=3):
         super().__init__()

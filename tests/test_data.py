@@ -15,15 +15,6 @@ from PIL import Image
 from captum_unicam.data import SHAPES, ControlledShapes, DataSpecError, load_dataset
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # small CPU ops: one thread is much faster than two on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------
 # ControlledShapes
 # ---------------------------------------------------------------------------

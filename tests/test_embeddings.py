@@ -7,14 +7,6 @@ from captum_unicam import embeddings
 from captum_unicam.embeddings import EmbeddingModelError, default_model_path, embed_labels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP contention on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 NAMES = ["cat", "kitten", "truck", "potato early blight"]
 
 

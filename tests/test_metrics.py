@@ -14,14 +14,6 @@ from captum_unicam.metrics import feature_similarity_score, relevance_score
 from captum_unicam.perturb import mask_multiply, road_impute
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP contention on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 N = 12
 
 

@@ -23,15 +23,6 @@ from captum_unicam.models import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # small CPU ops: one thread is much faster than two on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def r18_cifar():
     """A ResNet-18 with the CIFAR stem and non-trivial batch-norm statistics; tests

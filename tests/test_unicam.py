@@ -22,7 +22,6 @@ from test_unicam_common import (
     batch,
     make,
     one_hot,
-    single_thread,  # noqa: F401  (autouse fixture)
     tokens_to_grid,
     unicam_oracle,
 )

@@ -22,7 +22,6 @@ from test_unicam_common import (  # noqa: E402
     all_hooks,
     batch,
     make,
-    single_thread,  # noqa: F401  (autouse fixture)
 )
 
 

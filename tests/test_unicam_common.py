@@ -7,21 +7,10 @@ weighting); it does not use ``captum_unicam.stats``.
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
 NUM_CLASSES = 4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: these tensors are tiny, and on a loaded 2-core machine extra
-    threads make each call 10-20x slower. Restored after the module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Block(nn.Module):

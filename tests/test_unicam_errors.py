@@ -20,7 +20,6 @@ from test_unicam_common import (
     batch,
     make,
     one_hot,
-    single_thread,  # noqa: F401  (autouse fixture)
 )
 
 
