@@ -203,8 +203,8 @@ def train_demo_models(
 
     - quick, seeds 0 / 1 / 2: 0.68 / 0.27 / 0.51, 0.73 / 0.24 / 0.48, 0.77 / 0.24 / 0.32;
       about 29 CPU-seconds each, data generation and evaluation included;
-    - full, seed 0 (the same recipe in an experiment script): 0.98 / 0.27 / 0.76, about
-      130 CPU-seconds. The Base reads the tint (0.92 on cued test images).
+    - full, seeds 0 / 1: 0.98 / 0.27 / 0.82, 0.98 / 0.25 / 0.89; about 120 CPU-seconds
+      each. The Base reads the tint (0.92 on cued test images).
 
     Examples::
 
