@@ -6,11 +6,11 @@ temporary folder), so the demo's Teacher, Base and Student are trained once for 
 Run only the fast checks with ``pytest -m "not slow"``.
 
 The kernels run torch on one intra-op thread (``OMP_NUM_THREADS=1``). The tutorial models
-are tiny (32x32 inputs, a few thousand parameters), so a second thread buys little; on a
+are tiny (32x32 inputs, 20k-80k parameters), so a second thread buys little wall time; on a
 machine shared with other jobs, two OpenMP threads that wait for each other at every
-operator cost several times more CPU (measured on the project's loaded 2-core machine:
-about 10x per training step of ``small_resnet_s``; notebook 2 took 94 s of CPU with two
-threads and 23 s with one).
+operator cost far more CPU (measured on the project's loaded 2-core machine: up to 10x per
+training step of ``small_resnet_s``, 1.3-2x when it was lightly loaded; notebook 2 took
+94 s of kernel CPU with two threads and 22 s with one, notebook 3 143 s and 31 s).
 """
 
 from __future__ import annotations
