@@ -96,6 +96,9 @@ def main() -> None:
     from captum_unicam import stats
 
     n, d = args.n, args.d
+    # first, while this process is small: a child's peak RSS starts at its parent's RSS
+    # at fork time, so measuring later would hide the children's growth
+    mem = {k: _memory(k, n, d) for k in ("floor", "ours", "dcor")}
     x, y, z = _data(n, d)
     xn, yn, zn = x.numpy(), y.numpy(), z.numpy()
 
@@ -110,7 +113,6 @@ def main() -> None:
     err64 = abs(ours64 - ref32)  # ref32 is dcor on the float64 copy of the same data
     err32 = abs(ours32 - ref32)
 
-    mem = {k: _memory(k, n, d) for k in ("floor", "ours", "dcor")}
 
     rows = [
         ("floor: 3 Gram products (float32)", t_floor, mem["floor"]),
