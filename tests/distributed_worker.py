@@ -18,22 +18,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from tiny_models import TinyNet
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 N_SAMPLES, BATCH = 30, 6  # 5 batches: ranks get 3 and 2 of them
 SAMPLER_BATCH = 5  # with a DistributedSampler: 15 samples per rank, 3 batches each
-
-
-class TinyNet(nn.Module):
-    def __init__(self, width=4, classes=3):
-        super().__init__()
-        self.layer1 = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU())
-        self.layer2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU())
-        self.fc = nn.Linear(2 * width, classes)
-
-    def forward(self, x):
-        return self.fc(self.layer2(self.layer1(x)).mean((2, 3)))
 
 
 def build():

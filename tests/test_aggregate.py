@@ -9,27 +9,26 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 import torch
 from captum.attr import LayerGradCam
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tiny_models import TinyNet
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from captum_unicam.attr.unicam import UniCAM
-from captum_unicam.metrics import KDEvaluation, evaluate_kd, feature_similarity_score, relevance_score
-from captum_unicam.metrics.aggregate import METRICS, bootstrap_ci, paired_permutation_pvalue
-
-
-class TinyNet(nn.Module):
-    def __init__(self, width=4, classes=3):
-        super().__init__()
-        self.layer1 = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU())
-        self.layer2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU())
-        self.fc = nn.Linear(2 * width, classes)
-
-    def forward(self, x):
-        return self.fc(self.layer2(self.layer1(x)).mean((2, 3)))
+from captum_unicam.metrics import (
+    KDEvaluation,
+    evaluate_kd,
+    feature_similarity_score,
+    relevance_score,
+)
+from captum_unicam.metrics.aggregate import (
+    METRICS,
+    bootstrap_ci,
+    paired_permutation_pvalue,
+)
 
 
 def make_models():

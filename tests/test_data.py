@@ -14,7 +14,6 @@ from PIL import Image
 
 from captum_unicam.data import SHAPES, ControlledShapes, DataSpecError, load_dataset
 
-
 # ---------------------------------------------------------------------------
 # ControlledShapes
 # ---------------------------------------------------------------------------

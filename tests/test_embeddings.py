@@ -4,8 +4,11 @@ import pytest
 import torch
 
 from captum_unicam import embeddings
-from captum_unicam.embeddings import EmbeddingModelError, default_model_path, embed_labels
-
+from captum_unicam.embeddings import (
+    EmbeddingModelError,
+    default_model_path,
+    embed_labels,
+)
 
 NAMES = ["cat", "kitten", "truck", "potato early blight"]
 

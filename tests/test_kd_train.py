@@ -7,7 +7,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -22,7 +21,12 @@ from captum_unicam.kd.train import (
     train_model,
     train_teacher_assistant_chain,
 )
-from captum_unicam.models import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from captum_unicam.models import (
+    CheckpointError,
+    build_model,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -8,24 +8,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
+from tiny_models import TinyNet
 
 from captum_unicam.metrics import feature_similarity_score, relevance_score
 from captum_unicam.perturb import mask_multiply, road_impute
 
-
 N = 12
-
-
-class TinyNet(nn.Module):
-    def __init__(self, width=4, classes=3):
-        super().__init__()
-        self.layer1 = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU())
-        self.layer2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU())
-        self.fc = nn.Linear(2 * width, classes)
-
-    def forward(self, x, scale=1.0):
-        return self.fc(self.layer2(self.layer1(x * scale)).mean((2, 3)))
 
 
 @pytest.fixture(scope="module")

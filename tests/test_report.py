@@ -11,7 +11,6 @@ import torch
 from captum_unicam import report, viz
 from captum_unicam.metrics.aggregate import KDEvaluation
 
-
 # ---------------------------------------------------------------------------
 # localisation, against hand computations
 # ---------------------------------------------------------------------------

@@ -86,9 +86,9 @@ def notebook_env(tmp_path_factory):
     )
     # Train (or load) the demo models here, once, so every notebook finds them cached
     # and a single notebook can be run on its own.
-    from captum_unicam.kd.demo import train_demo_models
-
     import torch
+
+    from captum_unicam.kd.demo import train_demo_models
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

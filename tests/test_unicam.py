@@ -9,9 +9,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from captum_unicam import stats
-from captum_unicam.attr import UniCAM
 from test_unicam_common import (
     SmallResNet,
     SmallVGG,
@@ -25,6 +22,9 @@ from test_unicam_common import (
     tokens_to_grid,
     unicam_oracle,
 )
+
+from captum_unicam import stats
+from captum_unicam.attr import UniCAM
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,14 @@ import torch.nn.functional as F  # noqa: E402
 from captum.attr import GradientAttribution, LayerAttribution, LayerGradCam  # noqa: E402
 from captum.attr import visualization as viz  # noqa: E402
 from captum.metrics import infidelity, sensitivity_max  # noqa: E402
-
-from captum_unicam.attr import UniCAM  # noqa: E402
 from test_unicam_common import (  # noqa: E402
     SmallResNet,
     all_hooks,
     batch,
     make,
 )
+
+from captum_unicam.attr import UniCAM  # noqa: E402
 
 
 @pytest.fixture(scope="module")

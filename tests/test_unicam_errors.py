@@ -8,10 +8,6 @@ import warnings
 import dcor
 import pytest
 import torch
-from torch import nn
-
-import captum_unicam.attr.unicam as unicam_module
-from captum_unicam.attr import UniCAM, UniCAMWarning
 from test_unicam_common import (
     SmallResNet,
     SmallVGG,
@@ -21,6 +17,10 @@ from test_unicam_common import (
     make,
     one_hot,
 )
+from torch import nn
+
+import captum_unicam.attr.unicam as unicam_module
+from captum_unicam.attr import UniCAM, UniCAMWarning
 
 
 @pytest.fixture()
