@@ -207,6 +207,31 @@ def dcor_sqr(x: Tensor, y: Tensor, estimator: str) -> Tensor:
 # ---------------------------------------------------------------------------
 
 
+def paired_features(
+    models: Tuple[Tuple[Callable, nn.Module], Tuple[Callable, nn.Module]],
+    inputs: Tensor,
+    attributions: AttributionsType,
+    perturb_func: Callable,
+    additional_forward_args: Any,
+    names: Tuple[str, str],
+) -> Tuple[Tensor, Tensor]:
+    """Features of two models at their layers, each on the inputs perturbed by its map.
+
+    ``attributions`` is one map for both models or a pair (one per model); one map
+    perturbs the inputs once. Shared by FSS and by RS with ``given=``."""
+    attr_a, attr_b = _pair(attributions, *names)
+    for a, name in ((attr_a, "attributions"), (attr_b, f"{names[1]} attributions")):
+        if a is not None:
+            _check_attributions(a, inputs, name)
+    x_a = perturb(inputs, attr_a, perturb_func)
+    x_b = x_a if attr_b is attr_a else perturb(inputs, attr_b, perturb_func)
+    (forward_a, layer_a), (forward_b, layer_b) = models
+    return (
+        layer_features(forward_a, layer_a, x_a, additional_forward_args),
+        layer_features(forward_b, layer_b, x_b, additional_forward_args),
+    )
+
+
 def feature_similarity_score(
     forward_func: Callable,
     layer: nn.Module,
@@ -278,12 +303,8 @@ def feature_similarity_score(
     _check_layer(layer, "layer")
     _check_layer(base_layer, "base_layer")
     _check_perturb_func(perturb_func)
-    attr_s, attr_b = _pair(attributions, "student", "base")
-    for a, name in ((attr_s, "attributions"), (attr_b, "base attributions")):
-        if a is not None:
-            _check_attributions(a, inputs, name)
-    x_s = perturb(inputs, attr_s, perturb_func)
-    x_b = x_s if attr_b is attr_s else perturb(inputs, attr_b, perturb_func)
-    feats_s = layer_features(forward_func, layer, x_s, additional_forward_args)
-    feats_b = layer_features(base_forward_func, base_layer, x_b, additional_forward_args)
+    feats_s, feats_b = paired_features(
+        ((forward_func, layer), (base_forward_func, base_layer)),
+        inputs, attributions, perturb_func, additional_forward_args, ("student", "base"),
+    )
     return dcor_sqr(feats_s, feats_b, estimator)

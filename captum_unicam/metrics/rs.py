@@ -15,7 +15,7 @@ from captum_unicam.metrics.fss import (
     _check_inputs,
     _check_layer,
     _check_perturb_func,
-    _pair,
+    paired_features,
     _single_input,
     dcor_sqr,
     layer_features,
@@ -196,12 +196,8 @@ def relevance_score(
             "given= computes the partial distance correlation, which exists only as a bias-"
             "corrected U-statistic (as in dcor); use estimator='u'."
         )
-    attr, attr_given = _pair(attributions, "model", "given")
-    for a, name in ((attr, "attributions"), (attr_given, "given attributions")):
-        if a is not None:
-            _check_attributions(a, inputs, name)
-    x = perturb(inputs, attr, perturb_func)
-    x_given = x if attr_given is attr else perturb(inputs, attr_given, perturb_func)
-    feats = layer_features(forward_func, layer, x, additional_forward_args)
-    feats_given = layer_features(given[0], given[1], x_given, additional_forward_args)
+    feats, feats_given = paired_features(
+        ((forward_func, layer), (given[0], given[1])),
+        inputs, attributions, perturb_func, additional_forward_args, ("model", "given"),
+    )
     return stats.partial_distance_correlation(feats, y.to(feats.device), feats_given)
