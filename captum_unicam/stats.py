@@ -234,8 +234,11 @@ def _sq_distances(x: Tensor, name: str) -> Tensor:
 
 def _distances(x: Tensor, exponent: float = 1.0, name: str = "x") -> Tensor:
     """Euclidean distance matrix ``|x_i - x_j| ** exponent`` of (n, d) samples, in float64."""
-    d = _safe_pow_half(_sq_distances(x, name), exponent)
-    return d * (1 - torch.eye(d.shape[0], dtype=d.dtype, device=d.device))
+    # The power is taken on the strict upper triangle and mirrored: vectorised pow kernels
+    # may round the same value differently at different positions, and the matrix must be
+    # exactly symmetric with an exact zero diagonal.
+    upper = torch.triu(_safe_pow_half(_sq_distances(x, name), exponent), diagonal=1)
+    return upper + upper.T
 
 
 def _double_centered(a: Tensor) -> Tensor:
