@@ -480,7 +480,8 @@ def distance_correlation_sqr(x: Tensor, y: Tensor, *, exponent: float = 1.0) -> 
     """
     _check_exponent(exponent)
     x, y = _check_samples([x, y], ["x", "y"], 2, "The V-statistic distance correlation")
-    return _correlation(*_stats(x, y, exponent, unbiased=False)).to(_result_dtype(x, y))
+    # clamped: rounding alone can step past the bounds Cauchy-Schwarz sets
+    return _correlation(*_stats(x, y, exponent, unbiased=False)).clamp(0, 1).to(_result_dtype(x, y))
 
 
 def u_distance_covariance_sqr(x: Tensor, y: Tensor, *, exponent: float = 1.0) -> Tensor:
@@ -525,7 +526,7 @@ def u_distance_correlation_sqr(x: Tensor, y: Tensor, *, exponent: float = 1.0) -
     """
     _check_exponent(exponent)
     x, y = _check_samples([x, y], ["x", "y"], 4, "The U-statistic distance correlation")
-    return _correlation(*_stats(x, y, exponent, unbiased=True)).to(_result_dtype(x, y))
+    return _correlation(*_stats(x, y, exponent, unbiased=True)).clamp(-1, 1).to(_result_dtype(x, y))
 
 
 def _u_matrices(tensors: Sequence[Tensor], exponent: float, names: str = "xyz") -> list[Tensor]:
@@ -595,4 +596,5 @@ def partial_distance_correlation(x: Tensor, y: Tensor, z: Tensor, *, exponent: f
     r_xz = _correlation(_u_product(a, c), aa, cc).clamp(-1, 1)
     r_yz = _correlation(_u_product(b, c), bb, cc).clamp(-1, 1)
     den = _safe_sqrt(1 - r_xz**2) * _safe_sqrt(1 - r_yz**2)
-    return _safe_div(r_xy - r_xz * r_yz, den).to(_result_dtype(x, y, z))
+    # a correlation of projections: within [-1, 1] but for rounding where den is small
+    return _safe_div(r_xy - r_xz * r_yz, den).clamp(-1, 1).to(_result_dtype(x, y, z))
