@@ -10,7 +10,7 @@ Measures, in one run and on the same data:
 
 Bars (DESIGN.md section 6): >= 100x faster than dcor, <= 3x the floor, float64 within 1e-9.
 
-    python benchmarks/bench_stats.py [--n 128] [--d 100352] [--repeats 5]
+    python benchmarks/bench_stats.py [--n 128] [--d 100352] [--repeats 9] [--dcor-repeats 3]
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ def _data(n: int, d: int, seed: int = 0, dtype=torch.float32):
     return x, y, z
 
 
-def _time(fn, repeats: int) -> float:
-    fn()  # warm-up
+def _time(fn, repeats: int, warm_up: bool = True) -> float:
+    if warm_up:
+        fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -83,8 +84,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=128)
     parser.add_argument("--d", type=int, default=100352)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--dcor-repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--dcor-repeats", type=int, default=3)
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -102,9 +103,20 @@ def main() -> None:
     x, y, z = _data(n, d)
     xn, yn, zn = x.numpy(), y.numpy(), z.numpy()
 
-    t_floor = _time(lambda: [v @ v.T for v in (x, y, z)], args.repeats)
-    t_ours = _time(lambda: stats.partial_distance_correlation(x, y, z), args.repeats)
-    t_dcor = _time(lambda: dcor.partial_distance_correlation(xn, yn, zn), args.dcor_repeats)
+    # interleaved rounds, so that the floor and ours see the same machine state (on a
+    # shared VM the speed of the same matmul drifts by up to 30 % over a minute)
+    floor_fn = lambda: [v @ v.T for v in (x, y, z)]  # noqa: E731
+    ours_fn = lambda: stats.partial_distance_correlation(x, y, z)  # noqa: E731
+    dcor_fn = lambda: dcor.partial_distance_correlation(xn, yn, zn)  # noqa: E731
+    t_floor, t_ours, t_dcor = [], [], []
+    for fn in (floor_fn, ours_fn, dcor_fn):
+        fn()  # warm-up
+    for i in range(max(args.repeats, args.dcor_repeats)):
+        t_floor.append(_time(floor_fn, 1, warm_up=False))
+        t_ours.append(_time(ours_fn, 1, warm_up=False))
+        if i < args.dcor_repeats:
+            t_dcor.append(_time(dcor_fn, 1, warm_up=False))
+    t_floor, t_ours, t_dcor = (statistics.median(t) for t in (t_floor, t_ours, t_dcor))
 
     ours32 = float(stats.partial_distance_correlation(x, y, z))
     ref32 = float(dcor.partial_distance_correlation(xn.astype(np.float64), yn.astype(np.float64), zn.astype(np.float64)))
