@@ -220,3 +220,36 @@ def test_imagefolder_tree(tmp_path):
     assert (out / "table2.md").is_file() and (out / "figures" / "grid_ta_L4.png").is_file()
     assert all(a["test_cued"] is None for a in results["accuracies"].values())
     _finite_numbers(json.loads((out / "results.json").read_text()))
+
+
+def test_summarize_seeds_means_and_spreads(controlled_run, tmp_path):
+    """experiments/summarize_seeds.py: per-seed columns and mean ± sd over seeds."""
+    import importlib.util
+    import statistics
+
+    spec = importlib.util.spec_from_file_location(
+        "summarize_seeds", Path(__file__).parents[1] / "experiments" / "summarize_seeds.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    out, _ = controlled_run
+    first = json.loads((out / "results.json").read_text())
+    second = json.loads(json.dumps(first))
+    second["config"]["seed"] = 7
+    second["accuracies"]["base"]["test"] = first["accuracies"]["base"]["test"] + 0.25
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "results.json").write_text(json.dumps(second))
+
+    text = module.summarize([str(out), str(tmp_path / "other")])
+    header, rows = _parse_md(text.split("\n\n")[1])  # the accuracy table
+    assert header == ["model", "seed 0", "seed 7", "mean ± sd"]
+    base = next(r for r in rows if r[0] == "base")
+    a, b = 100 * first["accuracies"]["base"]["test"], 100 * second["accuracies"]["base"]["test"]
+    assert base[1:3] == [f"{a:.1f}", f"{b:.1f}"]
+    assert base[3] == f"{statistics.mean([a, b]):.1f} ± {statistics.stdev([a, b]):.1f}"
+    teacher = next(r for r in rows if r[0] == "teacher")
+    assert teacher[3].endswith("± 0.0")  # unchanged between the two runs
+    l4 = [ln for ln in text.splitlines() if ln.startswith("| L4 |")][0]
+    p = first["evaluations"]["response"]["summary"]["by_layer"]["L4"]["none"]["p_distilled_gt_residual"]
+    assert f"{p:.3g}, {p:.3g}" in l4
+    assert module.main([str(tmp_path / "missing")]) == 2
