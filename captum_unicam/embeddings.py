@@ -129,7 +129,14 @@ def _resolve(model: Optional[Union[str, os.PathLike]]) -> Tuple[str, str, bool]:
 def _load(source: str, is_local: bool, allow_download: bool):
     from transformers import AutoModel, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
     local_only = is_local or not allow_download
+    # transformers draws a "Loading weights" bar even for a 90 MB local folder read in
+    # milliseconds; keep it only when something may be downloaded
+    quiet = local_only and hf_logging.is_progress_bar_enabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
         encoder = AutoModel.from_pretrained(source, local_files_only=local_only)
@@ -147,6 +154,9 @@ def _load(source: str, is_local: bool, allow_download: bool):
         raise EmbeddingModelError(
             f"Could not load the label encoder {source!r}: {type(err).__name__}: {err}. {hint}"
         ) from err
+    finally:
+        if quiet:
+            hf_logging.enable_progress_bar()
     return tokenizer, encoder
 
 

@@ -126,3 +126,20 @@ def test_bad_names(names, match):
 def test_bad_batch_size():
     with pytest.raises(ValueError, match="batch_size"):
         embed_labels(["cat"], batch_size=0)
+
+
+def test_local_load_draws_no_progress_bar_and_restores_the_setting(capfd):
+    from transformers.utils import logging as hf_logging
+
+    embeddings.clear_cache()
+    assert hf_logging.is_progress_bar_enabled()
+    embed_labels(["cat", "dog"])
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # the user's setting is back
+    hf_logging.disable_progress_bar()
+    try:
+        embeddings.clear_cache()
+        embed_labels(["cat"])
+        assert not hf_logging.is_progress_bar_enabled()  # and left off when it was off
+    finally:
+        hf_logging.enable_progress_bar()
