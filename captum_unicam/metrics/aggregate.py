@@ -41,6 +41,7 @@ from captum_unicam.metrics.fss import (
     _check_perturb_func,
     dcor_sqr,
     layer_features,
+    layers_features,
     mask_multiply,
     perturb,
 )
@@ -472,21 +473,75 @@ def _check_positive_int(value: Any, name: str) -> int:
     return value
 
 
-def _maps(kinds, student, base, s_layer, b_layer, unicam, x, y) -> Dict[str, Tuple[Optional[Tensor], Optional[Tensor]]]:
-    """The (Student's map, Base's map) of each kind on the batch."""
-    maps: Dict[str, Tuple[Optional[Tensor], Optional[Tensor]]] = {}
-    if "none" in kinds:
-        maps["none"] = (None, None)
-    if "gradcam" in kinds:
+class _NotOnePass(Exception):
+    """A layer's output is not one tensor, or the layer runs more than once."""
+
+
+def _gradcams(model: nn.Module, layers: Sequence[nn.Module], x: Tensor, y: Tensor) -> List[Tensor]:
+    """``LayerGradCam(model, layer).attribute(x, target=y, relu_attributions=True)`` for every
+    layer, from one forward and one backward pass instead of one of each per layer.
+
+    Where one pass cannot stand for Captum's (a layer returns a tuple, or runs more than once
+    in the forward pass), Captum's ``LayerGradCam`` is called per layer instead.
+    """
+    unique = list({id(m): m for m in layers}.values())
+    acts: Dict[int, Tensor] = {}
+
+    def hook(module, _inp, out):
+        if not isinstance(out, Tensor) or id(module) in acts:
+            raise _NotOnePass
+        if not out.requires_grad:  # no parameter before it requires grad: a leaf
+            out.requires_grad_()
+        acts[id(module)] = out
+        return out.clone()  # later in-place operations must not touch the saved activation
+
+    handles = [m.register_forward_hook(hook) for m in unique]
+    try:
+        with torch.enable_grad():
+            output = model(x)
+            score = output.gather(1, y.reshape(-1, 1).long()).sum()
+            grads = torch.autograd.grad(score, [acts[id(m)] for m in unique], allow_unused=True)
+    except _NotOnePass:
+        grads = None
+    finally:
+        for h in handles:
+            h.remove()
+    if grads is None:
         from captum.attr import LayerGradCam
 
-        cam_s = LayerGradCam(student, s_layer).attribute(x, target=y, relu_attributions=True).detach()
-        cam_b = LayerGradCam(base, b_layer).attribute(x, target=y, relu_attributions=True).detach()
-        maps["gradcam"] = (cam_s, cam_b)
+        cams = [LayerGradCam(model, m).attribute(x, target=y, relu_attributions=True) for m in layers]
+        for m, cam in zip(layers, cams):
+            if not isinstance(cam, Tensor):
+                raise ValueError(
+                    f"layer {type(m).__name__} returns a {type(cam).__name__} of tensors; a Grad-CAM map "
+                    "for FSS / RS needs a layer whose output is one tensor (N, C, ...): pass that module."
+                )
+        return [cam.detach() for cam in cams]
+    by_layer: Dict[int, Tensor] = {}
+    for m, grad in zip(unique, grads):
+        act = acts[id(m)].detach()
+        grad = torch.zeros_like(act) if grad is None else grad
+        weights = grad.mean(dim=tuple(range(2, grad.dim())), keepdim=True) if grad.dim() > 2 else grad
+        by_layer[id(m)] = (weights * act).sum(dim=1, keepdim=True).relu()
+    return [by_layer[id(m)] for m in layers]
+
+
+def _all_maps(kinds, student, base, layer_pairs, unicams, x, y) -> Dict[str, Dict[str, Tuple[Optional[Tensor], Optional[Tensor]]]]:
+    """``maps[layer][kind]`` = (the Student's map, the Base's map) on the batch."""
+    maps: Dict[str, Dict[str, Tuple[Optional[Tensor], Optional[Tensor]]]] = {name: {} for name in layer_pairs}
+    if "none" in kinds:
+        for name in layer_pairs:
+            maps[name]["none"] = (None, None)
+    if "gradcam" in kinds:
+        cams_s = _gradcams(student, [s for s, _ in layer_pairs.values()], x, y)
+        cams_b = _gradcams(base, [b for _, b in layer_pairs.values()], x, y)
+        for name, cam_s, cam_b in zip(layer_pairs, cams_s, cams_b):
+            maps[name]["gradcam"] = (cam_s, cam_b)
     if "distilled" in kinds or "residual" in kinds:
-        distilled, residual = unicam.attribute(x, target=y, features="both")
-        maps["distilled"] = (distilled.detach(), distilled.detach())
-        maps["residual"] = (residual.detach(), residual.detach())
+        for name in layer_pairs:
+            distilled, residual = unicams[name].attribute(x, target=y, features="both")
+            maps[name]["distilled"] = (distilled.detach(), distilled.detach())
+            maps[name]["residual"] = (residual.detach(), residual.detach())
     return maps
 
 
@@ -516,16 +571,24 @@ def _evaluate_batch(
         labels = label_vectors(y, x.shape[0], emb)
     except ValueError as err:
         raise ValueError(f"batch {i}: {err}") from err
+    maps = _all_maps(kinds, student, base, layer_pairs, unicams, x, y)
+    raw: Dict[str, Tuple[Tensor, Tensor]] = {}
+    if "none" in kinds:  # the unperturbed features of every layer: one forward pass per model
+        raw_s = layers_features(student, [s for s, _ in layer_pairs.values()], x)
+        raw_b = layers_features(base, [b for _, b in layer_pairs.values()], x)
+        raw = {name: (fs, fb) for name, fs, fb in zip(layer_pairs, raw_s, raw_b)}
     values: Dict[str, Dict[str, Dict[str, float]]] = {}
     for name, (s_layer, b_layer) in layer_pairs.items():
-        maps = _maps(kinds, student, base, s_layer, b_layer, unicams.get(name), x, y)
         values[name] = {}
         for kind in kinds:
-            h_s, h_b = maps[kind]
-            x_s = perturb(x, h_s, perturb_func)
-            x_b = x_s if h_b is h_s else perturb(x, h_b, perturb_func)
-            feats_s = layer_features(student, s_layer, x_s)
-            feats_b = layer_features(base, b_layer, x_b)
+            if kind == "none":
+                feats_s, feats_b = raw[name]
+            else:
+                h_s, h_b = maps[name][kind]
+                x_s = perturb(x, h_s, perturb_func)
+                x_b = x_s if h_b is h_s else perturb(x, h_b, perturb_func)
+                feats_s = layer_features(student, s_layer, x_s)
+                feats_b = layer_features(base, b_layer, x_b)
             values[name][kind] = _batch_metrics(feats_s, feats_b, labels, estimator)
     return values
 
@@ -562,8 +625,10 @@ def evaluate_kd(
     ``residual``  x ⊙ UniCAM residual map         x ⊙ the same residual map
     ============  ==============================  ===============================
 
-    Grad-CAM is Captum's ``LayerGradCam`` on that layer with ReLU (as in the paper),
-    each model explained by its own map (the paper's "layer-specific features",
+    Grad-CAM is Captum's ``LayerGradCam`` on that layer with ReLU (as in the paper; the
+    maps of all layers come from one forward and one backward pass per model, equal to
+    ``LayerGradCam`` layer by layer, and the unperturbed features of all layers from one
+    forward pass), each model explained by its own map (the paper's "layer-specific features",
     Fig. 3-4, Table 1 left). The UniCAM maps come from one ``UniCAM(student,
     student_layer, base, base_layer, label_embeddings=...)`` call with
     ``features="both"``; each perturbs the inputs of *both* models, as paper Eq. 7

@@ -9,7 +9,7 @@ data set, FSS is the mean over batches (Eq. 8); see
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -151,14 +151,30 @@ def layer_features(
     Returns:
         Tensor: float64 tensor ``(N, d)``.
     """
-    captured = []
+    return layers_features(forward_func, [layer], inputs, additional_forward_args)[0]
 
-    def hook(_module, _inp, out):
-        if not captured:
-            captured.append(_flatten_output(out))
-        raise _Captured
 
-    handle = layer.register_forward_hook(hook)
+def layers_features(
+    forward_func: Callable, layers: Sequence[nn.Module], inputs: Tensor, additional_forward_args: Any = None
+) -> List[Tensor]:
+    r""":func:`layer_features` of several layers from one forward pass.
+
+    The pass stops once every layer has produced its output (its first call, if a layer
+    runs more than once), so reading L1..L4 costs one forward pass instead of four.
+
+    Returns:
+        list[Tensor]: float64 tensors ``(N, d_i)``, one per layer, in the order given.
+    """
+    unique = list({id(m): m for m in layers}.values())
+    captured: Dict[int, Tensor] = {}
+
+    def hook(module, _inp, out):
+        if id(module) not in captured:
+            captured[id(module)] = _flatten_output(out)
+        if len(captured) == len(unique):
+            raise _Captured
+
+    handles = [m.register_forward_hook(hook) for m in unique]
     try:
         with torch.no_grad():
             try:
@@ -166,19 +182,23 @@ def layer_features(
             except _Captured:
                 pass
     finally:
-        handle.remove()
-    if not captured:
-        raise ValueError(
-            f"layer {type(layer).__name__} was not called when forward_func ran: pass a module "
-            "of the model that forward_func evaluates."
-        )
-    feats = captured[0]
-    if feats.shape[0] != inputs.shape[0]:
-        raise ValueError(
-            f"layer output has {feats.shape[0]} rows for {inputs.shape[0]} inputs; the layer's "
-            "first dimension must index the samples."
-        )
-    return feats.to(torch.float64)
+        for h in handles:
+            h.remove()
+    out = []
+    for layer in layers:
+        if id(layer) not in captured:
+            raise ValueError(
+                f"layer {type(layer).__name__} was not called when forward_func ran: pass a module "
+                "of the model that forward_func evaluates."
+            )
+        feats = captured[id(layer)]
+        if feats.shape[0] != inputs.shape[0]:
+            raise ValueError(
+                f"layer output has {feats.shape[0]} rows for {inputs.shape[0]} inputs; the layer's "
+                "first dimension must index the samples."
+            )
+        out.append(feats.to(torch.float64))
+    return out
 
 
 def perturb(inputs: Tensor, attributions: Optional[Tensor], perturb_func: Callable) -> Tensor:
