@@ -431,8 +431,18 @@ def _stats(x: Tensor, y: Tensor, exponent: float, unbiased: bool) -> tuple[Tenso
     return product(a, b), product(a, a), product(b, b)
 
 
-def _correlation(cov: Tensor, var_x: Tensor, var_y: Tensor) -> Tensor:
-    return _safe_div(cov, _safe_sqrt((var_x * var_y).abs()))
+def _correlation(cov: Tensor, var_x: Tensor, var_y: Tensor, low: float = -1.0) -> Tensor:
+    """cov / sqrt(var_x var_y), 0 where a variance is 0; clamped to [low, 1], since rounding
+    alone can step past the bounds Cauchy-Schwarz sets."""
+    return _safe_div(cov, _safe_sqrt((var_x * var_y).abs())).clamp(low, 1)
+
+
+def _partial_correlation(r_xy: Tensor, r_xz: Tensor, r_yz: Tensor) -> Tensor:
+    """pdCor(x, y; z) from the three bias-corrected correlations, by dcor's formula: the
+    correlation of x's and y's U-centred matrices projected off z's, so within [-1, 1] but
+    for rounding where the denominator is small; 0 where a projection leaves nothing."""
+    den = _safe_sqrt(1 - r_xz**2) * _safe_sqrt(1 - r_yz**2)
+    return _safe_div(r_xy - r_xz * r_yz, den).clamp(-1, 1)
 
 
 def distance_covariance_sqr(x: Tensor, y: Tensor, *, exponent: float = 1.0) -> Tensor:
@@ -480,8 +490,7 @@ def distance_correlation_sqr(x: Tensor, y: Tensor, *, exponent: float = 1.0) -> 
     """
     _check_exponent(exponent)
     x, y = _check_samples([x, y], ["x", "y"], 2, "The V-statistic distance correlation")
-    # clamped: rounding alone can step past the bounds Cauchy-Schwarz sets
-    return _correlation(*_stats(x, y, exponent, unbiased=False)).clamp(0, 1).to(_result_dtype(x, y))
+    return _correlation(*_stats(x, y, exponent, unbiased=False), low=0.0).to(_result_dtype(x, y))
 
 
 def u_distance_covariance_sqr(x: Tensor, y: Tensor, *, exponent: float = 1.0) -> Tensor:
@@ -526,7 +535,7 @@ def u_distance_correlation_sqr(x: Tensor, y: Tensor, *, exponent: float = 1.0) -
     """
     _check_exponent(exponent)
     x, y = _check_samples([x, y], ["x", "y"], 4, "The U-statistic distance correlation")
-    return _correlation(*_stats(x, y, exponent, unbiased=True)).clamp(-1, 1).to(_result_dtype(x, y))
+    return _correlation(*_stats(x, y, exponent, unbiased=True)).to(_result_dtype(x, y))
 
 
 def _u_matrices(tensors: Sequence[Tensor], exponent: float, names: str = "xyz") -> list[Tensor]:
@@ -592,9 +601,7 @@ def partial_distance_correlation(x: Tensor, y: Tensor, z: Tensor, *, exponent: f
     x, y, z = _check_samples([x, y, z], ["x", "y", "z"], 4, "The partial distance correlation")
     a, b, c = _u_matrices([x, y, z], exponent)
     aa, bb, cc = _u_product(a, a), _u_product(b, b), _u_product(c, c)
-    r_xy = _correlation(_u_product(a, b), aa, bb).clamp(-1, 1)
-    r_xz = _correlation(_u_product(a, c), aa, cc).clamp(-1, 1)
-    r_yz = _correlation(_u_product(b, c), bb, cc).clamp(-1, 1)
-    den = _safe_sqrt(1 - r_xz**2) * _safe_sqrt(1 - r_yz**2)
-    # a correlation of projections: within [-1, 1] but for rounding where den is small
-    return _safe_div(r_xy - r_xz * r_yz, den).clamp(-1, 1).to(_result_dtype(x, y, z))
+    r_xy = _correlation(_u_product(a, b), aa, bb)
+    r_xz = _correlation(_u_product(a, c), aa, cc)
+    r_yz = _correlation(_u_product(b, c), bb, cc)
+    return _partial_correlation(r_xy, r_xz, r_yz).to(_result_dtype(x, y, z))

@@ -904,10 +904,8 @@ class UniCAM(LayerAttribution, GradientAttribution):
                 stacklevel=4,
             )
             return None
-        # pdCor(x, y; z) from the three correlations, as dcor and stats compute it:
-        # the correlation of x's and y's U-centred distance matrices projected off z's.
-        r_xy, r_xz, r_yz = (r.clamp(-1, 1) for r in (r_xy, r_xz, r_yz))
-        return (r_xy - r_xz * r_yz) / ((1 - r_xz**2).sqrt() * (1 - r_yz**2).sqrt())
+        # pdCor(x, y; z) from the three shared correlations, as stats computes it
+        return stats._partial_correlation(r_xy, r_xz, r_yz)
 
     @staticmethod
     def _gradient(score: Optional[Tensor], leaf: Tensor, grad_kwargs: Dict[str, Any], retain: bool) -> Optional[Tensor]:
