@@ -81,7 +81,8 @@ def test_gradcams_equal_layergradcam(frozen):
     for a, b in zip(ours, _captum(model, _layers(model), x, y)):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    assert all(not p.requires_grad for p in model.parameters()) if frozen else True
+    if frozen:  # the parameters' flags are left as they were
+        assert all(not p.requires_grad for p in model.parameters())
     assert not any(m._forward_hooks for m in model.modules())
 
 
@@ -124,3 +125,22 @@ def test_layers_features_equal_one_layer_at_a_time():
     with pytest.raises(ValueError, match="was not called"):
         layers_features(model, [model.layer1, nn.Linear(2, 2)], x)
     assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_evaluate_kd_perturbs_once_per_map():
+    """Grad-CAM: one perturbation per model; a UniCAM map, shared by both models: one."""
+    from captum_unicam.metrics import evaluate_kd
+    from captum_unicam.perturb import mask_multiply
+
+    student, base = make(SmallResNet, 5), make(SmallResNet, 6)
+    calls = []
+
+    def counting(inputs, attributions):
+        calls.append(1)
+        return mask_multiply(inputs, attributions)
+
+    x, y = _x(n=8, seed=2)
+    layers = {"L1": (student.layer1, base.layer1), "L2": (student.layer2, base.layer2)}
+    evaluate_kd(student, base, [(x, y)], layers, perturb_func=counting, progress=False,
+                n_bootstrap=10, n_permutations=10)
+    assert len(calls) == len(layers) * (2 + 1 + 1)

@@ -526,12 +526,10 @@ def _gradcams(model: nn.Module, layers: Sequence[nn.Module], x: Tensor, y: Tenso
     return [by_layer[id(m)] for m in layers]
 
 
-def _all_maps(kinds, student, base, layer_pairs, unicams, x, y) -> Dict[str, Dict[str, Tuple[Optional[Tensor], Optional[Tensor]]]]:
-    """``maps[layer][kind]`` = (the Student's map, the Base's map) on the batch."""
-    maps: Dict[str, Dict[str, Tuple[Optional[Tensor], Optional[Tensor]]]] = {name: {} for name in layer_pairs}
-    if "none" in kinds:
-        for name in layer_pairs:
-            maps[name]["none"] = (None, None)
+def _all_maps(kinds, student, base, layer_pairs, unicams, x, y) -> Dict[str, Dict[str, Tuple[Tensor, Tensor]]]:
+    """``maps[layer][kind]`` = (the Student's map, the Base's map) on the batch, for every
+    kind but ``"none"`` (no map)."""
+    maps: Dict[str, Dict[str, Tuple[Tensor, Tensor]]] = {name: {} for name in layer_pairs}
     if "gradcam" in kinds:
         cams_s = _gradcams(student, [s for s, _ in layer_pairs.values()], x, y)
         cams_b = _gradcams(base, [b for _, b in layer_pairs.values()], x, y)
@@ -539,9 +537,10 @@ def _all_maps(kinds, student, base, layer_pairs, unicams, x, y) -> Dict[str, Dic
             maps[name]["gradcam"] = (cam_s, cam_b)
     if "distilled" in kinds or "residual" in kinds:
         for name in layer_pairs:
-            distilled, residual = unicams[name].attribute(x, target=y, features="both")
-            maps[name]["distilled"] = (distilled.detach(), distilled.detach())
-            maps[name]["residual"] = (residual.detach(), residual.detach())
+            distilled, residual = (m.detach() for m in unicams[name].attribute(x, target=y, features="both"))
+            # one map for both models: the same object, so the inputs are perturbed once
+            maps[name]["distilled"] = (distilled, distilled)
+            maps[name]["residual"] = (residual, residual)
     return maps
 
 
