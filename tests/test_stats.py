@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import dcor
 import numpy as np
@@ -411,3 +412,37 @@ def test_bad_exponent_and_matrices():
         stats.u_product(torch.randn(5, 5), torch.randn(6, 6))
     with pytest.raises(ValueError, match="NaN or Inf"):
         stats.double_centered(torch.full((3, 3), float("nan")))
+
+
+def _exact_dcov_sqr(x: list, y: list, unbiased: bool) -> Fraction:
+    """dCov² of 1-D samples in exact rational arithmetic (floats are rationals, and so are
+    their absolute differences): the oracle where floating-point sums cancel."""
+    n = len(x)
+
+    def centred(v):
+        a = [[abs(Fraction(p) - Fraction(q)) for q in v] for p in v]
+        rows = [sum(r) for r in a]
+        total = sum(rows)
+        if unbiased:
+            return [[Fraction(0) if i == j else a[i][j] - rows[i] / (n - 2) - rows[j] / (n - 2)
+                     + total / ((n - 1) * (n - 2)) for j in range(n)] for i in range(n)]
+        return [[a[i][j] - rows[i] / n - rows[j] / n + total / n**2 for j in range(n)] for i in range(n)]
+
+    a, b = centred(x), centred(y)
+    s = sum(a[i][j] * b[i][j] for i in range(n) for j in range(n))
+    return s / (n * (n - 3)) if unbiased else s / n**2
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_one_dimensional_samples_far_from_zero_equal_exact_arithmetic(seed):
+    """Offset 5, spread 3e-3, with a duplicate: where dcor's default 1-D method loses digits."""
+    g = torch.Generator().manual_seed(seed)
+    n = 4 + seed
+    x = 5 + 3e-3 * torch.randn(n, 1, generator=g, dtype=torch.float64)
+    y = -7 + 2e-3 * torch.randn(n, 1, generator=g, dtype=torch.float64)
+    x[1] = x[0]
+    for unbiased, fn in ((False, stats.distance_covariance_sqr), (True, stats.u_distance_covariance_sqr)):
+        exact = _exact_dcov_sqr(x[:, 0].tolist(), y[:, 0].tolist(), unbiased)
+        scale = float(_exact_dcov_sqr(x[:, 0].tolist(), x[:, 0].tolist(), unbiased)) ** 0.5 * float(
+            _exact_dcov_sqr(y[:, 0].tolist(), y[:, 0].tolist(), unbiased)) ** 0.5
+        assert abs(float(fn(x, y)) - float(exact)) <= 1e-12 * scale
