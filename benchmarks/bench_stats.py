@@ -40,15 +40,10 @@ def _data(n: int, d: int, seed: int = 0, dtype=torch.float32):
     return x, y, z
 
 
-def _time(fn, repeats: int, warm_up: bool = True) -> float:
-    if warm_up:
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def _memory_child(which: str, n: int, d: int) -> None:
@@ -112,10 +107,10 @@ def main() -> None:
     for fn in (floor_fn, ours_fn, dcor_fn):
         fn()  # warm-up
     for i in range(max(args.repeats, args.dcor_repeats)):
-        t_floor.append(_time(floor_fn, 1, warm_up=False))
-        t_ours.append(_time(ours_fn, 1, warm_up=False))
+        t_floor.append(_seconds(floor_fn))
+        t_ours.append(_seconds(ours_fn))
         if i < args.dcor_repeats:
-            t_dcor.append(_time(dcor_fn, 1, warm_up=False))
+            t_dcor.append(_seconds(dcor_fn))
     t_floor, t_ours, t_dcor = (statistics.median(t) for t in (t_floor, t_ours, t_dcor))
 
     ours32 = float(stats.partial_distance_correlation(x, y, z))
