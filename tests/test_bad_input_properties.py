@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from test_unicam_common import NUM_CLASSES, SmallResNet, all_hooks, make
 
@@ -50,11 +50,10 @@ def _batch(n, seed):
 @given(n=st.integers(1, 3), context=st.integers(0, 2), seed=st.integers(0, 100))
 def test_unicam_too_few_samples(pair, n, context, seed):
     """Under 4 samples with the context counted: refused before any forward pass."""
-    student, base = pair
-    x, y = _batch(n + context, seed)
     total = n + context
-    if total >= 4:
-        return
+    assume(total < 4)
+    student, base = pair
+    x, y = _batch(total, seed)
     kwargs = {"context": (x[n:], y[n:])} if context else {}
     before = _state(pair, [x])
     calls, handles = _forward_counter(student, base)
@@ -88,8 +87,7 @@ def test_unicam_non_finite_input_anywhere(pair, bad, position, features):
 @SETTINGS
 @given(length=st.integers(0, 12).filter(lambda k: k != 6), as_tensor=st.booleans())
 def test_unicam_target_of_the_wrong_length(pair, length, as_tensor):
-    if as_tensor and length == 1:
-        return  # as in Captum, a one-element tensor is one class for every sample
+    assume(not (as_tensor and length == 1))  # as in Captum: one class for every sample
     student, base = pair
     x, _ = _batch(6, 1)
     target = [i % NUM_CLASSES for i in range(length)]

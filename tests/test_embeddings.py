@@ -143,3 +143,26 @@ def test_local_load_draws_no_progress_bar_and_restores_the_setting(capfd):
         assert not hf_logging.is_progress_bar_enabled()  # and left off when it was off
     finally:
         hf_logging.enable_progress_bar()
+
+
+def test_nothing_is_downloaded_unless_asked(monkeypatch):
+    """Without HF_HUB_OFFLINE: the default encoder and a hub id are read with
+    local_files_only=True; only allow_download=True lets transformers go to the network."""
+    import transformers
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    seen = []
+
+    def record(source, local_files_only=False, **kwargs):
+        seen.append((str(source), local_files_only))
+        raise OSError("recorded, not loaded")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", record)
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", record)
+    embeddings.clear_cache()
+    for model, allow in ((None, False), ("some-org/some-bert", False), ("some-org/some-bert", True)):
+        with pytest.raises(EmbeddingModelError):
+            embed_labels(["cat"], model=model, allow_download=allow)
+    assert [local for _, local in seen] == [True, True, False]
+    assert seen[0][0] == str(embeddings.default_model_path())
+    embeddings.clear_cache()
