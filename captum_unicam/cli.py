@@ -18,6 +18,8 @@ behind); ``CAPTUM_UNICAM_TRACEBACK=1`` in the environment shows the traceback in
 
 from __future__ import annotations
 
+from captum_unicam import errors as _errors
+
 import argparse
 import os
 import sys
@@ -37,8 +39,7 @@ MAP_COLUMNS = {
 }
 
 
-class CLIError(ValueError):
-    """Bad command-line input; the message says what is wrong and what to do."""
+CLIError = _errors.InputError  # the library's one family of expected failures
 
 
 # ---------------------------------------------------------------------------

@@ -25,6 +25,8 @@ A model that cannot be loaded raises :class:`EmbeddingModelError`, a
 
 from __future__ import annotations
 
+from captum_unicam import errors as _errors
+
 import os
 import threading
 from pathlib import Path
@@ -45,8 +47,7 @@ _REMEDY = (
 )
 
 
-class EmbeddingModelError(RuntimeError):
-    """The text encoder for :func:`embed_labels` could not be found or loaded."""
+EmbeddingModelError = _errors.EmbeddingModelError  # the library's one family of expected failures
 
 
 def default_model_path() -> Path:

@@ -53,6 +53,8 @@ non-empty ``out`` that is not an experiment folder (no ``results.json``, not onl
 
 from __future__ import annotations
 
+from captum_unicam import errors as _errors
+
 import csv
 import hashlib
 import io
@@ -153,9 +155,7 @@ _MAP_TITLES = {
 }
 
 
-class ExperimentFolderError(ValueError):
-    r"""The output folder cannot be used: it is a file, or a non-empty folder that is not
-    an experiment folder (it would be replaced)."""
+ExperimentFolderError = _errors.OutputError  # the library's one family of expected failures
 
 
 # ---------------------------------------------------------------------------

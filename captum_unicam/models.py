@@ -43,6 +43,8 @@ of torchvision's, is read too when the architecture is given.
 
 from __future__ import annotations
 
+from captum_unicam import errors as _errors
+
 import difflib
 import io
 import os
@@ -90,11 +92,7 @@ _VERSION = 1
 _BUILD_ATTR = "_captum_unicam_build"  # set on models made by build_model
 
 
-class CheckpointError(ValueError):
-    r"""A checkpoint file is missing, unreadable, or holds another model than expected.
-
-    The message names the file, what it holds, what was expected and how to fix it.
-    """
+CheckpointError = _errors.CheckpointError  # the library's one family of expected failures
 
 
 # ---------------------------------------------------------------------------

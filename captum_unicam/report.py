@@ -21,6 +21,8 @@ pointing game, with bootstrap intervals.
 
 from __future__ import annotations
 
+from captum_unicam import errors as _errors
+
 import csv
 import datetime
 import html
@@ -54,9 +56,7 @@ __all__ = [
 PathLike = Union[str, os.PathLike]
 
 
-class OutputFolderError(ValueError):
-    r"""The report folder cannot be written: it exists and is not empty (and
-    ``overwrite`` was not given), or it is a file."""
+OutputFolderError = _errors.OutputError  # the library's one family of expected failures
 
 
 # ---------------------------------------------------------------------------

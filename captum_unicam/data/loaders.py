@@ -29,6 +29,8 @@ images are resized (shorter side to ``image_size * 8 / 7``) and centre-cropped t
 
 from __future__ import annotations
 
+from captum_unicam import errors as _errors
+
 import math
 import os
 import pathlib
@@ -53,9 +55,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 _DEFAULT_CONTROLLED_SIZE = {"train": 2000, "test": 1000, "val": 1000, "transfer": 4000}
 
 
-class DataSpecError(ValueError):
-    r"""A data spec cannot be loaded: unknown scheme, missing or empty folder, absent
-    CIFAR-10 files. The message says what is wrong and what to do."""
+DataSpecError = _errors.DataSpecError  # the library's one family of expected failures
 
 
 class _Subset(Dataset):
