@@ -1,0 +1,1 @@
+"""Everything that writes files: reports, tables, figures, and safe publishing of them."""
