@@ -549,9 +549,18 @@ class UniCAM(LayerAttribution, GradientAttribution):
                         must be at least 4 examples.
             target (int, list, Tensor, optional): The labels of the examples:
 
-                        - an int, applied to every example;
                         - a list or 1-D integer tensor of class indices, one per
-                          example (a one-element tensor applies to all);
+                          example;
+                        - an int (or a one-element tensor), applied to every example:
+                          only with ``context`` (or a reference set), since one label
+                          for the whole batch leaves nothing to correlate with and is
+                          refused;
+                        - Captum's tuple targets for a model with a multi-dimensional
+                          output: a list of ``N`` tuples (or one tuple, as an int),
+                          each the index of one output element; its class is the
+                          element's row-major position in the output, so
+                          ``label_embeddings`` needs a row per output element (for an
+                          ``(N, C)`` output, ``(c,)`` is class ``c``);
                         - an ``(N, e)`` float tensor of label vectors, used as
                           :math:`Y` directly.
 
@@ -608,7 +617,10 @@ class UniCAM(LayerAttribution, GradientAttribution):
                         LayerGradCam treats them). ``features="both"`` returns
                         ``(distilled, residual)``, the first on the Student's grid,
                         the second on the Base's. Rows of ``context`` are not
-                        returned. When ``inputs`` is a tuple, a single map is
+                        returned. A layer whose output (or input) is a tuple of
+                        tensors gives a tuple of maps, one per tensor, as
+                        ``LayerGradCam`` does; the representation read there is the
+                        row-wise concatenation of the flattened tensors. When ``inputs`` is a tuple, a single map is
                         returned as a 1-tuple, as Captum's primary attributions do:
                         ``captum.metrics.sensitivity_max`` calls the explanation
                         function with a tuple and reads a bare tensor wrongly
