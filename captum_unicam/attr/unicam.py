@@ -617,7 +617,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
                         LayerGradCam treats them). ``features="both"`` returns
                         ``(distilled, residual)``, the first on the Student's grid,
                         the second on the Base's. Rows of ``context`` are not
-                        returned. A layer whose output (or input) is a tuple of
+                        returned. A layer whose output is a tuple of
                         tensors gives a tuple of maps, one per tensor, as
                         ``LayerGradCam`` does; the representation read there is the
                         row-wise concatenation of the flattened tensors. When ``inputs`` is a tuple, a single map is
