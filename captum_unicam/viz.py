@@ -30,6 +30,8 @@ from torch import Tensor
 
 import matplotlib
 
+from captum_unicam.errors import InputError
+
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
@@ -39,6 +41,8 @@ __all__ = [
     "EMPTY_MAP_NOTE",
     "HEAT_CMAP",
     "is_empty_map",
+    "visualize_image_attr",
+    "visualize_image_attr_multiple",
     "upsample_maps",
     "draw_attribution",
     "attribution_grid",
@@ -52,6 +56,9 @@ EMPTY_MAP_NOTE = "no positive evidence after ReLU"
 
 #: Colour map of the heat maps (the usual Grad-CAM colours).
 HEAT_CMAP = "jet"
+
+_SIGNS = ("positive", "negative", "absolute_value", "all")
+_METHODS = ("heat_map", "blended_heat_map", "original_image", "masked_image", "alpha_scaling")
 
 _DPI = 110
 _FONT = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 8}
@@ -80,20 +87,195 @@ def _as_image(image: Union[Tensor, np.ndarray]) -> np.ndarray:
     return np.clip(arr, 0.0, 1.0)
 
 
-def is_empty_map(attr: Union[Tensor, np.ndarray]) -> bool:
-    r"""Whether a map has nothing Captum can draw with ``sign="positive"``.
+def is_empty_map(attr: Union[Tensor, np.ndarray], sign: str = "positive") -> bool:
+    r"""Whether a map has nothing Captum can draw with the given ``sign``.
 
     Args:
         attr (Tensor or numpy.ndarray): one map, any shape.
+        sign (str, optional): Captum's ``sign`` argument: ``"positive"``,
+            ``"negative"``, ``"absolute_value"`` or ``"all"``.
+            Default: "positive"
 
     Returns:
-        bool: True when no entry is a finite positive number (all zero, all negative,
-        or not finite), i.e. when ``visualize_image_attr(..., sign="positive")`` would
-        raise.
+        bool: True when no finite entry has that sign (for ``"positive"``: all zero, all
+        negative, or not finite; for ``"absolute_value"`` and ``"all"``: no finite
+        non-zero entry), i.e. when ``captum.attr.visualization.visualize_image_attr(...,
+        sign=sign)`` would raise ``AssertionError: Cannot normalize by scale factor = 0``.
+
+    Examples::
+
+        >>> import torch
+        >>> from captum_unicam.viz import is_empty_map
+        >>> is_empty_map(torch.zeros(1, 7, 7))
+        True
+        >>> is_empty_map(-torch.ones(1, 7, 7)), is_empty_map(-torch.ones(1, 7, 7), "all")
+        (True, False)
     """
+    if sign not in _SIGNS:
+        raise InputError(f"`sign` must be one of {_SIGNS}, got {sign!r}.")
     arr = attr.detach().cpu().double().numpy() if isinstance(attr, Tensor) else np.asarray(attr, float)
     finite = arr[np.isfinite(arr)]
-    return finite.size == 0 or not bool((finite > 0).any())
+    if sign == "positive":
+        finite = finite[finite > 0]
+    elif sign == "negative":
+        finite = finite[finite < 0]
+    else:
+        finite = finite[finite != 0]
+    return finite.size == 0
+
+
+def _empty_note(sign: str) -> str:
+    if sign == "positive":
+        return EMPTY_MAP_NOTE
+    if sign == "negative":
+        return "no negative evidence"
+    return "all-zero map"
+
+
+def _hwc(value: Union[None, Tensor, np.ndarray]) -> Optional[np.ndarray]:
+    """Captum's layout (H, W, C) as a numpy array; a tensor (C, H, W) or (H, W) is turned."""
+    if value is None or not isinstance(value, Tensor):
+        return value
+    arr = value.detach().cpu().double().numpy()
+    if arr.ndim == 2:
+        return arr[:, :, None]
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
+        return arr.transpose(1, 2, 0)
+    return arr
+
+
+def visualize_image_attr(
+    attr: Union[Tensor, np.ndarray],
+    original_image: Union[None, Tensor, np.ndarray] = None,
+    method: str = "heat_map",
+    sign: str = "absolute_value",
+    plt_fig_axis: Optional[Tuple[Figure, "matplotlib.axes.Axes"]] = None,
+    outlier_perc: Union[int, float] = 2,
+    cmap=None,
+    alpha_overlay: float = 0.5,
+    show_colorbar: bool = False,
+    title: Optional[str] = None,
+    fig_size: Tuple[int, int] = (6, 6),
+    use_pyplot: bool = True,
+):
+    r"""Captum's :func:`captum.attr.visualization.visualize_image_attr`, safe for empty maps.
+
+    UniCAM (and Grad-CAM with ``relu_attributions=True``) often returns maps that are zero
+    everywhere: no part of the image raises the score. Captum's visualiser divides by the
+    map's largest value and stops with ``AssertionError: Cannot normalize by scale factor
+    = 0``. This function takes Captum's arguments with Captum's meaning and calls it
+    unchanged whenever the map has something of the requested ``sign``; otherwise
+    (:func:`is_empty_map`) it draws the original image greyed, or an empty panel, with a
+    note such as :data:`EMPTY_MAP_NOTE`, on the same kind of figure and axis Captum would
+    use, and returns them the same way.
+
+    Args:
+        attr (numpy.ndarray or Tensor): the map, ``(H, W, C)`` as in Captum (a tensor
+            ``(1, H, W)`` or ``(H, W)`` is accepted too, e.g. one upsampled UniCAM map).
+        original_image (numpy.ndarray or Tensor, optional): ``(H, W, C)`` image (or a
+            ``(C, H, W)`` tensor), values in [0, 1] or [0, 255]. Default: None
+        method, sign, plt_fig_axis, outlier_perc, cmap, alpha_overlay, show_colorbar,
+        title, fig_size, use_pyplot: as in Captum's ``visualize_image_attr``.
+
+    Returns:
+        2-element tuple of **figure**, **axis**, as Captum's.
+
+    Examples::
+
+        >>> from captum.attr import LayerAttribution
+        >>> from captum_unicam import viz
+        >>> attr = unicam.attribute(x, target=y)  # doctest: +SKIP
+        >>> up = LayerAttribution.interpolate(attr, x.shape[-2:], "bilinear")  # doctest: +SKIP
+        >>> fig, ax = viz.visualize_image_attr(up[0], x[0], "blended_heat_map",
+        ...                                    "positive", use_pyplot=False)  # doctest: +SKIP
+    """
+    from captum.attr import visualization as captum_viz
+
+    attr_np, image = _hwc(attr), _hwc(original_image)
+    if sign not in _SIGNS:
+        raise InputError(f"`sign` must be one of {_SIGNS}, got {sign!r}.")
+    if method == "original_image" or not is_empty_map(attr_np, sign):
+        if method == "original_image":  # Captum normalises the map even here; it is unused
+            attr_np = np.ones_like(np.asarray(attr_np, float))
+        return captum_viz.visualize_image_attr(
+            attr_np, image, method=method, sign=sign, plt_fig_axis=plt_fig_axis,
+            outlier_perc=outlier_perc, cmap=cmap, alpha_overlay=alpha_overlay,
+            show_colorbar=show_colorbar, title=title, fig_size=fig_size, use_pyplot=use_pyplot,
+        )
+    if method not in _METHODS:
+        raise InputError(f"`method` must be one of {_METHODS}, got {method!r}.")
+    if image is None and method != "heat_map":
+        raise InputError(f"`original_image` is needed for method={method!r}, as in Captum.")
+    if plt_fig_axis is not None:
+        fig, ax = plt_fig_axis
+    elif use_pyplot:
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=fig_size)
+    else:
+        fig = _new_figure(fig_size)
+        ax = fig.subplots()
+    if image is not None:
+        ax.imshow(_as_image(image).mean(axis=2), cmap="gray", vmin=0.0, vmax=1.0, alpha=0.35)
+    ax.text(0.5, 0.5, _empty_note(sign), transform=ax.transAxes, ha="center", va="center",
+            fontsize=8, color="#7a1f1f",
+            bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="#c9a0a0", alpha=0.9))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title)
+    if use_pyplot:
+        import matplotlib.pyplot as plt
+
+        plt.show()
+    return fig, ax
+
+
+def visualize_image_attr_multiple(
+    attr: Union[Tensor, np.ndarray],
+    original_image: Union[None, Tensor, np.ndarray],
+    methods: Sequence[str],
+    signs: Sequence[str],
+    titles: Optional[Sequence[str]] = None,
+    fig_size: Tuple[int, int] = (8, 6),
+    use_pyplot: bool = True,
+    **kwargs,
+):
+    r"""Captum's :func:`captum.attr.visualization.visualize_image_attr_multiple`, safe for
+    empty maps: each panel is drawn by :func:`visualize_image_attr` above, so a panel
+    whose map has nothing of its ``sign`` shows a note instead of stopping the figure.
+
+    Args:
+        attr, original_image, methods, signs, titles, fig_size, use_pyplot, **kwargs: as in
+            Captum's ``visualize_image_attr_multiple`` (tensors accepted as in
+            :func:`visualize_image_attr`).
+
+    Returns:
+        2-element tuple of **figure**, **axis** (one axis, or a list of them), as Captum's.
+    """
+    if len(methods) != len(signs):
+        raise InputError(f"`methods` and `signs` must have the same length; got {len(methods)} and {len(signs)}.")
+    if titles is not None and len(titles) != len(methods):
+        raise InputError(f"`titles` must have one entry per method; got {len(titles)} for {len(methods)}.")
+    if use_pyplot:
+        import matplotlib.pyplot as plt
+
+        fig = plt.figure(figsize=fig_size)
+    else:
+        fig = _new_figure(fig_size)
+    axes = fig.subplots(1, len(methods), squeeze=True)
+    axis_list = [axes] if len(methods) == 1 else list(np.asarray(axes).ravel())
+    for i, (method, sign) in enumerate(zip(methods, signs)):
+        visualize_image_attr(
+            attr, original_image, method=method, sign=sign, plt_fig_axis=(fig, axis_list[i]),
+            use_pyplot=False, title=titles[i] if titles else None, **kwargs,
+        )
+    fig.tight_layout()
+    if use_pyplot:
+        import matplotlib.pyplot as plt
+
+        plt.show()
+    return fig, (axis_list[0] if len(methods) == 1 else axis_list)
 
 
 def upsample_maps(maps: Tensor, size: Sequence[int]) -> Tensor:

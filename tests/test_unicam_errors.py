@@ -84,7 +84,7 @@ def test_target_out_of_range(pair, data):
     finally:
         handle.remove()
     with pytest.raises(ValueError, match="out of range: there are 4 classes"):
-        unicam_of(pair).attribute(x, target=7)
+        unicam_of(pair).attribute(x, target=[7, 0, 1, 2, 3, 0, 1, 2])
 
 
 def test_bad_arguments(pair, data):
@@ -127,7 +127,7 @@ def test_batchwise_additional_arg_needs_context_rows():
 def test_inputs_the_model_rejects(pair):
     x = torch.randn(8, 5, 16, 16, dtype=torch.float64)  # 5 channels, the models take 3
     with pytest.raises(ValueError, match="Student failed on the inputs") as info:
-        unicam_of(pair).attribute(x, target=0)
+        unicam_of(pair).attribute(x, target=torch.arange(8) % 4)
     assert isinstance(info.value.__cause__, RuntimeError)
     assert all_hooks(*pair) == 0
 
@@ -161,7 +161,7 @@ def test_layer_with_non_tensor_output(data):
             self.conv = nn.Conv2d(3, 4, 3, padding=1)
 
         def forward(self, x):
-            return self.conv(x), x
+            return self.conv(x), x.shape[0]  # a tuple holding a non-tensor
 
     class Net(nn.Module):
         def __init__(self):
@@ -227,7 +227,7 @@ def test_constant_base_representation_warns_and_removes_nothing(data):
 def test_one_class_in_the_batch_warns(pair, data):
     x, _ = data
     with pytest.warns(UniCAMWarning, match="same label vector"):
-        d = unicam_of(pair).attribute(x, target=2)
+        d = unicam_of(pair).attribute(x, target=torch.full((x.shape[0],), 2))
     assert float(d.abs().max()) == 0.0
 
 

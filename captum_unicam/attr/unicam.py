@@ -21,10 +21,12 @@ import torch.nn.functional as F
 from captum._utils.common import _format_additional_forward_args, _format_tensor_into_tuples
 from captum._utils.typing import TargetType
 from captum.attr._utils.attribution import GradientAttribution, LayerAttribution
+from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
 from captum_unicam import stats
+from captum_unicam.errors import InputError
 
 __all__ = ["UniCAM", "UniCAMWarning"]
 
@@ -39,8 +41,8 @@ class UniCAMWarning(UserWarning):
     in a state (training mode) that makes the explanation unreliable."""
 
 
-class _HookError(ValueError):
-    """Raised from inside a hook: passed to the user as is, not wrapped."""
+class _HookError(InputError):
+    """Raised from inside a hook; re-raised to the user as a plain InputError."""
 
 
 # ---------------------------------------------------------------------------
@@ -82,6 +84,7 @@ class _Capture:
         self.to_input = to_input
         self.graph = graph
         self.activation: Optional[Tensor] = None
+        self.shapes: Optional[List[torch.Size]] = None  # several tensors at the layer
         self.representation: Optional[Tensor] = None
         self._tick = 0
         self._activation_tick = 0
@@ -105,24 +108,64 @@ class _Capture:
             handle.remove()
         self._handles = []
 
-    def _take(self, value: Any, where: str) -> Optional[Tensor]:
-        if not isinstance(value, Tensor) or not value.is_floating_point():
+    def _take(self, value: Any, where: str) -> Any:
+        tensors = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        if not tensors or not all(isinstance(t, Tensor) and t.is_floating_point() for t in tensors):
+            got = ", ".join(
+                type(t).__name__ if not isinstance(t, Tensor) else str(t.dtype) for t in tensors
+            ) or "an empty tuple"
             raise _HookError(
-                f"The {where} of `{self.layer_arg}` in the {self.model} is "
-                f"{type(value).__name__ if not isinstance(value, Tensor) else value.dtype}; "
-                "UniCAM needs a single floating-point tensor there. Choose a layer whose "
-                f"{where} is one tensor (or set attribute_to_layer_input="
-                f"{not self.to_input})."
+                f"The {where} of `{self.layer_arg}` in the {self.model} is {got}; UniCAM "
+                "needs a single floating-point tensor there, or a tuple of them (one map "
+                "each, as LayerGradCam). "
+                f"Choose another layer (or set attribute_to_layer_input={not self.to_input})."
+            )
+        if len({t.shape[0] if t.dim() else None for t in tensors}) != 1 or tensors[0].dim() == 0:
+            raise _HookError(
+                f"The tensors of the {where} of `{self.layer_arg}` in the {self.model} do not "
+                f"all have one row per example (shapes {[tuple(t.shape) for t in tensors]}); "
+                "choose a layer whose tensors keep the batch dimension first."
             )
         self._tick += 1
         self._activation_tick = self._tick
-        leaf = value.detach().clone()
+        if len(tensors) == 1:
+            self.shapes = None
+            leaf = tensors[0].detach().clone()
+        else:
+            # Several tensors (as LayerGradCam, one map each): the activation is their
+            # row-wise concatenation, the representation read from it by default;
+            # maps() splits it (and its gradient) back into the pieces.
+            self.shapes = [t.shape for t in tensors]
+            leaf = torch.cat([t.detach().reshape(t.shape[0], -1) for t in tensors], dim=1)
         self.activation = leaf
-        if self.graph:
-            torch.set_grad_enabled(True)
-            leaf.requires_grad_(True)
+        if not self.graph:
+            return None
+        torch.set_grad_enabled(True)
+        leaf.requires_grad_(True)
+        if self.shapes is None:
             return leaf.clone()  # a non-leaf copy, so in-place layers downstream stay legal
-        return None
+        pieces = tuple(p.clone() for p in self.split(leaf))
+        if isinstance(value, list):
+            return list(pieces)
+        return type(value)(*pieces) if hasattr(value, "_fields") else type(value)(pieces)
+
+    def split(self, packed: Tensor) -> Tuple[Tensor, ...]:
+        """The captured tensors (or their gradients) from the packed form, in order."""
+        assert self.shapes is not None
+        sizes = [int(torch.Size(shape[1:]).numel()) for shape in self.shapes]
+        return tuple(
+            part.reshape((packed.shape[0],) + tuple(shape[1:]))
+            for part, shape in zip(packed.split(sizes, dim=1), self.shapes)
+        )
+
+    def maps(self, grad: Optional[Tensor], relu: bool, summation: bool, n: int) -> Union[Tensor, Tuple[Tensor, ...]]:
+        """Grad-CAM maps of the first n rows: one tensor, or one map per captured tensor
+        (a tuple, as LayerGradCam returns for a layer with several tensors)."""
+        a = self.activation.detach()
+        if self.shapes is None:
+            return UniCAM._gradcam(a, grad, relu, summation)[:n]
+        grads = (None,) * len(self.shapes) if grad is None else self.split(grad)
+        return tuple(UniCAM._gradcam(p, g, relu, summation)[:n] for p, g in zip(self.split(a), grads))
 
     def _hook(self, module: Module, args: Any, output: Any) -> Optional[Tensor]:
         return self._take(output, "output")
@@ -153,20 +196,20 @@ class _Capture:
 
     def check(self) -> None:
         if self.activation is None:
-            raise ValueError(
+            raise InputError(
                 f"`{self.layer_arg}` ({type(self.layer).__name__}) was never called during "
                 f"the {self.model}'s forward pass; pass a submodule that the model runs "
                 "on these inputs."
             )
         if self.feature_layer is not None:
             if self.representation is None:
-                raise ValueError(
+                raise InputError(
                     f"`{self.feature_arg}` ({type(self.feature_layer).__name__}) was never "
                     f"called during the {self.model}'s forward pass; pass a submodule that "
                     "the model runs, at or after the attribution layer."
                 )
             if self._feature_tick < self._activation_tick:
-                raise ValueError(
+                raise InputError(
                     f"`{self.feature_arg}` runs before `{self.layer_arg}` in the {self.model}"
                     "'s forward pass, so its output cannot depend on the attribution "
                     "layer; pass a representation layer at or after the attribution layer "
@@ -174,7 +217,7 @@ class _Capture:
                 )
         for name, value in (("activations", self.activation), ("representation", self.representation)):
             if value is not None and not bool(torch.isfinite(value.detach()).all()):
-                raise ValueError(
+                raise InputError(
                     f"The {self.model}'s {name} at "
                     f"`{self.layer_arg if name == 'activations' else self.feature_arg}` "
                     "contain NaN or Inf; check the inputs and the model's weights."
@@ -186,50 +229,128 @@ class _Capture:
 # ---------------------------------------------------------------------------
 
 
-def _parse_target(target: Any, n: int, name: str, table_rows: Optional[int]) -> Tuple[str, Optional[Tensor]]:
-    """Returns ("predicted", None), ("index", LongTensor (n,)) or ("vector", Tensor (n, e))."""
+def _parse_target(
+    target: Any, n: int, name: str, table_rows: Optional[int], alone: bool = False
+) -> Tuple[str, Optional[Tensor]]:
+    """Returns ("predicted", None), ("index", LongTensor (n,)), ("multi", LongTensor (n, k))
+    or ("vector", Tensor (n, e)).
+
+    "multi" holds Captum's tuple targets (one index per non-batch dimension of a model
+    output with several); :func:`_ravel_targets` turns them into class indices once the
+    output's shape is known. ``alone``: these n examples are the whole batch (no context
+    or reference set), so one target shared by all of them can only give zero maps.
+    """
     if target is None:
         return "predicted", None
     how = (
         f"`{name}` must be None (the Student's predicted classes), an int, a list or 1-D "
-        f"tensor of {n} class indices, or an ({n}, e) float tensor of label vectors"
+        f"tensor of {n} class indices, a tuple of ints or a list of {n} tuples (an element "
+        f"of a multi-dimensional output, as in Captum), or an ({n}, e) float tensor of "
+        "label vectors"
     )
+
+    def is_int(t: Any) -> bool:
+        return isinstance(t, int) and not isinstance(t, bool)
+
+    shared = False
     if isinstance(target, bool):
-        raise ValueError(f"{how}; got a bool.")
-    if isinstance(target, int):
-        index = torch.full((n,), target, dtype=torch.long)
+        raise InputError(f"{how}; got a bool.")
+    if is_int(target):
+        index, shared = torch.full((n,), target, dtype=torch.long), True
+    elif isinstance(target, tuple):
+        if not target or not all(is_int(t) for t in target):
+            raise InputError(f"{how}; got the tuple {target!r}.")
+        index, shared = torch.tensor([target] * n, dtype=torch.long).reshape(n, len(target)), True
     elif isinstance(target, list):
-        if len(target) != n or not all(isinstance(t, int) and not isinstance(t, bool) for t in target):
-            raise ValueError(f"{how}; got a list of length {len(target)}.")
-        index = torch.tensor(target, dtype=torch.long)
+        if len(target) != n:
+            raise InputError(f"{how}; got a list of length {len(target)}.")
+        if all(isinstance(t, tuple) for t in target):
+            if len({len(t) for t in target}) != 1 or not all(t and all(is_int(i) for i in t) for t in target):
+                raise InputError(f"{how}; got a list of tuples that are not all ints of one length.")
+            index = torch.tensor(target, dtype=torch.long).reshape(n, len(target[0]))
+        elif all(is_int(t) for t in target):
+            index = torch.tensor(target, dtype=torch.long)
+        else:
+            raise InputError(f"{how}; got a list of {sorted({type(t).__name__ for t in target})}.")
     elif isinstance(target, Tensor):
         if target.is_floating_point():
             if target.dim() != 2 or target.shape[0] != n:
-                raise ValueError(
+                raise InputError(
                     f"{how}; got a float tensor of shape {tuple(target.shape)}. Class indices "
                     "must be an integer tensor; label vectors a 2-D float tensor."
                 )
             if not bool(torch.isfinite(target).all()):
-                raise ValueError(f"`{name}` (label vectors) contains NaN or Inf.")
+                raise InputError(f"`{name}` (label vectors) contains NaN or Inf.")
             return "vector", target
         if target.dtype == torch.bool or target.is_complex():
-            raise ValueError(f"{how}; got dtype {target.dtype}.")
+            raise InputError(f"{how}; got dtype {target.dtype}.")
         if target.numel() == 1:
-            index = torch.full((n,), int(target.reshape(())), dtype=torch.long)
+            index, shared = torch.full((n,), int(target.reshape(())), dtype=torch.long), True
         elif target.dim() == 1 and target.shape[0] == n:
             index = target.detach().to("cpu", torch.long)
         else:
-            raise ValueError(f"{how}; got an integer tensor of shape {tuple(target.shape)}.")
+            raise InputError(f"{how}; got an integer tensor of shape {tuple(target.shape)}.")
     else:
-        raise ValueError(f"{how}; got {type(target).__name__}.")
+        raise InputError(f"{how}; got {type(target).__name__}.")
     if bool((index < 0).any()):
-        raise ValueError(f"`{name}` contains negative class indices: {index[index < 0].tolist()[:5]}.")
+        raise InputError(f"`{name}` contains negative class indices: {index[index < 0].tolist()[:5]}.")
+    if shared and alone and n > 1:
+        raise InputError(
+            f"`{name}`={target!r} (one int or tuple for every example) gives all {n} examples the same label. UniCAM's score "
+            "correlates the representations with the labels over the batch, so with one "
+            "label for every sample the label distance matrix is zero and the maps are "
+            "always zero. Pass one class index per example (a list or 1-D tensor), label "
+            "vectors, or a reference set of other classes with `context=`."
+        )
+    if index.dim() == 2:
+        return "multi", index
     if table_rows is not None and bool((index >= table_rows).any()):
-        raise ValueError(
+        raise InputError(
             f"`{name}` contains class index {int(index.max())}, but `label_embeddings` has "
             f"only {table_rows} rows (one per class); give an embedding for every class."
         )
     return "index", index
+
+
+def _ravel_targets(
+    parts: List[Tuple[Tuple[str, Optional[Tensor]], int]], output: Any, table_rows: Optional[int]
+) -> List[Tuple[Tuple[str, Optional[Tensor]], int]]:
+    """Tuple targets -> class indices: the position of the selected element in the
+    Student's output per example, flattened in row-major order (for an (N, C) output the
+    tuple (c,) is class c). Needs the output's shape, so it runs after the forward pass."""
+    if not any(kind == "multi" for (kind, _), _ in parts):
+        return parts
+    dims = tuple(output.shape[1:]) if isinstance(output, Tensor) else None
+    result = []
+    for (kind, index), count in parts:
+        if kind == "multi":
+            assert index is not None
+            if dims is None or index.shape[1] != len(dims) or bool((index >= torch.tensor(dims)).any()):
+                raise InputError(
+                    f"A tuple target must give one index per non-batch dimension of the "
+                    f"Student's output, within its size; the output has shape "
+                    f"{tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__}"
+                    f" and the target tuples have {index.shape[1]} entries (largest "
+                    f"{index.max(dim=0).values.tolist()})."
+                )
+            strides = torch.tensor([int(torch.Size(dims[i + 1 :]).numel()) for i in range(len(dims))])
+            flat = (index * strides).sum(dim=1)
+            if table_rows is None and len(dims) > 1:
+                raise InputError(
+                    "A tuple target names an element of a multi-dimensional output; UniCAM "
+                    "needs a label vector for it: pass `label_embeddings` with one row per "
+                    f"output element ({int(torch.Size(dims).numel())} rows, in row-major "
+                    "order), or label vectors as `target`."
+                )
+            if table_rows is not None and bool((flat >= table_rows).any()):
+                raise InputError(
+                    f"The tuple target selects output element {int(flat.max())} (row-major), "
+                    f"but `label_embeddings` has only {table_rows} rows; give one row per "
+                    "output element."
+                )
+            kind, index = "index", flat
+        result.append(((kind, index), count))
+    return result
 
 
 def _same_rows(y: Tensor) -> bool:
@@ -402,6 +523,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
 
     # -- public API ----------------------------------------------------------
 
+    @log_usage(part_of_slo=True)
     def attribute(
         self,
         inputs: Union[Tensor, Tuple[Tensor, ...]],
@@ -427,9 +549,18 @@ class UniCAM(LayerAttribution, GradientAttribution):
                         must be at least 4 examples.
             target (int, list, Tensor, optional): The labels of the examples:
 
-                        - an int, applied to every example;
                         - a list or 1-D integer tensor of class indices, one per
-                          example (a one-element tensor applies to all);
+                          example;
+                        - an int (or a one-element tensor), applied to every example:
+                          only with ``context`` (or a reference set), since one label
+                          for the whole batch leaves nothing to correlate with and is
+                          refused;
+                        - Captum's tuple targets for a model with a multi-dimensional
+                          output: a list of ``N`` tuples (or one tuple, as an int),
+                          each the index of one output element; its class is the
+                          element's row-major position in the output, so
+                          ``label_embeddings`` needs a row per output element (for an
+                          ``(N, C)`` output, ``(c,)`` is class ``c``);
                         - an ``(N, e)`` float tensor of label vectors, used as
                           :math:`Y` directly.
 
@@ -486,7 +617,10 @@ class UniCAM(LayerAttribution, GradientAttribution):
                         LayerGradCam treats them). ``features="both"`` returns
                         ``(distilled, residual)``, the first on the Student's grid,
                         the second on the Base's. Rows of ``context`` are not
-                        returned. When ``inputs`` is a tuple, a single map is
+                        returned. A layer whose output is a tuple of
+                        tensors gives a tuple of maps, one per tensor, as
+                        ``LayerGradCam`` does; the representation read there is the
+                        row-wise concatenation of the flattened tensors. When ``inputs`` is a tuple, a single map is
                         returned as a 1-tuple, as Captum's primary attributions do:
                         ``captum.metrics.sensitivity_max`` calls the explanation
                         function with a tuple and reads a bare tensor wrongly
@@ -523,6 +657,14 @@ class UniCAM(LayerAttribution, GradientAttribution):
         """
         if features not in _FEATURES:
             raise ValueError(f"`features` must be one of {_FEATURES}, got {features!r}.")
+        if torch.is_inference_mode_enabled():
+            raise InputError(
+                "UniCAM.attribute was called under torch.inference_mode(): its maps are "
+                "gradients of the score, and inference mode records no autograd graph "
+                "(torch.enable_grad() cannot switch it back on). Call attribute outside "
+                "the inference_mode block (torch.no_grad() around it is fine); score() "
+                "needs no gradient and works there."
+            )
         maps, scores = self._compute(
             inputs,
             target,
@@ -537,6 +679,8 @@ class UniCAM(LayerAttribution, GradientAttribution):
         )
         if features == "both":
             out: Any = maps
+        elif isinstance(maps[0], tuple):
+            out = maps[0]  # a layer with several tensors: a tuple of maps, as LayerGradCam
         else:
             # Captum's convention for tuple inputs, which captum.metrics relies on
             # (sensitivity_max calls the explanation function with a tuple first).
@@ -545,6 +689,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
             return out
         return out, (scores if features == "both" else scores[0])
 
+    @log_usage(part_of_slo=True)
     def score(
         self,
         inputs: Union[Tensor, Tuple[Tensor, ...]],
@@ -602,7 +747,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
         n = inputs[0].shape[0]
         args = _format_additional_forward_args(additional_forward_args) or ()
         table_rows = None if self.label_embeddings is None else self.label_embeddings.shape[0]
-        parts = [(_parse_target(target, n, "target", table_rows), n)]
+        parts = [(_parse_target(target, n, "target", table_rows, alone=context is None), n)]
         if context is not None:
             inputs, args, ctx_part = self._join_context(inputs, args, context, table_rows)
             parts.append(ctx_part)
@@ -632,7 +777,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
         )
 
         # 3. Label vectors Y.
-        y = self._labels(parts, out_s)
+        y = self._labels(_ravel_targets(parts, out_s, table_rows), out_s)
 
         # 4. Scores and their gradients with respect to the layer activations.
         with torch.enable_grad() if maps else torch.no_grad():
@@ -644,19 +789,22 @@ class UniCAM(LayerAttribution, GradientAttribution):
             for kind in kinds:
                 if kind == "distilled":
                     s = self._score(x_s, y, x_b, "distilled", cache)
-                    grads_of.append((s, leaf_s, a_s, self._transforms[0]))
+                    grads_of.append((s, leaf_s, a_s, self._transforms[0], cap_s))
                 else:
                     s = self._score(x_b, y, x_s, "residual", cache)
-                    grads_of.append((s, leaf_b, a_b, self._transforms[1]))
+                    grads_of.append((s, leaf_b, a_b, self._transforms[1], cap_b))
                 scores.append(torch.zeros((), dtype=x_s.dtype, device=x_s.device) if s is None else s.detach())
             if not maps:
                 return (), tuple(scores)
             results = []
-            for i, (s, leaf, a, transform) in enumerate(grads_of):
+            for i, (s, leaf, a, transform, cap) in enumerate(grads_of):
                 more = any(other is not None for other, *_ in grads_of[i + 1 :])
                 grad = self._gradient(s, leaf, grad_kwargs or {}, retain=more)
                 if transform is not None and grad is not None:
                     grad = transform(grad)
+                if cap.shapes is not None:  # a layer with several tensors: one map each
+                    results.append(cap.maps(grad, relu_attributions, attr_dim_summation, n))
+                    continue
                 results.append(self._gradcam(a.detach(), grad, relu_attributions, attr_dim_summation)[:n])
         return tuple(results), tuple(scores)
 
@@ -737,7 +885,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
                     f"running statistics). Call .eval() on the {model} before explaining; "
                     "UniCAM does not change the mode.",
                     UniCAMWarning,
-                    stacklevel=4,
+                    stacklevel=5,
                 )
 
     @staticmethod
@@ -765,8 +913,8 @@ class UniCAM(LayerAttribution, GradientAttribution):
             with torch.no_grad():
                 try:
                     output = forward_func(*inputs, *args)
-                except _HookError:
-                    raise
+                except _HookError as err:
+                    raise InputError(str(err)) from None
                 except Exception as err:
                     raise ValueError(
                         f"The {model} failed on the inputs ({type(err).__name__}: {err}). "
@@ -866,7 +1014,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
                 f"nothing to remove: the {kind} score is the distance correlation of the "
                 f"{explained} with the labels.",
                 UniCAMWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         reason = None
         if _same_rows(xd):
@@ -901,7 +1049,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
             warnings.warn(
                 f"UniCAM {kind} score set to 0 and its maps to zero: {reason}.",
                 UniCAMWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
             return None
         # pdCor(x, y; z) from the three shared correlations, as stats computes it
