@@ -753,7 +753,7 @@ def _report_degenerate(records: List[Dict[str, Any]], seen: int) -> None:
             f"evaluate_kd left {len(left_out)} of {seen} batches out of every statistic, because "
             f"their labels carry no information: {parts}. To fix it, {LABEL_FIX}. Their indices are "
             "in KDEvaluation.degenerate_batches.",
-            stacklevel=3,
+            stacklevel=4,
         )
     by_reason_v: Dict[str, Dict[str, int]] = {}
     for r in records:
@@ -769,7 +769,7 @@ def _report_degenerate(records: List[Dict[str, Any]], seen: int) -> None:
         warn_degenerate(
             f"evaluate_kd set some per-batch values to 0: {parts}. The counts are in "
             "KDEvaluation.degenerate_values.",
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
@@ -777,7 +777,7 @@ def _reemit(caught: Dict[Tuple[type, str], int]) -> None:
     """Warnings raised while the batches were evaluated (e.g. UniCAM's), once each."""
     for (category, message), count in caught.items():
         suffix = f" (in {count} batches)" if count > 1 else ""
-        warnings.warn(message + suffix, category, stacklevel=3)
+        warnings.warn(message + suffix, category, stacklevel=4)
 
 
 @kd_compat
@@ -1057,12 +1057,12 @@ def evaluate_kd(
     if failure is not None:
         raise failure
     records.sort(key=lambda r: (r["index"], r["rank"]))
-    _reemit(caught)
-    if rank == 0:
-        _report_degenerate(records, len(records))
-
     done = [r for r in records if r["values"] is not None]
-    if not done:
+    if done:
+        _reemit(caught)  # warnings.warn <- _reemit <- evaluate_kd <- kd_compat <- the caller
+        if rank == 0:
+            _report_degenerate(records, len(records))
+    else:
         small = sum(1 for r in records if r["values"] is None and not r.get("degenerate"))
         degenerate = [r for r in records if r.get("degenerate")]
         raise InputError(
