@@ -8,6 +8,8 @@ import dcor
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tiny_models import TinyNet
 from torch import nn
 
@@ -251,3 +253,23 @@ def test_evaluate_kd_counts_values_set_to_zero(nets):
     assert len(ours) == 1 and "same for every sample" in str(ours[0].message)
     assert all(result.degenerate_values[f"L1/gradcam/{m}"] == 3 for m in ("fss", "rs_base", "rs_student", "rs_distilled", "rs_residual"))
     assert all(v == [0.0] * 3 for v in result.values["L1"]["gradcam"].values())
+
+
+def test_all_but_one_in_one_class_is_degenerate_too(nets):
+    """U-centring removes every additive matrix d_ij = a_i + a_j: one odd sample among one class."""
+    s, _ = nets
+    y = torch.tensor([0, 0, 0, 0, 0, 1])
+    assert abs(dcor.u_distance_correlation_sqr(feats_of(s, s.layer2, batch(6)), np.eye(2)[y.numpy()])) < 1e-10
+    with pytest.warns(UniCAMWarning, match="additive"):
+        assert float(relevance_score(s, s.layer2, batch(6), target=y)) == 0.0
+
+
+@settings(deadline=None, max_examples=60)
+@given(labels=st.lists(st.integers(0, 5), min_size=5, max_size=10))
+def test_one_hot_degeneracy_is_exactly_the_additive_cases(labels):
+    """With one-hot labels the U-centred label matrix is zero exactly for one class, all classes
+    distinct, or all samples but one in one class (the additive distance matrices)."""
+    n, counts = len(labels), np.bincount(labels)
+    expected = counts.max() == n or counts.max() == 1 or counts.max() == n - 1
+    y = torch.nn.functional.one_hot(torch.tensor(labels), 6).double()
+    assert (label_degeneracy(y) is not None) == expected

@@ -181,8 +181,10 @@ def label_degeneracy(y: Tensor) -> Optional[str]:
     """Why the label vectors ``y`` (n, e) carry no information, or None.
 
     Distance correlations with ``y`` use its U-centred distance matrix; when that matrix
-    is zero (one class; or all pairs of label vectors equally far apart, as one-hot
-    labels of a batch in which no class repeats) every score with the labels is 0/0.
+    is zero every score with the labels is 0/0. U-centring removes exactly the additive
+    matrices :math:`d_{ij} = a_i + a_j`, so with one-hot labels this happens for one class,
+    for a batch in which no class repeats (all pairs equally far apart), and for a batch with
+    all samples but one in one class.
     "Numerically zero" means below ``1e-10`` times the largest label distance; one
     repeated class pair among n distinct one-hot classes leaves about ``0.9`` of it.
     """
@@ -193,8 +195,9 @@ def label_degeneracy(y: Tensor) -> Optional[str]:
     if float(stats.u_centered(a).abs().max()) <= _LABEL_TOL * top:
         return (
             "every pair of label vectors is the same distance apart (one-hot labels of a batch in "
-            "which no class repeats, or a label table whose rows are all equally far apart), so "
-            "the U-centred label distance matrix is zero"
+            "which no class repeats, or a label table whose rows are all equally far apart), or "
+            "more generally the label distances are additive, d_ij = a_i + a_j (one-hot labels with "
+            "all samples but one in one class), so the U-centred label distance matrix is zero"
         )
     return None
 
