@@ -90,6 +90,10 @@ def test_old_fss_forms_warn_and_agree(setup):
         old = feature_similarity_score(s, s.layer2, x, base_forward_func=b, base_layer=b.layer2, attributions=attr,
                                        perturb_func=ROAD0)
     assert float(old) == float(new)
+    with pytest.raises(TypeError, match="takes 3 positional arguments .* pass the rest by keyword"):
+        feature_similarity_score(s, s.layer2, x, b, b.layer2)
+    with pytest.raises(TypeError, match="positional"):  # the Base of evaluate_kd is keyword-only too
+        evaluate_kd(s, {"L2": (s.layer2, b.layer2)}, [(x, y)], b)
     with pytest.raises(TypeError, match="multiple values"):
         with deprecated("deprecated"):
             feature_similarity_score(s, s.layer2, b, b.layer2, x, inputs=x)

@@ -65,6 +65,11 @@ def fss_compat(func: Callable) -> Callable:
         old_positional = len(args) > 3 or (
             len(args) == 3 and "base_forward_func" not in kwargs and callable(args[2]) and not _looks_like_inputs(args[2])
         )
+        if old_positional and _looks_like_inputs(args[2]):
+            raise TypeError(
+                f"feature_similarity_score() takes 3 positional arguments (forward_func, layer, inputs) but "
+                f"{len(args)} were given; pass the rest by keyword: {_FSS_NEW}"
+            )
         if old_positional:
             _deprecated("feature_similarity_score(forward_func, layer, base_forward_func, base_layer, inputs, ...)", _FSS_NEW)
             kwargs = _bind_positional("feature_similarity_score", _FSS_OLD, args, kwargs)
