@@ -776,7 +776,7 @@ def _report_degenerate(records: List[Dict[str, Any]], seen: int) -> None:
 def _reemit(caught: Dict[Tuple[type, str], int]) -> None:
     """Warnings raised while the batches were evaluated (e.g. UniCAM's), once each."""
     for (category, message), count in caught.items():
-        suffix = f" (in {count} batches)" if count > 1 else ""
+        suffix = f" (raised {count} times over the batches)" if count > 1 else ""
         warnings.warn(message + suffix, category, stacklevel=4)
 
 
