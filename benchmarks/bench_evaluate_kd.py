@@ -1,8 +1,9 @@
 """Benchmark: evaluate_kd over L1..L4 in one call against one call per layer.
 
 torchvision ResNet-18 Student and Base (random weights, ``weights=None``: nothing is
-downloaded), eval mode, CPU, ``torch.set_num_threads(2)``, two batches of 32 images of
-3x112x112, all four map kinds (raw, Grad-CAM, UniCAM distilled, UniCAM residual).
+downloaded), eval mode, CPU (or ``--device cuda``: the models are moved there and
+``evaluate_kd(..., device=None)`` follows them), ``torch.set_num_threads(2)``, two batches of
+32 images of 3x112x112, all four map kinds (raw, Grad-CAM, UniCAM distilled, UniCAM residual).
 
 - peer: ``evaluate_kd`` called once per layer with a one-layer dict (each call runs the
   Grad-CAM forward + backward and the raw-feature forward for its own layer);
@@ -11,7 +12,7 @@ downloaded), eval mode, CPU, ``torch.set_num_threads(2)``, two batches of 32 ima
 
 The two are timed interleaved (A B A B ...) and their per-batch values must be identical.
 
-    python benchmarks/bench_evaluate_kd.py [--repeats 3] [--batch 32] [--size 112]
+    python benchmarks/bench_evaluate_kd.py [--repeats 3] [--batch 32] [--size 112] [--device cpu]
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=112)
+    parser.add_argument("--device", default="cpu", help="where the models live (cpu, cuda, cuda:1)")
     args = parser.parse_args()
     torch.set_num_threads(2)
 
     torch.manual_seed(0)
-    student, base = resnet18(weights=None, num_classes=10).eval(), resnet18(weights=None, num_classes=10).eval()
+    device = torch.device(args.device)
+    student = resnet18(weights=None, num_classes=10).eval().to(device)
+    base = resnet18(weights=None, num_classes=10).eval().to(device)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2 * args.batch, 3, args.size, args.size, generator=g)
     y = torch.arange(2 * args.batch) % 10
@@ -44,20 +48,27 @@ def main() -> None:
     options = dict(progress=False, n_bootstrap=10, n_permutations=10)
 
     def together():
-        return evaluate_kd(student, base, loader, layers, **options).values
+        return evaluate_kd(student, layers, loader, base_forward_func=base, **options).values
 
     def one_by_one():
-        return {name: evaluate_kd(student, base, loader, {name: pair}, **options).values[name]
+        return {name: evaluate_kd(student, {name: pair}, loader, base_forward_func=base, **options).values[name]
                 for name, pair in layers.items()}
+
+    def timed(fn):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return out, time.perf_counter() - t0
 
     t_ours, t_peer = [], []
     for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        ours = together()
-        t_ours.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        peer = one_by_one()
-        t_peer.append(time.perf_counter() - t0)
+        ours, t = timed(together)
+        t_ours.append(t)
+        peer, t = timed(one_by_one)
+        t_peer.append(t)
 
     diff = max(
         abs(a - b)
@@ -66,7 +77,7 @@ def main() -> None:
     )
     m_ours, m_peer = statistics.median(t_ours), statistics.median(t_peer)
     print(f"evaluate_kd, ResNet-18, 2 batches of {args.batch} x 3x{args.size}x{args.size}, L1..L4, "
-          f"4 map kinds, CPU, {torch.get_num_threads()} threads, {args.repeats} interleaved repeats, medians")
+          f"4 map kinds, {device}, {torch.get_num_threads()} CPU threads, {args.repeats} interleaved repeats, medians")
     print()
     print("| what | time (s) | per-repeat (s) |")
     print("|---|---|---|")

@@ -42,7 +42,8 @@ def evaluate(loader, student, base, layers, emb, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # UniCAM degenerate-case warnings on random nets
         return evaluate_kd(
-            student, base, loader, layers, label_embeddings=emb, progress=False, n_bootstrap=100, **kwargs
+            student, layers, loader, base_forward_func=base, label_embeddings=emb, progress=False, n_bootstrap=100,
+            **kwargs,
         )
 
 
@@ -58,18 +59,18 @@ def run(rank: int, world_size: int, port: int, out_dir: str) -> None:
         #    (road_impute with its default noise: random, yet the same on any rank)
         from captum_unicam.perturb import road_impute
 
-        result = evaluate(DataLoader(data, batch_size=BATCH), student, base, layers, emb, perturb_func=road_impute)
+        result = evaluate(DataLoader(data, batch_size=BATCH), student, base, layers, emb, perturbation=road_impute)
         (out / f"rank{rank}.json").write_text(result.to_json())
         # 2. the caller shards with a DistributedSampler
         sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=False)
         loader = DataLoader(data, batch_size=SAMPLER_BATCH, sampler=sampler)
-        result = evaluate(loader, student, base, layers, emb, map_kinds=("none", "distilled"))
+        result = evaluate(loader, student, base, layers, emb, maps=("none", "distilled"))
         (out / f"sampler_rank{rank}.json").write_text(result.to_json())
         # 3. a bad batch on rank 1 only: every rank raises, none waits forever
         x, y = data.tensors
         bad = [(x[:6], y[:6]), (torch.full_like(x[:6], float("nan")), y[:6])]
         try:
-            evaluate(bad, student, base, layers, emb, map_kinds=("none",))
+            evaluate(bad, student, base, layers, emb, maps=("none",))
         except ValueError as err:
             (out / f"error_rank{rank}.txt").write_text(str(err))
     finally:

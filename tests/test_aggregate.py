@@ -17,7 +17,8 @@ from tiny_models import TinyNet
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from captum_unicam.attr.unicam import UniCAM
+from captum_unicam.attr.unicam import UniCAM, UniCAMWarning
+from captum_unicam.errors import InputError
 from captum_unicam.metrics import (
     KDEvaluation,
     evaluate_kd,
@@ -56,7 +57,9 @@ def evaluation():
     s, b = make_models()
     loader = DataLoader(make_data(), batch_size=6)  # 6, 6, 6, 6, 2: the last one is skipped
     with pytest.warns(UserWarning, match="batch 4 has 2 samples"):
-        result = evaluate_kd(s, b, loader, layers_of(s, b), label_embeddings=EMB, progress=False, n_bootstrap=200)
+        result = evaluate_kd(
+            s, layers_of(s, b), loader, base_forward_func=b, label_embeddings=EMB, progress=False, n_bootstrap=200
+        )
     return s, b, loader, result
 
 
@@ -128,12 +131,15 @@ def test_per_batch_values_equal_metric_functions(evaluation):
             for kind, attr in maps.items():
                 pair = attr if isinstance(attr, tuple) else (attr, attr)
                 want = {
-                    "fss": feature_similarity_score(s, sl, b, bl, x, attr),
-                    "rs_student": relevance_score(s, sl, x, y, pair[0], label_embeddings=EMB),
-                    "rs_base": relevance_score(b, bl, x, y, pair[1], label_embeddings=EMB),
-                    "rs_distilled": relevance_score(s, sl, x, y, attr, label_embeddings=EMB, given=(b, bl)),
+                    "fss": feature_similarity_score(s, sl, x, base_forward_func=b, base_layer=bl, attributions=attr),
+                    "rs_student": relevance_score(s, sl, x, target=y, label_embeddings=EMB, attributions=pair[0]),
+                    "rs_base": relevance_score(b, bl, x, target=y, label_embeddings=EMB, attributions=pair[1]),
+                    "rs_distilled": relevance_score(
+                        s, sl, x, target=y, label_embeddings=EMB, base_forward_func=b, base_layer=bl, attributions=attr
+                    ),
                     "rs_residual": relevance_score(
-                        b, bl, x, y, attr if attr is None else (pair[1], pair[0]), label_embeddings=EMB, given=(s, sl)
+                        b, bl, x, target=y, label_embeddings=EMB, base_forward_func=s, base_layer=sl,
+                        attributions=attr if attr is None else (pair[1], pair[0]),
                     ),
                 }
                 pos = result.batch_indices.index(i)
@@ -207,11 +213,14 @@ def test_subset_of_kinds_v_estimator_and_modes():
     s.train()
     loader = DataLoader(make_data(12), batch_size=6)
     with pytest.warns(UserWarning, match="training mode"):
-        res = evaluate_kd(s, b, [(x, y) for x, y, _ in loader], {"L2": (s.layer2, b.layer2)}, map_kinds=("none",), estimator="v", progress=False)
+        res = evaluate_kd(
+            s, {"L2": (s.layer2, b.layer2)}, [(x, y) for x, y, _ in loader], base_forward_func=b, maps=("none",),
+            estimator="v", progress=False,
+        )
     assert s.training and not b.training  # modes untouched
     s.eval()
     x, y, _ = next(iter(loader))
-    want = feature_similarity_score(s, s.layer2, b, b.layer2, x, estimator="v")
+    want = feature_similarity_score(s, s.layer2, x, base_forward_func=b, base_layer=b.layer2, estimator="v")
     assert res.values["L2"]["none"]["fss"][0] == pytest.approx(float(want), abs=1e-9)
     assert res.map_kinds == ["none"] and res.settings["label_embeddings"] == "one-hot"
     for m in list(s.modules()) + list(b.modules()):
@@ -225,22 +234,26 @@ def test_value_errors():
     lay = layers_of(s, b)
 
     def run(**kw):
-        args = dict(student=s, base=b, loader=loader, layers=lay, progress=False)
+        args = dict(forward_func=s, base_forward_func=b, data=loader, layers=lay, progress=False)
         args.update(kw)
         return evaluate_kd(**args)
 
-    with pytest.raises(ValueError, match="3 rows but target holds class index 3"):
-        run(loader=[(torch.rand(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 0, 1]))], label_embeddings=torch.randn(3, 4))
-    with pytest.raises(ValueError, match="batch 0: inputs contain NaN"):
-        run(loader=[(torch.full((6, 3, 16, 16), float("nan")), torch.arange(6) % 3)])
-    with pytest.raises(ValueError, match="at least 4"):
-        run(loader=DataLoader(data, batch_size=5), small_batches="error")
+    with pytest.raises(InputError, match="batch 0: target holds class index 3, but the models have 3 outputs"):
+        run(data=[(torch.rand(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 0, 1]))], label_embeddings=torch.randn(3, 4))
+    with pytest.raises(InputError, match="batch 0: inputs contain NaN"):
+        run(data=[(torch.full((6, 3, 16, 16), float("nan")), torch.arange(6) % 3)])
+    with pytest.raises(InputError, match="at least 5"):
+        run(data=DataLoader(data, batch_size=4), small_batches="error")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(ValueError, match="no batch had at least 4"):
-            run(loader=DataLoader(data, batch_size=3))
-    with pytest.raises(ValueError, match="map_kinds"):
-        run(map_kinds=("gradcam", "unicam"))
+        with pytest.raises(InputError, match="no batch could be scored"):
+            run(data=DataLoader(data, batch_size=4))
+    with pytest.raises(InputError, match="maps must be"):
+        run(maps=("gradcam", "unicam"))
+    with pytest.raises(InputError, match="perturbation=None scores raw features only"):
+        run(perturbation=None, maps=("gradcam",))
+    with pytest.raises(InputError, match="perturbation must be"):
+        run(perturbation="blur")
     with pytest.raises(ValueError, match="not a module of the student"):
         run(layers={"L1": (b.layer1, b.layer1)})
     with pytest.raises(ValueError, match="non-empty mapping"):
@@ -252,7 +265,7 @@ def test_value_errors():
     with pytest.raises(ValueError, match="label_embeddings contain NaN"):
         run(label_embeddings=torch.full((3, 2), float("nan")))
     with pytest.raises(ValueError, match=r"\(inputs, target"):
-        run(loader=[torch.rand(6, 3, 16, 16)])
+        run(data=[torch.rand(6, 3, 16, 16)])
     for m in list(s.modules()) + list(b.modules()):
         assert not m._forward_hooks and not m._backward_hooks
 
@@ -277,12 +290,20 @@ def test_student_much_better_than_base_gives_small_p():
     y = torch.arange(48) % 2
     x[:, 0, :2, :2] += 3.0 * y.view(-1, 1, 1).float()
     s, b = Oracle(True).eval(), Oracle(False).eval()
-    res = evaluate_kd(s, b, DataLoader(TensorDataset(x, y), batch_size=8), {"L": (s.layer, b.layer)}, map_kinds=("none",), progress=False)
+    res = evaluate_kd(
+        s, {"L": (s.layer, b.layer)}, DataLoader(TensorDataset(x, y), batch_size=8), base_forward_func=b, maps=("none",),
+        progress=False,
+    )
     e = res.summary()["by_layer"]["L"]["none"]
     assert e["rs_student"]["mean"] > 0.5 > 0.1 > e["rs_base"]["mean"]
     assert e["p_student_gt_base"] == pytest.approx(2**-6)
     assert e["p_distilled_gt_residual"] == pytest.approx(2**-6)
-    same = evaluate_kd(s, s, DataLoader(TensorDataset(x, y), batch_size=8), {"L": (s.layer, s.layer)}, map_kinds=("none",), progress=False)
+    with pytest.warns(UniCAMWarning, match="same distance structure"):  # one warning for all batches
+        same = evaluate_kd(
+            s, {"L": (s.layer, s.layer)}, DataLoader(TensorDataset(x, y), batch_size=8), base_forward_func=s,
+            maps=("none",), progress=False,
+        )
+    assert same.degenerate_values == {"L/none/rs_distilled": 6, "L/none/rs_residual": 6}
     assert same.summary()["by_layer"]["L"]["none"]["p_student_gt_base"] == 1.0
 
 
@@ -315,7 +336,8 @@ def test_random_perturbation_is_seeded_per_batch():
     s, b = make_models()
     batches = [(x, y) for x, y, _ in DataLoader(make_data(12), batch_size=6)]
     run = lambda data, seed=0: evaluate_kd(  # noqa: E731
-        s, b, data, {"L1": (s.layer1, b.layer1)}, map_kinds=("gradcam",), perturb_func=road_impute, seed=seed, progress=False
+        s, {"L1": (s.layer1, b.layer1)}, data, base_forward_func=b, maps=("gradcam",), perturbation=road_impute, seed=seed,
+        progress=False,
     )
     torch.manual_seed(123)
     state = torch.get_rng_state()

@@ -43,7 +43,7 @@ def test_two_processes_equal_one(tmp_path):
         from captum_unicam.perturb import road_impute
 
         single = worker.evaluate(
-            DataLoader(data, batch_size=worker.BATCH), student, base, layers, emb, perturb_func=road_impute
+            DataLoader(data, batch_size=worker.BATCH), student, base, layers, emb, perturbation=road_impute
         )
         # the same batches as the two DistributedSamplers, in the order (local index, rank)
         bs = worker.SAMPLER_BATCH
@@ -51,7 +51,7 @@ def test_two_processes_equal_one(tmp_path):
             list(range(r, len(data), 2))[i * bs : (i + 1) * bs] for i in range(len(data) // 2 // bs) for r in (0, 1)
         ]
         interleaved = [(data[idx][0], data[idx][1]) for idx in (torch.tensor(o) for o in order)]
-        single_sampler = worker.evaluate(interleaved, student, base, layers, emb, map_kinds=("none", "distilled"))
+        single_sampler = worker.evaluate(interleaved, student, base, layers, emb, maps=("none", "distilled"))
     finally:
         torch.set_num_threads(before)
 

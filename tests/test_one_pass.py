@@ -141,6 +141,6 @@ def test_evaluate_kd_perturbs_once_per_map():
 
     x, y = _x(n=8, seed=2)
     layers = {"L1": (student.layer1, base.layer1), "L2": (student.layer2, base.layer2)}
-    evaluate_kd(student, base, [(x, y)], layers, perturb_func=counting, progress=False,
+    evaluate_kd(student, layers, [(x, y)], base_forward_func=base, perturbation=counting, progress=False,
                 n_bootstrap=10, n_permutations=10)
     assert len(calls) == len(layers) * (2 + 1 + 1)

@@ -2,10 +2,22 @@
 
 - :func:`feature_similarity_score`: FSS of a Student and a Base on one batch;
 - :func:`relevance_score`: RS of a model on one batch, or of its unique (distilled /
-  residual) features with ``given=``;
-- :func:`evaluate_kd`: both over a DataLoader, per layer and map kind, with bootstrap
+  residual) features given a Base (``base_forward_func=``, ``base_layer=``);
+- :func:`evaluate_kd`: both over a data loader, per layer and map kind, with bootstrap
   intervals, permutation p-values and ``torch.distributed`` sharding; returns a
   :class:`KDEvaluation` (JSON, Markdown and CSV tables in the layout of the paper's Table 1).
+
+All three share one signature: the model, its layer(s) and the data first, then keyword-only
+arguments, the Base always named ``base_forward_func`` / ``base_layer``, and the perturbation
+``perturbation(inputs, attributions) -> perturbed inputs`` (not Captum's ``perturb_func``
+contract of ``infidelity``)::
+
+    feature_similarity_score(forward_func, layer, inputs, *, base_forward_func, base_layer,
+                             attributions=None, perturbation=mask_multiply, ...)
+    relevance_score(forward_func, layer, inputs, *, target, label_embeddings=None,
+                    base_forward_func=None, base_layer=None, attributions=None, ...)
+    evaluate_kd(forward_func, layers, data, *, base_forward_func, label_embeddings=None,
+                maps=None, perturbation=mask_multiply, estimator="u", device=None, ...)
 """
 
 from captum_unicam.metrics.aggregate import KDEvaluation, evaluate_kd

@@ -27,25 +27,31 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from captum_unicam import stats
+from captum_unicam.errors import DeviceError, InputError
+from captum_unicam.metrics._compat import kd_compat
 from captum_unicam.metrics.fss import (
-    MIN_BATCH,
+    LABEL_FIX,
+    MIN_BATCH_PARTIAL,
+    Estimator,
+    Scores,
     _check_estimator,
+    _check_forward_func,
     _check_inputs,
-    _check_perturb_func,
-    dcor_sqr,
+    _check_perturbation,
+    label_degeneracy,
     layer_features,
     layers_features,
     mask_multiply,
     perturb,
+    warn_degenerate,
 )
-from captum_unicam.metrics.rs import _check_label_embeddings, label_vectors
+from captum_unicam.metrics.rs import _check_label_embeddings, _target_indices, label_vectors
 
 __all__ = [
     "evaluate_kd",
@@ -171,10 +177,16 @@ class KDEvaluation:
                     in batch order; metrics are :data:`METRICS`.
         batch_indices (list[int]): index of each evaluated batch in the loader.
         batch_sizes (list[int]): its number of samples.
-        skipped_batches (list[int]): indices of batches skipped for having fewer than 4
+        skipped_batches (list[int]): indices of batches skipped for having fewer than 5
                     samples.
         settings (dict): estimator, perturbation, label vectors, bootstrap and
                     permutation settings, seed, world size.
+        degenerate_batches (list[int]): indices of batches left out because their labels
+                    carry no information (one class, or one-hot labels with no repeated
+                    class: the U-centred label distance matrix is zero).
+        degenerate_values (dict): ``"layer/kind/metric"`` -> number of batches in which
+                    that value was set to 0 for a degenerate case (e.g. features constant
+                    over the batch because every map is zero).
     """
 
     layers: List[str]
@@ -184,6 +196,8 @@ class KDEvaluation:
     batch_sizes: List[int]
     skipped_batches: List[int] = field(default_factory=list)
     settings: Dict[str, Any] = field(default_factory=dict)
+    degenerate_batches: List[int] = field(default_factory=list)
+    degenerate_values: Dict[str, int] = field(default_factory=dict)
 
     def per_batch(self, layer: str, kind: str, metric: str) -> np.ndarray:
         """Per-batch values of one metric, as a float64 array."""
@@ -263,6 +277,8 @@ class KDEvaluation:
             "batch_indices": list(self.batch_indices),
             "batch_sizes": list(self.batch_sizes),
             "skipped_batches": list(self.skipped_batches),
+            "degenerate_batches": list(self.degenerate_batches),
+            "degenerate_values": dict(self.degenerate_values),
             "settings": dict(self.settings),
             "values": self.values,
             "summary": self.summary(),
@@ -283,7 +299,7 @@ class KDEvaluation:
         else:
             data = json.loads(Path(source).read_text(encoding="utf-8"))
         if data.get("format") != _FORMAT:
-            raise ValueError(f"not a KDEvaluation JSON (format {data.get('format')!r}, expected {_FORMAT!r}).")
+            raise InputError(f"not a KDEvaluation JSON (format {data.get('format')!r}, expected {_FORMAT!r}).")
         return cls(
             layers=list(data["layers"]),
             map_kinds=list(data["map_kinds"]),
@@ -295,6 +311,8 @@ class KDEvaluation:
             batch_sizes=[int(i) for i in data["batch_sizes"]],
             skipped_batches=[int(i) for i in data.get("skipped_batches", [])],
             settings=dict(data.get("settings", {})),
+            degenerate_batches=[int(i) for i in data.get("degenerate_batches", [])],
+            degenerate_values={str(k): int(v) for k, v in data.get("degenerate_values", {}).items()},
         )
 
     # -- tables -----------------------------------------------------------
@@ -313,7 +331,7 @@ class KDEvaluation:
         ]
         missing = sorted({k for _, k, _ in cols} - set(self.map_kinds))
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"layout='paper' needs the map kinds gradcam, distilled and residual; missing {missing}."
             )
         return cols
@@ -324,7 +342,7 @@ class KDEvaluation:
             f"Mean over {len(self.batch_indices)} batches ± half the width of the 95 % bootstrap "
             f"interval ({st.get('n_bootstrap', '?')} resamples of the batches, seed {st.get('seed', '?')}). "
             f"p: one-sided paired permutation test over batches. Estimator {st.get('estimator', '?')!r}, "
-            f"perturbation {st.get('perturb_func', '?')}, labels {st.get('label_embeddings', '?')}."
+            f"perturbation {st.get('perturbation', st.get('perturb_func', '?'))}, labels {st.get('label_embeddings', '?')}."
         )
 
     def to_markdown(
@@ -360,7 +378,7 @@ class KDEvaluation:
             body = [[layer] + [fmt(s[layer][k][m]) for _, k, m in cols] for layer in self.layers]
             n_text = 1
         else:
-            raise ValueError(f"layout must be 'full' or 'paper', got {layout!r}.")
+            raise InputError(f"layout must be 'full' or 'paper', got {layout!r}.")
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * n_text + ["---:"] * (len(header) - n_text)) + "|"]
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
         lines += ["", self._footnote()]
@@ -407,7 +425,7 @@ class KDEvaluation:
                     row += [repr(e["mean"]), repr(e["ci_low"]), repr(e["ci_high"])]
                 writer.writerow(row)
         else:
-            raise ValueError(f"layout must be 'full' or 'paper', got {layout!r}.")
+            raise InputError(f"layout must be 'full' or 'paper', got {layout!r}.")
         text = buf.getvalue()
         if path is not None:
             _write_atomic(path, text)
@@ -419,15 +437,32 @@ class KDEvaluation:
 # ---------------------------------------------------------------------------
 
 
-def _batch_metrics(feats_s: Tensor, feats_b: Tensor, y: Tensor, estimator: str) -> Dict[str, float]:
-    y = y.to(feats_s.device)
-    return {
-        "fss": float(dcor_sqr(feats_s, feats_b, estimator)),
-        "rs_base": float(dcor_sqr(feats_b, y, estimator)),
-        "rs_student": float(dcor_sqr(feats_s, y, estimator)),
-        "rs_distilled": float(stats.partial_distance_correlation(feats_s, y, feats_b)),
-        "rs_residual": float(stats.partial_distance_correlation(feats_b, y, feats_s)),
+_PERTURBATIONS = ("mask", "road", "none")
+PerturbationName = Literal["mask", "road", "none"]
+MapKind = Literal["none", "gradcam", "distilled", "residual"]
+
+
+def _batch_metrics(
+    feats_s: Tensor, feats_b: Tensor, y: Tensor, estimator: str, layer: str
+) -> Tuple[Dict[str, float], Dict[str, str]]:
+    """The five per-batch metrics, and the reason of each value set to 0 (if any).
+
+    The partial distance correlations are formed from the three bias-corrected
+    correlations that FSS and the plain RS already computed (with ``estimator="u"``)."""
+    scores = Scores(
+        {"s": feats_s, "b": feats_b, "y": y.to(feats_s.device)},
+        {"s": f"the Student's features at {layer}", "b": f"the Base's features at {layer}"},
+    )
+    results = {
+        "fss": scores.dcor("s", "b", estimator),
+        "rs_base": scores.dcor("b", "y", estimator),
+        "rs_student": scores.dcor("s", "y", estimator),
+        "rs_distilled": scores.pdcor("s", "y", "b"),
+        "rs_residual": scores.pdcor("b", "y", "s"),
     }
+    values = {m: float(v) for m, (v, _) in results.items()}
+    reasons = {m: r for m, (_, r) in results.items() if r is not None}
+    return values, reasons
 
 
 def _dist_info() -> Tuple[int, int]:
@@ -438,40 +473,155 @@ def _dist_info() -> Tuple[int, int]:
 
 def _unpack(item: Any, index: int) -> Tuple[Tensor, Any]:
     if isinstance(item, Mapping):
-        raise ValueError(
-            f"batch {index} is a mapping; evaluate_kd expects loader items (inputs, target) or "
+        raise InputError(
+            f"batch {index} is a mapping; evaluate_kd expects data items (inputs, target) or "
             "(inputs, target, mask)."
         )
     if not isinstance(item, (tuple, list)) or len(item) < 2 or not isinstance(item[0], Tensor):
-        raise ValueError(
+        raise InputError(
             f"batch {index} is not (inputs, target[, ...]) with a tensor of inputs; got "
             f"{type(item).__name__}."
         )
     return item[0], item[1]
 
 
-def _check_layers(layers: Any, student: nn.Module, base: nn.Module) -> Dict[str, Tuple[nn.Module, nn.Module]]:
+def _check_layers(layers: Any, student: Any, base: Any) -> Dict[str, Tuple[nn.Module, nn.Module]]:
     if not isinstance(layers, Mapping) or not layers:
-        raise ValueError(
+        raise InputError(
             "layers must be a non-empty mapping name -> (student_layer, base_layer), e.g. "
             "{'L4': (student.layer4[-1], base.layer4[-1])}."
         )
     out = {}
     for name, pair in layers.items():
         if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(isinstance(m, nn.Module) for m in pair):
-            raise ValueError(f"layers[{name!r}] must be a pair (student_layer, base_layer) of nn.Modules.")
+            raise InputError(f"layers[{name!r}] must be a pair (student_layer, base_layer) of nn.Modules.")
         for model, layer, who in ((student, pair[0], "student"), (base, pair[1], "base")):
             if isinstance(model, nn.Module) and not any(m is layer for m in model.modules()):
-                raise ValueError(f"layers[{name!r}]: the {who} layer is not a module of the {who} model.")
+                raise InputError(f"layers[{name!r}]: the {who} layer is not a module of the {who} model.")
         out[str(name)] = (pair[0], pair[1])
     return out
 
 
 def _check_positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        raise InputError(f"{name} must be a positive integer, got {value!r}.")
     return value
 
+
+def _resolve_perturbation(perturbation: Any) -> Tuple[Optional[Callable], str]:
+    """(callable or None, name for the settings) of ``perturbation``."""
+    if isinstance(perturbation, str):
+        if perturbation not in _PERTURBATIONS:
+            raise InputError(
+                f"perturbation must be a callable (inputs, attributions) -> perturbed inputs, None, "
+                f"or one of {_PERTURBATIONS}; got {perturbation!r}."
+            )
+        from captum_unicam.perturb import road_impute
+
+        func = {"mask": mask_multiply, "road": road_impute, "none": None}[perturbation]
+        return func, perturbation
+    _check_perturbation(perturbation)
+    if perturbation is None:
+        return None, "none"
+    return perturbation, getattr(perturbation, "__name__", type(perturbation).__name__)
+
+
+def _model_device(model: Any, layers: Sequence[nn.Module]) -> Optional[torch.device]:
+    """Device of the model's first parameter (or buffer); of its layers' if it is not a
+    Module; None if it has none."""
+    roots = [model] if isinstance(model, nn.Module) else list(layers)
+    for root in roots:
+        for t in root.parameters():
+            return t.device
+        for t in root.buffers():
+            return t.device
+    return None
+
+
+def _normalise_device(device: torch.device) -> torch.device:
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _resolve_device(
+    device: Any, student: Any, base: Any, layer_pairs: Mapping[str, Tuple[nn.Module, nn.Module]]
+) -> Optional[torch.device]:
+    """Where batches go: ``device``, or the Student's device when it is None. A Base on
+    another device than the Student, or a ``device`` other than the models', is a
+    :class:`~captum_unicam.errors.DeviceError`."""
+    s_dev = _model_device(student, [s for s, _ in layer_pairs.values()])
+    b_dev = _model_device(base, [b for _, b in layer_pairs.values()])
+    if s_dev is not None and b_dev is not None and _normalise_device(s_dev) != _normalise_device(b_dev):
+        raise DeviceError(
+            f"the Student's parameters are on {s_dev} and the Base's on {b_dev}; evaluate_kd runs "
+            "both on the same batches: move them to one device first (e.g. base.to(device))."
+        )
+    if device is None:
+        return s_dev if s_dev is not None else b_dev
+    try:
+        wanted = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise InputError(f"device must be None, a torch.device or a device string such as 'cuda:0'; got {device!r}.") from err
+    model_dev = s_dev if s_dev is not None else b_dev
+    if model_dev is not None and _normalise_device(wanted) != _normalise_device(model_dev):
+        raise DeviceError(
+            f"device={str(device)!r}, but the models' parameters are on {model_dev}; evaluate_kd "
+            "moves the batches, never the models. Pass device=None (the models' device) or move "
+            "the models with .to(device) first."
+        )
+    return wanted
+
+
+def _output_widths(
+    student: Callable, base: Callable, x: Tensor, need_logits: bool
+) -> Optional[int]:
+    """Number of classes of both models, from one forward pass of each on two samples; a
+    clear error if they differ (or if Grad-CAM needs logits and there are none)."""
+    widths = []
+    with torch.no_grad():
+        for model, who in ((student, "Student"), (base, "Base")):
+            try:
+                out = model(x)
+            except Exception as err:  # noqa: BLE001 - re-raised with what to check
+                raise InputError(
+                    f"the {who} failed on the first batch's inputs of shape {tuple(x.shape)} "
+                    f"({type(err).__name__}: {err}); check the inputs' shape, dtype and device."
+                ) from err
+            widths.append(out.shape[1] if isinstance(out, Tensor) and out.dim() == 2 else None)
+    w_s, w_b = widths
+    if need_logits and (w_s is None or w_b is None):
+        raise InputError(
+            "Grad-CAM maps (maps with 'gradcam') read each model's output as (N, num_classes) logits; "
+            "a model returns something else. Wrap it to return logits, or leave 'gradcam' out of maps."
+        )
+    if w_s is not None and w_b is not None and w_s != w_b:
+        raise InputError(
+            f"the Student has {w_s} outputs and the Base {w_b}; FSS and RS compare two models of "
+            "the same classification task, explained for the same targets: pass models with the "
+            "same classes."
+        )
+    return w_s if w_s is not None else w_b
+
+
+def _check_target(i: int, y: Any, n: int, width: Optional[int], rows: Optional[int]) -> Tensor:
+    """The batch's class indices as a LongTensor (n,), checked before any work on it."""
+    try:
+        t = _target_indices(y, n)
+    except InputError as err:
+        raise InputError(f"batch {i}: {err}") from err
+    top = int(t.max())
+    if width is not None and top >= width:
+        raise InputError(
+            f"batch {i}: target holds class index {top}, but the models have {width} outputs "
+            f"(classes 0..{width - 1}); the data's labels must index the models' classes."
+        )
+    if rows is not None and top >= rows:
+        raise InputError(
+            f"batch {i}: target holds class index {top}, but label_embeddings has {rows} rows; it "
+            "needs one row per class, in class-index order."
+        )
+    return t
 
 class _NotOnePass(Exception):
     """A layer's output is not one tensor, or the layer runs more than once."""
@@ -512,7 +662,7 @@ def _gradcams(model: nn.Module, layers: Sequence[nn.Module], x: Tensor, y: Tenso
         cams = [LayerGradCam(model, m).attribute(x, target=y, relu_attributions=True) for m in layers]
         for m, cam in zip(layers, cams):
             if not isinstance(cam, Tensor):
-                raise ValueError(
+                raise InputError(
                     f"layer {type(m).__name__} returns a {type(cam).__name__} of tensors; a Grad-CAM map "
                     "for FSS / RS needs a layer whose output is one tensor (N, C, ...): pass that module."
                 )
@@ -560,16 +710,10 @@ def _batch_rng(seed: int, index: int, device: torch.device):
 
 
 def _evaluate_batch(
-    i, x, y, student, base, layer_pairs, kinds, unicams, emb, perturb_func, estimator, device
-) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """Every metric of one batch, for each layer and map kind."""
-    x = x.to(device)
-    y = (y if isinstance(y, Tensor) else torch.as_tensor(y)).to(device)
-    try:
-        _check_inputs(x)
-        labels = label_vectors(y, x.shape[0], emb)
-    except ValueError as err:
-        raise ValueError(f"batch {i}: {err}") from err
+    x, y, labels, student, base, layer_pairs, kinds, unicams, perturbation, estimator
+) -> Tuple[Dict[str, Dict[str, Dict[str, float]]], Dict[str, str]]:
+    """Every metric of one batch, for each layer and map kind; and the reason of every
+    value set to 0, by ``"layer/kind/metric"``."""
     maps = _all_maps(kinds, student, base, layer_pairs, unicams, x, y)
     raw: Dict[str, Tuple[Tensor, Tensor]] = {}
     if "none" in kinds:  # the unperturbed features of every layer: one forward pass per model
@@ -577,6 +721,7 @@ def _evaluate_batch(
         raw_b = layers_features(base, [b for _, b in layer_pairs.values()], x)
         raw = {name: (fs, fb) for name, fs, fb in zip(layer_pairs, raw_s, raw_b)}
     values: Dict[str, Dict[str, Dict[str, float]]] = {}
+    zeroed: Dict[str, str] = {}
     for name, (s_layer, b_layer) in layer_pairs.items():
         values[name] = {}
         for kind in kinds:
@@ -584,36 +729,80 @@ def _evaluate_batch(
                 feats_s, feats_b = raw[name]
             else:
                 h_s, h_b = maps[name][kind]
-                x_s = perturb(x, h_s, perturb_func)
-                x_b = x_s if h_b is h_s else perturb(x, h_b, perturb_func)
+                x_s = perturb(x, h_s, perturbation)
+                x_b = x_s if h_b is h_s else perturb(x, h_b, perturbation)
                 feats_s = layer_features(student, s_layer, x_s)
                 feats_b = layer_features(base, b_layer, x_b)
-            values[name][kind] = _batch_metrics(feats_s, feats_b, labels, estimator)
-    return values
+            values[name][kind], reasons = _batch_metrics(feats_s, feats_b, labels, estimator, name)
+            zeroed.update({f"{name}/{kind}/{m}": r for m, r in reasons.items()})
+    return values, zeroed
 
 
+def _report_degenerate(records: List[Dict[str, Any]], seen: int) -> None:
+    """One warning for the batches left out for their labels, one for the values set to 0."""
+    left_out = [r for r in records if r.get("degenerate")]
+    if left_out:
+        by_reason: Dict[str, List[int]] = {}
+        for r in left_out:
+            by_reason.setdefault(r["degenerate"], []).append(r["index"])
+        parts = "; ".join(
+            f"{len(idx)} batch{'es' if len(idx) > 1 else ''} (indices {idx[:5]}{' ...' if len(idx) > 5 else ''}): {why}"
+            for why, idx in by_reason.items()
+        )
+        warn_degenerate(
+            f"evaluate_kd left {len(left_out)} of {seen} batches out of every statistic, because "
+            f"their labels carry no information: {parts}. To fix it, {LABEL_FIX}. Their indices are "
+            "in KDEvaluation.degenerate_batches.",
+            stacklevel=4,
+        )
+    by_reason_v: Dict[str, Dict[str, int]] = {}
+    for r in records:
+        for key, why in (r.get("zeroed") or {}).items():
+            counts = by_reason_v.setdefault(why, {})
+            counts[key] = counts.get(key, 0) + 1
+    if by_reason_v:
+        parts = "; ".join(
+            f"{why} ({', '.join(f'{k} in {c} batch' + ('es' if c > 1 else '') for k, c in list(keys.items())[:6])}"
+            f"{', ...' if len(keys) > 6 else ''})"
+            for why, keys in by_reason_v.items()
+        )
+        warn_degenerate(
+            f"evaluate_kd set some per-batch values to 0: {parts}. The counts are in "
+            "KDEvaluation.degenerate_values.",
+            stacklevel=4,
+        )
+
+
+def _reemit(caught: Dict[Tuple[type, str], int]) -> None:
+    """Warnings raised while the batches were evaluated (e.g. UniCAM's), once each."""
+    for (category, message), count in caught.items():
+        suffix = f" (raised {count} times over the batches)" if count > 1 else ""
+        warnings.warn(message + suffix, category, stacklevel=4)
+
+
+@kd_compat
 def evaluate_kd(
-    student: nn.Module,
-    base: nn.Module,
-    loader: Any,
+    forward_func: Callable,
     layers: Mapping[str, Tuple[nn.Module, nn.Module]],
+    data: Iterable[Any],
     *,
+    base_forward_func: Callable,
     label_embeddings: Optional[Tensor] = None,
-    map_kinds: Sequence[str] = MAP_KINDS,
-    perturb_func: Callable = mask_multiply,
-    estimator: str = "u",
+    maps: Optional[Sequence[MapKind]] = None,
+    perturbation: Union[Callable[[Tensor, Tensor], Tensor], PerturbationName, None] = mask_multiply,
+    estimator: Estimator = "u",
+    device: Union[None, str, torch.device] = None,
     n_bootstrap: int = 1000,
     n_permutations: int = 10000,
     seed: int = 0,
     progress: bool = True,
-    device: Union[str, torch.device] = "cpu",
-    small_batches: str = "skip",
+    small_batches: Literal["skip", "error"] = "skip",
 ) -> KDEvaluation:
     r"""FSS and RS of a Student/Base pair over a data set, per layer and map kind.
 
-    For each batch ``(x, y)`` of ``loader``, each layer ``name -> (student_layer,
+    For each batch ``(x, y)`` of ``data``, each layer ``name -> (student_layer,
     base_layer)`` and each map kind, the inputs of the two models are perturbed
-    (``perturb_func``) with these maps:
+    (``perturbation``) with these maps:
 
     ============  ==============================  ===============================
     kind          Student's input                 Base's input
@@ -647,39 +836,65 @@ def evaluate_kd(
     :func:`~captum_unicam.relevance_score`; x̂ = flattened layer output on the
     perturbed batch, Y = label vectors).
 
-    **Batches.** Loader items are ``(x, y)`` or ``(x, y, mask, ...)``; only the first
-    two are used; ``y`` holds class indices. Batches with fewer than 4 samples cannot
-    be scored (U-statistics): with ``small_batches="skip"`` (default) they are skipped
-    with a warning and listed in ``KDEvaluation.skipped_batches``; with ``"error"``
-    they raise. A DataLoader's last batch is often small: use ``drop_last=True``. The
-    models are used as given (not moved, mode unchanged): put them on ``device`` and in
-    ``eval()`` mode first, or batch-norm statistics change and dropout is active.
+    **Checks before any batch.** The layers must belong to the models; both models must
+    be on one device (``device=None``, the default, then means that device; the batches
+    are moved there, never the models); both models' output widths (from one forward pass
+    on two samples of the first batch) must agree with each other and with the rows of
+    ``label_embeddings``. Each batch's targets are checked against them before anything
+    is computed on it.
+
+    **Batches.** Data items are ``(x, y)`` or ``(x, y, mask, ...)``; only the first
+    two are used; ``y`` holds class indices. Batches with fewer than 5 samples cannot
+    be scored (the partial distance correlation is always +-1 at 4): with
+    ``small_batches="skip"`` (default) they are skipped with a warning and listed in
+    ``KDEvaluation.skipped_batches``; with ``"error"`` they raise. A DataLoader's last
+    batch is often small: use ``drop_last=True``. A batch whose labels carry no
+    information (one class; or one-hot labels and no class repeated, so that every pair
+    of label vectors is equally far apart) is left out of every statistic and listed in
+    ``KDEvaluation.degenerate_batches``, with one :class:`~captum_unicam.UniCAMWarning`
+    for all of them; use ``label_embeddings=embed_labels(class_names)`` and batches in
+    which classes repeat. Values set to 0 in a degenerate case (features constant over a
+    batch, e.g. when every map of a batch is zero) are counted in
+    ``KDEvaluation.degenerate_values`` and reported in one warning. The models are used
+    as given (not moved, mode unchanged): put them in ``eval()`` mode first, or
+    batch-norm statistics change and dropout is active.
 
     **Distributed.** If ``torch.distributed`` is initialised (e.g. under ``torchrun``,
     gloo on CPU or nccl on GPU), rank ``r`` of ``W`` computes the batches whose index
-    ``i`` in the loader satisfies ``i % W == r`` (every rank iterates the same loader,
+    ``i`` in ``data`` satisfies ``i % W == r`` (every rank iterates the same data,
     so it must yield the same batches in the same order on every rank: no unseeded
     shuffling); the per-batch values are all-gathered and ordered by ``i``, so every
-    rank returns the same result as one process over the whole loader. An error on one
+    rank returns the same result as one process over all the data. An error on one
     rank is raised on every rank (none is left waiting). If the loader
     already uses a ``DistributedSampler``, each rank computes all of its own batches
     and they are ordered by (local index, rank). With nccl, set the CUDA device of each
     rank first (``torch.cuda.set_device``), as ``all_gather_object`` requires.
 
+    The old form ``evaluate_kd(student, base, loader, layers, map_kinds=...,
+    perturb_func=...)`` still works for this release, with a ``DeprecationWarning``.
+
     Args:
-        student (torch.nn.Module): the model trained with KD.
-        base (torch.nn.Module): the same architecture trained without KD (or the Teacher).
-        loader (Iterable): batches ``(x, y[, ...])``, typically a DataLoader.
+        forward_func (torch.nn.Module): the Student, the model trained with KD.
         layers (Mapping[str, tuple[nn.Module, nn.Module]]): name -> (student_layer,
-                    base_layer), e.g. ``{"L1": (s.layer1[-1], b.layer1[-1]), ...}``.
+                    base_layer), e.g. ``{"L4": (s.layer4[-1], b.layer4[-1]), ...}``.
+        data (Iterable): batches ``(inputs, target[, ...])``, typically a DataLoader.
+        base_forward_func (torch.nn.Module): the Base, the same architecture trained
+                    without KD (or the Teacher) (keyword-only).
         label_embeddings (Tensor, optional): ``(num_classes, e)`` label vectors for RS and
-                    UniCAM (e.g. ``embed_labels(class_names)``). Default: one-hot.
-        map_kinds (sequence of str, optional): subset of ``("none", "gradcam",
-                    "distilled", "residual")``. Default: all four.
-        perturb_func (Callable, optional): ``mask_multiply`` (default) or ``road_impute``.
+                    UniCAM (e.g. ``embed_labels(class_names)``), one row per output of
+                    the models. Default: one-hot.
+        maps (sequence of str, optional): subset of ``("none", "gradcam",
+                    "distilled", "residual")``. Default: all four, or ``("none",)``
+                    with ``perturbation=None``.
+        perturbation (Callable, str or None, optional): ``perturbation(inputs,
+                    attributions) -> perturbed inputs``: ``mask_multiply`` (default),
+                    ``road_impute`` or your own; or ``"mask"``, ``"road"``; None (or
+                    ``"none"``) scores raw features only.
         estimator (str, optional): ``"u"`` (paper) or ``"v"`` for FSS and the plain RS;
                     ``rs_distilled`` / ``rs_residual`` are always the (U-statistic)
                     partial distance correlation. Default: "u".
+        device (str or torch.device, optional): where batches are moved; it must be
+                    the models' device. Default: None (the Student's device).
         n_bootstrap (int, optional): bootstrap resamples for the intervals. Default: 1000.
         n_permutations (int, optional): sign patterns for the permutation tests (all
                     :math:`2^k` when that is not more). Default: 10000.
@@ -688,7 +903,6 @@ def evaluate_kd(
                     restored), so random perturbations such as ``road_impute``'s noise are
                     reproducible and the same under any sharding. Default: 0.
         progress (bool, optional): tqdm progress bar (rank 0 only). Default: True.
-        device (str or torch.device, optional): where batches are moved. Default: "cpu".
         small_batches (str, optional): ``"skip"`` or ``"error"``. Default: "skip".
 
     Returns:
@@ -696,42 +910,58 @@ def evaluate_kd(
         ``.to_markdown()``, ``.to_csv()``.
 
     Raises:
-        ValueError: bad arguments; NaN in a batch; a target beyond the label-embedding
-                    table; a batch under 4 with ``small_batches="error"``; no batch of 4
-                    or more samples at all.
+        InputError: bad arguments; models with different output widths, or a label table
+                    with another number of rows; a target beyond them; NaN in a batch; a
+                    batch under 5 with ``small_batches="error"``; no batch that could be
+                    scored at all.
+        DeviceError: the Student and the Base on different devices, or ``device`` not
+                    theirs.
 
     Examples::
 
         >>> from captum_unicam.metrics import evaluate_kd
         >>> layers = {f"L{i}": (getattr(student, f"layer{i}")[-1], getattr(base, f"layer{i}")[-1])
         ...           for i in range(1, 5)}
-        >>> result = evaluate_kd(student.eval(), base.eval(), loader, layers,
+        >>> result = evaluate_kd(student.eval(), layers, loader, base_forward_func=base.eval(),
         ...                      label_embeddings=embed_labels(class_names))
         >>> print(result.to_markdown())
     """
+    student, base = forward_func, base_forward_func
     # -- validation before any work ------------------------------------------------
+    _check_forward_func(student, "forward_func")
+    _check_forward_func(base, "base_forward_func")
     layer_pairs = _check_layers(layers, student, base)
-    if isinstance(map_kinds, str):
-        map_kinds = (map_kinds,)
-    kinds = list(map_kinds)
+    perturb_callable, perturb_name = _resolve_perturbation(perturbation)
+    if maps is None:
+        maps = MAP_KINDS if perturb_callable is not None else ("none",)
+    if isinstance(maps, str):
+        maps = (maps,)
+    kinds = list(maps)
     unknown = [k for k in kinds if k not in MAP_KINDS]
     if not kinds or unknown or len(set(kinds)) != len(kinds):
-        raise ValueError(f"map_kinds must be distinct values among {MAP_KINDS}; got {list(map_kinds)!r}.")
+        raise InputError(f"maps must be distinct values among {MAP_KINDS}; got {list(maps)!r}.")
+    if perturb_callable is None and kinds != ["none"]:
+        raise InputError(
+            f"perturbation=None scores raw features only, but maps={kinds!r} asks for perturbed "
+            "inputs; pass maps=('none',) or a perturbation such as mask_multiply."
+        )
     _check_estimator(estimator)
-    _check_perturb_func(perturb_func)
     _check_label_embeddings(label_embeddings)
     _check_positive_int(n_bootstrap, "n_bootstrap")
     _check_positive_int(n_permutations, "n_permutations")
     if small_batches not in ("skip", "error"):
-        raise ValueError(f"small_batches must be 'skip' or 'error', got {small_batches!r}.")
-    device = torch.device(device)
-    emb = label_embeddings.detach().to(device) if label_embeddings is not None else None
+        raise InputError(f"small_batches must be 'skip' or 'error', got {small_batches!r}.")
+    device = _resolve_device(device, student, base, layer_pairs)
+    emb = label_embeddings.detach() if label_embeddings is not None else None
+    if emb is not None and device is not None:
+        emb = emb.to(device)
+    rows = emb.shape[0] if emb is not None else None
     for model, who in ((student, "student"), (base, "base")):
         if isinstance(model, nn.Module) and model.training:
             warnings.warn(
                 f"the {who} model is in training mode: batch-norm statistics will be updated and "
                 "dropout is active during evaluation; call .eval() first.",
-                stacklevel=2,
+                stacklevel=3,
             )
 
     unicams = {}
@@ -744,39 +974,67 @@ def evaluate_kd(
         }
 
     rank, world = _dist_info()
-    presharded = isinstance(getattr(loader, "sampler", None), torch.utils.data.DistributedSampler)
+    presharded = isinstance(getattr(data, "sampler", None), torch.utils.data.DistributedSampler)
 
     try:
-        total = len(loader)
+        total = len(data)
     except TypeError:
         total = None
     from tqdm.auto import tqdm
 
     records: List[Dict[str, Any]] = []
+    caught: Dict[Tuple[type, str], int] = {}
     failure: Optional[BaseException] = None
+    width: Optional[int] = None
     bar = tqdm(total=total, desc="evaluate_kd", unit="batch", disable=not progress or rank != 0)
     try:
-        for i, item in enumerate(loader):
+        for i, item in enumerate(data):
             bar.update(1)
+            x, y = _unpack(item, i)
+            if i == 0:  # every rank sees the first item: the models' widths, before any batch
+                probe = x[:2] if device is None else x[:2].to(device)
+                width = _output_widths(student, base, probe, "gradcam" in kinds)
+                if rows is not None and width is not None and rows != width:
+                    raise InputError(
+                        f"label_embeddings has {rows} rows but the models have {width} outputs; it "
+                        "needs one row per class, in the order of the models' outputs."
+                    )
             if world > 1 and not presharded and i % world != rank:
                 continue
-            x, y = _unpack(item, i)
             n = x.shape[0]
-            if n < MIN_BATCH:
+            if n < MIN_BATCH_PARTIAL:
                 msg = (
-                    f"batch {i} has {n} samples; FSS and RS need at least {MIN_BATCH} per batch. "
-                    "Use DataLoader(..., drop_last=True) or a batch size that divides the data set."
+                    f"batch {i} has {n} samples; FSS and RS need at least {MIN_BATCH_PARTIAL} per "
+                    "batch (at 4 the partial distance correlations are always +-1). Use "
+                    "DataLoader(..., drop_last=True) or a batch size that divides the data set."
                 )
                 if small_batches == "error":
-                    raise ValueError(msg)
-                warnings.warn(msg + " The batch is skipped.", stacklevel=2)
+                    raise InputError(msg)
+                warnings.warn(msg + " The batch is skipped.", stacklevel=3)
                 records.append({"index": i, "rank": rank, "size": n, "values": None})
                 continue
-            with _batch_rng(seed, i, device):
-                values = _evaluate_batch(
-                    i, x, y, student, base, layer_pairs, kinds, unicams, emb, perturb_func, estimator, device
+            if device is not None:
+                x = x.to(device)
+            y = (y if isinstance(y, Tensor) else torch.as_tensor(y)).to(x.device)
+            y = _check_target(i, y, n, width, rows)
+            try:
+                _check_inputs(x, MIN_BATCH_PARTIAL)
+                labels = label_vectors(y, n, emb)
+            except InputError as err:
+                raise InputError(f"batch {i}: {err}") from err
+            why = label_degeneracy(labels)
+            if why is not None:
+                records.append({"index": i, "rank": rank, "size": n, "values": None, "degenerate": why})
+                continue
+            with _batch_rng(seed, i, x.device), warnings.catch_warnings(record=True) as got:
+                warnings.simplefilter("always")
+                values, zeroed = _evaluate_batch(
+                    x, y, labels, student, base, layer_pairs, kinds, unicams, perturb_callable, estimator
                 )
-            records.append({"index": i, "rank": rank, "size": n, "values": values})
+            for w in got:
+                key = (w.category, str(w.message))
+                caught[key] = caught.get(key, 0) + 1
+            records.append({"index": i, "rank": rank, "size": n, "values": values, "zeroed": zeroed})
     except Exception as err:  # noqa: BLE001 - re-raised below, after telling the other ranks
         failure = err
     finally:
@@ -791,25 +1049,40 @@ def evaluate_kd(
             remote = [n for _, n in gathered if n is not None]
             if remote:
                 kind_name, message = remote[0]
-                error_type = ValueError if kind_name == "ValueError" else RuntimeError
+                error_type = {
+                    "InputError": InputError, "DeviceError": DeviceError, "ValueError": ValueError
+                }.get(kind_name, RuntimeError)
                 raise error_type(f"evaluate_kd failed on another rank: {message}")
         records = [r for part, _ in gathered for r in part]
     if failure is not None:
         raise failure
     records.sort(key=lambda r: (r["index"], r["rank"]))
-
     done = [r for r in records if r["values"] is not None]
-    if not done:
-        raise ValueError(
-            f"no batch had at least {MIN_BATCH} samples ({len(records)} batches seen); use a larger batch size."
+    if done:
+        _reemit(caught)  # warnings.warn <- _reemit <- evaluate_kd <- kd_compat <- the caller
+        if rank == 0:
+            _report_degenerate(records, len(records))
+    else:
+        small = sum(1 for r in records if r["values"] is None and not r.get("degenerate"))
+        degenerate = [r for r in records if r.get("degenerate")]
+        raise InputError(
+            f"no batch could be scored ({len(records)} seen): {small} had fewer than "
+            f"{MIN_BATCH_PARTIAL} samples (use a larger batch size) and {len(degenerate)} had labels "
+            "that carry no information"
+            + (f" ({degenerate[0]['degenerate']}; to fix it, {LABEL_FIX})" if degenerate else "")
+            + "."
         )
     result_values = {
         name: {kind: {m: [r["values"][name][kind][m] for r in done] for m in METRICS} for kind in kinds}
         for name in layer_pairs
     }
+    degenerate_values: Dict[str, int] = {}
+    for r in done:
+        for key in r.get("zeroed") or {}:
+            degenerate_values[key] = degenerate_values.get(key, 0) + 1
     settings = {
         "estimator": estimator,
-        "perturb_func": getattr(perturb_func, "__name__", type(perturb_func).__name__),
+        "perturbation": perturb_name,
         "label_embeddings": "one-hot"
         if label_embeddings is None
         else f"table {tuple(label_embeddings.shape)[0]}x{tuple(label_embeddings.shape)[1]}",
@@ -818,6 +1091,7 @@ def evaluate_kd(
         "seed": seed,
         "world_size": world,
         "sharding": "sampler" if presharded else "batch index % world size",
+        "device": str(device) if device is not None else "as given",
     }
     return KDEvaluation(
         layers=list(layer_pairs),
@@ -825,6 +1099,8 @@ def evaluate_kd(
         values=result_values,
         batch_indices=[r["index"] for r in done],
         batch_sizes=[r["size"] for r in done],
-        skipped_batches=[r["index"] for r in records if r["values"] is None],
+        skipped_batches=[r["index"] for r in records if r["values"] is None and not r.get("degenerate")],
         settings=settings,
+        degenerate_batches=[r["index"] for r in records if r.get("degenerate")],
+        degenerate_values=degenerate_values,
     )

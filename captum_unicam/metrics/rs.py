@@ -2,25 +2,34 @@ r"""Relevance score (RS, paper Sec. 3.2.2, Eq. 9), plain or of the unique featur
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
-from captum_unicam import stats
+from captum_unicam.errors import InputError
+from captum_unicam.metrics._compat import rs_compat
 from captum_unicam.metrics.fss import (
+    LABEL_FIX,
+    MIN_BATCH,
+    MIN_BATCH_PARTIAL,
     AttributionsType,
+    Estimator,
+    Perturbation,
+    Scores,
     _check_attributions,
     _check_estimator,
+    _check_forward_func,
     _check_inputs,
     _check_layer,
-    _check_perturb_func,
-    paired_features,
+    _check_perturbation,
     _single_input,
-    dcor_sqr,
+    label_degeneracy,
     layer_features,
     mask_multiply,
+    paired_features,
     perturb,
+    warn_degenerate,
 )
 
 __all__ = ["relevance_score", "label_vectors"]
@@ -30,33 +39,34 @@ def _check_label_embeddings(label_embeddings: Optional[Tensor]) -> None:
     if label_embeddings is None:
         return
     if not isinstance(label_embeddings, Tensor) or label_embeddings.dim() != 2:
-        raise ValueError(
+        raise InputError(
             "label_embeddings must be a 2-D tensor (num_classes, e), one row per class (e.g. "
             f"embed_labels(class_names)); got {getattr(label_embeddings, 'shape', type(label_embeddings).__name__)}."
         )
     if not label_embeddings.is_floating_point():
-        raise ValueError(f"label_embeddings must be floating point, got {label_embeddings.dtype}.")
+        raise InputError(f"label_embeddings must be floating point, got {label_embeddings.dtype}.")
     if not torch.isfinite(label_embeddings).all():
-        raise ValueError("label_embeddings contain NaN or Inf.")
+        raise InputError("label_embeddings contain NaN or Inf.")
 
 
 def _target_indices(target: Any, n: int) -> Tensor:
     if isinstance(target, int) or (isinstance(target, Tensor) and target.dim() == 0):
-        raise ValueError(
+        raise InputError(
             "RS needs one target per sample (a list or 1-D tensor of N class indices, or an (N, e) "
-            f"float tensor of label vectors); got a single class index {int(target)}, which makes "
-            "the labels constant over the batch and RS meaningless."
+            f"float tensor of label vectors); got a single class index {int(target)}: every sample "
+            "would get the same label vector (one-hot or from label_embeddings), the label distance "
+            "matrix would be zero and RS 0/0 for any features. Pass each sample's own class."
         )
     if target is None:
-        raise ValueError("target is required: the class index of each sample (list or 1-D tensor).")
+        raise InputError("target is required: the class index of each sample (list or 1-D tensor).")
     t = target if isinstance(target, Tensor) else torch.as_tensor(target)
     if t.dim() != 1 or t.shape[0] != n or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise ValueError(
+        raise InputError(
             f"target must hold one integer class index per sample ({n}), as a list or 1-D tensor, "
             f"or be an ({n}, e) float tensor of label vectors; got shape {tuple(t.shape)}, dtype {t.dtype}."
         )
     if n and int(t.min()) < 0:
-        raise ValueError(f"target holds a negative class index {int(t.min())}.")
+        raise InputError(f"target holds a negative class index {int(t.min())}.")
     return t.long()
 
 
@@ -71,19 +81,19 @@ def label_vectors(target: Any, n: int, label_embeddings: Optional[Tensor] = None
       RS with one-hot labels does not depend on the number of classes.
 
     Raises:
-        ValueError: a single class index for the whole batch; a target of the wrong
+        InputError: a single class index for the whole batch; a target of the wrong
                     length or type; a negative index; a label-embedding table with
                     ``num_classes <= max(target)``; NaN/Inf in the table or vectors.
     """
     if isinstance(target, Tensor) and target.is_floating_point():
         if target.dim() != 2 or target.shape[0] != n:
-            raise ValueError(
+            raise InputError(
                 f"a float target must be an ({n}, e) tensor of label vectors; got shape {tuple(target.shape)}."
             )
         if label_embeddings is not None:
-            raise ValueError("pass label vectors as target or label_embeddings with class indices, not both.")
+            raise InputError("pass label vectors as target or label_embeddings with class indices, not both.")
         if not torch.isfinite(target).all():
-            raise ValueError("target label vectors contain NaN or Inf.")
+            raise InputError("target label vectors contain NaN or Inf.")
         return target.detach().to(torch.float64)
     t = _target_indices(target, n)
     _check_label_embeddings(label_embeddings)
@@ -91,24 +101,27 @@ def label_vectors(target: Any, n: int, label_embeddings: Optional[Tensor] = None
     if label_embeddings is None:
         return torch.nn.functional.one_hot(t, top + 1).to(torch.float64)
     if label_embeddings.shape[0] <= top:
-        raise ValueError(
+        raise InputError(
             f"label_embeddings has {label_embeddings.shape[0]} rows but target holds class index "
             f"{top}; it needs one row per class (at least {top + 1}), in class-index order."
         )
     return label_embeddings.detach()[t.to(label_embeddings.device)].to(torch.float64)
 
 
+@rs_compat
 def relevance_score(
     forward_func: Callable,
     layer: nn.Module,
     inputs: Tensor,
+    *,
     target: Any,
-    attributions: AttributionsType = None,
     label_embeddings: Optional[Tensor] = None,
-    perturb_func: Callable = mask_multiply,
-    given: Optional[Tuple[Callable, nn.Module]] = None,
+    base_forward_func: Optional[Callable] = None,
+    base_layer: Optional[nn.Module] = None,
+    attributions: AttributionsType = None,
+    perturbation: Perturbation = mask_multiply,
     additional_forward_args: Any = None,
-    estimator: str = "u",
+    estimator: Estimator = "u",
 ) -> Tensor:
     r"""Relevance score (RS) of a model's features at a layer on one batch.
 
@@ -121,45 +134,61 @@ def relevance_score(
     ``label_embeddings=embed_labels(class_names)``; default one-hot). Over a data set,
     RS is the mean over batches (:func:`~captum_unicam.metrics.evaluate_kd`).
 
-    With ``given=(base_forward_func, base_layer)`` it is the RS of the *unique*
-    features: the partial distance correlation
-    :math:`\mathcal{R}^*(\hat x, Y; \hat x_{given})` (``dcor.partial_distance_correlation``),
-    the relevance left in this model's features once everything the other model's
-    features explain is removed. For the Student given the Base this is the RS of the
-    distilled features; for the Base given the Student, of the residual features.
+    With ``base_forward_func`` and ``base_layer`` it is the RS of the features *unique*
+    to ``forward_func``: the partial distance correlation
+    :math:`\mathcal{R}^*(\hat x, Y; \hat x_{base})` (``dcor.partial_distance_correlation``),
+    the relevance left in this model's features once everything the Base's features
+    explain is removed. For the Student given the Base this is the RS of the distilled
+    features; swap the models for the residual features (the Base given the Student).
+
+    The arguments after ``inputs`` are keyword-only, in the order of
+    :func:`~captum_unicam.feature_similarity_score`. The old form (``target``,
+    ``attributions``, ... positional; ``given=(base_forward_func, base_layer)``;
+    ``perturb_func=``) still works for this release, with a ``DeprecationWarning``.
 
     Args:
         forward_func (Callable): the model (or a function running it).
         layer (torch.nn.Module): the layer whose output is scored.
-        inputs (Tensor): one batch ``(N, C, H, W)``, ``N >= 4``.
-        target (list, Tensor): class index of each sample (list or 1-D tensor of N
-                    integers); or an ``(N, e)`` float tensor of label vectors.
-        attributions (Tensor or tuple[Tensor, Tensor], optional): saliency ``(N, 1,
-                    h, w)``, any spatial size. With ``given``, one tensor perturbs the
-                    inputs of both models (paper Eq. 7), a pair ``(attributions,
-                    given_attributions)`` perturbs each with its own map. Default:
-                    None (raw features, no perturbation).
+        inputs (Tensor): one batch ``(N, C, H, W)``; ``N >= 4``, or ``N >= 5`` with a
+                    Base (at ``N = 4`` the partial correlation is always +-1).
+        target (list or Tensor): class index of each sample (list or 1-D tensor of N
+                    integers); or an ``(N, e)`` float tensor of label vectors. A single
+                    int is refused: every sample would have the same label.
         label_embeddings (Tensor, optional): ``(num_classes, e)`` table indexed by
                     target. Default: None (one-hot, width ``max(target) + 1``; the
                     value is the same for any larger width).
-        perturb_func (Callable, optional): ``perturb_func(inputs, attributions)``:
-                    ``mask_multiply`` (default, Eq. C.8) or ``road_impute``.
-        given (tuple, optional): ``(base_forward_func, base_layer)``, the model whose
-                    features are partialled out. Default: None.
+        base_forward_func (Callable, optional): the model whose features are
+                    partialled out. Default: None (plain RS).
+        base_layer (torch.nn.Module, optional): its layer; given together with
+                    ``base_forward_func``.
+        attributions (Tensor or tuple[Tensor, Tensor], optional): saliency ``(N, 1,
+                    h, w)``, any spatial size. With a Base, one tensor perturbs the
+                    inputs of both models (paper Eq. 7), a pair ``(attributions,
+                    base_attributions)`` perturbs each with its own map. Default:
+                    None (raw features, no perturbation).
+        perturbation (Callable or None, optional): ``perturbation(inputs,
+                    attributions)`` returns the perturbed batch: ``mask_multiply``
+                    (default, Eq. C.8), ``road_impute`` or your own; None: raw features.
         additional_forward_args (Any, optional): extra arguments for the forward
                     function(s), as in Captum. Default: None.
         estimator (str, optional): ``"u"`` (bias-corrected, the paper's) or ``"v"``
                     (biased ``distance_correlation_sqr``). The partial distance
-                    correlation exists only as a U-statistic, so ``given`` requires
+                    correlation exists only as a U-statistic, so a Base requires
                     ``"u"``. Default: "u".
 
     Returns:
-        Tensor: a 0-dim float64 tensor.
+        Tensor: a 0-dim float64 tensor. It is 0, with a
+        :class:`~captum_unicam.UniCAMWarning` that names the cause and the fix, when the
+        labels carry no information in the batch (one class; or one-hot labels of a
+        batch in which no class repeats: all label vectors equally far apart), when the
+        features are the same for every sample, or (with a Base) when both models'
+        features have the same distance structure or the Base's explain the labels fully.
 
     Raises:
-        ValueError: fewer than 4 samples; NaN/Inf; attributions whose shape cannot be
-                    matched to the inputs; a label-embedding table smaller than the
-                    largest target; a single target for the whole batch; ``given``
+        InputError: fewer than 4 samples (5 with a Base); NaN/Inf; attributions whose
+                    shape cannot be matched to the inputs; a label-embedding table
+                    smaller than the largest target; a single target for the whole
+                    batch; only one of ``base_forward_func`` / ``base_layer``; a Base
                     with ``estimator="v"``.
 
     Examples::
@@ -168,36 +197,60 @@ def relevance_score(
         >>> E = embed_labels(class_names)
         >>> distilled = UniCAM(student, student.layer4, base, base.layer4,
         ...                    label_embeddings=E).attribute(x, target=y)
-        >>> rs = relevance_score(student, student.layer4, x, y, distilled, label_embeddings=E,
-        ...                      given=(base, base.layer4))   # RS of the distilled features
+        >>> rs = relevance_score(student, student.layer4, x, target=y, label_embeddings=E,
+        ...                      base_forward_func=base, base_layer=base.layer4,
+        ...                      attributions=distilled)   # RS of the distilled features
     """
     inputs = _single_input(inputs)
-    _check_inputs(inputs)
-    _check_estimator(estimator)
+    _check_forward_func(forward_func, "forward_func")
     _check_layer(layer, "layer")
-    _check_perturb_func(perturb_func)
+    if (base_forward_func is None) != (base_layer is None):
+        raise InputError(
+            "pass base_forward_func and base_layer together (the RS of the features unique to "
+            "forward_func, given the Base's), or neither (plain RS)."
+        )
+    with_base = base_forward_func is not None
+    if with_base:
+        _check_inputs(inputs, MIN_BATCH_PARTIAL, "RS given a Base (a partial distance correlation)")
+    else:
+        _check_inputs(inputs, MIN_BATCH)
+    _check_estimator(estimator)
+    _check_perturbation(perturbation, attributions)
     y = label_vectors(target, inputs.shape[0], label_embeddings)
-    if given is None:
+    if not with_base:
         if isinstance(attributions, (tuple, list)):
-            raise ValueError(
-                "a pair of attributions needs given=(base_forward_func, base_layer); without "
-                "given pass one tensor."
+            raise InputError(
+                "a pair of attributions needs a Base (base_forward_func=, base_layer=); without "
+                "one pass one tensor."
             )
         if attributions is not None:
             _check_attributions(attributions, inputs)
-        feats = layer_features(forward_func, layer, perturb(inputs, attributions, perturb_func), additional_forward_args)
-        return dcor_sqr(feats, y.to(feats.device), estimator)
-
-    if not (isinstance(given, (tuple, list)) and len(given) == 2 and callable(given[0])):
-        raise ValueError("given must be a pair (base_forward_func, base_layer).")
-    _check_layer(given[1], "given[1] (the given model's layer)")
-    if estimator != "u":
-        raise ValueError(
-            "given= computes the partial distance correlation, which exists only as a bias-"
-            "corrected U-statistic (as in dcor); use estimator='u'."
+    else:
+        _check_forward_func(base_forward_func, "base_forward_func")
+        _check_layer(base_layer, "base_layer")
+        if estimator != "u":
+            raise InputError(
+                "with a Base, RS is the partial distance correlation, which exists only as a "
+                "bias-corrected U-statistic (as in dcor); use estimator='u'."
+            )
+    degenerate = label_degeneracy(y)
+    if degenerate is not None:
+        warn_degenerate(f"RS set to 0: {degenerate}. To fix it, {LABEL_FIX}.")
+        return torch.zeros((), dtype=torch.float64)
+    if not with_base:
+        feats = layer_features(forward_func, layer, perturb(inputs, attributions, perturbation), additional_forward_args)
+        scores = Scores({"x": feats, "y": y.to(feats.device)}, {"x": "the model's features"})
+        value, reason = scores.dcor("x", "y", estimator)
+    else:
+        feats, feats_base = paired_features(
+            ((forward_func, layer), (base_forward_func, base_layer)),
+            inputs, attributions, perturbation, additional_forward_args, ("model", "base"),
         )
-    feats, feats_given = paired_features(
-        ((forward_func, layer), (given[0], given[1])),
-        inputs, attributions, perturb_func, additional_forward_args, ("model", "given"),
-    )
-    return stats.partial_distance_correlation(feats, y.to(feats.device), feats_given)
+        scores = Scores(
+            {"x": feats, "y": y.to(feats.device), "z": feats_base},
+            {"x": "the model's features", "z": "the Base's features"},
+        )
+        value, reason = scores.pdcor("x", "y", "z")
+    if reason is not None:
+        warn_degenerate(f"RS set to 0: {reason}.")
+    return value
