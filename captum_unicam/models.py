@@ -642,7 +642,8 @@ def _check_container(p: pathlib.Path) -> None:
         )
     raise CheckpointError(
         f"checkpoint {str(p)!r} is not a PyTorch file (neither a torch.save zip nor its "
-        "legacy format); give a .pt file written by save_checkpoint or torch.save"
+        "legacy format), so it is not loaded; give a .pt file written by save_checkpoint "
+        "or torch.save"
     )
 
 

@@ -371,3 +371,298 @@ def test_terminate_as_interrupt_restores_the_handler():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(30)  # the handler raises at once
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+# ---------------------------------------------------------------------------
+# 2. checkpoints: malicious, damaged, oversized, odd
+# ---------------------------------------------------------------------------
+
+import functools  # noqa: E402
+import pickle  # noqa: E402
+import struct  # noqa: E402
+import zipfile  # noqa: E402
+
+import torch  # noqa: E402
+
+from captum_unicam import models  # noqa: E402
+from captum_unicam.errors import CheckpointError  # noqa: E402
+from captum_unicam.models import (  # noqa: E402
+    build_model,
+    check_class_names,
+    checkpoint_digest,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("small_resnet_s", 4, width=2).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, model, arch="small_resnet_s", num_classes=4,
+                    class_names=["circle", "square", "triangle", "cross"])
+    return path, model
+
+
+@pytest.fixture
+def no_build(monkeypatch):
+    """Fails the test if a model is built."""
+    def refuse(*a, **k):
+        raise AssertionError("build_model was called")
+    monkeypatch.setattr(models, "build_model", refuse)
+
+
+class _Reduce:
+    """Unpickling this calls ``fn(*args)``."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return (self.fn, self.args)
+
+
+def _malicious(kind: str, path: Path, marker: Path) -> None:
+    m = str(marker)
+    touch = f"open({m!r}, 'w').close()"
+    if kind == "zip-os.system":
+        torch.save({"state_dict": _Reduce(os.system, f"touch {m}")}, path)
+    elif kind == "raw-protocol4-os.system":
+        path.write_bytes(pickle.dumps(_Reduce(os.system, f"touch {m}"), protocol=4))
+    elif kind == "raw-protocol0-opcodes":
+        path.write_bytes(f"cos\nsystem\n(S'touch {m}'\ntR.".encode())
+    elif kind == "legacy-torch-eval":
+        torch.save(_Reduce(eval, touch), path, _use_new_zipfile_serialization=False)
+    elif kind == "zip-exec":
+        torch.save({"meta": {}, "x": _Reduce(exec, touch)}, path)
+    elif kind == "zip-subprocess":
+        torch.save([_Reduce(subprocess.Popen, ["touch", m])], path)
+    elif kind == "zip-partial":
+        torch.save(_Reduce(functools.partial(os.system, f"touch {m}")), path)
+    elif kind == "payload-in-metadata":
+        model = build_model("small_resnet_s", 2, width=2)
+        torch.save({"format": "captum-unicam-checkpoint", "version": 2,
+                    "state_dict": model.state_dict(),
+                    "meta": {"arch": "small_resnet_s", "num_classes": 2,
+                             "extra": {"x": _Reduce(eval, touch)}}}, path)
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+
+
+MALICIOUS = ["zip-os.system", "raw-protocol4-os.system", "raw-protocol0-opcodes",
+             "legacy-torch-eval", "zip-exec", "zip-subprocess", "zip-partial",
+             "payload-in-metadata"]
+
+
+@pytest.mark.parametrize("kind", MALICIOUS)
+def test_malicious_pickles_are_refused_and_never_run(tmp_path, kind, no_build, capfd):
+    path, marker = tmp_path / "evil.pt", tmp_path / "pwned"
+    _malicious(kind, path, marker)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="evil.pt.*(not loaded|cannot be loaded safely)"):
+        load_checkpoint(path, arch="small_resnet_s")
+    assert not marker.exists()  # the payload never ran
+    assert capfd.readouterr().err == ""  # nothing of torch's leaks to stderr
+
+
+def test_torchscript_and_bare_pickles_one_clear_error(tmp_path, no_build, capfd):
+    lin = torch.nn.Linear(2, 2)
+    ts = tmp_path / "scripted.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(lin, torch.zeros(1, 2)), str(ts))
+    capfd.readouterr()
+    with pytest.raises(CheckpointError, match="TorchScript"):
+        load_checkpoint(ts, arch="small_resnet_s")
+    raw = tmp_path / "raw4.pkl"
+    raw.write_bytes(pickle.dumps({"fc.weight": [1.0]}, protocol=4))
+    with pytest.raises(CheckpointError, match="bare Python pickle"):
+        load_checkpoint(raw, arch="small_resnet_s")
+    assert capfd.readouterr().err == ""
+
+
+def _entries(path: Path):
+    """name -> (offset of the first data byte, size) of each zip entry."""
+    data = path.read_bytes()
+    out = {}
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            n, m = struct.unpack("<HH", data[info.header_offset + 26: info.header_offset + 30])
+            out[info.filename] = (info.header_offset + 30 + n + m, info.compress_size)
+    return data, out
+
+
+def _flips(tiny):
+    """(label, damaged bytes): flipped bytes inside every kind of content of the file,
+    2000 flipped bytes in the weights, truncations, a broken end of the zip."""
+    path, _ = tiny
+    data, entries = _entries(path)
+    cases = []
+    biggest = max((e for e in entries if "/data/" in e), key=lambda e: entries[e][1])
+    for name, (start, size) in sorted(entries.items()):
+        if size == 0:
+            continue
+        if name.endswith("/data.pkl") or name == biggest:
+            offsets = sorted({start, start + size // 3, start + size // 2, start + size - 1})
+        elif "/data/" in name and not name.endswith(("/0", "/1", "/2", "/3")):
+            continue  # a few tensors are enough
+        else:
+            offsets = [start + size // 2]
+        for off in offsets:
+            b = bytearray(data)
+            b[off] ^= 0x01
+            cases.append((f"{name}@{off - start}", bytes(b)))
+    start, size = entries[biggest]
+    b = bytearray(data)
+    for off in range(start, start + min(size, 2000)):
+        b[off] ^= 0xFF
+    cases.append(("2000 bytes of weights", bytes(b)))
+    for cut in (10, len(data) // 2, len(data) - 30, len(data) - 1):
+        cases.append((f"truncated at {cut}", data[:cut]))
+    eocd = data.rfind(b"PK\x05\x06")
+    b = bytearray(data)
+    b[eocd + 1] ^= 0xFF
+    cases.append(("end of central directory", bytes(b)))
+    cases.append(("empty file", b""))
+    return cases
+
+
+def test_fuzzed_checkpoints_are_all_refused(tmp_path, tiny_ckpt, no_build):
+    path, _ = tiny_ckpt
+    cases = _flips(tiny_ckpt)
+    assert len(cases) > 20
+    bad = tmp_path / "bad.pt"
+    for label, content in cases:
+        bad.write_bytes(content)
+        with pytest.raises(CheckpointError, match="bad.pt"):
+            load_checkpoint(bad)
+
+
+def test_undamaged_checkpoint_still_loads(tiny_ckpt):
+    path, model = tiny_ckpt
+    loaded, meta = load_checkpoint(path)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def _rewrite(path: Path, dst: Path, edit, *, redigest: bool = True) -> Path:
+    """A crafted file: ``edit`` changes the loaded payload; the digest is recomputed (a
+    hostile file can do that) unless ``redigest`` is False."""
+    raw = torch.load(path, weights_only=True)
+    edit(raw)
+    if redigest and isinstance(raw.get("meta"), dict) and isinstance(raw.get("state_dict"), dict):
+        raw["meta"]["sha256"] = checkpoint_digest(raw["state_dict"], raw["meta"])
+    torch.save(raw, dst)
+    return dst
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda r: r["meta"]["build_kwargs"].update(blocks=[20000, 1, 1, 1]), r"blocks per stage \(20000, 1, 1, 1\)"),
+    (lambda r: r["meta"]["build_kwargs"].update(width=10 ** 7), "width 10000000"),
+    (lambda r: r["meta"]["build_kwargs"].update(width=True), "width=True"),
+    (lambda r: r["meta"]["build_kwargs"].update(blocks="1111"), "blocks='1111'"),
+    (lambda r: r["meta"]["build_kwargs"].update(norm_layer="x"), "unknown build keywords"),
+    (lambda r: r["meta"].update(num_classes=10 ** 9), "fc.weight has 4 outputs"),
+    (lambda r: r["meta"].update(num_classes=-1), "num_classes=-1"),
+    (lambda r: r["meta"].update(arch="resnet101", build_kwargs={"cifar_stem": True}), r"\(3, 4, 23, 3\) blocks"),
+    (lambda r: r["meta"].update(arch="vit_huge"), "does not know"),
+    (lambda r: r.update(state_dict=None), "no state_dict of tensors"),
+    (lambda r: r.update(state_dict={}), "no state_dict of tensors"),
+    (lambda r: r.update(meta=None), "no metadata"),
+    (lambda r: r.update(version=99), "upgrade"),
+    (lambda r: r.update(format="something-else"), "unknown format"),
+    (lambda r: r["meta"].update(class_names=["a"]), "class_names"),
+])
+def test_crafted_metadata_refused_before_any_model_is_built(tmp_path, tiny_ckpt, no_build, edit, match):
+    path, _ = tiny_ckpt
+    bad = _rewrite(path, tmp_path / "crafted.pt", edit)
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(bad)
+
+
+def test_digest_mismatch_and_files_without_digest(tmp_path, tiny_ckpt, monkeypatch):
+    path, model = tiny_ckpt
+
+    def nudge(r):
+        r["state_dict"]["fc.bias"][0] += 1.0
+
+    bad = _rewrite(path, tmp_path / "nudged.pt", nudge, redigest=False)
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_checkpoint(bad)
+    bad = _rewrite(path, tmp_path / "renamed.pt",
+                   lambda r: r["meta"].update(class_names=["a", "b", "c", "d"]), redigest=False)
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_checkpoint(bad)
+    bad = _rewrite(path, tmp_path / "nodigest.pt", lambda r: r["meta"].pop("sha256"), redigest=False)
+    with pytest.raises(CheckpointError, match="no sha256"):
+        load_checkpoint(bad)
+
+    # version 1 files (no digest) and plain state dicts are still read
+    def v1(r):
+        r["version"] = 1
+        r["meta"].pop("sha256")
+
+    old = _rewrite(path, tmp_path / "v1.pt", v1, redigest=False)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(load_checkpoint(old)[0](x), model(x))
+    plain = tmp_path / "plain.pt"
+    model = build_model("small_resnet_s", 4).eval()
+    torch.save(model.state_dict(), plain)
+    with pytest.raises(CheckpointError, match=r"blocks per stage \(2, 2, 2, 2\) asked, \(1, 1, 1, 1\) in the file"):
+        load_checkpoint(plain, arch="small_resnet_l")
+    with torch.no_grad():
+        assert torch.equal(load_checkpoint(plain, arch="small_resnet_s")[0](x), model(x))
+
+
+def test_digest_covers_every_byte_of_every_tensor_and_the_metadata(tiny_ckpt):
+    _, model = tiny_ckpt
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    meta = {"arch": "small_resnet_s", "extra": {1: "a", "1": "b"}, "t": (1, 2.5)}
+    ref = checkpoint_digest(state, meta)
+    assert checkpoint_digest({k: v.clone() for k, v in reversed(list(state.items()))}, dict(meta)) == ref
+    assert checkpoint_digest(state, {**meta, "path": "x", "sha256": "y"}) == ref
+    for key in ("conv1.weight", "bn1.num_batches_tracked", "fc.bias"):
+        n_bytes = state[key].numel() * state[key].element_size()
+        for byte in (0, n_bytes - 1):
+            changed = {k: v.clone() for k, v in state.items()}
+            changed[key].view(-1).view(torch.uint8)[byte] ^= 1
+            assert checkpoint_digest(changed, meta) != ref, (key, byte)
+    assert checkpoint_digest(state, {**meta, "extra": {1: "a", "1": "c"}}) != ref
+    assert checkpoint_digest(state, {**meta, "t": (1, 2.5000001)}) != ref
+    assert checkpoint_digest(state, {**meta, "t": ("1", 2.5)}) != ref
+    renamed = dict(state)
+    renamed["fc.bias2"] = renamed.pop("fc.bias")
+    assert checkpoint_digest(renamed, meta) != ref
+
+
+def test_unreadable_checkpoint(tmp_path, tiny_ckpt, monkeypatch):
+    path, _ = tiny_ckpt
+    real_open = open
+
+    def deny(p, *a, **k):
+        if Path(str(p)) == path:
+            raise PermissionError(13, "Permission denied", str(p))
+        return real_open(p, *a, **k)
+
+    monkeypatch.setattr("builtins.open", deny)
+    with pytest.raises(CheckpointError, match="permission denied"):
+        load_checkpoint(path)
+
+
+def test_class_names_of_checkpoint_and_data():
+    meta = {"class_names": ["circle", "square", "triangle", "cross"], "num_classes": 4,
+            "path": "s.pt"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_class_names(meta, ["circle", "square", "triangle", "cross"], "Student")
+        check_class_names(meta, None, "Student")
+        check_class_names({"class_names": None, "num_classes": 4}, ["a", "b", "c", "d"])
+    with pytest.warns(UserWarning, match=r"Student \(s.pt\).*1: 'square' vs 'dog'"):
+        check_class_names(meta, ["circle", "dog", "triangle", "cross"], "Student")
+    with pytest.raises(CheckpointError, match="trained on 4 classes.*data has 2"):
+        check_class_names(meta, ["cat", "dog"], "Student")
+    with pytest.raises(CheckpointError, match="has 4 classes but the data has 3"):
+        check_class_names({"class_names": None, "num_classes": 4}, ["a", "b", "c"], "Base")
