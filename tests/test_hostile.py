@@ -666,3 +666,88 @@ def test_class_names_of_checkpoint_and_data():
         check_class_names(meta, ["cat", "dog"], "Student")
     with pytest.raises(CheckpointError, match="has 4 classes but the data has 3"):
         check_class_names({"class_names": None, "num_classes": 4}, ["a", "b", "c"], "Base")
+
+
+# ---------------------------------------------------------------------------
+# 3. nothing touches the network unless asked
+# ---------------------------------------------------------------------------
+
+import socket  # noqa: E402
+
+from captum_unicam import embeddings  # noqa: E402
+from captum_unicam.errors import DataSpecError, EmbeddingModelError  # noqa: E402
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every attempt to resolve a name or open a connection is recorded and fails."""
+    attempts = []
+
+    def connect(self, address, *a, **k):
+        attempts.append(("connect", address))
+        raise OSError("network blocked by the test")
+
+    def getaddrinfo(host, *a, **k):
+        attempts.append(("getaddrinfo", host))
+        raise socket.gaierror("network blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: connect(None, address))
+    return attempts
+
+
+def test_hub_id_with_downloads_off_never_touches_the_network(no_network, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    embeddings.clear_cache()
+    with pytest.raises(EmbeddingModelError, match="not in the local Hugging Face cache.*nothing was fetched"):
+        embeddings.embed_labels(["cat", "dog"], model="bert-base-uncased")
+    with pytest.raises(EmbeddingModelError, match="not in the local"):
+        embeddings.embed_labels(["cat", "dog"], model="some-org/some-model")
+    assert no_network == []
+    assert "HF_HUB_OFFLINE" not in os.environ and hub_constants.HF_HUB_OFFLINE is False
+
+
+def test_every_load_runs_offline_and_the_environment_is_restored(monkeypatch):
+    import huggingface_hub.constants as hub_constants
+    import transformers
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    seen = []
+
+    def fake_from_pretrained(source, **kwargs):
+        seen.append((os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"),
+                     hub_constants.HF_HUB_OFFLINE, kwargs.get("local_files_only")))
+        raise OSError("stop here")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake_from_pretrained)
+    monkeypatch.setattr(embeddings, "_in_hub_cache", lambda repo: True)
+    embeddings.clear_cache()
+    for model in (None, "bert-base-uncased"):
+        with pytest.raises(EmbeddingModelError, match="stop here"):
+            embeddings.embed_labels(["cat", "dog"], model=model)
+    assert seen == [("1", "1", True, True)] * 2
+    assert os.environ["HF_HUB_OFFLINE"] == "0" and "TRANSFORMERS_OFFLINE" not in os.environ
+    assert hub_constants.HF_HUB_OFFLINE is False
+    # asked for: no offline switch
+    seen.clear()
+    with pytest.raises(EmbeddingModelError, match="stop here"):
+        embeddings.embed_labels(["cat", "dog"], model="bert-base-uncased", allow_download=True)
+    assert seen == [("0", None, False, False)]
+
+
+def test_cifar_download_without_a_network_is_a_data_spec_error(no_network, tmp_path):
+    from captum_unicam.data import load_dataset
+
+    with pytest.raises(DataSpecError, match="could not download CIFAR-10"):
+        load_dataset(f"cifar10:{tmp_path}", "test", download=True)
+    assert any(kind == "getaddrinfo" for kind, _ in no_network)  # it tried, and was told no

@@ -243,6 +243,17 @@ def _cifar10(root, split, download, image_size, limit, augment, normalize, kwarg
         tf.append(_normalizer(CIFAR10_MEAN, CIFAR10_STD))
     try:
         ds = datasets.CIFAR10(str(root), train=train, download=download, transform=T.Compose(tf))
+    except PermissionError as e:
+        raise DataSpecError(
+            f"cannot read or write CIFAR-10 in {str(root)!r} (permission denied: "
+            f"{e.filename or root}); fix the permissions or choose another folder") from e
+    except OSError as e:  # urllib's URLError, socket errors, a full disk
+        if not download:
+            raise DataSpecError(f"cannot read CIFAR-10 in {str(root)!r}: {e}") from e
+        raise DataSpecError(
+            f"could not download CIFAR-10 into {str(root)!r} ({type(e).__name__}: {e}); check "
+            "the network, or download cifar-10-python.tar.gz by hand and extract it there"
+        ) from e
     except RuntimeError as e:
         hint = "" if download else "; pass download=True (--download) to download it again"
         raise DataSpecError(f"cannot read CIFAR-10 in {str(root)!r}: {e}{hint}") from e
