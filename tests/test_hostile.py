@@ -750,4 +750,4 @@ def test_cifar_download_without_a_network_is_a_data_spec_error(no_network, tmp_p
 
     with pytest.raises(DataSpecError, match="could not download CIFAR-10"):
         load_dataset(f"cifar10:{tmp_path}", "test", download=True)
-    assert any(kind == "getaddrinfo" for kind, _ in no_network)  # it tried, and was told no
+    assert no_network  # it tried (download=True asked for it), and was told no
