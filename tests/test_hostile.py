@@ -751,3 +751,159 @@ def test_cifar_download_without_a_network_is_a_data_spec_error(no_network, tmp_p
     with pytest.raises(DataSpecError, match="could not download CIFAR-10"):
         load_dataset(f"cifar10:{tmp_path}", "test", download=True)
     assert no_network  # it tried (download=True asked for it), and was told no
+
+
+# ---------------------------------------------------------------------------
+# 4, 5. image folders: symlink loops, cycles, depth, unreadable / damaged / empty
+# ---------------------------------------------------------------------------
+
+from captum_unicam.data import loaders  # noqa: E402
+from captum_unicam.data import load_dataset  # noqa: E402
+
+
+def _png(path: Path, value: int) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (value, 255 - value, 0)).save(path)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Two classes of 3 images, with train/ and test/ parts."""
+    root = tmp_path / "pets"
+    for part in ("train", "test"):
+        for c, name in enumerate(("cat", "dog")):
+            for i in range(3):
+                _png(root / part / name / f"{i}.png", 40 * c + 10 * i)
+    return root
+
+
+def _paths(ds):
+    return [os.path.realpath(p) for p, _ in ds.samples]
+
+
+def _load(root, **kw):
+    return load_dataset(f"imagefolder:{root}", "test", image_size=8, **kw)
+
+
+def test_symlink_loops_count_each_file_once_and_name_the_link(folder):
+    clean = _load(folder)
+    assert len(clean) == 6
+    cat = folder / "test" / "cat"
+    (cat / "self").symlink_to(".")
+    (cat / "self2").symlink_to(".")
+    (cat / "up").symlink_to("..")  # the parent holds both classes
+    (cat / "deep").mkdir()
+    (cat / "deep" / "back").symlink_to("../..")
+    with pytest.warns(UserWarning, match="skipped the link .*self"):
+        looped = _load(folder)
+    assert _paths(looped) == _paths(clean) and looped.targets == clean.targets
+
+
+def test_second_link_to_a_folder_counts_once(folder, tmp_path):
+    extra = tmp_path / "extra"
+    _png(extra / "x.png", 7)
+    dog = folder / "test" / "dog"
+    (dog / "a").symlink_to(extra)
+    (dog / "b").symlink_to(extra)
+    (dog / "x.png").symlink_to(extra / "x.png")
+    with pytest.warns(UserWarning, match="skipped the link"):
+        ds = _load(folder)
+    assert len(ds) == 7 and _paths(ds).count(str((extra / "x.png").resolve())) == 1
+
+
+def test_image_symlink_cycle_is_a_clear_error(folder):
+    cat = folder / "test" / "cat"
+    (cat / "a.png").symlink_to("b.png")
+    (cat / "b.png").symlink_to("a.png")
+    with pytest.raises(DataSpecError, match="cycle"):
+        _load(folder)
+
+
+def test_dangling_image_link_is_named(folder):
+    (folder / "test" / "cat" / "gone.png").symlink_to("nowhere.png")
+    with pytest.raises(DataSpecError, match="gone.png.*does not exist"):
+        _load(folder)
+
+
+def test_folder_depth_is_bounded(folder):
+    deep = folder / "test" / "cat"
+    for i in range(loaders.MAX_FOLDER_DEPTH + 1):
+        deep = deep / "d"
+    _png(deep / "x.png", 1)
+    with pytest.raises(DataSpecError, match="more than 32 deep"):
+        _load(folder)
+
+
+def test_fifo_named_like_an_image_is_skipped_not_opened(folder):
+    os.mkfifo(folder / "test" / "cat" / "pipe.png")
+    with pytest.warns(UserWarning, match="not a regular file"):
+        assert len(_load(folder)) == 6
+
+
+def test_unreadable_damaged_and_empty_have_distinct_messages(folder, monkeypatch):
+    cat = folder / "test" / "cat"
+    # damaged: bytes that are no image, found when read
+    (cat / "bad.png").write_bytes(b"\x89PNG not really")
+    ds = _load(folder)
+    i = [Path(p).name for p, _ in ds.samples].index("bad.png")
+    with pytest.raises(DataSpecError, match="damaged or not an image"):
+        ds[i]
+    (cat / "bad.png").unlink()
+    # unreadable file: found before any image is read (root ignores permissions, so the
+    # answer of os.access is what an ordinary user gets)
+    denied = str(cat / "1.png")
+    real_access = os.access
+    monkeypatch.setattr(loaders.os, "access",
+                        lambda p, m: False if str(p) == denied else real_access(p, m))
+    with pytest.raises(DataSpecError, match="cannot be read \\(permission denied\\).*1.png"):
+        _load(folder)
+    monkeypatch.undo()
+    # unreadable when opened
+    real_open = open
+
+    def deny(p, *a, **k):
+        if str(p) == denied:
+            raise PermissionError(13, "Permission denied", str(p))
+        return real_open(p, *a, **k)
+
+    ds = _load(folder)
+    monkeypatch.setattr("builtins.open", deny)
+    with pytest.raises(DataSpecError, match="permission denied"):
+        ds[[p for p, _ in ds.samples].index(denied)]
+    monkeypatch.undo()
+    # unreadable folder
+    real_scandir = os.scandir
+
+    def no_listing(p="."):
+        if str(p) == str(cat):
+            raise PermissionError(13, "Permission denied", str(p))
+        return real_scandir(p)
+
+    monkeypatch.setattr(loaders.os, "scandir", no_listing)
+    with pytest.raises(DataSpecError, match="cannot read the folder .*cat.*permission denied"):
+        _load(folder)
+    monkeypatch.undo()
+    # empty
+    for p in cat.iterdir():
+        p.unlink()
+    with pytest.raises(DataSpecError, match="'cat' holds no images"):
+        _load(folder)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads everything")
+def test_unreadable_for_real(folder):
+    cat = folder / "test" / "cat"
+    os.chmod(cat / "0.png", 0)
+    try:
+        with pytest.raises(DataSpecError, match="permission denied"):
+            _load(folder)
+    finally:
+        os.chmod(cat / "0.png", 0o644)
+    os.chmod(cat, 0)
+    try:
+        with pytest.raises(DataSpecError, match="permission denied"):
+            _load(folder)
+    finally:
+        os.chmod(cat, 0o755)
