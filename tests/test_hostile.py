@@ -907,3 +907,16 @@ def test_unreadable_for_real(folder):
             _load(folder)
     finally:
         os.chmod(cat, 0o755)
+
+
+def test_spec_paths_name_the_folders_a_spec_reads(tmp_path, monkeypatch):
+    from captum_unicam.data import spec_paths
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert spec_paths("imagefolder:~/pets") == [tmp_path / "pets"]
+    assert spec_paths(f"cifar10:{tmp_path}/c") == [tmp_path / "c"]
+    assert spec_paths("controlled:3") == [] and spec_paths("controlled") == []
+    data = tmp_path / "pets"
+    data.mkdir()
+    with pytest.raises(OutputError, match="inside"):
+        check_output_dir(data / "report", reads=spec_paths("imagefolder:~/pets"))

@@ -44,7 +44,7 @@ from torch.utils.data import Dataset
 
 from captum_unicam.data.controlled import SPLITS, ControlledShapes
 
-__all__ = ["DataSpecError", "load_dataset", "SCHEMES"]
+__all__ = ["DataSpecError", "load_dataset", "spec_paths", "SCHEMES"]
 
 #: Schemes accepted by :func:`load_dataset`.
 SCHEMES = ("controlled", "cifar10", "imagefolder")
@@ -176,6 +176,30 @@ def load_dataset(
     if scheme == "cifar10":
         return _cifar10(root, split, download, image_size, limit, augment, normalize, kwargs)
     return _imagefolder(root, split, image_size, limit, augment, normalize, kwargs)
+
+
+def spec_paths(spec: str) -> List[pathlib.Path]:
+    r"""The folders a data spec reads, e.g. to keep an output folder away from them.
+
+    Args:
+
+        spec (str): a data spec (see :func:`load_dataset`).
+
+    Returns:
+        *list[pathlib.Path]*: ``[ROOT]`` for ``cifar10:ROOT`` and ``imagefolder:ROOT``
+        (``~`` expanded), ``[]`` for ``controlled`` and for specs that name no folder.
+
+    Examples::
+
+        >>> spec_paths("imagefolder:~/data/PetImages")
+        [PosixPath('/home/me/data/PetImages')]
+    """
+    if not isinstance(spec, str):
+        return []
+    scheme, sep, arg = spec.strip().partition(":")
+    if scheme.lower() in ("cifar10", "imagefolder") and sep and arg:
+        return [pathlib.Path(os.path.expanduser(arg))]
+    return []
 
 
 def _controlled(arg: str, split: str, image_size, limit, kwargs) -> Dataset:
