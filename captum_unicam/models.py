@@ -641,8 +641,8 @@ def _check_container(p: pathlib.Path) -> None:
             "or use save_checkpoint"
         )
     raise CheckpointError(
-        f"checkpoint {str(p)!r} is not a PyTorch file (neither a torch.save zip nor its "
-        "legacy format), so it is not loaded; give a .pt file written by save_checkpoint "
+        f"cannot read checkpoint {str(p)!r}: it is not a PyTorch file (neither a torch.save "
+        "zip nor its legacy format), so it is not loaded; give a .pt file written by save_checkpoint "
         "or torch.save"
     )
 
