@@ -920,3 +920,14 @@ def test_spec_paths_name_the_folders_a_spec_reads(tmp_path, monkeypatch):
     data.mkdir()
     with pytest.raises(OutputError, match="inside"):
         check_output_dir(data / "report", reads=spec_paths("imagefolder:~/pets"))
+
+
+def test_output_path_through_a_looping_link(tmp_path):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(OutputError, match="does not exist|loops"):
+        check_output_dir(loop)
+    with pytest.raises(OutputError, match="loops"):
+        check_output_dir(loop / "report")
+    with pytest.raises(OutputError, match="loops"):
+        check_output_file(loop / "x.pt")

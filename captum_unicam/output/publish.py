@@ -105,7 +105,7 @@ def is_report_dir(path: PathLike) -> bool:
             continue
         try:
             with open(marker, encoding="utf-8") as f:
-                data = json.loads(f.read(8 * 2 ** 20) or "null")
+                data = json.loads(f.read(64 * 2 ** 20) or "null")
         except (OSError, ValueError):
             continue
         if not isinstance(data, dict):
@@ -223,7 +223,12 @@ def recover_output_dir(out_dir: PathLike) -> List[str]:
 
 
 def _resolved(path: PathLike) -> Path:
-    return Path(path).expanduser().absolute().resolve(strict=False)
+    p = Path(path).expanduser().absolute()
+    try:
+        return p.resolve(strict=False)
+    except (RuntimeError, OSError) as e:  # a symlink loop on the way
+        raise OutputError(f"cannot resolve the path {str(p)!r} ({e}); it holds a symbolic "
+                          "link that loops; give another path") from e
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -298,7 +303,7 @@ def check_output_dir(out_dir: PathLike, *, overwrite: bool = False,
         raise OutputError(
             f"output path {str(given)!r} is a symbolic link to {os.readlink(given)!r}, "
             "which does not exist; remove the link or give the folder itself")
-    out = given.resolve(strict=False)
+    out = _resolved(given)
     if out.exists() and not out.is_dir():
         raise OutputError(
             f"output path {str(given)!r} exists and is not a folder; choose another "
@@ -360,7 +365,7 @@ def check_output_file(path: PathLike, *, overwrite: bool = False,
         raise OutputError(
             f"output file {str(given)!r} is a symbolic link to {os.readlink(given)!r}, which "
             "does not exist; remove the link or give another file name")
-    out = given.resolve(strict=False)
+    out = _resolved(given)
     if out.is_dir():
         raise OutputError(f"output file {str(given)!r} is a folder; give a file name such as "
                           "'student.pt'")
