@@ -141,7 +141,7 @@ def test_overwrite_refuses_a_folder_that_is_not_a_report(tmp_path):
     (out / "results.json").unlink()
     tmp = _report(tmp_path / ".stuff.tmp-1-x", "new")
     with pytest.raises(OutputError, match="not a captum-unicam report"):
-        publish_folder(tmp, out, overwrite=True)
+        publish_folder(tmp, out, overwrite=True, only_reports=True)
     assert (out / "thesis.tex").read_text() == "years of work" and _tag_of(tmp) == "new"
 
 

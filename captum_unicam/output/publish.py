@@ -421,11 +421,13 @@ def _old_name(out: Path) -> Path:
     return out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def publish_folder(tmp: PathLike, out: PathLike, *, overwrite: bool) -> None:
+def publish_folder(tmp: PathLike, out: PathLike, *, overwrite: bool,
+                   only_reports: bool = False) -> None:
     r"""Moves the complete folder ``tmp`` to ``out`` by renames.
 
     A missing or empty ``out`` is replaced in one rename. An existing one only with
-    ``overwrite`` and only if it is a report of this tool: it is renamed to
+    ``overwrite`` (and, with ``only_reports``, only if it is a report of this tool): it
+    is renamed to
     ``.X.old-PID-*``, ``tmp`` renamed to ``out``, then the old one deleted. If another run
     publishes to ``out`` at the same time, the renames are tried again (the last complete
     report wins; reports are never mixed); if that keeps failing, or ``out`` appears
@@ -436,10 +438,14 @@ def publish_folder(tmp: PathLike, out: PathLike, *, overwrite: bool) -> None:
         tmp (str or PathLike): the complete folder, in the same parent as ``out``.
         out (str or PathLike): the destination.
         overwrite (bool): allow replacing an existing report.
+        only_reports (bool, optional): replace only a folder that :func:`is_report_dir`
+            recognises (checked again here, as it may have changed since
+            :func:`check_output_dir`). Default: False
 
     Raises:
         OutputError: ``out`` appeared (non-empty) while the report was written and
-        ``overwrite`` is False; it is not a report of this tool, or not a folder; or
+        ``overwrite`` is False; it is not a report of this tool (``only_reports``), or
+        not a folder; or
         other runs kept replacing it.
     """
     tmp, out = Path(tmp), Path(out)
@@ -460,7 +466,7 @@ def publish_folder(tmp: PathLike, out: PathLike, *, overwrite: bool) -> None:
                 raise OutputError(
                     f"output folder {str(out)!r} appeared while the report was written; "
                     "choose another output folder, or pass overwrite=True (--overwrite)")
-            if not is_report_dir(out):
+            if only_reports and not is_report_dir(out):
                 raise OutputError(
                     f"output folder {str(out)!r} is not a captum-unicam report (no "
                     "metrics.json of ours), so it is not replaced; choose another output folder")
@@ -492,7 +498,8 @@ def publish_folder(tmp: PathLike, out: PathLike, *, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
-def staged_folder(out_dir: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+def staged_folder(out_dir: PathLike, *, overwrite: bool = False,
+                  only_reports: bool = True) -> Iterator[Path]:
     r"""Context manager: an empty temporary folder to fill, published as ``out_dir`` on
     success (:func:`publish_folder`), deleted on any error or interrupt.
 
@@ -502,6 +509,8 @@ def staged_folder(out_dir: PathLike, *, overwrite: bool = False) -> Iterator[Pat
     Args:
         out_dir (str or PathLike): the report folder (checked by :func:`check_output_dir`).
         overwrite (bool, optional): allow replacing an existing report. Default: False
+        only_reports (bool, optional): replace only a report of this tool (see
+            :func:`publish_folder`). Default: True
 
     Yields:
         pathlib.Path: the temporary folder ``.X.tmp-PID-RANDOM``.
@@ -524,7 +533,7 @@ def staged_folder(out_dir: PathLike, *, overwrite: bool = False) -> Iterator[Pat
         _stage("tmp-created")
         yield tmp
         _stage("before-publish")
-        publish_folder(tmp, out, overwrite=overwrite)
+        publish_folder(tmp, out, overwrite=overwrite, only_reports=only_reports)
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
