@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -796,9 +797,12 @@ def test_symlink_loops_count_each_file_once_and_name_the_link(folder):
     (cat / "up").symlink_to("..")  # the parent holds both classes
     (cat / "deep").mkdir()
     (cat / "deep" / "back").symlink_to("../..")
-    with pytest.warns(UserWarning, match="skipped the link .*self"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         looped = _load(folder)
     assert _paths(looped) == _paths(clean) and looped.targets == clean.targets
+    named = sorted(str(w.message).split("'")[1].rsplit("/", 1)[1] for w in caught)
+    assert named == ["back", "self", "self2", "up"]  # each loop named once
 
 
 def test_second_link_to_a_folder_counts_once(folder, tmp_path):
@@ -808,8 +812,12 @@ def test_second_link_to_a_folder_counts_once(folder, tmp_path):
     (dog / "a").symlink_to(extra)
     (dog / "b").symlink_to(extra)
     (dog / "x.png").symlink_to(extra / "x.png")
-    with pytest.warns(UserWarning, match="skipped the link"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         ds = _load(folder)
+    messages = [str(w.message) for w in caught]
+    assert any(re.search(r"skipped the link '[^']*/dog/b'", m) for m in messages)
+    assert any("1 link(s) to image files already counted" in m for m in messages)
     assert len(ds) == 7 and _paths(ds).count(str((extra / "x.png").resolve())) == 1
 
 

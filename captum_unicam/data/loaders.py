@@ -366,13 +366,14 @@ def _scan_class(top: str, idx: int) -> List[tuple]:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as e:
             raise _unreadable_folder(folder, e) from e
+        subdirs: List[tuple] = []
         for e in entries:
             try:
                 is_dir = e.is_dir()  # follows symlinks; False for a looping link
             except OSError:
                 is_dir = False
             if is_dir:
-                pending.append((e.path, depth + 1))
+                subdirs.append((e.path, depth + 1))
                 continue
             if not e.name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
@@ -406,6 +407,7 @@ def _scan_class(top: str, idx: int) -> List[tuple]:
                 unreadable.append(e.path)
                 continue
             found.append((folder, e.name, e.path))
+        pending.extend(reversed(subdirs))  # depth first, in name order
     if unreadable:
         raise DataSpecError(
             f"{len(unreadable)} image file(s) in {top!r} cannot be read (permission denied), "
