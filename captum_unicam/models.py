@@ -503,7 +503,9 @@ def save_checkpoint(
     if path.is_dir():
         raise ValueError(f"checkpoint path {str(path)!r} is a folder; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-",
+                               suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
@@ -516,6 +518,28 @@ def save_checkpoint(
         except OSError:
             pass
         raise
+
+
+def _remove_stale_temporaries(path: pathlib.Path) -> None:
+    """Deletes ``.NAME.PID-*.tmp`` files that a killed save of ``path`` left behind
+    (those of live processes are kept)."""
+    import re
+
+    from captum_unicam.output.publish import _pid_alive
+
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)-[A-Za-z0-9_]+\.tmp$")
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return
+    for e in entries:
+        m = pattern.match(e.name)
+        if m and not _pid_alive(int(m.group(1))):
+            try:
+                if e.is_file(follow_symlinks=False):
+                    os.unlink(e.path)
+            except OSError:
+                pass
 
 
 def _package_version() -> str:

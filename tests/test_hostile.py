@@ -939,3 +939,16 @@ def test_output_path_through_a_looping_link(tmp_path):
         check_output_dir(loop / "report")
     with pytest.raises(OutputError, match="loops"):
         check_output_file(loop / "x.pt")
+
+
+def test_killed_checkpoint_save_leaves_nothing_for_long(tmp_path, tiny_ckpt):
+    _, model = tiny_ckpt
+    dead = _dead_pid()
+    stale = tmp_path / f".student.pt.{dead}-abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    live = tmp_path / f".student.pt.{os.getppid()}-abc123.tmp"
+    live.write_bytes(b"being written")
+    other = tmp_path / f".teacher.pt.{dead}-abc123.tmp"
+    other.write_bytes(b"not this save's")
+    save_checkpoint(tmp_path / "student.pt", model, arch="small_resnet_s", num_classes=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "student.pt"])
