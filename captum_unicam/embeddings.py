@@ -16,8 +16,12 @@ Nothing is downloaded unless asked for:
   disk with ``local_files_only=True``;
 - a local folder (a saved ``transformers`` model) is loaded from disk;
 - a Hugging Face id such as ``"bert-base-uncased"`` (the encoder of the paper) is
-  read from the local Hugging Face cache only, unless ``allow_download=True``; with
-  ``HF_HUB_OFFLINE=1`` in the environment, ``transformers`` refuses downloads anyway.
+  read from the local Hugging Face cache only, unless ``allow_download=True``.
+
+With downloads off (the default), nothing touches the network: an id missing from the
+cache is refused before ``transformers`` is called, and every load runs with
+``HF_HUB_OFFLINE=1`` and ``TRANSFORMERS_OFFLINE=1`` (and ``huggingface_hub``'s offline
+switch) set, then restored, so not even a registry lookup is made.
 
 A model that cannot be loaded raises :class:`EmbeddingModelError`, a
 :class:`RuntimeError` naming the model and the remedy.
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 from captum_unicam import errors as _errors
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -77,20 +82,20 @@ def clear_cache() -> None:
 
 def _check_names(names: Sequence[str]) -> Tuple[str, ...]:
     if isinstance(names, (str, bytes)):
-        raise ValueError(
+        raise _errors.InputError(
             f"names must be a sequence of class names, e.g. ['cat', 'dog'], not the single "
             f"string {names!r}; wrap it in a list: [{names!r}]."
         )
     try:
         names = tuple(names)
     except TypeError as err:
-        raise ValueError(f"names must be a sequence of strings, got {type(names).__name__}.") from err
+        raise _errors.InputError(f"names must be a sequence of strings, got {type(names).__name__}.") from err
     if not names:
-        raise ValueError("names is empty: pass one name per class, in class-index order.")
+        raise _errors.InputError("names is empty: pass one name per class, in class-index order.")
     bad = [(i, n) for i, n in enumerate(names) if not isinstance(n, str) or not n.strip()]
     if bad:
         i, n = bad[0]
-        raise ValueError(
+        raise _errors.InputError(
             f"names[{i}] = {n!r} is not a non-empty string: pass one name per class, "
             "in class-index order."
         )
@@ -121,18 +126,76 @@ def _resolve(model: Optional[Union[str, os.PathLike]]) -> Tuple[str, str, bool]:
         return str(path), str(path.resolve()), True
     if isinstance(model, str) and model.strip():
         return model, model, False
-    raise ValueError(
+    raise _errors.InputError(
         f"model must be None (the bundled all-MiniLM-L6-v2), a local folder or a Hugging Face "
         f"id such as 'bert-base-uncased'; got {model!r}."
     )
 
 
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+@contextlib.contextmanager
+def _offline(enabled: bool):
+    """Hugging Face offline mode for the duration: the environment variables (read by
+    code that checks them at call time) and huggingface_hub's switch (read from the
+    environment once, at import)."""
+    if not enabled:
+        yield
+        return
+    saved_env = {k: os.environ.get(k) for k in _OFFLINE_VARS}
+    try:
+        import huggingface_hub.constants as hub_constants
+    except ImportError:  # pragma: no cover - transformers depends on it
+        hub_constants = None
+    saved_flag = getattr(hub_constants, "HF_HUB_OFFLINE", None)
+    try:
+        for k in _OFFLINE_VARS:
+            os.environ[k] = "1"
+        if hub_constants is not None and hasattr(hub_constants, "HF_HUB_OFFLINE"):
+            hub_constants.HF_HUB_OFFLINE = True
+        yield
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if hub_constants is not None and hasattr(hub_constants, "HF_HUB_OFFLINE"):
+            hub_constants.HF_HUB_OFFLINE = saved_flag
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the local Hugging Face cache holds a config.json of ``repo_id`` (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover
+        return True  # let transformers decide, offline
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # an id huggingface_hub rejects (bad characters, ...)
+        return False
+    return isinstance(found, str) and os.path.isfile(found)
+
+
 def _load(source: str, is_local: bool, allow_download: bool):
+    local_only = is_local or not allow_download
+    if not is_local and not allow_download and not _in_hub_cache(source):
+        raise EmbeddingModelError(
+            f"Could not load the label encoder {source!r}: it is not in the local Hugging Face "
+            "cache and downloads are off (nothing was fetched). Pass allow_download=True to "
+            f"fetch it (needs network access), or download it once and pass its local folder, "
+            f"or: {_REMEDY}."
+        )
+    with _offline(local_only):
+        return _load_transformers(source, is_local, allow_download, local_only)
+
+
+def _load_transformers(source: str, is_local: bool, allow_download: bool, local_only: bool):
     from transformers import AutoModel, AutoTokenizer
 
     from transformers.utils import logging as hf_logging
 
-    local_only = is_local or not allow_download
     # transformers draws a "Loading weights" bar even for a 90 MB local folder read in
     # milliseconds; keep it only when something may be downloaded
     quiet = local_only and hf_logging.is_progress_bar_enabled()
@@ -218,7 +281,7 @@ def embed_labels(
         default encoder and 768 for ``bert-base-uncased``.
 
     Raises:
-        ValueError: ``names`` is a single string, empty, or holds a non-string or
+        InputError: (a ValueError) ``names`` is a single string, empty, or holds a non-string or
                     blank entry; ``batch_size`` is not a positive integer.
         EmbeddingModelError: the encoder cannot be found or loaded; the message names
                     the model and the remedy.
@@ -231,7 +294,7 @@ def embed_labels(
     """
     names = _check_names(names)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        raise _errors.InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
     source, key, is_local = _resolve(model)
     cache_key = (key, names, bool(normalize))
     with _LOCK:

@@ -31,14 +31,22 @@ dotted module path, for models of your own.
 **Checkpoints** are one dictionary saved with :func:`torch.save` and read back with
 ``torch.load(weights_only=True)``, so loading never runs code from the file::
 
-    {"format": "captum-unicam-checkpoint", "version": 1,
+    {"format": "captum-unicam-checkpoint", "version": 2,
      "state_dict": {...tensors...},
      "meta": {"arch", "num_classes", "class_names", "recipe", "kd_method", "teacher",
-              "extra", "build_kwargs", "torch_version", "captum_unicam_version"}}
+              "extra", "build_kwargs", "torch_version", "captum_unicam_version",
+              "sha256"}}
 
 Metadata holds only plain Python values (str, int, float, bool, None, lists, tuples,
 dicts; :class:`pathlib.Path` is stored as ``str``). A plain state dict, for example one
 of torchvision's, is read too when the architecture is given.
+
+A file is checked before it costs anything (:func:`load_checkpoint`): the CRC-32 of every
+entry of the zip container; no TorchScript archive and no bare pickle; the SHA-256
+``meta["sha256"]`` of the tensors and the metadata (:func:`checkpoint_digest`), when
+present (version 2; plain state dicts and version 1 files have none); and the
+architecture keywords against the shapes of the tensors in the file, so no model larger
+than the file's weights is ever built.
 """
 
 from __future__ import annotations
@@ -46,10 +54,15 @@ from __future__ import annotations
 from captum_unicam import errors as _errors
 
 import difflib
+import hashlib
 import io
+import json
 import os
 import pathlib
+import pickle
 import tempfile
+import warnings
+import zipfile
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -67,6 +80,8 @@ __all__ = [
     "get_layer",
     "save_checkpoint",
     "load_checkpoint",
+    "checkpoint_digest",
+    "check_class_names",
 ]
 
 _TORCHVISION = {
@@ -88,7 +103,17 @@ SMALL_RESNET_CONFIGS: Dict[str, Tuple[Tuple[int, int, int, int], int]] = {
 ARCHITECTURES: Tuple[str, ...] = tuple(_TORCHVISION) + tuple(SMALL_RESNET_CONFIGS)
 
 _FORMAT = "captum-unicam-checkpoint"
-_VERSION = 1
+_VERSION = 2  # 2: the metadata holds "sha256" (checkpoint_digest); 1 is still read
+_DIGEST_KEY = "sha256"
+# the first bytes of torch.save's legacy (non-zip) format: the pickled magic number
+_LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)
+# blocks per stage of the torchvision ResNets, and whether they use Bottleneck blocks
+_TORCHVISION_BLOCKS = {
+    "resnet18": ((2, 2, 2, 2), False),
+    "resnet34": ((3, 4, 6, 3), False),
+    "resnet50": ((3, 4, 6, 3), True),
+    "resnet101": ((3, 4, 23, 3), True),
+}
 _BUILD_ATTR = "_captum_unicam_build"  # set on models made by build_model
 
 
@@ -170,7 +195,7 @@ def _check_arch(arch: Any) -> str:
     if not isinstance(arch, str) or arch not in ARCHITECTURES:
         close = difflib.get_close_matches(str(arch), ARCHITECTURES, n=3, cutoff=0.5)
         hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
-        raise ValueError(
+        raise _errors.InputError(
             f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}.{hint}"
         )
     return arch
@@ -178,7 +203,7 @@ def _check_arch(arch: Any) -> str:
 
 def _check_num_classes(num_classes: Any) -> int:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        raise _errors.InputError(f"num_classes must be a positive int, got {num_classes!r}")
     return num_classes
 
 
@@ -463,6 +488,7 @@ def save_checkpoint(
         "torch_version": str(torch.__version__),
         "captum_unicam_version": _package_version(),
     }
+    meta[_DIGEST_KEY] = checkpoint_digest(state, meta)
     payload = {"format": _FORMAT, "version": _VERSION, "state_dict": state, "meta": meta}
     # the metadata must survive weights_only loading; check before touching the disk
     buf = io.BytesIO()
@@ -477,7 +503,9 @@ def save_checkpoint(
     if path.is_dir():
         raise ValueError(f"checkpoint path {str(path)!r} is a folder; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-",
+                               suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
@@ -490,6 +518,28 @@ def save_checkpoint(
         except OSError:
             pass
         raise
+
+
+def _remove_stale_temporaries(path: pathlib.Path) -> None:
+    """Deletes ``.NAME.PID-*.tmp`` files that a killed save of ``path`` left behind
+    (those of live processes are kept)."""
+    import re
+
+    from captum_unicam.output.publish import _pid_alive
+
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)-[A-Za-z0-9_]+\.tmp$")
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return
+    for e in entries:
+        m = pattern.match(e.name)
+        if m and not _pid_alive(int(m.group(1))):
+            try:
+                if e.is_file(follow_symlinks=False):
+                    os.unlink(e.path)
+            except OSError:
+                pass
 
 
 def _package_version() -> str:
@@ -515,6 +565,292 @@ def _describe(arch: Any, num_classes: Any) -> str:
     return f"a {arch} with {num_classes} classes"
 
 
+# ---------------------------------------------------------------------------
+# Checks of a checkpoint file, before anything is built
+# ---------------------------------------------------------------------------
+
+
+def _canonical(value: Any) -> Any:
+    """Metadata as JSON-able values that keep types apart (1 vs "1", dict key order)."""
+    if isinstance(value, Mapping):
+        items = [[_canonical(k), _canonical(v)] for k, v in value.items()]
+        return {"dict": sorted(items, key=lambda kv: json.dumps(kv[0], sort_keys=True))}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return {"int": str(value)}
+    if isinstance(value, float):
+        return {"float": repr(value)}
+    return {type(value).__name__: repr(value)}
+
+
+def checkpoint_digest(state_dict: Mapping[str, Tensor], meta: Optional[Mapping[str, Any]] = None) -> str:
+    r"""SHA-256 of a state dict's tensors (names, dtypes, shapes, bytes) and of the metadata.
+
+    :func:`save_checkpoint` stores it as ``meta["sha256"]`` and :func:`load_checkpoint`
+    recomputes it, so a flipped byte in the weights or the metadata is found. The
+    ``"sha256"`` and ``"path"`` entries of ``meta`` are left out.
+
+    Args:
+
+        state_dict (dict[str, Tensor]): the tensors.
+        meta (dict, optional): plain metadata. Default: None
+
+    Returns:
+        *str*: the hexadecimal digest.
+    """
+    h = hashlib.sha256(f"{_FORMAT}\0".encode())
+    rest = {k: v for k, v in (meta or {}).items() if k not in (_DIGEST_KEY, "path")}
+    h.update(json.dumps(_canonical(rest), sort_keys=True).encode())
+    for key in sorted(state_dict):
+        t = state_dict[key].detach()
+        h.update(f"\0{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        if t.layout != torch.strided:
+            t = t.to_dense()
+        flat = t.to("cpu").contiguous().reshape(-1)
+        if flat.numel():
+            h.update(flat.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check_container(p: pathlib.Path) -> None:
+    """Refuses, without unpickling anything, a file that is not a sound torch.save file."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(len(_LEGACY_MAGIC))
+    except PermissionError as e:
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} cannot be read (permission denied); fix its permissions"
+        ) from e
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {str(p)!r} cannot be read ({e.strerror})") from e
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(p) as z:
+                names = z.namelist()
+                if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+                    raise CheckpointError(
+                        f"checkpoint {str(p)!r} is a TorchScript archive (torch.jit.save), "
+                        "which would run code when loaded; save model.state_dict() with "
+                        "torch.save, or use save_checkpoint"
+                    )
+                bad = z.testzip()  # reads every entry and checks its CRC-32
+        except CheckpointError:
+            raise
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
+                NotImplementedError, RuntimeError) as e:  # zlib.error is not an OSError
+            raise CheckpointError(
+                f"checkpoint {str(p)!r} is damaged: its zip container cannot be read "
+                f"({type(e).__name__}: {e}); copy or write it again"
+            ) from e
+        except Exception as e:  # zlib.error and other decoder errors
+            raise CheckpointError(
+                f"checkpoint {str(p)!r} is damaged ({type(e).__name__}: {e}); copy or write "
+                "it again"
+            ) from e
+        if bad is not None:
+            raise CheckpointError(
+                f"checkpoint {str(p)!r} is damaged: the entry {bad!r} fails its CRC-32 check "
+                "(flipped or truncated bytes); copy or write it again"
+            )
+        return
+    if head == _LEGACY_MAGIC:
+        return  # torch.save(..., _use_new_zipfile_serialization=False)
+    if head[:1] == b"\x80" or head[:1] in (b"(", b"}", b"]"):
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} is a bare Python pickle, not a file of torch.save; it is "
+            "not loaded (unpickling can run code); save model.state_dict() with torch.save, "
+            "or use save_checkpoint"
+        )
+    raise CheckpointError(
+        f"cannot read checkpoint {str(p)!r}: it is not a PyTorch file (neither a torch.save "
+        "zip nor its legacy format), so it is not loaded; give a .pt file written by save_checkpoint "
+        "or torch.save"
+    )
+
+
+def _torch_load(p: pathlib.Path) -> Any:
+    try:
+        with warnings.catch_warnings():  # torch's warnings add nothing to our one line
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            glob = [ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln]
+            found = f" ({glob[0][:200]})" if glob else ""
+            raise CheckpointError(
+                f"checkpoint {str(p)!r} holds Python objects other than tensors and plain "
+                f"values{found}, so it cannot be loaded safely (weights_only=True); it is "
+                "not loaded. Re-save it with captum_unicam.models.save_checkpoint, or save "
+                "model.state_dict() instead of the model"
+            ) from e
+        raise CheckpointError(
+            f"cannot read checkpoint {str(p)!r} ({type(e).__name__}: {msg[:300]}); the file is "
+            "damaged or not a PyTorch file; write it again with save_checkpoint"
+        ) from e
+
+
+def _stage_blocks(state: Mapping[str, Tensor]) -> Tuple[int, int, int, int]:
+    counts = []
+    for i in range(1, 5):
+        prefix = f"layer{i}."
+        idx = {k[len(prefix):].split(".", 1)[0] for k in state if k.startswith(prefix)}
+        counts.append(len(idx))
+    return tuple(counts)  # type: ignore[return-value]
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_architecture(p: pathlib.Path, arch: str, num_classes: Any,
+                        build_kwargs: Mapping[str, Any], state: Mapping[str, Tensor]) -> None:
+    """Every architecture keyword agrees with the tensors in the file, so the model built
+    from them is no larger than the file's weights (checked before build_model)."""
+    where = f"checkpoint {str(p)!r}"
+    what = _describe(arch, num_classes)
+
+    def misfit(detail: str) -> CheckpointError:
+        return CheckpointError(
+            f"{where}: its weights do not fit {what} ({detail}); give the architecture the "
+            "file was trained with (arch=..., --arch), or write the file again"
+        )
+
+    if not _positive_int(num_classes):
+        raise CheckpointError(f"{where}: its metadata gives num_classes={num_classes!r}, not a "
+                              "positive int; the file is damaged or not ours")
+    if not isinstance(build_kwargs, Mapping):
+        raise CheckpointError(f"{where}: its build_kwargs metadata is not a dict")
+    small = arch in SMALL_RESNET_CONFIGS
+    allowed = {"cifar_stem"} | ({"blocks", "width"} if small else
+                                {"zero_init_residual", "groups", "width_per_group",
+                                 "replace_stride_with_dilation"})
+    unknown = sorted(set(build_kwargs) - allowed, key=str)
+    if unknown:
+        raise CheckpointError(
+            f"{where}: unknown build keywords {unknown} for {arch} in its metadata (accepted: "
+            f"{sorted(allowed)}); it was written by an incompatible version"
+        )
+    stem = build_kwargs.get("cifar_stem")
+    if stem is not None and not isinstance(stem, bool):
+        raise CheckpointError(f"{where}: cifar_stem={stem!r} in its metadata is not a bool")
+    conv, fc = state.get("conv1.weight"), state.get("fc.weight")
+    if not isinstance(conv, Tensor) or conv.ndim != 4:
+        raise misfit("no 4-D conv1.weight")
+    if not isinstance(fc, Tensor) or fc.ndim != 2:
+        raise misfit("no 2-D fc.weight")
+    if fc.shape[0] != num_classes:
+        raise misfit(f"fc.weight has {fc.shape[0]} outputs")
+    found_blocks = _stage_blocks(state)
+    if small:
+        blocks, width = SMALL_RESNET_CONFIGS[arch]
+        blocks = build_kwargs.get("blocks", blocks)
+        width = build_kwargs.get("width", width)
+        if not isinstance(blocks, (list, tuple)) or len(blocks) != 4 or not all(
+                _positive_int(b) for b in blocks):
+            raise CheckpointError(f"{where}: blocks={blocks!r} in its metadata is not 4 "
+                                  "positive ints; the file is damaged or not ours")
+        if not _positive_int(width):
+            raise CheckpointError(f"{where}: width={width!r} in its metadata is not a "
+                                  "positive int; the file is damaged or not ours")
+        if tuple(blocks) != found_blocks:
+            raise misfit(f"blocks per stage {tuple(blocks)} asked, {found_blocks} in the file")
+        if conv.shape[0] != width:
+            raise misfit(f"width {width} asked, conv1 has {conv.shape[0]} channels in the file")
+        if fc.shape[1] != 8 * width:
+            raise misfit(f"fc.weight has {fc.shape[1]} inputs, width {width} needs {8 * width}")
+        return
+    blocks, bottleneck = _TORCHVISION_BLOCKS[arch]
+    if found_blocks != blocks:
+        raise misfit(f"{arch} has {blocks} blocks per stage, the file {found_blocks}")
+    groups = build_kwargs.get("groups", 1)
+    per_group = build_kwargs.get("width_per_group", 64)
+    if not _positive_int(groups) or not _positive_int(per_group):
+        raise CheckpointError(f"{where}: groups={groups!r}, width_per_group={per_group!r} in "
+                              "its metadata are not positive ints")
+    dil = build_kwargs.get("replace_stride_with_dilation")
+    if dil is not None and (not isinstance(dil, (list, tuple)) or len(dil) != 3
+                            or not all(isinstance(d, bool) for d in dil)):
+        raise CheckpointError(f"{where}: replace_stride_with_dilation={dil!r} in its metadata "
+                              "is not 3 bools")
+    zero = build_kwargs.get("zero_init_residual", False)
+    if not isinstance(zero, bool):
+        raise CheckpointError(f"{where}: zero_init_residual={zero!r} in its metadata is not a bool")
+    if conv.shape[0] != 64:
+        raise misfit(f"conv1 has {conv.shape[0]} channels, {arch} has 64")
+    if stem is not None and (tuple(conv.shape[-2:]) == (3, 3)) != stem:
+        raise misfit(f"cifar_stem={stem} asked, conv1 is {tuple(conv.shape[-2:])}")
+    if not bottleneck and (groups, per_group) != (1, 64):
+        raise misfit(f"{arch} (BasicBlock) supports only groups=1, width_per_group=64")
+    for stage, planes in ((1, 64), (4, 512)):
+        inner = state.get(f"layer{stage}.0.conv2.weight")
+        expected = int(planes * (per_group / 64.0)) * groups if bottleneck else planes
+        if not isinstance(inner, Tensor) or inner.ndim != 4 or inner.shape[0] != expected:
+            got = tuple(inner.shape) if isinstance(inner, Tensor) else None
+            raise misfit(f"layer{stage}.0.conv2.weight is {got}, groups={groups} and "
+                         f"width_per_group={per_group} need {expected} channels")
+
+
+def check_class_names(meta: Mapping[str, Any], class_names: Optional[Sequence[str]],
+                      role: str = "checkpoint") -> None:
+    r"""Compares the class names stored in a checkpoint with those of the data.
+
+    Args:
+
+        meta (dict): metadata returned by :func:`load_checkpoint`.
+        class_names (sequence of str, optional): the data's classes, in index order
+                    (e.g. ``dataset.classes``); None skips the check.
+        role (str, optional): how to name the model in messages, e.g. ``"Student"``.
+                    Default: "checkpoint"
+
+    Raises:
+        CheckpointError: the checkpoint was trained on another number of classes.
+
+    Warns:
+        UserWarning: same number of classes, but other names or another order (the
+        model's outputs would be read as the wrong classes).
+
+    Examples::
+
+        >>> model, meta = load_checkpoint("student.pt")
+        >>> check_class_names(meta, dataset.classes, "Student")
+    """
+    if class_names is None:
+        return
+    data = [str(c) for c in class_names]
+    stored = meta.get("class_names")
+    n_model = meta.get("num_classes")
+    where = f"{role} ({meta.get('path', 'checkpoint')})"
+    if stored is None:
+        if _positive_int(n_model) and n_model != len(data):
+            raise CheckpointError(
+                f"{where} has {n_model} classes but the data has {len(data)}; give data with "
+                "the classes the model was trained on, or the right checkpoint")
+        return
+    stored = [str(c) for c in stored]
+    if len(stored) != len(data):
+        raise CheckpointError(
+            f"{where} was trained on {len(stored)} classes ({', '.join(stored[:6])}"
+            f"{', ...' if len(stored) > 6 else ''}) but the data has {len(data)} "
+            f"({', '.join(data[:6])}{', ...' if len(data) > 6 else ''}); give data with the "
+            "classes the model was trained on, or the right checkpoint")
+    if stored != data:
+        diff = [f"{i}: {a!r} vs {b!r}" for i, (a, b) in enumerate(zip(stored, data)) if a != b]
+        warnings.warn(
+            f"{where} was trained on classes named differently from the data's "
+            f"(model vs data, {'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''}); the "
+            "outputs are read in the data's order; check that the classes correspond",
+            UserWarning, stacklevel=2)
+
+
+# ---------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------
+
+
 def load_checkpoint(
     path: Union[str, os.PathLike],
     *,
@@ -523,6 +859,11 @@ def load_checkpoint(
     map_location: Union[str, torch.device] = "cpu",
 ) -> Tuple[nn.Module, dict]:
     r"""Reads a checkpoint with ``torch.load(weights_only=True)`` and rebuilds the model.
+
+    Before anything is unpickled or built, the file is checked (see the module
+    docstring): the CRC-32 of its zip entries, no TorchScript and no bare pickle; then the
+    SHA-256 digest of the tensors and metadata (files of :func:`save_checkpoint`) and the
+    architecture keywords against the tensors' shapes.
 
     Args:
 
@@ -543,8 +884,9 @@ def load_checkpoint(
         ``teacher``, ``extra``, ``build_kwargs``, ..., and ``path``).
 
     Raises:
-        CheckpointError: missing or unreadable file, a file that needs unsafe
-        unpickling, or an architecture / class count other than the expected one.
+        CheckpointError: missing, unreadable or damaged file (CRC or digest mismatch), a
+        TorchScript archive or bare pickle, a file that needs unsafe unpickling, or
+        weights / metadata of another architecture or class count than expected.
 
     Examples::
 
@@ -562,26 +904,50 @@ def load_checkpoint(
             f"checkpoint {str(p)!r} {what}; give the path of a .pt file written by "
             "'captum-unicam train' (or save_checkpoint)"
         )
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise CheckpointError(
-                f"checkpoint {str(p)!r} holds Python objects other than tensors and plain "
-                f"values, so it cannot be loaded safely (weights_only=True): {msg}. "
-                "Re-save it with captum_unicam.models.save_checkpoint, or save "
-                "model.state_dict() instead of the model"
-            ) from e
-        raise CheckpointError(
-            f"cannot read checkpoint {str(p)!r} ({type(e).__name__}: {msg}); the file is "
-            "damaged or not a PyTorch file; write it again with save_checkpoint"
-        ) from e
+    _check_container(p)
+    obj = _torch_load(p)
 
-    if isinstance(obj, dict) and obj.get("format") == _FORMAT:
-        meta = dict(obj.get("meta") or {})
+    ours = isinstance(obj, dict) and obj.get("format") == _FORMAT
+    if not ours and isinstance(obj, dict) and ("format" in obj or "meta" in obj):
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} has an unknown format {obj.get('format')!r}; it is damaged "
+            "or was written by another program; write it again with save_checkpoint"
+        )
+    if ours:
+        version = obj.get("version")
+        if not _positive_int(version) or version > _VERSION:
+            raise CheckpointError(
+                f"checkpoint {str(p)!r} has format version {version!r}; this captum-unicam "
+                f"reads versions 1 to {_VERSION}; upgrade captum-unicam"
+            )
+        meta = obj.get("meta")
         state = obj.get("state_dict")
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"checkpoint {str(p)!r} has no metadata dict; it is damaged; "
+                                  "write it again with save_checkpoint")
+        if not isinstance(state, dict) or not state or not all(
+                isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+            raise CheckpointError(
+                f"checkpoint {str(p)!r} has no state_dict of tensors (found "
+                f"{type(state).__name__}); it is damaged; write it again with save_checkpoint"
+            )
+        meta = dict(meta)
+        digest = meta.get(_DIGEST_KEY)
+        if version >= 2 or digest is not None:
+            if not isinstance(digest, str):
+                raise CheckpointError(f"checkpoint {str(p)!r} has no sha256 digest in its "
+                                      "metadata; it is damaged; write it again")
+            if checkpoint_digest(state, meta) != digest:
+                raise CheckpointError(
+                    f"checkpoint {str(p)!r} is damaged: its weights or metadata do not match "
+                    "the SHA-256 digest written with them; copy or write it again"
+                )
         found_arch, found_n = meta.get("arch"), meta.get("num_classes")
+        if found_arch not in ARCHITECTURES:
+            raise CheckpointError(
+                f"checkpoint {str(p)!r} names the architecture {found_arch!r}, which this "
+                f"captum-unicam does not know ({', '.join(ARCHITECTURES)})"
+            )
         if (arch is not None and found_arch != arch) or (
             num_classes is not None and found_n != num_classes
         ):
@@ -592,15 +958,16 @@ def load_checkpoint(
                 f"{_describe(exp_arch, exp_n)} was expected; pass the checkpoint of the "
                 f"right model, or ask for arch={found_arch!r}, num_classes={found_n}"
             )
-        build_kwargs = dict(meta.get("build_kwargs") or {})
+        build_kwargs = meta.get("build_kwargs")
+        build_kwargs = {} if build_kwargs is None else build_kwargs
     else:
         state = obj
         if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
             state = obj["state_dict"]
         elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
             state = obj["model"]
-        if not isinstance(state, dict) or not all(
-            isinstance(v, Tensor) for v in state.values()
+        if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
         ):
             raise CheckpointError(
                 f"checkpoint {str(p)!r} is neither a captum-unicam checkpoint nor a state "
@@ -643,8 +1010,19 @@ def load_checkpoint(
             "build_kwargs": build_kwargs,
         }
 
+    _check_architecture(p, meta["arch"], meta["num_classes"], build_kwargs, state)
+    names = meta.get("class_names")
+    if names is not None and (not isinstance(names, (list, tuple))
+                              or len(names) != meta["num_classes"]):
+        raise CheckpointError(
+            f"checkpoint {str(p)!r}: its class_names metadata does not list "
+            f"{meta['num_classes']} names; the file is damaged; write it again"
+        )
+    kwargs = dict(build_kwargs)
+    if "blocks" in kwargs:
+        kwargs["blocks"] = tuple(kwargs["blocks"])
     try:
-        model = build_model(meta["arch"], meta["num_classes"], **build_kwargs)
+        model = build_model(meta["arch"], meta["num_classes"], **kwargs)
     except (ValueError, TypeError) as e:
         raise CheckpointError(
             f"checkpoint {str(p)!r}: cannot rebuild {_describe(meta['arch'], meta['num_classes'])} "

@@ -220,7 +220,8 @@ def test_checkpoint_round_trip(tmp_path):
         assert torch.equal(model.eval()(x), loaded(x))
     # the file itself is a plain dict of tensors and values
     raw = torch.load(path, weights_only=True)
-    assert raw["format"] == "captum-unicam-checkpoint" and raw["version"] == 1
+    assert raw["format"] == "captum-unicam-checkpoint" and raw["version"] == 2
+    assert len(raw["meta"]["sha256"]) == 64 and int(raw["meta"]["sha256"], 16) >= 0
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "small_resnet"])
@@ -303,9 +304,13 @@ def test_loading_is_weights_only(tmp_path):
     evil = tmp_path / "evil.pt"
     with open(evil, "wb") as f:
         pickle.dump({"state_dict": {}, "payload": _Boom(str(target))}, f, protocol=2)
-    with pytest.raises(CheckpointError, match="weights_only"):
+    with pytest.raises(CheckpointError, match="bare Python pickle.*not loaded"):
         load_checkpoint(evil, arch="small_resnet_s")
     assert not target.exists()  # nothing was executed
+    torch.save({"state_dict": {}, "payload": _Boom(str(target))}, evil)  # in a torch zip
+    with pytest.raises(CheckpointError, match="weights_only"):
+        load_checkpoint(evil, arch="small_resnet_s")
+    assert not target.exists()
     whole = tmp_path / "whole.pt"
     torch.save(build_model("small_resnet_s", 2), whole)  # a pickled module
     with pytest.raises(CheckpointError, match="state_dict"):

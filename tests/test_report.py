@@ -166,6 +166,11 @@ def test_existing_folder_refused_and_untouched(tmp_path):
     empty.mkdir()
     report.write_report(empty, **_small_kwargs())
     assert (empty / "index.html").is_file()
+    # overwrite replaces only a report of ours (issue 14)
+    with pytest.raises(report.OutputFolderError, match="not a captum-unicam report"):
+        report.write_report(out, overwrite=True, **_small_kwargs())
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / "metrics.json").write_text('{"format": "captum-unicam/report"}')
     report.write_report(out, overwrite=True, **_small_kwargs())
     assert not (out / "keep.txt").exists() and (out / "index.html").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "rep"]
@@ -181,6 +186,7 @@ def test_crash_mid_report_leaves_nothing(tmp_path, monkeypatch, existing):
     if existing:
         out.mkdir(parents=True)
         (out / "keep.txt").write_text("mine")
+        (out / "metrics.json").write_text('{"format": "captum-unicam/report"}')
 
     def boom(*a, **k):
         raise RuntimeError("figure failed")
@@ -190,7 +196,7 @@ def test_crash_mid_report_leaves_nothing(tmp_path, monkeypatch, existing):
         report.write_report(out, overwrite=True, score_panels={"FSS": {"s": {"L1": 0.5}}}, **_small_kwargs())
     if existing:
         assert [p.name for p in out.parent.iterdir()] == ["rep"]
-        assert [p.name for p in out.iterdir()] == ["keep.txt"]
+        assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "metrics.json"]
     else:
         assert list(tmp_path.iterdir()) == []  # even the parent folders we made are gone
 

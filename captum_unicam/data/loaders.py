@@ -31,9 +31,12 @@ from __future__ import annotations
 
 from captum_unicam import errors as _errors
 
+import errno
 import math
 import os
 import pathlib
+import stat
+import warnings
 from typing import Any, Callable, List, Optional, Sequence
 
 import torch
@@ -41,7 +44,7 @@ from torch.utils.data import Dataset
 
 from captum_unicam.data.controlled import SPLITS, ControlledShapes
 
-__all__ = ["DataSpecError", "load_dataset", "SCHEMES"]
+__all__ = ["DataSpecError", "load_dataset", "spec_paths", "SCHEMES"]
 
 #: Schemes accepted by :func:`load_dataset`.
 SCHEMES = ("controlled", "cifar10", "imagefolder")
@@ -175,6 +178,30 @@ def load_dataset(
     return _imagefolder(root, split, image_size, limit, augment, normalize, kwargs)
 
 
+def spec_paths(spec: str) -> List[pathlib.Path]:
+    r"""The folders a data spec reads, e.g. to keep an output folder away from them.
+
+    Args:
+
+        spec (str): a data spec (see :func:`load_dataset`).
+
+    Returns:
+        *list[pathlib.Path]*: ``[ROOT]`` for ``cifar10:ROOT`` and ``imagefolder:ROOT``
+        (``~`` expanded), ``[]`` for ``controlled`` and for specs that name no folder.
+
+    Examples::
+
+        >>> spec_paths("imagefolder:~/data/PetImages")
+        [PosixPath('/home/me/data/PetImages')]
+    """
+    if not isinstance(spec, str):
+        return []
+    scheme, sep, arg = spec.strip().partition(":")
+    if scheme.lower() in ("cifar10", "imagefolder") and sep and arg:
+        return [pathlib.Path(os.path.expanduser(arg))]
+    return []
+
+
 def _controlled(arg: str, split: str, image_size, limit, kwargs) -> Dataset:
     seed = 0
     if arg:
@@ -243,6 +270,17 @@ def _cifar10(root, split, download, image_size, limit, augment, normalize, kwarg
         tf.append(_normalizer(CIFAR10_MEAN, CIFAR10_STD))
     try:
         ds = datasets.CIFAR10(str(root), train=train, download=download, transform=T.Compose(tf))
+    except PermissionError as e:
+        raise DataSpecError(
+            f"cannot read or write CIFAR-10 in {str(root)!r} (permission denied: "
+            f"{e.filename or root}); fix the permissions or choose another folder") from e
+    except OSError as e:  # urllib's URLError, socket errors, a full disk
+        if not download:
+            raise DataSpecError(f"cannot read CIFAR-10 in {str(root)!r}: {e}") from e
+        raise DataSpecError(
+            f"could not download CIFAR-10 into {str(root)!r} ({type(e).__name__}: {e}); check "
+            "the network, or download cifar-10-python.tar.gz by hand and extract it there"
+        ) from e
     except RuntimeError as e:
         hint = "" if download else "; pass download=True (--download) to download it again"
         raise DataSpecError(f"cannot read CIFAR-10 in {str(root)!r}: {e}{hint}") from e
@@ -251,32 +289,165 @@ def _cifar10(root, split, download, image_size, limit, augment, normalize, kwarg
     return _limited(ds, limit)
 
 
-def _is_image(path: str) -> bool:
-    # zero-byte files (PetImages has a few) cannot be images: skip them
-    return path.lower().endswith(IMAGE_EXTENSIONS) and os.path.getsize(path) > 0
+#: Folders nested deeper than this below a class folder are refused (a bound on the walk).
+MAX_FOLDER_DEPTH = 32
 
 
 def _load_rgb(path: str):
-    """Reads an image file as RGB, naming the file when it is damaged."""
+    """Reads an image file as RGB, telling an unreadable file from a damaged one."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with open(path, "rb") as f:
             img = Image.open(f)
             return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as e:
+    except PermissionError as e:
         raise DataSpecError(
-            f"cannot read image {path!r} ({type(e).__name__}: {e}); delete or replace the "
-            "damaged file"
+            f"cannot read image {path!r}: permission denied; fix its permissions "
+            "(e.g. chmod a+r) or remove it"
+        ) from e
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+        raise DataSpecError(
+            f"image {path!r} is damaged or not an image ({type(e).__name__}: {e}); delete "
+            "or replace the file"
         ) from e
 
 
+def _unreadable_folder(path: str, err: OSError) -> DataSpecError:
+    if isinstance(err, PermissionError):
+        return DataSpecError(
+            f"cannot read the folder {path!r}: permission denied; fix its permissions "
+            "(e.g. chmod a+rx) or remove it")
+    return DataSpecError(f"cannot read the folder {path!r} ({err.strerror or err}); check it")
+
+
 def _class_dirs(root: pathlib.Path) -> List[str]:
-    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    try:
+        entries = list(os.scandir(root))
+    except OSError as e:
+        raise _unreadable_folder(str(root), e) from e
+    return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+
+
+def _scan_class(top: str, idx: int) -> List[tuple]:
+    """(path, idx) of the image files below the class folder ``top``, in the order of
+    torchvision's ImageFolder (by folder path, then file name). Folder symlinks are
+    followed once: a folder reached again (a loop such as ``ln -s . cls/self``, or two
+    links to one folder) is skipped with a warning naming the link, so each real file
+    counts once; the walk goes at most MAX_FOLDER_DEPTH folders deep."""
+    found: List[tuple] = []
+    seen_dirs: dict = {}
+    seen_files: set = set()
+    unreadable: List[str] = []
+    duplicates = 0
+    top_real = os.path.realpath(top)
+    pending = [(top, 0)]
+    while pending:
+        folder, depth = pending.pop()
+        try:
+            st = os.stat(folder)
+        except OSError as e:
+            raise _unreadable_folder(folder, e) from e
+        key = (st.st_dev, st.st_ino)
+        real = os.path.realpath(folder)
+        if key in seen_dirs or (folder != top and top_real.startswith(real.rstrip(os.sep) + os.sep)):
+            warnings.warn(
+                f"image folder: skipped the link {folder!r}: it leads to "
+                f"{seen_dirs.get(key, real)!r}, a folder already read or above the class "
+                "folder (a symlink loop or a second link), so its images are counted once",
+                UserWarning, stacklevel=7)
+            continue
+        seen_dirs[key] = folder
+        if depth > MAX_FOLDER_DEPTH:
+            raise DataSpecError(
+                f"image folder {top!r} nests folders more than {MAX_FOLDER_DEPTH} deep (at "
+                f"{folder!r}); flatten it, or check for symlinks that loop")
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            raise _unreadable_folder(folder, e) from e
+        subdirs: List[tuple] = []
+        for e in entries:
+            try:
+                is_dir = e.is_dir()  # follows symlinks; False for a looping link
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subdirs.append((e.path, depth + 1))
+                continue
+            if not e.name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            try:
+                fst = os.stat(e.path)
+            except OSError as err:
+                if err.errno == errno.ELOOP:
+                    raise DataSpecError(
+                        f"image {e.path!r} is a symbolic link in a cycle (it leads back to "
+                        "itself); remove the link or replace it with the image") from err
+                if isinstance(err, PermissionError):
+                    unreadable.append(e.path)
+                    continue
+                raise DataSpecError(
+                    f"image {e.path!r} is a symbolic link to {os.readlink(e.path)!r}, which "
+                    "does not exist; remove the link or restore its target"
+                    if e.is_symlink() else f"cannot read image {e.path!r} ({err.strerror})"
+                ) from err
+            if not stat.S_ISREG(fst.st_mode):
+                warnings.warn(f"image folder: skipped {e.path!r}, which is not a regular file",
+                              UserWarning, stacklevel=7)
+                continue
+            if fst.st_size == 0:  # zero-byte files (PetImages has a few) are no images
+                continue
+            fkey = (fst.st_dev, fst.st_ino)
+            if fkey in seen_files:
+                duplicates += 1
+                continue
+            seen_files.add(fkey)
+            if not os.access(e.path, os.R_OK):
+                unreadable.append(e.path)
+                continue
+            found.append((folder, e.name, e.path))
+        pending.extend(reversed(subdirs))  # depth first, in name order
+    if unreadable:
+        raise DataSpecError(
+            f"{len(unreadable)} image file(s) in {top!r} cannot be read (permission denied), "
+            f"e.g. {unreadable[0]!r}; fix their permissions (e.g. chmod a+r) or remove them")
+    if duplicates:
+        warnings.warn(f"image folder {top!r}: {duplicates} link(s) to image files already "
+                      "counted were skipped", UserWarning, stacklevel=7)
+    found.sort(key=lambda t: (t[0], t[1]))
+    return [(path, idx) for _, _, path in found]
+
+
+def _make_image_folder_class():
+    from torchvision import datasets
+
+    class _ImageFolder(datasets.ImageFolder):
+        """torchvision's ImageFolder with a safe walk (:func:`_scan_class`) and errors
+        that tell an unreadable folder from an empty one."""
+
+        def find_classes(self, directory):
+            classes = _class_dirs(pathlib.Path(directory))
+            return classes, {c: i for i, c in enumerate(classes)}
+
+        @staticmethod
+        def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None,
+                         allow_empty=False):
+            samples = []
+            for name, idx in sorted(class_to_idx.items(), key=lambda kv: kv[1]):
+                found = _scan_class(os.path.join(str(directory), name), idx)
+                if not found and not allow_empty:
+                    raise DataSpecError(
+                        f"image folder {str(directory)!r}: the class folder {name!r} holds no "
+                        f"images; put image files ({', '.join(IMAGE_EXTENSIONS)}) in it or "
+                        "remove it")
+                samples += found
+            return samples
+
+    return _ImageFolder
 
 
 def _imagefolder(root, split, image_size, limit, augment, normalize, kwargs):
-    from torchvision import datasets
     from torchvision import transforms as T
 
     _no_kwargs("imagefolder", kwargs, ("test_fraction", "split_seed"))
@@ -284,7 +455,11 @@ def _imagefolder(root, split, image_size, limit, augment, normalize, kwargs):
     split_seed = kwargs.get("split_seed", 0)
     if not isinstance(test_fraction, (int, float)) or not 0.0 < test_fraction < 1.0:
         raise DataSpecError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
-    if not root.exists():
+    try:
+        exists = root.exists()
+    except OSError as e:
+        raise _unreadable_folder(str(root), e) from e
+    if not exists:
         raise DataSpecError(
             f"image folder {str(root)!r} does not exist; give the folder that holds one "
             "sub-folder of images per class (or train/ and test/ sub-folders of those)"
@@ -315,19 +490,12 @@ def _imagefolder(root, split, image_size, limit, augment, normalize, kwargs):
     tf.append(T.ToTensor())
     if normalize:
         tf.append(_normalizer(IMAGENET_MEAN, IMAGENET_STD))
-    try:
-        ds = datasets.ImageFolder(
-            str(folder),
-            transform=T.Compose(tf),
-            loader=_load_rgb,
-            is_valid_file=_is_image,
-            allow_empty=False,
-        )
-    except FileNotFoundError as e:
-        raise DataSpecError(
-            f"image folder {str(folder)!r} holds no images ({e}); put image files "
-            f"({', '.join(IMAGE_EXTENSIONS)}) in ROOT/<class name>/"
-        ) from e
+    ds = _make_image_folder_class()(
+        str(folder),
+        transform=T.Compose(tf),
+        loader=_load_rgb,
+        allow_empty=False,
+    )
     if normalize:
         ds.mean, ds.std = IMAGENET_MEAN, IMAGENET_STD
     if sub is None:

@@ -1,81 +1,576 @@
-r"""Writing outputs so that a crash never leaves a half-written result that looks complete.
+r"""Writing outputs so that no run loses data and no crash leaves a half-written result.
 
-A report folder is built in a temporary folder beside its destination and moved into
-place by renames only when it is complete (:func:`publish_folder`); the destination is
-checked before any work is done (:func:`check_output_dir`).
+A report folder ``X`` is checked before any work is done (:func:`check_output_dir`), built
+in a temporary folder ``.X.tmp-PID-RANDOM`` beside it (:func:`staged_folder`) and moved
+into place by renames only when it is complete (:func:`publish_folder`). An existing
+``X`` is replaced only with ``overwrite=True``, and only when it is a report that this
+tool wrote (its ``metrics.json`` or ``results.json`` says so, see :func:`is_report_dir`);
+it is moved aside to ``.X.old-PID-RANDOM`` first and deleted once the new one is in place.
+
+The process id in the temporary names tells the folders of a live run (never touched)
+from those a killed run left behind: :func:`recover_output_dir`, which
+:func:`check_output_dir` and :func:`staged_folder` call, deletes stale ``.X.tmp-*``
+folders and puts back an old report that a run killed between its two renames left in
+``.X.old-*``. :func:`terminate_as_interrupt` turns SIGTERM into :class:`KeyboardInterrupt`
+so that a terminated run cleans up like an interrupted one.
+
+A checkpoint file a run writes is checked with :func:`check_output_file`.
+
+Examples::
+
+    >>> out = check_output_dir("report", overwrite=False, reads=["student.pt"])
+    >>> with terminate_as_interrupt(), staged_folder(out) as tmp:
+    ...     (tmp / "metrics.json").write_text(json.dumps({"format": REPORT_FORMAT}))
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import signal
+import threading
+import time
+import warnings
 from pathlib import Path
-from typing import Union
+from typing import Callable, Iterable, Iterator, List, Optional, Union
 
 from captum_unicam.errors import OutputError
 
-__all__ = ["OutputError", "check_output_dir", "publish_folder"]
+__all__ = [
+    "OutputError",
+    "REPORT_FORMAT",
+    "check_output_dir",
+    "check_output_file",
+    "is_report_dir",
+    "make_temp_dir",
+    "publish_folder",
+    "recover_output_dir",
+    "staged_folder",
+    "terminate_as_interrupt",
+]
 
 PathLike = Union[str, "os.PathLike[str]"]
-OutputFolderError = OutputError
+OutputFolderError = OutputError  # the name report.py used before
+
+#: The ``"format"`` value that marks the ``metrics.json`` of a report of this tool.
+REPORT_FORMAT = "captum-unicam/report"
+
+#: Files whose content marks a folder as written by this tool (report, experiment).
+_MARKERS = ("metrics.json", "results.json")
+
+#: Temporary names without a process id (written by older versions) are stale after this.
+_LEGACY_STALE_S = 24 * 3600
+
+#: Renames tried before giving up when another run writes the same folder at the same time.
+_PUBLISH_ATTEMPTS = 8
+
+#: Test hook: called with the name of each stage of :func:`staged_folder` /
+#: :func:`publish_folder` ("tmp-created", "before-publish", "moved-aside", "published").
+_HOOK: Optional[Callable[[str], None]] = None
 
 
+def _stage(name: str) -> None:
+    if _HOOK is not None:
+        _HOOK(name)
 
-def check_output_dir(out_dir: PathLike, *, overwrite: bool = False) -> Path:
+
+# ---------------------------------------------------------------------------
+# what is ours
+# ---------------------------------------------------------------------------
+
+
+def is_report_dir(path: PathLike) -> bool:
+    r"""Whether ``path`` is a folder written by captum-unicam (a report or an experiment).
+
+    A report's ``metrics.json`` holds ``"format": REPORT_FORMAT``; reports written before
+    that field existed are recognised by their ``"versions"`` entry naming
+    ``captum-unicam`` and their ``"command"``. An experiment folder's ``results.json``
+    holds a ``"format"`` starting with ``"captum-unicam/"``.
+
+    Args:
+        path (str or PathLike): a folder.
+
+    Returns:
+        bool: True if the folder holds such a file (a regular file, not a link).
+    """
+    folder = Path(path)
+    for name in _MARKERS:
+        marker = folder / name
+        if marker.is_symlink() or not marker.is_file():
+            continue
+        try:
+            with open(marker, encoding="utf-8") as f:
+                data = json.loads(f.read(64 * 2 ** 20) or "null")
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        fmt = data.get("format")
+        if isinstance(fmt, str) and fmt.startswith("captum-unicam/"):
+            return True
+        versions = data.get("versions")
+        if (name == "metrics.json" and isinstance(versions, dict)
+                and "captum-unicam" in versions and "command" in data):
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------
+# leftovers of killed runs
+# ---------------------------------------------------------------------------
+
+
+def _leftover_re(name: str) -> "re.Pattern[str]":
+    # .X.tmp-PID-RANDOM / .X.old-PID-RANDOM, or the legacy mkdtemp names .X.tmp-RANDOM
+    return re.compile(rf"^\.{re.escape(name)}\.(tmp|old)-(?:(\d+)-[A-Za-z0-9_]+|[a-z0-9_]{{8}})$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else
+    return True
+
+
+def _leftovers(out: Path):
+    """(path, kind, pid or None, mtime) of the temporary folders of ``out`` in its parent."""
+    pattern = _leftover_re(out.name)
+    try:
+        entries = list(os.scandir(out.parent))
+    except OSError:
+        return []
+    found = []
+    for e in entries:
+        m = pattern.match(e.name)
+        if not m:
+            continue
+        try:
+            if not e.is_dir(follow_symlinks=False):
+                continue
+            mtime = e.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        found.append((Path(e.path), m.group(1), int(m.group(2)) if m.group(2) else None, mtime))
+    return found
+
+
+def _stale(pid: Optional[int], mtime: float) -> bool:
+    if pid is None:
+        return time.time() - mtime > _LEGACY_STALE_S
+    return not _pid_alive(pid)
+
+
+def recover_output_dir(out_dir: PathLike) -> List[str]:
+    r"""Cleans up what killed runs left beside ``out_dir``; never touches a live run's files.
+
+    - ``.X.tmp-PID-*`` folders whose process is gone (or, for names without a process id,
+      older than a day) are deleted;
+    - when ``X`` is missing and a run that is gone left the previous report in
+      ``.X.old-PID-*`` (it was killed between its two renames), that report is put back
+      as ``X``; when ``X`` exists (the run had published it), the old one is deleted.
+
+    Each action is reported by a :class:`UserWarning`.
+
+    Args:
+        out_dir (str or PathLike): the report folder ``X``.
+
+    Returns:
+        list of str: what was done, one sentence each.
+    """
+    out = Path(out_dir).expanduser().absolute()
+    done: List[str] = []
+    items = _leftovers(out)
+    for path, kind, pid, mtime in items:
+        if kind == "tmp" and _stale(pid, mtime):
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                done.append(f"removed {path.name!r}, the unfinished output of an earlier run "
+                            f"that was killed{f' (process {pid})' if pid else ''}")
+    olds = sorted((i for i in items if i[1] == "old" and _stale(i[2], i[3])), key=lambda i: i[3])
+    if olds and not os.path.lexists(out):
+        path, pid = olds[-1][0], olds[-1][2]  # the newest
+        try:
+            os.rename(path, out)
+            olds.pop()
+            done.append(f"restored {str(out)!r} from {path.name!r}: an earlier run"
+                        f"{f' (process {pid})' if pid else ''} was killed while replacing it")
+        except OSError:
+            pass
+    if os.path.lexists(out):
+        for path, _kind, _pid, _mtime in olds:
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                done.append(f"removed {path.name!r}, a report already replaced by an earlier run "
+                            "that was killed before deleting it")
+    for msg in done:
+        warnings.warn(msg, stacklevel=2)
+    return done
+
+
+# ---------------------------------------------------------------------------
+# checks before any work
+# ---------------------------------------------------------------------------
+
+
+def _resolved(path: PathLike) -> Path:
+    p = Path(path).expanduser().absolute()
+    try:
+        return p.resolve(strict=False)
+    except (RuntimeError, OSError) as e:  # a symlink loop on the way
+        raise OutputError(f"cannot resolve the path {str(p)!r} ({e}); it holds a symbolic "
+                          "link that loops; give another path") from e
+
+
+def _nearest_existing(path: Path) -> Path:
+    anc = path
+    while not os.path.lexists(anc) and anc != anc.parent:
+        anc = anc.parent
+    return anc
+
+
+def _check_parent_writable(target: Path, what: str) -> None:
+    anc = _nearest_existing(target.parent)
+    if not anc.is_dir():
+        raise OutputError(
+            f"cannot create the {what} {str(target)!r}: {str(anc)!r} is a file, not a folder; "
+            "choose another output path")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"cannot create the {what} {str(target)!r}: the folder {str(anc)!r} is not "
+            "writable; choose another output path or fix its permissions")
+
+
+def _reads_conflict(out: Path, reads: Iterable[PathLike], what: str) -> None:
+    for r in reads:
+        if r is None:
+            continue
+        rp = _resolved(r)
+        if rp == out:
+            raise OutputError(
+                f"the {what} {str(out)!r} is {str(r)!r}, which this run reads; choose "
+                "another output path")
+        if out in rp.parents:
+            raise OutputError(
+                f"the {what} {str(out)!r} holds {str(r)!r}, which this run reads, so "
+                "replacing it would delete that input; choose another output folder")
+        if rp in out.parents:
+            raise OutputError(
+                f"the {what} {str(out)!r} is inside {str(r)!r}, which this run reads; "
+                "choose an output folder outside the inputs")
+
+
+def check_output_dir(out_dir: PathLike, *, overwrite: bool = False,
+                     reads: Iterable[PathLike] = ()) -> Path:
     r"""Checks that a report can be written to ``out_dir``, before any work is done.
+
+    Leftovers of killed runs are cleaned up first (:func:`recover_output_dir`). A symlink
+    is resolved: the report is written where it points (a dangling one is refused).
 
     Args:
         out_dir (str or PathLike): the report folder.
-        overwrite (bool, optional): allow replacing an existing non-empty folder.
+        overwrite (bool, optional): allow replacing an existing non-empty folder, which
+            must then be a report written by this tool (:func:`is_report_dir`).
             Default: False
+        reads (iterable of str or PathLike, optional): the files and folders this run
+            reads (checkpoints, data folders); the report folder may neither be one of
+            them, nor hold one, nor lie inside one. Default: ()
 
     Returns:
-        pathlib.Path: the absolute folder path.
+        pathlib.Path: the absolute folder path, symlinks resolved.
 
     Raises:
-        OutputFolderError: ``out_dir`` is a file, or a non-empty folder and ``overwrite``
-        is False, or its parent cannot be written.
+        OutputError: ``out_dir`` is a dangling symlink or a file; is the current folder
+        or one of its parents, or the home folder; holds, is or lies inside something
+        in ``reads``; is a non-empty folder and ``overwrite`` is False, or a non-empty
+        folder that is not a report of this tool; or its parent cannot be written.
+
+    Examples::
+
+        >>> out = check_output_dir("report", reads=["models/student.pt"])
     """
-    out = Path(out_dir).expanduser().absolute()
+    given = Path(out_dir).expanduser().absolute()
+    if given.is_symlink() and not given.exists():
+        raise OutputError(
+            f"output path {str(given)!r} is a symbolic link to {os.readlink(given)!r}, "
+            "which does not exist; remove the link or give the folder itself")
+    out = _resolved(given)
     if out.exists() and not out.is_dir():
-        raise OutputFolderError(
-            f"output path {str(out)!r} exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputFolderError(
-            f"output folder {str(out)!r} exists and is not empty; choose another --out, "
-            "or pass --overwrite to replace it")
-    anc = out.parent
-    while not anc.exists():
-        anc = anc.parent
-    if not anc.is_dir() or not os.access(anc, os.W_OK | os.X_OK):
-        raise OutputFolderError(
-            f"cannot create the output folder {str(out)!r}: {str(anc)!r} is not a writable "
-            "folder; choose another --out")
+        raise OutputError(
+            f"output path {str(given)!r} exists and is not a folder; choose another "
+            "output folder")
+    cwd = Path.cwd().resolve()
+    if out == cwd or out in cwd.parents or out == Path.home().resolve():
+        which = ("the current folder" if out == cwd else
+                 "a parent of the current folder" if out in cwd.parents else "the home folder")
+        raise OutputError(
+            f"output folder {str(given)!r} is {which}; writing a report there would replace "
+            "everything in it; give a new sub-folder, e.g. 'report'")
+    _reads_conflict(out, reads, "output folder")
+    recover_output_dir(out)
+    if out.is_dir():
+        try:
+            non_empty = any(out.iterdir())
+        except PermissionError:
+            raise OutputError(f"output folder {str(out)!r} cannot be read (permission "
+                              "denied); choose another output folder") from None
+        if non_empty and not overwrite:
+            raise OutputError(
+                f"output folder {str(given)!r} exists and is not empty; choose another "
+                "output folder, or pass overwrite=True (--overwrite) to replace it")
+        if non_empty and not is_report_dir(out):
+            raise OutputError(
+                f"output folder {str(given)!r} is not a captum-unicam report (no metrics.json "
+                "of ours), so it is not replaced even with overwrite; choose another output "
+                "folder")
+    _check_parent_writable(out, "output folder")
     return out
 
 
-def publish_folder(tmp: Path, out: Path, *, overwrite: bool) -> None:
-    """Moves the complete folder ``tmp`` to ``out`` by renames (the last step of
-    write_report): an empty ``out`` is replaced; an existing one only with ``overwrite``,
-    and it is restored if the final rename fails."""
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    if not overwrite:  # appeared while we were working
-        raise OutputFolderError(
-            f"output folder {str(out)!r} appeared while the report was written; choose "
-            "another --out, or pass --overwrite")
-    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-    os.rmdir(old)
-    os.replace(out, old)
+def check_output_file(path: PathLike, *, overwrite: bool = False,
+                      reads: Iterable[PathLike] = ()) -> Path:
+    r"""Checks that a file (e.g. the checkpoint ``train`` writes) can be written, before
+    any work is done.
+
+    Args:
+        path (str or PathLike): the file to write.
+        overwrite (bool, optional): allow replacing an existing file. Default: False
+        reads (iterable of str or PathLike, optional): the files this run reads (e.g. the
+            Teacher's checkpoint); ``path`` may not be one of them, even with
+            ``overwrite``. Default: ()
+
+    Returns:
+        pathlib.Path: the absolute file path, symlinks resolved.
+
+    Raises:
+        OutputError: ``path`` is a folder or a dangling symlink; is (or links to) a file
+        in ``reads``; exists and ``overwrite`` is False; a parent is a file; or the
+        folder cannot be written.
+
+    Examples::
+
+        >>> out = check_output_file("student.pt", reads=["teacher.pt"])
+    """
+    given = Path(path).expanduser().absolute()
+    if given.is_symlink() and not given.exists():
+        raise OutputError(
+            f"output file {str(given)!r} is a symbolic link to {os.readlink(given)!r}, which "
+            "does not exist; remove the link or give another file name")
+    out = _resolved(given)
+    if out.is_dir():
+        raise OutputError(f"output file {str(given)!r} is a folder; give a file name such as "
+                          "'student.pt'")
+    for r in reads:
+        if r is None:
+            continue
+        same = _resolved(r) == out
+        if not same and out.exists():
+            try:
+                same = os.path.samefile(r, out)
+            except OSError:
+                pass
+        if same:
+            raise OutputError(
+                f"output file {str(given)!r} is {str(r)!r}, which this run reads; writing it "
+                "would replace that input; give another file name")
+    if out.exists() and not overwrite:
+        raise OutputError(
+            f"output file {str(given)!r} exists; choose another file name, or pass "
+            "overwrite=True (--overwrite) to replace it")
+    _check_parent_writable(out, "output file")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------
+
+
+def make_temp_dir(out_dir: PathLike) -> Path:
+    r"""Creates the empty temporary folder ``.X.tmp-PID-RANDOM`` beside ``out_dir`` (and
+    any missing parents), with the permissions of a folder made by ``mkdir``.
+
+    Args:
+        out_dir (str or PathLike): the final folder ``X``.
+
+    Returns:
+        pathlib.Path: the temporary folder.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            tmp.mkdir()
+            return tmp
+        except FileExistsError:
+            continue
+    raise OutputError(f"cannot create a temporary folder beside {str(out)!r}")  # pragma: no cover
+
+
+def _old_name(out: Path) -> Path:
+    return out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def publish_folder(tmp: PathLike, out: PathLike, *, overwrite: bool,
+                   only_reports: bool = False) -> None:
+    r"""Moves the complete folder ``tmp`` to ``out`` by renames.
+
+    A missing or empty ``out`` is replaced in one rename. An existing one only with
+    ``overwrite`` (and, with ``only_reports``, only if it is a report of this tool): it
+    is renamed to
+    ``.X.old-PID-*``, ``tmp`` renamed to ``out``, then the old one deleted. If another run
+    publishes to ``out`` at the same time, the renames are tried again (the last complete
+    report wins; reports are never mixed); if that keeps failing, or ``out`` appears
+    without ``overwrite``, :class:`OutputError` is raised, the previous report is left
+    in place, and ``tmp`` is left for the caller to delete.
+
+    Args:
+        tmp (str or PathLike): the complete folder, in the same parent as ``out``.
+        out (str or PathLike): the destination.
+        overwrite (bool): allow replacing an existing report.
+        only_reports (bool, optional): replace only a folder that :func:`is_report_dir`
+            recognises (checked again here, as it may have changed since
+            :func:`check_output_dir`). Default: False
+
+    Raises:
+        OutputError: ``out`` appeared (non-empty) while the report was written and
+        ``overwrite`` is False; it is not a report of this tool (``only_reports``), or
+        not a folder; or
+        other runs kept replacing it.
+    """
+    tmp, out = Path(tmp), Path(out)
+    olds: List[Path] = []  # folders we moved aside; the first is the report we replace
     try:
-        os.replace(tmp, out)
+        for _ in range(_PUBLISH_ATTEMPTS):
+            try:
+                os.rename(tmp, out)  # atomic; replaces a missing or empty folder
+                break
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                    raise OutputError(f"cannot move the finished report to {str(out)!r} "
+                                      f"({e.strerror}); choose another output folder") from e
+            if out.is_symlink() or not out.is_dir():
+                raise OutputError(f"output path {str(out)!r} is no longer a folder (another "
+                                  "program replaced it); choose another output folder")
+            if not overwrite:
+                raise OutputError(
+                    f"output folder {str(out)!r} appeared while the report was written; "
+                    "choose another output folder, or pass overwrite=True (--overwrite)")
+            if only_reports and not is_report_dir(out):
+                raise OutputError(
+                    f"output folder {str(out)!r} is not a captum-unicam report (no "
+                    "metrics.json of ours), so it is not replaced; choose another output folder")
+            old = _old_name(out)
+            try:
+                os.rename(out, old)
+            except FileNotFoundError:
+                continue  # another run moved it aside first; try again
+            olds.append(old)
+            _stage("moved-aside")
+        else:
+            raise OutputError(
+                f"another run kept replacing {str(out)!r} at the same time; the report was "
+                "not written; run again, or give each run its own output folder")
     except BaseException:
-        os.replace(old, out)
+        if olds and not os.path.lexists(out):
+            try:  # put back the newest report we moved aside
+                os.rename(olds.pop(), out)
+            except OSError:
+                pass
+        for old in olds:
+            shutil.rmtree(old, ignore_errors=True)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        _stage("published")
+    finally:
+        for old in olds:
+            shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def staged_folder(out_dir: PathLike, *, overwrite: bool = False,
+                  only_reports: bool = True) -> Iterator[Path]:
+    r"""Context manager: an empty temporary folder to fill, published as ``out_dir`` on
+    success (:func:`publish_folder`), deleted on any error or interrupt.
+
+    Leftovers of killed runs are cleaned up first (:func:`recover_output_dir`). Parent
+    folders created for the report are removed again on failure when left empty.
+
+    Args:
+        out_dir (str or PathLike): the report folder (checked by :func:`check_output_dir`).
+        overwrite (bool, optional): allow replacing an existing report. Default: False
+        only_reports (bool, optional): replace only a report of this tool (see
+            :func:`publish_folder`). Default: True
+
+    Yields:
+        pathlib.Path: the temporary folder ``.X.tmp-PID-RANDOM``.
+
+    Examples::
+
+        >>> with staged_folder("report") as tmp:
+        ...     (tmp / "index.html").write_text("<html></html>")
+    """
+    out = Path(out_dir).expanduser().absolute()
+    recover_output_dir(out)
+    created: List[Path] = []
+    anc = out.parent
+    while not os.path.lexists(anc):
+        created.append(anc)
+        anc = anc.parent
+    tmp = None
+    try:
+        tmp = make_temp_dir(out)
+        _stage("tmp-created")
+        yield tmp
+        _stage("before-publish")
+        publish_folder(tmp, out, overwrite=overwrite, only_reports=only_reports)
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for d in created:
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    r"""Context manager: SIGTERM (and SIGHUP) raise :class:`KeyboardInterrupt` inside it,
+    so that a terminated run cleans up (temporary folders, hooks) like an interrupted
+    one. The previous handlers are restored on exit. Outside the main thread it does
+    nothing (Python delivers signals to the main thread only).
+
+    Examples::
+
+        >>> with terminate_as_interrupt():
+        ...     run()   # `kill PID` now ends it with KeyboardInterrupt
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt(f"terminated by signal {signal.Signals(signum).name}")
+
+    signums = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
+               if s is not None]
+    previous = {}
+    try:
+        for s in signums:
+            previous[s] = signal.signal(s, _raise)
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
