@@ -547,7 +547,7 @@ class SanityResult:
                     ax.set_ylabel(_METRIC_TITLES[metric], fontsize=8)
                 if i == 0:
                     ax.set_title(check, fontsize=9)
-        axes[0][-1].legend(fontsize=7, loc="lower left")
+            axes[0][j].legend(fontsize=6, loc="lower left")
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()
         return fig
