@@ -16,7 +16,7 @@ from captum.attr import LayerAttribution, LayerGradCam, Saliency
 
 from captum_unicam.comparison import add_compare_arguments, compare, default_methods, run_compare
 from captum_unicam.data.controlled import ControlledShapes
-from captum_unicam.errors import InputError, OutputError
+from captum_unicam.errors import CheckpointError, InputError, OutputError
 from captum_unicam.models import build_model, save_checkpoint
 from captum_unicam.perturb import road_impute
 from captum_unicam.report import localisation
@@ -180,3 +180,15 @@ def test_compare_is_exported_at_the_top_level():
     import captum_unicam
 
     assert captum_unicam.compare is compare
+
+
+def test_command_line_restores_the_thread_count_and_refuses_bad_threads(tmp_path):
+    before = torch.get_num_threads()
+    with pytest.raises(InputError, match="threads"):
+        run_compare(_parse(["--student", "s", "--base", "b", "--data", "controlled", "--out", str(tmp_path / "o"),
+                            "--threads", "0"]))
+    with pytest.raises(CheckpointError):
+        run_compare(_parse(["--student", str(tmp_path / "missing.pt"), "--base", "b", "--data", "controlled",
+                            "--out", str(tmp_path / "o"), "--threads", "1"]))
+    assert torch.get_num_threads() == before
+    assert not (tmp_path / "o").exists()
