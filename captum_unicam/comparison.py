@@ -257,7 +257,7 @@ def compare(
         >>> result.figures["localisation"].savefig("localisation.png")
     """
     from captum_unicam.report import localisation
-    from captum_unicam.sanity import _methods, attribute_maps
+    from captum_unicam.sanity import _check_common, _methods, attribute_maps
 
     specs = _methods(methods)
     if not isinstance(inputs, Tensor) or inputs.dim() != 4 or inputs.shape[0] < 4:
@@ -274,8 +274,15 @@ def compare(
     percentiles = [float(p) for p in percentiles]
     if any(not 0 < p < 100 for p in percentiles):
         raise InputError(f"percentiles must lie strictly between 0 and 100, got {percentiles}.")
-    for label, (model, rmodel) in (random_label_models or {}).items():
-        _rebind({}, model, rmodel)  # architecture check before any work
+    _check_common(n_bootstrap, confidence)
+    for label, model in (sanity_models or {}).items():
+        if not isinstance(model, nn.Module):
+            raise InputError(f"sanity_models[{label!r}] must be a torch.nn.Module, got {type(model).__name__}.")
+    for label, pair in (random_label_models or {}).items():
+        if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(m, nn.Module) for m in pair)):
+            raise InputError(f"random_label_models[{label!r}] must be a pair (model, random_label_model) of "
+                             "torch.nn.Modules.")
+        _rebind({}, *pair)  # architecture check before any work
     timings: Dict[str, float] = {}
 
     t0 = time.perf_counter()

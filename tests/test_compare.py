@@ -138,6 +138,10 @@ def test_bad_input_is_refused_before_work(setup):
         compare(x, y, methods, percentiles=(0, 50))
     with pytest.raises(InputError, match="Captum Attribution"):
         compare(x, y, {"x": lambda t: t})
+    with pytest.raises(InputError, match="sanity_models"):
+        compare(x, y, methods, sanity_models={"Student": "student.pt"})
+    with pytest.raises(InputError, match="n_bootstrap"):
+        compare(x, y, methods, n_bootstrap=0)
     other = build_model("small_resnet_m", 4)
     with pytest.raises(InputError, match="same architecture"):
         compare(x, y, methods, random_label_models={"Student": (student, other)})
