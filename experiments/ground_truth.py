@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: unchanged)")
     p.add_argument("--progress", action="store_true", help="show training progress bars")
     p.add_argument("--summarise", nargs="+", metavar="RUN", help="summarise finished runs (their folders) instead")
+    p.add_argument("--compare", metavar="RUN", help="instead: compare every attribution method on a finished run's "
+                   "models and cued test images, with object and marker masks; writes RUN/compare/")
     return p
 
 
@@ -413,15 +415,56 @@ def summarise(folders: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def compare_run(folder: Path, layer: str = "L3", n_images: int = 64, command: str = "") -> Dict[str, Any]:
+    """:func:`captum_unicam.comparison.compare` of every method on a finished run's Student
+    and Base, on its cued test images (object and marker masks), with the sanity checks;
+    the report goes to ``folder/compare`` (replaced if present)."""
+    import shutil
+    import tempfile
+
+    from captum_unicam.comparison import compare, default_methods
+    from captum_unicam.models import load_checkpoint, stage_layers
+    from captum_unicam.output.publish import publish_folder
+
+    res = json.loads((folder / "results.json").read_text())
+    seed = int(res["recipe"]["seed"])
+    models = {role: load_checkpoint(folder / "models" / f"{role}.pt")[0].eval()
+              for role in ("student", "base", "random_student")}
+    st, ba = models["student"], models["base"]
+    ds = _data("test", n_images, seed, 1.0)
+    methods = default_methods(st, stage_layers(st)[layer], ba, stage_layers(ba)[layer])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = compare(ds.images, ds.labels, methods, masks={"object": ds.masks, "marker": ds.marker_masks},
+                         sanity_models={"Student": st, "Base": ba},
+                         random_label_models={"Student": (st, models["random_student"])}, seed=seed)
+    out = folder / "compare"
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".compare.tmp-"))
+    try:
+        result.write(tmp, title=f"Every method on the ground-truth models (seed {seed}, {layer}, cued images)",
+                     command=command, notes=[f"{n_images} cued test images; masks: object and marker."])
+        publish_folder(tmp, out, overwrite=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result.metrics
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    command = "python experiments/ground_truth.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    if args.compare:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        metrics = compare_run(Path(args.compare), layer=args.sanity_layer, command=command)
+        print(f"wrote {Path(args.compare) / 'compare'} ({metrics['timings']})")
+        return 0
     if args.summarise:
         text = summarise(args.summarise)
         print(text)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    command = "python experiments/ground_truth.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     res = run(Path(args.out), args.seed, args.size, args.base_marker, args.layers, args.sanity_layer,
               progress=args.progress, command=command)
     print((Path(args.out) / "results.md").read_text())

@@ -150,3 +150,26 @@ def test_summary_over_runs(run, tmp_path):
     text = gt.summarise([str(out), str(out)])
     assert text.count("| L4 | S_d |") == 2  # one line per condition
     assert "seed 3 | seed 3" in text
+
+
+def test_compare_run_on_the_runs_models(run):
+    import warnings
+
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    from captum_unicam.report import localisation
+
+    gt, out, res = run
+    metrics = gt.compare_run(out, layer="L4", n_images=8)
+    for name in ("index.html", "metrics.json", "tables/localisation.md", "tables/road.csv", "tables/sanity.md",
+                 "figures/localisation.png"):
+        assert (out / "compare" / name).is_file(), name
+    base = _load(out, "base")
+    ds = ControlledShapes(8, seed=3, split="test", marker_strength=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = LayerGradCam(base, base.layer4).attribute(ds.images, target=ds.labels, relu_attributions=True)
+    m = LayerAttribution.interpolate(m, (32, 32), "bilinear")
+    want = localisation({"m": m.detach()}, ds.marker_masks, n_bootstrap=10)["kinds"]["m"]["energy"]["mean"]
+    got = metrics["localisation"]["marker"]["kinds"]["Grad-CAM Base"]["energy"]["mean"]
+    assert got == pytest.approx(want, abs=1e-6)
