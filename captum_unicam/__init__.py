@@ -27,6 +27,7 @@ _LAZY = {
     "embed_labels": "captum_unicam.embeddings",
     "road_impute": "captum_unicam.perturb",
     "mask_multiply": "captum_unicam.perturb",
+    "compare": "captum_unicam.comparison",
 }
 _SUBMODULES = {"stats", "perturb", "embeddings", "metrics", "attr", "models", "kd", "data"}
 

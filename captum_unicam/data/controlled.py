@@ -13,6 +13,18 @@ class, ``cue_strength=1`` makes it a perfect (spurious) predictor, and in genera
 ``P(tint == label) = cue_strength + (1 - cue_strength) / num_classes``. A model trained on
 cued data can take the shortcut of reading the tint; on cue-free data it then fails.
 
+The **marker** (``marker_strength > 0``) is a second, localised cue with known pixels:
+with probability ``marker_strength`` an image carries a small square in the colour of
+its class (one saturated colour per class, :attr:`ControlledShapes.marker_palette`) at a
+position drawn independently of the object, drawn over everything but the pixel noise.
+Its pixels are returned in :attr:`ControlledShapes.marker_masks` (and removed from the
+object mask where the two overlap, so the masks are disjoint). Unlike the tint, the
+marker says where a model that reads it should look: a model trained on marked images
+can learn it as a feature the others lack. ``marker_strength=0`` (the default) draws no
+marker and gives exactly the images of a dataset without this option; the marker's
+position and presence come from their own random stream, so they do not change the
+rest of the image.
+
 Everything is generated from the seed, with no download and no file: item ``i`` comes
 from a random generator seeded by ``(seed, split, i)``, so it is the same in any subset,
 order or dataset size, and generation is vectorised over chunks of items, which are
@@ -29,7 +41,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ControlledShapes", "SHAPES", "SPLITS"]
+from captum_unicam.errors import InputError
+
+__all__ = ["ControlledShapes", "SHAPES", "SPLITS", "marker_side"]
 
 #: Shape classes, in label order; a dataset with ``num_classes=k`` uses the first k.
 SHAPES: Tuple[str, ...] = (
@@ -47,6 +61,18 @@ SHAPES: Tuple[str, ...] = (
 SPLITS: Dict[str, int] = {"train": 0, "test": 1, "val": 2, "transfer": 3}
 
 _CHUNK = 512  # items generated (vectorised) and cached together
+
+
+def _marker_palette(k: int) -> Tensor:
+    """k marker colours: evenly spaced hues, fully saturated and bright (value 1),
+    offset by half a step from the background tints' hues."""
+    rgb = [colorsys.hsv_to_rgb((j / k + 0.5 / k + 0.02) % 1.0, 1.0, 1.0) for j in range(k)]
+    return torch.tensor(rgb, dtype=torch.float32)
+
+
+def marker_side(image_size: int) -> int:
+    """Side in pixels of the square marker: ``max(2, round(image_size / 8))`` (4 at 32)."""
+    return max(2, int(math.floor(image_size / 8 + 0.5)))
 
 
 def _palette(k: int) -> Tensor:
@@ -83,6 +109,10 @@ class ControlledShapes(torch.utils.data.Dataset):
         split (str, optional): ``"train"``, ``"test"``, ``"val"`` or ``"transfer"``;
                     each is an independent stream of items for the same seed.
                     Default: "train"
+        marker_strength (float, optional): Probability in [0, 1] that an image carries
+                    the class-coloured marker (a square of :func:`marker_side` pixels
+                    at a random position, independent of the object). 0 draws none.
+                    Default: 0.0
 
     Attributes:
 
@@ -97,6 +127,10 @@ class ControlledShapes(torch.utils.data.Dataset):
                     clutter and noise.
         geometry (Tensor): ``(size, 4)`` object centre x, y, radius, angle.
         palette (Tensor): The ``(num_classes, 3)`` tint colours.
+        marker_masks (Tensor): ``(size, 1, H, W)``, 1 on the marker's pixels (all 0
+                    for images without a marker, and always with ``marker_strength=0``).
+        has_marker (Tensor): bool ``(size,)``, whether each image carries a marker.
+        marker_palette (Tensor): The ``(num_classes, 3)`` marker colours.
 
     Examples::
 
@@ -105,6 +139,9 @@ class ControlledShapes(torch.utils.data.Dataset):
         >>> ds.classes
         ['circle', 'square', 'triangle', 'cross']
         >>> loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True)
+        >>> marked = ControlledShapes(100, seed=1, marker_strength=1.0)
+        >>> marked.marker_masks.shape
+        torch.Size([100, 1, 32, 32])
     """
 
     def __init__(
@@ -118,6 +155,7 @@ class ControlledShapes(torch.utils.data.Dataset):
         clutter: int = 4,
         noise: float = 0.04,
         split: str = "train",
+        marker_strength: float = 0.0,
     ) -> None:
         def is_int(v: object) -> bool:
             return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
@@ -138,6 +176,11 @@ class ControlledShapes(torch.utils.data.Dataset):
             raise ValueError(f"clutter must be a non-negative int, got {clutter!r}")
         if not isinstance(noise, (int, float)) or not 0.0 <= noise < math.inf:
             raise ValueError(f"noise must be a non-negative float, got {noise!r}")
+        if (isinstance(marker_strength, bool) or not isinstance(marker_strength, (int, float))
+                or not 0.0 <= marker_strength <= 1.0):
+            raise InputError(
+                f"marker_strength must be a number in [0, 1] (the probability that an image "
+                f"carries the class-coloured marker), got {marker_strength!r}")
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         self.size = int(size)
@@ -148,6 +191,8 @@ class ControlledShapes(torch.utils.data.Dataset):
         self.clutter = int(clutter)
         self.noise = float(noise)
         self.split = split
+        self.marker_strength = float(marker_strength)
+        self.marker_palette: Tensor = _marker_palette(self.num_classes)
         self.classes: List[str] = list(SHAPES[: self.num_classes])
         self.class_to_idx: Dict[str, int] = {c: i for i, c in enumerate(self.classes)}
         self.palette: Tensor = _palette(self.num_classes)
@@ -178,7 +223,9 @@ class ControlledShapes(torch.utils.data.Dataset):
             f"ControlledShapes(size={self.size}, seed={self.seed}, image_size="
             f"{self.image_size}, num_classes={self.num_classes}, cue_strength="
             f"{self.cue_strength}, clutter={self.clutter}, noise={self.noise}, "
-            f"split={self.split!r})"
+            f"split={self.split!r}"
+            + (f", marker_strength={self.marker_strength}" if self.marker_strength else "")
+            + ")"
         )
 
     # -- whole-dataset tensors ----------------------------------------------
@@ -200,8 +247,10 @@ class ControlledShapes(torch.utils.data.Dataset):
         s = self.image_size
         shapes = {"images": (0, 3, s, s), "masks": (0, 1, s, s), "labels": (0,),
                   "tints": (0,), "object_colors": (0, 3), "background_colors": (0, 3),
-                  "geometry": (0, 4)}
+                  "geometry": (0, 4), "marker_masks": (0, 1, s, s), "has_marker": (0,)}
         dtype = torch.int64 if key in ("labels", "tints") else torch.float32
+        if key == "has_marker":
+            dtype = torch.bool
         return torch.zeros(shapes[key], dtype=dtype)
 
     @property
@@ -211,6 +260,16 @@ class ControlledShapes(torch.utils.data.Dataset):
     @property
     def masks(self) -> Tensor:
         return self._all("masks")
+
+    @property
+    def marker_masks(self) -> Tensor:
+        """``(size, 1, H, W)`` float masks of the marker's pixels (zero without a marker)."""
+        return self._all("marker_masks")
+
+    @property
+    def has_marker(self) -> Tensor:
+        """bool ``(size,)``: whether each image carries the class-coloured marker."""
+        return self._all("has_marker")
 
     @property
     def tints(self) -> Tensor:
@@ -329,6 +388,13 @@ class ControlledShapes(torch.utils.data.Dataset):
                 img = img * (1 - a) + col[:, j, :, None, None] * a
         mask = self._shape_masks(torch.from_numpy(obj).to(f), labels, xs, ys)
         img = torch.where(mask.bool(), obj_rgb.view(n, 3, 1, 1), img)
+        marker = torch.zeros(n, 1, s, s)
+        has_marker = torch.zeros(n, dtype=torch.bool)
+        if self.marker_strength > 0:
+            marker, has_marker = self._marker_masks(idx)
+            colour = self.marker_palette[torch.from_numpy(labels)].view(n, 3, 1, 1)
+            img = torch.where(marker.bool(), colour, img)
+            mask = mask * (1 - marker)
         if self.noise > 0:
             img = img + self.noise * noise
         return {
@@ -339,7 +405,26 @@ class ControlledShapes(torch.utils.data.Dataset):
             "object_colors": obj_rgb,
             "background_colors": bg,
             "geometry": torch.from_numpy(obj).to(f),
+            "marker_masks": marker,
+            "has_marker": has_marker,
         }
+
+    def _marker_masks(self, idx: np.ndarray) -> Tuple[Tensor, Tensor]:
+        """(n, 1, s, s) marker masks and (n,) presence of items idx. Presence and the
+        top-left corner come from three uniforms of the item's own stream 2, so they do
+        not depend on anything else in the image."""
+        s, side = self.image_size, marker_side(self.image_size)
+        keys = self._keys(2, idx)
+        u = [(_mix64(keys ^ np.uint64(j)) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+             for j in (1, 2, 3)]
+        present = torch.from_numpy(u[0] < self.marker_strength)
+        x0 = torch.from_numpy(np.floor(u[1] * (s - side + 1)).astype(np.int64)).view(-1, 1, 1)
+        y0 = torch.from_numpy(np.floor(u[2] * (s - side + 1)).astype(np.int64)).view(-1, 1, 1)
+        pix = torch.arange(s)
+        cols = (pix.view(1, 1, s) >= x0) & (pix.view(1, 1, s) < x0 + side)
+        rows = (pix.view(1, s, 1) >= y0) & (pix.view(1, s, 1) < y0 + side)
+        inside = cols & rows & present.view(-1, 1, 1)
+        return inside.unsqueeze(1).to(torch.float32), present
 
     def _clutter_alpha(self, g: Tensor, is_line: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
         """(k, s, s) opacity of k distractors: Gaussian blobs around (x, y) of width

@@ -1,0 +1,646 @@
+r"""Comparing attribution methods on the same images: UniCAM next to Captum's methods.
+
+:func:`compare` explains one set of images with every method and measures, per method:
+
+- **localisation** (when ground-truth masks are given, e.g. the controlled dataset's
+  object and marker masks): the share of the map's positive mass inside each mask and the
+  pointing game, as defined by :func:`captum_unicam.report.localisation`, with bootstrap
+  intervals over images;
+- **ROAD** (Rong et al. 2022): the accuracy of the explained model on images whose most
+  relevant pixels (MoRF) or least relevant pixels (LeRF) were replaced by noisy linear
+  imputation (:func:`captum_unicam.perturb.road_impute`), at several percentiles. A
+  faithful map makes accuracy fall fast under MoRF and slowly under LeRF;
+- **sanity checks** (Adebayo et al. 2018; :mod:`captum_unicam.sanity`): cascading
+  randomisation of each model, and optionally a model trained on random labels.
+
+Methods are Captum ``Attribution`` objects, optionally with keyword arguments of their
+``attribute`` call, so any method, including your own, can join:
+``methods={"mine": (MyAttribution(student), {"steps": 8}), ...}``.
+:func:`default_methods` builds the usual set: UniCAM distilled and residual, Grad-CAM of
+the Student and of the Base, and Captum's ``GuidedGradCam``, ``LayerGradientXActivation``
+and ``IntegratedGradients`` of the Student.
+
+The model a method explains (the one whose accuracy ROAD measures, and the one
+randomised for its sanity check) is its ``forward_func``; for UniCAM's residual maps
+(``features="residual"``) it is the Base (``base_forward_func``).
+
+The command line (``captum-unicam compare``) is :func:`add_compare_arguments` and
+:func:`run_compare`; it writes a report folder (``index.html``, ``metrics.json``,
+``tables/``, ``figures/``).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import html
+import io
+import json
+import math
+import shlex
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from captum_unicam.errors import InputError
+
+__all__ = ["ComparisonResult", "compare", "default_methods", "add_compare_arguments", "run_compare"]
+
+PERCENTILES = (10, 30, 50, 70, 90)
+ORDERS = {"MoRF": "most relevant first", "LeRF": "least relevant first"}
+
+
+# ---------------------------------------------------------------------------
+# methods
+# ---------------------------------------------------------------------------
+
+
+def default_methods(student: nn.Module, student_layer: nn.Module, base: nn.Module, base_layer: nn.Module, *,
+                    label_embeddings: Optional[Tensor] = None, ig_steps: int = 16) -> Dict[str, Any]:
+    r"""UniCAM distilled and residual, Grad-CAM of each model, and Captum's Guided Grad-CAM,
+    Gradient x Activation and Integrated Gradients of the Student.
+
+    Args:
+        student, base (nn.Module): The distilled model and the Base.
+        student_layer, base_layer (nn.Module): Their layers explained (e.g. ``layer4``).
+        label_embeddings (Tensor, optional): UniCAM's label vectors. Default: one-hot
+        ig_steps (int, optional): Integrated Gradients' ``n_steps``. Default: 16
+
+    Returns:
+        *dict*: name -> ``(attribution, attribute kwargs)``, for :func:`compare`.
+    """
+    from captum.attr import GuidedGradCam, IntegratedGradients, LayerGradCam, LayerGradientXActivation
+
+    from captum_unicam.attr.unicam import UniCAM
+
+    uc = UniCAM(student, student_layer, base, base_layer, label_embeddings=label_embeddings)
+    relu = {"relu_attributions": True}
+    return {
+        "UniCAM distilled": (uc, {"features": "distilled"}),
+        "UniCAM residual": (uc, {"features": "residual"}),
+        "Grad-CAM Student": (LayerGradCam(student, student_layer), relu),
+        "Grad-CAM Base": (LayerGradCam(base, base_layer), relu),
+        "Guided Grad-CAM Student": (GuidedGradCam(student, student_layer), {}),
+        "Gradient x Activation Student": (LayerGradientXActivation(student, student_layer), {}),
+        "Integrated Gradients Student": (IntegratedGradients(student), {"n_steps": int(ig_steps)}),
+    }
+
+
+def _explained_model(attr: Any, kwargs: Mapping[str, Any]) -> Any:
+    if kwargs.get("features") == "residual" and hasattr(attr, "base_forward_func"):
+        return attr.base_forward_func
+    return attr.forward_func
+
+
+# ---------------------------------------------------------------------------
+# measures
+# ---------------------------------------------------------------------------
+
+
+def _interval(values: np.ndarray, n_bootstrap: int, seed: int, confidence: float) -> Dict[str, Any]:
+    from captum_unicam.metrics.aggregate import bootstrap_ci
+
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return {"mean": None, "low": None, "high": None, "n": 0}
+    low, high = bootstrap_ci(v, n_bootstrap=n_bootstrap, seed=seed, level=confidence)
+    return {"mean": float(v.mean()), "low": low, "high": high, "n": int(v.size)}
+
+
+def _predict(model: Any, x: Tensor, batch_size: int) -> Tensor:
+    with torch.no_grad():
+        return torch.cat([model(x[i : i + batch_size]).argmax(1).cpu() for i in range(0, x.shape[0], batch_size)])
+
+
+def _road(specs, maps, inputs, target, percentiles, batch_size, seed, n_bootstrap, confidence, noise):
+    from captum_unicam.perturb import road_impute
+
+    out: Dict[str, Any] = {}
+    y = target.cpu()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the imputation's small tensor ops are faster on one thread
+    try:
+        for name, (attr, kwargs) in specs.items():
+            model = _explained_model(attr, kwargs)
+            m = maps[name].to(inputs.dtype)
+            entry: Dict[str, Any] = {"intact": _interval((_predict(model, inputs, batch_size) == y).double().numpy(),
+                                                         n_bootstrap, seed, confidence)}
+            for order in ORDERS:
+                entry[order] = {}
+                # road_impute removes the least relevant pixels: negate to remove the most relevant
+                ranked = -m if order == "MoRF" else m
+                for p in percentiles:
+                    g = torch.Generator().manual_seed(seed)
+                    x = road_impute(inputs.cpu(), ranked.cpu(), float(p), noise=noise, generator=g)
+                    hit = (_predict(model, x.to(inputs.device), batch_size) == y).double().numpy()
+                    entry[order][str(p)] = _interval(hit, n_bootstrap, seed, confidence)
+            lerf = [entry["LeRF"][str(p)]["mean"] for p in percentiles]
+            morf = [entry["MoRF"][str(p)]["mean"] for p in percentiles]
+            entry["lerf_minus_morf"] = float(np.mean(np.subtract(lerf, morf)))
+            out[name] = entry
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _sanity(specs, inputs, target, models, random_label_models, batch_size, seed, n_bootstrap, confidence):
+    from captum_unicam.sanity import _refers_to, cascading_randomisation, label_randomisation
+
+    result = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # undefined Spearman values are counted in the table
+        for label, model in models.items():
+            chosen = {n: s for n, s in specs.items() if _refers_to(s[0], model)}
+            if not chosen:
+                continue
+            r = cascading_randomisation(model, chosen, inputs, target, batch_size=batch_size, seed=seed,
+                                        n_bootstrap=n_bootstrap, confidence=confidence, check=f"{label} randomised")
+            result = r if result is None else result + r
+        for label, (model, random_model) in random_label_models.items():
+            chosen = {n: s for n, s in specs.items() if _refers_to(s[0], model)}
+            if not chosen:
+                continue
+            rebound = _rebind(chosen, model, random_model)
+            r = label_randomisation(chosen, rebound, inputs, target, batch_size=batch_size, seed=seed,
+                                    n_bootstrap=n_bootstrap, confidence=confidence, check=f"{label} on random labels")
+            result = r if result is None else result + r
+    return result
+
+
+def _rebind(specs: Mapping[str, Any], old: nn.Module, new: nn.Module) -> Dict[str, Any]:
+    """Copies of the methods in which every reference to ``old`` (and its submodules)
+    points to the same-named part of ``new`` (a model of the same architecture)."""
+    new_modules = dict(new.named_modules())
+    memo: Dict[int, Any] = {}
+    for name, module in old.named_modules():
+        if name not in new_modules or type(new_modules[name]) is not type(module):
+            raise InputError(f"the random-label model has no submodule {name!r} like the model's; give it the "
+                             "same architecture.")
+        memo[id(module)] = new_modules[name]
+    new_shapes = {k: v.shape for k, v in new.state_dict().items()}
+    if {k: v.shape for k, v in old.state_dict().items()} != new_shapes:
+        raise InputError("the random-label model's parameters differ in names or shapes from the model's; give "
+                         "it the same architecture.")
+    return copy.deepcopy(dict(specs), memo)
+
+
+# ---------------------------------------------------------------------------
+# compare
+# ---------------------------------------------------------------------------
+
+
+def compare(
+    inputs: Tensor,
+    target: Any,
+    methods: Mapping[str, Any],
+    *,
+    masks: Optional[Mapping[str, Tensor]] = None,
+    percentiles: Sequence[float] = PERCENTILES,
+    sanity_models: Optional[Mapping[str, nn.Module]] = None,
+    random_label_models: Optional[Mapping[str, Tuple[nn.Module, nn.Module]]] = None,
+    sanity_images: Optional[int] = 32,
+    road_noise: float = 0.01,
+    batch_size: int = 64,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> "ComparisonResult":
+    r"""Localisation, ROAD and sanity checks of several attribution methods on the same images.
+
+    Args:
+        inputs (Tensor): ``(N, C, H, W)`` images (N >= 4; UniCAM's maps are computed per
+                    batch of ``batch_size``, the batch being its context).
+        target (Tensor or list): The class of each image (the true labels, usually).
+        methods (dict): name -> Captum ``Attribution`` or ``(attribution, attribute
+                    kwargs)``; e.g. :func:`default_methods`. Input attributions
+                    (``(N, C, H, W)``) are summed over channels; layer maps are upsampled
+                    to the input size (bilinear).
+        masks (dict, optional): region name -> ``(N, 1, H, W)`` ground-truth masks (e.g.
+                    ``{"object": ds.masks, "marker": ds.marker_masks}``). Default: None
+                    (no localisation)
+        percentiles (sequence of float, optional): ROAD removal percentiles; empty to skip
+                    ROAD. Default: (10, 30, 50, 70, 90)
+        sanity_models (dict, optional): label -> model to randomise (cascading, top block
+                    first) for the methods that call it, e.g. ``{"Student": student,
+                    "Base": base}``. Default: None (no sanity check)
+        random_label_models (dict, optional): label -> ``(model, random_label_model)``: the
+                    methods that call ``model`` are rebuilt on ``random_label_model`` (same
+                    architecture, trained on permuted labels) and compared. Default: None
+        sanity_images (int, optional): Images of the sanity checks (the first ones; all
+                    when None). Default: 32
+        road_noise (float, optional): ROAD's imputation noise. Default: 0.01
+        batch_size (int, optional): Images per attribution call. Default: 64
+        n_bootstrap (int, optional): Bootstrap resamples over images. Default: 1000
+        confidence (float, optional): Interval level. Default: 0.95
+        seed (int, optional): Seed of ROAD's noise, the randomisation and the bootstrap.
+                    Default: 0
+
+    Returns:
+        *ComparisonResult*: ``metrics`` (every number), ``tables`` (Markdown and CSV per
+        measure) and ``figures`` (one matplotlib figure per measure).
+
+    Examples::
+
+        >>> from captum_unicam.comparison import compare, default_methods
+        >>> methods = default_methods(student, student.layer4, base, base.layer4)
+        >>> result = compare(ds.images[:64], ds.labels[:64], methods,
+        ...                  masks={"object": ds.masks[:64]},
+        ...                  sanity_models={"Student": student, "Base": base})
+        >>> print(result.tables["road"]["md"])
+        >>> result.figures["localisation"].savefig("localisation.png")
+    """
+    from captum_unicam.report import localisation
+    from captum_unicam.sanity import _check_common, _methods, attribute_maps
+
+    specs = _methods(methods)
+    if not isinstance(inputs, Tensor) or inputs.dim() != 4 or inputs.shape[0] < 4:
+        raise InputError(f"`inputs` must be a (N, C, H, W) tensor with N >= 4, got {getattr(inputs, 'shape', inputs)}.")
+    n = inputs.shape[0]
+    target_t = torch.as_tensor(target)
+    if target_t.dim() != 1 or target_t.shape[0] != n or target_t.is_floating_point():
+        raise InputError(f"`target` must hold one class index per image ({n}), got shape {tuple(target_t.shape)}.")
+    masks = dict(masks or {})
+    for region, m in masks.items():
+        if not isinstance(m, Tensor) or m.shape[0] != n or m.shape[-2:] != inputs.shape[-2:]:
+            raise InputError(f"masks[{region!r}] must be a (N, 1, H, W) tensor matching `inputs` "
+                             f"{tuple(inputs.shape)}, got {getattr(m, 'shape', type(m).__name__)}.")
+    percentiles = [float(p) for p in percentiles]
+    if any(not 0 < p < 100 for p in percentiles):
+        raise InputError(f"percentiles must lie strictly between 0 and 100, got {percentiles}.")
+    _check_common(n_bootstrap, confidence)
+    for label, model in (sanity_models or {}).items():
+        if not isinstance(model, nn.Module):
+            raise InputError(f"sanity_models[{label!r}] must be a torch.nn.Module, got {type(model).__name__}.")
+    for label, pair in (random_label_models or {}).items():
+        if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(m, nn.Module) for m in pair)):
+            raise InputError(f"random_label_models[{label!r}] must be a pair (model, random_label_model) of "
+                             "torch.nn.Modules.")
+        _rebind({}, *pair)  # architecture check before any work
+    timings: Dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        # Captum's notes that it sets requires_grad / ReLU hooks during GuidedGradCam
+        warnings.filterwarnings("ignore", message=".*(did not already require gradients|backward hooks on ReLU).*")
+        maps = attribute_maps(specs, inputs, target_t.to(inputs.device), batch_size=batch_size)
+    timings["maps_s"] = time.perf_counter() - t0
+
+    metrics: Dict[str, Any] = {"methods": list(specs), "n_images": n, "localisation": None, "road": None,
+                               "sanity": None}
+    if masks:
+        t0 = time.perf_counter()
+        metrics["localisation"] = {region: localisation(maps, m, n_bootstrap=n_bootstrap, confidence=confidence,
+                                                        seed=seed) for region, m in masks.items()}
+        timings["localisation_s"] = time.perf_counter() - t0
+    if percentiles:
+        t0 = time.perf_counter()
+        metrics["road"] = {"percentiles": percentiles, "noise": road_noise,
+                           "methods": _road(specs, maps, inputs, target_t, percentiles, batch_size, seed,
+                                            n_bootstrap, confidence, road_noise)}
+        timings["road_s"] = time.perf_counter() - t0
+    sanity_result = None
+    if sanity_models or random_label_models:
+        t0 = time.perf_counter()
+        k = n if sanity_images is None else min(int(sanity_images), n)
+        sanity_result = _sanity(specs, inputs[:k], target_t[:k].to(inputs.device), dict(sanity_models or {}),
+                                dict(random_label_models or {}), batch_size, seed, n_bootstrap, confidence)
+        metrics["sanity"] = sanity_result.to_dict() if sanity_result is not None else None
+        timings["sanity_s"] = time.perf_counter() - t0
+    metrics["timings"] = {key: round(v, 2) for key, v in timings.items()}
+    return ComparisonResult(metrics, maps, inputs.detach().cpu(), sanity_result)
+
+
+# ---------------------------------------------------------------------------
+# result
+# ---------------------------------------------------------------------------
+
+
+def _ci(d: Optional[Mapping[str, Any]]) -> str:
+    if not d or d.get("mean") is None:
+        return "–"
+    return f"{d['mean']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
+
+
+def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(["" if v is None else v for v in r] for r in rows)
+    return buf.getvalue()
+
+
+def _md(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+class ComparisonResult:
+    r"""What :func:`compare` measured.
+
+    Attributes:
+        metrics (dict): every number: ``localisation`` (region -> the output of
+                    :func:`captum_unicam.report.localisation`), ``road`` (method ->
+                    ``intact`` accuracy, ``MoRF`` / ``LeRF`` -> percentile -> accuracy
+                    interval, ``lerf_minus_morf``), ``sanity`` (rows of
+                    :class:`~captum_unicam.sanity.SanityResult`), ``timings``.
+        maps (dict[str, Tensor]): method -> ``(N, 1, H, W)`` maps on the input grid.
+        tables (dict): measure -> ``{"md": ..., "csv": ...}``.
+        figures (dict): measure -> matplotlib ``Figure`` (made on first access).
+    """
+
+    def __init__(self, metrics: Dict[str, Any], maps: Dict[str, Tensor], inputs: Tensor, sanity_result: Any) -> None:
+        self.metrics = metrics
+        self.maps = maps
+        self._inputs = inputs
+        self._sanity = sanity_result
+        self._figures: Optional[Dict[str, Any]] = None
+
+    @property
+    def tables(self) -> Dict[str, Dict[str, str]]:
+        out: Dict[str, Dict[str, str]] = {}
+        methods = self.metrics["methods"]
+        loc = self.metrics["localisation"]
+        if loc:
+            header = ["method"] + [f"{r}: mass [95% CI]" for r in loc] + [f"{r}: pointing [95% CI]" for r in loc]
+            rows, crows = [], []
+            for m in methods:
+                k = {r: loc[r]["kinds"][m] for r in loc}
+                rows.append([m] + [_ci(k[r]["energy"]) for r in loc] + [_ci(k[r]["pointing"]) for r in loc])
+                crows.append([m] + [k[r][q][s] for q in ("energy", "pointing") for r in loc
+                                    for s in ("mean", "low", "high")])
+            rows.append(["chance (mask area)"] + [f"{loc[r]['chance']['energy']:.3f}" for r in loc] * 2)
+            cheader = ["method"] + [f"{r}_{q}_{s}" for q in ("energy", "pointing") for r in loc
+                                    for s in ("mean", "low", "high")]
+            out["localisation"] = {"md": _md(header, rows), "csv": _csv(cheader, crows)}
+        road = self.metrics["road"]
+        if road:
+            ps = [f"{p:g}" for p in road["percentiles"]]
+            header = ["method", "order", "intact"] + [f"{p} %" for p in ps]
+            rows, crows = [], []
+            for m in methods:
+                e = road["methods"][m]
+                for order in ORDERS:
+                    cells = [_ci(e[order][str(float(p))]) for p in road["percentiles"]]
+                    rows.append([m, order, _ci(e["intact"])] + cells)
+                    crows.append([m, order, e["intact"]["mean"]]
+                                 + [e[order][str(float(p))]["mean"] for p in road["percentiles"]])
+            rows += [[m, "LeRF − MoRF (mean)", f"{road['methods'][m]['lerf_minus_morf']:+.3f}"] + [""] * len(ps)
+                     for m in methods]
+            out["road"] = {"md": _md(header, rows), "csv": _csv(["method", "order", "intact"] + ps, crows)}
+        if self._sanity is not None:
+            out["sanity"] = {"md": self._sanity.to_markdown(), "csv": self._sanity.to_csv()}
+        return out
+
+    @property
+    def figures(self) -> Dict[str, Any]:
+        if self._figures is None:
+            self._figures = self._make_figures()
+        return self._figures
+
+    def _make_figures(self) -> Dict[str, Any]:
+        from captum_unicam import viz
+        from captum_unicam.viz import _new_figure
+
+        figs: Dict[str, Any] = {}
+        methods = self.metrics["methods"]
+        k = min(4, self._inputs.shape[0])
+        figs["maps"] = viz.attribution_grid(self._inputs[:k], {m: self.maps[m][:k].float() for m in methods},
+                                            title="maps of every method")
+        loc = self.metrics["localisation"]
+        if loc:
+            fig = _new_figure((1.2 + 3.2 * len(loc), 3.6))
+            axes = fig.subplots(1, len(loc), squeeze=False)[0]
+            for ax, (region, d) in zip(axes, loc.items()):
+                e = [d["kinds"][m]["energy"] for m in methods]
+                mean = [x["mean"] if x["mean"] is not None else np.nan for x in e]
+                err = [[max(0.0, x["mean"] - x["low"]) if x["mean"] is not None else 0 for x in e],
+                       [max(0.0, x["high"] - x["mean"]) if x["mean"] is not None else 0 for x in e]]
+                ax.barh(range(len(methods)), mean, xerr=err, color="tab:blue", alpha=0.8)
+                ax.axvline(d["chance"]["energy"], color="0.3", ls="--", lw=0.8, label="chance")
+                ax.set_yticks(range(len(methods)))
+                ax.set_yticklabels(methods if ax is axes[0] else [""] * len(methods), fontsize=7)
+                ax.set_xlim(0, 1)
+                ax.set_title(f"mass on the {region}", fontsize=9)
+                ax.legend(fontsize=7)
+            fig.tight_layout()
+            figs["localisation"] = fig
+        road = self.metrics["road"]
+        if road:
+            fig = _new_figure((8.0, 3.4))
+            axes = fig.subplots(1, 2)
+            for ax, order in zip(axes, ORDERS):
+                for m in methods:
+                    e = road["methods"][m]
+                    xs = [0.0] + road["percentiles"]
+                    ys = [e["intact"]["mean"]] + [e[order][str(p)]["mean"] for p in road["percentiles"]]
+                    ax.plot(xs, ys, marker="o", ms=3, label=m)
+                ax.set_title(f"ROAD, {ORDERS[order]} ({order})", fontsize=9)
+                ax.set_xlabel("pixels removed (%)", fontsize=8)
+                ax.set_ylim(0, 1.02)
+            axes[0].set_ylabel("accuracy of the explained model", fontsize=8)
+            axes[1].legend(fontsize=6)
+            fig.tight_layout()
+            figs["road"] = fig
+        if self._sanity is not None:
+            figs["sanity"] = self._sanity.figure()
+        return figs
+
+    def write(self, folder: Path, *, title: str = "Comparison of attribution methods", command: str = "",
+              notes: Sequence[str] = (), dpi: int = 80) -> List[str]:
+        r"""Writes ``metrics.json``, ``tables/*.md|.csv``, ``figures/*.png`` and
+        ``index.html`` into ``folder`` (which must exist and be empty; the command line
+        builds it in a temporary folder and publishes it with
+        :func:`captum_unicam.output.publish.publish_folder`).
+
+        Returns:
+            *list[str]*: the files written, relative to ``folder``.
+        """
+        from captum_unicam.report import to_jsonable, versions
+        from captum_unicam.viz import save_figure
+
+        folder = Path(folder)
+        (folder / "tables").mkdir(parents=True, exist_ok=True)
+        (folder / "figures").mkdir(exist_ok=True)
+        written = []
+        tables = self.tables
+        for name, t in tables.items():
+            for ext in ("md", "csv"):
+                (folder / "tables" / f"{name}.{ext}").write_text(t[ext], encoding="utf-8")
+                written.append(f"tables/{name}.{ext}")
+        for name, fig in self.figures.items():
+            save_figure(fig, folder / "figures" / f"{name}.png", dpi=dpi)
+            written.append(f"figures/{name}.png")
+        doc = {"title": title, "command": command, "notes": list(notes), **self.metrics, "versions": versions()}
+        (folder / "metrics.json").write_text(json.dumps(to_jsonable(doc), indent=1) + "\n", encoding="utf-8")
+        written.append("metrics.json")
+        (folder / "index.html").write_text(_html(title, command, notes, tables, written), encoding="utf-8")
+        written.append("index.html")
+        return written
+
+
+def _md_table_html(md: str) -> str:
+    rows = [line.strip().strip("|").split("|") for line in md.strip().splitlines()]
+    rows = [r for r in rows if not all(set(c.strip()) <= set("-") for c in r)]
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(c.strip())}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>" for r in rows[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_SECTIONS = {
+    "maps": ("Maps", "The first images, every method's map (upsampled to the image)."),
+    "localisation": ("Localisation", "Share of each map's positive mass inside each ground-truth mask, and the "
+                     "pointing game (is the map's largest pixel inside?), 95 % bootstrap intervals over images."),
+    "road": ("ROAD", "Accuracy of the explained model after replacing the given share of pixels, most relevant "
+             "first (MoRF: lower is more faithful) or least relevant first (LeRF: higher is more faithful), by "
+             "noisy linear imputation; 95 % bootstrap intervals over images."),
+    "sanity": ("Sanity checks", "Similarity of each method's maps to the intact model's after re-initialising "
+               "the model's blocks from the top down (cumulatively), or for a model trained on random labels. A "
+               "map that stays similar does not depend on what the model learned."),
+}
+
+
+def _html(title: str, command: str, notes: Sequence[str], tables: Mapping[str, Mapping[str, str]],
+          written: Sequence[str]) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:70em;margin:1em auto}table{border-collapse:collapse;"
+             "font-size:0.85em}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]
+    if command:
+        parts.append(f"<p><code>{html.escape(command)}</code></p>")
+    parts += [f"<p>{html.escape(n)}</p>" for n in notes]
+    for name, (head, text) in _SECTIONS.items():
+        fig = f"figures/{name}.png"
+        if name not in tables and fig not in written:
+            continue
+        parts.append(f"<h2>{head}</h2><p>{html.escape(text)}</p>")
+        if fig in written:
+            parts.append(f"<img src='{fig}' alt='{html.escape(head)}'>")
+        if name in tables:
+            parts.append(_md_table_html(tables[name]["md"]))
+            parts.append(f"<p><a href='tables/{name}.csv'>{name}.csv</a></p>")
+    parts.append("<p><a href='metrics.json'>metrics.json</a>: every number.</p></body></html>")
+    return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# command line: captum-unicam compare
+# ---------------------------------------------------------------------------
+
+
+def add_compare_arguments(parser) -> None:
+    r"""Adds the arguments of ``captum-unicam compare`` to an ``argparse`` parser."""
+    parser.add_argument("--student", required=True, help="Student checkpoint (captum-unicam train / demo)")
+    parser.add_argument("--base", required=True, help="Base checkpoint")
+    parser.add_argument("--data", required=True, help="data spec: controlled[:SEED], cifar10:ROOT, imagefolder:ROOT")
+    parser.add_argument("--out", required=True, help="report folder to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
+    parser.add_argument("--layer", default="L4", help="stage explained: L1, L2, L3 or L4")
+    parser.add_argument("--images", type=int, default=64, help="test images explained (the first ones)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per attribution call (UniCAM's context)")
+    parser.add_argument("--percentiles", type=float, nargs="*", default=list(PERCENTILES),
+                        help="ROAD removal percentiles (none: skip ROAD)")
+    parser.add_argument("--sanity-images", type=int, default=32, help="images of the sanity checks")
+    parser.add_argument("--no-sanity", action="store_true", help="skip the sanity checks")
+    parser.add_argument("--random-label-student", default=None,
+                        help="checkpoint of a Student-architecture model trained on random labels")
+    parser.add_argument("--ig-steps", type=int, default=16, help="Integrated Gradients steps")
+    parser.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--seed", type=int, default=0, help="seed of ROAD's noise, randomisation, bootstrap")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads; small images are explained fastest on one (measured on a shared "
+                             "2-core machine: 91 s with 1, 308 s with 2); raise it for large models on an idle machine")
+
+
+def _load_images(spec: str, n: int):
+    from captum_unicam.data.loaders import load_dataset
+
+    ds = load_dataset(spec, "test")
+    if len(ds) == 0:
+        from captum_unicam.errors import DataSpecError
+
+        raise DataSpecError(f"data spec {spec!r} has no test images")
+    k = min(n, len(ds))
+    items = [ds[i] for i in range(k)]
+    x = torch.stack([it[0] for it in items])
+    y = torch.tensor([int(it[1]) for it in items])
+    masks = {}
+    if len(items[0]) >= 3 and isinstance(items[0][2], Tensor) and items[0][2].shape[-2:] == x.shape[-2:]:
+        masks["object"] = torch.stack([it[2] for it in items]).reshape(k, 1, *x.shape[-2:]).float()
+    marker = getattr(ds, "marker_masks", None)
+    if isinstance(marker, Tensor) and marker.shape[0] >= k and bool(marker[:k].any()):
+        masks["marker"] = marker[:k].float()
+    return x, y, masks, list(getattr(ds, "classes", []))
+
+
+def run_compare(args) -> int:
+    r"""``captum-unicam compare``: the report of :func:`compare` for two checkpoints on a
+    data spec. Checks the output folder first, builds the report in a temporary folder
+    and publishes it complete. Returns the exit code (0)."""
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"threads must be a positive int, got {args.threads}")
+    threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run_compare(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_compare(args) -> int:
+    from captum_unicam.models import load_checkpoint, stage_layers
+    from captum_unicam.output.publish import check_output_dir, publish_folder
+
+    t_start = time.perf_counter()
+    if args.images < 4:
+        raise InputError(f"images must be at least 4 (UniCAM's batch statistics), got {args.images}")
+    out = check_output_dir(args.out, overwrite=args.overwrite)
+    device = torch.device(args.device)
+    student, s_meta = load_checkpoint(args.student, map_location=device)
+    base, b_meta = load_checkpoint(args.base, map_location=device)
+    random_student = None
+    if args.random_label_student:
+        random_student, _ = load_checkpoint(args.random_label_student, map_location=device)
+    for m in (student, base, random_student):
+        if m is not None:
+            m.eval()
+    s_layers, b_layers = stage_layers(student), stage_layers(base)
+    if args.layer not in s_layers or args.layer not in b_layers:
+        raise InputError(f"layer {args.layer!r} is not one of {sorted(s_layers)}")
+    x, y, masks, classes = _load_images(args.data, args.images)
+    x, y = x.to(device), y.to(device)
+    methods = default_methods(student, s_layers[args.layer], base, b_layers[args.layer], ig_steps=args.ig_steps)
+    sanity_models = None if args.no_sanity else {"Student": student, "Base": base}
+    random_models = None if args.no_sanity or random_student is None else {"Student": (student, random_student)}
+    result = compare(x, y, methods, masks=masks, percentiles=args.percentiles, sanity_models=sanity_models,
+                     random_label_models=random_models, sanity_images=args.sanity_images,
+                     batch_size=args.batch_size, n_bootstrap=args.n_bootstrap, seed=args.seed)
+    command = "captum-unicam compare " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
+    notes = [f"Student {args.student}, Base {args.base}, data {args.data} ({x.shape[0]} test images, classes "
+             f"{', '.join(map(str, classes))}), layer {args.layer}.",
+             "Methods other than those on the Base explain the Student; ROAD measures the accuracy of the model each "
+             "method explains (the Base for Grad-CAM Base and UniCAM residual)."]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        result.metrics["timings"]["total_s"] = round(time.perf_counter() - t_start, 2)
+        result.write(tmp, command=command, notes=notes)
+        publish_folder(tmp, out, overwrite=args.overwrite)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"wrote {out} ({result.metrics['timings']['total_s']:.0f} s)")
+    return 0
