@@ -96,6 +96,37 @@ def _nonneg_int(text: str) -> int:
     return v
 
 
+def _float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    v = _float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return v
+
+
+def _nonneg_float(text: str) -> float:
+    v = _float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
+def _unit_float(text: str) -> float:
+    v = _float(text)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return v
+
+
 def _add_common(p: argparse.ArgumentParser, *, out_help: str, out_default: Optional[str] = None,
                 seed_help: str = "seed of the bootstrap intervals and permutation tests") -> None:
     p.add_argument("--out", required=out_default is None, default=out_default, metavar="DIR",
@@ -168,13 +199,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-arch", default=None, metavar="ARCH", help="architecture of a plain state-dict Teacher checkpoint")
     p.add_argument("--method", default=None, choices=("response", "attention", "overhaul"),
                    help="KD method (needs --teacher; default with --teacher: response)")
-    p.add_argument("--epochs", type=_positive_int, metavar="N", default=None, help="training epochs (default: the library's recipe)")
+    p.add_argument("--epochs", type=_positive_int, metavar="N", default=10, help="training epochs")
+    p.add_argument("--image-size", type=_positive_int, metavar="N", default=None,
+                   help="image side in pixels (default: the Teacher's with --teacher, else 32 for controlled "
+                        "and CIFAR-10, 224 for image folders)")
+    p.add_argument("--normalize", default=None, choices=("imagenet", "none"),
+                   help="input normalisation: imagenet (ImageNet mean/std, for --weights) or none "
+                        "(default: the Teacher's with --teacher, else none)")
+    p.add_argument("--augment", action="store_true", help="random horizontal flips and crops while training")
+    p.add_argument("--batch-size", type=_positive_int, metavar="N", default=64, help="images per training batch")
+    p.add_argument("--lr", type=_positive_float, metavar="X", default=0.05, help="peak learning rate (cosine decay)")
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"), help="SGD with Nesterov momentum, or AdamW")
+    p.add_argument("--weight-decay", type=_nonneg_float, metavar="X", default=5e-4, help="weight decay")
+    p.add_argument("--labelled", type=_positive_int, metavar="N", default=None,
+                   help="train on a seeded, class-stratified subset of N labelled images (e.g. a Base)")
+    p.add_argument("--transfer", default=None, metavar="SPEC",
+                   help="data spec of the images a Student is distilled on (needs --teacher); their labels are never read")
+    p.add_argument("--temperature", type=_positive_float, metavar="T", default=4.0, help="KD softmax temperature")
+    p.add_argument("--alpha", type=_unit_float, metavar="A", default=0.9,
+                   help="weight of the response-KD term (the cross-entropy gets 1 - A)")
+    p.add_argument("--weights", default=None, metavar="NAME",
+                   help="start from torchvision's pretrained weights NAME (e.g. IMAGENET1K_V1), read from the "
+                        "local torch cache; fetched only with --download")
     p.add_argument("--limit", type=_positive_int, metavar="N", default=None, help="use only N training images")
-    p.add_argument("--download", action="store_true", help="allow downloading CIFAR-10 into ROOT")
+    p.add_argument("--download", action="store_true", help="allow downloading CIFAR-10 into ROOT, and --weights")
     p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint file")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=_nonneg_int, default=0, metavar="N", help="seed of initialisation and data order")
+    p.add_argument("--seed", type=_nonneg_int, default=0, metavar="N", help="seed of the subsets, initialisation and data order")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
     p.set_defaults(func=cmd_train)
 
@@ -650,33 +702,56 @@ def cmd_quantify(args, argv) -> int:
 
 
 def cmd_train(args, argv) -> int:
-    from captum_unicam.kd import train_from_spec
-
-    device = _device(args.device)
     _check_arch(args.arch, "--arch")
     _check_arch(args.teacher_arch, "--teacher-arch")
     if args.method is not None and args.teacher is None:
         raise CLIError("--method needs --teacher CKPT (the model to distil from)")
+    if args.transfer is not None and args.teacher is None:
+        raise CLIError("--transfer needs --teacher CKPT: a transfer set has no labels, only distillation can learn from it")
+    if args.transfer is not None and args.labelled is not None:
+        raise CLIError("--labelled and --transfer exclude each other: train the Base with --labelled N and the "
+                       "Student with --teacher CKPT --transfer SPEC")
+    if args.weights is not None and args.arch.startswith("small_resnet"):
+        raise CLIError(f"--weights: pretrained weights exist only for torchvision's ResNets, not {args.arch}")
     out = Path(args.out)
     if out.is_dir():
         raise CLIError(f"--out {args.out!r} is a folder; give a checkpoint file name such as student.pt")
     if out.exists() and not args.overwrite:
         raise CLIError(f"--out {args.out!r} exists; choose another file or pass --overwrite")
-    ds = _load_data(args.data, "train", download=args.download, limit=args.limit)
-    classes = list(getattr(ds, "classes", []) or [])
-    teacher = None
-    if args.teacher is not None:
-        _load_model(args.teacher, "Teacher", arch=args.teacher_arch, num_classes=len(classes) or None, device=device)
-        teacher = args.teacher
-    method = args.method or ("response" if teacher else None)
-    kwargs: Dict[str, Any] = dict(teacher=teacher, method=method, limit=args.limit, seed=args.seed,
-                                  device=str(device), progress=args.progress)
-    if args.epochs is not None:
-        kwargs["epochs"] = args.epochs
-    result = train_from_spec(args.data, args.arch, str(out), **kwargs)
+    if args.teacher is not None and not Path(args.teacher).is_file():
+        raise CLIError(f"Teacher checkpoint {args.teacher!r} does not exist; train one first with "
+                       "'captum-unicam train' (without --teacher)")
+    device = _device(args.device)
+
+    from captum_unicam.pipeline.training import Recipe, train_checkpoint
+
+    teacher = args.teacher
+    recipe = Recipe(arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    optimizer=args.optimizer, weight_decay=args.weight_decay, augment=args.augment,
+                    image_size=args.image_size, normalize=args.normalize, labelled=args.labelled,
+                    limit=args.limit, transfer=args.transfer,
+                    method=args.method or ("response" if teacher else None), temperature=args.temperature,
+                    alpha=args.alpha, weights=args.weights, seed=args.seed)
+    result = train_checkpoint(args.data, recipe, str(out), teacher=teacher, device=device, progress=args.progress,
+                              download=args.download, teacher_arch=args.teacher_arch,
+                              warn=lambda line: _warn(args, line))
     acc = _result_accuracy(result)
-    print(f"checkpoint written to {out}" + (f" (test accuracy {100 * acc:.1f} %)" if acc is not None else ""))
+    print(f"checkpoint written to {out} ({result['recipe']['image_size']} px, normalize "
+          f"{result['recipe']['normalize']}" + (f", test accuracy {100 * acc:.1f} %" if acc is not None else "") + ")")
     return 0
+
+
+def _warn(args, line: str) -> None:
+    print(f"{PROG} {args.command}: warning: {_flags(line)}", file=sys.stderr)
+
+
+def _flags(text: str) -> str:
+    """A library message in the command line's words (arguments become flags)."""
+    for arg, flag in (("image_size=", "--image-size"), ("normalize=", "--normalize"), ("teacher=...", "--teacher CKPT"),
+                      ("labelled=N", "--labelled N"), ("transfer=SPEC", "--transfer SPEC"), ("labelled=", "--labelled"),
+                      ("transfer=", "--transfer"), ("download=True", "--download"), ("method=", "--method")):
+        text = text.replace(arg, flag)
+    return text
 
 
 def _result_accuracy(result) -> Optional[float]:
@@ -693,16 +768,9 @@ def _result_accuracy(result) -> Optional[float]:
 
 
 def _known_errors() -> Tuple[type, ...]:
-    errors: List[type] = [CLIError, FileNotFoundError, NotADirectoryError, PermissionError]
-    for mod, name in (("captum_unicam.data", "DataSpecError"), ("captum_unicam.models", "CheckpointError"),
-                      ("captum_unicam.embeddings", "EmbeddingModelError"),
-                      ("captum_unicam.report", "OutputFolderError")):
-        try:
-            errors.append(getattr(__import__(mod, fromlist=[name]), name))
-        except Exception:  # pragma: no cover - a module not there yet
-            pass
-    errors.append(ValueError)
-    return tuple(errors)
+    """Exactly the library's family of expected failures; anything else is a bug and keeps
+    its traceback."""
+    return (_errors.CaptumUnicamError,)
 
 
 def _one_line(e: BaseException) -> str:
@@ -731,7 +799,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except _known_errors() as e:
         if os.environ.get("CAPTUM_UNICAM_TRACEBACK"):
             raise
-        print(f"{PROG} {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {_flags(_one_line(e))}", file=sys.stderr)
         return 2
 
 
