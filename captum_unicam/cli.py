@@ -155,11 +155,20 @@ def _add_pair(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=("train", "test", "val"), help="split of the data to use")
     p.add_argument("--download", action="store_true", help="allow downloading CIFAR-10 into ROOT (nothing is downloaded otherwise)")
     p.add_argument("--image-size", type=_positive_int, metavar="N", default=None,
-                   help="image side in pixels (default: 32 for controlled and CIFAR-10, 224 for image folders)")
+                   help="image side in pixels (default: the one recorded in the checkpoints; when they record "
+                        "none, 32 for controlled and CIFAR-10, 224 for image folders); overrides the checkpoints "
+                        "with a warning")
+    p.add_argument("--normalize", default=None, choices=("imagenet", "none"),
+                   help="input normalisation (default: the one recorded in the checkpoints, else none); "
+                        "overrides the checkpoints with a warning")
+    p.add_argument("--order", default="stratified", choices=("stratified", "shuffle", "file"),
+                   help="how images are batched: stratified (seeded; every batch holds as many classes as its "
+                        "size allows), shuffle (seeded) or file (the data's order). A last batch under 5 images "
+                        "is merged into the one before")
     p.add_argument("--layers", nargs="+", default=list(LAYERS), metavar="LAYER",
                    help="layers to explain: L1..L4 (last block of each ResNet stage) or dotted module paths present in both models")
     p.add_argument("--batch-size", type=_positive_int, metavar="N", default=32,
-                   help="images per batch; UniCAM and the statistics are batch statistics and need at least 4")
+                   help="images per batch; UniCAM and the statistics are batch statistics and need at least 5")
     p.add_argument("--label-model", default=None, metavar="MODEL",
                    help="text encoder for the label embeddings (local folder or cached Hugging Face id); "
                         "default: the bundled all-MiniLM-L6-v2")
@@ -231,14 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("explain", formatter_class=_Formatter, help="Grad-CAM and UniCAM maps of a Student/Base pair; write a report",
-                       description="Draw Grad-CAM (Student, Base) and UniCAM (distilled, residual) maps per layer for the "
-                                   "first images of the data, and, on the controlled dataset, measure their localisation "
-                                   "on the object masks. Maps are computed over the first --batch-size images (UniCAM is "
-                                   "a batch statistic), the first --images of them are drawn.")
+                       description="Draw Grad-CAM (Student, Base) and UniCAM (distilled, residual) maps per layer over "
+                                   "the evaluated images in class-stratified batches (UniCAM is a batch statistic; each "
+                                   "batch is its own context) and draw one image per class; on data with object masks "
+                                   "(the controlled dataset), measure their localisation.")
     _add_pair(p)
-    p.add_argument("--images", type=_positive_int, metavar="N", default=8, help="images drawn per layer")
+    p.add_argument("--images", type=_positive_int, metavar="N", default=None,
+                   help="images drawn per layer, one per class in turn (default: one per class)")
     p.add_argument("--limit", type=_positive_int, metavar="N", default=256,
-                   help="images used for the accuracies and the localisation numbers")
+                   help="evaluate a seeded subset of N images: maps, accuracies and localisation")
     _add_common(p, out_help="report folder to write")
     p.set_defaults(func=cmd_explain)
 
@@ -253,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--maps", nargs="+", default=["gradcam", "distilled", "residual"],
                    choices=("none", "gradcam", "distilled", "residual"), metavar="KIND",
                    help="map kinds to evaluate: none, gradcam, distilled, residual (ignored with --perturb none)")
-    p.add_argument("--limit", type=_positive_int, metavar="N", default=None, help="use only the first N images (default: all)")
+    p.add_argument("--limit", type=_positive_int, metavar="N", default=None, help="evaluate a seeded subset of N images (default: all)")
     p.add_argument("--n-bootstrap", type=_positive_int, metavar="N", default=1000, help="bootstrap resamples of the batches for the intervals")
     _add_common(p, out_help="report folder to write")
     p.set_defaults(func=cmd_quantify)
@@ -376,104 +386,22 @@ def _maybe_init_distributed(device) -> bool:
 # ---------------------------------------------------------------------------
 
 
-def _accuracy(model, loader, device, progress: bool, desc: str) -> float:
-    import torch
-    from tqdm.auto import tqdm
+def compute_maps(*args, **kwargs):
+    """Kept for old imports: :func:`captum_unicam.pipeline.evaluation.compute_maps`."""
+    from captum_unicam.pipeline.evaluation import compute_maps as _compute_maps
 
-    correct = total = 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-                x, y = batch[0].to(device), batch[1].to(device)
-                correct += int((model(x).argmax(1) == y).sum())
-                total += int(y.numel())
-    finally:
-        model.train(was_training)
-    return correct / total if total else float("nan")
+    return _compute_maps(*args, **kwargs)
 
 
-def compute_maps(student, base, layers, batches, *, label_embeddings=None, device="cpu",
-                 progress: bool = True) -> Dict[str, Dict[str, Any]]:
-    r"""Grad-CAM (Student, Base) and UniCAM (distilled, residual) maps per layer.
+def _localisation(maps, masks, *, seed: int, n_bootstrap: int) -> Optional[Dict[str, Any]]:
+    """Localisation of every map kind per layer, only where the data have object masks."""
+    if masks is None:
+        return None
+    from captum_unicam.metrics.localisation import localisation
+    from captum_unicam.pipeline.evaluation import MAP_COLUMNS as columns
 
-    Each batch is explained on its own (UniCAM is a batch statistic; each batch is its
-    own context), with the true labels as targets.
-
-    Args:
-        student, base (nn.Module): the models, in eval mode on ``device``.
-        layers (dict): name -> (student_layer, base_layer).
-        batches (list): ``(x, y)`` or ``(x, y, mask)`` batches of at least 4 images.
-        label_embeddings (Tensor, optional): label vectors for UniCAM. Default: one-hot.
-        device: where to compute.
-        progress (bool): show a progress bar over layers x batches.
-
-    Returns:
-        dict: layer -> ``{"gradcam_student", "gradcam_base", "distilled", "residual"}``
-        -> (N,1,h,w) CPU tensors over all batches, concatenated.
-    """
-    import torch
-    from captum.attr import LayerGradCam
-    from tqdm.auto import tqdm
-
-    from captum_unicam.attr.unicam import UniCAM
-
-    out: Dict[str, Dict[str, List[Any]]] = {name: {k: [] for k in MAP_COLUMNS} for name in layers}
-    bar = tqdm(total=len(layers) * len(batches), desc="maps (Grad-CAM, UniCAM)", unit="batch",
-               disable=not progress, leave=False)
-    for name, (s_layer, b_layer) in layers.items():
-        gc_s, gc_b = LayerGradCam(student, s_layer), LayerGradCam(base, b_layer)
-        uc = UniCAM(student, s_layer, base, b_layer, label_embeddings=label_embeddings)
-        for batch in batches:
-            x, y = batch[0].to(device), batch[1].to(device)
-            out[name]["gradcam_student"].append(gc_s.attribute(x, target=y, relu_attributions=True).detach().cpu())
-            out[name]["gradcam_base"].append(gc_b.attribute(x, target=y, relu_attributions=True).detach().cpu())
-            d, r = uc.attribute(x, target=y, features="both")
-            out[name]["distilled"].append(d.detach().cpu())
-            out[name]["residual"].append(r.detach().cpu())
-            bar.update(1)
-    bar.close()
-    return {name: {k: torch.cat(v) for k, v in kinds.items()} for name, kinds in out.items()}
-
-
-def _first_batches(ds, batch_size: int, n_images: int):
-    """Deterministic batches (no shuffling) covering the first n_images items."""
-    import torch
-
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
-    batches, seen = [], 0
-    for batch in loader:
-        if seen >= n_images:
-            break
-        if batch[0].shape[0] < 4:
-            break
-        batches.append(batch)
-        seen += batch[0].shape[0]
-    return batches
-
-
-def _grids_and_localisation(maps, batches, class_names, n_show: int, *, seed: int,
-                            n_bootstrap: int) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
-    import torch
-
-    from captum_unicam.report import localisation
-
-    images = torch.cat([b[0] for b in batches])
-    labels = torch.cat([b[1] for b in batches])
-    has_masks = all(len(b) > 2 for b in batches)
-    names = [class_names[int(i)] if class_names else str(int(i)) for i in labels[:n_show]]
-    grids = {layer: {"images": images[:n_show],
-                     "maps": {MAP_COLUMNS[k]: m[:n_show] for k, m in kinds.items()},
-                     "labels": names}
-             for layer, kinds in maps.items()}
-    loc = None
-    if has_masks:
-        masks = torch.cat([b[2] for b in batches])
-        loc = {layer: localisation({MAP_COLUMNS[k]: m for k, m in kinds.items()}, masks,
-                                   n_bootstrap=n_bootstrap, seed=seed)
-               for layer, kinds in maps.items()}
-    return grids, loc
+    return {layer: localisation({columns[k]: m for k, m in kinds.items()}, masks, n_bootstrap=n_bootstrap, seed=seed)
+            for layer, kinds in maps.items()}
 
 
 def _model_info(meta: Dict[str, Any], accuracy: Optional[float], path: Optional[str]) -> Dict[str, Any]:
@@ -491,18 +419,19 @@ def _command_line(argv: Optional[Sequence[str]]) -> List[str]:
 
 
 def cmd_demo(args, argv) -> int:
-    import torch
-
-    from captum_unicam.data import ControlledShapes
-    from captum_unicam.kd.demo import train_demo_models
-    from captum_unicam.metrics import evaluate_kd
-    from captum_unicam.perturb import mask_multiply
-    from captum_unicam.report import check_output_dir, write_report
+    from captum_unicam.output.publish import check_output_dir
 
     out = check_output_dir(args.out, overwrite=args.overwrite)
     device = _device(args.device)
+
+    from captum_unicam.data import ControlledShapes
+    from captum_unicam.kd.demo import train_demo_models
+    from captum_unicam.pipeline.batches import stratified_loader
+    from captum_unicam.pipeline.evaluation import compute_maps, map_grids, score_pair
+    from captum_unicam.report import write_report
+
     quick = args.quick
-    n_show = args.images or (4 if quick else 6)
+    n_show = args.images
     eval_batches, eval_bs = (3, 32) if quick else (8, 64)
     n_boot = 200 if quick else 1000
     timings: Dict[str, float] = {}
@@ -515,21 +444,21 @@ def cmd_demo(args, argv) -> int:
     class_names = list(demo.class_names)
     test = ControlledShapes(eval_batches * eval_bs, seed=args.seed, split="test",
                             num_classes=len(class_names), cue_strength=0.0)
-    loader = torch.utils.data.DataLoader(test, batch_size=eval_bs, shuffle=False, drop_last=True)
+    loader = stratified_loader(test, eval_bs, seed=args.seed)
     student, base = demo.student.to(device).eval(), demo.base.to(device).eval()
     layers = _resolve_layers(list(LAYERS), student, base)
     emb, emb_desc = _label_embeddings(class_names, args)
 
-    evaluation = evaluate_kd(student, base, loader, layers, label_embeddings=emb,
-                             map_kinds=("none", "gradcam", "distilled", "residual"),
-                             perturb_func=mask_multiply, n_bootstrap=n_boot, seed=args.seed,
-                             progress=args.progress, device=device)
+    evaluation = score_pair(student, base, loader, layers, label_embeddings=emb,
+                            map_kinds=("none", "gradcam", "distilled", "residual"), perturbation="mask",
+                            n_bootstrap=n_boot, seed=args.seed, progress=args.progress, device=device)
     timings["quantify_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    batches = _first_batches(test, eval_bs, eval_bs * (1 if quick else 2))
+    batches = list(loader)[:1 if quick else 2]
     maps = compute_maps(student, base, layers, batches, label_embeddings=emb, device=device,
                         progress=args.progress)
-    grids, loc = _grids_and_localisation(maps, batches, class_names, n_show, seed=args.seed, n_bootstrap=n_boot)
+    grids, _, masks = map_grids(maps, batches, class_names, n_show)
+    loc = _localisation(maps, masks, seed=args.seed, n_bootstrap=n_boot)
     timings["explain_s"] = time.perf_counter() - t2
 
     accs = dict(demo.accuracies)
@@ -544,12 +473,15 @@ def cmd_demo(args, argv) -> int:
             "kd_method": recipe.get("method", "response") if role == "student" else None,
             "checkpoint": f"models/{role}.pt", "trained_on": _describe_split(demo, role)}
     data = (f"controlled dataset, seed {args.seed}: {len(test)} held-out cue-free test images "
-            f"({eval_batches} batches of {eval_bs}) for FSS/RS; maps and localisation on the first "
+            f"({eval_batches} class-stratified batches of {eval_bs}) for FSS/RS; maps and localisation on the first "
             f"{sum(b[0].shape[0] for b in batches)} of them; labels: {emb_desc}")
+    test_desc = (getattr(demo, "datasets", None) or {}).get("test") or {}
+    acc_set = (f"the demo's cue-free test set ({test_desc.get('size', '?')} images of the test stream, "
+               f"seed {args.seed})")
     t3 = time.perf_counter()
     write_report(out, overwrite=args.overwrite, title="captum-unicam demo: what did distillation change?",
                  command=_command_line(argv), data=data, models=models, evaluation=evaluation,
-                 grids=grids, localisation=loc,
+                 grids=grids, localisation=loc, accuracy_set=acc_set,
                  model_files={f"{k}.pt": v for k, v in paths.items()},
                  notes=_demo_notes(demo, accs)[:1], warnings=_demo_notes(demo, accs)[1:],
                  extra_metrics={"recipe": recipe, "demo_datasets": getattr(demo, "datasets", None),
@@ -594,7 +526,11 @@ def _demo_notes(demo, accs) -> List[str]:
 
 
 def _pair_setup(args):
-    """Validates and loads what explain / quantify share; returns a namespace of objects."""
+    """Validates and loads what explain / quantify share; returns a namespace of objects.
+
+    Cheap checks (flags, files, output folder) come before torch is imported; the
+    checkpoints' recorded preprocessing decides the data's image size and normalisation.
+    """
     for flag in ("arch", "student_arch", "base_arch"):
         _check_arch(getattr(args, flag), "--" + flag.replace("_", "-"))
     for role, path in (("Student", args.student), ("Base", args.base), ("Teacher", args.teacher)):
@@ -602,97 +538,126 @@ def _pair_setup(args):
             what = "is a folder" if Path(path).is_dir() else "does not exist"
             raise CLIError(f"{role} checkpoint {path!r} {what}; give the path of a .pt file written by "
                            "'captum-unicam train' (or models/*.pt of a demo report)")
+    if args.batch_size < 5:
+        raise CLIError(f"--batch-size {args.batch_size} is too small: UniCAM, FSS and RS are batch statistics "
+                       "and need at least 5 images per batch")
+    from captum_unicam.output.publish import check_output_dir
+
+    out = check_output_dir(args.out, overwrite=args.overwrite)
     device = _device(args.device)
-    ds = _load_data(args.data, args.split, download=args.download, image_size=args.image_size,
-                    limit=getattr(args, "limit", None))
+
+    from captum_unicam.pipeline.data import agreed_preprocessing, load_data
+
+    loaded = {}
+    for role, path, arch in (("Student", args.student, args.student_arch or args.arch),
+                             ("Base", args.base, args.base_arch or args.arch),
+                             ("Teacher", args.teacher, None)):
+        if path is not None:
+            loaded[role] = _load_model(path, role, arch=arch, num_classes=None, device=device)
+    prep, notes = agreed_preprocessing({r: m for r, (_, m) in loaded.items()}, image_size=args.image_size,
+                                       normalize=args.normalize)
+    for line in notes:
+        _warn(args, line)
+    ds = load_data(args.data, args.split, prep, download=args.download, limit=getattr(args, "limit", None))
+    if len(ds) == 0:
+        raise CLIError(f"data {args.data!r} ({args.split} split) holds no images; point --data at a folder with images")
     classes = list(getattr(ds, "classes", []) or [])
     if not classes:
         raise CLIError(f"data {args.data!r} has no class names; use an ImageFolder tree of class folders")
-    n = len(classes)
-    student, s_meta = _load_model(args.student, "Student", arch=args.student_arch or args.arch, num_classes=n, device=device)
-    base, b_meta = _load_model(args.base, "Base", arch=args.base_arch or args.arch, num_classes=n, device=device)
-    teacher = t_meta = None
-    if args.teacher:
-        teacher, t_meta = _load_model(args.teacher, "Teacher", arch=None, num_classes=n, device=device)
+    for role, (_, meta) in loaded.items():
+        k = meta.get("num_classes")
+        if k is not None and k != len(classes):
+            path = {"Student": args.student, "Base": args.base, "Teacher": args.teacher}[role]
+            raise CLIError(f"{role} checkpoint {path!r} has {k} classes but the data {args.data!r} have "
+                           f"{len(classes)} classes; use checkpoints trained on these data")
+    if len(ds) < 5:
+        raise CLIError(f"data {args.data!r} has {len(ds)} images in its {args.split} split; UniCAM, FSS and RS "
+                       "need at least 5")
+    student, s_meta = loaded["Student"]
+    base, b_meta = loaded["Base"]
+    teacher, t_meta = loaded.get("Teacher", (None, None))
     layers = _resolve_layers(args.layers, student, base)
-    if args.batch_size < 4:
-        raise CLIError(f"--batch-size {args.batch_size} is too small: UniCAM, FSS and RS need at least 4 images per batch")
     emb, emb_desc = _label_embeddings(classes, args)
-    return argparse.Namespace(device=device, ds=ds, classes=classes, student=student, s_meta=s_meta,
+
+    from captum_unicam.pipeline.batches import stratified_loader
+
+    loader = stratified_loader(ds, min(args.batch_size, len(ds)), seed=args.seed, order=args.order)
+    what = (f"{args.data}, {args.split} split" + (f", {len(ds)} images (a seeded subset, --limit)"
+                                                    if getattr(args, "limit", None) and args.limit <= len(ds)
+                                                    else f", all {len(ds)} images")
+            + f", {prep.image_size or int(ds[0][0].shape[-1])} px, normalize {prep.normalize}")
+    return argparse.Namespace(out=out, device=device, ds=ds, classes=classes, student=student, s_meta=s_meta,
                               base=base, b_meta=b_meta, teacher=teacher, t_meta=t_meta, layers=layers,
-                              emb=emb, emb_desc=emb_desc)
+                              emb=emb, emb_desc=emb_desc, prep=prep, loader=loader, evaluated_set=what,
+                              preprocessing_notes=notes)
 
 
-def _pair_models(args, st, loader) -> Dict[str, Dict[str, Any]]:
+def _pair_models(args, st) -> Dict[str, Dict[str, Any]]:
+    """Each model's accuracy, once, on the evaluated set (the batches of st.loader)."""
+    from captum_unicam.pipeline.evaluation import accuracy
+
     models: Dict[str, Dict[str, Any]] = {}
     if st.teacher is not None:
-        models["Teacher"] = _model_info(st.t_meta, _accuracy(st.teacher, loader, st.device, args.progress, "accuracy Teacher"), args.teacher)
+        models["Teacher"] = _model_info(st.t_meta, accuracy(st.teacher, st.loader, st.device), args.teacher)
     else:
         models["Teacher"] = {"arch": None, "accuracy": None, "checkpoint": "not given (--teacher)"}
-    models["Base"] = _model_info(st.b_meta, _accuracy(st.base, loader, st.device, args.progress, "accuracy Base"), args.base)
-    models["Student"] = _model_info(st.s_meta, _accuracy(st.student, loader, st.device, args.progress, "accuracy Student"), args.student)
+    models["Base"] = _model_info(st.b_meta, accuracy(st.base, st.loader, st.device), args.base)
+    models["Student"] = _model_info(st.s_meta, accuracy(st.student, st.loader, st.device), args.student)
     return models
 
 
 def cmd_explain(args, argv) -> int:
-    import torch
+    from captum_unicam.pipeline.evaluation import compute_maps, map_grids
+    from captum_unicam.report import write_report
 
-    from captum_unicam.report import check_output_dir, write_report
-
-    out = check_output_dir(args.out, overwrite=args.overwrite)
     st = _pair_setup(args)
-    n_needed = max(args.images, args.limit)
-    batches = _first_batches(st.ds, args.batch_size, n_needed)
-    if not batches:
-        raise CLIError(f"data {args.data!r} has fewer than 4 images in its {args.split} split; UniCAM needs at least 4")
-    loader = torch.utils.data.DataLoader(st.ds, batch_size=args.batch_size, shuffle=False)
-    models = _pair_models(args, st, loader)
+    batches = list(st.loader)
+    models = _pair_models(args, st)
     maps = compute_maps(st.student, st.base, st.layers, batches, label_embeddings=st.emb,
                         device=st.device, progress=args.progress)
-    n_show = min(args.images, sum(b[0].shape[0] for b in batches))
-    grids, loc = _grids_and_localisation(maps, batches, st.classes, n_show, seed=args.seed, n_bootstrap=1000)
-    n_img = sum(b[0].shape[0] for b in batches)
-    data = (f"{args.data} ({args.split} split): maps over the first {n_img} images in batches of "
-            f"{args.batch_size}; accuracies over {len(st.ds)} images; labels: {st.emb_desc}")
-    write_report(out, overwrite=args.overwrite, title="captum-unicam explain", command=_command_line(argv),
-                 data=data, models=models, grids=grids, localisation=loc,
-                 extra_metrics={"label_embeddings": st.emb_desc, "layers": list(st.layers)},
+    grids, labels, masks = map_grids(maps, batches, st.classes, args.images,
+                                     mean=getattr(st.ds, "mean", None), std=getattr(st.ds, "std", None))
+    loc = _localisation(maps, masks, seed=args.seed, n_bootstrap=1000)
+    sizes = sorted({int(b[0].shape[0]) for b in batches})
+    data = (f"{st.evaluated_set}; {len(batches)} {args.order} batches of {'/'.join(map(str, sizes))} images; "
+            f"labels: {st.emb_desc}")
+    write_report(st.out, overwrite=args.overwrite, title="captum-unicam explain", command=_command_line(argv),
+                 data=data, models=models, grids=grids, localisation=loc, accuracy_set=st.evaluated_set,
+                 warnings=[_flags(n) for n in st.preprocessing_notes],
+                 extra_metrics={"label_embeddings": st.emb_desc, "layers": list(st.layers),
+                                "preprocessing": st.prep.to_dict(), "order": args.order,
+                                "batch_sizes": [int(b[0].shape[0]) for b in batches],
+                                "classes_per_batch": [len(set(b[1].tolist())) for b in batches]},
                  progress=args.progress)
-    print(f"report written to {out}/index.html")
+    print(f"report written to {st.out}/index.html")
     return 0
 
 
 def cmd_quantify(args, argv) -> int:
-    import torch
+    from captum_unicam.pipeline.evaluation import score_pair
+    from captum_unicam.report import write_report
 
-    from captum_unicam.metrics import evaluate_kd
-    from captum_unicam.perturb import mask_multiply, road_impute
-    from captum_unicam.report import check_output_dir, write_report
-
-    out = check_output_dir(args.out, overwrite=args.overwrite)
     st = _pair_setup(args)
-    if len(st.ds) < 4:
-        raise CLIError(f"data {args.data!r} has {len(st.ds)} images in its {args.split} split; FSS and RS need at least 4")
-    perturb = {"mask": mask_multiply, "road": road_impute, "none": mask_multiply}[args.perturb]
-    kinds = ("none",) if args.perturb == "none" else tuple(dict.fromkeys(args.maps))
     started = _maybe_init_distributed(st.device)
     try:
         rank, world = _dist_info()
-        loader = torch.utils.data.DataLoader(st.ds, batch_size=args.batch_size, shuffle=False)
-        evaluation = evaluate_kd(st.student, st.base, loader, st.layers, label_embeddings=st.emb,
-                                 map_kinds=kinds, perturb_func=perturb, n_bootstrap=args.n_bootstrap,
-                                 seed=args.seed, progress=args.progress and rank == 0, device=st.device)
+        evaluation = score_pair(st.student, st.base, st.loader, st.layers, label_embeddings=st.emb,
+                                map_kinds=args.maps, perturbation=args.perturb, n_bootstrap=args.n_bootstrap,
+                                seed=args.seed, progress=args.progress and rank == 0, device=st.device)
         if rank == 0:
-            models = _pair_models(args, st, loader)
-            data = (f"{args.data} ({args.split} split): {len(st.ds)} images in batches of {args.batch_size}; "
-                    f"perturbation: {args.perturb}; labels: {st.emb_desc}"
+            models = _pair_models(args, st)
+            sizes = sorted({len(b) for b in st.loader.batch_sampler})
+            data = (f"{st.evaluated_set}; {len(st.loader)} {args.order} batches of {'/'.join(map(str, sizes))} "
+                    f"images; perturbation: {args.perturb}; labels: {st.emb_desc}"
                     + (f"; {world} processes" if world > 1 else ""))
-            write_report(out, overwrite=args.overwrite, title="captum-unicam quantify",
+            write_report(st.out, overwrite=args.overwrite, title="captum-unicam quantify",
                          command=_command_line(argv), data=data, models=models, evaluation=evaluation,
+                         accuracy_set=st.evaluated_set, warnings=[_flags(n) for n in st.preprocessing_notes],
                          extra_metrics={"label_embeddings": st.emb_desc, "perturb": args.perturb,
-                                        "map_kinds": list(kinds), "world_size": world},
+                                        "map_kinds": list(evaluation.map_kinds), "world_size": world,
+                                        "preprocessing": st.prep.to_dict(), "order": args.order},
                          progress=args.progress)
-            print(f"report written to {out}/index.html")
+            print(f"report written to {st.out}/index.html")
     finally:
         if started:
             import torch.distributed as dist

@@ -749,8 +749,8 @@ def _run(dataset, controlled, data, class_names, r, archs, methods, seed, quick,
         emb, emb_desc = None, "one-hot"
 
     # ---- evaluation per Student/Base pair -------------------------------------------------------
-    from captum_unicam.cli import compute_maps
-    from captum_unicam.report import localisation
+    from captum_unicam.pipeline.evaluation import compute_maps
+    from captum_unicam.metrics.localisation import localisation
 
     n_eval = min(len(data["test"]), int(r["eval_batches"]) * eval_bs)
     eval_ds = torch.utils.data.Subset(data["test"], range(n_eval))

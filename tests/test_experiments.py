@@ -136,7 +136,7 @@ def test_files_tables_and_json(controlled_run):
 def test_localisation_matches_report_on_the_same_maps(controlled_run):
     """The energy fraction in the table is recomputed here by hand from the masks."""
     out, results = controlled_run
-    from captum_unicam.cli import compute_maps
+    from captum_unicam.pipeline.evaluation import compute_maps
     from captum_unicam.data import load_dataset
     from captum_unicam.models import load_checkpoint, stage_layers
 
