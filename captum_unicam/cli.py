@@ -606,6 +606,13 @@ def _pair_models(args, st) -> Dict[str, Dict[str, Any]]:
     return models
 
 
+def _classes_per_batch(st) -> List[int]:
+    from captum_unicam.pipeline.batches import labels_of
+
+    labels = labels_of(st.ds)
+    return [len({labels[i] for i in b}) for b in st.loader.batch_sampler]
+
+
 def cmd_explain(args, argv) -> int:
     from captum_unicam.pipeline.evaluation import compute_maps, map_grids
     from captum_unicam.report import write_report
@@ -655,7 +662,9 @@ def cmd_quantify(args, argv) -> int:
                          accuracy_set=st.evaluated_set, warnings=[_flags(n) for n in st.preprocessing_notes],
                          extra_metrics={"label_embeddings": st.emb_desc, "perturb": args.perturb,
                                         "map_kinds": list(evaluation.map_kinds), "world_size": world,
-                                        "preprocessing": st.prep.to_dict(), "order": args.order},
+                                        "preprocessing": st.prep.to_dict(), "order": args.order,
+                                        "batch_sizes": [len(b) for b in st.loader.batch_sampler],
+                                        "classes_per_batch": _classes_per_batch(st)},
                          progress=args.progress)
             print(f"report written to {st.out}/index.html")
     finally:

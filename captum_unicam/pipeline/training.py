@@ -50,7 +50,10 @@ class Recipe:
                     many labelled images. Default: None (all)
         limit (int, optional): Use only this many training images (a seeded subset).
         transfer (str, optional): Data spec of the images a Student is distilled on;
-                    their labels are never read. Default: None (the labelled data)
+                    their labels are never read. Its ``transfer`` split is used: the
+                    controlled dataset's transfer stream, CIFAR-10's training images, a
+                    folder's ``train/`` (or, without ``train/`` and ``test/``, the 80 %
+                    of its images that are not held out for testing). Default: None
         method (str, optional): KD method with a Teacher (``"response"``,
                     ``"attention"``, ``"overhaul"``). Default: None
         temperature (float): KD softmax temperature. Default: 4.0
@@ -281,7 +284,7 @@ def train_checkpoint(
         train_ds = labelled_subset(train_ds, recipe.labelled, seed=recipe.seed)
     fit_ds = train_ds
     if recipe.transfer is not None:
-        fit_ds = load_data(recipe.transfer, "train", prep, augment=recipe.augment, download=download)
+        fit_ds = load_data(recipe.transfer, "transfer", prep, augment=recipe.augment, download=download)
         if len(fit_ds) == 0:
             raise DataSpecError(f"transfer spec {recipe.transfer!r} holds no images")
     side = int(test_ds[0][0].shape[-1])
