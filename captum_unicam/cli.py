@@ -299,6 +299,19 @@ def _device(name: str):
     return dev
 
 
+def _check_data_spec(spec: str, flag: str = "--data") -> None:
+    """The checks of a data spec that need no torch (the loader repeats them)."""
+    scheme, sep, arg = spec.strip().partition(":")
+    if scheme.lower() not in ("controlled", "cifar10", "imagefolder"):
+        raise CLIError(f"{flag}: unknown data spec {spec!r}; use controlled, controlled:SEED, cifar10:ROOT "
+                       "or imagefolder:ROOT")
+    if scheme.lower() == "imagefolder":
+        root = Path(os.path.expanduser(arg))
+        if not arg or not root.is_dir():
+            raise CLIError(f"{flag}: image folder {arg!r} does not exist or is not a folder; give the folder "
+                           "that holds one sub-folder of images per class (or train/ and test/ sub-folders of those)")
+
+
 def _check_arch(name: Optional[str], flag: str) -> Optional[str]:
     if name is None:
         return None
@@ -541,6 +554,7 @@ def _pair_setup(args):
     if args.batch_size < 5:
         raise CLIError(f"--batch-size {args.batch_size} is too small: UniCAM, FSS and RS are batch statistics "
                        "and need at least 5 images per batch")
+    _check_data_spec(args.data)
     from captum_unicam.output.publish import check_output_dir
 
     out = check_output_dir(args.out, overwrite=args.overwrite)
@@ -614,10 +628,11 @@ def _classes_per_batch(st) -> List[int]:
 
 
 def cmd_explain(args, argv) -> int:
+    st = _pair_setup(args)
+
     from captum_unicam.pipeline.evaluation import compute_maps, map_grids
     from captum_unicam.report import write_report
 
-    st = _pair_setup(args)
     batches = list(st.loader)
     models = _pair_models(args, st)
     maps = compute_maps(st.student, st.base, st.layers, batches, label_embeddings=st.emb,
@@ -641,10 +656,11 @@ def cmd_explain(args, argv) -> int:
 
 
 def cmd_quantify(args, argv) -> int:
+    st = _pair_setup(args)
+
     from captum_unicam.pipeline.evaluation import score_pair
     from captum_unicam.report import write_report
 
-    st = _pair_setup(args)
     started = _maybe_init_distributed(st.device)
     try:
         rank, world = _dist_info()
@@ -695,6 +711,9 @@ def cmd_train(args, argv) -> int:
     if args.teacher is not None and not Path(args.teacher).is_file():
         raise CLIError(f"Teacher checkpoint {args.teacher!r} does not exist; train one first with "
                        "'captum-unicam train' (without --teacher)")
+    _check_data_spec(args.data)
+    if args.transfer is not None:
+        _check_data_spec(args.transfer, "--transfer")
     device = _device(args.device)
 
     from captum_unicam.pipeline.training import Recipe, train_checkpoint

@@ -53,6 +53,8 @@ non-empty ``out`` that is not an experiment folder (no ``results.json``, not onl
 
 from __future__ import annotations
 
+from captum_unicam.errors import InputError
+
 from captum_unicam import errors as _errors
 
 import csv
@@ -613,6 +615,10 @@ def run_experiment(
     r.update(recipe)
     if not set(r["grid_layers"]) <= set(LAYERS):
         raise ValueError(f"recipe grid_layers must be among {LAYERS}, got {r['grid_layers']!r}")
+    n_eval = min(len(data["test"]), int(r["eval_batches"]) * int(r["eval_batch_size"]))
+    if int(r["eval_batch_size"]) < 5 or n_eval < 5:
+        raise InputError(f"recipe eval_batch_size {r['eval_batch_size']} over {len(data['test'])} test images: "
+                         "UniCAM, FSS and RS need batches of at least 5 images")
     class_names = [str(c) for c in data["test"].classes]
     num_classes = len(class_names)
     if num_classes < 2:
@@ -638,7 +644,6 @@ def _run(dataset, controlled, data, class_names, r, archs, methods, seed, quick,
     from tqdm.auto import tqdm
 
     from captum_unicam.kd.train import evaluate_accuracy, train_model
-    from captum_unicam.metrics import evaluate_kd
     from captum_unicam.models import stage_layers
 
     num_classes = len(class_names)
@@ -752,10 +757,15 @@ def _run(dataset, controlled, data, class_names, r, archs, methods, seed, quick,
     from captum_unicam.pipeline.evaluation import compute_maps
     from captum_unicam.metrics.localisation import localisation
 
+    from captum_unicam.pipeline.batches import labels_of, stratified_loader
+    from captum_unicam.pipeline.evaluation import score_pair
+
     n_eval = min(len(data["test"]), int(r["eval_batches"]) * eval_bs)
     eval_ds = torch.utils.data.Subset(data["test"], range(n_eval))
-    eval_loader = torch.utils.data.DataLoader(eval_ds, batch_size=eval_bs, shuffle=False,
-                                              drop_last=n_eval > eval_bs)
+    # the pipeline's batches; file order keeps the published results' batches (the controlled
+    # and CIFAR-10 test images are not stored class by class); a short last batch is merged
+    eval_loader = stratified_loader(eval_ds, min(eval_bs, n_eval), seed=seed, order="file",
+                                    labels=labels_of(data["test"])[:n_eval])
     base = models["base"].to(device).eval()
     evaluations: Dict[str, Any] = {}
     summaries: Dict[str, Any] = {}
@@ -768,9 +778,9 @@ def _run(dataset, controlled, data, class_names, r, archs, methods, seed, quick,
         layers = {k: (s_l[k], b_l[k]) for k in LAYERS}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # degenerate-batch notes of UniCAM; counted in the tables
-            ev = evaluate_kd(student, base, eval_loader, layers, label_embeddings=emb,
-                             n_bootstrap=int(r["n_bootstrap"]), n_permutations=int(r["n_permutations"]),
-                             seed=seed, progress=progress, device=device)
+            ev = score_pair(student, base, eval_loader, layers, label_embeddings=emb,
+                            n_bootstrap=int(r["n_bootstrap"]), n_permutations=int(r["n_permutations"]),
+                            seed=seed, progress=progress, device=device)
             maps_by_pair[pair] = compute_maps(student, base, layers, map_batches, label_embeddings=emb,
                                               device=device, progress=progress)
         evaluations[pair] = ev

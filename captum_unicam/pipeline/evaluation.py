@@ -32,7 +32,8 @@ def make_unicam(student, student_layer, base, base_layer, *, label_embeddings=No
 
 def score_pair(student, base, loader, layers: Mapping[str, Tuple[Any, Any]], *, label_embeddings=None,
                map_kinds: Sequence[str] = ("none", "gradcam", "distilled", "residual"), perturbation: str = "mask",
-               n_bootstrap: int = 1000, seed: int = 0, progress: bool = True, device: Any = "cpu"):
+               n_bootstrap: int = 1000, n_permutations: int = 10000, seed: int = 0, progress: bool = True,
+               device: Any = "cpu"):
     r"""FSS and RS of ``student`` against ``base`` over ``loader``, per layer and map kind
     (:func:`~captum_unicam.metrics.evaluate_kd`; the one place the pipeline calls it).
 
@@ -52,7 +53,8 @@ def score_pair(student, base, loader, layers: Mapping[str, Tuple[Any, Any]], *, 
         raise InputError(f"perturbation must be one of {', '.join(funcs)}, got {perturbation!r}")
     kinds = ("none",) if perturbation == "none" else tuple(dict.fromkeys(map_kinds))
     evaluation = evaluate_kd(student, base, loader, layers, label_embeddings=label_embeddings, map_kinds=kinds,
-                             perturb_func=funcs[perturbation], n_bootstrap=n_bootstrap, seed=seed,
+                             perturb_func=funcs[perturbation], n_bootstrap=n_bootstrap,
+                             n_permutations=n_permutations, seed=seed,
                              progress=progress, device=device)
     if set(kinds) == {"none"}:
         evaluation.settings["perturb_func"] = "none (raw features, no map)"
