@@ -301,13 +301,18 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert code == 0, err
     mq = json.loads((q / "metrics.json").read_text())
     assert mq["map_kinds"] == ["none"]
+    # the footnote names what was run (raw features), not a map perturbation; no maps section
+    table1 = (q / "tables" / "table1.md").read_text()
+    assert "perturbation none (raw features, no map)" in table1 and "mask_multiply" not in table1
+    page = (q / "index.html").read_text()
+    assert 'id="maps"' not in page and 'id="localisation"' not in page
 
 
 @pytest.mark.slow
 def test_quantify_under_torchrun_equals_one_process(tmp_path, ckpts):
     pytest.importorskip("torch.distributed.run")
     common = ["quantify", "--student", ckpts["student"], "--base", ckpts["base"], "--data", "controlled",
-              "--limit", "16", "--batch-size", "4", "--layers", "L4", "--maps", "gradcam",
+              "--limit", "20", "--batch-size", "5", "--layers", "L4", "--maps", "gradcam",
               "--one-hot", "--no-progress", "--n-bootstrap", "50"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     one = subprocess.run([sys.executable, "-m", "captum_unicam", *common, "--out", str(tmp_path / "one")],
