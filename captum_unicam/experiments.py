@@ -325,8 +325,7 @@ def _pm(entry: Optional[Mapping[str, Any]], digits: int = 4) -> str:
     if not entry or entry.get("mean") is None:
         return "–"
     m = float(entry["mean"])
-    lo = entry.get("ci_low", entry.get("low"))
-    hi = entry.get("ci_high", entry.get("high"))
+    lo, hi = entry.get("low"), entry.get("high")
     if lo is None or hi is None:
         return f"{m:.{digits}f}"
     return f"{m:.{digits}f} ± {(float(hi) - float(lo)) / 2:.{digits}f}"
@@ -336,7 +335,7 @@ def _iv(entry: Optional[Mapping[str, Any]], digits: int = 3) -> str:
     """'mean [low, high]'."""
     if not entry or entry.get("mean") is None:
         return "–"
-    lo, hi = entry.get("low", entry.get("ci_low")), entry.get("high", entry.get("ci_high"))
+    lo, hi = entry.get("low"), entry.get("high")
     if lo is None or hi is None:
         return f"{float(entry['mean']):.{digits}f}"
     return f"{float(entry['mean']):.{digits}f} [{float(lo):.{digits}f}, {float(hi):.{digits}f}]"
@@ -407,7 +406,7 @@ def _table1(method: str, summary: Mapping[str, Any], settings: Mapping[str, Any]
                         _pm(cell["rs_distilled_raw"]), _pm(cell["rs_residual_raw"]), f"{p_dr:.3g}"])
         row: List[Any] = [layer]
         for _, _, key in cols:
-            row += [cell[key]["mean"], cell[key]["ci_low"], cell[key]["ci_high"]]
+            row += [cell[key]["mean"], cell[key]["low"], cell[key]["high"]]
         row += [p_sb, p_dr, s["gradcam"]["n_batches"]]
         csv_rows.append(row)
     notes = [
@@ -442,7 +441,7 @@ def _table2(direct: Mapping[str, Any], ta: Mapping[str, Any], accs: Mapping[str,
             md_rows.append([layer, title, _pm(b) if b else "–", _pm(d), _pm(t)])
             for model, e in (("base", b), ("direct", d), ("ta", t)):
                 if e is not None:
-                    csv_rows.append([layer, title, model, e["mean"], e["ci_low"], e["ci_high"]])
+                    csv_rows.append([layer, title, model, e["mean"], e["low"], e["high"]])
     for split, title in (("test", "accuracy, cue-free test"), ("test_cued", "accuracy, cued test")):
         vals = {k: accs.get(roles[k], {}).get(split) for k in ("base", "direct", "ta")}
         if all(v is None for v in vals.values()):

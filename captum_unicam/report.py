@@ -232,7 +232,7 @@ def _evaluation_parts(evaluation: Any) -> Dict[str, Any]:
 def _panels_from_summary(summary: Any) -> Optional[Dict[str, Dict[str, Dict[str, Any]]]]:
     """FSS / RS per layer panels for viz.scores_per_layer, from KDEvaluation.summary().
 
-    The summary is ``summary[layer][kind][metric] = {"mean", "ci_low", "ci_high"}``
+    The summary is ``summary[layer][kind][metric] = {"mean", "low", "high"}``
     (or that under the key ``"by_layer"``).
     Panels (paper Fig. 4 and Table 1): FSS per map kind; RS of Base and Student on
     their Grad-CAM regions; RS of the Student on the distilled map and of the Base on
@@ -252,7 +252,7 @@ def _panels_from_summary(summary: Any) -> Optional[Dict[str, Dict[str, Dict[str,
         e = entry.get(metric) if isinstance(entry, Mapping) else None
         if not isinstance(e, Mapping) or e.get("mean") is None:
             return None
-        return {"mean": e["mean"], "low": e.get("ci_low", e.get("low")), "high": e.get("ci_high", e.get("high"))}
+        return {"mean": e["mean"], "low": e["low"], "high": e["high"]}
 
     for layer, kinds in summary.items():
         if not isinstance(kinds, Mapping):
