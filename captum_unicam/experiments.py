@@ -288,7 +288,7 @@ def _obtain(role: str, arch: Tuple[str, Dict[str, Any]], recipe: Dict[str, Any],
             num_classes: int, class_names: Sequence[str], train_fn, device, log: Dict[str, Any],
             kd_method: Optional[str] = None, teacher: Optional[str] = None) -> nn.Module:
     """Loads ``models_dir/<role>.pt`` when its recipe matches, else trains and saves it."""
-    from captum_unicam.models import CheckpointError, build_model, load_checkpoint, save_checkpoint
+    from captum_unicam.models import CheckpointError, load_checkpoint, save_checkpoint
 
     path = models_dir / f"{role}.pt"
     name, kwargs = arch
@@ -303,10 +303,10 @@ def _obtain(role: str, arch: Tuple[str, Dict[str, Any]], recipe: Dict[str, Any],
             why = str(e)
         warnings.warn(f"retraining {role}: the cached checkpoint {str(path)!r} cannot be reused ({why})",
                       stacklevel=3)
+    from captum_unicam.pipeline.training import build
+
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(recipe["seed"]))
-        model = build_model(name, num_classes, **kwargs)
+    model = build(name, num_classes, int(recipe["seed"]), **kwargs)
     train_fn(model)
     model.to(device).eval()
     save_checkpoint(path, model, arch=name, num_classes=num_classes, class_names=list(class_names),
@@ -642,8 +642,9 @@ def _run(dataset, controlled, data, class_names, r, archs, methods, seed, quick,
          label_embeddings, out_path: Path, command, t_start) -> Dict[str, Any]:
     from tqdm.auto import tqdm
 
-    from captum_unicam.kd.train import evaluate_accuracy, train_model
+    from captum_unicam.kd.train import evaluate_accuracy
     from captum_unicam.models import stage_layers
+    from captum_unicam.pipeline.training import Recipe, fit
 
     num_classes = len(class_names)
     timings: Dict[str, float] = {}
@@ -663,8 +664,6 @@ def _run(dataset, controlled, data, class_names, r, archs, methods, seed, quick,
     models_dir = out_path / "models"
     t0 = time.perf_counter()
     bs = int(r["batch_size"])
-    train_common = dict(optimizer=r["optimizer"], weight_decay=float(r["weight_decay"]),
-                        device=device, progress=progress)
     labelled = {"teacher": data["teacher"], "base": data["base"]}
     transfer = data["transfer"]
     unl = bool(data["unlabelled_transfer"])
@@ -709,19 +708,20 @@ def _run(dataset, controlled, data, class_names, r, archs, methods, seed, quick,
         recipes[role] = rec
         teacher = models.get(teacher_role) if teacher_role else None
         if teacher_role is None:
-            loader = _loader(labelled[role], bs, shuffle=True, seed=seed + i, drop_last=True)
             info[role] = {"arch": _arch_label(*archs[arch_key]), "trained_on": trained_on[role]}
         else:
-            loader = _loader(transfer, bs, shuffle=True, seed=seed + i, drop_last=True)
             info[role] = {"arch": _arch_label(*archs[arch_key]),
                           "trained_on": f"{method} KD from the {teacher_role} on {distil_desc}"}
+        plan_i = Recipe(arch=archs[arch_key][0], epochs=int(epochs), batch_size=bs, method=method,
+                        lr=float(r["lr"] if teacher is None else r["student_lr"]), optimizer=r["optimizer"],
+                        weight_decay=float(r["weight_decay"]), seed=seed + i)
+        train_data = labelled[role] if teacher_role is None else transfer
 
-        def train_fn(model, loader=loader, teacher=teacher, method=method, epochs=epochs, role=role, i=i):
+        def train_fn(model, plan_i=plan_i, train_data=train_data, teacher=teacher, role=role):
             if teacher is not None:
                 teacher.eval()
-            lr = float(r["lr"] if teacher is None else r["student_lr"])
-            train_model(model, loader, epochs=int(epochs), teacher=teacher, method=method, lr=lr,
-                        unlabelled=teacher is not None and unl, seed=seed + i, desc=role, **train_common)
+            fit(model, train_data, plan_i, teacher=teacher, unlabelled=teacher is not None and unl,
+                device=device, progress=progress, desc=role)
 
         models[role] = _obtain(role, archs[arch_key], rec, models_dir=models_dir, num_classes=num_classes,
                                class_names=class_names, train_fn=train_fn, device=device, log=log,

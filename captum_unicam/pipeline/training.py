@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from captum_unicam.errors import CheckpointError, DataSpecError, InputError
 
-__all__ = ["Recipe", "train_checkpoint", "pretrained_state_dict"]
+__all__ = ["Recipe", "build", "fit", "train_checkpoint", "pretrained_state_dict"]
 
 _OPTIMIZERS = ("sgd", "adam")
 _KD_METHODS = ("response", "attention", "overhaul")
@@ -188,6 +188,47 @@ def _start_from(model, state: Dict[str, Any]) -> List[str]:
     return sorted(skipped)
 
 
+def build(arch: str, num_classes: int, seed: int, **build_kwargs: Any):
+    r"""``build_model(arch, num_classes, **build_kwargs)`` with its random initialisation
+    drawn from ``seed`` (the caller's random state is left untouched)."""
+    import torch
+
+    from captum_unicam.models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return build_model(arch, num_classes, **build_kwargs)
+
+
+def fit(model, dataset, recipe: Recipe, *, teacher=None, unlabelled: bool = False, order_seed: Optional[int] = None,
+        device: Any = "cpu", progress: bool = True, desc: Optional[str] = None):
+    r"""Trains ``model`` on ``dataset`` by ``recipe``: how every Teacher, Base and Student of
+    the command line, the demo and the experiments is trained.
+
+    The data come in seeded shuffled batches of ``recipe.batch_size`` (generator seeded
+    with ``order_seed``, default ``recipe.seed``; the last short batch is dropped when
+    there is more than one batch); :func:`~captum_unicam.kd.train.train_model` trains with
+    the recipe's optimiser, learning rate, weight decay, epochs and seed, and with a
+    ``teacher`` by distillation (``recipe.method``, ``temperature``, ``alpha``, ``beta``);
+    ``unlabelled=True`` never reads the labels (a transfer set).
+
+    Returns:
+        *nn.Module*: ``model``, trained.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    from captum_unicam.kd.train import train_model
+
+    g = torch.Generator().manual_seed(int(recipe.seed if order_seed is None else order_seed))
+    loader = DataLoader(dataset, batch_size=min(recipe.batch_size, len(dataset)), shuffle=True, generator=g,
+                        drop_last=len(dataset) > recipe.batch_size)
+    return train_model(model, loader, epochs=recipe.epochs, teacher=teacher, method=recipe.method, lr=recipe.lr,
+                       optimizer=recipe.optimizer, weight_decay=recipe.weight_decay, temperature=recipe.temperature,
+                       alpha=recipe.alpha, beta=recipe.beta, unlabelled=unlabelled, seed=recipe.seed, device=device,
+                       progress=progress, desc=desc or f"train {recipe.arch}")
+
+
 def train_checkpoint(
     data: str,
     recipe: Recipe,
@@ -229,8 +270,8 @@ def train_checkpoint(
     import torch
     from torch.utils.data import DataLoader
 
-    from captum_unicam.kd.train import _rng_devices, cross_validate, evaluate_accuracy, train_model
-    from captum_unicam.models import build_model, load_checkpoint, save_checkpoint
+    from captum_unicam.kd.train import cross_validate, evaluate_accuracy
+    from captum_unicam.models import load_checkpoint, save_checkpoint
     from captum_unicam.pipeline.data import Preprocessing, checkpoint_preprocessing, labelled_subset, load_data
 
     recipe.check(has_teacher=teacher is not None)
@@ -295,29 +336,24 @@ def train_checkpoint(
         state, weights_name = pretrained_state_dict(recipe.arch, recipe.weights, download=download, progress=progress)
     build_kwargs = {"cifar_stem": side <= 64}
 
-    def build():
-        m = build_model(recipe.arch, num_classes, **build_kwargs)
+    def build_one():
+        m = build(recipe.arch, num_classes, recipe.seed, **build_kwargs)
         if state is not None:
             m._captum_unicam_skipped = _start_from(m, state)  # type: ignore[attr-defined]
         return m
 
-    train_kwargs = dict(teacher=teacher_model, method=recipe.method, lr=recipe.lr, optimizer=recipe.optimizer,
-                        weight_decay=recipe.weight_decay, temperature=recipe.temperature, alpha=recipe.alpha,
-                        beta=recipe.beta)
     result: Dict[str, Any] = {}
     if folds is not None:
-        cv = cross_validate(build, train_ds, k=folds, epochs=recipe.epochs, batch_size=recipe.batch_size,
+        train_kwargs = dict(teacher=teacher_model, method=recipe.method, lr=recipe.lr, optimizer=recipe.optimizer,
+                            weight_decay=recipe.weight_decay, temperature=recipe.temperature, alpha=recipe.alpha,
+                            beta=recipe.beta)
+        cv = cross_validate(build_one, train_ds, k=folds, epochs=recipe.epochs, batch_size=recipe.batch_size,
                             seed=recipe.seed, device=device, progress=progress, **train_kwargs)
         result["cross_validation"] = {"k": folds, "accuracies": cv["accuracies"], "mean": cv["mean"], "std": cv["std"]}
 
-    with torch.random.fork_rng(devices=_rng_devices(device)):
-        torch.manual_seed(recipe.seed)
-        model = build()
-    g = torch.Generator().manual_seed(recipe.seed)
-    loader = DataLoader(fit_ds, batch_size=recipe.batch_size, shuffle=True, generator=g,
-                        drop_last=len(fit_ds) > recipe.batch_size)
-    train_model(model, loader, epochs=recipe.epochs, seed=recipe.seed, device=device, progress=progress,
-                unlabelled=recipe.transfer is not None, desc=f"train {recipe.arch}", **train_kwargs)
+    model = build_one()
+    fit(model, fit_ds, recipe, teacher=teacher_model, unlabelled=recipe.transfer is not None, device=device,
+        progress=progress)
     test_loader = DataLoader(test_ds, batch_size=256)
     acc = evaluate_accuracy(model, test_loader, device=device, progress=progress)
     recorded = recipe.to_dict()
