@@ -177,12 +177,12 @@ def _arch(spec: Any, role: str) -> Tuple[str, Dict[str, Any]]:
     elif isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], Mapping):
         name, kwargs = spec[0], dict(spec[1])
     else:
-        raise ValueError(
+        raise InputError(
             f"{role}_arch must be an architecture name like 'resnet18', a pair "
             f"('small_resnet_s', {{'width': 12}}) or a dict {{'arch': ..., ...}}; got {spec!r}"
         )
     if name not in ARCHITECTURES:
-        raise ValueError(f"{role}_arch: unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+        raise InputError(f"{role}_arch: unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
     return name, dict(kwargs)
 
 
@@ -199,10 +199,10 @@ def _check_methods(methods: Any) -> Tuple[str, ...]:
     try:
         methods = tuple(methods)
     except TypeError:
-        raise ValueError(f"methods must be a sequence of KD methods, got {methods!r}") from None
+        raise InputError(f"methods must be a sequence of KD methods, got {methods!r}") from None
     bad = [m for m in methods if m not in KD_METHODS]
     if not methods or bad or len(set(methods)) != len(methods):
-        raise ValueError(
+        raise InputError(
             f"methods must be distinct names among {', '.join(KD_METHODS)}; got {list(methods)!r}"
         )
     return methods
@@ -567,7 +567,7 @@ def run_experiment(
     Raises:
         DataSpecError: the dataset spec cannot be loaded (before any training).
         ExperimentFolderError: ``out`` is a file or a foreign non-empty folder.
-        ValueError: unknown method or architecture, bad seed, recipe or label option.
+        InputError: unknown method or architecture, bad seed, recipe or label option.
 
     Examples::
 
@@ -583,11 +583,11 @@ def run_experiment(
         raise DataSpecError(f"dataset must be a spec like 'controlled' or 'cifar10:ROOT', got {dataset!r}")
     methods = _check_methods(methods)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        raise InputError(f"seed must be a non-negative int, got {seed!r}")
     if label_embeddings not in ("text", "one-hot"):
-        raise ValueError(f"label_embeddings must be 'text' or 'one-hot', got {label_embeddings!r}")
+        raise InputError(f"label_embeddings must be 'text' or 'one-hot', got {label_embeddings!r}")
     if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1):
-        raise ValueError(f"num_threads must be a positive int, got {num_threads!r}")
+        raise InputError(f"num_threads must be a positive int, got {num_threads!r}")
     scheme = _scheme(dataset)
     controlled = scheme == "controlled"
     if scheme not in SCHEMES:
@@ -595,7 +595,7 @@ def run_experiment(
     recipe = dict(recipe or {})
     known = set().union(*RECIPES.values())
     if set(recipe) - known:
-        raise ValueError(f"unknown recipe keys {sorted(set(recipe) - known)}; known: {sorted(known)}")
+        raise InputError(f"unknown recipe keys {sorted(set(recipe) - known)}; known: {sorted(known)}")
     r = dict(RECIPES[("controlled" if controlled else "real") + ("_quick" if quick else "")])
     defaults = CONTROLLED_ARCHS if controlled else REAL_ARCHS
     archs = {
@@ -610,10 +610,10 @@ def run_experiment(
     data = _controlled_data(dataset, {**r, **recipe}) if controlled else _real_data(dataset, r, image_size)
     unused = set(recipe) - set(r)
     if unused:
-        raise ValueError(f"recipe keys {sorted(unused)} do not apply to {dataset!r}; use {sorted(r)}")
+        raise InputError(f"recipe keys {sorted(unused)} do not apply to {dataset!r}; use {sorted(r)}")
     r.update(recipe)
     if not set(r["grid_layers"]) <= set(LAYERS):
-        raise ValueError(f"recipe grid_layers must be among {LAYERS}, got {r['grid_layers']!r}")
+        raise InputError(f"recipe grid_layers must be among {LAYERS}, got {r['grid_layers']!r}")
     n_eval = min(len(data["test"]), int(r["eval_batches"]) * int(r["eval_batch_size"]))
     if int(r["eval_batch_size"]) < 5 or n_eval < 5:
         raise InputError(f"recipe eval_batch_size {r['eval_batch_size']} over {len(data['test'])} test images: "

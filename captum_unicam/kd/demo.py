@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from captum_unicam.errors import InputError
 from captum_unicam.kd.train import evaluate_accuracy
 
 __all__ = ["DemoModels", "train_demo_models", "demo_recipe", "default_cache_dir"]
@@ -213,7 +214,7 @@ def train_demo_models(
         {'teacher': ..., 'base': ..., 'student': ...}
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        raise InputError(f"seed must be a non-negative int, got {seed!r}")
     from captum_unicam.models import save_checkpoint
 
     device = torch.device(device)
@@ -221,7 +222,7 @@ def train_demo_models(
     datasets = _datasets(recipe)
     cache = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir(seed, quick)
     if cache.exists() and not cache.is_dir():
-        raise ValueError(f"cache_dir {str(cache)!r} is a file; give a folder")
+        raise InputError(f"cache_dir {str(cache)!r} is a file; give a folder")
     paths = {role: cache / f"{role}.pt" for role in ROLES}
 
     cached = _try_cache(paths, recipe, device)

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from captum_unicam.errors import InputError
 from captum_unicam.kd.losses import OverhaulDistiller, attention_transfer_loss, response_kd_loss
 
 __all__ = [
@@ -66,38 +67,38 @@ _DEFAULT_BETA = {"attention": 1e3, "overhaul": 1e-3}
 
 def _check_method(method: Optional[str], teacher: Optional[nn.Module]) -> None:
     if method is not None and method not in KD_METHODS:
-        raise ValueError(f"unknown KD method {method!r}; choose one of {', '.join(KD_METHODS)}")
+        raise InputError(f"unknown KD method {method!r}; choose one of {', '.join(KD_METHODS)}")
     if method is not None and teacher is None:
-        raise ValueError(f"KD method {method!r} needs a teacher; pass teacher=...")
+        raise InputError(f"KD method {method!r} needs a teacher; pass teacher=...")
     if teacher is not None and method is None:
-        raise ValueError(
+        raise InputError(
             f"a teacher was given but no KD method; pass method= one of {', '.join(KD_METHODS)}"
         )
 
 
 def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise InputError(f"{name} must be a positive int, got {value!r}")
     return value
 
 
 def _split_batch(batch: Any, labelled: bool) -> Tuple[Tensor, Optional[Tensor]]:
     if isinstance(batch, Tensor):
         if labelled:
-            raise ValueError(
+            raise InputError(
                 "the loader yields bare tensors without labels; pass unlabelled=True with "
                 "a teacher to distil on unlabelled data, or yield (inputs, labels) batches"
             )
         return batch, None
     if not isinstance(batch, (tuple, list)) or not batch or not isinstance(batch[0], Tensor):
-        raise ValueError(
+        raise InputError(
             "each batch must be a tensor of inputs or a tuple (inputs, labels, ...); got "
             f"{type(batch).__name__}"
         )
     if not labelled:
         return batch[0], None
     if len(batch) < 2:
-        raise ValueError("labelled training needs (inputs, labels) batches")
+        raise InputError("labelled training needs (inputs, labels) batches")
     return batch[0], torch.as_tensor(batch[1])
 
 
@@ -220,7 +221,7 @@ def train_model(
         *nn.Module*: ``model``, trained, in the train / eval mode it had on entry.
 
     Raises:
-        ValueError: unknown method, method without teacher (or teacher without
+        InputError: unknown method, method without teacher (or teacher without
         method), bad numbers, or batches without labels for labelled training; raised
         before any training step.
 
@@ -232,31 +233,31 @@ def train_model(
         ...                       unlabelled=True)
     """
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if teacher is not None and not isinstance(teacher, nn.Module):
-        raise ValueError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
+        raise InputError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
     _check_method(method, teacher)
     epochs = _positive_int(epochs, "epochs")
     if unlabelled and teacher is None:
-        raise ValueError("unlabelled=True needs a teacher: without labels only distillation can train")
+        raise InputError("unlabelled=True needs a teacher: without labels only distillation can train")
     if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+        raise InputError(f"alpha must be in [0, 1], got {alpha!r}")
     if not (float(temperature) > 0):
-        raise ValueError(f"temperature must be positive, got {temperature!r}")
+        raise InputError(f"temperature must be positive, got {temperature!r}")
     if not (float(lr) > 0):
-        raise ValueError(f"lr must be positive, got {lr!r}")
+        raise InputError(f"lr must be positive, got {lr!r}")
     if optimizer not in ("sgd", "adam"):
-        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+        raise InputError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
     if schedule not in ("cosine", "constant"):
-        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+        raise InputError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
     if beta is None and method in _DEFAULT_BETA:
         beta = _DEFAULT_BETA[method]
     try:
         steps_per_epoch = len(train_loader)
     except TypeError:
-        raise ValueError("train_loader must have a length (a DataLoader or a list of batches)") from None
+        raise InputError("train_loader must have a length (a DataLoader or a list of batches)") from None
     if steps_per_epoch < 1:
-        raise ValueError("train_loader is empty; give it at least one batch")
+        raise InputError("train_loader is empty; give it at least one batch")
     device = torch.device(device)
 
     model.to(device)
@@ -342,7 +343,7 @@ def _step_loss(model, teacher, method, distiller, layer_pairs, x, y, *, alpha, t
         s_logits = model(x)
         feat = None
     if s_logits.shape != t_logits.shape:
-        raise ValueError(
+        raise InputError(
             f"Student logits {tuple(s_logits.shape)} and Teacher logits {tuple(t_logits.shape)} "
             "differ: Student and Teacher must have the same number of classes"
         )
@@ -371,7 +372,7 @@ def evaluate_accuracy(
         *float*: the fraction of correct predictions, in [0, 1].
     """
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     device = torch.device(device)
     correct = total = 0
     with _modes(model), torch.no_grad():
@@ -388,7 +389,7 @@ def evaluate_accuracy(
         finally:
             bar.close()
     if total == 0:
-        raise ValueError("the evaluation loader is empty")
+        raise InputError("the evaluation loader is empty")
     return correct / total
 
 
@@ -448,17 +449,17 @@ def train_teacher_assistant_chain(
 
     archs = list(archs)
     if len(archs) < 2:
-        raise ValueError("a Teacher-assistant chain needs at least two architectures")
+        raise InputError("a Teacher-assistant chain needs at least two architectures")
     for a in archs:
         if a not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {a!r}; choose from {', '.join(ARCHITECTURES)}")
+            raise InputError(f"unknown architecture {a!r}; choose from {', '.join(ARCHITECTURES)}")
     _check_method(method, nn.Identity())
     if isinstance(epochs, int):
         epoch_list = [epochs] * len(archs)
     else:
         epoch_list = list(epochs)
         if len(epoch_list) != len(archs):
-            raise ValueError(f"epochs has {len(epoch_list)} entries for {len(archs)} architectures")
+            raise InputError(f"epochs has {len(epoch_list)} entries for {len(archs)} architectures")
     for e in epoch_list:
         _positive_int(e, "epochs")
     models: List[nn.Module] = []
@@ -490,9 +491,9 @@ def kfold_indices(n: int, k: int, seed: int = 0) -> List[Tuple[List[int], List[i
     """
     n = int(n)
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-        raise ValueError(f"k must be an int >= 2, got {k!r}")
+        raise InputError(f"k must be an int >= 2, got {k!r}")
     if n < k:
-        raise ValueError(f"cannot split {n} items into {k} folds; use k <= n")
+        raise InputError(f"cannot split {n} items into {k} folds; use k <= n")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
     sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
     out = []
