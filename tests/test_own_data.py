@@ -228,3 +228,57 @@ def test_readme_own_data_section_runs_as_written(tree, tmp_path, monkeypatch, ca
     assert d.shape == r.shape == (32, 1, 4, 4)  # 32 px images, L4 of a small ResNet is 4 x 4
     assert d.abs().sum() > 0  # a stratified batch carries label signal: not the all-zero maps
     assert "L4" in capsys.readouterr().out
+
+
+def test_pretrained_weights_come_from_the_local_cache_only(tree, tmp_path, monkeypatch, capsys):
+    import os
+
+    from torchvision.models import ResNet18_Weights
+
+    from captum_unicam.models import build_model, load_checkpoint
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache: nothing there
+    data = "imagefolder:" + str(tree / "data")
+    argv = ["train", "--data", data, "--arch", "resnet18", "--image-size", "32", "--normalize", "imagenet",
+            "--epochs", "1", "--lr", "1e-12", "--weight-decay", "0", "--limit", "16", "--no-progress"]
+    code, _, err = _run(capsys, argv + ["--weights", "IMAGENET1K_V1", "--out", str(tmp_path / "a.pt")])
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "not in the local torch cache" in err and "--download" in err
+    code, _, err = _run(capsys, argv + ["--weights", "IMAGENET9", "--out", str(tmp_path / "a.pt")])
+    assert code == 2 and "unknown weights" in err and "ResNet18_Weights.IMAGENET1K_V1" in err
+    assert not (tmp_path / "a.pt").exists()
+
+    # a file in the cache under the weights' name is used (no network involved)
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url)
+    cached.parent.mkdir(parents=True)
+    torch.manual_seed(7)
+    state = build_model("resnet18", 1000).state_dict()
+    torch.save(state, cached)
+    code, _, err = _run(capsys, argv + ["--weights", "ResNet18_Weights.IMAGENET1K_V1", "--out", str(tmp_path / "b.pt")])
+    assert code == 0, err
+    model, meta = load_checkpoint(tmp_path / "b.pt")
+    rec = meta["recipe"]
+    assert rec["weights"] == "ResNet18_Weights.IMAGENET1K_V1" and rec["normalize"] == "imagenet"
+    # the 32 px stem (3 x 3 conv1) and the 4-class fc cannot take the ImageNet tensors; the rest does
+    assert rec["weights_skipped"] == ["conv1.weight", "fc.bias", "fc.weight"]
+    got = model.state_dict()
+    for name in ("layer1.0.conv1.weight", "layer4.1.conv2.weight"):
+        assert torch.allclose(got[name], state[name], atol=1e-6), name  # lr 1e-12: still the cached weights
+
+
+def test_normalisation_mismatch_refused_then_overridden(trained, tree, tmp_path, capsys):
+    data, paths = trained
+    other = str(tree / "base_imagenet.pt")
+    assert cli.main(["train", "--data", data, "--arch", "small_resnet_s", "--epochs", "1", "--image-size", "32",
+                     "--normalize", "imagenet", "--no-progress", "--out", other]) == 0
+    argv = ["explain", "--student", paths["student"], "--base", other, "--data", data, "--batch-size", "8",
+            "--limit", "16", "--layers", "L4", "--one-hot", "--no-progress"]
+    code, _, err = _run(capsys, argv + ["--out", str(tmp_path / "a")])
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "normalize none" in err and "normalize imagenet" in err and "--normalize" in err
+    code, _, err = _run(capsys, argv + ["--normalize", "imagenet", "--out", str(tmp_path / "b")])
+    assert code == 0, err
+    lines = [ln for ln in err.strip().splitlines() if "warning" in ln]
+    assert len(lines) == 1 and "Student was trained with normalize none" in lines[0]
+    m = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert m["preprocessing"] == {"image_size": 32, "normalize": "imagenet"}
