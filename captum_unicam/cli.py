@@ -7,13 +7,18 @@ r"""The ``captum-unicam`` command: ``demo``, ``train``, ``explain`` and ``quanti
     captum-unicam explain  --student CKPT --base CKPT --data SPEC [--layers ...] --out DIR
     captum-unicam quantify --student CKPT --base CKPT --data SPEC [--perturb road|mask|none] --out DIR
 
-The command line is a thin layer over the library: it parses and validates everything
-(files, checkpoints, data, layers, output folder) before any long work, then calls
-:func:`~captum_unicam.kd.demo.train_demo_models`,
-:func:`~captum_unicam.metrics.evaluate_kd`, :class:`~captum_unicam.UniCAM` and
-:func:`~captum_unicam.report.write_report`. Bad input prints one line on stderr saying
-what is wrong and what to do, and exits with code 2 (no traceback, no report left
-behind); ``CAPTUM_UNICAM_TRACEBACK=1`` in the environment shows the traceback instead.
+The command line is a thin layer over the pipeline (:mod:`captum_unicam.pipeline`): it
+checks what it can without torch first (flags, files, data spec, output folder), then loads
+the checkpoints, takes the image size and normalisation they record, and calls
+:func:`~captum_unicam.pipeline.training.train_checkpoint` (``train``),
+:func:`~captum_unicam.pipeline.evaluation.compute_maps` (``explain``),
+:func:`~captum_unicam.pipeline.evaluation.score_pair` (``quantify``) on
+:func:`~captum_unicam.pipeline.stratified_loader` batches, and
+:func:`~captum_unicam.report.write_report`. Expected failures (the
+:class:`~captum_unicam.errors.CaptumUnicamError` family) print one line on stderr saying what
+is wrong and what to do, in terms of flags, and exit with code 2 (no traceback, no report
+left behind); ``CAPTUM_UNICAM_TRACEBACK=1`` in the environment shows the traceback instead.
+Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
