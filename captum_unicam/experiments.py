@@ -290,19 +290,16 @@ def _obtain(role: str, arch: Tuple[str, Dict[str, Any]], recipe: Dict[str, Any],
             num_classes: int, class_names: Sequence[str], train_fn, device, log: Dict[str, Any],
             kd_method: Optional[str] = None, teacher: Optional[str] = None) -> nn.Module:
     """Loads ``models_dir/<role>.pt`` when its recipe matches, else trains and saves it."""
-    from captum_unicam.models import CheckpointError, load_checkpoint, save_checkpoint
+    from captum_unicam.models import save_checkpoint
+    from captum_unicam.pipeline.cache import load_cached
 
     path = models_dir / f"{role}.pt"
     name, kwargs = arch
-    if path.is_file():
-        try:
-            model, meta = load_checkpoint(path, arch=name, num_classes=num_classes, map_location=device)
-            if _normal(meta.get("recipe")) == _normal(recipe):
-                log[role] = {"status": "loaded", "seconds": 0.0}
-                return model
-            why = "its recipe differs from this run's"
-        except CheckpointError as e:
-            why = str(e)
+    model, _, why = load_cached(path, recipe, arch=name, num_classes=num_classes, map_location=device)
+    if model is not None:
+        log[role] = {"status": "loaded", "seconds": 0.0}
+        return model
+    if why != "absent":
         warnings.warn(f"retraining {role}: the cached checkpoint {str(path)!r} cannot be reused ({why})",
                       stacklevel=3)
     from captum_unicam.pipeline.training import build

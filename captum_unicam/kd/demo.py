@@ -156,19 +156,15 @@ def _tensors(desc: Dict[str, Any], recipe: Dict[str, Any]):
 
 
 def _try_cache(paths: Dict[str, pathlib.Path], recipe: Dict[str, Any], device) -> Optional[Dict[str, Any]]:
-    from captum_unicam.models import CheckpointError, load_checkpoint
+    from captum_unicam.pipeline.cache import load_cached
 
     loaded = {}
     for role, path in paths.items():
-        if not path.is_file():
-            return None
-        try:
-            model, meta = load_checkpoint(path, arch=recipe["arch"][role], num_classes=recipe["num_classes"],
-                                          map_location=device)
-        except CheckpointError:
-            return None
-        extra = meta.get("extra") or {}
-        if meta.get("recipe") != recipe or extra.get("role") != role or "accuracy" not in extra:
+        model, meta, _ = load_cached(path, recipe, arch=recipe["arch"][role], num_classes=recipe["num_classes"],
+                                     map_location=device,
+                                     accept=lambda m, role=role: (m.get("extra") or {}).get("role") == role
+                                     and "accuracy" in (m.get("extra") or {}))
+        if model is None:
             return None
         loaded[role] = (model, meta)
     return loaded
