@@ -649,7 +649,7 @@ def cmd_explain(args, argv) -> int:
     data = (f"{st.evaluated_set}; {len(batches)} {args.order} batches of {'/'.join(map(str, sizes))} images; "
             f"labels: {st.emb_desc}")
     write_report(st.out, overwrite=args.overwrite, title="captum-unicam explain", command=_command_line(argv),
-                 data=data, models=models, grids=grids, localisation=loc, accuracy_set=st.evaluated_set,
+                 data=data, models=models, grids=grids, localisation=loc, accuracy_set=f"the evaluated set ({st.evaluated_set})",
                  warnings=[_flags(n) for n in st.preprocessing_notes],
                  extra_metrics={"label_embeddings": st.emb_desc, "layers": list(st.layers),
                                 "preprocessing": st.prep.to_dict(), "order": args.order,
@@ -680,7 +680,7 @@ def cmd_quantify(args, argv) -> int:
                     + (f"; {world} processes" if world > 1 else ""))
             write_report(st.out, overwrite=args.overwrite, title="captum-unicam quantify",
                          command=_command_line(argv), data=data, models=models, evaluation=evaluation,
-                         accuracy_set=st.evaluated_set, warnings=[_flags(n) for n in st.preprocessing_notes],
+                         accuracy_set=f"the evaluated set ({st.evaluated_set})", warnings=[_flags(n) for n in st.preprocessing_notes],
                          extra_metrics={"label_embeddings": st.emb_desc, "perturb": args.perturb,
                                         "map_kinds": list(evaluation.map_kinds), "world_size": world,
                                         "preprocessing": st.prep.to_dict(), "order": args.order,

@@ -115,7 +115,7 @@ def _pct(a: Any) -> str:
 def _compared(data, models, accuracy_set, model_files) -> str:
     cued = any(i.get("cued_accuracy") is not None for i in models.values())
     trained = any(i.get("trained_on") for i in models.values())
-    acc_head = "accuracy" + (f" on the evaluated set ({accuracy_set})" if accuracy_set else " (test)")
+    acc_head = f"accuracy on {accuracy_set}" if accuracy_set else "test accuracy"
     head = ["model", "architecture", acc_head] + (["accuracy, test with the training cue"] if cued else []) \
         + ["KD method"] + (["trained on"] if trained else []) + ["checkpoint"]
     rows = []
