@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(the controlled dataset), measure their localisation.")
     _add_pair(p)
     p.add_argument("--images", type=_positive_int, metavar="N", default=None,
-                   help="images drawn per layer, one per class in turn (default: one per class)")
+                   help="images drawn per layer, one per class in turn (default: one per class, at most 16)")
     p.add_argument("--limit", type=_positive_int, metavar="N", default=256,
                    help="evaluate a seeded subset of N images: maps, accuracies and localisation")
     _add_common(p, out_help="report folder to write")
@@ -642,7 +642,7 @@ def cmd_explain(args, argv) -> int:
     models = _pair_models(args, st)
     maps = compute_maps(st.student, st.base, st.layers, batches, label_embeddings=st.emb,
                         device=st.device, progress=args.progress)
-    grids, labels, masks = map_grids(maps, batches, st.classes, args.images,
+    grids, labels, masks = map_grids(maps, batches, st.classes, args.images or min(len(st.classes), 16),
                                      mean=getattr(st.ds, "mean", None), std=getattr(st.ds, "std", None))
     loc = _localisation(maps, masks, seed=args.seed, n_bootstrap=1000)
     sizes = sorted({int(b[0].shape[0]) for b in batches})
