@@ -200,7 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="where the trained demo models are cached (default: the user's cache folder, e.g. ~/.cache/captum-unicam)")
     p.add_argument("--images", type=_positive_int, metavar="N", default=None,
-                   help="images shown per layer in the map grids (default: 4 with --quick, else 6)")
+                   help="images shown per layer in the map grids (default: one per class)")
+    p.add_argument("--threads", type=_positive_int, metavar="N", default=1,
+                   help="torch intra-op threads; the demo's models are tiny, so a second thread saves little "
+                        "and costs much more on a busy machine")
     p.set_defaults(func=cmd_demo)
 
     from_models = ", ".join(_architectures())
@@ -442,6 +445,17 @@ def cmd_demo(args, argv) -> int:
     out = check_output_dir(args.out, overwrite=args.overwrite)
     device = _device(args.device)
 
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _demo(args, argv, out, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _demo(args, argv, out, device) -> int:
     from captum_unicam.data import ControlledShapes
     from captum_unicam.kd.demo import train_demo_models
     from captum_unicam.pipeline.batches import stratified_loader
