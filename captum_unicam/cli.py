@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "and CIFAR-10, 224 for image folders)")
     p.add_argument("--normalize", default=None, choices=("imagenet", "none"),
                    help="input normalisation: imagenet (ImageNet mean/std, for --weights) or none "
-                        "(default: the Teacher's with --teacher, else none)")
+                        "(default: the Teacher's with --teacher, imagenet with --weights, else none)")
     p.add_argument("--augment", action="store_true", help="random horizontal flips and crops while training")
     p.add_argument("--batch-size", type=_positive_int, metavar="N", default=64, help="images per training batch")
     p.add_argument("--lr", type=_positive_float, metavar="X", default=0.05, help="peak learning rate (cosine decay)")

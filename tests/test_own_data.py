@@ -239,7 +239,7 @@ def test_pretrained_weights_come_from_the_local_cache_only(tree, tmp_path, monke
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache: nothing there
     data = "imagefolder:" + str(tree / "data")
-    argv = ["train", "--data", data, "--arch", "resnet18", "--image-size", "32", "--normalize", "imagenet",
+    argv = ["train", "--data", data, "--arch", "resnet18", "--image-size", "32",
             "--epochs", "1", "--lr", "1e-12", "--weight-decay", "0", "--limit", "16", "--no-progress"]
     code, _, err = _run(capsys, argv + ["--weights", "IMAGENET1K_V1", "--out", str(tmp_path / "a.pt")])
     assert code == 2 and len(err.strip().splitlines()) == 1
@@ -258,6 +258,7 @@ def test_pretrained_weights_come_from_the_local_cache_only(tree, tmp_path, monke
     assert code == 0, err
     model, meta = load_checkpoint(tmp_path / "b.pt")
     rec = meta["recipe"]
+    # ImageNet normalisation by default with pretrained weights
     assert rec["weights"] == "ResNet18_Weights.IMAGENET1K_V1" and rec["normalize"] == "imagenet"
     # the 32 px stem (3 x 3 conv1) and the 4-class fc cannot take the ImageNet tensors; the rest does
     assert rec["weights_skipped"] == ["conv1.weight", "fc.bias", "fc.weight"]

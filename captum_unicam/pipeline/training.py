@@ -45,7 +45,7 @@ class Recipe:
         image_size (int, optional): Image side; None: the Teacher's, else the data's
                     default. Default: None
         normalize (str, optional): ``"imagenet"`` or ``"none"``; None: the Teacher's,
-                    else ``"none"``. Default: None
+                    else ``"imagenet"`` with ``weights``, else ``"none"``. Default: None
         labelled (int, optional): Train on a seeded, class-stratified subset of this
                     many labelled images. Default: None (all)
         limit (int, optional): Use only this many training images (a seeded subset).
@@ -298,6 +298,8 @@ def train_checkpoint(
                 setattr(recipe, key, theirs)
             elif theirs is not None and mine != theirs:
                 warn(f"the Teacher was trained with {key} {theirs}; the Student is trained with {mine}")
+    if recipe.normalize is None and recipe.weights is not None:
+        recipe.normalize = "imagenet"  # what torchvision's pretrained weights expect
     prep = Preprocessing(recipe.image_size, recipe.normalize or "none")
 
     # ---- data ----
