@@ -53,9 +53,13 @@ non-empty ``out`` that is not an experiment folder (no ``results.json``, not onl
 
 from __future__ import annotations
 
+from captum_unicam.errors import InputError
+
 from captum_unicam import errors as _errors
 
 import csv
+import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -175,12 +179,12 @@ def _arch(spec: Any, role: str) -> Tuple[str, Dict[str, Any]]:
     elif isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], Mapping):
         name, kwargs = spec[0], dict(spec[1])
     else:
-        raise ValueError(
+        raise InputError(
             f"{role}_arch must be an architecture name like 'resnet18', a pair "
             f"('small_resnet_s', {{'width': 12}}) or a dict {{'arch': ..., ...}}; got {spec!r}"
         )
     if name not in ARCHITECTURES:
-        raise ValueError(f"{role}_arch: unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+        raise InputError(f"{role}_arch: unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
     return name, dict(kwargs)
 
 
@@ -197,10 +201,10 @@ def _check_methods(methods: Any) -> Tuple[str, ...]:
     try:
         methods = tuple(methods)
     except TypeError:
-        raise ValueError(f"methods must be a sequence of KD methods, got {methods!r}") from None
+        raise InputError(f"methods must be a sequence of KD methods, got {methods!r}") from None
     bad = [m for m in methods if m not in KD_METHODS]
     if not methods or bad or len(set(methods)) != len(methods):
-        raise ValueError(
+        raise InputError(
             f"methods must be distinct names among {', '.join(KD_METHODS)}; got {list(methods)!r}"
         )
     return methods
@@ -286,25 +290,22 @@ def _obtain(role: str, arch: Tuple[str, Dict[str, Any]], recipe: Dict[str, Any],
             num_classes: int, class_names: Sequence[str], train_fn, device, log: Dict[str, Any],
             kd_method: Optional[str] = None, teacher: Optional[str] = None) -> nn.Module:
     """Loads ``models_dir/<role>.pt`` when its recipe matches, else trains and saves it."""
-    from captum_unicam.models import CheckpointError, build_model, load_checkpoint, save_checkpoint
+    from captum_unicam.models import save_checkpoint
+    from captum_unicam.pipeline.cache import load_cached
 
     path = models_dir / f"{role}.pt"
     name, kwargs = arch
-    if path.is_file():
-        try:
-            model, meta = load_checkpoint(path, arch=name, num_classes=num_classes, map_location=device)
-            if _normal(meta.get("recipe")) == _normal(recipe):
-                log[role] = {"status": "loaded", "seconds": 0.0}
-                return model
-            why = "its recipe differs from this run's"
-        except CheckpointError as e:
-            why = str(e)
+    model, _, why = load_cached(path, recipe, arch=name, num_classes=num_classes, map_location=device)
+    if model is not None:
+        log[role] = {"status": "loaded", "seconds": 0.0}
+        return model
+    if why != "absent":
         warnings.warn(f"retraining {role}: the cached checkpoint {str(path)!r} cannot be reused ({why})",
                       stacklevel=3)
+    from captum_unicam.pipeline.training import build
+
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(recipe["seed"]))
-        model = build_model(name, num_classes, **kwargs)
+    model = build(name, num_classes, int(recipe["seed"]), **kwargs)
     train_fn(model)
     model.to(device).eval()
     save_checkpoint(path, model, arch=name, num_classes=num_classes, class_names=list(class_names),
@@ -323,8 +324,7 @@ def _pm(entry: Optional[Mapping[str, Any]], digits: int = 4) -> str:
     if not entry or entry.get("mean") is None:
         return "–"
     m = float(entry["mean"])
-    lo = entry.get("ci_low", entry.get("low"))
-    hi = entry.get("ci_high", entry.get("high"))
+    lo, hi = entry.get("low"), entry.get("high")
     if lo is None or hi is None:
         return f"{m:.{digits}f}"
     return f"{m:.{digits}f} ± {(float(hi) - float(lo)) / 2:.{digits}f}"
@@ -334,7 +334,7 @@ def _iv(entry: Optional[Mapping[str, Any]], digits: int = 3) -> str:
     """'mean [low, high]'."""
     if not entry or entry.get("mean") is None:
         return "–"
-    lo, hi = entry.get("low", entry.get("ci_low")), entry.get("high", entry.get("ci_high"))
+    lo, hi = entry.get("low"), entry.get("high")
     if lo is None or hi is None:
         return f"{float(entry['mean']):.{digits}f}"
     return f"{float(entry['mean']):.{digits}f} [{float(lo):.{digits}f}, {float(hi):.{digits}f}]"
@@ -405,7 +405,7 @@ def _table1(method: str, summary: Mapping[str, Any], settings: Mapping[str, Any]
                         _pm(cell["rs_distilled_raw"]), _pm(cell["rs_residual_raw"]), f"{p_dr:.3g}"])
         row: List[Any] = [layer]
         for _, _, key in cols:
-            row += [cell[key]["mean"], cell[key]["ci_low"], cell[key]["ci_high"]]
+            row += [cell[key]["mean"], cell[key]["low"], cell[key]["high"]]
         row += [p_sb, p_dr, s["gradcam"]["n_batches"]]
         csv_rows.append(row)
     notes = [
@@ -440,7 +440,7 @@ def _table2(direct: Mapping[str, Any], ta: Mapping[str, Any], accs: Mapping[str,
             md_rows.append([layer, title, _pm(b) if b else "–", _pm(d), _pm(t)])
             for model, e in (("base", b), ("direct", d), ("ta", t)):
                 if e is not None:
-                    csv_rows.append([layer, title, model, e["mean"], e["ci_low"], e["ci_high"]])
+                    csv_rows.append([layer, title, model, e["mean"], e["low"], e["high"]])
     for split, title in (("test", "accuracy, cue-free test"), ("test_cued", "accuracy, cued test")):
         vals = {k: accs.get(roles[k], {}).get(split) for k in ("base", "direct", "ta")}
         if all(v is None for v in vals.values()):
@@ -566,7 +566,7 @@ def run_experiment(
     Raises:
         DataSpecError: the dataset spec cannot be loaded (before any training).
         ExperimentFolderError: ``out`` is a file or a foreign non-empty folder.
-        ValueError: unknown method or architecture, bad seed, recipe or label option.
+        InputError: unknown method or architecture, bad seed, recipe or label option.
 
     Examples::
 
@@ -582,11 +582,11 @@ def run_experiment(
         raise DataSpecError(f"dataset must be a spec like 'controlled' or 'cifar10:ROOT', got {dataset!r}")
     methods = _check_methods(methods)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        raise InputError(f"seed must be a non-negative int, got {seed!r}")
     if label_embeddings not in ("text", "one-hot"):
-        raise ValueError(f"label_embeddings must be 'text' or 'one-hot', got {label_embeddings!r}")
+        raise InputError(f"label_embeddings must be 'text' or 'one-hot', got {label_embeddings!r}")
     if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1):
-        raise ValueError(f"num_threads must be a positive int, got {num_threads!r}")
+        raise InputError(f"num_threads must be a positive int, got {num_threads!r}")
     scheme = _scheme(dataset)
     controlled = scheme == "controlled"
     if scheme not in SCHEMES:
@@ -594,7 +594,7 @@ def run_experiment(
     recipe = dict(recipe or {})
     known = set().union(*RECIPES.values())
     if set(recipe) - known:
-        raise ValueError(f"unknown recipe keys {sorted(set(recipe) - known)}; known: {sorted(known)}")
+        raise InputError(f"unknown recipe keys {sorted(set(recipe) - known)}; known: {sorted(known)}")
     r = dict(RECIPES[("controlled" if controlled else "real") + ("_quick" if quick else "")])
     defaults = CONTROLLED_ARCHS if controlled else REAL_ARCHS
     archs = {
@@ -609,10 +609,14 @@ def run_experiment(
     data = _controlled_data(dataset, {**r, **recipe}) if controlled else _real_data(dataset, r, image_size)
     unused = set(recipe) - set(r)
     if unused:
-        raise ValueError(f"recipe keys {sorted(unused)} do not apply to {dataset!r}; use {sorted(r)}")
+        raise InputError(f"recipe keys {sorted(unused)} do not apply to {dataset!r}; use {sorted(r)}")
     r.update(recipe)
     if not set(r["grid_layers"]) <= set(LAYERS):
-        raise ValueError(f"recipe grid_layers must be among {LAYERS}, got {r['grid_layers']!r}")
+        raise InputError(f"recipe grid_layers must be among {LAYERS}, got {r['grid_layers']!r}")
+    n_eval = min(len(data["test"]), int(r["eval_batches"]) * int(r["eval_batch_size"]))
+    if int(r["eval_batch_size"]) < 5 or n_eval < 5:
+        raise InputError(f"recipe eval_batch_size {r['eval_batch_size']} over {len(data['test'])} test images: "
+                         "UniCAM, FSS and RS need batches of at least 5 images")
     class_names = [str(c) for c in data["test"].classes]
     num_classes = len(class_names)
     if num_classes < 2:
@@ -627,184 +631,248 @@ def run_experiment(
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     try:
-        return _run(dataset, controlled, data, class_names, r, archs, methods, seed, quick, device, progress,
-                    label_embeddings, out_path, command, t_start)
+        return _run(_Study(dataset=dataset, controlled=controlled, data=data, class_names=class_names, r=r,
+                           archs=archs, methods=tuple(methods), seed=seed, quick=quick, device=device,
+                           progress=progress, label_embeddings=label_embeddings, out_path=out_path,
+                           command=command, t_start=t_start))
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _run(dataset, controlled, data, class_names, r, archs, methods, seed, quick, device, progress,
-         label_embeddings, out_path: Path, command, t_start) -> Dict[str, Any]:
+@dataclasses.dataclass
+class _Study:
+    """The plan of one experiment run: data, roles, recipes and where it is written."""
+
+    dataset: str
+    controlled: bool
+    data: Dict[str, Any]
+    class_names: List[str]
+    r: Dict[str, Any]
+    archs: Dict[str, Tuple[str, Dict[str, Any]]]
+    methods: Tuple[str, ...]
+    seed: int
+    quick: bool
+    device: Any
+    progress: bool
+    label_embeddings: str
+    out_path: Path
+    command: Optional[str]
+    t_start: float
+
+    @property
+    def direct_role(self) -> str:
+        return "student_response" if "response" in self.methods else "student_direct"
+
+    @property
+    def roles(self) -> List[str]:
+        roles = ["teacher", "base"] + [f"student_{m}" for m in self.methods]
+        if self.direct_role not in roles:
+            roles.append(self.direct_role)
+        return roles + ["assistant", "student_ta"]
+
+    @property
+    def pairs(self) -> Dict[str, str]:
+        pairs = {m: f"student_{m}" for m in self.methods}
+        if "direct" not in pairs and self.direct_role == "student_direct":
+            pairs["direct"] = self.direct_role
+        pairs["ta"] = "student_ta"
+        return pairs
+
+    def training_plan(self) -> List[Tuple[str, str, int, Optional[str], Optional[str]]]:
+        """(role, architecture key, epochs, KD method, Teacher role), in training order."""
+        r = self.r
+        plan = [("teacher", "teacher", r["teacher_epochs"], None, None),
+                ("base", "student", r["base_epochs"], None, None)]
+        plan += [(f"student_{m}", "student", r["student_epochs"], m, "teacher") for m in self.methods]
+        if self.direct_role == "student_direct":
+            plan.append(("student_direct", "student", r["student_epochs"], "response", "teacher"))
+        plan.append(("assistant", "assistant", r["student_epochs"], "response", "teacher"))
+        plan.append(("student_ta", "student", r["student_epochs"], "response", "assistant"))
+        return plan
+
+    def data_id(self, group: str) -> Dict[str, Any]:
+        common_keys = ("image_size", "num_classes", "batch_size", "optimizer", "weight_decay")
+        role_keys = {"teacher": ("teacher_size", "teacher_epochs", "lr"),
+                     "base": ("base_size", "cue_strength", "base_epochs", "lr"),
+                     "distilled": ("transfer_size", "transfer_cue", "student_epochs", "student_lr")}
+        return {"dataset": self.dataset, **{k: self.r.get(k) for k in common_keys + role_keys[group]}}
+
+
+def _run(study: _Study) -> Dict[str, Any]:
     from tqdm.auto import tqdm
 
-    from captum_unicam.kd.train import evaluate_accuracy, train_model
-    from captum_unicam.metrics import evaluate_kd
-    from captum_unicam.models import stage_layers
-
-    num_classes = len(class_names)
     timings: Dict[str, float] = {}
-    direct_role = "student_response" if "response" in methods else "student_direct"
-    roles = ["teacher", "base"] + [f"student_{m}" for m in methods]
-    if direct_role not in roles:
-        roles.append(direct_role)
-    roles += ["assistant", "student_ta"]
-    pairs = {m: f"student_{m}" for m in methods}
-    if "direct" not in pairs and direct_role == "student_direct":
-        pairs["direct"] = direct_role
-    pairs["ta"] = "student_ta"
-    n_stages = len(roles) + len(pairs) + 2
-    stage_bar = tqdm(total=n_stages, desc="experiment", unit="stage", disable=not progress, position=0)
+    bar = tqdm(total=len(study.roles) + len(study.pairs) + 2, desc="experiment", unit="stage",
+               disable=not study.progress, position=0)
+    try:
+        t0 = time.perf_counter()
+        models, recipes, log, info = _train_models(study, bar)
+        timings["models_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        accs = _accuracies(study, models)
+        bar.update(1)
+        timings["accuracies_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        emb, emb_desc = _label_vectors(study)
+        evaluations, maps_by_pair, map_batches = _evaluate_pairs(study, models, emb, bar)
+        timings["evaluation_s"] = time.perf_counter() - t0
+        loc = _localise(study, maps_by_pair, map_batches)
+        t0 = time.perf_counter()
+        return _publish(study, models=models, recipes=recipes, log=log, info=info, accs=accs,
+                        evaluations=evaluations, maps_by_pair=maps_by_pair, map_batches=map_batches, loc=loc,
+                        emb_desc=emb_desc, timings=timings, t_write=t0, bar=bar)
+    finally:
+        bar.close()
 
-    # ---- models ---------------------------------------------------------------------------
-    models_dir = out_path / "models"
-    t0 = time.perf_counter()
-    bs = int(r["batch_size"])
-    train_common = dict(optimizer=r["optimizer"], weight_decay=float(r["weight_decay"]),
-                        device=device, progress=progress)
+
+def _train_models(study: _Study, bar):
+    """Trains (or loads from ``out/models``) every model of the plan, by
+    :func:`captum_unicam.pipeline.training.fit`."""
+    from captum_unicam.pipeline.training import Recipe
+
+    r, data, archs = study.r, study.data, study.archs
     labelled = {"teacher": data["teacher"], "base": data["base"]}
     transfer = data["transfer"]
-    unl = bool(data["unlabelled_transfer"])
+    unlabelled = bool(data["unlabelled_transfer"])
     trained_on = {
-        "teacher": f"{len(data['teacher'])} labelled images" + (" (cue-free)" if controlled else ""),
-        "base": f"{len(data['base'])} labelled images" + (f" (cue {r['cue_strength']})" if controlled else ""),
+        "teacher": f"{len(data['teacher'])} labelled images" + (" (cue-free)" if study.controlled else ""),
+        "base": f"{len(data['base'])} labelled images" + (f" (cue {r['cue_strength']})" if study.controlled else ""),
     }
-    distil_desc = (f"{len(transfer)} unlabelled transfer images (cue {r['transfer_cue']})" if unl
+    distil_desc = (f"{len(transfer)} unlabelled transfer images (cue {r['transfer_cue']})" if unlabelled
                    else f"{len(transfer)} labelled images + KD loss")
-    common_keys = ("image_size", "num_classes", "batch_size", "optimizer", "weight_decay")
-    role_keys = {"teacher": ("teacher_size", "teacher_epochs", "lr"),
-                 "base": ("base_size", "cue_strength", "base_epochs", "lr"),
-                 "distilled": ("transfer_size", "transfer_cue", "student_epochs", "student_lr")}
-
-    def data_id(group):
-        return {"dataset": dataset, **{k: r.get(k) for k in common_keys + role_keys[group]}}
     models: Dict[str, nn.Module] = {}
     recipes: Dict[str, Dict[str, Any]] = {}
     log: Dict[str, Any] = {}
     info: Dict[str, Dict[str, Any]] = {}
-
-    def plain_recipe(role, arch_key, epochs, method, teacher_role, i):
+    for i, (role, arch_key, epochs, method, teacher_role) in enumerate(study.training_plan()):
         name, kwargs = archs[arch_key]
-        rec = {"role": role, "arch": name, "build_kwargs": kwargs, "epochs": int(epochs), "method": method,
-               "seed": seed + i, "dataset": dataset,
-               "data": data_id(role if teacher_role is None else "distilled"),
-               "teacher": None if teacher_role is None else _fingerprint(recipes[teacher_role])}
-        return _normal(rec)
-
-    plan = []  # (role, arch key, epochs, method, teacher role)
-    plan.append(("teacher", "teacher", r["teacher_epochs"], None, None))
-    plan.append(("base", "student", r["base_epochs"], None, None))
-    for m in methods:
-        plan.append((f"student_{m}", "student", r["student_epochs"], m, "teacher"))
-    if direct_role == "student_direct":
-        plan.append(("student_direct", "student", r["student_epochs"], "response", "teacher"))
-    plan.append(("assistant", "assistant", r["student_epochs"], "response", "teacher"))
-    plan.append(("student_ta", "student", r["student_epochs"], "response", "assistant"))
-
-    for i, (role, arch_key, epochs, method, teacher_role) in enumerate(plan):
-        rec = plain_recipe(role, arch_key, epochs, method, teacher_role, i)
-        recipes[role] = rec
+        recipes[role] = _normal({
+            "role": role, "arch": name, "build_kwargs": kwargs, "epochs": int(epochs), "method": method,
+            "seed": study.seed + i, "dataset": study.dataset,
+            "data": study.data_id(role if teacher_role is None else "distilled"),
+            "teacher": None if teacher_role is None else _fingerprint(recipes[teacher_role])})
         teacher = models.get(teacher_role) if teacher_role else None
-        if teacher_role is None:
-            loader = _loader(labelled[role], bs, shuffle=True, seed=seed + i, drop_last=True)
-            info[role] = {"arch": _arch_label(*archs[arch_key]), "trained_on": trained_on[role]}
-        else:
-            loader = _loader(transfer, bs, shuffle=True, seed=seed + i, drop_last=True)
-            info[role] = {"arch": _arch_label(*archs[arch_key]),
-                          "trained_on": f"{method} KD from the {teacher_role} on {distil_desc}"}
+        info[role] = {"arch": _arch_label(name, kwargs),
+                      "trained_on": trained_on[role] if teacher_role is None
+                      else f"{method} KD from the {teacher_role} on {distil_desc}"}
+        plan = Recipe(arch=name, epochs=int(epochs), batch_size=int(r["batch_size"]), method=method,
+                      lr=float(r["lr"] if teacher is None else r["student_lr"]), optimizer=r["optimizer"],
+                      weight_decay=float(r["weight_decay"]), seed=study.seed + i)
+        train_fn = functools.partial(_fit_role, plan=plan, data=labelled[role] if teacher is None else transfer,
+                                     teacher=teacher, unlabelled=teacher is not None and unlabelled,
+                                     device=study.device, progress=study.progress, desc=role)
+        models[role] = _obtain(role, archs[arch_key], recipes[role], models_dir=study.out_path / "models",
+                               num_classes=len(study.class_names), class_names=study.class_names,
+                               train_fn=train_fn, device=study.device, log=log, kd_method=method,
+                               teacher=teacher_role)
+        bar.update(1)
+        bar.set_postfix_str(f"{role}: {log[role]['status']}", refresh=False)
+    return models, recipes, log, info
 
-        def train_fn(model, loader=loader, teacher=teacher, method=method, epochs=epochs, role=role, i=i):
-            if teacher is not None:
-                teacher.eval()
-            lr = float(r["lr"] if teacher is None else r["student_lr"])
-            train_model(model, loader, epochs=int(epochs), teacher=teacher, method=method, lr=lr,
-                        unlabelled=teacher is not None and unl, seed=seed + i, desc=role, **train_common)
 
-        models[role] = _obtain(role, archs[arch_key], rec, models_dir=models_dir, num_classes=num_classes,
-                               class_names=class_names, train_fn=train_fn, device=device, log=log,
-                               kd_method=method, teacher=teacher_role)
-        stage_bar.update(1)
-        stage_bar.set_postfix_str(f"{role}: {log[role]['status']}", refresh=False)
-    timings["models_s"] = time.perf_counter() - t0
+def _fit_role(model, *, plan, data, teacher, unlabelled, device, progress, desc):
+    from captum_unicam.pipeline.training import fit
 
-    # ---- accuracies -----------------------------------------------------------------------
-    t0 = time.perf_counter()
-    eval_bs = int(r["eval_batch_size"])
-    accs: Dict[str, Dict[str, Any]] = {}
+    if teacher is not None:
+        teacher.eval()
+    fit(model, data, plan, teacher=teacher, unlabelled=unlabelled, device=device, progress=progress, desc=desc)
+
+
+def _accuracies(study: _Study, models) -> Dict[str, Dict[str, Any]]:
+    from captum_unicam.kd.train import evaluate_accuracy
+
+    data, device = study.data, study.device
     test_loader = _loader(data["test"], 256, shuffle=False)
     cued_loader = _loader(data["test_cued"], 256, shuffle=False) if data["test_cued"] is not None else None
-    for role in roles:
+    accs: Dict[str, Dict[str, Any]] = {}
+    for role in study.roles:
         m = models[role].to(device).eval()
         accs[role] = {"test": evaluate_accuracy(m, test_loader, device=device),
                       "test_cued": evaluate_accuracy(m, cued_loader, device=device) if cued_loader else None}
-    stage_bar.update(1)
-    timings["accuracies_s"] = time.perf_counter() - t0
+    return accs
 
-    # ---- label vectors ----------------------------------------------------------------------
-    if label_embeddings == "text":
-        from captum_unicam.embeddings import embed_labels
 
-        emb = embed_labels(class_names).detach().float().cpu()
-        emb_desc = f"text embeddings of the class names (embed_labels, {tuple(emb.shape)[1]}-d)"
-    else:
-        emb, emb_desc = None, "one-hot"
+def _label_vectors(study: _Study):
+    if study.label_embeddings != "text":
+        return None, "one-hot"
+    from captum_unicam.embeddings import embed_labels
 
-    # ---- evaluation per Student/Base pair -------------------------------------------------------
-    from captum_unicam.cli import compute_maps
-    from captum_unicam.report import localisation
+    emb = embed_labels(study.class_names).detach().float().cpu()
+    return emb, f"text embeddings of the class names (embed_labels, {tuple(emb.shape)[1]}-d)"
 
+
+def _evaluate_pairs(study: _Study, models, emb, bar):
+    """FSS / RS (:func:`captum_unicam.pipeline.evaluation.score_pair`) and maps of every
+    Student against the Base."""
+    from captum_unicam.models import stage_layers
+    from captum_unicam.pipeline.batches import labels_of, stratified_loader
+    from captum_unicam.pipeline.evaluation import compute_maps, score_pair
+
+    r, data, device = study.r, study.data, study.device
+    eval_bs = int(r["eval_batch_size"])
     n_eval = min(len(data["test"]), int(r["eval_batches"]) * eval_bs)
     eval_ds = torch.utils.data.Subset(data["test"], range(n_eval))
-    eval_loader = torch.utils.data.DataLoader(eval_ds, batch_size=eval_bs, shuffle=False,
-                                              drop_last=n_eval > eval_bs)
+    # the pipeline's batches; file order keeps the published results' batches (the controlled
+    # and CIFAR-10 test images are not stored class by class); a short last batch is merged
+    eval_loader = stratified_loader(eval_ds, min(eval_bs, n_eval), seed=study.seed, order="file",
+                                    labels=labels_of(data["test"])[:n_eval])
     base = models["base"].to(device).eval()
     evaluations: Dict[str, Any] = {}
-    summaries: Dict[str, Any] = {}
     maps_by_pair: Dict[str, Any] = {}
     map_batches = [b for _, b in zip(range(int(r["map_batches"])), eval_loader)]
-    t0 = time.perf_counter()
-    for pair, role in pairs.items():
+    for pair, role in study.pairs.items():
         student = models[role].to(device).eval()
         s_l, b_l = stage_layers(student), stage_layers(base)
         layers = {k: (s_l[k], b_l[k]) for k in LAYERS}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # degenerate-batch notes of UniCAM; counted in the tables
-            ev = evaluate_kd(student, base, eval_loader, layers, label_embeddings=emb,
-                             n_bootstrap=int(r["n_bootstrap"]), n_permutations=int(r["n_permutations"]),
-                             seed=seed, progress=progress, device=device)
+            evaluations[pair] = score_pair(student, base, eval_loader, layers, label_embeddings=emb,
+                                           n_bootstrap=int(r["n_bootstrap"]), n_permutations=int(r["n_permutations"]),
+                                           seed=study.seed, progress=study.progress, device=device)
             maps_by_pair[pair] = compute_maps(student, base, layers, map_batches, label_embeddings=emb,
-                                              device=device, progress=progress)
-        evaluations[pair] = ev
-        summaries[pair] = ev.summary()["by_layer"]
-        stage_bar.update(1)
-    timings["evaluation_s"] = time.perf_counter() - t0
+                                              device=device, progress=study.progress)
+        bar.update(1)
+    return evaluations, maps_by_pair, map_batches
 
-    loc: Dict[str, Any] = {}
-    if controlled:
-        masks = torch.cat([b[2] for b in map_batches])
-        for pair, by_layer in maps_by_pair.items():
-            loc[pair] = {layer: localisation(kinds, masks, n_bootstrap=int(r["n_bootstrap"]), seed=seed)
-                         for layer, kinds in by_layer.items()}
 
-    # ---- write everything into a temporary folder, then rename --------------------------------
-    t0 = time.perf_counter()
+def _localise(study: _Study, maps_by_pair, map_batches) -> Dict[str, Any]:
+    """Localisation of every map on the object masks (controlled data only)."""
+    from captum_unicam.metrics.localisation import localisation
+
+    if not study.controlled:
+        return {}
+    masks = torch.cat([b[2] for b in map_batches])
+    return {pair: {layer: localisation(kinds, masks, n_bootstrap=int(study.r["n_bootstrap"]), seed=study.seed)
+                   for layer, kinds in by_layer.items()}
+            for pair, by_layer in maps_by_pair.items()}
+
+
+def _publish(study: _Study, *, models, recipes, log, info, accs, evaluations, maps_by_pair, map_batches, loc,
+             emb_desc, timings, t_write, bar) -> Dict[str, Any]:
+    """Writes every table, figure, results.json and the checkpoints into a temporary
+    folder and publishes it (:func:`captum_unicam.output.publish.publish_folder`)."""
+    from captum_unicam.output.publish import publish_folder
+    from captum_unicam.report import to_jsonable, versions
+
+    out_path, roles, pairs = study.out_path, study.roles, study.pairs
+    summaries = {pair: ev.summary()["by_layer"] for pair, ev in evaluations.items()}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_path.parent, prefix=f".{out_path.name}.tmp-"))
     try:
-        files = _write_all(tmp, r, methods, pairs, models, roles, accs, info, evaluations, summaries, maps_by_pair,
-                           map_batches, loc, class_names, direct_role, emb_desc)
-        stage_bar.update(1)
-        timings["write_s"] = time.perf_counter() - t0
-        timings["total_s"] = time.perf_counter() - t_start
-        from captum_unicam.report import publish_folder, to_jsonable, versions
-
+        files = _write_all(tmp, study.r, study.methods, pairs, models, roles, accs, info, evaluations, summaries,
+                           maps_by_pair, map_batches, loc, study.class_names, study.direct_role, emb_desc)
+        bar.update(1)
+        timings["write_s"] = time.perf_counter() - t_write
+        timings["total_s"] = time.perf_counter() - study.t_start
         results = {
             "format": _FORMAT, "version": _FORMAT_VERSION,
-            "config": {"dataset": dataset, "methods": list(methods), "seed": seed, "quick": quick,
-                       "device": str(device), "label_embeddings": emb_desc, "class_names": class_names,
-                       "archs": {k: _arch_label(*v) for k, v in archs.items()},
+            "config": {"dataset": study.dataset, "methods": list(study.methods), "seed": study.seed,
+                       "quick": study.quick, "device": str(study.device), "label_embeddings": emb_desc,
+                       "class_names": study.class_names,
+                       "archs": {k: _arch_label(*v) for k, v in study.archs.items()},
                        "pairs": {p: {"student": role, "base": "base"} for p, role in pairs.items()},
-                       "direct_student": direct_role},
-            "recipe": r,
+                       "direct_student": study.direct_role},
+            "recipe": study.r,
             "models": {role: {**info[role], **log[role], "recipe": recipes[role],
                               "checkpoint": f"models/{role}.pt"} for role in roles},
             "accuracies": accs,
@@ -814,14 +882,15 @@ def _run(dataset, controlled, data, class_names, r, archs, methods, seed, quick,
             "files": files,
             "timings": {k: round(v, 2) for k, v in timings.items()},
             "versions": versions(),
-            "command": command or _default_command(dataset, methods, seed, quick, out_path),
+            "command": study.command or _default_command(study.dataset, study.methods, study.seed, study.quick,
+                                                         out_path),
         }
         results = to_jsonable(results)
         (tmp / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
         # the cached checkpoints join the new folder (hard links when possible)
         (tmp / "models").mkdir()
         for role in roles:
-            src, dst = models_dir / f"{role}.pt", tmp / "models" / f"{role}.pt"
+            src, dst = out_path / "models" / f"{role}.pt", tmp / "models" / f"{role}.pt"
             try:
                 os.link(src, dst)
             except OSError:
@@ -830,8 +899,6 @@ def _run(dataset, controlled, data, class_names, r, archs, methods, seed, quick,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        stage_bar.close()
     results["out"] = str(out_path)
     return results
 

@@ -67,97 +67,7 @@ from captum_unicam.output.publish import check_output_dir, publish_folder  # noq
 # ---------------------------------------------------------------------------
 
 
-def _bootstrap(values: np.ndarray, n_bootstrap: int, rng: np.random.Generator,
-               confidence: float) -> Dict[str, Any]:
-    n = int(values.size)
-    if n == 0:
-        return {"mean": None, "low": None, "high": None, "n": 0}
-    mean = float(values.mean())
-    if n == 1 or n_bootstrap <= 0:
-        return {"mean": mean, "low": mean, "high": mean, "n": n}
-    idx = rng.integers(0, n, size=(n_bootstrap, n))
-    boots = values[idx].mean(axis=1)
-    a = (1.0 - confidence) / 2.0
-    low, high = np.quantile(boots, [a, 1.0 - a])
-    return {"mean": mean, "low": float(low), "high": float(high), "n": n}
-
-
-def localisation(
-    maps: Mapping[str, Tensor],
-    masks: Tensor,
-    *,
-    n_bootstrap: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> Dict[str, Any]:
-    r"""Where maps put their mass, against ground-truth object masks.
-
-    Each map is upsampled (bilinear, ``LayerAttribution.interpolate``) to the mask size
-    and its positive part H kept. For each image with a non-empty map:
-
-    - **mask energy fraction** = sum(H * mask) / sum(H): the share of the map's mass on
-      the object. A uniform map scores the mask's area fraction (``chance``).
-    - **pointing game** = 1 if the map's largest pixel lies on the object, else 0
-      (no tolerance margin; ties go to the first pixel in row-major order).
-
-    Maps with no positive value (possible after ReLU) have neither; they are counted
-    in ``n_empty`` and left out of the means. Intervals are percentile bootstrap
-    intervals over images (``n_bootstrap`` resamples, seeded).
-
-    Args:
-        maps (dict of str -> Tensor): map kind -> (N,1,h,w) maps of the same N images.
-        masks (Tensor): (N,H,W) or (N,1,H,W) object masks (bool or {0,1}).
-        n_bootstrap (int, optional): bootstrap resamples. Default: 1000
-        confidence (float, optional): interval level. Default: 0.95
-        seed (int, optional): seed of the bootstrap. Default: 0
-
-    Returns:
-        dict: ``{"chance": {"energy": mean mask area, "pointing": mean mask area},
-        "kinds": {kind: {"energy": {mean, low, high, n}, "pointing": {...},
-        "n_images": N, "n_empty": k}}}``.
-
-    Examples::
-
-        >>> loc = localisation({"distilled": d, "residual": r}, masks)
-        >>> loc["kinds"]["distilled"]["energy"]["mean"]
-    """
-    from captum_unicam.viz import upsample_maps
-
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    masks = masks.detach().cpu()
-    if masks.dim() == 4:
-        if masks.shape[1] != 1:
-            raise ValueError(f"masks must have shape (N,H,W) or (N,1,H,W), got {tuple(masks.shape)}")
-        masks = masks[:, 0]
-    if masks.dim() != 3:
-        raise ValueError(f"masks must have shape (N,H,W) or (N,1,H,W), got {tuple(masks.shape)}")
-    mk = (masks > 0.5).double() if masks.is_floating_point() else (masks != 0).double()
-    n = mk.shape[0]
-    area = mk.flatten(1).mean(1).numpy()
-    out: Dict[str, Any] = {
-        "chance": {"energy": float(area.mean()) if n else None,
-                   "pointing": float(area.mean()) if n else None},
-        "kinds": {},
-    }
-    for kind, m in maps.items():
-        if m.shape[0] != n:
-            raise ValueError(f"maps[{kind!r}] has {m.shape[0]} maps for {n} masks")
-        rng = np.random.default_rng(seed)
-        h = upsample_maps(m, mk.shape[-2:])[:, 0].double()
-        h = torch.nan_to_num(h, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
-        total = h.flatten(1).sum(1)
-        ok = total > 0
-        energy = ((h * mk).flatten(1).sum(1) / total.clamp_min(1e-300))[ok].numpy()
-        peak = h.flatten(1).argmax(1)
-        hit = mk.flatten(1).gather(1, peak[:, None])[:, 0][ok].numpy()
-        out["kinds"][kind] = {
-            "energy": _bootstrap(energy, n_bootstrap, rng, confidence),
-            "pointing": _bootstrap(hit, n_bootstrap, rng, confidence),
-            "n_images": int(n),
-            "n_empty": int((~ok).sum()),
-        }
-    return out
+from captum_unicam.metrics.localisation import localisation  # noqa: E402  (moved next to the other metrics)
 
 
 # ---------------------------------------------------------------------------
@@ -244,40 +154,10 @@ def _write_table(folder: Path, name: str, header: Sequence[str], rows: Sequence[
 
 
 def _markdown_to_html(md: str) -> str:
-    """A pipe-table markdown document (as written by KDEvaluation.to_markdown) to HTML."""
-    out: List[str] = []
-    rows: List[List[str]] = []
+    """Kept for old imports: :func:`captum_unicam.output.html.markdown_to_html`."""
+    from captum_unicam.output.html import markdown_to_html
 
-    def flush() -> None:
-        if not rows:
-            return
-        out.append("<table>")
-        head, body = rows[0], rows[1:]
-        out.append("<thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr></thead>")
-        out.append("<tbody>")
-        for r in body:
-            out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>")
-        out.append("</tbody></table>")
-        rows.clear()
-
-    for line in md.splitlines():
-        s = line.strip()
-        if s.startswith("|") and s.endswith("|"):
-            cells = [c.strip() for c in s[1:-1].split("|")]
-            if all(set(c) <= set(":- ") and c for c in cells):
-                continue  # separator row
-            rows.append(cells)
-            continue
-        flush()
-        if not s:
-            continue
-        if s.startswith("#"):
-            level = min(len(s) - len(s.lstrip("#")) + 2, 6)
-            out.append(f"<h{level}>{html.escape(s.lstrip('#').strip())}</h{level}>")
-        else:
-            out.append(f"<p>{html.escape(s)}</p>")
-    flush()
-    return "\n".join(out)
+    return markdown_to_html(md)
 
 
 #: What each number means, in plain words (shown in index.html).
@@ -352,7 +232,7 @@ def _evaluation_parts(evaluation: Any) -> Dict[str, Any]:
 def _panels_from_summary(summary: Any) -> Optional[Dict[str, Dict[str, Dict[str, Any]]]]:
     """FSS / RS per layer panels for viz.scores_per_layer, from KDEvaluation.summary().
 
-    The summary is ``summary[layer][kind][metric] = {"mean", "ci_low", "ci_high"}``
+    The summary is ``summary[layer][kind][metric] = {"mean", "low", "high"}``
     (or that under the key ``"by_layer"``).
     Panels (paper Fig. 4 and Table 1): FSS per map kind; RS of Base and Student on
     their Grad-CAM regions; RS of the Student on the distilled map and of the Base on
@@ -372,7 +252,7 @@ def _panels_from_summary(summary: Any) -> Optional[Dict[str, Dict[str, Dict[str,
         e = entry.get(metric) if isinstance(entry, Mapping) else None
         if not isinstance(e, Mapping) or e.get("mean") is None:
             return None
-        return {"mean": e["mean"], "low": e.get("ci_low", e.get("low")), "high": e.get("ci_high", e.get("high"))}
+        return {"mean": e["mean"], "low": e["low"], "high": e["high"]}
 
     for layer, kinds in summary.items():
         if not isinstance(kinds, Mapping):
@@ -419,6 +299,7 @@ def write_report(
     warnings: Optional[Sequence[str]] = None,
     extra_metrics: Optional[Mapping[str, Any]] = None,
     progress: bool = True,
+    accuracy_set: Optional[str] = None,
 ) -> Path:
     r"""Writes a complete report folder, atomically.
 
@@ -451,6 +332,8 @@ def write_report(
             "distillation did not help").
         extra_metrics (dict, optional): more numbers for metrics.json.
         progress (bool, optional): show a progress bar over the figures. Default: True
+        accuracy_set (str, optional): the set the accuracies were measured on, named in
+            the table's header and metrics.json. Default: None ("test")
 
     Returns:
         pathlib.Path: the report folder.
@@ -517,7 +400,9 @@ def write_report(
                                info.get("kd_method") or "", info.get("checkpoint") or ""])
         if model_rows:
             tables["models"] = _write_table(tmp / "tables", "models",
-                                            ["model", "architecture", "test accuracy", "KD method", "checkpoint"],
+                                            ["model", "architecture",
+                                             f"accuracy on {accuracy_set}" if accuracy_set else "test accuracy",
+                                             "KD method", "checkpoint"],
                                             model_rows)
         if ev["markdown"] is not None:
             (tmp / "tables" / "table1.md").write_text(ev["markdown"], encoding="utf-8")
@@ -548,6 +433,7 @@ def write_report(
             "versions": versions(),
             "data": data,
             "models": models or {},
+            "accuracy_set": accuracy_set or "test",
             "evaluation": ev["summary"],
             "localisation": localisation,
         }
@@ -557,10 +443,13 @@ def write_report(
             json.dumps(to_jsonable(metrics), indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
         # ---- index.html
-        page = _render_html(title=title, command=command_str, data=data, models=models or {},
-                            figures=figures, grids=grids or {}, table1_md=ev["markdown"],
-                            tables=tables, localisation=localisation, notes=notes or [], warnings=warnings or [],
-                            has_models=bool(model_files), model_files=model_files or {})
+        from captum_unicam.output.html import render_page
+
+        page = render_page(title=title, command=command_str, data=data, models=models or {}, figures=figures,
+                           empty_maps={layer: _empty_counts(g.get("maps", {})) for layer, g in (grids or {}).items()},
+                           table1_md=ev["markdown"], tables=tables, localisation=localisation,
+                           notes=notes or [], warnings=warnings or [], model_files=model_files or {},
+                           meanings=MEANINGS, versions=versions(), css=_CSS, accuracy_set=accuracy_set)
         (tmp / "index.html").write_text(page, encoding="utf-8")
 
         publish_folder(tmp, out, overwrite=overwrite)
@@ -573,122 +462,6 @@ def write_report(
                 break
         raise
     return out
-
-
-def _render_html(*, title, command, data, models, figures, grids, table1_md, tables,
-                 localisation, notes, warnings, has_models, model_files) -> str:
-    e = html.escape
-    v = versions()
-    parts: List[str] = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{e(title)}</h1>",
-        '<nav><a href="#compared">What was compared</a><a href="#maps">Maps</a>'
-        '<a href="#scores">FSS and RS</a><a href="#table1">Table 1</a>'
-        + ('<a href="#localisation">Localisation</a>' if localisation else "")
-        + '<a href="#meaning">What the numbers mean</a><a href="#versions">Versions</a></nav>',
-    ]
-    for n in warnings:
-        parts.append(f'<p class="warn">{e(n)}</p>')
-    for n in notes:
-        parts.append(f"<p>{e(n)}</p>")
-
-    # what was compared
-    parts.append('<h2 id="compared">What was compared</h2>')
-    if data:
-        parts.append(f"<p>Data: {e(data)}</p>")
-    if models:
-        def pct(a: Any) -> str:
-            return f"{100 * a:.1f} %" if isinstance(a, (int, float)) and math.isfinite(a) else "not measured"
-
-        cued = any(i.get("cued_accuracy") is not None for i in models.values())
-        trained = any(i.get("trained_on") for i in models.values())
-        parts.append("<table><thead><tr><th>model</th><th>architecture</th><th>test accuracy</th>"
-                     + ("<th>accuracy, test with the training cue</th>" if cued else "")
-                     + "<th>KD method</th>" + ("<th>trained on</th>" if trained else "")
-                     + "<th>checkpoint</th></tr></thead><tbody>")
-        for role, info in models.items():
-            parts.append(f"<tr><td>{e(role)}</td><td>{e(str(info.get('arch') or '–'))}</td>"
-                         f"<td>{pct(info.get('accuracy'))}</td>"
-                         + (f"<td>{pct(info.get('cued_accuracy'))}</td>" if cued else "")
-                         + f"<td>{e(str(info.get('kd_method') or '–'))}</td>"
-                         + (f"<td>{e(str(info.get('trained_on') or '–'))}</td>" if trained else "")
-                         + f"<td>{e(str(info.get('checkpoint') or '–'))}</td></tr>")
-        parts.append("</tbody></table>")
-        accs = {r: i.get("accuracy") for r, i in models.items()}
-        s, b = accs.get("Student"), accs.get("Base")
-        if isinstance(s, (int, float)) and isinstance(b, (int, float)):
-            verdict = ("higher than" if s > b else "not higher than")
-            parts.append(f'<p class="note">The Student\'s accuracy is {verdict} the Base\'s '
-                         f"({100 * s:.1f} % vs {100 * b:.1f} %)"
-                         + ("" if s > b else ": distillation did not help here; read the maps as "
-                            "an explanation of that failure") + ".</p>")
-    if has_models:
-        links = ", ".join(f'<a href="models/{e(n)}">models/{e(n)}</a>' for n in model_files)
-        parts.append(f"<p>Checkpoints: {links} (accepted by <code>captum-unicam explain</code> "
-                     "and <code>quantify</code>).</p>")
-
-    # maps
-    parts.append('<h2 id="maps">Grad-CAM and UniCAM maps per layer</h2>')
-    grid_names = [k for k in figures if k.startswith("grid_")]
-    if grid_names:
-        parts.append('<p class="note">Each row is one image; each map (jet colours: blue low, red high) is blended over the '
-                     "grey image and scaled to its own largest value. Grad-CAM shows where each "
-                     "model looks; UniCAM distilled shows where the Student uses what the Base "
-                     "lacks, UniCAM residual where the Base uses what the Student lacks.</p>")
-        for k in grid_names:
-            layer = k[5:]
-            parts.append(f"<h3>{e(layer)}</h3>")
-            parts.append(f'<img src="{e(figures[k])}" alt="maps at layer {e(layer)}">')
-            empt = _empty_counts(grids.get(layer, {}).get("maps", {}))
-            if empt:
-                parts.append(f'<p class="note">Empty maps (no positive evidence after ReLU): {e(empt)}.</p>')
-    else:
-        parts.append("<p>No maps were computed for this report.</p>")
-
-    # scores
-    parts.append('<h2 id="scores">FSS and RS per layer</h2>')
-    if "scores" in figures:
-        parts.append(f'<img src="{e(figures["scores"])}" alt="FSS and RS per layer">')
-    else:
-        parts.append("<p>No scores were computed for this report.</p>")
-    parts.append('<h2 id="table1">Table 1: relevance of features</h2>')
-    if table1_md:
-        parts.append(_markdown_to_html(table1_md))
-        parts.append('<p class="note">Also in <a href="tables/table1.csv">tables/table1.csv</a> '
-                     'and <a href="tables/table1.md">tables/table1.md</a>.</p>')
-    else:
-        parts.append("<p>Not computed for this report.</p>")
-
-    if localisation:
-        parts.append('<h2 id="localisation">Localisation on the object mask</h2>')
-        if "localisation" in figures:
-            parts.append(f'<img src="{e(figures["localisation"])}" alt="localisation per layer">')
-        if "localisation" in tables:
-            parts.append(_markdown_to_html(tables["localisation"][1]))
-        first = next(iter(localisation.values()))
-        ch = first.get("chance", {}).get("energy")
-        if ch is not None:
-            parts.append(f'<p class="note">A uniform map would score {ch:.3f} on both '
-                         "(the mean object area).</p>")
-
-    parts.append('<h2 id="meaning">What each number means</h2><dl>')
-    for k, txt in MEANINGS.items():
-        parts.append(f"<dt>{e(k)}</dt><dd>{e(txt)}</dd>")
-    parts.append("</dl>")
-    parts.append('<p>All numbers: <a href="metrics.json">metrics.json</a>; tables: '
-                 + ", ".join(f'<a href="tables/{e(n)}.csv">{e(n)}.csv</a>' for n in tables)
-                 + ("," if tables else "") + ' <a href="tables/table1.csv">table1.csv</a>.</p>'
-                 if table1_md else '<p>All numbers: <a href="metrics.json">metrics.json</a>.</p>')
-
-    parts.append('<h2 id="versions">Versions and command</h2><table><tbody>')
-    for k, val in v.items():
-        parts.append(f"<tr><td>{e(k)}</td><td>{e(val)}</td></tr>")
-    parts.append("</tbody></table>")
-    parts.append(f"<pre>{e(command)}</pre>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
 
 
 def _empty_counts(maps: Mapping[str, Tensor]) -> str:

@@ -159,13 +159,13 @@ def test_summary_matches_hand_computation(evaluation):
     e = summ["by_layer"]["L2"]["gradcam"]
     v = np.array(result.values["L2"]["gradcam"]["rs_student"])
     assert e["rs_student"]["mean"] == pytest.approx(v.mean(), abs=1e-15)
-    assert (e["rs_student"]["ci_low"], e["rs_student"]["ci_high"]) == bootstrap_ci(v, 200, 0)
+    assert (e["rs_student"]["low"], e["rs_student"]["high"]) == bootstrap_ci(v, 200, 0)
     assert e["p_student_gt_base"] == paired_permutation_pvalue(v, result.values["L2"]["gradcam"]["rs_base"], 10000, 0)
     assert e["n_batches"] == 4
     rows = [r for r in summ["rows"] if r["layer"] == "L2" and r["map"] == "gradcam"]
     assert [r["key"] for r in rows] == list(METRICS)
     assert rows[2]["series"] == "Student" and rows[2]["metric"] == "RS" and rows[2]["p"] == e["p_student_gt_base"]
-    assert rows[0]["metric"] == "FSS" and rows[0]["low"] == e["fss"]["ci_low"]
+    assert rows[0]["metric"] == "FSS" and rows[0]["low"] == e["fss"]["low"]
     assert len(summ["rows"]) == 2 * 4 * 5
 
 
@@ -195,7 +195,7 @@ def test_markdown_and_csv_layout(evaluation, tmp_path):
     assert [c.strip() for c in body[5].strip("|").split("|")][:2] == ["L2", "Grad-CAM"]
     e = result.summary()["by_layer"]["L2"]["gradcam"]["fss"]
     cell = [c.strip() for c in body[5].strip("|").split("|")][2]
-    assert cell == f"{e['mean']:.4f} ± {(e['ci_high'] - e['ci_low']) / 2:.4f}"
+    assert cell == f"{e['mean']:.4f} ± {(e['high'] - e['low']) / 2:.4f}"
     assert (tmp_path / "table1.md").read_text() == md
 
     text = result.to_csv(tmp_path / "table1.csv")
@@ -203,7 +203,7 @@ def test_markdown_and_csv_layout(evaluation, tmp_path):
     assert len(rows) == 8 and rows[0]["layer"] == "L1" and rows[0]["map"] == "none"
     r = rows[5]
     assert (r["layer"], r["map"]) == ("L2", "gradcam")
-    assert float(r["fss_mean"]) == e["mean"] and float(r["fss_ci_low"]) == e["ci_low"]
+    assert float(r["fss_mean"]) == e["mean"] and float(r["fss_ci_low"]) == e["low"]
     assert list(rows[0])[-2:] == ["p_student_gt_base", "p_distilled_gt_residual"]
     assert (tmp_path / "table1.csv").read_text() == text
 
@@ -320,7 +320,7 @@ def test_paper_layout(evaluation):
     rows = list(csv.DictReader(io.StringIO(result.to_csv(layout="paper"))))
     assert [r["layer"] for r in rows] == ["L1", "L2"]
     assert float(rows[0]["distilled_rs_student_mean"]) == s["L1"]["distilled"]["rs_student"]["mean"]
-    assert float(rows[1]["residual_rs_base_ci_high"]) == s["L2"]["residual"]["rs_base"]["ci_high"]
+    assert float(rows[1]["residual_rs_base_ci_high"]) == s["L2"]["residual"]["rs_base"]["high"]
     partial = KDEvaluation(result.layers, ["none"], {l: {"none": result.values[l]["none"]} for l in result.layers},
                            result.batch_indices, result.batch_sizes)
     with pytest.raises(ValueError, match="needs the map kinds"):

@@ -47,7 +47,7 @@ def _run(capsys, argv):
 
 def _pair_args(c, out, **over):
     args = {"--student": c["student"], "--base": c["base"], "--data": "controlled", "--out": str(out),
-            "--limit": "8", "--batch-size": "4", "--layers": "L4", "--one-hot": None, "--no-progress": None}
+            "--limit": "10", "--batch-size": "5", "--layers": "L4", "--one-hot": None, "--no-progress": None}
     args.update(over)
     argv = []
     for k, v in args.items():
@@ -124,7 +124,7 @@ BAD = {
     "missing data folder": (dict(**{"--data": "imagefolder:/nonexistent/folder"}), "/nonexistent/folder"),
     "empty data folder": ("empty_data", "image folder"),
     "class folders without images": ("empty_classes", "image"),
-    "batch too small": (dict(**{"--batch-size": "3"}), "at least 4"),
+    "batch too small": (dict(**{"--batch-size": "4"}), "at least 5"),
     "bad choice": (dict(**{"--perturb": "blur"}), "invalid choice"),
     "not a number": (dict(**{"--limit": "many"}), "not an integer"),
 }
@@ -221,7 +221,7 @@ def test_explain_and_overwrite(tmp_path, capsys, ckpts):
     m = json.loads((out / "metrics.json").read_text())
     loc = m["localisation"]["L4"]["kinds"]
     assert set(loc) == {"Grad-CAM student", "Grad-CAM base", "UniCAM distilled", "UniCAM residual"}
-    assert all(v["n_images"] == 8 for v in loc.values())
+    assert all(v["n_images"] == 10 for v in loc.values())  # every evaluated image (--limit 10)
     assert m["models"]["Teacher"]["accuracy"] is None  # not given, stated as such
     assert 0.0 <= m["models"]["Student"]["accuracy"] <= 1.0
     assert m["command"].startswith("captum-unicam explain")
@@ -245,8 +245,10 @@ def test_quantify_equals_evaluate_kd(tmp_path, capsys, ckpts):
     got = json.loads((out / "metrics.json").read_text())["evaluation"]
     s, _ = load_checkpoint(ckpts["student"])
     b, _ = load_checkpoint(ckpts["base"])
-    ds = load_dataset("controlled", "test", limit=8)
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=False)
+    from captum_unicam.pipeline import stratified_loader
+
+    ds = load_dataset("controlled", "test", limit=10)
+    loader = stratified_loader(ds, 5, seed=0)  # the API and the CLI draw the same batches
     ref = evaluate_kd(s, b, loader, {"L4": (stage_layers(s)["L4"], stage_layers(b)["L4"])},
                       map_kinds=("gradcam", "distilled"), n_bootstrap=50, progress=False).summary()
     ref = json.loads(json.dumps(ref))
@@ -299,13 +301,18 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert code == 0, err
     mq = json.loads((q / "metrics.json").read_text())
     assert mq["map_kinds"] == ["none"]
+    # the footnote names what was run (raw features), not a map perturbation; no maps section
+    table1 = (q / "tables" / "table1.md").read_text()
+    assert "perturbation none (raw features, no map)" in table1 and "mask_multiply" not in table1
+    page = (q / "index.html").read_text()
+    assert 'id="maps"' not in page and 'id="localisation"' not in page
 
 
 @pytest.mark.slow
 def test_quantify_under_torchrun_equals_one_process(tmp_path, ckpts):
     pytest.importorskip("torch.distributed.run")
     common = ["quantify", "--student", ckpts["student"], "--base", ckpts["base"], "--data", "controlled",
-              "--limit", "16", "--batch-size", "4", "--layers", "L4", "--maps", "gradcam",
+              "--limit", "20", "--batch-size", "5", "--layers", "L4", "--maps", "gradcam",
               "--one-hot", "--no-progress", "--n-bootstrap", "50"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     one = subprocess.run([sys.executable, "-m", "captum_unicam", *common, "--out", str(tmp_path / "one")],

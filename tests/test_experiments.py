@@ -136,7 +136,7 @@ def test_files_tables_and_json(controlled_run):
 def test_localisation_matches_report_on_the_same_maps(controlled_run):
     """The energy fraction in the table is recomputed here by hand from the masks."""
     out, results = controlled_run
-    from captum_unicam.cli import compute_maps
+    from captum_unicam.pipeline.evaluation import compute_maps
     from captum_unicam.data import load_dataset
     from captum_unicam.models import load_checkpoint, stage_layers
 
@@ -207,11 +207,11 @@ def test_imagefolder_tree(tmp_path):
     root = tmp_path / "tree"
     for c, name in enumerate(("cat", "dog")):
         (root / name).mkdir(parents=True)
-        for i in range(10):
+        for i in range(15):  # 3 of each class held out: 6 test images, one batch of 6
             arr = (torch.rand(24, 24, 3, generator=g) * 80).to(torch.uint8)
             arr[6:18, 6:18, c] = 230  # a class-coloured square
             Image.fromarray(arr.numpy()).save(root / name / f"{i}.png")
-    recipe = {"batch_size": 8, "eval_batch_size": 4, "eval_batches": 1, "n_show": 1, "n_bootstrap": 20,
+    recipe = {"batch_size": 8, "eval_batch_size": 6, "eval_batches": 1, "n_show": 1, "n_bootstrap": 20,
               "n_permutations": 16, "dpi": 30, "grid_layers": ("L4",)}
     results = _run(tmp_path / "out", dataset=f"imagefolder:{root}", recipe=recipe, image_size=24)
     out = tmp_path / "out"

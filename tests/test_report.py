@@ -208,7 +208,9 @@ def test_failed_accuracy_is_stated(tmp_path):
     out = report.write_report(tmp_path / "r", **kw)
     page = (out / "index.html").read_text()
     assert "not measured" in page and "did not help" in page
-    assert "Not computed for this report" in page  # no Table 1 without an evaluation
+    # no Table 1 section without an evaluation, no Localisation section without masks
+    assert 'id="table1"' not in page and "Table 1" not in page
+    assert 'id="localisation"' not in page and "Localisation (controlled data)" not in page
 
 
 def test_markdown_table_to_html():

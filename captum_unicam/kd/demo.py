@@ -38,7 +38,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from captum_unicam.kd.train import evaluate_accuracy, train_model
+from captum_unicam.errors import InputError
+from captum_unicam.kd.train import evaluate_accuracy
 
 __all__ = ["DemoModels", "train_demo_models", "demo_recipe", "default_cache_dir"]
 
@@ -155,19 +156,15 @@ def _tensors(desc: Dict[str, Any], recipe: Dict[str, Any]):
 
 
 def _try_cache(paths: Dict[str, pathlib.Path], recipe: Dict[str, Any], device) -> Optional[Dict[str, Any]]:
-    from captum_unicam.models import CheckpointError, load_checkpoint
+    from captum_unicam.pipeline.cache import load_cached
 
     loaded = {}
     for role, path in paths.items():
-        if not path.is_file():
-            return None
-        try:
-            model, meta = load_checkpoint(path, arch=recipe["arch"][role], num_classes=recipe["num_classes"],
-                                          map_location=device)
-        except CheckpointError:
-            return None
-        extra = meta.get("extra") or {}
-        if meta.get("recipe") != recipe or extra.get("role") != role or "accuracy" not in extra:
+        model, meta, _ = load_cached(path, recipe, arch=recipe["arch"][role], num_classes=recipe["num_classes"],
+                                     map_location=device,
+                                     accept=lambda m, role=role: (m.get("extra") or {}).get("role") == role
+                                     and "accuracy" in (m.get("extra") or {}))
+        if model is None:
             return None
         loaded[role] = (model, meta)
     return loaded
@@ -213,15 +210,15 @@ def train_demo_models(
         {'teacher': ..., 'base': ..., 'student': ...}
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    from captum_unicam.models import build_model, save_checkpoint
+        raise InputError(f"seed must be a non-negative int, got {seed!r}")
+    from captum_unicam.models import save_checkpoint
 
     device = torch.device(device)
     recipe = demo_recipe(seed, quick)
     datasets = _datasets(recipe)
     cache = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir(seed, quick)
     if cache.exists() and not cache.is_dir():
-        raise ValueError(f"cache_dir {str(cache)!r} is a file; give a folder")
+        raise InputError(f"cache_dir {str(cache)!r} is a file; give a folder")
     paths = {role: cache / f"{role}.pt" for role in ROLES}
 
     cached = _try_cache(paths, recipe, device)
@@ -238,34 +235,26 @@ def train_demo_models(
         )
 
     start = time.perf_counter()
-    common = dict(optimizer=recipe["optimizer"], lr=recipe["lr"], weight_decay=recipe["weight_decay"],
-                  device=device, progress=progress)
     x_test, y_test, class_names = _tensors(datasets["test"], recipe)
     x_cued, y_cued, _ = _tensors(datasets["test_cued"], recipe)
     test_loader = DataLoader(TensorDataset(x_test, y_test), batch_size=500)
     cued_loader = DataLoader(TensorDataset(x_cued, y_cued), batch_size=500)
 
+    from captum_unicam.pipeline.training import Recipe, build, fit
+
     models: Dict[str, nn.Module] = {}
-    with torch.random.fork_rng(devices=[]):
-        for i, role in enumerate(ROLES):
-            torch.manual_seed(seed * 1000 + i)
-            models[role] = build_model(recipe["arch"][role], recipe["num_classes"])
-    loaders = {}
+    for i, role in enumerate(ROLES):
+        models[role] = build(recipe["arch"][role], recipe["num_classes"], seed * 1000 + i)
     for i, role in enumerate(ROLES):
         x, y, _ = _tensors(datasets[role], recipe)
-        g = torch.Generator().manual_seed(seed * 1000 + 10 + i)
-        bs = recipe["batch_size"][role]
-        loaders[role] = DataLoader(TensorDataset(x, y), batch_size=bs, shuffle=True, generator=g,
-                                   drop_last=len(x) > bs)
-
-    train_model(models["teacher"], loaders["teacher"], epochs=recipe["epochs"]["teacher"],
-                seed=seed * 1000 + 20, desc="teacher", **common)
-    train_model(models["base"], loaders["base"], epochs=recipe["epochs"]["base"],
-                seed=seed * 1000 + 21, desc="base", **common)
-    train_model(models["student"], loaders["student"], epochs=recipe["epochs"]["student"],
-                teacher=models["teacher"], method=recipe["method"], temperature=recipe["temperature"],
-                beta=recipe["beta"],
-                unlabelled=True, seed=seed * 1000 + 22, desc="student (KD)", **common)
+        student = role == "student"
+        plan = Recipe(arch=recipe["arch"][role], epochs=recipe["epochs"][role], batch_size=recipe["batch_size"][role],
+                      lr=recipe["lr"], optimizer=recipe["optimizer"], weight_decay=recipe["weight_decay"],
+                      method=recipe["method"] if student else None, temperature=recipe["temperature"],
+                      beta=recipe["beta"] if student else None, seed=seed * 1000 + 20 + i)
+        fit(models[role], TensorDataset(x, y), plan, teacher=models["teacher"] if student else None,
+            unlabelled=student, order_seed=seed * 1000 + 10 + i, device=device, progress=progress,
+            desc="student (KD)" if student else role)
     seconds = time.perf_counter() - start
 
     acc, cued = {}, {}

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from captum_unicam.errors import InputError
 from captum_unicam.kd.losses import OverhaulDistiller, attention_transfer_loss, response_kd_loss
 
 __all__ = [
@@ -66,38 +67,38 @@ _DEFAULT_BETA = {"attention": 1e3, "overhaul": 1e-3}
 
 def _check_method(method: Optional[str], teacher: Optional[nn.Module]) -> None:
     if method is not None and method not in KD_METHODS:
-        raise ValueError(f"unknown KD method {method!r}; choose one of {', '.join(KD_METHODS)}")
+        raise InputError(f"unknown KD method {method!r}; choose one of {', '.join(KD_METHODS)}")
     if method is not None and teacher is None:
-        raise ValueError(f"KD method {method!r} needs a teacher; pass teacher=...")
+        raise InputError(f"KD method {method!r} needs a teacher; pass teacher=...")
     if teacher is not None and method is None:
-        raise ValueError(
+        raise InputError(
             f"a teacher was given but no KD method; pass method= one of {', '.join(KD_METHODS)}"
         )
 
 
 def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise InputError(f"{name} must be a positive int, got {value!r}")
     return value
 
 
 def _split_batch(batch: Any, labelled: bool) -> Tuple[Tensor, Optional[Tensor]]:
     if isinstance(batch, Tensor):
         if labelled:
-            raise ValueError(
+            raise InputError(
                 "the loader yields bare tensors without labels; pass unlabelled=True with "
                 "a teacher to distil on unlabelled data, or yield (inputs, labels) batches"
             )
         return batch, None
     if not isinstance(batch, (tuple, list)) or not batch or not isinstance(batch[0], Tensor):
-        raise ValueError(
+        raise InputError(
             "each batch must be a tensor of inputs or a tuple (inputs, labels, ...); got "
             f"{type(batch).__name__}"
         )
     if not labelled:
         return batch[0], None
     if len(batch) < 2:
-        raise ValueError("labelled training needs (inputs, labels) batches")
+        raise InputError("labelled training needs (inputs, labels) batches")
     return batch[0], torch.as_tensor(batch[1])
 
 
@@ -220,7 +221,7 @@ def train_model(
         *nn.Module*: ``model``, trained, in the train / eval mode it had on entry.
 
     Raises:
-        ValueError: unknown method, method without teacher (or teacher without
+        InputError: unknown method, method without teacher (or teacher without
         method), bad numbers, or batches without labels for labelled training; raised
         before any training step.
 
@@ -232,31 +233,31 @@ def train_model(
         ...                       unlabelled=True)
     """
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if teacher is not None and not isinstance(teacher, nn.Module):
-        raise ValueError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
+        raise InputError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
     _check_method(method, teacher)
     epochs = _positive_int(epochs, "epochs")
     if unlabelled and teacher is None:
-        raise ValueError("unlabelled=True needs a teacher: without labels only distillation can train")
+        raise InputError("unlabelled=True needs a teacher: without labels only distillation can train")
     if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+        raise InputError(f"alpha must be in [0, 1], got {alpha!r}")
     if not (float(temperature) > 0):
-        raise ValueError(f"temperature must be positive, got {temperature!r}")
+        raise InputError(f"temperature must be positive, got {temperature!r}")
     if not (float(lr) > 0):
-        raise ValueError(f"lr must be positive, got {lr!r}")
+        raise InputError(f"lr must be positive, got {lr!r}")
     if optimizer not in ("sgd", "adam"):
-        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+        raise InputError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
     if schedule not in ("cosine", "constant"):
-        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+        raise InputError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
     if beta is None and method in _DEFAULT_BETA:
         beta = _DEFAULT_BETA[method]
     try:
         steps_per_epoch = len(train_loader)
     except TypeError:
-        raise ValueError("train_loader must have a length (a DataLoader or a list of batches)") from None
+        raise InputError("train_loader must have a length (a DataLoader or a list of batches)") from None
     if steps_per_epoch < 1:
-        raise ValueError("train_loader is empty; give it at least one batch")
+        raise InputError("train_loader is empty; give it at least one batch")
     device = torch.device(device)
 
     model.to(device)
@@ -342,7 +343,7 @@ def _step_loss(model, teacher, method, distiller, layer_pairs, x, y, *, alpha, t
         s_logits = model(x)
         feat = None
     if s_logits.shape != t_logits.shape:
-        raise ValueError(
+        raise InputError(
             f"Student logits {tuple(s_logits.shape)} and Teacher logits {tuple(t_logits.shape)} "
             "differ: Student and Teacher must have the same number of classes"
         )
@@ -371,7 +372,7 @@ def evaluate_accuracy(
         *float*: the fraction of correct predictions, in [0, 1].
     """
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     device = torch.device(device)
     correct = total = 0
     with _modes(model), torch.no_grad():
@@ -388,7 +389,7 @@ def evaluate_accuracy(
         finally:
             bar.close()
     if total == 0:
-        raise ValueError("the evaluation loader is empty")
+        raise InputError("the evaluation loader is empty")
     return correct / total
 
 
@@ -448,17 +449,17 @@ def train_teacher_assistant_chain(
 
     archs = list(archs)
     if len(archs) < 2:
-        raise ValueError("a Teacher-assistant chain needs at least two architectures")
+        raise InputError("a Teacher-assistant chain needs at least two architectures")
     for a in archs:
         if a not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {a!r}; choose from {', '.join(ARCHITECTURES)}")
+            raise InputError(f"unknown architecture {a!r}; choose from {', '.join(ARCHITECTURES)}")
     _check_method(method, nn.Identity())
     if isinstance(epochs, int):
         epoch_list = [epochs] * len(archs)
     else:
         epoch_list = list(epochs)
         if len(epoch_list) != len(archs):
-            raise ValueError(f"epochs has {len(epoch_list)} entries for {len(archs)} architectures")
+            raise InputError(f"epochs has {len(epoch_list)} entries for {len(archs)} architectures")
     for e in epoch_list:
         _positive_int(e, "epochs")
     models: List[nn.Module] = []
@@ -490,9 +491,9 @@ def kfold_indices(n: int, k: int, seed: int = 0) -> List[Tuple[List[int], List[i
     """
     n = int(n)
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-        raise ValueError(f"k must be an int >= 2, got {k!r}")
+        raise InputError(f"k must be an int >= 2, got {k!r}")
     if n < k:
-        raise ValueError(f"cannot split {n} items into {k} folds; use k <= n")
+        raise InputError(f"cannot split {n} items into {k} folds; use k <= n")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
     sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
     out = []
@@ -562,31 +563,21 @@ def train_from_spec(
     out: Union[str, os.PathLike],
     *,
     teacher: Optional[Union[str, os.PathLike]] = None,
-    method: Optional[str] = None,
-    epochs: int = 10,
-    limit: Optional[int] = None,
-    seed: int = 0,
     device: Union[str, torch.device] = "cpu",
     progress: bool = True,
-    batch_size: int = 64,
-    lr: float = 0.05,
-    optimizer: str = "sgd",
-    temperature: float = 4.0,
-    alpha: float = 0.9,
-    beta: Optional[float] = None,
-    folds: Optional[int] = None,
-    image_size: Optional[int] = None,
     download: bool = False,
+    folds: Optional[int] = None,
     test_limit: Optional[int] = None,
+    **recipe: Any,
 ) -> Dict[str, Any]:
     r"""``captum-unicam train``: trains a model on a data spec and writes its checkpoint.
 
     Without ``teacher`` it trains on labels alone (a Teacher or a Base); with
-    ``teacher`` and ``method`` it trains a Student by distillation (labels and the KD
-    loss). Every input is checked before training starts. The test accuracy (on the
-    spec's ``test`` split) is stored in the checkpoint's metadata (``extra``) and
-    returned. The checkpoint is written atomically by
-    ``captum_unicam.models.save_checkpoint``.
+    ``teacher`` and ``method`` it trains a Student by distillation (on the labelled data,
+    or on the ``transfer`` spec whose labels are never read). Every input is checked
+    before training starts. The test accuracy (on the spec's ``test`` split) and the
+    whole recipe, preprocessing included, are stored in the checkpoint's metadata.
+    A thin front of :func:`captum_unicam.pipeline.training.train_checkpoint`.
 
     Args:
 
@@ -595,22 +586,18 @@ def train_from_spec(
         arch (str): Architecture of ``captum_unicam.models.ARCHITECTURES``.
         out (str or PathLike): Checkpoint file to write.
         teacher (str or PathLike, optional): Teacher checkpoint (with the same classes).
-        method (str, optional): ``"response"``, ``"attention"`` or ``"overhaul"``;
-                    required with ``teacher``.
-        epochs (int, optional): Training epochs. Default: 10
-        limit (int, optional): Use only this many training images. Default: None (all)
-        seed (int, optional): Seed of the model's initialisation and of training.
         device (str, optional): Default: "cpu"
         progress (bool, optional): tqdm progress bars. Default: True
-        batch_size, lr, optimizer, temperature, alpha, beta: See :func:`train_model`.
+        download (bool, optional): Allow downloading CIFAR-10 or pretrained weights.
         folds (int, optional): When given, also run ``folds``-fold cross-validation on
                     the training data first and record its accuracies. Default: None
-        image_size (int, optional): Image side; default from the dataset (32 for the
-                    controlled dataset and CIFAR-10, 224 for folders). Models get the
-                    CIFAR stem for images of 64 pixels or less.
-        download (bool, optional): Allow downloading CIFAR-10. Default: False
         test_limit (int, optional): Measure the test accuracy on only this many test
                     images (a seeded subset). Default: None (all)
+        **recipe: Fields of :class:`~captum_unicam.pipeline.training.Recipe`:
+                    ``method``, ``epochs`` (10), ``batch_size`` (64), ``lr`` (0.05),
+                    ``optimizer``, ``weight_decay``, ``augment``, ``image_size``,
+                    ``normalize``, ``labelled``, ``limit``, ``transfer``,
+                    ``temperature``, ``alpha``, ``beta``, ``weights``, ``seed``.
 
     Returns:
         *dict*: ``path``, ``arch``, ``num_classes``, ``class_names``, ``kd_method``,
@@ -621,113 +608,24 @@ def train_from_spec(
         DataSpecError: the data cannot be loaded.
         CheckpointError: the Teacher checkpoint is missing, unreadable or has other
         classes than the data.
-        ValueError: unknown architecture or method, a method without teacher, bad
-        numbers, ``out`` is a folder.
+        InputError: unknown architecture, method or recipe field, a method without
+        teacher, bad numbers, ``out`` is a folder.
+
+    Examples::
+
+        >>> train_from_spec("imagefolder:/data/pets", "resnet18", "base.pt",
+        ...                 image_size=32, labelled=300, epochs=20)
     """
-    from captum_unicam.data.loaders import DataSpecError, load_dataset
-    from captum_unicam.models import ARCHITECTURES, CheckpointError, build_model, load_checkpoint, save_checkpoint
+    import dataclasses
 
-    # ---- cheap checks first ----
-    if not isinstance(arch, str) or arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-    if method is not None and method not in KD_METHODS:
-        raise ValueError(f"unknown KD method {method!r}; choose one of {', '.join(KD_METHODS)}")
-    if method is not None and teacher is None:
-        raise ValueError(f"--method {method} needs a Teacher checkpoint (--teacher CKPT)")
-    if teacher is not None and method is None:
-        raise ValueError(f"a Teacher was given; choose the KD method (--method {'|'.join(KD_METHODS)})")
-    epochs = _positive_int(epochs, "epochs")
-    batch_size = _positive_int(batch_size, "batch_size")
-    if limit is not None:
-        limit = _positive_int(limit, "limit")
-    if test_limit is not None:
-        test_limit = _positive_int(test_limit, "test_limit")
-    if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 2):
-        raise ValueError(f"folds must be an int >= 2, got {folds!r}")
-    out_path = pathlib.Path(out)
-    if out_path.is_dir():
-        raise ValueError(f"--out {str(out_path)!r} is a folder; give a checkpoint file name like model.pt")
-    teacher_path = None
-    if teacher is not None:
-        teacher_path = pathlib.Path(teacher)
-        if not teacher_path.is_file():
-            raise CheckpointError(
-                f"Teacher checkpoint {str(teacher_path)!r} does not exist; train one first "
-                "with 'captum-unicam train' (without --teacher)"
-            )
-    device = torch.device(device)
+    from captum_unicam.errors import InputError
+    from captum_unicam.pipeline.training import Recipe, train_checkpoint
 
-    # ---- data ----
-    train_ds = load_dataset(data, "train", download=download, image_size=image_size, limit=limit)
-    test_ds = load_dataset(data, "test", download=download, image_size=image_size, limit=test_limit)
-    if len(train_ds) == 0:
-        raise DataSpecError(f"data spec {data!r} has no training images")
-    if len(test_ds) == 0:
-        raise DataSpecError(f"data spec {data!r} has no test images")
-    class_names = [str(c) for c in getattr(train_ds, "classes", [])]
-    if len(class_names) < 2:
-        raise DataSpecError(f"data spec {data!r} has {len(class_names)} class(es); at least 2 are needed")
-    num_classes = len(class_names)
-    side = int(train_ds[0][0].shape[-1])
-
-    # ---- teacher ----
-    teacher_model = None
-    if teacher_path is not None:
-        teacher_model, t_meta = load_checkpoint(teacher_path, num_classes=num_classes, map_location=device)
-        t_names = t_meta.get("class_names")
-        if t_names is not None and list(t_names) != class_names:
-            raise CheckpointError(
-                f"Teacher checkpoint {str(teacher_path)!r} was trained on classes {list(t_names)}, "
-                f"but {data!r} has {class_names}; use a Teacher trained on the same data"
-            )
-        if method in ("attention", "overhaul"):
-            from captum_unicam.models import stage_layers
-
-            stage_layers(teacher_model)  # ValueError now, not mid-training
-
-    recipe = {
-        "data": data, "arch": arch, "epochs": epochs, "limit": limit, "seed": seed,
-        "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "method": method,
-        "temperature": temperature if method else None,
-        "alpha": alpha if method == "response" else None,
-        "beta": (beta if beta is not None else _DEFAULT_BETA.get(method)) if method else None,
-        "image_size": side,
-    }
-    build_kwargs = {"cifar_stem": side <= 64}
-
-    def build() -> nn.Module:
-        return build_model(arch, num_classes, **build_kwargs)
-
-    train_kwargs = dict(
-        teacher=teacher_model, method=method, lr=lr, optimizer=optimizer,
-        temperature=temperature, alpha=alpha, beta=beta,
-    )
-    result: Dict[str, Any] = {}
-    if folds is not None:
-        cv = cross_validate(build, train_ds, k=folds, epochs=epochs, batch_size=batch_size, seed=seed,
-                            device=device, progress=progress, **train_kwargs)
-        result["cross_validation"] = {"k": folds, "accuracies": cv["accuracies"], "mean": cv["mean"], "std": cv["std"]}
-
-    with torch.random.fork_rng(devices=_rng_devices(device)):
-        torch.manual_seed(seed)
-        model = build()
-    g = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=g, drop_last=len(train_ds) > batch_size)
-    train_model(model, loader, epochs=epochs, seed=seed, device=device, progress=progress,
-                desc=f"train {arch}", **train_kwargs)
-    test_loader = DataLoader(test_ds, batch_size=256)
-    acc = evaluate_accuracy(model, test_loader, device=device, progress=progress)
-    extra = {"test_accuracy": acc, "train_size": len(train_ds), "test_size": len(test_ds)}
-    if "cross_validation" in result:
-        extra["cross_validation"] = result["cross_validation"]
-    save_checkpoint(
-        out_path, model, arch=arch, num_classes=num_classes, class_names=class_names, recipe=recipe,
-        kd_method=method, teacher=str(teacher_path) if teacher_path is not None else None, extra=extra,
-        build_kwargs=build_kwargs,
-    )
-    result.update(
-        path=str(out_path), arch=arch, num_classes=num_classes, class_names=class_names,
-        kd_method=method, teacher=str(teacher_path) if teacher_path is not None else None,
-        test_accuracy=acc, train_size=len(train_ds), test_size=len(test_ds), recipe=recipe,
-    )
-    return result
+    fields = {f.name for f in dataclasses.fields(Recipe)} - {"arch"}
+    unknown = sorted(set(recipe) - fields)
+    if unknown:
+        raise InputError(f"unknown argument(s) {unknown}; the recipe accepts {sorted(fields)}")
+    if not isinstance(arch, str):
+        raise InputError(f"arch must be a str, got {arch!r}")
+    return train_checkpoint(data, Recipe(arch=arch, **recipe), out, teacher=teacher, device=device,
+                            progress=progress, download=download, folds=folds, test_limit=test_limit)

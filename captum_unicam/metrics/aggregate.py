@@ -213,7 +213,8 @@ class KDEvaluation:
             dict: two views of the same numbers.
 
             - ``"by_layer"``: ``[layer][kind]`` holds, for each metric of
-              :data:`METRICS`, ``{"mean", "ci_low", "ci_high"}``, and ``"n_batches"``,
+              :data:`METRICS`, an interval ``{"mean", "low", "high"}`` (the one interval
+              type of the library: localisation uses it too), and ``"n_batches"``,
               ``"p_student_gt_base"`` (one-sided paired permutation p-value over
               batches for RS Student > RS Base) and ``"p_distilled_gt_residual"``
               (RS distilled > RS residual);
@@ -236,7 +237,7 @@ class KDEvaluation:
                 for metric in METRICS:
                     v = self.per_batch(layer, kind, metric)
                     lo, hi = bootstrap_ci(v, nb, sd)
-                    entry[metric] = {"mean": float(v.mean()), "ci_low": lo, "ci_high": hi}
+                    entry[metric] = {"mean": float(v.mean()), "low": lo, "high": hi}
                 entry["p_student_gt_base"] = paired_permutation_pvalue(
                     self.per_batch(layer, kind, "rs_student"), self.per_batch(layer, kind, "rs_base"), nperm, sd
                 )
@@ -253,8 +254,8 @@ class KDEvaluation:
                         "key": metric,
                         "series": _SERIES[metric],
                         "mean": e["mean"],
-                        "low": e["ci_low"],
-                        "high": e["ci_high"],
+                        "low": e["low"],
+                        "high": e["high"],
                         "n_batches": k,
                     }
                     if metric == "rs_student":
@@ -363,7 +364,7 @@ class KDEvaluation:
                     Student on their Grad-CAM maps ("layer-specific"), RS of the Base
                     on the residual map and of the Student on the distilled map.
         """
-        fmt = lambda e: f"{e['mean']:.{digits}f} ± {(e['ci_high'] - e['ci_low']) / 2:.{digits}f}"  # noqa: E731
+        fmt = lambda e: f"{e['mean']:.{digits}f} ± {(e['high'] - e['low']) / 2:.{digits}f}"  # noqa: E731
         if layout == "full":
             header = ["Layer", "Map"] + [METRIC_TITLES[m] for m in METRICS] + ["p (Student > Base)"]
             body = [
@@ -408,7 +409,7 @@ class KDEvaluation:
             for layer, kind, entry in self._rows():
                 row = [layer, kind, entry["n_batches"]]
                 for m in METRICS:
-                    row += [repr(entry[m]["mean"]), repr(entry[m]["ci_low"]), repr(entry[m]["ci_high"])]
+                    row += [repr(entry[m]["mean"]), repr(entry[m]["low"]), repr(entry[m]["high"])]
                 row += [repr(entry["p_student_gt_base"]), repr(entry["p_distilled_gt_residual"])]
                 writer.writerow(row)
         elif layout == "paper":
@@ -422,7 +423,7 @@ class KDEvaluation:
                 row = [layer]
                 for _, k, m in cols:
                     e = s[layer][k][m]
-                    row += [repr(e["mean"]), repr(e["ci_low"]), repr(e["ci_high"])]
+                    row += [repr(e["mean"]), repr(e["low"]), repr(e["high"])]
                 writer.writerow(row)
         else:
             raise InputError(f"layout must be 'full' or 'paper', got {layout!r}.")
