@@ -45,10 +45,12 @@ differ, NaN or Inf, empty or non-floating tensors, tensors on different devices.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, List, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
+
+from captum_unicam.errors import InputError
 
 __all__ = [
     "distance_matrix",
@@ -79,28 +81,30 @@ def _as_samples(x: Tensor, name: str) -> Tensor:
         try:
             x = torch.as_tensor(x)
         except Exception as err:  # pragma: no cover - message only
-            raise ValueError(f"`{name}` must be a tensor of shape (n, ...); got {type(x).__name__}") from err
+            raise InputError(f"`{name}` must be a tensor of shape (n, ...); got {type(x).__name__}") from err
     if not (x.is_floating_point()):
-        raise ValueError(
+        raise InputError(
             f"`{name}` must be a floating-point tensor, got dtype {x.dtype}; "
             f"convert it with `{name}.float()` or `{name}.double()`."
         )
     if x.dim() == 0:
-        raise ValueError(f"`{name}` must have a sample dimension: shape (n, ...), got a scalar.")
+        raise InputError(f"`{name}` must have a sample dimension: shape (n, ...), got a scalar.")
     if x.numel() == 0:
-        raise ValueError(f"`{name}` is empty (shape {tuple(x.shape)}): it needs n samples with at least one feature.")
+        raise InputError(f"`{name}` is empty (shape {tuple(x.shape)}): it needs n samples with at least one feature.")
     return x.reshape(x.shape[0], -1)
 
 
-def _non_finite_error(x: Tensor, name: str) -> ValueError:
-    if bool(torch.isfinite(x).all()):
-        what = "values so large that their squared norms overflow"
-    else:
-        what = "NaN or Inf values"
-    return ValueError(
-        f"`{name}` contains {what}; distance statistics need finite samples "
-        "(check the data, or the model's activations, for NaN/Inf)."
-    )
+def _raise_non_finite(matrices: Sequence[Tensor], names: Sequence[str]) -> None:
+    """Raises for the first argument whose distance matrix is not finite: NaN or Inf in
+    the samples reach their Gram matrix (the rescaling turns Inf into NaN). One transfer
+    to the host for all the arguments together."""
+    flags = torch.stack([torch.isfinite(m).all() for m in matrices]).tolist()
+    for ok, name in zip(flags, names):
+        if not ok:
+            raise InputError(
+                f"`{name}` contains NaN or Inf values; distance statistics need finite "
+                "samples (check the data, or the model's activations, for NaN/Inf)."
+            )
 
 
 def _check_samples(tensors: Sequence[Tensor], names: Sequence[str], min_n: int, what: str) -> list[Tensor]:
@@ -109,11 +113,11 @@ def _check_samples(tensors: Sequence[Tensor], names: Sequence[str], min_n: int, 
     for t, nm in zip(out[1:], names[1:]):
         if t.shape[0] != n:
             counts = ", ".join(f"{k}: {v.shape[0]}" for k, v in zip(names, out))
-            raise ValueError(f"The arguments must have the same number of samples (first dimension); got {counts}.")
+            raise InputError(f"The arguments must have the same number of samples (first dimension); got {counts}.")
         if t.device != out[0].device:
-            raise ValueError(f"`{names[0]}` is on {out[0].device} but `{nm}` is on {t.device}; move them to one device.")
+            raise InputError(f"`{names[0]}` is on {out[0].device} but `{nm}` is on {t.device}; move them to one device.")
     if n < min_n:
-        raise ValueError(
+        raise InputError(
             f"{what} needs at least {min_n} samples, got n={n}. Use a larger batch "
             "(UniCAM: pass a reference set with `context=`)."
         )
@@ -122,17 +126,17 @@ def _check_samples(tensors: Sequence[Tensor], names: Sequence[str], min_n: int, 
 
 def _check_square(a: Tensor, name: str) -> Tensor:
     if not isinstance(a, Tensor) or not a.is_floating_point():
-        raise ValueError(f"`{name}` must be a floating-point tensor (an n x n matrix).")
+        raise InputError(f"`{name}` must be a floating-point tensor (an n x n matrix).")
     if a.dim() != 2 or a.shape[0] != a.shape[1]:
-        raise ValueError(f"`{name}` must be a square n x n matrix, got shape {tuple(a.shape)}.")
+        raise InputError(f"`{name}` must be a square n x n matrix, got shape {tuple(a.shape)}.")
     if not bool(torch.isfinite(a).all()):
-        raise ValueError(f"`{name}` contains NaN or Inf values.")
+        raise InputError(f"`{name}` contains NaN or Inf values.")
     return a
 
 
 def _check_exponent(exponent: float) -> None:
     if not (0 < exponent < 2):
-        raise ValueError(f"`exponent` must be in (0, 2) for a valid distance covariance, got {exponent}.")
+        raise InputError(f"`exponent` must be in (0, 2) for a valid distance covariance, got {exponent}.")
 
 
 def _result_dtype(*tensors: Tensor) -> torch.dtype:
@@ -170,75 +174,84 @@ def _safe_sqrt(v: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------
 
 
-# Relative error of a squared distance that the Gram route may leave before it falls
-# back to translating the samples (float64 is held to dcor's values within 1e-9).
-_GRAM_TOLERANCE = {torch.float64: 1e-12}
-_GRAM_TOLERANCE_DEFAULT = 1e-3
+def _pow2_scale(x: Tensor) -> Tensor:
+    """A power of two near max |x| (0-d, x's dtype, no gradient): dividing by it is exact
+    and brings the samples to order 1, so the Gram product neither underflows (values
+    near 1e-25 in float32) nor overflows (near 1e20). Every correlation is scale-free;
+    covariances and distances are scaled back in float64."""
+    peak = torch.linalg.vector_norm(x.detach(), ord=float("inf"))
+    return torch.exp2(torch.floor(torch.log2(peak.clamp_min(torch.finfo(x.dtype).tiny))))
 
 
-def _gram(x: Tensor, name: str) -> Tensor:
-    gram = (x @ x.T).to(_ACC)
-    if not bool(torch.isfinite(gram).all()):
-        raise _non_finite_error(x, name)
-    return gram
+def _translated(x: Tensor, origin: Tensor, scale: Tensor) -> Tensor:
+    """(x - origin) / scale in one pass. ``scale`` is a power of two, so this is the
+    correctly rounded difference, scaled exactly: duplicated rows stay identical and the
+    origin's row is exactly 0."""
+    inv = 1 / scale
+    return torch.addcmul(origin * -inv, x, inv)
 
 
-def _sq_from_gram(gram: Tensor) -> Tensor:
-    norms = gram.diagonal()
-    sq = norms[:, None] + norms[None, :] - 2 * gram
-    return ((sq + sq.T) / 2).clamp_min(0)  # exact symmetry whatever the matmul kernel did
+def _gram(x: Tensor) -> Tensor:
+    return (x @ x.mT).to(_ACC)
 
 
-def _sq_distances(x: Tensor, name: str) -> Tensor:
-    """Squared Euclidean distances of (n, d) samples, in float64, in O(n^2 + n d) memory.
+def _noise_factor(x: Tensor) -> float:
+    """Rounding of a squared distance from the Gram route, relative to |x_i|^2 + |x_j|^2."""
+    return 4 * torch.finfo(x.dtype).eps * x.shape[-1] ** 0.5
 
-    1. One Gram product ``x @ x.T`` in the input's dtype (the cost floor), then
-       ``|x_i|^2 + |x_j|^2 - 2 x_i.x_j`` in float64. NaN/Inf anywhere in ``x`` shows up
-       in the (n, n) Gram matrix, so no extra pass over ``x`` is needed to detect it.
-    2. That difference cancels when the samples lie far from the origin compared with
-       their spread; its relative error grows like kappa * eps * sqrt(d), with kappa =
-       mean |x_i|^2 / mean distance^2. When that exceeds the dtype's tolerance the
-       Gram product is redone on ``x - x[0]``, which removes the offset exactly (and
-       makes a constant variable give distances of exactly 0).
-    3. Pairs whose squared distance is within the Gram product's rounding of zero
-       (duplicated or nearly duplicated samples) are recomputed directly from
-       ``x_i - x_j``, so duplicates are at a distance of exactly 0, as in dcor.
+
+def _sq_from_gram(gram: Tensor, noise: Union[float, Tensor]) -> Tensor:
+    """Squared distances |x_i|^2 + |x_j|^2 - 2 x_i.x_j from Gram matrices (..., n, n).
+
+    Exactly symmetric whatever the matmul kernel did. Pairs within the Gram product's
+    rounding of zero are set to exactly 0: duplicated samples (and all pairs of a constant
+    variable) are at distance 0, as in dcor, with no data-dependent branch. The error
+    this makes on a distinct pair that close is below the rounding of the Gram route
+    itself."""
+    norms = gram.diagonal(dim1=-2, dim2=-1)
+    both = norms.unsqueeze(-1) + norms.unsqueeze(-2)
+    sq = both - 2 * gram
+    sq = (sq + sq.mT) / 2
+    return torch.where(sq <= noise * both, torch.zeros((), dtype=sq.dtype, device=sq.device), sq)
+
+
+def _sq_distances(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """(squared distances in float64 of the rescaled samples, the scale) of (n, d) samples.
+
+    1. The samples are translated by the first one and divided by a power of two near
+       their largest magnitude (:func:`_pow2_scale`), in one pass: the translation stops
+       the Gram route from cancelling when the samples lie far from the origin, the scale
+       stops it from under- or overflowing.
+    2. One Gram product ``x @ x.T`` in the input's dtype (the cost floor); everything
+       after it, on (n, n) matrices, in float64.
+    3. Pairs within rounding of zero are exactly 0 (:func:`_sq_from_gram`).
+
+    No step reads a value back to the host. NaN or Inf anywhere in ``x`` makes the Gram
+    matrix non-finite, which the callers check once, at the end.
     """
-    n, d = x.shape
-    eps = torch.finfo(x.dtype).eps
-    tolerance = _GRAM_TOLERANCE.get(x.dtype, _GRAM_TOLERANCE_DEFAULT)
-    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=x.device)
+    scale = _pow2_scale(x)
+    xt = _translated(x, x[:1], scale)
+    return _sq_from_gram(_gram(xt), _noise_factor(x)), scale.to(_ACC)
 
-    gram = _gram(x, name)
-    sq = _sq_from_gram(gram)
-    mean_sq = sq.detach()[off_diagonal].mean() if n > 1 else sq.new_zeros(())
-    kappa = gram.detach().diagonal().mean() / mean_sq if mean_sq > 0 else float("inf")
-    if kappa * eps * d**0.5 > tolerance:
-        gram = _gram(x - x[:1], name)
-        sq = _sq_from_gram(gram)
 
-    norms = gram.detach().diagonal()
-    noise = 4 * eps * d**0.5 * (norms[:, None] + norms[None, :])
-    near_zero = (sq.detach() <= noise) & (noise > 0) & off_diagonal
-    rows, cols = torch.nonzero(torch.triu(near_zero, diagonal=1), as_tuple=True)
-    if rows.numel():
-        exact = torch.cat(
-            [
-                (x[r] - x[c]).to(_ACC).pow(2).sum(dim=1)
-                for r, c in zip(rows.split(256), cols.split(256))
-            ]
-        )
-        sq = sq.index_put((rows, cols), exact).index_put((cols, rows), exact)
-    return sq
+def _root(sq: Tensor, exponent: float, grad_safe: bool = True) -> Tensor:
+    """sq ** (exponent / 2), with value 0 and gradient 0 where sq == 0."""
+    if not grad_safe:
+        return sq.sqrt() if exponent == 1 else sq.pow(exponent / 2)
+    return _safe_pow_half(sq, exponent)
 
 
 def _distances(x: Tensor, exponent: float = 1.0, name: str = "x") -> Tensor:
     """Euclidean distance matrix ``|x_i - x_j| ** exponent`` of (n, d) samples, in float64."""
-    # The power is taken on the strict upper triangle and mirrored: vectorised pow kernels
-    # may round the same value differently at different positions, and the matrix must be
-    # exactly symmetric with an exact zero diagonal.
-    upper = torch.triu(_safe_pow_half(_sq_distances(x, name), exponent), diagonal=1)
-    return upper + upper.T
+    sq, scale = _sq_distances(x)
+    root = _root(sq, exponent)
+    if exponent != 1:
+        # vectorised pow kernels may round the same value differently at different
+        # positions (sqrt is correctly rounded): mirror the upper triangle so that the
+        # matrix is exactly symmetric
+        upper = torch.triu(root, diagonal=1)
+        root = upper + upper.T
+    return root * scale**exponent
 
 
 def _double_centered(a: Tensor) -> Tensor:
@@ -282,7 +295,9 @@ def distance_matrix(x: Tensor, *, exponent: float = 1.0) -> Tensor:
     """
     _check_exponent(exponent)
     (x,) = _check_samples([x], ["x"], 1, "A distance matrix")
-    return _distances(x, exponent, "x").to(x.dtype)
+    a = _distances(x, exponent, "x")
+    _raise_non_finite([a], ["x"])
+    return a.to(x.dtype)
 
 
 def double_centered(a: Tensor) -> Tensor:
@@ -326,7 +341,7 @@ def u_centered(a: Tensor) -> Tensor:
     """
     a = _check_square(a, "a")
     if a.shape[0] < 3:
-        raise ValueError(f"U-centring needs an n x n matrix with n >= 3, got n={a.shape[0]}.")
+        raise InputError(f"U-centring needs an n x n matrix with n >= 3, got n={a.shape[0]}.")
     return _u_centered(a.to(_ACC)).to(a.dtype)
 
 
@@ -344,7 +359,7 @@ def mean_product(a: Tensor, b: Tensor) -> Tensor:
         Tensor: a scalar.
     """
     if a.shape != b.shape:
-        raise ValueError(f"`a` and `b` must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
+        raise InputError(f"`a` and `b` must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
     return (a.to(_ACC) * b.to(_ACC)).mean().to(_result_dtype(a, b))
 
 
@@ -369,9 +384,9 @@ def u_product(a: Tensor, b: Tensor) -> Tensor:
     a = _check_square(a, "a")
     b = _check_square(b, "b")
     if a.shape != b.shape:
-        raise ValueError(f"`a` and `b` must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
+        raise InputError(f"`a` and `b` must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
     if a.shape[0] < 4:
-        raise ValueError(f"u_product needs n >= 4 (it divides by n(n-3)), got n={a.shape[0]}.")
+        raise InputError(f"u_product needs n >= 4 (it divides by n(n-3)), got n={a.shape[0]}.")
     return _u_product(a.to(_ACC), b.to(_ACC)).to(_result_dtype(a, b))
 
 
@@ -420,13 +435,13 @@ def u_complementary_projection(a: Tensor) -> Callable[[Tensor], Tensor]:
 
 def _stats(x: Tensor, y: Tensor, exponent: float, unbiased: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(cov_xy, var_x, var_y) of validated samples, in float64."""
+    a, b = _distances(x, exponent, "x"), _distances(y, exponent, "y")
+    _raise_non_finite([a, b], ["x", "y"])
     if unbiased:
-        a = _u_centered(_distances(x, exponent, "x"))
-        b = _u_centered(_distances(y, exponent, "y"))
+        a, b = _u_centered(a), _u_centered(b)
         product = _u_product
     else:
-        a = _double_centered(_distances(x, exponent, "x"))
-        b = _double_centered(_distances(y, exponent, "y"))
+        a, b = _double_centered(a), _double_centered(b)
         product = lambda p, q: (p * q).mean()  # noqa: E731
     return product(a, b), product(a, a), product(b, b)
 
@@ -539,7 +554,9 @@ def u_distance_correlation_sqr(x: Tensor, y: Tensor, *, exponent: float = 1.0) -
 
 
 def _u_matrices(tensors: Sequence[Tensor], exponent: float, names: str = "xyz") -> list[Tensor]:
-    return [_u_centered(_distances(t, exponent, nm)) for t, nm in zip(tensors, names)]
+    matrices = [_distances(t, exponent, nm) for t, nm in zip(tensors, names)]
+    _raise_non_finite(matrices, list(names))
+    return [_u_centered(m) for m in matrices]
 
 
 def partial_distance_covariance(x: Tensor, y: Tensor, z: Tensor, *, exponent: float = 1.0) -> Tensor:
