@@ -45,7 +45,7 @@ differ, NaN or Inf, empty or non-floating tensors, tensors on different devices.
 
 from __future__ import annotations
 
-from typing import Callable, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -622,3 +622,185 @@ def partial_distance_correlation(x: Tensor, y: Tensor, z: Tensor, *, exponent: f
     r_xz = _correlation(_u_product(a, c), aa, cc)
     r_yz = _correlation(_u_product(b, c), bb, cc)
     return _partial_correlation(r_xy, r_xz, r_yz).to(_result_dtype(x, y, z))
+
+
+# ---------------------------------------------------------------------------
+# UniCAM's fused path: both partial correlations and their gradients at once
+# ---------------------------------------------------------------------------
+#
+# UniCAM needs, for the Student's representation s, the label vectors y and the Base's
+# representation b, pdCor(s, y; b) and pdCor(b, y; s) and the gradient of each with
+# respect to its first argument. The functions below compute them for a stack of
+# problems at once, with no value read back to the host:
+#
+# - batch mode: one problem, the n samples of the batch;
+# - reference mode: one problem per input, the input followed by the m samples of a
+#   fixed reference set (n = 1 + m), whose m x m distance blocks are computed once.
+#
+# The gradient is taken in closed form. With U-centring a projection that is
+# self-adjoint for the inner product (A . B) (Szekely & Rizzo 2014), the derivative of
+# a score S formed from the products p_vw = (U_v . U_w) with respect to the distance
+# matrix a_x of the explained variable is M = sum_w dS/dp_xw (1 + [w = x]) U_w / (n(n-3)).
+# Through a_ij = |x_i - x_j| this gives dS/dx_i = 4 sum_j W_ij (x_i - x_j), with
+# W = M / (2 a) (0 where a = 0): the product of an n x n Laplacian with the samples.
+
+def _rescale_all(samples: Sequence[Tensor], origins: Optional[Sequence[Tensor]] = None, scales: Optional[Tensor] = None) -> Tuple[List[Tensor], Tensor]:
+    """Translates and rescales several variables (no gradient), their scales computed
+    together: (x_v - origin_v) / scale_v, by default origin_v = x_v[0] and scale_v a
+    power of two near max |x_v|. Returns the rescaled samples and the (V,) scales."""
+    samples = [x.detach() for x in samples]
+    if scales is None:
+        peaks = torch.stack([torch.linalg.vector_norm(x, ord=float("inf")).to(_ACC) for x in samples])
+        scales = torch.exp2(torch.floor(torch.log2(peaks.clamp_min(torch.finfo(torch.float32).tiny))))
+    inv = (1 / scales).unbind()
+    rescaled = []
+    for v, x in enumerate(samples):
+        origin = x[:1] if origins is None else origins[v]
+        i = inv[v].to(x.dtype)
+        rescaled.append(torch.addcmul(origin * -i, x, i))
+    return rescaled, scales
+
+
+def _u_centered_stack(a: Tensor) -> Tensor:
+    """U-centres symmetric (..., n, n) matrices in place, by broadcasting."""
+    n = a.shape[-1]
+    rows = a.sum(-1, keepdim=True) / (n - 2)
+    total = rows.sum(-2, keepdim=True) / (n - 1)
+    a.sub_(rows).sub_(rows.mT).add_(total)
+    a.diagonal(dim1=-2, dim2=-1).zero_()
+    return a
+
+
+def _noise(samples: Sequence[Tensor], device: torch.device) -> Tensor:
+    return torch.tensor([_noise_factor(x) for x in samples], dtype=_ACC, device=device)
+
+
+def _batch_distances(samples: Sequence[Tensor]) -> Tuple[Tensor, List[Tensor], Tensor]:
+    """Rescaled distance matrices (V, 1, n, n) of V variables (n, d_v) on one batch, the
+    rescaled samples and the (V,) scales. One Gram product per variable; everything on
+    the (n, n) matrices batched over the variables, in float64."""
+    rescaled, scales = _rescale_all(samples)
+    grams = torch.stack([(x @ x.mT).to(_ACC) for x in rescaled])
+    sq = _sq_from_gram(grams, _noise(samples, grams.device)[:, None, None])
+    return sq.sqrt().unsqueeze(1), rescaled, scales
+
+
+def _reference_block(samples: Sequence[Tensor]) -> Dict[str, Any]:
+    """What reference mode keeps of V variables on the m reference samples: the rescaled
+    samples, their origins and scales, squared norms, and the m x m distance blocks."""
+    rescaled, scales = _rescale_all(samples)
+    grams = torch.stack([(x @ x.mT).to(_ACC) for x in rescaled])
+    noise = _noise(samples, grams.device)
+    return {
+        "x": rescaled,
+        "origins": [x.detach()[:1] for x in samples],
+        "scales": scales,
+        "norms": grams.diagonal(dim1=-2, dim2=-1).clone(),  # (V, m)
+        "distances": _sq_from_gram(grams, noise[:, None, None]).sqrt(),  # (V, m, m)
+        "noise": noise,
+    }
+
+
+def _reference_distances(samples: Sequence[Tensor], block: Dict[str, Any]) -> Tuple[Tensor, List[Tensor], Tensor]:
+    """Distance matrices (V, N, 1 + m, 1 + m), input i followed by the m references, for V
+    variables; the rescaled inputs (N, d_v); the (V,) scales. The m x m blocks are the
+    cached ones; each input adds one row and column."""
+    rescaled, scales = _rescale_all(samples, block["origins"], block["scales"])
+    cross = torch.stack([(x @ r.mT).to(_ACC) for x, r in zip(rescaled, block["x"])])  # (V, N, m)
+    # each input's squared norm from the same kind of product as its cross terms, so
+    # that an input equal to a reference is at distance exactly 0
+    norms = torch.stack([(x.unsqueeze(1) @ x.unsqueeze(2)).reshape(-1).to(_ACC) for x in rescaled])  # (V, N)
+    both = norms.unsqueeze(-1) + block["norms"].unsqueeze(1)
+    sq = both - 2 * cross
+    d = torch.where(sq <= block["noise"][:, None, None] * both, 0.0, sq).sqrt()  # (V, N, m)
+    v, n_in, m = d.shape
+    top = torch.cat([d.new_zeros(v, n_in, 1), d], dim=2)  # (V, N, 1 + m)
+    rest = torch.cat([d.unsqueeze(-1), block["distances"].unsqueeze(1).expand(v, n_in, m, m)], dim=3)
+    return torch.cat([top.unsqueeze(2), rest], dim=2), rescaled, scales
+
+
+def _divide(num: Tensor, den: Tensor) -> Tensor:
+    """num / den, 0 where den == 0 (no gradient needed here)."""
+    return torch.where(den != 0, num / den, 0.0)
+
+
+def _unicam_scores(a: Tensor, explained: Sequence[int], tolerance: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """Partial distance correlations of a stack of problems, and what their gradients need.
+
+    Args:
+        a: (3, B, n, n) distance matrices of (student, labels, base) for B problems.
+        explained: for each score, the explained variable: 0 for the distilled score
+            pdCor(s, y; b), 2 for the residual score pdCor(b, y; s).
+        tolerance: a correlation within this of +-1 counts as +-1.
+
+    Returns:
+        ``(S, W, flags)``: S (K, B), the K scores of each problem; W (K, B, n, n), the
+        derivative of each score with respect to the squared distances of its explained
+        variable (dS/dx = 4 (diag(W 1) - W) x, :func:`_laplacian_product`); flags
+        (B, 4 + 2K + 3) booleans per problem: student constant, labels identical, label
+        matrix numerically zero (e.g. one-hot labels of distinct classes), base
+        constant; for each score, "same distance structure" (r_xz = +-1), then for each
+        score "labels explained by the other model" (r_yz = +-1); then for each variable
+        "finite". A degenerate score is 0 and its W is 0.
+    """
+    n = a.shape[-1]
+    norm = n * (n - 3)
+    u = _u_centered_stack(a.clone())
+    p = torch.einsum("vbij,wbij->bvw", u, u) / norm  # (B, 3, 3)
+    d = p.diagonal(dim1=-2, dim2=-1)  # (B, 3)
+    root = (d.unsqueeze(-1) * d.unsqueeze(-2)).abs().sqrt()
+    r = _divide(p, root).clamp(-1, 1)  # the three correlations, and 1 or 0 on the diagonal
+    # (B, K) views of the quantities of each score, in one gather from (r, root, p)
+    rows = [
+        [x * 3 + 1 for x in explained],  # r_xy
+        [2 for x in explained],  # r_xz
+        [(2 - x) * 3 + 1 for x in explained],  # r_yz
+        [9 + x * 3 + 1 for x in explained],  # root_xy
+        [9 + 2 for x in explained],  # root_xz
+        [18 + x * 4 for x in explained],  # p_xx
+        [18 + (2 - x) * 4 for x in explained],  # p_zz
+    ]
+    flat = torch.cat([r.flatten(1), root.flatten(1), p.flatten(1)], dim=1)
+    picked = flat[:, torch.tensor(rows, device=a.device)]  # (B, 7, K)
+    r_xy, r_xz, r_yz, root_xy, root_xz, p_xx, p_zz = picked.unbind(1)
+    one_xz, one_yz = 1 - r_xz**2, 1 - r_yz**2
+    den = (one_xz * one_yz).clamp_min(0).sqrt()
+    s = _divide(r_xy - r_xz * r_yz, den).clamp(-1, 1)
+
+    # degenerate cases, decided on the device
+    mean_a = a.mean(dim=(-2, -1)).mT  # (B, 3)
+    constant = d <= 0  # every distance 0: exact, translated duplicates are exact
+    flat_labels = (d[:, 1:2] <= 1e-9 * mean_a[:, 1:2] ** 2) & ~constant[:, 1:2]
+    z_constant = p_zz <= 0
+    same = (1 - r_xz.abs() <= tolerance) & ~z_constant
+    by_other = (1 - r_yz.abs() <= tolerance) & ~z_constant
+    zero = (p_xx <= 0) | constant[:, 1:2] | flat_labels | same | by_other
+    live = (~zero).to(p.dtype)
+    s = s * live
+
+    # dS/dp for the products with the explained variable; their weights in dS/da_x
+    g_xy = _divide(live, den)
+    g_xz = _divide(s * r_xz, one_xz) - r_yz * g_xy
+    c_xy = _divide(g_xy, root_xy)
+    c_xz = _divide(g_xz, root_xz)
+    c_xx = -_divide(g_xy * r_xy + g_xz * r_xz, p_xx)  # 2 dS/dp_xx
+    weights = torch.stack([c_xx, c_xy, c_xz], dim=-1)  # (B, K, 3) in the order (x, y, z)
+    order = torch.tensor([[0, 1, 2] if x == 0 else [2, 1, 0] for x in explained], device=a.device)
+    weights = weights.gather(-1, order.expand_as(weights))  # in the order (s, y, b)
+    m = torch.einsum("bkv,vbij->kbij", weights / norm, u)
+    w = _divide(m, 2 * a[list(explained)])
+    flags = torch.cat([constant[:, :2], flat_labels, constant[:, 2:], same, by_other, p.isfinite().all(-1)], dim=1)
+    return s.mT, w, flags
+
+
+def _laplacian_product(w: Tensor, x: Tensor) -> Tensor:
+    """4 (diag(W 1) - W) x for W (n, n) and samples x (n, d): dS/dx from dS/d(a^2)."""
+    w = w.to(x.dtype)
+    return 4 * (w.sum(-1, keepdim=True) * x - w @ x)
+
+
+def _reference_row_product(w_row: Tensor, x_in: Tensor, x_ref: Tensor) -> Tensor:
+    """Reference mode: row 0 of 4 L(W) x for each of N problems, whose sample 0 is the
+    input and samples 1..m the references: 4 (W_i 1) x_i - 4 W_i x_ref, with W_i (N, m)."""
+    w_row = w_row.to(x_in.dtype)
+    return 4 * (w_row.sum(-1, keepdim=True) * x_in - w_row @ x_ref)
