@@ -958,11 +958,11 @@ class UniCAM(LayerAttribution, GradientAttribution):
                 )
             elif y_flat:
                 reason = (
-                    f"the label vectors are all at the same distance from each other{where} "
-                    "(e.g. one-hot labels of classes that are all distinct), so their "
-                    "U-centred distance matrix is zero and carries no information; pass "
-                    "`label_embeddings=embed_labels(class_names)`, or a batch or reference set "
-                    "with repeated classes"
+                    f"the U-centred distance matrix of the label vectors is zero{where}, so "
+                    "the labels carry no information: e.g. one-hot labels of classes that "
+                    "are all distinct (every pair at the same distance), or all samples but "
+                    "one in one class; pass `label_embeddings=embed_labels(class_names)`, or "
+                    f"a {batch} with repeated classes"
                 )
             elif same[i]:
                 reason = (
