@@ -78,13 +78,15 @@ class RoundTrips(TorchDispatchMode):
         finally:
             if outer_read:
                 self._reading = False
-        host = name in ("aten::lift_fresh", "aten::lift_fresh_copy") or self._is_host(tensors)
-        syncs = outer_read or name in _DATA_DEPENDENT or (
-            name == "aten::index" and any(t.dtype == torch.bool for t in tensors[1:])
-        ) or (
+        to_host = (
             name in ("aten::_to_copy", "aten::copy_")
             and any(t.device.type != "cpu" for t in tensors)
             and str(kwargs.get("device", "")) == "cpu"
+        )
+        # a copy to the host is one round trip; what it returns is host data
+        host = name in ("aten::lift_fresh", "aten::lift_fresh_copy") or to_host or self._is_host(tensors)
+        syncs = outer_read or to_host or name in _DATA_DEPENDENT or (
+            name == "aten::index" and any(t.dtype == torch.bool for t in tensors[1:])
         )
         if syncs and not self._is_host(tensors):
             self.count += 1
