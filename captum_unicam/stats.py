@@ -94,19 +94,6 @@ def _as_samples(x: Tensor, name: str) -> Tensor:
     return x.reshape(x.shape[0], -1)
 
 
-def _raise_non_finite(matrices: Sequence[Tensor], names: Sequence[str]) -> None:
-    """Raises for the first argument whose distance matrix is not finite: NaN or Inf in
-    the samples reach their Gram matrix (the rescaling turns Inf into NaN). One transfer
-    to the host for all the arguments together."""
-    flags = torch.stack([torch.isfinite(m).all() for m in matrices]).tolist()
-    for ok, name in zip(flags, names):
-        if not ok:
-            raise InputError(
-                f"`{name}` contains NaN or Inf values; distance statistics need finite "
-                "samples (check the data, or the model's activations, for NaN/Inf)."
-            )
-
-
 def _check_samples(tensors: Sequence[Tensor], names: Sequence[str], min_n: int, what: str) -> list[Tensor]:
     out = [_as_samples(t, nm) for t, nm in zip(tensors, names)]
     n = out[0].shape[0]
@@ -154,15 +141,15 @@ def _result_dtype(*tensors: Tensor) -> torch.dtype:
 def _safe_pow_half(sq: Tensor, exponent: float) -> Tensor:
     """sq ** (exponent / 2), with value 0 and gradient 0 where sq <= 0."""
     positive = sq > 0
-    safe = torch.where(positive, sq, torch.ones_like(sq))
+    safe = torch.where(positive, sq, 1.0)
     root = safe.sqrt() if exponent == 1 else safe.pow(exponent / 2)
-    return torch.where(positive, root, torch.zeros_like(sq))
+    return torch.where(positive, root, 0.0)
 
 
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
     """num / den, and 0 (with gradient 0) where den == 0, as dcor does."""
     nonzero = den != 0
-    return torch.where(nonzero, num / torch.where(nonzero, den, torch.ones_like(den)), torch.zeros_like(num))
+    return torch.where(nonzero, num / torch.where(nonzero, den, 1.0), 0.0)
 
 
 def _safe_sqrt(v: Tensor) -> Tensor:
@@ -433,17 +420,56 @@ def u_complementary_projection(a: Tensor) -> Callable[[Tensor], Tensor]:
 # ---------------------------------------------------------------------------
 
 
+def _products(samples: Sequence[Tensor], names: Sequence[str], exponent: float, unbiased: bool) -> Tensor:
+    """The (V, V) matrix of inner products of the centred distance matrices of V validated
+    variables, in float64, differentiable: ``(A_v . A_w)`` of the U-centred matrices when
+    ``unbiased``, else the mean products of the double-centred ones.
+
+    Few operations whatever V: one Gram product per variable, then the (V, n, n) stack
+    is centred by broadcasting and all the products come from one ``einsum``. One read
+    back to the host: the NaN/Inf check."""
+    n = samples[0].shape[0]
+    with torch.no_grad():
+        peaks = torch.stack([torch.linalg.vector_norm(x, ord=float("inf")).to(_ACC) for x in samples])
+        scales = torch.exp2(torch.floor(torch.log2(peaks.clamp_min(torch.finfo(torch.float32).tiny))))
+    inv = (1 / scales).unbind()
+    rescaled = [torch.addcmul(x[:1] * -i.to(x.dtype), x, i.to(x.dtype)) for x, i in zip(samples, inv)]
+    grams = torch.stack([(x @ x.mT).to(_ACC) for x in rescaled])
+    noise = torch.tensor([_noise_factor(x) for x in samples], dtype=_ACC, device=grams.device)
+    a = _root(_sq_from_gram(grams, noise[:, None, None]), exponent)
+    if exponent != 1:
+        upper = torch.triu(a, diagonal=1)
+        a = upper + upper.mT
+    a = a * (scales**exponent)[:, None, None]
+    _raise_non_finite(a.unbind(), names)
+    if unbiased:
+        rows = a.sum(-1, keepdim=True) / (n - 2)
+        total = rows.sum(-2, keepdim=True) / (n - 1)
+        off = 1 - torch.eye(n, dtype=_ACC, device=a.device)
+        c = (a - rows - rows.mT + total) * off
+        return torch.einsum("vij,wij->vw", c, c) / (n * (n - 3))
+    rows = a.mean(-1, keepdim=True)
+    c = a - rows - rows.mT + rows.mean(-2, keepdim=True)
+    return torch.einsum("vij,wij->vw", c, c) / (n * n)
+
+
+def _raise_non_finite(matrices: Sequence[Tensor], names: Sequence[str]) -> None:
+    """Raises for the first argument whose distance matrix is not finite: NaN or Inf in
+    the samples reach their Gram matrix (the rescaling turns Inf into NaN). One transfer
+    to the host for all the arguments together."""
+    flags = torch.stack([torch.isfinite(m).all() for m in matrices]).tolist()
+    for ok, name in zip(flags, names):
+        if not ok:
+            raise InputError(
+                f"`{name}` contains NaN or Inf values; distance statistics need finite "
+                "samples (check the data, or the model's activations, for NaN/Inf)."
+            )
+
+
 def _stats(x: Tensor, y: Tensor, exponent: float, unbiased: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(cov_xy, var_x, var_y) of validated samples, in float64."""
-    a, b = _distances(x, exponent, "x"), _distances(y, exponent, "y")
-    _raise_non_finite([a, b], ["x", "y"])
-    if unbiased:
-        a, b = _u_centered(a), _u_centered(b)
-        product = _u_product
-    else:
-        a, b = _double_centered(a), _double_centered(b)
-        product = lambda p, q: (p * q).mean()  # noqa: E731
-    return product(a, b), product(a, a), product(b, b)
+    p = _products([x, y], ["x", "y"], exponent, unbiased)
+    return p[0, 1], p[0, 0], p[1, 1]
 
 
 def _correlation(cov: Tensor, var_x: Tensor, var_y: Tensor, low: float = -1.0) -> Tensor:
@@ -553,12 +579,6 @@ def u_distance_correlation_sqr(x: Tensor, y: Tensor, *, exponent: float = 1.0) -
     return _correlation(*_stats(x, y, exponent, unbiased=True)).to(_result_dtype(x, y))
 
 
-def _u_matrices(tensors: Sequence[Tensor], exponent: float, names: str = "xyz") -> list[Tensor]:
-    matrices = [_distances(t, exponent, nm) for t, nm in zip(tensors, names)]
-    _raise_non_finite(matrices, list(names))
-    return [_u_centered(m) for m in matrices]
-
-
 def partial_distance_covariance(x: Tensor, y: Tensor, z: Tensor, *, exponent: float = 1.0) -> Tensor:
     r"""Partial distance covariance :math:`(P_{z^\perp}(x) \cdot P_{z^\perp}(y))`.
 
@@ -575,11 +595,9 @@ def partial_distance_covariance(x: Tensor, y: Tensor, z: Tensor, *, exponent: fl
     """
     _check_exponent(exponent)
     x, y, z = _check_samples([x, y, z], ["x", "y", "z"], 4, "The partial distance covariance")
-    a, b, c = _u_matrices([x, y, z], exponent)
-    cc = _u_product(c, c)
-    pa = a - _safe_div(_u_product(a, c), cc) * c
-    pb = b - _safe_div(_u_product(b, c), cc) * c
-    return _u_product(pa, pb).to(_result_dtype(x, y, z))
+    p = _products([x, y, z], ["x", "y", "z"], exponent, unbiased=True)
+    # (P_z(A) . P_z(B)) with P_z the projection off C: (A.B) - (A.C)(B.C)/(C.C)
+    return (p[0, 1] - _safe_div(p[0, 2] * p[1, 2], p[2, 2])).to(_result_dtype(x, y, z))
 
 
 def partial_distance_correlation(x: Tensor, y: Tensor, z: Tensor, *, exponent: float = 1.0) -> Tensor:
@@ -616,11 +634,10 @@ def partial_distance_correlation(x: Tensor, y: Tensor, z: Tensor, *, exponent: f
     """
     _check_exponent(exponent)
     x, y, z = _check_samples([x, y, z], ["x", "y", "z"], 4, "The partial distance correlation")
-    a, b, c = _u_matrices([x, y, z], exponent)
-    aa, bb, cc = _u_product(a, a), _u_product(b, b), _u_product(c, c)
-    r_xy = _correlation(_u_product(a, b), aa, bb)
-    r_xz = _correlation(_u_product(a, c), aa, cc)
-    r_yz = _correlation(_u_product(b, c), bb, cc)
+    p = _products([x, y, z], ["x", "y", "z"], exponent, unbiased=True)
+    d = p.diagonal()
+    r = _correlation(p, d[:, None], d[None, :])  # the three correlations at once
+    r_xy, r_xz, r_yz = r[[0, 0, 1], [1, 2, 2]].unbind()
     return _partial_correlation(r_xy, r_xz, r_yz).to(_result_dtype(x, y, z))
 
 
