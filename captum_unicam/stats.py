@@ -202,23 +202,86 @@ def _sq_from_gram(gram: Tensor, noise: Union[float, Tensor]) -> Tensor:
     return torch.where(sq <= noise * both, torch.zeros((), dtype=sq.dtype, device=sq.device), sq)
 
 
-def _sq_distances(x: Tensor) -> Tuple[Tensor, Tensor]:
-    """(squared distances in float64 of the rescaled samples, the scale) of (n, d) samples.
+# Relative error of a squared distance that the raw Gram route may leave before the
+# public functions redo it on translated samples (float64 is held to dcor within 1e-9).
+_GRAM_TOLERANCE = {torch.float64: 1e-12}
+_GRAM_TOLERANCE_DEFAULT = 1e-3
 
-    1. The samples are translated by the first one and divided by a power of two near
-       their largest magnitude (:func:`_pow2_scale`), in one pass: the translation stops
-       the Gram route from cancelling when the samples lie far from the origin, the scale
-       stops it from under- or overflowing.
-    2. One Gram product ``x @ x.T`` in the input's dtype (the cost floor); everything
-       after it, on (n, n) matrices, in float64.
-    3. Pairs within rounding of zero are exactly 0 (:func:`_sq_from_gram`).
 
-    No step reads a value back to the host. NaN or Inf anywhere in ``x`` makes the Gram
-    matrix non-finite, which the callers check once, at the end.
+def _sq_distance_stack(samples: Sequence[Tensor], names: Sequence[str]) -> Tuple[Tensor, Tensor]:
+    """Squared distances (V, n, n) in float64 of V validated variables, differentiable, and
+    the (V,) scales they are in (distance = scale * sqrt(sq)). The public functions' route:
+
+    1. One Gram product ``x @ x.T`` per variable on the samples as they are (the cost
+       floor: no other pass over the samples in the common case).
+    2. One read back to the host decides, per variable, what the rest needs: a Gram
+       matrix that is not finite, that underflows, or whose squared distances cancel
+       (samples far from the origin compared with their spread: relative error about
+       kappa * eps * sqrt(d), kappa = mean |x_i|^2 / mean distance^2) is redone on the
+       samples translated by the first one and divided by a power of two near their
+       largest magnitude; pairs within the Gram product's rounding of zero (duplicated
+       or nearly duplicated samples) are recomputed directly from ``x_i - x_j``, so
+       duplicates are at a distance of exactly 0, as in dcor.
+    3. NaN or Inf in the samples leave the redone Gram matrix non-finite: an error.
     """
-    scale = _pow2_scale(x)
-    xt = _translated(x, x[:1], scale)
-    return _sq_from_gram(_gram(xt), _noise_factor(x)), scale.to(_ACC)
+    n = samples[0].shape[0]
+    grams = torch.stack([_gram(x) for x in samples])
+    noise = torch.tensor([_noise_factor(x) for x in samples], dtype=_ACC, device=grams.device)[:, None, None]
+    tolerance = torch.tensor(
+        [_GRAM_TOLERANCE.get(x.dtype, _GRAM_TOLERANCE_DEFAULT) for x in samples],
+        dtype=_ACC, device=grams.device,
+    )
+    small = torch.tensor([torch.finfo(x.dtype).tiny / torch.finfo(x.dtype).eps for x in samples], dtype=_ACC, device=grams.device)
+    scales = torch.ones(len(samples), dtype=_ACC, device=grams.device)
+    off = ~torch.eye(n, dtype=torch.bool, device=grams.device)
+
+    def squared(g: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        norms = g.diagonal(dim1=-2, dim2=-1)
+        both = norms.unsqueeze(-1) + norms.unsqueeze(-2)
+        sq = both - 2 * g
+        return (sq + sq.mT) / 2, both.detach(), norms.detach()
+
+    sq, both, norms = squared(grams)
+    with torch.no_grad():
+        mean_sq = (sq.detach().clamp_min(0) * off).sum((-2, -1)) / max(n * (n - 1), 1)
+        kappa = norms.mean(-1) / mean_sq  # inf where every distance is 0
+        cancels = kappa * noise[:, 0, 0] / 4 > tolerance
+        redo = ~grams.isfinite().all(-1).all(-1) | cancels | (norms.amax(-1) < small)
+        near = ((sq.detach() <= noise * both) & off).any(-1).any(-1)
+        flags = torch.stack([redo, near]).tolist()
+    rows = list(samples)
+    if any(flags[0]):
+        sq = list(sq.unbind())
+        checks = []
+        for v, x in enumerate(samples):
+            if flags[0][v]:
+                scale = _pow2_scale(x)
+                rows[v] = _translated(x, x[:1], scale)
+                g = _gram(rows[v])
+                sq[v], both_v, _ = squared(g)
+                scales[v] = scale.to(_ACC)
+                flags[1][v] = bool(((sq[v].detach() <= noise[v] * both_v) & off).any()) if bool(g.isfinite().all()) else False
+                checks.append((g.isfinite().all(), names[v]))
+        for ok, name in checks:
+            if not bool(ok):
+                raise InputError(
+                    f"`{name}` contains NaN or Inf values; distance statistics need finite "
+                    "samples (check the data, or the model's activations, for NaN/Inf)."
+                )
+        sq = torch.stack(sq)
+    sq = sq.clamp_min(0)
+    for v, x in enumerate(rows):
+        if flags[1][v]:
+            sq_v = sq[v]
+            norms_v = (x.detach() * x.detach()).sum(-1).to(_ACC)
+            limit = noise[v, 0, 0] * (norms_v[:, None] + norms_v[None, :])
+            r_idx, c_idx = torch.nonzero(torch.triu((sq_v.detach() <= limit) & off, diagonal=1), as_tuple=True)
+            exact = torch.cat(
+                [(x[r] - x[c]).to(_ACC).pow(2).sum(dim=1) for r, c in zip(r_idx.split(256), c_idx.split(256))]
+            )
+            sq_v = sq_v.index_put((r_idx, c_idx), exact).index_put((c_idx, r_idx), exact)
+            sq = torch.cat([sq[:v], sq_v[None], sq[v + 1 :]])
+    return sq, scales
 
 
 def _root(sq: Tensor, exponent: float, grad_safe: bool = True) -> Tensor:
@@ -230,15 +293,20 @@ def _root(sq: Tensor, exponent: float, grad_safe: bool = True) -> Tensor:
 
 def _distances(x: Tensor, exponent: float = 1.0, name: str = "x") -> Tensor:
     """Euclidean distance matrix ``|x_i - x_j| ** exponent`` of (n, d) samples, in float64."""
-    sq, scale = _sq_distances(x)
+    return _distance_stack([x], [name], exponent)[0]
+
+
+def _distance_stack(samples: Sequence[Tensor], names: Sequence[str], exponent: float) -> Tensor:
+    """(V, n, n) distance matrices ``|x_i - x_j| ** exponent`` of V variables, in float64."""
+    sq, scales = _sq_distance_stack(samples, names)
     root = _root(sq, exponent)
     if exponent != 1:
         # vectorised pow kernels may round the same value differently at different
         # positions (sqrt is correctly rounded): mirror the upper triangle so that the
         # matrix is exactly symmetric
         upper = torch.triu(root, diagonal=1)
-        root = upper + upper.T
-    return root * scale**exponent
+        root = upper + upper.mT
+    return root * (scales**exponent)[:, None, None]
 
 
 def _double_centered(a: Tensor) -> Tensor:
@@ -282,9 +350,7 @@ def distance_matrix(x: Tensor, *, exponent: float = 1.0) -> Tensor:
     """
     _check_exponent(exponent)
     (x,) = _check_samples([x], ["x"], 1, "A distance matrix")
-    a = _distances(x, exponent, "x")
-    _raise_non_finite([a], ["x"])
-    return a.to(x.dtype)
+    return _distances(x, exponent, "x").to(x.dtype)
 
 
 def double_centered(a: Tensor) -> Tensor:
@@ -429,19 +495,7 @@ def _products(samples: Sequence[Tensor], names: Sequence[str], exponent: float, 
     is centred by broadcasting and all the products come from one ``einsum``. One read
     back to the host: the NaN/Inf check."""
     n = samples[0].shape[0]
-    with torch.no_grad():
-        peaks = torch.stack([torch.linalg.vector_norm(x, ord=float("inf")).to(_ACC) for x in samples])
-        scales = torch.exp2(torch.floor(torch.log2(peaks.clamp_min(torch.finfo(torch.float32).tiny))))
-    inv = (1 / scales).unbind()
-    rescaled = [torch.addcmul(x[:1] * -i.to(x.dtype), x, i.to(x.dtype)) for x, i in zip(samples, inv)]
-    grams = torch.stack([(x @ x.mT).to(_ACC) for x in rescaled])
-    noise = torch.tensor([_noise_factor(x) for x in samples], dtype=_ACC, device=grams.device)
-    a = _root(_sq_from_gram(grams, noise[:, None, None]), exponent)
-    if exponent != 1:
-        upper = torch.triu(a, diagonal=1)
-        a = upper + upper.mT
-    a = a * (scales**exponent)[:, None, None]
-    _raise_non_finite(a.unbind(), names)
+    a = _distance_stack(samples, names, exponent)
     if unbiased:
         rows = a.sum(-1, keepdim=True) / (n - 2)
         total = rows.sum(-2, keepdim=True) / (n - 1)
@@ -451,19 +505,6 @@ def _products(samples: Sequence[Tensor], names: Sequence[str], exponent: float, 
     rows = a.mean(-1, keepdim=True)
     c = a - rows - rows.mT + rows.mean(-2, keepdim=True)
     return torch.einsum("vij,wij->vw", c, c) / (n * n)
-
-
-def _raise_non_finite(matrices: Sequence[Tensor], names: Sequence[str]) -> None:
-    """Raises for the first argument whose distance matrix is not finite: NaN or Inf in
-    the samples reach their Gram matrix (the rescaling turns Inf into NaN). One transfer
-    to the host for all the arguments together."""
-    flags = torch.stack([torch.isfinite(m).all() for m in matrices]).tolist()
-    for ok, name in zip(flags, names):
-        if not ok:
-            raise InputError(
-                f"`{name}` contains NaN or Inf values; distance statistics need finite "
-                "samples (check the data, or the model's activations, for NaN/Inf)."
-            )
 
 
 def _stats(x: Tensor, y: Tensor, exponent: float, unbiased: bool) -> tuple[Tensor, Tensor, Tensor]:
