@@ -4,7 +4,7 @@ r"""UniCAM: unique class activation maps of a distilled Student against its Base
 of :class:`~captum.attr.LayerGradCam`. Where Grad-CAM weights a layer's channels by the
 gradient of a class score, UniCAM weights them by the gradient of a *batch statistic*:
 the partial distance correlation between one model's representation and the label
-vectors, given the other model's representation (DESIGN.md, section 3). The
+vectors, given the other model's representation (docs/method.md). The
 **distilled** score :math:`S_d = \mathcal{R}^*(X_s, Y; X_b)` measures what the Student
 knows about the labels beyond the Base; the **residual** score
 :math:`S_r = \mathcal{R}^*(X_b, Y; X_s)` what the Base knows beyond the Student, i.e.
@@ -265,27 +265,37 @@ class UniCAM(LayerAttribution, GradientAttribution):
     weights the channels as in Grad-CAM: :math:`\alpha_{ik}` is the spatial mean of
     :math:`G_{ik}` and the map is :math:`\mathrm{ReLU}(\sum_k \alpha_{ik} A_{ik})`.
 
-    The score is a **batch statistic**: the map of an image depends on the other images
-    of the batch (at least 4 are needed), much as a contrastive explanation depends on
-    its contrast set. Permuting the batch permutes the maps and changes nothing else.
-    To explain a few images reproducibly, pass a fixed reference set with ``context=``.
+    The score is a **batch statistic**: in batch mode (the default, the paper's) the map
+    of an image depends on the other images of the batch (at least 5 are needed: at
+    n = 4 the partial correlation is always +-1), much as a contrastive explanation
+    depends on its contrast set. Permuting the batch permutes the maps and changes
+    nothing else. ``context=`` scores the inputs together with a fixed set of examples.
+    **Reference mode** (``reference=(ref_inputs, ref_target)``) scores each input with
+    a fixed reference set alone, so its map is a per-image function: it does not depend
+    on the other inputs of the call, and Captum's wrappers (``NoiseTunnel``,
+    ``sensitivity_max``) see a per-image explanation.
 
-    Degenerate cases give zeros, never NaN, with a :class:`UniCAMWarning`: Student and
-    Base with the same representation (nothing unique left), labels identical over the
-    batch, a constant representation of the explained model. A Base representation
-    that is constant over the batch removes nothing (the distilled score is then the
-    distance correlation of the Student with the labels), also with a warning.
+    Degenerate cases give zeros, never NaN, with a :class:`UniCAMWarning` that names the
+    cause and the fix: Student and Base with the same representation (nothing unique
+    left), a constant representation of the explained model, and label vectors whose
+    U-centred distance matrix is zero -- one class in the batch, or one-hot labels of
+    classes that are all distinct (pass ``label_embeddings=embed_labels(class_names)``
+    or use repeated classes). A Base representation that is constant over the batch
+    removes nothing (the distilled score is then the distance correlation of the
+    Student with the labels), also with a warning.
 
     Cost: one forward pass of each model per call, also for ``features="both"``. When
     the representation is read at the attribution layer (the default) the forward
-    passes record no autograd graph at all: only the distance statistics are
-    differentiated, so UniCAM costs about as much as two LayerGradCam calls, or less
-    for early layers. With a deeper representation layer, a graph is recorded from the
-    attribution layer to the representation layer only.
+    passes record no autograd graph at all: the gradient of the score with respect to
+    the representation is computed in closed form (about 270 tensor operations and one
+    read back to the host per call), so UniCAM costs about as much as two LayerGradCam
+    calls, or less for early layers. With a deeper representation layer, or a
+    ``reshape_transform``, autograd carries that gradient back from the representation
+    to the attribution layer (a graph is recorded between the two only).
 
     More details: the UniCAM paper (unique class activation mapping, with the FSS and RS
     metrics, for explaining knowledge distillation); the exact reading implemented here is
-    fixed in section 3 of captum-unicam's design notes: the paper's "gradient of the class
+    described in docs/method.md: the paper's "gradient of the class
     score with respect to the unique features" is the gradient of :math:`S_d` (or
     :math:`S_r`). The authors' release projects only the Student's matrix (a semi-partial
     correlation); its maps differ from these by a positive per-batch factor.
@@ -365,19 +375,19 @@ class UniCAM(LayerAttribution, GradientAttribution):
         if device_ids is not None or isinstance(forward_func, torch.nn.DataParallel) or isinstance(
             base_forward_func, torch.nn.DataParallel
         ):
-            raise ValueError(
+            raise InputError(
                 "UniCAM does not support DataParallel (device_ids): its scores are "
                 "statistics of the whole batch. Pass the underlying modules "
                 "(model.module) and a batch on one device."
             )
         for name, value in (("layer", layer), ("base_layer", base_layer)):
             if not isinstance(value, Module):
-                raise ValueError(f"`{name}` must be a torch.nn.Module inside the model, got {type(value).__name__}.")
+                raise InputError(f"`{name}` must be a torch.nn.Module inside the model, got {type(value).__name__}.")
         for name, value in (("student_feature_layer", student_feature_layer), ("base_feature_layer", base_feature_layer)):
             if value is not None and not isinstance(value, Module):
-                raise ValueError(f"`{name}` must be None or a torch.nn.Module, got {type(value).__name__}.")
+                raise InputError(f"`{name}` must be None or a torch.nn.Module, got {type(value).__name__}.")
         if not callable(forward_func) or not callable(base_forward_func):
-            raise ValueError("`forward_func` and `base_forward_func` must be callables (models).")
+            raise InputError("`forward_func` and `base_forward_func` must be callables (models).")
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
         GradientAttribution.__init__(self, forward_func)
         self.base_forward_func = base_forward_func
@@ -400,14 +410,14 @@ class UniCAM(LayerAttribution, GradientAttribution):
             try:
                 table = torch.as_tensor(table)
             except Exception as err:
-                raise ValueError("`label_embeddings` must be a (num_classes, e) float tensor.") from err
+                raise InputError("`label_embeddings` must be a (num_classes, e) float tensor.") from err
         if table.dim() != 2 or table.shape[0] == 0 or table.shape[1] == 0 or not table.is_floating_point():
-            raise ValueError(
+            raise InputError(
                 "`label_embeddings` must be a non-empty (num_classes, e) float tensor, got "
                 f"shape {tuple(table.shape)} and dtype {table.dtype}."
             )
         if not bool(torch.isfinite(table).all()):
-            raise ValueError("`label_embeddings` contains NaN or Inf.")
+            raise InputError("`label_embeddings` contains NaN or Inf.")
         return table
 
     @staticmethod
@@ -416,7 +426,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
             return transform, transform
         if isinstance(transform, (tuple, list)) and len(transform) == 2 and all(t is None or callable(t) for t in transform):
             return transform[0], transform[1]
-        raise ValueError(
+        raise InputError(
             "`reshape_transform` must be None, a callable, or a pair "
             "(student_transform, base_transform) of callables or None."
         )
@@ -446,7 +456,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
                         tensor, a single tensor should be provided; if they take
                         several, a tuple. Dimension 0 indexes the examples. UniCAM's
                         scores are batch statistics: together with ``context`` there
-                        must be at least 4 examples.
+                        must be at least 5 examples (in reference mode, any number).
             target (int, list, Tensor, optional): The labels of the examples:
 
                         - an int, applied to every example;
@@ -476,8 +486,11 @@ class UniCAM(LayerAttribution, GradientAttribution):
             attr_dim_summation (bool, optional): Whether to sum the weighted
                         activations over dimension 1 (channels). Default: True
             grad_kwargs (Dict[str, Any], optional): Additional keyword arguments
-                        for ``torch.autograd.grad`` (the gradient of the score with
-                        respect to the layer activations).
+                        for ``torch.autograd.grad``, where autograd is used: from a
+                        representation layer deeper than the attribution layer, or
+                        through ``reshape_transform``, back to the layer activations.
+                        With the representation read at the attribution layer the
+                        gradient is computed in closed form and they are not used.
                         Default: None
             features (str, optional): ``"distilled"`` (maps on the Student's layer),
                         ``"residual"`` (maps on the Base's layer) or ``"both"`` (a
@@ -791,12 +804,12 @@ class UniCAM(LayerAttribution, GradientAttribution):
             inputs = tuple(inputs)
         inputs = _format_tensor_into_tuples(inputs)
         if not inputs or not all(isinstance(t, Tensor) for t in inputs):
-            raise ValueError(f"`{name}` must be a tensor or a tuple of tensors.")
+            raise InputError(f"`{name}` must be a tensor or a tuple of tensors.")
         if any(t.dim() == 0 for t in inputs):
-            raise ValueError(f"`{name}` must have a batch dimension (dimension 0).")
+            raise InputError(f"`{name}` must have a batch dimension (dimension 0).")
         sizes = {t.shape[0] for t in inputs}
         if len(sizes) != 1:
-            raise ValueError(
+            raise InputError(
                 f"All tensors of `{name}` must have the same number of examples "
                 f"(dimension 0); got {[t.shape[0] for t in inputs]}."
             )
@@ -806,19 +819,19 @@ class UniCAM(LayerAttribution, GradientAttribution):
         self, inputs: Tuple[Tensor, ...], args: Tuple[Any, ...], context: Any, table_rows: Optional[int]
     ) -> Tuple[Tuple[Tensor, ...], Tuple[Any, ...], Tuple[Tuple[str, Optional[Tensor]], int]]:
         if not isinstance(context, (tuple, list)) or len(context) not in (2, 3):
-            raise ValueError(
+            raise InputError(
                 "`context` must be (ctx_inputs, ctx_target) or (ctx_inputs, ctx_target, "
                 "ctx_additional_forward_args)."
             )
         ctx_inputs = self._check_inputs(context[0], "context[0] (ctx_inputs)")
         if len(ctx_inputs) != len(inputs):
-            raise ValueError(
+            raise InputError(
                 f"`context` inputs must match `inputs`: {len(inputs)} tensor(s) expected, "
                 f"got {len(ctx_inputs)}."
             )
         for i, (a, c) in enumerate(zip(inputs, ctx_inputs)):
             if a.shape[1:] != c.shape[1:]:
-                raise ValueError(
+                raise InputError(
                     f"Context input {i} has example shape {tuple(c.shape[1:])}, but the "
                     f"explained input has {tuple(a.shape[1:])}."
                 )
@@ -828,7 +841,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
         if len(context) == 3:
             ctx_args = _format_additional_forward_args(context[2]) or ()
             if len(ctx_args) != len(args):
-                raise ValueError(
+                raise InputError(
                     f"`context[2]` must hold the context's version of each additional "
                     f"forward argument: {len(args)} expected, got {len(ctx_args)}."
                 )
@@ -839,7 +852,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
         else:
             for a in args:
                 if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n:
-                    raise ValueError(
+                    raise InputError(
                         "An additional forward argument is a tensor with one row per "
                         "explained input; give its rows for the context too: "
                         "context=(ctx_inputs, ctx_target, ctx_additional_forward_args)."
@@ -891,7 +904,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
                 except _HookError:
                     raise
                 except Exception as err:
-                    raise ValueError(
+                    raise InputError(
                         f"The {model} failed on the inputs ({type(err).__name__}: {err}). "
                         "Check the shapes, dtypes and devices of `inputs`, `context` and "
                         "`additional_forward_args`."
