@@ -703,19 +703,18 @@ def partial_distance_correlation(x: Tensor, y: Tensor, z: Tensor, *, exponent: f
 # W = M / (2 a) (0 where a = 0): the product of an n x n Laplacian with the samples.
 
 def _rescale_all(samples: Sequence[Tensor], origins: Optional[Sequence[Tensor]] = None, scales: Optional[Tensor] = None) -> Tuple[List[Tensor], Tensor]:
-    """Translates and rescales several variables (no gradient), their scales computed
+    """Translates and rescales several variables (detached samples), their scales computed
     together: (x_v - origin_v) / scale_v, by default origin_v = x_v[0] and scale_v a
-    power of two near max |x_v|. Returns the rescaled samples and the (V,) scales."""
-    samples = [x.detach() for x in samples]
+    power of two near max |x_v|. Returns the rescaled samples and the (V,) float64
+    scales."""
     if scales is None:
-        peaks = torch.stack([torch.linalg.vector_norm(x, ord=float("inf")).to(_ACC) for x in samples])
+        peaks = torch.stack([torch.linalg.vector_norm(x, ord=float("inf"), dtype=_ACC) for x in samples])
         scales = torch.exp2(torch.floor(torch.log2(peaks.clamp_min(torch.finfo(torch.float32).tiny))))
-    inv = (1 / scales).unbind()
+    inv = (1 / scales).to(samples[0].dtype).unbind()
     rescaled = []
     for v, x in enumerate(samples):
         origin = x[:1] if origins is None else origins[v]
-        i = inv[v].to(x.dtype)
-        rescaled.append(torch.addcmul(origin * -i, x, i))
+        rescaled.append(torch.addcmul(origin * -inv[v], x, inv[v]))
     return rescaled, scales
 
 
@@ -740,7 +739,35 @@ def _batch_distances(samples: Sequence[Tensor]) -> Tuple[Tensor, List[Tensor], T
     rescaled, scales = _rescale_all(samples)
     grams = torch.stack([(x @ x.mT).to(_ACC) for x in rescaled])
     sq = _sq_from_gram(grams, _noise(samples, grams.device)[:, None, None])
+    sq = _exact_closest_pairs(sq, grams, rescaled)
     return sq.sqrt().unsqueeze(1), rescaled, scales
+
+
+def _exact_closest_pairs(sq: Tensor, grams: Tensor, rescaled: Sequence[Tensor]) -> Tensor:
+    """Recomputes, for the two representations (variables 0 and 2 of 3), the 2n closest
+    pairs (relative to their squared norms) directly from ``x_i - x_j``, without a
+    data-dependent branch.
+
+    The Gram route cannot resolve a squared distance below its rounding (about
+    eps sqrt(d) (|x_i|^2 + |x_j|^2)); :func:`_sq_from_gram` sets such pairs to 0, which is
+    right for duplicates but not for near-duplicates (an image and a slightly perturbed
+    copy), whose distance gradient is a unit vector however small the distance. Their
+    exact values restore both. More than 2n such pairs in one batch (large clusters of
+    near-copies) leave the rest at 0."""
+    n = sq.shape[-1]
+    rows, cols = torch.triu_indices(n, n, 1, device=sq.device)
+    k = min(rows.numel(), 2 * n)
+    if k == 0:
+        return sq
+    norms = grams[0::2].diagonal(dim1=-2, dim2=-1)  # (2, n)
+    key = sq[0::2, rows, cols] / (norms[:, rows] + norms[:, cols])  # NaN (never picked first) for 0/0
+    pick = key.topk(k, dim=-1, largest=False).indices  # (2, k)
+    r, c = rows[pick], cols[pick]
+    exact = torch.stack(
+        [torch.linalg.vector_norm(rescaled[v][r[i]] - rescaled[v][c[i]], dim=-1, dtype=_ACC) for i, v in enumerate((0, 2))]
+    ).square()
+    v_idx = torch.arange(0, 3, 2, device=sq.device)[:, None].expand(-1, k)
+    return sq.index_put((torch.cat([v_idx, v_idx]), torch.cat([r, c]), torch.cat([c, r])), torch.cat([exact, exact]))
 
 
 def _reference_block(samples: Sequence[Tensor]) -> Dict[str, Any]:
@@ -778,8 +805,9 @@ def _reference_distances(samples: Sequence[Tensor], block: Dict[str, Any]) -> Tu
 
 
 def _divide(num: Tensor, den: Tensor) -> Tensor:
-    """num / den, 0 where den == 0 (no gradient needed here)."""
-    return torch.where(den != 0, num / den, 0.0)
+    """num / den, 0 where den == 0 (no gradient needed here; NaN or Inf in the inputs
+    are caught before, from the products)."""
+    return torch.nan_to_num(num / den, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _unicam_scores(a: Tensor, explained: Sequence[int], tolerance: float) -> Tuple[Tensor, Tensor, Tensor]:
@@ -841,12 +869,13 @@ def _unicam_scores(a: Tensor, explained: Sequence[int], tolerance: float) -> Tup
     g_xz = _divide(s * r_xz, one_xz) - r_yz * g_xy
     c_xy = _divide(g_xy, root_xy)
     c_xz = _divide(g_xz, root_xz)
-    c_xx = -_divide(g_xy * r_xy + g_xz * r_xz, p_xx)  # 2 dS/dp_xx
+    c_xx = _divide(g_xy * r_xy + g_xz * r_xz, -p_xx)  # 2 dS/dp_xx
     weights = torch.stack([c_xx, c_xy, c_xz], dim=-1)  # (B, K, 3) in the order (x, y, z)
     order = torch.tensor([[0, 1, 2] if x == 0 else [2, 1, 0] for x in explained], device=a.device)
     weights = weights.gather(-1, order.expand_as(weights))  # in the order (s, y, b)
-    m = torch.einsum("bkv,vbij->kbij", weights / norm, u)
-    w = _divide(m, 2 * a[list(explained)])
+    m = torch.einsum("bkv,vbij->kbij", weights / (2 * norm), u)
+    a_x = a[0::2] if list(explained) == [0, 2] else a[explained[0] : explained[0] + 1]
+    w = _divide(m, a_x)
     flags = torch.cat([constant[:, :2], flat_labels, constant[:, 2:], same, by_other, p.isfinite().all(-1)], dim=1)
     return s.mT, w, flags
 

@@ -108,3 +108,25 @@ def test_four_samples_are_refused_with_the_reason(pair, n):
         unicam.attribute(x, target=[0, 1, 0, 1])
     with pytest.raises(InputError, match="2-dimensional"):
         unicam.score(x[:1], target=[0], context=(x[1:], [1, 0, 1]))
+
+
+def test_near_duplicate_samples_keep_their_exact_distance():
+    """UniCAM's fused path, float32: a sample and a slightly perturbed copy are closer than
+    the Gram route can resolve; their distance (and so its gradient) is recomputed
+    exactly, not set to 0, and an exact duplicate stays at exactly 0."""
+    import dcor
+    import numpy as np
+
+    from captum_unicam import stats
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(10, 5000, generator=g) + 3.0
+    x[4] = x[3] + 1e-4 * torch.randn(5000, generator=g)
+    x[2] = x[5]
+    y = torch.randn(10, 3, generator=g)
+    a, rescaled, scales = stats._batch_distances([x, y, x.flip(0)])
+    d = (a[0, 0] * scales[0]).numpy()
+    ref = dcor.distances.pairwise_distances(x.double().numpy())
+    assert d[2, 5] == 0 and d[5, 2] == 0
+    assert d[3, 4] == pytest.approx(ref[3, 4], rel=1e-3)
+    np.testing.assert_allclose(d, ref, rtol=1e-4, atol=1e-3 * ref[3, 4])
