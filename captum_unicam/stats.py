@@ -781,7 +781,7 @@ def _reference_block(samples: Sequence[Tensor]) -> Dict[str, Any]:
         "origins": [x.detach()[:1] for x in samples],
         "scales": scales,
         "norms": grams.diagonal(dim1=-2, dim2=-1).clone(),  # (V, m)
-        "distances": _sq_from_gram(grams, noise[:, None, None]).sqrt(),  # (V, m, m)
+        "distances": _exact_closest_pairs(_sq_from_gram(grams, noise[:, None, None]), grams, rescaled).sqrt(),
         "noise": noise,
     }
 
@@ -797,7 +797,16 @@ def _reference_distances(samples: Sequence[Tensor], block: Dict[str, Any]) -> Tu
     norms = torch.stack([(x.unsqueeze(1) @ x.unsqueeze(2)).reshape(-1).to(_ACC) for x in rescaled])  # (V, N)
     both = norms.unsqueeze(-1) + block["norms"].unsqueeze(1)
     sq = both - 2 * cross
-    d = torch.where(sq <= block["noise"][:, None, None] * both, 0.0, sq).sqrt()  # (V, N, m)
+    sq = torch.where(sq <= block["noise"][:, None, None] * both, 0.0, sq)
+    # each input's closest reference, for both representations, exactly (an input that is a
+    # near-copy of a reference keeps its distance and gradient; see _exact_closest_pairs)
+    nearest = (sq[0::2] / both[0::2]).nan_to_num(nan=0.0).argmin(-1)  # (2, N)
+    exact = torch.stack(
+        [torch.linalg.vector_norm(rescaled[v] - block["x"][v][nearest[i]], dim=-1, dtype=_ACC) for i, v in enumerate((0, 2))]
+    ).square()
+    inputs = torch.arange(sq.shape[1], device=sq.device)
+    sq = sq.index_put((torch.arange(0, 3, 2, device=sq.device)[:, None], inputs, nearest), exact)
+    d = sq.sqrt()  # (V, N, m)
     v, n_in, m = d.shape
     top = torch.cat([d.new_zeros(v, n_in, 1), d], dim=2)  # (V, N, 1 + m)
     rest = torch.cat([d.unsqueeze(-1), block["distances"].unsqueeze(1).expand(v, n_in, m, m)], dim=3)

@@ -130,3 +130,25 @@ def test_near_duplicate_samples_keep_their_exact_distance():
     assert d[2, 5] == 0 and d[5, 2] == 0
     assert d[3, 4] == pytest.approx(ref[3, 4], rel=1e-3)
     np.testing.assert_allclose(d, ref, rtol=1e-4, atol=1e-3 * ref[3, 4])
+
+
+def test_near_duplicates_in_reference_mode_keep_their_exact_distance():
+    """Reference mode: near-copies inside the reference set, and an input that is a
+    near-copy of a reference, keep their exact distances (float32)."""
+    import dcor
+    import numpy as np
+
+    from captum_unicam import stats
+
+    g = torch.Generator().manual_seed(3)
+    ref = torch.randn(10, 5000, generator=g) + 3.0
+    ref[4] = ref[3] + 1e-4 * torch.randn(5000, generator=g)
+    labels = torch.nn.functional.one_hot(torch.arange(10) % 3).float()
+    block = stats._reference_block([ref, labels, ref.flip(0)])
+    inputs = torch.stack([ref[6] + 1e-4 * torch.randn(5000, generator=g), ref[2]])
+    a, _, scales = stats._reference_distances([inputs, labels[:2], inputs], block)
+    for i in range(2):
+        d = (a[0, i] * scales[0]).numpy()
+        expected = dcor.distances.pairwise_distances(torch.cat([inputs[i : i + 1], ref]).double().numpy())
+        np.testing.assert_allclose(d, expected, rtol=1e-4, atol=1e-2 * expected[4, 5])
+    assert float(a[0, 0, 0, 7]) > 0 and float(a[0, 1, 0, 3]) == 0  # near-copy of ref 6; ref 2 itself

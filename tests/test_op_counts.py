@@ -76,6 +76,15 @@ def test_round_trips_per_attribute_both(setting, target):
     assert 1 <= trips.count <= MAX_ROUND_TRIPS, trips.names
 
 
+def test_operations_reference_mode(setting):
+    student, base, x, y = setting
+    unicam = UniCAM(student, student.layer2, base, base.layer2, reference=(x[4:], y[4:]))
+    call = lambda: unicam.attribute(x[:4], target=y[:4], features="both")  # noqa: E731
+    call()  # builds the cache
+    ops = count_ops(call) - _forward_ops(student, base, x[:4])
+    assert 0 < ops <= MAX_OPS, ops
+
+
 def test_round_trips_reference_mode(setting):
     student, base, x, y = setting
     unicam = UniCAM(student, student.layer2, base, base.layer2, reference=(x[4:], y[4:]))
