@@ -8,9 +8,14 @@ Measures, in one run and on the same data:
 - peak extra memory of each (in a fresh subprocess, from ru_maxrss);
 - agreement with dcor in float64 (bar: 1e-9) and in float32.
 
-Bars (DESIGN.md section 6): >= 100x faster than dcor, <= 3x the floor, float64 within 1e-9.
+Beside the times: the tensor operations of one call (torch.profiler, top-level aten
+operations) and its host round trips (benchmarks/counting.py).
+
+Bars (docs/method.md): >= 100x faster than dcor, <= 3x the floor (<= 2x on an H200),
+float64 within 1e-9.
 
     python benchmarks/bench_stats.py [--n 128] [--d 100352] [--repeats 9] [--dcor-repeats 3]
+    python benchmarks/bench_stats.py --device cuda --no-dcor   # GPU: floor and ours only
 """
 
 from __future__ import annotations
@@ -23,8 +28,13 @@ import subprocess
 import sys
 import time
 
+from pathlib import Path
+
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from counting import RoundTrips, count_ops  # noqa: E402
 
 
 def _data(n: int, d: int, seed: int = 0, dtype=torch.float32):
@@ -40,9 +50,16 @@ def _data(n: int, d: int, seed: int = 0, dtype=torch.float32):
     return x, y, z
 
 
-def _seconds(fn) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _seconds(fn, device: torch.device = torch.device("cpu")) -> float:
+    _sync(device)
     t0 = time.perf_counter()
     fn()
+    _sync(device)
     return time.perf_counter() - t0
 
 
@@ -82,63 +99,78 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--dcor-repeats", type=int, default=3)
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--no-dcor", action="store_true", help="skip dcor and the memory children (slow)")
     args = parser.parse_args()
     if args.memory_child:
         _memory_child(args.memory_child, args.n, args.d)
         return
 
-    import dcor
-
     from captum_unicam import stats
 
+    device = torch.device(args.device)
     n, d = args.n, args.d
+    use_dcor = not args.no_dcor
     # first, while this process is small: a child's peak RSS starts at its parent's RSS
     # at fork time, so measuring later would hide the children's growth
-    mem = {k: _memory(k, n, d) for k in ("floor", "ours", "dcor")}
+    mem = {k: _memory(k, n, d) for k in ("floor", "ours", "dcor")} if use_dcor and device.type == "cpu" else {}
     x, y, z = _data(n, d)
     xn, yn, zn = x.numpy(), y.numpy(), z.numpy()
+    xd, yd, zd = (t.to(device) for t in (x, y, z))
 
     # interleaved rounds, so that the floor and ours see the same machine state (on a
     # shared VM the speed of the same matmul drifts by up to 30 % over a minute)
-    floor_fn = lambda: [v @ v.T for v in (x, y, z)]  # noqa: E731
-    ours_fn = lambda: stats.partial_distance_correlation(x, y, z)  # noqa: E731
-    dcor_fn = lambda: dcor.partial_distance_correlation(xn, yn, zn)  # noqa: E731
+    floor_fn = lambda: [v @ v.T for v in (xd, yd, zd)]  # noqa: E731
+    ours_fn = lambda: stats.partial_distance_correlation(xd, yd, zd)  # noqa: E731
+    fns = [floor_fn, ours_fn]
+    if use_dcor:
+        import dcor
+
+        dcor_fn = lambda: dcor.partial_distance_correlation(xn, yn, zn)  # noqa: E731
+        fns.append(dcor_fn)
     t_floor, t_ours, t_dcor = [], [], []
-    for fn in (floor_fn, ours_fn, dcor_fn):
+    for fn in fns:
         fn()  # warm-up
-    for i in range(max(args.repeats, args.dcor_repeats)):
-        t_floor.append(_seconds(floor_fn))
-        t_ours.append(_seconds(ours_fn))
-        if i < args.dcor_repeats:
+    for i in range(max(args.repeats, args.dcor_repeats if use_dcor else 0)):
+        if i < args.repeats:
+            t_floor.append(_seconds(floor_fn, device))
+            t_ours.append(_seconds(ours_fn, device))
+        if use_dcor and i < args.dcor_repeats:
             t_dcor.append(_seconds(dcor_fn))
-    t_floor, t_ours, t_dcor = (statistics.median(t) for t in (t_floor, t_ours, t_dcor))
+    t_floor, t_ours = statistics.median(t_floor), statistics.median(t_ours)
+    t_dcor = statistics.median(t_dcor) if t_dcor else float("nan")
 
-    ours32 = float(stats.partial_distance_correlation(x, y, z))
-    ref32 = float(dcor.partial_distance_correlation(xn.astype(np.float64), yn.astype(np.float64), zn.astype(np.float64)))
-    x64, y64, z64 = (t.double() for t in (x, y, z))
+    ops = count_ops(ours_fn)
+    with RoundTrips() as trips:
+        ours_fn()
+
+    x64, y64, z64 = (t.double().to(device) for t in (x, y, z))
+    ours32 = float(stats.partial_distance_correlation(xd, yd, zd))
     ours64 = float(stats.partial_distance_correlation(x64, y64, z64))
-    err64 = abs(ours64 - ref32)  # ref32 is dcor on the float64 copy of the same data
-    err32 = abs(ours32 - ref32)
 
-
-    rows = [
-        ("floor: 3 Gram products (float32)", t_floor, mem["floor"]),
-        ("captum_unicam.stats pdCor (float32)", t_ours, mem["ours"]),
-        ("dcor pdCor (float32 arrays)", t_dcor, mem["dcor"]),
-    ]
-    print(f"partial_distance_correlation, n={n}, d={d}, torch threads={torch.get_num_threads()}")
+    where = f"{device.type}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f", torch threads={torch.get_num_threads()}")
+    print(f"partial_distance_correlation, n={n}, d={d}, float32, {where}")
     print(f"{'what':40s} {'time (ms)':>10s} {'peak extra MiB':>15s}")
+    rows = [("floor: 3 Gram products (float32)", t_floor, mem.get("floor")), ("captum_unicam.stats pdCor (float32)", t_ours, mem.get("ours"))]
+    if use_dcor:
+        rows.append(("dcor pdCor (float32 arrays)", t_dcor, mem.get("dcor")))
     for name, t, m in rows:
-        print(f"{name:40s} {1000 * t:10.1f} {m:15.1f}")
-    input_mib = 3 * n * d * 4 / 2**20
-    speedup = t_dcor / t_ours
+        print(f"{name:40s} {1000 * t:10.2f} {'-' if m is None else f'{m:.1f}':>15s}")
     vs_floor = t_ours / t_floor
     print()
-    print(f"speed-up over dcor:        {speedup:8.1f}x   (bar >= 100x)  {'OK' if speedup >= 100 else 'MISSED'}")
-    print(f"time / floor:              {vs_floor:8.2f}x   (bar <= 3x)    {'OK' if vs_floor <= 3 else 'MISSED'}")
-    print(f"|ours - dcor|, float64:    {err64:10.2e} (bar <= 1e-9)  {'OK' if err64 <= 1e-9 else 'MISSED'}")
-    print(f"|ours - dcor|, float32 in: {err32:10.2e} (float32 Gram, float64 after it)")
-    print(f"inputs: {input_mib:.0f} MiB; an (n, n, d) tensor would be {n * n * d * 4 / 2**30:.1f} GiB")
+    print(f"time / floor:              {vs_floor:8.2f}x   (bar <= 3x; <= 2x on an H200)")
+    print(f"operations per call:       {ops:8d}    host round trips per call: {trips.count} (the NaN/Inf check)")
+    if use_dcor:
+        ref32 = float(dcor.partial_distance_correlation(xn.astype(np.float64), yn.astype(np.float64), zn.astype(np.float64)))
+        err64 = abs(ours64 - ref32)  # ref32 is dcor on the float64 copy of the same data
+        err32 = abs(ours32 - ref32)
+        speedup = t_dcor / t_ours
+        print(f"speed-up over dcor:        {speedup:8.1f}x   (bar >= 100x)  {'OK' if speedup >= 100 else 'MISSED'}")
+        print(f"|ours - dcor|, float64:    {err64:10.2e} (bar <= 1e-9)  {'OK' if err64 <= 1e-9 else 'MISSED'}")
+        print(f"|ours - dcor|, float32 in: {err32:10.2e} (float32 Gram, float64 after it)")
+    else:
+        print(f"|float32 - float64|:       {abs(ours32 - ours64):10.2e} (dcor skipped: --no-dcor)")
+    print(f"inputs: {3 * n * d * 4 / 2**20:.0f} MiB; an (n, n, d) tensor would be {n * n * d * 4 / 2**30:.1f} GiB")
 
 
 if __name__ == "__main__":

@@ -47,11 +47,11 @@ def _batch(n, seed):
 
 
 @SETTINGS
-@given(n=st.integers(1, 3), context=st.integers(0, 2), seed=st.integers(0, 100))
+@given(n=st.integers(1, 4), context=st.integers(0, 3), seed=st.integers(0, 100))
 def test_unicam_too_few_samples(pair, n, context, seed):
-    """Under 4 samples with the context counted: refused before any forward pass."""
+    """Under 5 samples with the context counted: refused before any forward pass."""
     total = n + context
-    assume(total < 4)
+    assume(total < 5)
     student, base = pair
     x, y = _batch(total, seed)
     kwargs = {"context": (x[n:], y[n:])} if context else {}

@@ -374,11 +374,31 @@ def test_non_finite_values(name, bad, position, which):
         getattr(stats, name)(*args)
 
 
-def test_overflowing_values():
-    x = torch.full((6, 4), 1e30)
-    x[0] = -1e30
-    with pytest.raises(ValueError, match="overflow"):
-        stats.u_distance_correlation_sqr(x, torch.randn(6, 2))
+@pytest.mark.parametrize("magnitude", [1e-25, 1e-30, 1e19, 1e30])
+@pytest.mark.parametrize("name", ["u_distance_correlation_sqr", "distance_correlation_sqr", "partial_distance_correlation"])
+def test_float32_underflow_and_overflow_are_rescaled(magnitude, name):
+    """float32 samples whose squared norms under- or overflow: each variable is rescaled
+    first (correlations are scale-free), so the value is dcor's, not a silent 0 or an error."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(12, 6, generator=g, dtype=torch.float64)
+    y = x[:, :2] ** 2 + 0.5 * torch.randn(12, 2, generator=g, dtype=torch.float64)
+    z = x[:, 2:] + torch.randn(12, 4, generator=g, dtype=torch.float64)
+    args = [x, y, z][: 3 if name.startswith("partial") else 2]
+    tiny = [(a * magnitude).float() for a in args]
+    ref = _reference(name, *[t.double() for t in tiny])
+    assert abs(ref) > 0.05
+    assert float(getattr(stats, name)(*tiny)) == pytest.approx(ref, abs=1e-5)
+
+
+def test_float32_underflow_covariance_and_distances_keep_their_scale():
+    g = torch.Generator().manual_seed(9)
+    x = (torch.randn(10, 5, generator=g, dtype=torch.float64) * 1e-21).float()
+    y = (torch.randn(10, 3, generator=g, dtype=torch.float64) * 1e10).float()
+    ref = dcor.u_distance_covariance_sqr(_np(x), _np(y))
+    assert abs(ref) > 1e-14
+    assert float(stats.u_distance_covariance_sqr(x, y)) == pytest.approx(ref, rel=1e-5, abs=0)
+    d = stats.distance_matrix(x).double().numpy()
+    np.testing.assert_allclose(d, dcor.distances.pairwise_distances(_np(x)), rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from torch import nn
 
 import captum_unicam.attr.unicam as unicam_module
 from captum_unicam.attr import UniCAM, UniCAMWarning
+from captum_unicam.errors import InputError
 
 
 @pytest.fixture()
@@ -43,14 +44,16 @@ def unicam_of(pair, **kwargs):
 # ---------------------------------------------------------------------------
 
 
-def test_fewer_than_four_samples_points_to_context(pair, data):
+def test_fewer_than_five_samples_points_to_context_and_says_why(pair, data):
     x, y = data
-    with pytest.raises(ValueError, match="context="):
-        unicam_of(pair).attribute(x[:3], target=y[:3])
-    with pytest.raises(ValueError, match="context="):
-        unicam_of(pair).attribute(x[:1], target=y[:1], context=(x[1:3], y[1:3]))
+    for n in (3, 4):
+        with pytest.raises(InputError, match="context=") as info:
+            unicam_of(pair).attribute(x[:n], target=y[:n])
+        assert "n = 4" in str(info.value) and "2-dimensional" in str(info.value)
+    with pytest.raises(InputError, match="context="):
+        unicam_of(pair).attribute(x[:1], target=y[:1], context=(x[1:4], y[1:4]))
     # with enough context, a single image is fine
-    assert unicam_of(pair).attribute(x[:1], target=y[:1], context=(x[1:4], y[1:4])).shape == (1, 1, 4, 4)
+    assert unicam_of(pair).attribute(x[:1], target=y[:1], context=(x[1:5], y[1:5])).shape == (1, 1, 4, 4)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ r"""UniCAM: unique class activation maps of a distilled Student against its Base
 of :class:`~captum.attr.LayerGradCam`. Where Grad-CAM weights a layer's channels by the
 gradient of a class score, UniCAM weights them by the gradient of a *batch statistic*:
 the partial distance correlation between one model's representation and the label
-vectors, given the other model's representation (DESIGN.md, section 3). The
+vectors, given the other model's representation (docs/method.md). The
 **distilled** score :math:`S_d = \mathcal{R}^*(X_s, Y; X_b)` measures what the Student
 knows about the labels beyond the Base; the **residual** score
 :math:`S_r = \mathcal{R}^*(X_b, Y; X_s)` what the Base knows beyond the Student, i.e.
@@ -31,7 +31,12 @@ from captum_unicam.errors import InputError
 __all__ = ["UniCAM", "UniCAMWarning"]
 
 _FEATURES = ("distilled", "residual", "both")
-_MIN_SAMPLES = 4  # the U-statistics divide by n (n - 3)
+_MIN_SAMPLES = 5
+_WHY_FIVE = (
+    "At n = 4 the U-centred distance matrices span a 2-dimensional space, so once the "
+    "other model is removed the partial distance correlation is always +1 or -1 and its "
+    "maps are 0 or rounding noise (see docs/method.md)."
+)
 
 Transform = Callable[[Tensor], Tensor]
 
@@ -215,13 +220,8 @@ class _Capture:
                     "layer; pass a representation layer at or after the attribution layer "
                     "(or None to read the representation at the attribution layer)."
                 )
-        for name, value in (("activations", self.activation), ("representation", self.representation)):
-            if value is not None and not bool(torch.isfinite(value.detach()).all()):
-                raise InputError(
-                    f"The {self.model}'s {name} at "
-                    f"`{self.layer_arg if name == 'activations' else self.feature_arg}` "
-                    "contain NaN or Inf; check the inputs and the model's weights."
-                )
+        # NaN/Inf in the activations or the representation are found without a host
+        # round trip, with the other checks at the end of the call (UniCAM._report).
 
 
 # ---------------------------------------------------------------------------
@@ -353,8 +353,10 @@ def _ravel_targets(
     return result
 
 
-def _same_rows(y: Tensor) -> bool:
-    return bool((y == y[:1]).all())
+def _one_hot(index: Tensor, num_classes: int) -> Tensor:
+    """One-hot rows, without F.one_hot's check of the indices (a read back to the host);
+    indices are checked where they are known to be on the host."""
+    return index.unsqueeze(1) == torch.arange(num_classes, device=index.device)
 
 
 # ---------------------------------------------------------------------------
@@ -383,27 +385,37 @@ class UniCAM(LayerAttribution, GradientAttribution):
     weights the channels as in Grad-CAM: :math:`\alpha_{ik}` is the spatial mean of
     :math:`G_{ik}` and the map is :math:`\mathrm{ReLU}(\sum_k \alpha_{ik} A_{ik})`.
 
-    The score is a **batch statistic**: the map of an image depends on the other images
-    of the batch (at least 4 are needed), much as a contrastive explanation depends on
-    its contrast set. Permuting the batch permutes the maps and changes nothing else.
-    To explain a few images reproducibly, pass a fixed reference set with ``context=``.
+    The score is a **batch statistic**: in batch mode (the default, the paper's) the map
+    of an image depends on the other images of the batch (at least 5 are needed: at
+    n = 4 the partial correlation is always +-1), much as a contrastive explanation
+    depends on its contrast set. Permuting the batch permutes the maps and changes
+    nothing else. ``context=`` scores the inputs together with a fixed set of examples.
+    **Reference mode** (``reference=(ref_inputs, ref_target)``) scores each input with
+    a fixed reference set alone, so its map is a per-image function: it does not depend
+    on the other inputs of the call, and Captum's wrappers (``NoiseTunnel``,
+    ``sensitivity_max``) see a per-image explanation.
 
-    Degenerate cases give zeros, never NaN, with a :class:`UniCAMWarning`: Student and
-    Base with the same representation (nothing unique left), labels identical over the
-    batch, a constant representation of the explained model. A Base representation
-    that is constant over the batch removes nothing (the distilled score is then the
-    distance correlation of the Student with the labels), also with a warning.
+    Degenerate cases give zeros, never NaN, with a :class:`UniCAMWarning` that names the
+    cause and the fix: Student and Base with the same representation (nothing unique
+    left), a constant representation of the explained model, and label vectors whose
+    U-centred distance matrix is zero -- one class in the batch, or one-hot labels of
+    classes that are all distinct (pass ``label_embeddings=embed_labels(class_names)``
+    or use repeated classes). A Base representation that is constant over the batch
+    removes nothing (the distilled score is then the distance correlation of the
+    Student with the labels), also with a warning.
 
     Cost: one forward pass of each model per call, also for ``features="both"``. When
     the representation is read at the attribution layer (the default) the forward
-    passes record no autograd graph at all: only the distance statistics are
-    differentiated, so UniCAM costs about as much as two LayerGradCam calls, or less
-    for early layers. With a deeper representation layer, a graph is recorded from the
-    attribution layer to the representation layer only.
+    passes record no autograd graph at all: the gradient of the score with respect to
+    the representation is computed in closed form (about 270 tensor operations and one
+    read back to the host per call), so UniCAM costs about as much as two LayerGradCam
+    calls, or less for early layers. With a deeper representation layer, or a
+    ``reshape_transform``, autograd carries that gradient back from the representation
+    to the attribution layer (a graph is recorded between the two only).
 
     More details: the UniCAM paper (unique class activation mapping, with the FSS and RS
     metrics, for explaining knowledge distillation); the exact reading implemented here is
-    fixed in section 3 of captum-unicam's design notes: the paper's "gradient of the class
+    described in docs/method.md: the paper's "gradient of the class
     score with respect to the unique features" is the gradient of :math:`S_d` (or
     :math:`S_r`). The authors' release projects only the Student's matrix (a semi-partial
     correlation); its maps differ from these by a positive per-batch factor.
@@ -421,6 +433,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
         student_feature_layer: Optional[Module] = None,
         base_feature_layer: Optional[Module] = None,
         reshape_transform: Union[None, Transform, Sequence[Optional[Transform]]] = None,
+        reference: Optional[Tuple[Any, ...]] = None,
     ) -> None:
         r"""
         Args:
@@ -463,23 +476,38 @@ class UniCAM(LayerAttribution, GradientAttribution):
                         (so it must be differentiable and act row-wise on the batch);
                         with no feature layer, the transformed activations are also the
                         representation. Default: None
+            reference (tuple, optional): ``(ref_inputs, ref_target)`` or
+                        ``(ref_inputs, ref_target, ref_additional_forward_args)``: a
+                        fixed reference set of ``m >= 4`` examples, which switches on
+                        **reference mode**: each input is scored together with the
+                        reference set alone (``n = 1 + m``), so its map does not depend
+                        on the other inputs of the call, on the batch size, or on
+                        Captum's internal batching (``NoiseTunnel``,
+                        ``sensitivity_max``). The reference set is forward-passed once,
+                        on first use, and its representations, label vectors and
+                        ``m x m`` distance matrices are cached (build a new UniCAM if
+                        the models' weights change). ``ref_target`` follows the rules
+                        of ``target``; use repeated classes in the reference set (or
+                        ``label_embeddings``), see the degenerate cases above. Scores
+                        are then one per input. Default: None (batch mode, the paper's
+                        behaviour)
         """
         if device_ids is not None or isinstance(forward_func, torch.nn.DataParallel) or isinstance(
             base_forward_func, torch.nn.DataParallel
         ):
-            raise ValueError(
+            raise InputError(
                 "UniCAM does not support DataParallel (device_ids): its scores are "
                 "statistics of the whole batch. Pass the underlying modules "
                 "(model.module) and a batch on one device."
             )
         for name, value in (("layer", layer), ("base_layer", base_layer)):
             if not isinstance(value, Module):
-                raise ValueError(f"`{name}` must be a torch.nn.Module inside the model, got {type(value).__name__}.")
+                raise InputError(f"`{name}` must be a torch.nn.Module inside the model, got {type(value).__name__}.")
         for name, value in (("student_feature_layer", student_feature_layer), ("base_feature_layer", base_feature_layer)):
             if value is not None and not isinstance(value, Module):
-                raise ValueError(f"`{name}` must be None or a torch.nn.Module, got {type(value).__name__}.")
+                raise InputError(f"`{name}` must be None or a torch.nn.Module, got {type(value).__name__}.")
         if not callable(forward_func) or not callable(base_forward_func):
-            raise ValueError("`forward_func` and `base_forward_func` must be callables (models).")
+            raise InputError("`forward_func` and `base_forward_func` must be callables (models).")
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
         GradientAttribution.__init__(self, forward_func)
         self.base_forward_func = base_forward_func
@@ -489,6 +517,8 @@ class UniCAM(LayerAttribution, GradientAttribution):
         self.label_embeddings = self._check_embeddings(label_embeddings)
         self.reshape_transform = reshape_transform
         self._transforms = self._check_transforms(reshape_transform)
+        self._reference = self._check_reference(reference)
+        self._reference_cache: Dict[Any, Any] = {}
 
     # -- construction helpers ------------------------------------------------
 
@@ -500,14 +530,14 @@ class UniCAM(LayerAttribution, GradientAttribution):
             try:
                 table = torch.as_tensor(table)
             except Exception as err:
-                raise ValueError("`label_embeddings` must be a (num_classes, e) float tensor.") from err
+                raise InputError("`label_embeddings` must be a (num_classes, e) float tensor.") from err
         if table.dim() != 2 or table.shape[0] == 0 or table.shape[1] == 0 or not table.is_floating_point():
-            raise ValueError(
+            raise InputError(
                 "`label_embeddings` must be a non-empty (num_classes, e) float tensor, got "
                 f"shape {tuple(table.shape)} and dtype {table.dtype}."
             )
         if not bool(torch.isfinite(table).all()):
-            raise ValueError("`label_embeddings` contains NaN or Inf.")
+            raise InputError("`label_embeddings` contains NaN or Inf.")
         return table
 
     @staticmethod
@@ -516,7 +546,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
             return transform, transform
         if isinstance(transform, (tuple, list)) and len(transform) == 2 and all(t is None or callable(t) for t in transform):
             return transform[0], transform[1]
-        raise ValueError(
+        raise InputError(
             "`reshape_transform` must be None, a callable, or a pair "
             "(student_transform, base_transform) of callables or None."
         )
@@ -537,6 +567,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
         features: str = "distilled",
         context: Optional[Tuple[Any, ...]] = None,
         return_score: bool = False,
+        reference: Optional[Tuple[Any, ...]] = None,
     ) -> Union[Tensor, Tuple[Tensor, Tensor], Tuple[Any, Any]]:
         r"""
         Args:
@@ -546,7 +577,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
                         tensor, a single tensor should be provided; if they take
                         several, a tuple. Dimension 0 indexes the examples. UniCAM's
                         scores are batch statistics: together with ``context`` there
-                        must be at least 4 examples.
+                        must be at least 5 examples (in reference mode, any number).
             target (int, list, Tensor, optional): The labels of the examples:
 
                         - a list or 1-D integer tensor of class indices, one per
@@ -585,8 +616,11 @@ class UniCAM(LayerAttribution, GradientAttribution):
             attr_dim_summation (bool, optional): Whether to sum the weighted
                         activations over dimension 1 (channels). Default: True
             grad_kwargs (Dict[str, Any], optional): Additional keyword arguments
-                        for ``torch.autograd.grad`` (the gradient of the score with
-                        respect to the layer activations).
+                        for ``torch.autograd.grad``, where autograd is used: from a
+                        representation layer deeper than the attribution layer, or
+                        through ``reshape_transform``, back to the layer activations.
+                        With the representation read at the attribution layer the
+                        gradient is computed in closed form and they are not used.
                         Default: None
             features (str, optional): ``"distilled"`` (maps on the Student's layer),
                         ``"residual"`` (maps on the Base's layer) or ``"both"`` (a
@@ -606,7 +640,12 @@ class UniCAM(LayerAttribution, GradientAttribution):
                         an error, since it cannot be extended to the context.
                         Default: None
             return_score (bool, optional): Also return the score(s), as 0-d tensors
-                        (see :meth:`score`). Default: False
+                        (see :meth:`score`); in reference mode, one score per input.
+                        Default: False
+            reference (tuple, optional): A reference set for this call only, as the
+                        constructor's ``reference`` (not cached); it replaces the
+                        constructor's. Cannot be combined with ``context``.
+                        Default: None
 
         Returns:
             *Tensor* or *tuple[Tensor, Tensor]* of **attributions**:
@@ -656,7 +695,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
             torch.Size([1, 1, 2, 2])
         """
         if features not in _FEATURES:
-            raise ValueError(f"`features` must be one of {_FEATURES}, got {features!r}.")
+            raise InputError(f"`features` must be one of {_FEATURES}, got {features!r}.")
         if torch.is_inference_mode_enabled():
             raise InputError(
                 "UniCAM.attribute was called under torch.inference_mode(): its maps are "
@@ -676,6 +715,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
             relu_attributions=relu_attributions,
             attr_dim_summation=attr_dim_summation,
             grad_kwargs=grad_kwargs,
+            reference=reference,
         )
         if features == "both":
             out: Any = maps
@@ -699,6 +739,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
         *,
         features: str = "both",
         context: Optional[Tuple[Any, ...]] = None,
+        reference: Optional[Tuple[Any, ...]] = None,
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         r"""The scores behind the maps, without computing any gradient.
 
@@ -710,18 +751,24 @@ class UniCAM(LayerAttribution, GradientAttribution):
         ``dcor.partial_distance_correlation`` on the same representations, except in
         the degenerate cases, where they are 0 (with a :class:`UniCAMWarning`).
 
+        In reference mode (the constructor's ``reference``, or ``reference=`` here),
+        each input is scored with the reference set alone and the scores are
+        ``(N,)`` tensors, one per input.
+
         Returns:
             *Tensor* or *tuple[Tensor, Tensor]*: 0-d tensor ``S_d`` or ``S_r``, or
-            ``(S_d, S_r)`` for ``features="both"`` (the default here).
+            ``(S_d, S_r)`` for ``features="both"`` (the default here); ``(N,)``
+            tensors in reference mode.
 
         Examples::
 
             >>> s_d, s_r = unicam.score(x, target=y)  # doctest: +SKIP
         """
         if features not in _FEATURES:
-            raise ValueError(f"`features` must be one of {_FEATURES}, got {features!r}.")
+            raise InputError(f"`features` must be one of {_FEATURES}, got {features!r}.")
         _, scores = self._compute(
-            inputs, target, additional_forward_args, attribute_to_layer_input, features, context, maps=False
+            inputs, target, additional_forward_args, attribute_to_layer_input, features, context, maps=False,
+            reference=reference,
         )
         return scores if features == "both" else scores[0]
 
@@ -739,6 +786,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
         relu_attributions: bool = True,
         attr_dim_summation: bool = True,
         grad_kwargs: Optional[Dict[str, Any]] = None,
+        reference: Any = None,
     ) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
         kinds = ("distilled", "residual") if features == "both" else (features,)
 
@@ -747,22 +795,37 @@ class UniCAM(LayerAttribution, GradientAttribution):
         n = inputs[0].shape[0]
         args = _format_additional_forward_args(additional_forward_args) or ()
         table_rows = None if self.label_embeddings is None else self.label_embeddings.shape[0]
-        parts = [(_parse_target(target, n, "target", table_rows, alone=context is None), n)]
+        if reference is None:
+            reference = self._reference
+        else:
+            reference = self._check_reference(reference)
+        if reference is not None and context is not None:
+            raise InputError(
+                "`context` and `reference` cannot be combined: in reference mode each input "
+                "is scored with the reference set alone. Pass one of them."
+            )
+        parts = [(_parse_target(target, n, "target", table_rows, alone=context is None and reference is None), n)]
         if context is not None:
             inputs, args, ctx_part = self._join_context(inputs, args, context, table_rows)
             parts.append(ctx_part)
         n_total = inputs[0].shape[0]
-        if n_total < _MIN_SAMPLES:
-            raise ValueError(
+        if reference is None and n_total < _MIN_SAMPLES:
+            raise InputError(
                 f"UniCAM's scores are statistics of the batch and need at least "
-                f"{_MIN_SAMPLES} samples; got {n_total}. Explain a larger batch, or pass "
-                "a reference set with `context=(ctx_inputs, ctx_target)`."
+                f"{_MIN_SAMPLES} samples; got {n_total}. {_WHY_FIVE} Explain a larger "
+                "batch, or pass a reference set with `context=(ctx_inputs, ctx_target)` "
+                "or `reference=` (per-image maps)."
             )
         if grad_kwargs is not None and not isinstance(grad_kwargs, dict):
-            raise ValueError("`grad_kwargs` must be a dict of keyword arguments for torch.autograd.grad.")
+            raise InputError("`grad_kwargs` must be a dict of keyword arguments for torch.autograd.grad.")
         self._warn_training()
 
-        # 2. One forward pass of each model, recording a graph only where needed.
+        # 2. The reference set (reference mode): forward-passed once, then cached.
+        blocks = None
+        if reference is not None:
+            blocks = self._reference_blocks(reference, attribute_to_layer_input, table_rows)
+
+        # 3. One forward pass of each model, recording a graph only where needed.
         need_s = maps and "distilled" in kinds
         need_b = maps and "residual" in kinds
         s_feature = self._feature_layer(self.student_feature_layer, self.layer, attribute_to_layer_input)
@@ -776,37 +839,109 @@ class UniCAM(LayerAttribution, GradientAttribution):
             inputs, args, attribute_to_layer_input, graph=need_b and b_feature is not None,
         )
 
-        # 3. Label vectors Y.
-        y = self._labels(_ravel_targets(parts, out_s, table_rows), out_s)
+        # 4. Label vectors Y, on the device of the representations.
+        y, label_ok = self._labels(_ravel_targets(parts, out_s, table_rows), out_s, cap_s.activation.device)
 
-        # 4. Scores and their gradients with respect to the layer activations.
+        # 5. Scores, and the derivative of each score with respect to its explained
+        #    representation, in closed form (captum_unicam.stats, fused path).
         with torch.enable_grad() if maps else torch.no_grad():
             leaf_s, a_s, x_s = self._representation(cap_s, self._transforms[0], need_s, "Student", n_total)
             leaf_b, a_b, x_b = self._representation(cap_b, self._transforms[1], need_b, "Base", n_total)
-            y = y.to(device=x_s.device)
-            cache: Dict[str, Tensor] = {}
-            scores, grads_of = [], []
-            for kind in kinds:
-                if kind == "distilled":
-                    s = self._score(x_s, y, x_b, "distilled", cache)
-                    grads_of.append((s, leaf_s, a_s, self._transforms[0], cap_s))
+        flat = [x_s.detach().reshape(n_total, -1), None, x_b.detach().reshape(n_total, -1)]
+        if blocks is None:
+            flat[1] = y.to(flat[0].dtype)
+            dist, rescaled, scales = stats._batch_distances(flat)
+        else:
+            flat = [f.to(blocks["x"][v].dtype) for v, f in enumerate((flat[0], y, flat[2]))]
+            dist, rescaled, scales = stats._reference_distances(flat, blocks)
+        explained = [0 if kind == "distilled" else 2 for kind in kinds]
+        tolerance = 8 * torch.finfo(flat[0].dtype).eps
+        s_all, w_all, flags = stats._unicam_scores(dist, explained, tolerance)
+        out_dtype = x_s.dtype
+        scores = tuple((s_all[k, 0] if blocks is None else s_all[k]).to(out_dtype) for k in range(len(kinds)))
+
+        results: List[Tensor] = []
+        if maps:
+            for k, kind in enumerate(kinds):
+                v = explained[k]
+                leaf, a, x, transform, cap = (
+                    (leaf_s, a_s, x_s, self._transforms[0], cap_s)
+                    if kind == "distilled"
+                    else (leaf_b, a_b, x_b, self._transforms[1], cap_b)
+                )
+                if blocks is None:
+                    grad_x = stats._laplacian_product(w_all[k, 0], rescaled[v])
                 else:
-                    s = self._score(x_b, y, x_s, "residual", cache)
-                    grads_of.append((s, leaf_b, a_b, self._transforms[1], cap_b))
-                scores.append(torch.zeros((), dtype=x_s.dtype, device=x_s.device) if s is None else s.detach())
-            if not maps:
-                return (), tuple(scores)
-            results = []
-            for i, (s, leaf, a, transform, cap) in enumerate(grads_of):
-                more = any(other is not None for other, *_ in grads_of[i + 1 :])
-                grad = self._gradient(s, leaf, grad_kwargs or {}, retain=more)
-                if transform is not None and grad is not None:
-                    grad = transform(grad)
+                    w_row = w_all[k, :, 0, 1:]  # (N, m): each input's row
+                    grad_x = stats._reference_row_product(w_row, rescaled[v], blocks["x"][v])
+                grad_x = (grad_x / scales[v].to(grad_x.dtype)).to(x.dtype)
+                grad = self._gradient(grad_x, leaf, a, x, transform, cap, grad_kwargs or {})
                 if cap.shapes is not None:  # a layer with several tensors: one map each
                     results.append(cap.maps(grad, relu_attributions, attr_dim_summation, n))
                     continue
                 results.append(self._gradcam(a.detach(), grad, relu_attributions, attr_dim_summation)[:n])
-        return tuple(results), tuple(scores)
+
+        # 6. One transfer to the host: the degenerate cases and the checks of the values.
+        self._report(flags, label_ok, kinds, results, reference is not None)
+        return tuple(results), scores
+
+    # -- reference mode ----------------------------------------------------------
+
+    @staticmethod
+    def _check_reference(reference: Any) -> Optional[Tuple[Any, ...]]:
+        if reference is None:
+            return None
+        if not isinstance(reference, (tuple, list)) or len(reference) not in (2, 3):
+            raise InputError(
+                "`reference` must be (ref_inputs, ref_target) or (ref_inputs, ref_target, "
+                f"ref_additional_forward_args); got {type(reference).__name__}"
+                f"{' of length ' + str(len(reference)) if isinstance(reference, (tuple, list)) else ''}."
+            )
+        ref_inputs = UniCAM._check_inputs(reference[0], "reference[0] (ref_inputs)")
+        m = ref_inputs[0].shape[0]
+        if m + 1 < _MIN_SAMPLES:
+            raise InputError(
+                f"`reference` holds {m} samples; each input is scored with the reference set, "
+                f"so it needs at least {_MIN_SAMPLES - 1} (n = 1 + m >= {_MIN_SAMPLES}). {_WHY_FIVE}"
+            )
+        return tuple(reference)
+
+    def _reference_blocks(self, reference: Tuple[Any, ...], to_input: bool, table_rows: Optional[int]) -> Dict[str, Any]:
+        """The reference set's cached statistics (stats._reference_block) for the Student's
+        representation, the label vectors and the Base's representation."""
+        key = (id(reference), bool(to_input))
+        cached = self._reference_cache.get(key)
+        if cached is not None and cached[0] is reference:
+            return cached[1]
+        ref_inputs = self._check_inputs(reference[0], "reference[0] (ref_inputs)")
+        m = ref_inputs[0].shape[0]
+        ref_args = _format_additional_forward_args(reference[2] if len(reference) == 3 else None) or ()
+        part = (_parse_target(reference[1], m, "reference[1] (ref_target)", table_rows), m)
+        s_feature = self._feature_layer(self.student_feature_layer, self.layer, to_input)
+        b_feature = self._feature_layer(self.base_feature_layer, self.base_layer, to_input)
+        out_s, cap_s = self._run(
+            "Student", self.forward_func, self.layer, "layer", s_feature, "student_feature_layer",
+            ref_inputs, ref_args, to_input, graph=False,
+        )
+        _, cap_b = self._run(
+            "Base", self.base_forward_func, self.base_layer, "base_layer", b_feature, "base_feature_layer",
+            ref_inputs, ref_args, to_input, graph=False,
+        )
+        y, label_ok = self._labels(_ravel_targets([part], out_s, table_rows), out_s, cap_s.activation.device)
+        with torch.no_grad():
+            _, _, x_s = self._representation(cap_s, self._transforms[0], False, "Student", m)
+            _, _, x_b = self._representation(cap_b, self._transforms[1], False, "Base", m)
+        x_s = x_s.detach().reshape(m, -1)
+        x_b = x_b.detach().reshape(m, -1)
+        blocks = stats._reference_block([x_s, y.to(x_s.dtype), x_b])
+        checks = torch.cat([blocks["distances"].isfinite().flatten(1).all(1), label_ok.reshape(1)]).tolist()
+        for ok, what in zip(checks, ("Student's representation", "label vectors", "Base's representation")):
+            if not ok:
+                raise InputError(f"The reference set's {what} contain NaN or Inf; check `reference`.")
+        if not checks[-1]:
+            raise InputError(self._predicted_out_of_range())
+        self._reference_cache = {key: (reference, blocks)}
+        return blocks
 
     # -- steps -----------------------------------------------------------------
 
@@ -816,12 +951,12 @@ class UniCAM(LayerAttribution, GradientAttribution):
             inputs = tuple(inputs)
         inputs = _format_tensor_into_tuples(inputs)
         if not inputs or not all(isinstance(t, Tensor) for t in inputs):
-            raise ValueError(f"`{name}` must be a tensor or a tuple of tensors.")
+            raise InputError(f"`{name}` must be a tensor or a tuple of tensors.")
         if any(t.dim() == 0 for t in inputs):
-            raise ValueError(f"`{name}` must have a batch dimension (dimension 0).")
+            raise InputError(f"`{name}` must have a batch dimension (dimension 0).")
         sizes = {t.shape[0] for t in inputs}
         if len(sizes) != 1:
-            raise ValueError(
+            raise InputError(
                 f"All tensors of `{name}` must have the same number of examples "
                 f"(dimension 0); got {[t.shape[0] for t in inputs]}."
             )
@@ -831,19 +966,19 @@ class UniCAM(LayerAttribution, GradientAttribution):
         self, inputs: Tuple[Tensor, ...], args: Tuple[Any, ...], context: Any, table_rows: Optional[int]
     ) -> Tuple[Tuple[Tensor, ...], Tuple[Any, ...], Tuple[Tuple[str, Optional[Tensor]], int]]:
         if not isinstance(context, (tuple, list)) or len(context) not in (2, 3):
-            raise ValueError(
+            raise InputError(
                 "`context` must be (ctx_inputs, ctx_target) or (ctx_inputs, ctx_target, "
                 "ctx_additional_forward_args)."
             )
         ctx_inputs = self._check_inputs(context[0], "context[0] (ctx_inputs)")
         if len(ctx_inputs) != len(inputs):
-            raise ValueError(
+            raise InputError(
                 f"`context` inputs must match `inputs`: {len(inputs)} tensor(s) expected, "
                 f"got {len(ctx_inputs)}."
             )
         for i, (a, c) in enumerate(zip(inputs, ctx_inputs)):
             if a.shape[1:] != c.shape[1:]:
-                raise ValueError(
+                raise InputError(
                     f"Context input {i} has example shape {tuple(c.shape[1:])}, but the "
                     f"explained input has {tuple(a.shape[1:])}."
                 )
@@ -853,7 +988,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
         if len(context) == 3:
             ctx_args = _format_additional_forward_args(context[2]) or ()
             if len(ctx_args) != len(args):
-                raise ValueError(
+                raise InputError(
                     f"`context[2]` must hold the context's version of each additional "
                     f"forward argument: {len(args)} expected, got {len(ctx_args)}."
                 )
@@ -864,7 +999,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
         else:
             for a in args:
                 if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n:
-                    raise ValueError(
+                    raise InputError(
                         "An additional forward argument is a tensor with one row per "
                         "explained input; give its rows for the context too: "
                         "context=(ctx_inputs, ctx_target, ctx_additional_forward_args)."
@@ -916,7 +1051,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
                 except _HookError as err:
                     raise InputError(str(err)) from None
                 except Exception as err:
-                    raise ValueError(
+                    raise InputError(
                         f"The {model} failed on the inputs ({type(err).__name__}: {err}). "
                         "Check the shapes, dtypes and devices of `inputs`, `context` and "
                         "`additional_forward_args`."
@@ -926,13 +1061,107 @@ class UniCAM(LayerAttribution, GradientAttribution):
         capture.check()
         return output, capture
 
-    def _labels(self, parts: List[Tuple[Tuple[str, Optional[Tensor]], int]], output: Any) -> Tensor:
+    def _report(
+        self, flags: Tensor, label_ok: Tensor, kinds: Sequence[str], maps: List[Tensor], per_input: bool
+    ) -> None:
+        """Reads the flags of stats._unicam_scores (and the finiteness of the maps) in one
+        transfer, then raises or warns."""
+        k = len(kinds)
+        extra = [label_ok.reshape(1)] + [  # a tuple-output layer gives a tuple of maps
+            torch.stack([torch.isfinite(t).all() for t in (m if isinstance(m, tuple) else (m,))]).all().reshape(1)
+            for m in maps
+        ]
+        values = torch.cat([flags.any(dim=0), flags.all(dim=0)[-3:]] + extra).tolist()
+        count = flags.shape[0]
+        anyf, allf = values[: flags.shape[1]], values[flags.shape[1] : flags.shape[1] + 3]
+        label_ok_v, maps_ok = values[flags.shape[1] + 3], values[flags.shape[1] + 4 :]
+        if not label_ok_v:
+            raise InputError(self._predicted_out_of_range())
+        for ok, name in zip(allf, ("Student's representation", "label vectors", "Base's representation")):
+            if not ok:
+                raise InputError(
+                    f"The {name} contain NaN or Inf (or values that overflow); check the "
+                    "inputs, the targets and the models' weights."
+                )
+        for ok, kind in zip(maps_ok, kinds):
+            if not ok:
+                model = "Student" if kind == "distilled" else "Base"
+                raise InputError(
+                    f"The {model}'s activations at the attribution layer contain NaN or Inf; "
+                    "check the inputs and the model's weights."
+                )
+        where = " for some inputs" if per_input and count > 1 else ""
+        batch = "reference set" if per_input else "batch"
+        s_const, y_same, y_flat, b_const = anyf[:4]
+        same, by_other = anyf[4 : 4 + k], anyf[4 + k : 4 + 2 * k]
+        for kind, explained_const, other_const, explained, other in (
+            ("distilled", s_const, b_const, "Student", "Base"),
+            ("residual", b_const, s_const, "Base", "Student"),
+        ):
+            if kind not in kinds:
+                continue
+            i = kinds.index(kind)
+            if other_const:
+                warnings.warn(
+                    f"The {other}'s representation is constant over the {batch}{where}, so there "
+                    f"is nothing to remove: the {kind} score is the distance correlation of the "
+                    f"{explained} with the labels.",
+                    UniCAMWarning,
+                    stacklevel=5,
+                )
+            reason = None
+            if explained_const:
+                reason = f"the {explained}'s representation is constant over the {batch}{where}"
+            elif y_same:
+                reason = (
+                    f"every sample has the same label vector{where} (one class); explain a {batch} "
+                    "with several classes, or pass a reference set with repeated classes "
+                    "(`reference=` or `context=`)"
+                )
+            elif y_flat:
+                reason = (
+                    f"the U-centred distance matrix of the label vectors is zero{where}, so "
+                    "the labels carry no information: e.g. one-hot labels of classes that "
+                    "are all distinct (every pair at the same distance), or all samples but "
+                    "one in one class; pass `label_embeddings=embed_labels(class_names)`, or "
+                    f"a {batch} with repeated classes"
+                )
+            elif same[i]:
+                reason = (
+                    "the Student's and the Base's representations have the same distance "
+                    f"structure{where} (e.g. they are the same model), so no unique part is left"
+                )
+            elif by_other[i]:
+                reason = f"the labels are fully explained by the {other}'s representation{where}"
+            if reason is not None:
+                warnings.warn(
+                    f"UniCAM {kind} score set to 0 and its maps to zero: {reason}.",
+                    UniCAMWarning,
+                    stacklevel=5,
+                )
+
+    def _predicted_out_of_range(self) -> str:
+        return (
+            "A predicted class (target=None: the Student's argmax) is out of range: the "
+            f"Student has more outputs than `label_embeddings` has rows "
+            f"({None if self.label_embeddings is None else self.label_embeddings.shape[0]}). "
+            "Give an embedding for every class, or pass `target`."
+        )
+
+    def _labels(
+        self, parts: List[Tuple[Tuple[str, Optional[Tensor]], int]], output: Any, device: torch.device
+    ) -> Tuple[Tensor, Tensor]:
+        """(Y on ``device``, a 0-d bool tensor: every predicted class has a label vector).
+
+        Class indices given by the caller are checked on the host, where they are;
+        predicted classes stay on the device (no transfer): an out-of-range one is
+        clamped and reported by the flag, read with the other checks at the end."""
         kinds = {kind for (kind, _), _ in parts}
         logits: Optional[Tensor] = None
         if "predicted" in kinds or ("index" in kinds and self.label_embeddings is None):
             if not isinstance(output, Tensor) or output.dim() != 2:
                 shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-                raise ValueError(
+                raise InputError(
                     "UniCAM reads the Student's output as (N, num_classes) logits to find "
                     f"{'predicted classes (target=None)' if 'predicted' in kinds else 'the number of classes'}"
                     f", but it is {shape}. Pass `target` as class indices and "
@@ -942,40 +1171,38 @@ class UniCAM(LayerAttribution, GradientAttribution):
         num_classes = self.label_embeddings.shape[0] if self.label_embeddings is not None else (
             logits.shape[1] if logits is not None else None
         )
+        ok = torch.ones((), dtype=torch.bool, device=device)
+        table = None if self.label_embeddings is None else self.label_embeddings.detach().to(device)
         rows: List[Tensor] = []
         start = 0
         for (kind, value), count in parts:
             if kind == "vector":
-                rows.append(value.detach())
+                rows.append(value.detach().to(device))
+            elif kind == "predicted":
+                index = logits[start : start + count].argmax(dim=1).to(device)
+                if table is not None and logits.shape[1] > table.shape[0]:
+                    ok = ok & (index < table.shape[0]).all()
+                    index = index.clamp_max(table.shape[0] - 1)
+                rows.append(table[index] if table is not None else _one_hot(index, num_classes))
             else:
-                if kind == "predicted":
-                    index = logits[start : start + count].argmax(dim=1).cpu()
-                else:
-                    index = value
-                if kind == "predicted" or self.label_embeddings is None:
-                    if bool((index >= num_classes).any()):
-                        raise ValueError(
-                            f"Class index {int(index.max())} is out of range: there are "
-                            f"{num_classes} classes ("
-                            f"{'rows of label_embeddings' if self.label_embeddings is not None else 'Student outputs'}"
-                            "). Pass valid class indices, or `label_embeddings` with a row "
-                            "per class."
-                        )
-                if self.label_embeddings is not None:
-                    table = self.label_embeddings.detach()
-                    rows.append(table[index.to(table.device)])
-                else:
-                    rows.append(F.one_hot(index, num_classes))
+                index = value  # on the host (see _parse_target)
+                if self.label_embeddings is None and bool((index >= num_classes).any()):
+                    raise InputError(
+                        f"Class index {int(index.max())} is out of range: there are "
+                        f"{num_classes} classes (Student outputs). Pass valid class indices, "
+                        "or `label_embeddings` with a row per class."
+                    )
+                index = index.to(device)
+                rows.append(table[index] if table is not None else _one_hot(index, num_classes))
             start += count
         if len({r.shape[1] for r in rows}) != 1:
-            raise ValueError(
+            raise InputError(
                 "The label vectors of `target` and of the context have different widths "
                 f"({[r.shape[1] for r in rows]}); give both as class indices or as label "
                 "vectors of one width."
             )
         dtype = next((r.dtype for r in rows if r.is_floating_point()), torch.get_default_dtype())
-        device = rows[0].device
-        return torch.cat([r.to(device=device, dtype=dtype) for r in rows])
+        return torch.cat([r.to(dtype=dtype) for r in rows]), ok
 
     @staticmethod
     def _representation(
@@ -984,11 +1211,11 @@ class UniCAM(LayerAttribution, GradientAttribution):
         """(leaf, A, X): the captured leaf, A = transform(leaf), and the representation."""
         leaf = capture.activation
         assert leaf is not None
-        if grad and not capture.graph:
-            leaf.requires_grad_(True)  # our own copy: only the statistics are differentiated
+        if grad and not capture.graph and transform is not None:
+            leaf.requires_grad_(True)  # our own copy: only the transform is differentiated
         a = leaf if transform is None else transform(leaf)
         if not isinstance(a, Tensor) or a.dim() < 2 or a.shape[0] != n:
-            raise ValueError(
+            raise InputError(
                 f"`reshape_transform` must map the {model}'s activations to a tensor "
                 f"(N, C, ...) with N = {n}; got "
                 f"{tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__}."
@@ -996,85 +1223,49 @@ class UniCAM(LayerAttribution, GradientAttribution):
         x = a if capture.feature_layer is None else capture.representation
         assert x is not None
         if x.shape[0] != n:
-            raise ValueError(
+            raise InputError(
                 f"The {model}'s representation has {x.shape[0]} rows for {n} inputs; choose a "
                 "representation layer whose output has one row per example."
             )
         return leaf, a, x
 
     @staticmethod
-    def _score(x: Tensor, y: Tensor, z: Tensor, kind: str, cache: Dict[str, Tensor]) -> Optional[Tensor]:
-        """pdCor(x, y; z), or None (score 0, maps 0) in a degenerate case, with a warning."""
-        explained, other = ("Student", "Base") if kind == "distilled" else ("Base", "Student")
-        xd, zd = x.detach(), z.detach()
-        z_constant = _same_rows(zd)
-        if z_constant:
-            warnings.warn(
-                f"The {other}'s representation is constant over the batch, so there is "
-                f"nothing to remove: the {kind} score is the distance correlation of the "
-                f"{explained} with the labels.",
-                UniCAMWarning,
-                stacklevel=5,
-            )
-        reason = None
-        if _same_rows(xd):
-            reason = f"the {explained}'s representation is constant over the batch"
-        elif _same_rows(y):
-            reason = (
-                "every sample has the same label vector; explain a batch with several "
-                "classes, or pass a reference set with `context=`"
-            )
-        else:
-            # The three bias-corrected distance correlations, each computed once per call
-            # and shared by both scores (they carry the gradient).
-            x_name, z_name = ("s", "b") if kind == "distilled" else ("b", "s")
+    def _gradient(
+        grad_x: Tensor,
+        leaf: Tensor,
+        a: Tensor,
+        x: Tensor,
+        transform: Optional[Transform],
+        capture: _Capture,
+        grad_kwargs: Dict[str, Any],
+    ) -> Tensor:
+        """dS/dA from dS/dX (``grad_x``, rows of the explained inputs, flattened).
 
-            def correlation(key: str, p: Tensor, q: Tensor) -> Tensor:
-                if key not in cache:
-                    cache[key] = stats.u_distance_correlation_sqr(p, q)
-                return cache[key]
-
-            r_xz = correlation("sb", x, z)
-            r_xy = correlation(x_name + "y", x, y)
-            r_yz = correlation(z_name + "y", z, y)
-            tol = 8 * torch.finfo(r_xz.dtype).eps
-            if not z_constant and 1 - float(r_xz.detach().abs()) <= tol:
-                reason = (
-                    "the Student's and the Base's representations have the same distance "
-                    "structure (e.g. they are the same model), so no unique part is left"
-                )
-            elif not z_constant and 1 - float(r_yz.detach().abs()) <= tol:
-                reason = f"the labels are fully explained by the {other}'s representation"
-        if reason is not None:
-            warnings.warn(
-                f"UniCAM {kind} score set to 0 and its maps to zero: {reason}.",
-                UniCAMWarning,
-                stacklevel=5,
-            )
-            return None
-        # pdCor(x, y; z) from the three shared correlations, as stats computes it
-        return stats._partial_correlation(r_xy, r_xz, r_yz)
-
-    @staticmethod
-    def _gradient(score: Optional[Tensor], leaf: Tensor, grad_kwargs: Dict[str, Any], retain: bool) -> Optional[Tensor]:
-        if score is None:
-            return None
-        if not score.requires_grad:
-            raise ValueError(
+        With the representation read at the attribution layer and no transform, X is A
+        and dS/dA is ``grad_x`` itself: no autograd graph at all. Otherwise autograd
+        carries ``grad_x`` back to the layer activations (through the recorded part of
+        the network, or the transform), with ``grad_kwargs``; the transform is then
+        applied to that gradient, as to the activations."""
+        rows = grad_x.shape[0]
+        if capture.feature_layer is None and transform is None:
+            return grad_x.reshape((rows,) + tuple(a.shape[1:]))
+        if not x.requires_grad:
+            raise InputError(
                 "The representation does not depend on the attribution layer's "
                 "activations; choose a feature layer downstream of the attribution layer."
             )
+        full = torch.zeros_like(x)
+        full[:rows] = grad_x.reshape((rows,) + tuple(x.shape[1:]))
         kwargs = dict(grad_kwargs)
-        if retain:
-            kwargs["retain_graph"] = True
         kwargs.setdefault("allow_unused", True)
-        (grad,) = torch.autograd.grad(score, leaf, **kwargs)
+        (grad,) = torch.autograd.grad(x, leaf, grad_outputs=full, **kwargs)
         if grad is None:
-            raise ValueError(
+            raise InputError(
                 "The representation does not depend on the attribution layer's "
                 "activations; choose a feature layer downstream of the attribution layer."
             )
-        return grad
+        return grad if transform is None else transform(grad)
+
 
     @staticmethod
     def _gradcam(a: Tensor, grad: Optional[Tensor], relu: bool, summation: bool) -> Tensor:
