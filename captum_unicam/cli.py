@@ -26,9 +26,11 @@ from __future__ import annotations
 from captum_unicam import errors as _errors
 
 import argparse
+import contextlib
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -275,6 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-bootstrap", type=_positive_int, metavar="N", default=1000, help="bootstrap resamples of the batches for the intervals")
     _add_common(p, out_help="report folder to write")
     p.set_defaults(func=cmd_quantify)
+
+    from captum_unicam.comparison import add_compare_arguments
+
+    p = sub.add_parser("compare", formatter_class=_Formatter,
+                       help="UniCAM next to Captum's attribution methods: localisation, ROAD, sanity checks; write a report",
+                       description="UniCAM distilled and residual next to Captum's LayerGradCam, GuidedGradCam, "
+                                   "LayerGradientXActivation and IntegratedGradients (and Grad-CAM of each model) on "
+                                   "the same test images: localisation (when masks exist), ROAD most- and "
+                                   "least-relevant-first curves, and the sanity checks; one table and one figure per "
+                                   "measure.")
+    add_compare_arguments(p)
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
@@ -440,9 +454,11 @@ def _command_line(argv: Optional[Sequence[str]]) -> List[str]:
 
 
 def cmd_demo(args, argv) -> int:
+    from captum_unicam.kd.demo import default_cache_dir
     from captum_unicam.output.publish import check_output_dir
 
-    out = check_output_dir(args.out, overwrite=args.overwrite)
+    cache = args.cache_dir if args.cache_dir is not None else default_cache_dir(args.seed, args.quick)
+    out = check_output_dir(args.out, overwrite=args.overwrite, reads=[cache])
     device = _device(args.device)
 
     import torch
@@ -557,12 +573,30 @@ def _demo_notes(demo, accs) -> List[str]:
     return notes
 
 
+def _local_label_model(args) -> List[str]:
+    """``--label-model`` when it names a local folder (a hub id reads nothing of the user's)."""
+    model = getattr(args, "label_model", None)
+    return [model] if model and Path(os.path.expanduser(model)).exists() else []
+
+
+def _check_out_dir(args, checkpoints: Sequence[Optional[str]]) -> Path:
+    """The report folder of explain / quantify / compare, checked before any work: it may
+    not be, hold or lie inside the checkpoints and data folders the run reads, and
+    ``--overwrite`` replaces only a report of this tool."""
+    from captum_unicam.data.loaders import spec_paths
+    from captum_unicam.output.publish import check_output_dir
+
+    reads = [p for p in checkpoints if p] + spec_paths(args.data) + _local_label_model(args)
+    return check_output_dir(args.out, overwrite=args.overwrite, reads=reads)
+
+
 def _pair_setup(args):
     """Validates and loads what explain / quantify share; returns a namespace of objects.
 
     Cheap checks (flags, files, output folder) come before torch is imported; the
     checkpoints' recorded preprocessing decides the data's image size and normalisation.
     """
+    out = _check_out_dir(args, [args.student, args.base, args.teacher])
     for flag in ("arch", "student_arch", "base_arch"):
         _check_arch(getattr(args, flag), "--" + flag.replace("_", "-"))
     for role, path in (("Student", args.student), ("Base", args.base), ("Teacher", args.teacher)):
@@ -574,9 +608,6 @@ def _pair_setup(args):
         raise CLIError(f"--batch-size {args.batch_size} is too small: UniCAM, FSS and RS are batch statistics "
                        "and need at least 5 images per batch")
     _check_data_spec(args.data)
-    from captum_unicam.output.publish import check_output_dir
-
-    out = check_output_dir(args.out, overwrite=args.overwrite)
     device = _device(args.device)
 
     from captum_unicam.pipeline.data import agreed_preprocessing, load_data
@@ -597,12 +628,10 @@ def _pair_setup(args):
     classes = list(getattr(ds, "classes", []) or [])
     if not classes:
         raise CLIError(f"data {args.data!r} has no class names; use an ImageFolder tree of class folders")
+    from captum_unicam.models import check_class_names
+
     for role, (_, meta) in loaded.items():
-        k = meta.get("num_classes")
-        if k is not None and k != len(classes):
-            path = {"Student": args.student, "Base": args.base, "Teacher": args.teacher}[role]
-            raise CLIError(f"{role} checkpoint {path!r} has {k} classes but the data {args.data!r} have "
-                           f"{len(classes)} classes; use checkpoints trained on these data")
+        check_class_names(meta, classes, role)  # an error if the counts differ, a warning if the names do
     if len(ds) < 5:
         raise CLIError(f"data {args.data!r} has {len(ds)} images in its {args.split} split; UniCAM, FSS and RS "
                        "need at least 5")
@@ -722,11 +751,11 @@ def cmd_train(args, argv) -> int:
                        "Student with --teacher CKPT --transfer SPEC")
     if args.weights is not None and args.arch.startswith("small_resnet"):
         raise CLIError(f"--weights: pretrained weights exist only for torchvision's ResNets, not {args.arch}")
-    out = Path(args.out)
-    if out.is_dir():
-        raise CLIError(f"--out {args.out!r} is a folder; give a checkpoint file name such as student.pt")
-    if out.exists() and not args.overwrite:
-        raise CLIError(f"--out {args.out!r} exists; choose another file or pass --overwrite")
+    from captum_unicam.data.loaders import spec_paths
+    from captum_unicam.output.publish import check_output_file
+
+    reads = [p for p in (args.teacher,) if p] + spec_paths(args.data) + (spec_paths(args.transfer) if args.transfer else [])
+    out = check_output_file(args.out, overwrite=args.overwrite, reads=reads)
     if args.teacher is not None and not Path(args.teacher).is_file():
         raise CLIError(f"Teacher checkpoint {args.teacher!r} does not exist; train one first with "
                        "'captum-unicam train' (without --teacher)")
@@ -751,6 +780,15 @@ def cmd_train(args, argv) -> int:
     print(f"checkpoint written to {out} ({result['recipe']['image_size']} px, normalize "
           f"{result['recipe']['normalize']}" + (f", test accuracy {100 * acc:.1f} %" if acc is not None else "") + ")")
     return 0
+
+
+def cmd_compare(args, argv) -> int:
+    r"""``captum-unicam compare``: :func:`captum_unicam.comparison.run_compare`, after the
+    output checks of explain / quantify."""
+    from captum_unicam.comparison import run_compare
+
+    _check_out_dir(args, [args.student, args.base, args.random_label_student])
+    return run_compare(args)
 
 
 def _warn(args, line: str) -> None:
@@ -792,10 +830,31 @@ def _one_line(e: BaseException) -> str:
     return msg
 
 
+@contextlib.contextmanager
+def _one_line_warnings(args):
+    """Library warnings shown as one line each, ``captum-unicam CMD: warning: ...``
+    (the library's messages in the command line's words), the previous display restored
+    afterwards. Warnings turned into errors by a filter still raise."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, (DeprecationWarning, PendingDeprecationWarning)):
+            return previous(message, category, filename, lineno, file, line)
+        _warn(args, " ".join(str(message).split()))
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     r"""Runs ``captum-unicam`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code.
 
-    Exit codes: 0 success, 2 bad input (one line on stderr), 130 interrupted.
+    Exit codes: 0 success, 2 bad input (one line on stderr), 130 interrupted (Ctrl-C,
+    SIGTERM or SIGHUP; temporary folders are removed, any previous report is left in place).
+    Library warnings are shown as one line each.
     """
     parser = build_parser()
     try:
@@ -803,10 +862,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as e:  # --help, --version, usage errors
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     os.environ.setdefault("MPLBACKEND", "Agg")
+    from captum_unicam.output.publish import terminate_as_interrupt
+
     try:
-        return int(args.func(args, argv) or 0)
-    except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        with terminate_as_interrupt(), _one_line_warnings(args):
+            return int(args.func(args, argv) or 0)
+    except KeyboardInterrupt as e:
+        print(f"{PROG} {args.command}: interrupted" + (f" ({e})" if str(e) else ""), file=sys.stderr)
         return 130
     except _known_errors() as e:
         if os.environ.get("CAPTUM_UNICAM_TRACEBACK"):

@@ -249,8 +249,8 @@ def test_quantify_equals_evaluate_kd(tmp_path, capsys, ckpts):
 
     ds = load_dataset("controlled", "test", limit=10)
     loader = stratified_loader(ds, 5, seed=0)  # the API and the CLI draw the same batches
-    ref = evaluate_kd(s, b, loader, {"L4": (stage_layers(s)["L4"], stage_layers(b)["L4"])},
-                      map_kinds=("gradcam", "distilled"), n_bootstrap=50, progress=False).summary()
+    ref = evaluate_kd(s, {"L4": (stage_layers(s)["L4"], stage_layers(b)["L4"])}, loader, base_forward_func=b,
+                      maps=("gradcam", "distilled"), n_bootstrap=50, progress=False).summary()
     ref = json.loads(json.dumps(ref))
     got, ref = got.get("by_layer", got), ref.get("by_layer", ref)
     for kind in ("gradcam", "distilled"):
@@ -303,7 +303,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert mq["map_kinds"] == ["none"]
     # the footnote names what was run (raw features), not a map perturbation; no maps section
     table1 = (q / "tables" / "table1.md").read_text()
-    assert "perturbation none (raw features, no map)" in table1 and "mask_multiply" not in table1
+    assert "perturbation none," in table1 and "mask" not in table1
     page = (q / "index.html").read_text()
     assert 'id="maps"' not in page and 'id="localisation"' not in page
 
