@@ -384,6 +384,35 @@ def _resolve_layers(names: Sequence[str], student, base) -> Dict[str, Tuple[Any,
     return layers
 
 
+def _check_feature_maps(layers: Dict[str, Tuple[Any, Any]], student, base, x) -> None:
+    """Each layer of ``--layers`` must give feature maps (N, C, H, W): one forward pass of
+    one image through each model says so before any computation (hooks removed after)."""
+    import torch
+
+    for role, model, which in (("Student", student, 0), ("Base", base, 1)):
+        shapes: Dict[str, Any] = {}
+        handles = []
+        for name, pair in layers.items():
+            def hook(_module, _inputs, output, name=name):
+                shapes.setdefault(name, tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__)
+            handles.append(pair[which].register_forward_hook(hook))
+        try:
+            with torch.no_grad():
+                model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        for name in layers:
+            shape = shapes.get(name)
+            if shape is None:
+                raise CLIError(f"--layers {name}: the {role}'s layer {name!r} is not used in its forward pass; "
+                               "use L1..L4 or the dotted path of a block or convolution, e.g. layer4.0")
+            if not (isinstance(shape, tuple) and len(shape) == 4):
+                raise CLIError(f"--layers {name}: the {role}'s layer {name!r} gives outputs of shape {shape}, not "
+                               "feature maps (N, C, H, W) that Grad-CAM and UniCAM can explain; use L1..L4 or the "
+                               "dotted path of a block or convolution, e.g. layer4.0")
+
+
 def _label_embeddings(class_names: Sequence[str], args) -> Tuple[Any, str]:
     if getattr(args, "one_hot", False):
         return None, "one-hot"
@@ -639,6 +668,7 @@ def _pair_setup(args):
     base, b_meta = loaded["Base"]
     teacher, t_meta = loaded.get("Teacher", (None, None))
     layers = _resolve_layers(args.layers, student, base)
+    _check_feature_maps(layers, student, base, ds[0][0].unsqueeze(0).to(device))
     emb, emb_desc = _label_embeddings(classes, args)
 
     from captum_unicam.pipeline.batches import stratified_loader
