@@ -72,7 +72,7 @@ def _subparsers():
     return action.choices
 
 
-@pytest.mark.parametrize("command", ["demo", "train", "explain", "quantify"])
+@pytest.mark.parametrize("command", ["demo", "train", "explain", "quantify", "compare"])
 def test_help_mentions_every_option_and_its_default(capsys, command):
     sub = _subparsers()[command]
     code, out, _ = _run(capsys, [command, "--help"])
@@ -90,7 +90,9 @@ def test_help_mentions_every_option_and_its_default(capsys, command):
                     "train": ["--data", "--arch", "--teacher", "--method", "--epochs", "--limit", "--out"],
                     "explain": ["--student", "--base", "--data", "--layers", "--images", "--out"],
                     "quantify": ["--student", "--base", "--data", "--layers", "--perturb", "--out",
-                                 "--batch-size", "--limit", "--overwrite", "--device"]}[command]:
+                                 "--batch-size", "--limit", "--overwrite", "--device"],
+                    "compare": ["--student", "--base", "--data", "--out", "--overwrite", "--layer",
+                                "--percentiles", "--random-label-student"]}[command]:
         assert cmd_opt in flat
 
 
@@ -233,7 +235,7 @@ def test_explain_and_overwrite(tmp_path, capsys, ckpts):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ex"]
 
 
-def test_quantify_equals_evaluate_kd(tmp_path, capsys, ckpts):
+def test_quantify_equals_evaluate_kd(tmp_path, capsys, ckpts, no_deprecation):
     from captum_unicam.data import load_dataset
     from captum_unicam.metrics import evaluate_kd
     from captum_unicam.models import load_checkpoint, stage_layers
@@ -264,8 +266,18 @@ def test_quantify_equals_evaluate_kd(tmp_path, capsys, ckpts):
 # ---------------------------------------------------------------------------
 
 
+@pytest.fixture
+def no_deprecation():
+    """The command line and the demo use only current APIs: a DeprecationWarning fails."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        yield
+
+
 @pytest.mark.slow
-def test_demo_quick_end_to_end(tmp_path, capsys):
+def test_demo_quick_end_to_end(tmp_path, capsys, no_deprecation):
     out = tmp_path / "demo"
     cache = tmp_path / "cache"
     code, stdout, err = _run(capsys, ["demo", "--quick", "--out", str(out), "--cache-dir", str(cache),
@@ -276,6 +288,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
               "figures/localisation.png", *[f"figures/grid_L{i}.png" for i in range(1, 5)]):
         assert (out / f).is_file(), f
     m = json.loads((out / "metrics.json").read_text())
+    assert m["format"] == "captum-unicam/report"  # marks it as ours for --overwrite
     for role in ("Teacher", "Base", "Student"):
         assert 0.0 <= m["models"][role]["accuracy"] <= 1.0
     ev = m["evaluation"].get("by_layer", m["evaluation"])
