@@ -170,6 +170,25 @@ def test_non_report_folder_is_not_replaced(pair, tmp_path, capsys):
     assert (out / "thesis.tex").read_text() == "years of work"
 
 
+def test_demo_never_replaces_its_model_cache(tmp_path, capsys, monkeypatch):
+    from captum_unicam.kd import demo
+
+    def refuse(*a, **k):
+        raise AssertionError("the demo started training")
+
+    monkeypatch.setattr(demo, "train_demo_models", refuse)
+    r = _fake_report(tmp_path / "R", "old")
+    cache = r / "cache"
+    cache.mkdir()
+    (cache / "student.pt").write_bytes(b"cached")
+    for out in (r, cache):
+        code, _, err = _run(capsys, ["demo", "--quick", "--cache-dir", str(cache), "--out", str(out),
+                                     "--overwrite", "--no-progress"])
+        assert code == 2
+        _one_error(err, "which this run reads")
+    assert (cache / "student.pt").read_bytes() == b"cached" and _tag(r) == "old"
+
+
 def test_dangling_out_symlink_is_refused(pair, tmp_path, capsys, no_training):
     link = tmp_path / "link"
     link.symlink_to(tmp_path / "nowhere")
