@@ -1,4 +1,4 @@
-r"""The ``captum-unicam`` command: ``demo``, ``train``, ``explain`` and ``quantify``.
+r"""The ``captum-unicam`` command: ``demo``, ``train``, ``explain``, ``quantify`` and ``compare``.
 
 ::
 
@@ -6,6 +6,7 @@ r"""The ``captum-unicam`` command: ``demo``, ``train``, ``explain`` and ``quanti
     captum-unicam train    --data SPEC --arch ARCH [--teacher CKPT --method M] --out CKPT
     captum-unicam explain  --student CKPT --base CKPT --data SPEC [--layers ...] --out DIR
     captum-unicam quantify --student CKPT --base CKPT --data SPEC [--perturb road|mask|none] --out DIR
+    captum-unicam compare  --student CKPT --base CKPT --data SPEC --out DIR
 
 The command line is a thin layer over the pipeline (:mod:`captum_unicam.pipeline`): it
 checks what it can without torch first (flags, files, data spec, output folder), then loads
@@ -19,6 +20,14 @@ the checkpoints, takes the image size and normalisation they record, and calls
 is wrong and what to do, in terms of flags, and exit with code 2 (no traceback, no report
 left behind); ``CAPTUM_UNICAM_TRACEBACK=1`` in the environment shows the traceback instead.
 Any other exception is a bug and keeps its traceback.
+
+Output folders and files are checked before any work
+(:func:`~captum_unicam.output.publish.check_output_dir`,
+:func:`~captum_unicam.output.publish.check_output_file`): ``--out`` may not be, hold or lie
+inside anything the run reads (checkpoints, data folders, a local ``--label-model``, the
+demo's model cache), nor be the current folder or a parent, and ``--overwrite`` replaces
+only a report of this tool. SIGTERM and SIGHUP end a run like Ctrl-C (exit 130, temporary
+folders removed). Library warnings are shown as one line each.
 """
 
 from __future__ import annotations
