@@ -64,7 +64,29 @@ CLIError = _errors.InputError  # the library's one family of expected failures
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (exit 2) instead of the usage block."""
+    """argparse with one-line errors (exit 2) instead of the usage block.
+
+    ``lazy_arguments(parser)``, if given, adds the arguments when the parser is first used
+    or its help shown (so that a command whose module imports torch costs nothing to the
+    others' --help and errors).
+    """
+
+    def __init__(self, *args, lazy_arguments=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._lazy_arguments = lazy_arguments
+
+    def _add_lazy_arguments(self) -> None:
+        add, self._lazy_arguments = self._lazy_arguments, None
+        if add is not None:
+            add(self)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._add_lazy_arguments()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._add_lazy_arguments()
+        return super().format_help()
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -287,18 +309,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, out_help="report folder to write")
     p.set_defaults(func=cmd_quantify)
 
-    from captum_unicam.comparison import add_compare_arguments
-
-    p = sub.add_parser("compare", formatter_class=_Formatter,
+    p = sub.add_parser("compare", formatter_class=_Formatter, lazy_arguments=_compare_arguments,
                        help="UniCAM next to Captum's attribution methods: localisation, ROAD, sanity checks; write a report",
                        description="UniCAM distilled and residual next to Captum's LayerGradCam, GuidedGradCam, "
                                    "LayerGradientXActivation and IntegratedGradients (and Grad-CAM of each model) on "
                                    "the same test images: localisation (when masks exist), ROAD most- and "
                                    "least-relevant-first curves, and the sanity checks; one table and one figure per "
                                    "measure.")
-    add_compare_arguments(p)
     p.set_defaults(func=cmd_compare)
     return parser
+
+
+def _compare_arguments(p: argparse.ArgumentParser) -> None:
+    from captum_unicam.comparison import add_compare_arguments  # imports torch
+
+    add_compare_arguments(p)
 
 
 #: The names of captum_unicam.models.ARCHITECTURES, spelt out so that --help and early
