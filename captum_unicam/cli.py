@@ -1,4 +1,4 @@
-r"""The ``captum-unicam`` command: ``demo``, ``train``, ``explain`` and ``quantify``.
+r"""The ``captum-unicam`` command: ``demo``, ``train``, ``explain``, ``quantify`` and ``compare``.
 
 ::
 
@@ -6,6 +6,7 @@ r"""The ``captum-unicam`` command: ``demo``, ``train``, ``explain`` and ``quanti
     captum-unicam train    --data SPEC --arch ARCH [--teacher CKPT --method M] --out CKPT
     captum-unicam explain  --student CKPT --base CKPT --data SPEC [--layers ...] --out DIR
     captum-unicam quantify --student CKPT --base CKPT --data SPEC [--perturb road|mask|none] --out DIR
+    captum-unicam compare  --student CKPT --base CKPT --data SPEC --out DIR
 
 The command line is a thin layer over the pipeline (:mod:`captum_unicam.pipeline`): it
 checks what it can without torch first (flags, files, data spec, output folder), then loads
@@ -19,6 +20,14 @@ the checkpoints, takes the image size and normalisation they record, and calls
 is wrong and what to do, in terms of flags, and exit with code 2 (no traceback, no report
 left behind); ``CAPTUM_UNICAM_TRACEBACK=1`` in the environment shows the traceback instead.
 Any other exception is a bug and keeps its traceback.
+
+Output folders and files are checked before any work
+(:func:`~captum_unicam.output.publish.check_output_dir`,
+:func:`~captum_unicam.output.publish.check_output_file`): ``--out`` may not be, hold or lie
+inside anything the run reads (checkpoints, data folders, a local ``--label-model``, the
+demo's model cache), nor be the current folder or a parent, and ``--overwrite`` replaces
+only a report of this tool. SIGTERM and SIGHUP end a run like Ctrl-C (exit 130, temporary
+folders removed). Library warnings are shown as one line each.
 """
 
 from __future__ import annotations
@@ -26,9 +35,11 @@ from __future__ import annotations
 from captum_unicam import errors as _errors
 
 import argparse
+import contextlib
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -53,7 +64,29 @@ CLIError = _errors.InputError  # the library's one family of expected failures
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (exit 2) instead of the usage block."""
+    """argparse with one-line errors (exit 2) instead of the usage block.
+
+    ``lazy_arguments(parser)``, if given, adds the arguments when the parser is first used
+    or its help shown (so that a command whose module imports torch costs nothing to the
+    others' --help and errors).
+    """
+
+    def __init__(self, *args, lazy_arguments=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._lazy_arguments = lazy_arguments
+
+    def _add_lazy_arguments(self) -> None:
+        add, self._lazy_arguments = self._lazy_arguments, None
+        if add is not None:
+            add(self)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._add_lazy_arguments()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._add_lazy_arguments()
+        return super().format_help()
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -275,7 +308,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-bootstrap", type=_positive_int, metavar="N", default=1000, help="bootstrap resamples of the batches for the intervals")
     _add_common(p, out_help="report folder to write")
     p.set_defaults(func=cmd_quantify)
+
+    p = sub.add_parser("compare", formatter_class=_Formatter, lazy_arguments=_compare_arguments,
+                       help="UniCAM next to Captum's attribution methods: localisation, ROAD, sanity checks; write a report",
+                       description="UniCAM distilled and residual next to Captum's LayerGradCam, GuidedGradCam, "
+                                   "LayerGradientXActivation and IntegratedGradients (and Grad-CAM of each model) on "
+                                   "the same test images: localisation (when masks exist), ROAD most- and "
+                                   "least-relevant-first curves, and the sanity checks; one table and one figure per "
+                                   "measure.")
+    p.set_defaults(func=cmd_compare)
     return parser
+
+
+def _compare_arguments(p: argparse.ArgumentParser) -> None:
+    from captum_unicam.comparison import add_compare_arguments  # imports torch
+
+    add_compare_arguments(p)
 
 
 #: The names of captum_unicam.models.ARCHITECTURES, spelt out so that --help and early
@@ -370,6 +418,35 @@ def _resolve_layers(names: Sequence[str], student, base) -> Dict[str, Tuple[Any,
     return layers
 
 
+def _check_feature_maps(layers: Dict[str, Tuple[Any, Any]], student, base, x) -> None:
+    """Each layer of ``--layers`` must give feature maps (N, C, H, W): one forward pass of
+    one image through each model says so before any computation (hooks removed after)."""
+    import torch
+
+    for role, model, which in (("Student", student, 0), ("Base", base, 1)):
+        shapes: Dict[str, Any] = {}
+        handles = []
+        for name, pair in layers.items():
+            def hook(_module, _inputs, output, name=name):
+                shapes.setdefault(name, tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__)
+            handles.append(pair[which].register_forward_hook(hook))
+        try:
+            with torch.no_grad():
+                model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        for name in layers:
+            shape = shapes.get(name)
+            if shape is None:
+                raise CLIError(f"--layers {name}: the {role}'s layer {name!r} is not used in its forward pass; "
+                               "use L1..L4 or the dotted path of a block or convolution, e.g. layer4.0")
+            if not (isinstance(shape, tuple) and len(shape) == 4):
+                raise CLIError(f"--layers {name}: the {role}'s layer {name!r} gives outputs of shape {shape}, not "
+                               "feature maps (N, C, H, W) that Grad-CAM and UniCAM can explain; use L1..L4 or the "
+                               "dotted path of a block or convolution, e.g. layer4.0")
+
+
 def _label_embeddings(class_names: Sequence[str], args) -> Tuple[Any, str]:
     if getattr(args, "one_hot", False):
         return None, "one-hot"
@@ -440,9 +517,11 @@ def _command_line(argv: Optional[Sequence[str]]) -> List[str]:
 
 
 def cmd_demo(args, argv) -> int:
+    from captum_unicam.kd.demo import default_cache_dir
     from captum_unicam.output.publish import check_output_dir
 
-    out = check_output_dir(args.out, overwrite=args.overwrite)
+    cache = args.cache_dir if args.cache_dir is not None else default_cache_dir(args.seed, args.quick)
+    out = check_output_dir(args.out, overwrite=args.overwrite, reads=[cache])
     device = _device(args.device)
 
     import torch
@@ -557,12 +636,30 @@ def _demo_notes(demo, accs) -> List[str]:
     return notes
 
 
+def _local_label_model(args) -> List[str]:
+    """``--label-model`` when it names a local folder (a hub id reads nothing of the user's)."""
+    model = getattr(args, "label_model", None)
+    return [model] if model and Path(os.path.expanduser(model)).exists() else []
+
+
+def _check_out_dir(args, checkpoints: Sequence[Optional[str]]) -> Path:
+    """The report folder of explain / quantify / compare, checked before any work: it may
+    not be, hold or lie inside the checkpoints and data folders the run reads, and
+    ``--overwrite`` replaces only a report of this tool."""
+    from captum_unicam.data.loaders import spec_paths
+    from captum_unicam.output.publish import check_output_dir
+
+    reads = [p for p in checkpoints if p] + spec_paths(args.data) + _local_label_model(args)
+    return check_output_dir(args.out, overwrite=args.overwrite, reads=reads)
+
+
 def _pair_setup(args):
     """Validates and loads what explain / quantify share; returns a namespace of objects.
 
     Cheap checks (flags, files, output folder) come before torch is imported; the
     checkpoints' recorded preprocessing decides the data's image size and normalisation.
     """
+    out = _check_out_dir(args, [args.student, args.base, args.teacher])
     for flag in ("arch", "student_arch", "base_arch"):
         _check_arch(getattr(args, flag), "--" + flag.replace("_", "-"))
     for role, path in (("Student", args.student), ("Base", args.base), ("Teacher", args.teacher)):
@@ -574,9 +671,6 @@ def _pair_setup(args):
         raise CLIError(f"--batch-size {args.batch_size} is too small: UniCAM, FSS and RS are batch statistics "
                        "and need at least 5 images per batch")
     _check_data_spec(args.data)
-    from captum_unicam.output.publish import check_output_dir
-
-    out = check_output_dir(args.out, overwrite=args.overwrite)
     device = _device(args.device)
 
     from captum_unicam.pipeline.data import agreed_preprocessing, load_data
@@ -597,12 +691,10 @@ def _pair_setup(args):
     classes = list(getattr(ds, "classes", []) or [])
     if not classes:
         raise CLIError(f"data {args.data!r} has no class names; use an ImageFolder tree of class folders")
+    from captum_unicam.models import check_class_names
+
     for role, (_, meta) in loaded.items():
-        k = meta.get("num_classes")
-        if k is not None and k != len(classes):
-            path = {"Student": args.student, "Base": args.base, "Teacher": args.teacher}[role]
-            raise CLIError(f"{role} checkpoint {path!r} has {k} classes but the data {args.data!r} have "
-                           f"{len(classes)} classes; use checkpoints trained on these data")
+        check_class_names(meta, classes, role)  # an error if the counts differ, a warning if the names do
     if len(ds) < 5:
         raise CLIError(f"data {args.data!r} has {len(ds)} images in its {args.split} split; UniCAM, FSS and RS "
                        "need at least 5")
@@ -610,6 +702,7 @@ def _pair_setup(args):
     base, b_meta = loaded["Base"]
     teacher, t_meta = loaded.get("Teacher", (None, None))
     layers = _resolve_layers(args.layers, student, base)
+    _check_feature_maps(layers, student, base, ds[0][0].unsqueeze(0).to(device))
     emb, emb_desc = _label_embeddings(classes, args)
 
     from captum_unicam.pipeline.batches import stratified_loader
@@ -722,11 +815,11 @@ def cmd_train(args, argv) -> int:
                        "Student with --teacher CKPT --transfer SPEC")
     if args.weights is not None and args.arch.startswith("small_resnet"):
         raise CLIError(f"--weights: pretrained weights exist only for torchvision's ResNets, not {args.arch}")
-    out = Path(args.out)
-    if out.is_dir():
-        raise CLIError(f"--out {args.out!r} is a folder; give a checkpoint file name such as student.pt")
-    if out.exists() and not args.overwrite:
-        raise CLIError(f"--out {args.out!r} exists; choose another file or pass --overwrite")
+    from captum_unicam.data.loaders import spec_paths
+    from captum_unicam.output.publish import check_output_file
+
+    reads = [p for p in (args.teacher,) if p] + spec_paths(args.data) + (spec_paths(args.transfer) if args.transfer else [])
+    out = check_output_file(args.out, overwrite=args.overwrite, reads=reads)
     if args.teacher is not None and not Path(args.teacher).is_file():
         raise CLIError(f"Teacher checkpoint {args.teacher!r} does not exist; train one first with "
                        "'captum-unicam train' (without --teacher)")
@@ -751,6 +844,15 @@ def cmd_train(args, argv) -> int:
     print(f"checkpoint written to {out} ({result['recipe']['image_size']} px, normalize "
           f"{result['recipe']['normalize']}" + (f", test accuracy {100 * acc:.1f} %" if acc is not None else "") + ")")
     return 0
+
+
+def cmd_compare(args, argv) -> int:
+    r"""``captum-unicam compare``: :func:`captum_unicam.comparison.run_compare`, after the
+    output checks of explain / quantify."""
+    from captum_unicam.comparison import run_compare
+
+    _check_out_dir(args, [args.student, args.base, args.random_label_student])
+    return run_compare(args)
 
 
 def _warn(args, line: str) -> None:
@@ -792,10 +894,31 @@ def _one_line(e: BaseException) -> str:
     return msg
 
 
+@contextlib.contextmanager
+def _one_line_warnings(args):
+    """Library warnings shown as one line each, ``captum-unicam CMD: warning: ...``
+    (the library's messages in the command line's words), the previous display restored
+    afterwards. Warnings turned into errors by a filter still raise."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, (DeprecationWarning, PendingDeprecationWarning)):
+            return previous(message, category, filename, lineno, file, line)
+        _warn(args, " ".join(str(message).split()))
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     r"""Runs ``captum-unicam`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code.
 
-    Exit codes: 0 success, 2 bad input (one line on stderr), 130 interrupted.
+    Exit codes: 0 success, 2 bad input (one line on stderr), 130 interrupted (Ctrl-C,
+    SIGTERM or SIGHUP; temporary folders are removed, any previous report is left in place).
+    Library warnings are shown as one line each.
     """
     parser = build_parser()
     try:
@@ -803,10 +926,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as e:  # --help, --version, usage errors
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     os.environ.setdefault("MPLBACKEND", "Agg")
+    from captum_unicam.output.publish import terminate_as_interrupt
+
     try:
-        return int(args.func(args, argv) or 0)
-    except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        with terminate_as_interrupt(), _one_line_warnings(args):
+            return int(args.func(args, argv) or 0)
+    except KeyboardInterrupt as e:
+        print(f"{PROG} {args.command}: interrupted" + (f" ({e})" if str(e) else ""), file=sys.stderr)
         return 130
     except _known_errors() as e:
         if os.environ.get("CAPTUM_UNICAM_TRACEBACK"):

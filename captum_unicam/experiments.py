@@ -66,7 +66,6 @@ import json
 import os
 import shlex
 import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -850,15 +849,13 @@ def _localise(study: _Study, maps_by_pair, map_batches) -> Dict[str, Any]:
 def _publish(study: _Study, *, models, recipes, log, info, accs, evaluations, maps_by_pair, map_batches, loc,
              emb_desc, timings, t_write, bar) -> Dict[str, Any]:
     """Writes every table, figure, results.json and the checkpoints into a temporary
-    folder and publishes it (:func:`captum_unicam.output.publish.publish_folder`)."""
-    from captum_unicam.output.publish import publish_folder
+    folder and publishes it (:func:`captum_unicam.output.publish.staged_folder`)."""
+    from captum_unicam.output.publish import staged_folder
     from captum_unicam.report import to_jsonable, versions
 
     out_path, roles, pairs = study.out_path, study.roles, study.pairs
     summaries = {pair: ev.summary()["by_layer"] for pair, ev in evaluations.items()}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_path.parent, prefix=f".{out_path.name}.tmp-"))
-    try:
+    with staged_folder(out_path, overwrite=True, only_reports=False) as tmp:
         files = _write_all(tmp, study.r, study.methods, pairs, models, roles, accs, info, evaluations, summaries,
                            maps_by_pair, map_batches, loc, study.class_names, study.direct_role, emb_desc)
         bar.update(1)
@@ -895,10 +892,6 @@ def _publish(study: _Study, *, models, recipes, log, info, accs, evaluations, ma
                 os.link(src, dst)
             except OSError:
                 shutil.copy2(src, dst)
-        publish_folder(tmp, out_path, overwrite=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     results["out"] = str(out_path)
     return results
 

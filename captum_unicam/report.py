@@ -34,7 +34,6 @@ import platform
 import shlex
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -59,7 +58,7 @@ PathLike = Union[str, os.PathLike]
 OutputFolderError = _errors.OutputError  # the library's one family of expected failures
 
 
-from captum_unicam.output.publish import check_output_dir, publish_folder  # noqa: E402
+from captum_unicam.output.publish import REPORT_FORMAT, check_output_dir, publish_folder, staged_folder  # noqa: E402
 
 
 # ---------------------------------------------------------------------------
@@ -303,8 +302,10 @@ def write_report(
 ) -> Path:
     r"""Writes a complete report folder, atomically.
 
-    The folder is built in a temporary sibling folder (``tempfile.mkdtemp(dir=parent)``)
-    and renamed to ``out_dir`` only when complete. With ``overwrite=True`` an existing
+    The folder is built in a temporary sibling folder ``.X.tmp-PID-*``
+    (:func:`~captum_unicam.output.publish.staged_folder`) and renamed to ``out_dir`` only
+    when complete; its ``metrics.json`` holds ``"format": REPORT_FORMAT``, which marks it
+    as a report of this tool. With ``overwrite=True`` an existing
     folder is moved aside, replaced, then deleted. On any error the temporary folder is
     removed, any existing ``out_dir`` is left untouched, and the error propagates.
 
@@ -350,17 +351,7 @@ def write_report(
         command = [Path(sys.argv[0]).name] + sys.argv[1:]
     command_str = command if isinstance(command, str) else shlex.join(str(c) for c in command)
 
-    created = []  # parents we create, removed again on failure if left empty
-    anc = out.parent
-    while not anc.exists():
-        created.append(anc)
-        anc = anc.parent
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
+    with staged_folder(out, overwrite=overwrite) as tmp:
         (tmp / "figures").mkdir()
         (tmp / "tables").mkdir()
         ev = _evaluation_parts(evaluation)
@@ -427,6 +418,7 @@ def write_report(
 
         # ---- metrics.json
         metrics = {
+            "format": REPORT_FORMAT,
             "title": title,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": command_str,
@@ -451,16 +443,6 @@ def write_report(
                            notes=notes or [], warnings=warnings or [], model_files=model_files or {},
                            meanings=MEANINGS, versions=versions(), css=_CSS, accuracy_set=accuracy_set)
         (tmp / "index.html").write_text(page, encoding="utf-8")
-
-        publish_folder(tmp, out, overwrite=overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for d in created:
-            try:
-                d.rmdir()
-            except OSError:
-                break
-        raise
     return out
 
 

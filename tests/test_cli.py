@@ -72,9 +72,10 @@ def _subparsers():
     return action.choices
 
 
-@pytest.mark.parametrize("command", ["demo", "train", "explain", "quantify"])
+@pytest.mark.parametrize("command", ["demo", "train", "explain", "quantify", "compare"])
 def test_help_mentions_every_option_and_its_default(capsys, command):
     sub = _subparsers()[command]
+    sub.format_help()  # compare adds its arguments on first use
     code, out, _ = _run(capsys, [command, "--help"])
     assert code == 0
     flat = " ".join(out.split())
@@ -90,7 +91,9 @@ def test_help_mentions_every_option_and_its_default(capsys, command):
                     "train": ["--data", "--arch", "--teacher", "--method", "--epochs", "--limit", "--out"],
                     "explain": ["--student", "--base", "--data", "--layers", "--images", "--out"],
                     "quantify": ["--student", "--base", "--data", "--layers", "--perturb", "--out",
-                                 "--batch-size", "--limit", "--overwrite", "--device"]}[command]:
+                                 "--batch-size", "--limit", "--overwrite", "--device"],
+                    "compare": ["--student", "--base", "--data", "--out", "--overwrite", "--layer",
+                                "--percentiles", "--random-label-student"]}[command]:
         assert cmd_opt in flat
 
 
@@ -233,7 +236,7 @@ def test_explain_and_overwrite(tmp_path, capsys, ckpts):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ex"]
 
 
-def test_quantify_equals_evaluate_kd(tmp_path, capsys, ckpts):
+def test_quantify_equals_evaluate_kd(tmp_path, capsys, ckpts, no_deprecation):
     from captum_unicam.data import load_dataset
     from captum_unicam.metrics import evaluate_kd
     from captum_unicam.models import load_checkpoint, stage_layers
@@ -249,8 +252,8 @@ def test_quantify_equals_evaluate_kd(tmp_path, capsys, ckpts):
 
     ds = load_dataset("controlled", "test", limit=10)
     loader = stratified_loader(ds, 5, seed=0)  # the API and the CLI draw the same batches
-    ref = evaluate_kd(s, b, loader, {"L4": (stage_layers(s)["L4"], stage_layers(b)["L4"])},
-                      map_kinds=("gradcam", "distilled"), n_bootstrap=50, progress=False).summary()
+    ref = evaluate_kd(s, {"L4": (stage_layers(s)["L4"], stage_layers(b)["L4"])}, loader, base_forward_func=b,
+                      maps=("gradcam", "distilled"), n_bootstrap=50, progress=False).summary()
     ref = json.loads(json.dumps(ref))
     got, ref = got.get("by_layer", got), ref.get("by_layer", ref)
     for kind in ("gradcam", "distilled"):
@@ -264,8 +267,18 @@ def test_quantify_equals_evaluate_kd(tmp_path, capsys, ckpts):
 # ---------------------------------------------------------------------------
 
 
+@pytest.fixture
+def no_deprecation():
+    """The command line and the demo use only current APIs: a DeprecationWarning fails."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        yield
+
+
 @pytest.mark.slow
-def test_demo_quick_end_to_end(tmp_path, capsys):
+def test_demo_quick_end_to_end(tmp_path, capsys, no_deprecation):
     out = tmp_path / "demo"
     cache = tmp_path / "cache"
     code, stdout, err = _run(capsys, ["demo", "--quick", "--out", str(out), "--cache-dir", str(cache),
@@ -276,6 +289,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
               "figures/localisation.png", *[f"figures/grid_L{i}.png" for i in range(1, 5)]):
         assert (out / f).is_file(), f
     m = json.loads((out / "metrics.json").read_text())
+    assert m["format"] == "captum-unicam/report"  # marks it as ours for --overwrite
     for role in ("Teacher", "Base", "Student"):
         assert 0.0 <= m["models"][role]["accuracy"] <= 1.0
     ev = m["evaluation"].get("by_layer", m["evaluation"])
@@ -303,7 +317,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert mq["map_kinds"] == ["none"]
     # the footnote names what was run (raw features), not a map perturbation; no maps section
     table1 = (q / "tables" / "table1.md").read_text()
-    assert "perturbation none (raw features, no map)" in table1 and "mask_multiply" not in table1
+    assert "perturbation none," in table1 and "mask" not in table1
     page = (q / "index.html").read_text()
     assert 'id="maps"' not in page and 'id="localisation"' not in page
 

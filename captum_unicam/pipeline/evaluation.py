@@ -46,18 +46,14 @@ def score_pair(student, base, loader, layers: Mapping[str, Tuple[Any, Any]], *, 
     """
     from captum_unicam.errors import InputError
     from captum_unicam.metrics import evaluate_kd
-    from captum_unicam.perturb import mask_multiply, road_impute
 
-    funcs = {"mask": mask_multiply, "road": road_impute, "none": mask_multiply}
-    if perturbation not in funcs:
-        raise InputError(f"perturbation must be one of {', '.join(funcs)}, got {perturbation!r}")
+    if perturbation not in ("mask", "road", "none"):
+        raise InputError(f"perturbation must be one of mask, road, none, got {perturbation!r}")
     kinds = ("none",) if perturbation == "none" else tuple(dict.fromkeys(map_kinds))
-    evaluation = evaluate_kd(student, base, loader, layers, label_embeddings=label_embeddings, map_kinds=kinds,
-                             perturb_func=funcs[perturbation], n_bootstrap=n_bootstrap,
-                             n_permutations=n_permutations, seed=seed,
+    evaluation = evaluate_kd(student, layers, loader, base_forward_func=base, label_embeddings=label_embeddings,
+                             maps=kinds, perturbation=None if perturbation == "none" else perturbation,
+                             n_bootstrap=n_bootstrap, n_permutations=n_permutations, seed=seed,
                              progress=progress, device=device)
-    if set(kinds) == {"none"}:
-        evaluation.settings["perturb_func"] = "none (raw features, no map)"
     evaluation.settings["perturbation"] = perturbation
     return evaluation
 
