@@ -39,7 +39,6 @@ import json
 import math
 import shlex
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -50,6 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_unicam.errors import InputError
+from captum_unicam.output.publish import REPORT_FORMAT
 
 __all__ = ["ComparisonResult", "compare", "default_methods", "add_compare_arguments", "run_compare"]
 
@@ -478,7 +478,8 @@ class ComparisonResult:
         for name, fig in self.figures.items():
             save_figure(fig, folder / "figures" / f"{name}.png", dpi=dpi)
             written.append(f"figures/{name}.png")
-        doc = {"title": title, "command": command, "notes": list(notes), **self.metrics, "versions": versions()}
+        doc = {"format": REPORT_FORMAT, "title": title, "command": command, "notes": list(notes), **self.metrics,
+               "versions": versions()}
         (folder / "metrics.json").write_text(json.dumps(to_jsonable(doc), indent=1) + "\n", encoding="utf-8")
         written.append("metrics.json")
         (folder / "index.html").write_text(_html(title, command, notes, tables, written), encoding="utf-8")
@@ -562,24 +563,31 @@ def add_compare_arguments(parser) -> None:
                              "2-core machine: 91 s with 1, 308 s with 2); raise it for large models on an idle machine")
 
 
-def _load_images(spec: str, n: int):
-    from captum_unicam.data.loaders import load_dataset
+def _load_images(spec: str, n: int, prep, seed: int):
+    """``n`` test images of ``spec`` with the checkpoints' preprocessing, drawn in the
+    seeded class-stratified order of the pipeline (so a class-ordered folder gives every
+    class, not only the first), with the object and marker masks where the data has them."""
+    from captum_unicam.pipeline.batches import labels_of, stratified_order
+    from captum_unicam.pipeline.data import load_data
 
-    ds = load_dataset(spec, "test")
+    ds = load_data(spec, "test", prep)
     if len(ds) == 0:
         from captum_unicam.errors import DataSpecError
 
         raise DataSpecError(f"data spec {spec!r} has no test images")
-    k = min(n, len(ds))
-    items = [ds[i] for i in range(k)]
+    chosen = stratified_order(labels_of(ds), seed=seed)[: min(n, len(ds))]
+    k = len(chosen)
+    items = [ds[i] for i in chosen]
     x = torch.stack([it[0] for it in items])
     y = torch.tensor([int(it[1]) for it in items])
     masks = {}
     if len(items[0]) >= 3 and isinstance(items[0][2], Tensor) and items[0][2].shape[-2:] == x.shape[-2:]:
         masks["object"] = torch.stack([it[2] for it in items]).reshape(k, 1, *x.shape[-2:]).float()
-    marker = getattr(ds, "marker_masks", None)
-    if isinstance(marker, Tensor) and marker.shape[0] >= k and bool(marker[:k].any()):
-        masks["marker"] = marker[:k].float()
+    marker = getattr(ds, "marker_masks", getattr(getattr(ds, "base", None), "marker_masks", None))
+    if isinstance(marker, Tensor) and marker.shape[0] == len(ds):
+        marker = marker[torch.tensor(chosen)]
+        if bool(marker.any()):
+            masks["marker"] = marker.float()
     return x, y, masks, list(getattr(ds, "classes", []))
 
 
@@ -600,11 +608,14 @@ def run_compare(args) -> int:
 
 def _run_compare(args) -> int:
     from captum_unicam.models import load_checkpoint, stage_layers
-    from captum_unicam.output.publish import check_output_dir, publish_folder
+    from captum_unicam.output.publish import check_output_dir, staged_folder
+    from captum_unicam.pipeline.data import agreed_preprocessing, warn_lines
 
     t_start = time.perf_counter()
-    if args.images < 4:
-        raise InputError(f"images must be at least 4 (UniCAM's batch statistics), got {args.images}")
+    for name in ("images", "batch_size", "sanity_images"):
+        if getattr(args, name) < 5:
+            raise InputError(
+                f"{name} must be at least 5 (UniCAM's scores are batch statistics), got {getattr(args, name)}")
     out = check_output_dir(args.out, overwrite=args.overwrite)
     device = torch.device(args.device)
     student, s_meta = load_checkpoint(args.student, map_location=device)
@@ -618,7 +629,9 @@ def _run_compare(args) -> int:
     s_layers, b_layers = stage_layers(student), stage_layers(base)
     if args.layer not in s_layers or args.layer not in b_layers:
         raise InputError(f"layer {args.layer!r} is not one of {sorted(s_layers)}")
-    x, y, masks, classes = _load_images(args.data, args.images)
+    prep, prep_notes = agreed_preprocessing({"Student": s_meta, "Base": b_meta})
+    warn_lines(prep_notes)
+    x, y, masks, classes = _load_images(args.data, args.images, prep, args.seed)
     x, y = x.to(device), y.to(device)
     methods = default_methods(student, s_layers[args.layer], base, b_layers[args.layer], ig_steps=args.ig_steps)
     sanity_models = None if args.no_sanity else {"Student": student, "Base": base}
@@ -631,16 +644,8 @@ def _run_compare(args) -> int:
              f"{', '.join(map(str, classes))}), layer {args.layer}.",
              "Methods other than those on the Base explain the Student; ROAD measures the accuracy of the model each "
              "method explains (the Base for Grad-CAM Base and UniCAM residual)."]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with staged_folder(out, overwrite=args.overwrite) as tmp:
         result.metrics["timings"]["total_s"] = round(time.perf_counter() - t_start, 2)
         result.write(tmp, command=command, notes=notes)
-        publish_folder(tmp, out, overwrite=args.overwrite)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(f"wrote {out} ({result.metrics['timings']['total_s']:.0f} s)")
     return 0

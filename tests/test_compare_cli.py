@@ -55,7 +55,10 @@ def test_compare_writes_a_complete_report_with_the_api_numbers(pair, tmp_path, c
     s, _ = load_checkpoint(pair["student"])
     b, _ = load_checkpoint(pair["base"])
     s.eval(), b.eval()
-    x, y, masks, _ = _load_images("controlled", 8)
+    from captum_unicam.pipeline.data import Preprocessing
+
+    x, y, masks, _ = _load_images("controlled", 8, Preprocessing(32, "none"), seed=0)
+    assert len(set(y.tolist())) == 4  # the stratified draw holds every class
     methods = default_methods(s, stage_layers(s)["L4"], b, stage_layers(b)["L4"], ig_steps=2)
     ref = compare(x, y, methods, masks=masks, percentiles=[50], batch_size=8, n_bootstrap=20, seed=0).metrics
     for name in m["methods"]:
