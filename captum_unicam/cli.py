@@ -290,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images drawn per layer, one per class in turn (default: one per class, at most 16)")
     p.add_argument("--limit", type=_positive_int, metavar="N", default=256,
                    help="evaluate a seeded subset of N images: maps, accuracies and localisation")
+    p.add_argument("--reference", type=_nonneg_int, metavar="N", default=0,
+                   help="reference mode: score each image with a fixed set of N images of the train split "
+                        "(class-stratified, seeded) alone, so each map is per image and does not depend on its "
+                        "batch (0: batch mode, each batch is its own context)")
     _add_common(p, out_help="report folder to write")
     p.set_defaults(func=cmd_explain)
 
@@ -739,6 +743,32 @@ def _classes_per_batch(st) -> List[int]:
     return [len({labels[i] for i in b}) for b in st.loader.batch_sampler]
 
 
+def _reference_set(args, st):
+    """``(reference, description)`` for explain: None in batch mode, else ``--reference N``
+    images of the train split (the checkpoints' preprocessing, class-stratified, seeded)."""
+    if not args.reference:
+        return None, "UniCAM in batch mode (each batch is its own context)"
+    if args.reference < 4:
+        raise CLIError(f"--reference {args.reference} is too small: a reference set needs at least 4 images "
+                       "(each image is scored with them, n = 1 + N >= 5)")
+    import torch
+
+    from captum_unicam.pipeline.batches import labels_of, stratified_order
+    from captum_unicam.pipeline.data import load_data
+
+    ref_ds = load_data(args.data, "train", st.prep, download=args.download)
+    if len(ref_ds) < args.reference:
+        raise CLIError(f"--reference {args.reference}: the train split of {args.data!r} has only {len(ref_ds)} "
+                       "images; pass a smaller --reference")
+    chosen = stratified_order(labels_of(ref_ds), seed=args.seed)[: args.reference]
+    items = [ref_ds[i] for i in chosen]
+    x_ref = torch.stack([it[0] for it in items]).to(st.device)
+    y_ref = torch.tensor([int(it[1]) for it in items], device=st.device)
+    classes = len(set(y_ref.tolist()))
+    return (x_ref, y_ref), (f"UniCAM in reference mode: each image scored with {args.reference} train images "
+                            f"({classes} classes) alone")
+
+
 def cmd_explain(args, argv) -> int:
     st = _pair_setup(args)
 
@@ -747,19 +777,21 @@ def cmd_explain(args, argv) -> int:
 
     batches = list(st.loader)
     models = _pair_models(args, st)
+    reference, reference_desc = _reference_set(args, st)
     maps = compute_maps(st.student, st.base, st.layers, batches, label_embeddings=st.emb,
-                        device=st.device, progress=args.progress)
+                        device=st.device, progress=args.progress, reference=reference)
     grids, labels, masks = map_grids(maps, batches, st.classes, args.images or min(len(st.classes), 16),
                                      mean=getattr(st.ds, "mean", None), std=getattr(st.ds, "std", None))
     loc = _localisation(maps, masks, seed=args.seed, n_bootstrap=1000)
     sizes = sorted({int(b[0].shape[0]) for b in batches})
     data = (f"{st.evaluated_set}; {len(batches)} {args.order} batches of {'/'.join(map(str, sizes))} images; "
-            f"labels: {st.emb_desc}")
+            f"labels: {st.emb_desc}; {reference_desc}")
     write_report(st.out, overwrite=args.overwrite, title="captum-unicam explain", command=_command_line(argv),
                  data=data, models=models, grids=grids, localisation=loc, accuracy_set=f"the evaluated set ({st.evaluated_set})",
                  warnings=[_flags(n) for n in st.preprocessing_notes],
                  extra_metrics={"label_embeddings": st.emb_desc, "layers": list(st.layers),
                                 "preprocessing": st.prep.to_dict(), "order": args.order,
+                                "unicam_mode": reference_desc,
                                 "batch_sizes": [int(b[0].shape[0]) for b in batches],
                                 "classes_per_batch": [len(set(b[1].tolist())) for b in batches]},
                  progress=args.progress)

@@ -355,3 +355,27 @@ def _same(x, y, tol=1e-9):
         return True
     assert x == y
     return True
+
+
+def test_explain_reference_mode_maps_do_not_depend_on_the_batches(tmp_path, capsys, ckpts):
+    """``explain --reference N``: each image is scored with the same reference set alone,
+    so the per-image localisation does not change with the batch size (it does in batch
+    mode, where each batch is its own context)."""
+
+    def localisation(out, *extra):
+        code, _, err = _run(capsys, ["explain"] + _pair_args(ckpts, out, **{"--limit": "10"}) + list(extra))
+        assert code == 0, err
+        m = json.loads((out / "metrics.json").read_text())
+        kinds = m["localisation"]["L4"]["kinds"]
+        return m, {k: kinds[k]["energy"]["mean"] for k in ("UniCAM distilled", "UniCAM residual")}
+
+    m5, ref5 = localisation(tmp_path / "r5", "--reference", "8", "--batch-size", "5")
+    _, ref10 = localisation(tmp_path / "r10", "--reference", "8", "--batch-size", "10")
+    assert "reference mode" in m5["unicam_mode"] and "8 train images" in m5["unicam_mode"]
+    for k in ref5:
+        assert ref5[k] == pytest.approx(ref10[k], rel=1e-5, abs=1e-7)
+    _, b5 = localisation(tmp_path / "b5", "--batch-size", "5")
+    _, b10 = localisation(tmp_path / "b10", "--batch-size", "10")
+    assert any(abs(b5[k] - b10[k]) > 1e-4 for k in b5)  # batch mode: the batch matters
+    code, _, err = _run(capsys, ["explain"] + _pair_args(ckpts, tmp_path / "r3") + ["--reference", "3"])
+    assert code == 2 and "--reference 3" in err and len(err.strip().splitlines()) == 1

@@ -22,12 +22,12 @@ MAP_COLUMNS = {
 }
 
 
-def make_unicam(student, student_layer, base, base_layer, *, label_embeddings=None):
+def make_unicam(student, student_layer, base, base_layer, *, label_embeddings=None, reference=None):
     r"""The :class:`~captum_unicam.UniCAM` of one layer pair (the one place the pipeline
-    builds it; a reference set would be passed here)."""
+    builds it); ``reference=(ref_inputs, ref_target)`` selects reference mode."""
     from captum_unicam.attr.unicam import UniCAM
 
-    return UniCAM(student, student_layer, base, base_layer, label_embeddings=label_embeddings)
+    return UniCAM(student, student_layer, base, base_layer, label_embeddings=label_embeddings, reference=reference)
 
 
 def score_pair(student, base, loader, layers: Mapping[str, Tuple[Any, Any]], *, label_embeddings=None,
@@ -78,7 +78,7 @@ def accuracy(model, loader, device: Any = "cpu") -> float:
 
 
 def compute_maps(student, base, layers, batches, *, label_embeddings=None, device="cpu",
-                 progress: bool = True) -> Dict[str, Dict[str, Any]]:
+                 progress: bool = True, reference=None) -> Dict[str, Dict[str, Any]]:
     r"""Grad-CAM (Student, Base) and UniCAM (distilled, residual) maps per layer.
 
     Each batch is explained on its own (UniCAM is a batch statistic; each batch is its
@@ -92,6 +92,9 @@ def compute_maps(student, base, layers, batches, *, label_embeddings=None, devic
         label_embeddings (Tensor, optional): label vectors for UniCAM. Default: one-hot.
         device: where to compute.
         progress (bool): show a progress bar over layers x batches.
+        reference (tuple, optional): ``(ref_inputs, ref_target)``: UniCAM in reference mode
+                    (each image scored with the reference set alone; per-image maps).
+                    Default: None, batch mode.
 
     Returns:
         dict: layer -> ``{"gradcam_student", "gradcam_base", "distilled", "residual"}``
@@ -107,7 +110,7 @@ def compute_maps(student, base, layers, batches, *, label_embeddings=None, devic
                disable=not progress, leave=False)
     for name, (s_layer, b_layer) in layers.items():
         gc_s, gc_b = LayerGradCam(student, s_layer), LayerGradCam(base, b_layer)
-        uc = make_unicam(student, s_layer, base, b_layer, label_embeddings=label_embeddings)
+        uc = make_unicam(student, s_layer, base, b_layer, label_embeddings=label_embeddings, reference=reference)
         for batch in batches:
             x, y = batch[0].to(device), batch[1].to(device)
             out[name]["gradcam_student"].append(gc_s.attribute(x, target=y, relu_attributions=True).detach().cpu())
