@@ -61,14 +61,17 @@ _DEFAULT_CONTROLLED_SIZE = {"train": 2000, "test": 1000, "val": 1000, "transfer"
 DataSpecError = _errors.DataSpecError  # the library's one family of expected failures
 
 
-class _Subset(Dataset):
-    """A subset that keeps ``classes`` (and the base dataset's other attributes)."""
+class Subset(Dataset):
+    """A subset that keeps ``classes``, ``targets`` (those of its items) and the base
+    dataset's other attributes."""
 
-    def __init__(self, base: Dataset, indices: Sequence[int]) -> None:
+    def __init__(self, base: Dataset, indices: Sequence[int], targets: Optional[Sequence[int]] = None) -> None:
         self.base = base
         self.indices = list(indices)
-        self.classes = list(base.classes)
-        targets = getattr(base, "targets", None)
+        if hasattr(base, "classes"):
+            self.classes = list(base.classes)
+        if targets is None:
+            targets = getattr(base, "targets", None)
         if targets is not None:
             self.targets = [int(targets[i]) for i in self.indices]
         for name in ("class_to_idx", "mean", "std", "root", "split"):
@@ -89,7 +92,7 @@ def _limited(ds: Dataset, limit: Optional[int], seed: int = 0) -> Dataset:
         return ds
     g = torch.Generator().manual_seed(seed)
     keep = torch.randperm(len(ds), generator=g)[:limit].sort().values.tolist()
-    return _Subset(ds, keep)
+    return Subset(ds, keep)
 
 
 def _check_common(split: str, image_size: Optional[int], limit: Optional[int]) -> None:
@@ -499,7 +502,7 @@ def _imagefolder(root, split, image_size, limit, augment, normalize, kwargs):
     if normalize:
         ds.mean, ds.std = IMAGENET_MEAN, IMAGENET_STD
     if sub is None:
-        ds = _Subset(ds, _stratified_split(ds.targets, train, float(test_fraction), split_seed))
+        ds = Subset(ds, _stratified_split(ds.targets, train, float(test_fraction), split_seed))
     return _limited(ds, limit)
 
 

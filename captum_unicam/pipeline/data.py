@@ -132,23 +132,9 @@ def labelled_subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
     perm = torch.randperm(len(labels), generator=g).tolist()
     picked = first_per_class([labels[p] for p in perm], n)
     keep = sorted(perm[j] for j in picked)
-    return _Subset(dataset, keep)
+    from captum_unicam.data.loaders import Subset
 
-
-class _Subset(Dataset):
-    def __init__(self, base: Dataset, indices: Sequence[int]) -> None:
-        self.base, self.indices = base, list(indices)
-        base_targets = labels_of(base)
-        self.targets = [base_targets[i] for i in self.indices]
-        for name in ("classes", "class_to_idx", "mean", "std", "root", "split"):
-            if hasattr(base, name):
-                setattr(self, name, getattr(base, name))
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.base[self.indices[i]]
+    return Subset(dataset, keep, targets=labels_of(dataset))
 
 
 def checkpoint_preprocessing(meta: Mapping[str, Any]) -> Dict[str, Any]:
