@@ -1,4 +1,4 @@
-r"""The report folder of ``captum-unicam demo`` / ``explain`` / ``quantify`` (DESIGN.md section 8).
+r"""The report folder of ``captum-unicam demo`` / ``explain`` / ``quantify``.
 
 A report is a folder::
 

@@ -1,6 +1,6 @@
 r"""The demo's Teacher, Base and Student, trained on the controlled dataset and cached.
 
-The scenario (DESIGN.md section 5) is one where distillation measurably helps:
+The scenario is one where distillation measurably helps:
 
 - the **Teacher** (``small_resnet_s``; the same architecture as the Student, to fit the
   CPU budget) is trained with labels on cue-free images (the background tint says
