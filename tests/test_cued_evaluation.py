@@ -177,3 +177,50 @@ def test_demo_cued_evaluation_uses_cue_free_and_cued_test_images(setup):
     for cond in CUE_CONDITIONS:
         a, b = res["conditions"][cond]["layers"]["L4"], ref["conditions"][cond]["layers"]["L4"]
         assert a["s_r"] == b["s_r"] and a["mass"] == b["mass"]
+
+
+def test_demo_report_has_the_cued_section_end_to_end(tmp_path, monkeypatch, capsys):
+    """``captum-unicam demo --quick`` with tiny random models in place of the trained ones
+    (seconds): the report's cued section holds cued_evaluation's numbers on the demo's
+    cue-free and cued test images (3 class-stratified batches of 32, seed 0)."""
+    from captum_unicam import cli
+    from captum_unicam.kd import demo as demo_mod
+    from captum_unicam.models import save_checkpoint
+
+    models = {"teacher": _model(2), "base": _model(1), "student": _model(0)}
+    paths = {}
+    for role, m in models.items():
+        paths[role] = str(tmp_path / f"{role}.pt")
+        save_checkpoint(paths[role], m, arch="small_resnet_s", num_classes=4, class_names=list("abcd"),
+                        build_kwargs={"width": 4})
+
+    def fake_train(seed=0, **kwargs):
+        return demo_mod.DemoModels(**models, class_names=list("abcd"), accuracies=dict.fromkeys(models, 0.25),
+                                   cued_accuracies=dict.fromkeys(models, 0.25), recipe={"method": "overhaul"},
+                                   datasets={}, paths=paths, cache_dir=str(tmp_path), from_cache=True,
+                                   train_seconds=0.0)
+
+    monkeypatch.setattr(demo_mod, "train_demo_models", fake_train)
+    out = tmp_path / "report"
+    code = cli.main(["demo", "--quick", "--no-progress", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    page = (out / "index.html").read_text()
+    assert 'id="cued"' in page and "What the Base used that the Student dropped" in page
+    metrics = json.loads((out / "metrics.json").read_text())
+    got = metrics["cued_evaluation"]
+    assert got["data"]["cued"]["cue_strength"] == 1.0 and got["data"]["cued"]["size"] == 96
+    s, b = stage_layers(models["student"]), stage_layers(models["base"])
+    conds = {name: stratified_loader(ControlledShapes(96, seed=0, split="test", num_classes=4, cue_strength=c), 32,
+                                     seed=0) for name, c in CUE_CONDITIONS.items()}
+    from captum_unicam.embeddings import embed_labels  # the demo's label vectors (local encoder)
+
+    emb = embed_labels(list("abcd")).detach().float().cpu()
+    ref = cued_evaluation(models["student"], models["base"], {"L4": (s["L4"], b["L4"])}, conds, n_bootstrap=200,
+                          seed=0, progress=False, label_embeddings=emb)
+    for cond in CUE_CONDITIONS:
+        a, r = got["conditions"][cond]["layers"]["L4"], ref["conditions"][cond]["layers"]["L4"]
+        assert a["s_r"]["mean"] == pytest.approx(r["s_r"]["mean"], abs=1e-9)
+        assert a["mass"]["object"]["gradcam_base"]["mean"] == pytest.approx(
+            r["mass"]["object"]["gradcam_base"]["mean"], abs=1e-9)
+    rows = list(csv.DictReader(io.StringIO((out / "tables" / "cued_scores.csv").read_text())))
+    assert [(r["condition"], r["layer"]) for r in rows] == [(c, f"L{i}") for c in CUE_CONDITIONS for i in range(1, 5)]
