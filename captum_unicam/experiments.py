@@ -17,7 +17,10 @@ paper's artefacts, plus the localisation check the paper could not make.
    ``table2.md/.csv`` (direct Student against the Teacher-assistant chain, paper
    Table 2), ``accuracies.md/.csv``, ``evaluation_<pair>.md/.csv`` (every number of
    evaluate_kd), on the controlled dataset ``localisation.md/.csv`` (mask energy
-   fraction and pointing game of every map kind, with bootstrap intervals), figures in
+   fraction and pointing game of every map kind, with bootstrap intervals) and
+   ``cued_evaluation.md/.csv`` (cue-free against cued test images: S_d, S_r and each map
+   kind's mass on the object and the background,
+   :func:`~captum_unicam.pipeline.evaluation.cued_evaluation`), figures in
    ``out/figures/`` (Grad-CAM / UniCAM grids per layer and method, paper Figs. 3, 5,
    7, 8; FSS / RS per layer, Fig. 4; localisation) and ``results.json`` (all numbers,
    the recipe, the command, versions, timings).

@@ -4,7 +4,7 @@ A report is a folder::
 
     index.html        opens from disk in any browser: no server, no script, no CDN
     metrics.json      every number (per layer, per model pair, with intervals)
-    tables/*.csv|.md  Table 1 of the paper, accuracies, localisation
+    tables/*.csv|.md  Table 1 of the paper, accuracies, localisation, cued evaluation
     figures/*.png     Grad-CAM / UniCAM grids per layer, FSS and RS per layer, localisation
     models/*.pt       (demo) the Teacher, Base and Student checkpoints
 
