@@ -1,6 +1,6 @@
 """Benchmark: batched ``road_impute`` against grad-cam's ``NoisyLinearImputer`` looped per image.
 
-Setting of DESIGN.md section 6: batch 32, 3 x 224 x 224 images, CAM-like saliency (random
+Setting (the project's benchmark setting): batch 32, 3 x 224 x 224 images, CAM-like saliency (random
 7 x 7 maps upsampled bilinearly to 224 x 224: large smooth holes), 50 % of the pixels
 removed, noise 0, ``torch.set_num_threads(2)``. Both run in the same process on the same
 images and the same removal masks (``road_impute``'s); the time is the best of

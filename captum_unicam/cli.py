@@ -575,6 +575,13 @@ def _demo(args, argv, out, device) -> int:
     grids, _, masks = map_grids(maps, batches, class_names, n_show)
     loc = _localisation(maps, masks, seed=args.seed, n_bootstrap=n_boot)
     timings["explain_s"] = time.perf_counter() - t2
+    t_cued = time.perf_counter()
+    from captum_unicam.kd.demo import demo_cued_evaluation
+
+    cued_res = demo_cued_evaluation(student, base, layers, n_images=eval_batches * eval_bs, batch_size=eval_bs,
+                                    seed=args.seed, num_classes=len(class_names), label_embeddings=emb,
+                                    n_bootstrap=n_boot, device=device, progress=args.progress)
+    timings["cued_s"] = time.perf_counter() - t_cued
 
     accs = dict(demo.accuracies)
     cued = dict(getattr(demo, "cued_accuracies", {}) or {})
@@ -596,7 +603,7 @@ def _demo(args, argv, out, device) -> int:
     t3 = time.perf_counter()
     write_report(out, overwrite=args.overwrite, title="captum-unicam demo: what did distillation change?",
                  command=_command_line(argv), data=data, models=models, evaluation=evaluation,
-                 grids=grids, localisation=loc, accuracy_set=acc_set,
+                 grids=grids, localisation=loc, accuracy_set=acc_set, cued=cued_res,
                  model_files={f"{k}.pt": v for k, v in paths.items()},
                  notes=_demo_notes(demo, accs)[:1], warnings=_demo_notes(demo, accs)[1:],
                  extra_metrics={"recipe": recipe, "demo_datasets": getattr(demo, "datasets", None),
@@ -607,7 +614,8 @@ def _demo(args, argv, out, device) -> int:
     timings["report_s"] = time.perf_counter() - t3
     total = time.perf_counter() - t0
     print(f"report written to {out}/index.html ({total:.0f} s: models {timings['train_or_load_models_s']:.0f} s, "
-          f"quantify {timings['quantify_s']:.0f} s, maps {timings['explain_s']:.0f} s, report {timings['report_s']:.0f} s)")
+          f"quantify {timings['quantify_s']:.0f} s, maps {timings['explain_s']:.0f} s, "
+          f"cued {timings['cued_s']:.0f} s, report {timings['report_s']:.0f} s)")
     return 0
 
 

@@ -290,7 +290,7 @@ def embed_labels(
 
         >>> from captum_unicam import embed_labels, relevance_score
         >>> E = embed_labels(["cat", "dog"])          # (2, 384)
-        >>> rs = relevance_score(net, net.layer4, x, y, label_embeddings=E)
+        >>> rs = relevance_score(net, net.layer4, x, target=y, label_embeddings=E)
     """
     names = _check_names(names)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

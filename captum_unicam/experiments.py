@@ -17,7 +17,10 @@ paper's artefacts, plus the localisation check the paper could not make.
    ``table2.md/.csv`` (direct Student against the Teacher-assistant chain, paper
    Table 2), ``accuracies.md/.csv``, ``evaluation_<pair>.md/.csv`` (every number of
    evaluate_kd), on the controlled dataset ``localisation.md/.csv`` (mask energy
-   fraction and pointing game of every map kind, with bootstrap intervals), figures in
+   fraction and pointing game of every map kind, with bootstrap intervals) and
+   ``cued_evaluation.md/.csv`` (cue-free against cued test images: S_d, S_r and each map
+   kind's mass on the object and the background,
+   :func:`~captum_unicam.pipeline.evaluation.cued_evaluation`), figures in
    ``out/figures/`` (Grad-CAM / UniCAM grids per layer and method, paper Figs. 3, 5,
    7, 8; FSS / RS per layer, Fig. 4; localisation) and ``results.json`` (all numbers,
    the recipe, the command, versions, timings).
@@ -248,6 +251,8 @@ def _controlled_data(spec: str, r: Mapping[str, Any]) -> Dict[str, Any]:
                                  **common),
         "test": load_dataset(spec, "test", size=r["test_size"], cue_strength=0.0, **common),
         "test_cued": load_dataset(spec, "test", size=r["test_size"], cue_strength=cue, **common),
+        # the cued evaluation: the tint of its class on every test image
+        "test_cue_always": load_dataset(spec, "test", size=r["test_size"], cue_strength=1.0, **common),
         "unlabelled_transfer": True,
     }
 
@@ -261,7 +266,7 @@ def _real_data(spec: str, r: Mapping[str, Any], image_size: Optional[int]) -> Di
     if len(train) == 0 or len(test) == 0:
         raise DataSpecError(f"data spec {spec!r} has an empty train or test split")
     return {"teacher": train, "base": train, "transfer": train, "test": test, "test_cued": None,
-            "unlabelled_transfer": False}
+            "test_cue_always": None, "unlabelled_transfer": False}
 
 
 def _loader(ds, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False):
@@ -478,6 +483,38 @@ def _localisation_table(loc: Mapping[str, Mapping[str, Any]], pair_titles: Mappi
     csv_header = ["pair", "layer", "map", "energy_mean", "energy_low", "energy_high", "pointing_mean",
                   "pointing_low", "pointing_high", "n_images", "n_empty", "chance"]
     return _md_table(header, md_rows, notes), _csv_text(csv_header, csv_rows)
+
+
+def _cued_table(cued: Mapping[str, Mapping[str, Any]], pair_titles: Mapping[str, str]) -> Tuple[str, str]:
+    """The cued evaluation of every pair: markdown (the report's two tables, with a pair
+    column) and a long CSV (one row per pair, condition, layer, quantity and map kind)."""
+    from captum_unicam.report import cued_tables
+
+    md_parts: Dict[str, Tuple[List[str], List[List[Any]]]] = {}
+    csv_rows: List[List[Any]] = []
+    for pair, res in cued.items():
+        for name, (header, rows) in cued_tables(res).items():
+            part = md_parts.setdefault(name, (["Pair"] + header, []))
+            part[1].extend([pair_titles.get(pair, pair)] + row for row in rows)
+        for cond, entry in res["conditions"].items():
+            for layer, e in entry["layers"].items():
+                for q in ("s_d", "s_r"):
+                    csv_rows.append([pair, cond, layer, q, "", e[q]["mean"], e[q]["low"], e[q]["high"], e[q]["n"], ""])
+                for region, by_kind in e["mass"].items():
+                    for kind, iv in by_kind.items():
+                        csv_rows.append([pair, cond, layer, f"mass_{region}", kind, iv["mean"], iv["low"], iv["high"],
+                                         iv["n"], e["chance"][region]])
+    notes = ["S_d, S_r: UniCAM's scores per batch (the batch is UniCAM's context), mean [95 % bootstrap interval "
+             "over batches]. Masses: share of each map's positive mass on the object / on the background, mean "
+             "[95 % bootstrap interval over images]; chance = the region's mean area. Cued: the tint of its class on "
+             "every test image (cue_strength 1.0)."]
+    md = ""
+    for name, (header, rows) in md_parts.items():
+        title = "Scores and mass on the object" if name == "cued_scores" else "Mass on the background"
+        md += f"### {title}\n\n" + _md_table(header, rows) + "\n"
+    md += notes[0] + "\n"
+    return md, _csv_text(["pair", "condition", "layer", "quantity", "map", "mean", "low", "high", "n", "chance"],
+                         csv_rows)
 
 
 def _accuracy_table(accs: Mapping[str, Mapping[str, Any]], info: Mapping[str, Mapping[str, Any]]) -> Tuple[str, str]:
@@ -713,13 +750,13 @@ def _run(study: _Study) -> Dict[str, Any]:
         timings["accuracies_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         emb, emb_desc = _label_vectors(study)
-        evaluations, maps_by_pair, map_batches = _evaluate_pairs(study, models, emb, bar)
+        evaluations, maps_by_pair, map_batches, cued = _evaluate_pairs(study, models, emb, bar)
         timings["evaluation_s"] = time.perf_counter() - t0
         loc = _localise(study, maps_by_pair, map_batches)
         t0 = time.perf_counter()
         return _publish(study, models=models, recipes=recipes, log=log, info=info, accs=accs,
                         evaluations=evaluations, maps_by_pair=maps_by_pair, map_batches=map_batches, loc=loc,
-                        emb_desc=emb_desc, timings=timings, t_write=t0, bar=bar)
+                        emb_desc=emb_desc, timings=timings, t_write=t0, bar=bar, cued=cued)
     finally:
         bar.close()
 
@@ -802,10 +839,12 @@ def _label_vectors(study: _Study):
 
 def _evaluate_pairs(study: _Study, models, emb, bar):
     """FSS / RS (:func:`captum_unicam.pipeline.evaluation.score_pair`) and maps of every
-    Student against the Base."""
+    Student against the Base; on the controlled dataset also the cued evaluation
+    (:func:`captum_unicam.pipeline.evaluation.cued_evaluation`) on the same cue-free
+    batches and on the same images with the tint of their class on every one."""
     from captum_unicam.models import stage_layers
     from captum_unicam.pipeline.batches import labels_of, stratified_loader
-    from captum_unicam.pipeline.evaluation import compute_maps, score_pair
+    from captum_unicam.pipeline.evaluation import compute_maps, cued_evaluation, score_pair
 
     r, data, device = study.r, study.data, study.device
     eval_bs = int(r["eval_batch_size"])
@@ -815,6 +854,13 @@ def _evaluate_pairs(study: _Study, models, emb, bar):
     # and CIFAR-10 test images are not stored class by class); a short last batch is merged
     eval_loader = stratified_loader(eval_ds, min(eval_bs, n_eval), seed=study.seed, order="file",
                                     labels=labels_of(data["test"])[:n_eval])
+    conditions = None
+    if study.controlled and data.get("test_cue_always") is not None:
+        cued_ds = torch.utils.data.Subset(data["test_cue_always"], range(n_eval))
+        conditions = {"cue-free": eval_loader,
+                      "cued": stratified_loader(cued_ds, min(eval_bs, n_eval), seed=study.seed, order="file",
+                                                labels=labels_of(data["test_cue_always"])[:n_eval])}
+    cued: Dict[str, Any] = {}
     base = models["base"].to(device).eval()
     evaluations: Dict[str, Any] = {}
     maps_by_pair: Dict[str, Any] = {}
@@ -830,8 +876,12 @@ def _evaluate_pairs(study: _Study, models, emb, bar):
                                            seed=study.seed, progress=study.progress, device=device)
             maps_by_pair[pair] = compute_maps(student, base, layers, map_batches, label_embeddings=emb,
                                               device=device, progress=study.progress)
+            if conditions is not None:
+                cued[pair] = cued_evaluation(student, base, layers, conditions, label_embeddings=emb,
+                                             n_bootstrap=int(r["n_bootstrap"]), seed=study.seed, device=device,
+                                             progress=study.progress)
         bar.update(1)
-    return evaluations, maps_by_pair, map_batches
+    return evaluations, maps_by_pair, map_batches, cued
 
 
 def _localise(study: _Study, maps_by_pair, map_batches) -> Dict[str, Any]:
@@ -847,7 +897,7 @@ def _localise(study: _Study, maps_by_pair, map_batches) -> Dict[str, Any]:
 
 
 def _publish(study: _Study, *, models, recipes, log, info, accs, evaluations, maps_by_pair, map_batches, loc,
-             emb_desc, timings, t_write, bar) -> Dict[str, Any]:
+             emb_desc, timings, t_write, bar, cued=None) -> Dict[str, Any]:
     """Writes every table, figure, results.json and the checkpoints into a temporary
     folder and publishes it (:func:`captum_unicam.output.publish.staged_folder`)."""
     from captum_unicam.output.publish import staged_folder
@@ -857,7 +907,8 @@ def _publish(study: _Study, *, models, recipes, log, info, accs, evaluations, ma
     summaries = {pair: ev.summary()["by_layer"] for pair, ev in evaluations.items()}
     with staged_folder(out_path, overwrite=True, only_reports=False) as tmp:
         files = _write_all(tmp, study.r, study.methods, pairs, models, roles, accs, info, evaluations, summaries,
-                           maps_by_pair, map_batches, loc, study.class_names, study.direct_role, emb_desc)
+                           maps_by_pair, map_batches, loc, study.class_names, study.direct_role, emb_desc,
+                           cued=cued)
         bar.update(1)
         timings["write_s"] = time.perf_counter() - t_write
         timings["total_s"] = time.perf_counter() - study.t_start
@@ -875,6 +926,7 @@ def _publish(study: _Study, *, models, recipes, log, info, accs, evaluations, ma
             "accuracies": accs,
             "evaluations": {p: ev.to_dict() for p, ev in evaluations.items()},
             "localisation": loc or None,
+            "cued_evaluation": cued or None,
             "tables": files.pop("_tables"),
             "files": files,
             "timings": {k: round(v, 2) for k, v in timings.items()},
@@ -905,7 +957,7 @@ def _default_command(dataset, methods, seed, quick, out_path) -> str:
 
 
 def _write_all(folder: Path, r, methods, pairs, models, roles, accs, info, evaluations, summaries, maps_by_pair,
-               map_batches, loc, class_names, direct_role, emb_desc) -> Dict[str, Any]:
+               map_batches, loc, class_names, direct_role, emb_desc, cued=None) -> Dict[str, Any]:
     from captum_unicam import viz
 
     dpi = int(r["dpi"])
@@ -939,6 +991,9 @@ def _write_all(folder: Path, r, methods, pairs, models, roles, accs, info, evalu
     if loc:
         md, csv_text = _localisation_table(loc, pair_titles)
         table("localisation", md, csv_text)
+    if cued:
+        md, csv_text = _cued_table(cued, pair_titles)
+        table("cued_evaluation", md, csv_text)
 
     # figures: grids per layer and pair (Figs. 3, 5, 8), direct vs TA (Fig. 7)
     n_show = int(r["n_show"])

@@ -1,10 +1,10 @@
-r"""The report folder of ``captum-unicam demo`` / ``explain`` / ``quantify`` (DESIGN.md section 8).
+r"""The report folder of ``captum-unicam demo`` / ``explain`` / ``quantify``.
 
 A report is a folder::
 
     index.html        opens from disk in any browser: no server, no script, no CDN
     metrics.json      every number (per layer, per model pair, with intervals)
-    tables/*.csv|.md  Table 1 of the paper, accuracies, localisation
+    tables/*.csv|.md  Table 1 of the paper, accuracies, localisation, cued evaluation
     figures/*.png     Grad-CAM / UniCAM grids per layer, FSS and RS per layer, localisation
     models/*.pt       (demo) the Teacher, Base and Student checkpoints
 
@@ -44,6 +44,7 @@ from torch import Tensor
 __all__ = [
     "OutputFolderError",
     "check_output_dir",
+    "cued_tables",
     "localisation",
     "publish_folder",
     "to_jsonable",
@@ -281,6 +282,53 @@ def _panels_from_summary(summary: Any) -> Optional[Dict[str, Dict[str, Dict[str,
     return panels or None
 
 
+_KIND_ORDER = ("distilled", "residual", "gradcam_student", "gradcam_base")
+_KIND_TITLES = {"distilled": "distilled", "residual": "residual", "gradcam_student": "Grad-CAM Student",
+                "gradcam_base": "Grad-CAM Base"}
+
+
+def cued_tables(cued: Mapping[str, Any]) -> Dict[str, Tuple[List[str], List[List[Any]]]]:
+    r"""The tables of a :func:`~captum_unicam.pipeline.evaluation.cued_evaluation` result:
+    ``"cued_scores"`` (per condition and layer: S_d, S_r and each map kind's mass on the
+    object, with chance) and ``"cued_background"`` (each map kind's mass on the
+    background). Cells are "mean [low, high]" strings (95 % bootstrap intervals).
+
+    Returns:
+        dict: table name -> (header, rows).
+    """
+    kinds = [k for k in _KIND_ORDER if k in cued.get("kinds", _KIND_ORDER)]
+    obj_head = ["condition", "layer", "S_d", "S_r"] + [f"object mass: {_KIND_TITLES[k]}" for k in kinds] + ["chance"]
+    bg_head = ["condition", "layer"] + [f"background mass: {_KIND_TITLES[k]}" for k in kinds] + ["chance"]
+    obj_rows, bg_rows = [], []
+    for cond, entry in cued["conditions"].items():
+        for layer, res in entry["layers"].items():
+            obj_rows.append([cond, layer, _interval(res["s_d"]), _interval(res["s_r"])]
+                            + [_interval(res["mass"]["object"][k]) for k in kinds]
+                            + [_fmt(res["chance"]["object"], 3)])
+            bg_rows.append([cond, layer] + [_interval(res["mass"]["background"][k]) for k in kinds]
+                           + [_fmt(res["chance"]["background"], 3)])
+    return {"cued_scores": (obj_head, obj_rows), "cued_background": (bg_head, bg_rows)}
+
+
+def cued_reading(cued: Mapping[str, Any], layer: Optional[str] = None) -> Optional[str]:
+    r"""One sentence reading a cued evaluation at ``layer`` (default: the last one): S_r
+    cue-free and cued, and the background mass of the residual map against Grad-CAM of
+    the Base on cued images. None when a condition is missing."""
+    conds = cued.get("conditions", {})
+    if "cue-free" not in conds or "cued" not in conds:
+        return None
+    free, cue = conds["cue-free"]["layers"], conds["cued"]["layers"]
+    layer = layer or list(cue)[-1]
+    if layer not in free or layer not in cue:
+        return None
+    bg = cue[layer]["mass"]["background"]
+    rise = (cue[layer]["s_r"]["mean"] or 0.0) - (free[layer]["s_r"]["mean"] or 0.0)
+    return (f"Here, at {layer}, S_r is {_interval(free[layer]['s_r'])} on cue-free and {_interval(cue[layer]['s_r'])} "
+            f"on cued images ({'a rise' if rise > 0 else 'no rise'}); on cued images the residual map puts "
+            f"{_interval(bg['residual'])} of its mass on the background, Grad-CAM of the Base "
+            f"{_interval(bg['gradcam_base'])} (chance {_fmt(cue[layer]['chance']['background'], 3)}).")
+
+
 def write_report(
     out_dir: PathLike,
     *,
@@ -299,6 +347,7 @@ def write_report(
     extra_metrics: Optional[Mapping[str, Any]] = None,
     progress: bool = True,
     accuracy_set: Optional[str] = None,
+    cued: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     r"""Writes a complete report folder, atomically.
 
@@ -335,6 +384,9 @@ def write_report(
         progress (bool, optional): show a progress bar over the figures. Default: True
         accuracy_set (str, optional): the set the accuracies were measured on, named in
             the table's header and metrics.json. Default: None ("test")
+        cued (dict, optional): result of
+            :func:`~captum_unicam.pipeline.evaluation.cued_evaluation`; gives the section
+            "What the Base used that the Student dropped" and ``tables/cued_*.csv|.md``.
 
     Returns:
         pathlib.Path: the report folder.
@@ -410,6 +462,10 @@ def write_report(
                 ["layer", "map", "mask energy fraction [95 % CI]", "pointing game [95 % CI]",
                  "images", "empty maps"], loc_rows)
 
+        if cued:
+            for name, (header, rows) in cued_tables(cued).items():
+                tables[name] = _write_table(tmp / "tables", name, header, rows)
+
         # ---- copied checkpoints
         if model_files:
             (tmp / "models").mkdir()
@@ -429,6 +485,8 @@ def write_report(
             "evaluation": ev["summary"],
             "localisation": localisation,
         }
+        if cued:
+            metrics["cued_evaluation"] = cued
         if extra_metrics:
             metrics.update(extra_metrics)
         (tmp / "metrics.json").write_text(
@@ -441,7 +499,8 @@ def write_report(
                            empty_maps={layer: _empty_counts(g.get("maps", {})) for layer, g in (grids or {}).items()},
                            table1_md=ev["markdown"], tables=tables, localisation=localisation,
                            notes=notes or [], warnings=warnings or [], model_files=model_files or {},
-                           meanings=MEANINGS, versions=versions(), css=_CSS, accuracy_set=accuracy_set)
+                           meanings=MEANINGS, versions=versions(), css=_CSS, accuracy_set=accuracy_set,
+                           cued_reading=cued_reading(cued) if cued else None)
         (tmp / "index.html").write_text(page, encoding="utf-8")
     return out
 

@@ -416,8 +416,8 @@ def _mean_low_high(value: _Interval) -> Tuple[float, float, float]:
         return math.nan, math.nan, math.nan
     if isinstance(value, Mapping):
         mean = num(value.get("mean"))
-        low = num(value.get("low", value.get("ci_low", mean)))
-        high = num(value.get("high", value.get("ci_high", mean)))
+        low = num(value.get("low", mean))
+        high = num(value.get("high", mean))
         return mean, low, high
     if isinstance(value, (tuple, list)):
         if len(value) != 3:

@@ -156,6 +156,47 @@ def test_localisation_matches_report_on_the_same_maps(controlled_run):
     assert row["n_empty"] == int((~ok).sum())
 
 
+def test_cued_evaluation_table_and_scores_by_hand(controlled_run):
+    """The cued evaluation: cue-free and cued (tint on every image) batches; S_r recomputed
+    by UniCAM.score per batch, the object mass of Grad-CAM(Base) by hand from the masks."""
+    out, results = controlled_run
+    from captum.attr import LayerGradCam
+
+    from captum_unicam import UniCAM
+    from captum_unicam.data import load_dataset
+    from captum_unicam.models import load_checkpoint, stage_layers
+
+    assert (out / "cued_evaluation.md").is_file()
+    rows = list(csv.DictReader(io.StringIO((out / "cued_evaluation.csv").read_text())))
+    # 2 pairs x 2 conditions x 4 layers x (2 scores + 2 regions x 4 kinds)
+    assert len(rows) == 2 * 2 * 4 * (2 + 8)
+    student, _ = load_checkpoint(out / "models" / "student_response.pt")
+    base, _ = load_checkpoint(out / "models" / "base.pt")
+    s, b = stage_layers(student), stage_layers(base)
+    uc = UniCAM(student, s["L4"], base, b["L4"])
+    bs = TINY_RECIPE["eval_batch_size"]
+    for cond, cue in (("cue-free", 0.0), ("cued", 1.0)):
+        test = load_dataset("controlled:3", "test", size=TINY_RECIPE["test_size"], cue_strength=cue)
+        batches = list(torch.utils.data.DataLoader(test, batch_size=bs))  # file order, as the runner's
+        sr = [float(uc.score(x, target=y)[1]) for x, y, _ in batches]
+        entry = results["cued_evaluation"]["response"]["conditions"][cond]["layers"]["L4"]
+        assert entry["s_r"]["mean"] == pytest.approx(sum(sr) / len(sr), abs=1e-6)
+        csv_sr = [r for r in rows if r["pair"] == "response" and r["condition"] == cond and r["layer"] == "L4"
+                  and r["quantity"] == "s_r"]
+        assert float(csv_sr[0]["mean"]) == pytest.approx(entry["s_r"]["mean"], rel=1e-12)
+        gc = torch.cat([LayerGradCam(base, b["L4"]).attribute(x, target=y, relu_attributions=True).detach()
+                        for x, y, _ in batches])
+        h = torch.nn.functional.interpolate(gc.double(), size=(32, 32), mode="bilinear",
+                                            align_corners=False).clamp_min(0)[:, 0]
+        m = torch.cat([mk for _, _, mk in batches])[:, 0].double()
+        ok = h.flatten(1).sum(1) > 0
+        energy = ((h * m).flatten(1).sum(1) / h.flatten(1).sum(1))[ok]
+        got = entry["mass"]["object"]["gradcam_base"]
+        assert got["n"] == int(ok.sum())
+        if got["n"]:
+            assert got["mean"] == pytest.approx(energy.mean().item(), abs=1e-6)
+
+
 def test_rerun_loads_cached_models(controlled_run, monkeypatch):
     out, first = controlled_run
     mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "models").iterdir()}

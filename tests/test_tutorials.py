@@ -66,6 +66,28 @@ def test_notebook_is_linked_from_the_tutorials_readme(name):
     assert name in links or f"./{name}" in links, f"tutorials/README.md does not link {name}"
 
 
+#: Old forms of the metric functions (deprecated) and of batching that the tutorials must not teach.
+OLD_FORMS = ("given=", "map_kinds=", "drop_last=")
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_uses_the_one_metric_signature(name):
+    code = "\n".join(c.source for c in _read(name).cells if c.cell_type == "code")
+    for old in OLD_FORMS:
+        assert old not in code, f"{name} uses the old form {old!r}"
+    # perturb_func= only where Captum's sensitivity_max takes it
+    for line in code.splitlines():
+        if "perturb_func" in line:
+            assert "sensitivity_max" in line, f"{name}: {line.strip()}"
+    # evaluate_kd(student, layers, data, base_forward_func=...), not (student, base, loader, layers)
+    for call in re.findall(r"evaluate_kd\((.*?)\)\s*$", code, flags=re.S | re.M):
+        assert "base_forward_func=" in call, f"{name}: evaluate_kd({call[:60]}...)"
+    # relevance_score(model, layer, x, target=y, ...), never a positional target
+    for call in re.findall(r"relevance_score\(([^()]*(?:\([^()]*\)[^()]*)*)\)", code):
+        args = [a.strip() for a in re.sub(r"\([^()]*\)", "()", call).split(",") if a.strip()]
+        assert len([a for a in args if "=" not in a]) <= 3, f"{name}: relevance_score({call})"
+
+
 @pytest.fixture(scope="session")
 def notebook_env(tmp_path_factory):
     """Environment of the notebook kernels: headless matplotlib, one shared model cache,
@@ -134,6 +156,10 @@ def test_notebook_runs_top_to_bottom(name, notebook_env):
         if out.get("output_type") == "error"
     ]
     assert not errors
+    # no deprecated call on the way (the warning would be printed in a stream output)
+    printed = "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+                      for out in cell.get("outputs", []) if out.get("output_type") == "stream")
+    assert "DeprecationWarning" not in printed, f"{name} calls a deprecated form"
     # Every figure cell drew something.
     images = [
         out

@@ -1,6 +1,6 @@
 """Small models and an independent UniCAM oracle shared by the tests/test_unicam_*.py files.
 
-The oracle is written from docs/method.md with explicit formulas (pairwise
+The oracle is written from docs/method.md (sections 1 and 2) with explicit formulas (pairwise
 differences, U-centring, projection off the Base, ``torch.autograd.grad`` and Grad-CAM
 weighting); it does not use ``captum_unicam.stats``.
 """

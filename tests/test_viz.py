@@ -78,7 +78,7 @@ def test_attribution_grid_all_zero_columns(tmp_path):
 
 
 def test_scores_per_layer_bars_and_error_bars_match_intervals():
-    panels = {"(a) FSS": {"Grad-CAM": {"L1": (0.4, 0.3, 0.55), "L2": {"mean": 0.6, "ci_low": 0.5, "ci_high": 0.7}}},
+    panels = {"(a) FSS": {"Grad-CAM": {"L1": (0.4, 0.3, 0.55), "L2": {"mean": 0.6, "low": 0.5, "high": 0.7}}},
               "(b) RS": {"Base": {"L1": 0.1, "L2": None}, "Student": {"L1": (0.2, 0.1, 0.3), "L2": (0.3, 0.25, 0.4)}}}
     fig = viz.scores_per_layer(panels, title="t")
     ax_a, ax_b = fig.axes

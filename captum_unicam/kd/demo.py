@@ -1,6 +1,6 @@
 r"""The demo's Teacher, Base and Student, trained on the controlled dataset and cached.
 
-The scenario (DESIGN.md section 5) is one where distillation measurably helps:
+The scenario is one where distillation measurably helps:
 
 - the **Teacher** (``small_resnet_s``; the same architecture as the Student, to fit the
   CPU budget) is trained with labels on cue-free images (the background tint says
@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from captum_unicam.errors import InputError
 from captum_unicam.kd.train import evaluate_accuracy
 
-__all__ = ["DemoModels", "train_demo_models", "demo_recipe", "default_cache_dir"]
+__all__ = ["DemoModels", "train_demo_models", "demo_recipe", "default_cache_dir", "demo_cued_evaluation"]
 
 _RECIPE_VERSION = 3
 ROLES = ("teacher", "base", "student")
@@ -276,3 +276,35 @@ def train_demo_models(
         datasets=datasets, paths={r: str(p) for r, p in paths.items()}, cache_dir=str(cache),
         from_cache=False, train_seconds=seconds,
     )
+
+
+def demo_cued_evaluation(student: nn.Module, base: nn.Module, layers, *, n_images: int, batch_size: int,
+                         seed: int = 0, num_classes: int = 4, label_embeddings=None, n_bootstrap: int = 1000,
+                         device: Union[str, torch.device] = "cpu", progress: bool = True) -> Dict[str, Any]:
+    r"""The demo report's "What the Base used that the Student dropped":
+    :func:`~captum_unicam.pipeline.evaluation.cued_evaluation` on ``n_images`` cue-free
+    and ``n_images`` cued test images (``ControlledShapes(n_images, seed=seed,
+    split="test", cue_strength=c)``, ``c`` = 0 and 1: every cued image carries the tint of
+    its class), in class-stratified batches of ``batch_size``
+    (:func:`~captum_unicam.pipeline.stratified_loader`).
+
+    Returns:
+        dict: the result of :func:`~captum_unicam.pipeline.evaluation.cued_evaluation`,
+        plus ``"data"``: the two test sets' description.
+
+    Examples::
+
+        >>> res = demo_cued_evaluation(demo.student, demo.base, layers, n_images=256, batch_size=64)
+    """
+    from captum_unicam.data.controlled import ControlledShapes
+    from captum_unicam.pipeline.batches import stratified_loader
+    from captum_unicam.pipeline.evaluation import CUE_CONDITIONS, cued_evaluation
+
+    conditions = {name: stratified_loader(ControlledShapes(n_images, seed=seed, split="test", num_classes=num_classes,
+                                                           cue_strength=cue), batch_size, seed=seed)
+                  for name, cue in CUE_CONDITIONS.items()}
+    res = cued_evaluation(student, base, layers, conditions, label_embeddings=label_embeddings,
+                          n_bootstrap=n_bootstrap, seed=seed, device=device, progress=progress)
+    res["data"] = {name: {"split": "test", "size": int(n_images), "cue_strength": cue, "seed": int(seed),
+                          "batch_size": int(batch_size)} for name, cue in CUE_CONDITIONS.items()}
+    return res

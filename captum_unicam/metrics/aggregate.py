@@ -849,7 +849,9 @@ def evaluate_kd(
     be scored (the partial distance correlation is always +-1 at 4): with
     ``small_batches="skip"`` (default) they are skipped with a warning and listed in
     ``KDEvaluation.skipped_batches``; with ``"error"`` they raise. A DataLoader's last
-    batch is often small: use ``drop_last=True``. A batch whose labels carry no
+    batch is often small: use :func:`captum_unicam.pipeline.stratified_loader`, whose
+    seeded, class-stratified batches merge a remainder of fewer than 5 images into the
+    batch before it (nothing is dropped or skipped). A batch whose labels carry no
     information (one class; or one-hot labels and no class repeated, so that every pair
     of label vectors is equally far apart) is left out of every statistic and listed in
     ``KDEvaluation.degenerate_batches``, with one :class:`~captum_unicam.UniCAMWarning`
@@ -878,7 +880,8 @@ def evaluate_kd(
         forward_func (torch.nn.Module): the Student, the model trained with KD.
         layers (Mapping[str, tuple[nn.Module, nn.Module]]): name -> (student_layer,
                     base_layer), e.g. ``{"L4": (s.layer4[-1], b.layer4[-1]), ...}``.
-        data (Iterable): batches ``(inputs, target[, ...])``, typically a DataLoader.
+        data (Iterable): batches ``(inputs, target[, ...])``, typically a
+                    :func:`~captum_unicam.pipeline.stratified_loader`.
         base_forward_func (torch.nn.Module): the Base, the same architecture trained
                     without KD (or the Teacher) (keyword-only).
         label_embeddings (Tensor, optional): ``(num_classes, e)`` label vectors for RS and

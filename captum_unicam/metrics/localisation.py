@@ -17,11 +17,16 @@ from torch import Tensor
 from captum_unicam.errors import InputError
 from captum_unicam.metrics.aggregate import bootstrap_ci
 
-__all__ = ["localisation"]
+__all__ = ["localisation", "interval"]
 
 
-def _interval(values: np.ndarray, n_bootstrap: int, seed: int, confidence: float) -> Dict[str, Any]:
-    """``{"mean", "low", "high", "n"}`` of ``values`` (None for no values)."""
+def interval(values: Any, n_bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95) -> Dict[str, Any]:
+    r"""``{"mean", "low", "high", "n"}`` of ``values``: their mean and its percentile
+    bootstrap interval (:func:`~captum_unicam.metrics.aggregate.bootstrap_ci`); None for no
+    values, the mean itself for ``n_bootstrap <= 0``. The one interval of localisation
+    and of the cued evaluation's per-batch scores.
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
     n = int(values.size)
     if n == 0:
         return {"mean": None, "low": None, "high": None, "n": 0}
@@ -101,8 +106,8 @@ def localisation(
         peak = h.flatten(1).argmax(1)
         hit = mk.flatten(1).gather(1, peak[:, None])[:, 0][ok].numpy()
         out["kinds"][kind] = {
-            "energy": _interval(energy, n_bootstrap, seed, confidence),
-            "pointing": _interval(hit, n_bootstrap, seed + 1, confidence),
+            "energy": interval(energy, n_bootstrap, seed, confidence),
+            "pointing": interval(hit, n_bootstrap, seed + 1, confidence),
             "n_images": int(n),
             "n_empty": int((~ok).sum()),
         }

@@ -64,6 +64,15 @@ $figure
 $table
 $chance""")
 
+CUED = Template("""<h2 id="cued">What the Base used that the Student dropped</h2>
+<p>The same layers on test images without the cue (cue-free) and with it on every image (cued: the background tint of the image's class, the shortcut the Base was trained with). S_d and S_r are UniCAM's distilled and residual scores of each batch (the batch is UniCAM's context): S_r is how much label information the Base's features carry beyond the Student's. A rise of S_r from cue-free to cued images says the Base uses something on cued images that the Student lacks. The masses say where: the share of each map's positive mass on the object and on the background (the rest of the image, where the tint is); a uniform map scores the region's area (chance). A residual map that moves to the background on cued images points at the tint. Grad-CAM of the Base is shown next to it: where it moves just as much, the residual map adds nothing over Grad-CAM of the Base. Mean [95 % bootstrap interval]: over batches for the scores, over images for the masses.</p>
+$reading
+<h3>Scores and mass on the object</h3>
+$scores
+<h3>Mass on the background</h3>
+$background
+<p class="note">Also in <a href="tables/cued_scores.csv">tables/cued_scores.csv</a> and <a href="tables/cued_background.csv">tables/cued_background.csv</a>; every number in metrics.json (<code>cued_evaluation</code>).</p>""")
+
 ROW = Template("<tr>$cells</tr>")
 CELL = Template("<td>$v</td>")
 HEAD = Template("<th>$v</th>")
@@ -150,7 +159,7 @@ def render_page(*, title: str, command: str, data: Optional[str], models: Mappin
                 tables: Mapping[str, Tuple[str, str]], localisation: Optional[Mapping[str, Any]],
                 notes: Sequence[str], warnings: Sequence[str], model_files: Mapping[str, Any],
                 meanings: Mapping[str, str], versions: Mapping[str, str], css: str,
-                accuracy_set: Optional[str] = None) -> str:
+                accuracy_set: Optional[str] = None, cued_reading: Optional[str] = None) -> str:
     r"""The ``index.html`` text: only the sections the report has content for."""
     sections: List[str] = []
     nav: List[Tuple[str, str]] = []
@@ -178,6 +187,12 @@ def render_page(*, title: str, command: str, data: Optional[str], models: Mappin
             if ch is not None else ""
         sections.append(LOCALISATION.substitute(figure=fig, table=table, chance=chance))
         nav.append(("localisation", "Localisation"))
+    if "cued_scores" in tables:
+        sections.append(CUED.substitute(
+            reading=PARA.substitute(cls="note", text=e(cued_reading)) if cued_reading else "",
+            scores=markdown_to_html(tables["cued_scores"][1]),
+            background=markdown_to_html(tables["cued_background"][1]) if "cued_background" in tables else ""))
+        nav.append(("cued", "Cued images"))
     nav += [("meaning", "What the numbers mean"), ("versions", "Versions")]
     shown = {k: v for k, v in meanings.items()
              if (localisation or not k.startswith("Localisation"))

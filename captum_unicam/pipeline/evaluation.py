@@ -4,14 +4,17 @@ Every UniCAM object of the pipeline is built by :func:`make_unicam`, and every F
 evaluation runs through :func:`score_pair`, so a change of either API is one edit here.
 :func:`compute_maps` draws Grad-CAM (Student, Base) and UniCAM (distilled, residual) maps
 per layer; :func:`map_grids` picks one image per class for the figures;
-:func:`accuracy` is the accuracy of a model on the evaluated set.
+:func:`accuracy` is the accuracy of a model on the evaluated set;
+:func:`cued_evaluation` compares cue-free and cued test images (scores and where each
+map kind puts its mass), for the demo report and the experiment runner alike.
 """
 
 from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["MAP_COLUMNS", "make_unicam", "score_pair", "compute_maps", "map_grids", "accuracy"]
+__all__ = ["MAP_COLUMNS", "make_unicam", "score_pair", "compute_maps", "map_grids", "accuracy",
+           "cued_evaluation"]
 
 #: Map kinds of :func:`compute_maps` and their column titles in the figures.
 MAP_COLUMNS = {
@@ -100,14 +103,23 @@ def compute_maps(student, base, layers, batches, *, label_embeddings=None, devic
         dict: layer -> ``{"gradcam_student", "gradcam_base", "distilled", "residual"}``
         -> (N,1,h,w) CPU tensors over all batches, concatenated.
     """
+    maps, _ = _explain(student, base, layers, batches, label_embeddings=label_embeddings, device=device,
+                       progress=progress, scores=False)
+    return maps
+
+
+def _explain(student, base, layers, batches, *, label_embeddings, device, progress, scores: bool,
+             desc: str = "maps (Grad-CAM, UniCAM)"):
+    """The loop of :func:`compute_maps`: the four map kinds per layer over ``batches``,
+    and with ``scores=True`` UniCAM's scores (S_d, S_r) of each batch."""
     import torch
     from captum.attr import LayerGradCam
     from tqdm.auto import tqdm
 
     batches = list(batches)
     out: Dict[str, Dict[str, List[Any]]] = {name: {k: [] for k in MAP_COLUMNS} for name in layers}
-    bar = tqdm(total=len(layers) * len(batches), desc="maps (Grad-CAM, UniCAM)", unit="batch",
-               disable=not progress, leave=False)
+    per_batch: Dict[str, Dict[str, List[float]]] = {name: {"s_d": [], "s_r": []} for name in layers}
+    bar = tqdm(total=len(layers) * len(batches), desc=desc, unit="batch", disable=not progress, leave=False)
     for name, (s_layer, b_layer) in layers.items():
         gc_s, gc_b = LayerGradCam(student, s_layer), LayerGradCam(base, b_layer)
         uc = make_unicam(student, s_layer, base, b_layer, label_embeddings=label_embeddings, reference=reference)
@@ -115,12 +127,125 @@ def compute_maps(student, base, layers, batches, *, label_embeddings=None, devic
             x, y = batch[0].to(device), batch[1].to(device)
             out[name]["gradcam_student"].append(gc_s.attribute(x, target=y, relu_attributions=True).detach().cpu())
             out[name]["gradcam_base"].append(gc_b.attribute(x, target=y, relu_attributions=True).detach().cpu())
-            d, r = uc.attribute(x, target=y, features="both")
+            if scores:
+                (d, r), (s_d, s_r) = uc.attribute(x, target=y, features="both", return_score=True)
+                per_batch[name]["s_d"].append(float(s_d))
+                per_batch[name]["s_r"].append(float(s_r))
+            else:
+                d, r = uc.attribute(x, target=y, features="both")
             out[name]["distilled"].append(d.detach().cpu())
             out[name]["residual"].append(r.detach().cpu())
             bar.update(1)
     bar.close()
-    return {name: {k: torch.cat(v) for k, v in kinds.items()} for name, kinds in out.items()}
+    maps = {name: {k: torch.cat(v) for k, v in kinds.items()} for name, kinds in out.items()}
+    return maps, per_batch
+
+
+#: The two test conditions of :func:`cued_evaluation` in the demo and the experiments:
+#: the ``cue_strength`` of ``ControlledShapes(..., split="test")``.
+CUE_CONDITIONS = {"cue-free": 0.0, "cued": 1.0}
+
+#: Regions of :func:`cued_evaluation`: the object mask and the rest of the image.
+REGIONS = ("object", "background")
+
+
+def cued_evaluation(student, base, layers: Mapping[str, Tuple[Any, Any]], conditions: Mapping[str, Any], *,
+                    label_embeddings=None, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0,
+                    device: Any = "cpu", progress: bool = True) -> Dict[str, Any]:
+    r"""What the Base used that the Student dropped: UniCAM's scores and where each map
+    kind puts its mass, on test images without and with the cue.
+
+    For each condition (e.g. cue-free and cued test images of the controlled dataset)
+    and layer, every batch is explained once (each batch is UniCAM's context, as in
+    :func:`compute_maps`): Grad-CAM of the Student and of the Base, UniCAM distilled and
+    residual, and UniCAM's scores of the batch, ``S_d`` and ``S_r``
+    (``UniCAM.attribute(..., return_score=True)``, equal to :meth:`UniCAM.score`).
+
+    - ``s_d``, ``s_r``: mean over batches, percentile bootstrap interval over batches;
+    - ``mass[region][kind]``: the share of each map's positive mass on the ``object``
+      mask and on the ``background`` (the rest of the image), mean over images with a
+      non-empty map and bootstrap interval over images
+      (:func:`~captum_unicam.metrics.localisation.localisation`, whose mask energy
+      fraction it is); ``chance[region]`` is the region's mean area (a uniform map).
+
+    Intervals come from :func:`~captum_unicam.metrics.aggregate.bootstrap_ci`, as
+    everywhere in the pipeline. A rise of ``S_r`` from cue-free to cued images, with the
+    residual map's mass moving to the background, is the Base using the cue; Grad-CAM of
+    the Base alongside says whether UniCAM adds anything over it.
+
+    Args:
+        student, base (nn.Module): the models, in eval mode on ``device``.
+        layers (dict): name -> (student_layer, base_layer).
+        conditions (dict): condition name -> iterable of ``(x, y, mask)`` batches of at
+                    least 5 images (e.g. a :func:`~captum_unicam.pipeline.stratified_loader`
+                    over ``ControlledShapes(..., split="test", cue_strength=c)``); the masks
+                    are the objects' (N,1,H,W) or (N,H,W).
+        label_embeddings (Tensor, optional): label vectors for UniCAM. Default: one-hot.
+        n_bootstrap (int, optional): bootstrap resamples. Default: 1000
+        confidence (float, optional): interval level. Default: 0.95
+        seed (int, optional): seed of the bootstrap. Default: 0
+        device: where to compute. Default: "cpu"
+        progress (bool, optional): progress bars. Default: True
+
+    Returns:
+        dict: ``{"kinds": MAP_COLUMNS, "conditions": {name: {"n_images", "n_batches",
+        "layers": {layer: {"s_d": {mean, low, high, n}, "s_r": {...},
+        "mass": {"object" | "background": {kind: {mean, low, high, n}}},
+        "chance": {"object": a, "background": 1 - a}, "n_empty": {kind: k}}}}}}``.
+
+    Raises:
+        InputError: no conditions or layers, a condition without batches, or batches
+        without object masks (checked before any map is computed).
+
+    Examples::
+
+        >>> from captum_unicam.data import ControlledShapes
+        >>> from captum_unicam.pipeline import stratified_loader
+        >>> conds = {name: stratified_loader(ControlledShapes(256, seed=0, split="test", cue_strength=c), 64)
+        ...          for name, c in CUE_CONDITIONS.items()}
+        >>> res = cued_evaluation(student, base, {"L4": (student.layer4, base.layer4)}, conds)
+        >>> res["conditions"]["cued"]["layers"]["L4"]["s_r"]["mean"]
+    """
+    import torch
+
+    from captum_unicam.errors import InputError
+    from captum_unicam.metrics.localisation import interval, localisation
+
+    if not layers:
+        raise InputError("layers is empty: give at least one name -> (student_layer, base_layer)")
+    if not conditions:
+        raise InputError("conditions is empty: give e.g. {'cue-free': loader, 'cued': loader}")
+    listed = {}
+    for name, batches in conditions.items():
+        batches = list(batches)
+        if not batches:
+            raise InputError(f"conditions[{name!r}] has no batches")
+        if not all(isinstance(b, (tuple, list)) and len(b) > 2 for b in batches):
+            raise InputError(f"conditions[{name!r}]: batches must be (x, y, mask) with the objects' masks "
+                             "(e.g. from ControlledShapes); these have no masks")
+        listed[name] = batches
+
+    out: Dict[str, Any] = {"kinds": dict(MAP_COLUMNS), "conditions": {}}
+    for name, batches in listed.items():
+        maps, per_batch = _explain(student, base, layers, batches, label_embeddings=label_embeddings, device=device,
+                                   progress=progress, scores=True, desc=f"{name} (maps, scores)")
+        obj = torch.cat([b[2] for b in batches]).detach().cpu()
+        obj = (obj > 0.5) if obj.is_floating_point() else (obj != 0)
+        regions = {"object": obj, "background": ~obj}
+        entry: Dict[str, Any] = {"n_images": int(obj.shape[0]), "n_batches": len(batches), "layers": {}}
+        for layer, kinds in maps.items():
+            res: Dict[str, Any] = {
+                "s_d": interval(per_batch[layer]["s_d"], n_bootstrap, seed, confidence),
+                "s_r": interval(per_batch[layer]["s_r"], n_bootstrap, seed, confidence),
+                "mass": {}, "chance": {}}
+            for region, mask in regions.items():
+                loc = localisation(kinds, mask, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+                res["mass"][region] = {k: loc["kinds"][k]["energy"] for k in kinds}
+                res["chance"][region] = loc["chance"]["energy"]
+                res["n_empty"] = {k: loc["kinds"][k]["n_empty"] for k in kinds}
+            entry["layers"][layer] = res
+        out["conditions"][name] = entry
+    return out
 
 
 def map_grids(maps, batches, class_names: Sequence[str], n_show: Optional[int] = None, *,
