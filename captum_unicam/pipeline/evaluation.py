@@ -104,12 +104,12 @@ def compute_maps(student, base, layers, batches, *, label_embeddings=None, devic
         -> (N,1,h,w) CPU tensors over all batches, concatenated.
     """
     maps, _ = _explain(student, base, layers, batches, label_embeddings=label_embeddings, device=device,
-                       progress=progress, scores=False)
+                       progress=progress, scores=False, reference=reference)
     return maps
 
 
 def _explain(student, base, layers, batches, *, label_embeddings, device, progress, scores: bool,
-             desc: str = "maps (Grad-CAM, UniCAM)"):
+             desc: str = "maps (Grad-CAM, UniCAM)", reference=None):
     """The loop of :func:`compute_maps`: the four map kinds per layer over ``batches``,
     and with ``scores=True`` UniCAM's scores (S_d, S_r) of each batch."""
     import torch
