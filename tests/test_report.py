@@ -218,3 +218,20 @@ def test_markdown_table_to_html():
     h = report._markdown_to_html(md)
     assert "<th>a</th>" in h and "<td>&lt;x&gt;</td>" in h and "<p>note &amp; more</p>" in h
     assert "---" not in h
+
+
+def test_every_figure_written_is_shown(tmp_path):
+    """Each PNG under figures/ is referenced by index.html (a score figure made from given
+    panels, with no Table 1 behind it, was written but not shown)."""
+    import re
+
+    g = torch.Generator().manual_seed(0)
+    out = report.write_report(
+        tmp_path / "rep", command=["captum-unicam", "demo"], data="test", progress=False,
+        models={"Student": {"arch": "s", "accuracy": 0.7}},
+        grids={"L4": {"images": torch.rand(2, 3, 16, 16, generator=g), "maps": {"UniCAM residual": torch.zeros(2, 1, 4, 4)}}},
+        score_panels={"(a) FSS": {"Grad-CAM": {"L4": (0.5, 0.4, 0.6)}}})
+    page = (out / "index.html").read_text(encoding="utf-8")
+    shown = set(re.findall(r'<img src="(figures/[^"]+)"', page))
+    written = {f"figures/{p.name}" for p in (out / "figures").iterdir()}
+    assert written == shown == {"figures/grid_L4.png", "figures/scores.png"}

@@ -59,6 +59,9 @@ $figure
 $table
 <p class="note">Also in <a href="tables/table1.csv">tables/table1.csv</a> and <a href="tables/table1.md">tables/table1.md</a>.</p>""")
 
+SCORES_FIGURE = Template("""<h2 id="scores">FSS and RS per layer</h2>
+$figure""")
+
 LOCALISATION = Template("""<h2 id="localisation">Localisation on the object mask</h2>
 $figure
 $table
@@ -175,10 +178,13 @@ def render_page(*, title: str, command: str, data: Optional[str], models: Mappin
                   for k in grid_names]
         sections.append(MAPS.substitute(layers="\n".join(layers)))
         nav.append(("maps", "Maps"))
+    fig = f'<img src="{e(figures["scores"])}" alt="FSS and RS per layer">' if "scores" in figures else ""
     if table1_md:
-        fig = f'<img src="{e(figures["scores"])}" alt="FSS and RS per layer">' if "scores" in figures else ""
         sections.append(SCORES.substitute(figure=fig, table=markdown_to_html(table1_md)))
         nav += [("scores", "FSS and RS"), ("table1", "Table 1")]
+    elif fig:  # a figure of given score panels, with no Table 1 behind it
+        sections.append(SCORES_FIGURE.substitute(figure=fig))
+        nav.append(("scores", "FSS and RS"))
     if localisation:
         fig = f'<img src="{e(figures["localisation"])}" alt="localisation per layer">' if "localisation" in figures else ""
         table = markdown_to_html(tables["localisation"][1]) if "localisation" in tables else ""
