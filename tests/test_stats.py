@@ -165,7 +165,6 @@ def test_duplicated_rows_are_at_distance_exactly_zero():
         x[0] = x[19]
         d = stats.distance_matrix(x)
         assert d[5, 11] == 0 and d[11, 5] == 0 and d[0, 19] == 0
-        assert (d + torch.eye(20, dtype=dtype))[~torch.eye(20, dtype=torch.bool)].min() > 0 or True
         off = ~torch.eye(20, dtype=torch.bool)
         off[5, 11] = off[11, 5] = off[0, 19] = off[19, 0] = False
         assert d[off].min() > 0
