@@ -36,7 +36,6 @@ import csv
 import html
 import io
 import json
-import math
 import shlex
 import sys
 import time

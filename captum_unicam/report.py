@@ -25,7 +25,6 @@ from captum_unicam import errors as _errors
 
 import csv
 import datetime
-import html
 import io
 import json
 import math

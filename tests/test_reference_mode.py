@@ -8,7 +8,6 @@ scores, and the call itself on other batchings of the same inputs.
 from __future__ import annotations
 
 import dcor
-import numpy as np
 import pytest
 import torch
 from captum.metrics import sensitivity_max

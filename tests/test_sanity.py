@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from captum_unicam.attr.unicam import UniCAM
 from captum_unicam.errors import InputError
-from captum_unicam.sanity import (SanityResult, attribute_maps, cascading_randomisation, label_randomisation,
+from captum_unicam.sanity import (attribute_maps, cascading_randomisation, label_randomisation,
                                   randomisation_blocks, spearman, ssim)
 
 

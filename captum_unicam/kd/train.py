@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import pathlib
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch

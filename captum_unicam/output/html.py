@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import math
 from string import Template
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["render_page", "markdown_to_html"]
 
