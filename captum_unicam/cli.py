@@ -395,15 +395,6 @@ def _load_model(path: str, role: str, *, arch: Optional[str], num_classes: int, 
     return model, meta
 
 
-def _load_data(spec: str, split: str, *, download: bool = False, image_size=None, limit=None):
-    from captum_unicam.data import load_dataset
-
-    ds = load_dataset(spec, split, download=download, image_size=image_size, limit=limit)
-    if len(ds) == 0:
-        raise CLIError(f"data {spec!r} ({split} split) holds no images; point --data at a folder with images")
-    return ds
-
-
 def _resolve_layers(names: Sequence[str], student, base) -> Dict[str, Tuple[Any, Any]]:
     from captum_unicam.models import get_layer
 
@@ -600,12 +591,13 @@ def _demo(args, argv, out, device) -> int:
     test_desc = (getattr(demo, "datasets", None) or {}).get("test") or {}
     acc_set = (f"the demo's cue-free test set ({test_desc.get('size', '?')} images of the test stream, "
                f"seed {args.seed})")
+    notes = _demo_notes(demo, accs)
     t3 = time.perf_counter()
     write_report(out, overwrite=args.overwrite, title="captum-unicam demo: what did distillation change?",
                  command=_command_line(argv), data=data, models=models, evaluation=evaluation,
                  grids=grids, localisation=loc, accuracy_set=acc_set, cued=cued_res,
                  model_files={f"{k}.pt": v for k, v in paths.items()},
-                 notes=_demo_notes(demo, accs)[:1], warnings=_demo_notes(demo, accs)[1:],
+                 notes=notes[:1], warnings=notes[1:],
                  extra_metrics={"recipe": recipe, "demo_datasets": getattr(demo, "datasets", None),
                                 "models_from_cache": getattr(demo, "from_cache", None),
                                 "label_embeddings": emb_desc, "timings": timings, "quick": quick,
