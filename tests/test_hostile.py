@@ -699,15 +699,22 @@ def no_network(monkeypatch):
     return attempts
 
 
-def test_hub_id_with_downloads_off_never_touches_the_network(no_network, monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+@pytest.fixture
+def empty_hub_cache(monkeypatch, tmp_path):
+    """An empty Hugging Face cache with offline mode off, as on a fresh machine."""
     import huggingface_hub.constants as hub_constants
 
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
     embeddings.clear_cache()
+    return hub_constants
+
+
+def test_hub_id_with_downloads_off_never_touches_the_network(no_network, empty_hub_cache):
+    hub_constants = empty_hub_cache
     with pytest.raises(EmbeddingModelError, match="not in the local Hugging Face cache.*nothing was fetched"):
         embeddings.embed_labels(["cat", "dog"], model="bert-base-uncased")
     with pytest.raises(EmbeddingModelError, match="not in the local"):

@@ -24,7 +24,7 @@ from captum_unicam import cli, models
 from captum_unicam.models import build_model, save_checkpoint
 from captum_unicam.output.publish import REPORT_FORMAT, is_report_dir
 
-from test_hostile import MALICIOUS, _flips, _malicious, _rewrite, no_network  # noqa: F401  (a fixture)
+from test_hostile import MALICIOUS, _flips, _malicious, _rewrite, empty_hub_cache, no_network  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["circle", "square", "triangle", "cross"]
@@ -344,17 +344,7 @@ def test_layers_checked_before_any_computation(pair, tmp_path, capsys, monkeypat
     assert not (tmp_path / "out").exists()
 
 
-def test_uncached_hub_label_model_never_touches_the_network(pair, tmp_path, capsys, monkeypatch, no_network):
-    import huggingface_hub.constants as hub_constants
-
-    from captum_unicam import embeddings
-
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
-    embeddings.clear_cache()
+def test_uncached_hub_label_model_never_touches_the_network(pair, tmp_path, capsys, no_network, empty_hub_cache):
     argv = [a for a in _argv("quantify", pair["student"], pair["base"], tmp_path / "out") if a != "--one-hot"]
     code, _, err = _run(capsys, argv + ["--label-model", "some-org/some-model"])
     assert code == 2

@@ -222,6 +222,16 @@ def recover_output_dir(out_dir: PathLike) -> List[str]:
 # ---------------------------------------------------------------------------
 
 
+def _given(path: PathLike, what: str, fix: str) -> Path:
+    """The absolute path as given (symlinks kept); a dangling symlink is an OutputError."""
+    given = Path(path).expanduser().absolute()
+    if given.is_symlink() and not given.exists():
+        raise OutputError(
+            f"{what} {str(given)!r} is a symbolic link to {os.readlink(given)!r}, which does not "
+            f"exist; remove the link or {fix}")
+    return given
+
+
 def _resolved(path: PathLike) -> Path:
     p = Path(path).expanduser().absolute()
     try:
@@ -298,11 +308,7 @@ def check_output_dir(out_dir: PathLike, *, overwrite: bool = False,
 
         >>> out = check_output_dir("report", reads=["models/student.pt"])
     """
-    given = Path(out_dir).expanduser().absolute()
-    if given.is_symlink() and not given.exists():
-        raise OutputError(
-            f"output path {str(given)!r} is a symbolic link to {os.readlink(given)!r}, "
-            "which does not exist; remove the link or give the folder itself")
+    given = _given(out_dir, "output path", "give the folder itself")
     out = _resolved(given)
     if out.exists() and not out.is_dir():
         raise OutputError(
@@ -360,11 +366,7 @@ def check_output_file(path: PathLike, *, overwrite: bool = False,
 
         >>> out = check_output_file("student.pt", reads=["teacher.pt"])
     """
-    given = Path(path).expanduser().absolute()
-    if given.is_symlink() and not given.exists():
-        raise OutputError(
-            f"output file {str(given)!r} is a symbolic link to {os.readlink(given)!r}, which "
-            "does not exist; remove the link or give another file name")
+    given = _given(path, "output file", "give another file name")
     out = _resolved(given)
     if out.is_dir():
         raise OutputError(f"output file {str(given)!r} is a folder; give a file name such as "
