@@ -28,6 +28,7 @@ depend on the other images of the call, their order, or ``batch_size``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import numbers
 import warnings
@@ -45,8 +46,8 @@ from captum_unicam.perturb import removal_count, road_impute
 __all__ = [
     "FaithfulnessWarning",
     "PerturbationCurve",
-    "perturbation_curve",
     "faithfulness",
+    "perturbation_curve",
     "target_logit",
     "target_probability",
 ]
@@ -189,9 +190,11 @@ def _check_percentiles(percentiles: Any, mode: str, baseline: Any) -> Tensor:
     try:
         values = [float(p) for p in percentiles]
     except (TypeError, ValueError) as err:
-        raise InputError(f"`percentiles` must be a sequence of numbers, got {percentiles!r}.") from err
+        raise InputError(
+            f"`percentiles` must be a sequence of numbers, got {percentiles!r}."
+        ) from err
     ok = bool(values) and all(0.0 <= p <= 100.0 for p in values)
-    if not ok or any(b <= a for a, b in zip(values, values[1:])):
+    if not ok or any(b <= a for a, b in itertools.pairwise(values)):
         raise InputError(
             f"`percentiles` must be a non-empty, strictly increasing sequence in [0, 100], "
             f"got {values}."
@@ -228,7 +231,9 @@ def _check_baseline(baseline: Any, inputs: Tensor) -> Union[str, Tensor]:
                 f"shape {tuple(inputs.shape[1:])}; pass a number or a (C, H, W) tensor."
             ) from err
         if torch.broadcast_shapes(baseline.shape, inputs.shape[1:]) != inputs.shape[1:]:
-            raise InputError(f"`baseline` of shape {tuple(baseline.shape)} is larger than one image.")
+            raise InputError(
+                f"`baseline` of shape {tuple(baseline.shape)} is larger than one image."
+            )
         return baseline.detach().to(device=inputs.device, dtype=inputs.dtype)
     raise InputError(
         f"`baseline` must be 'road', a number or a (C, H, W) tensor, got {type(baseline).__name__}."
@@ -273,7 +278,11 @@ def _generator(key: bytes, tag: str) -> torch.Generator:
 def _upsampled(maps: Tensor, size: Tuple[int, int]) -> Tensor:
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
-    return LayerAttribution.interpolate(maps, size, "bilinear")
+    lo = maps.amin(dim=(-2, -1), keepdim=True)
+    constant = lo == maps.amax(dim=(-2, -1), keepdim=True)
+    # a constant map stays exactly constant (the bilinear weights round otherwise), so its
+    # pixels are ordered by the tie-break, not by rounding noise
+    return torch.where(constant, lo, LayerAttribution.interpolate(maps, size, "bilinear"))
 
 
 def _ranks(maps: Tensor, keys: Sequence[bytes]) -> Tensor:
@@ -349,7 +358,9 @@ def _perturbed(
     return imputed
 
 
-def _noise_fields(inputs: Tensor, keys: Sequence[bytes], index: int, noise: float) -> Optional[Tensor]:
+def _noise_fields(
+    inputs: Tensor, keys: Sequence[bytes], index: int, noise: float
+) -> Optional[Tensor]:
     if noise == 0:
         return None
     shape = tuple(inputs.shape[1:])
@@ -536,7 +547,9 @@ def _verdict(diff: Dict[str, Any], sign: int) -> str:
     return "not distinguishable from random"
 
 
-def _entry(method: np.ndarray, random: np.ndarray, sign: int, boot: Tuple[int, int, float]) -> Dict[str, Any]:
+def _entry(
+    method: np.ndarray, random: np.ndarray, sign: int, boot: Tuple[int, int, float]
+) -> Dict[str, Any]:
     diff = _interval(method - random, *boot)
     return {
         "auc": _interval(method, *boot),
@@ -627,7 +640,9 @@ def faithfulness(
         method[order] = curve.auc.numpy()
         random[order] = torch.stack([d.auc for d in draws]).mean(0).numpy()
         mean_curves[order] = curve.curves.mean(0).tolist()
-        mean_curves[f"random_{order}"] = torch.stack([d.curves for d in draws]).mean((0, 1)).tolist()
+        mean_curves[f"random_{order}"] = (
+            torch.stack([d.curves for d in draws]).mean((0, 1)).tolist()
+        )
     boot = (n_bootstrap, int(seed), float(confidence))
     sign = 1 if mode == "deletion" else -1
     n_constant = _constant_maps(maps)
