@@ -379,3 +379,26 @@ def test_a_constant_forward_func_is_flagged():
     maps = torch.rand(4, 1, 8, 8, dtype=torch.float64)
     with pytest.warns(FaithfulnessWarning, match="same value on every perturbed image"):
         faithfulness(lambda z: torch.zeros(z.shape[0]), x, maps, n_random=1, n_bootstrap=10)
+
+
+def test_infidelity_with_the_reference_mode_score(unicam_setting):
+    """captum.metrics.infidelity with the per-image score as forward_func (labels in
+    additional_forward_args, which infidelity repeats with the perturbed copies) equals the
+    hand formula mean_j (sum(a * I_j) - (S(x) - S(x - I_j)))^2 with S = unicam.score."""
+    from captum.metrics import infidelity
+
+    unicam, x, y = unicam_setting
+    x, y = x[:6], y[:6]
+    cam = unicam.attribute(x, target=y, features="distilled")
+    attr = F.interpolate(cam, size=x.shape[-2:], mode="bilinear").expand_as(x)
+
+    def perturb_func(inputs):
+        perturbation = 0.05 * inputs  # deterministic, so the oracle is exact
+        return perturbation, inputs - perturbation
+
+    f = score_of(unicam, "distilled")
+    got = infidelity(f, perturb_func, x, attr, additional_forward_args=(y,), n_perturb_samples=3)
+    s = unicam.score(x, target=y, features="distilled")
+    s_pert = unicam.score(0.95 * x, target=y, features="distilled")
+    expected = ((attr * 0.05 * x).sum((1, 2, 3)) - (s - s_pert)) ** 2
+    torch.testing.assert_close(got, expected.to(got.dtype), rtol=1e-6, atol=1e-12)
