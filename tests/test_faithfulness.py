@@ -200,6 +200,22 @@ def test_true_contribution_beats_random_and_reversed_is_worse(mode, baseline):
     assert true["n_images"] == 16 and true["n_random"] == 4 and true["n_constant_maps"] == 0
 
 
+def test_several_maps_share_the_random_baseline():
+    """A mapping of maps gives, per name, the numbers of a separate call; maps of one
+    resolution share the random AUCs, maps of another get their own."""
+    x, w = linear_batch(n=6)
+    g = torch.Generator().manual_seed(9)
+    maps = {"true": x * w, "noise": torch.rand(6, 1, 8, 8, generator=g, dtype=torch.float64),
+            "coarse": torch.rand(6, 1, 2, 2, generator=g, dtype=torch.float64)}
+    kwargs = {"n_random": 2, "n_bootstrap": 100, "baseline": 0.0}
+    together = faithfulness(linear(w), x, maps, **kwargs)
+    assert list(together) == ["true", "noise", "coarse"]
+    for name, m in maps.items():
+        assert together[name] == faithfulness(linear(w), x, m, **kwargs)
+    assert together["true"]["morf"]["random_auc"] == together["noise"]["morf"]["random_auc"]
+    assert together["true"]["morf"]["random_auc"] != together["coarse"]["morf"]["random_auc"]
+
+
 def test_random_maps_are_drawn_at_the_maps_resolution():
     """A 1 x 1 map is constant: its random maps are constant too, so every random draw
     ranks the pixels by the tie-break alone, the same as the map itself."""

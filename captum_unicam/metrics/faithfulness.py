@@ -32,7 +32,18 @@ import itertools
 import math
 import numbers
 import warnings
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import numpy as np
 import torch
@@ -568,7 +579,7 @@ def _constant_maps(maps: Tensor) -> int:
 def faithfulness(
     forward_func: Callable[..., Tensor],
     inputs: Tensor,
-    attributions: Tensor,
+    attributions: Union[Tensor, Mapping[str, Tensor]],
     target: Any = None,
     additional_forward_args: Any = None,
     *,
@@ -603,8 +614,13 @@ def faithfulness(
 
     Args:
 
-        forward_func, inputs, attributions, target, additional_forward_args, percentiles,
-        mode, baseline, noise, seed, batch_size: As in :func:`perturbation_curve`.
+        forward_func, inputs, target, additional_forward_args, percentiles, mode, baseline,
+        noise, seed, batch_size: As in :func:`perturbation_curve`.
+        attributions (Tensor or Mapping[str, Tensor]): One map per image, as in
+                    :func:`perturbation_curve`; or several methods' maps by name, all
+                    explaining ``forward_func`` (e.g. Grad-CAM and Integrated Gradients of
+                    one model's logit): the random baseline is then computed once per map
+                    resolution and shared (the same numbers as separate calls).
         n_random (int, optional): Random maps per image (>= 1). Default: 5
         n_bootstrap (int, optional): Bootstrap resamples of the images. Default: 1000
         confidence (float, optional): Level of the intervals. Default: 0.95
@@ -613,68 +629,94 @@ def faithfulness(
         *dict*: ``{"mode", "baseline", "percentiles", "n_images", "n_random", "seed",
         "n_constant_maps", "morf", "lerf", "gap", "curves", "per_image"}``; ``curves``
         holds the mean curve over images of the map and of the random maps per order,
-        ``per_image`` the AUCs per image (lists of floats, JSON-ready).
+        ``per_image`` the AUCs per image (lists of floats, JSON-ready). For a mapping of
+        maps, ``{name: that dict}``.
 
     Examples::
 
         >>> cam = LayerGradCam(net, net.layer4).attribute(x, target=y)
         >>> result = faithfulness(target_logit(net), x, cam, target=y)
         >>> result["morf"]["minus_random"]   # below 0 for a faithful map
+        >>> both = faithfulness(target_logit(net), x, {"Grad-CAM": cam, "IG": ig}, target=y)
     """
     n_random = _check_int(n_random, "n_random", 1)
     n_bootstrap = _check_int(n_bootstrap, "n_bootstrap", 1)
     if not isinstance(confidence, numbers.Real) or not 0.0 < float(confidence) < 1.0:
         raise InputError(f"`confidence` must be in (0, 1), got {confidence!r}.")
     inputs = _check_inputs(inputs)
-    maps = _check_maps(inputs, attributions)
-    common = dict(percentiles=percentiles, mode=mode, baseline=baseline, noise=noise, seed=seed,
-                  batch_size=batch_size)
+    named = isinstance(attributions, Mapping)
+    if named and not attributions:
+        raise InputError("`attributions` is an empty mapping; pass at least one map per image.")
+    all_maps = {name: _check_maps(inputs, a) for name, a in
+                (attributions.items() if named else [("", attributions)])}
+    common = {"percentiles": percentiles, "mode": mode, "baseline": baseline, "noise": noise,
+              "seed": seed, "batch_size": batch_size}
     keys = _image_seeds(inputs, _check_int(seed, "seed", 0))
-    method, random, mean_curves = {}, {}, {}
-    for order in _ORDERS:
-        curve = perturbation_curve(forward_func, inputs, maps, target, additional_forward_args,
-                                   order=order, **common)
-        draws = [perturbation_curve(forward_func, inputs, _random_maps(maps, keys, d), target,
-                                    additional_forward_args, order=order, **common)
-                 for d in range(n_random)]
-        method[order] = curve.auc.numpy()
-        random[order] = torch.stack([d.auc for d in draws]).mean(0).numpy()
-        mean_curves[order] = curve.curves.mean(0).tolist()
-        mean_curves[f"random_{order}"] = (
-            torch.stack([d.curves for d in draws]).mean((0, 1)).tolist()
-        )
+    run = (forward_func, inputs, target, additional_forward_args, common)
     boot = (n_bootstrap, int(seed), float(confidence))
+    randoms: Dict[Tuple[int, ...], Dict[str, Any]] = {}
+    results = {}
+    for name, maps in all_maps.items():
+        shape = tuple(maps.shape[1:])
+        if shape not in randoms:  # one random baseline per map resolution
+            randoms[shape] = _curves_per_order(run, [_random_maps(maps, keys, d)
+                                                     for d in range(n_random)])
+        method = _curves_per_order(run, [maps])
+        results[name] = _summary(method, randoms[shape], maps, mode, boot, name)
+        results[name].update({"baseline": baseline if isinstance(baseline, str) else "constant",
+                              "n_random": n_random, "seed": int(seed)})
+    return results if named else results[""]
+
+
+def _curves_per_order(run: Tuple[Any, ...], maps: Sequence[Tensor]) -> Dict[str, Any]:
+    """Per order: the per-image AUC averaged over ``maps`` (numpy) and the mean curve."""
+    forward_func, inputs, target, args, common = run
+    out: Dict[str, Any] = {}
+    for order in _ORDERS:
+        curves = [perturbation_curve(forward_func, inputs, m, target, args, order=order, **common)
+                  for m in maps]
+        out[order] = torch.stack([c.auc for c in curves]).mean(0).numpy()
+        out[f"{order}_curve"] = torch.stack([c.curves for c in curves]).mean((0, 1)).tolist()
+        out["percentiles"] = curves[0].percentiles.tolist()
+    return out
+
+
+def _summary(
+    method: Dict[str, Any], random: Dict[str, Any], maps: Tensor, mode: str,
+    boot: Tuple[int, int, float], name: str,
+) -> Dict[str, Any]:
     sign = 1 if mode == "deletion" else -1
     n_constant = _constant_maps(maps)
+    label = f" ({name})" if name else ""
     if n_constant:
         warnings.warn(
-            f"faithfulness: {n_constant} of {inputs.shape[0]} maps are constant (e.g. all zero "
-            "after ReLU: nothing in the image raises the explained score); their pixel order is "
-            "random, so they score like a random map. Count them apart, or explain another "
+            f"faithfulness{label}: {n_constant} of {maps.shape[0]} maps are constant (e.g. all "
+            "zero after ReLU: nothing in the image raises the explained score); their pixel order "
+            "is random, so they score like a random map. Count them apart, or explain another "
             "target or layer.",
             FaithfulnessWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    if all(float(np.ptp(np.asarray(c))) == 0.0 for c in mean_curves.values()):
+    curves = {"morf": method["morf_curve"], "lerf": method["lerf_curve"],
+              "random_morf": random["morf_curve"], "random_lerf": random["lerf_curve"]}
+    if all(float(np.ptp(np.asarray(c))) == 0.0 for c in curves.values()):
         warnings.warn(
-            "faithfulness: forward_func gave the same value on every perturbed image; the "
-            "curves cannot rank maps. Check that forward_func is the quantity the map explains.",
+            f"faithfulness{label}: forward_func gave the same value on every perturbed image; "
+            "the curves cannot rank maps. Check that forward_func is the quantity the map "
+            "explains.",
             FaithfulnessWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     return {
         "mode": mode,
-        "baseline": baseline if isinstance(baseline, str) else "constant",
-        "percentiles": curve.percentiles.tolist(),
-        "n_images": int(inputs.shape[0]),
-        "n_random": n_random,
-        "seed": int(seed),
+        "percentiles": method["percentiles"],
+        "n_images": int(maps.shape[0]),
         "n_constant_maps": n_constant,
         "morf": _entry(method["morf"], random["morf"], -sign, boot),
         "lerf": _entry(method["lerf"], random["lerf"], sign, boot),
         "gap": _entry(sign * (method["lerf"] - method["morf"]),
                       sign * (random["lerf"] - random["morf"]), 1, boot),
-        "curves": mean_curves,
+        "curves": curves,
         "per_image": {
             "morf": method["morf"].tolist(), "lerf": method["lerf"].tolist(),
             "random_morf": random["morf"].tolist(), "random_lerf": random["lerf"].tolist(),
