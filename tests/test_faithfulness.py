@@ -418,3 +418,22 @@ def test_infidelity_with_the_reference_mode_score(unicam_setting):
     s_pert = unicam.score(0.95 * x, target=y, features="distilled")
     expected = ((attr * 0.05 * x).sum((1, 2, 3)) - (s - s_pert)) ** 2
     torch.testing.assert_close(got, expected.to(got.dtype), rtol=1e-6, atol=1e-12)
+
+
+def test_half_precision_images_remove_exactly_the_ranked_pixels():
+    """64 x 64 = 4096 ranks: float16 keys would merge ranks above 2048 and remove other
+    pixels than the map's; the removal must equal road_impute's on the map itself."""
+    seen = []
+
+    def record(z):
+        seen.append(z.clone())
+        return z.float().sum((1, 2, 3))
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 64, 64, generator=g).half()
+    maps = torch.rand(2, 1, 64, 64, generator=g, dtype=torch.float64)
+    grid = [50, 69.95, 70, 90]  # 69.95 %: 2865 pixels, ranks 2864 and 2865 merge in float16
+    perturbation_curve(record, x, maps, percentiles=grid, order="lerf", noise=0.0)
+    assert seen[0].dtype == torch.float16
+    for z, p in zip(seen, grid, strict=True):
+        assert torch.equal(z, road_impute(x, maps, p, noise=0.0)), p

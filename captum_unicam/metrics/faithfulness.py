@@ -363,7 +363,8 @@ def _perturbed(
         return torch.where(mask, baseline.expand_as(inputs), inputs.detach())
     percent = 100.0 * removed / size
     assert removal_count(height, width, percent) == removed
-    imputed = road_impute(inputs, key.to(inputs.dtype), percent, noise=0.0)
+    # float64 keys: distinct integers for any image size (float16 would merge ranks > 2048)
+    imputed = road_impute(inputs, key.to(torch.float64), percent, noise=0.0)
     if noise_fields is not None:
         imputed = torch.where(mask, imputed + noise_fields, imputed)
     return imputed
