@@ -437,3 +437,25 @@ def test_half_precision_images_remove_exactly_the_ranked_pixels():
     assert seen[0].dtype == torch.float16
     for z, p in zip(seen, grid, strict=True):
         assert torch.equal(z, road_impute(x, maps, p, noise=0.0)), p
+
+
+def test_tensor_baseline_per_channel():
+    """A (C, 1, 1) baseline sets each removed pixel to its channel's value: for a linear
+    model the curve is the total minus the removed pixels' w * (x - b)."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(3, 2, 4, 4, generator=g, dtype=torch.float64)
+    w = torch.randn(1, 2, 4, 4, generator=g, dtype=torch.float64)
+    maps = torch.rand(3, 1, 4, 4, generator=g, dtype=torch.float64)
+    b = torch.tensor([0.25, -1.0], dtype=torch.float64).reshape(2, 1, 1)
+    got = perturbation_curve(linear(w), x, maps, percentiles=[25, 100], baseline=b)
+    top = maps.reshape(3, -1).argsort(1, descending=True)[:, :4]
+    removed = torch.zeros(3, 16, dtype=torch.bool).scatter_(1, top, True).reshape(3, 1, 4, 4)
+    expected = linear(w)(torch.where(removed, b.expand_as(x), x))
+    torch.testing.assert_close(got.curves[:, 0], expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got.curves[:, 1], linear(w)(b.expand_as(x)), rtol=0, atol=1e-12)
+    same = perturbation_curve(linear(w), x, maps, percentiles=[25], baseline=0.5)
+    full = perturbation_curve(linear(w), x, maps, percentiles=[25],
+                              baseline=torch.full((2, 4, 4), 0.5, dtype=torch.float64))
+    assert torch.equal(same.curves, full.curves)
+    with pytest.raises(InputError, match="does not broadcast"):
+        perturbation_curve(linear(w), x, maps, baseline=torch.zeros(3, 1, 1))
