@@ -260,7 +260,7 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
         f.write(b"partial bytes")
         raise OSError("disk full")
 
-    monkeypatch.setattr(models.torch, "save", failing_save)
+    monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, model, arch="small_resnet_s", num_classes=4, extra={"v": 2})
     with pytest.raises(OSError):
