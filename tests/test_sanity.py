@@ -204,7 +204,7 @@ def test_a_method_that_does_not_call_the_model_is_refused():
         cascading_randomisation(model, {"gc": "grad-cam"}, x, y)
     with pytest.raises(InputError, match="not submodules"):
         cascading_randomisation(model, {"gc": LayerGradCam(model, model.layer2)}, x, y, blocks=["nope"])
-    with pytest.raises(InputError, match="at least 4"):
+    with pytest.raises(InputError, match="at least 5"):
         cascading_randomisation(model, {"gc": LayerGradCam(model, model.layer2)}, x[:3], y[:3])
 
 
