@@ -196,3 +196,44 @@ def test_command_line_restores_the_thread_count_and_refuses_bad_threads(tmp_path
                             "--out", str(tmp_path / "o"), "--threads", "1"]))
     assert torch.get_num_threads() == before
     assert not (tmp_path / "o").exists()
+
+
+class _Refuse(Saliency):
+    """A method that fails the test if compare computes any map."""
+
+    def attribute(self, *args, **kwargs):
+        raise AssertionError("a map was computed")
+
+
+def test_four_images_are_refused_before_any_map():
+    student = _model(0)
+    x, y = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(InputError, match=r"N >= 5"):
+        compare(x, y, {"refuse": _Refuse(student)}, percentiles=())
+    with pytest.raises(InputError, match="batch_size must be an int >= 5"):
+        compare(torch.rand(8, 3, 16, 16), torch.arange(8) % 4, {"refuse": _Refuse(student)},
+                batch_size=4, percentiles=())
+    with pytest.raises(InputError, match="sanity_images"):
+        compare(torch.rand(8, 3, 16, 16), torch.arange(8) % 4, {"refuse": _Refuse(student)},
+                percentiles=(), sanity_models={"Student": student}, sanity_images=4)
+
+
+@pytest.mark.parametrize("n, batches", [(5, [(0, 5)]), (68, [(0, 68)]),
+                                        (132, [(0, 64), (64, 132)])])
+def test_any_number_of_images_is_cut_like_the_pipeline(n, batches):
+    """A remainder under 5 joins the batch before (68 = one batch of 68; 132 = 64 + 68):
+    the maps equal UniCAM called by hand on those batches."""
+    from captum_unicam.attr.unicam import UniCAM
+
+    student, base = _model(0), _model(1)
+    g = torch.Generator().manual_seed(n)
+    x, y = torch.rand(n, 3, 16, 16, generator=g), torch.arange(n) % 4
+    uc = UniCAM(student, student.layer3, base, base.layer3)
+    res = compare(x, y, {"distilled": (uc, {"features": "distilled"})}, percentiles=(),
+                  batch_size=64, n_bootstrap=10)
+    want = torch.cat([LayerAttribution.interpolate(
+        uc.attribute(x[a:b], target=y[a:b], features="distilled"), (16, 16), "bilinear")
+        for a, b in batches]).detach()
+    assert res.maps["distilled"].shape == (n, 1, 16, 16)
+    assert torch.allclose(res.maps["distilled"].float(), want.float(), atol=1e-6)
+    assert res.metrics["n_images"] == n
