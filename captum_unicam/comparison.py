@@ -419,7 +419,9 @@ def _localisation_table(loc: Mapping[str, Any], methods: Sequence[str]) -> Dict[
     for m in methods:
         k = {r: loc[r]["kinds"][m] for r in loc}
         rows.append([m] + [format_interval(k[r][q]) for q in ("energy", "pointing") for r in loc])
-        crows.append([m] + [k[r][q][s] for q in ("energy", "pointing") for r in loc for s in _STATS])
+        crows.append(
+            [m] + [k[r][q][s] for q in ("energy", "pointing") for r in loc for s in _STATS]
+        )
     rows.append(["chance (mask area)"] + [f"{loc[r]['chance']['energy']:.3f}" for r in loc] * 2)
     cheader = ["method"] + [f"{r}_{q}_{s}" for q in ("energy", "pointing") for r in loc
                             for s in _STATS]
@@ -446,7 +448,7 @@ def _road_table(road: Mapping[str, Any], methods: Sequence[str]) -> Dict[str, st
 def _localisation_figure(loc: Mapping[str, Any], methods: Sequence[str]):
     fig = new_figure((1.2 + 3.2 * len(loc), 3.6))
     axes = fig.subplots(1, len(loc), squeeze=False)[0]
-    for ax, (region, d) in zip(axes, loc.items()):
+    for ax, (region, d) in zip(axes, loc.items(), strict=True):
         e = [d["kinds"][m]["energy"] for m in methods]
         mean = [x["mean"] if x["mean"] is not None else np.nan for x in e]
         err = [[max(0.0, x["mean"] - x["low"]) if x["mean"] is not None else 0 for x in e],
@@ -465,7 +467,7 @@ def _localisation_figure(loc: Mapping[str, Any], methods: Sequence[str]):
 def _road_figure(road: Mapping[str, Any], methods: Sequence[str]):
     fig = new_figure((8.0, 3.4))
     axes = fig.subplots(1, 2)
-    for ax, order in zip(axes, ORDERS):
+    for ax, order in zip(axes, ORDERS, strict=True):
         for m in methods:
             e = road["methods"][m]
             xs = [0.0] + road["percentiles"]

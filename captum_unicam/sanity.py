@@ -77,14 +77,19 @@ _SSIM_RADIUS = int(3.5 * _SSIM_SIGMA + 0.5)  # skimage's truncation: 11-pixel wi
 def _pair(a: Tensor, b: Tensor, func: str) -> Tuple[Tensor, Tensor]:
     for name, t in (("a", a), ("b", b)):
         if not isinstance(t, Tensor):
-            raise InputError(f"{func}: `{name}` must be a tensor of maps (N, 1, H, W), got {type(t).__name__}.")
+            raise InputError(
+                f"{func}: `{name}` must be a tensor of maps (N, 1, H, W), got {type(t).__name__}."
+            )
     if a.shape != b.shape or a.dim() not in (3, 4) or (a.dim() == 4 and a.shape[1] != 1):
         raise InputError(
             f"{func}: `a` and `b` must be maps of the same shape (N, 1, H, W) or (N, H, W); got "
-            f"{tuple(a.shape)} and {tuple(b.shape)}. Upsample them to one size first.")
+            f"{tuple(a.shape)} and {tuple(b.shape)}. Upsample them to one size first."
+        )
     a, b = a.detach().cpu().double(), b.detach().cpu().double()
     if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
-        raise InputError(f"{func}: the maps contain NaN or Inf; replace them (torch.nan_to_num) first.")
+        raise InputError(
+            f"{func}: the maps contain NaN or Inf; replace them (torch.nan_to_num) first."
+        )
     if a.dim() == 4:
         a, b = a[:, 0], b[:, 0]
     return a, b
@@ -157,8 +162,9 @@ def ssim(a: Tensor, b: Tensor) -> Tensor:
     a, b = _pair(a, b, "ssim")
     if min(a.shape[-2:]) < 2 * _SSIM_RADIUS + 1:
         raise InputError(
-            f"ssim: maps must be at least {2 * _SSIM_RADIUS + 1} pixels high and wide (the Gaussian "
-            f"window), got {tuple(a.shape[-2:])}; upsample them to the input size first.")
+            f"ssim: maps must be at least {2 * _SSIM_RADIUS + 1} pixels high and wide (the "
+            f"Gaussian window), got {tuple(a.shape[-2:])}; upsample them to the input size first."
+        )
 
     def scaled(x: Tensor) -> Tensor:
         x = x.abs()
@@ -186,13 +192,17 @@ def _as_map(attr: Any, inputs: Tensor) -> Tensor:
 
     if isinstance(attr, tuple):
         if len(attr) != 1:
-            raise InputError(f"a method returned {len(attr)} attributions; give it one input tensor.")
+            raise InputError(
+                f"a method returned {len(attr)} attributions; give it one input tensor."
+            )
         attr = attr[0]
     attr = attr.detach()
     if attr.dim() == 3:
         attr = attr.unsqueeze(1)
     if attr.dim() != 4:
-        raise InputError(f"a method returned attributions of shape {tuple(attr.shape)}; expected (N, C, h, w).")
+        raise InputError(
+            f"a method returned attributions of shape {tuple(attr.shape)}; expected (N, C, h, w)."
+        )
     if attr.shape[1] != 1:
         attr = attr.sum(1, keepdim=True)
     return upsample_maps(attr.float(), inputs.shape[-2:]).double()
@@ -208,8 +218,9 @@ def _batches(n: int, batch_size: int) -> List[slice]:
     return batch_slices(n, batch_size)
 
 
-def attribute_maps(methods: Mapping[str, MethodSpec], inputs: Tensor, target: Any = None, *,
-                   batch_size: int = 64) -> Dict[str, Tensor]:
+def attribute_maps(
+    methods: Mapping[str, MethodSpec], inputs: Tensor, target: Any = None, *, batch_size: int = 64
+) -> Dict[str, Tensor]:
     r"""Maps of every method on the same images, upsampled to the input size.
 
     Args:
@@ -226,7 +237,9 @@ def attribute_maps(methods: Mapping[str, MethodSpec], inputs: Tensor, target: An
     """
     specs = method_specs(methods)
     if not isinstance(inputs, Tensor) or inputs.dim() != 4:
-        raise InputError(f"`inputs` must be a (N, C, H, W) tensor, got {getattr(inputs, 'shape', type(inputs))}.")
+        raise InputError(
+            f"`inputs` must be a (N, C, H, W) tensor, got {getattr(inputs, 'shape', type(inputs))}."
+        )
     n = inputs.shape[0]
     parts = _batches(n, batch_size)
     if isinstance(target, Tensor) and target.dim() > 0 and target.shape[0] != n:
@@ -234,7 +247,12 @@ def attribute_maps(methods: Mapping[str, MethodSpec], inputs: Tensor, target: An
     out: Dict[str, List[Tensor]] = {name: [] for name in specs}
     for sl in parts:
         x = inputs[sl]
-        t = target[sl] if isinstance(target, (Tensor, list)) and not (isinstance(target, Tensor) and target.dim() == 0) else target
+        t = (
+            target[sl]
+            if isinstance(target, (Tensor, list))
+            and not (isinstance(target, Tensor) and target.dim() == 0)
+            else target
+        )
         for name, (attr, kwargs) in specs.items():
             out[name].append(_as_map(attr.attribute(x, target=t, **kwargs), x))
     return {name: torch.cat(v) for name, v in out.items()}
@@ -263,8 +281,16 @@ def _reset(block: nn.Module) -> None:
             m.reset_parameters()
 
 
-def _rows(check: str, step: int, block: str, maps: Dict[str, Tensor], reference: Dict[str, Tensor],
-          n_bootstrap: int, seed: int, confidence: float) -> List[Dict[str, Any]]:
+def _rows(
+    check: str,
+    step: int,
+    block: str,
+    maps: Dict[str, Tensor],
+    reference: Dict[str, Tensor],
+    n_bootstrap: int,
+    seed: int,
+    confidence: float,
+) -> List[Dict[str, Any]]:
     rows = []
     for name, m in maps.items():
         row: Dict[str, Any] = {"check": check, "step": step, "randomised": block, "method": name}
@@ -274,10 +300,12 @@ def _rows(check: str, step: int, block: str, maps: Dict[str, Tensor], reference:
             row[f"{metric}_undefined"] = int((~np.isfinite(vals)).sum())
         if row["spearman_undefined"]:
             warnings.warn(
-                f"{check}: {row['spearman_undefined']} of {m.shape[0]} maps of {name!r} (randomised: "
-                f"{block}) or of the intact model are constant (e.g. all zero after ReLU); their "
-                "Spearman correlation is undefined and left out of the mean (see `spearman_undefined`).",
-                stacklevel=3)
+                f"{check}: {row['spearman_undefined']} of {m.shape[0]} maps of {name!r} "
+                f"(randomised: {block}) or of the intact model are constant (e.g. all zero after "
+                "ReLU); their Spearman correlation is undefined and left out of the mean (see "
+                "`spearman_undefined`).",
+                stacklevel=3,
+            )
         rows.append(row)
     return rows
 
@@ -344,8 +372,10 @@ def cascading_randomisation(
     names = [n for n, _ in randomisation_blocks(model)] if blocks is None else list(blocks)
     bad = [b for b in names if not isinstance(b, str) or b not in named or b == ""]
     if not names or bad:
-        raise InputError(f"blocks {bad or names!r} are not submodules of `model`; choose among "
-                         f"{[n for n, _ in model.named_children()]}.")
+        raise InputError(
+            f"blocks {bad or names!r} are not submodules of `model`; choose among "
+            f"{[n for n, _ in model.named_children()]}."
+        )
     # copy the model and the methods together: the copied methods call the copied model
     memo: Dict[int, Any] = {}
     model_copy = copy.deepcopy(model, memo)
@@ -353,9 +383,11 @@ def cascading_randomisation(
     for name, (attr, _) in specs_copy.items():
         if not refers_to(attr, model_copy):
             raise InputError(
-                f"methods[{name!r}] does not call `model` directly (its forward function is another "
-                "module, a lambda or a bound method), so randomising `model` cannot change its maps; "
-                "build it on the nn.Module itself, e.g. LayerGradCam(model, model.layer4).")
+                f"methods[{name!r}] does not call `model` directly (its forward function is "
+                "another module, a lambda or a bound method), so randomising `model` cannot change "
+                "its maps; "
+                "build it on the nn.Module itself, e.g. LayerGradCam(model, model.layer4)."
+            )
     check = check or f"randomised {type(model).__name__}"
     reference = attribute_maps(specs, inputs, target, batch_size=batch_size)
     rows = _rows(check, 0, "none", reference, reference, n_bootstrap, seed, confidence)
@@ -399,8 +431,10 @@ def label_randomisation(
     """
     specs, rand = method_specs(methods), method_specs(random_label_methods)
     if set(specs) != set(rand):
-        raise InputError(f"`methods` and `random_label_methods` must have the same names; got "
-                         f"{sorted(specs)} and {sorted(rand)}.")
+        raise InputError(
+            f"`methods` and `random_label_methods` must have the same names; got "
+            f"{sorted(specs)} and {sorted(rand)}."
+        )
     check_bootstrap(n_bootstrap, confidence)
     reference = attribute_maps(specs, inputs, target, batch_size=batch_size)
     maps = attribute_maps(rand, inputs, target, batch_size=batch_size)
@@ -429,7 +463,9 @@ class SanityResult:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def value(self, check: str, randomised: str, method: str, metric: str = "spearman") -> Optional[float]:
+    def value(
+        self, check: str, randomised: str, method: str, metric: str = "spearman"
+    ) -> Optional[float]:
         """The mean of one cell (None when no image had a defined value)."""
         for r in self.rows:
             if (r["check"], r["randomised"], r["method"]) == (check, randomised, method):
@@ -439,24 +475,58 @@ class SanityResult:
     def to_dict(self) -> Dict[str, Any]:
         return {"rows": copy.deepcopy(self.rows)}
 
-    _HEADER = ("check", "step", "randomised (cumulative)", "method", "Spearman [95% CI]", "SSIM [95% CI]",
-               "images", "undefined Spearman")
+    _HEADER = (
+        "check",
+        "step",
+        "randomised (cumulative)",
+        "method",
+        "Spearman [95% CI]",
+        "SSIM [95% CI]",
+        "images",
+        "undefined Spearman",
+    )
 
     def to_markdown(self) -> str:
         rows = [
-            [r["check"], str(r["step"]), r["randomised"], r["method"], format_interval(r["spearman"]),
-             format_interval(r["ssim"]), str(r["ssim"]["n"]), str(r["spearman_undefined"])]
+            [
+                r["check"],
+                str(r["step"]),
+                r["randomised"],
+                r["method"],
+                format_interval(r["spearman"]),
+                format_interval(r["ssim"]),
+                str(r["ssim"]["n"]),
+                str(r["spearman_undefined"]),
+            ]
             for r in self.rows
         ]
         return markdown_table(self._HEADER, rows)
 
     def to_csv(self) -> str:
-        header = ["check", "step", "randomised", "method", "spearman", "spearman_low",
-                  "spearman_high", "ssim", "ssim_low", "ssim_high", "images", "spearman_undefined"]
+        header = [
+            "check",
+            "step",
+            "randomised",
+            "method",
+            "spearman",
+            "spearman_low",
+            "spearman_high",
+            "ssim",
+            "ssim_low",
+            "ssim_high",
+            "images",
+            "spearman_undefined",
+        ]
         rows = [
-            [r["check"], r["step"], r["randomised"], r["method"],
-             *(r[m][k] for m in METRICS for k in ("mean", "low", "high")),
-             r["ssim"]["n"], r["spearman_undefined"]]
+            [
+                r["check"],
+                r["step"],
+                r["randomised"],
+                r["method"],
+                *(r[m][k] for m in METRICS for k in ("mean", "low", "high")),
+                r["ssim"]["n"],
+                r["spearman_undefined"],
+            ]
             for r in self.rows
         ]
         return csv_table(header, rows)
@@ -495,8 +565,14 @@ def _draw_similarity(ax: Any, rows: Sequence[Mapping[str, Any]], metric: str) ->
         xs = [step for step, d in pts if d["mean"] is not None]
         pts = [d for _, d in pts if d["mean"] is not None]
         (line,) = ax.plot(xs, [d["mean"] for d in pts], marker="o", ms=3, label=method)
-        ax.fill_between(xs, [d["low"] for d in pts], [d["high"] for d in pts],
-                        color=line.get_color(), alpha=0.2, lw=0)
+        ax.fill_between(
+            xs,
+            [d["low"] for d in pts],
+            [d["high"] for d in pts],
+            color=line.get_color(),
+            alpha=0.2,
+            lw=0,
+        )
     ax.axhline(0.0, color="0.6", lw=0.6)
     ax.set_xticks(steps)
     ax.set_xticklabels([labels[s] for s in steps], rotation=45, ha="right", fontsize=7)

@@ -89,9 +89,9 @@ def describe(arch: Any, num_classes: Any) -> str:
 def unwrap(model: nn.Module) -> nn.Module:
     """The network inside DataParallel / DistributedDataParallel wrappers (kept in
     ``.module``)."""
-    while isinstance(
-        model, (nn.DataParallel, nn.parallel.DistributedDataParallel)
-    ) and hasattr(model, "module"):
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) and hasattr(
+        model, "module"
+    ):
         model = model.module
     return model
 

@@ -74,7 +74,7 @@ class SmallResNet(nn.Module):
         )
         layers = []
         in_ch = widths[0]
-        for i, (n_blocks, out_ch) in enumerate(zip(blocks, widths)):
+        for i, (n_blocks, out_ch) in enumerate(zip(blocks, widths, strict=True)):
             s = 1 if i == 0 else 2
             down = None
             if s != 1 or in_ch != out_ch:

@@ -172,8 +172,9 @@ def save_checkpoint(
     }
     meta[_DIGEST_KEY] = checkpoint_digest(state, meta)
     _check_weights_only(meta)
-    _write_atomically(path, {"format": _FORMAT, "version": _VERSION, "state_dict": state,
-                             "meta": meta})
+    _write_atomically(
+        path, {"format": _FORMAT, "version": _VERSION, "state_dict": state, "meta": meta}
+    )
 
 
 def _checked_model(model: Any, arch: str, num_classes: int) -> nn.Module:
@@ -189,9 +190,7 @@ def _checked_model(model: Any, arch: str, num_classes: int) -> nn.Module:
     return net
 
 
-def _checked_class_names(
-    class_names: Optional[Sequence[str]], num_classes: int
-) -> Optional[list]:
+def _checked_class_names(class_names: Optional[Sequence[str]], num_classes: int) -> Optional[list]:
     if class_names is None:
         return None
     names = [str(c) for c in class_names]
@@ -218,9 +217,7 @@ def _check_weights_only(meta: Mapping[str, Any]) -> None:
     try:
         torch.load(buf, weights_only=True)
     except Exception as e:  # pragma: no cover - _plain should have caught it
-        raise ValueError(
-            f"checkpoint metadata cannot be loaded with weights_only=True: {e}"
-        ) from e
+        raise ValueError(f"checkpoint metadata cannot be loaded with weights_only=True: {e}") from e
 
 
 def _write_atomically(path: Union[str, os.PathLike], payload: Mapping[str, Any]) -> None:
@@ -305,7 +302,9 @@ def _canonical(value: Any) -> Any:
     return {type(value).__name__: repr(value)}
 
 
-def checkpoint_digest(state_dict: Mapping[str, Tensor], meta: Optional[Mapping[str, Any]] = None) -> str:
+def checkpoint_digest(
+    state_dict: Mapping[str, Tensor], meta: Optional[Mapping[str, Any]] = None
+) -> str:
     r"""SHA-256 of a state dict's tensors (names, dtypes, shapes, bytes) and of the metadata.
 
     :func:`save_checkpoint` stores it as ``meta["sha256"]`` and :func:`load_checkpoint`
@@ -358,16 +357,22 @@ def _check_container(p: pathlib.Path) -> None:
                 bad = z.testzip()  # reads every entry and checks its CRC-32
         except CheckpointError:
             raise
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
-                NotImplementedError, RuntimeError) as e:  # zlib.error is not an OSError
+        except (
+            zipfile.BadZipFile,
+            zipfile.LargeZipFile,
+            OSError,
+            EOFError,
+            ValueError,
+            NotImplementedError,
+            RuntimeError,
+        ) as e:  # zlib.error is not an OSError
             raise CheckpointError(
                 f"{_where(p)} is damaged: its zip container cannot be read "
                 f"({type(e).__name__}: {e}); copy or write it again"
             ) from e
         except Exception as e:  # zlib.error and other decoder errors
             raise CheckpointError(
-                f"{_where(p)} is damaged ({type(e).__name__}: {e}); copy or write "
-                "it again"
+                f"{_where(p)} is damaged ({type(e).__name__}: {e}); copy or write it again"
             ) from e
         if bad is not None:
             raise CheckpointError(
@@ -385,8 +390,8 @@ def _check_container(p: pathlib.Path) -> None:
         )
     raise CheckpointError(
         f"cannot read {_where(p)}: it is not a PyTorch file (neither a torch.save "
-        "zip nor its legacy format), so it is not loaded; give a .pt file written by save_checkpoint "
-        "or torch.save"
+        "zip nor its legacy format), so it is not loaded; give a .pt file written by "
+        "save_checkpoint or torch.save"
     )
 
 
@@ -416,7 +421,7 @@ def _stage_blocks(state: Mapping[str, Tensor]) -> Tuple[int, int, int, int]:
     counts = []
     for i in range(1, 5):
         prefix = f"layer{i}."
-        idx = {k[len(prefix):].split(".", 1)[0] for k in state if k.startswith(prefix)}
+        idx = {k[len(prefix) :].split(".", 1)[0] for k in state if k.startswith(prefix)}
         counts.append(len(idx))
     return tuple(counts)  # type: ignore[return-value]
 
@@ -428,9 +433,7 @@ def _misfit(p: pathlib.Path, arch: str, num_classes: Any, detail: str) -> Checkp
     )
 
 
-def _check_build_keywords(
-    p: pathlib.Path, arch: str, num_classes: Any, build_kwargs: Any
-) -> None:
+def _check_build_keywords(p: pathlib.Path, arch: str, num_classes: Any, build_kwargs: Any) -> None:
     """The metadata's class count and build keywords are of the kinds build_model takes."""
     where = _where(p)
     if not positive_int(num_classes):
@@ -478,8 +481,10 @@ def _check_small(
     blocks, width = SMALL_RESNET_CONFIGS[arch]
     blocks = build_kwargs.get("blocks", blocks)
     width = build_kwargs.get("width", width)
-    if not isinstance(blocks, (list, tuple)) or len(blocks) != 4 or not all(
-        positive_int(b) for b in blocks
+    if (
+        not isinstance(blocks, (list, tuple))
+        or len(blocks) != 4
+        or not all(positive_int(b) for b in blocks)
     ):
         raise CheckpointError(
             f"{where}: blocks={blocks!r} in its metadata is not 4 positive ints; the file is "
@@ -497,12 +502,16 @@ def _check_small(
         )
     if conv.shape[0] != width:
         raise _misfit(
-            p, arch, num_classes,
+            p,
+            arch,
+            num_classes,
             f"width {width} asked, conv1 has {conv.shape[0]} channels in the file",
         )
     if fc.shape[1] != 8 * width:
         raise _misfit(
-            p, arch, num_classes,
+            p,
+            arch,
+            num_classes,
             f"fc.weight has {fc.shape[1]} inputs, width {width} needs {8 * width}",
         )
 
@@ -528,9 +537,7 @@ def _torchvision_keywords(p: pathlib.Path, build_kwargs: Mapping[str, Any]) -> T
         )
     zero = build_kwargs.get("zero_init_residual", False)
     if not isinstance(zero, bool):
-        raise CheckpointError(
-            f"{where}: zero_init_residual={zero!r} in its metadata is not a bool"
-        )
+        raise CheckpointError(f"{where}: zero_init_residual={zero!r} in its metadata is not a bool")
     return groups, per_group
 
 
@@ -545,7 +552,9 @@ def _check_torchvision(
     blocks, bottleneck = TORCHVISION_BLOCKS[arch]
     found = _stage_blocks(state)
     if found != blocks:
-        raise _misfit(p, arch, num_classes, f"{arch} has {blocks} blocks per stage, the file {found}")
+        raise _misfit(
+            p, arch, num_classes, f"{arch} has {blocks} blocks per stage, the file {found}"
+        )
     groups, per_group = _torchvision_keywords(p, build_kwargs)
     if conv.shape[0] != 64:
         raise _misfit(p, arch, num_classes, f"conv1 has {conv.shape[0]} channels, {arch} has 64")
@@ -564,7 +573,9 @@ def _check_torchvision(
         if not isinstance(inner, Tensor) or inner.ndim != 4 or inner.shape[0] != expected:
             got = tuple(inner.shape) if isinstance(inner, Tensor) else None
             raise _misfit(
-                p, arch, num_classes,
+                p,
+                arch,
+                num_classes,
                 f"layer{stage}.0.conv2.weight is {got}, groups={groups} and "
                 f"width_per_group={per_group} need {expected} channels",
             )
@@ -586,8 +597,9 @@ def _check_architecture(
         _check_torchvision(p, arch, num_classes, build_kwargs, state)
 
 
-def check_class_names(meta: Mapping[str, Any], class_names: Optional[Sequence[str]],
-                      role: str = "checkpoint") -> None:
+def check_class_names(
+    meta: Mapping[str, Any], class_names: Optional[Sequence[str]], role: str = "checkpoint"
+) -> None:
     r"""Compares the class names stored in a checkpoint with those of the data.
 
     Args:
@@ -620,7 +632,8 @@ def check_class_names(meta: Mapping[str, Any], class_names: Optional[Sequence[st
         if positive_int(n_model) and n_model != len(data):
             raise CheckpointError(
                 f"{where} has {n_model} classes but the data has {len(data)}; give data with "
-                "the classes the model was trained on, or the right checkpoint")
+                "the classes the model was trained on, or the right checkpoint"
+            )
         return
     stored = [str(c) for c in stored]
     if len(stored) != len(data):
@@ -628,14 +641,18 @@ def check_class_names(meta: Mapping[str, Any], class_names: Optional[Sequence[st
             f"{where} was trained on {len(stored)} classes ({', '.join(stored[:6])}"
             f"{', ...' if len(stored) > 6 else ''}) but the data has {len(data)} "
             f"({', '.join(data[:6])}{', ...' if len(data) > 6 else ''}); give data with the "
-            "classes the model was trained on, or the right checkpoint")
+            "classes the model was trained on, or the right checkpoint"
+        )
     if stored != data:
-        diff = [f"{i}: {a!r} vs {b!r}" for i, (a, b) in enumerate(zip(stored, data)) if a != b]
+        pairs = enumerate(zip(stored, data, strict=True))
+        diff = [f"{i}: {a!r} vs {b!r}" for i, (a, b) in pairs if a != b]
         warnings.warn(
             f"{where} was trained on classes named differently from the data's "
             f"(model vs data, {'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''}); the "
             "outputs are read in the data's order; check that the classes correspond",
-            UserWarning, stacklevel=2)
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -710,8 +727,7 @@ def _verify_ours(
     meta, state = obj.get("meta"), obj.get("state_dict")
     if not isinstance(meta, dict):
         raise CheckpointError(
-            f"{_where(p)} has no metadata dict; it is damaged; write it again with "
-            "save_checkpoint"
+            f"{_where(p)} has no metadata dict; it is damaged; write it again with save_checkpoint"
         )
     if not _is_state_dict(state):
         raise CheckpointError(
