@@ -347,3 +347,18 @@ def test_any_number_of_images_is_cut_like_the_pipeline(n, batches):
     assert res.maps["distilled"].shape == (n, 1, 16, 16)
     assert torch.allclose(res.maps["distilled"].float(), want.float(), atol=1e-6)
     assert res.metrics["n_images"] == n
+
+
+def test_compare_batches_follow_the_pipeline_rule():
+    """The internal rule equals the pipeline's stratified batches for every n and size."""
+    from captum_unicam._batching import batch_sizes, batch_slices
+    from captum_unicam.pipeline.batches import batch_sizes as pipeline_sizes
+
+    for size in (5, 8, 64):
+        for n in range(5, 3 * size + 7):
+            sizes = batch_sizes(n, size)
+            assert sizes == pipeline_sizes(n, size), (n, size)
+            assert sum(sizes) == n and min(sizes) >= 5 and max(sizes) <= size + 4
+            cuts = batch_slices(n, size)
+            assert [s.stop - s.start for s in cuts] == sizes and cuts[-1].stop == n
+    assert batch_sizes(68, 64) == [68] and batch_sizes(132, 64) == [64, 68]
