@@ -33,17 +33,25 @@ into the environment. The tests use it as an independent oracle when it is insta
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import math
 import warnings
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from captum_unicam._batching import MIN_BATCH, batch_slices
+from captum_unicam._methods import (
+    MethodSpec,
+    bootstrap_interval,
+    check_bootstrap,
+    method_specs,
+    new_figure,
+    refers_to,
+)
 from captum_unicam.errors import InputError
+from captum_unicam.output.tables import csv_table, format_interval, markdown_table
 
 __all__ = [
     "SanityResult",
@@ -55,10 +63,8 @@ __all__ = [
     "ssim",
 ]
 
-MethodSpec = Union[Any, Tuple[Any, Mapping[str, Any]]]
 METRICS = ("spearman", "ssim")
 _METRIC_TITLES = {"spearman": "Spearman rank correlation", "ssim": "SSIM"}
-_MIN_BATCH = 4  # UniCAM's scores are batch statistics of at least 4 images
 _SSIM_SIGMA = 1.5
 _SSIM_RADIUS = int(3.5 * _SSIM_SIGMA + 0.5)  # skimage's truncation: 11-pixel window
 
@@ -71,14 +77,19 @@ _SSIM_RADIUS = int(3.5 * _SSIM_SIGMA + 0.5)  # skimage's truncation: 11-pixel wi
 def _pair(a: Tensor, b: Tensor, func: str) -> Tuple[Tensor, Tensor]:
     for name, t in (("a", a), ("b", b)):
         if not isinstance(t, Tensor):
-            raise InputError(f"{func}: `{name}` must be a tensor of maps (N, 1, H, W), got {type(t).__name__}.")
+            raise InputError(
+                f"{func}: `{name}` must be a tensor of maps (N, 1, H, W), got {type(t).__name__}."
+            )
     if a.shape != b.shape or a.dim() not in (3, 4) or (a.dim() == 4 and a.shape[1] != 1):
         raise InputError(
             f"{func}: `a` and `b` must be maps of the same shape (N, 1, H, W) or (N, H, W); got "
-            f"{tuple(a.shape)} and {tuple(b.shape)}. Upsample them to one size first.")
+            f"{tuple(a.shape)} and {tuple(b.shape)}. Upsample them to one size first."
+        )
     a, b = a.detach().cpu().double(), b.detach().cpu().double()
     if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
-        raise InputError(f"{func}: the maps contain NaN or Inf; replace them (torch.nan_to_num) first.")
+        raise InputError(
+            f"{func}: the maps contain NaN or Inf; replace them (torch.nan_to_num) first."
+        )
     if a.dim() == 4:
         a, b = a[:, 0], b[:, 0]
     return a, b
@@ -151,8 +162,9 @@ def ssim(a: Tensor, b: Tensor) -> Tensor:
     a, b = _pair(a, b, "ssim")
     if min(a.shape[-2:]) < 2 * _SSIM_RADIUS + 1:
         raise InputError(
-            f"ssim: maps must be at least {2 * _SSIM_RADIUS + 1} pixels high and wide (the Gaussian "
-            f"window), got {tuple(a.shape[-2:])}; upsample them to the input size first.")
+            f"ssim: maps must be at least {2 * _SSIM_RADIUS + 1} pixels high and wide (the "
+            f"Gaussian window), got {tuple(a.shape[-2:])}; upsample them to the input size first."
+        )
 
     def scaled(x: Tensor) -> Tensor:
         x = x.abs()
@@ -173,28 +185,6 @@ def ssim(a: Tensor, b: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------
 
 
-def _methods(methods: Any) -> Dict[str, Tuple[Any, Dict[str, Any]]]:
-    from captum.attr._utils.attribution import Attribution
-
-    if not isinstance(methods, Mapping) or not methods:
-        raise InputError(
-            "`methods` must be a non-empty dict name -> Captum Attribution (or (attribution, "
-            "attribute kwargs)), e.g. {'grad-cam': (LayerGradCam(model, model.layer4), "
-            "{'relu_attributions': True})}.")
-    out = {}
-    for name, spec in methods.items():
-        attr, kwargs = (spec if isinstance(spec, tuple) and len(spec) == 2 else (spec, {}))
-        if not isinstance(attr, Attribution):
-            raise InputError(
-                f"methods[{name!r}] must be a Captum Attribution object (LayerGradCam, "
-                f"IntegratedGradients, UniCAM, ...) or a pair (attribution, kwargs); got "
-                f"{type(attr).__name__}.")
-        if not isinstance(kwargs, Mapping):
-            raise InputError(f"methods[{name!r}]: the attribute kwargs must be a dict, got {type(kwargs).__name__}.")
-        out[str(name)] = (attr, dict(kwargs))
-    return out
-
-
 def _as_map(attr: Any, inputs: Tensor) -> Tensor:
     """(N, 1, H, W) float64 CPU map on the input grid: a 1-tuple is unpacked, input
     attributions are summed over channels, layer maps upsampled (bilinear)."""
@@ -202,32 +192,35 @@ def _as_map(attr: Any, inputs: Tensor) -> Tensor:
 
     if isinstance(attr, tuple):
         if len(attr) != 1:
-            raise InputError(f"a method returned {len(attr)} attributions; give it one input tensor.")
+            raise InputError(
+                f"a method returned {len(attr)} attributions; give it one input tensor."
+            )
         attr = attr[0]
     attr = attr.detach()
     if attr.dim() == 3:
         attr = attr.unsqueeze(1)
     if attr.dim() != 4:
-        raise InputError(f"a method returned attributions of shape {tuple(attr.shape)}; expected (N, C, h, w).")
+        raise InputError(
+            f"a method returned attributions of shape {tuple(attr.shape)}; expected (N, C, h, w)."
+        )
     if attr.shape[1] != 1:
         attr = attr.sum(1, keepdim=True)
     return upsample_maps(attr.float(), inputs.shape[-2:]).double()
 
 
 def _batches(n: int, batch_size: int) -> List[slice]:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < _MIN_BATCH:
-        raise InputError(f"batch_size must be an int >= {_MIN_BATCH}, got {batch_size!r}.")
-    if n < _MIN_BATCH:
-        raise InputError(f"`inputs` holds {n} images; the checks need at least {_MIN_BATCH}.")
-    starts = list(range(0, n, batch_size))
-    if len(starts) > 1 and n - starts[-1] < _MIN_BATCH:
-        starts.pop()  # a short last batch joins the one before (UniCAM needs >= 4 images)
-    ends = starts[1:] + [n]
-    return [slice(s, e) for s, e in zip(starts, ends)]
+    """The batches of the pipeline's rule (a last batch under 5 images joins the one
+    before; UniCAM's scores are batch statistics)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < MIN_BATCH:
+        raise InputError(f"batch_size must be an int >= {MIN_BATCH}, got {batch_size!r}.")
+    if n < MIN_BATCH:
+        raise InputError(f"`inputs` holds {n} images; the checks need at least {MIN_BATCH}.")
+    return batch_slices(n, batch_size)
 
 
-def attribute_maps(methods: Mapping[str, MethodSpec], inputs: Tensor, target: Any = None, *,
-                   batch_size: int = 64) -> Dict[str, Tensor]:
+def attribute_maps(
+    methods: Mapping[str, MethodSpec], inputs: Tensor, target: Any = None, *, batch_size: int = 64
+) -> Dict[str, Tensor]:
     r"""Maps of every method on the same images, upsampled to the input size.
 
     Args:
@@ -242,9 +235,11 @@ def attribute_maps(methods: Mapping[str, MethodSpec], inputs: Tensor, target: An
         *dict[str, Tensor]*: name -> ``(N, 1, H, W)`` float64 CPU maps (input attributions
         summed over channels).
     """
-    specs = _methods(methods)
+    specs = method_specs(methods)
     if not isinstance(inputs, Tensor) or inputs.dim() != 4:
-        raise InputError(f"`inputs` must be a (N, C, H, W) tensor, got {getattr(inputs, 'shape', type(inputs))}.")
+        raise InputError(
+            f"`inputs` must be a (N, C, H, W) tensor, got {getattr(inputs, 'shape', type(inputs))}."
+        )
     n = inputs.shape[0]
     parts = _batches(n, batch_size)
     if isinstance(target, Tensor) and target.dim() > 0 and target.shape[0] != n:
@@ -252,7 +247,12 @@ def attribute_maps(methods: Mapping[str, MethodSpec], inputs: Tensor, target: An
     out: Dict[str, List[Tensor]] = {name: [] for name in specs}
     for sl in parts:
         x = inputs[sl]
-        t = target[sl] if isinstance(target, (Tensor, list)) and not (isinstance(target, Tensor) and target.dim() == 0) else target
+        t = (
+            target[sl]
+            if isinstance(target, (Tensor, list))
+            and not (isinstance(target, Tensor) and target.dim() == 0)
+            else target
+        )
         for name, (attr, kwargs) in specs.items():
             out[name].append(_as_map(attr.attribute(x, target=t, **kwargs), x))
     return {name: torch.cat(v) for name, v in out.items()}
@@ -275,55 +275,39 @@ def randomisation_blocks(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     return blocks[::-1]
 
 
-def _refers_to(obj: Any, target: nn.Module, depth: int = 3) -> bool:
-    if obj is target:
-        return True
-    if depth == 0 or isinstance(obj, nn.Module):
-        return False
-    values: Iterable[Any] = vars(obj).values() if hasattr(obj, "__dict__") else ()
-    return any(_refers_to(v, target, depth - 1) for v in values)
-
-
 def _reset(block: nn.Module) -> None:
     for m in block.modules():
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()
 
 
-def _bootstrap(values: np.ndarray, n_bootstrap: int, seed: int, confidence: float) -> Dict[str, Any]:
-    from captum_unicam.metrics.aggregate import bootstrap_ci
-
-    v = values[np.isfinite(values)]
-    if v.size == 0:
-        return {"mean": None, "low": None, "high": None, "n": 0}
-    low, high = bootstrap_ci(v, n_bootstrap=n_bootstrap, seed=seed, level=confidence)
-    return {"mean": float(v.mean()), "low": low, "high": high, "n": int(v.size)}
-
-
-def _rows(check: str, step: int, block: str, maps: Dict[str, Tensor], reference: Dict[str, Tensor],
-          n_bootstrap: int, seed: int, confidence: float) -> List[Dict[str, Any]]:
+def _rows(
+    check: str,
+    step: int,
+    block: str,
+    maps: Dict[str, Tensor],
+    reference: Dict[str, Tensor],
+    n_bootstrap: int,
+    seed: int,
+    confidence: float,
+) -> List[Dict[str, Any]]:
     rows = []
     for name, m in maps.items():
         row: Dict[str, Any] = {"check": check, "step": step, "randomised": block, "method": name}
         for metric, fn in (("spearman", spearman), ("ssim", ssim)):
             vals = fn(reference[name], m).numpy()
-            row[metric] = _bootstrap(vals, n_bootstrap, seed, confidence)
+            row[metric] = bootstrap_interval(vals, n_bootstrap, seed, confidence)
             row[f"{metric}_undefined"] = int((~np.isfinite(vals)).sum())
         if row["spearman_undefined"]:
             warnings.warn(
-                f"{check}: {row['spearman_undefined']} of {m.shape[0]} maps of {name!r} (randomised: "
-                f"{block}) or of the intact model are constant (e.g. all zero after ReLU); their "
-                "Spearman correlation is undefined and left out of the mean (see `spearman_undefined`).",
-                stacklevel=3)
+                f"{check}: {row['spearman_undefined']} of {m.shape[0]} maps of {name!r} "
+                f"(randomised: {block}) or of the intact model are constant (e.g. all zero after "
+                "ReLU); their Spearman correlation is undefined and left out of the mean (see "
+                "`spearman_undefined`).",
+                stacklevel=3,
+            )
         rows.append(row)
     return rows
-
-
-def _check_common(n_bootstrap: Any, confidence: Any) -> None:
-    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 1:
-        raise InputError(f"n_bootstrap must be a positive int, got {n_bootstrap!r}.")
-    if not isinstance(confidence, (int, float)) or not 0.0 < confidence < 1.0:
-        raise InputError(f"confidence must be in (0, 1), got {confidence!r}.")
 
 
 def cascading_randomisation(
@@ -382,24 +366,28 @@ def cascading_randomisation(
     """
     if not isinstance(model, nn.Module):
         raise InputError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
-    specs = _methods(methods)
-    _check_common(n_bootstrap, confidence)
+    specs = method_specs(methods)
+    check_bootstrap(n_bootstrap, confidence)
     named = dict(model.named_modules())
     names = [n for n, _ in randomisation_blocks(model)] if blocks is None else list(blocks)
     bad = [b for b in names if not isinstance(b, str) or b not in named or b == ""]
     if not names or bad:
-        raise InputError(f"blocks {bad or names!r} are not submodules of `model`; choose among "
-                         f"{[n for n, _ in model.named_children()]}.")
+        raise InputError(
+            f"blocks {bad or names!r} are not submodules of `model`; choose among "
+            f"{[n for n, _ in model.named_children()]}."
+        )
     # copy the model and the methods together: the copied methods call the copied model
     memo: Dict[int, Any] = {}
     model_copy = copy.deepcopy(model, memo)
     specs_copy = copy.deepcopy(specs, memo)
     for name, (attr, _) in specs_copy.items():
-        if not _refers_to(attr, model_copy):
+        if not refers_to(attr, model_copy):
             raise InputError(
-                f"methods[{name!r}] does not call `model` directly (its forward function is another "
-                "module, a lambda or a bound method), so randomising `model` cannot change its maps; "
-                "build it on the nn.Module itself, e.g. LayerGradCam(model, model.layer4).")
+                f"methods[{name!r}] does not call `model` directly (its forward function is "
+                "another module, a lambda or a bound method), so randomising `model` cannot change "
+                "its maps; "
+                "build it on the nn.Module itself, e.g. LayerGradCam(model, model.layer4)."
+            )
     check = check or f"randomised {type(model).__name__}"
     reference = attribute_maps(specs, inputs, target, batch_size=batch_size)
     rows = _rows(check, 0, "none", reference, reference, n_bootstrap, seed, confidence)
@@ -441,11 +429,13 @@ def label_randomisation(
         *SanityResult*: step 0 ("none", the maps against themselves) and step 1
         ("labels").
     """
-    specs, rand = _methods(methods), _methods(random_label_methods)
+    specs, rand = method_specs(methods), method_specs(random_label_methods)
     if set(specs) != set(rand):
-        raise InputError(f"`methods` and `random_label_methods` must have the same names; got "
-                         f"{sorted(specs)} and {sorted(rand)}.")
-    _check_common(n_bootstrap, confidence)
+        raise InputError(
+            f"`methods` and `random_label_methods` must have the same names; got "
+            f"{sorted(specs)} and {sorted(rand)}."
+        )
+    check_bootstrap(n_bootstrap, confidence)
     reference = attribute_maps(specs, inputs, target, batch_size=batch_size)
     maps = attribute_maps(rand, inputs, target, batch_size=batch_size)
     rows = _rows(check, 0, "none", reference, reference, n_bootstrap, seed, confidence)
@@ -456,12 +446,6 @@ def label_randomisation(
 # ---------------------------------------------------------------------------
 # result
 # ---------------------------------------------------------------------------
-
-
-def _fmt(d: Optional[Mapping[str, Any]]) -> str:
-    if not d or d.get("mean") is None:
-        return "–"
-    return f"{d['mean']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
 
 
 class SanityResult:
@@ -479,7 +463,9 @@ class SanityResult:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def value(self, check: str, randomised: str, method: str, metric: str = "spearman") -> Optional[float]:
+    def value(
+        self, check: str, randomised: str, method: str, metric: str = "spearman"
+    ) -> Optional[float]:
         """The mean of one cell (None when no image had a defined value)."""
         for r in self.rows:
             if (r["check"], r["randomised"], r["method"]) == (check, randomised, method):
@@ -489,27 +475,61 @@ class SanityResult:
     def to_dict(self) -> Dict[str, Any]:
         return {"rows": copy.deepcopy(self.rows)}
 
-    _HEADER = ("check", "step", "randomised (cumulative)", "method", "Spearman [95% CI]", "SSIM [95% CI]",
-               "images", "undefined Spearman")
+    _HEADER = (
+        "check",
+        "step",
+        "randomised (cumulative)",
+        "method",
+        "Spearman [95% CI]",
+        "SSIM [95% CI]",
+        "images",
+        "undefined Spearman",
+    )
 
     def to_markdown(self) -> str:
-        lines = ["| " + " | ".join(self._HEADER) + " |", "|" + "---|" * len(self._HEADER)]
-        for r in self.rows:
-            cells = [r["check"], str(r["step"]), r["randomised"], r["method"], _fmt(r["spearman"]), _fmt(r["ssim"]),
-                     str(r["ssim"]["n"]), str(r["spearman_undefined"])]
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines) + "\n"
+        rows = [
+            [
+                r["check"],
+                str(r["step"]),
+                r["randomised"],
+                r["method"],
+                format_interval(r["spearman"]),
+                format_interval(r["ssim"]),
+                str(r["ssim"]["n"]),
+                str(r["spearman_undefined"]),
+            ]
+            for r in self.rows
+        ]
+        return markdown_table(self._HEADER, rows)
 
     def to_csv(self) -> str:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["check", "step", "randomised", "method", "spearman", "spearman_low", "spearman_high",
-                    "ssim", "ssim_low", "ssim_high", "images", "spearman_undefined"])
-        for r in self.rows:
-            w.writerow([r["check"], r["step"], r["randomised"], r["method"],
-                        *(r[m][k] for m in METRICS for k in ("mean", "low", "high")),
-                        r["ssim"]["n"], r["spearman_undefined"]])
-        return buf.getvalue()
+        header = [
+            "check",
+            "step",
+            "randomised",
+            "method",
+            "spearman",
+            "spearman_low",
+            "spearman_high",
+            "ssim",
+            "ssim_low",
+            "ssim_high",
+            "images",
+            "spearman_undefined",
+        ]
+        rows = [
+            [
+                r["check"],
+                r["step"],
+                r["randomised"],
+                r["method"],
+                *(r[m][k] for m in METRICS for k in ("mean", "low", "high")),
+                r["ssim"]["n"],
+                r["spearman_undefined"],
+            ]
+            for r in self.rows
+        ]
+        return csv_table(header, rows)
 
     def figure(self, title: str = "Sanity checks: similarity to the intact model's maps"):
         r"""Curves per check (columns) and similarity (rows): x = blocks randomised
@@ -518,36 +538,42 @@ class SanityResult:
         Returns:
             *matplotlib.figure.Figure* (Agg; save it with ``fig.savefig``).
         """
-        from captum_unicam.viz import _new_figure
-
         checks = list(dict.fromkeys(r["check"] for r in self.rows))
         if not checks:
             raise InputError("an empty SanityResult has nothing to draw.")
-        fig = _new_figure((3.6 * len(checks) + 1.2, 5.4))
+        fig = new_figure((3.6 * len(checks) + 1.2, 5.4))
         axes = fig.subplots(2, len(checks), squeeze=False)
         for j, check in enumerate(checks):
             rows = [r for r in self.rows if r["check"] == check]
-            steps = sorted({r["step"] for r in rows})
-            labels = {r["step"]: r["randomised"] for r in rows}
             for i, metric in enumerate(METRICS):
-                ax = axes[i][j]
-                for method in dict.fromkeys(r["method"] for r in rows):
-                    pts = sorted((r["step"], r[metric]) for r in rows if r["method"] == method)
-                    xs = [s for s, d in pts if d["mean"] is not None]
-                    mean = [d["mean"] for _, d in pts if d["mean"] is not None]
-                    low = [d["low"] for _, d in pts if d["mean"] is not None]
-                    high = [d["high"] for _, d in pts if d["mean"] is not None]
-                    line, = ax.plot(xs, mean, marker="o", ms=3, label=method)
-                    ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, lw=0)
-                ax.axhline(0.0, color="0.6", lw=0.6)
-                ax.set_xticks(steps)
-                ax.set_xticklabels([labels[s] for s in steps], rotation=45, ha="right", fontsize=7)
-                ax.set_ylim(-0.3 if metric == "spearman" else -0.05, 1.05)
+                _draw_similarity(axes[i][j], rows, metric)
                 if j == 0:
-                    ax.set_ylabel(_METRIC_TITLES[metric], fontsize=8)
-                if i == 0:
-                    ax.set_title(check, fontsize=9)
+                    axes[i][j].set_ylabel(_METRIC_TITLES[metric], fontsize=8)
+            axes[0][j].set_title(check, fontsize=9)
             axes[0][j].legend(fontsize=6, loc="lower left")
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()
         return fig
+
+
+def _draw_similarity(ax: Any, rows: Sequence[Mapping[str, Any]], metric: str) -> None:
+    """One panel: per method, the mean similarity and its interval after each step."""
+    steps = sorted({r["step"] for r in rows})
+    labels = {r["step"]: r["randomised"] for r in rows}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        pts = sorted((r["step"], r[metric]) for r in rows if r["method"] == method)
+        xs = [step for step, d in pts if d["mean"] is not None]
+        pts = [d for _, d in pts if d["mean"] is not None]
+        (line,) = ax.plot(xs, [d["mean"] for d in pts], marker="o", ms=3, label=method)
+        ax.fill_between(
+            xs,
+            [d["low"] for d in pts],
+            [d["high"] for d in pts],
+            color=line.get_color(),
+            alpha=0.2,
+            lw=0,
+        )
+    ax.axhline(0.0, color="0.6", lw=0.6)
+    ax.set_xticks(steps)
+    ax.set_xticklabels([labels[s] for s in steps], rotation=45, ha="right", fontsize=7)
+    ax.set_ylim(-0.3 if metric == "spearman" else -0.05, 1.05)

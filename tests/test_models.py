@@ -11,7 +11,6 @@ import torch
 import torchvision
 from torch import nn
 
-from captum_unicam import models
 from captum_unicam.models import (
     ARCHITECTURES,
     CheckpointError,
@@ -68,8 +67,9 @@ def test_small_resnets(arch, channels):
     assert [s[1] for s in sizes.values()] == list(channels)
     assert [s[-1] for s in sizes.values()] == [32, 16, 8, 4]  # CIFAR stem by default
     # the ImageNet-like stem divides the resolution by 4 first
-    _, sizes = _spatial_sizes(build_model(arch, 5, cifar_stem=False).eval(),
-                              torch.rand(1, 3, 64, 64))
+    _, sizes = _spatial_sizes(
+        build_model(arch, 5, cifar_stem=False).eval(), torch.rand(1, 3, 64, 64)
+    )
     assert [s[-1] for s in sizes.values()] == [16, 8, 4, 2]
 
 
@@ -88,8 +88,7 @@ def test_torchvision_resnets_with_and_without_cifar_stem(arch):
     assert isinstance(cifar.maxpool, nn.Identity)
     assert [s[-1] for s in sizes.values()] == [16, 8, 4, 2]
     width = 1 if arch == "resnet18" else 4  # BasicBlock vs Bottleneck expansion
-    assert [s[1] for s in sizes.values()] == [64 * width, 128 * width, 256 * width,
-                                             512 * width]
+    assert [s[1] for s in sizes.values()] == [64 * width, 128 * width, 256 * width, 512 * width]
 
 
 def test_resnet101_and_paper_layers():
@@ -127,7 +126,7 @@ def test_build_model_is_seeded_by_torch():
     a = build_model("small_resnet_s", 3)
     torch.manual_seed(1)
     b = build_model("small_resnet_s", 3)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 # ---------------------------------------------------------------------------
@@ -198,10 +197,15 @@ def test_checkpoint_round_trip(tmp_path):
     model = _trained_like()
     path = tmp_path / "sub" / "student.pt"
     save_checkpoint(
-        path, model, arch="small_resnet_s", num_classes=4,
+        path,
+        model,
+        arch="small_resnet_s",
+        num_classes=4,
         class_names=["circle", "square", "triangle", "cross"],
         recipe={"epochs": 3, "lr": 0.01, "data": tmp_path / "data", "betas": (0.9, 0.99)},
-        kd_method="response", teacher="models/teacher.pt", extra={"accuracy": 0.91},
+        kd_method="response",
+        teacher="models/teacher.pt",
+        extra={"accuracy": 0.91},
     )
     assert model.training  # the model is not touched
     assert os.listdir(path.parent) == ["student.pt"]  # no temporary file left
@@ -209,8 +213,12 @@ def test_checkpoint_round_trip(tmp_path):
     assert not loaded.training
     assert meta["arch"] == "small_resnet_s" and meta["num_classes"] == 4
     assert meta["class_names"] == ["circle", "square", "triangle", "cross"]
-    assert meta["recipe"] == {"epochs": 3, "lr": 0.01, "data": str(tmp_path / "data"),
-                              "betas": (0.9, 0.99)}
+    assert meta["recipe"] == {
+        "epochs": 3,
+        "lr": 0.01,
+        "data": str(tmp_path / "data"),
+        "betas": (0.9, 0.99),
+    }
     assert meta["kd_method"] == "response" and meta["teacher"] == "models/teacher.pt"
     assert meta["extra"] == {"accuracy": 0.91} and meta["path"] == str(path)
     sd, sd2 = model.state_dict(), loaded.state_dict()
@@ -260,7 +268,7 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
         f.write(b"partial bytes")
         raise OSError("disk full")
 
-    monkeypatch.setattr(models.torch, "save", failing_save)
+    monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, model, arch="small_resnet_s", num_classes=4, extra={"v": 2})
     with pytest.raises(OSError):
@@ -274,11 +282,17 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
 def test_bad_metadata_writes_nothing(tmp_path):
     model = _trained_like()
     with pytest.raises(ValueError, match=r"recipe\['optimizer'\]"):
-        save_checkpoint(tmp_path / "m.pt", model, arch="small_resnet_s", num_classes=4,
-                        recipe={"optimizer": torch.optim.SGD})
+        save_checkpoint(
+            tmp_path / "m.pt",
+            model,
+            arch="small_resnet_s",
+            num_classes=4,
+            recipe={"optimizer": torch.optim.SGD},
+        )
     with pytest.raises(ValueError, match="class_names"):
-        save_checkpoint(tmp_path / "m.pt", model, arch="small_resnet_s", num_classes=4,
-                        class_names=["a"])
+        save_checkpoint(
+            tmp_path / "m.pt", model, arch="small_resnet_s", num_classes=4, class_names=["a"]
+        )
     with pytest.raises(ValueError, match="built as small_resnet_s"):
         save_checkpoint(tmp_path / "m.pt", model, arch="resnet18", num_classes=4)
     with pytest.raises(ValueError, match="built as small_resnet_s with 4 classes"):

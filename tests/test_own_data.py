@@ -198,15 +198,15 @@ def test_library_errors_are_exit_2_and_bugs_keep_their_traceback(trained, tmp_pa
 
 
 def test_readme_own_data_section_runs_as_written(tree, tmp_path, monkeypatch, capsys):
-    """The README's "Your own data and checkpoints" commands and Python, on a 32 px tree
+    """The "Your own data and checkpoints" commands and Python of docs/cli.md, on a 32 px tree
     (only the epochs and the labelled-subset size are made smaller)."""
     import pathlib
     import re
     import shlex
     import shutil
 
-    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Your own data and checkpoints", 1)[1].split("\n## ", 1)[0]
+    page = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    section = page.split("Your own data and checkpoints\n", 1)[1].split("\n## ", 1)[0]
     bash = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     python = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     shutil.copytree(tree / "data", tmp_path / "my_images")
@@ -223,7 +223,7 @@ def test_readme_own_data_section_runs_as_written(tree, tmp_path, monkeypatch, ca
         assert m["preprocessing"]["image_size"] == 32
         assert min(m["classes_per_batch"]) == 4
     namespace: dict = {}
-    exec(compile(python, "README.md", "exec"), namespace)
+    exec(compile(python, "docs/cli.md", "exec"), namespace)
     d, r = namespace["distilled"], namespace["residual"]
     assert d.shape == r.shape == (32, 1, 4, 4)  # 32 px images, L4 of a small ResNet is 4 x 4
     assert d.abs().sum() > 0  # a stratified batch carries label signal: not the all-zero maps

@@ -20,8 +20,14 @@ from hypothesis import strategies as st
 
 from captum_unicam.attr.unicam import UniCAM
 from captum_unicam.errors import InputError
-from captum_unicam.sanity import (attribute_maps, cascading_randomisation, label_randomisation,
-                                  randomisation_blocks, spearman, ssim)
+from captum_unicam.sanity import (
+    attribute_maps,
+    cascading_randomisation,
+    label_randomisation,
+    randomisation_blocks,
+    spearman,
+    ssim,
+)
 
 
 class _Net(torch.nn.Module):
@@ -29,7 +35,9 @@ class _Net(torch.nn.Module):
         super().__init__()
         self.conv1 = torch.nn.Conv2d(3, 6, 3, padding=1)
         self.layer1 = torch.nn.Sequential(torch.nn.Conv2d(6, 8, 3, padding=1), torch.nn.ReLU())
-        self.layer2 = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1, stride=2), torch.nn.ReLU())
+        self.layer2 = torch.nn.Sequential(
+            torch.nn.Conv2d(8, 8, 3, padding=1, stride=2), torch.nn.ReLU()
+        )
         self.pool = torch.nn.AdaptiveAvgPool2d(1)
         self.fc = torch.nn.Linear(8, k)
 
@@ -97,7 +105,9 @@ def test_ssim_matches_the_gaussian_window_definition(seed, h, w):
     b = a + 0.3 * torch.randn(2, 1, h, w, generator=g, dtype=torch.float64)
     got = ssim(a, b)
     for i in range(2):
-        assert float(got[i]) == pytest.approx(_ssim_oracle(a[i, 0].numpy(), b[i, 0].numpy()), abs=1e-10)
+        assert float(got[i]) == pytest.approx(
+            _ssim_oracle(a[i, 0].numpy(), b[i, 0].numpy()), abs=1e-10
+        )
 
 
 def test_ssim_matches_skimage_when_installed():
@@ -106,8 +116,13 @@ def test_ssim_matches_skimage_when_installed():
     a = torch.rand(1, 1, 24, 24, generator=g, dtype=torch.float64)
     b = torch.rand(1, 1, 24, 24, generator=g, dtype=torch.float64)
     want = metrics.structural_similarity(
-        (a / a.max())[0, 0].numpy(), (b / b.max())[0, 0].numpy(), data_range=1.0, gaussian_weights=True,
-        sigma=1.5, use_sample_covariance=False)
+        (a / a.max())[0, 0].numpy(),
+        (b / b.max())[0, 0].numpy(),
+        data_range=1.0,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+    )
     assert float(ssim(a, b)[0]) == pytest.approx(want, abs=1e-10)
 
 
@@ -130,7 +145,9 @@ def test_blocks_are_the_parameterised_children_top_first():
 
 
 def _hand_cascade(model, layer_name, blocks, x, y, seed):
-    ref = LayerGradCam(model, model.get_submodule(layer_name)).attribute(x, target=y, relu_attributions=True)
+    ref = LayerGradCam(model, model.get_submodule(layer_name)).attribute(
+        x, target=y, relu_attributions=True
+    )
     m = copy.deepcopy(model)
     out = []
     for i, block in enumerate(blocks, start=1):
@@ -138,11 +155,16 @@ def _hand_cascade(model, layer_name, blocks, x, y, seed):
         for mod in m.get_submodule(block).modules():
             if hasattr(mod, "reset_parameters"):
                 mod.reset_parameters()
-        a = LayerGradCam(m, m.get_submodule(layer_name)).attribute(x, target=y, relu_attributions=True)
+        a = LayerGradCam(m, m.get_submodule(layer_name)).attribute(
+            x, target=y, relu_attributions=True
+        )
         up = torch.nn.functional.interpolate
         ra = up(ref.detach(), size=(16, 16), mode="bilinear", align_corners=False).double()
         aa = up(a.detach(), size=(16, 16), mode="bilinear", align_corners=False).double()
-        s = [scipy.stats.spearmanr(ra[j].abs().flatten(), aa[j].abs().flatten())[0] for j in range(len(x))]
+        s = [
+            scipy.stats.spearmanr(ra[j].abs().flatten(), aa[j].abs().flatten())[0]
+            for j in range(len(x))
+        ]
         out.append(np.nanmean(s))
     return out
 
@@ -154,8 +176,16 @@ def test_cascading_randomisation_matches_hand_computation_and_leaves_the_model_a
     gc = LayerGradCam(model, model.layer2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # some randomised maps are all zero: counted, tested below
-        res = cascading_randomisation(model, {"grad-cam": (gc, {"relu_attributions": True})}, x, y, seed=5,
-                                      batch_size=5, n_bootstrap=50, check="net")
+        res = cascading_randomisation(
+            model,
+            {"grad-cam": (gc, {"relu_attributions": True})},
+            x,
+            y,
+            seed=5,
+            batch_size=5,
+            n_bootstrap=50,
+            check="net",
+        )
     blocks = ["fc", "layer2", "layer1", "conv1"]
     assert [r["randomised"] for r in res.rows] == ["none"] + blocks
     assert res.value("net", "none", "grad-cam") == pytest.approx(1.0)
@@ -174,9 +204,13 @@ def test_cascading_randomisation_of_unicam_changes_only_through_the_randomised_m
     student, base = _net(2), _net(3)
     x, y = _data(16)
     uc = UniCAM(student, student.layer2, base, base.layer2)
-    methods = {"distilled": (uc, {"features": "distilled"}), "residual": (uc, {"features": "residual"})}
-    res = cascading_randomisation(base, methods, x, y, blocks=["layer1"], batch_size=8, n_bootstrap=20,
-                                  check="base")
+    methods = {
+        "distilled": (uc, {"features": "distilled"}),
+        "residual": (uc, {"features": "residual"}),
+    }
+    res = cascading_randomisation(
+        base, methods, x, y, blocks=["layer1"], batch_size=8, n_bootstrap=20, check="base"
+    )
     # hand computation: a copy of the Base with layer1 re-initialised with seed 0 + 1
     b2 = copy.deepcopy(base)
     torch.manual_seed(1)
@@ -185,8 +219,15 @@ def test_cascading_randomisation_of_unicam_changes_only_through_the_randomised_m
             m.reset_parameters()
     uc2 = UniCAM(student, student.layer2, b2, b2.layer2)
     ref = attribute_maps(methods, x, y, batch_size=8)
-    new = attribute_maps({"distilled": (uc2, {"features": "distilled"}),
-                          "residual": (uc2, {"features": "residual"})}, x, y, batch_size=8)
+    new = attribute_maps(
+        {
+            "distilled": (uc2, {"features": "distilled"}),
+            "residual": (uc2, {"features": "residual"}),
+        },
+        x,
+        y,
+        batch_size=8,
+    )
     for kind in ("distilled", "residual"):
         want = float(np.nanmean(spearman(ref[kind], new[kind]).numpy()))
         assert res.value("base", "layer1", kind) == pytest.approx(want, abs=1e-9)
@@ -203,8 +244,10 @@ def test_a_method_that_does_not_call_the_model_is_refused():
     with pytest.raises(InputError, match="Captum Attribution"):
         cascading_randomisation(model, {"gc": "grad-cam"}, x, y)
     with pytest.raises(InputError, match="not submodules"):
-        cascading_randomisation(model, {"gc": LayerGradCam(model, model.layer2)}, x, y, blocks=["nope"])
-    with pytest.raises(InputError, match="at least 4"):
+        cascading_randomisation(
+            model, {"gc": LayerGradCam(model, model.layer2)}, x, y, blocks=["nope"]
+        )
+    with pytest.raises(InputError, match="at least 5"):
         cascading_randomisation(model, {"gc": LayerGradCam(model, model.layer2)}, x[:3], y[:3])
 
 
@@ -214,8 +257,14 @@ def test_constant_maps_warn_and_are_counted():
     with torch.no_grad():
         model.fc.weight.zero_()  # zero gradients: every Grad-CAM map is 0
     with pytest.warns(UserWarning, match="undefined"):
-        res = cascading_randomisation(model, {"gc": (LayerGradCam(model, model.layer2), {"relu_attributions": True})},
-                                      x, y, blocks=["layer1"], n_bootstrap=10)
+        res = cascading_randomisation(
+            model,
+            {"gc": (LayerGradCam(model, model.layer2), {"relu_attributions": True})},
+            x,
+            y,
+            blocks=["layer1"],
+            n_bootstrap=10,
+        )
     assert res.rows[0]["spearman_undefined"] == 8
     assert res.rows[0]["spearman"]["mean"] is None
 
@@ -230,7 +279,9 @@ def test_label_randomisation_against_hand_computation():
     m2 = {"gc": LayerGradCam(shuffled, shuffled.layer1)}
     res = label_randomisation(m1, m2, x, y, n_bootstrap=30)
     a, b = attribute_maps(m1, x, y)["gc"], attribute_maps(m2, x, y)["gc"]
-    assert res.value("random labels", "labels", "gc") == pytest.approx(float(np.nanmean(spearman(a, b))), abs=1e-12)
+    assert res.value("random labels", "labels", "gc") == pytest.approx(
+        float(np.nanmean(spearman(a, b))), abs=1e-12
+    )
     same = label_randomisation(m1, m1, x, y, n_bootstrap=30)
     assert same.value("random labels", "labels", "gc") == pytest.approx(1.0)
     with pytest.raises(InputError, match="same names"):
@@ -240,14 +291,26 @@ def test_label_randomisation_against_hand_computation():
 def test_result_tables_and_figure():
     model = _net(0)
     x, y = _data(8)
-    res = cascading_randomisation(model, {"gc": LayerGradCam(model, model.layer2)},  # no ReLU: no empty map
-                                  x, y, blocks=["fc", "layer2"], n_bootstrap=10, check="m")
-    both = res + label_randomisation({"gc": LayerGradCam(model, model.layer2)},
-                                     {"gc": LayerGradCam(model, model.layer2)}, x, y, n_bootstrap=10)
+    res = cascading_randomisation(
+        model,
+        {"gc": LayerGradCam(model, model.layer2)},  # no ReLU: no empty map
+        x,
+        y,
+        blocks=["fc", "layer2"],
+        n_bootstrap=10,
+        check="m",
+    )
+    both = res + label_randomisation(
+        {"gc": LayerGradCam(model, model.layer2)},
+        {"gc": LayerGradCam(model, model.layer2)},
+        x,
+        y,
+        n_bootstrap=10,
+    )
     assert len(both) == 5
     rows = list(csv.DictReader(io.StringIO(both.to_csv())))
     assert [r["randomised"] for r in rows] == ["none", "fc", "layer2", "none", "labels"]
-    for r, row in zip(rows, both.rows):
+    for r, row in zip(rows, both.rows, strict=True):
         assert float(r["spearman"]) == pytest.approx(row["spearman"]["mean"])
         assert float(r["ssim_high"]) == pytest.approx(row["ssim"]["high"])
     md = both.to_markdown()
@@ -269,15 +332,36 @@ def test_first_step_matches_quantus_mprt_when_installed():
     def explain(model, inputs, targets, **kwargs):
         model.eval()
         a = LayerGradCam(model, model.get_submodule("layer2")).attribute(
-            torch.as_tensor(inputs), target=torch.as_tensor(targets))
+            torch.as_tensor(inputs), target=torch.as_tensor(targets)
+        )
         return LayerAttribution.interpolate(a, (16, 16), "bilinear").detach().numpy()
 
-    mprt = quantus.MPRT(layer_order="top_down", similarity_func=quantus.similarity_func.correlation_spearman,
-                        seed=7, disable_warnings=True, display_progressbar=False)
-    scores = mprt(model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=None, explain_func=explain,
-                  device="cpu", batch_size=8)
+    mprt = quantus.MPRT(
+        layer_order="top_down",
+        similarity_func=quantus.similarity_func.correlation_spearman,
+        seed=7,
+        disable_warnings=True,
+        display_progressbar=False,
+    )
+    scores = mprt(
+        model=model,
+        x_batch=x.numpy(),
+        y_batch=y.numpy(),
+        a_batch=None,
+        explain_func=explain,
+        device="cpu",
+        batch_size=8,
+    )
     # Quantus re-seeds with seed + 1 before each module; our block i uses seed + i: the
     # first step (the classifier) is the same re-initialisation
-    res = cascading_randomisation(model, {"gc": LayerGradCam(model, model.layer2)}, x, y, blocks=["fc"],
-                                  seed=7, n_bootstrap=10, check="q")
+    res = cascading_randomisation(
+        model,
+        {"gc": LayerGradCam(model, model.layer2)},
+        x,
+        y,
+        blocks=["fc"],
+        seed=7,
+        n_bootstrap=10,
+        check="q",
+    )
     assert res.value("q", "fc", "gc") == pytest.approx(float(np.mean(scores["fc"])), abs=1e-9)
