@@ -21,6 +21,7 @@ from captum_unicam.data import (
     ControlledShapes,
     DataSpecError,
     check_images,
+    data_summary,
     image_header,
     load_dataset,
     read_image,
@@ -154,7 +155,8 @@ def test_thin_and_huge_images_are_refused_from_the_header(tmp_path, no_decoding)
                                             r"limit of 20 \(max_aspect_ratio\)"):
         read_image(str(thin))
     big = _rgb(tmp_path / "big.png", size=(300, 200))
-    with pytest.raises(DataSpecError, match=r"big\.png.*60,000 pixels.*limit of 10,000 \(max_pixels\)"):
+    with pytest.raises(DataSpecError,
+                       match=r"big\.png.*60,000 pixels.*limit of 10,000 \(max_pixels\)"):
         read_image(str(big), max_pixels=10_000)
     h = image_header(str(big))
     assert (h.width, h.height, h.mode, h.format) == (300, 200, "RGB", "PNG")
@@ -300,7 +302,8 @@ def test_check_images_through_subsets_and_in_memory_data(tmp_path):
 @pytest.mark.parametrize("test_classes,message", [
     (("cat", "fox"), r"missing in test/: \['dog'\]"),
     (("cat", "dog", "fox", "owl"), r"extra in test/: \['owl'\]"),
-    (("cat", "dgo", "fox"), r"missing in test/: \['dog'\]; extra in test/: \['dgo'\] \(renamed\?\)"),
+    (("cat", "dgo", "fox"),
+     r"missing in test/: \['dog'\]; extra in test/: \['dgo'\] \(renamed\?\)"),
 ])
 def test_train_and_test_class_folders_are_compared_by_name(tmp_path, test_classes, message):
     # before: a test/ without 'dog' labelled its 'fox' images 1 ('dog' in train/)
@@ -385,7 +388,8 @@ def test_controlled_and_cifar_in_a_given_class_order(tmp_path):
     same = load_dataset("controlled:1", limit=5, expected_classes=list(ref.classes))
     assert isinstance(same, ControlledShapes)
     with pytest.raises(DataSpecError, match=r"missing in the controlled dataset: \['dog'\]"):
-        load_dataset("controlled", limit=5, expected_classes=["circle", "square", "triangle", "dog"])
+        load_dataset("controlled", limit=5,
+                     expected_classes=["circle", "square", "triangle", "dog"])
     folder = _cifar(tmp_path)
     raw = pickle.loads((folder / "test_batch").read_bytes())
     names = NAMES[::-1]
@@ -443,7 +447,8 @@ def test_resize_rules_on_an_image_of_another_size(tmp_path):
     crop = item("shorter-side-crop")  # to 48 x 24, then the centre 24 columns
     assert (crop - _pil_resized(a, 48, 24)[:, :, 12:36]).abs().max() < tol
     pad = item("pad")  # to 24 x 12, then 6 black rows above and below
-    assert torch.equal(pad[:, :6], torch.zeros(3, 6, 24)) and torch.equal(pad[:, 18:], torch.zeros(3, 6, 24))
+    black = torch.zeros(3, 6, 24)
+    assert torch.equal(pad[:, :6], black) and torch.equal(pad[:, 18:], black)
     assert (pad[:, 6:18] - _pil_resized(a, 24, 12)).abs().max() < tol
     with pytest.raises(DataSpecError, match=r"0\.png.*96 x 48 pixels, not 24 x 24.*resize='none'"):
         item("none")
@@ -539,7 +544,8 @@ def test_malicious_cifar_pickles_never_run(tmp_path, no_download):
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda d: d.update(data=d["data"].astype(np.float32)), r"uint8 array of shape \(N, 3072\), got float32"),
+    (lambda d: d.update(data=d["data"].astype(np.float32)),
+     r"uint8 array of shape \(N, 3072\), got float32"),
     (lambda d: d.update(data=d["data"][:, :3000]), r"got uint8 \(4, 3000\)"),
     (lambda d: d.update(labels=[0, 1, 2, 10]), r"label 10 is outside 0\.\.9"),
     (lambda d: d.update(labels=[0, 1, 2]), "4 images but 3 labels"),
@@ -565,3 +571,29 @@ def test_missing_or_damaged_cifar_files(tmp_path, no_download):
     with pytest.raises(DataSpecError, match="test_batch.*not a batch") as info:
         load_dataset(f"cifar10:{tmp_path}", "test")
     assert "download" not in str(info.value)
+
+
+def test_data_summary_and_checks_through_a_wrapper(tmp_path):
+    class Wrapper(torch.utils.data.Dataset):  # as the pipeline's normalising wrapper
+        def __init__(self, base):
+            self.base, self.targets = base, base.targets
+
+        def __len__(self):
+            return len(self.base)
+
+        def __getitem__(self, i):
+            return self.base[i]
+
+    root = _tree(tmp_path / "pets", n=2)
+    _rgb(root / "test" / "dog" / "odd.png", size=(9, 8))
+    ds = load_dataset(f"imagefolder:{root}", "test", image_size=8, resize="none",
+                      expected_classes=["dog", "cat", "fox"])
+    s = data_summary(Wrapper(ds))
+    assert s == {"classes": ["dog", "cat", "fox"], "n_images": 7,
+                 "class_counts": {"dog": 3, "cat": 2, "fox": 2},
+                 "preprocessing": {"image_size": 8, "resize": "none", "normalize": "none",
+                                   "augment": False}}
+    with pytest.raises(DataSpecError, match=r"odd\.png.*9 x 8 pixels, not 8 x 8"):
+        check_images(Wrapper(ds))  # the rule is found through the wrapper
+    g = data_summary(load_dataset("controlled", "test", limit=8))
+    assert g["class_counts"] == {"circle": 2, "square": 2, "triangle": 2, "cross": 2}

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from captum_unicam.data.images import MAX_ASPECT_RATIO, MAX_PIXELS, image_header, read_image
 from captum_unicam.errors import DataSpecError
 
-__all__ = ["ImageCheck", "check_images"]
+__all__ = ["ImageCheck", "check_images", "data_summary"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +65,40 @@ def _sample_paths(ds: Any) -> Optional[List[str]]:
     if base is not None:
         return _sample_paths(base)
     return None
+
+
+def _attribute(ds: Any, name: str) -> Any:
+    """``ds.<name>``, looked up through wrappers that keep the data set as ``.base``."""
+    while ds is not None:
+        value = getattr(ds, name, None)
+        if value is not None:
+            return value
+        ds = getattr(ds, "base", None)
+    return None
+
+
+def data_summary(dataset: Dataset) -> Dict[str, Any]:
+    r"""What a report states about a data set: its classes in index order, the number of
+    items per class and in all, and the preprocessing used.
+
+    Returns:
+        *dict*: ``{"classes": [...], "n_images": int, "class_counts": {name: int},
+        "preprocessing": {"image_size", "resize", "normalize", "augment"} or None}``.
+
+    Examples::
+
+        >>> data_summary(load_dataset("controlled", "test", limit=8))["class_counts"]
+        {'circle': 2, 'square': 2, 'triangle': 2, 'cross': 2}
+    """
+    classes = [str(c) for c in (_attribute(dataset, "classes") or [])]
+    targets = getattr(dataset, "targets", None)
+    if targets is None and hasattr(dataset, "labels"):
+        targets = [int(v) for v in dataset.labels]
+    counts = collections.Counter(int(t) for t in (targets or []))
+    prep = _attribute(dataset, "preprocessing")
+    return {"classes": classes, "n_images": len(dataset),  # type: ignore[arg-type]
+            "class_counts": {c: counts.get(i, 0) for i, c in enumerate(classes)},
+            "preprocessing": dict(prep) if prep is not None else None}
 
 
 def _root_paths(root: str, follow_links: bool) -> List[str]:
@@ -135,7 +169,7 @@ def check_images(data: Union[Dataset, str, "os.PathLike[str]"], *, image_size: O
         paths: Optional[List[str]] = _root_paths(str(pathlib.Path(text).expanduser()), follow_links)
     else:
         paths = _sample_paths(data)
-        prep = getattr(data, "preprocessing", None) or {}
+        prep = _attribute(data, "preprocessing") or {}
         image_size = prep.get("image_size") if image_size is None else image_size
         resize = prep.get("resize") if resize is None else resize
     if paths is None:

@@ -111,7 +111,8 @@ def _batch(path: str, n_classes: int) -> Tuple[np.ndarray, List[int]]:
             or data.shape[1] != 3072:
         what = (f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray)
                 else type(data).__name__)
-        raise DataSpecError(f"{path!r}: 'data' must be a uint8 array of shape (N, 3072), got {what}")
+        raise DataSpecError(
+            f"{path!r}: 'data' must be a uint8 array of shape (N, 3072), got {what}")
     if isinstance(labels, np.ndarray):
         labels = labels.tolist()
     if not isinstance(labels, (list, tuple)) or not all(

@@ -22,7 +22,8 @@ from captum_unicam.errors import DataSpecError
 __all__ = ["order_classes", "class_difference"]
 
 
-def _check_map(class_map: Optional[Mapping[str, str]], names: Sequence[str], where: str) -> Dict[str, str]:
+def _check_map(class_map: Optional[Mapping[str, str]], names: Sequence[str],
+               where: str) -> Dict[str, str]:
     if class_map is None:
         return {}
     if not isinstance(class_map, Mapping) or not all(
@@ -31,7 +32,8 @@ def _check_map(class_map: Optional[Mapping[str, str]], names: Sequence[str], whe
                             f"got {class_map!r}")
     unknown = sorted(set(class_map) - set(names))
     if unknown:
-        raise DataSpecError(f"class_map renames {unknown}, which {'is' if len(unknown) == 1 else 'are'} "
+        verb = "is" if len(unknown) == 1 else "are"
+        raise DataSpecError(f"class_map renames {unknown}, which {verb} "
                             f"not a class of {where} (its classes: {list(names)}); fix class_map")
     return dict(class_map)
 
@@ -58,7 +60,8 @@ def class_difference(a: Sequence[str], b: Sequence[str], second: str) -> str:
     return text
 
 
-def order_classes(names: Sequence[str], *, where: str, expected_classes: Optional[Sequence[str]] = None,
+def order_classes(names: Sequence[str], *, where: str,
+                  expected_classes: Optional[Sequence[str]] = None,
                   class_map: Optional[Mapping[str, str]] = None, sort: bool = True,
                   expected_from: str = "expected_classes") -> Tuple[List[str], Dict[str, int]]:
     r"""The classes of a data set in index order, and each original name's index.
@@ -90,7 +93,8 @@ def order_classes(names: Sequence[str], *, where: str, expected_classes: Optiona
     if expected_classes is None:
         classes = sorted(mapped) if sort else list(mapped)
     else:
-        if isinstance(expected_classes, str) or not all(isinstance(c, str) for c in expected_classes):
+        if isinstance(expected_classes, str) or not all(
+                isinstance(c, str) for c in expected_classes):
             raise DataSpecError(f"{expected_from} must be a list of class names (str), got "
                                 f"{expected_classes!r}")
         classes = list(expected_classes)

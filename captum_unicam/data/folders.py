@@ -172,7 +172,8 @@ class _Walk:
             raise unreadable_folder(folder, e) from e
         key = (st.st_dev, st.st_ino)
         real = os.path.realpath(folder)
-        if key in seen_dirs or (folder != top and top_real.startswith(real.rstrip(os.sep) + os.sep)):
+        above = folder != top and top_real.startswith(real.rstrip(os.sep) + os.sep)
+        if key in seen_dirs or above:
             warnings.warn(
                 f"image folder: skipped the link {folder!r}: it leads to "
                 f"{seen_dirs.get(key, real)!r}, a folder already read or above the class "
@@ -255,7 +256,8 @@ class ImageFolderDataset(Dataset):
             self.mean, self.std = normalize[1], normalize[2]
             self._normalize = T.Normalize(self.mean, self.std)
         self.preprocessing = {"image_size": image_size, "resize": resize,
-                              "normalize": normalize[0] if normalize else "none", "augment": augment}
+                              "normalize": normalize[0] if normalize else "none",
+                              "augment": augment}
 
     def __len__(self) -> int:
         return len(self.samples)

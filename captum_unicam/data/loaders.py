@@ -86,7 +86,8 @@ class Subset(Dataset):
     """A subset that keeps ``classes``, ``targets`` (those of its items) and the base
     dataset's other attributes (``preprocessing`` among them)."""
 
-    def __init__(self, base: Dataset, indices: Sequence[int], targets: Optional[Sequence[int]] = None) -> None:
+    def __init__(self, base: Dataset, indices: Sequence[int],
+                 targets: Optional[Sequence[int]] = None) -> None:
         self.base = base
         self.indices = list(indices)
         if hasattr(base, "classes"):
