@@ -237,4 +237,5 @@ def read_image(path: str, *, max_pixels: int = MAX_PIXELS,
             array = _to_array(path, img)
     except OSError as e:
         raise _read_error(path, e) from e
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).clamp_(0.0, 1.0)
+    # clipped in numpy: a tiny torch op can cost more than the decode on a busy machine
+    return torch.from_numpy(np.ascontiguousarray(np.clip(array, 0.0, 1.0).transpose(2, 0, 1)))
