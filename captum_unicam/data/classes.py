@@ -107,4 +107,4 @@ def order_classes(names: Sequence[str], *, where: str,
                 "rename the folders, or pass class_map={'name in the data': 'expected name', ...} "
                 "(classes are matched by name, never by position)")
     index = {c: i for i, c in enumerate(classes)}
-    return classes, {n: index[m] for n, m in zip(names, mapped)}
+    return classes, {n: index[m] for n, m in zip(names, mapped, strict=True)}

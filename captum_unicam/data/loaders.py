@@ -19,9 +19,11 @@ spec                 dataset
 
 Images are read as the user sees them (16-bit and float images scaled to their range,
 transparency over white, EXIF orientation applied; see :mod:`captum_unicam.data.images`),
-after their header is checked against a pixel and an aspect-ratio limit. Hidden files and
-folders are skipped and symbolic links that leave ROOT are skipped with a warning (see
-:mod:`captum_unicam.data.folders`).
+after their header is checked against a pixel and an aspect-ratio limit (a damaged,
+oversized or unsupported image is a :class:`DataSpecError` naming the file when it is read;
+:func:`~captum_unicam.data.check_images` finds them all before any work). Hidden files and
+folders are skipped; zero-byte files and symbolic links that leave ROOT are skipped with one
+warning naming them (see :mod:`captum_unicam.data.folders`).
 
 Classes are matched by name: the parts of a folder (``train/``, ``test/``, ``val/``) must
 hold the same class names (an error names the difference), and ``expected_classes``
