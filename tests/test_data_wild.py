@@ -597,3 +597,23 @@ def test_data_summary_and_checks_through_a_wrapper(tmp_path):
         check_images(Wrapper(ds))  # the rule is found through the wrapper
     g = data_summary(load_dataset("controlled", "test", limit=8))
     assert g["class_counts"] == {"circle": 2, "square": 2, "triangle": 2, "cross": 2}
+
+
+def test_unlabelled_folder_is_read_whole(tmp_path):
+    # before: a transfer folder without train/ and test/ lost 20 % of its images to a
+    # test part that is never used (and a flat folder was refused)
+    t = tmp_path / "transfer"
+    for i in range(7):
+        _rgb(t / f"{i}.png")
+    for i in range(3):
+        _rgb(t / "more" / f"{i}.png")
+    _rgb(t / ".thumbnails" / "x.png")
+    (t / "._0.png").write_bytes(b"junk")
+    ds = load_dataset(f"imagefolder:{t}", "transfer", image_size=8, unlabelled=True)
+    assert len(ds) == 10 and ds.classes == ["unlabelled"] and set(ds.targets) == {0}
+    assert ds[9][0].shape == (3, 8, 8)
+    assert len(load_dataset(f"imagefolder:{t}", "transfer", unlabelled=True, limit=4)) == 4
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    with pytest.raises(DataSpecError, match="unlabelled image folder .* holds no images"):
+        load_dataset(f"imagefolder:{empty}", "transfer", unlabelled=True)

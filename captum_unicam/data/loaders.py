@@ -223,7 +223,11 @@ def load_dataset(
                     4000 transfer; ``limit`` overrides it), ``num_classes``,
                     ``cue_strength``, ``clutter``, ``noise``. For ``imagefolder``:
                     ``test_fraction`` (default 0.2) and ``split_seed`` (default 0) of
-                    the split of a folder without train / test sub-folders.
+                    the split of a folder without train / test sub-folders;
+                    ``unlabelled=True`` reads every image below ROOT whole (no class
+                    folders needed, no split, every label 0, ``classes == ["unlabelled"]``):
+                    a transfer set whose labels are never read. Never give it the folder
+                    of the test images: they would be trained on.
 
     Returns:
         *Dataset*: items ``(image, label)``, or ``(image, label, mask)`` for the
@@ -457,7 +461,7 @@ def _folder_transform_args(size: int, augment: bool, normalize: bool, opts: dict
 
 
 def _imagefolder(root, split, image_size, limit, augment, normalize, opts, kwargs):
-    _no_kwargs("imagefolder", kwargs, ("test_fraction", "split_seed"))
+    _no_kwargs("imagefolder", kwargs, ("test_fraction", "split_seed", "unlabelled"))
     test_fraction = kwargs.get("test_fraction", 0.2)
     split_seed = kwargs.get("split_seed", 0)
     if not isinstance(test_fraction, (int, float)) or not 0.0 < test_fraction < 1.0:
@@ -473,6 +477,8 @@ def _imagefolder(root, split, image_size, limit, augment, normalize, opts, kwarg
         )
     if not root.is_dir():
         raise DataSpecError(f"{str(root)!r} is not a folder; imagefolder:ROOT needs a folder")
+    if kwargs.get("unlabelled", False):
+        return _limited(_unlabelled(root, image_size, augment, normalize, opts), limit)
     train = split in ("train", "transfer")
     sub, parts = _split_folders(root, split)
     folder = sub or root
@@ -498,6 +504,20 @@ def _imagefolder(root, split, image_size, limit, augment, normalize, opts, kwarg
         keep = _stratified_split([c for _, c in canonical], train, float(test_fraction), split_seed)
         ds = Subset(ds, keep)
     return _limited(ds, limit)
+
+
+def _unlabelled(root: pathlib.Path, image_size, augment, normalize, opts) -> Dataset:
+    """Every image below ROOT (any sub-folders, by the walk's rules), whole: no split and
+    no classes (label 0, class ``"unlabelled"``), for a transfer set whose labels are never
+    read."""
+    samples = scan_folders(str(root), [(str(root), 0)], follow_links=opts["follow_links"],
+                           allow_empty=True)
+    if not samples:
+        raise DataSpecError(f"the unlabelled image folder {str(root)!r} holds no images; put "
+                            f"image files ({', '.join(IMAGE_EXTENSIONS)}) in it")
+    return ImageFolderDataset(str(root), samples, ["unlabelled"],
+                              **_folder_transform_args(image_size or 224, bool(augment),
+                                                       normalize, opts))
 
 
 def _stratified_split(targets: Sequence[int], train: bool, frac: float, seed: int) -> List[int]:
