@@ -385,17 +385,15 @@ def _write_fake_cifar(root, n=6):
     return folder
 
 
-def test_cifar10_corrupt_files_raise(tmp_path, no_download):
-    _write_fake_cifar(tmp_path)  # present but failing torchvision's checksums
-    with pytest.raises(DataSpecError, match="cannot read CIFAR-10"):
-        load_dataset(f"cifar10:{tmp_path}")
+def test_cifar10_format_folder_not_the_official_bytes_is_read(tmp_path, no_download):
+    # a folder in CIFAR-10's python format written by other code (its bytes differ from
+    # the official release) is read as such: no checksum, no offer to download
+    _write_fake_cifar(tmp_path)
+    assert len(load_dataset(f"cifar10:{tmp_path}", "test")) == 6
 
 
-def test_cifar10_reads_local_files(tmp_path, monkeypatch, no_download):
-    import torchvision
-
+def test_cifar10_reads_local_files(tmp_path, no_download):
     folder = _write_fake_cifar(tmp_path)
-    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
     train = load_dataset(f"cifar10:{tmp_path}", "train")
     test = load_dataset(f"cifar10:{folder}", "test")  # the extracted folder works too
     assert len(train) == 30 and len(test) == 6 and train.classes[0] == "airplane"

@@ -807,7 +807,7 @@ def test_symlink_loops_count_each_file_once_and_name_the_link(folder):
 
 
 def test_second_link_to_a_folder_counts_once(folder, tmp_path):
-    extra = tmp_path / "extra"
+    extra = folder / "shared"  # inside the data folder (links out of it are skipped)
     _png(extra / "x.png", 7)
     dog = folder / "test" / "dog"
     (dog / "a").symlink_to(extra)
