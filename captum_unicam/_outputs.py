@@ -28,7 +28,7 @@ from torch import Tensor
 
 from captum_unicam.errors import InputError
 
-__all__ = ["logits_of", "hidden_of", "describe"]
+__all__ = ["describe", "hidden_of", "logits_of"]
 
 
 def describe(value: Any) -> str:

@@ -24,10 +24,10 @@ def _bert():
 
 def _vision(kind):
     torch.manual_seed(0)
-    common = dict(
-        image_size=16, patch_size=8, num_hidden_layers=1, hidden_size=16,
-        num_attention_heads=2, intermediate_size=32, num_labels=5,
-    )
+    common = {
+        "image_size": 16, "patch_size": 8, "num_hidden_layers": 1, "hidden_size": 16,
+        "num_attention_heads": 2, "intermediate_size": 32, "num_labels": 5,
+    }
     if kind == "vit":
         return tf.ViTForImageClassification(tf.ViTConfig(**common)).eval()
     return tf.DeiTForImageClassification(tf.DeiTConfig(**common)).eval()
