@@ -173,7 +173,9 @@ class TextTopics:
         return " ".join(tokens), cue
 
     @staticmethod
-    def encode(tokenizer: Any, sentences: Sequence[str], max_length: int = 16) -> tuple[Tensor, Tensor]:
+    def encode(
+        tokenizer: Any, sentences: Sequence[str], max_length: int = 16
+    ) -> tuple[Tensor, Tensor]:
         r"""``(input_ids, attention_mask)``, padded on the right to ``max_length``.
 
         Raises:
