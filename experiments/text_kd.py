@@ -325,20 +325,31 @@ def markdown(res: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _above(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+    """'above' / 'below' when the intervals over seeds do not overlap, else 'level with'."""
+    if a["low"] > b["high"]:
+        return "above"
+    if a["high"] < b["low"]:
+        return "below"
+    return "level with"
+
+
 def verdict(res: Mapping[str, Any]) -> str:
     parts = []
     for block, m in res["pooled"]["cue_mass"].items():
-        r = m["residual"]["mean"]
-        others = {k: m[k]["mean"] for k in ("gradcam_base", "naive_difference")}
-        beats = [k for k, v in others.items() if v is not None and r is not None and r > v]
+        r = m["residual"]
+        empty = sum(s["cue_mass"][block]["residual"]["n_empty"] for s in res["per_seed"])
+        total = sum(s["cue_mass"][block]["n_sentences"] for s in res["per_seed"])
         parts.append(
-            f"{block}: residual {r:.3f} vs Grad-CAM(Base) {others['gradcam_base']:.3f} and naive "
-            f"{others['naive_difference']:.3f}: the residual map puts "
-            + ("more" if len(beats) == 2 else "not more")
-            + " of its mass on the cue than both baselines"
-            + ("" if len(beats) in (0, 2) else f" (more than {beats[0]} only)") + "."
+            f"{block}: the residual map's share on the cue, {_ci(r)}, is "
+            f"{_above(r, m['gradcam_base'])} Grad-CAM(Base) ({_ci(m['gradcam_base'])}), "
+            f"{_above(r, m['naive_difference'])} the naive difference "
+            f"({_ci(m['naive_difference'])}) and {_above(r, m['chance'])} chance "
+            f"({_ci(m['chance'])}); {empty} of {total} residual maps were empty (no positive "
+            "evidence after ReLU) and are left out."
         )
-    return "Result: " + " ".join(parts)
+    return ("Result (intervals over seeds; 'above' means the intervals do not overlap): "
+            + " ".join(parts))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
