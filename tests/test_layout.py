@@ -321,3 +321,29 @@ def test_choose_layout():
     assert choose_layout(torch.ones(2, 12, 8)) == "tokens"
     with pytest.raises(InputError, match="reshape_transform"):
         choose_layout(torch.ones(2, 12, 8), inputs=torch.ones(2, 3, 30, 30))
+
+
+def test_reference_mode_with_sequences_of_other_lengths():
+    """A reference set padded to 10 tokens explains inputs padded to 6 or 9: the pooled
+    representations have one width, and each input's map is its own (not the call's)."""
+    student, base = _bert(0), _bert(5)
+    ws, wb = _Pooled(student).eval(), _Pooled(base).eval()
+    ref_ids, ref_mask = _batch(10, seed=3)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    cam = UniCAM(
+        ws, student.bert.encoder.layer[-1], wb, base.bert.encoder.layer[-1],
+        reshape_transform=tokens_channels_first,
+        student_feature_layer=ws.pool, base_feature_layer=wb.pool,
+        reference=(ref_ids, labels, (ref_mask,)),
+    )
+
+    def maps(ids, mask, t):
+        out = cam.attribute(ids, target=t, additional_forward_args=(mask,))
+        return token_maps_from_layer_maps(out, mask)
+
+    ids, mask = _batch(6)
+    ids2, mask2 = _batch(9)
+    m6, m9 = maps(ids, mask, labels), maps(ids2, mask2, labels)
+    torch.testing.assert_close(m9[:, :6], m6, rtol=1e-9, atol=1e-12)
+    assert (m9[:, 6:] == 0).all() and float(m6.max()) > 0
+    torch.testing.assert_close(maps(ids[:3], mask[:3], labels[:3]), m6[:3], rtol=1e-9, atol=1e-12)
