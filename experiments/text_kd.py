@@ -348,8 +348,15 @@ def verdict(res: Mapping[str, Any]) -> str:
             f"({_ci(m['chance'])}); {empty} of {total} residual maps were empty (no positive "
             "evidence after ReLU) and are left out."
         )
+    acc = res["pooled"]["accuracy"]
+    gains = ", ".join(
+        f"{m} {acc[m]['cued']['mean'] - acc[m]['cue_free']['mean']:+.3f}" for m in acc
+    )
     return ("Result (intervals over seeds; 'above' means the intervals do not overlap): "
-            + " ".join(parts))
+            + " ".join(parts)
+            + f" Accuracy gained from the cue (cued minus cue-free): {gains}. The Student saw the "
+            "cue in its unlabelled sentences, where it predicts the Teacher's answer, so it may "
+            "pick some of it up too.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
