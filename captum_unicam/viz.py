@@ -8,6 +8,10 @@ value (it normalises by the largest one); UniCAM and Grad-CAM apply a ReLU, whic
 nothing, so such a map is drawn here as an empty panel carrying the note
 ``"no positive evidence after ReLU"`` instead.
 
+Token maps of text models, ``(N, T)``, are shown with Captum's
+:func:`captum.attr.visualization.visualize_text` (:func:`text_records`) or as an HTML table of
+highlights per map kind (:func:`token_maps_html`), with empty maps noted the same way.
+
 The figures use matplotlib's object-oriented API on the Agg backend: nothing is shown,
 nothing needs a display, and ``pyplot``'s global state is not touched.
 
