@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,3 +75,29 @@ def test_item_and_errors(tokenizer):
         TextTopics(5, cue_strength=1.5)
     with pytest.raises(InputError, match="max_length"):
         TextTopics(5, max_length=8)
+
+
+def _text_kd():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "experiments" / "text_kd.py"
+    spec = importlib.util.spec_from_file_location("text_kd", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_scenario_cue_mass_and_naive_difference_by_hand():
+    kd = _text_kd()
+    maps = torch.tensor([[1.0, 3.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [2.0, 2.0, 4.0, 0.0]])
+    cue = torch.tensor([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0]], dtype=torch.bool)
+    assert kd.cue_mass(maps, cue) == [0.75, None, 0.5]  # an empty map is left out, not 0/0
+    with np.errstate(all="raise"):
+        normed = kd._normalised(maps)
+    torch.testing.assert_close(normed, torch.tensor(
+        [[1 / 3, 1.0, 0, 0], [0, 0, 0, 0], [0.5, 0.5, 1.0, 0]]))
+    got = kd.interval([0.2, None, 0.4], n_bootstrap=50, seed=0)
+    assert got["n"] == 2 and got["mean"] == pytest.approx(0.3)
+    assert 0.2 <= got["low"] <= got["high"] <= 0.4
+    assert kd.interval([None], 10, 0)["mean"] is None
