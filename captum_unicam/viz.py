@@ -8,6 +8,10 @@ value (it normalises by the largest one); UniCAM and Grad-CAM apply a ReLU, whic
 nothing, so such a map is drawn here as an empty panel carrying the note
 ``"no positive evidence after ReLU"`` instead.
 
+Token maps of text models, ``(N, T)``, are shown with Captum's
+:func:`captum.attr.visualization.visualize_text` (:func:`text_records`) or as an HTML table of
+highlights per map kind (:func:`token_maps_html`), with empty maps noted the same way.
+
 The figures use matplotlib's object-oriented API on the Agg backend: nothing is shown,
 nothing needs a display, and ``pyplot``'s global state is not touched.
 
@@ -21,9 +25,10 @@ Example::
 
 from __future__ import annotations
 
+import html
 import math
 import os
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from torch import Tensor
@@ -49,6 +54,8 @@ __all__ = [
     "scores_per_layer",
     "localisation_plot",
     "save_figure",
+    "text_records",
+    "token_maps_html",
 ]
 
 #: Note written on a panel whose map has no positive value.
@@ -544,3 +551,164 @@ def save_figure(fig: Figure, path: Union[str, os.PathLike], *, dpi: int = _DPI) 
     fig.savefig(path, dpi=dpi, format="png", facecolor="white")
     fig.clear()
     return path
+
+
+# ---------------------------------------------------------------------------
+# Token maps (text)
+# ---------------------------------------------------------------------------
+
+
+def _token_rows(
+    tokens: Sequence[Sequence[str]], maps: Union[Tensor, np.ndarray], attention_mask: Any
+) -> List[Tuple[List[str], np.ndarray]]:
+    """(valid tokens, their map values) per sentence; padding dropped."""
+    if isinstance(maps, Tensor):
+        arr = maps.detach().cpu().double().numpy()
+    else:
+        arr = np.asarray(maps, float)
+    if arr.ndim != 2 or arr.shape[0] != len(tokens):
+        raise InputError(
+            f"`maps` must be (N, T) token maps with one row per sentence of `tokens` "
+            f"({len(tokens)}), got shape {tuple(arr.shape)}."
+        )
+    if attention_mask is None:
+        mask = np.ones(arr.shape, dtype=bool)
+    else:
+        mask = np.asarray(attention_mask.detach().cpu() if isinstance(attention_mask, Tensor)
+                          else attention_mask).astype(bool)
+        if mask.shape != arr.shape:
+            raise InputError(
+                f"`attention_mask` {mask.shape} must have the shape of `maps` {arr.shape}."
+            )
+    rows = []
+    for i, words in enumerate(tokens):
+        keep = np.flatnonzero(mask[i])
+        if len(words) < keep.size:
+            raise InputError(
+                f"Sentence {i} has {len(words)} tokens but {keep.size} valid map values; pass "
+                "the tokens of the same batch (tokenizer.convert_ids_to_tokens)."
+            )
+        rows.append(([str(words[j]) for j in keep], arr[i, keep]))
+    return rows
+
+
+def _scaled(values: np.ndarray) -> Tuple[np.ndarray, bool]:
+    """Values divided by the largest positive one (Captum's colours take [-1, 1]); an empty
+    map (nothing positive) gives zeros and True, with no division."""
+    finite = np.where(np.isfinite(values), values, 0.0)
+    top = finite.max(initial=0.0)
+    if top <= 0:
+        return np.zeros_like(finite), True
+    return np.clip(finite / top, -1.0, 1.0), False
+
+
+def text_records(
+    tokens: Sequence[Sequence[str]],
+    maps: Union[Tensor, np.ndarray],
+    *,
+    attention_mask: Any = None,
+    kind: str = "",
+    true_class: Optional[Sequence[Any]] = None,
+    pred_class: Optional[Sequence[Any]] = None,
+    pred_prob: Optional[Sequence[float]] = None,
+) -> List[Any]:
+    r"""Captum :class:`~captum.attr.visualization.VisualizationDataRecord` objects for token
+    maps, ready for :func:`captum.attr.visualization.visualize_text`.
+
+    Each map is divided by its largest value, so the strongest token of a sentence is the
+    darkest green (Captum's colours take values in [-1, 1]); ``attr_score`` is the map's
+    sum, as in Captum's text tutorials. An empty map (no positive value, common after the
+    ReLU) is not divided: its tokens are uncoloured and ``attr_class`` carries the note
+    :data:`EMPTY_MAP_NOTE`.
+
+    Args:
+        tokens (list of list of str): The tokens of each sentence, e.g.
+            ``tokenizer.convert_ids_to_tokens(ids)``, padding included or not.
+        maps (Tensor or numpy.ndarray): ``(N, T)`` token maps.
+        attention_mask (Tensor, optional): ``(N, T)``; padding tokens are left out.
+            Default: None (all tokens shown)
+        kind (str, optional): The map kind shown as Captum's "Attribution Label"
+            (e.g. ``"UniCAM residual"``). Default: ""
+        true_class, pred_class (sequence, optional): Labels per sentence. Default: None
+        pred_prob (sequence of float, optional): Predicted probabilities. Default: None
+
+    Returns:
+        list of ``VisualizationDataRecord``, one per sentence.
+
+    Examples::
+
+        >>> from captum.attr.visualization import visualize_text
+        >>> words = [tok.convert_ids_to_tokens(row) for row in ids]
+        >>> visualize_text(viz.text_records(words, residual, attention_mask=mask,
+        ...                                 kind="UniCAM residual"))
+    """
+    from captum.attr import visualization as captum_viz
+
+    records = []
+    for i, (words, values) in enumerate(_token_rows(tokens, maps, attention_mask)):
+        scaled, empty = _scaled(values)
+        label = f"{kind} ({EMPTY_MAP_NOTE})".strip() if empty else kind
+        records.append(captum_viz.VisualizationDataRecord(
+            word_attributions=scaled,
+            pred_prob=float(pred_prob[i]) if pred_prob is not None else float("nan"),
+            pred_class=pred_class[i] if pred_class is not None else "",
+            true_class=true_class[i] if true_class is not None else "",
+            attr_class=label,
+            attr_score=float(np.nansum(values)),
+            raw_input_ids=words,
+            convergence_score=None,
+        ))
+    return records
+
+
+def token_maps_html(
+    tokens: Sequence[Sequence[str]],
+    maps: Mapping[str, Union[Tensor, np.ndarray]],
+    *,
+    attention_mask: Any = None,
+    captions: Optional[Sequence[str]] = None,
+) -> str:
+    r"""An HTML table of token highlights: one row per sentence, one column per map kind
+    (e.g. UniCAM distilled and residual beside Grad-CAM of each model on the same layer),
+    coloured with Captum's :func:`~captum.attr.visualization.format_word_importances`.
+
+    Every map is scaled by its own largest value (as :func:`text_records`); an empty map
+    shows its tokens uncoloured with the note :data:`EMPTY_MAP_NOTE`. Tokens are
+    HTML-escaped. The result is a plain string for a report page, or for
+    ``IPython.display.HTML`` in a notebook.
+
+    Args:
+        tokens (list of list of str): The tokens of each sentence.
+        maps (dict[str, Tensor]): Map kind -> ``(N, T)`` token maps, in column order.
+        attention_mask (Tensor, optional): ``(N, T)``; padding is left out. Default: None
+        captions (sequence of str, optional): A caption per sentence (e.g. its label).
+            Default: None
+
+    Returns:
+        str: the ``<table>`` element.
+
+    Examples::
+
+        >>> page = viz.token_maps_html(words, {"UniCAM residual": r, "Grad-CAM Base": g_b},
+        ...                            attention_mask=mask)
+    """
+    from captum.attr import visualization as captum_viz
+
+    if not maps:
+        raise InputError("`maps` must name at least one map kind.")
+    rows_by_kind = {k: _token_rows(tokens, m, attention_mask) for k, m in maps.items()}
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in maps)
+    out = ['<table class="token-maps">', f"<tr><th>sentence</th>{head}</tr>"]
+    for i in range(len(tokens)):
+        caption = html.escape(str(captions[i])) if captions is not None else str(i)
+        cells = []
+        for kind in maps:
+            words, values = rows_by_kind[kind][i]
+            scaled, empty = _scaled(values)
+            cell = captum_viz.format_word_importances([html.escape(w) for w in words], scaled)
+            if empty:
+                cell = cell[: -len("</td>")] + f"<br><small><i>{EMPTY_MAP_NOTE}</i></small></td>"
+            cells.append(cell)
+        out.append(f"<tr><td>{caption}</td>{''.join(cells)}</tr>")
+    out.append("</table>")
+    return "\n".join(out)

@@ -32,6 +32,7 @@ NOTEBOOKS = (
     "02_quantifying_kd_with_fss_and_rs.ipynb",
     "03_capacity_gap_and_teacher_assistant.ipynb",
     "04_mixed_architectures_vit_and_context.ipynb",
+    "05_text_student_vs_base.ipynb",
 )
 CELL_TIMEOUT = 300  # seconds per cell
 
