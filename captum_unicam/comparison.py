@@ -104,7 +104,7 @@ def _explained_model(attr: Any, kwargs: Mapping[str, Any]) -> Any:
 
 
 def _interval(values: np.ndarray, n_bootstrap: int, seed: int, confidence: float) -> Dict[str, Any]:
-    from captum_unicam.metrics.aggregate import bootstrap_ci
+    from captum_unicam.metrics.intervals import bootstrap_ci
 
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:

@@ -291,7 +291,7 @@ def _reset(block: nn.Module) -> None:
 
 
 def _bootstrap(values: np.ndarray, n_bootstrap: int, seed: int, confidence: float) -> Dict[str, Any]:
-    from captum_unicam.metrics.aggregate import bootstrap_ci
+    from captum_unicam.metrics.intervals import bootstrap_ci
 
     v = values[np.isfinite(values)]
     if v.size == 0:

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import distributed_worker as worker  # noqa: E402
 
 from captum_unicam.metrics import KDEvaluation  # noqa: E402
-from captum_unicam.metrics.aggregate import METRICS  # noqa: E402
+from captum_unicam.output.tables import METRICS  # noqa: E402
 
 
 def free_port() -> int:
