@@ -186,7 +186,8 @@ def _raw_features(plan: BatchPlan, x: Tensor) -> Dict[str, Tuple[Tensor, Tensor]
 def uninformative(x: Tensor) -> Tensor:
     """The batch's mean image, repeated for every sample: an image that carries nothing of
     any one sample, for the leakage baseline."""
-    return x.mean(dim=0, keepdim=True).expand_as(x).contiguous()
+    mean = x.to(torch.float64).mean(dim=0, keepdim=True).to(x.dtype)  # exact for equal images
+    return mean.expand_as(x).contiguous()
 
 
 def evaluate_batch(plan: BatchPlan, x: Tensor, y: Tensor, labels: Tensor) -> BatchResult:
