@@ -50,7 +50,7 @@ def _unique(who: str, other: str, e: Mapping[str, Any], symbol: str) -> str:
     where = _above_zero(e)
     value = f"{symbol} = {format_interval(e)}"
     if where is True:
-        return f"{who}'s features carry label structure that the {other}'s lack ({value}, above 0)."
+        return f"the {who}'s features carry label structure that the {other}'s lack ({value}, above 0)."
     if where is False:
         return f"what only the {who} encodes runs against the labels ({value}, below 0)."
     return (
@@ -77,7 +77,7 @@ def _near_chance(accuracies: Mapping[str, float], num_classes: Optional[int]) ->
         return []
     chance = 1.0 / num_classes
     return [
-        f"{role} ({acc:.1%}, chance {chance:.1%})"
+        f"the {role.capitalize()} ({acc:.1%}, chance {chance:.1%})"
         for role, acc in accuracies.items()
         if role in ("base", "student") and acc < chance + CHANCE_MARGIN
     ]
@@ -93,12 +93,14 @@ def _accuracy_line(accuracies: Mapping[str, float]) -> Optional[str]:
 def _layer(entry: Mapping[str, Any], near: Sequence[str]) -> List[str]:
     if near:
         return [
-            "no conclusion: " + " and ".join(near) + " near chance, so its features carry too "
-            "little label structure to compare."
+            "no conclusion: "
+            + " and ".join(near)
+            + (" are" if len(near) > 1 else " is")
+            + " near chance, so there is too little label structure to compare."
         ]
     return [
-        "the Student: " + _unique("Student", "Base", entry["rs_distilled"], "S_d"),
-        "the Base: " + _unique("Base", "Student", entry["rs_residual"], "S_r"),
+        _unique("Student", "Base", entry["rs_distilled"], "S_d"),
+        _unique("Base", "Student", entry["rs_residual"], "S_r"),
         _rs(entry),
     ]
 

@@ -60,8 +60,8 @@ _COLUMNS: Dict[str, List[Tuple[str, str, str, str]]] = {
         ("pdCor residual (raw)", "none", "rs_residual", "none_rs_residual"),
     ],
     "raw": [
-        ("S_d = pdCor(Student, Y | Base)", "none", "rs_distilled", "rs_distilled"),
-        ("S_r = pdCor(Base, Y | Student)", "none", "rs_residual", "rs_residual"),
+        ("S_d = pdCor(Student, Y; Base)", "none", "rs_distilled", "rs_distilled"),
+        ("S_r = pdCor(Base, Y; Student)", "none", "rs_residual", "rs_residual"),
         ("RS Student", "none", "rs_student", "rs_student"),
         ("RS Base", "none", "rs_base", "rs_base"),
         ("p (Student > Base)", "none", "p", "p_student_gt_base"),
