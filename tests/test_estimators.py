@@ -183,3 +183,16 @@ def test_reference_errors():
         run(s, b, [(x, torch.zeros(12, dtype=torch.long))], maps=("distilled",), label_embeddings=None)
     with pytest.raises(ValueError, match="aggregation must be"):
         run(s, b, [(x, y)], aggregation="mean")
+
+
+def test_v_estimator_dataset_value_is_the_v_statistic_on_one_batch():
+    s, b = models()
+    x, y = signal_data(30)
+    res = run(s, b, [(x, y)], maps=("none",), estimator="v")
+    e = res.summary()["by_layer"]["L2"]["none"]
+    fs, fb = layer_features(s, s.layer2, x).numpy(), layer_features(b, b.layer2, x).numpy()
+    assert e["fss"]["mean"] == pytest.approx(dcor.distance_correlation_sqr(fs, fb), abs=1e-10)
+    assert e["rs_base"]["mean"] == pytest.approx(dcor.distance_correlation_sqr(fb, labels_of(y)), abs=1e-10)
+    # the partial correlations stay the bias-corrected ones
+    want = dcor.partial_distance_correlation(fs, labels_of(y), fb)
+    assert e["rs_distilled"]["mean"] == pytest.approx(want, abs=1e-10)

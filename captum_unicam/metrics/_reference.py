@@ -81,13 +81,29 @@ def draw(
 
 
 def gather_candidates(
-    local: List[Tuple[int, Tensor, Tensor]], world: int
+    local: List[Tuple[int, Tensor, Tensor]], world: int, failure: Optional[BaseException] = None
 ) -> List[Tuple[Tensor, Tensor]]:
-    """Every rank's (local index, x, y) candidates, in the order (local index, rank)."""
+    """Every rank's (local index, x, y) candidates, in the order (local index, rank).
+
+    Every rank calls it, also one whose head batches failed a check (``failure``): that
+    error is raised on that rank and an InputError naming it on the others, so no rank is
+    left waiting in a later collective."""
     if world == 1:
+        if failure is not None:
+            raise failure
         return [(x, y) for _, x, y in local]
+    note = None if failure is None else f"{type(failure).__name__}: {failure}"
     gathered: List[Any] = [None] * world
-    torch.distributed.all_gather_object(gathered, [(i, x.cpu(), y.cpu()) for i, x, y in local])
-    merged = [(i, r, x, y) for r, part in enumerate(gathered) for i, x, y in part]
+    torch.distributed.all_gather_object(
+        gathered, ([(i, x.cpu(), y.cpu()) for i, x, y in local], note)
+    )
+    if failure is not None:
+        raise failure
+    remote = [n for _, n in gathered if n is not None]
+    if remote:
+        raise InputError(
+            f"evaluate_kd failed on another rank while drawing the reference set: {remote[0]}"
+        )
+    merged = [(i, r, x, y) for r, (part, _) in enumerate(gathered) for i, x, y in part]
     merged.sort(key=lambda t: (t[0], t[1]))
     return [(x, y) for _, _, x, y in merged]

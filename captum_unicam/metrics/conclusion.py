@@ -50,7 +50,10 @@ def _unique(who: str, other: str, e: Mapping[str, Any], symbol: str) -> str:
     where = _above_zero(e)
     value = f"{symbol} = {format_interval(e)}"
     if where is True:
-        return f"the {who}'s features carry label structure that the {other}'s lack ({value}, above 0)."
+        return (
+            f"the {who}'s features carry label structure that the {other}'s lack ({value}, "
+            "above 0)."
+        )
     if where is False:
         return f"what only the {who} encodes runs against the labels ({value}, below 0)."
     return (

@@ -298,8 +298,15 @@ def _unicams(run: _Run, reference: Optional[Tuple[Tensor, Tensor]]) -> Dict[str,
 def _auto_reference(run: _Run, head: List[Tuple[int, Any]], width: Optional[int], shard: _Shard):
     """The reference set drawn from the head batches; None (batch mode, with a warning) when
     none of them has the 5 samples a scored batch needs."""
-    local = _candidates(head, width, run.small_batches)
-    candidates = _reference.gather_candidates(local, shard.world if shard.presharded else 1)
+    local: List[Tuple[int, Tensor, Tensor]] = []
+    failure: Optional[InputError] = None
+    try:
+        local = _candidates(head, width, run.small_batches)
+    except InputError as err:
+        failure = err
+    candidates = _reference.gather_candidates(
+        local, shard.world if shard.presharded else 1, failure
+    )
     if not candidates:
         warnings.warn(
             f"reference='auto' found no batch of {MIN_BATCH_PARTIAL} or more samples among the "
