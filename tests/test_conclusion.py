@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from captum_unicam.metrics import KDEvaluation, evaluate_kd
-from captum_unicam.metrics.conclusion import CHANCE_MARGIN, headline, text
+from captum_unicam.metrics.conclusion import CHANCE_MARGIN, MIN_BATCHES, headline, text
 
 
 def iv(mean, low, high):
@@ -16,7 +16,8 @@ def iv(mean, low, high):
 
 
 def entry(sd, sr, rs_s, rs_b, p):
-    return {"rs_distilled": sd, "rs_residual": sr, "rs_student": rs_s, "rs_base": rs_b, "p_student_gt_base": p}
+    return {"rs_distilled": sd, "rs_residual": sr, "rs_student": rs_s, "rs_base": rs_b, "p_student_gt_base": p,
+            "n_batches": 8}
 
 
 def statements(e, accuracies=None, num_classes=10):
@@ -49,6 +50,8 @@ def test_near_chance_refuses_every_comparison():
     got = statements(e, near, 10)
     assert len(got) == 1 and got[0].startswith("no conclusion: the Base (14.9%, chance 10.0%) is near chance")
     assert len(statements(e, {"base": 0.1 + CHANCE_MARGIN, "student": 0.9}, 10)) == 3
+    few = statements(dict(e, n_batches=MIN_BATCHES - 1))
+    assert len(few) == 1 and few[0].startswith("no conclusion: 3 batch(es) give no usable interval")
     head = headline({"L4": {"none": e}}, ["L4"], "none", {"teacher": 0.95, "base": 0.886, "student": 0.994},
                     10, ["none", "gradcam"])
     out = text(head)

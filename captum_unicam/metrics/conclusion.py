@@ -10,6 +10,8 @@ Per layer, from the raw-feature (map-free) summary by default, four checkable st
 4. **Accuracies** when given. A model is *near chance* when its accuracy is below
    1 / num_classes + :data:`CHANCE_MARGIN`; then no comparison involving it is concluded.
 
+With fewer than :data:`MIN_BATCHES` batches nothing is concluded (no usable interval).
+
 FSS on masked images is left out of the headline: both models see the same masked images,
 so the mask alone makes it near 1 for any pair (its leakage baseline shows this).
 """
@@ -20,12 +22,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from captum_unicam.output.tables import format_interval, map_title
 
-__all__ = ["ALPHA", "CHANCE_MARGIN", "headline", "text"]
+__all__ = ["ALPHA", "CHANCE_MARGIN", "MIN_BATCHES", "headline", "text"]
 
 #: Significance level of the permutation test in the wording.
 ALPHA = 0.05
 #: An accuracy below 1 / num_classes + this is "near chance".
 CHANCE_MARGIN = 0.05
+#: Fewer batches than this give no usable interval (the bootstrap resamples batches).
+MIN_BATCHES = 4
 
 FSS_NOTE = (
     "FSS on masked images is left out: both models are fed the same masked images, so the mask "
@@ -94,6 +98,11 @@ def _accuracy_line(accuracies: Mapping[str, float]) -> Optional[str]:
 
 
 def _layer(entry: Mapping[str, Any], near: Sequence[str]) -> List[str]:
+    if entry["n_batches"] < MIN_BATCHES:
+        return [
+            f"no conclusion: {entry['n_batches']} batch(es) give no usable interval (the bootstrap "
+            f"resamples batches; use at least {MIN_BATCHES})."
+        ]
     if near:
         return [
             "no conclusion: "
