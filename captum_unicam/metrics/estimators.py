@@ -40,9 +40,14 @@ from captum_unicam import stats
 __all__ = [
     "AGGREGATIONS",
     "PRODUCTS",
+    "V_PRODUCTS",
     "batch_products",
+    "product_rows",
+    "dataset_keys",
     "scores_from_products",
     "swap_models",
+    "swapped_means",
+    "degenerate_reason",
 ]
 
 #: How per-batch statistics become one number: ``"dataset"`` (correlations from products
