@@ -643,8 +643,9 @@ def evaluate_kd(
     ``LayerGradCam`` layer by layer, and the unperturbed features of all layers from one
     forward pass), each model explained by its own map (the paper's "layer-specific features",
     Fig. 3-4, Table 1 left). The UniCAM maps come from one ``UniCAM(student,
-    student_layer, base, base_layer, label_embeddings=...)`` call with
-    ``features="both"``; each perturbs the inputs of *both* models, as paper Eq. 7
+    student_layer, base, base_layer, label_embeddings=..., reference=...)`` call with
+    ``features="both"``, in reference mode by default (``reference="auto"``), so that a map
+    does not depend on its batch-mates; each perturbs the inputs of *both* models, as paper Eq. 7
     writes (one :math:`I \odot H` fed to :math:`f_s` and :math:`f_b`), so FSS compares
     the two models on the same evidence. The paper's Table 1 right half is then
     ``rs_student`` of the ``distilled`` rows (Student features on the distilled map)
@@ -653,7 +654,19 @@ def evaluate_kd(
     Reading FSS: with a shared map both models see the same perturbed images, and the
     perturbation itself (how much of each image survives) is a strong common signal:
     even two untrained networks can reach an FSS near 1 on UniCAM- or Grad-CAM-masked
-    images. Read FSS of a map kind against the ``none`` row of the same layer.
+    images. Read FSS of a map kind against the ``none`` row of the same layer and against
+    its leakage baseline.
+
+    **Leakage baseline** (``leakage=True``): for every masked kind the same statistics on
+    the batch's mean image masked by the same maps, an image that carries nothing of any
+    one sample; a masked RS not above its baseline is flagged (the maps are computed for
+    the true label, so a mask alone can "explain" the label).
+
+    **Aggregation.** ``"dataset"`` (default): the inner products of U-centred distance
+    matrices are averaged over batches and the correlations formed from the averages
+    (:mod:`~captum_unicam.metrics.estimators`; one batch gives the exact whole-set
+    value); ``"batch_mean"``: the paper's mean of per-batch correlations. Both are
+    available from the result (``summary(aggregation=...)``); see ``docs/method.md``.
 
     Per batch it records ``fss``, ``rs_base``, ``rs_student``, ``rs_distilled`` =
     pdCor(x̂_s, Y; x̂_b) and ``rs_residual`` = pdCor(x̂_b, Y; x̂_s) (see
@@ -697,9 +710,6 @@ def evaluate_kd(
     and they are ordered by (local index, rank). With nccl, set the CUDA device of each
     rank first (``torch.cuda.set_device``), as ``all_gather_object`` requires.
 
-    The old form ``evaluate_kd(student, base, loader, layers, map_kinds=...,
-    perturb_func=...)`` still works for this release, with a ``DeprecationWarning``.
-
     Args:
         forward_func (torch.nn.Module): the Student, the model trained with KD.
         layers (Mapping[str, tuple[nn.Module, nn.Module]]): name -> (student_layer,
@@ -732,10 +742,21 @@ def evaluate_kd(
                     reproducible and the same under any sharding. Default: 0.
         progress (bool, optional): tqdm progress bar (rank 0 only). Default: True.
         small_batches (str, optional): ``"skip"`` or ``"error"``. Default: "skip".
+        aggregation (str, optional): ``"dataset"`` or ``"batch_mean"``, what the
+                    summary and tables report by default. Default: "dataset".
+        reference (str, tuple or None, optional): the reference set of the UniCAM maps:
+                    ``"auto"`` (up to 32 images drawn once, class-stratified, from the
+                    first batches), ``(ref_inputs, ref_target)``, or None for batch mode
+                    (the paper's; each map depends on its batch). Default: "auto".
+        leakage (bool, optional): measure the leakage baseline of every masked kind.
+                    Default: True.
+        accuracies (dict, optional): accuracies in [0, 1] of some of ``"teacher"``,
+                    ``"base"``, ``"student"``, stated by the conclusion (a model near
+                    chance stops it from concluding). Default: None.
 
     Returns:
-        KDEvaluation: per-batch values; ``.summary()``, ``.to_json()``,
-        ``.to_markdown()``, ``.to_csv()``.
+        KDEvaluation: per-batch values and products; ``.summary()``, ``.conclusion()``,
+        ``.to_json()``, ``.to_markdown()``, ``.to_csv()``.
 
     Raises:
         InputError: bad arguments; models with different output widths, or a label table
