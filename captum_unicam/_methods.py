@@ -84,8 +84,8 @@ def bootstrap_interval(
 ) -> Dict[str, Any]:
     """``{"mean", "low", "high", "n"}`` of the finite ``values`` (percentile bootstrap of
     the mean); all None and ``n = 0`` when none is finite."""
-    # lazy: metrics.aggregate imports the attribution stack
-    from captum_unicam.metrics.aggregate import bootstrap_ci
+    # lazy: metrics imports the attribution stack
+    from captum_unicam.metrics.intervals import bootstrap_ci
 
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]

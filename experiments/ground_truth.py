@@ -163,7 +163,7 @@ def train_models(seed: int, s: Mapping[str, Any], base_marker: float, models_dir
 
 
 def _interval(values: Sequence[float], n_bootstrap: int, seed: int) -> Dict[str, Any]:
-    from captum_unicam.metrics.aggregate import bootstrap_ci
+    from captum_unicam.metrics.intervals import bootstrap_ci
 
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
     if v.size == 0:

@@ -56,7 +56,7 @@ from captum_unicam.attr.unicam import UniCAM
 from captum_unicam.data.text import TextTopics, load_tokenizer
 from captum_unicam.embeddings import default_model_path
 from captum_unicam.kd.losses import response_kd_loss
-from captum_unicam.metrics.aggregate import bootstrap_ci
+from captum_unicam.metrics.intervals import bootstrap_ci
 
 KINDS = ("residual", "distilled", "gradcam_base", "gradcam_student", "naive_difference")
 

@@ -25,11 +25,8 @@ from captum_unicam.metrics import (
     feature_similarity_score,
     relevance_score,
 )
-from captum_unicam.metrics.aggregate import (
-    METRICS,
-    bootstrap_ci,
-    paired_permutation_pvalue,
-)
+from captum_unicam.metrics.intervals import bootstrap_ci, paired_permutation_pvalue
+from captum_unicam.output.tables import METRICS
 
 
 def make_models():
@@ -58,7 +55,8 @@ def evaluation():
     loader = DataLoader(make_data(), batch_size=6)  # 6, 6, 6, 6, 2: the last one is skipped
     with pytest.warns(UserWarning, match="batch 4 has 2 samples"):
         result = evaluate_kd(
-            s, layers_of(s, b), loader, base_forward_func=b, label_embeddings=EMB, progress=False, n_bootstrap=200
+            s, layers_of(s, b), loader, base_forward_func=b, label_embeddings=EMB, progress=False, n_bootstrap=200,
+            reference=None, aggregation="batch_mean",  # batch-mode maps, the paper's mean over batches
         )
     return s, b, loader, result
 
@@ -186,12 +184,15 @@ def test_json_round_trip(evaluation, tmp_path):
 
 def test_markdown_and_csv_layout(evaluation, tmp_path):
     _, _, _, result = evaluation
-    md = result.to_markdown(tmp_path / "table1.md")
+    md = result.to_markdown(tmp_path / "table1.md", headline=False)
     lines = md.splitlines()
-    assert lines[0] == "| Layer | Map | FSS | RS Base | RS Student | RS distilled | RS residual | p (Student > Base) |"
+    assert lines[0] == (
+        "| Layer | Map | FSS | RS Base | RS Student | RS distilled | RS residual | p (Student > Base) "
+        "| FSS leakage | RS Base leakage | RS Student leakage |"
+    )
     body = [line for line in lines[2:] if line.startswith("|")]
     assert len(body) == 8
-    assert [c.strip() for c in body[0].strip("|").split("|")][:2] == ["L1", "none (raw)"]
+    assert [c.strip() for c in body[0].strip("|").split("|")][:2] == ["L1", "raw features"]
     assert [c.strip() for c in body[5].strip("|").split("|")][:2] == ["L2", "Grad-CAM"]
     e = result.summary()["by_layer"]["L2"]["gradcam"]["fss"]
     cell = [c.strip() for c in body[5].strip("|").split("|")][2]
@@ -309,7 +310,7 @@ def test_student_much_better_than_base_gives_small_p():
 
 def test_paper_layout(evaluation):
     _, _, _, result = evaluation
-    md = result.to_markdown(layout="paper")
+    md = result.to_markdown(layout="paper", headline=False)
     lines = md.splitlines()
     assert lines[0] == "| Layer | Layer-specific: Base | Layer-specific: Student | Residual: Base | Distilled: Student |"
     s = result.summary()["by_layer"]

@@ -168,9 +168,9 @@ def test_evaluate_kd_with_models_and_batches_on_cuda(models):
     cpu_loader = [(x[i : i + 8], y[i : i + 8]) for i in (0, 8)]
     gpu_loader = [(bx.to(CUDA), by.to(CUDA)) for bx, by in cpu_loader]
     kinds = ("none", "gradcam", "distilled", "residual")
-    common = dict(map_kinds=kinds, n_bootstrap=20, n_permutations=20, progress=False)
-    want = evaluate_kd(s, b, cpu_loader, {"L2": (s.layer2, b.layer2)}, **common)
-    got = evaluate_kd(gs, gb, gpu_loader, {"L2": (gs.layer2, gb.layer2)}, **common)  # no device argument
+    common = dict(maps=kinds, n_bootstrap=20, n_permutations=20, progress=False)
+    want = evaluate_kd(s, {"L2": (s.layer2, b.layer2)}, cpu_loader, base_forward_func=b, **common)
+    got = evaluate_kd(gs, {"L2": (gs.layer2, gb.layer2)}, gpu_loader, base_forward_func=gb, **common)  # no device
     for kind in kinds:
         for metric, values in want.values["L2"][kind].items():
             assert got.values["L2"][kind][metric] == pytest.approx(values, abs=1e-8), (kind, metric)

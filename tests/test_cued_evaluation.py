@@ -18,7 +18,7 @@ from captum.attr import LayerGradCam
 from captum_unicam import UniCAM
 from captum_unicam.data import ControlledShapes
 from captum_unicam.errors import InputError
-from captum_unicam.metrics.aggregate import bootstrap_ci
+from captum_unicam.metrics.intervals import bootstrap_ci
 from captum_unicam.models import build_model, stage_layers
 from captum_unicam.pipeline import stratified_loader
 from captum_unicam.pipeline.evaluation import CUE_CONDITIONS, cued_evaluation

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import distributed_worker as worker  # noqa: E402
 
 from captum_unicam.metrics import KDEvaluation  # noqa: E402
-from captum_unicam.metrics.aggregate import METRICS  # noqa: E402
+from captum_unicam.output.tables import METRICS  # noqa: E402
 
 
 def free_port() -> int:
@@ -30,6 +30,9 @@ def assert_same_values(got: KDEvaluation, want: KDEvaluation, tol=1e-6):
                 a, b = got.values[layer][kind][m], want.values[layer][kind][m]
                 assert len(a) == len(b)
                 assert max(abs(u - v) for u, v in zip(a, b)) <= tol, (layer, kind, m)
+            for key, want_products in want.products[layer][kind].items():  # the dataset estimator's sums
+                got_products = got.products[layer][kind][key]
+                assert max(abs(u - v) for u, v in zip(got_products, want_products)) <= tol, (layer, kind, key)
 
 
 @pytest.mark.slow
@@ -63,6 +66,7 @@ def test_two_processes_equal_one(tmp_path):
     assert ranks[0].summary()["by_layer"]["L2"]["gradcam"]["fss"]["mean"] == pytest.approx(
         single.summary()["by_layer"]["L2"]["gradcam"]["fss"]["mean"], abs=1e-6
     )
+    assert ranks[0].settings["reference"] == single.settings["reference"]
 
     sampled = [KDEvaluation.from_json(tmp_path / f"sampler_rank{r}.json") for r in (0, 1)]
     assert sampled[0] == sampled[1] and sampled[0].settings["sharding"] == "sampler"

@@ -9,7 +9,7 @@ from captum.attr import LayerGradCam
 from test_unicam_common import SmallResNet, make
 from torch import nn
 
-from captum_unicam.metrics.aggregate import _gradcams
+from captum_unicam.metrics._batch import gradcams as _gradcams
 from captum_unicam.metrics.fss import layer_features, layers_features
 
 
@@ -143,4 +143,9 @@ def test_evaluate_kd_perturbs_once_per_map():
     layers = {"L1": (student.layer1, base.layer1), "L2": (student.layer2, base.layer2)}
     evaluate_kd(student, layers, [(x, y)], base_forward_func=base, perturbation=counting, progress=False,
                 n_bootstrap=10, n_permutations=10)
+    # each map perturbs the images once and, for the leakage baseline, the uninformative ones once
+    assert len(calls) == 2 * len(layers) * (2 + 1 + 1)
+    calls.clear()
+    evaluate_kd(student, layers, [(x, y)], base_forward_func=base, perturbation=counting, progress=False,
+                n_bootstrap=10, n_permutations=10, leakage=False)
     assert len(calls) == len(layers) * (2 + 1 + 1)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from captum_unicam import report, viz
-from captum_unicam.metrics.aggregate import KDEvaluation
+from captum_unicam.metrics import KDEvaluation
 
 # ---------------------------------------------------------------------------
 # localisation, against hand computations

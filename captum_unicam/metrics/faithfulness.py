@@ -51,7 +51,7 @@ from captum.attr import LayerAttribution
 from torch import Tensor
 
 from captum_unicam.errors import InputError
-from captum_unicam.metrics.aggregate import bootstrap_ci
+from captum_unicam.metrics.intervals import bootstrap_ci
 from captum_unicam.perturb import removal_count, road_impute
 
 __all__ = [

@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from captum_unicam import stats
 from captum_unicam.errors import InputError
-from captum_unicam.metrics._compat import fss_compat
 from captum_unicam.perturb import mask_multiply
 
 __all__ = ["feature_similarity_score"]
@@ -405,7 +404,6 @@ def paired_features(
     )
 
 
-@fss_compat
 def feature_similarity_score(
     forward_func: Callable,
     layer: nn.Module,

@@ -3,7 +3,7 @@ r"""Localisation of saliency maps against ground-truth object masks.
 On data with object masks (the controlled dataset), :func:`localisation` measures
 where each kind of map puts its mass: the mask energy fraction and the pointing game,
 each with a percentile bootstrap interval over images from
-:func:`captum_unicam.metrics.aggregate.bootstrap_ci` (the interval of FSS and RS too).
+:func:`captum_unicam.metrics.intervals.bootstrap_ci` (the interval of FSS and RS too).
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import torch
 from torch import Tensor
 
 from captum_unicam.errors import InputError
-from captum_unicam.metrics.aggregate import bootstrap_ci
+from captum_unicam.metrics.intervals import bootstrap_ci
 
 __all__ = ["localisation", "interval"]
 
 
 def interval(values: Any, n_bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95) -> Dict[str, Any]:
     r"""``{"mean", "low", "high", "n"}`` of ``values``: their mean and its percentile
-    bootstrap interval (:func:`~captum_unicam.metrics.aggregate.bootstrap_ci`); None for no
+    bootstrap interval (:func:`~captum_unicam.metrics.intervals.bootstrap_ci`); None for no
     values, the mean itself for ``n_bootstrap <= 0``. The one interval of localisation
     and of the cued evaluation's per-batch scores.
     """
@@ -57,7 +57,7 @@ def localisation(
 
     Maps with no positive value (possible after ReLU) have neither; they are counted
     in ``n_empty`` and left out of the means. Intervals are percentile bootstrap
-    intervals over images (``n_bootstrap`` resamples, seeded; :func:`~captum_unicam.metrics.aggregate.bootstrap_ci`).
+    intervals over images (``n_bootstrap`` resamples, seeded; :func:`~captum_unicam.metrics.intervals.bootstrap_ci`).
 
     Args:
         maps (dict of str -> Tensor): map kind -> (N,1,h,w) maps of the same N images.

@@ -8,7 +8,6 @@ import torch
 from torch import Tensor, nn
 
 from captum_unicam.errors import InputError
-from captum_unicam.metrics._compat import rs_compat
 from captum_unicam.metrics.fss import (
     LABEL_FIX,
     MIN_BATCH,
@@ -108,7 +107,6 @@ def label_vectors(target: Any, n: int, label_embeddings: Optional[Tensor] = None
     return label_embeddings.detach()[t.to(label_embeddings.device)].to(torch.float64)
 
 
-@rs_compat
 def relevance_score(
     forward_func: Callable,
     layer: nn.Module,

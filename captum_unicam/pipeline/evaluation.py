@@ -168,7 +168,7 @@ def cued_evaluation(student, base, layers: Mapping[str, Tuple[Any, Any]], condit
       (:func:`~captum_unicam.metrics.localisation.localisation`, whose mask energy
       fraction it is); ``chance[region]`` is the region's mean area (a uniform map).
 
-    Intervals come from :func:`~captum_unicam.metrics.aggregate.bootstrap_ci`, as
+    Intervals come from :func:`~captum_unicam.metrics.intervals.bootstrap_ci`, as
     everywhere in the pipeline. A rise of ``S_r`` from cue-free to cued images, with the
     residual map's mass moving to the background, is the Base using the cue; Grad-CAM of
     the Base alongside says whether UniCAM adds anything over it.
