@@ -14,8 +14,8 @@ class, ``cue_strength=1`` makes it a perfect (spurious) predictor, and in genera
 cued data can take the shortcut of reading the tint; on cue-free data it then fails.
 
 The **marker** (``marker_strength > 0``) is a second, localised cue with known pixels:
-with probability ``marker_strength`` an image carries a small square in the colour of
-its class (one saturated colour per class, :attr:`ControlledShapes.marker_palette`) at a
+with probability ``marker_strength`` an image carries a square (``marker_size`` pixels a
+side, by default :func:`marker_side`) in the colour of its class (one saturated colour per class, :attr:`ControlledShapes.marker_palette`) at a
 position drawn independently of the object, drawn over everything but the pixel noise.
 Its pixels are returned in :attr:`ControlledShapes.marker_masks` (and removed from the
 object mask where the two overlap, so the masks are disjoint). Unlike the tint, the
@@ -113,6 +113,10 @@ class ControlledShapes(torch.utils.data.Dataset):
                     the class-coloured marker (a square of :func:`marker_side` pixels
                     at a random position, independent of the object). 0 draws none.
                     Default: 0.0
+        marker_size (int, optional): Side of the marker in pixels, 1 to ``image_size``
+                    (a bigger marker is easier to learn and covers whole cells of a
+                    coarse map, e.g. 8 pixels = one cell of a 4 x 4 map at 32 pixels).
+                    Default: None (:func:`marker_side` of ``image_size``)
 
     Attributes:
 
@@ -156,6 +160,7 @@ class ControlledShapes(torch.utils.data.Dataset):
         noise: float = 0.04,
         split: str = "train",
         marker_strength: float = 0.0,
+        marker_size: Optional[int] = None,
     ) -> None:
         def is_int(v: object) -> bool:
             return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
@@ -181,6 +186,11 @@ class ControlledShapes(torch.utils.data.Dataset):
             raise InputError(
                 f"marker_strength must be a number in [0, 1] (the probability that an image "
                 f"carries the class-coloured marker), got {marker_strength!r}")
+        if marker_size is not None and (not is_int(marker_size)
+                                        or not 1 <= marker_size <= image_size):
+            raise InputError(
+                f"marker_size must be an int from 1 to image_size ({image_size}) pixels, or None "
+                f"for the default side {marker_side(image_size)}, got {marker_size!r}")
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         self.size = int(size)
@@ -192,6 +202,7 @@ class ControlledShapes(torch.utils.data.Dataset):
         self.noise = float(noise)
         self.split = split
         self.marker_strength = float(marker_strength)
+        self.marker_size = marker_side(self.image_size) if marker_size is None else int(marker_size)
         self.marker_palette: Tensor = _marker_palette(self.num_classes)
         self.classes: List[str] = list(SHAPES[: self.num_classes])
         self.class_to_idx: Dict[str, int] = {c: i for i, c in enumerate(self.classes)}
@@ -224,7 +235,8 @@ class ControlledShapes(torch.utils.data.Dataset):
             f"{self.image_size}, num_classes={self.num_classes}, cue_strength="
             f"{self.cue_strength}, clutter={self.clutter}, noise={self.noise}, "
             f"split={self.split!r}"
-            + (f", marker_strength={self.marker_strength}" if self.marker_strength else "")
+            + (f", marker_strength={self.marker_strength}, marker_size={self.marker_size}"
+               if self.marker_strength else "")
             + ")"
         )
 
@@ -413,7 +425,7 @@ class ControlledShapes(torch.utils.data.Dataset):
         """(n, 1, s, s) marker masks and (n,) presence of items idx. Presence and the
         top-left corner come from three uniforms of the item's own stream 2, so they do
         not depend on anything else in the image."""
-        s, side = self.image_size, marker_side(self.image_size)
+        s, side = self.image_size, self.marker_size
         keys = self._keys(2, idx)
         u = [(_mix64(keys ^ np.uint64(j)) >> np.uint64(11)).astype(np.float64) * 2.0**-53
              for j in (1, 2, 3)]
