@@ -119,8 +119,13 @@ def test_empty_and_negative_maps_give_nan_and_nan_values_are_zero():
 
 
 def test_localisation_reports_the_grid_measures_and_leaves_empty_maps_out():
-    masks = torch.cat([_mask(slice(8, 16), slice(16, 24)), _mask(slice(0, 8), slice(0, 8)),
-                       _mask(slice(0, 8), slice(0, 8))])
+    masks = torch.cat(
+        [
+            _mask(slice(8, 16), slice(16, 24)),
+            _mask(slice(0, 8), slice(0, 8)),
+            _mask(slice(0, 8), slice(0, 8)),
+        ]
+    )
     maps = torch.cat([_one_hot(1, 2), _one_hot(1, 2), torch.zeros(1, 1, 4, 4)])
     k = localisation({"m": maps}, masks, n_bootstrap=20)["kinds"]["m"]
     assert k["n_empty"] == 1 and k["relative_energy"]["n"] == 2
@@ -139,7 +144,9 @@ def test_bad_shapes_are_refused_with_the_cause():
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**16), h=st.integers(1, 6), side=st.integers(1, 10), pos=st.integers(0, 14))
+@given(
+    seed=st.integers(0, 2**16), h=st.integers(1, 6), side=st.integers(1, 10), pos=st.integers(0, 14)
+)
 def test_no_non_negative_map_beats_the_best_energy(seed, h, side, pos):
     g = torch.Generator().manual_seed(seed)
     mask = _mask(slice(pos, pos + side), slice(14 - pos, 14 - pos + side), size=24)

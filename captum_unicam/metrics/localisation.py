@@ -46,7 +46,9 @@ def _binary_masks(masks: Tensor) -> Tensor:
     masks = masks.detach().cpu()
     if masks.dim() == 4:
         if masks.shape[1] != 1:
-            raise InputError(f"masks must have shape (N,H,W) or (N,1,H,W), got {tuple(masks.shape)}")
+            raise InputError(
+                f"masks must have shape (N,H,W) or (N,1,H,W), got {tuple(masks.shape)}"
+            )
         masks = masks[:, 0]
     if masks.dim() != 3:
         raise InputError(f"masks must have shape (N,H,W) or (N,1,H,W), got {tuple(masks.shape)}")
@@ -77,8 +79,10 @@ def _upsample(maps: Tensor, size: Tuple[int, int]) -> Tensor:
 def _check_grid(grid_size: Sequence[int], size: Tuple[int, int]) -> Tuple[int, int]:
     g = tuple(int(v) for v in grid_size)
     if len(g) != 2 or min(g) < 1 or g[0] > size[0] or g[1] > size[1]:
-        raise InputError(f"grid_size must be (h, w) with 1 <= h <= {size[0]} and 1 <= w <= {size[1]} "
-                         f"(the map's grid, no finer than the mask), got {tuple(grid_size)}")
+        raise InputError(
+            f"grid_size must be (h, w) with 1 <= h <= {size[0]} and 1 <= w <= {size[1]} "
+            f"(the map's grid, no finer than the mask), got {tuple(grid_size)}"
+        )
     return g
 
 
@@ -101,7 +105,9 @@ def mask_energy(maps: Tensor, masks: Tensor) -> Tensor:
     h = _upsample(_positive_maps(maps, mk.shape[0]), tuple(mk.shape[-2:])).clamp_min(0.0)
     total = h.flatten(1).sum(1)
     inside = (h * mk).flatten(1).sum(1)
-    return torch.where(total > 0, inside / total.clamp_min(1e-300), torch.full_like(total, float("nan")))
+    return torch.where(
+        total > 0, inside / total.clamp_min(1e-300), torch.full_like(total, float("nan"))
+    )
 
 
 def grid_masks(masks: Tensor, grid_size: Sequence[int]) -> Tensor:
@@ -200,7 +206,9 @@ def relative_mask_energy(maps: Tensor, masks: Tensor) -> Tensor:
     return torch.where(best > 0, e / best.clamp_min(1e-300), torch.full_like(e, float("nan")))
 
 
-def interval(values: Any, n_bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95) -> Dict[str, Any]:
+def interval(
+    values: Any, n_bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> Dict[str, Any]:
     r"""``{"mean", "low", "high", "n"}`` of ``values``: their mean and its percentile
     bootstrap interval (:func:`~captum_unicam.metrics.aggregate.bootstrap_ci`); None for no
     values, the mean itself for ``n_bootstrap <= 0``. The one interval of localisation
@@ -269,8 +277,10 @@ def localisation(
     n = mk.shape[0]
     area = mk.flatten(1).mean(1).numpy()
     out: Dict[str, Any] = {
-        "chance": {"energy": float(area.mean()) if n else None,
-                   "pointing": float(area.mean()) if n else None},
+        "chance": {
+            "energy": float(area.mean()) if n else None,
+            "pointing": float(area.mean()) if n else None,
+        },
         "kinds": {},
     }
     for kind, m in maps.items():
@@ -281,10 +291,13 @@ def localisation(
         ok = (pos.flatten(1).sum(1) > 0).numpy()
         peak = h.flatten(1).argmax(1)
         hit = mk.flatten(1).gather(1, peak[:, None])[:, 0].numpy()
-        # bootstrap seeds: energy seed, pointing seed + 1 (as before these measures), then the new ones
-        measures = {"energy": (mask_energy(pos, mk).numpy(), 0), "pointing": (hit, 1),
-                    "relative_energy": (relative_mask_energy(pos, mk).numpy(), 2),
-                    "pointing_grid": (grid_pointing_game(pos, mk).numpy(), 3)}
+        # bootstrap seeds: energy seed, pointing seed + 1 (as before), then the new measures
+        measures = {
+            "energy": (mask_energy(pos, mk).numpy(), 0),
+            "pointing": (hit, 1),
+            "relative_energy": (relative_mask_energy(pos, mk).numpy(), 2),
+            "pointing_grid": (grid_pointing_game(pos, mk).numpy(), 3),
+        }
         out["kinds"][kind] = {
             name: interval(v[ok & np.isfinite(v)], n_bootstrap, seed + j, confidence)
             for name, (v, j) in measures.items()
