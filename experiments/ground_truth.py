@@ -681,7 +681,21 @@ def summarise(folders: Sequence[str]) -> str:
         lines += _spread(runs, layers, KINDS, get, "relative_mass") + [""]
     diffs = {f"{a}-{b}:{reg}": f"{KINDS[a]} − {KINDS[b]}, {reg}" for reg, a, b in COMPARISONS}
     lines += ["## Paired differences per image", ""] + _table(runs, layers, diffs, _diff) + [""]
-    return "\n".join(lines)
+    n = runs[0]["recipe"]["test"]
+    lines += [
+        f"## Empty maps (no positive value; of {n} per seed, seed by seed)",
+        "",
+        "| map | " + " | ".join(layers) + " |",
+        "|---|" + "---|" * len(layers),
+    ]
+    for k, label in KINDS.items():
+        if k != "uniform":
+            cells = [
+                " / ".join(str(r["evaluation"][layer]["n_empty"][k]) for r in runs)
+                for layer in layers
+            ]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:

@@ -157,7 +157,7 @@ def test_naive_baselines_and_masses_match_hand_computation(run):
 
 
 def test_chance_row_is_the_area_and_the_share_of_overlapping_cells(run):
-    _, out, res = run
+    _, _, res = run
     n = res["recipe"]["test"]
     mask = _test_set(res, 1.0).marker_masks[:n]
     pi = res["per_image"]["L4"]["marker"]["uniform"]
