@@ -596,9 +596,9 @@ def pooled(
     }
 
 
-def _table(runs, layers, rows: Mapping[str, Any], get) -> List[str]:
+def _table(runs, layers, rows: Mapping[str, Any], get, first: str = "map") -> List[str]:
     lines = [
-        "| map | "
+        f"| {first} | "
         + " | ".join(f"{layer} {q}" for layer in layers for q in MEASURES.values())
         + " |",
         "|---|" + "---|" * (len(MEASURES) * len(layers)),
@@ -655,7 +655,20 @@ def _summary_head(runs) -> List[str]:
         lines.append(f"| {role} | " + " | ".join(cells) + " |")
     cpu = " / ".join(f"{r['cpu_seconds']['total']:.0f}" for r in runs)
     wall = " / ".join(f"{r['wall_seconds']:.0f}" for r in runs)
-    return lines + ["", f"CPU seconds per seed (one thread): {cpu}; wall seconds: {wall}", ""]
+    lines += ["", f"CPU seconds per seed (one thread): {cpu}; wall seconds: {wall}", ""]
+    lines += [
+        "## Scores on the marked images (mean over images, seed by seed)",
+        "",
+        "| layer | S_d (distilled) | S_r (residual) |",
+        "|---|---|---|",
+    ]
+    for layer in runs[0]["evaluation"]:
+        sd, sr = (
+            " / ".join(f"{r['evaluation'][layer][k]['mean']:.3f}" for r in runs)
+            for k in ("s_d", "s_r")
+        )
+        lines.append(f"| {layer} | {sd} | {sr} |")
+    return lines + [""]
 
 
 def _per_image(r, layer, key, q, region):
@@ -680,7 +693,11 @@ def summarise(folders: Sequence[str]) -> str:
         lines += ["", f"Relative mass on the {region} per seed:", ""]
         lines += _spread(runs, layers, KINDS, get, "relative_mass") + [""]
     diffs = {f"{a}-{b}:{reg}": f"{KINDS[a]} − {KINDS[b]}, {reg}" for reg, a, b in COMPARISONS}
-    lines += ["## Paired differences per image", ""] + _table(runs, layers, diffs, _diff) + [""]
+    lines += (
+        ["## Paired differences per image", ""]
+        + _table(runs, layers, diffs, _diff, "difference")
+        + [""]
+    )
     n = runs[0]["recipe"]["test"]
     lines += [
         f"## Empty maps (no positive value; of {n} per seed, seed by seed)",

@@ -15,8 +15,9 @@ cued data can take the shortcut of reading the tint; on cue-free data it then fa
 
 The **marker** (``marker_strength > 0``) is a second, localised cue with known pixels:
 with probability ``marker_strength`` an image carries a square (``marker_size`` pixels a
-side, by default :func:`marker_side`) in the colour of its class (one saturated colour per class, :attr:`ControlledShapes.marker_palette`) at a
-position drawn independently of the object, drawn over everything but the pixel noise.
+side, by default :func:`marker_side`) in the colour of its class (one saturated colour per
+class, :attr:`ControlledShapes.marker_palette`) at a position drawn independently of the
+object, drawn over everything but the pixel noise.
 Its pixels are returned in :attr:`ControlledShapes.marker_masks` (and removed from the
 object mask where the two overlap, so the masks are disjoint). Unlike the tint, the
 marker says where a model that reads it should look: a model trained on marked images
@@ -73,6 +74,20 @@ def _marker_palette(k: int) -> Tensor:
 def marker_side(image_size: int) -> int:
     """Side in pixels of the square marker: ``max(2, round(image_size / 8))`` (4 at 32)."""
     return max(2, int(math.floor(image_size / 8 + 0.5)))
+
+
+def _check_marker(strength: object, size: object, image_size: int) -> None:
+    """Refuses a marker_strength outside [0, 1] or a marker_size outside 1..image_size."""
+    if (isinstance(strength, bool) or not isinstance(strength, (int, float))
+            or not 0.0 <= strength <= 1.0):
+        raise InputError(
+            f"marker_strength must be a number in [0, 1] (the probability that an image "
+            f"carries the class-coloured marker), got {strength!r}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer))
+                             or not 1 <= size <= image_size):
+        raise InputError(
+            f"marker_size must be an int from 1 to image_size ({image_size}) pixels, or None "
+            f"for the default side {marker_side(image_size)}, got {size!r}")
 
 
 def _palette(k: int) -> Tensor:
@@ -181,16 +196,7 @@ class ControlledShapes(torch.utils.data.Dataset):
             raise ValueError(f"clutter must be a non-negative int, got {clutter!r}")
         if not isinstance(noise, (int, float)) or not 0.0 <= noise < math.inf:
             raise ValueError(f"noise must be a non-negative float, got {noise!r}")
-        if (isinstance(marker_strength, bool) or not isinstance(marker_strength, (int, float))
-                or not 0.0 <= marker_strength <= 1.0):
-            raise InputError(
-                f"marker_strength must be a number in [0, 1] (the probability that an image "
-                f"carries the class-coloured marker), got {marker_strength!r}")
-        if marker_size is not None and (not is_int(marker_size)
-                                        or not 1 <= marker_size <= image_size):
-            raise InputError(
-                f"marker_size must be an int from 1 to image_size ({image_size}) pixels, or None "
-                f"for the default side {marker_side(image_size)}, got {marker_size!r}")
+        _check_marker(marker_strength, marker_size, image_size)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         self.size = int(size)
