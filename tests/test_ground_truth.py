@@ -115,7 +115,7 @@ def _energy(maps, mask):
 
 
 def test_naive_baselines_and_masses_match_hand_computation(run):
-    _, _, res = run
+    _, out, res = run
     n = res["recipe"]["test"]
     ds = _test_set(res, 1.0, n + res["recipe"]["reference"])
     x, y = ds.images[:n], ds.labels[:n]
@@ -209,9 +209,9 @@ def test_summary_over_runs(run):
     gt, out, res = run
     text = gt.summarise([str(out), str(out)])
     assert "# Ground truth over seeds 3, 3" in text
-    assert (
-        text.count("| UniCAM residual |") == 4
-    )  # marker and object: the table and the per-seed spread
+    # marker and object: the table and the per-seed spread; and the empty-map table
+    assert text.count("| UniCAM residual |") == 5
+    assert "## Empty maps" in text and "| L4 | " in text
     a = res["accuracies"]["base"]
     assert f"| base | {a['cue-free']:.3f} / {a['cue-free']:.3f} |" in text
     m = res["evaluation"]["L4"]["localisation"]["marker"]["residual"]["relative_mass"]["mean"]
