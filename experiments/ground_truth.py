@@ -1,42 +1,43 @@
 #!/usr/bin/env python
-r"""Ground truth for both halves of UniCAM: a planted Base-unique feature and a shared one.
+r"""Ground truth that can discriminate: a planted marker the Base relies on, the Student not.
 
-On the controlled shapes dataset (no background tint), three small ResNets
-(``small_resnet_s``) are trained with the demo's training function
-(:func:`captum_unicam.kd.train.train_model`) and its KD hyperparameters
-(:func:`captum_unicam.kd.demo.demo_recipe`: AdamW, overhaul feature distillation + response
-KD on unlabelled images):
+On the controlled shapes dataset (no background tint) three small ResNets
+(``small_resnet_s``) are trained with :func:`captum_unicam.kd.train.train_model`:
 
 - the **Teacher** on labelled, marker-free images: it knows the shapes;
-- the **Base** on labelled images of which a share ``--base-marker`` carries the
-  class-coloured marker (``ControlledShapes(..., marker_strength=p)``): it learns the
-  shapes (shared with the Student) and the marker (its own, a **Base-unique** feature);
-- the **Student** by distillation from the Teacher on unlabelled, marker-free transfer
-  images: it learns the shapes only;
-- a **random-label Student** (same architecture) on the Base's images with labels
-  permuted at random, for the data randomisation sanity check.
+- the **Base** on few labelled images of which a share ``--base-marker`` carries the
+  class-coloured marker (``ControlledShapes(..., marker_strength=p, marker_size=8)``, an 8 x 8
+  px square at a random position, one cell of the 4 x 4 grid of L4 at 32 px): it learns the
+  marker and some of the shapes, and **relies** on the marker (its accuracy on test images
+  with the marker is measured against its accuracy without);
+- the **Student** by distillation (overhaul feature distillation + response KD) from the
+  Teacher on unlabelled, marker-free transfer images: it learns the shapes, not the marker.
 
-They are evaluated on the same test images without markers ("cue-free") and with a
-marker on every image ("cued"; the marker's position is drawn independently of the
-object, and the rest of each image is identical). For each layer: the scores S_d and S_r
-(per batch, the batch being UniCAM's context; 95 % bootstrap intervals over batches); the
-share of the positive mass of each map kind (Grad-CAM of the Student and of the Base,
-UniCAM distilled and residual) on the object, on the marker and on the rest (95 %
-bootstrap intervals over images, :func:`captum_unicam.report.localisation`); and the two
-comparisons the paper's claim implies, as paired differences over images:
+So the marker is what the Base knows and the Student lacks (what UniCAM's **residual** map
+should show) and the shape is what the Student knows better (its **distilled** map's
+object). On cued test images (the marker on every image) each layer L2, L3, L4 gives six map
+kinds: Grad-CAM of the Base and of the Student, UniCAM residual and distilled (reference mode:
+each image is scored with a fixed reference set of other cued test images, so its map does not
+depend on the other evaluated images), and the naive baselines a user would try first,
+ReLU(norm Grad-CAM(Base) - norm Grad-CAM(Student)) ("naive residual") and the reverse ("naive
+distilled"), each Grad-CAM map divided by its maximum per image. Each map is measured on the
+marker and on the object (:mod:`captum_unicam.metrics.localisation`):
 
-- residual map's mass on the marker minus Grad-CAM(Base)'s (positive: UniCAM isolates the
-  Base-unique feature better than the Base's own Grad-CAM);
-- distilled map's mass on the object minus Grad-CAM(Student)'s.
+- **mass**: share of the map's positive mass on the region after bilinear upsampling;
+- **relative mass**: mass / the best mass any map on the same grid reaches;
+- **grid pointing**: the map's largest cell overlaps the region.
 
-Then the sanity checks of :mod:`captum_unicam.sanity` (cascading randomisation of the
-Student and of the Base, the random-label Student) on the cued images at ``--sanity-layer``.
+Per seed: 95 % bootstrap intervals over images and the paired differences UniCAM minus
+Grad-CAM and UniCAM minus the naive baseline. ``--summarise`` pools seeds (mean of the seeds'
+means; interval from resampling images within every seed).
 
-Writes ``results.json``, ``results.md``, ``sanity.md/.csv`` and ``figures/*.png`` to OUT
-(models in ``OUT/models/``)::
+Writes ``results.json`` (every number, per-image values, recipe, timings), ``results.md``
+and ``figures/maps_L*.png`` to OUT (models in ``OUT/models/``)::
 
-    python experiments/ground_truth.py --out experiments/results/ground_truth/seed0 --seed 0
-    python experiments/ground_truth.py --summarise experiments/results/ground_truth/seed*
+    python experiments/ground_truth.py --out experiments/results/ground_truth/seed0 --seed 0 \
+        --threads 1
+    python experiments/ground_truth.py --summarise experiments/results/ground_truth/seed* \
+        > experiments/results/ground_truth/summary.md
 
 ``--size tiny`` trains for seconds (numbers meaningless; for the tests).
 """
@@ -44,50 +45,126 @@ Writes ``results.json``, ``results.md``, ``sanity.md/.csv`` and ``figures/*.png`
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Sequence
 
 import numpy as np
 import torch
+from captum.attr import LayerGradCam
 from torch.utils.data import DataLoader, TensorDataset
 
-LAYERS = ("L2", "L3", "L4")
-KINDS = {"gradcam_student": "Grad-CAM Student", "gradcam_base": "Grad-CAM Base",
-         "distilled": "UniCAM distilled", "residual": "UniCAM residual"}
-REGIONS = ("object", "marker", "background")
-CONDITIONS = ("cue-free", "cued")
+from captum_unicam import UniCAM
+from captum_unicam.data.controlled import ControlledShapes
+from captum_unicam.kd.train import evaluate_accuracy, train_model
+from captum_unicam.metrics.localisation import (
+    grid_masks,
+    grid_pointing_game,
+    interval,
+    mask_energy,
+    relative_mask_energy,
+)
+from captum_unicam.models import build_model, save_checkpoint, stage_layers
 
-#: Data sizes, epochs and evaluation settings. "modest" measured with seed 0 on one thread: 91 CPU-seconds
-#: of training, 14 of evaluation, 6 of sanity checks (wall time is several times that on a busy machine).
+LAYERS = ("L2", "L3", "L4")
+KINDS = {
+    "gradcam_base": "Grad-CAM Base",
+    "residual": "UniCAM residual",
+    "naive_residual": "naive residual",
+    "gradcam_student": "Grad-CAM Student",
+    "distilled": "UniCAM distilled",
+    "naive_distilled": "naive distilled",
+    "uniform": "chance (uniform map; random cell)",
+}
+MEASURES = {"mass": "mass", "relative_mass": "relative mass", "pointing_grid": "grid pointing"}
+REGIONS = ("marker", "object")
+ACCURACY_SETS = ("cue-free", "cued", "grey marker")
+ROLES = ("teacher", "base", "student")
+#: paired differences per image: (region, map, minus map)
+COMPARISONS = (
+    ("marker", "residual", "gradcam_base"),
+    ("marker", "residual", "naive_residual"),
+    ("object", "distilled", "gradcam_student"),
+    ("object", "distilled", "naive_distilled"),
+)
+ARCH, NUM_CLASSES, MARKER_SIZE = "small_resnet_s", 4, 8
+#: optimiser and KD hyperparameters (those of the package's demo)
+TRAIN = dict(optimizer="adam", lr=1e-2, weight_decay=5e-4)
+KD = dict(method="overhaul", temperature=4.0, beta=1e-3)
+
+#: Data sizes and epochs. "modest": see the README of the published results for the CPU
+#: seconds per seed on one thread.
 SIZES: Dict[str, Dict[str, Any]] = {
-    "tiny": dict(teacher=96, base=96, transfer=96, test=32, teacher_epochs=1, base_epochs=1, student_epochs=1,
-                 random_epochs=1, batch_size=32, eval_batch=16, sanity_images=16, n_bootstrap=50, n_show=2),
-    "modest": dict(teacher=2000, base=1000, transfer=2000, test=384, teacher_epochs=8, base_epochs=15,
-                   student_epochs=8, random_epochs=15, batch_size=64, eval_batch=48, sanity_images=96,
-                   n_bootstrap=1000, n_show=4),
+    "tiny": dict(
+        teacher=96,
+        base=64,
+        transfer=96,
+        test=24,
+        reference=8,
+        teacher_epochs=1,
+        base_epochs=1,
+        student_epochs=1,
+        batch_size=32,
+        eval_batch=12,
+        n_bootstrap=50,
+        n_show=2,
+    ),
+    "modest": dict(
+        teacher=2000,
+        base=1000,
+        transfer=2000,
+        test=384,
+        reference=48,
+        teacher_epochs=8,
+        base_epochs=15,
+        student_epochs=8,
+        batch_size=64,
+        eval_batch=64,
+        n_bootstrap=1000,
+        n_show=4,
+    ),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--out", default="experiments/results/ground_truth/seed0", help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
     p.add_argument("--size", choices=sorted(SIZES), default="modest", help="data sizes and epochs")
-    p.add_argument("--base-marker", type=float, default=0.7,
-                   help="share of the Base's training images that carry the class-coloured marker")
-    p.add_argument("--layers", nargs="+", default=list(LAYERS), choices=("L1",) + LAYERS, help="layers evaluated")
-    p.add_argument("--sanity-layer", default="L3", choices=("L1",) + LAYERS, help="layer of the sanity checks")
+    p.add_argument(
+        "--base-marker",
+        type=float,
+        default=0.8,
+        help="share of the Base's training images that carry the class-coloured marker",
+    )
+    p.add_argument(
+        "--base-images",
+        type=int,
+        default=None,
+        help="the Base's labelled images (default: the size's)",
+    )
+    p.add_argument(
+        "--layers",
+        nargs="+",
+        default=list(LAYERS),
+        choices=("L1",) + LAYERS,
+        help="layers evaluated",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: unchanged)")
     p.add_argument("--progress", action="store_true", help="show training progress bars")
-    p.add_argument("--summarise", nargs="+", metavar="RUN", help="summarise finished runs (their folders) instead")
-    p.add_argument("--compare", metavar="RUN", help="instead: compare every attribution method on a finished run's "
-                   "models and cued test images, with object and marker masks; writes RUN/compare/")
+    p.add_argument(
+        "--summarise",
+        nargs="+",
+        metavar="RUN",
+        help="summarise finished runs (their folders) instead",
+    )
     return p
 
 
@@ -96,65 +173,158 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------
 
 
-def _data(split: str, size: int, seed: int, marker: float):
-    from captum_unicam.data.controlled import ControlledShapes
+def _data(split: str, size: int, seed: int, marker: float) -> ControlledShapes:
+    return ControlledShapes(
+        size,
+        seed=seed,
+        split=split,
+        cue_strength=0.0,
+        marker_strength=marker,
+        marker_size=MARKER_SIZE,
+    )
 
-    return ControlledShapes(size, seed=seed, split=split, cue_strength=0.0, marker_strength=marker)
+
+def _loader(x, y, seed: int, batch_size: int) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        TensorDataset(x, y),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=gen,
+        drop_last=len(x) > batch_size,
+    )
 
 
-def train_models(seed: int, s: Mapping[str, Any], base_marker: float, models_dir: Path, progress: bool):
-    """Teacher, Base, Student and random-label Student, trained with the demo's function
-    and KD hyperparameters; checkpoints in ``models_dir``."""
-    from captum_unicam.kd.demo import demo_recipe
-    from captum_unicam.kd.train import train_model
-    from captum_unicam.models import build_model, save_checkpoint
-
-    r = demo_recipe(seed)
-    common = dict(optimizer=r["optimizer"], lr=r["lr"], weight_decay=r["weight_decay"], progress=progress)
-    teacher_ds = _data("train", s["teacher"], seed, 0.0)
-    base_ds = _data("val", s["base"], seed, base_marker)
-    transfer_ds = _data("transfer", s["transfer"], seed, 0.0)
-    g = torch.Generator().manual_seed(seed * 1000 + 7)
-    random_labels = base_ds.labels[torch.randperm(len(base_ds), generator=g)]
-
-    def loader(x, y, i):
-        gen = torch.Generator().manual_seed(seed * 1000 + 10 + i)
-        bs = s["batch_size"]
-        return DataLoader(TensorDataset(x, y), batch_size=bs, shuffle=True, generator=gen, drop_last=len(x) > bs)
-
+def train_models(
+    seed: int,
+    s: Mapping[str, Any],
+    base_marker: float,
+    base_images: int,
+    models_dir: Path,
+    progress: bool,
+):
+    """Teacher, Base and Student; checkpoints in ``models_dir``; CPU seconds per model."""
+    sets = {
+        "teacher": _data("train", s["teacher"], seed, 0.0),
+        "base": _data("val", base_images, seed, base_marker),
+        "student": _data("transfer", s["transfer"], seed, 0.0),
+    }
     models = {}
     with torch.random.fork_rng(devices=[]):
-        for i, role in enumerate(("teacher", "base", "student", "random_student")):
+        for i, role in enumerate(ROLES):
             torch.manual_seed(seed * 1000 + i)
-            models[role] = build_model("small_resnet_s", 4)
+            models[role] = build_model(ARCH, NUM_CLASSES)
     seconds = {}
-    t0 = time.process_time()
-    train_model(models["teacher"], loader(teacher_ds.images, teacher_ds.labels, 0), epochs=s["teacher_epochs"],
-                seed=seed * 1000 + 20, desc="teacher", **common)
-    seconds["teacher"] = time.process_time() - t0
-    t0 = time.process_time()
-    train_model(models["base"], loader(base_ds.images, base_ds.labels, 1), epochs=s["base_epochs"],
-                seed=seed * 1000 + 21, desc="base", **common)
-    seconds["base"] = time.process_time() - t0
-    t0 = time.process_time()
-    train_model(models["student"], loader(transfer_ds.images, transfer_ds.labels, 2), epochs=s["student_epochs"],
-                teacher=models["teacher"].eval(), method=r["method"], temperature=r["temperature"], beta=r["beta"],
-                unlabelled=True, seed=seed * 1000 + 22, desc="student (KD)", **common)
-    seconds["student"] = time.process_time() - t0
-    t0 = time.process_time()
-    train_model(models["random_student"], loader(base_ds.images, random_labels, 3), epochs=s["random_epochs"],
-                seed=seed * 1000 + 23, desc="random-label student", **common)
-    seconds["random_student"] = time.process_time() - t0
-    recipe = {"seed": seed, **s, "base_marker": base_marker, "arch": "small_resnet_s",
-              "optimizer": r["optimizer"], "lr": r["lr"], "weight_decay": r["weight_decay"], "method": r["method"],
-              "temperature": r["temperature"], "beta": r["beta"]}
+    for i, role in enumerate(ROLES):
+        ds = sets[role]
+        kd = (
+            dict(teacher=models["teacher"].eval(), unlabelled=True, **KD)
+            if role == "student"
+            else {}
+        )
+        t0 = time.process_time()
+        train_model(
+            models[role],
+            _loader(ds.images, ds.labels, seed * 1000 + 10 + i, s["batch_size"]),
+            epochs=s[f"{role}_epochs"],
+            seed=seed * 1000 + 20 + i,
+            desc=role,
+            progress=progress,
+            **TRAIN,
+            **kd,
+        )
+        seconds[role] = round(time.process_time() - t0, 1)
+        models[role].eval()
+    recipe = {
+        "seed": seed,
+        **s,
+        "base": base_images,
+        "base_marker": base_marker,
+        "marker_size": MARKER_SIZE,
+        "arch": ARCH,
+        **TRAIN,
+        **KD,
+    }
     for role, m in models.items():
-        m.eval()
-        save_checkpoint(models_dir / f"{role}.pt", m, arch="small_resnet_s", num_classes=4,
-                        class_names=teacher_ds.classes, recipe=recipe,
-                        kd_method=r["method"] if role == "student" else None)
-    train_acc_random = float((models["random_student"](base_ds.images).argmax(1) == random_labels).float().mean())
-    return models, recipe, seconds, train_acc_random
+        save_checkpoint(
+            models_dir / f"{role}.pt",
+            m,
+            arch=ARCH,
+            num_classes=NUM_CLASSES,
+            class_names=sets["teacher"].classes,
+            recipe=recipe,
+            kd_method=KD["method"] if role == "student" else None,
+        )
+    return models, recipe, seconds
+
+
+# ---------------------------------------------------------------------------
+# maps
+# ---------------------------------------------------------------------------
+
+
+def _normalise(maps: torch.Tensor) -> torch.Tensor:
+    """Each map divided by its maximum (a map with no positive value stays 0)."""
+    peak = maps.flatten(1).max(1).values.clamp_min(0.0)
+    return torch.where(
+        peak.view(-1, 1, 1, 1) > 0,
+        maps / peak.clamp_min(1e-30).view(-1, 1, 1, 1),
+        torch.zeros_like(maps),
+    )
+
+
+def compute_maps(
+    student, base, layer_names, x, y, ref, eval_batch
+) -> Dict[str, Dict[str, torch.Tensor]]:
+    """Per layer: the map kinds of :data:`KINDS`, each (N,1,h,w), and the per-image
+    reference-mode scores S_d, S_r."""
+    s_l, b_l = stage_layers(student), stage_layers(base)
+    out = {}
+    for name in layer_names:
+        gc_s, gc_b = LayerGradCam(student, s_l[name]), LayerGradCam(base, b_l[name])
+        uc = UniCAM(student, s_l[name], base, b_l[name], reference=ref)
+        parts: Dict[str, List[torch.Tensor]] = {
+            k: []
+            for k in ("gradcam_base", "gradcam_student", "distilled", "residual", "s_d", "s_r")
+        }
+        for i in range(0, x.shape[0], eval_batch):
+            xb, yb = x[i : i + eval_batch], y[i : i + eval_batch]
+            parts["gradcam_student"].append(
+                gc_s.attribute(xb, target=yb, relu_attributions=True).detach()
+            )
+            parts["gradcam_base"].append(
+                gc_b.attribute(xb, target=yb, relu_attributions=True).detach()
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # empty maps are counted (n_empty)
+                (d, r), (s_d, s_r) = uc.attribute(xb, target=yb, features="both", return_score=True)
+            for k, v in (("distilled", d), ("residual", r), ("s_d", s_d), ("s_r", s_r)):
+                parts[k].append(v.detach())
+        maps = {k: torch.cat(v) for k, v in parts.items()}
+        gb, gs = _normalise(maps["gradcam_base"]), _normalise(maps["gradcam_student"])
+        maps["naive_residual"] = (gb - gs).clamp_min(0.0)
+        maps["naive_distilled"] = (gs - gb).clamp_min(0.0)
+        maps["uniform"] = torch.ones_like(maps["gradcam_base"])
+        out[name] = maps
+    return out
+
+
+def _nan_list(v: torch.Tensor) -> List[Any]:
+    return [None if not np.isfinite(a) else float(a) for a in v.tolist()]
+
+
+def measure(maps: torch.Tensor, mask: torch.Tensor) -> Dict[str, List[Any]]:
+    """Per image: mass, relative mass and grid pointing of ``maps`` on ``mask`` (None for
+    an empty map)."""
+    return {
+        "mass": _nan_list(mask_energy(maps, mask)),
+        "relative_mass": _nan_list(relative_mask_energy(maps, mask)),
+        "pointing_grid": _nan_list(grid_pointing_game(maps, mask)),
+    }
+
+
+def _finite(values: Sequence[Any]) -> np.ndarray:
+    return np.asarray([v for v in values if v is not None], dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------
@@ -162,130 +332,90 @@ def train_models(seed: int, s: Mapping[str, Any], base_marker: float, models_dir
 # ---------------------------------------------------------------------------
 
 
-def _interval(values: Sequence[float], n_bootstrap: int, seed: int) -> Dict[str, Any]:
-    from captum_unicam.metrics.intervals import bootstrap_ci
-
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
-    if v.size == 0:
-        return {"mean": None, "low": None, "high": None, "n": 0}
-    low, high = bootstrap_ci(v, n_bootstrap=n_bootstrap, seed=seed)
-    return {"mean": float(v.mean()), "low": low, "high": high, "n": int(v.size)}
+def neutral_marker(ds: ControlledShapes) -> torch.Tensor:
+    """The marked images with the marker's colour replaced by grey (0.5, keeping the pixel
+    noise): the same occlusion of the object, no class information."""
+    colour = ds.marker_palette[ds.labels].view(-1, 3, 1, 1)
+    grey = (0.5 + ds.images - colour).clamp(0.0, 1.0)
+    return torch.where(ds.marker_masks.bool(), grey, ds.images)
 
 
-def per_image_energy(maps: torch.Tensor, masks: torch.Tensor) -> List[Optional[float]]:
-    """Mask energy fraction of each image (None for an empty map), by the definition of
-    :func:`captum_unicam.report.localisation`, one image at a time."""
-    from captum_unicam.report import localisation
-
-    out = []
-    for i in range(maps.shape[0]):
-        e = localisation({"m": maps[i : i + 1]}, masks[i : i + 1], n_bootstrap=0)["kinds"]["m"]["energy"]["mean"]
-        out.append(e)
+def accuracies(models, seed: int, n: int) -> Dict[str, Dict[str, float]]:
+    """Accuracy of each model on the same n test images without the marker, with it, and
+    with a grey marker at the same place; ``reliance`` = with - without, ``marker_information``
+    = with - grey (the marker's colour, occlusion taken out)."""
+    cued = _data("test", n, seed, 1.0)
+    tests = {
+        "cue-free": _data("test", n, seed, 0.0).images,
+        "cued": cued.images,
+        "grey marker": neutral_marker(cued),
+    }
+    out: Dict[str, Dict[str, float]] = {}
+    for role, m in models.items():
+        out[role] = {}
+        for cond, x in tests.items():
+            loader = DataLoader(TensorDataset(x, cued.labels), batch_size=256)
+            out[role][cond] = evaluate_accuracy(m, loader)
+        out[role]["reliance"] = out[role]["cued"] - out[role]["cue-free"]
+        out[role]["marker_information"] = out[role]["cued"] - out[role]["grey marker"]
     return out
 
 
-def compute_maps(student, base, layer_names, x, y, eval_batch):
-    """Per layer: the four map kinds (N,1,h,w) and the per-batch scores S_d, S_r."""
-    from captum.attr import LayerGradCam
-
-    from captum_unicam.attr.unicam import UniCAM
-    from captum_unicam.models import stage_layers
-
-    s_l, b_l = stage_layers(student), stage_layers(base)
-    out = {}
-    for name in layer_names:
-        gc_s, gc_b = LayerGradCam(student, s_l[name]), LayerGradCam(base, b_l[name])
-        uc = UniCAM(student, s_l[name], base, b_l[name])
-        kinds = {k: [] for k in KINDS}
-        sd, sr = [], []
-        for i in range(0, x.shape[0] - eval_batch + 1, eval_batch):
-            xb, yb = x[i : i + eval_batch], y[i : i + eval_batch]
-            kinds["gradcam_student"].append(gc_s.attribute(xb, target=yb, relu_attributions=True).detach())
-            kinds["gradcam_base"].append(gc_b.attribute(xb, target=yb, relu_attributions=True).detach())
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # empty maps are counted (n_empty)
-                (d, r), (s_d, s_r) = uc.attribute(xb, target=yb, features="both", return_score=True)
-            kinds["distilled"].append(d.detach())
-            kinds["residual"].append(r.detach())
-            sd.append(float(s_d))
-            sr.append(float(s_r))
-        out[name] = {"maps": {k: torch.cat(v) for k, v in kinds.items()}, "s_d": sd, "s_r": sr}
-    return out
-
-
-def evaluate(models, s, seed, layer_names, n_eval: Optional[int] = None):
-    from captum_unicam.kd.train import evaluate_accuracy
-    from captum_unicam.report import localisation
-
+def evaluate(models, s, seed, layer_names):
+    """Maps on the cued test images, their localisation per image and with intervals."""
     nb = int(s["n_bootstrap"])
-    n_eval = n_eval or s["test"]
-    tests = {"cue-free": _data("test", n_eval, seed, 0.0), "cued": _data("test", n_eval, seed, 1.0)}
-    acc = {}
-    for cond, ds in tests.items():
-        loader = DataLoader(TensorDataset(ds.images, ds.labels), batch_size=256)
-        acc[cond] = {role: evaluate_accuracy(m, loader) for role, m in models.items()}
-    results: Dict[str, Any] = {}
-    raw: Dict[str, Any] = {}
-    for cond, ds in tests.items():
-        n_used = (len(ds) // s["eval_batch"]) * s["eval_batch"]
-        x, y = ds.images[:n_used], ds.labels[:n_used]
-        obj, mark = ds.masks[:n_used], ds.marker_masks[:n_used]
-        regions = {"object": obj, "marker": mark, "background": (1 - obj - mark).clamp(0, 1)}
-        per_layer = compute_maps(models["student"], models["base"], layer_names, x, y, s["eval_batch"])
-        raw[cond] = per_layer
-        results[cond] = {}
-        for name, d in per_layer.items():
-            entry: Dict[str, Any] = {"s_d": _interval(d["s_d"], nb, seed), "s_r": _interval(d["s_r"], nb, seed),
-                                     "n_images": n_used, "n_batches": len(d["s_d"]), "mass": {}}
-            for region, mask in regions.items():
-                loc = localisation(d["maps"], mask, n_bootstrap=nb, seed=seed)
-                entry["mass"][region] = {k: loc["kinds"][k]["energy"] for k in KINDS}
-                entry["mass"][region]["chance"] = loc["chance"]["energy"]
-                entry.setdefault("n_empty", {k: loc["kinds"][k]["n_empty"] for k in KINDS})
-            e = {(k, region): per_image_energy(d["maps"][k], regions[region])
-                 for k in KINDS for region in ("object", "marker")}
-
-            def diff(a, b):
-                return [p - q for p, q in zip(e[a], e[b]) if p is not None and q is not None]
-
-            entry["comparisons"] = {
-                "residual_minus_gradcam_base_on_marker":
-                    _interval(diff(("residual", "marker"), ("gradcam_base", "marker")), nb, seed),
-                "distilled_minus_gradcam_student_on_object":
-                    _interval(diff(("distilled", "object"), ("gradcam_student", "object")), nb, seed),
-            }
-            results[cond][name] = entry
-    return acc, results, raw, tests
-
-
-def sanity(models, s, seed, layer, tests):
-    from captum.attr import LayerGradCam
-
-    from captum_unicam.attr.unicam import UniCAM
-    from captum_unicam.models import stage_layers
-    from captum_unicam.sanity import cascading_randomisation, label_randomisation
-
-    st, ba, rs = models["student"], models["base"], models["random_student"]
-    sl, bl, rl = stage_layers(st)[layer], stage_layers(ba)[layer], stage_layers(rs)[layer]
-    n = s["sanity_images"]
-    ds = tests["cued"]
+    n, m = s["test"], s["reference"]
+    ds = _data(
+        "test", n + m, seed, 1.0
+    )  # the first n are evaluated, the last m are the reference set
     x, y = ds.images[:n], ds.labels[:n]
-    uc = UniCAM(st, sl, ba, bl)
-    both = {"UniCAM distilled": (uc, {"features": "distilled"}), "UniCAM residual": (uc, {"features": "residual"})}
-    relu = {"relu_attributions": True}
-    common = dict(batch_size=s["eval_batch"], seed=seed, n_bootstrap=int(s["n_bootstrap"]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # undefined Spearman values are counted in the table
-        res = cascading_randomisation(st, {**both, "Grad-CAM Student": (LayerGradCam(st, sl), relu)}, x, y,
-                                      check="Student randomised", **common)
-        res = res + cascading_randomisation(ba, {**both, "Grad-CAM Base": (LayerGradCam(ba, bl), relu)}, x, y,
-                                            check="Base randomised", **common)
-        uc_r = UniCAM(rs, rl, ba, bl)
-        res = res + label_randomisation(
-            {**both, "Grad-CAM Student": (LayerGradCam(st, sl), relu)},
-            {"UniCAM distilled": (uc_r, {"features": "distilled"}), "UniCAM residual": (uc_r, {"features": "residual"}),
-             "Grad-CAM Student": (LayerGradCam(rs, rl), relu)}, x, y, check="Student on random labels", **common)
-    return res
+    ref = (ds.images[n:], ds.labels[n:])
+    masks = {"marker": ds.marker_masks[:n], "object": ds.masks[:n]}
+    raw = compute_maps(models["student"], models["base"], layer_names, x, y, ref, s["eval_batch"])
+    per_image: Dict[str, Any] = {}
+    summary: Dict[str, Any] = {}
+    for layer, maps in raw.items():
+        per_image[layer] = {
+            region: {k: measure(maps[k], mk) for k in KINDS} for region, mk in masks.items()
+        }
+        for region, mk in masks.items():  # chance of the grid pointing game: a cell drawn at random
+            cells = (
+                (grid_masks(mk, tuple(maps["uniform"].shape[-2:])) > 0).double().flatten(1).mean(1)
+            )
+            per_image[layer][region]["uniform"]["pointing_grid"] = _nan_list(cells)
+        entry: Dict[str, Any] = {
+            "s_d": interval(maps["s_d"].numpy(), nb, seed),
+            "s_r": interval(maps["s_r"].numpy(), nb, seed),
+            "grid": list(maps["residual"].shape[-2:]),
+            "n_empty": {k: int((maps[k].flatten(1).clamp_min(0).sum(1) <= 0).sum()) for k in KINDS},
+            "localisation": {},
+            "comparisons": {},
+        }
+        for region in REGIONS:
+            entry["localisation"][region] = {
+                k: {
+                    q: interval(_finite(v), nb, seed)
+                    for q, v in per_image[layer][region][k].items()
+                }
+                for k in KINDS
+            }
+        for region, a, b in COMPARISONS:
+            entry["comparisons"][f"{a}-{b}:{region}"] = {
+                q: interval(
+                    _finite(
+                        _paired(per_image[layer][region][a][q], per_image[layer][region][b][q])
+                    ),
+                    nb,
+                    seed,
+                )
+                for q in MEASURES
+            }
+        summary[layer] = entry
+    return summary, per_image, raw, ds
+
+
+def _paired(a: Sequence[Any], b: Sequence[Any]) -> List[Any]:
+    return [p - q if p is not None and q is not None else None for p, q in zip(a, b)]
 
 
 # ---------------------------------------------------------------------------
@@ -293,89 +423,149 @@ def sanity(models, s, seed, layer, tests):
 # ---------------------------------------------------------------------------
 
 
-def _ci(d: Optional[Mapping[str, Any]], digits: int = 3) -> str:
+def _ci(d: Mapping[str, Any], digits: int = 3) -> str:
     if not d or d.get("mean") is None:
         return "–"
     return f"{d['mean']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
 
 
+def _accuracy_lines(acc: Mapping[str, Mapping[str, float]]) -> List[str]:
+    lines = [
+        "| model | accuracy without marker | with marker | with grey marker | with − without "
+        "| with − grey |",
+        "|---|---|---|---|---|---|",
+    ]
+    for role in ROLES:
+        a = acc[role]
+        lines.append(
+            f"| {role} | {a['cue-free']:.3f} | {a['cued']:.3f} | {a['grey marker']:.3f} "
+            f"| {a['reliance']:+.3f} | {a['marker_information']:+.3f} |"
+        )
+    return lines
+
+
 def markdown(res: Mapping[str, Any]) -> str:
-    acc = res["accuracies"]
-    lines = [f"# Ground truth: planted Base-unique marker (seed {res['recipe']['seed']})", "",
-             f"Command: `{res['command']}`", "",
-             "| model | accuracy, cue-free test | accuracy, cued test (marker on every image) |", "|---|---|---|"]
-    for role in ("teacher", "base", "student", "random_student"):
-        lines.append(f"| {role} | {acc['cue-free'][role]:.3f} | {acc['cued'][role]:.3f} |")
-    lines += ["", f"Random-label Student, accuracy on its own (permuted) training labels: "
-              f"{res['random_label_train_accuracy']:.3f}", ""]
-    for cond in CONDITIONS:
-        lines += [f"## {cond} test images", "",
-                  "Scores per batch (mean [95 % bootstrap interval over batches]); mass = share of each map's "
-                  "positive mass in the region (mean [95 % interval over images]).", "",
-                  "| layer | S_d | S_r | region | " + " | ".join(KINDS.values()) + " | chance |",
-                  "|---|---|---|---|" + "---|" * len(KINDS) + "---|"]
-        for layer, e in res["evaluation"][cond].items():
-            for j, region in enumerate(REGIONS):
-                m = e["mass"][region]
-                head = [layer, _ci(e["s_d"]), _ci(e["s_r"])] if j == 0 else ["", "", ""]
-                lines.append("| " + " | ".join(head + [region] + [_ci(m[k]) for k in KINDS]
-                                                  + [f"{m['chance']:.3f}"]) + " |")
-        lines += ["", "| layer | residual − Grad-CAM(Base), mass on marker | "
-                      "distilled − Grad-CAM(Student), mass on object |", "|---|---|---|"]
-        for layer, e in res["evaluation"][cond].items():
-            c = e["comparisons"]
-            lines.append(f"| {layer} | {_ci(c['residual_minus_gradcam_base_on_marker'])} | "
-                         f"{_ci(c['distilled_minus_gradcam_student_on_object'])} |")
+    r = res["recipe"]
+    lines = [
+        f"# Ground truth: a planted marker the Base relies on (seed {r['seed']})",
+        "",
+        f"Command: `{res['command']}`",
+        "",
+        f"Base: {r['base']} labelled images, {r['base_marker']:.0%} with the "
+        f"{r['marker_size']} × {r['marker_size']} px class-coloured marker. Test: {r['test']} "
+        "images, marker-free, with the marker on every image, and with a grey marker (same "
+        "place, no class colour). Maps on the marked images; UniCAM in reference mode "
+        f"({r['reference']} other marked test images). CPU seconds: {res['cpu_seconds']}.",
+        "",
+    ]
+    lines += _accuracy_lines(res["accuracies"]) + [""]
+    for region in REGIONS:
+        lines += [
+            f"## Localisation on the {region}",
+            "",
+            "Mean [95 % bootstrap interval over images]; empty maps left out (counted below).",
+            "",
+            "| map | "
+            + " | ".join(f"{layer} {q}" for layer in res["evaluation"] for q in MEASURES.values())
+            + " |",
+            "|---|" + "---|" * (len(MEASURES) * len(res["evaluation"])),
+        ]
+        for k, label in KINDS.items():
+            cells = [
+                _ci(e["localisation"][region][k][q])
+                for e in res["evaluation"].values()
+                for q in MEASURES
+            ]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## Sanity checks", "", f"At {res['sanity_layer']}, on cued test images: see sanity.md.", ""]
-    return "\n".join(lines)
+    lines += [
+        "## Paired differences per image",
+        "",
+        "| difference | "
+        + " | ".join(f"{layer} {q}" for layer in res["evaluation"] for q in MEASURES.values())
+        + " |",
+        "|---|" + "---|" * (len(MEASURES) * len(res["evaluation"])),
+    ]
+    for region, a, b in COMPARISONS:
+        key = f"{a}-{b}:{region}"
+        cells = [
+            _ci(e["comparisons"][key][q]) for e in res["evaluation"].values() for q in MEASURES
+        ]
+        lines.append(f"| {KINDS[a]} − {KINDS[b]}, {region} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Scores and empty maps",
+        "",
+        "| layer | grid | S_d | S_r | empty maps ("
+        + ", ".join(KINDS[k] for k in KINDS if k != "uniform")
+        + ") |",
+        "|---|---|---|---|---|",
+    ]
+    for layer, e in res["evaluation"].items():
+        empty = " / ".join(str(e["n_empty"][k]) for k in KINDS if k != "uniform")
+        grid = f"{e['grid'][0]} × {e['grid'][1]}"
+        lines.append(f"| {layer} | {grid} | {_ci(e['s_d'])} | {_ci(e['s_r'])} | {empty} |")
+    return "\n".join(lines) + "\n"
 
 
-def write(out: Path, res: Dict[str, Any], raw, tests, sanity_res, s) -> None:
-    from captum_unicam import viz
+def write_figures(out: Path, raw, ds, n_show: int) -> None:
+    from captum_unicam import viz  # lazy: matplotlib only when figures are drawn
 
     figs = out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
-    n = int(s["n_show"])
-    for cond in CONDITIONS:
-        ds = tests[cond]
-        for layer, d in raw[cond].items():
-            maps = {KINDS[k]: d["maps"][k][:n] for k in ("gradcam_student", "distilled", "gradcam_base", "residual")}
-            fig = viz.attribution_grid(ds.images[:n], maps, title=f"{cond} test images, {layer}",
-                                       row_labels=[ds.classes[int(i)] for i in ds.labels[:n]])
-            viz.save_figure(fig, figs / f"maps_{cond}_{layer}.png", dpi=72)
-    viz.save_figure(sanity_res.figure(), figs / "sanity.png", dpi=80)
-    (out / "sanity.md").write_text(sanity_res.to_markdown(), encoding="utf-8")
-    (out / "sanity.csv").write_text(sanity_res.to_csv(), encoding="utf-8")
-    (out / "results.md").write_text(markdown(res), encoding="utf-8")
-    torch.save({cond: {layer: d["maps"] for layer, d in raw[cond].items()} for cond in CONDITIONS}, out / "maps.pt")
-    (out / "results.json").write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
+    for layer, maps in raw.items():
+        shown = {KINDS[k]: maps[k][:n_show] for k in KINDS if k != "uniform"}
+        fig = viz.attribution_grid(
+            ds.images[:n_show],
+            shown,
+            title=f"marked test images, {layer}",
+            row_labels=[ds.classes[int(i)] for i in ds.labels[:n_show]],
+        )
+        viz.save_figure(fig, figs / f"maps_{layer}.png", dpi=72)
 
 
-def run(out: Path, seed: int, size: str, base_marker: float, layers: Sequence[str], sanity_layer: str,
-        progress: bool = False, command: str = "") -> Dict[str, Any]:
-    from captum_unicam.report import to_jsonable, versions
-
+def run(
+    out: Path,
+    seed: int,
+    size: str,
+    base_marker: float,
+    layers: Sequence[str],
+    *,
+    base_images=None,
+    progress: bool = False,
+    command: str = "",
+) -> Dict[str, Any]:
     s = SIZES[size]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "models").mkdir(exist_ok=True)
     t0, c0 = time.perf_counter(), time.process_time()
-    models, recipe, train_cpu, rand_acc = train_models(seed, s, base_marker, out / "models", progress)
-    t1 = time.process_time()
-    acc, evaluation, raw, tests = evaluate(models, s, seed, layers)
-    t2 = time.process_time()
-    sanity_res = sanity(models, s, seed, sanity_layer, tests)
-    t3 = time.process_time()
-    res = {"recipe": {**recipe, "size": size, "layers": list(layers)}, "command": command,
-           "accuracies": acc, "random_label_train_accuracy": rand_acc, "evaluation": evaluation,
-           "sanity_layer": sanity_layer, "sanity": sanity_res.to_dict(),
-           "label_vectors": "one-hot",
-           "cpu_seconds": {"train": {k: round(v, 1) for k, v in train_cpu.items()}, "train_total": round(t1 - c0, 1),
-                           "evaluation": round(t2 - t1, 1), "sanity": round(t3 - t2, 1)},
-           "wall_seconds": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads(),
-           "versions": versions()}
-    res = to_jsonable(res)
-    write(out, res, raw, tests, sanity_res, s)
+    models, recipe, train_cpu = train_models(
+        seed, s, base_marker, base_images or s["base"], out / "models", progress
+    )
+    c1 = time.process_time()
+    acc = accuracies(models, seed, s["test"])
+    evaluation, per_image, raw, ds = evaluate(models, s, seed, layers)
+    c2 = time.process_time()
+    res = {
+        "recipe": {**recipe, "size": size, "layers": list(layers)},
+        "command": command,
+        "accuracies": acc,
+        "evaluation": evaluation,
+        "label_vectors": "one-hot",
+        "unicam_mode": "reference",
+        "cpu_seconds": {
+            **train_cpu,
+            "train_total": round(c1 - c0, 1),
+            "evaluation": round(c2 - c1, 1),
+            "total": round(c2 - c0, 1),
+        },
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "threads": torch.get_num_threads(),
+        "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
+        "per_image": per_image,
+    }
+    write_figures(out, raw, ds, int(s["n_show"]))
+    (out / "results.md").write_text(markdown(res), encoding="utf-8")
+    (out / "results.json").write_text(json.dumps(res) + "\n", encoding="utf-8")
     return res
 
 
@@ -384,89 +574,167 @@ def run(out: Path, seed: int, size: str, base_marker: float, layers: Sequence[st
 # ---------------------------------------------------------------------------
 
 
-def summarise(folders: Sequence[str]) -> str:
-    runs = [json.loads((Path(f) / "results.json").read_text()) for f in folders]
+def pooled(
+    per_seed: Sequence[Sequence[Any]], n_bootstrap: int = 1000, seed: int = 0
+) -> Dict[str, Any]:
+    """Mean over seeds of each seed's mean, and its 95 % percentile interval from resampling
+    the images within every seed (``n_bootstrap`` replicates); also each seed's mean."""
+    vals = [_finite(v) for v in per_seed]
+    vals = [v for v in vals if v.size]
+    if not vals:
+        return {"mean": None, "low": None, "high": None, "seeds": []}
+    rng = np.random.default_rng(seed)
+    reps = np.mean(
+        [v[rng.integers(0, v.size, (n_bootstrap, v.size))].mean(1) for v in vals], axis=0
+    )
+    low, high = np.quantile(reps, [0.025, 0.975])
+    return {
+        "mean": float(np.mean([v.mean() for v in vals])),
+        "low": float(low),
+        "high": float(high),
+        "seeds": [float(v.mean()) for v in vals],
+    }
+
+
+def _table(runs, layers, rows: Mapping[str, Any], get, first: str = "map") -> List[str]:
+    lines = [
+        f"| {first} | "
+        + " | ".join(f"{layer} {q}" for layer in layers for q in MEASURES.values())
+        + " |",
+        "|---|" + "---|" * (len(MEASURES) * len(layers)),
+    ]
+    for key, label in rows.items():
+        cells = [
+            _ci(pooled([get(r, layer, key, q) for r in runs])) for layer in layers for q in MEASURES
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _spread(runs, layers, rows, get, q) -> List[str]:
+    lines = ["| map | " + " | ".join(layers) + " |", "|---|" + "---|" * len(layers)]
+    for key, label in rows.items():
+        cells = [
+            " / ".join(f"{m:.3f}" for m in pooled([get(r, layer, key, q) for r in runs])["seeds"])
+            for layer in layers
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _summary_head(runs) -> List[str]:
     seeds = [r["recipe"]["seed"] for r in runs]
-    lines = [f"# Ground truth over seeds {', '.join(map(str, seeds))}", "",
-             "Each cell: one value per seed, mean [95 % bootstrap interval over images or batches].", "",
-             "| model | accuracy cue-free (per seed) | accuracy cued (per seed) |", "|---|---|---|"]
-    for role in ("teacher", "base", "student", "random_student"):
-        lines.append(f"| {role} | " + " / ".join(f"{r['accuracies']['cue-free'][role]:.2f}" for r in runs)
-                     + " | " + " / ".join(f"{r['accuracies']['cued'][role]:.2f}" for r in runs) + " |")
-    lines.append("")
-    for cond in CONDITIONS:
-        lines += [f"## {cond}", "", "| layer | quantity | " + " | ".join(f"seed {s}" for s in seeds) + " |",
-                  "|---|---|" + "---|" * len(runs)]
-        for layer in runs[0]["evaluation"][cond]:
-            rows = {
-                "S_d": lambda e: e["s_d"], "S_r": lambda e: e["s_r"],
-                "residual on marker": lambda e: e["mass"]["marker"]["residual"],
-                "Grad-CAM Base on marker": lambda e: e["mass"]["marker"]["gradcam_base"],
-                "residual − Grad-CAM Base, marker": lambda e: e["comparisons"]["residual_minus_gradcam_base_on_marker"],
-                "distilled on object": lambda e: e["mass"]["object"]["distilled"],
-                "Grad-CAM Student on object": lambda e: e["mass"]["object"]["gradcam_student"],
-                "distilled − Grad-CAM Student, object":
-                    lambda e: e["comparisons"]["distilled_minus_gradcam_student_on_object"],
-            }
-            for q, get in rows.items():
-                lines.append(f"| {layer} | {q} | " + " | ".join(_ci(get(r["evaluation"][cond][layer])) for r in runs)
-                             + " |")
-        lines.append("")
-    return "\n".join(lines)
+    r0 = runs[0]["recipe"]
+    lines = [
+        f"# Ground truth over seeds {', '.join(map(str, seeds))}",
+        "",
+        f"Base: {r0['base']} labelled images, {r0['base_marker']:.0%} of them with the "
+        f"{r0['marker_size']} × {r0['marker_size']} px class-coloured marker; Teacher and Student "
+        f"never see it. Maps on {r0['test']} marked test images per seed; UniCAM in reference mode "
+        f"({r0['reference']} other marked test images). Cells: mean over seeds of each seed's mean "
+        "[95 % bootstrap interval, images resampled within every seed]; empty maps left out. "
+        "**mass**: share of the map's positive mass on the region (bilinear upsampling); "
+        "**relative mass**: mass / the best any map on the same grid reaches; **grid pointing**: "
+        "the map's largest cell overlaps the region.",
+        "",
+        "## Accuracies (seed " + " / ".join(map(str, seeds)) + ")",
+        "",
+        "Grey marker: the marked images with the marker's colour replaced by grey (the same "
+        "occlusion, no class information).",
+        "",
+        "| model | without marker | with marker | with grey marker | with − without | "
+        "with − grey |",
+        "|---|---|---|---|---|---|",
+    ]
+    for role in ROLES:
+        a = [r["accuracies"][role] for r in runs]
+        cells = [
+            " / ".join(f"{x[c]:.3f}" if c in ACCURACY_SETS else f"{x[c]:+.3f}" for x in a)
+            for c in ACCURACY_SETS + ("reliance", "marker_information")
+        ]
+        lines.append(f"| {role} | " + " | ".join(cells) + " |")
+    cpu = " / ".join(f"{r['cpu_seconds']['total']:.0f}" for r in runs)
+    wall = " / ".join(f"{r['wall_seconds']:.0f}" for r in runs)
+    lines += ["", f"CPU seconds per seed (one thread): {cpu}; wall seconds: {wall}", ""]
+    lines += [
+        "## Scores on the marked images (mean over images, seed by seed)",
+        "",
+        "| layer | S_d (distilled) | S_r (residual) |",
+        "|---|---|---|",
+    ]
+    for layer in runs[0]["evaluation"]:
+        sd, sr = (
+            " / ".join(f"{r['evaluation'][layer][k]['mean']:.3f}" for r in runs)
+            for k in ("s_d", "s_r")
+        )
+        lines.append(f"| {layer} | {sd} | {sr} |")
+    return lines + [""]
 
 
-def compare_run(folder: Path, layer: str = "L3", n_images: int = 64, command: str = "") -> Dict[str, Any]:
-    """:func:`captum_unicam.comparison.compare` of every method on a finished run's Student
-    and Base, on its cued test images (object and marker masks), with the sanity checks;
-    the report goes to ``folder/compare`` (replaced if present)."""
-    import shutil
-    import tempfile
+def _per_image(r, layer, key, q, region):
+    return r["per_image"][layer][region][key][q]
 
-    from captum_unicam.comparison import compare, default_methods
-    from captum_unicam.models import load_checkpoint, stage_layers
-    from captum_unicam.output.publish import publish_folder
 
-    res = json.loads((folder / "results.json").read_text())
-    seed = int(res["recipe"]["seed"])
-    models = {role: load_checkpoint(folder / "models" / f"{role}.pt")[0].eval()
-              for role in ("student", "base", "random_student")}
-    st, ba = models["student"], models["base"]
-    ds = _data("test", n_images, seed, 1.0)
-    methods = default_methods(st, stage_layers(st)[layer], ba, stage_layers(ba)[layer])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = compare(ds.images, ds.labels, methods, masks={"object": ds.masks, "marker": ds.marker_masks},
-                         sanity_models={"Student": st, "Base": ba},
-                         random_label_models={"Student": (st, models["random_student"])}, seed=seed)
-    out = folder / "compare"
-    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".compare.tmp-"))
-    try:
-        result.write(tmp, title=f"Every method on the ground-truth models (seed {seed}, {layer}, cued images)",
-                     command=command, notes=[f"{n_images} cued test images; masks: object and marker."])
-        publish_folder(tmp, out, overwrite=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return result.metrics
+def _diff(r, layer, key, q):
+    pair, region = key.split(":")
+    a, b = pair.split("-")
+    return _paired(_per_image(r, layer, a, q, region), _per_image(r, layer, b, q, region))
+
+
+def summarise(folders: Sequence[str]) -> str:
+    """The Markdown summary of finished runs (their folders), pooled over seeds."""
+    runs = [json.loads((Path(f) / "results.json").read_text()) for f in folders]
+    layers = list(runs[0]["evaluation"])
+    lines = _summary_head(runs)
+    for region in REGIONS:
+        get = functools.partial(_per_image, region=region)
+        lines += [f"## Localisation on the {region}", ""]
+        lines += _table(runs, layers, KINDS, get)
+        lines += ["", f"Relative mass on the {region} per seed:", ""]
+        lines += _spread(runs, layers, KINDS, get, "relative_mass") + [""]
+    diffs = {f"{a}-{b}:{reg}": f"{KINDS[a]} − {KINDS[b]}, {reg}" for reg, a, b in COMPARISONS}
+    lines += (
+        ["## Paired differences per image", ""]
+        + _table(runs, layers, diffs, _diff, "difference")
+        + [""]
+    )
+    n = runs[0]["recipe"]["test"]
+    lines += [
+        f"## Empty maps (no positive value; of {n} per seed, seed by seed)",
+        "",
+        "| map | " + " | ".join(layers) + " |",
+        "|---|" + "---|" * len(layers),
+    ]
+    for k, label in KINDS.items():
+        if k != "uniform":
+            cells = [
+                " / ".join(str(r["evaluation"][layer]["n_empty"][k]) for r in runs)
+                for layer in layers
+            ]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    command = "python experiments/ground_truth.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    if args.compare:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        metrics = compare_run(Path(args.compare), layer=args.sanity_layer, command=command)
-        print(f"wrote {Path(args.compare) / 'compare'} ({metrics['timings']})")
-        return 0
+    command = "python experiments/ground_truth.py " + " ".join(
+        shlex.quote(a) for a in (argv or sys.argv[1:])
+    )
     if args.summarise:
-        text = summarise(args.summarise)
-        print(text)
+        print(summarise(args.summarise))
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    res = run(Path(args.out), args.seed, args.size, args.base_marker, args.layers, args.sanity_layer,
-              progress=args.progress, command=command)
+    res = run(
+        Path(args.out),
+        args.seed,
+        args.size,
+        args.base_marker,
+        args.layers,
+        base_images=args.base_images,
+        progress=args.progress,
+        command=command,
+    )
     print((Path(args.out) / "results.md").read_text())
     print(f"CPU seconds: {res['cpu_seconds']}, wall seconds: {res['wall_seconds']}")
     return 0

@@ -125,3 +125,32 @@ def test_marker_property_disjoint_masks_and_untouched_background(seed, p, size):
     side = marker_side(size)
     counts = marked.marker_masks.sum((1, 2, 3))
     assert torch.equal(counts, marked.has_marker.float() * side * side)
+
+
+@pytest.mark.parametrize("side", [1, 8, 13])
+def test_marker_size_sets_the_side_and_changes_nothing_else(side):
+    ds = ControlledShapes(40, seed=6, marker_strength=1.0, marker_size=side)
+    assert ds.marker_size == side
+    assert torch.equal(ds.marker_masks.sum((1, 2, 3)), torch.full((40,), float(side * side)))
+    for m in ds.marker_masks[:, 0]:
+        rows, cols = torch.nonzero(m.sum(1)).flatten(), torch.nonzero(m.sum(0)).flatten()
+        assert len(rows) == side and len(cols) == side
+        assert int(rows[-1] - rows[0]) == side - 1 and int(cols[-1] - cols[0]) == side - 1
+    plain = ControlledShapes(40, seed=6)
+    outside = (ds.marker_masks == 0).expand_as(ds.images)
+    assert torch.equal(ds.images[outside], plain.images[outside])
+    assert torch.equal(ds.labels, plain.labels)
+
+
+def test_default_marker_size_is_marker_side_and_without_marker_the_size_does_not_matter():
+    a = ControlledShapes(30, seed=1, marker_strength=0.5)
+    b = ControlledShapes(30, seed=1, marker_strength=0.5, marker_size=marker_side(32))
+    assert a.marker_size == 4 and torch.equal(a.images, b.images)
+    kwargs, _ = _BEFORE_MARKERS[0]
+    assert _digest(ControlledShapes(**kwargs, marker_size=9)) == _digest(ControlledShapes(**kwargs))
+
+
+@pytest.mark.parametrize("bad", [0, 33, -1, 2.5, True, "8"])
+def test_bad_marker_size_is_refused(bad):
+    with pytest.raises(InputError, match="marker_size"):
+        ControlledShapes(10, marker_strength=0.5, marker_size=bad)

@@ -14,9 +14,10 @@ class, ``cue_strength=1`` makes it a perfect (spurious) predictor, and in genera
 cued data can take the shortcut of reading the tint; on cue-free data it then fails.
 
 The **marker** (``marker_strength > 0``) is a second, localised cue with known pixels:
-with probability ``marker_strength`` an image carries a small square in the colour of
-its class (one saturated colour per class, :attr:`ControlledShapes.marker_palette`) at a
-position drawn independently of the object, drawn over everything but the pixel noise.
+with probability ``marker_strength`` an image carries a square (``marker_size`` pixels a
+side, by default :func:`marker_side`) in the colour of its class (one saturated colour per
+class, :attr:`ControlledShapes.marker_palette`) at a position drawn independently of the
+object, drawn over everything but the pixel noise.
 Its pixels are returned in :attr:`ControlledShapes.marker_masks` (and removed from the
 object mask where the two overlap, so the masks are disjoint). Unlike the tint, the
 marker says where a model that reads it should look: a model trained on marked images
@@ -75,6 +76,20 @@ def marker_side(image_size: int) -> int:
     return max(2, int(math.floor(image_size / 8 + 0.5)))
 
 
+def _check_marker(strength: object, size: object, image_size: int) -> None:
+    """Refuses a marker_strength outside [0, 1] or a marker_size outside 1..image_size."""
+    if (isinstance(strength, bool) or not isinstance(strength, (int, float))
+            or not 0.0 <= strength <= 1.0):
+        raise InputError(
+            f"marker_strength must be a number in [0, 1] (the probability that an image "
+            f"carries the class-coloured marker), got {strength!r}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer))
+                             or not 1 <= size <= image_size):
+        raise InputError(
+            f"marker_size must be an int from 1 to image_size ({image_size}) pixels, or None "
+            f"for the default side {marker_side(image_size)}, got {size!r}")
+
+
 def _palette(k: int) -> Tensor:
     """k background tints: evenly spaced hues, muted and dark (value 0.42)."""
     rgb = [colorsys.hsv_to_rgb((j / k + 0.02) % 1.0, 0.6, 0.42) for j in range(k)]
@@ -113,6 +128,10 @@ class ControlledShapes(torch.utils.data.Dataset):
                     the class-coloured marker (a square of :func:`marker_side` pixels
                     at a random position, independent of the object). 0 draws none.
                     Default: 0.0
+        marker_size (int, optional): Side of the marker in pixels, 1 to ``image_size``
+                    (a bigger marker is easier to learn and covers whole cells of a
+                    coarse map, e.g. 8 pixels = one cell of a 4 x 4 map at 32 pixels).
+                    Default: None (:func:`marker_side` of ``image_size``)
 
     Attributes:
 
@@ -156,6 +175,7 @@ class ControlledShapes(torch.utils.data.Dataset):
         noise: float = 0.04,
         split: str = "train",
         marker_strength: float = 0.0,
+        marker_size: Optional[int] = None,
     ) -> None:
         def is_int(v: object) -> bool:
             return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
@@ -176,11 +196,7 @@ class ControlledShapes(torch.utils.data.Dataset):
             raise ValueError(f"clutter must be a non-negative int, got {clutter!r}")
         if not isinstance(noise, (int, float)) or not 0.0 <= noise < math.inf:
             raise ValueError(f"noise must be a non-negative float, got {noise!r}")
-        if (isinstance(marker_strength, bool) or not isinstance(marker_strength, (int, float))
-                or not 0.0 <= marker_strength <= 1.0):
-            raise InputError(
-                f"marker_strength must be a number in [0, 1] (the probability that an image "
-                f"carries the class-coloured marker), got {marker_strength!r}")
+        _check_marker(marker_strength, marker_size, image_size)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         self.size = int(size)
@@ -192,6 +208,7 @@ class ControlledShapes(torch.utils.data.Dataset):
         self.noise = float(noise)
         self.split = split
         self.marker_strength = float(marker_strength)
+        self.marker_size = marker_side(self.image_size) if marker_size is None else int(marker_size)
         self.marker_palette: Tensor = _marker_palette(self.num_classes)
         self.classes: List[str] = list(SHAPES[: self.num_classes])
         self.class_to_idx: Dict[str, int] = {c: i for i, c in enumerate(self.classes)}
@@ -224,7 +241,8 @@ class ControlledShapes(torch.utils.data.Dataset):
             f"{self.image_size}, num_classes={self.num_classes}, cue_strength="
             f"{self.cue_strength}, clutter={self.clutter}, noise={self.noise}, "
             f"split={self.split!r}"
-            + (f", marker_strength={self.marker_strength}" if self.marker_strength else "")
+            + (f", marker_strength={self.marker_strength}, marker_size={self.marker_size}"
+               if self.marker_strength else "")
             + ")"
         )
 
@@ -413,7 +431,7 @@ class ControlledShapes(torch.utils.data.Dataset):
         """(n, 1, s, s) marker masks and (n,) presence of items idx. Presence and the
         top-left corner come from three uniforms of the item's own stream 2, so they do
         not depend on anything else in the image."""
-        s, side = self.image_size, marker_side(self.image_size)
+        s, side = self.image_size, self.marker_size
         keys = self._keys(2, idx)
         u = [(_mix64(keys ^ np.uint64(j)) >> np.uint64(11)).astype(np.float64) * 2.0**-53
              for j in (1, 2, 3)]
