@@ -25,7 +25,7 @@ from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
-from captum_unicam import stats
+from captum_unicam import _fused
 from captum_unicam.errors import InputError
 
 __all__ = ["UniCAM", "UniCAMWarning"]
@@ -850,13 +850,13 @@ class UniCAM(LayerAttribution, GradientAttribution):
         flat = [x_s.detach().reshape(n_total, -1), None, x_b.detach().reshape(n_total, -1)]
         if blocks is None:
             flat[1] = y.to(flat[0].dtype)
-            dist, rescaled, scales = stats._batch_distances(flat)
+            dist, rescaled, scales = _fused.batch_distances(flat)
         else:
             flat = [f.to(blocks["x"][v].dtype) for v, f in enumerate((flat[0], y, flat[2]))]
-            dist, rescaled, scales = stats._reference_distances(flat, blocks)
+            dist, rescaled, scales = _fused.reference_distances(flat, blocks)
         explained = [0 if kind == "distilled" else 2 for kind in kinds]
         tolerance = 8 * torch.finfo(flat[0].dtype).eps
-        s_all, w_all, flags = stats._unicam_scores(dist, explained, tolerance)
+        s_all, w_all, flags = _fused.unicam_scores(dist, explained, tolerance)
         out_dtype = x_s.dtype
         scores = tuple((s_all[k, 0] if blocks is None else s_all[k]).to(out_dtype) for k in range(len(kinds)))
 
@@ -870,10 +870,10 @@ class UniCAM(LayerAttribution, GradientAttribution):
                     else (leaf_b, a_b, x_b, self._transforms[1], cap_b)
                 )
                 if blocks is None:
-                    grad_x = stats._laplacian_product(w_all[k, 0], rescaled[v])
+                    grad_x = _fused.laplacian_product(w_all[k, 0], rescaled[v])
                 else:
                     w_row = w_all[k, :, 0, 1:]  # (N, m): each input's row
-                    grad_x = stats._reference_row_product(w_row, rescaled[v], blocks["x"][v])
+                    grad_x = _fused.reference_row_product(w_row, rescaled[v], blocks["x"][v])
                 grad_x = (grad_x / scales[v].to(grad_x.dtype)).to(x.dtype)
                 grad = self._gradient(grad_x, leaf, a, x, transform, cap, grad_kwargs or {})
                 if cap.shapes is not None:  # a layer with several tensors: one map each
@@ -907,7 +907,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
         return tuple(reference)
 
     def _reference_blocks(self, reference: Tuple[Any, ...], to_input: bool, table_rows: Optional[int]) -> Dict[str, Any]:
-        """The reference set's cached statistics (stats._reference_block) for the Student's
+        """The reference set's cached statistics (_fused.reference_block) for the Student's
         representation, the label vectors and the Base's representation."""
         key = (id(reference), bool(to_input))
         cached = self._reference_cache.get(key)
@@ -933,7 +933,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
             _, _, x_b = self._representation(cap_b, self._transforms[1], False, "Base", m)
         x_s = x_s.detach().reshape(m, -1)
         x_b = x_b.detach().reshape(m, -1)
-        blocks = stats._reference_block([x_s, y.to(x_s.dtype), x_b])
+        blocks = _fused.reference_block([x_s, y.to(x_s.dtype), x_b])
         checks = torch.cat([blocks["distances"].isfinite().flatten(1).all(1), label_ok.reshape(1)]).tolist()
         for ok, what in zip(checks, ("Student's representation", "label vectors", "Base's representation")):
             if not ok:
@@ -1064,7 +1064,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
     def _report(
         self, flags: Tensor, label_ok: Tensor, kinds: Sequence[str], maps: List[Tensor], per_input: bool
     ) -> None:
-        """Reads the flags of stats._unicam_scores (and the finiteness of the maps) in one
+        """Reads the flags of _fused.unicam_scores (and the finiteness of the maps) in one
         transfer, then raises or warns."""
         k = len(kinds)
         extra = [label_ok.reshape(1)] + [  # a tuple-output layer gives a tuple of maps
