@@ -266,3 +266,13 @@ def reference_row_product(w_row: Tensor, x_in: Tensor, x_ref: Tensor) -> Tensor:
     input and samples 1..m the references: 4 (W_i 1) x_i - 4 W_i x_ref, with W_i (N, m)."""
     w_row = w_row.to(x_in.dtype)
     return 4 * (w_row.sum(-1, keepdim=True) * x_in - w_row @ x_ref)
+
+
+def repeated_samples(a: Tensor, ratio: float = 1e-4) -> Tensor:
+    """Batch mode: a 0-d flag, some pair of samples is at (nearly) zero distance in both
+    representations (below ``ratio`` of each one's mean distance): repeated or
+    near-duplicate samples, as the batches that NoiseTunnel, sensitivity_max and Quantus
+    build of one image. ``a``: (3, 1, n, n) distance matrices of (student, labels, base)."""
+    reps = a[0::2, 0]  # (2, n, n)
+    close = (reps <= ratio * reps.mean((-2, -1), keepdim=True)).all(0)
+    return close.fill_diagonal_(False).any()
