@@ -685,6 +685,59 @@ class UniCAM(LayerAttribution, GradientAttribution):
         )
         return scores if features == "both" else scores[0]
 
+    def score_function(self, features: str = "distilled", num_inputs: int = 1) -> Callable[..., Tensor]:
+        r"""The score as a forward function, one value per input, for Captum's perturbation
+        tools: ``captum.attr.Occlusion`` / ``FeatureAblation`` explain it pixel by pixel and
+        ``captum.metrics.infidelity`` takes it as ``forward_func``.
+
+        The returned function is called as Captum calls a model,
+        ``f(*inputs, target=None, *additional_forward_args)``: the first ``num_inputs``
+        positional arguments are the input tensors, the next one (optional) the targets
+        of those inputs (as in :meth:`attribute`; pass them through the tool's
+        ``additional_forward_args``, which Captum repeats with the inputs it perturbs),
+        the rest the models' additional forward arguments. It returns an ``(N,)``
+        tensor: in **reference mode** input i's score with the reference set alone
+        (:meth:`score`), a per-input function, which is what these tools assume. In batch
+        mode the score is one statistic of the whole batch, returned for every input,
+        with the :class:`UniCAMWarning` of batch mode inside those tools.
+
+        Args:
+            features (str, optional): ``"distilled"`` (S_d) or ``"residual"`` (S_r).
+                        Default: "distilled"
+            num_inputs (int, optional): the number of input tensors the models take.
+                        Default: 1
+
+        Returns:
+            Callable: ``f(*inputs, target=None, *additional_forward_args) -> (N,) Tensor``.
+
+        Examples::
+
+            >>> from captum.attr import Occlusion
+            >>> unicam = UniCAM(student, student.layer4, base, base.layer4,
+            ...                 reference=reference_set(val_dataset, 32))
+            >>> f = unicam.score_function("distilled")
+            >>> occ = Occlusion(f).attribute(x, sliding_window_shapes=(3, 8, 8),
+            ...                              strides=(3, 8, 8), additional_forward_args=(y,))
+        """
+        if features not in ("distilled", "residual"):
+            raise InputError(f"`features` must be 'distilled' or 'residual', got {features!r}.")
+        if isinstance(num_inputs, bool) or not isinstance(num_inputs, int) or num_inputs < 1:
+            raise InputError(f"`num_inputs` must be a positive int, got {num_inputs!r}.")
+
+        def score_of_each_input(*args: Any) -> Tensor:
+            inputs = args[:num_inputs]
+            target = args[num_inputs] if len(args) > num_inputs else None
+            extra = args[num_inputs + 1 :]
+            value = self.score(
+                inputs[0] if num_inputs == 1 else tuple(inputs),
+                target,
+                additional_forward_args=extra if extra else None,
+                features=features,
+            )
+            return value.expand(inputs[0].shape[0]) if value.dim() == 0 else value
+
+        return score_of_each_input
+
     # -- the algorithm -------------------------------------------------------
 
     def _compute(
