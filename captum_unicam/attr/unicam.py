@@ -263,7 +263,7 @@ def _degenerate_reason(
         return (
             f"the U-centred distance matrix of the label vectors is zero{where}, so the labels "
             "carry no information: one-hot labels of distinct classes (every pair at the same "
-            "distance), or all samples but one in one class; pass "
+            "distance), or every sample but one of a single class; pass "
             f"`label_embeddings=embed_labels(class_names)`, or a {batch} with repeated classes"
         )
     if same:
