@@ -1,6 +1,5 @@
-"""One signature for feature_similarity_score, relevance_score and evaluate_kd; the old call
-forms still work for one release, with a DeprecationWarning that names the new form, and give
-the same numbers; evaluate_kd checks widths, targets and devices before any batch."""
+"""One signature for feature_similarity_score, relevance_score and evaluate_kd (no deprecated
+call forms); evaluate_kd checks widths, targets and devices before any batch."""
 
 import functools
 import inspect
@@ -62,10 +61,6 @@ def setup():
     return s, b, x, y, attr
 
 
-def deprecated(match):
-    return pytest.warns(DeprecationWarning, match=match)
-
-
 def test_new_forms_do_not_warn(setup):
     s, b, x, y, attr = setup
     with warnings.catch_warnings():
@@ -74,76 +69,6 @@ def test_new_forms_do_not_warn(setup):
         relevance_score(s, s.layer1, x, target=y, base_forward_func=b, base_layer=b.layer1, attributions=attr)
         evaluate_kd(s, {"L1": (s.layer1, b.layer1)}, [(x, y)], base_forward_func=b, maps=("none",), progress=False,
                     n_bootstrap=10)
-
-
-def test_old_fss_forms_warn_and_agree(setup):
-    s, b, x, y, attr = setup
-    new = feature_similarity_score(s, s.layer2, x, base_forward_func=b, base_layer=b.layer2, attributions=attr,
-                                   perturbation=ROAD0)
-    with deprecated(r"feature_similarity_score\(forward_func, layer, inputs, base_forward_func=\.\.\., base_layer=\.\.\."):
-        old = feature_similarity_score(s, s.layer2, b, b.layer2, x, attr, ROAD0)
-    assert float(old) == float(new)
-    with deprecated("use feature_similarity_score"):
-        old = feature_similarity_score(s, s.layer2, b, b.layer2, x, attributions=attr, perturb_func=ROAD0)
-    assert float(old) == float(new)
-    with deprecated(r"perturb_func= is deprecated.*use perturbation="):
-        old = feature_similarity_score(s, s.layer2, x, base_forward_func=b, base_layer=b.layer2, attributions=attr,
-                                       perturb_func=ROAD0)
-    assert float(old) == float(new)
-    with pytest.raises(TypeError, match="takes 3 positional arguments .* pass the rest by keyword"):
-        feature_similarity_score(s, s.layer2, x, b, b.layer2)
-    with pytest.raises(TypeError, match="positional"):  # the Base of evaluate_kd is keyword-only too
-        evaluate_kd(s, {"L2": (s.layer2, b.layer2)}, [(x, y)], b)
-    with pytest.raises(TypeError, match="multiple values"):
-        with deprecated("deprecated"):
-            feature_similarity_score(s, s.layer2, b, b.layer2, x, inputs=x)
-
-
-def test_old_rs_forms_warn_and_agree(setup):
-    s, b, x, y, attr = setup
-    emb = torch.randn(3, 4, generator=torch.Generator().manual_seed(2))
-    new = relevance_score(s, s.layer2, x, target=y, label_embeddings=emb, base_forward_func=b, base_layer=b.layer2,
-                          attributions=attr, perturbation=ROAD0)
-    with deprecated(r"relevance_score\(forward_func, layer, inputs, target=\.\.\., base_forward_func="):
-        with deprecated(r"given=\(base_forward_func, base_layer\) is deprecated.*base_forward_func=\.\.\., base_layer="):
-            with deprecated("perturb_func="):
-                old = relevance_score(s, s.layer2, x, y, attr, emb, ROAD0, (b, b.layer2))
-    assert float(old) == float(new)
-    with deprecated("given="):
-        old = relevance_score(s, s.layer2, x, target=y, label_embeddings=emb, attributions=attr,
-                              perturbation=ROAD0, given=(b, b.layer2))
-    assert float(old) == float(new)
-    plain_new = relevance_score(s, s.layer1, x, target=y)
-    with deprecated("relevance_score"):
-        assert float(relevance_score(s, s.layer1, x, y)) == float(plain_new)
-    with deprecated("given="):
-        assert float(relevance_score(s, s.layer1, x, target=y, given=None)) == float(plain_new)
-    with deprecated("given="), pytest.raises(TypeError, match="given= .*and base_forward_func"):
-        relevance_score(s, s.layer1, x, target=y, given=(b, b.layer1), base_forward_func=b, base_layer=b.layer1)
-    with deprecated("given="), pytest.raises(InputError, match="given must be a pair"):
-        relevance_score(s, s.layer1, x, target=y, given=b)
-
-
-def test_old_evaluate_kd_forms_warn_and_agree(setup):
-    s, b, x, y, _ = setup
-    layers = {"L1": (s.layer1, b.layer1), "L2": (s.layer2, b.layer2)}
-    data = [(x, y), (x.flip(0), y.flip(0))]
-    opts = dict(progress=False, n_bootstrap=20, n_permutations=20)
-    new = evaluate_kd(s, layers, data, base_forward_func=b, maps=("none", "gradcam"), perturbation=road_impute, **opts)
-    with deprecated(r"evaluate_kd\(student, base, loader, layers, \.\.\.\) is deprecated.*evaluate_kd\(student, layers, data, base_forward_func=base"):
-        with deprecated("map_kinds= is deprecated.*use maps="), deprecated("perturb_func= is deprecated.*use perturbation="):
-            old = evaluate_kd(s, b, data, layers, map_kinds=("none", "gradcam"), perturb_func=road_impute, **opts)
-    assert old == new
-    with deprecated("student=, base=, loader="):
-        old = evaluate_kd(student=s, base=b, loader=data, layers=layers, maps=("none", "gradcam"),
-                          perturbation=road_impute, **opts)
-    assert old == new
-    # the strings of the command line: "road" is road_impute, "none" raw features only
-    assert evaluate_kd(s, layers, data, base_forward_func=b, maps=("none", "gradcam"), perturbation="road",
-                       **opts).values == new.values
-    raw = evaluate_kd(s, layers, data, base_forward_func=b, perturbation=None, **opts)
-    assert raw.map_kinds == ["none"] and raw.values["L2"]["none"] == new.values["L2"]["none"]
-    assert raw.settings["perturbation"] == "none" and new.settings["perturbation"] == "road_impute"
 
 
 def test_perturbation_none_is_raw_features(setup):

@@ -35,23 +35,25 @@ from torch import Tensor, nn
 
 from captum_unicam.errors import DeviceError, InputError
 from captum_unicam.metrics._compat import kd_compat
-from captum_unicam.metrics.fss import (
+from captum_unicam.metrics._features import (
     LABEL_FIX,
     MIN_BATCH_PARTIAL,
     Estimator,
     Scores,
-    _check_estimator,
-    _check_forward_func,
-    _check_inputs,
-    _check_perturbation,
+    check_label_embeddings,
     label_degeneracy,
     layer_features,
     layers_features,
-    mask_multiply,
     perturb,
+    target_indices,
     warn_degenerate,
 )
-from captum_unicam.metrics.rs import _check_label_embeddings, _target_indices, label_vectors
+from captum_unicam.metrics._features import check_estimator as _check_estimator
+from captum_unicam.metrics._features import check_forward_func as _check_forward_func
+from captum_unicam.metrics._features import check_inputs as _check_inputs
+from captum_unicam.metrics._features import check_perturbation as _check_perturbation
+from captum_unicam.metrics.rs import label_vectors
+from captum_unicam.perturb import mask_multiply
 
 __all__ = [
     "evaluate_kd",
@@ -608,7 +610,7 @@ def _output_widths(
 def _check_target(i: int, y: Any, n: int, width: Optional[int], rows: Optional[int]) -> Tensor:
     """The batch's class indices as a LongTensor (n,), checked before any work on it."""
     try:
-        t = _target_indices(y, n)
+        t = target_indices(y, n)
     except InputError as err:
         raise InputError(f"batch {i}: {err}") from err
     top = int(t.max())
@@ -950,7 +952,7 @@ def evaluate_kd(
             "inputs; pass maps=('none',) or a perturbation such as mask_multiply."
         )
     _check_estimator(estimator)
-    _check_label_embeddings(label_embeddings)
+    check_label_embeddings(label_embeddings)
     _check_positive_int(n_bootstrap, "n_bootstrap")
     _check_positive_int(n_permutations, "n_permutations")
     if small_batches not in ("skip", "error"):
