@@ -52,7 +52,7 @@ differ, NaN or Inf, empty or non-floating tensors, tensors on different devices.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Sequence, Tuple
 
 import torch
 from torch import Tensor

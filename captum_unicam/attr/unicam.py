@@ -125,8 +125,7 @@ class _Capture:
             handle.remove()
         self._handles = []
 
-    def _take(self, value: Any, where: str) -> Any:
-        tensors = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    def _check_value(self, tensors: Tuple[Any, ...], where: str) -> None:
         if not tensors or not all(isinstance(t, Tensor) and t.is_floating_point() for t in tensors):
             got = ", ".join(
                 type(t).__name__ if not isinstance(t, Tensor) else str(t.dtype) for t in tensors
@@ -143,6 +142,10 @@ class _Capture:
                 f"all have one row per example (shapes {[tuple(t.shape) for t in tensors]}); "
                 "choose a layer whose tensors keep the batch dimension first."
             )
+
+    def _take(self, value: Any, where: str) -> Any:
+        tensors = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        self._check_value(tensors, where)
         self._tick += 1
         self._activation_tick = self._tick
         if len(tensors) == 1:
