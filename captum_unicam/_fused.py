@@ -69,14 +69,23 @@ def sq_from_gram(gram: Tensor, noise: Union[float, Tensor]) -> Tensor:
 # Through a_ij = |x_i - x_j| this gives dS/dx_i = 4 sum_j W_ij (x_i - x_j), with
 # W = M / (2 a) (0 where a = 0): the product of an n x n Laplacian with the samples.
 
-def rescale_all(samples: Sequence[Tensor], origins: Optional[Sequence[Tensor]] = None, scales: Optional[Tensor] = None) -> Tuple[List[Tensor], Tensor]:
+
+def rescale_all(
+    samples: Sequence[Tensor],
+    origins: Optional[Sequence[Tensor]] = None,
+    scales: Optional[Tensor] = None,
+) -> Tuple[List[Tensor], Tensor]:
     """Translates and rescales several variables (detached samples), their scales computed
     together: (x_v - origin_v) / scale_v, by default origin_v = x_v[0] and scale_v a
     power of two near max |x_v|. Returns the rescaled samples and the (V,) float64
     scales."""
     if scales is None:
-        peaks = torch.stack([torch.linalg.vector_norm(x, ord=float("inf"), dtype=ACC) for x in samples])
-        scales = torch.exp2(torch.floor(torch.log2(peaks.clamp_min(torch.finfo(torch.float32).tiny))))
+        peaks = torch.stack(
+            [torch.linalg.vector_norm(x, ord=float("inf"), dtype=ACC) for x in samples]
+        )
+        scales = torch.exp2(
+            torch.floor(torch.log2(peaks.clamp_min(torch.finfo(torch.float32).tiny)))
+        )
     inv = (1 / scales).to(samples[0].dtype).unbind()
     rescaled = []
     for v, x in enumerate(samples):
@@ -127,14 +136,21 @@ def exact_closest_pairs(sq: Tensor, grams: Tensor, rescaled: Sequence[Tensor]) -
     if k == 0:
         return sq
     norms = grams[0::2].diagonal(dim1=-2, dim2=-1)  # (2, n)
-    key = sq[0::2, rows, cols] / (norms[:, rows] + norms[:, cols])  # NaN (never picked first) for 0/0
+    key = sq[0::2, rows, cols] / (
+        norms[:, rows] + norms[:, cols]
+    )  # NaN (never picked first) for 0/0
     pick = key.topk(k, dim=-1, largest=False).indices  # (2, k)
     r, c = rows[pick], cols[pick]
     exact = torch.stack(
-        [torch.linalg.vector_norm(rescaled[v][r[i]] - rescaled[v][c[i]], dim=-1, dtype=ACC) for i, v in enumerate((0, 2))]
+        [
+            torch.linalg.vector_norm(rescaled[v][r[i]] - rescaled[v][c[i]], dim=-1, dtype=ACC)
+            for i, v in enumerate((0, 2))
+        ]
     ).square()
     v_idx = torch.arange(0, 3, 2, device=sq.device)[:, None].expand(-1, k)
-    return sq.index_put((torch.cat([v_idx, v_idx]), torch.cat([r, c]), torch.cat([c, r])), torch.cat([exact, exact]))
+    return sq.index_put(
+        (torch.cat([v_idx, v_idx]), torch.cat([r, c]), torch.cat([c, r])), torch.cat([exact, exact])
+    )
 
 
 def reference_block(samples: Sequence[Tensor]) -> Dict[str, Any]:
@@ -148,12 +164,16 @@ def reference_block(samples: Sequence[Tensor]) -> Dict[str, Any]:
         "origins": [x.detach()[:1] for x in samples],
         "scales": scales,
         "norms": grams.diagonal(dim1=-2, dim2=-1).clone(),  # (V, m)
-        "distances": exact_closest_pairs(sq_from_gram(grams, noise[:, None, None]), grams, rescaled).sqrt(),
+        "distances": exact_closest_pairs(
+            sq_from_gram(grams, noise[:, None, None]), grams, rescaled
+        ).sqrt(),
         "noise": noise,
     }
 
 
-def reference_distances(samples: Sequence[Tensor], block: Dict[str, Any]) -> Tuple[Tensor, List[Tensor], Tensor]:
+def reference_distances(
+    samples: Sequence[Tensor], block: Dict[str, Any]
+) -> Tuple[Tensor, List[Tensor], Tensor]:
     """Distance matrices (V, N, 1 + m, 1 + m), input i followed by the m references, for V
     variables; the rescaled inputs (N, d_v); the (V,) scales. The m x m blocks are the
     cached ones; each input adds one row and column."""
@@ -161,7 +181,9 @@ def reference_distances(samples: Sequence[Tensor], block: Dict[str, Any]) -> Tup
     cross = torch.stack([(x @ r.mT).to(ACC) for x, r in zip(rescaled, block["x"])])  # (V, N, m)
     # each input's squared norm from the same kind of product as its cross terms, so
     # that an input equal to a reference is at distance exactly 0
-    norms = torch.stack([(x.unsqueeze(1) @ x.unsqueeze(2)).reshape(-1).to(ACC) for x in rescaled])  # (V, N)
+    norms = torch.stack(
+        [(x.unsqueeze(1) @ x.unsqueeze(2)).reshape(-1).to(ACC) for x in rescaled]
+    )  # (V, N)
     both = norms.unsqueeze(-1) + block["norms"].unsqueeze(1)
     sq = both - 2 * cross
     sq = torch.where(sq <= block["noise"][:, None, None] * both, 0.0, sq)
@@ -169,14 +191,19 @@ def reference_distances(samples: Sequence[Tensor], block: Dict[str, Any]) -> Tup
     # near-copy of a reference keeps its distance and gradient; see exact_closest_pairs)
     nearest = (sq[0::2] / both[0::2]).nan_to_num(nan=0.0).argmin(-1)  # (2, N)
     exact = torch.stack(
-        [torch.linalg.vector_norm(rescaled[v] - block["x"][v][nearest[i]], dim=-1, dtype=ACC) for i, v in enumerate((0, 2))]
+        [
+            torch.linalg.vector_norm(rescaled[v] - block["x"][v][nearest[i]], dim=-1, dtype=ACC)
+            for i, v in enumerate((0, 2))
+        ]
     ).square()
     inputs = torch.arange(sq.shape[1], device=sq.device)
     sq = sq.index_put((torch.arange(0, 3, 2, device=sq.device)[:, None], inputs, nearest), exact)
     d = sq.sqrt()  # (V, N, m)
     v, n_in, m = d.shape
     top = torch.cat([d.new_zeros(v, n_in, 1), d], dim=2)  # (V, N, 1 + m)
-    rest = torch.cat([d.unsqueeze(-1), block["distances"].unsqueeze(1).expand(v, n_in, m, m)], dim=3)
+    rest = torch.cat(
+        [d.unsqueeze(-1), block["distances"].unsqueeze(1).expand(v, n_in, m, m)], dim=3
+    )
     return torch.cat([top.unsqueeze(2), rest], dim=2), rescaled, scales
 
 
@@ -196,7 +223,9 @@ def _degenerate(a: Tensor, d: Tensor) -> Tuple[Tensor, Tensor]:
     return mean_a <= 0, d <= 1e-9 * mean_a**2
 
 
-def unicam_scores(a: Tensor, explained: Sequence[int], tolerance: float) -> Tuple[Tensor, Tensor, Tensor]:
+def unicam_scores(
+    a: Tensor, explained: Sequence[int], tolerance: float
+) -> Tuple[Tensor, Tensor, Tensor]:
     """Partial distance correlations of a stack of problems, and what their gradients need.
 
     Each score is formed from the explicitly projected matrices P(U_x) = U_x - k_x U_z and

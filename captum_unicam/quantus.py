@@ -78,7 +78,9 @@ def _layer(model: nn.Module, name: Any, what: str) -> nn.Module:
     try:
         return model.get_submodule(name)
     except AttributeError as err:
-        raise InputError(f"`{what}`={name!r} is not a submodule of the {type(model).__name__} passed.") from err
+        raise InputError(
+            f"`{what}`={name!r} is not a submodule of the {type(model).__name__} passed."
+        ) from err
 
 
 def _reference(reference: Any, device: torch.device, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
@@ -137,14 +139,22 @@ def explain(model: nn.Module, inputs: Any, targets: Any, **kwargs: Any) -> np.nd
     mode = kwargs.get("mode", "reference")
     features = kwargs.get("features", "distilled")
     empty = kwargs.get("empty", "uniform")
-    if mode not in ("reference", "batch") or features not in ("distilled", "residual") or empty not in _EMPTY:
+    if (
+        mode not in ("reference", "batch")
+        or features not in ("distilled", "residual")
+        or empty not in _EMPTY
+    ):
         raise InputError(
             f"explain: mode must be 'reference' or 'batch' (got {mode!r}), features 'distilled' "
             f"or 'residual' (got {features!r}), empty one of {_EMPTY} (got {empty!r})."
         )
     layer_name = kwargs.get("layer")
     device = _device(model, kwargs.get("device"))
-    dtype = next(iter(model.parameters())).dtype if any(True for _ in model.parameters()) else torch.float32
+    dtype = (
+        next(iter(model.parameters())).dtype
+        if any(True for _ in model.parameters())
+        else torch.float32
+    )
     x = _tensor(inputs, device, dtype)
     y = _tensor(targets, device, torch.long).reshape(-1)
     reference = _reference(kwargs.get("reference"), device, dtype) if mode == "reference" else None
@@ -157,9 +167,14 @@ def explain(model: nn.Module, inputs: Any, targets: Any, **kwargs: Any) -> np.nd
         reference=reference,
     )
     maps = unicam.attribute(
-        x, target=y, features=features, relu_attributions=bool(kwargs.get("relu_attributions", False))
+        x,
+        target=y,
+        features=features,
+        relu_attributions=bool(kwargs.get("relu_attributions", False)),
     )
-    maps = LayerAttribution.interpolate(maps, tuple(x.shape[-2:]), kwargs.get("interpolate_mode", "bilinear"))
+    maps = LayerAttribution.interpolate(
+        maps, tuple(x.shape[-2:]), kwargs.get("interpolate_mode", "bilinear")
+    )
     if empty == "uniform":
         maps = _fill_empty(maps)
     return maps.detach().to("cpu", torch.float32).numpy()

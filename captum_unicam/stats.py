@@ -88,7 +88,9 @@ def _as_samples(x: Tensor, name: str) -> Tensor:
         try:
             x = torch.as_tensor(x)
         except Exception as err:  # pragma: no cover - message only
-            raise InputError(f"`{name}` must be a tensor of shape (n, ...); got {type(x).__name__}") from err
+            raise InputError(
+                f"`{name}` must be a tensor of shape (n, ...); got {type(x).__name__}"
+            ) from err
     if not (x.is_floating_point()):
         raise InputError(
             f"`{name}` must be a floating-point tensor, got dtype {x.dtype}; "
@@ -97,21 +99,32 @@ def _as_samples(x: Tensor, name: str) -> Tensor:
     if x.dim() == 0:
         raise InputError(f"`{name}` must have a sample dimension: shape (n, ...), got a scalar.")
     if x.numel() == 0:
-        raise InputError(f"`{name}` is empty (shape {tuple(x.shape)}): it needs n samples with at least one feature.")
+        raise InputError(
+            f"`{name}` is empty (shape {tuple(x.shape)}): it needs n samples with at least one "
+            "feature."
+        )
     if x.dtype.itemsize < 4:
         x = x.float()  # bfloat16 / float16: the Gram product in float32 at least
     return x.reshape(x.shape[0], -1)
 
 
-def _check_samples(tensors: Sequence[Tensor], names: Sequence[str], min_n: int, what: str) -> list[Tensor]:
+def _check_samples(
+    tensors: Sequence[Tensor], names: Sequence[str], min_n: int, what: str
+) -> list[Tensor]:
     out = [_as_samples(t, nm) for t, nm in zip(tensors, names)]
     n = out[0].shape[0]
     for t, nm in zip(out[1:], names[1:]):
         if t.shape[0] != n:
             counts = ", ".join(f"{k}: {v.shape[0]}" for k, v in zip(names, out))
-            raise InputError(f"The arguments must have the same number of samples (first dimension); got {counts}.")
+            raise InputError(
+                "The arguments must have the same number of samples (first dimension); got "
+                f"{counts}."
+            )
         if t.device != out[0].device:
-            raise InputError(f"`{names[0]}` is on {out[0].device} but `{nm}` is on {t.device}; move them to one device.")
+            raise InputError(
+                f"`{names[0]}` is on {out[0].device} but `{nm}` is on {t.device}; move them to one "
+                "device."
+            )
     if n < min_n:
         raise InputError(
             f"{what} needs at least {min_n} samples, got n={n}. Use a larger batch "
@@ -132,7 +145,9 @@ def _check_square(a: Tensor, name: str) -> Tensor:
 
 def _check_exponent(exponent: float) -> None:
     if not (0 < exponent < 2):
-        raise InputError(f"`exponent` must be in (0, 2) for a valid distance covariance, got {exponent}.")
+        raise InputError(
+            f"`exponent` must be in (0, 2) for a valid distance covariance, got {exponent}."
+        )
 
 
 def _result_dtype(*tensors: Tensor) -> torch.dtype:
@@ -191,8 +206,6 @@ def _gram(x: Tensor) -> Tensor:
     return (x @ x.mT).to(ACC)
 
 
-
-
 # Relative error of a squared distance that the raw Gram route may leave before the
 # public functions redo it on translated samples (float64 is held to dcor within 1e-9).
 _GRAM_TOLERANCE = {torch.float64: 1e-12}
@@ -217,15 +230,22 @@ def _sq_distance_stack(samples: Sequence[Tensor], names: Sequence[str]) -> Tuple
     """
     n = samples[0].shape[0]
     grams = torch.stack([_gram(x) for x in samples])
-    noise = torch.tensor([noise_factor(x) for x in samples], dtype=ACC, device=grams.device)[:, None, None]
+    noise = torch.tensor([noise_factor(x) for x in samples], dtype=ACC, device=grams.device)[
+        :, None, None
+    ]
     tolerance = torch.tensor(
         [_GRAM_TOLERANCE.get(x.dtype, _GRAM_TOLERANCE_DEFAULT) for x in samples],
-        dtype=ACC, device=grams.device,
+        dtype=ACC,
+        device=grams.device,
     )
     # pairs whose squared distance the Gram route cannot give within `tolerance` (its rounding
     # is about noise * (|x_i|^2 + |x_j|^2)) are recomputed from x_i - x_j below
     noise_near = noise / tolerance[:, None, None]
-    small = torch.tensor([torch.finfo(x.dtype).tiny / torch.finfo(x.dtype).eps for x in samples], dtype=ACC, device=grams.device)
+    small = torch.tensor(
+        [torch.finfo(x.dtype).tiny / torch.finfo(x.dtype).eps for x in samples],
+        dtype=ACC,
+        device=grams.device,
+    )
     scales = torch.ones(len(samples), dtype=ACC, device=grams.device)
     off = ~torch.eye(n, dtype=torch.bool, device=grams.device)
 
@@ -254,7 +274,11 @@ def _sq_distance_stack(samples: Sequence[Tensor], names: Sequence[str]) -> Tuple
                 g = _gram(rows[v])
                 sq[v], both_v, _ = squared(g)
                 scales[v] = scale.to(ACC)
-                flags[1][v] = bool(((sq[v].detach() <= noise_near[v] * both_v) & off).any()) if bool(g.isfinite().all()) else False
+                flags[1][v] = (
+                    bool(((sq[v].detach() <= noise_near[v] * both_v) & off).any())
+                    if bool(g.isfinite().all())
+                    else False
+                )
                 checks.append((g.isfinite().all(), names[v]))
         for ok, name in checks:
             if not bool(ok):
@@ -269,9 +293,14 @@ def _sq_distance_stack(samples: Sequence[Tensor], names: Sequence[str]) -> Tuple
             sq_v = sq[v]
             norms_v = (x.detach() * x.detach()).sum(-1).to(ACC)
             limit = noise_near[v, 0, 0] * (norms_v[:, None] + norms_v[None, :])
-            r_idx, c_idx = torch.nonzero(torch.triu((sq_v.detach() <= limit) & off, diagonal=1), as_tuple=True)
+            r_idx, c_idx = torch.nonzero(
+                torch.triu((sq_v.detach() <= limit) & off, diagonal=1), as_tuple=True
+            )
             exact = torch.cat(
-                [(x[r] - x[c]).to(ACC).pow(2).sum(dim=1) for r, c in zip(r_idx.split(256), c_idx.split(256))]
+                [
+                    (x[r] - x[c]).to(ACC).pow(2).sum(dim=1)
+                    for r, c in zip(r_idx.split(256), c_idx.split(256))
+                ]
             )
             sq_v = sq_v.index_put((r_idx, c_idx), exact).index_put((c_idx, r_idx), exact)
             sq = torch.cat([sq[:v], sq_v[None], sq[v + 1 :]])
@@ -406,7 +435,9 @@ def mean_product(a: Tensor, b: Tensor) -> Tensor:
         Tensor: a scalar.
     """
     if a.shape != b.shape:
-        raise InputError(f"`a` and `b` must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
+        raise InputError(
+            f"`a` and `b` must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}."
+        )
     return (a.to(ACC) * b.to(ACC)).mean().to(_result_dtype(a, b))
 
 
@@ -431,7 +462,9 @@ def u_product(a: Tensor, b: Tensor) -> Tensor:
     a = _check_square(a, "a")
     b = _check_square(b, "b")
     if a.shape != b.shape:
-        raise InputError(f"`a` and `b` must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
+        raise InputError(
+            f"`a` and `b` must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}."
+        )
     if a.shape[0] < 4:
         raise InputError(f"u_product needs n >= 4 (it divides by n(n-3)), got n={a.shape[0]}.")
     return _u_product(a.to(ACC), b.to(ACC)).to(_result_dtype(a, b))
@@ -489,7 +522,9 @@ def u_complementary_projection(a: Tensor) -> Callable[[Tensor], Tensor]:
 _ZERO_RATIO = 1024 * torch.finfo(torch.float64).eps
 
 
-def _centred(samples: Sequence[Tensor], names: Sequence[str], exponent: float, unbiased: bool) -> Tensor:
+def _centred(
+    samples: Sequence[Tensor], names: Sequence[str], exponent: float, unbiased: bool
+) -> Tensor:
     """The (V, n, n) stack of centred distance matrices of V validated variables, in float64,
     differentiable: U-centred when ``unbiased``, else double-centred. A U-centred matrix that
     is zero but for rounding (see ``_ZERO_RATIO``) is returned as exactly 0.
@@ -510,7 +545,9 @@ def _centred(samples: Sequence[Tensor], names: Sequence[str], exponent: float, u
     return c * live[:, None, None]
 
 
-def _products(samples: Sequence[Tensor], names: Sequence[str], exponent: float, unbiased: bool) -> Tensor:
+def _products(
+    samples: Sequence[Tensor], names: Sequence[str], exponent: float, unbiased: bool
+) -> Tensor:
     """The (V, V) matrix of inner products of the centred distance matrices (:func:`_centred`):
     ``(A_v . A_w)`` of the U-centred matrices when ``unbiased``, else the mean products of the
     double-centred ones; all from one ``einsum``."""
@@ -642,7 +679,9 @@ def u_distance_correlation_sqr(x: Tensor, y: Tensor, *, exponent: float = 1.0) -
     return _correlation(*_stats(x, y, exponent, unbiased=True)).to(_result_dtype(x, y))
 
 
-def partial_distance_covariance(x: Tensor, y: Tensor, z: Tensor, *, exponent: float = 1.0) -> Tensor:
+def partial_distance_covariance(
+    x: Tensor, y: Tensor, z: Tensor, *, exponent: float = 1.0
+) -> Tensor:
     r"""Partial distance covariance :math:`(P_{z^\perp}(x) \cdot P_{z^\perp}(y))`.
 
     Equals ``dcor.partial_distance_covariance(x, y, z)``. Needs ``n >= 4``.
@@ -663,7 +702,9 @@ def partial_distance_covariance(x: Tensor, y: Tensor, z: Tensor, *, exponent: fl
     return cov.to(_result_dtype(x, y, z))
 
 
-def partial_distance_correlation(x: Tensor, y: Tensor, z: Tensor, *, exponent: float = 1.0) -> Tensor:
+def partial_distance_correlation(
+    x: Tensor, y: Tensor, z: Tensor, *, exponent: float = 1.0
+) -> Tensor:
     r"""Partial distance correlation :math:`\mathcal{R}^*(x, y; z)`.
 
     Equals ``dcor.partial_distance_correlation(x, y, z)``: from the bias-corrected

@@ -62,7 +62,7 @@ def test_one_class_and_all_but_one_in_one_class_are_flagged(pair):
     # 0, whose U-centred matrix is exactly zero too
     (d, _), messages = _run(unicam, x, [3] * 7 + [5])
     assert torch.equal(d, torch.zeros_like(d))
-    assert messages and all("all samples but one in one class" in m for m in messages)
+    assert messages and all("every sample but one of a single class" in m for m in messages)
 
 
 def test_near_degenerate_labels_are_not_flagged(pair):

@@ -45,7 +45,9 @@ def _from_list(target: list, n: int, how: str) -> Tensor:
     if len(target) != n:
         raise InputError(f"{how}; got a list of length {len(target)}.")
     if all(isinstance(t, tuple) for t in target):
-        if len({len(t) for t in target}) != 1 or not all(t and all(_is_int(i) for i in t) for t in target):
+        if len({len(t) for t in target}) != 1 or not all(
+            t and all(_is_int(i) for i in t) for t in target
+        ):
             raise InputError(f"{how}; got a list of tuples that are not all ints of one length.")
         return torch.tensor(target, dtype=torch.long).reshape(n, len(target[0]))
     if all(_is_int(t) for t in target):
@@ -92,7 +94,9 @@ def _indices(target: Any, n: int, name: str, how: str) -> Tuple[Tensor, bool]:
     raise InputError(f"{how}; got {type(target).__name__}.")
 
 
-def parse_target(target: Any, n: int, name: str, table_rows: Optional[int], alone: bool = False) -> Parsed:
+def parse_target(
+    target: Any, n: int, name: str, table_rows: Optional[int], alone: bool = False
+) -> Parsed:
     """Parses the target of n examples (see the module docstring for the kinds).
 
     ``alone``: these n examples are the whole batch (no context or reference set), so one
@@ -104,7 +108,9 @@ def parse_target(target: Any, n: int, name: str, table_rows: Optional[int], alon
         return "vector", _vectors(target, n, name, how)
     index, shared = _indices(target, n, name, how)
     if bool((index < 0).any()):
-        raise InputError(f"`{name}` contains negative class indices: {index[index < 0].tolist()[:5]}.")
+        raise InputError(
+            f"`{name}` contains negative class indices: {index[index < 0].tolist()[:5]}."
+        )
     if shared and alone and n > 1:
         raise InputError(
             f"`{name}`={target!r} (one int or tuple for every example) gives all {n} examples "
@@ -158,7 +164,9 @@ def ravel_targets(
     Student's output per example, flattened in row-major order (for an (N, C) output the
     tuple (c,) is class c). Needs the output's shape, so it runs after the forward pass."""
     return [
-        (("index", _ravel(value, output, table_rows)), count) if kind == "multi" else ((kind, value), count)
+        (("index", _ravel(value, output, table_rows)), count)
+        if kind == "multi"
+        else ((kind, value), count)
         for (kind, value), count in parts
     ]
 

@@ -62,16 +62,24 @@ def _pick(labels: Sequence[int], n: int, per_class: int, seed: int) -> List[int]
 
 def _check_sizes(n: Any, per_class: Any) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 4:
-        raise InputError(f"`n` must be an int >= 4 (each input is scored with the n references), got {n!r}.")
+        raise InputError(
+            f"`n` must be an int >= 4 (each input is scored with the n references), got {n!r}."
+        )
     per_class = max(2, n // 8) if per_class is None else per_class
     if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 2:
-        raise InputError(f"`per_class` must be an int >= 2 (classes must repeat), got {per_class!r}.")
+        raise InputError(
+            f"`per_class` must be an int >= 2 (classes must repeat), got {per_class!r}."
+        )
     return per_class
 
 
-def _from_tensors(inputs: Tensor, targets: Tensor, n: int, per_class: int, seed: int) -> Tuple[Tensor, Tensor]:
+def _from_tensors(
+    inputs: Tensor, targets: Tensor, n: int, per_class: int, seed: int
+) -> Tuple[Tensor, Tensor]:
     if targets.dim() != 1 or targets.shape[0] != inputs.shape[0] or targets.is_floating_point():
-        raise InputError("`dataset` as (inputs, targets) needs a 1-D integer tensor of one class per input.")
+        raise InputError(
+            "`dataset` as (inputs, targets) needs a 1-D integer tensor of one class per input."
+        )
     if inputs.shape[0] < n:
         raise InputError(f"`dataset` holds {inputs.shape[0]} examples, fewer than n = {n}.")
     index = torch.tensor(_pick(targets.tolist(), n, per_class, seed))
@@ -107,10 +115,16 @@ def reference_set(
         >>> attr = unicam.attribute(x, target=y)   # per-image maps
     """
     per_class = _check_sizes(n, per_class)
-    if isinstance(dataset, (tuple, list)) and len(dataset) == 2 and all(isinstance(t, Tensor) for t in dataset):
+    if (
+        isinstance(dataset, (tuple, list))
+        and len(dataset) == 2
+        and all(isinstance(t, Tensor) for t in dataset)
+    ):
         return _from_tensors(dataset[0], dataset[1], n, per_class, seed)
     if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-        raise InputError("`dataset` must be a map-style dataset of (input, class) pairs, or (inputs, targets).")
+        raise InputError(
+            "`dataset` must be a map-style dataset of (input, class) pairs, or (inputs, targets)."
+        )
     if len(dataset) < n:
         raise InputError(f"`dataset` holds {len(dataset)} examples, fewer than n = {n}.")
     chosen = _pick(_labels_of(dataset), n, per_class, seed)

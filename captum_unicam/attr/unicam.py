@@ -42,7 +42,6 @@ _WHY_FIVE = (
 )
 
 
-
 def _statistics_dtype(x: Tensor) -> Tensor:
     """Representations as the statistics read them: low-precision floats (bfloat16,
     float16) in float32, whose Gram product and rounding thresholds the statistics need
@@ -127,9 +126,12 @@ class _Capture:
 
     def _check_value(self, tensors: Tuple[Any, ...], where: str) -> None:
         if not tensors or not all(isinstance(t, Tensor) and t.is_floating_point() for t in tensors):
-            got = ", ".join(
-                type(t).__name__ if not isinstance(t, Tensor) else str(t.dtype) for t in tensors
-            ) or "an empty tuple"
+            got = (
+                ", ".join(
+                    type(t).__name__ if not isinstance(t, Tensor) else str(t.dtype) for t in tensors
+                )
+                or "an empty tuple"
+            )
             raise _HookError(
                 f"The {where} of `{self.layer_arg}` in the {self.model} is {got}; UniCAM "
                 "needs a single floating-point tensor there, or a tuple of them (one map "
@@ -178,14 +180,18 @@ class _Capture:
             for part, shape in zip(packed.split(sizes, dim=1), self.shapes)
         )
 
-    def maps(self, grad: Optional[Tensor], relu: bool, summation: bool, n: int) -> Union[Tensor, Tuple[Tensor, ...]]:
+    def maps(
+        self, grad: Optional[Tensor], relu: bool, summation: bool, n: int
+    ) -> Union[Tensor, Tuple[Tensor, ...]]:
         """Grad-CAM maps of the first n rows: one tensor, or one map per captured tensor
         (a tuple, as LayerGradCam returns for a layer with several tensors)."""
         a = self.activation.detach()
         if self.shapes is None:
             return UniCAM._gradcam(a, grad, relu, summation)[:n]
         grads = (None,) * len(self.shapes) if grad is None else self.split(grad)
-        return tuple(UniCAM._gradcam(p, g, relu, summation)[:n] for p, g in zip(self.split(a), grads))
+        return tuple(
+            UniCAM._gradcam(p, g, relu, summation)[:n] for p, g in zip(self.split(a), grads)
+        )
 
     def _hook(self, module: Module, args: Any, output: Any) -> Optional[Tensor]:
         return self._take(output, "output")
@@ -245,7 +251,14 @@ class _Capture:
 
 
 def _degenerate_reason(
-    anyf: List[bool], i: int, k: int, explained_null: bool, explained: str, other: str, where: str, batch: str
+    anyf: List[bool],
+    i: int,
+    k: int,
+    explained_null: bool,
+    explained: str,
+    other: str,
+    where: str,
+    batch: str,
 ) -> Optional[str]:
     """Why score i (of k) is 0, from the flags of _fused.unicam_scores, most basic cause
     first; None when it is not degenerate."""
@@ -407,8 +420,10 @@ class UniCAM(LayerAttribution, GradientAttribution):
                         are then one per input. Default: None (batch mode, the paper's
                         behaviour)
         """
-        if device_ids is not None or isinstance(forward_func, torch.nn.DataParallel) or isinstance(
-            base_forward_func, torch.nn.DataParallel
+        if (
+            device_ids is not None
+            or isinstance(forward_func, torch.nn.DataParallel)
+            or isinstance(base_forward_func, torch.nn.DataParallel)
         ):
             raise InputError(
                 "UniCAM does not support DataParallel (device_ids): its scores are "
@@ -417,10 +432,18 @@ class UniCAM(LayerAttribution, GradientAttribution):
             )
         for name, value in (("layer", layer), ("base_layer", base_layer)):
             if not isinstance(value, Module):
-                raise InputError(f"`{name}` must be a torch.nn.Module inside the model, got {type(value).__name__}.")
-        for name, value in (("student_feature_layer", student_feature_layer), ("base_feature_layer", base_feature_layer)):
+                raise InputError(
+                    f"`{name}` must be a torch.nn.Module inside the model, got "
+                    f"{type(value).__name__}."
+                )
+        for name, value in (
+            ("student_feature_layer", student_feature_layer),
+            ("base_feature_layer", base_feature_layer),
+        ):
             if value is not None and not isinstance(value, Module):
-                raise InputError(f"`{name}` must be None or a torch.nn.Module, got {type(value).__name__}.")
+                raise InputError(
+                    f"`{name}` must be None or a torch.nn.Module, got {type(value).__name__}."
+                )
         if not callable(forward_func) or not callable(base_forward_func):
             raise InputError("`forward_func` and `base_forward_func` must be callables (models).")
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
@@ -446,8 +469,15 @@ class UniCAM(LayerAttribution, GradientAttribution):
             try:
                 table = torch.as_tensor(table)
             except Exception as err:
-                raise InputError("`label_embeddings` must be a (num_classes, e) float tensor.") from err
-        if table.dim() != 2 or table.shape[0] == 0 or table.shape[1] == 0 or not table.is_floating_point():
+                raise InputError(
+                    "`label_embeddings` must be a (num_classes, e) float tensor."
+                ) from err
+        if (
+            table.dim() != 2
+            or table.shape[0] == 0
+            or table.shape[1] == 0
+            or not table.is_floating_point()
+        ):
             raise InputError(
                 "`label_embeddings` must be a non-empty (num_classes, e) float tensor, got "
                 f"shape {tuple(table.shape)} and dtype {table.dtype}."
@@ -460,7 +490,11 @@ class UniCAM(LayerAttribution, GradientAttribution):
     def _check_transforms(transform: Any) -> Tuple[Optional[Transform], Optional[Transform]]:
         if transform is None or callable(transform):
             return transform, transform
-        if isinstance(transform, (tuple, list)) and len(transform) == 2 and all(t is None or callable(t) for t in transform):
+        if (
+            isinstance(transform, (tuple, list))
+            and len(transform) == 2
+            and all(t is None or callable(t) for t in transform)
+        ):
             return transform[0], transform[1]
         raise InputError(
             "`reshape_transform` must be None, a callable, or a pair "
@@ -575,8 +609,9 @@ class UniCAM(LayerAttribution, GradientAttribution):
                         returned. A layer whose output is a tuple of
                         tensors gives a tuple of maps, one per tensor, as
                         ``LayerGradCam`` does; the representation read there is the
-                        row-wise concatenation of the flattened tensors. When ``inputs`` is a tuple, a single map is
-                        returned as a 1-tuple, as Captum's primary attributions do:
+                        row-wise concatenation of the flattened tensors. When
+                        ``inputs`` is a tuple, a single map is returned as a 1-tuple,
+                        as Captum's primary attributions do:
                         ``captum.metrics.sensitivity_max`` calls the explanation
                         function with a tuple and reads a bare tensor wrongly
                         (``LayerGradCam`` returns a bare tensor there, so its
@@ -683,12 +718,20 @@ class UniCAM(LayerAttribution, GradientAttribution):
         if features not in _FEATURES:
             raise InputError(f"`features` must be one of {_FEATURES}, got {features!r}.")
         _, scores = self._compute(
-            inputs, target, additional_forward_args, attribute_to_layer_input, features, context, maps=False,
+            inputs,
+            target,
+            additional_forward_args,
+            attribute_to_layer_input,
+            features,
+            context,
+            maps=False,
             reference=reference,
         )
         return scores if features == "both" else scores[0]
 
-    def score_function(self, features: str = "distilled", num_inputs: int = 1) -> Callable[..., Tensor]:
+    def score_function(
+        self, features: str = "distilled", num_inputs: int = 1
+    ) -> Callable[..., Tensor]:
         r"""The score as a forward function, one value per input, for Captum's perturbation
         tools: ``captum.attr.Occlusion`` / ``FeatureAblation`` explain it pixel by pixel and
         ``captum.metrics.infidelity`` takes it as ``forward_func``.
@@ -769,37 +812,61 @@ class UniCAM(LayerAttribution, GradientAttribution):
         tool = None if reference is not None else _diagnosis.calling_tool()
 
         # 2. The reference set (reference mode): forward-passed once, then cached.
-        blocks = None if reference is None else self._reference_blocks(reference, to_input, self._rows())
+        blocks = (
+            None if reference is None else self._reference_blocks(reference, to_input, self._rows())
+        )
 
         # 3. One forward pass of each model, recording a graph only where needed.
-        need = {"distilled": maps and "distilled" in kinds, "residual": maps and "residual" in kinds}
+        need = {
+            "distilled": maps and "distilled" in kinds,
+            "residual": maps and "residual" in kinds,
+        }
         (out_s, cap_s), (_, cap_b) = self._forward_pair(inputs, args, to_input, need)
 
         # 4. Label vectors Y, on the device of the representations.
-        y, label_ok = self._labels(ravel_targets(parts, out_s, self._rows()), out_s, cap_s.activation.device)
+        y, label_ok = self._labels(
+            ravel_targets(parts, out_s, self._rows()), out_s, cap_s.activation.device
+        )
 
         # 5. Scores, and the derivative of each score with respect to its explained
         #    representation, in closed form (captum_unicam._fused).
         n_total = inputs[0].shape[0]
         with torch.enable_grad() if maps else torch.no_grad():
-            rep_s = self._representation(cap_s, self._transforms[0], need["distilled"], "Student", n_total)
-            rep_b = self._representation(cap_b, self._transforms[1], need["residual"], "Base", n_total)
+            rep_s = self._representation(
+                cap_s, self._transforms[0], need["distilled"], "Student", n_total
+            )
+            rep_b = self._representation(
+                cap_b, self._transforms[1], need["residual"], "Base", n_total
+            )
         explained = [0 if kind == "distilled" else 2 for kind in kinds]
-        s_all, w_all, flags, rescaled, scales, repeated = self._statistics(rep_s[2], y, rep_b[2], blocks, explained)
-        scores = tuple((s_all[k, 0] if blocks is None else s_all[k]).to(rep_s[2].dtype) for k in range(len(kinds)))
+        s_all, w_all, flags, rescaled, scales, repeated = self._statistics(
+            rep_s[2], y, rep_b[2], blocks, explained
+        )
+        scores = tuple(
+            (s_all[k, 0] if blocks is None else s_all[k]).to(rep_s[2].dtype)
+            for k in range(len(kinds))
+        )
 
         results: List[Any] = []
         if maps:
             for k, kind in enumerate(kinds):
                 v = explained[k]
-                rep, transform, cap = (rep_s, self._transforms[0], cap_s) if v == 0 else (rep_b, self._transforms[1], cap_b)
+                rep, transform, cap = (
+                    (rep_s, self._transforms[0], cap_s)
+                    if v == 0
+                    else (rep_b, self._transforms[1], cap_b)
+                )
                 if blocks is None:
                     grad_x = _fused.laplacian_product(w_all[k, 0], rescaled[v])
                 else:  # each input's row (N, m)
-                    grad_x = _fused.reference_row_product(w_all[k, :, 0, 1:], rescaled[v], blocks["x"][v])
+                    grad_x = _fused.reference_row_product(
+                        w_all[k, :, 0, 1:], rescaled[v], blocks["x"][v]
+                    )
                 grad_x = (grad_x / scales[v].to(grad_x.dtype)).to(rep[2].dtype)
                 grad = self._gradient(grad_x, *rep, transform, cap, grad_kwargs or {})
-                results.append(self._layer_maps(cap, rep[1], grad, relu_attributions, attr_dim_summation, n))
+                results.append(
+                    self._layer_maps(cap, rep[1], grad, relu_attributions, attr_dim_summation, n)
+                )
 
         # 6. One transfer to the host: the degenerate cases and the checks of the values.
         self._report(flags, label_ok, kinds, results, reference is not None, repeated, tool)
@@ -809,8 +876,16 @@ class UniCAM(LayerAttribution, GradientAttribution):
         return None if self.label_embeddings is None else self.label_embeddings.shape[0]
 
     def _validate(
-        self, inputs: Any, target: Any, additional_forward_args: Any, context: Any, grad_kwargs: Any, reference: Any
-    ) -> Tuple[Tuple[Tensor, ...], Tuple[Any, ...], List[Tuple[Any, int]], Optional[Tuple[Any, ...]]]:
+        self,
+        inputs: Any,
+        target: Any,
+        additional_forward_args: Any,
+        context: Any,
+        grad_kwargs: Any,
+        reference: Any,
+    ) -> Tuple[
+        Tuple[Tensor, ...], Tuple[Any, ...], List[Tuple[Any, int]], Optional[Tuple[Any, ...]]
+    ]:
         """(inputs joined with the context, forward args, parsed targets, reference set)."""
         inputs = self._check_inputs(inputs, "inputs")
         n = inputs[0].shape[0]
@@ -824,7 +899,9 @@ class UniCAM(LayerAttribution, GradientAttribution):
         if reference is not None:
             self._check_like_reference(inputs, reference)
         alone = context is None and reference is None
-        parts: List[Tuple[Any, int]] = [(parse_target(target, n, "target", self._rows(), alone=alone), n)]
+        parts: List[Tuple[Any, int]] = [
+            (parse_target(target, n, "target", self._rows(), alone=alone), n)
+        ]
         if context is not None:
             inputs, args, ctx_part = self._join_context(inputs, args, context, self._rows())
             parts.append(ctx_part)
@@ -837,7 +914,9 @@ class UniCAM(LayerAttribution, GradientAttribution):
                 "or `reference=` (per-image maps)."
             )
         if grad_kwargs is not None and not isinstance(grad_kwargs, dict):
-            raise InputError("`grad_kwargs` must be a dict of keyword arguments for torch.autograd.grad.")
+            raise InputError(
+                "`grad_kwargs` must be a dict of keyword arguments for torch.autograd.grad."
+            )
         return inputs, args, parts, reference
 
     @staticmethod
@@ -859,18 +938,38 @@ class UniCAM(LayerAttribution, GradientAttribution):
                 )
 
     def _forward_pair(
-        self, inputs: Tuple[Tensor, ...], args: Tuple[Any, ...], to_input: bool, need: Dict[str, bool]
+        self,
+        inputs: Tuple[Tensor, ...],
+        args: Tuple[Any, ...],
+        to_input: bool,
+        need: Dict[str, bool],
     ) -> Tuple[Tuple[Any, _Capture], Tuple[Any, _Capture]]:
         """One forward pass of the Student and of the Base, with their captures."""
         s_feature = self._feature_layer(self.student_feature_layer, self.layer, to_input)
         b_feature = self._feature_layer(self.base_feature_layer, self.base_layer, to_input)
         student = self._run(
-            "Student", self.forward_func, self.layer, "layer", s_feature, "student_feature_layer",
-            inputs, args, to_input, graph=need["distilled"] and s_feature is not None,
+            "Student",
+            self.forward_func,
+            self.layer,
+            "layer",
+            s_feature,
+            "student_feature_layer",
+            inputs,
+            args,
+            to_input,
+            graph=need["distilled"] and s_feature is not None,
         )
         base = self._run(
-            "Base", self.base_forward_func, self.base_layer, "base_layer", b_feature, "base_feature_layer",
-            inputs, args, to_input, graph=need["residual"] and b_feature is not None,
+            "Base",
+            self.base_forward_func,
+            self.base_layer,
+            "base_layer",
+            b_feature,
+            "base_feature_layer",
+            inputs,
+            args,
+            to_input,
+            graph=need["residual"] and b_feature is not None,
         )
         return student, base
 
@@ -880,7 +979,11 @@ class UniCAM(LayerAttribution, GradientAttribution):
     ) -> Tuple[Tensor, Tensor, Tensor, List[Tensor], Tensor, Optional[Tensor]]:
         """(scores, W, flags, rescaled samples, scales, repeated-samples flag (batch mode))."""
         n = x_s.shape[0]
-        flat = [_statistics_dtype(x_s.detach().reshape(n, -1)), None, _statistics_dtype(x_b.detach().reshape(n, -1))]
+        flat = [
+            _statistics_dtype(x_s.detach().reshape(n, -1)),
+            None,
+            _statistics_dtype(x_b.detach().reshape(n, -1)),
+        ]
         repeated = None
         if blocks is None:
             flat[1] = y.to(flat[0].dtype)
@@ -907,21 +1010,24 @@ class UniCAM(LayerAttribution, GradientAttribution):
         if reference is None:
             return None
         if not isinstance(reference, (tuple, list)) or len(reference) not in (2, 3):
+            length = f" of length {len(reference)}" if isinstance(reference, (tuple, list)) else ""
             raise InputError(
                 "`reference` must be (ref_inputs, ref_target) or (ref_inputs, ref_target, "
-                f"ref_additional_forward_args); got {type(reference).__name__}"
-                f"{' of length ' + str(len(reference)) if isinstance(reference, (tuple, list)) else ''}."
+                f"ref_additional_forward_args); got {type(reference).__name__}{length}."
             )
         ref_inputs = UniCAM._check_inputs(reference[0], "reference[0] (ref_inputs)")
         m = ref_inputs[0].shape[0]
         if m + 1 < _MIN_SAMPLES:
             raise InputError(
                 f"`reference` holds {m} samples; each input is scored with the reference set, "
-                f"so it needs at least {_MIN_SAMPLES - 1} (n = 1 + m >= {_MIN_SAMPLES}). {_WHY_FIVE}"
+                f"so it needs at least {_MIN_SAMPLES - 1} (n = 1 + m >= {_MIN_SAMPLES}). "
+                f"{_WHY_FIVE}"
             )
         return tuple(reference)
 
-    def _reference_blocks(self, reference: Tuple[Any, ...], to_input: bool, table_rows: Optional[int]) -> Dict[str, Any]:
+    def _reference_blocks(
+        self, reference: Tuple[Any, ...], to_input: bool, table_rows: Optional[int]
+    ) -> Dict[str, Any]:
         """The reference set's cached statistics (_fused.reference_block) for the Student's
         representation, the label vectors and the Base's representation."""
         key = (id(reference), bool(to_input))
@@ -930,29 +1036,55 @@ class UniCAM(LayerAttribution, GradientAttribution):
             return cached[1]
         ref_inputs = self._check_inputs(reference[0], "reference[0] (ref_inputs)")
         m = ref_inputs[0].shape[0]
-        ref_args = _format_additional_forward_args(reference[2] if len(reference) == 3 else None) or ()
+        ref_args = (
+            _format_additional_forward_args(reference[2] if len(reference) == 3 else None) or ()
+        )
         part = (parse_target(reference[1], m, "reference[1] (ref_target)", table_rows), m)
         s_feature = self._feature_layer(self.student_feature_layer, self.layer, to_input)
         b_feature = self._feature_layer(self.base_feature_layer, self.base_layer, to_input)
         out_s, cap_s = self._run(
-            "Student", self.forward_func, self.layer, "layer", s_feature, "student_feature_layer",
-            ref_inputs, ref_args, to_input, graph=False,
+            "Student",
+            self.forward_func,
+            self.layer,
+            "layer",
+            s_feature,
+            "student_feature_layer",
+            ref_inputs,
+            ref_args,
+            to_input,
+            graph=False,
         )
         _, cap_b = self._run(
-            "Base", self.base_forward_func, self.base_layer, "base_layer", b_feature, "base_feature_layer",
-            ref_inputs, ref_args, to_input, graph=False,
+            "Base",
+            self.base_forward_func,
+            self.base_layer,
+            "base_layer",
+            b_feature,
+            "base_feature_layer",
+            ref_inputs,
+            ref_args,
+            to_input,
+            graph=False,
         )
-        y, label_ok = self._labels(ravel_targets([part], out_s, table_rows), out_s, cap_s.activation.device)
+        y, label_ok = self._labels(
+            ravel_targets([part], out_s, table_rows), out_s, cap_s.activation.device
+        )
         with torch.no_grad():
             _, _, x_s = self._representation(cap_s, self._transforms[0], False, "Student", m)
             _, _, x_b = self._representation(cap_b, self._transforms[1], False, "Base", m)
         x_s = _statistics_dtype(x_s.detach().reshape(m, -1))
         x_b = _statistics_dtype(x_b.detach().reshape(m, -1))
         blocks = _fused.reference_block([x_s, y.to(x_s.dtype), x_b])
-        checks = torch.cat([blocks["distances"].isfinite().flatten(1).all(1), label_ok.reshape(1)]).tolist()
-        for ok, what in zip(checks, ("Student's representation", "label vectors", "Base's representation")):
+        checks = torch.cat(
+            [blocks["distances"].isfinite().flatten(1).all(1), label_ok.reshape(1)]
+        ).tolist()
+        for ok, what in zip(
+            checks, ("Student's representation", "label vectors", "Base's representation")
+        ):
             if not ok:
-                raise InputError(f"The reference set's {what} contain NaN or Inf; check `reference`.")
+                raise InputError(
+                    f"The reference set's {what} contain NaN or Inf; check `reference`."
+                )
         if not checks[-1]:
             raise InputError(self._predicted_out_of_range())
         self._reference_cache = {key: (reference, blocks)}
@@ -978,7 +1110,11 @@ class UniCAM(LayerAttribution, GradientAttribution):
         return inputs
 
     def _join_context(
-        self, inputs: Tuple[Tensor, ...], args: Tuple[Any, ...], context: Any, table_rows: Optional[int]
+        self,
+        inputs: Tuple[Tensor, ...],
+        args: Tuple[Any, ...],
+        context: Any,
+        table_rows: Optional[int],
     ) -> Tuple[Tuple[Tensor, ...], Tuple[Any, ...], Tuple[Tuple[str, Optional[Tensor]], int]]:
         if not isinstance(context, (tuple, list)) or len(context) not in (2, 3):
             raise InputError(
@@ -999,7 +1135,9 @@ class UniCAM(LayerAttribution, GradientAttribution):
                 )
         n, m = inputs[0].shape[0], ctx_inputs[0].shape[0]
         ctx_part = (parse_target(context[1], m, "context[1] (ctx_target)", table_rows), m)
-        joined = tuple(torch.cat([a, c.to(device=a.device, dtype=a.dtype)]) for a, c in zip(inputs, ctx_inputs))
+        joined = tuple(
+            torch.cat([a, c.to(device=a.device, dtype=a.dtype)]) for a, c in zip(inputs, ctx_inputs)
+        )
         if len(context) == 3:
             ctx_args = _format_additional_forward_args(context[2]) or ()
             if len(ctx_args) != len(args):
@@ -1008,7 +1146,9 @@ class UniCAM(LayerAttribution, GradientAttribution):
                     f"forward argument: {len(args)} expected, got {len(ctx_args)}."
                 )
             args = tuple(
-                torch.cat([a, c.to(a.device)]) if isinstance(a, Tensor) and isinstance(c, Tensor) else a
+                torch.cat([a, c.to(a.device)])
+                if isinstance(a, Tensor) and isinstance(c, Tensor)
+                else a
                 for a, c in zip(args, ctx_args)
             )
         else:
@@ -1027,7 +1167,9 @@ class UniCAM(LayerAttribution, GradientAttribution):
             ("Base", self.base_forward_func, (self.base_layer, self.base_feature_layer)),
         ):
             # The whole model when it is a Module, else the layers we know of.
-            roots = (func,) if isinstance(func, Module) else tuple(m for m in layers if m is not None)
+            roots = (
+                (func,) if isinstance(func, Module) else tuple(m for m in layers if m is not None)
+            )
             found = _diagnosis.training_modules(roots)
             if found:
                 warnings.warn(
@@ -1041,7 +1183,9 @@ class UniCAM(LayerAttribution, GradientAttribution):
                 )
 
     @staticmethod
-    def _feature_layer(feature: Optional[Module], layer: Module, to_input: bool) -> Optional[Module]:
+    def _feature_layer(
+        feature: Optional[Module], layer: Module, to_input: bool
+    ) -> Optional[Module]:
         if feature is None or (feature is layer and not to_input):
             return None
         return feature
@@ -1091,26 +1235,38 @@ class UniCAM(LayerAttribution, GradientAttribution):
         """Reads the flags of _fused.unicam_scores (the finiteness of the maps, and in batch
         mode whether the batch repeats samples) in one transfer, then raises or warns."""
         extra = [label_ok.reshape(1)] + [  # a tuple-output layer gives a tuple of maps
-            torch.stack([torch.isfinite(t).all() for t in (m if isinstance(m, tuple) else (m,))]).all().reshape(1)
+            torch.stack([torch.isfinite(t).all() for t in (m if isinstance(m, tuple) else (m,))])
+            .all()
+            .reshape(1)
             for m in maps
         ]
         if repeated is not None:
             extra.append(repeated.reshape(1))
         width = flags.shape[1]
         values = torch.cat([flags.any(dim=0), flags.all(dim=0)[-3:]] + extra).tolist()
-        self._raise_invalid(values[width : width + 3], values[width + 3], values[width + 4 : width + 4 + len(maps)], kinds)
+        self._raise_invalid(
+            values[width : width + 3],
+            values[width + 3],
+            values[width + 4 : width + 4 + len(maps)],
+            kinds,
+        )
         if not per_input and not self._warned_batch:
             self._warn_batch_tool(tool, bool(values[-1]) if repeated is not None else False)
         self._warn_degenerate(values[:width], kinds, per_input, flags.shape[0])
 
-    def _raise_invalid(self, finite: List[bool], label_ok: bool, maps_ok: List[bool], kinds: Sequence[str]) -> None:
+    def _raise_invalid(
+        self, finite: List[bool], label_ok: bool, maps_ok: List[bool], kinds: Sequence[str]
+    ) -> None:
         if not label_ok:
             raise InputError(self._predicted_out_of_range())
-        for ok, name in zip(finite, ("Student's representation", "label vectors", "Base's representation")):
+        for ok, name in zip(
+            finite, ("Student's representation", "label vectors", "Base's representation")
+        ):
             if not ok:
                 raise InputError(
                     f"The {name} {'contain' if name.endswith('s') else 'contains'} NaN or Inf "
-                    "(or values that overflow); check the inputs, the targets and the models' weights."
+                    "(or values that overflow); check the inputs, the targets and the models' "
+                    "weights."
                 )
         for ok, kind in zip(maps_ok, kinds):
             if not ok:
@@ -1142,7 +1298,9 @@ class UniCAM(LayerAttribution, GradientAttribution):
         )
         self._warned_batch = True
 
-    def _warn_degenerate(self, anyf: List[bool], kinds: Sequence[str], per_input: bool, count: int) -> None:
+    def _warn_degenerate(
+        self, anyf: List[bool], kinds: Sequence[str], per_input: bool, count: int
+    ) -> None:
         k = len(kinds)
         where = " for some inputs" if per_input and count > 1 else ""
         batch = "reference set" if per_input else "batch"
@@ -1186,7 +1344,11 @@ class UniCAM(LayerAttribution, GradientAttribution):
             return None
         if not isinstance(output, Tensor) or output.dim() != 2:
             shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-            need = "predicted classes (target=None)" if "predicted" in kinds else "the number of classes"
+            need = (
+                "predicted classes (target=None)"
+                if "predicted" in kinds
+                else "the number of classes"
+            )
             raise InputError(
                 f"UniCAM reads the Student's output as (N, num_classes) logits to find {need}"
                 f", but it is {shape}. Pass `target` as class indices and "
@@ -1195,7 +1357,9 @@ class UniCAM(LayerAttribution, GradientAttribution):
         return output.detach()
 
     @staticmethod
-    def _predicted(logits: Tensor, table: Optional[Tensor], device: torch.device) -> Tuple[Tensor, Tensor]:
+    def _predicted(
+        logits: Tensor, table: Optional[Tensor], device: torch.device
+    ) -> Tuple[Tensor, Tensor]:
         """Predicted classes on the device (no transfer), clamped into the table, and a 0-d
         flag: all were in range."""
         index = logits.argmax(dim=1).to(device)
@@ -1204,7 +1368,10 @@ class UniCAM(LayerAttribution, GradientAttribution):
         return index, torch.ones((), dtype=torch.bool, device=device)
 
     def _labels(
-        self, parts: List[Tuple[Tuple[str, Optional[Tensor]], int]], output: Any, device: torch.device
+        self,
+        parts: List[Tuple[Tuple[str, Optional[Tensor]], int]],
+        output: Any,
+        device: torch.device,
     ) -> Tuple[Tensor, Tensor]:
         """(Y on ``device``, a 0-d bool tensor: every predicted class has a label vector).
 
@@ -1213,7 +1380,9 @@ class UniCAM(LayerAttribution, GradientAttribution):
         clamped and reported by the flag, read with the other checks at the end."""
         logits = self._logits({kind for (kind, _), _ in parts}, output)
         table = None if self.label_embeddings is None else self.label_embeddings.detach().to(device)
-        num_classes = table.shape[0] if table is not None else (None if logits is None else logits.shape[1])
+        num_classes = (
+            table.shape[0] if table is not None else (None if logits is None else logits.shape[1])
+        )
         ok = torch.ones((), dtype=torch.bool, device=device)
         rows: List[Tensor] = []
         start = 0
@@ -1304,12 +1473,13 @@ class UniCAM(LayerAttribution, GradientAttribution):
             )
         return grad if transform is None else transform(grad)
 
-
     @staticmethod
     def _gradcam(a: Tensor, grad: Optional[Tensor], relu: bool, summation: bool) -> Tensor:
         if grad is None:
             grad = torch.zeros_like(a)
-        weights = grad.mean(dim=tuple(range(2, grad.dim())), keepdim=True) if grad.dim() > 2 else grad
+        weights = (
+            grad.mean(dim=tuple(range(2, grad.dim())), keepdim=True) if grad.dim() > 2 else grad
+        )
         out = weights * a
         if summation:
             out = out.sum(dim=1, keepdim=True)

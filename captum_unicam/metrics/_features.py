@@ -105,7 +105,8 @@ def check_attributions(attr: Tensor, inputs: Tensor, name: str = "attributions")
             f"{name} of shape {tuple(attr.shape)} cannot be matched to inputs of shape "
             f"{tuple(inputs.shape)}: expected (N, 1, h, w) as LayerGradCam and UniCAM return "
             f"(or (N, h, w), or (N, C, h, w) with the inputs' C), with the same N = "
-            f"{inputs.shape[0] if inputs.dim() else '?'} and any h, w (upsampled to the input size)."
+            f"{inputs.shape[0] if inputs.dim() else '?'} and any h, w (upsampled to the input "
+            "size)."
         )
     if not attr.is_floating_point():
         raise InputError(f"{name} must be floating point, got dtype {attr.dtype}.")
@@ -121,7 +122,9 @@ def check_estimator(estimator: Any) -> None:
         )
 
 
-def pair(attributions: AttributionsType, first: str, second: str) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+def pair(
+    attributions: AttributionsType, first: str, second: str
+) -> Tuple[Optional[Tensor], Optional[Tensor]]:
     """One map for both models, or an explicit (first, second) pair."""
     if attributions is None or isinstance(attributions, Tensor):
         return attributions, attributions
@@ -137,12 +140,16 @@ def pair(attributions: AttributionsType, first: str, second: str) -> Tuple[Optio
 
 def check_layer(layer: Any, name: str) -> None:
     if not isinstance(layer, nn.Module):
-        raise InputError(f"{name} must be a torch.nn.Module of the model, got {type(layer).__name__}.")
+        raise InputError(
+            f"{name} must be a torch.nn.Module of the model, got {type(layer).__name__}."
+        )
 
 
 def check_forward_func(func: Any, name: str) -> None:
     if not callable(func):
-        raise InputError(f"{name} must be the model (or a function running it), got {type(func).__name__}.")
+        raise InputError(
+            f"{name} must be the model (or a function running it), got {type(func).__name__}."
+        )
 
 
 def check_perturbation(perturbation: Any, attributions: AttributionsType = None) -> None:
@@ -186,12 +193,16 @@ def label_degeneracy(y: Tensor) -> Optional[str]:
     a = stats.distance_matrix(y.to(torch.float64))
     top = float(a.abs().max())
     if top == 0.0:
-        return "every sample of the batch has the same label (one class), so the labels carry no information"
+        return (
+            "every sample of the batch has the same label (one class), so the labels carry no "
+            "information"
+        )
     if float(stats.u_centered(a).abs().max()) <= _LABEL_TOL * top:
         return (
             "every pair of label vectors is the same distance apart (one-hot labels of a batch in "
             "which no class repeats, or a label table whose rows are all equally far apart), or "
-            "more generally the label distances are additive, d_ij = a_i + a_j (one-hot labels with "
+            "more generally the label distances are additive, d_ij = a_i + a_j (one-hot labels "
+            "with "
             "all samples but one in one class), so the U-centred label distance matrix is zero"
         )
     return None
@@ -252,7 +263,11 @@ class Scores:
             if 1 - float(r_yz.abs()) <= _ONE_TOL:
                 return _zero(r_xy), f"the labels are fully explained by {self.names[z]}"
         den = (1 - r_xz**2).clamp_min(0).sqrt() * (1 - r_yz**2).clamp_min(0).sqrt()
-        value = torch.where(den > 0, (r_xy - r_xz * r_yz) / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
+        value = torch.where(
+            den > 0,
+            (r_xy - r_xz * r_yz) / torch.where(den > 0, den, torch.ones_like(den)),
+            torch.zeros_like(den),
+        )
         return value.clamp(-1, 1), None
 
 
@@ -302,7 +317,10 @@ def layer_features(
 
 
 def layers_features(
-    forward_func: Callable, layers: Sequence[nn.Module], inputs: Tensor, additional_forward_args: Any = None
+    forward_func: Callable,
+    layers: Sequence[nn.Module],
+    inputs: Tensor,
+    additional_forward_args: Any = None,
 ) -> List[Tensor]:
     r""":func:`layer_features` of several layers from one forward pass.
 
@@ -406,7 +424,8 @@ def check_label_embeddings(label_embeddings: Optional[Tensor]) -> None:
     if not isinstance(label_embeddings, Tensor) or label_embeddings.dim() != 2:
         raise InputError(
             "label_embeddings must be a 2-D tensor (num_classes, e), one row per class (e.g. "
-            f"embed_labels(class_names)); got {getattr(label_embeddings, 'shape', type(label_embeddings).__name__)}."
+            "embed_labels(class_names)); got "
+            f"{getattr(label_embeddings, 'shape', type(label_embeddings).__name__)}."
         )
     if not label_embeddings.is_floating_point():
         raise InputError(f"label_embeddings must be floating point, got {label_embeddings.dtype}.")
@@ -422,16 +441,24 @@ def target_indices(target: Any, n: int) -> Tensor:
         raise InputError(
             "RS needs one target per sample (a list or 1-D tensor of N class indices, or an (N, e) "
             f"float tensor of label vectors); got a single class index {int(target)}: every sample "
-            "would get the same label vector (one-hot or from label_embeddings), the label distance "
+            "would get the same label vector (one-hot or from label_embeddings), the label "
+            "distance "
             "matrix would be zero and RS 0/0 for any features. Pass each sample's own class."
         )
     if target is None:
         raise InputError("target is required: the class index of each sample (list or 1-D tensor).")
     t = target if isinstance(target, Tensor) else torch.as_tensor(target)
-    if t.dim() != 1 or t.shape[0] != n or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+    if (
+        t.dim() != 1
+        or t.shape[0] != n
+        or t.is_floating_point()
+        or t.is_complex()
+        or t.dtype == torch.bool
+    ):
         raise InputError(
             f"target must hold one integer class index per sample ({n}), as a list or 1-D tensor, "
-            f"or be an ({n}, e) float tensor of label vectors; got shape {tuple(t.shape)}, dtype {t.dtype}."
+            f"or be an ({n}, e) float tensor of label vectors; got shape {tuple(t.shape)}, dtype "
+            f"{t.dtype}."
         )
     if n and int(t.min()) < 0:
         raise InputError(f"target holds a negative class index {int(t.min())}.")

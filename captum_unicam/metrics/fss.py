@@ -102,7 +102,8 @@ def feature_similarity_score(
 
         >>> from captum.attr import LayerGradCam
         >>> from captum_unicam import feature_similarity_score
-        >>> cam = LayerGradCam(student, student.layer4).attribute(x, target=y, relu_attributions=True)
+        >>> grad_cam = LayerGradCam(student, student.layer4)
+        >>> cam = grad_cam.attribute(x, target=y, relu_attributions=True)
         >>> fss = feature_similarity_score(student, student.layer4, x, base_forward_func=base,
         ...                                base_layer=base.layer4, attributions=cam)
     """
@@ -116,9 +117,15 @@ def feature_similarity_score(
     check_perturbation(perturbation, attributions)
     feats_s, feats_b = paired_features(
         ((forward_func, layer), (base_forward_func, base_layer)),
-        inputs, attributions, perturbation, additional_forward_args, ("student", "base"),
+        inputs,
+        attributions,
+        perturbation,
+        additional_forward_args,
+        ("student", "base"),
     )
-    scores = Scores({"s": feats_s, "b": feats_b}, {"s": "the Student's features", "b": "the Base's features"})
+    scores = Scores(
+        {"s": feats_s, "b": feats_b}, {"s": "the Student's features", "b": "the Base's features"}
+    )
     value, reason = scores.dcor("s", "b", estimator)
     if reason is not None:
         warn_degenerate(f"FSS set to 0: {reason}.")

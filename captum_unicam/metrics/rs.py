@@ -55,10 +55,13 @@ def label_vectors(target: Any, n: int, label_embeddings: Optional[Tensor] = None
     if isinstance(target, Tensor) and target.is_floating_point():
         if target.dim() != 2 or target.shape[0] != n:
             raise InputError(
-                f"a float target must be an ({n}, e) tensor of label vectors; got shape {tuple(target.shape)}."
+                f"a float target must be an ({n}, e) tensor of label vectors; got shape "
+                f"{tuple(target.shape)}."
             )
         if label_embeddings is not None:
-            raise InputError("pass label vectors as target or label_embeddings with class indices, not both.")
+            raise InputError(
+                "pass label vectors as target or label_embeddings with class indices, not both."
+            )
         if not torch.isfinite(target).all():
             raise InputError("target label vectors contain NaN or Inf.")
         return target.detach().to(torch.float64)
@@ -201,13 +204,22 @@ def relevance_score(
         warn_degenerate(f"RS set to 0: {degenerate}. To fix it, {LABEL_FIX}.")
         return torch.zeros((), dtype=torch.float64)
     if not with_base:
-        feats = layer_features(forward_func, layer, perturb(inputs, attributions, perturbation), additional_forward_args)
+        feats = layer_features(
+            forward_func,
+            layer,
+            perturb(inputs, attributions, perturbation),
+            additional_forward_args,
+        )
         scores = Scores({"x": feats, "y": y.to(feats.device)}, {"x": "the model's features"})
         value, reason = scores.dcor("x", "y", estimator)
     else:
         feats, feats_base = paired_features(
             ((forward_func, layer), (base_forward_func, base_layer)),
-            inputs, attributions, perturbation, additional_forward_args, ("model", "base"),
+            inputs,
+            attributions,
+            perturbation,
+            additional_forward_args,
+            ("model", "base"),
         )
         scores = Scores(
             {"x": feats, "y": y.to(feats.device), "z": feats_base},
