@@ -147,3 +147,22 @@ def test_training_warning_only_for_modules_that_behave_differently():
         wrapped = nn.Sequential(base, extra)
         found = training_messages(student, wrapped, student.layer2, base.layer2, x, y)
         assert len(found) == 1 and "Base" in found[0] and type(extra).__name__ in found[0]
+
+
+def test_small_batch_message_is_right_for_any_n():
+    student, base = make(SmallResNet, 1), make(SmallResNet, 2)
+    x, y = batch(3, seed=3)
+    unicam = UniCAM(student, student.layer2, base, base.layer2)
+    for n in (1, 3):
+        with pytest.raises(InputError, match=f"got {n}. .*none below n = 4") as err:
+            unicam.attribute(x[:n], target=y[:n] if n > 1 else [0, 1, 2][:n])
+        assert "reference=" in str(err.value)
+
+
+def test_nan_in_a_representation_is_named_in_good_english():
+    student, base = make(SmallResNet, 1), make(SmallResNet, 2)
+    x, y = batch(6, seed=3)
+    x[2, 0, 0, 0] = float("nan")
+    unicam = UniCAM(student, student.layer2, base, base.layer2)
+    with pytest.raises(InputError, match="representation contains NaN"):
+        unicam.score(x, target=y)

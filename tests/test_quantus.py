@@ -108,3 +108,17 @@ def test_missing_reference_and_unknown_layer_are_input_errors(setup):
         explain(student, x, y, base=base, layer="layer2")
     with pytest.raises(InputError, match="not a submodule"):
         explain(student, x, y, base=base, layer="nope", reference=(x[:6], y[:6]))
+
+
+def test_a_users_own_explain_func_over_batch_mode_warns(setup):
+    """Not only our explain: any batch-mode UniCAM called from inside a Quantus metric."""
+    student, base, x, y, _ = setup
+    unicam = UniCAM(student, student.layer2, base, base.layer2)
+
+    def own(model, inputs, targets, **kwargs):
+        maps = unicam.attribute(torch.from_numpy(inputs), target=torch.from_numpy(targets))
+        return LayerAttribution.interpolate(maps, (16, 16)).numpy()
+
+    with pytest.warns(UniCAMWarning, match="called from quantus"):
+        quantus.Sparseness(disable_warnings=True)(
+            model=student, x_batch=x, y_batch=y, explain_func=own, device="cpu", batch_size=8)

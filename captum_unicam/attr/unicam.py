@@ -321,7 +321,14 @@ class UniCAM(LayerAttribution, GradientAttribution):
     **Reference mode** (``reference=(ref_inputs, ref_target)``) scores each input with
     a fixed reference set alone, so its map is a per-image function: it does not depend
     on the other inputs of the call, and Captum's wrappers (``NoiseTunnel``,
-    ``sensitivity_max``) see a per-image explanation.
+    ``sensitivity_max``) see a per-image explanation;
+    :func:`captum_unicam.reference_set` draws a stratified reference set in one line.
+    In batch mode, a call from inside Captum's or Quantus' tools, or on a batch with
+    repeated or near-duplicate samples (the batches those tools build), warns once per
+    instance that the maps measure the batch's make-up (docs/per-image.md).
+    :meth:`score_function` is the score as a forward function, one value per input, for
+    ``Occlusion``, ``FeatureAblation`` and ``captum.metrics.infidelity``; and
+    :func:`captum_unicam.quantus.explain` is UniCAM as a Quantus ``explain_func``.
 
     Degenerate cases give zeros, never NaN, with a :class:`UniCAMWarning` that names the
     cause and the fix: Student and Base with the same representation (nothing unique
