@@ -41,8 +41,16 @@ dissimilarities"): with :math:`a_{ij} = \lVert x_i - x_j \rVert^{\text{exponent}
 - correlations divide by :math:`\sqrt{|\text{var}_x \text{var}_y|}` and are 0 where
   that is 0; the partial distance correlation :math:`\mathcal{R}^*(x, y; z)` is the
   correlation of :math:`\tilde A` and :math:`\tilde B` after projecting both onto the
-  orthogonal complement of :math:`\tilde C`, computed as ``dcor`` does from the three
-  pairwise correlations, and 0 where the projection leaves nothing.
+  orthogonal complement of :math:`\tilde C`, formed explicitly (equal to dcor's formula
+  from the three pairwise correlations, and exact to 1e-8 in float64 where that formula
+  loses accuracy: samples on which x and z nearly agree), and 0 where the projection
+  leaves nothing;
+- exactly degenerate cases are exactly 0: a U-centred matrix below
+  :math:`1024\,\epsilon_{64}` times the mean distance (the rounding of the centring;
+  e.g. one-hot rows of distinct classes, whose U-centred matrix is exactly zero) is taken
+  as 0, so the 0/0 of a correlation is 0 as in dcor's definitions, not a ratio of
+  rounding noise;
+- low-precision floats (bfloat16, float16) are read in float32.
 
 Bad input raises :class:`~captum_unicam.errors.InputError` (a ``ValueError``) naming
 the argument and the fix: fewer samples
@@ -355,7 +363,10 @@ def _u_product(a: Tensor, b: Tensor) -> Tensor:
 def distance_matrix(x: Tensor, *, exponent: float = 1.0) -> Tensor:
     r"""Pairwise Euclidean distances :math:`\lVert x_i - x_j \rVert^{\text{exponent}}`.
 
-    Equals ``dcor.distances.pairwise_distances(x, exponent=exponent)``.
+    Equals ``dcor.distances.pairwise_distances(x, exponent=exponent)``. In float64 each
+    distance is within 1e-12 relative of the exact one, also for near-copies (pairs closer
+    than the Gram product resolves are recomputed from :math:`x_i - x_j`); in float32,
+    within about 1e-3 relative on the squared distance.
 
     Args:
         x (Tensor): samples, shape ``(n, ...)``; trailing dimensions are flattened.
@@ -707,16 +718,18 @@ def partial_distance_correlation(
 ) -> Tensor:
     r"""Partial distance correlation :math:`\mathcal{R}^*(x, y; z)`.
 
-    Equals ``dcor.partial_distance_correlation(x, y, z)``: from the bias-corrected
-    correlations :math:`r_{xy}, r_{xz}, r_{yz}` (each clipped to [-1, 1]),
+    Equals ``dcor.partial_distance_correlation(x, y, z)``, which forms it from the
+    bias-corrected correlations :math:`r_{xy}, r_{xz}, r_{yz}`,
 
     .. math::
         \mathcal{R}^*(x, y; z) = \frac{r_{xy} - r_{xz} r_{yz}}
         {\sqrt{1 - r_{xz}^2}\sqrt{1 - r_{yz}^2}},
 
-    which is the correlation of :math:`\tilde A` and :math:`\tilde B` projected off
-    :math:`\tilde C`; 0 when a projection leaves nothing (e.g. ``x`` is ``z``). A
-    constant ``z`` removes nothing. Needs ``n >= 4``. UniCAM's distilled score is
+    the correlation of :math:`\tilde A` and :math:`\tilde B` projected off
+    :math:`\tilde C`. Here the projections are formed explicitly, which stays exact (to
+    1e-8 in float64, tested against a 50-digit oracle) when x and z nearly agree, where
+    the formula above loses accuracy as :math:`\epsilon / (1 - r_{xz})`. It is 0 when a
+    projection leaves nothing (e.g. ``x`` is ``z``); a constant ``z`` removes nothing. Needs ``n >= 4``. UniCAM's distilled score is
     ``partial_distance_correlation(student_features, labels, base_features)``.
 
     Args:
