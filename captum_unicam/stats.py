@@ -352,7 +352,7 @@ def _u_centered(a: Tensor) -> Tensor:
     col = a.sum(dim=0, keepdim=True) / (n - 2)
     total = a.sum() / ((n - 1) * (n - 2))
     out = a - row - col + total
-    return out * (1 - torch.eye(n, dtype=a.dtype, device=a.device))
+    return out.masked_fill(torch.eye(n, dtype=torch.bool, device=a.device), 0.0)  # +0, not -0
 
 
 def _u_product(a: Tensor, b: Tensor) -> Tensor:
