@@ -118,7 +118,6 @@ def test_near_duplicate_samples_keep_their_exact_distance():
     import dcor
     import numpy as np
 
-    from captum_unicam import stats
 
     g = torch.Generator().manual_seed(3)
     x = torch.randn(10, 5000, generator=g) + 3.0
@@ -139,7 +138,6 @@ def test_near_duplicates_in_reference_mode_keep_their_exact_distance():
     import dcor
     import numpy as np
 
-    from captum_unicam import stats
 
     g = torch.Generator().manual_seed(3)
     ref = torch.randn(10, 5000, generator=g) + 3.0
