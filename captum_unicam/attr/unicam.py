@@ -1292,7 +1292,10 @@ class UniCAM(LayerAttribution, GradientAttribution):
         if tool is not None:
             why = f"UniCAM in batch mode is called from {tool.split('.')[0]} ({tool})"
         else:
-            why = "UniCAM in batch mode got a batch with repeated or near-duplicate samples"
+            why = (
+                "UniCAM in batch mode got a batch with repeated or near-duplicate samples (two "
+                "samples with nearly the same representation in both models)"
+            )
         warnings.warn(
             f"{why}: a batch-mode map is a statistic of the whole batch, so tools that build "
             "batches of their own (NoiseTunnel's noisy copies, sensitivity_max's and "
