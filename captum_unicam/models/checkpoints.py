@@ -872,16 +872,16 @@ def _check_factory(
             f"{_where(p)} holds {describe(meta.get('arch'), meta.get('num_classes'))} of "
             f"captum-unicam; load it without factory={factory!r}"
         )
+    if arch is not None:
+        raise CheckpointError(
+            f"{_where(p)} holds a model of factory {recorded!r}, not a {arch}; pass "
+            f"factory={recorded!r} instead of arch="
+        )
     if factory is None:
         raise CheckpointError(
             f"{_where(p)} was saved from your own code (factory {recorded!r}); pass "
             f"factory={recorded!r} to import and run it (a checkpoint never makes "
             "captum-unicam import code by itself)"
-        )
-    if arch is not None:
-        raise CheckpointError(
-            f"{_where(p)} holds a model of factory {recorded!r}, not a {arch}; pass "
-            f"factory={recorded!r} instead of arch="
         )
     if factory != recorded:
         warnings.warn(
