@@ -7,7 +7,6 @@ import textwrap
 
 import pytest
 import torch
-from torch import nn
 
 from captum_unicam.errors import CheckpointError, InputError
 from captum_unicam.models import (
