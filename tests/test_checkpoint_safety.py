@@ -106,7 +106,8 @@ def test_a_file_created_during_the_write_is_never_replaced(tmp_path, rescue_dir,
             path.write_bytes(b"the other run's checkpoint")
 
     monkeypatch.setattr(torch, "save", racing_save)
-    with pytest.raises(OutputError, match="student.pt.*exists.*--overwrite") as info:
+    with pytest.raises(OutputError, match="student.pt' exists .written by another run meanwhile"
+                                          ".*--overwrite") as info:
         save_checkpoint(path, _model(1), **ARGS)
     monkeypatch.undo()
     assert path.read_bytes() == b"the other run's checkpoint"
@@ -328,7 +329,8 @@ def test_tilde_is_expanded(tmp_path, monkeypatch):
 
 
 def test_a_model_of_another_architecture_is_refused_before_writing(tmp_path):
-    with pytest.raises(InputError, match="does not fit a small_resnet_s.*nothing is written"):
+    with pytest.raises(InputError, match=r"^the weights of the model do not fit a small_resnet_s "
+                                         r"with 4 classes \(blocks per stage .*nothing is written"):
         save_checkpoint(tmp_path / "a.pt", torchvision.models.resnet18(weights=None,
                                                                        num_classes=4), **ARGS)
     narrow = _model()

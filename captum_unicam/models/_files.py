@@ -261,14 +261,17 @@ def _write_failed(
     return OutputError(f"checkpoint {str(path)!r} could not be written ({cause}); {where}")
 
 
-def _exists(path: pathlib.Path, payload: Mapping[str, Any], save: Callable) -> OutputError:
-    """The error for a destination that appeared since the run checked it; the payload is
-    kept in the temporary folder."""
+def _exists(
+    path: pathlib.Path, payload: Mapping[str, Any], save: Callable, meanwhile: bool = False
+) -> OutputError:
+    """The error for an existing destination (``meanwhile``: one that appeared while this
+    checkpoint was written); the payload is kept in the temporary folder."""
     kept = _rescue(payload, path, save)
+    how = " (written by another run meanwhile)" if meanwhile else ""
     return OutputError(
-        f"checkpoint {str(path)!r} exists (written by another run meanwhile?); it is not "
-        f"replaced: pass overwrite=True (--overwrite) to replace it, or give another file "
-        f"name; the trained model was kept at {kept}"
+        f"checkpoint {str(path)!r} exists{how}; it is not replaced: pass overwrite=True "
+        f"(--overwrite) to replace it, or give another file name; the trained model was "
+        f"kept at {kept}"
     )
 
 
@@ -356,7 +359,7 @@ def _write_and_place(
         else:
             _link_exclusively(tmp, path)
     except FileExistsError as e:
-        raise _exists(path, payload, save) from e
+        raise _exists(path, payload, save, meanwhile=True) from e
     except OutputError:
         raise
     except (OSError, RuntimeError) as e:

@@ -298,9 +298,10 @@ def _check_fits(p: pathlib.Path, meta: Mapping[str, Any], state: Mapping[str, Te
         with torch.device("meta"):
             built = _build_empty(p, meta, meta["build_kwargs"])
     except CheckpointError as e:
+        text = str(e).removeprefix(f"{_where(p)}: ").split("; give ", 1)[0]
         raise InputError(
-            f"the model does not fit {describe(arch, n)}: {str(e).split(': ', 1)[-1]}; "
-            "nothing is written; pass the model's own arch (or factory=...)"
+            f"{text.replace('its weights', 'the weights of the model', 1)}; nothing is "
+            "written; pass the model's own arch (or factory=...)"
         ) from e
     problem = state_mismatch(built.state_dict(), state)
     if problem:
