@@ -114,6 +114,25 @@ def test_a_file_created_during_the_write_is_never_replaced(tmp_path, rescue_dir,
     assert _same(load_checkpoint(_rescued(str(info.value)))[0], _model(1))
 
 
+def test_a_fifo_made_during_an_overwrite_is_not_replaced(tmp_path, rescue_dir, monkeypatch):
+    path = tmp_path / "student.pt"
+    save_checkpoint(path, _model(0), **ARGS)
+    real_save = torch.save
+
+    def racing_save(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        if path.is_file() and _file_of(f).startswith(str(tmp_path / ".student.pt")):
+            path.unlink()
+            os.mkfifo(path)
+
+    monkeypatch.setattr(torch, "save", racing_save)
+    with pytest.raises(OutputError, match="FIFO.*not a regular file.*kept at") as info:
+        save_checkpoint(path, _model(1), **ARGS, overwrite=True)
+    monkeypatch.undo()
+    assert stat.S_ISFIFO(os.lstat(path).st_mode)
+    assert _same(load_checkpoint(_rescued(str(info.value)))[0], _model(1))
+
+
 def test_overwrite_replaces_a_fifo_never(tmp_path):
     fifo = tmp_path / "pipe.pt"
     os.mkfifo(fifo)

@@ -275,6 +275,15 @@ def _exists(
     )
 
 
+def _recheck(path: pathlib.Path, payload: Mapping[str, Any], save: Callable) -> None:
+    """Just before ``os.replace``: the destination is still absent or a regular file; else
+    the payload is kept in the temporary folder and the error says where."""
+    try:
+        _check_destination(path, True)
+    except OutputError as e:
+        raise OutputError(f"{e}; the trained model was kept at {_rescue(payload, path, save)}") from e
+
+
 def _link_exclusively(tmp: pathlib.Path, path: pathlib.Path) -> None:
     """``tmp`` becomes ``path`` only if ``path`` does not exist (atomically: a hard link,
     or an exclusive create and copy where the file system has no hard links)."""
@@ -354,7 +363,7 @@ def _write_and_place(
             f.flush()
             os.fsync(f.fileno())
         if overwrite:
-            _check_destination(path, overwrite)  # again: it may have changed meanwhile
+            _recheck(path, payload, save)  # again: it may have changed meanwhile
             os.replace(tmp, path)
         else:
             _link_exclusively(tmp, path)
