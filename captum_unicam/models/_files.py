@@ -281,7 +281,8 @@ def _recheck(path: pathlib.Path, payload: Mapping[str, Any], save: Callable) -> 
     try:
         _check_destination(path, True)
     except OutputError as e:
-        raise OutputError(f"{e}; the trained model was kept at {_rescue(payload, path, save)}") from e
+        kept = _rescue(payload, path, save)
+        raise OutputError(f"{e}; the trained model was kept at {kept}") from e
 
 
 def _link_exclusively(tmp: pathlib.Path, path: pathlib.Path) -> None:
