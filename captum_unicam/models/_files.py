@@ -60,6 +60,8 @@ def kind_of(path: pathlib.Path) -> Optional[str]:
         return "a dangling symlink" if os.path.islink(path) else None
     except NotADirectoryError:
         return None
+    except PermissionError:
+        return "a path that cannot be examined (permission denied on a parent folder)"
     if stat.S_ISREG(st.st_mode):
         return "a regular file"
     for test, name in _KINDS:
