@@ -313,7 +313,8 @@ def _obtain(role: str, arch: Tuple[str, Dict[str, Any]], recipe: Dict[str, Any],
     train_fn(model)
     model.to(device).eval()
     save_checkpoint(path, model, arch=name, num_classes=num_classes, class_names=list(class_names),
-                    recipe=recipe, kd_method=kd_method, teacher=teacher)
+                    recipe=recipe, kd_method=kd_method, teacher=teacher,
+                    overwrite=True)  # a cached checkpoint of another recipe
     log[role] = {"status": "trained", "seconds": round(time.perf_counter() - t0, 2)}
     return model
 

@@ -270,6 +270,7 @@ def train_demo_models(
             teacher=str(paths["teacher"]) if role == "student" else None,
             extra={"role": role, "accuracy": acc[role], "cued_accuracy": cued[role],
                    "dataset": datasets[role], "train_seconds": seconds},
+            overwrite=True,  # a stale cache file of an earlier recipe
         )
     return DemoModels(
         **models, class_names=list(class_names), accuracies=acc, cued_accuracies=cued, recipe=recipe,
