@@ -239,9 +239,11 @@ def _meet(env: _Env, timeout: float) -> Any:
                                     "the store")
     try:
         _check_in(store, env, timeout, start)
-    except BaseException:
-        del store  # closes the store (and the server this process hosts)
-        raise
+    except BaseException as err:
+        # closes the store (and the server this process hosts): the frames of the traceback
+        # would keep it, and its port, open as long as the error lives
+        del store
+        raise err.with_traceback(None)
     return store
 
 
