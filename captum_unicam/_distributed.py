@@ -26,15 +26,17 @@ checked in; collectives afterwards keep torch's own timeout.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import socket
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Optional, Tuple
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -78,7 +80,7 @@ class _Env:
                 f"MASTER_PORT={self.port}")
 
 
-def rank_and_world() -> Tuple[int, int]:
+def rank_and_world() -> tuple[int, int]:
     r"""The rank of this process and the number of processes of the default process group,
     or ``(0, 1)`` outside one.
 
@@ -95,7 +97,7 @@ def rank_and_world() -> Tuple[int, int]:
     return 0, 1
 
 
-def join_process_group(device: torch.device, *, timeout_s: Optional[float] = None) -> bool:
+def join_process_group(device: torch.device, *, timeout_s: float | None = None) -> bool:
     r"""Joins the process group that ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
     ``MASTER_ADDR`` and ``MASTER_PORT`` describe (gloo on CPU, nccl on CUDA, where the
     CUDA device becomes ``cuda:LOCAL_RANK``), waiting at most ``timeout_s`` seconds for
@@ -142,12 +144,11 @@ def join_process_group(device: torch.device, *, timeout_s: Optional[float] = Non
     timeout = _timeout(timeout_s)
     if device.type == "cuda":
         _check_cuda(env)
-    store = _meet(env, timeout)
+    init = functools.partial(_init, _meet(env, timeout), env, device)
     try:
-        _call_interruptibly(lambda: _init(store, env, device), env, timeout, time.monotonic(),
-                            "the process group")
+        _call_interruptibly(init, env, timeout, time.monotonic(), "the process group")
     finally:
-        del store  # the process group keeps its own reference; a failed join closes it
+        del init  # the group keeps its own reference to the store; a failed join closes it
     return True
 
 
@@ -171,12 +172,13 @@ def leave_process_group(started: bool) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _int_var(name: str, default: Optional[str] = None, *, low: int = 0,
-             high: Optional[int] = None) -> int:
+def _int_var(name: str, default: str | None = None, *, low: int = 0,
+             high: int | None = None) -> int:
     raw = os.environ.get(name, default)
     if raw is None or not raw.strip():
-        raise InputError(f"{name} is not set although WORLD_SIZE={os.environ.get('WORLD_SIZE')} asks "
-                         f"for several processes; {_FIX}.")
+        world = os.environ.get("WORLD_SIZE")
+        raise InputError(f"{name} is not set although WORLD_SIZE={world} asks for several "
+                         f"processes; {_FIX}.")
     try:
         value = int(raw.strip())
     except ValueError:
@@ -198,7 +200,7 @@ def _read_env(world: int) -> _Env:
     return _Env(rank=rank, world=world, local_rank=local_rank, addr=addr, port=port)
 
 
-def _timeout(timeout_s: Optional[float]) -> float:
+def _timeout(timeout_s: float | None) -> float:
     source = "timeout_s"
     if timeout_s is None:
         raw = os.environ.get(TIMEOUT_ENV)
@@ -211,15 +213,17 @@ def _timeout(timeout_s: Optional[float]) -> float:
             raise InputError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds; set it to a "
                              f"positive number, e.g. 60.") from None
     if not (math.isfinite(timeout_s) and timeout_s > 0):
-        raise InputError(f"{source}={timeout_s} must be a positive, finite number of seconds, e.g. 60.")
+        raise InputError(f"{source}={timeout_s} must be a positive, finite number of seconds, "
+                         f"e.g. 60.")
     return float(timeout_s)
 
 
 def _check_cuda(env: _Env) -> None:
     count = torch.cuda.device_count()
     if env.local_rank >= count:
-        raise InputError(f"LOCAL_RANK={env.local_rank} but this machine has {count} CUDA device(s); "
-                         f"start at most {count} processes per machine, or run on the CPU.")
+        raise InputError(f"LOCAL_RANK={env.local_rank} but this machine has {count} CUDA "
+                         f"device(s); start at most {count} processes per machine, or run on the "
+                         f"CPU.")
 
 
 # ---------------------------------------------------------------------------
@@ -239,7 +243,7 @@ def _meet(env: _Env, timeout: float) -> Any:
                                     "the store")
     try:
         _check_in(store, env, timeout, start)
-    except BaseException as err:
+    except BaseException as err:  # noqa: BLE001 - raised again below
         # closes the store (and the server this process hosts): the frames of the traceback
         # would keep it, and its port, open as long as the error lives
         del store
@@ -312,7 +316,7 @@ def _call_interruptibly(fn: Callable[[], Any], env: _Env, timeout: float, start:
     def target() -> None:
         try:
             result["value"] = fn()
-        except BaseException as err:  # handed to the waiting thread
+        except BaseException as err:  # noqa: BLE001 - handed to the waiting thread, raised there
             result["error"] = err
 
     worker = threading.Thread(target=target, name="captum-unicam-join", daemon=True)

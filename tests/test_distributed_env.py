@@ -225,7 +225,8 @@ def test_rank0_port_in_use(environ):
         environ(cluster_env(0, port))
         elapsed, message = timed_join()
     assert elapsed < 2.0
-    assert f"RANK=0 cannot listen on MASTER_PORT={port}" in message and "free MASTER_PORT" in message
+    assert f"RANK=0 cannot listen on MASTER_PORT={port}" in message
+    assert "free MASTER_PORT" in message
 
 
 def test_rank1_unknown_master_addr(environ):
