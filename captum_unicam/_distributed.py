@@ -22,6 +22,13 @@ Rank 0 hosts the store at ``MASTER_PORT`` (as torch's ``env://`` rendezvous does
 under torchrun with ``TORCHELASTIC_USE_AGENT_STORE=True``, where the agent hosts it and
 every rank connects. The process group itself is created on that store once every rank has
 checked in; collectives afterwards keep torch's own timeout.
+
+Two calls block in C++ without a bound of their own: a store client's handshake (a server
+that accepts and never answers keeps it waiting however small torch's timeout) and the
+creation of the group (a peer that died right after checking in). They run in a daemon
+thread while the calling thread waits in short steps. Where one outlives the deadline or a
+signal, the error is raised at once and the thread is left blocked: it ends with the
+process (or, when the other side closes, with torch's own timeout).
 """
 
 from __future__ import annotations
@@ -144,9 +151,10 @@ def join_process_group(device: torch.device, *, timeout_s: float | None = None) 
     timeout = _timeout(timeout_s)
     if device.type == "cuda":
         _check_cuda(env)
-    init = functools.partial(_init, _meet(env, timeout), env, device)
+    start = time.monotonic()  # one deadline for the whole join
+    init = functools.partial(_init, _meet(env, timeout, start), env, device)
     try:
-        _call_interruptibly(init, env, timeout, time.monotonic(), "the process group")
+        _call_interruptibly(init, env, timeout, start, "the process group was not created")
     finally:
         del init  # the group keeps its own reference to the store; a failed join closes it
     return True
@@ -231,16 +239,15 @@ def _check_cuda(env: _Env) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _meet(env: _Env, timeout: float) -> Any:
+def _meet(env: _Env, timeout: float, start: float) -> Any:
     """Opens the store and waits until every rank checked in; returns the store."""
-    start = time.monotonic()
     hosts = env.rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
     if hosts:
         store = _host_store(env, timeout)
     else:
         _wait_for_listener(env, timeout, start)
-        store = _call_interruptibly(lambda: _client_store(env, timeout), env, timeout, start,
-                                    "the store")
+        store = _call_interruptibly(functools.partial(_client_store, env, timeout, start), env,
+                                    timeout, start, "the store there did not answer")
     try:
         _check_in(store, env, timeout, start)
     except BaseException as err:  # noqa: BLE001 - raised again below
@@ -260,8 +267,9 @@ def _host_store(env: _Env, timeout: float) -> Any:
                          f"choose a free MASTER_PORT, or {_FIX}.") from None
 
 
-def _client_store(env: _Env, timeout: float) -> Any:
-    return dist.TCPStore(env.addr, env.port, env.world, False, timedelta(seconds=timeout),
+def _client_store(env: _Env, timeout: float, start: float) -> Any:
+    left = max(timeout - (time.monotonic() - start), 0.1)
+    return dist.TCPStore(env.addr, env.port, env.world, False, timedelta(seconds=left),
                          wait_for_workers=False)
 
 
@@ -323,12 +331,12 @@ def _call_interruptibly(fn: Callable[[], Any], env: _Env, timeout: float, start:
     worker.start()
     while worker.is_alive():
         if time.monotonic() - start >= timeout:
-            raise _timed_out(env, timeout, f"{what} was not ready")
+            raise _timed_out(env, timeout, what)
         worker.join(_POLL_S)
     if "error" in result:
         err = result["error"]
         if isinstance(err, (RuntimeError, OSError)):
-            raise InputError(f"{env.describe()}: joining {what} failed ({_first_line(err)}); "
+            raise InputError(f"{env.describe()}: the join failed ({_first_line(err)}); "
                              f"{_FIX}.") from err
         raise err
     return result.get("value")

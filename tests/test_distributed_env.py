@@ -3,6 +3,7 @@ wait for absent peers, SIGTERM honoured during the join, a real 2-process gloo j
 
 Only loopback addresses. Every wait is bounded by a small timeout (3 s)."""
 
+import _thread
 import os
 import signal
 import socket
@@ -213,8 +214,18 @@ def test_rank1_at_a_silent_listener_ends_after_timeout(environ):
         server.listen(8)
         environ(cluster_env(1, server.getsockname()[1]))
         elapsed, message = timed_join()
+    abandoned_threads_end()
     assert TIMEOUT - 0.1 <= elapsed <= TIMEOUT + SLACK
-    assert "waited 3 s" in message and "the store was not ready" in message
+    assert "waited 3 s" in message and "the store there did not answer" in message
+
+
+def abandoned_threads_end():
+    """The listener is closed: the handshake left blocked in C++ ends with torch's timeout.
+    Waiting for it keeps it from returning while this interpreter exits (which aborts)."""
+    for thread in threading.enumerate():
+        if thread.name == "captum-unicam-join":
+            thread.join(timeout=20)
+            assert not thread.is_alive()
 
 
 def test_rank0_port_in_use(environ):
@@ -264,6 +275,42 @@ def test_duplicate_rank(environ):
         _distributed._check_in(client, _distributed._read_env(3), TIMEOUT, time.monotonic())
     host.join()
     assert errors and "waited 3 s" in errors[0]
+
+
+# ---------------------------------------------------------------------------
+# an interrupt in this process (KeyboardInterrupt, as from a SIGTERM handler): ends the join
+# at once and closes what it opened
+# ---------------------------------------------------------------------------
+
+
+def interrupted_join(after_s: float = 0.5) -> float:
+    timer = threading.Timer(after_s, _thread.interrupt_main)
+    start = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            join_process_group(CPU, timeout_s=TIMEOUT)
+    finally:
+        timer.cancel()
+    return time.monotonic() - start - after_s
+
+
+def test_interrupt_while_rank0_waits_closes_its_store(environ):
+    port = free_port()
+    environ(cluster_env(0, port))
+    assert interrupted_join() < 1.0
+    assert not dist.is_initialized()
+    assert port_is_free(port)
+
+
+def test_interrupt_during_store_handshake(environ):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        environ(cluster_env(1, server.getsockname()[1]))
+        assert interrupted_join() < 1.0  # the handshake blocks in C++; the wait does not
+    abandoned_threads_end()
+    assert not dist.is_initialized()
 
 
 # ---------------------------------------------------------------------------
