@@ -138,7 +138,9 @@ def join_process_group(device: torch.device, *, timeout_s: float | None = None) 
         ... finally:
         ...     leave_process_group(started)
     """
-    world = _int_var("WORLD_SIZE", "1", low=1)
+    if not os.environ.get("WORLD_SIZE", "").strip():  # unset or empty: one process
+        return False
+    world = _int_var("WORLD_SIZE", low=1)
     if world <= 1:
         return False
     if not dist.is_available():

@@ -95,7 +95,7 @@ def no_sockets(monkeypatch):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("world", [None, "1"])
+@pytest.mark.parametrize("world", [None, "", " ", "1"])
 def test_one_process_joins_nothing(environ, no_sockets, world):
     environ({"WORLD_SIZE": world, "RANK": "0"})
     assert join_process_group(CPU) is False
@@ -142,6 +142,13 @@ def test_malformed_environment_before_any_socket(environ, no_sockets, values, na
     assert name in message and FIX in message
     assert "\n" not in message
     assert not dist.is_initialized()
+
+
+def test_cuda_local_rank_beyond_the_devices(environ, no_sockets, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    environ(cluster_env(1, 29500))
+    with pytest.raises(InputError, match=r"LOCAL_RANK=1 but this machine has 1 CUDA device\(s\)"):
+        join_process_group(torch.device("cuda"), timeout_s=TIMEOUT)
 
 
 @pytest.mark.parametrize("raw, timeout_s, name", [
