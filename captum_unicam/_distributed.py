@@ -252,6 +252,10 @@ def _meet(env: _Env, timeout: float, start: float) -> Any:
                                     timeout, start, "the store there did not answer")
     try:
         _check_in(store, env, timeout, start)
+    except RuntimeError as err:  # DistNetworkError: the store went away (its host ended)
+        del store
+        raise InputError(f"{env.describe()}: the store closed while this process waited for "
+                         f"the others ({_first_line(err)}); {_FIX}.") from None
     except BaseException as err:  # noqa: BLE001 - raised again below
         # closes the store (and the server this process hosts): the frames of the traceback
         # would keep it, and its port, open as long as the error lives

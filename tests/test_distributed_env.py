@@ -35,7 +35,7 @@ TIMEOUT = 3.0
 SLACK = 5.0  # the brief: ends within timeout + a few seconds
 FIX = "unset WORLD_SIZE/RANK to run in one process, or start with torchrun"
 VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", TIMEOUT_ENV,
-        "TORCHELASTIC_USE_AGENT_STORE")
+        "TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")
 
 
 def free_port() -> int:
@@ -234,6 +234,35 @@ def abandoned_threads_end():
         if thread.name == "captum-unicam-join":
             thread.join(timeout=20)
             assert not thread.is_alive()
+
+
+def test_rank0_under_torchrun_uses_the_agents_store(environ):
+    """TORCHELASTIC_USE_AGENT_STORE=True: the agent hosts the store at MASTER_PORT, and rank 0
+    connects to it like every rank (hosting it would find the port taken)."""
+    agent = dist.TCPStore("127.0.0.1", 0, 2, True, wait_for_workers=False)
+    environ({**cluster_env(0, agent.port), "TORCHELASTIC_USE_AGENT_STORE": "True",
+             "TORCHELASTIC_RESTART_COUNT": "2"})
+    start = time.monotonic()
+    with pytest.raises(InputError, match=r"waited 1 s .*\(1 of 2 processes checked in\)"):
+        join_process_group(CPU, timeout_s=1.0)
+    assert time.monotonic() - start < 1 + SLACK
+    assert agent.add(f"{_distributed._KEY}//2/rank0", 0) == 1
+    assert agent.add(f"{_distributed._KEY}//2/joined", 0) == 1
+
+
+def test_rank1_when_the_store_closes(environ):
+    """The host of the store (rank 0) ends while rank 1 waits: one line, at once."""
+    host = [dist.TCPStore("127.0.0.1", 0, 2, True, wait_for_workers=False)]
+    environ(cluster_env(1, host[0].port))
+    closer = threading.Timer(0.5, host.clear)  # drops the only reference: the server stops
+    closer.start()
+    try:
+        elapsed, message = timed_join(timeout_s=10.0)
+    finally:
+        closer.cancel()
+    assert elapsed < 5.0
+    assert "RANK=1" in message and "the store closed while this process waited" in message
+    assert FIX in message and "\n" not in message
 
 
 def test_rank0_port_in_use(environ):
