@@ -479,13 +479,6 @@ def _maybe_init_distributed(device) -> bool:
 # ---------------------------------------------------------------------------
 
 
-def compute_maps(*args, **kwargs):
-    """Kept for old imports: :func:`captum_unicam.pipeline.evaluation.compute_maps`."""
-    from captum_unicam.pipeline.evaluation import compute_maps as _compute_maps
-
-    return _compute_maps(*args, **kwargs)
-
-
 def _localisation(maps, masks, *, seed: int, n_bootstrap: int) -> Optional[Dict[str, Any]]:
     """Localisation of every map kind per layer, only where the data have object masks."""
     if masks is None:
@@ -512,7 +505,7 @@ def _command_line(argv: Optional[Sequence[str]]) -> List[str]:
 
 
 def cmd_demo(args, argv) -> int:
-    from captum_unicam.kd.demo import default_cache_dir
+    from captum_unicam.pipeline.demo import default_cache_dir
     from captum_unicam.output.publish import check_output_dir
 
     cache = args.cache_dir if args.cache_dir is not None else default_cache_dir(args.seed, args.quick)
@@ -531,10 +524,9 @@ def cmd_demo(args, argv) -> int:
 
 def _demo(args, argv, out, device) -> int:
     from captum_unicam.data import ControlledShapes
-    from captum_unicam.kd.demo import train_demo_models
+    from captum_unicam.pipeline.demo import train_demo_models
     from captum_unicam.pipeline.batches import stratified_loader
     from captum_unicam.pipeline.evaluation import compute_maps, map_grids, score_pair
-    from captum_unicam.report import write_report
 
     quick = args.quick
     n_show = args.images
@@ -567,7 +559,7 @@ def _demo(args, argv, out, device) -> int:
     loc = _localisation(maps, masks, seed=args.seed, n_bootstrap=n_boot)
     timings["explain_s"] = time.perf_counter() - t2
     t_cued = time.perf_counter()
-    from captum_unicam.kd.demo import demo_cued_evaluation
+    from captum_unicam.pipeline.demo import demo_cued_evaluation
 
     cued_res = demo_cued_evaluation(student, base, layers, n_images=eval_batches * eval_bs, batch_size=eval_bs,
                                     seed=args.seed, num_classes=len(class_names), label_embeddings=emb,
@@ -593,7 +585,7 @@ def _demo(args, argv, out, device) -> int:
                f"seed {args.seed})")
     notes = _demo_notes(demo, accs)
     t3 = time.perf_counter()
-    write_report(out, overwrite=args.overwrite, title="captum-unicam demo: what did distillation change?",
+    _write_report(out, args.overwrite, title="captum-unicam demo: what did distillation change?",
                  command=_command_line(argv), data=data, models=models, evaluation=evaluation,
                  grids=grids, localisation=loc, accuracy_set=acc_set, cued=cued_res,
                  model_files={f"{k}.pt": v for k, v in paths.items()},
@@ -609,6 +601,12 @@ def _demo(args, argv, out, device) -> int:
           f"quantify {timings['quantify_s']:.0f} s, maps {timings['explain_s']:.0f} s, "
           f"cued {timings['cued_s']:.0f} s, report {timings['report_s']:.0f} s)")
     return 0
+
+
+def _write_report(out, overwrite, progress=True, **fields):
+    from captum_unicam.output.report import Report, write_report
+
+    return write_report(out, Report(**fields), overwrite=overwrite, progress=progress)
 
 
 def _recipe(demo) -> Dict[str, Any]:
@@ -773,7 +771,6 @@ def cmd_explain(args, argv) -> int:
     st = _pair_setup(args)
 
     from captum_unicam.pipeline.evaluation import compute_maps, map_grids
-    from captum_unicam.report import write_report
 
     batches = list(st.loader)
     models = _pair_models(args, st)
@@ -786,7 +783,7 @@ def cmd_explain(args, argv) -> int:
     sizes = sorted({int(b[0].shape[0]) for b in batches})
     data = (f"{st.evaluated_set}; {len(batches)} {args.order} batches of {'/'.join(map(str, sizes))} images; "
             f"labels: {st.emb_desc}; {reference_desc}")
-    write_report(st.out, overwrite=args.overwrite, title="captum-unicam explain", command=_command_line(argv),
+    _write_report(st.out, args.overwrite, title="captum-unicam explain", command=_command_line(argv),
                  data=data, models=models, grids=grids, localisation=loc, accuracy_set=f"the evaluated set ({st.evaluated_set})",
                  warnings=[_flags(n) for n in st.preprocessing_notes],
                  extra_metrics={"label_embeddings": st.emb_desc, "layers": list(st.layers),
@@ -803,7 +800,6 @@ def cmd_quantify(args, argv) -> int:
     st = _pair_setup(args)
 
     from captum_unicam.pipeline.evaluation import score_pair
-    from captum_unicam.report import write_report
 
     started = _maybe_init_distributed(st.device)
     try:
@@ -817,7 +813,7 @@ def cmd_quantify(args, argv) -> int:
             data = (f"{st.evaluated_set}; {len(st.loader)} {args.order} batches of {'/'.join(map(str, sizes))} "
                     f"images; perturbation: {args.perturb}; labels: {st.emb_desc}"
                     + (f"; {world} processes" if world > 1 else ""))
-            write_report(st.out, overwrite=args.overwrite, title="captum-unicam quantify",
+            _write_report(st.out, args.overwrite, title="captum-unicam quantify",
                          command=_command_line(argv), data=data, models=models, evaluation=evaluation,
                          accuracy_set=f"the evaluated set ({st.evaluated_set})", warnings=[_flags(n) for n in st.preprocessing_notes],
                          extra_metrics={"label_embeddings": st.emb_desc, "perturb": args.perturb,

@@ -4,7 +4,7 @@ r"""Comparing attribution methods on the same images: UniCAM next to Captum's me
 
 - **localisation** (when ground-truth masks are given, e.g. the controlled dataset's
   object and marker masks): the share of the map's positive mass inside each mask and the
-  pointing game, as defined by :func:`captum_unicam.report.localisation`, with bootstrap
+  pointing game, as defined by :func:`captum_unicam.metrics.localisation.localisation`, with bootstrap
   intervals over images;
 - **ROAD** (Rong et al. 2022): the accuracy of the explained model on images whose most
   relevant pixels (MoRF) or least relevant pixels (LeRF) were replaced by noisy linear
@@ -255,7 +255,7 @@ def compare(
         >>> print(result.tables["road"]["md"])
         >>> result.figures["localisation"].savefig("localisation.png")
     """
-    from captum_unicam.report import localisation
+    from captum_unicam.metrics.localisation import localisation
     from captum_unicam.sanity import _check_common, _methods, attribute_maps
 
     specs = _methods(methods)
@@ -346,7 +346,7 @@ class ComparisonResult:
 
     Attributes:
         metrics (dict): every number: ``localisation`` (region -> the output of
-                    :func:`captum_unicam.report.localisation`), ``road`` (method ->
+                    :func:`captum_unicam.metrics.localisation.localisation`), ``road`` (method ->
                     ``intact`` accuracy, ``MoRF`` / ``LeRF`` -> percentile -> accuracy
                     interval, ``lerf_minus_morf``), ``sanity`` (rows of
                     :class:`~captum_unicam.sanity.SanityResult`), ``timings``.
@@ -462,7 +462,7 @@ class ComparisonResult:
         Returns:
             *list[str]*: the files written, relative to ``folder``.
         """
-        from captum_unicam.report import to_jsonable, versions
+        from captum_unicam.output.report import to_jsonable, versions
         from captum_unicam.viz import save_figure
 
         folder = Path(folder)

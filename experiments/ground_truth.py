@@ -4,7 +4,7 @@ r"""Ground truth for both halves of UniCAM: a planted Base-unique feature and a 
 On the controlled shapes dataset (no background tint), three small ResNets
 (``small_resnet_s``) are trained with the demo's training function
 (:func:`captum_unicam.kd.train.train_model`) and its KD hyperparameters
-(:func:`captum_unicam.kd.demo.demo_recipe`: AdamW, overhaul feature distillation + response
+(:func:`captum_unicam.pipeline.demo.demo_recipe`: AdamW, overhaul feature distillation + response
 KD on unlabelled images):
 
 - the **Teacher** on labelled, marker-free images: it knows the shapes;
@@ -22,7 +22,7 @@ object, and the rest of each image is identical). For each layer: the scores S_d
 (per batch, the batch being UniCAM's context; 95 % bootstrap intervals over batches); the
 share of the positive mass of each map kind (Grad-CAM of the Student and of the Base,
 UniCAM distilled and residual) on the object, on the marker and on the rest (95 %
-bootstrap intervals over images, :func:`captum_unicam.report.localisation`); and the two
+bootstrap intervals over images, :func:`captum_unicam.metrics.localisation.localisation`); and the two
 comparisons the paper's claim implies, as paired differences over images:
 
 - residual map's mass on the marker minus Grad-CAM(Base)'s (positive: UniCAM isolates the
@@ -105,7 +105,7 @@ def _data(split: str, size: int, seed: int, marker: float):
 def train_models(seed: int, s: Mapping[str, Any], base_marker: float, models_dir: Path, progress: bool):
     """Teacher, Base, Student and random-label Student, trained with the demo's function
     and KD hyperparameters; checkpoints in ``models_dir``."""
-    from captum_unicam.kd.demo import demo_recipe
+    from captum_unicam.pipeline.demo import demo_recipe
     from captum_unicam.kd.train import train_model
     from captum_unicam.models import build_model, save_checkpoint
 
@@ -174,8 +174,8 @@ def _interval(values: Sequence[float], n_bootstrap: int, seed: int) -> Dict[str,
 
 def per_image_energy(maps: torch.Tensor, masks: torch.Tensor) -> List[Optional[float]]:
     """Mask energy fraction of each image (None for an empty map), by the definition of
-    :func:`captum_unicam.report.localisation`, one image at a time."""
-    from captum_unicam.report import localisation
+    :func:`captum_unicam.metrics.localisation.localisation`, one image at a time."""
+    from captum_unicam.metrics.localisation import localisation
 
     out = []
     for i in range(maps.shape[0]):
@@ -215,7 +215,7 @@ def compute_maps(student, base, layer_names, x, y, eval_batch):
 
 def evaluate(models, s, seed, layer_names, n_eval: Optional[int] = None):
     from captum_unicam.kd.train import evaluate_accuracy
-    from captum_unicam.report import localisation
+    from captum_unicam.metrics.localisation import localisation
 
     nb = int(s["n_bootstrap"])
     n_eval = n_eval or s["test"]
@@ -354,7 +354,7 @@ def write(out: Path, res: Dict[str, Any], raw, tests, sanity_res, s) -> None:
 
 def run(out: Path, seed: int, size: str, base_marker: float, layers: Sequence[str], sanity_layer: str,
         progress: bool = False, command: str = "") -> Dict[str, Any]:
-    from captum_unicam.report import to_jsonable, versions
+    from captum_unicam.output.report import to_jsonable, versions
 
     s = SIZES[size]
     out.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from captum_unicam.experiments import run_experiment
+    from captum_unicam.pipeline.study import run_experiment
 
     args = build_parser().parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -19,7 +19,7 @@ from captum_unicam.data.controlled import ControlledShapes
 from captum_unicam.errors import CheckpointError, InputError, OutputError
 from captum_unicam.models import build_model, save_checkpoint
 from captum_unicam.perturb import road_impute
-from captum_unicam.report import localisation
+from captum_unicam.metrics.localisation import localisation
 from captum_unicam.sanity import label_randomisation
 
 

@@ -157,7 +157,7 @@ def test_compare_run_on_the_runs_models(run):
 
     from captum.attr import LayerAttribution, LayerGradCam
 
-    from captum_unicam.report import localisation
+    from captum_unicam.metrics.localisation import localisation
 
     gt, out, res = run
     metrics = gt.compare_run(out, layer="L4", n_images=8)

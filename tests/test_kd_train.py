@@ -1,4 +1,4 @@
-"""Training loops, k-fold splits, Teacher-assistant chains, train_from_spec and the
+"""Training loops, k-fold splits, Teacher-assistant chains, train_checkpoint and the
 demo-model cache, on tiny models and a few steps."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from captum_unicam.kd.train import (
     cross_validate,
     evaluate_accuracy,
     kfold_indices,
-    train_from_spec,
     train_model,
     train_teacher_assistant_chain,
 )
+from captum_unicam.pipeline.training import Recipe, train_checkpoint
 from captum_unicam.models import (
     CheckpointError,
     build_model,
@@ -233,16 +233,16 @@ def test_cross_validate_scores_each_fold():
 
 
 # ---------------------------------------------------------------------------
-# train_from_spec (captum-unicam train)
+# train_checkpoint (captum-unicam train)
 # ---------------------------------------------------------------------------
 
 
-def test_train_from_spec_teacher_then_student(tmp_path):
+def test_train_checkpoint_teacher_then_student(tmp_path):
     from captum_unicam.data.loaders import load_dataset
 
     t_path = tmp_path / "teacher.pt"
-    info = train_from_spec("controlled:1", "small_resnet_s", t_path, epochs=1, limit=16, progress=False,
-                           batch_size=8, test_limit=64)
+    info = train_checkpoint("controlled:1", Recipe("small_resnet_s", epochs=1, limit=16, batch_size=8), t_path,
+                            progress=False, test_limit=64)
     teacher, meta = load_checkpoint(t_path, arch="small_resnet_s", num_classes=4)
     assert meta["kd_method"] is None and meta["class_names"] == info["class_names"]
     assert meta["extra"]["train_size"] == 16 and meta["recipe"]["data"] == "controlled:1"
@@ -251,36 +251,35 @@ def test_train_from_spec_teacher_then_student(tmp_path):
     assert acc == pytest.approx(info["test_accuracy"]) == pytest.approx(meta["extra"]["test_accuracy"])
 
     s_path = tmp_path / "student.pt"
-    info_s = train_from_spec("controlled:1", "small_resnet_s", s_path, teacher=t_path, method="attention",
-                             epochs=1, limit=16, progress=False, batch_size=8, test_limit=64)
+    info_s = train_checkpoint("controlled:1", Recipe("small_resnet_s", method="attention", epochs=1, limit=16,
+                                                     batch_size=8), s_path, teacher=t_path, progress=False,
+                              test_limit=64)
     _, meta_s = load_checkpoint(s_path)
     assert meta_s["kd_method"] == "attention" and meta_s["teacher"] == str(t_path)
     assert info_s["kd_method"] == "attention"
 
 
-def test_train_from_spec_rejects_bad_input_before_training(tmp_path):
+def test_train_checkpoint_rejects_bad_input_before_training(tmp_path):
     out = tmp_path / "m.pt"
     with pytest.raises(ValueError, match="unknown architecture"):
-        train_from_spec("controlled", "resnet9", out, progress=False)
+        train_checkpoint("controlled", Recipe("resnet9"), out, progress=False)
     with pytest.raises(ValueError, match="needs a Teacher"):
-        train_from_spec("controlled", "small_resnet_s", out, method="response", progress=False)
+        train_checkpoint("controlled", Recipe("small_resnet_s", method="response"), out, progress=False)
     with pytest.raises(ValueError, match="KD method"):
-        train_from_spec("controlled", "small_resnet_s", out, teacher=out, progress=False)
+        train_checkpoint("controlled", Recipe("small_resnet_s"), out, teacher=out, progress=False)
     with pytest.raises(CheckpointError, match="does not exist"):
-        train_from_spec("controlled", "small_resnet_s", out, teacher=tmp_path / "no.pt",
-                        method="response", progress=False)
+        train_checkpoint("controlled", Recipe("small_resnet_s", method="response"), out, teacher=tmp_path / "no.pt", progress=False)
     with pytest.raises(DataSpecError):
-        train_from_spec("mnist:/nowhere", "small_resnet_s", out, progress=False)
+        train_checkpoint("mnist:/nowhere", Recipe("small_resnet_s"), out, progress=False)
     with pytest.raises(DataSpecError):
-        train_from_spec("imagefolder:" + str(tmp_path / "missing"), "small_resnet_s", out, progress=False)
+        train_checkpoint("imagefolder:" + str(tmp_path / "missing"), Recipe("small_resnet_s"), out, progress=False)
     with pytest.raises(ValueError, match="folder"):
-        train_from_spec("controlled", "small_resnet_s", tmp_path, progress=False)
+        train_checkpoint("controlled", Recipe("small_resnet_s"), tmp_path, progress=False)
     # a Teacher with another class count
     wrong = tmp_path / "t3.pt"
     save_checkpoint(wrong, build_model("small_resnet_s", 3, width=2), arch="small_resnet_s", num_classes=3)
     with pytest.raises(CheckpointError):
-        train_from_spec("controlled", "small_resnet_s", out, teacher=wrong, method="response",
-                        limit=8, progress=False)
+        train_checkpoint("controlled", Recipe("small_resnet_s", method="response", limit=8), out, teacher=wrong, progress=False)
     assert not out.exists()
 
 
@@ -290,7 +289,7 @@ def test_train_from_spec_rejects_bad_input_before_training(tmp_path):
 
 
 def test_demo_models_cache_and_recipe_change(tmp_path, monkeypatch):
-    from captum_unicam.kd import demo
+    from captum_unicam.pipeline import demo
 
     real = demo.demo_recipe
 

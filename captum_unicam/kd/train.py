@@ -19,8 +19,6 @@ Teacher-assistant chains and with k-fold splits.
 - :func:`train_teacher_assistant_chain` trains a Teacher, then each next architecture
   by distillation from the previous one (R101 -> R50 -> R18 in the paper).
 - :func:`kfold_indices` and :func:`cross_validate` give seeded k-fold splits and scores.
-- :func:`train_from_spec` is the library side of ``captum-unicam train``: it validates
-  every input, trains, measures the test accuracy and writes a checkpoint atomically.
 
 **Determinism.** Training runs inside :func:`torch.random.fork_rng` seeded with
 ``seed``: the same model, data, seed and arguments give bit-identical weights on the
@@ -32,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -50,7 +47,6 @@ __all__ = [
     "train_teacher_assistant_chain",
     "kfold_indices",
     "cross_validate",
-    "train_from_spec",
 ]
 
 #: KD methods of the paper, names as on the command line.
@@ -549,82 +545,3 @@ def cross_validate(
     mean = sum(accs) / len(accs)
     std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1))
     return {"accuracies": accs, "mean": mean, "std": std, "folds": splits}
-
-
-# ---------------------------------------------------------------------------
-# captum-unicam train
-# ---------------------------------------------------------------------------
-
-
-def train_from_spec(
-    data: str,
-    arch: str,
-    out: Union[str, os.PathLike],
-    *,
-    teacher: Optional[Union[str, os.PathLike]] = None,
-    device: Union[str, torch.device] = "cpu",
-    progress: bool = True,
-    download: bool = False,
-    folds: Optional[int] = None,
-    test_limit: Optional[int] = None,
-    **recipe: Any,
-) -> Dict[str, Any]:
-    r"""``captum-unicam train``: trains a model on a data spec and writes its checkpoint.
-
-    Without ``teacher`` it trains on labels alone (a Teacher or a Base); with
-    ``teacher`` and ``method`` it trains a Student by distillation (on the labelled data,
-    or on the ``transfer`` spec whose labels are never read). Every input is checked
-    before training starts. The test accuracy (on the spec's ``test`` split) and the
-    whole recipe, preprocessing included, are stored in the checkpoint's metadata.
-    A thin front of :func:`captum_unicam.pipeline.training.train_checkpoint`.
-
-    Args:
-
-        data (str): Data spec: ``controlled[:SEED]``, ``cifar10:ROOT``,
-                    ``imagefolder:ROOT``.
-        arch (str): Architecture of ``captum_unicam.models.ARCHITECTURES``.
-        out (str or PathLike): Checkpoint file to write.
-        teacher (str or PathLike, optional): Teacher checkpoint (with the same classes).
-        device (str, optional): Default: "cpu"
-        progress (bool, optional): tqdm progress bars. Default: True
-        download (bool, optional): Allow downloading CIFAR-10 or pretrained weights.
-        folds (int, optional): When given, also run ``folds``-fold cross-validation on
-                    the training data first and record its accuracies. Default: None
-        test_limit (int, optional): Measure the test accuracy on only this many test
-                    images (a seeded subset). Default: None (all)
-        **recipe: Fields of :class:`~captum_unicam.pipeline.training.Recipe`:
-                    ``method``, ``epochs`` (10), ``batch_size`` (64), ``lr`` (0.05),
-                    ``optimizer``, ``weight_decay``, ``augment``, ``image_size``,
-                    ``normalize``, ``labelled``, ``limit``, ``transfer``,
-                    ``temperature``, ``alpha``, ``beta``, ``weights``, ``seed``.
-
-    Returns:
-        *dict*: ``path``, ``arch``, ``num_classes``, ``class_names``, ``kd_method``,
-        ``teacher``, ``test_accuracy``, ``train_size``, ``test_size``, ``recipe``
-        (and ``cross_validation`` with ``folds``).
-
-    Raises:
-        DataSpecError: the data cannot be loaded.
-        CheckpointError: the Teacher checkpoint is missing, unreadable or has other
-        classes than the data.
-        InputError: unknown architecture, method or recipe field, a method without
-        teacher, bad numbers, ``out`` is a folder.
-
-    Examples::
-
-        >>> train_from_spec("imagefolder:/data/pets", "resnet18", "base.pt",
-        ...                 image_size=32, labelled=300, epochs=20)
-    """
-    import dataclasses
-
-    from captum_unicam.errors import InputError
-    from captum_unicam.pipeline.training import Recipe, train_checkpoint
-
-    fields = {f.name for f in dataclasses.fields(Recipe)} - {"arch"}
-    unknown = sorted(set(recipe) - fields)
-    if unknown:
-        raise InputError(f"unknown argument(s) {unknown}; the recipe accepts {sorted(fields)}")
-    if not isinstance(arch, str):
-        raise InputError(f"arch must be a str, got {arch!r}")
-    return train_checkpoint(data, Recipe(arch=arch, **recipe), out, teacher=teacher, device=device,
-                            progress=progress, download=download, folds=folds, test_limit=test_limit)

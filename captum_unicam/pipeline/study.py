@@ -56,10 +56,6 @@ non-empty ``out`` that is not an experiment folder (no ``results.json``, not onl
 
 from __future__ import annotations
 
-from captum_unicam.errors import InputError
-
-from captum_unicam import errors as _errors
-
 import csv
 import dataclasses
 import functools
@@ -77,12 +73,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from captum_unicam.errors import InputError, OutputError
+
 __all__ = [
     "run_experiment",
     "RECIPES",
     "CONTROLLED_ARCHS",
     "REAL_ARCHS",
-    "ExperimentFolderError",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -161,7 +158,6 @@ _MAP_TITLES = {
 }
 
 
-ExperimentFolderError = _errors.OutputError  # the library's one family of expected failures
 
 
 # ---------------------------------------------------------------------------
@@ -215,11 +211,11 @@ def _check_methods(methods: Any) -> Tuple[str, ...]:
 def _check_out(out: PathLike) -> Path:
     path = Path(out).expanduser().absolute()
     if path.exists() and not path.is_dir():
-        raise ExperimentFolderError(f"out {str(path)!r} exists and is not a folder; choose another out")
+        raise OutputError(f"out {str(path)!r} exists and is not a folder; choose another out")
     if path.is_dir():
         entries = {p.name for p in path.iterdir()}
         if entries and "results.json" not in entries and entries != {"models"}:
-            raise ExperimentFolderError(
+            raise OutputError(
                 f"out {str(path)!r} is a non-empty folder that is not an experiment folder "
                 "(no results.json); it would be replaced, so choose a new or empty folder"
             )
@@ -488,7 +484,7 @@ def _localisation_table(loc: Mapping[str, Mapping[str, Any]], pair_titles: Mappi
 def _cued_table(cued: Mapping[str, Mapping[str, Any]], pair_titles: Mapping[str, str]) -> Tuple[str, str]:
     """The cued evaluation of every pair: markdown (the report's two tables, with a pair
     column) and a long CSV (one row per pair, condition, layer, quantity and map kind)."""
-    from captum_unicam.report import cued_tables
+    from captum_unicam.output.report import cued_tables
 
     md_parts: Dict[str, Tuple[List[str], List[List[Any]]]] = {}
     csv_rows: List[List[Any]] = []
@@ -601,12 +597,12 @@ def run_experiment(
 
     Raises:
         DataSpecError: the dataset spec cannot be loaded (before any training).
-        ExperimentFolderError: ``out`` is a file or a foreign non-empty folder.
+        OutputError: ``out`` is a file or a foreign non-empty folder.
         InputError: unknown method or architecture, bad seed, recipe or label option.
 
     Examples::
 
-        >>> from captum_unicam.experiments import run_experiment
+        >>> from captum_unicam.pipeline.study import run_experiment
         >>> results = run_experiment("controlled", out="runs/controlled")
         >>> print(results["tables"]["table2"])
     """
@@ -901,7 +897,7 @@ def _publish(study: _Study, *, models, recipes, log, info, accs, evaluations, ma
     """Writes every table, figure, results.json and the checkpoints into a temporary
     folder and publishes it (:func:`captum_unicam.output.publish.staged_folder`)."""
     from captum_unicam.output.publish import staged_folder
-    from captum_unicam.report import to_jsonable, versions
+    from captum_unicam.output.report import to_jsonable, versions
 
     out_path, roles, pairs = study.out_path, study.roles, study.pairs
     summaries = {pair: ev.summary()["by_layer"] for pair, ev in evaluations.items()}
