@@ -100,7 +100,9 @@ def test_help_mentions_every_option_and_its_default(capsys, command):
 def test_architecture_names_agree_with_models():
     from captum_unicam.models import ARCHITECTURES
 
-    assert tuple(cli._architectures()) == tuple(ARCHITECTURES)
+    from captum_unicam.pipeline.requests import ARCHITECTURE_NAMES
+
+    assert tuple(ARCHITECTURE_NAMES) == tuple(ARCHITECTURES)
 
 
 def test_top_level_help_lists_commands(capsys):

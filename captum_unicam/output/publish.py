@@ -34,7 +34,6 @@ import secrets
 import shutil
 import signal
 import threading
-import time
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, List, Optional, Union
