@@ -18,7 +18,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from captum_unicam.kd.train import KD_METHODS
+from captum_unicam.output.tables import KD_METHODS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,14 +17,12 @@ import torch
 from torch.utils.data import Dataset
 
 from captum_unicam.errors import InputError
+from captum_unicam.kd.recipe import NORMALIZATIONS
 from captum_unicam.pipeline.batches import labels_of
 
 __all__ = ["NORMALIZATIONS", "Preprocessing", "load_data", "labelled_subset", "checkpoint_preprocessing",
            "agreed_preprocessing", "PreprocessingWarning"]
 
-#: Normalisations: ``imagenet`` (ImageNet's per-channel mean / std, as torchvision's
-#: pretrained weights expect) or ``none`` (images in [0, 1]).
-NORMALIZATIONS = ("imagenet", "none")
 _MEAN_STD = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 
 

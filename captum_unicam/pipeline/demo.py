@@ -49,7 +49,8 @@ from captum_unicam.pipeline.batches import stratified_loader
 from captum_unicam.pipeline.cache import load_cached
 from captum_unicam.pipeline.evaluation import CUE_CONDITIONS, cued_evaluation
 from captum_unicam.pipeline.pair import label_vectors, resolve_layers
-from captum_unicam.pipeline.training import Recipe, build, fit
+from captum_unicam.kd.recipe import Recipe
+from captum_unicam.pipeline.training import build, fit
 
 __all__ = ["DemoModels", "train_demo_models", "demo_recipe", "default_cache_dir", "demo_cued_evaluation",
            "run_demo"]

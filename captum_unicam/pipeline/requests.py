@@ -201,11 +201,10 @@ class TrainRequest:
 
     def check(self) -> None:
         r"""Raises :class:`~captum_unicam.errors.InputError` for names and specs that cannot
-        work (the recipe's own rules are checked by the recipe)."""
+        work; the rules that combine the training fields are the recipe's
+        (:meth:`~captum_unicam.kd.recipe.Recipe.check`)."""
         _check_arch(self.arch, "arch")
         _check_arch(self.teacher_arch, "teacher_arch")
-        if self.method is not None and self.teacher is None:
-            raise InputError(f"method {self.method!r} needs a Teacher checkpoint (teacher=...)")
         check_data_spec(self.data)
         if self.transfer is not None:
             check_data_spec(self.transfer, "transfer")

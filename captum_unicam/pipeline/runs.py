@@ -32,6 +32,7 @@ import torch
 from captum_unicam import comparison, models
 from captum_unicam.data.loaders import spec_paths
 from captum_unicam.errors import InputError
+from captum_unicam.kd.recipe import Recipe
 from captum_unicam.kd.train import evaluate_accuracy
 from captum_unicam.output.publish import check_output_dir, check_output_file, staged_folder
 from captum_unicam.output.report import Report, write_report
@@ -80,11 +81,12 @@ def train(request: TrainRequest, *, warn: Optional[Warn] = None) -> Written:
     r"""``captum-unicam train``: trains one model by the request's recipe and writes its
     checkpoint (:func:`~captum_unicam.pipeline.training.train_checkpoint`)."""
     request.check()
+    recipe = Recipe(**request.recipe_fields())
+    recipe.check(has_teacher=request.teacher is not None)
     reads = ([request.teacher] if request.teacher else []) + spec_paths(request.data) + (
         spec_paths(request.transfer) if request.transfer else [])
     out = check_output_file(request.out, overwrite=request.overwrite, reads=reads)
     device = resolve_device(request.device)
-    recipe = training.Recipe(**request.recipe_fields())
     result = training.train_checkpoint(request.data, recipe, str(out), teacher=request.teacher, device=device,
                                        progress=request.progress, download=request.download,
                                        teacher_arch=request.teacher_arch, warn=warn or _warn_default)

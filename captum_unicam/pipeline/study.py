@@ -760,7 +760,7 @@ def _run(study: _Study) -> Dict[str, Any]:
 def _train_models(study: _Study, bar):
     """Trains (or loads from ``out/models``) every model of the plan, by
     :func:`captum_unicam.pipeline.training.fit`."""
-    from captum_unicam.pipeline.training import Recipe
+    from captum_unicam.kd.recipe import Recipe
 
     r, data, archs = study.r, study.data, study.archs
     labelled = {"teacher": data["teacher"], "base": data["base"]}
