@@ -3,6 +3,7 @@ Teacher-assistant chains and k-fold splits.
 
 - :mod:`captum_unicam.kd.losses`: :func:`response_kd_loss`, :func:`attention_transfer_loss`,
   :class:`OverhaulDistiller` (and their building blocks);
+- :mod:`captum_unicam.kd.recipe`: :class:`Recipe`, every choice of one training run;
 - :mod:`captum_unicam.kd.train`: :func:`train_model`, :func:`evaluate_accuracy`,
   :func:`train_teacher_assistant_chain`, :func:`kfold_indices`, :func:`cross_validate`.
 
@@ -27,6 +28,7 @@ from captum_unicam.kd.losses import (
 )
 
 _LAZY = {
+    "Recipe": "captum_unicam.kd.recipe",
     "train_model": "captum_unicam.kd.train",
     "evaluate_accuracy": "captum_unicam.kd.train",
     "train_teacher_assistant_chain": "captum_unicam.kd.train",

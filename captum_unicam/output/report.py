@@ -453,16 +453,20 @@ def _page(report: Report, ev: Mapping[str, Any], command: str, figures: Mapping[
         sections.append(html.localisation_section(figures, tables, report.localisation))
     if "cued_scores" in tables:
         sections.append(html.cued_section(tables, cued_reading(report.cued) if report.cued else None))
-    has_maps = any(k.startswith("grid_") for k in figures)
-    shown = {k: v for k, v in MEANINGS.items()
-             if (report.localisation or not k.startswith("Localisation"))
-             and (ev["markdown"] or not k.startswith(("FSS", "RS", "Intervals")))
-             and (has_maps or ev["markdown"] or not k.endswith("(UniCAM)"))}
+    shown = _meanings(bool(report.localisation), bool(ev["markdown"]), any(k.startswith("grid_") for k in figures))
     links = [f"tables/{n}.csv" for n in tables] + (["tables/table1.csv"] if ev["markdown"] else [])
     return html.render_page(html.Page(title=report.title, command=command, sections=sections,
                                       notes=list(report.notes or []), warnings=list(report.warnings or []),
                                       meanings=shown, table_links=links, versions=versions()))
 
+
+
+def _meanings(localisation: bool, table1: bool, maps: bool) -> Dict[str, str]:
+    """The entries of :data:`MEANINGS` that the page has numbers for."""
+    return {k: v for k, v in MEANINGS.items()
+            if (localisation or not k.startswith("Localisation"))
+            and (table1 or not k.startswith(("FSS", "RS", "Intervals")))
+            and (maps or table1 or not k.endswith("(UniCAM)"))}
 
 
 def _empty_counts(maps: Mapping[str, Tensor]) -> str:

@@ -221,7 +221,6 @@ def train_demo_models(
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"seed must be a non-negative int, got {seed!r}")
-
     device = torch.device(device)
     recipe = demo_recipe(seed, quick)
     datasets = _datasets(recipe)
@@ -232,44 +231,27 @@ def train_demo_models(
 
     cached = _try_cache(paths, recipe, device)
     if cached is not None:
-        models = {role: cached[role][0] for role in ROLES}
         metas = {role: cached[role][1] for role in ROLES}
         return DemoModels(
-            **models,
+            **{role: cached[role][0] for role in ROLES},
             class_names=list(metas["teacher"]["class_names"]),
             accuracies={r: float(metas[r]["extra"]["accuracy"]) for r in ROLES},
             cued_accuracies={r: float(metas[r]["extra"]["cued_accuracy"]) for r in ROLES},
             recipe=recipe, datasets=datasets, paths={r: str(p) for r, p in paths.items()},
             cache_dir=str(cache), from_cache=True, train_seconds=0.0,
         )
-
     start = time.perf_counter()
     x_test, y_test, class_names = _tensors(datasets["test"], recipe)
     x_cued, y_cued, _ = _tensors(datasets["test_cued"], recipe)
-    test_loader = DataLoader(TensorDataset(x_test, y_test), batch_size=500)
-    cued_loader = DataLoader(TensorDataset(x_cued, y_cued), batch_size=500)
-
-
-    models: Dict[str, nn.Module] = {}
-    for i, role in enumerate(ROLES):
-        models[role] = build(recipe["arch"][role], recipe["num_classes"], seed * 1000 + i)
-    for i, role in enumerate(ROLES):
-        x, y, _ = _tensors(datasets[role], recipe)
-        student = role == "student"
-        plan = Recipe(arch=recipe["arch"][role], epochs=recipe["epochs"][role], batch_size=recipe["batch_size"][role],
-                      lr=recipe["lr"], optimizer=recipe["optimizer"], weight_decay=recipe["weight_decay"],
-                      method=recipe["method"] if student else None, temperature=recipe["temperature"],
-                      beta=recipe["beta"] if student else None, seed=seed * 1000 + 20 + i)
-        fit(models[role], TensorDataset(x, y), plan, teacher=models["teacher"] if student else None,
-            unlabelled=student, order_seed=seed * 1000 + 10 + i, device=device, progress=progress,
-            desc="student (KD)" if student else role)
+    models = _train_roles(recipe, datasets, seed, device, progress)
     seconds = time.perf_counter() - start
-
     acc, cued = {}, {}
     for role in ROLES:
         models[role].eval()
-        acc[role] = evaluate_accuracy(models[role], test_loader, device=device)
-        cued[role] = evaluate_accuracy(models[role], cued_loader, device=device)
+        acc[role] = evaluate_accuracy(models[role], DataLoader(TensorDataset(x_test, y_test), batch_size=500),
+                                      device=device)
+        cued[role] = evaluate_accuracy(models[role], DataLoader(TensorDataset(x_cued, y_cued), batch_size=500),
+                                       device=device)
     for role in ROLES:
         save_checkpoint(
             paths[role], models[role], arch=recipe["arch"][role], num_classes=recipe["num_classes"],
@@ -284,6 +266,26 @@ def train_demo_models(
         datasets=datasets, paths={r: str(p) for r, p in paths.items()}, cache_dir=str(cache),
         from_cache=False, train_seconds=seconds,
     )
+
+
+def _train_roles(recipe: Dict[str, Any], datasets: Dict[str, Dict[str, Any]], seed: int, device: torch.device,
+                 progress: bool) -> Dict[str, nn.Module]:
+    """Teacher, Base and Student built and trained in turn by the demo's recipe (the
+    Student by distillation from the Teacher, on its unlabelled transfer stream)."""
+    models: Dict[str, nn.Module] = {}
+    for i, role in enumerate(ROLES):
+        models[role] = build(recipe["arch"][role], recipe["num_classes"], seed * 1000 + i)
+    for i, role in enumerate(ROLES):
+        x, y, _ = _tensors(datasets[role], recipe)
+        student = role == "student"
+        plan = Recipe(arch=recipe["arch"][role], epochs=recipe["epochs"][role], batch_size=recipe["batch_size"][role],
+                      lr=recipe["lr"], optimizer=recipe["optimizer"], weight_decay=recipe["weight_decay"],
+                      method=recipe["method"] if student else None, temperature=recipe["temperature"],
+                      beta=recipe["beta"] if student else None, seed=seed * 1000 + 20 + i)
+        fit(models[role], TensorDataset(x, y), plan, teacher=models["teacher"] if student else None,
+            unlabelled=student, order_seed=seed * 1000 + 10 + i, device=device, progress=progress,
+            desc="student (KD)" if student else role)
+    return models
 
 
 def demo_cued_evaluation(student: nn.Module, base: nn.Module, layers, *, n_images: int, batch_size: int,
