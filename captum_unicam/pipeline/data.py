@@ -10,7 +10,6 @@ explicit :class:`Preprocessing`, which training records in the checkpoint's ``re
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -184,8 +183,3 @@ def agreed_preprocessing(metas: Mapping[str, Mapping[str, Any]], *, image_size: 
         chosen[key] = values[0] if values else None
     prep = Preprocessing(chosen["image_size"], chosen["normalize"] or "none")
     return prep, notes
-
-
-def warn_lines(lines: Sequence[str]) -> None:
-    for line in lines:
-        warnings.warn(line, PreprocessingWarning, stacklevel=3)

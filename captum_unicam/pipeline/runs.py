@@ -68,8 +68,10 @@ class Written:
     summary: str
 
 
-def _warn_default(line: str) -> None:
-    warnings.warn(line, PreprocessingWarning, stacklevel=3)
+def _warner(depth: int) -> Warn:
+    """``warnings.warn(line, PreprocessingWarning)`` shown at the caller of the run
+    function, ``depth`` frames above the line that warns."""
+    return lambda line: warnings.warn(line, PreprocessingWarning, stacklevel=depth + 1)
 
 
 # ---------------------------------------------------------------------------
@@ -89,7 +91,7 @@ def train(request: TrainRequest, *, warn: Optional[Warn] = None) -> Written:
     device = resolve_device(request.device)
     result = training.train_checkpoint(request.data, recipe, str(out), teacher=request.teacher, device=device,
                                        progress=request.progress, download=request.download,
-                                       teacher_arch=request.teacher_arch, warn=warn or _warn_default)
+                                       teacher_arch=request.teacher_arch, warn=warn or _warner(3))
     acc = result.get("test_accuracy")
     shown = f", test accuracy {100 * acc:.1f} %" if isinstance(acc, (int, float)) else ""
     return Written(out, f"checkpoint written to {out} ({result['recipe']['image_size']} px, normalize "
@@ -113,7 +115,7 @@ def _open_pair(request: PairRequest, warn: Optional[Warn]) -> _Opened:
     """The output folder checked, then the pair loaded and batched."""
     reads = [p for _, p in request.checkpoints() if p] + spec_paths(request.data) + local_path(request.label_model)
     out = check_output_dir(request.out, overwrite=request.overwrite, reads=reads)
-    pair = load_pair(request, warn=warn or _warn_default)
+    pair = load_pair(request, warn=warn or _warner(4))  # load_pair <- _open_pair <- run <- caller
     ds = pair.data
     loader = stratified_loader(ds, min(request.batch_size, len(ds)), seed=request.seed, order=request.order)
     subset = request.limit and request.limit <= len(ds)
@@ -244,7 +246,7 @@ def compare(request: CompareRequest, *, command: Optional[Sequence[str]] = None,
         request.data)
     out = check_output_dir(request.out, overwrite=request.overwrite, reads=reads)
     with torch_threads(request.threads):
-        pair = load_pair(request.pair(), warn=warn or _warn_default)
+        pair = load_pair(request.pair(), warn=warn or _warner(3))  # load_pair <- compare <- caller
         random_student = None
         if request.random_label_student:
             random_student, _ = models.load_checkpoint(request.random_label_student, map_location=pair.device)

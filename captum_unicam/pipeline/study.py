@@ -294,7 +294,7 @@ def _obtain(role: str, arch: Tuple[str, Dict[str, Any]], recipe: Dict[str, Any],
         return model
     if why != "absent":
         warnings.warn(f"retraining {role}: the cached checkpoint {str(path)!r} cannot be reused ({why})",
-                      stacklevel=3)
+                      stacklevel=5)  # _obtain <- _train_models <- _run <- run_experiment <- its caller
     from captum_unicam.pipeline.training import build
 
     t0 = time.perf_counter()
