@@ -106,11 +106,12 @@ def train_models(seed: int, s: Mapping[str, Any], base_marker: float, models_dir
     """Teacher, Base, Student and random-label Student, trained with the demo's function
     and KD hyperparameters; checkpoints in ``models_dir``."""
     from captum_unicam.pipeline.demo import demo_recipe
+    from captum_unicam.kd.recipe import Recipe
     from captum_unicam.kd.train import train_model
     from captum_unicam.models import build_model, save_checkpoint
 
     r = demo_recipe(seed)
-    common = dict(optimizer=r["optimizer"], lr=r["lr"], weight_decay=r["weight_decay"], progress=progress)
+    common = dict(optimizer=r["optimizer"], lr=r["lr"], weight_decay=r["weight_decay"])
     teacher_ds = _data("train", s["teacher"], seed, 0.0)
     base_ds = _data("val", s["base"], seed, base_marker)
     transfer_ds = _data("transfer", s["transfer"], seed, 0.0)
@@ -129,21 +130,23 @@ def train_models(seed: int, s: Mapping[str, Any], base_marker: float, models_dir
             models[role] = build_model("small_resnet_s", 4)
     seconds = {}
     t0 = time.process_time()
-    train_model(models["teacher"], loader(teacher_ds.images, teacher_ds.labels, 0), epochs=s["teacher_epochs"],
-                seed=seed * 1000 + 20, desc="teacher", **common)
+    train_model(models["teacher"], loader(teacher_ds.images, teacher_ds.labels, 0),
+                Recipe(epochs=s["teacher_epochs"], seed=seed * 1000 + 20, **common), desc="teacher", progress=progress)
     seconds["teacher"] = time.process_time() - t0
     t0 = time.process_time()
-    train_model(models["base"], loader(base_ds.images, base_ds.labels, 1), epochs=s["base_epochs"],
-                seed=seed * 1000 + 21, desc="base", **common)
+    train_model(models["base"], loader(base_ds.images, base_ds.labels, 1),
+                Recipe(epochs=s["base_epochs"], seed=seed * 1000 + 21, **common), desc="base", progress=progress)
     seconds["base"] = time.process_time() - t0
     t0 = time.process_time()
-    train_model(models["student"], loader(transfer_ds.images, transfer_ds.labels, 2), epochs=s["student_epochs"],
-                teacher=models["teacher"].eval(), method=r["method"], temperature=r["temperature"], beta=r["beta"],
-                unlabelled=True, seed=seed * 1000 + 22, desc="student (KD)", **common)
+    train_model(models["student"], loader(transfer_ds.images, transfer_ds.labels, 2),
+                Recipe(epochs=s["student_epochs"], method=r["method"], temperature=r["temperature"], beta=r["beta"],
+                       seed=seed * 1000 + 22, **common),
+                teacher=models["teacher"].eval(), unlabelled=True, desc="student (KD)", progress=progress)
     seconds["student"] = time.process_time() - t0
     t0 = time.process_time()
-    train_model(models["random_student"], loader(base_ds.images, random_labels, 3), epochs=s["random_epochs"],
-                seed=seed * 1000 + 23, desc="random-label student", **common)
+    train_model(models["random_student"], loader(base_ds.images, random_labels, 3),
+                Recipe(epochs=s["random_epochs"], seed=seed * 1000 + 23, **common), desc="random-label student",
+                progress=progress)
     seconds["random_student"] = time.process_time() - t0
     recipe = {"seed": seed, **s, "base_marker": base_marker, "arch": "small_resnet_s",
               "optimizer": r["optimizer"], "lr": r["lr"], "weight_decay": r["weight_decay"], "method": r["method"],

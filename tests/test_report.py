@@ -242,3 +242,20 @@ def test_every_figure_written_is_shown(tmp_path):
     shown = set(re.findall(r'<img src="(figures/[^"]+)"', page))
     written = {f"figures/{p.name}" for p in (out / "figures").iterdir()}
     assert written == shown == {"figures/grid_L4.png", "figures/scores.png"}
+
+
+def test_one_page_renderer_renders_any_report_page():
+    """A report other than explain / quantify (compare's sections: text, figure, table,
+    CSV link) goes through the same renderer, escaped, with its sections in the navigation."""
+    md = "| method | MoRF 50 |\n|---|---|\n| UniCAM <x> | 0.5 [0.4, 0.6] |\n"
+    sections = [html.figure_table_section("road", "ROAD", "Accuracy after replacing pixels.",
+                                          figure="figures/road.png", table_md=md, csv="tables/road.csv"),
+                html.figure_table_section("sanity", "Sanity checks", "Text only.")]
+    page = html.render_page(html.Page(title="Comparison & co", command="captum-unicam compare --x",
+                                      notes=["a <note>"], sections=sections, table_links=["tables/road.csv"],
+                                      versions={"torch": "2"}))
+    assert "<title>Comparison &amp; co</title>" in page and "<p>a &lt;note&gt;</p>" in page
+    assert '<a href="#road">ROAD</a><a href="#sanity">Sanity checks</a>' in page
+    assert '<h2 id="road">ROAD</h2>' in page and '<img src="figures/road.png" alt="ROAD">' in page
+    assert "<td>UniCAM &lt;x&gt;</td>" in page and '<a href="tables/road.csv">road.csv</a>' in page
+    assert page.count("<table>") == 2  # the ROAD table and the versions table
