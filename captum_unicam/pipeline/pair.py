@@ -29,7 +29,7 @@ from captum_unicam.pipeline.data import Preprocessing, agreed_preprocessing, loa
 from captum_unicam.pipeline.requests import PairRequest
 
 __all__ = ["Pair", "load_pair", "resolve_device", "resolve_layers", "check_feature_maps", "label_vectors",
-           "stratified_images"]
+           "stratified_images", "local_path"]
 
 #: The label encoder bundled with the package (read offline).
 DEFAULT_LABEL_MODEL = "all-MiniLM-L6-v2"
