@@ -10,7 +10,7 @@ explicit :class:`Preprocessing`, which training records in the checkpoint's ``re
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch.utils.data import Dataset
