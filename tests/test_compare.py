@@ -10,7 +10,6 @@ import io
 import json
 import warnings
 
-import numpy as np
 import pytest
 import torch
 from captum.attr import LayerAttribution, LayerGradCam, Saliency
@@ -142,7 +141,8 @@ def test_faithfulness_equals_direct_calls_on_the_explained_quantity(setup):
 def test_the_random_baseline_is_seeded(setup):
     student, base, *_ = setup
     ds, ref = ControlledShapes(6, seed=5, split="test"), ControlledShapes(8, seed=2, split="test")
-    methods = {"d": (UniCAM(student, student.layer3, base, base.layer3), {"features": "distilled"}),
+    uc = UniCAM(student, student.layer3, base, base.layer3)
+    methods = {"d": (uc, {"features": "distilled"}),
                "g": (LayerGradCam(student, student.layer3), {"relu_attributions": True})}
     runs = []
     for seed in (4, 4, 5):
