@@ -153,7 +153,8 @@ def test_the_random_baseline_is_seeded(setup):
         runs.append(r.metrics["faithfulness"]["methods"])
     assert runs[0] == runs[1]
     for name in ("d", "g"):
-        assert runs[0][name]["per_image"]["random_morf"] != runs[2][name]["per_image"]["random_morf"]
+        first, other = runs[0][name]["per_image"], runs[2][name]["per_image"]
+        assert first["random_morf"] != other["random_morf"]
 
 
 def test_sanity_randomises_each_model_for_the_methods_that_call_it(setup):
