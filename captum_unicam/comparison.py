@@ -681,6 +681,7 @@ def compare(
         native = _maps(ref_specs, inputs, y, batch_size)
     maps = _upsampled(native, inputs.shape[-2:])
     timings["maps_s"] = time.perf_counter() - t0
+    _warn_occlusion(ref_specs)
     metrics: Dict[str, Any] = {
         "methods": list(ref_specs), "n_images": int(inputs.shape[0]), "reference": ref_info,
         "explained": None if explained is None else explained.tolist(),
@@ -708,6 +709,17 @@ def compare(
         timings["sanity_s"] = time.perf_counter() - t0
     metrics["timings"] = {key: round(v, 2) for key, v in timings.items()}
     return ComparisonResult(metrics, maps, inputs.detach().cpu(), sanity_result)
+
+
+def _warn_occlusion(specs: Mapping[str, Any]) -> None:
+    for name, (attr, _) in specs.items():
+        if isinstance(attr, _ScoreOcclusion) and attr.score.warned:
+            warnings.warn(
+                f"compare: {attr.score.warned} score calls of {name!r} had a degenerate "
+                "occluded input, scored 0 (UniCAM's warnings); the map is off where those "
+                "windows are. Use more reference images of each class.",
+                UserWarning, stacklevel=3,
+            )
 
 
 def _measure(metrics, timings, masks, maps, boot) -> None:

@@ -524,3 +524,24 @@ def test_compare_batches_follow_the_pipeline_rule():
             cuts = batch_slices(n, size)
             assert [s.stop - s.start for s in cuts] == sizes and cuts[-1].stop == n
     assert batch_sizes(68, 64) == [68] and batch_sizes(132, 64) == [64, 68]
+
+
+def test_degenerate_scores_on_perturbed_images_are_counted_and_warned():
+    """Student = Base: every score is 0 (UniCAM warns); compare counts those calls once per
+    quantity and says so, instead of a silent flat curve."""
+    student = _model(0)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(6, 3, 16, 16, generator=g), torch.arange(6) % 3
+    rx, ry = torch.rand(6, 3, 16, 16, generator=g), torch.arange(6) % 3
+    uc = UniCAM(student, student.layer3, student, student.layer3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = compare(x, y, {"d": (uc, {"features": "distilled"})}, reference=(rx, ry),
+                      occlusion=8, **CURVES)
+    faith = res.metrics["faithfulness"]["methods"]
+    # 2 orders x 2 percentiles x (1 map + 2 random maps) calls, plus the Occlusion map's
+    assert faith["d"]["degenerate_score_calls"] > 0
+    messages = [str(w.message) for w in caught]
+    assert any("calls of S_d on perturbed images" in m and "degenerate" in m for m in messages)
+    assert any("score calls of 'Occlusion (d)' had a degenerate" in m for m in messages)
+    assert any("same value on every perturbed image" in m for m in messages)
