@@ -26,7 +26,8 @@ Methods are Captum ``Attribution`` objects, optionally with keyword arguments of
 :func:`default_methods` builds the usual set: UniCAM distilled and residual, Grad-CAM of
 the Student and of the Base, and Captum's ``GuidedGradCam``, ``LayerGradientXActivation``
 and ``IntegratedGradients`` of the Student. ``compare(..., occlusion=4)`` adds Captum's
-``Occlusion`` of each UniCAM method's score (a perturbation map of ``S_d`` / ``S_r``).
+``Occlusion`` of each UniCAM method's score (a perturbation map of ``S_d`` / ``S_r``), and
+``feature_ablation=8`` Captum's ``FeatureAblation`` of it on an 8 x 8 superpixel grid.
 
 The model a method explains (the one whose logit its curves read, and the one randomised
 for its sanity check) is its ``forward_func``; for UniCAM's residual maps
@@ -181,27 +182,35 @@ class _Score:
         return out
 
 
-class _ScoreOcclusion:
-    """Captum's ``Occlusion`` of a per-image UniCAM score: square windows of ``window``
-    pixels over all channels, moved by ``window // 2`` pixels, set to 0 (Captum's default
-    baseline); the map of a pixel is the mean drop of the score over the windows that
-    cover it. ``target`` holds the labels, which the score takes as an input."""
+class _ScorePerturbation:
+    """Captum's ``Occlusion`` (``kind="occlusion"``: square windows of ``size`` pixels over
+    all channels, moved by ``size // 2`` pixels; a pixel's value is the mean drop of the score
+    over the windows that cover it) or ``FeatureAblation`` (``kind="ablation"``: a grid of
+    ``size`` x ``size`` superpixels over all channels; a pixel's value is the drop of the
+    score when its cell is removed) of a per-image UniCAM score, removed pixels set to 0
+    (Captum's default baseline). ``target`` holds the labels, which the score takes as an
+    input."""
 
-    def __init__(self, score: _Score, window: int) -> None:
+    def __init__(self, score: _Score, kind: str, size: int) -> None:
         # lazy: captum.attr is imported when the methods are built
-        from captum.attr import Occlusion
+        from captum.attr import FeatureAblation, Occlusion
 
-        self.score, self.window = score, window
+        self.score, self.kind, self.size = score, kind, size
         self.forward_func = score
-        self._occlusion = Occlusion(score)
+        self._method = (Occlusion if kind == "occlusion" else FeatureAblation)(score)
 
     def attribute(self, inputs: Tensor, target: Any = None) -> Tensor:
-        c, w = inputs.shape[1], self.window
-        step = max(1, w // 2)
-        return self._occlusion.attribute(
-            inputs, baselines=0.0, additional_forward_args=(target,),
-            sliding_window_shapes=(c, w, w), strides=(c, step, step), perturbations_per_eval=16,
-        )
+        common = dict(baselines=0.0, additional_forward_args=(target,), perturbations_per_eval=16)
+        if self.kind == "occlusion":
+            c, w = inputs.shape[1], self.size
+            step = max(1, w // 2)
+            return self._method.attribute(inputs, sliding_window_shapes=(c, w, w),
+                                          strides=(c, step, step), **common)
+        h, w = inputs.shape[-2:]
+        rows = torch.arange(h, device=inputs.device) * self.size // h
+        cols = torch.arange(w, device=inputs.device) * self.size // w
+        mask = (rows[:, None] * self.size + cols[None, :]).expand(1, 1, h, w)
+        return self._method.attribute(inputs, feature_mask=mask, **common)
 
 
 # ---------------------------------------------------------------------------
@@ -293,10 +302,11 @@ def _resolve_reference(
     return (ref_x, ref_y.to(ref_x.device)), explained, info
 
 
-def _reference_specs(specs, reference, occlusion):
+def _reference_specs(specs, reference, perturbations):
     """The methods as compare explains them: every UniCAM rebuilt in reference mode (one per
     UniCAM object, so that the reference set is forward-passed once), with the score
-    functions of the UniCAM methods, and the Occlusion methods when asked for."""
+    functions of the UniCAM methods, and the perturbation methods of their scores
+    (``perturbations``: Captum name -> (kind, size or None))."""
     rebuilt: Dict[int, Any] = {}
     out: Dict[str, Tuple[Any, Dict[str, Any]]] = {}
     scores: Dict[str, _Score] = {}
@@ -314,11 +324,12 @@ def _reference_specs(specs, reference, occlusion):
         uc = rebuilt.setdefault(id(attr), _reference_unicam(attr, reference))
         out[name] = (uc, kwargs)
         scores[name] = _Score(uc, kwargs.get("features", "distilled"))
-    for name, score in list(scores.items()):
-        if occlusion is not None:
-            occ = f"Occlusion ({name})"
-            out[occ] = (_ScoreOcclusion(_Score(score.unicam, score.features), occlusion), {})
-            scores[occ] = out[occ][0].score
+    for label, (kind, size) in perturbations.items():
+        for name, score in [(n, s) for n, s in scores.items() if n in specs]:
+            if size is not None:
+                new = f"{label} ({name})"
+                out[new] = (_ScorePerturbation(_Score(score.unicam, score.features), kind, size), {})
+                scores[new] = out[new][0].score
     return out, scores
 
 
@@ -513,8 +524,14 @@ def _check_masks(masks: Any, inputs: Tensor) -> Dict[str, Tensor]:
     return masks
 
 
+def _check_size(value: Any, name: str, high: int) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or not 1 <= value <= high):
+        raise InputError(f"{name} must be None or an int within 1..{high}, got {value!r}.")
+
+
 def _check_curves(percentiles: Sequence[float], n_random: Any, occlusion: Any,
-                  inputs: Tensor) -> List[float]:
+                  feature_ablation: Any, inputs: Tensor) -> List[float]:
     percentiles = [float(p) for p in percentiles]
     if any(not 0 <= p < 100 for p in percentiles) or percentiles != sorted(set(percentiles)):
         raise InputError(
@@ -523,14 +540,9 @@ def _check_curves(percentiles: Sequence[float], n_random: Any, occlusion: Any,
         )
     if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 1:
         raise InputError(f"n_random must be a positive int, got {n_random!r}.")
-    if occlusion is not None and (
-        isinstance(occlusion, bool) or not isinstance(occlusion, int)
-        or not 1 <= occlusion <= min(inputs.shape[-2:])
-    ):
-        raise InputError(
-            f"occlusion must be None or a window side in pixels within 1..{min(inputs.shape[-2:])}"
-            f", got {occlusion!r}."
-        )
+    _check_size(occlusion, "occlusion (the window side in pixels)", min(inputs.shape[-2:]))
+    _check_size(feature_ablation, "feature_ablation (the grid's cells per side)",
+                min(inputs.shape[-2:]))
     return percentiles
 
 
@@ -574,6 +586,7 @@ def compare(
     percentiles: Sequence[float] = PERCENTILES,
     n_random: int = 3,
     occlusion: Optional[int] = None,
+    feature_ablation: Optional[int] = None,
     sanity_models: Optional[Mapping[str, nn.Module]] = None,
     random_label_models: Optional[Mapping[str, Tuple[nn.Module, nn.Module]]] = None,
     sanity_images: Optional[int] = 32,
@@ -620,6 +633,10 @@ def compare(
                     windows of this many pixels over all channels, moved by half a window,
                     set to 0 (e.g. 4 or 8 for 32 x 32 images). Not in the sanity checks.
                     Default: None (they cost one score call per window position)
+        feature_ablation (int, optional): Adds ``"FeatureAblation (<name>)"`` for every
+                    UniCAM method: Captum's ``FeatureAblation`` of its per-image score on a
+                    grid of this many superpixels per side (all channels), removed to 0.
+                    Not in the sanity checks. Default: None
         sanity_models (dict, optional): label -> model to randomise (cascading, top block
                     first) for the methods that call it, e.g. ``{"Student": student,
                     "Base": base}``. Default: None (no sanity check)
@@ -658,7 +675,7 @@ def compare(
     specs = method_specs(methods)
     target_t = _check_images(inputs, target, batch_size)
     masks = _check_masks(masks, inputs)
-    percentiles = _check_curves(percentiles, n_random, occlusion, inputs)
+    percentiles = _check_curves(percentiles, n_random, occlusion, feature_ablation, inputs)
     check_bootstrap(n_bootstrap, confidence)
     _check_sanity(sanity_models, random_label_models, sanity_images)
     ref, explained, ref_info = _resolve_reference(
@@ -667,7 +684,8 @@ def compare(
         inputs, target_t = inputs[explained.to(inputs.device)], target_t[explained]
         masks = {r: m[explained.to(m.device)] for r, m in masks.items()}
     batch_sizes(inputs.shape[0], batch_size)
-    ref_specs, scores = _reference_specs(specs, ref, occlusion)
+    ref_specs, scores = _reference_specs(specs, ref, {
+        "Occlusion": ("occlusion", occlusion), "FeatureAblation": ("ablation", feature_ablation)})
     y = target_t.to(inputs.device)
     timings: Dict[str, float] = {}
     boot = dict(n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
@@ -713,11 +731,11 @@ def compare(
 
 def _warn_occlusion(specs: Mapping[str, Any]) -> None:
     for name, (attr, _) in specs.items():
-        if isinstance(attr, _ScoreOcclusion) and attr.score.warned:
+        if isinstance(attr, _ScorePerturbation) and attr.score.warned:
             warnings.warn(
                 f"compare: {attr.score.warned} score calls of {name!r} had a degenerate "
-                "occluded input, scored 0 (UniCAM's warnings); the map is off where those "
-                "windows are. Use more reference images of each class.",
+                "perturbed input, scored 0 (UniCAM's warnings); the map is off where those "
+                "pixels are. Use more reference images of each class.",
                 UserWarning, stacklevel=3,
             )
 

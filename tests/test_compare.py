@@ -252,6 +252,8 @@ def test_bad_input_is_refused_before_work(setup):
         compare(x, y, methods)  # the drawn reference would take half of 8 images
     with pytest.raises(InputError, match="occlusion"):
         compare(x, y, methods, reference=(x, y), occlusion=0)
+    with pytest.raises(InputError, match="feature_ablation"):
+        compare(x, y, methods, reference=(x, y), feature_ablation=33)
     with pytest.raises(InputError, match="n_random"):
         compare(x, y, methods, reference=(x, y), n_random=0)
     uc = methods["UniCAM distilled"][0]
@@ -488,7 +490,8 @@ def test_occlusion_of_the_score_equals_a_hand_loop_over_the_windows():
         warnings.simplefilter("ignore")
         res = compare(x, y, {"d": (uc, {"features": "distilled"}),
                              "r": (uc, {"features": "residual"})},
-                      reference=(rx, ry), occlusion=4, percentiles=(), n_bootstrap=10)
+                      reference=(rx, ry), occlusion=4, feature_ablation=2, percentiles=(),
+                      n_bootstrap=10)
         ref_mode = UniCAM(student, student.layer, base, base.layer, reference=(rx, ry))
         for name, features in (("d", "distilled"), ("r", "residual")):
             def score(t, features=features):
@@ -508,7 +511,18 @@ def test_occlusion_of_the_score_equals_a_hand_loop_over_the_windows():
             got = res.maps[f"Occlusion ({name})"]
             assert torch.allclose(got, want, atol=1e-5), name
             assert float(want.abs().max()) > 1e-4  # the loop is not trivially zero
-    assert res.metrics["methods"] == ["d", "r", "Occlusion (d)", "Occlusion (r)"]
+            # FeatureAblation on a 2 x 2 grid: each 4 x 4 cell (all channels) set to 0
+            cells = torch.zeros(5, 1, 8, 8, dtype=torch.float64)
+            for top in (0, 4):
+                for left in (0, 4):
+                    ablated = x.clone()
+                    ablated[:, :, top:top + 4, left:left + 4] = 0.0
+                    cells[:, :, top:top + 4, left:left + 4] = (
+                        2 * (full - score(ablated))).view(5, 1, 1, 1)  # summed over 2 channels
+            got = res.maps[f"FeatureAblation ({name})"]
+            assert torch.allclose(got, cells, atol=1e-5), name
+    assert res.metrics["methods"] == ["d", "r", "Occlusion (d)", "Occlusion (r)",
+                                      "FeatureAblation (d)", "FeatureAblation (r)"]
 
 
 def test_compare_batches_follow_the_pipeline_rule():
