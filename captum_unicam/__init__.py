@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "UniCAM": "captum_unicam.attr.unicam",
     "UniCAMWarning": "captum_unicam.attr.unicam",
+    "reference_set": "captum_unicam.attr.reference",
     "feature_similarity_score": "captum_unicam.metrics",
     "relevance_score": "captum_unicam.metrics",
     "evaluate_kd": "captum_unicam.metrics",

@@ -10,8 +10,8 @@ r"""Comparing attribution methods on the same images: UniCAM next to Captum's me
   and Captum's methods, the target logit of the model each explains;
 - **localisation** (when ground-truth masks are given, e.g. the controlled dataset's
   object and marker masks): the share of the map's positive mass inside each mask and the
-  pointing game, as defined by :func:`captum_unicam.report.localisation`, with bootstrap
-  intervals over images;
+  pointing game, as defined by :func:`captum_unicam.metrics.localisation.localisation`,
+  with bootstrap intervals over images;
 - **sanity checks** (Adebayo et al. 2018; :mod:`captum_unicam.sanity`): cascading
   randomisation of each model, and optionally a model trained on random labels.
 
@@ -33,9 +33,8 @@ The model a method explains (the one whose logit its curves read, and the one ra
 for its sanity check) is its ``forward_func``; for UniCAM's residual maps
 (``features="residual"``) it is the Base (``base_forward_func``).
 
-The command line (``captum-unicam compare``) is :func:`add_compare_arguments` and
-:func:`run_compare`; it writes a report folder (``index.html``, ``metrics.json``,
-``tables/``, ``figures/``).
+The command line (``captum-unicam compare``) is :func:`captum_unicam.pipeline.runs.compare`;
+it writes a report folder (``index.html``, ``metrics.json``, ``tables/``, ``figures/``).
 """
 
 from __future__ import annotations
@@ -43,8 +42,6 @@ from __future__ import annotations
 import copy
 import html
 import json
-import shlex
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -66,14 +63,7 @@ from captum_unicam.output.html import PAGE, PARA, markdown_to_html
 from captum_unicam.output.publish import REPORT_FORMAT
 from captum_unicam.output.tables import csv_table, format_interval, markdown_table
 
-__all__ = [
-    "ComparisonResult",
-    "compare",
-    "default_methods",
-    "reference_indices",
-    "add_compare_arguments",
-    "run_compare",
-]
+__all__ = ["ComparisonResult", "compare", "default_methods", "reference_indices"]
 
 #: Percentages of pixels removed on the deletion curves (ROAD cannot impute 100 %).
 PERCENTILES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90)
@@ -328,7 +318,8 @@ def _reference_specs(specs, reference, perturbations):
         for name, score in [(n, s) for n, s in scores.items() if n in specs]:
             if size is not None:
                 new = f"{label} ({name})"
-                out[new] = (_ScorePerturbation(_Score(score.unicam, score.features), kind, size), {})
+                method = _ScorePerturbation(_Score(score.unicam, score.features), kind, size)
+                out[new] = (method, {})
                 scores[new] = out[new][0].score
     return out, scores
 
@@ -743,7 +734,7 @@ def _warn_occlusion(specs: Mapping[str, Any]) -> None:
 def _measure(metrics, timings, masks, maps, boot) -> None:
     if masks:
         # lazy: the report module pulls the whole evaluation stack
-        from captum_unicam.report import localisation
+        from captum_unicam.metrics.localisation import localisation
 
         t0 = time.perf_counter()
         metrics["localisation"] = {region: localisation(maps, m, **boot)
@@ -862,7 +853,7 @@ class ComparisonResult:
                     ``methods``: method -> ``measured_on``, ``degenerate_score_calls`` and
                     the output of :func:`captum_unicam.metrics.faithfulness.faithfulness`),
                     ``localisation`` (region -> the output of
-                    :func:`captum_unicam.report.localisation`), ``sanity`` (rows of
+                    :func:`captum_unicam.metrics.localisation.localisation`), ``sanity`` (rows of
                     :class:`~captum_unicam.sanity.SanityResult`), ``timings``.
         maps (dict[str, Tensor]): method -> ``(N, 1, H, W)`` maps on the input grid.
         tables (dict): measure -> ``{"md": ..., "csv": ...}``.
@@ -924,7 +915,7 @@ class ComparisonResult:
             *list[str]*: the files written, relative to ``folder``.
         """
         # lazy: the report module pulls the whole evaluation stack
-        from captum_unicam.report import to_jsonable, versions
+        from captum_unicam.output.report import to_jsonable, versions
         from captum_unicam.viz import save_figure
 
         folder = Path(folder)
@@ -1005,122 +996,3 @@ def _index_html(title: str, command: str, notes: Sequence[str],
         links='<p>All numbers: <a href="metrics.json">metrics.json</a>.</p>',
         versions=rows, command=e(command),
     )
-
-
-
-# ---------------------------------------------------------------------------
-# command line: captum-unicam compare
-# ---------------------------------------------------------------------------
-
-
-def add_compare_arguments(parser) -> None:
-    r"""Adds the arguments of ``captum-unicam compare`` to an ``argparse`` parser."""
-    parser.add_argument("--student", required=True, help="Student checkpoint (captum-unicam train / demo)")
-    parser.add_argument("--base", required=True, help="Base checkpoint")
-    parser.add_argument("--data", required=True, help="data spec: controlled[:SEED], cifar10:ROOT, imagefolder:ROOT")
-    parser.add_argument("--out", required=True, help="report folder to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
-    parser.add_argument("--layer", default="L4", help="stage explained: L1, L2, L3 or L4")
-    parser.add_argument("--images", type=int, default=64, help="test images explained (the first ones)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per attribution call (UniCAM's context)")
-    parser.add_argument("--percentiles", type=float, nargs="*", default=list(PERCENTILES),
-                        help="ROAD removal percentiles (none: skip ROAD)")
-    parser.add_argument("--sanity-images", type=int, default=32, help="images of the sanity checks")
-    parser.add_argument("--no-sanity", action="store_true", help="skip the sanity checks")
-    parser.add_argument("--random-label-student", default=None,
-                        help="checkpoint of a Student-architecture model trained on random labels")
-    parser.add_argument("--ig-steps", type=int, default=16, help="Integrated Gradients steps")
-    parser.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples")
-    parser.add_argument("--seed", type=int, default=0, help="seed of ROAD's noise, randomisation, bootstrap")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads; small images are explained fastest on one (measured on a shared "
-                             "2-core machine: 91 s with 1, 308 s with 2); raise it for large models on an idle machine")
-
-
-def _load_images(spec: str, n: int, prep, seed: int):
-    """``n`` test images of ``spec`` with the checkpoints' preprocessing, drawn in the
-    seeded class-stratified order of the pipeline (so a class-ordered folder gives every
-    class, not only the first), with the object and marker masks where the data has them."""
-    from captum_unicam.pipeline.batches import labels_of, stratified_order
-    from captum_unicam.pipeline.data import load_data
-
-    ds = load_data(spec, "test", prep)
-    if len(ds) == 0:
-        from captum_unicam.errors import DataSpecError
-
-        raise DataSpecError(f"data spec {spec!r} has no test images")
-    chosen = stratified_order(labels_of(ds), seed=seed)[: min(n, len(ds))]
-    k = len(chosen)
-    items = [ds[i] for i in chosen]
-    x = torch.stack([it[0] for it in items])
-    y = torch.tensor([int(it[1]) for it in items])
-    masks = {}
-    if len(items[0]) >= 3 and isinstance(items[0][2], Tensor) and items[0][2].shape[-2:] == x.shape[-2:]:
-        masks["object"] = torch.stack([it[2] for it in items]).reshape(k, 1, *x.shape[-2:]).float()
-    marker = getattr(ds, "marker_masks", getattr(getattr(ds, "base", None), "marker_masks", None))
-    if isinstance(marker, Tensor) and marker.shape[0] == len(ds):
-        marker = marker[torch.tensor(chosen)]
-        if bool(marker.any()):
-            masks["marker"] = marker.float()
-    return x, y, masks, list(getattr(ds, "classes", []))
-
-
-def run_compare(args) -> int:
-    r"""``captum-unicam compare``: the report of :func:`compare` for two checkpoints on a
-    data spec. Checks the output folder first, builds the report in a temporary folder
-    and publishes it complete. Returns the exit code (0)."""
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"threads must be a positive int, got {args.threads}")
-    threads = torch.get_num_threads()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    try:
-        return _run_compare(args)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run_compare(args) -> int:
-    from captum_unicam.models import load_checkpoint, stage_layers
-    from captum_unicam.output.publish import check_output_dir, staged_folder
-    from captum_unicam.pipeline.data import agreed_preprocessing, warn_lines
-
-    t_start = time.perf_counter()
-    for name in ("images", "batch_size", "sanity_images"):
-        if getattr(args, name) < 5:
-            raise InputError(
-                f"{name} must be at least 5 (UniCAM's scores are batch statistics), got {getattr(args, name)}")
-    out = check_output_dir(args.out, overwrite=args.overwrite)
-    device = torch.device(args.device)
-    student, s_meta = load_checkpoint(args.student, map_location=device)
-    base, b_meta = load_checkpoint(args.base, map_location=device)
-    random_student = None
-    if args.random_label_student:
-        random_student, _ = load_checkpoint(args.random_label_student, map_location=device)
-    for m in (student, base, random_student):
-        if m is not None:
-            m.eval()
-    s_layers, b_layers = stage_layers(student), stage_layers(base)
-    if args.layer not in s_layers or args.layer not in b_layers:
-        raise InputError(f"layer {args.layer!r} is not one of {sorted(s_layers)}")
-    prep, prep_notes = agreed_preprocessing({"Student": s_meta, "Base": b_meta})
-    warn_lines(prep_notes)
-    x, y, masks, classes = _load_images(args.data, args.images, prep, args.seed)
-    x, y = x.to(device), y.to(device)
-    methods = default_methods(student, s_layers[args.layer], base, b_layers[args.layer], ig_steps=args.ig_steps)
-    sanity_models = None if args.no_sanity else {"Student": student, "Base": base}
-    random_models = None if args.no_sanity or random_student is None else {"Student": (student, random_student)}
-    result = compare(x, y, methods, masks=masks, percentiles=args.percentiles, sanity_models=sanity_models,
-                     random_label_models=random_models, sanity_images=args.sanity_images,
-                     batch_size=args.batch_size, n_bootstrap=args.n_bootstrap, seed=args.seed)
-    command = "captum-unicam compare " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
-    notes = [f"Student {args.student}, Base {args.base}, data {args.data} ({x.shape[0]} test images, classes "
-             f"{', '.join(map(str, classes))}), layer {args.layer}.",
-             "Methods other than those on the Base explain the Student; ROAD measures the accuracy of the model each "
-             "method explains (the Base for Grad-CAM Base and UniCAM residual)."]
-    with staged_folder(out, overwrite=args.overwrite) as tmp:
-        result.metrics["timings"]["total_s"] = round(time.perf_counter() - t_start, 2)
-        result.write(tmp, command=command, notes=notes)
-    print(f"wrote {out} ({result.metrics['timings']['total_s']:.0f} s)")
-    return 0

@@ -89,7 +89,9 @@ def _check_names(names: Sequence[str]) -> Tuple[str, ...]:
     try:
         names = tuple(names)
     except TypeError as err:
-        raise _errors.InputError(f"names must be a sequence of strings, got {type(names).__name__}.") from err
+        raise _errors.InputError(
+            f"names must be a sequence of strings, got {type(names).__name__}."
+        ) from err
     if not names:
         raise _errors.InputError("names is empty: pass one name per class, in class-index order.")
     bad = [(i, n) for i, n in enumerate(names) if not isinstance(n, str) or not n.strip()]
@@ -114,7 +116,9 @@ def _resolve(model: Optional[Union[str, os.PathLike]]) -> Tuple[str, str, bool]:
             )
         return str(path), str(path.resolve()), True
     looks_local = isinstance(model, str) and (
-        os.path.isdir(model) or model.startswith((".", "/", "~")) or os.sep in model.strip("/").replace("/", "", 1)
+        os.path.isdir(model)
+        or model.startswith((".", "/", "~"))
+        or os.sep in model.strip("/").replace("/", "", 1)
     )
     if isinstance(model, os.PathLike) or looks_local:
         model = os.path.expanduser(model) if isinstance(model, str) else model
@@ -224,7 +228,9 @@ def _load_transformers(source: str, is_local: bool, allow_download: bool, local_
     return tokenizer, encoder
 
 
-def _encode(tokenizer, encoder, names: Tuple[str, ...], device, batch_size: int, normalize: bool) -> Tensor:
+def _encode(
+    tokenizer, encoder, names: Tuple[str, ...], device, batch_size: int, normalize: bool
+) -> Tensor:
     encoder = encoder.to(device).eval()
     rows = []
     with torch.no_grad():

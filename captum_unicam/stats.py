@@ -41,8 +41,16 @@ dissimilarities"): with :math:`a_{ij} = \lVert x_i - x_j \rVert^{\text{exponent}
 - correlations divide by :math:`\sqrt{|\text{var}_x \text{var}_y|}` and are 0 where
   that is 0; the partial distance correlation :math:`\mathcal{R}^*(x, y; z)` is the
   correlation of :math:`\tilde A` and :math:`\tilde B` after projecting both onto the
-  orthogonal complement of :math:`\tilde C`, computed as ``dcor`` does from the three
-  pairwise correlations, and 0 where the projection leaves nothing.
+  orthogonal complement of :math:`\tilde C`, formed explicitly (equal to dcor's formula
+  from the three pairwise correlations, and exact to 1e-8 in float64 where that formula
+  loses accuracy: samples on which x and z nearly agree), and 0 where the projection
+  leaves nothing;
+- exactly degenerate cases are exactly 0: a U-centred matrix below
+  :math:`1024\,\epsilon_{64}` times the mean distance (the rounding of the centring;
+  e.g. one-hot rows of distinct classes, whose U-centred matrix is exactly zero) is taken
+  as 0, so the 0/0 of a correlation is 0 as in dcor's definitions, not a ratio of
+  rounding noise;
+- low-precision floats (bfloat16, float16) are read in float32.
 
 Bad input raises :class:`~captum_unicam.errors.InputError` (a ``ValueError``) naming
 the argument and the fix: fewer samples
@@ -52,11 +60,12 @@ differ, NaN or Inf, empty or non-floating tensors, tensors on different devices.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
+from captum_unicam._fused import ACC, noise_factor
 from captum_unicam.errors import InputError
 
 __all__ = [
@@ -75,7 +84,6 @@ __all__ = [
     "partial_distance_correlation",
 ]
 
-_ACC = torch.float64  # dtype of every step after the Gram product
 
 # ---------------------------------------------------------------------------
 # Validation
@@ -88,7 +96,9 @@ def _as_samples(x: Tensor, name: str) -> Tensor:
         try:
             x = torch.as_tensor(x)
         except Exception as err:  # pragma: no cover - message only
-            raise InputError(f"`{name}` must be a tensor of shape (n, ...); got {type(x).__name__}") from err
+            raise InputError(
+                f"`{name}` must be a tensor of shape (n, ...); got {type(x).__name__}"
+            ) from err
     if not (x.is_floating_point()):
         raise InputError(
             f"`{name}` must be a floating-point tensor, got dtype {x.dtype}; "
@@ -97,19 +107,32 @@ def _as_samples(x: Tensor, name: str) -> Tensor:
     if x.dim() == 0:
         raise InputError(f"`{name}` must have a sample dimension: shape (n, ...), got a scalar.")
     if x.numel() == 0:
-        raise InputError(f"`{name}` is empty (shape {tuple(x.shape)}): it needs n samples with at least one feature.")
+        raise InputError(
+            f"`{name}` is empty (shape {tuple(x.shape)}): it needs n samples with at least one "
+            "feature."
+        )
+    if x.dtype.itemsize < 4:
+        x = x.float()  # bfloat16 / float16: the Gram product in float32 at least
     return x.reshape(x.shape[0], -1)
 
 
-def _check_samples(tensors: Sequence[Tensor], names: Sequence[str], min_n: int, what: str) -> list[Tensor]:
+def _check_samples(
+    tensors: Sequence[Tensor], names: Sequence[str], min_n: int, what: str
+) -> list[Tensor]:
     out = [_as_samples(t, nm) for t, nm in zip(tensors, names)]
     n = out[0].shape[0]
     for t, nm in zip(out[1:], names[1:]):
         if t.shape[0] != n:
             counts = ", ".join(f"{k}: {v.shape[0]}" for k, v in zip(names, out))
-            raise InputError(f"The arguments must have the same number of samples (first dimension); got {counts}.")
+            raise InputError(
+                "The arguments must have the same number of samples (first dimension); got "
+                f"{counts}."
+            )
         if t.device != out[0].device:
-            raise InputError(f"`{names[0]}` is on {out[0].device} but `{nm}` is on {t.device}; move them to one device.")
+            raise InputError(
+                f"`{names[0]}` is on {out[0].device} but `{nm}` is on {t.device}; move them to one "
+                "device."
+            )
     if n < min_n:
         raise InputError(
             f"{what} needs at least {min_n} samples, got n={n}. Use a larger batch "
@@ -130,7 +153,9 @@ def _check_square(a: Tensor, name: str) -> Tensor:
 
 def _check_exponent(exponent: float) -> None:
     if not (0 < exponent < 2):
-        raise InputError(f"`exponent` must be in (0, 2) for a valid distance covariance, got {exponent}.")
+        raise InputError(
+            f"`exponent` must be in (0, 2) for a valid distance covariance, got {exponent}."
+        )
 
 
 def _result_dtype(*tensors: Tensor) -> torch.dtype:
@@ -186,27 +211,7 @@ def _translated(x: Tensor, origin: Tensor, scale: Tensor) -> Tensor:
 
 
 def _gram(x: Tensor) -> Tensor:
-    return (x @ x.mT).to(_ACC)
-
-
-def _noise_factor(x: Tensor) -> float:
-    """Rounding of a squared distance from the Gram route, relative to |x_i|^2 + |x_j|^2."""
-    return 4 * torch.finfo(x.dtype).eps * x.shape[-1] ** 0.5
-
-
-def _sq_from_gram(gram: Tensor, noise: Union[float, Tensor]) -> Tensor:
-    """Squared distances |x_i|^2 + |x_j|^2 - 2 x_i.x_j from Gram matrices (..., n, n).
-
-    Exactly symmetric whatever the matmul kernel did. Pairs within the Gram product's
-    rounding of zero are set to exactly 0: duplicated samples (and all pairs of a constant
-    variable) are at distance 0, as in dcor, with no data-dependent branch. The error
-    this makes on a distinct pair that close is below the rounding of the Gram route
-    itself."""
-    norms = gram.diagonal(dim1=-2, dim2=-1)
-    both = norms.unsqueeze(-1) + norms.unsqueeze(-2)
-    sq = both - 2 * gram
-    sq = (sq + sq.mT) / 2
-    return torch.where(sq <= noise * both, torch.zeros((), dtype=sq.dtype, device=sq.device), sq)
+    return (x @ x.mT).to(ACC)
 
 
 # Relative error of a squared distance that the raw Gram route may leave before the
@@ -233,13 +238,23 @@ def _sq_distance_stack(samples: Sequence[Tensor], names: Sequence[str]) -> Tuple
     """
     n = samples[0].shape[0]
     grams = torch.stack([_gram(x) for x in samples])
-    noise = torch.tensor([_noise_factor(x) for x in samples], dtype=_ACC, device=grams.device)[:, None, None]
+    noise = torch.tensor([noise_factor(x) for x in samples], dtype=ACC, device=grams.device)[
+        :, None, None
+    ]
     tolerance = torch.tensor(
         [_GRAM_TOLERANCE.get(x.dtype, _GRAM_TOLERANCE_DEFAULT) for x in samples],
-        dtype=_ACC, device=grams.device,
+        dtype=ACC,
+        device=grams.device,
     )
-    small = torch.tensor([torch.finfo(x.dtype).tiny / torch.finfo(x.dtype).eps for x in samples], dtype=_ACC, device=grams.device)
-    scales = torch.ones(len(samples), dtype=_ACC, device=grams.device)
+    # pairs whose squared distance the Gram route cannot give within `tolerance` (its rounding
+    # is about noise * (|x_i|^2 + |x_j|^2)) are recomputed from x_i - x_j below
+    noise_near = noise / tolerance[:, None, None]
+    small = torch.tensor(
+        [torch.finfo(x.dtype).tiny / torch.finfo(x.dtype).eps for x in samples],
+        dtype=ACC,
+        device=grams.device,
+    )
+    scales = torch.ones(len(samples), dtype=ACC, device=grams.device)
     off = ~torch.eye(n, dtype=torch.bool, device=grams.device)
 
     def squared(g: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -254,7 +269,7 @@ def _sq_distance_stack(samples: Sequence[Tensor], names: Sequence[str]) -> Tuple
         kappa = norms.mean(-1) / mean_sq  # inf where every distance is 0
         cancels = kappa * noise[:, 0, 0] / 4 > tolerance
         redo = ~grams.isfinite().all(-1).all(-1) | cancels | (norms.amax(-1) < small)
-        near = ((sq.detach() <= noise * both) & off).any(-1).any(-1)
+        near = ((sq.detach() <= noise_near * both) & off).any(-1).any(-1)
         flags = torch.stack([redo, near]).tolist()
     rows = list(samples)
     if any(flags[0]):
@@ -266,8 +281,12 @@ def _sq_distance_stack(samples: Sequence[Tensor], names: Sequence[str]) -> Tuple
                 rows[v] = _translated(x, x[:1], scale)
                 g = _gram(rows[v])
                 sq[v], both_v, _ = squared(g)
-                scales[v] = scale.to(_ACC)
-                flags[1][v] = bool(((sq[v].detach() <= noise[v] * both_v) & off).any()) if bool(g.isfinite().all()) else False
+                scales[v] = scale.to(ACC)
+                flags[1][v] = (
+                    bool(((sq[v].detach() <= noise_near[v] * both_v) & off).any())
+                    if bool(g.isfinite().all())
+                    else False
+                )
                 checks.append((g.isfinite().all(), names[v]))
         for ok, name in checks:
             if not bool(ok):
@@ -280,11 +299,16 @@ def _sq_distance_stack(samples: Sequence[Tensor], names: Sequence[str]) -> Tuple
     for v, x in enumerate(rows):
         if flags[1][v]:
             sq_v = sq[v]
-            norms_v = (x.detach() * x.detach()).sum(-1).to(_ACC)
-            limit = noise[v, 0, 0] * (norms_v[:, None] + norms_v[None, :])
-            r_idx, c_idx = torch.nonzero(torch.triu((sq_v.detach() <= limit) & off, diagonal=1), as_tuple=True)
+            norms_v = (x.detach() * x.detach()).sum(-1).to(ACC)
+            limit = noise_near[v, 0, 0] * (norms_v[:, None] + norms_v[None, :])
+            r_idx, c_idx = torch.nonzero(
+                torch.triu((sq_v.detach() <= limit) & off, diagonal=1), as_tuple=True
+            )
             exact = torch.cat(
-                [(x[r] - x[c]).to(_ACC).pow(2).sum(dim=1) for r, c in zip(r_idx.split(256), c_idx.split(256))]
+                [
+                    (x[r] - x[c]).to(ACC).pow(2).sum(dim=1)
+                    for r, c in zip(r_idx.split(256), c_idx.split(256))
+                ]
             )
             sq_v = sq_v.index_put((r_idx, c_idx), exact).index_put((c_idx, r_idx), exact)
             sq = torch.cat([sq[:v], sq_v[None], sq[v + 1 :]])
@@ -328,7 +352,7 @@ def _u_centered(a: Tensor) -> Tensor:
     col = a.sum(dim=0, keepdim=True) / (n - 2)
     total = a.sum() / ((n - 1) * (n - 2))
     out = a - row - col + total
-    return out * (1 - torch.eye(n, dtype=a.dtype, device=a.device))
+    return out.masked_fill(torch.eye(n, dtype=torch.bool, device=a.device), 0.0)  # +0, not -0
 
 
 def _u_product(a: Tensor, b: Tensor) -> Tensor:
@@ -339,7 +363,10 @@ def _u_product(a: Tensor, b: Tensor) -> Tensor:
 def distance_matrix(x: Tensor, *, exponent: float = 1.0) -> Tensor:
     r"""Pairwise Euclidean distances :math:`\lVert x_i - x_j \rVert^{\text{exponent}}`.
 
-    Equals ``dcor.distances.pairwise_distances(x, exponent=exponent)``.
+    Equals ``dcor.distances.pairwise_distances(x, exponent=exponent)``. In float64 each
+    distance is within 1e-12 relative of the exact one, also for near-copies (pairs closer
+    than the Gram product resolves are recomputed from :math:`x_i - x_j`); in float32,
+    within about 1e-3 relative on the squared distance.
 
     Args:
         x (Tensor): samples, shape ``(n, ...)``; trailing dimensions are flattened.
@@ -378,7 +405,7 @@ def double_centered(a: Tensor) -> Tensor:
                 [-0.2500,  0.2500]])
     """
     a = _check_square(a, "a")
-    return _double_centered(a.to(_ACC)).to(a.dtype)
+    return _double_centered(a.to(ACC)).to(a.dtype)
 
 
 def u_centered(a: Tensor) -> Tensor:
@@ -402,7 +429,7 @@ def u_centered(a: Tensor) -> Tensor:
     a = _check_square(a, "a")
     if a.shape[0] < 3:
         raise InputError(f"U-centring needs an n x n matrix with n >= 3, got n={a.shape[0]}.")
-    return _u_centered(a.to(_ACC)).to(a.dtype)
+    return _u_centered(a.to(ACC)).to(a.dtype)
 
 
 def mean_product(a: Tensor, b: Tensor) -> Tensor:
@@ -419,8 +446,10 @@ def mean_product(a: Tensor, b: Tensor) -> Tensor:
         Tensor: a scalar.
     """
     if a.shape != b.shape:
-        raise InputError(f"`a` and `b` must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
-    return (a.to(_ACC) * b.to(_ACC)).mean().to(_result_dtype(a, b))
+        raise InputError(
+            f"`a` and `b` must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}."
+        )
+    return (a.to(ACC) * b.to(ACC)).mean().to(_result_dtype(a, b))
 
 
 def u_product(a: Tensor, b: Tensor) -> Tensor:
@@ -444,10 +473,12 @@ def u_product(a: Tensor, b: Tensor) -> Tensor:
     a = _check_square(a, "a")
     b = _check_square(b, "b")
     if a.shape != b.shape:
-        raise InputError(f"`a` and `b` must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
+        raise InputError(
+            f"`a` and `b` must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}."
+        )
     if a.shape[0] < 4:
         raise InputError(f"u_product needs n >= 4 (it divides by n(n-3)), got n={a.shape[0]}.")
-    return _u_product(a.to(_ACC), b.to(_ACC)).to(_result_dtype(a, b))
+    return _u_product(a.to(ACC), b.to(ACC)).to(_result_dtype(a, b))
 
 
 def u_projection(a: Tensor) -> Callable[[Tensor], Tensor]:
@@ -493,25 +524,65 @@ def u_complementary_projection(a: Tensor) -> Callable[[Tensor], Tensor]:
 # ---------------------------------------------------------------------------
 
 
-def _products(samples: Sequence[Tensor], names: Sequence[str], exponent: float, unbiased: bool) -> Tensor:
-    """The (V, V) matrix of inner products of the centred distance matrices of V validated
-    variables, in float64, differentiable: ``(A_v . A_w)`` of the U-centred matrices when
-    ``unbiased``, else the mean products of the double-centred ones.
+# A U-centred matrix whose squared norm is below (ZERO_RATIO * mean distance)^2 is taken as
+# exactly zero: U-centring removes matrices of the form c (J - I) and f(i) + f(j) exactly
+# (one-hot rows of distinct classes, all samples but one equal), and what is left is the
+# rounding of the centring, about eps * mean distance per entry. Without this, 0/0 cases
+# (e.g. the distance correlation of 17 distinct one-hot rows with themselves) return
+# ratios of rounding noise instead of the 0 that dcor's exact definition gives.
+_ZERO_RATIO = 1024 * torch.finfo(torch.float64).eps
+
+
+def _centred(
+    samples: Sequence[Tensor], names: Sequence[str], exponent: float, unbiased: bool
+) -> Tensor:
+    """The (V, n, n) stack of centred distance matrices of V validated variables, in float64,
+    differentiable: U-centred when ``unbiased``, else double-centred. A U-centred matrix that
+    is zero but for rounding (see ``_ZERO_RATIO``) is returned as exactly 0.
 
     Few operations whatever V: one Gram product per variable, then the (V, n, n) stack
-    is centred by broadcasting and all the products come from one ``einsum``. One read
-    back to the host: the NaN/Inf check."""
+    is centred by broadcasting. One read back to the host: the NaN/Inf check."""
     n = samples[0].shape[0]
     a = _distance_stack(samples, names, exponent)
-    if unbiased:
-        rows = a.sum(-1, keepdim=True) / (n - 2)
-        total = rows.sum(-2, keepdim=True) / (n - 1)
-        off = 1 - torch.eye(n, dtype=_ACC, device=a.device)
-        c = (a - rows - rows.mT + total) * off
-        return torch.einsum("vij,wij->vw", c, c) / (n * (n - 3))
-    rows = a.mean(-1, keepdim=True)
-    c = a - rows - rows.mT + rows.mean(-2, keepdim=True)
-    return torch.einsum("vij,wij->vw", c, c) / (n * n)
+    if not unbiased:
+        rows = a.mean(-1, keepdim=True)
+        return a - rows - rows.mT + rows.mean(-2, keepdim=True)
+    rows = a.sum(-1, keepdim=True) / (n - 2)
+    total = rows.sum(-2, keepdim=True) / (n - 1)
+    off = 1 - torch.eye(n, dtype=ACC, device=a.device)
+    c = (a - rows - rows.mT + total) * off
+    mean = a.detach().mean((-2, -1))
+    live = c.detach().square().mean((-2, -1)) > (_ZERO_RATIO * mean) ** 2
+    return c * live[:, None, None]
+
+
+def _products(
+    samples: Sequence[Tensor], names: Sequence[str], exponent: float, unbiased: bool
+) -> Tensor:
+    """The (V, V) matrix of inner products of the centred distance matrices (:func:`_centred`):
+    ``(A_v . A_w)`` of the U-centred matrices when ``unbiased``, else the mean products of the
+    double-centred ones; all from one ``einsum``."""
+    n = samples[0].shape[0]
+    c = _centred(samples, names, exponent, unbiased)
+    return torch.einsum("vij,wij->vw", c, c) / (n * (n - 3) if unbiased else n * n)
+
+
+def _projected_products(samples: Sequence[Tensor], names: Sequence[str], exponent: float) -> Tensor:
+    """(P(A) . P(B)), (P(A) . P(A)), (P(B) . P(B)) for samples (x, y, z), with P the projection
+    off z's U-centred matrix C, formed explicitly: P(M) = M - (M . C) / (C . C) C. Computing
+    the partial statistics from the three pairwise correlations instead (dcor's formula)
+    loses accuracy as eps / (1 - r_xz) when x and z nearly agree; the explicit projection
+    only as eps / sqrt(1 - r_xz^2)."""
+    n = samples[0].shape[0]
+    c = _centred(samples, names, exponent, unbiased=True)
+    p = torch.einsum("vij,ij->v", c, c[2])  # (A.C), (B.C), (C.C), without the 1/(n(n-3))
+    k = _safe_div(p[:2], p[2])
+    proj = c[:2] - k[:, None, None] * c[2]
+    q = torch.einsum("vij,wij->vw", proj, proj) / (n * (n - 3))
+    # nothing left (e.g. x is z): the projection is the rounding of the subtraction
+    var = torch.einsum("vij,vij->v", c[:2], c[:2]) / (n * (n - 3))
+    live = (q.diagonal() > _ZERO_RATIO**2 * var).to(q.dtype)
+    return torch.stack([q[0, 1] * live[0] * live[1], q[0, 0] * live[0], q[1, 1] * live[1]])
 
 
 def _stats(x: Tensor, y: Tensor, exponent: float, unbiased: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -524,14 +595,6 @@ def _correlation(cov: Tensor, var_x: Tensor, var_y: Tensor, low: float = -1.0) -
     """cov / sqrt(var_x var_y), 0 where a variance is 0; clamped to [low, 1], since rounding
     alone can step past the bounds Cauchy-Schwarz sets."""
     return _safe_div(cov, _safe_sqrt((var_x * var_y).abs())).clamp(low, 1)
-
-
-def _partial_correlation(r_xy: Tensor, r_xz: Tensor, r_yz: Tensor) -> Tensor:
-    """pdCor(x, y; z) from the three bias-corrected correlations, by dcor's formula: the
-    correlation of x's and y's U-centred matrices projected off z's, so within [-1, 1] but
-    for rounding where the denominator is small; 0 where a projection leaves nothing."""
-    den = _safe_sqrt(1 - r_xz**2) * _safe_sqrt(1 - r_yz**2)
-    return _safe_div(r_xy - r_xz * r_yz, den).clamp(-1, 1)
 
 
 def distance_covariance_sqr(x: Tensor, y: Tensor, *, exponent: float = 1.0) -> Tensor:
@@ -627,7 +690,9 @@ def u_distance_correlation_sqr(x: Tensor, y: Tensor, *, exponent: float = 1.0) -
     return _correlation(*_stats(x, y, exponent, unbiased=True)).to(_result_dtype(x, y))
 
 
-def partial_distance_covariance(x: Tensor, y: Tensor, z: Tensor, *, exponent: float = 1.0) -> Tensor:
+def partial_distance_covariance(
+    x: Tensor, y: Tensor, z: Tensor, *, exponent: float = 1.0
+) -> Tensor:
     r"""Partial distance covariance :math:`(P_{z^\perp}(x) \cdot P_{z^\perp}(y))`.
 
     Equals ``dcor.partial_distance_covariance(x, y, z)``. Needs ``n >= 4``.
@@ -643,24 +708,28 @@ def partial_distance_covariance(x: Tensor, y: Tensor, z: Tensor, *, exponent: fl
     """
     _check_exponent(exponent)
     x, y, z = _check_samples([x, y, z], ["x", "y", "z"], 4, "The partial distance covariance")
-    p = _products([x, y, z], ["x", "y", "z"], exponent, unbiased=True)
-    # (P_z(A) . P_z(B)) with P_z the projection off C: (A.B) - (A.C)(B.C)/(C.C)
-    return (p[0, 1] - _safe_div(p[0, 2] * p[1, 2], p[2, 2])).to(_result_dtype(x, y, z))
+    # (P_z(A) . P_z(B)) with P_z the projection off C, formed explicitly
+    cov = _projected_products([x, y, z], ["x", "y", "z"], exponent)[0]
+    return cov.to(_result_dtype(x, y, z))
 
 
-def partial_distance_correlation(x: Tensor, y: Tensor, z: Tensor, *, exponent: float = 1.0) -> Tensor:
+def partial_distance_correlation(
+    x: Tensor, y: Tensor, z: Tensor, *, exponent: float = 1.0
+) -> Tensor:
     r"""Partial distance correlation :math:`\mathcal{R}^*(x, y; z)`.
 
-    Equals ``dcor.partial_distance_correlation(x, y, z)``: from the bias-corrected
-    correlations :math:`r_{xy}, r_{xz}, r_{yz}` (each clipped to [-1, 1]),
+    Equals ``dcor.partial_distance_correlation(x, y, z)``, which forms it from the
+    bias-corrected correlations :math:`r_{xy}, r_{xz}, r_{yz}`,
 
     .. math::
         \mathcal{R}^*(x, y; z) = \frac{r_{xy} - r_{xz} r_{yz}}
         {\sqrt{1 - r_{xz}^2}\sqrt{1 - r_{yz}^2}},
 
-    which is the correlation of :math:`\tilde A` and :math:`\tilde B` projected off
-    :math:`\tilde C`; 0 when a projection leaves nothing (e.g. ``x`` is ``z``). A
-    constant ``z`` removes nothing. Needs ``n >= 4``. UniCAM's distilled score is
+    the correlation of :math:`\tilde A` and :math:`\tilde B` projected off
+    :math:`\tilde C`. Here the projections are formed explicitly, which stays exact (to
+    1e-8 in float64, tested against a 50-digit oracle) when x and z nearly agree, where
+    the formula above loses accuracy as :math:`\epsilon / (1 - r_{xz})`. It is 0 when a
+    projection leaves nothing (e.g. ``x`` is ``z``); a constant ``z`` removes nothing. Needs ``n >= 4``. UniCAM's distilled score is
     ``partial_distance_correlation(student_features, labels, base_features)``.
 
     Args:
@@ -682,228 +751,5 @@ def partial_distance_correlation(x: Tensor, y: Tensor, z: Tensor, *, exponent: f
     """
     _check_exponent(exponent)
     x, y, z = _check_samples([x, y, z], ["x", "y", "z"], 4, "The partial distance correlation")
-    p = _products([x, y, z], ["x", "y", "z"], exponent, unbiased=True)
-    d = p.diagonal()
-    r = _correlation(p, d[:, None], d[None, :])  # the three correlations at once
-    r_xy, r_xz, r_yz = r[[0, 0, 1], [1, 2, 2]].unbind()
-    return _partial_correlation(r_xy, r_xz, r_yz).to(_result_dtype(x, y, z))
-
-
-# ---------------------------------------------------------------------------
-# UniCAM's fused path: both partial correlations and their gradients at once
-# ---------------------------------------------------------------------------
-#
-# UniCAM needs, for the Student's representation s, the label vectors y and the Base's
-# representation b, pdCor(s, y; b) and pdCor(b, y; s) and the gradient of each with
-# respect to its first argument. The functions below compute them for a stack of
-# problems at once, with no value read back to the host:
-#
-# - batch mode: one problem, the n samples of the batch;
-# - reference mode: one problem per input, the input followed by the m samples of a
-#   fixed reference set (n = 1 + m), whose m x m distance blocks are computed once.
-#
-# The gradient is taken in closed form. With U-centring a projection that is
-# self-adjoint for the inner product (A . B) (Szekely & Rizzo 2014), the derivative of
-# a score S formed from the products p_vw = (U_v . U_w) with respect to the distance
-# matrix a_x of the explained variable is M = sum_w dS/dp_xw (1 + [w = x]) U_w / (n(n-3)).
-# Through a_ij = |x_i - x_j| this gives dS/dx_i = 4 sum_j W_ij (x_i - x_j), with
-# W = M / (2 a) (0 where a = 0): the product of an n x n Laplacian with the samples.
-
-def _rescale_all(samples: Sequence[Tensor], origins: Optional[Sequence[Tensor]] = None, scales: Optional[Tensor] = None) -> Tuple[List[Tensor], Tensor]:
-    """Translates and rescales several variables (detached samples), their scales computed
-    together: (x_v - origin_v) / scale_v, by default origin_v = x_v[0] and scale_v a
-    power of two near max |x_v|. Returns the rescaled samples and the (V,) float64
-    scales."""
-    if scales is None:
-        peaks = torch.stack([torch.linalg.vector_norm(x, ord=float("inf"), dtype=_ACC) for x in samples])
-        scales = torch.exp2(torch.floor(torch.log2(peaks.clamp_min(torch.finfo(torch.float32).tiny))))
-    inv = (1 / scales).to(samples[0].dtype).unbind()
-    rescaled = []
-    for v, x in enumerate(samples):
-        origin = x[:1] if origins is None else origins[v]
-        rescaled.append(torch.addcmul(origin * -inv[v], x, inv[v]))
-    return rescaled, scales
-
-
-def _u_centered_stack(a: Tensor) -> Tensor:
-    """U-centres symmetric (..., n, n) matrices in place, by broadcasting."""
-    n = a.shape[-1]
-    rows = a.sum(-1, keepdim=True) / (n - 2)
-    total = rows.sum(-2, keepdim=True) / (n - 1)
-    a.sub_(rows).sub_(rows.mT).add_(total)
-    a.diagonal(dim1=-2, dim2=-1).zero_()
-    return a
-
-
-def _noise(samples: Sequence[Tensor], device: torch.device) -> Tensor:
-    return torch.tensor([_noise_factor(x) for x in samples], dtype=_ACC, device=device)
-
-
-def _batch_distances(samples: Sequence[Tensor]) -> Tuple[Tensor, List[Tensor], Tensor]:
-    """Rescaled distance matrices (V, 1, n, n) of V variables (n, d_v) on one batch, the
-    rescaled samples and the (V,) scales. One Gram product per variable; everything on
-    the (n, n) matrices batched over the variables, in float64."""
-    rescaled, scales = _rescale_all(samples)
-    grams = torch.stack([(x @ x.mT).to(_ACC) for x in rescaled])
-    sq = _sq_from_gram(grams, _noise(samples, grams.device)[:, None, None])
-    sq = _exact_closest_pairs(sq, grams, rescaled)
-    return sq.sqrt().unsqueeze(1), rescaled, scales
-
-
-def _exact_closest_pairs(sq: Tensor, grams: Tensor, rescaled: Sequence[Tensor]) -> Tensor:
-    """Recomputes, for the two representations (variables 0 and 2 of 3), the 2n closest
-    pairs (relative to their squared norms) directly from ``x_i - x_j``, without a
-    data-dependent branch.
-
-    The Gram route cannot resolve a squared distance below its rounding (about
-    eps sqrt(d) (|x_i|^2 + |x_j|^2)); :func:`_sq_from_gram` sets such pairs to 0, which is
-    right for duplicates but not for near-duplicates (an image and a slightly perturbed
-    copy), whose distance gradient is a unit vector however small the distance. Their
-    exact values restore both. More than 2n such pairs in one batch (large clusters of
-    near-copies) leave the rest at 0."""
-    n = sq.shape[-1]
-    rows, cols = torch.triu_indices(n, n, 1, device=sq.device)
-    k = min(rows.numel(), 2 * n)
-    if k == 0:
-        return sq
-    norms = grams[0::2].diagonal(dim1=-2, dim2=-1)  # (2, n)
-    key = sq[0::2, rows, cols] / (norms[:, rows] + norms[:, cols])  # NaN (never picked first) for 0/0
-    pick = key.topk(k, dim=-1, largest=False).indices  # (2, k)
-    r, c = rows[pick], cols[pick]
-    exact = torch.stack(
-        [torch.linalg.vector_norm(rescaled[v][r[i]] - rescaled[v][c[i]], dim=-1, dtype=_ACC) for i, v in enumerate((0, 2))]
-    ).square()
-    v_idx = torch.arange(0, 3, 2, device=sq.device)[:, None].expand(-1, k)
-    return sq.index_put((torch.cat([v_idx, v_idx]), torch.cat([r, c]), torch.cat([c, r])), torch.cat([exact, exact]))
-
-
-def _reference_block(samples: Sequence[Tensor]) -> Dict[str, Any]:
-    """What reference mode keeps of V variables on the m reference samples: the rescaled
-    samples, their origins and scales, squared norms, and the m x m distance blocks."""
-    rescaled, scales = _rescale_all(samples)
-    grams = torch.stack([(x @ x.mT).to(_ACC) for x in rescaled])
-    noise = _noise(samples, grams.device)
-    return {
-        "x": rescaled,
-        "origins": [x.detach()[:1] for x in samples],
-        "scales": scales,
-        "norms": grams.diagonal(dim1=-2, dim2=-1).clone(),  # (V, m)
-        "distances": _exact_closest_pairs(_sq_from_gram(grams, noise[:, None, None]), grams, rescaled).sqrt(),
-        "noise": noise,
-    }
-
-
-def _reference_distances(samples: Sequence[Tensor], block: Dict[str, Any]) -> Tuple[Tensor, List[Tensor], Tensor]:
-    """Distance matrices (V, N, 1 + m, 1 + m), input i followed by the m references, for V
-    variables; the rescaled inputs (N, d_v); the (V,) scales. The m x m blocks are the
-    cached ones; each input adds one row and column."""
-    rescaled, scales = _rescale_all(samples, block["origins"], block["scales"])
-    cross = torch.stack([(x @ r.mT).to(_ACC) for x, r in zip(rescaled, block["x"])])  # (V, N, m)
-    # each input's squared norm from the same kind of product as its cross terms, so
-    # that an input equal to a reference is at distance exactly 0
-    norms = torch.stack([(x.unsqueeze(1) @ x.unsqueeze(2)).reshape(-1).to(_ACC) for x in rescaled])  # (V, N)
-    both = norms.unsqueeze(-1) + block["norms"].unsqueeze(1)
-    sq = both - 2 * cross
-    sq = torch.where(sq <= block["noise"][:, None, None] * both, 0.0, sq)
-    # each input's closest reference, for both representations, exactly (an input that is a
-    # near-copy of a reference keeps its distance and gradient; see _exact_closest_pairs)
-    nearest = (sq[0::2] / both[0::2]).nan_to_num(nan=0.0).argmin(-1)  # (2, N)
-    exact = torch.stack(
-        [torch.linalg.vector_norm(rescaled[v] - block["x"][v][nearest[i]], dim=-1, dtype=_ACC) for i, v in enumerate((0, 2))]
-    ).square()
-    inputs = torch.arange(sq.shape[1], device=sq.device)
-    sq = sq.index_put((torch.arange(0, 3, 2, device=sq.device)[:, None], inputs, nearest), exact)
-    d = sq.sqrt()  # (V, N, m)
-    v, n_in, m = d.shape
-    top = torch.cat([d.new_zeros(v, n_in, 1), d], dim=2)  # (V, N, 1 + m)
-    rest = torch.cat([d.unsqueeze(-1), block["distances"].unsqueeze(1).expand(v, n_in, m, m)], dim=3)
-    return torch.cat([top.unsqueeze(2), rest], dim=2), rescaled, scales
-
-
-def _divide(num: Tensor, den: Tensor) -> Tensor:
-    """num / den, 0 where den == 0 (no gradient needed here; NaN or Inf in the inputs
-    are caught before, from the products)."""
-    return torch.nan_to_num(num / den, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _unicam_scores(a: Tensor, explained: Sequence[int], tolerance: float) -> Tuple[Tensor, Tensor, Tensor]:
-    """Partial distance correlations of a stack of problems, and what their gradients need.
-
-    Args:
-        a: (3, B, n, n) distance matrices of (student, labels, base) for B problems.
-        explained: for each score, the explained variable: 0 for the distilled score
-            pdCor(s, y; b), 2 for the residual score pdCor(b, y; s).
-        tolerance: a correlation within this of +-1 counts as +-1.
-
-    Returns:
-        ``(S, W, flags)``: S (K, B), the K scores of each problem; W (K, B, n, n), the
-        derivative of each score with respect to the squared distances of its explained
-        variable (dS/dx = 4 (diag(W 1) - W) x, :func:`_laplacian_product`); flags
-        (B, 4 + 2K + 3) booleans per problem: student constant, labels identical, label
-        matrix numerically zero (e.g. one-hot labels of distinct classes), base
-        constant; for each score, "same distance structure" (r_xz = +-1), then for each
-        score "labels explained by the other model" (r_yz = +-1); then for each variable
-        "finite". A degenerate score is 0 and its W is 0.
-    """
-    n = a.shape[-1]
-    norm = n * (n - 3)
-    u = _u_centered_stack(a.clone())
-    p = torch.einsum("vbij,wbij->bvw", u, u) / norm  # (B, 3, 3)
-    d = p.diagonal(dim1=-2, dim2=-1)  # (B, 3)
-    root = (d.unsqueeze(-1) * d.unsqueeze(-2)).abs().sqrt()
-    r = _divide(p, root).clamp(-1, 1)  # the three correlations, and 1 or 0 on the diagonal
-    # (B, K) views of the quantities of each score, in one gather from (r, root, p)
-    rows = [
-        [x * 3 + 1 for x in explained],  # r_xy
-        [2 for x in explained],  # r_xz
-        [(2 - x) * 3 + 1 for x in explained],  # r_yz
-        [9 + x * 3 + 1 for x in explained],  # root_xy
-        [9 + 2 for x in explained],  # root_xz
-        [18 + x * 4 for x in explained],  # p_xx
-        [18 + (2 - x) * 4 for x in explained],  # p_zz
-    ]
-    flat = torch.cat([r.flatten(1), root.flatten(1), p.flatten(1)], dim=1)
-    picked = flat[:, torch.tensor(rows, device=a.device)]  # (B, 7, K)
-    r_xy, r_xz, r_yz, root_xy, root_xz, p_xx, p_zz = picked.unbind(1)
-    one_xz, one_yz = 1 - r_xz**2, 1 - r_yz**2
-    den = (one_xz * one_yz).clamp_min(0).sqrt()
-    s = _divide(r_xy - r_xz * r_yz, den).clamp(-1, 1)
-
-    # degenerate cases, decided on the device
-    mean_a = a.mean(dim=(-2, -1)).mT  # (B, 3)
-    constant = d <= 0  # every distance 0: exact, translated duplicates are exact
-    flat_labels = (d[:, 1:2] <= 1e-9 * mean_a[:, 1:2] ** 2) & ~constant[:, 1:2]
-    z_constant = p_zz <= 0
-    same = (1 - r_xz.abs() <= tolerance) & ~z_constant
-    by_other = (1 - r_yz.abs() <= tolerance) & ~z_constant
-    zero = (p_xx <= 0) | constant[:, 1:2] | flat_labels | same | by_other
-    live = (~zero).to(p.dtype)
-    s = s * live
-
-    # dS/dp for the products with the explained variable; their weights in dS/da_x
-    g_xy = _divide(live, den)
-    g_xz = _divide(s * r_xz, one_xz) - r_yz * g_xy
-    c_xy = _divide(g_xy, root_xy)
-    c_xz = _divide(g_xz, root_xz)
-    c_xx = _divide(g_xy * r_xy + g_xz * r_xz, -p_xx)  # 2 dS/dp_xx
-    weights = torch.stack([c_xx, c_xy, c_xz], dim=-1)  # (B, K, 3) in the order (x, y, z)
-    order = torch.tensor([[0, 1, 2] if x == 0 else [2, 1, 0] for x in explained], device=a.device)
-    weights = weights.gather(-1, order.expand_as(weights))  # in the order (s, y, b)
-    m = torch.einsum("bkv,vbij->kbij", weights / (2 * norm), u)
-    a_x = a[0::2] if list(explained) == [0, 2] else a[explained[0] : explained[0] + 1]
-    w = _divide(m, a_x)
-    flags = torch.cat([constant[:, :2], flat_labels, constant[:, 2:], same, by_other, p.isfinite().all(-1)], dim=1)
-    return s.mT, w, flags
-
-
-def _laplacian_product(w: Tensor, x: Tensor) -> Tensor:
-    """4 (diag(W 1) - W) x for W (n, n) and samples x (n, d): dS/dx from dS/d(a^2)."""
-    w = w.to(x.dtype)
-    return 4 * (w.sum(-1, keepdim=True) * x - w @ x)
-
-
-def _reference_row_product(w_row: Tensor, x_in: Tensor, x_ref: Tensor) -> Tensor:
-    """Reference mode: row 0 of 4 L(W) x for each of N problems, whose sample 0 is the
-    input and samples 1..m the references: 4 (W_i 1) x_i - 4 W_i x_ref, with W_i (N, m)."""
-    w_row = w_row.to(x_in.dtype)
-    return 4 * (w_row.sum(-1, keepdim=True) * x_in - w_row @ x_ref)
+    cov, var_x, var_y = _projected_products([x, y, z], ["x", "y", "z"], exponent).unbind()
+    return _correlation(cov, var_x, var_y).to(_result_dtype(x, y, z))

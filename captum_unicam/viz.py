@@ -516,7 +516,7 @@ def localisation_plot(
     Args:
         localisation (dict): layer -> map kind -> metric -> dict with ``mean``, ``low``,
             ``high``, for the metrics ``"energy"`` and ``"pointing"`` (the layout of
-            :func:`captum_unicam.report.localisation`).
+            :func:`captum_unicam.metrics.localisation.localisation`).
         chance (dict, optional): metric -> value a uniform map would get (the mean mask
             area), drawn as a dashed line.
         title (str, optional): figure title.

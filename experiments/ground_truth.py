@@ -61,6 +61,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from captum_unicam import UniCAM
 from captum_unicam.data.controlled import ControlledShapes
+from captum_unicam.kd import Recipe
 from captum_unicam.kd.train import evaluate_accuracy, train_model
 from captum_unicam.metrics.localisation import (
     grid_masks,
@@ -217,21 +218,20 @@ def train_models(
     seconds = {}
     for i, role in enumerate(ROLES):
         ds = sets[role]
-        kd = (
-            dict(teacher=models["teacher"].eval(), unlabelled=True, **KD)
-            if role == "student"
-            else {}
+        student = role == "student"
+        recipe = Recipe(
+            ARCH, epochs=s[f"{role}_epochs"], seed=seed * 1000 + 20 + i, **TRAIN,
+            **(KD if student else {}),
         )
         t0 = time.process_time()
         train_model(
             models[role],
             _loader(ds.images, ds.labels, seed * 1000 + 10 + i, s["batch_size"]),
-            epochs=s[f"{role}_epochs"],
-            seed=seed * 1000 + 20 + i,
+            recipe,
+            teacher=models["teacher"].eval() if student else None,
+            unlabelled=student,
             desc=role,
             progress=progress,
-            **TRAIN,
-            **kd,
         )
         seconds[role] = round(time.process_time() - t0, 1)
         models[role].eval()
@@ -254,6 +254,7 @@ def train_models(
             class_names=sets["teacher"].classes,
             recipe=recipe,
             kd_method=KD["method"] if role == "student" else None,
+            overwrite=True,  # the experiment's own models of an earlier run
         )
     return models, recipe, seconds
 

@@ -18,7 +18,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from captum_unicam.kd.train import KD_METHODS
+from captum_unicam.output.tables import KD_METHODS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from captum_unicam.experiments import run_experiment
+    from captum_unicam.pipeline.study import run_experiment
 
     args = build_parser().parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)

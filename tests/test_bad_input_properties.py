@@ -131,11 +131,13 @@ def test_metrics_attributions_that_cannot_be_matched(pair, n_attr, channels, met
     try:
         with pytest.raises(ValueError, match="cannot be matched"):
             if metric == "fss":
-                feature_similarity_score(student, student.layer2, base, base.layer2, x, attr)
+                feature_similarity_score(student, student.layer2, x, base_forward_func=base, base_layer=base.layer2,
+                                         attributions=attr)
             elif metric == "rs":
-                relevance_score(student, student.layer2, x, y, attr)
+                relevance_score(student, student.layer2, x, target=y, attributions=attr)
             else:
-                relevance_score(student, student.layer2, x, y, attr, given=(base, base.layer2))
+                relevance_score(student, student.layer2, x, target=y, attributions=attr, base_forward_func=base,
+                                base_layer=base.layer2)
     finally:
         for h in handles:
             h.remove()
@@ -159,7 +161,8 @@ def test_metrics_non_finite_values(pair, bad, position, where, metric):
     before = _state(pair, [x, attr])
     with pytest.raises(ValueError, match="NaN"):
         if metric == "fss":
-            feature_similarity_score(student, student.layer2, base, base.layer2, x, attr)
+            feature_similarity_score(student, student.layer2, x, base_forward_func=base, base_layer=base.layer2,
+                                         attributions=attr)
         else:
-            relevance_score(student, student.layer2, x, y, attr)
+            relevance_score(student, student.layer2, x, target=y, attributions=attr)
     _assert_untouched(pair, [x, attr], before)

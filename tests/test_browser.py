@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from captum_unicam import report
+from captum_unicam.output import report
 
 
 def _chromium():
@@ -67,11 +67,11 @@ def report_dir(tmp_path_factory):
     imgs = torch.rand(2, 3, 16, 16, generator=g)
     maps = {"Grad-CAM student": torch.rand(2, 1, 4, 4, generator=g), "UniCAM residual": torch.zeros(2, 1, 4, 4)}
     out = report.write_report(
-        root / "rep", command=["captum-unicam", "demo"], data="test", progress=False,
+        root / "rep", progress=False, report=report.Report(command=["captum-unicam", "demo"], data="test",
         models={"Teacher": {"arch": "t", "accuracy": 0.9}, "Base": {"arch": "b", "accuracy": 0.6},
                 "Student": {"arch": "s", "accuracy": 0.7}},
         grids={"L4": {"images": imgs, "maps": maps}},
-        score_panels={"(a) FSS": {"Grad-CAM": {"L4": (0.5, 0.4, 0.6)}}})
+        score_panels={"(a) FSS": {"Grad-CAM": {"L4": (0.5, 0.4, 0.6)}}}))
     return out
 
 

@@ -100,7 +100,9 @@ def test_help_mentions_every_option_and_its_default(capsys, command):
 def test_architecture_names_agree_with_models():
     from captum_unicam.models import ARCHITECTURES
 
-    assert tuple(cli._architectures()) == tuple(ARCHITECTURES)
+    from captum_unicam.pipeline.requests import ARCHITECTURE_NAMES
+
+    assert tuple(ARCHITECTURE_NAMES) == tuple(ARCHITECTURES)
 
 
 def test_top_level_help_lists_commands(capsys):
@@ -379,3 +381,35 @@ def test_explain_reference_mode_maps_do_not_depend_on_the_batches(tmp_path, caps
     assert any(abs(b5[k] - b10[k]) > 1e-4 for k in b5)  # batch mode: the batch matters
     code, _, err = _run(capsys, ["explain"] + _pair_args(ckpts, tmp_path / "r3") + ["--reference", "3"])
     assert code == 2 and "--reference 3" in err and len(err.strip().splitlines()) == 1
+
+
+def test_messages_name_flags_through_one_table_of_whole_names():
+    """Library argument names become flags only as whole names: ``allow_download=`` is
+    --download, not "allow_--download" as the substring rewriting made it."""
+    from captum_unicam.pipeline.requests import FLAGS, in_flags
+
+    assert in_flags("pass allow_download=True to fetch it") == "pass --download to fetch it"
+    assert in_flags("or pass download=True") == "or pass --download"
+    assert in_flags("(teacher=...)") == "(--teacher CKPT)"
+    assert in_flags("train a Base with labelled=N, and the Student with transfer=SPEC") == (
+        "train a Base with --labelled N, and the Student with --transfer SPEC")
+    assert in_flags("or pass image_size= to override") == "or pass --image-size to override"
+    assert in_flags("use device=cpu") == "use --device cpu"
+    assert in_flags("x_image_size= and unknown_name= stay") == "x_image_size= and unknown_name= stay"
+    assert all(flag.startswith("--") for flag in FLAGS.values())
+
+
+def test_requests_take_the_parsed_flags_field_by_field():
+    """Every field of each request is a destination of its command's parser (a renamed
+    flag cannot silently fall back to a default)."""
+    import dataclasses
+
+    from captum_unicam.pipeline.requests import (CompareRequest, DemoRequest, ExplainRequest, QuantifyRequest,
+                                                 TrainRequest)
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for command, cls in (("demo", DemoRequest), ("train", TrainRequest), ("explain", ExplainRequest),
+                         ("quantify", QuantifyRequest), ("compare", CompareRequest)):
+        dests = {a.dest for a in sub.choices[command]._actions}
+        assert {f.name for f in dataclasses.fields(cls)} <= dests, (command, {f.name for f in dataclasses.fields(cls)} - dests)

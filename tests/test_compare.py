@@ -4,7 +4,6 @@ report folder of the command line."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -15,18 +14,15 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam, Saliency
 
 from captum_unicam.attr.unicam import UniCAM
-from captum_unicam.comparison import (
-    add_compare_arguments,
-    compare,
-    default_methods,
-    reference_indices,
-    run_compare,
-)
+from captum_unicam.cli import build_parser
+from captum_unicam.comparison import compare, default_methods, reference_indices
 from captum_unicam.data.controlled import ControlledShapes
 from captum_unicam.errors import CheckpointError, InputError, OutputError
 from captum_unicam.metrics.faithfulness import faithfulness, target_logit
+from captum_unicam.metrics.localisation import localisation
 from captum_unicam.models import build_model, save_checkpoint
-from captum_unicam.report import localisation
+from captum_unicam.pipeline import runs
+from captum_unicam.pipeline.requests import CompareRequest, request_from
 from captum_unicam.sanity import label_randomisation
 
 CURVES = dict(percentiles=(0, 50), n_random=2, n_bootstrap=50, seed=4)
@@ -273,9 +269,12 @@ def test_bad_input_is_refused_before_work(setup):
 
 
 def _parse(argv):
-    p = argparse.ArgumentParser()
-    add_compare_arguments(p)
-    return p.parse_args(argv)
+    return build_parser().parse_args(["compare", *argv])
+
+
+def run_compare(args):
+    runs.compare(request_from(CompareRequest, args))
+    return 0
 
 
 def test_command_line_writes_a_complete_report(tmp_path):

@@ -35,7 +35,8 @@ def _argv(pair, out, *extra):
 
 
 def test_compare_writes_a_complete_report_with_the_api_numbers(pair, tmp_path, capsys):
-    from captum_unicam.comparison import _load_images, compare, default_methods
+    from captum_unicam.comparison import compare, default_methods
+    from captum_unicam.pipeline.pair import stratified_images
     from captum_unicam.models import load_checkpoint, stage_layers
 
     out = tmp_path / "cmp"
@@ -55,9 +56,9 @@ def test_compare_writes_a_complete_report_with_the_api_numbers(pair, tmp_path, c
     s, _ = load_checkpoint(pair["student"])
     b, _ = load_checkpoint(pair["base"])
     s.eval(), b.eval()
-    from captum_unicam.pipeline.data import Preprocessing
+    from captum_unicam.pipeline.data import Preprocessing, load_data
 
-    x, y, masks, _ = _load_images("controlled", 8, Preprocessing(32, "none"), seed=0)
+    x, y, masks = stratified_images(load_data("controlled", "test", Preprocessing(32, "none")), 8, seed=0)
     assert len(set(y.tolist())) == 4  # the stratified draw holds every class
     methods = default_methods(s, stage_layers(s)["L4"], b, stage_layers(b)["L4"], ig_steps=2)
     ref = compare(x, y, methods, masks=masks, percentiles=[50], batch_size=8, n_bootstrap=20, seed=0).metrics

@@ -139,10 +139,10 @@ def test_errors_before_any_work(setup):
 
 
 def test_report_section_tables_and_metrics(setup, tmp_path):
-    from captum_unicam.report import write_report
+    from captum_unicam.output.report import Report, write_report
 
     res = setup[4]
-    out = write_report(tmp_path / "rep", title="t", cued=res, progress=False)
+    out = write_report(tmp_path / "rep", Report(title="t", cued=res), progress=False)
     page = (out / "index.html").read_text()
     assert "What the Base used that the Student dropped" in page
     rows = list(csv.DictReader(io.StringIO((out / "tables" / "cued_scores.csv").read_text())))
@@ -158,12 +158,12 @@ def test_report_section_tables_and_metrics(setup, tmp_path):
     assert metrics["cued_evaluation"]["conditions"]["cued"]["layers"]["L4"]["s_r"]["mean"] == pytest.approx(
         got["s_r"]["mean"], rel=1e-12)
     # without a cued evaluation there is no such section
-    plain = write_report(tmp_path / "plain", title="t", progress=False)
+    plain = write_report(tmp_path / "plain", Report(title="t"), progress=False)
     assert "What the Base used" not in (plain / "index.html").read_text()
 
 
 def test_demo_cued_evaluation_uses_cue_free_and_cued_test_images(setup):
-    from captum_unicam.kd.demo import demo_cued_evaluation
+    from captum_unicam.pipeline.demo import demo_cued_evaluation
 
     student, base, layers, _, _ = setup
     lay = {"L4": layers["L4"]}
@@ -184,7 +184,7 @@ def test_demo_report_has_the_cued_section_end_to_end(tmp_path, monkeypatch, caps
     (seconds): the report's cued section holds cued_evaluation's numbers on the demo's
     cue-free and cued test images (3 class-stratified batches of 32, seed 0)."""
     from captum_unicam import cli
-    from captum_unicam.kd import demo as demo_mod
+    from captum_unicam.pipeline import demo as demo_mod
     from captum_unicam.models import save_checkpoint
 
     models = {"teacher": _model(2), "base": _model(1), "student": _model(0)}

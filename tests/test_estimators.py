@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from captum_unicam.attr.unicam import UniCAM
 from captum_unicam.metrics import evaluate_kd, feature_similarity_score, relevance_score
 from captum_unicam.metrics.estimators import scores_from_products, swap_models
-from captum_unicam.metrics.fss import layer_features
+from captum_unicam.metrics._features import layer_features
 from captum_unicam.metrics.intervals import (
     bootstrap_ci,
     bootstrap_statistic,

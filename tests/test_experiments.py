@@ -1,4 +1,4 @@
-"""Tests of the experiment runner (captum_unicam.experiments): a tiny controlled run,
+"""Tests of the experiment runner (captum_unicam.pipeline.study): a tiny controlled run,
 its files and tables, the model cache, and errors raised before any training."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from captum_unicam.data import DataSpecError
-from captum_unicam.experiments import ExperimentFolderError, run_experiment
+from captum_unicam.errors import OutputError
+from captum_unicam.pipeline.study import run_experiment
 
 # tiny models and data: seconds, numbers meaningless
 TINY_ARCHS = dict(
@@ -235,7 +236,7 @@ def test_bad_arguments_and_foreign_folder(tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    with pytest.raises(ExperimentFolderError):
+    with pytest.raises(OutputError):
         _run(foreign)
     assert (foreign / "notes.txt").read_text() == "keep me"
 

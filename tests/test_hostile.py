@@ -130,11 +130,11 @@ def test_overwrite_refuses_a_folder_that_is_not_a_report(tmp_path):
     with pytest.raises(OutputError, match="not a captum-unicam report"):
         check_output_dir(out, overwrite=True)
     assert (out / "thesis.tex").read_text() == "years of work"
-    # ours: the marker, a legacy report (versions + command), an experiment folder
+    # ours: the marker, an experiment folder; a metrics.json without the marker is not ours
     (out / "metrics.json").write_text(json.dumps({"format": REPORT_FORMAT}))
     assert check_output_dir(out, overwrite=True) == out.resolve()
     (out / "metrics.json").write_text(json.dumps({"versions": {"captum-unicam": "0.1"}, "command": "x"}))
-    assert is_report_dir(out)
+    assert not is_report_dir(out)
     (out / "metrics.json").unlink()
     (out / "results.json").write_text(json.dumps({"format": "captum-unicam/experiment"}))
     assert is_report_dir(out)
@@ -278,11 +278,9 @@ def test_live_runs_temporary_folders_are_never_removed(tmp_path):
     live.mkdir()
     live_old = tmp_path / f".X.old-{os.getpid()}-abcd"
     _report(live_old, "being replaced")
-    legacy_recent = tmp_path / ".X.tmp-abcdefgh"
-    legacy_recent.mkdir()
-    legacy_stale = tmp_path / ".X.tmp-zyxwvuts"
-    legacy_stale.mkdir()
-    os.utime(legacy_stale, (0, 0))
+    no_pid = tmp_path / ".X.tmp-zyxwvuts"  # not a name this tool writes: never touched
+    no_pid.mkdir()
+    os.utime(no_pid, (0, 0))
     dead = _dead_pid()
     stale = tmp_path / f".X.tmp-{dead}-abcd"
     stale.mkdir()
@@ -292,10 +290,10 @@ def test_live_runs_temporary_folders_are_never_removed(tmp_path):
     not_ours.mkdir()
     with pytest.warns(UserWarning, match="killed"):
         done = recover_output_dir(out)
-    assert len(done) == 2
-    assert live.is_dir() and live_old.is_dir() and legacy_recent.is_dir() and other.is_dir()
+    assert len(done) == 1
+    assert live.is_dir() and live_old.is_dir() and no_pid.is_dir() and other.is_dir()
     assert not_ours.is_dir()
-    assert not stale.exists() and not legacy_stale.exists()
+    assert not stale.exists()
     assert not out.exists()  # a live run's old report is not restored
 
 

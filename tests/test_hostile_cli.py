@@ -171,7 +171,7 @@ def test_non_report_folder_is_not_replaced(pair, tmp_path, capsys):
 
 
 def test_demo_never_replaces_its_model_cache(tmp_path, capsys, monkeypatch):
-    from captum_unicam.kd import demo
+    from captum_unicam.pipeline import demo
 
     def refuse(*a, **k):
         raise AssertionError("the demo started training")

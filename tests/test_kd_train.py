@@ -1,4 +1,4 @@
-"""Training loops, k-fold splits, Teacher-assistant chains, train_from_spec and the
+"""Training loops, k-fold splits, Teacher-assistant chains, train_checkpoint and the
 demo-model cache, on tiny models and a few steps."""
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from captum_unicam.kd.train import (
     cross_validate,
     evaluate_accuracy,
     kfold_indices,
-    train_from_spec,
     train_model,
     train_teacher_assistant_chain,
 )
+from captum_unicam.kd.recipe import Recipe
+from captum_unicam.pipeline.training import train_checkpoint
 from captum_unicam.models import (
     CheckpointError,
     build_model,
@@ -94,7 +95,7 @@ def test_train_is_deterministic_and_leaves_global_rng_alone():
     for _ in range(2):
         model = _tiny(0)
         state = torch.random.get_rng_state()
-        train_model(model, _loader(x, y, seed=5), epochs=2, seed=7, progress=False)
+        train_model(model, _loader(x, y, seed=5), Recipe(epochs=2, seed=7), progress=False)
         assert torch.equal(torch.random.get_rng_state(), state)
         runs.append(model)
     assert _same_weights(runs[0], runs[1])
@@ -102,8 +103,8 @@ def test_train_is_deterministic_and_leaves_global_rng_alone():
     free = []
     for seed in (7, 7, 8):
         model = _tiny(0)
-        train_model(model, DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True), epochs=2,
-                    seed=seed, progress=False)
+        train_model(model, DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True), Recipe(epochs=2, seed=seed),
+                    progress=False)
         free.append(model)
     assert _same_weights(free[0], free[1]) and not _same_weights(free[0], free[2])
     assert not _same_weights(runs[0], _tiny(0))  # training changed the weights
@@ -119,7 +120,7 @@ def test_each_method_trains_and_restores_modes(method):
         teacher.train()
         t_before = copy.deepcopy(teacher.state_dict())
     before = copy.deepcopy(student.state_dict())
-    train_model(student, _loader(x, y), epochs=1, teacher=teacher, method=method, progress=False)
+    train_model(student, _loader(x, y), Recipe(epochs=1, method=method), teacher=teacher, progress=False)
     assert not student.training and all(not m.training for m in student.modules())
     assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
     if teacher is not None:
@@ -140,8 +141,8 @@ def test_unlabelled_distillation_lowers_the_kd_loss():
         before = response_kd_loss(student(x), t).item()
     loader = DataLoader(TensorDataset(x), batch_size=16)  # batches of inputs only
     loader = [b[0] for b in loader]
-    train_model(student, loader, epochs=15, teacher=teacher, method="response", unlabelled=True,
-                optimizer="adam", lr=1e-2, progress=False)
+    train_model(student, loader, Recipe(epochs=15, method="response", optimizer="adam", lr=1e-2), teacher=teacher,
+                unlabelled=True, progress=False)
     with torch.no_grad():
         student.eval()
         after = response_kd_loss(student(x), t).item()
@@ -151,7 +152,7 @@ def test_unlabelled_distillation_lowers_the_kd_loss():
 def test_supervised_training_fits_a_learnable_signal():
     x, y = _data(n=48)
     model = _tiny(0)
-    train_model(model, _loader(x, y, bs=16), epochs=12, optimizer="adam", lr=1e-2, progress=False)
+    train_model(model, _loader(x, y, bs=16), Recipe(epochs=12, optimizer="adam", lr=1e-2), progress=False)
     assert evaluate_accuracy(model, DataLoader(TensorDataset(x, y), batch_size=48)) > 0.9
 
 
@@ -161,23 +162,25 @@ def test_train_model_rejects_bad_input_before_training():
     teacher = _tiny(1)
     before = copy.deepcopy(model.state_dict())
     cases = [
-        (dict(method="response"), "needs a teacher"),
-        (dict(teacher=teacher), "no KD method"),
-        (dict(teacher=teacher, method="fitnets"), "unknown KD method"),
-        (dict(unlabelled=True), "needs a teacher"),
-        (dict(epochs=0), "epochs"),
-        (dict(lr=-1.0), "lr"),
-        (dict(alpha=1.5, teacher=teacher, method="response"), "alpha"),
-        (dict(optimizer="lbfgs"), "optimizer"),
+        (dict(method="response"), {}, "needs a Teacher"),
+        ({}, dict(teacher=teacher), "no KD method"),
+        (dict(method="fitnets"), dict(teacher=teacher), "unknown KD method"),
+        ({}, dict(unlabelled=True), "needs a teacher"),
+        (dict(epochs=0), {}, "epochs"),
+        (dict(lr=-1.0), {}, "lr"),
+        (dict(alpha=1.5, method="response"), dict(teacher=teacher), "alpha"),
+        (dict(optimizer="lbfgs"), {}, "optimizer"),
     ]
-    for kwargs, match in cases:
-        kwargs.setdefault("epochs", 1)
+    for fields, kwargs, match in cases:
+        fields.setdefault("epochs", 1)
         with pytest.raises(ValueError, match=match):
-            train_model(model, _loader(x, y), progress=False, **kwargs)
+            train_model(model, _loader(x, y), Recipe(**fields), progress=False, **kwargs)
+    with pytest.raises(ValueError, match="recipe must be"):
+        train_model(model, _loader(x, y), progress=False, recipe={"epochs": 1})
     with pytest.raises(ValueError, match="empty"):
-        train_model(model, [], epochs=1, progress=False)
+        train_model(model, [], Recipe(epochs=1), progress=False)
     with pytest.raises(ValueError, match="without labels"):
-        train_model(model, [x[:4]], epochs=1, progress=False)
+        train_model(model, [x[:4]], Recipe(epochs=1), progress=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -194,6 +197,17 @@ def test_evaluate_accuracy_against_hand_count():
     assert lin.training
 
 
+def test_evaluate_accuracy_of_an_empty_loader_is_an_error():
+    """The one accuracy of the package refuses an empty evaluation set (the pipeline's
+    copy returned nan for it, silently)."""
+    from captum_unicam.errors import InputError
+
+    with pytest.raises(InputError, match="empty"):
+        evaluate_accuracy(nn.Linear(2, 3), [])
+    with pytest.raises(InputError, match="empty"):
+        evaluate_accuracy(nn.Linear(2, 3), DataLoader(TensorDataset(torch.zeros(0, 2), torch.zeros(0).long())))
+
+
 # ---------------------------------------------------------------------------
 # Teacher-assistant chain, cross-validation
 # ---------------------------------------------------------------------------
@@ -203,14 +217,14 @@ def test_teacher_assistant_chain_distils_link_by_link(monkeypatch):
     calls = []
     real = kd_train.train_model
 
-    def spy(model, loader, **kwargs):
-        calls.append((model, kwargs.get("teacher"), kwargs.get("method"), kwargs.get("unlabelled")))
-        return real(model, loader, **kwargs)
+    def spy(model, loader, recipe, **kwargs):
+        calls.append((model, kwargs.get("teacher"), recipe.method, kwargs.get("unlabelled")))
+        return real(model, loader, recipe, **kwargs)
 
     monkeypatch.setattr(kd_train, "train_model", spy)
     x, y = _data(n=16)
     models = train_teacher_assistant_chain(
-        _loader(x, y), num_classes=3, archs=("small_resnet_m", "small_resnet_s", "small_resnet_s"),
+        _loader(x, y), Recipe(epochs=1), num_classes=3, archs=("small_resnet_m", "small_resnet_s", "small_resnet_s"),
         epochs=(1, 1, 1), build_kwargs={"width": 2}, progress=False, transfer_loader=[x[:8], x[8:]],
     )
     assert len(models) == 3
@@ -218,31 +232,31 @@ def test_teacher_assistant_chain_distils_link_by_link(monkeypatch):
     assert calls[1][1] is models[0] and calls[1][2] == "response" and calls[1][3] is True
     assert calls[2][1] is models[1]
     with pytest.raises(ValueError, match="unknown architecture"):
-        train_teacher_assistant_chain(_loader(x, y), num_classes=3, archs=("resnet9", "resnet18"))
+        train_teacher_assistant_chain(_loader(x, y), Recipe(), num_classes=3, archs=("resnet9", "resnet18"))
     with pytest.raises(ValueError, match="at least two"):
-        train_teacher_assistant_chain(_loader(x, y), num_classes=3, archs=("resnet18",))
+        train_teacher_assistant_chain(_loader(x, y), Recipe(), num_classes=3, archs=("resnet18",))
 
 
 def test_cross_validate_scores_each_fold():
     x, y = _data(n=24)
     ds = TensorDataset(x, y)
-    out = cross_validate(lambda: _tiny(0), ds, k=3, epochs=1, batch_size=8, progress=False)
+    out = cross_validate(lambda: _tiny(0), ds, Recipe(epochs=1, batch_size=8), k=3, progress=False)
     assert len(out["accuracies"]) == 3 and len(out["folds"]) == 3
     assert out["mean"] == pytest.approx(sum(out["accuracies"]) / 3)
     assert all(0.0 <= a <= 1.0 for a in out["accuracies"])
 
 
 # ---------------------------------------------------------------------------
-# train_from_spec (captum-unicam train)
+# train_checkpoint (captum-unicam train)
 # ---------------------------------------------------------------------------
 
 
-def test_train_from_spec_teacher_then_student(tmp_path):
+def test_train_checkpoint_teacher_then_student(tmp_path):
     from captum_unicam.data.loaders import load_dataset
 
     t_path = tmp_path / "teacher.pt"
-    info = train_from_spec("controlled:1", "small_resnet_s", t_path, epochs=1, limit=16, progress=False,
-                           batch_size=8, test_limit=64)
+    info = train_checkpoint("controlled:1", Recipe("small_resnet_s", epochs=1, limit=16, batch_size=8), t_path,
+                            progress=False, test_limit=64)
     teacher, meta = load_checkpoint(t_path, arch="small_resnet_s", num_classes=4)
     assert meta["kd_method"] is None and meta["class_names"] == info["class_names"]
     assert meta["extra"]["train_size"] == 16 and meta["recipe"]["data"] == "controlled:1"
@@ -251,36 +265,35 @@ def test_train_from_spec_teacher_then_student(tmp_path):
     assert acc == pytest.approx(info["test_accuracy"]) == pytest.approx(meta["extra"]["test_accuracy"])
 
     s_path = tmp_path / "student.pt"
-    info_s = train_from_spec("controlled:1", "small_resnet_s", s_path, teacher=t_path, method="attention",
-                             epochs=1, limit=16, progress=False, batch_size=8, test_limit=64)
+    info_s = train_checkpoint("controlled:1", Recipe("small_resnet_s", method="attention", epochs=1, limit=16,
+                                                     batch_size=8), s_path, teacher=t_path, progress=False,
+                              test_limit=64)
     _, meta_s = load_checkpoint(s_path)
     assert meta_s["kd_method"] == "attention" and meta_s["teacher"] == str(t_path)
     assert info_s["kd_method"] == "attention"
 
 
-def test_train_from_spec_rejects_bad_input_before_training(tmp_path):
+def test_train_checkpoint_rejects_bad_input_before_training(tmp_path):
     out = tmp_path / "m.pt"
     with pytest.raises(ValueError, match="unknown architecture"):
-        train_from_spec("controlled", "resnet9", out, progress=False)
+        train_checkpoint("controlled", Recipe("resnet9"), out, progress=False)
     with pytest.raises(ValueError, match="needs a Teacher"):
-        train_from_spec("controlled", "small_resnet_s", out, method="response", progress=False)
+        train_checkpoint("controlled", Recipe("small_resnet_s", method="response"), out, progress=False)
     with pytest.raises(ValueError, match="KD method"):
-        train_from_spec("controlled", "small_resnet_s", out, teacher=out, progress=False)
+        train_checkpoint("controlled", Recipe("small_resnet_s"), out, teacher=out, progress=False)
     with pytest.raises(CheckpointError, match="does not exist"):
-        train_from_spec("controlled", "small_resnet_s", out, teacher=tmp_path / "no.pt",
-                        method="response", progress=False)
+        train_checkpoint("controlled", Recipe("small_resnet_s", method="response"), out, teacher=tmp_path / "no.pt", progress=False)
     with pytest.raises(DataSpecError):
-        train_from_spec("mnist:/nowhere", "small_resnet_s", out, progress=False)
+        train_checkpoint("mnist:/nowhere", Recipe("small_resnet_s"), out, progress=False)
     with pytest.raises(DataSpecError):
-        train_from_spec("imagefolder:" + str(tmp_path / "missing"), "small_resnet_s", out, progress=False)
+        train_checkpoint("imagefolder:" + str(tmp_path / "missing"), Recipe("small_resnet_s"), out, progress=False)
     with pytest.raises(ValueError, match="folder"):
-        train_from_spec("controlled", "small_resnet_s", tmp_path, progress=False)
+        train_checkpoint("controlled", Recipe("small_resnet_s"), tmp_path, progress=False)
     # a Teacher with another class count
     wrong = tmp_path / "t3.pt"
     save_checkpoint(wrong, build_model("small_resnet_s", 3, width=2), arch="small_resnet_s", num_classes=3)
     with pytest.raises(CheckpointError):
-        train_from_spec("controlled", "small_resnet_s", out, teacher=wrong, method="response",
-                        limit=8, progress=False)
+        train_checkpoint("controlled", Recipe("small_resnet_s", method="response", limit=8), out, teacher=wrong, progress=False)
     assert not out.exists()
 
 
@@ -290,7 +303,7 @@ def test_train_from_spec_rejects_bad_input_before_training(tmp_path):
 
 
 def test_demo_models_cache_and_recipe_change(tmp_path, monkeypatch):
-    from captum_unicam.kd import demo
+    from captum_unicam.pipeline import demo
 
     real = demo.demo_recipe
 

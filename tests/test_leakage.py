@@ -15,7 +15,7 @@ from tiny_models import TinyNet
 
 from captum_unicam.attr.unicam import UniCAMWarning
 from captum_unicam.metrics import evaluate_kd
-from captum_unicam.metrics.fss import layer_features
+from captum_unicam.metrics._features import layer_features
 from captum_unicam.metrics.summary import RS_METRICS
 from captum_unicam.perturb import mask_multiply
 

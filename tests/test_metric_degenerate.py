@@ -17,7 +17,7 @@ from captum_unicam import stats
 from captum_unicam.attr.unicam import UniCAMWarning
 from captum_unicam.errors import InputError
 from captum_unicam.metrics import KDEvaluation, evaluate_kd, feature_similarity_score, relevance_score
-from captum_unicam.metrics.fss import label_degeneracy
+from captum_unicam.metrics._features import label_degeneracy
 
 
 def feats_of(model, layer, x):

@@ -1,5 +1,5 @@
-"""One signature for feature_similarity_score, relevance_score and evaluate_kd; evaluate_kd
-checks widths, targets and devices before any batch."""
+"""One signature for feature_similarity_score, relevance_score and evaluate_kd (no deprecated
+call forms); evaluate_kd checks widths, targets and devices before any batch."""
 
 import functools
 import inspect
@@ -59,10 +59,6 @@ def setup():
     y = torch.arange(8) % 3
     attr = torch.rand(8, 1, 4, 4, generator=g)
     return s, b, x, y, attr
-
-
-def deprecated(match):
-    return pytest.warns(DeprecationWarning, match=match)
 
 
 def test_new_forms_do_not_warn(setup):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import os
 import pickle
 
@@ -11,6 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
+from captum_unicam.errors import OutputError
 from captum_unicam.models import (
     ARCHITECTURES,
     CheckpointError,
@@ -263,15 +265,17 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     real_save = torch.save
 
     def failing_save(obj, f, *args, **kwargs):
-        if isinstance(f, (str, os.PathLike)) or not hasattr(f, "fileno"):
+        if isinstance(f, (str, os.PathLike, io.BytesIO)) or not hasattr(f, "fileno"):
             return real_save(obj, f, *args, **kwargs)  # the in-memory metadata check
         f.write(b"partial bytes")
-        raise OSError("disk full")
+        raise OSError("write failed")
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, model, arch="small_resnet_s", num_classes=4, extra={"v": 2})
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="could not be written .write failed.*nowhere"):
+        save_checkpoint(
+            path, model, arch="small_resnet_s", num_classes=4, extra={"v": 2}, overwrite=True
+        )
+    with pytest.raises(OutputError):
         save_checkpoint(tmp_path / "new.pt", model, arch="small_resnet_s", num_classes=4)
     monkeypatch.undo()
     assert path.read_bytes() == before  # the old checkpoint is intact

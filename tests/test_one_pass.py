@@ -10,7 +10,7 @@ from test_unicam_common import SmallResNet, make
 from torch import nn
 
 from captum_unicam.metrics._batch import gradcams as _gradcams
-from captum_unicam.metrics.fss import layer_features, layers_features
+from captum_unicam.metrics._features import layer_features, layers_features
 
 
 def _x(n=6, seed=0):

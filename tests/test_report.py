@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from captum_unicam import report, viz
+from captum_unicam import viz
+from captum_unicam.errors import OutputError
+from captum_unicam.metrics.localisation import localisation
+from captum_unicam.output import html, report
 from captum_unicam.metrics import KDEvaluation
+
+def _write(out, *, overwrite=False, progress=True, **fields):
+    return report.write_report(out, report.Report(**fields), overwrite=overwrite, progress=progress)
+
 
 # ---------------------------------------------------------------------------
 # localisation, against hand computations
@@ -26,7 +33,7 @@ def test_localisation_hand_computed():
     m[1, 0, 1, 1] = 1.0      # energy 1/3, peak off object
     m[1, 0, 2, 2] = -5.0     # negative values are ignored
     # image 2: all zero -> empty, left out
-    out = report.localisation({"k": m}, masks, n_bootstrap=200, seed=1)
+    out = localisation({"k": m}, masks, n_bootstrap=200, seed=1)
     assert out["chance"]["energy"] == pytest.approx(0.25)
     k = out["kinds"]["k"]
     assert k["n_images"] == 3 and k["n_empty"] == 1
@@ -47,15 +54,15 @@ def test_localisation_upsamples_like_captum():
 
     up = LayerAttribution.interpolate(m, (8, 8), "bilinear")[0, 0].double()
     expected = float((up * masks[0]).sum() / up.sum())
-    out = report.localisation({"m": m}, masks, n_bootstrap=10)
+    out = localisation({"m": m}, masks, n_bootstrap=10)
     assert out["kinds"]["m"]["energy"]["mean"] == pytest.approx(expected, abs=1e-12)
 
 
 def test_localisation_bad_input():
     with pytest.raises(ValueError, match="3 maps for 2 masks"):
-        report.localisation({"m": torch.rand(3, 1, 2, 2)}, torch.ones(2, 4, 4))
+        localisation({"m": torch.rand(3, 1, 2, 2)}, torch.ones(2, 4, 4))
     with pytest.raises(ValueError, match="masks must have shape"):
-        report.localisation({"m": torch.rand(2, 1, 2, 2)}, torch.ones(2, 3, 4, 4))
+        localisation({"m": torch.rand(2, 1, 2, 2)}, torch.ones(2, 3, 4, 4))
 
 
 # ---------------------------------------------------------------------------
@@ -104,7 +111,7 @@ def _kwargs(ckpt=None):
                       "Student": {"arch": "s", "accuracy": 0.75, "kd_method": "response"}},
               evaluation=_evaluation(),
               grids={"L4": {"images": imgs, "maps": maps, "labels": list("abcd")}},
-              localisation={"L4": report.localisation(maps, masks, n_bootstrap=50)},
+              localisation={"L4": localisation(maps, masks, n_bootstrap=50)},
               progress=False)
     if ckpt is not None:
         kw["model_files"] = {"student.pt": ckpt}
@@ -114,7 +121,7 @@ def _kwargs(ckpt=None):
 def test_write_report_contents(tmp_path):
     ckpt = tmp_path / "s.pt"
     torch.save({"w": torch.ones(1)}, ckpt)
-    out = report.write_report(tmp_path / "a" / "rep", **_kwargs(ckpt))
+    out = _write(tmp_path / "a" / "rep", **_kwargs(ckpt))
     assert out == (tmp_path / "a" / "rep").absolute()
     files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     for f in ("index.html", "metrics.json", "tables/table1.csv", "tables/table1.md", "tables/models.csv",
@@ -155,28 +162,28 @@ def test_existing_folder_refused_and_untouched(tmp_path):
     out = tmp_path / "rep"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(report.OutputFolderError, match="--overwrite"):
+    with pytest.raises(OutputError, match="--overwrite"):
         report.check_output_dir(out)
-    with pytest.raises(report.OutputFolderError, match="not empty"):
-        report.write_report(out, **_small_kwargs())
+    with pytest.raises(OutputError, match="not empty"):
+        _write(out, **_small_kwargs())
     assert [p.name for p in tmp_path.iterdir()] == ["rep"]
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     # an empty folder is fine; so is --overwrite
     empty = tmp_path / "empty"
     empty.mkdir()
-    report.write_report(empty, **_small_kwargs())
+    _write(empty, **_small_kwargs())
     assert (empty / "index.html").is_file()
     # overwrite replaces only a report of ours (issue 14)
-    with pytest.raises(report.OutputFolderError, match="not a captum-unicam report"):
-        report.write_report(out, overwrite=True, **_small_kwargs())
+    with pytest.raises(OutputError, match="not a captum-unicam report"):
+        _write(out, overwrite=True, **_small_kwargs())
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     (out / "metrics.json").write_text('{"format": "captum-unicam/report"}')
-    report.write_report(out, overwrite=True, **_small_kwargs())
+    _write(out, overwrite=True, **_small_kwargs())
     assert not (out / "keep.txt").exists() and (out / "index.html").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "rep"]
     f = tmp_path / "file"
     f.write_text("x")
-    with pytest.raises(report.OutputFolderError, match="not a folder"):
+    with pytest.raises(OutputError, match="not a folder"):
         report.check_output_dir(f, overwrite=True)
 
 
@@ -193,7 +200,7 @@ def test_crash_mid_report_leaves_nothing(tmp_path, monkeypatch, existing):
 
     monkeypatch.setattr(viz, "scores_per_layer", boom)
     with pytest.raises(RuntimeError, match="figure failed"):
-        report.write_report(out, overwrite=True, score_panels={"FSS": {"s": {"L1": 0.5}}}, **_small_kwargs())
+        _write(out, overwrite=True, score_panels={"FSS": {"s": {"L1": 0.5}}}, **_small_kwargs())
     if existing:
         assert [p.name for p in out.parent.iterdir()] == ["rep"]
         assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "metrics.json"]
@@ -205,7 +212,7 @@ def test_failed_accuracy_is_stated(tmp_path):
     kw = _small_kwargs()
     kw["models"] = {"Teacher": {"arch": "t", "accuracy": None}, "Base": {"arch": "b", "accuracy": 0.8},
                     "Student": {"arch": "s", "accuracy": 0.7}}
-    out = report.write_report(tmp_path / "r", **kw)
+    out = _write(tmp_path / "r", **kw)
     page = (out / "index.html").read_text()
     assert "not measured" in page and "did not help" in page
     # no Table 1 section without an evaluation, no Localisation section without masks
@@ -215,7 +222,7 @@ def test_failed_accuracy_is_stated(tmp_path):
 
 def test_markdown_table_to_html():
     md = "| a | b |\n|---|---:|\n| 1 | <x> |\n\nnote & more\n"
-    h = report._markdown_to_html(md)
+    h = html.markdown_to_html(md)
     assert "<th>a</th>" in h and "<td>&lt;x&gt;</td>" in h and "<p>note &amp; more</p>" in h
     assert "---" not in h
 
@@ -226,7 +233,7 @@ def test_every_figure_written_is_shown(tmp_path):
     import re
 
     g = torch.Generator().manual_seed(0)
-    out = report.write_report(
+    out = _write(
         tmp_path / "rep", command=["captum-unicam", "demo"], data="test", progress=False,
         models={"Student": {"arch": "s", "accuracy": 0.7}},
         grids={"L4": {"images": torch.rand(2, 3, 16, 16, generator=g), "maps": {"UniCAM residual": torch.zeros(2, 1, 4, 4)}}},
@@ -235,3 +242,20 @@ def test_every_figure_written_is_shown(tmp_path):
     shown = set(re.findall(r'<img src="(figures/[^"]+)"', page))
     written = {f"figures/{p.name}" for p in (out / "figures").iterdir()}
     assert written == shown == {"figures/grid_L4.png", "figures/scores.png"}
+
+
+def test_one_page_renderer_renders_any_report_page():
+    """A report other than explain / quantify (compare's sections: text, figure, table,
+    CSV link) goes through the same renderer, escaped, with its sections in the navigation."""
+    md = "| method | MoRF 50 |\n|---|---|\n| UniCAM <x> | 0.5 [0.4, 0.6] |\n"
+    sections = [html.figure_table_section("road", "ROAD", "Accuracy after replacing pixels.",
+                                          figure="figures/road.png", table_md=md, csv="tables/road.csv"),
+                html.figure_table_section("sanity", "Sanity checks", "Text only.")]
+    page = html.render_page(html.Page(title="Comparison & co", command="captum-unicam compare --x",
+                                      notes=["a <note>"], sections=sections, table_links=["tables/road.csv"],
+                                      versions={"torch": "2"}))
+    assert "<title>Comparison &amp; co</title>" in page and "<p>a &lt;note&gt;</p>" in page
+    assert '<a href="#road">ROAD</a><a href="#sanity">Sanity checks</a>' in page
+    assert '<h2 id="road">ROAD</h2>' in page and '<img src="figures/road.png" alt="ROAD">' in page
+    assert "<td>UniCAM &lt;x&gt;</td>" in page and '<a href="tables/road.csv">road.csv</a>' in page
+    assert page.count("<table>") == 2  # the ROAD table and the versions table

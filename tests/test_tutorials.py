@@ -111,7 +111,7 @@ def notebook_env(tmp_path_factory):
     # and a single notebook can be run on its own.
     import torch
 
-    from captum_unicam.kd.demo import train_demo_models
+    from captum_unicam.pipeline.demo import train_demo_models
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -25,7 +25,9 @@ from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
-from captum_unicam import stats
+from captum_unicam import _fused
+from captum_unicam.attr import _diagnosis
+from captum_unicam.attr._targets import parse_target, ravel_targets, rows_of
 from captum_unicam.errors import InputError
 
 __all__ = ["UniCAM", "UniCAMWarning"]
@@ -33,10 +35,19 @@ __all__ = ["UniCAM", "UniCAMWarning"]
 _FEATURES = ("distilled", "residual", "both")
 _MIN_SAMPLES = 5
 _WHY_FIVE = (
-    "At n = 4 the U-centred distance matrices span a 2-dimensional space, so once the "
-    "other model is removed the partial distance correlation is always +1 or -1 and its "
-    "maps are 0 or rounding noise (see docs/method.md)."
+    "The U-centred distance matrices of n samples span a space of dimension n(n - 3)/2: "
+    "none below n = 4, and at n = 4 a 2-dimensional space, so once the other model is removed "
+    "the partial distance correlation is always +1 or -1 and its maps are 0 or rounding "
+    "noise (see docs/method.md)."
 )
+
+
+def _statistics_dtype(x: Tensor) -> Tensor:
+    """Representations as the statistics read them: low-precision floats (bfloat16,
+    float16) in float32, whose Gram product and rounding thresholds the statistics need
+    (bfloat16's 8-bit mantissa would make two different models look the same)."""
+    return x.float() if x.dtype.itemsize < 4 else x
+
 
 Transform = Callable[[Tensor], Tensor]
 
@@ -113,12 +124,14 @@ class _Capture:
             handle.remove()
         self._handles = []
 
-    def _take(self, value: Any, where: str) -> Any:
-        tensors = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    def _check_value(self, tensors: Tuple[Any, ...], where: str) -> None:
         if not tensors or not all(isinstance(t, Tensor) and t.is_floating_point() for t in tensors):
-            got = ", ".join(
-                type(t).__name__ if not isinstance(t, Tensor) else str(t.dtype) for t in tensors
-            ) or "an empty tuple"
+            got = (
+                ", ".join(
+                    type(t).__name__ if not isinstance(t, Tensor) else str(t.dtype) for t in tensors
+                )
+                or "an empty tuple"
+            )
             raise _HookError(
                 f"The {where} of `{self.layer_arg}` in the {self.model} is {got}; UniCAM "
                 "needs a single floating-point tensor there, or a tuple of them (one map "
@@ -131,6 +144,10 @@ class _Capture:
                 f"all have one row per example (shapes {[tuple(t.shape) for t in tensors]}); "
                 "choose a layer whose tensors keep the batch dimension first."
             )
+
+    def _take(self, value: Any, where: str) -> Any:
+        tensors = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        self._check_value(tensors, where)
         self._tick += 1
         self._activation_tick = self._tick
         if len(tensors) == 1:
@@ -163,14 +180,18 @@ class _Capture:
             for part, shape in zip(packed.split(sizes, dim=1), self.shapes)
         )
 
-    def maps(self, grad: Optional[Tensor], relu: bool, summation: bool, n: int) -> Union[Tensor, Tuple[Tensor, ...]]:
+    def maps(
+        self, grad: Optional[Tensor], relu: bool, summation: bool, n: int
+    ) -> Union[Tensor, Tuple[Tensor, ...]]:
         """Grad-CAM maps of the first n rows: one tensor, or one map per captured tensor
         (a tuple, as LayerGradCam returns for a layer with several tensors)."""
         a = self.activation.detach()
         if self.shapes is None:
             return UniCAM._gradcam(a, grad, relu, summation)[:n]
         grads = (None,) * len(self.shapes) if grad is None else self.split(grad)
-        return tuple(UniCAM._gradcam(p, g, relu, summation)[:n] for p, g in zip(self.split(a), grads))
+        return tuple(
+            UniCAM._gradcam(p, g, relu, summation)[:n] for p, g in zip(self.split(a), grads)
+        )
 
     def _hook(self, module: Module, args: Any, output: Any) -> Optional[Tensor]:
         return self._take(output, "output")
@@ -225,143 +246,50 @@ class _Capture:
 
 
 # ---------------------------------------------------------------------------
-# Targets and label vectors
-# ---------------------------------------------------------------------------
-
-
-def _parse_target(
-    target: Any, n: int, name: str, table_rows: Optional[int], alone: bool = False
-) -> Tuple[str, Optional[Tensor]]:
-    """Returns ("predicted", None), ("index", LongTensor (n,)), ("multi", LongTensor (n, k))
-    or ("vector", Tensor (n, e)).
-
-    "multi" holds Captum's tuple targets (one index per non-batch dimension of a model
-    output with several); :func:`_ravel_targets` turns them into class indices once the
-    output's shape is known. ``alone``: these n examples are the whole batch (no context
-    or reference set), so one target shared by all of them can only give zero maps.
-    """
-    if target is None:
-        return "predicted", None
-    how = (
-        f"`{name}` must be None (the Student's predicted classes), an int, a list or 1-D "
-        f"tensor of {n} class indices, a tuple of ints or a list of {n} tuples (an element "
-        f"of a multi-dimensional output, as in Captum), or an ({n}, e) float tensor of "
-        "label vectors"
-    )
-
-    def is_int(t: Any) -> bool:
-        return isinstance(t, int) and not isinstance(t, bool)
-
-    shared = False
-    if isinstance(target, bool):
-        raise InputError(f"{how}; got a bool.")
-    if is_int(target):
-        index, shared = torch.full((n,), target, dtype=torch.long), True
-    elif isinstance(target, tuple):
-        if not target or not all(is_int(t) for t in target):
-            raise InputError(f"{how}; got the tuple {target!r}.")
-        index, shared = torch.tensor([target] * n, dtype=torch.long).reshape(n, len(target)), True
-    elif isinstance(target, list):
-        if len(target) != n:
-            raise InputError(f"{how}; got a list of length {len(target)}.")
-        if all(isinstance(t, tuple) for t in target):
-            if len({len(t) for t in target}) != 1 or not all(t and all(is_int(i) for i in t) for t in target):
-                raise InputError(f"{how}; got a list of tuples that are not all ints of one length.")
-            index = torch.tensor(target, dtype=torch.long).reshape(n, len(target[0]))
-        elif all(is_int(t) for t in target):
-            index = torch.tensor(target, dtype=torch.long)
-        else:
-            raise InputError(f"{how}; got a list of {sorted({type(t).__name__ for t in target})}.")
-    elif isinstance(target, Tensor):
-        if target.is_floating_point():
-            if target.dim() != 2 or target.shape[0] != n:
-                raise InputError(
-                    f"{how}; got a float tensor of shape {tuple(target.shape)}. Class indices "
-                    "must be an integer tensor; label vectors a 2-D float tensor."
-                )
-            if not bool(torch.isfinite(target).all()):
-                raise InputError(f"`{name}` (label vectors) contains NaN or Inf.")
-            return "vector", target
-        if target.dtype == torch.bool or target.is_complex():
-            raise InputError(f"{how}; got dtype {target.dtype}.")
-        if target.numel() == 1:
-            index, shared = torch.full((n,), int(target.reshape(())), dtype=torch.long), True
-        elif target.dim() == 1 and target.shape[0] == n:
-            index = target.detach().to("cpu", torch.long)
-        else:
-            raise InputError(f"{how}; got an integer tensor of shape {tuple(target.shape)}.")
-    else:
-        raise InputError(f"{how}; got {type(target).__name__}.")
-    if bool((index < 0).any()):
-        raise InputError(f"`{name}` contains negative class indices: {index[index < 0].tolist()[:5]}.")
-    if shared and alone and n > 1:
-        raise InputError(
-            f"`{name}`={target!r} (one int or tuple for every example) gives all {n} examples the same label. UniCAM's score "
-            "correlates the representations with the labels over the batch, so with one "
-            "label for every sample the label distance matrix is zero and the maps are "
-            "always zero. Pass one class index per example (a list or 1-D tensor), label "
-            "vectors, or a reference set of other classes with `context=`."
-        )
-    if index.dim() == 2:
-        return "multi", index
-    if table_rows is not None and bool((index >= table_rows).any()):
-        raise InputError(
-            f"`{name}` contains class index {int(index.max())}, but `label_embeddings` has "
-            f"only {table_rows} rows (one per class); give an embedding for every class."
-        )
-    return "index", index
-
-
-def _ravel_targets(
-    parts: List[Tuple[Tuple[str, Optional[Tensor]], int]], output: Any, table_rows: Optional[int]
-) -> List[Tuple[Tuple[str, Optional[Tensor]], int]]:
-    """Tuple targets -> class indices: the position of the selected element in the
-    Student's output per example, flattened in row-major order (for an (N, C) output the
-    tuple (c,) is class c). Needs the output's shape, so it runs after the forward pass."""
-    if not any(kind == "multi" for (kind, _), _ in parts):
-        return parts
-    dims = tuple(output.shape[1:]) if isinstance(output, Tensor) else None
-    result = []
-    for (kind, index), count in parts:
-        if kind == "multi":
-            assert index is not None
-            if dims is None or index.shape[1] != len(dims) or bool((index >= torch.tensor(dims)).any()):
-                raise InputError(
-                    f"A tuple target must give one index per non-batch dimension of the "
-                    f"Student's output, within its size; the output has shape "
-                    f"{tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__}"
-                    f" and the target tuples have {index.shape[1]} entries (largest "
-                    f"{index.max(dim=0).values.tolist()})."
-                )
-            strides = torch.tensor([int(torch.Size(dims[i + 1 :]).numel()) for i in range(len(dims))])
-            flat = (index * strides).sum(dim=1)
-            if table_rows is None and len(dims) > 1:
-                raise InputError(
-                    "A tuple target names an element of a multi-dimensional output; UniCAM "
-                    "needs a label vector for it: pass `label_embeddings` with one row per "
-                    f"output element ({int(torch.Size(dims).numel())} rows, in row-major "
-                    "order), or label vectors as `target`."
-                )
-            if table_rows is not None and bool((flat >= table_rows).any()):
-                raise InputError(
-                    f"The tuple target selects output element {int(flat.max())} (row-major), "
-                    f"but `label_embeddings` has only {table_rows} rows; give one row per "
-                    "output element."
-                )
-            kind, index = "index", flat
-        result.append(((kind, index), count))
-    return result
-
-
-def _one_hot(index: Tensor, num_classes: int) -> Tensor:
-    """One-hot rows, without F.one_hot's check of the indices (a read back to the host);
-    indices are checked where they are known to be on the host."""
-    return index.unsqueeze(1) == torch.arange(num_classes, device=index.device)
-
-
-# ---------------------------------------------------------------------------
 # UniCAM
 # ---------------------------------------------------------------------------
+
+
+def _degenerate_reason(
+    anyf: List[bool],
+    i: int,
+    k: int,
+    explained_null: bool,
+    explained: str,
+    other: str,
+    where: str,
+    batch: str,
+) -> Optional[str]:
+    """Why score i (of k) is 0, from the flags of _fused.unicam_scores, most basic cause
+    first; None when it is not degenerate."""
+    y_same, y_flat = anyf[1], anyf[2]
+    same, by_other = anyf[4 + i], anyf[4 + k + i]
+    if explained_null:
+        return (
+            f"the {explained}'s representation is constant over the {batch}{where} (or has every "
+            "pair of samples at one distance: no distance structure)"
+        )
+    if y_same:
+        return (
+            f"every sample has the same label vector{where} (one class); explain a {batch} "
+            "with several classes, or pass a reference set with repeated classes "
+            "(`reference=` or `context=`)"
+        )
+    if y_flat:
+        return (
+            f"the U-centred distance matrix of the label vectors is zero{where}, so the labels "
+            "carry no information: one-hot labels of distinct classes (every pair at the same "
+            "distance), or every sample but one of a single class; pass "
+            f"`label_embeddings=embed_labels(class_names)`, or a {batch} with repeated classes"
+        )
+    if same:
+        return (
+            "the Student's and the Base's representations have the same distance "
+            f"structure{where} (e.g. they are the same model), so no unique part is left"
+        )
+    if by_other:
+        return f"the labels are fully explained by the {other}'s representation{where}"
+    return None
 
 
 class UniCAM(LayerAttribution, GradientAttribution):
@@ -393,7 +321,14 @@ class UniCAM(LayerAttribution, GradientAttribution):
     **Reference mode** (``reference=(ref_inputs, ref_target)``) scores each input with
     a fixed reference set alone, so its map is a per-image function: it does not depend
     on the other inputs of the call, and Captum's wrappers (``NoiseTunnel``,
-    ``sensitivity_max``) see a per-image explanation.
+    ``sensitivity_max``) see a per-image explanation;
+    :func:`captum_unicam.reference_set` draws a stratified reference set in one line.
+    In batch mode, a call from inside Captum's or Quantus' tools, or on a batch with
+    repeated or near-duplicate samples (the batches those tools build), warns once per
+    instance that the maps measure the batch's make-up (docs/per-image.md).
+    :meth:`score_function` is the score as a forward function, one value per input, for
+    ``Occlusion``, ``FeatureAblation`` and ``captum.metrics.infidelity``; and
+    :func:`captum_unicam.quantus.explain` is UniCAM as a Quantus ``explain_func``.
 
     Degenerate cases give zeros, never NaN, with a :class:`UniCAMWarning` that names the
     cause and the fix: Student and Base with the same representation (nothing unique
@@ -492,8 +427,10 @@ class UniCAM(LayerAttribution, GradientAttribution):
                         are then one per input. Default: None (batch mode, the paper's
                         behaviour)
         """
-        if device_ids is not None or isinstance(forward_func, torch.nn.DataParallel) or isinstance(
-            base_forward_func, torch.nn.DataParallel
+        if (
+            device_ids is not None
+            or isinstance(forward_func, torch.nn.DataParallel)
+            or isinstance(base_forward_func, torch.nn.DataParallel)
         ):
             raise InputError(
                 "UniCAM does not support DataParallel (device_ids): its scores are "
@@ -502,10 +439,18 @@ class UniCAM(LayerAttribution, GradientAttribution):
             )
         for name, value in (("layer", layer), ("base_layer", base_layer)):
             if not isinstance(value, Module):
-                raise InputError(f"`{name}` must be a torch.nn.Module inside the model, got {type(value).__name__}.")
-        for name, value in (("student_feature_layer", student_feature_layer), ("base_feature_layer", base_feature_layer)):
+                raise InputError(
+                    f"`{name}` must be a torch.nn.Module inside the model, got "
+                    f"{type(value).__name__}."
+                )
+        for name, value in (
+            ("student_feature_layer", student_feature_layer),
+            ("base_feature_layer", base_feature_layer),
+        ):
             if value is not None and not isinstance(value, Module):
-                raise InputError(f"`{name}` must be None or a torch.nn.Module, got {type(value).__name__}.")
+                raise InputError(
+                    f"`{name}` must be None or a torch.nn.Module, got {type(value).__name__}."
+                )
         if not callable(forward_func) or not callable(base_forward_func):
             raise InputError("`forward_func` and `base_forward_func` must be callables (models).")
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
@@ -519,6 +464,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
         self._transforms = self._check_transforms(reshape_transform)
         self._reference = self._check_reference(reference)
         self._reference_cache: Dict[Any, Any] = {}
+        self._warned_batch = False  # the batch-make-up warning is shown once
 
     # -- construction helpers ------------------------------------------------
 
@@ -530,8 +476,15 @@ class UniCAM(LayerAttribution, GradientAttribution):
             try:
                 table = torch.as_tensor(table)
             except Exception as err:
-                raise InputError("`label_embeddings` must be a (num_classes, e) float tensor.") from err
-        if table.dim() != 2 or table.shape[0] == 0 or table.shape[1] == 0 or not table.is_floating_point():
+                raise InputError(
+                    "`label_embeddings` must be a (num_classes, e) float tensor."
+                ) from err
+        if (
+            table.dim() != 2
+            or table.shape[0] == 0
+            or table.shape[1] == 0
+            or not table.is_floating_point()
+        ):
             raise InputError(
                 "`label_embeddings` must be a non-empty (num_classes, e) float tensor, got "
                 f"shape {tuple(table.shape)} and dtype {table.dtype}."
@@ -544,7 +497,11 @@ class UniCAM(LayerAttribution, GradientAttribution):
     def _check_transforms(transform: Any) -> Tuple[Optional[Transform], Optional[Transform]]:
         if transform is None or callable(transform):
             return transform, transform
-        if isinstance(transform, (tuple, list)) and len(transform) == 2 and all(t is None or callable(t) for t in transform):
+        if (
+            isinstance(transform, (tuple, list))
+            and len(transform) == 2
+            and all(t is None or callable(t) for t in transform)
+        ):
             return transform[0], transform[1]
         raise InputError(
             "`reshape_transform` must be None, a callable, or a pair "
@@ -659,8 +616,9 @@ class UniCAM(LayerAttribution, GradientAttribution):
                         returned. A layer whose output is a tuple of
                         tensors gives a tuple of maps, one per tensor, as
                         ``LayerGradCam`` does; the representation read there is the
-                        row-wise concatenation of the flattened tensors. When ``inputs`` is a tuple, a single map is
-                        returned as a 1-tuple, as Captum's primary attributions do:
+                        row-wise concatenation of the flattened tensors. When
+                        ``inputs`` is a tuple, a single map is returned as a 1-tuple,
+                        as Captum's primary attributions do:
                         ``captum.metrics.sensitivity_max`` calls the explanation
                         function with a tuple and reads a bare tensor wrongly
                         (``LayerGradCam`` returns a bare tensor there, so its
@@ -767,10 +725,71 @@ class UniCAM(LayerAttribution, GradientAttribution):
         if features not in _FEATURES:
             raise InputError(f"`features` must be one of {_FEATURES}, got {features!r}.")
         _, scores = self._compute(
-            inputs, target, additional_forward_args, attribute_to_layer_input, features, context, maps=False,
+            inputs,
+            target,
+            additional_forward_args,
+            attribute_to_layer_input,
+            features,
+            context,
+            maps=False,
             reference=reference,
         )
         return scores if features == "both" else scores[0]
+
+    def score_function(
+        self, features: str = "distilled", num_inputs: int = 1
+    ) -> Callable[..., Tensor]:
+        r"""The score as a forward function, one value per input, for Captum's perturbation
+        tools: ``captum.attr.Occlusion`` / ``FeatureAblation`` explain it pixel by pixel and
+        ``captum.metrics.infidelity`` takes it as ``forward_func``.
+
+        The returned function is called as Captum calls a model,
+        ``f(*inputs, target=None, *additional_forward_args)``: the first ``num_inputs``
+        positional arguments are the input tensors, the next one (optional) the targets
+        of those inputs (as in :meth:`attribute`; pass them through the tool's
+        ``additional_forward_args``, which Captum repeats with the inputs it perturbs),
+        the rest the models' additional forward arguments. It returns an ``(N,)``
+        tensor: in **reference mode** input i's score with the reference set alone
+        (:meth:`score`), a per-input function, which is what these tools assume. In batch
+        mode the score is one statistic of the whole batch, returned for every input,
+        with the :class:`UniCAMWarning` of batch mode inside those tools.
+
+        Args:
+            features (str, optional): ``"distilled"`` (S_d) or ``"residual"`` (S_r).
+                        Default: "distilled"
+            num_inputs (int, optional): the number of input tensors the models take.
+                        Default: 1
+
+        Returns:
+            Callable: ``f(*inputs, target=None, *additional_forward_args) -> (N,) Tensor``.
+
+        Examples::
+
+            >>> from captum.attr import Occlusion
+            >>> unicam = UniCAM(student, student.layer4, base, base.layer4,
+            ...                 reference=reference_set(val_dataset, 32))
+            >>> f = unicam.score_function("distilled")
+            >>> occ = Occlusion(f).attribute(x, sliding_window_shapes=(3, 8, 8),
+            ...                              strides=(3, 8, 8), additional_forward_args=(y,))
+        """
+        if features not in ("distilled", "residual"):
+            raise InputError(f"`features` must be 'distilled' or 'residual', got {features!r}.")
+        if isinstance(num_inputs, bool) or not isinstance(num_inputs, int) or num_inputs < 1:
+            raise InputError(f"`num_inputs` must be a positive int, got {num_inputs!r}.")
+
+        def score_of_each_input(*args: Any) -> Tensor:
+            inputs = args[:num_inputs]
+            target = args[num_inputs] if len(args) > num_inputs else None
+            extra = args[num_inputs + 1 :]
+            value = self.score(
+                inputs[0] if num_inputs == 1 else tuple(inputs),
+                target,
+                additional_forward_args=extra if extra else None,
+                features=features,
+            )
+            return value.expand(inputs[0].shape[0]) if value.dim() == 0 else value
+
+        return score_of_each_input
 
     # -- the algorithm -------------------------------------------------------
 
@@ -789,24 +808,109 @@ class UniCAM(LayerAttribution, GradientAttribution):
         reference: Any = None,
     ) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
         kinds = ("distilled", "residual") if features == "both" else (features,)
+        to_input = attribute_to_layer_input
 
         # 1. Validate everything before any forward pass.
+        inputs, args, parts, reference = self._validate(
+            inputs, target, additional_forward_args, context, grad_kwargs, reference
+        )
+        n = inputs[0].shape[0] if context is None else parts[0][1]
+        self._warn_training()
+        tool = None if reference is not None else _diagnosis.calling_tool()
+
+        # 2. The reference set (reference mode): forward-passed once, then cached.
+        blocks = (
+            None if reference is None else self._reference_blocks(reference, to_input, self._rows())
+        )
+
+        # 3. One forward pass of each model, recording a graph only where needed.
+        need = {
+            "distilled": maps and "distilled" in kinds,
+            "residual": maps and "residual" in kinds,
+        }
+        (out_s, cap_s), (_, cap_b) = self._forward_pair(inputs, args, to_input, need)
+
+        # 4. Label vectors Y, on the device of the representations.
+        y, label_ok = self._labels(
+            ravel_targets(parts, out_s, self._rows()), out_s, cap_s.activation.device
+        )
+
+        # 5. Scores, and the derivative of each score with respect to its explained
+        #    representation, in closed form (captum_unicam._fused).
+        n_total = inputs[0].shape[0]
+        with torch.enable_grad() if maps else torch.no_grad():
+            rep_s = self._representation(
+                cap_s, self._transforms[0], need["distilled"], "Student", n_total
+            )
+            rep_b = self._representation(
+                cap_b, self._transforms[1], need["residual"], "Base", n_total
+            )
+        explained = [0 if kind == "distilled" else 2 for kind in kinds]
+        s_all, w_all, flags, rescaled, scales, repeated = self._statistics(
+            rep_s[2], y, rep_b[2], blocks, explained
+        )
+        scores = tuple(
+            (s_all[k, 0] if blocks is None else s_all[k]).to(rep_s[2].dtype)
+            for k in range(len(kinds))
+        )
+
+        results: List[Any] = []
+        if maps:
+            for k, kind in enumerate(kinds):
+                v = explained[k]
+                rep, transform, cap = (
+                    (rep_s, self._transforms[0], cap_s)
+                    if v == 0
+                    else (rep_b, self._transforms[1], cap_b)
+                )
+                if blocks is None:
+                    grad_x = _fused.laplacian_product(w_all[k, 0], rescaled[v])
+                else:  # each input's row (N, m)
+                    grad_x = _fused.reference_row_product(
+                        w_all[k, :, 0, 1:], rescaled[v], blocks["x"][v]
+                    )
+                grad_x = (grad_x / scales[v].to(grad_x.dtype)).to(rep[2].dtype)
+                grad = self._gradient(grad_x, *rep, transform, cap, grad_kwargs or {})
+                results.append(
+                    self._layer_maps(cap, rep[1], grad, relu_attributions, attr_dim_summation, n)
+                )
+
+        # 6. One transfer to the host: the degenerate cases and the checks of the values.
+        self._report(flags, label_ok, kinds, results, reference is not None, repeated, tool)
+        return tuple(results), scores
+
+    def _rows(self) -> Optional[int]:
+        return None if self.label_embeddings is None else self.label_embeddings.shape[0]
+
+    def _validate(
+        self,
+        inputs: Any,
+        target: Any,
+        additional_forward_args: Any,
+        context: Any,
+        grad_kwargs: Any,
+        reference: Any,
+    ) -> Tuple[
+        Tuple[Tensor, ...], Tuple[Any, ...], List[Tuple[Any, int]], Optional[Tuple[Any, ...]]
+    ]:
+        """(inputs joined with the context, forward args, parsed targets, reference set)."""
         inputs = self._check_inputs(inputs, "inputs")
         n = inputs[0].shape[0]
         args = _format_additional_forward_args(additional_forward_args) or ()
-        table_rows = None if self.label_embeddings is None else self.label_embeddings.shape[0]
-        if reference is None:
-            reference = self._reference
-        else:
-            reference = self._check_reference(reference)
+        reference = self._reference if reference is None else self._check_reference(reference)
         if reference is not None and context is not None:
             raise InputError(
                 "`context` and `reference` cannot be combined: in reference mode each input "
                 "is scored with the reference set alone. Pass one of them."
             )
-        parts = [(_parse_target(target, n, "target", table_rows, alone=context is None and reference is None), n)]
+        if reference is not None:
+            self._check_like_reference(inputs, reference)
+        alone = context is None and reference is None
+        parts: List[Tuple[Any, int]] = [
+            (parse_target(target, n, "target", self._rows(), alone=alone), n)
+        ]
         if context is not None:
-            inputs, args, ctx_part = self._join_context(inputs, args, context, table_rows)
+            inputs, args, ctx_part = self._join_context(inputs, args, context, self._rows())
             parts.append(ctx_part)
         n_total = inputs[0].shape[0]
         if reference is None and n_total < _MIN_SAMPLES:
@@ -817,73 +921,94 @@ class UniCAM(LayerAttribution, GradientAttribution):
                 "or `reference=` (per-image maps)."
             )
         if grad_kwargs is not None and not isinstance(grad_kwargs, dict):
-            raise InputError("`grad_kwargs` must be a dict of keyword arguments for torch.autograd.grad.")
-        self._warn_training()
+            raise InputError(
+                "`grad_kwargs` must be a dict of keyword arguments for torch.autograd.grad."
+            )
+        return inputs, args, parts, reference
 
-        # 2. The reference set (reference mode): forward-passed once, then cached.
-        blocks = None
-        if reference is not None:
-            blocks = self._reference_blocks(reference, attribute_to_layer_input, table_rows)
+    @staticmethod
+    def _check_like_reference(inputs: Tuple[Tensor, ...], reference: Tuple[Any, ...]) -> None:
+        """Inputs must have the reference set's example shape (checked before any work)."""
+        ref_inputs = UniCAM._check_inputs(reference[0], "reference[0] (ref_inputs)")
+        if len(ref_inputs) != len(inputs):
+            raise InputError(
+                f"`inputs` has {len(inputs)} tensor(s) but the reference set has "
+                f"{len(ref_inputs)}; give inputs of the reference set's form."
+            )
+        for i, (a, r) in enumerate(zip(inputs, ref_inputs)):
+            if a.shape[1:] != r.shape[1:]:
+                raise InputError(
+                    f"Input {i} has example shape {tuple(a.shape[1:])}, but the reference set's "
+                    f"has {tuple(r.shape[1:])}: each input is scored with the reference set, so "
+                    "both must have one example shape (resize the inputs, or build the "
+                    "reference set from images of the inputs' size)."
+                )
 
-        # 3. One forward pass of each model, recording a graph only where needed.
-        need_s = maps and "distilled" in kinds
-        need_b = maps and "residual" in kinds
-        s_feature = self._feature_layer(self.student_feature_layer, self.layer, attribute_to_layer_input)
-        b_feature = self._feature_layer(self.base_feature_layer, self.base_layer, attribute_to_layer_input)
-        out_s, cap_s = self._run(
-            "Student", self.forward_func, self.layer, "layer", s_feature, "student_feature_layer",
-            inputs, args, attribute_to_layer_input, graph=need_s and s_feature is not None,
+    def _forward_pair(
+        self,
+        inputs: Tuple[Tensor, ...],
+        args: Tuple[Any, ...],
+        to_input: bool,
+        need: Dict[str, bool],
+    ) -> Tuple[Tuple[Any, _Capture], Tuple[Any, _Capture]]:
+        """One forward pass of the Student and of the Base, with their captures."""
+        s_feature = self._feature_layer(self.student_feature_layer, self.layer, to_input)
+        b_feature = self._feature_layer(self.base_feature_layer, self.base_layer, to_input)
+        student = self._run(
+            "Student",
+            self.forward_func,
+            self.layer,
+            "layer",
+            s_feature,
+            "student_feature_layer",
+            inputs,
+            args,
+            to_input,
+            graph=need["distilled"] and s_feature is not None,
         )
-        _, cap_b = self._run(
-            "Base", self.base_forward_func, self.base_layer, "base_layer", b_feature, "base_feature_layer",
-            inputs, args, attribute_to_layer_input, graph=need_b and b_feature is not None,
+        base = self._run(
+            "Base",
+            self.base_forward_func,
+            self.base_layer,
+            "base_layer",
+            b_feature,
+            "base_feature_layer",
+            inputs,
+            args,
+            to_input,
+            graph=need["residual"] and b_feature is not None,
         )
+        return student, base
 
-        # 4. Label vectors Y, on the device of the representations.
-        y, label_ok = self._labels(_ravel_targets(parts, out_s, table_rows), out_s, cap_s.activation.device)
-
-        # 5. Scores, and the derivative of each score with respect to its explained
-        #    representation, in closed form (captum_unicam.stats, fused path).
-        with torch.enable_grad() if maps else torch.no_grad():
-            leaf_s, a_s, x_s = self._representation(cap_s, self._transforms[0], need_s, "Student", n_total)
-            leaf_b, a_b, x_b = self._representation(cap_b, self._transforms[1], need_b, "Base", n_total)
-        flat = [x_s.detach().reshape(n_total, -1), None, x_b.detach().reshape(n_total, -1)]
+    @staticmethod
+    def _statistics(
+        x_s: Tensor, y: Tensor, x_b: Tensor, blocks: Optional[Dict[str, Any]], explained: List[int]
+    ) -> Tuple[Tensor, Tensor, Tensor, List[Tensor], Tensor, Optional[Tensor]]:
+        """(scores, W, flags, rescaled samples, scales, repeated-samples flag (batch mode))."""
+        n = x_s.shape[0]
+        flat = [
+            _statistics_dtype(x_s.detach().reshape(n, -1)),
+            None,
+            _statistics_dtype(x_b.detach().reshape(n, -1)),
+        ]
+        repeated = None
         if blocks is None:
             flat[1] = y.to(flat[0].dtype)
-            dist, rescaled, scales = stats._batch_distances(flat)
+            dist, rescaled, scales = _fused.batch_distances(flat)
+            repeated = _fused.repeated_samples(dist)
         else:
             flat = [f.to(blocks["x"][v].dtype) for v, f in enumerate((flat[0], y, flat[2]))]
-            dist, rescaled, scales = stats._reference_distances(flat, blocks)
-        explained = [0 if kind == "distilled" else 2 for kind in kinds]
+            dist, rescaled, scales = _fused.reference_distances(flat, blocks)
         tolerance = 8 * torch.finfo(flat[0].dtype).eps
-        s_all, w_all, flags = stats._unicam_scores(dist, explained, tolerance)
-        out_dtype = x_s.dtype
-        scores = tuple((s_all[k, 0] if blocks is None else s_all[k]).to(out_dtype) for k in range(len(kinds)))
+        s_all, w_all, flags = _fused.unicam_scores(dist, explained, tolerance)
+        return s_all, w_all, flags, rescaled, scales, repeated
 
-        results: List[Tensor] = []
-        if maps:
-            for k, kind in enumerate(kinds):
-                v = explained[k]
-                leaf, a, x, transform, cap = (
-                    (leaf_s, a_s, x_s, self._transforms[0], cap_s)
-                    if kind == "distilled"
-                    else (leaf_b, a_b, x_b, self._transforms[1], cap_b)
-                )
-                if blocks is None:
-                    grad_x = stats._laplacian_product(w_all[k, 0], rescaled[v])
-                else:
-                    w_row = w_all[k, :, 0, 1:]  # (N, m): each input's row
-                    grad_x = stats._reference_row_product(w_row, rescaled[v], blocks["x"][v])
-                grad_x = (grad_x / scales[v].to(grad_x.dtype)).to(x.dtype)
-                grad = self._gradient(grad_x, leaf, a, x, transform, cap, grad_kwargs or {})
-                if cap.shapes is not None:  # a layer with several tensors: one map each
-                    results.append(cap.maps(grad, relu_attributions, attr_dim_summation, n))
-                    continue
-                results.append(self._gradcam(a.detach(), grad, relu_attributions, attr_dim_summation)[:n])
-
-        # 6. One transfer to the host: the degenerate cases and the checks of the values.
-        self._report(flags, label_ok, kinds, results, reference is not None)
-        return tuple(results), scores
+    def _layer_maps(
+        self, cap: _Capture, a: Tensor, grad: Tensor, relu: bool, summation: bool, n: int
+    ) -> Union[Tensor, Tuple[Tensor, ...]]:
+        if cap.shapes is not None:  # a layer with several tensors: one map each
+            return cap.maps(grad, relu, summation, n)
+        return self._gradcam(a.detach(), grad, relu, summation)[:n]
 
     # -- reference mode ----------------------------------------------------------
 
@@ -892,22 +1017,25 @@ class UniCAM(LayerAttribution, GradientAttribution):
         if reference is None:
             return None
         if not isinstance(reference, (tuple, list)) or len(reference) not in (2, 3):
+            length = f" of length {len(reference)}" if isinstance(reference, (tuple, list)) else ""
             raise InputError(
                 "`reference` must be (ref_inputs, ref_target) or (ref_inputs, ref_target, "
-                f"ref_additional_forward_args); got {type(reference).__name__}"
-                f"{' of length ' + str(len(reference)) if isinstance(reference, (tuple, list)) else ''}."
+                f"ref_additional_forward_args); got {type(reference).__name__}{length}."
             )
         ref_inputs = UniCAM._check_inputs(reference[0], "reference[0] (ref_inputs)")
         m = ref_inputs[0].shape[0]
         if m + 1 < _MIN_SAMPLES:
             raise InputError(
                 f"`reference` holds {m} samples; each input is scored with the reference set, "
-                f"so it needs at least {_MIN_SAMPLES - 1} (n = 1 + m >= {_MIN_SAMPLES}). {_WHY_FIVE}"
+                f"so it needs at least {_MIN_SAMPLES - 1} (n = 1 + m >= {_MIN_SAMPLES}). "
+                f"{_WHY_FIVE}"
             )
         return tuple(reference)
 
-    def _reference_blocks(self, reference: Tuple[Any, ...], to_input: bool, table_rows: Optional[int]) -> Dict[str, Any]:
-        """The reference set's cached statistics (stats._reference_block) for the Student's
+    def _reference_blocks(
+        self, reference: Tuple[Any, ...], to_input: bool, table_rows: Optional[int]
+    ) -> Dict[str, Any]:
+        """The reference set's cached statistics (_fused.reference_block) for the Student's
         representation, the label vectors and the Base's representation."""
         key = (id(reference), bool(to_input))
         cached = self._reference_cache.get(key)
@@ -915,29 +1043,55 @@ class UniCAM(LayerAttribution, GradientAttribution):
             return cached[1]
         ref_inputs = self._check_inputs(reference[0], "reference[0] (ref_inputs)")
         m = ref_inputs[0].shape[0]
-        ref_args = _format_additional_forward_args(reference[2] if len(reference) == 3 else None) or ()
-        part = (_parse_target(reference[1], m, "reference[1] (ref_target)", table_rows), m)
+        ref_args = (
+            _format_additional_forward_args(reference[2] if len(reference) == 3 else None) or ()
+        )
+        part = (parse_target(reference[1], m, "reference[1] (ref_target)", table_rows), m)
         s_feature = self._feature_layer(self.student_feature_layer, self.layer, to_input)
         b_feature = self._feature_layer(self.base_feature_layer, self.base_layer, to_input)
         out_s, cap_s = self._run(
-            "Student", self.forward_func, self.layer, "layer", s_feature, "student_feature_layer",
-            ref_inputs, ref_args, to_input, graph=False,
+            "Student",
+            self.forward_func,
+            self.layer,
+            "layer",
+            s_feature,
+            "student_feature_layer",
+            ref_inputs,
+            ref_args,
+            to_input,
+            graph=False,
         )
         _, cap_b = self._run(
-            "Base", self.base_forward_func, self.base_layer, "base_layer", b_feature, "base_feature_layer",
-            ref_inputs, ref_args, to_input, graph=False,
+            "Base",
+            self.base_forward_func,
+            self.base_layer,
+            "base_layer",
+            b_feature,
+            "base_feature_layer",
+            ref_inputs,
+            ref_args,
+            to_input,
+            graph=False,
         )
-        y, label_ok = self._labels(_ravel_targets([part], out_s, table_rows), out_s, cap_s.activation.device)
+        y, label_ok = self._labels(
+            ravel_targets([part], out_s, table_rows), out_s, cap_s.activation.device
+        )
         with torch.no_grad():
             _, _, x_s = self._representation(cap_s, self._transforms[0], False, "Student", m)
             _, _, x_b = self._representation(cap_b, self._transforms[1], False, "Base", m)
-        x_s = x_s.detach().reshape(m, -1)
-        x_b = x_b.detach().reshape(m, -1)
-        blocks = stats._reference_block([x_s, y.to(x_s.dtype), x_b])
-        checks = torch.cat([blocks["distances"].isfinite().flatten(1).all(1), label_ok.reshape(1)]).tolist()
-        for ok, what in zip(checks, ("Student's representation", "label vectors", "Base's representation")):
+        x_s = _statistics_dtype(x_s.detach().reshape(m, -1))
+        x_b = _statistics_dtype(x_b.detach().reshape(m, -1))
+        blocks = _fused.reference_block([x_s, y.to(x_s.dtype), x_b])
+        checks = torch.cat(
+            [blocks["distances"].isfinite().flatten(1).all(1), label_ok.reshape(1)]
+        ).tolist()
+        for ok, what in zip(
+            checks, ("Student's representation", "label vectors", "Base's representation")
+        ):
             if not ok:
-                raise InputError(f"The reference set's {what} contain NaN or Inf; check `reference`.")
+                raise InputError(
+                    f"The reference set's {what} contain NaN or Inf; check `reference`."
+                )
         if not checks[-1]:
             raise InputError(self._predicted_out_of_range())
         self._reference_cache = {key: (reference, blocks)}
@@ -963,7 +1117,11 @@ class UniCAM(LayerAttribution, GradientAttribution):
         return inputs
 
     def _join_context(
-        self, inputs: Tuple[Tensor, ...], args: Tuple[Any, ...], context: Any, table_rows: Optional[int]
+        self,
+        inputs: Tuple[Tensor, ...],
+        args: Tuple[Any, ...],
+        context: Any,
+        table_rows: Optional[int],
     ) -> Tuple[Tuple[Tensor, ...], Tuple[Any, ...], Tuple[Tuple[str, Optional[Tensor]], int]]:
         if not isinstance(context, (tuple, list)) or len(context) not in (2, 3):
             raise InputError(
@@ -983,8 +1141,10 @@ class UniCAM(LayerAttribution, GradientAttribution):
                     f"explained input has {tuple(a.shape[1:])}."
                 )
         n, m = inputs[0].shape[0], ctx_inputs[0].shape[0]
-        ctx_part = (_parse_target(context[1], m, "context[1] (ctx_target)", table_rows), m)
-        joined = tuple(torch.cat([a, c.to(device=a.device, dtype=a.dtype)]) for a, c in zip(inputs, ctx_inputs))
+        ctx_part = (parse_target(context[1], m, "context[1] (ctx_target)", table_rows), m)
+        joined = tuple(
+            torch.cat([a, c.to(device=a.device, dtype=a.dtype)]) for a, c in zip(inputs, ctx_inputs)
+        )
         if len(context) == 3:
             ctx_args = _format_additional_forward_args(context[2]) or ()
             if len(ctx_args) != len(args):
@@ -993,7 +1153,9 @@ class UniCAM(LayerAttribution, GradientAttribution):
                     f"forward argument: {len(args)} expected, got {len(ctx_args)}."
                 )
             args = tuple(
-                torch.cat([a, c.to(a.device)]) if isinstance(a, Tensor) and isinstance(c, Tensor) else a
+                torch.cat([a, c.to(a.device)])
+                if isinstance(a, Tensor) and isinstance(c, Tensor)
+                else a
                 for a, c in zip(args, ctx_args)
             )
         else:
@@ -1012,19 +1174,25 @@ class UniCAM(LayerAttribution, GradientAttribution):
             ("Base", self.base_forward_func, (self.base_layer, self.base_feature_layer)),
         ):
             # The whole model when it is a Module, else the layers we know of.
-            roots = (func,) if isinstance(func, Module) else tuple(m for m in layers if m is not None)
-            if any(m.training for root in roots for m in root.modules()):
+            roots = (
+                (func,) if isinstance(func, Module) else tuple(m for m in layers if m is not None)
+            )
+            found = _diagnosis.training_modules(roots)
+            if found:
                 warnings.warn(
-                    f"The {model} is in training mode: dropout and batch normalisation make "
-                    "its activations depend on chance and on the batch (and update "
-                    f"running statistics). Call .eval() on the {model} before explaining; "
-                    "UniCAM does not change the mode.",
+                    f"The {model} is in training mode, and it has modules that compute "
+                    f"differently there ({', '.join(sorted(set(found))[:4])}): dropout and "
+                    "batch normalisation make its activations depend on chance and on the "
+                    f"batch (and update running statistics). Call .eval() on the {model} "
+                    "before explaining; UniCAM does not change the mode.",
                     UniCAMWarning,
                     stacklevel=5,
                 )
 
     @staticmethod
-    def _feature_layer(feature: Optional[Module], layer: Module, to_input: bool) -> Optional[Module]:
+    def _feature_layer(
+        feature: Optional[Module], layer: Module, to_input: bool
+    ) -> Optional[Module]:
         if feature is None or (feature is layer and not to_input):
             return None
         return feature
@@ -1062,26 +1230,50 @@ class UniCAM(LayerAttribution, GradientAttribution):
         return output, capture
 
     def _report(
-        self, flags: Tensor, label_ok: Tensor, kinds: Sequence[str], maps: List[Tensor], per_input: bool
+        self,
+        flags: Tensor,
+        label_ok: Tensor,
+        kinds: Sequence[str],
+        maps: List[Any],
+        per_input: bool,
+        repeated: Optional[Tensor] = None,
+        tool: Optional[str] = None,
     ) -> None:
-        """Reads the flags of stats._unicam_scores (and the finiteness of the maps) in one
-        transfer, then raises or warns."""
-        k = len(kinds)
+        """Reads the flags of _fused.unicam_scores (the finiteness of the maps, and in batch
+        mode whether the batch repeats samples) in one transfer, then raises or warns."""
         extra = [label_ok.reshape(1)] + [  # a tuple-output layer gives a tuple of maps
-            torch.stack([torch.isfinite(t).all() for t in (m if isinstance(m, tuple) else (m,))]).all().reshape(1)
+            torch.stack([torch.isfinite(t).all() for t in (m if isinstance(m, tuple) else (m,))])
+            .all()
+            .reshape(1)
             for m in maps
         ]
+        if repeated is not None:
+            extra.append(repeated.reshape(1))
+        width = flags.shape[1]
         values = torch.cat([flags.any(dim=0), flags.all(dim=0)[-3:]] + extra).tolist()
-        count = flags.shape[0]
-        anyf, allf = values[: flags.shape[1]], values[flags.shape[1] : flags.shape[1] + 3]
-        label_ok_v, maps_ok = values[flags.shape[1] + 3], values[flags.shape[1] + 4 :]
-        if not label_ok_v:
+        self._raise_invalid(
+            values[width : width + 3],
+            values[width + 3],
+            values[width + 4 : width + 4 + len(maps)],
+            kinds,
+        )
+        if not per_input and not self._warned_batch:
+            self._warn_batch_tool(tool, bool(values[-1]) if repeated is not None else False)
+        self._warn_degenerate(values[:width], kinds, per_input, flags.shape[0])
+
+    def _raise_invalid(
+        self, finite: List[bool], label_ok: bool, maps_ok: List[bool], kinds: Sequence[str]
+    ) -> None:
+        if not label_ok:
             raise InputError(self._predicted_out_of_range())
-        for ok, name in zip(allf, ("Student's representation", "label vectors", "Base's representation")):
+        for ok, name in zip(
+            finite, ("Student's representation", "label vectors", "Base's representation")
+        ):
             if not ok:
                 raise InputError(
-                    f"The {name} contain NaN or Inf (or values that overflow); check the "
-                    "inputs, the targets and the models' weights."
+                    f"The {name} {'contain' if name.endswith('s') else 'contains'} NaN or Inf "
+                    "(or values that overflow); check the inputs, the targets and the models' "
+                    "weights."
                 )
         for ok, kind in zip(maps_ok, kinds):
             if not ok:
@@ -1090,54 +1282,61 @@ class UniCAM(LayerAttribution, GradientAttribution):
                     f"The {model}'s activations at the attribution layer contain NaN or Inf; "
                     "check the inputs and the model's weights."
                 )
+
+    def _warn_batch_tool(self, tool: Optional[str], repeated: bool) -> None:
+        """Batch mode inside a tool that builds its own batches, or on a batch that repeats
+        samples (as those tools' batches do): the maps measure the batch's make-up. Once
+        per UniCAM instance."""
+        if tool is None and not repeated:
+            return
+        if tool is not None:
+            why = f"UniCAM in batch mode is called from {tool.split('.')[0]} ({tool})"
+        else:
+            why = (
+                "UniCAM in batch mode got a batch with repeated or near-duplicate samples (two "
+                "samples with nearly the same representation in both models)"
+            )
+        warnings.warn(
+            f"{why}: a batch-mode map is a statistic of the whole batch, so tools that build "
+            "batches of their own (NoiseTunnel's noisy copies, sensitivity_max's and "
+            "infidelity's perturbed copies, Occlusion's and Quantus' batches) measure the "
+            "batch's make-up, not the image. Use reference mode: "
+            "UniCAM(..., reference=captum_unicam.reference_set(dataset, m)) gives per-image "
+            "maps (docs/per-image.md). This warning is shown once per UniCAM object.",
+            UniCAMWarning,
+            stacklevel=5,
+        )
+        self._warned_batch = True
+
+    def _warn_degenerate(
+        self, anyf: List[bool], kinds: Sequence[str], per_input: bool, count: int
+    ) -> None:
+        k = len(kinds)
         where = " for some inputs" if per_input and count > 1 else ""
         batch = "reference set" if per_input else "batch"
-        s_const, y_same, y_flat, b_const = anyf[:4]
-        same, by_other = anyf[4 : 4 + k], anyf[4 + k : 4 + 2 * k]
-        for kind, explained_const, other_const, explained, other in (
-            ("distilled", s_const, b_const, "Student", "Base"),
-            ("residual", b_const, s_const, "Base", "Student"),
+        s_null, b_null = anyf[0], anyf[3]
+        for kind, explained_null, other_null, explained, other in (
+            ("distilled", s_null, b_null, "Student", "Base"),
+            ("residual", b_null, s_null, "Base", "Student"),
         ):
             if kind not in kinds:
                 continue
             i = kinds.index(kind)
-            if other_const:
+            if other_null:
                 warnings.warn(
-                    f"The {other}'s representation is constant over the {batch}{where}, so there "
-                    f"is nothing to remove: the {kind} score is the distance correlation of the "
+                    f"The {other}'s representation is constant over the {batch}{where} (or has "
+                    "every pair of samples at one distance: no distance structure), so there is "
+                    f"nothing to remove: the {kind} score is the distance correlation of the "
                     f"{explained} with the labels.",
                     UniCAMWarning,
-                    stacklevel=5,
+                    stacklevel=6,
                 )
-            reason = None
-            if explained_const:
-                reason = f"the {explained}'s representation is constant over the {batch}{where}"
-            elif y_same:
-                reason = (
-                    f"every sample has the same label vector{where} (one class); explain a {batch} "
-                    "with several classes, or pass a reference set with repeated classes "
-                    "(`reference=` or `context=`)"
-                )
-            elif y_flat:
-                reason = (
-                    f"the U-centred distance matrix of the label vectors is zero{where}, so "
-                    "the labels carry no information: e.g. one-hot labels of classes that "
-                    "are all distinct (every pair at the same distance), or all samples but "
-                    "one in one class; pass `label_embeddings=embed_labels(class_names)`, or "
-                    f"a {batch} with repeated classes"
-                )
-            elif same[i]:
-                reason = (
-                    "the Student's and the Base's representations have the same distance "
-                    f"structure{where} (e.g. they are the same model), so no unique part is left"
-                )
-            elif by_other[i]:
-                reason = f"the labels are fully explained by the {other}'s representation{where}"
+            reason = _degenerate_reason(anyf, i, k, explained_null, explained, other, where, batch)
             if reason is not None:
                 warnings.warn(
                     f"UniCAM {kind} score set to 0 and its maps to zero: {reason}.",
                     UniCAMWarning,
-                    stacklevel=5,
+                    stacklevel=6,
                 )
 
     def _predicted_out_of_range(self) -> str:
@@ -1148,52 +1347,70 @@ class UniCAM(LayerAttribution, GradientAttribution):
             "Give an embedding for every class, or pass `target`."
         )
 
+    def _logits(self, kinds: set, output: Any) -> Optional[Tensor]:
+        """The Student's (N, num_classes) output, where predicted classes or the number of
+        classes are needed; None otherwise."""
+        if "predicted" not in kinds and not ("index" in kinds and self.label_embeddings is None):
+            return None
+        if not isinstance(output, Tensor) or output.dim() != 2:
+            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            need = (
+                "predicted classes (target=None)"
+                if "predicted" in kinds
+                else "the number of classes"
+            )
+            raise InputError(
+                f"UniCAM reads the Student's output as (N, num_classes) logits to find {need}"
+                f", but it is {shape}. Pass `target` as class indices and "
+                "`label_embeddings`, or label vectors."
+            )
+        return output.detach()
+
+    @staticmethod
+    def _predicted(
+        logits: Tensor, table: Optional[Tensor], device: torch.device
+    ) -> Tuple[Tensor, Tensor]:
+        """Predicted classes on the device (no transfer), clamped into the table, and a 0-d
+        flag: all were in range."""
+        index = logits.argmax(dim=1).to(device)
+        if table is not None and logits.shape[1] > table.shape[0]:
+            return index.clamp_max(table.shape[0] - 1), (index < table.shape[0]).all()
+        return index, torch.ones((), dtype=torch.bool, device=device)
+
     def _labels(
-        self, parts: List[Tuple[Tuple[str, Optional[Tensor]], int]], output: Any, device: torch.device
+        self,
+        parts: List[Tuple[Tuple[str, Optional[Tensor]], int]],
+        output: Any,
+        device: torch.device,
     ) -> Tuple[Tensor, Tensor]:
         """(Y on ``device``, a 0-d bool tensor: every predicted class has a label vector).
 
         Class indices given by the caller are checked on the host, where they are;
         predicted classes stay on the device (no transfer): an out-of-range one is
         clamped and reported by the flag, read with the other checks at the end."""
-        kinds = {kind for (kind, _), _ in parts}
-        logits: Optional[Tensor] = None
-        if "predicted" in kinds or ("index" in kinds and self.label_embeddings is None):
-            if not isinstance(output, Tensor) or output.dim() != 2:
-                shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-                raise InputError(
-                    "UniCAM reads the Student's output as (N, num_classes) logits to find "
-                    f"{'predicted classes (target=None)' if 'predicted' in kinds else 'the number of classes'}"
-                    f", but it is {shape}. Pass `target` as class indices and "
-                    "`label_embeddings`, or label vectors."
-                )
-            logits = output.detach()
-        num_classes = self.label_embeddings.shape[0] if self.label_embeddings is not None else (
-            logits.shape[1] if logits is not None else None
+        logits = self._logits({kind for (kind, _), _ in parts}, output)
+        table = None if self.label_embeddings is None else self.label_embeddings.detach().to(device)
+        num_classes = (
+            table.shape[0] if table is not None else (None if logits is None else logits.shape[1])
         )
         ok = torch.ones((), dtype=torch.bool, device=device)
-        table = None if self.label_embeddings is None else self.label_embeddings.detach().to(device)
         rows: List[Tensor] = []
         start = 0
         for (kind, value), count in parts:
             if kind == "vector":
                 rows.append(value.detach().to(device))
             elif kind == "predicted":
-                index = logits[start : start + count].argmax(dim=1).to(device)
-                if table is not None and logits.shape[1] > table.shape[0]:
-                    ok = ok & (index < table.shape[0]).all()
-                    index = index.clamp_max(table.shape[0] - 1)
-                rows.append(table[index] if table is not None else _one_hot(index, num_classes))
+                index, in_range = self._predicted(logits[start : start + count], table, device)
+                ok = ok & in_range
+                rows.append(rows_of(index, table, num_classes))
             else:
-                index = value  # on the host (see _parse_target)
-                if self.label_embeddings is None and bool((index >= num_classes).any()):
+                if table is None and bool((value >= num_classes).any()):  # on the host
                     raise InputError(
-                        f"Class index {int(index.max())} is out of range: there are "
+                        f"Class index {int(value.max())} is out of range: there are "
                         f"{num_classes} classes (Student outputs). Pass valid class indices, "
                         "or `label_embeddings` with a row per class."
                     )
-                index = index.to(device)
-                rows.append(table[index] if table is not None else _one_hot(index, num_classes))
+                rows.append(rows_of(value.to(device), table, num_classes))
             start += count
         if len({r.shape[1] for r in rows}) != 1:
             raise InputError(
@@ -1266,12 +1483,13 @@ class UniCAM(LayerAttribution, GradientAttribution):
             )
         return grad if transform is None else transform(grad)
 
-
     @staticmethod
     def _gradcam(a: Tensor, grad: Optional[Tensor], relu: bool, summation: bool) -> Tensor:
         if grad is None:
             grad = torch.zeros_like(a)
-        weights = grad.mean(dim=tuple(range(2, grad.dim())), keepdim=True) if grad.dim() > 2 else grad
+        weights = (
+            grad.mean(dim=tuple(range(2, grad.dim())), keepdim=True) if grad.dim() > 2 else grad
+        )
         out = weights * a
         if summation:
             out = out.sum(dim=1, keepdim=True)

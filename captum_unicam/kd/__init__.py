@@ -1,12 +1,14 @@
-"""Knowledge distillation toolkit: the paper's three KD losses, training loops,
-Teacher-assistant chains, k-fold splits and the demo models.
+"""Knowledge distillation toolkit: the paper's three KD losses, the training loop,
+Teacher-assistant chains and k-fold splits.
 
 - :mod:`captum_unicam.kd.losses`: :func:`response_kd_loss`, :func:`attention_transfer_loss`,
   :class:`OverhaulDistiller` (and their building blocks);
+- :mod:`captum_unicam.kd.recipe`: :class:`Recipe`, every choice of one training run;
 - :mod:`captum_unicam.kd.train`: :func:`train_model`, :func:`evaluate_accuracy`,
-  :func:`train_teacher_assistant_chain`, :func:`kfold_indices`, :func:`train_from_spec`;
-- :mod:`captum_unicam.kd.demo`: :func:`train_demo_models` (Teacher, Base and Student of
-  the demo, cached).
+  :func:`train_teacher_assistant_chain`, :func:`kfold_indices`, :func:`cross_validate`.
+
+The demo models and the command line's training are pipeline code
+(:mod:`captum_unicam.pipeline`); this package never imports it.
 """
 
 from __future__ import annotations
@@ -26,14 +28,13 @@ from captum_unicam.kd.losses import (
 )
 
 _LAZY = {
+    "Recipe": "captum_unicam.kd.recipe",
     "train_model": "captum_unicam.kd.train",
     "evaluate_accuracy": "captum_unicam.kd.train",
     "train_teacher_assistant_chain": "captum_unicam.kd.train",
     "kfold_indices": "captum_unicam.kd.train",
-    "train_from_spec": "captum_unicam.kd.train",
+    "cross_validate": "captum_unicam.kd.train",
     "KD_METHODS": "captum_unicam.kd.train",
-    "train_demo_models": "captum_unicam.kd.demo",
-    "DemoModels": "captum_unicam.kd.demo",
 }
 
 __all__ = [

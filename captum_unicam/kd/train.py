@@ -19,8 +19,6 @@ Teacher-assistant chains and with k-fold splits.
 - :func:`train_teacher_assistant_chain` trains a Teacher, then each next architecture
   by distillation from the previous one (R101 -> R50 -> R18 in the paper).
 - :func:`kfold_indices` and :func:`cross_validate` give seeded k-fold splits and scores.
-- :func:`train_from_spec` is the library side of ``captum-unicam train``: it validates
-  every input, trains, measures the test accuracy and writes a checkpoint atomically.
 
 **Determinism.** Training runs inside :func:`torch.random.fork_rng` seeded with
 ``seed``: the same model, data, seed and arguments give bit-identical weights on the
@@ -31,8 +29,9 @@ to ``device``; their train / eval modes are restored on return (also after an er
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import math
-import os
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -42,43 +41,27 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from captum_unicam.errors import InputError
 from captum_unicam.kd.losses import OverhaulDistiller, attention_transfer_loss, response_kd_loss
+from captum_unicam.kd.recipe import Recipe, positive_int
+from captum_unicam.models import ARCHITECTURES, build_model, stage_layers
+from captum_unicam.output.tables import KD_METHODS
 
 __all__ = [
     "KD_METHODS",
+    "Recipe",
     "train_model",
     "evaluate_accuracy",
     "train_teacher_assistant_chain",
     "kfold_indices",
     "cross_validate",
-    "train_from_spec",
 ]
 
-#: KD methods of the paper, names as on the command line.
-KD_METHODS: Tuple[str, ...] = ("response", "attention", "overhaul")
-
-_DEFAULT_BETA = {"attention": 1e3, "overhaul": 1e-3}
+#: SGD's (Nesterov) momentum.
+MOMENTUM = 0.9
 
 
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-
-
-def _check_method(method: Optional[str], teacher: Optional[nn.Module]) -> None:
-    if method is not None and method not in KD_METHODS:
-        raise InputError(f"unknown KD method {method!r}; choose one of {', '.join(KD_METHODS)}")
-    if method is not None and teacher is None:
-        raise InputError(f"KD method {method!r} needs a teacher; pass teacher=...")
-    if teacher is not None and method is None:
-        raise InputError(
-            f"a teacher was given but no KD method; pass method= one of {', '.join(KD_METHODS)}"
-        )
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _split_batch(batch: Any, labelled: bool) -> Tuple[Tensor, Optional[Tensor]]:
@@ -156,26 +139,16 @@ def _tqdm(total: int, desc: str, enabled: bool):
 def train_model(
     model: nn.Module,
     train_loader: Any,
+    recipe: Recipe,
     *,
-    epochs: int,
     teacher: Optional[nn.Module] = None,
-    method: Optional[str] = None,
-    alpha: float = 0.9,
-    temperature: float = 4.0,
-    beta: Optional[float] = None,
-    lr: float = 0.05,
-    optimizer: str = "sgd",
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    schedule: str = "cosine",
-    seed: int = 0,
-    device: Union[str, torch.device] = "cpu",
-    progress: bool = True,
     unlabelled: bool = False,
     layers: Optional[Sequence[Tuple[nn.Module, nn.Module]]] = None,
+    device: Union[str, torch.device] = "cpu",
+    progress: bool = True,
     desc: Optional[str] = None,
 ) -> nn.Module:
-    r"""Trains ``model`` in place, on data alone or by distillation from ``teacher``.
+    r"""Trains ``model`` in place by ``recipe``, on data alone or by distillation from ``teacher``.
 
     Args:
 
@@ -183,144 +156,129 @@ def train_model(
         train_loader (iterable): Batches ``(inputs, labels, ...)`` (extra items, such
                     as the controlled dataset's masks, are ignored), or bare input
                     tensors when ``unlabelled=True``. A ``DataLoader`` with
-                    ``shuffle=True`` is reshuffled deterministically from ``seed``.
-        epochs (int): Passes over ``train_loader``.
+                    ``shuffle=True`` is reshuffled deterministically from ``recipe.seed``.
+        recipe (Recipe): The training fields: ``epochs``, ``optimizer`` (``"sgd"``:
+                    Nesterov momentum 0.9; ``"adam"``: AdamW), ``lr`` (peak of a cosine
+                    decay to 0 over all steps), ``weight_decay``, ``method`` (required
+                    with a teacher), ``temperature``, ``alpha``, ``beta`` and ``seed``.
         teacher (nn.Module, optional): The Teacher, kept frozen in eval mode.
                     Default: None (train on data alone)
-        method (str, optional): ``"response"``, ``"attention"`` or ``"overhaul"``;
-                    required with a teacher. Default: None
-        alpha (float, optional): Weight of the KD term of ``"response"`` (the
-                    cross-entropy gets ``1 - alpha``). Default: 0.9
-        temperature (float, optional): Softmax temperature of the response-KD term.
-                    Default: 4.0
-        beta (float, optional): Weight of the feature term: ``beta / 2`` times the
-                    attention-transfer loss (default ``beta = 1e3``) or ``beta`` times
-                    the overhaul loss (default ``1e-3``). Default: None (the method's)
-        lr (float, optional): Peak learning rate. Default: 0.05
-        optimizer (str, optional): ``"sgd"`` (Nesterov momentum) or ``"adam"``
-                    (AdamW). Default: "sgd"
-        momentum (float, optional): SGD momentum. Default: 0.9
-        weight_decay (float, optional): Weight decay. Default: 5e-4
-        schedule (str, optional): ``"cosine"`` (cosine decay to 0 over all steps) or
-                    ``"constant"``. Default: "cosine"
-        seed (int, optional): Seed of every random draw during training.
-                    Default: 0
-        device (str or torch.device, optional): Device to train on; ``model`` and
-                    ``teacher`` are moved there. Default: "cpu"
-        progress (bool, optional): Show a tqdm progress bar. Default: True
         unlabelled (bool, optional): The loader's labels are ignored (a transfer set):
                     needs a teacher, and the response-KD term replaces the
                     cross-entropy. Default: False
         layers (sequence of (nn.Module, nn.Module), optional): (student, teacher)
                     block pairs of the feature methods. Default: L1..L4 of both
                     (``captum_unicam.models.stage_layers``).
+        device (str or torch.device, optional): Device to train on; ``model`` and
+                    ``teacher`` are moved there. Default: "cpu"
+        progress (bool, optional): Show a tqdm progress bar. Default: True
         desc (str, optional): Label of the progress bar.
 
     Returns:
         *nn.Module*: ``model``, trained, in the train / eval mode it had on entry.
 
     Raises:
-        InputError: unknown method, method without teacher (or teacher without
-        method), bad numbers, or batches without labels for labelled training; raised
-        before any training step.
+        InputError: a bad recipe (unknown method, method without teacher or teacher
+        without method, bad numbers), or batches without labels for labelled training;
+        raised before any training step.
 
     Examples::
 
-        >>> teacher = train_model(build_model("small_resnet_l", 4), loader, epochs=10)
+        >>> teacher = train_model(build_model("small_resnet_l", 4), loader, Recipe(epochs=10))
         >>> student = train_model(build_model("small_resnet_s", 4), transfer_loader,
-        ...                       epochs=10, teacher=teacher, method="response",
+        ...                       Recipe(epochs=10, method="response"), teacher=teacher,
         ...                       unlabelled=True)
     """
+    steps_per_epoch = _check_training(model, train_loader, recipe, teacher, unlabelled)
+    device = torch.device(device)
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device)
+    layer_pairs = _layer_pairs(model, teacher, recipe.method, layers)
+    with _modes(model, teacher), torch.random.fork_rng(devices=_rng_devices(device)):
+        torch.manual_seed(recipe.seed)
+        distiller = None
+        if recipe.method == "overhaul":
+            distiller = OverhaulDistiller(model, teacher, layer_pairs).to(device)
+        params = list(model.parameters()) + (list(distiller.parameters()) if distiller else [])
+        opt, sched = _optimizer(params, recipe, recipe.epochs * steps_per_epoch)
+        model.train()
+        if distiller is not None:
+            distiller.train()
+        if teacher is not None:
+            teacher.eval()
+        step = functools.partial(_step_loss, model, teacher, recipe.method, distiller, layer_pairs,
+                                 alpha=float(recipe.alpha), temperature=float(recipe.temperature),
+                                 beta=recipe.feature_beta())
+        bar = _tqdm(recipe.epochs * steps_per_epoch, desc or ("student" if teacher is not None else "train"),
+                    progress)
+        try:
+            for epoch in range(recipe.epochs):
+                _one_epoch(train_loader, step, opt, sched, bar, epoch, unlabelled, device)
+        finally:
+            bar.close()
+    return model
+
+
+def _check_training(model: Any, train_loader: Any, recipe: Recipe, teacher: Any, unlabelled: bool) -> int:
+    """Every check of :func:`train_model` before any step; returns the steps per epoch."""
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if teacher is not None and not isinstance(teacher, nn.Module):
         raise InputError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
-    _check_method(method, teacher)
-    epochs = _positive_int(epochs, "epochs")
+    if not isinstance(recipe, Recipe):
+        raise InputError(f"recipe must be a captum_unicam.kd.Recipe, got {type(recipe).__name__}")
+    recipe.check_training(has_teacher=teacher is not None)
     if unlabelled and teacher is None:
         raise InputError("unlabelled=True needs a teacher: without labels only distillation can train")
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise InputError(f"alpha must be in [0, 1], got {alpha!r}")
-    if not (float(temperature) > 0):
-        raise InputError(f"temperature must be positive, got {temperature!r}")
-    if not (float(lr) > 0):
-        raise InputError(f"lr must be positive, got {lr!r}")
-    if optimizer not in ("sgd", "adam"):
-        raise InputError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
-    if schedule not in ("cosine", "constant"):
-        raise InputError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
-    if beta is None and method in _DEFAULT_BETA:
-        beta = _DEFAULT_BETA[method]
     try:
         steps_per_epoch = len(train_loader)
     except TypeError:
         raise InputError("train_loader must have a length (a DataLoader or a list of batches)") from None
     if steps_per_epoch < 1:
         raise InputError("train_loader is empty; give it at least one batch")
-    device = torch.device(device)
+    return steps_per_epoch
 
-    model.to(device)
-    if teacher is not None:
-        teacher.to(device)
-    layer_pairs: List[Tuple[nn.Module, nn.Module]] = []
-    if method in ("attention", "overhaul") and layers is None:
-        from captum_unicam.models import stage_layers
 
+def _layer_pairs(model: nn.Module, teacher: Optional[nn.Module], method: Optional[str],
+                 layers: Optional[Sequence[Tuple[nn.Module, nn.Module]]]) -> List[Tuple[nn.Module, nn.Module]]:
+    if layers is not None:
+        return [tuple(p) for p in layers]  # type: ignore[misc]
+    if method in ("attention", "overhaul"):
         s_st, t_st = stage_layers(model), stage_layers(teacher)
-        layer_pairs = [(s_st[k], t_st[k]) for k in s_st]
-    elif layers is not None:
-        layer_pairs = [tuple(p) for p in layers]  # type: ignore[misc]
+        return [(s_st[k], t_st[k]) for k in s_st]
+    return []
 
-    with _modes(model, teacher), torch.random.fork_rng(devices=_rng_devices(device)):
-        torch.manual_seed(seed)
-        distiller = None
-        if method == "overhaul":
-            distiller = OverhaulDistiller(model, teacher, layer_pairs).to(device)
-        params = list(model.parameters()) + (list(distiller.parameters()) if distiller else [])
-        if optimizer == "sgd":
-            opt: torch.optim.Optimizer = torch.optim.SGD(
-                params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0
+
+def _optimizer(params: List[Tensor], recipe: Recipe, total: int):
+    """The optimiser of the recipe and its cosine learning-rate schedule over ``total`` steps."""
+    if recipe.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=MOMENTUM,
+                                                     weight_decay=recipe.weight_decay, nesterov=True)
+    else:
+        opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total)))
+    return opt, sched
+
+
+def _one_epoch(train_loader, step, opt, sched, bar, epoch: int, unlabelled: bool, device: torch.device) -> None:
+    for batch in train_loader:
+        x, y = _split_batch(batch, labelled=not unlabelled)
+        x = x.to(device)
+        y = y.to(device) if y is not None else None
+        loss = step(x, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"the training loss became {loss.item()} at epoch {epoch}; "
+                "lower the learning rate (lr=...) or the KD weight (beta=...)"
             )
-        else:
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-        total = epochs * steps_per_epoch
-        sched = None
-        if schedule == "cosine":
-            sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-            )
-        model.train()
-        if distiller is not None:
-            distiller.train()
-        if teacher is not None:
-            teacher.eval()
-        label = desc or ("student" if teacher is not None else "train")
-        bar = _tqdm(total, label, progress)
-        try:
-            for epoch in range(epochs):
-                for batch in train_loader:
-                    x, y = _split_batch(batch, labelled=not unlabelled)
-                    x = x.to(device)
-                    y = y.to(device) if y is not None else None
-                    loss = _step_loss(
-                        model, teacher, method, distiller, layer_pairs, x, y,
-                        alpha=float(alpha), temperature=float(temperature), beta=beta,
-                    )
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"the training loss became {loss.item()} at epoch {epoch}; "
-                            "lower the learning rate (lr=...) or the KD weight (beta=...)"
-                        )
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    if sched is not None:
-                        sched.step()
-                    bar.update(1)
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
-        finally:
-            bar.close()
-    return model
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.update(1)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
 
 
 def _step_loss(model, teacher, method, distiller, layer_pairs, x, y, *, alpha, temperature, beta) -> Tensor:
@@ -399,40 +357,36 @@ def evaluate_accuracy(
 
 def train_teacher_assistant_chain(
     train_loader: Any,
+    recipe: Recipe,
     *,
     num_classes: int,
     archs: Sequence[str] = ("resnet101", "resnet50", "resnet18"),
-    epochs: Union[int, Sequence[int]] = 10,
-    method: str = "response",
+    epochs: Optional[Sequence[int]] = None,
     build_kwargs: Optional[Dict[str, Any]] = None,
     transfer_loader: Any = None,
-    seed: int = 0,
     device: Union[str, torch.device] = "cpu",
     progress: bool = True,
-    **train_kwargs: Any,
 ) -> List[nn.Module]:
     r"""Teacher-assistant KD (Mirzadeh et al. 2020): a chain Teacher -> assistant(s) -> Student.
 
     The first architecture is trained on ``train_loader`` with cross-entropy; each next
-    one is distilled from the one before with ``method``, on ``transfer_loader``
-    (unlabelled) when given, else on ``train_loader`` (labelled).
+    one is distilled from the one before with ``recipe.method`` (default ``"response"``),
+    on ``transfer_loader`` (unlabelled) when given, else on ``train_loader`` (labelled).
 
     Args:
 
         train_loader (iterable): Labelled batches ``(inputs, labels, ...)``.
+        recipe (Recipe): The training of every link (:func:`train_model`); model ``i`` is
+                    built and trained with seed ``recipe.seed + i``.
         num_classes (int): Number of classes of every model.
         archs (sequence of str, optional): At least two architectures of
                     ``captum_unicam.models.ARCHITECTURES``, largest first.
                     Default: ("resnet101", "resnet50", "resnet18"), the paper's chain
-        epochs (int or sequence of int, optional): Epochs of every model, or one
-                    number per model. Default: 10
-        method (str, optional): KD method of every link. Default: "response"
+        epochs (sequence of int, optional): Epochs of each model. Default: ``recipe.epochs``
         build_kwargs (dict, optional): Keywords of ``build_model`` (e.g.
                     ``{"cifar_stem": True}``).
         transfer_loader (iterable, optional): Unlabelled data for the distilled links.
-        seed (int, optional): Model ``i`` is built and trained with seed ``seed + i``.
         device, progress: As in :func:`train_model`.
-        **train_kwargs: Passed to :func:`train_model` (``lr``, ``temperature``, ...).
 
     Returns:
         *list[nn.Module]*: the trained models, in the order of ``archs`` (Teacher,
@@ -441,38 +395,32 @@ def train_teacher_assistant_chain(
     Examples::
 
         >>> teacher, assistant, student = train_teacher_assistant_chain(
-        ...     loader, num_classes=10, archs=("small_resnet_l", "small_resnet_m",
-        ...     "small_resnet_s"), epochs=5)
+        ...     loader, Recipe(epochs=5), num_classes=10,
+        ...     archs=("small_resnet_l", "small_resnet_m", "small_resnet_s"))
     """
-    from captum_unicam.models import ARCHITECTURES, build_model
-
     archs = list(archs)
     if len(archs) < 2:
         raise InputError("a Teacher-assistant chain needs at least two architectures")
     for a in archs:
         if a not in ARCHITECTURES:
             raise InputError(f"unknown architecture {a!r}; choose from {', '.join(ARCHITECTURES)}")
-    _check_method(method, nn.Identity())
-    if isinstance(epochs, int):
-        epoch_list = [epochs] * len(archs)
-    else:
-        epoch_list = list(epochs)
-        if len(epoch_list) != len(archs):
-            raise InputError(f"epochs has {len(epoch_list)} entries for {len(archs)} architectures")
+    method = recipe.method or "response"
+    epoch_list = [recipe.epochs] * len(archs) if epochs is None else list(epochs)
+    if len(epoch_list) != len(archs):
+        raise InputError(f"epochs has {len(epoch_list)} entries for {len(archs)} architectures")
     for e in epoch_list:
-        _positive_int(e, "epochs")
+        positive_int(e, "epochs")
     models: List[nn.Module] = []
     for i, (arch, ep) in enumerate(zip(archs, epoch_list)):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + i)
+            torch.manual_seed(recipe.seed + i)
             model = build_model(arch, num_classes, **(build_kwargs or {}))
         prev = models[-1] if models else None
         loader = train_loader if prev is None or transfer_loader is None else transfer_loader
-        train_model(
-            model, loader, epochs=ep, teacher=prev, method=None if prev is None else method,
-            unlabelled=prev is not None and transfer_loader is not None, seed=seed + i,
-            device=device, progress=progress, desc=f"{arch} ({i + 1}/{len(archs)})", **train_kwargs,
-        )
+        link = dataclasses.replace(recipe, arch=arch, epochs=ep, seed=recipe.seed + i,
+                                   method=None if prev is None else method)
+        train_model(model, loader, link, teacher=prev, unlabelled=prev is not None and transfer_loader is not None,
+                    device=device, progress=progress, desc=f"{arch} ({i + 1}/{len(archs)})")
         models.append(model)
     return models
 
@@ -509,31 +457,32 @@ def kfold_indices(n: int, k: int, seed: int = 0) -> List[Tuple[List[int], List[i
 def cross_validate(
     build: Callable[[], nn.Module],
     dataset: Dataset,
+    recipe: Recipe,
     *,
     k: int = 5,
-    epochs: int,
-    batch_size: int = 64,
-    seed: int = 0,
+    teacher: Optional[nn.Module] = None,
     device: Union[str, torch.device] = "cpu",
     progress: bool = True,
-    **train_kwargs: Any,
 ) -> Dict[str, Any]:
-    r"""k-fold cross-validation: trains ``build()`` on each training part and scores it
-    on the held-out fold (the paper trains with 5-fold cross-validation).
+    r"""k-fold cross-validation: trains ``build()`` on each training part by ``recipe`` and
+    scores it on the held-out fold (the paper trains with 5-fold cross-validation).
 
     Args:
 
         build (callable): Returns a fresh model; called once per fold, with the
-                    global seed set to ``seed + fold``.
+                    global seed set to ``recipe.seed + fold``.
         dataset (Dataset): Labelled items ``(input, label, ...)``.
+        recipe (Recipe): The training of each fold (:func:`train_model`), in batches of
+                    ``recipe.batch_size``, with seed ``recipe.seed + fold``.
         k (int, optional): Number of folds. Default: 5
-        epochs, batch_size, seed, device, progress: As in :func:`train_model`.
-        **train_kwargs: Passed to :func:`train_model` (``teacher``, ``method``, ...).
+        teacher (nn.Module, optional): Distil from it (``recipe.method``).
+        device, progress: As in :func:`train_model`.
 
     Returns:
         *dict*: ``accuracies`` (one per fold), ``mean``, ``std`` (sample standard
         deviation) and ``folds`` (the :func:`kfold_indices` splits).
     """
+    seed = recipe.seed
     splits = kfold_indices(len(dataset), k, seed)
     accs = []
     for fold, (tr, va) in enumerate(splits):
@@ -541,90 +490,11 @@ def cross_validate(
             torch.manual_seed(seed + fold)
             model = build()
         g = torch.Generator().manual_seed(seed + fold)
-        tl = DataLoader(Subset(dataset, tr), batch_size=batch_size, shuffle=True, generator=g)
-        vl = DataLoader(Subset(dataset, va), batch_size=batch_size)
-        train_model(model, tl, epochs=epochs, seed=seed + fold, device=device, progress=progress,
-                    desc=f"fold {fold + 1}/{k}", **train_kwargs)
+        tl = DataLoader(Subset(dataset, tr), batch_size=recipe.batch_size, shuffle=True, generator=g)
+        vl = DataLoader(Subset(dataset, va), batch_size=recipe.batch_size)
+        train_model(model, tl, dataclasses.replace(recipe, seed=seed + fold), teacher=teacher, device=device,
+                    progress=progress, desc=f"fold {fold + 1}/{k}")
         accs.append(evaluate_accuracy(model, vl, device=device))
     mean = sum(accs) / len(accs)
     std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1))
     return {"accuracies": accs, "mean": mean, "std": std, "folds": splits}
-
-
-# ---------------------------------------------------------------------------
-# captum-unicam train
-# ---------------------------------------------------------------------------
-
-
-def train_from_spec(
-    data: str,
-    arch: str,
-    out: Union[str, os.PathLike],
-    *,
-    teacher: Optional[Union[str, os.PathLike]] = None,
-    device: Union[str, torch.device] = "cpu",
-    progress: bool = True,
-    download: bool = False,
-    folds: Optional[int] = None,
-    test_limit: Optional[int] = None,
-    **recipe: Any,
-) -> Dict[str, Any]:
-    r"""``captum-unicam train``: trains a model on a data spec and writes its checkpoint.
-
-    Without ``teacher`` it trains on labels alone (a Teacher or a Base); with
-    ``teacher`` and ``method`` it trains a Student by distillation (on the labelled data,
-    or on the ``transfer`` spec whose labels are never read). Every input is checked
-    before training starts. The test accuracy (on the spec's ``test`` split) and the
-    whole recipe, preprocessing included, are stored in the checkpoint's metadata.
-    A thin front of :func:`captum_unicam.pipeline.training.train_checkpoint`.
-
-    Args:
-
-        data (str): Data spec: ``controlled[:SEED]``, ``cifar10:ROOT``,
-                    ``imagefolder:ROOT``.
-        arch (str): Architecture of ``captum_unicam.models.ARCHITECTURES``.
-        out (str or PathLike): Checkpoint file to write.
-        teacher (str or PathLike, optional): Teacher checkpoint (with the same classes).
-        device (str, optional): Default: "cpu"
-        progress (bool, optional): tqdm progress bars. Default: True
-        download (bool, optional): Allow downloading CIFAR-10 or pretrained weights.
-        folds (int, optional): When given, also run ``folds``-fold cross-validation on
-                    the training data first and record its accuracies. Default: None
-        test_limit (int, optional): Measure the test accuracy on only this many test
-                    images (a seeded subset). Default: None (all)
-        **recipe: Fields of :class:`~captum_unicam.pipeline.training.Recipe`:
-                    ``method``, ``epochs`` (10), ``batch_size`` (64), ``lr`` (0.05),
-                    ``optimizer``, ``weight_decay``, ``augment``, ``image_size``,
-                    ``normalize``, ``labelled``, ``limit``, ``transfer``,
-                    ``temperature``, ``alpha``, ``beta``, ``weights``, ``seed``.
-
-    Returns:
-        *dict*: ``path``, ``arch``, ``num_classes``, ``class_names``, ``kd_method``,
-        ``teacher``, ``test_accuracy``, ``train_size``, ``test_size``, ``recipe``
-        (and ``cross_validation`` with ``folds``).
-
-    Raises:
-        DataSpecError: the data cannot be loaded.
-        CheckpointError: the Teacher checkpoint is missing, unreadable or has other
-        classes than the data.
-        InputError: unknown architecture, method or recipe field, a method without
-        teacher, bad numbers, ``out`` is a folder.
-
-    Examples::
-
-        >>> train_from_spec("imagefolder:/data/pets", "resnet18", "base.pt",
-        ...                 image_size=32, labelled=300, epochs=20)
-    """
-    import dataclasses
-
-    from captum_unicam.errors import InputError
-    from captum_unicam.pipeline.training import Recipe, train_checkpoint
-
-    fields = {f.name for f in dataclasses.fields(Recipe)} - {"arch"}
-    unknown = sorted(set(recipe) - fields)
-    if unknown:
-        raise InputError(f"unknown argument(s) {unknown}; the recipe accepts {sorted(fields)}")
-    if not isinstance(arch, str):
-        raise InputError(f"arch must be a str, got {arch!r}")
-    return train_checkpoint(data, Recipe(arch=arch, **recipe), out, teacher=teacher, device=device,
-                            progress=progress, download=download, folds=folds, test_limit=test_limit)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from captum_unicam.errors import InputError
 from captum_unicam.metrics.estimators import batch_products
-from captum_unicam.metrics.fss import Scores, layer_features, layers_features, perturb
+from captum_unicam.metrics._features import Scores, layer_features, layers_features, perturb
 
 __all__ = ["BatchPlan", "BatchResult", "batch_rng", "evaluate_batch"]
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from captum_unicam.errors import InputError
-from captum_unicam.metrics.fss import label_degeneracy
+from captum_unicam.metrics._features import label_degeneracy
 from captum_unicam.metrics.rs import label_vectors
 
 __all__ = ["REFERENCE_SIZE", "REFERENCE_BATCHES", "describe", "draw", "gather_candidates"]

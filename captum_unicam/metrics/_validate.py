@@ -12,8 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_unicam.errors import DeviceError, InputError
-from captum_unicam.metrics.fss import _check_perturbation
-from captum_unicam.metrics.rs import _target_indices
+from captum_unicam.metrics._features import check_perturbation, target_indices
 from captum_unicam.perturb import mask_multiply, road_impute
 
 __all__ = [
@@ -84,7 +83,7 @@ def resolve_perturbation(perturbation: Any) -> Tuple[Optional[Callable], str]:
             )
         func = {"mask": mask_multiply, "road": road_impute, "none": None}[perturbation]
         return func, perturbation
-    _check_perturbation(perturbation)
+    check_perturbation(perturbation)
     if perturbation is None:
         return None, "none"
     return perturbation, getattr(perturbation, "__name__", type(perturbation).__name__)
@@ -177,7 +176,7 @@ def output_widths(student: Callable, base: Callable, x: Tensor, need_logits: boo
 def check_target(i: int, y: Any, n: int, width: Optional[int], rows: Optional[int]) -> Tensor:
     """The batch's class indices as a LongTensor (n,), checked before any work on it."""
     try:
-        t = _target_indices(y, n)
+        t = target_indices(y, n)
     except InputError as err:
         raise InputError(f"batch {i}: {err}") from err
     top = int(t.max())

@@ -52,18 +52,19 @@ from captum_unicam.metrics._validate import (
     unpack,
 )
 from captum_unicam.metrics.estimators import AGGREGATIONS
-from captum_unicam.metrics.fss import (
+from captum_unicam.metrics._features import (
     LABEL_FIX,
     MIN_BATCH_PARTIAL,
     Estimator,
-    _check_estimator,
-    _check_forward_func,
-    _check_inputs,
+    check_estimator,
+    check_forward_func,
+    check_inputs,
+    check_label_embeddings,
     label_degeneracy,
     warn_degenerate,
 )
 from captum_unicam.metrics.result import KDEvaluation
-from captum_unicam.metrics.rs import _check_label_embeddings, label_vectors
+from captum_unicam.metrics.rs import label_vectors
 from captum_unicam.output.tables import MAP_KINDS, METRICS
 from captum_unicam.perturb import mask_multiply
 
@@ -169,13 +170,13 @@ def _settings(args: Mapping[str, Any], perturb_name: str, device: Any) -> Dict[s
 def _validate(args: Mapping[str, Any]) -> _Run:
     """Every argument, before any batch; the models' device."""
     student, base = args["forward_func"], args["base_forward_func"]
-    _check_forward_func(student, "forward_func")
-    _check_forward_func(base, "base_forward_func")
+    check_forward_func(student, "forward_func")
+    check_forward_func(base, "base_forward_func")
     layer_pairs = check_layers(args["layers"], student, base)
     perturb_callable, perturb_name = resolve_perturbation(args["perturbation"])
     kinds = _check_kinds(args["maps"], perturb_callable)
-    _check_estimator(args["estimator"])
-    _check_label_embeddings(args["label_embeddings"])
+    check_estimator(args["estimator"])
+    check_label_embeddings(args["label_embeddings"])
     check_positive_int(args["n_bootstrap"], "n_bootstrap")
     check_positive_int(args["n_permutations"], "n_permutations")
     if args["small_batches"] not in ("skip", "error"):
@@ -258,7 +259,7 @@ def _candidates(
             i, y if isinstance(y, Tensor) else torch.as_tensor(y), x.shape[0], width, None
         )
         try:
-            _check_inputs(x, MIN_BATCH_PARTIAL)
+            check_inputs(x, MIN_BATCH_PARTIAL)
         except InputError as err:
             raise InputError(f"batch {i}: {err}") from err
         out.append((local, x, t))
@@ -390,7 +391,7 @@ def _score_one(
     rows = run.emb.shape[0] if run.emb is not None else None
     y = check_target(i, y, n, width, rows)
     try:
-        _check_inputs(x, MIN_BATCH_PARTIAL)
+        check_inputs(x, MIN_BATCH_PARTIAL)
         labels = label_vectors(y, n, run.emb)
     except InputError as err:
         raise InputError(f"batch {i}: {err}") from err

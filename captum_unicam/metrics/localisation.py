@@ -6,7 +6,7 @@ each with a percentile bootstrap interval over images from
 <<<<<<< HEAD
 :func:`captum_unicam.metrics.intervals.bootstrap_ci` (the interval of FSS and RS too).
 =======
-:func:`captum_unicam.metrics.aggregate.bootstrap_ci` (the interval of FSS and RS too).
+:func:`captum_unicam.metrics.intervals.bootstrap_ci` (the interval of FSS and RS too).
 
 A layer map has the resolution of its layer (4 x 4 at the last stage of a ResNet on 32 x 32
 images), so a small mask cannot receive all of a map's mass, and a map's largest upsampled
@@ -259,7 +259,7 @@ def localisation(
     intervals over images (``n_bootstrap`` resamples, seeded; :func:`~captum_unicam.metrics.intervals.bootstrap_ci`).
 =======
     intervals over images (``n_bootstrap`` resamples, seeded;
-    :func:`~captum_unicam.metrics.aggregate.bootstrap_ci`).
+    :func:`~captum_unicam.metrics.intervals.bootstrap_ci`).
 >>>>>>> ground
 
     Args:

@@ -7,8 +7,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from captum_unicam.attr._targets import rows_of
 from captum_unicam.errors import InputError
-from captum_unicam.metrics.fss import (
+from captum_unicam.metrics._features import (
     LABEL_FIX,
     MIN_BATCH,
     MIN_BATCH_PARTIAL,
@@ -16,57 +17,24 @@ from captum_unicam.metrics.fss import (
     Estimator,
     Perturbation,
     Scores,
-    _check_attributions,
-    _check_estimator,
-    _check_forward_func,
-    _check_inputs,
-    _check_layer,
-    _check_perturbation,
-    _single_input,
+    check_attributions,
+    check_estimator,
+    check_forward_func,
+    check_inputs,
+    check_label_embeddings,
+    check_layer,
+    check_perturbation,
     label_degeneracy,
     layer_features,
-    mask_multiply,
     paired_features,
     perturb,
+    single_input,
+    target_indices,
     warn_degenerate,
 )
+from captum_unicam.perturb import mask_multiply
 
 __all__ = ["relevance_score", "label_vectors"]
-
-
-def _check_label_embeddings(label_embeddings: Optional[Tensor]) -> None:
-    if label_embeddings is None:
-        return
-    if not isinstance(label_embeddings, Tensor) or label_embeddings.dim() != 2:
-        raise InputError(
-            "label_embeddings must be a 2-D tensor (num_classes, e), one row per class (e.g. "
-            f"embed_labels(class_names)); got {getattr(label_embeddings, 'shape', type(label_embeddings).__name__)}."
-        )
-    if not label_embeddings.is_floating_point():
-        raise InputError(f"label_embeddings must be floating point, got {label_embeddings.dtype}.")
-    if not torch.isfinite(label_embeddings).all():
-        raise InputError("label_embeddings contain NaN or Inf.")
-
-
-def _target_indices(target: Any, n: int) -> Tensor:
-    if isinstance(target, int) or (isinstance(target, Tensor) and target.dim() == 0):
-        raise InputError(
-            "RS needs one target per sample (a list or 1-D tensor of N class indices, or an (N, e) "
-            f"float tensor of label vectors); got a single class index {int(target)}: every sample "
-            "would get the same label vector (one-hot or from label_embeddings), the label distance "
-            "matrix would be zero and RS 0/0 for any features. Pass each sample's own class."
-        )
-    if target is None:
-        raise InputError("target is required: the class index of each sample (list or 1-D tensor).")
-    t = target if isinstance(target, Tensor) else torch.as_tensor(target)
-    if t.dim() != 1 or t.shape[0] != n or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise InputError(
-            f"target must hold one integer class index per sample ({n}), as a list or 1-D tensor, "
-            f"or be an ({n}, e) float tensor of label vectors; got shape {tuple(t.shape)}, dtype {t.dtype}."
-        )
-    if n and int(t.min()) < 0:
-        raise InputError(f"target holds a negative class index {int(t.min())}.")
-    return t.long()
 
 
 def label_vectors(target: Any, n: int, label_embeddings: Optional[Tensor] = None) -> Tensor:
@@ -87,24 +55,26 @@ def label_vectors(target: Any, n: int, label_embeddings: Optional[Tensor] = None
     if isinstance(target, Tensor) and target.is_floating_point():
         if target.dim() != 2 or target.shape[0] != n:
             raise InputError(
-                f"a float target must be an ({n}, e) tensor of label vectors; got shape {tuple(target.shape)}."
+                f"a float target must be an ({n}, e) tensor of label vectors; got shape "
+                f"{tuple(target.shape)}."
             )
         if label_embeddings is not None:
-            raise InputError("pass label vectors as target or label_embeddings with class indices, not both.")
+            raise InputError(
+                "pass label vectors as target or label_embeddings with class indices, not both."
+            )
         if not torch.isfinite(target).all():
             raise InputError("target label vectors contain NaN or Inf.")
         return target.detach().to(torch.float64)
-    t = _target_indices(target, n)
-    _check_label_embeddings(label_embeddings)
+    t = target_indices(target, n)
+    check_label_embeddings(label_embeddings)
     top = int(t.max())
-    if label_embeddings is None:
-        return torch.nn.functional.one_hot(t, top + 1).to(torch.float64)
-    if label_embeddings.shape[0] <= top:
+    if label_embeddings is not None and label_embeddings.shape[0] <= top:
         raise InputError(
             f"label_embeddings has {label_embeddings.shape[0]} rows but target holds class index "
             f"{top}; it needs one row per class (at least {top + 1}), in class-index order."
         )
-    return label_embeddings.detach()[t.to(label_embeddings.device)].to(torch.float64)
+    table = None if label_embeddings is None else label_embeddings.detach()
+    return rows_of(t, table, top + 1).to(torch.float64)
 
 
 def relevance_score(
@@ -140,9 +110,7 @@ def relevance_score(
     features; swap the models for the residual features (the Base given the Student).
 
     The arguments after ``inputs`` are keyword-only, in the order of
-    :func:`~captum_unicam.feature_similarity_score`. The old form (``target``,
-    ``attributions``, ... positional; ``given=(base_forward_func, base_layer)``;
-    ``perturb_func=``) still works for this release, with a ``DeprecationWarning``.
+    :func:`~captum_unicam.feature_similarity_score`.
 
     Args:
         forward_func (Callable): the model (or a function running it).
@@ -199,9 +167,9 @@ def relevance_score(
         ...                      base_forward_func=base, base_layer=base.layer4,
         ...                      attributions=distilled)   # RS of the distilled features
     """
-    inputs = _single_input(inputs)
-    _check_forward_func(forward_func, "forward_func")
-    _check_layer(layer, "layer")
+    inputs = single_input(inputs)
+    check_forward_func(forward_func, "forward_func")
+    check_layer(layer, "layer")
     if (base_forward_func is None) != (base_layer is None):
         raise InputError(
             "pass base_forward_func and base_layer together (the RS of the features unique to "
@@ -209,11 +177,11 @@ def relevance_score(
         )
     with_base = base_forward_func is not None
     if with_base:
-        _check_inputs(inputs, MIN_BATCH_PARTIAL, "RS given a Base (a partial distance correlation)")
+        check_inputs(inputs, MIN_BATCH_PARTIAL, "RS given a Base (a partial distance correlation)")
     else:
-        _check_inputs(inputs, MIN_BATCH)
-    _check_estimator(estimator)
-    _check_perturbation(perturbation, attributions)
+        check_inputs(inputs, MIN_BATCH)
+    check_estimator(estimator)
+    check_perturbation(perturbation, attributions)
     y = label_vectors(target, inputs.shape[0], label_embeddings)
     if not with_base:
         if isinstance(attributions, (tuple, list)):
@@ -222,10 +190,10 @@ def relevance_score(
                 "one pass one tensor."
             )
         if attributions is not None:
-            _check_attributions(attributions, inputs)
+            check_attributions(attributions, inputs)
     else:
-        _check_forward_func(base_forward_func, "base_forward_func")
-        _check_layer(base_layer, "base_layer")
+        check_forward_func(base_forward_func, "base_forward_func")
+        check_layer(base_layer, "base_layer")
         if estimator != "u":
             raise InputError(
                 "with a Base, RS is the partial distance correlation, which exists only as a "
@@ -236,13 +204,22 @@ def relevance_score(
         warn_degenerate(f"RS set to 0: {degenerate}. To fix it, {LABEL_FIX}.")
         return torch.zeros((), dtype=torch.float64)
     if not with_base:
-        feats = layer_features(forward_func, layer, perturb(inputs, attributions, perturbation), additional_forward_args)
+        feats = layer_features(
+            forward_func,
+            layer,
+            perturb(inputs, attributions, perturbation),
+            additional_forward_args,
+        )
         scores = Scores({"x": feats, "y": y.to(feats.device)}, {"x": "the model's features"})
         value, reason = scores.dcor("x", "y", estimator)
     else:
         feats, feats_base = paired_features(
             ((forward_func, layer), (base_forward_func, base_layer)),
-            inputs, attributions, perturbation, additional_forward_args, ("model", "base"),
+            inputs,
+            attributions,
+            perturbation,
+            additional_forward_args,
+            ("model", "base"),
         )
         scores = Scores(
             {"x": feats, "y": y.to(feats.device), "z": feats_base},

@@ -33,13 +33,21 @@ dotted module path, for models of your own.
 
     {"format": "captum-unicam-checkpoint", "version": 2,
      "state_dict": {...tensors...},
-     "meta": {"arch", "num_classes", "class_names", "recipe", "kd_method", "teacher",
-              "extra", "build_kwargs", "torch_version", "captum_unicam_version",
-              "sha256"}}
+     "meta": {"arch", "factory", "num_classes", "class_names", "preprocessing",
+              "accuracy", "recipe", "kd_method", "teacher", "extra", "build_kwargs",
+              "torch_version", "captum_unicam_version", "sha256"}}
 
 Metadata holds only plain Python values (str, int, float, bool, None, lists, tuples,
-dicts; :class:`pathlib.Path` is stored as ``str``). A plain state dict, for example one
-of torchvision's, is read too when the architecture is given.
+dicts; :class:`pathlib.Path` is stored as ``str``), nested at most
+:data:`MAX_METADATA_DEPTH` levels. A plain state dict, for example one of torchvision's, is
+read too when the architecture is given, or the factory of your own model
+(:mod:`~captum_unicam.models.factory`: ``factory="package.module:function"``).
+
+Writing never replaces a file unasked: :func:`save_checkpoint` creates the file
+exclusively unless ``overwrite=True``, which replaces only a regular file;
+:func:`check_writable` checks the destination, the data folders the run reads and the free
+space (:func:`checkpoint_size`) before any training; a write that fails after training
+keeps the checkpoint in the system's temporary folder and says where.
 
 A file is checked before it costs anything (:func:`load_checkpoint`): the CRC-32 of every
 entry of the zip container; no TorchScript archive and no bare pickle; the SHA-256
@@ -49,10 +57,12 @@ architecture keywords against the shapes of the tensors in the file, so no model
 than the file's weights is ever built.
 
 Modules: :mod:`~captum_unicam.models.architectures` (architectures and layer lookup) and
-:mod:`~captum_unicam.models.checkpoints` (save, verify, load).
+:mod:`~captum_unicam.models.checkpoints` (save, verify, load) and
+:mod:`~captum_unicam.models.factory` (models of your own code).
 """
 
 from captum_unicam.errors import CheckpointError
+from captum_unicam.models._files import check_writable, checkpoint_size
 from captum_unicam.models.architectures import (
     ARCHITECTURES,
     SMALL_RESNET_CONFIGS,
@@ -62,11 +72,14 @@ from captum_unicam.models.architectures import (
     stage_layers,
 )
 from captum_unicam.models.checkpoints import (
+    MAX_METADATA_DEPTH,
     check_class_names,
     checkpoint_digest,
     load_checkpoint,
+    read_checkpoint,
     save_checkpoint,
 )
+from captum_unicam.models.factory import build_from_factory, import_factory, parse_factory
 
 __all__ = [
     "ARCHITECTURES",
@@ -78,6 +91,13 @@ __all__ = [
     "get_layer",
     "save_checkpoint",
     "load_checkpoint",
+    "read_checkpoint",
+    "check_writable",
+    "checkpoint_size",
     "checkpoint_digest",
     "check_class_names",
+    "MAX_METADATA_DEPTH",
+    "parse_factory",
+    "import_factory",
+    "build_from_factory",
 ]

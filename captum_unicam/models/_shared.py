@@ -6,10 +6,11 @@ both use. Not part of the public API.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Mapping, Tuple
 
+import torch
 import torchvision
-from torch import nn
+from torch import Tensor, nn
 
 from captum_unicam.errors import InputError
 
@@ -25,7 +26,12 @@ __all__ = [
     "describe",
     "unwrap",
     "build_info",
+    "state_mismatch",
+    "nonfinite_tensors",
 ]
+
+#: keys named in a state-dict mismatch message, of each kind
+SHOWN_KEYS = 5
 
 TORCHVISION = {
     "resnet18": torchvision.models.resnet18,
@@ -100,3 +106,39 @@ def build_info(model: nn.Module) -> Any:
     """What :func:`~captum_unicam.models.build_model` recorded on ``model``, or None."""
     info = getattr(model, BUILD_ATTR, None)
     return info if isinstance(info, dict) else None
+
+
+def _first(keys, n: int = SHOWN_KEYS) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def state_mismatch(expected: Mapping[str, Tensor], found: Mapping[str, Tensor]) -> str:
+    """``""`` when ``found`` loads strictly into a model whose state is ``expected``, else
+    the missing keys, the unexpected keys and the shape mismatches (the first few of each).
+    Works for models on the meta device (only shapes are compared)."""
+    missing = set(expected) - set(found)
+    unexpected = set(found) - set(expected)
+    shapes = [
+        f"{k} {tuple(found[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(found))
+        if tuple(found[k].shape) != tuple(expected[k].shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {_first(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {_first(unexpected)}")
+    if shapes:
+        parts.append(f"shapes differ (given vs model): {_first(shapes, 3)}")
+    return "; ".join(parts)
+
+
+def nonfinite_tensors(state: Mapping[str, Tensor]) -> list:
+    """Names of the floating-point tensors of ``state`` that hold NaN or Inf."""
+    bad = []
+    for name, t in state.items():
+        if isinstance(t, Tensor) and (t.is_floating_point() or t.is_complex()):
+            if t.numel() and not bool(torch.isfinite(t).all()):
+                bad.append(name)
+    return bad

@@ -225,10 +225,14 @@ def get_layer(model: nn.Module, name: Union[str, nn.Module]) -> nn.Module:
     if not isinstance(name, str):
         raise ValueError(f"layer name must be a str like 'L4' or 'layer4.1', got {name!r}")
     key = name.strip()
-    if key.upper() in ("L1", "L2", "L3", "L4"):
-        return stage_layers(model)[key.upper()]
     modules = dict(unwrap(model).named_modules())
     modules.pop("", None)
+    if key.upper() in ("L1", "L2", "L3", "L4"):
+        try:
+            return stage_layers(model)[key.upper()]
+        except ValueError as e:
+            top = ", ".join(n for n in modules if "." not in n)
+            raise ValueError(f"{e}; its modules are dotted paths starting with: {top}") from None
     if key.startswith("module.") and key[7:] in modules:
         key = key[7:]
     if key in modules:

@@ -25,7 +25,6 @@ import os
 import pathlib
 import pickle
 import re
-import tempfile
 import warnings
 import zipfile
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
@@ -34,7 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from captum_unicam._process import pid_alive
-from captum_unicam.errors import CheckpointError
+from captum_unicam.errors import CheckpointError, InputError
+from captum_unicam.models._files import expand, kind_of, write_checkpoint_file
 from captum_unicam.models._shared import (
     ARCHITECTURES,
     SMALL_RESNET_CONFIGS,
@@ -44,14 +44,19 @@ from captum_unicam.models._shared import (
     check_arch,
     check_num_classes,
     describe,
+    nonfinite_tensors,
     positive_int,
+    state_mismatch,
     unwrap,
 )
 from captum_unicam.models.architectures import build_model
+from captum_unicam.models.factory import build_from_factory, parse_factory
 
 __all__ = [
     "save_checkpoint",
     "load_checkpoint",
+    "read_checkpoint",
+    "MAX_METADATA_DEPTH",
     "checkpoint_digest",
     "check_class_names",
 ]
@@ -59,6 +64,10 @@ __all__ = [
 _FORMAT = "captum-unicam-checkpoint"
 _VERSION = 2  # the metadata holds "sha256" (checkpoint_digest)
 _DIGEST_KEY = "sha256"
+#: metadata nested deeper than this (dicts in lists in dicts ...) is refused
+MAX_METADATA_DEPTH = 64
+# tensors named in the NaN / Inf message
+_NAMED_TENSORS = 5
 # the first bytes of torch.save's legacy (non-zip) format: the pickled magic number
 _LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)
 # build keywords a checkpoint may record, per kind of architecture
@@ -81,8 +90,13 @@ def _where(p: pathlib.Path) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _plain(value: Any, where: str) -> Any:
+def _plain(value: Any, where: str, depth: int = 0) -> Any:
     """Metadata as plain Python values that torch.load(weights_only=True) accepts."""
+    if depth > MAX_METADATA_DEPTH:
+        raise InputError(
+            f"{where} is nested deeper than {MAX_METADATA_DEPTH} levels; checkpoint metadata "
+            "must be flatter"
+        )
     if value is None:
         return None
     for kind in (bool, int, float, str):  # subclasses (enums, TorchVersion) as the base
@@ -94,15 +108,15 @@ def _plain(value: Any, where: str) -> Any:
         out = {}
         for k, v in value.items():
             if not isinstance(k, (str, int)):
-                raise ValueError(f"{where} has a key {k!r} that is not a str or int")
-            out[k] = _plain(v, f"{where}[{k!r}]")
+                raise InputError(f"{where} has a key {k!r} that is not a str or int")
+            out[k] = _plain(v, f"{where}[{k!r}]", depth + 1)
         return out
     if isinstance(value, (list, tuple)):
-        items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [_plain(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
         return tuple(items) if isinstance(value, tuple) else items
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy / torch scalar
         return value.item()
-    raise ValueError(
+    raise InputError(
         f"{where} holds a {type(value).__name__}; checkpoint metadata must be plain "
         "values (str, int, float, bool, None, list, tuple, dict), convert it first"
     )
@@ -112,98 +126,218 @@ def save_checkpoint(
     path: Union[str, os.PathLike],
     model: nn.Module,
     *,
-    arch: str,
-    num_classes: int,
+    arch: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    factory: Optional[str] = None,
     class_names: Optional[Sequence[str]] = None,
     recipe: Optional[Mapping[str, Any]] = None,
     kd_method: Optional[str] = None,
     teacher: Optional[str] = None,
     extra: Optional[Mapping[str, Any]] = None,
     build_kwargs: Optional[Mapping[str, Any]] = None,
+    preprocessing: Optional[Mapping[str, Any]] = None,
+    accuracy: Optional[float] = None,
+    overwrite: bool = False,
 ) -> None:
-    r"""Writes the model's state dict and its metadata to ``path``, atomically.
+    r"""Writes the model's state dict and its metadata to ``path``, atomically and without
+    replacing anything unasked.
 
-    The file is written to a temporary file in the same folder and renamed over
-    ``path`` (:func:`os.replace`) only when complete, so a failed or interrupted save
-    never leaves a partial checkpoint and never damages an existing one. Missing
-    parent folders are created. The model is not modified.
+    The file is written to a temporary file in the same folder and only then becomes
+    ``path``: by a hard link, which fails if ``path`` exists (so of two runs writing the
+    same file, the second is refused, not silently lost), or with ``overwrite=True`` by
+    :func:`os.replace` over a regular file (a folder, device, FIFO, socket or a link to
+    one is never replaced). A failed or interrupted save never leaves a partial
+    checkpoint and never damages an existing one; when the write fails after the model
+    was trained (a full disk, a file that appeared meanwhile), the checkpoint is kept in
+    the system's temporary folder and the error names it. Missing parent folders are
+    created; ``~`` is expanded. The model is not modified.
+
+    Before anything is written, the model's state is checked to load into ``arch``
+    exactly as :func:`load_checkpoint` will load it, and to hold no NaN or Inf.
 
     Args:
 
         path (str or PathLike): Destination file (``.pt`` by convention).
         model (nn.Module): The model to save (DataParallel wrappers are unwrapped).
-        arch (str): Architecture name of :data:`ARCHITECTURES`; it must agree with
-                    the model when the model was made by :func:`build_model`.
-        num_classes (int): Number of classes.
+        arch (str, optional): Architecture name of :data:`ARCHITECTURES`; it must agree
+                    with the model. Exactly one of ``arch`` and ``factory`` is given.
+        num_classes (int, optional): Number of classes; required with ``arch``.
+        factory (str, optional): ``"package.module:function"`` that builds the model
+                    (see :func:`~captum_unicam.models.factory.build_from_factory`), for
+                    a model of your own; it is imported and run once here to check that
+                    the state loads into what it builds, and recorded (not the code):
+                    :func:`load_checkpoint` rebuilds the model only when given the same
+                    ``factory=`` again.
         class_names (sequence of str, optional): Names of the classes, in index order.
         recipe (dict, optional): Training recipe (epochs, optimiser, learning rate,
                     data spec, seed, ...), plain values only.
         kd_method (str, optional): KD method (``"response"``, ``"attention"``,
                     ``"overhaul"``) or None for a model trained on data alone.
         teacher (str, optional): The Teacher, e.g. the path of its checkpoint.
-        extra (dict, optional): Any other plain metadata (e.g. accuracies).
+        extra (dict, optional): Any other plain metadata.
         build_kwargs (dict, optional): Keywords of :func:`build_model` needed to
                     rebuild the model (``cifar_stem``, ``width``, ...). Default: those
                     recorded by :func:`build_model`, else the stem read off the model.
+        preprocessing (dict, optional): How the images were read, e.g.
+                    ``{"image_size": 32, "resize": "shorter-side-crop", "normalize":
+                    "none", "augment": ...}`` (a data set's ``.preprocessing``).
+        accuracy (float, optional): The test accuracy (fraction in [0, 1]) measured at
+                    the end of training, so that a later run can flag a model that scores
+                    far below it on its data.
+        overwrite (bool, optional): Replace an existing regular file. Default: False
 
     Raises:
-        ValueError: bad arguments, non-plain metadata, or a model that does not match
-        ``arch`` / ``num_classes``. Nothing is written then.
+        InputError: bad arguments, non-plain or too deeply nested metadata, NaN / Inf
+        weights, or a model whose state does not load into ``arch`` / ``num_classes``
+        (or into what ``factory`` builds). Nothing is written then.
+        OutputError: ``path`` exists (without ``overwrite``) or is not a regular file, or
+        the write failed (the message says where the checkpoint was kept).
+
+    Examples::
+
+        >>> save_checkpoint("student.pt", model, arch="small_resnet_s", num_classes=4,
+        ...                 class_names=["circle", "square", "triangle", "cross"],
+        ...                 preprocessing={"image_size": 32, "resize": "exact",
+        ...                                "normalize": "none"}, accuracy=0.91)
     """
-    arch = check_arch(arch)
-    num_classes = check_num_classes(num_classes)
-    net = _checked_model(model, arch, num_classes)
-    class_names = _checked_class_names(class_names, num_classes)
-    if build_kwargs is None:
-        info = build_info(net)
-        build_kwargs = info["kwargs"] if info is not None else {"cifar_stem": _infer_stem(net)}
-    state = _cpu_state(net, num_classes)
+    p = expand(path)
+    if (arch is None) == (factory is None):
+        raise InputError("save_checkpoint needs exactly one of arch= and factory=")
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if factory is not None:
+        net, meta_model = _factory_model(model, factory, num_classes, build_kwargs)
+    else:
+        net, meta_model = _arch_model(model, arch, num_classes, build_kwargs)
+    n = meta_model["num_classes"]
+    state = _cpu_state(net, n)
+    _check_finite_state(state, "the model", InputError, "training diverged; nothing is written")
     meta = {
-        "arch": arch,
-        "num_classes": num_classes,
-        "class_names": class_names,
+        **meta_model,
+        "class_names": _checked_class_names(class_names, n),
         "recipe": _plain(recipe, "recipe"),
         "kd_method": _plain(kd_method, "kd_method"),
         "teacher": _plain(teacher, "teacher"),
         "extra": _plain(extra, "extra"),
-        "build_kwargs": _plain(dict(build_kwargs), "build_kwargs"),
+        "preprocessing": _checked_preprocessing(preprocessing),
+        "accuracy": _checked_accuracy(accuracy),
         "torch_version": str(torch.__version__),
         "captum_unicam_version": _package_version(),
     }
+    if meta_model["factory"] is None:
+        _check_fits(p, meta, state)
     meta[_DIGEST_KEY] = checkpoint_digest(state, meta)
     _check_weights_only(meta)
-    _write_atomically(
-        path, {"format": _FORMAT, "version": _VERSION, "state_dict": state, "meta": meta}
-    )
+    payload = {"format": _FORMAT, "version": _VERSION, "state_dict": state, "meta": meta}
+    write_checkpoint_file(p, payload, overwrite=bool(overwrite), before=_remove_stale_temporaries)
+
+
+def _arch_model(
+    model: nn.Module, arch: Any, num_classes: Any, build_kwargs: Optional[Mapping[str, Any]]
+) -> Tuple[nn.Module, Dict[str, Any]]:
+    arch = check_arch(arch)
+    num_classes = check_num_classes(num_classes)
+    net = _checked_model(model, arch, num_classes)
+    if build_kwargs is None:
+        info = build_info(net)
+        build_kwargs = info["kwargs"] if info is not None else {"cifar_stem": _infer_stem(net)}
+    kwargs = _plain(dict(build_kwargs), "build_kwargs")
+    return net, {"arch": arch, "num_classes": num_classes, "factory": None, "build_kwargs": kwargs}
+
+
+def _factory_model(
+    model: nn.Module, factory: Any, num_classes: Any, build_kwargs: Any
+) -> Tuple[nn.Module, Dict[str, Any]]:
+    if build_kwargs is not None:
+        raise InputError("build_kwargs apply to arch=, not to factory=; give one of them")
+    if num_classes is not None:
+        check_num_classes(num_classes)
+    net = unwrap(model)
+    built = build_from_factory(factory, num_classes)
+    state = {k: v for k, v in net.state_dict().items()}
+    problem = state_mismatch(built.state_dict(), state)
+    if problem:
+        raise InputError(
+            f"the model's state does not load into what factory {factory!r} builds "
+            f"({problem}); nothing is written; give the factory that builds this model"
+        )
+    meta = {"arch": None, "num_classes": num_classes, "factory": factory, "build_kwargs": None}
+    return net, meta
+
+
+def _checked_preprocessing(preprocessing: Any) -> Optional[dict]:
+    if preprocessing is None:
+        return None
+    if not isinstance(preprocessing, Mapping):
+        raise InputError(
+            f"preprocessing must be a dict like {{'image_size': 32, 'resize': ..., "
+            f"'normalize': ...}}, got {type(preprocessing).__name__}"
+        )
+    size = preprocessing.get("image_size")
+    if size is not None and not positive_int(size):
+        raise InputError(f"preprocessing['image_size'] must be a positive int, got {size!r}")
+    return _plain(dict(preprocessing), "preprocessing")
+
+
+def _checked_accuracy(accuracy: Any) -> Optional[float]:
+    if accuracy is None:
+        return None
+    ok = isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool)
+    if not ok or not 0.0 <= float(accuracy) <= 1.0:
+        raise InputError(f"accuracy must be a fraction in [0, 1], got {accuracy!r}")
+    return float(accuracy)
+
+
+def _check_fits(p: pathlib.Path, meta: Mapping[str, Any], state: Mapping[str, Tensor]) -> None:
+    """The state loads into ``meta``'s architecture as load_checkpoint will load it:
+    the same shape checks, then the key set and shapes of the model it builds (on the meta
+    device: no memory)."""
+    arch, n = meta["arch"], meta["num_classes"]
+    try:
+        _check_architecture(p, arch, n, meta["build_kwargs"], state)
+        with torch.device("meta"):
+            built = _build_empty(p, meta, meta["build_kwargs"])
+    except CheckpointError as e:
+        text = str(e).removeprefix(f"{_where(p)}: ").split("; give ", 1)[0]
+        raise InputError(
+            f"{text.replace('its weights', 'the weights of the model', 1)}; nothing is "
+            "written; pass the model's own arch (or factory=...)"
+        ) from e
+    problem = state_mismatch(built.state_dict(), state)
+    if problem:
+        raise InputError(
+            f"the model's state does not load into {describe(arch, n)} ({problem}); nothing "
+            "is written; pass the model's own arch (or factory=...)"
+        )
 
 
 def _checked_model(model: Any, arch: str, num_classes: int) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     net = unwrap(model)
     info = build_info(net)
     if info is not None and (info["arch"] != arch or info["num_classes"] != num_classes):
-        raise ValueError(
+        raise InputError(
             f"the model was built as {info['arch']} with {info['num_classes']} classes, "
             f"not {arch} with {num_classes}; pass the model's own arch and num_classes"
         )
     return net
 
 
-def _checked_class_names(class_names: Optional[Sequence[str]], num_classes: int) -> Optional[list]:
+def _checked_class_names(
+    class_names: Optional[Sequence[str]], num_classes: Optional[int]
+) -> Optional[list]:
     if class_names is None:
         return None
     names = [str(c) for c in class_names]
-    if len(names) != num_classes:
-        raise ValueError(f"class_names has {len(names)} names for num_classes={num_classes}")
+    if num_classes is not None and len(names) != num_classes:
+        raise InputError(f"class_names has {len(names)} names for num_classes={num_classes}")
     return names
 
 
 def _cpu_state(net: nn.Module, num_classes: int) -> Dict[str, Tensor]:
     state = {k: v.detach().to("cpu").clone() for k, v in net.state_dict().items()}
     fc = state.get("fc.weight")
-    if fc is not None and fc.shape[0] != num_classes:
-        raise ValueError(
+    if fc is not None and num_classes is not None and fc.shape[0] != num_classes:
+        raise InputError(
             f"the model's fc layer has {fc.shape[0]} outputs but num_classes={num_classes}"
         )
     return state
@@ -218,29 +352,6 @@ def _check_weights_only(meta: Mapping[str, Any]) -> None:
         torch.load(buf, weights_only=True)
     except Exception as e:  # pragma: no cover - _plain should have caught it
         raise ValueError(f"checkpoint metadata cannot be loaded with weights_only=True: {e}") from e
-
-
-def _write_atomically(path: Union[str, os.PathLike], payload: Mapping[str, Any]) -> None:
-    path = pathlib.Path(path)
-    if path.is_dir():
-        raise ValueError(f"checkpoint path {str(path)!r} is a folder; give a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _remove_stale_temporaries(path: pathlib.Path) -> None:
@@ -662,14 +773,50 @@ def check_class_names(
 
 def _read(p: pathlib.Path) -> Any:
     """Phase 1: the object in the file, after the checks that unpickle nothing."""
-    if not p.is_file():
-        what = "is a folder" if p.is_dir() else "does not exist"
+    kind = kind_of(p)
+    if kind != "a regular file":
+        if kind is None:
+            what = "does not exist"
+        else:
+            link = f" (a symlink to {os.path.realpath(p)!r})" if os.path.islink(p) else ""
+            what = f"is {kind}{link}, not a regular file"
         raise CheckpointError(
             f"{_where(p)} {what}; give the path of a .pt file written by "
-            "'captum-unicam train' (or save_checkpoint)"
+            "'captum-unicam train' (or save_checkpoint, or torch.save)"
         )
     _check_container(p)
-    return _torch_load(p)
+    obj = _torch_load(p)
+    _check_depth(p, obj)
+    return obj
+
+
+def _check_depth(p: pathlib.Path, obj: Any) -> None:
+    """Refuses (iteratively: no recursion) containers nested deeper than the metadata may be
+    (the file's dict, its "meta" dict, then MAX_METADATA_DEPTH levels)."""
+    level = [obj]
+    for _ in range(MAX_METADATA_DEPTH + 3):
+        nxt = []
+        for v in level:
+            if isinstance(v, Mapping):
+                nxt.extend(v.values())
+            elif isinstance(v, (list, tuple)):
+                nxt.extend(v)
+        if not nxt:
+            return
+        level = nxt
+    raise CheckpointError(
+        f"{_where(p)}: its metadata is nested deeper than {MAX_METADATA_DEPTH} levels; the "
+        "file is damaged or not written by save_checkpoint; write it again"
+    )
+
+
+def _check_finite_state(
+    state: Mapping[str, Tensor], where: str, error: type, fix: str
+) -> None:
+    bad = nonfinite_tensors(state)
+    if bad:
+        names = ", ".join(bad[:_NAMED_TENSORS]) + (", ..." if len(bad) > _NAMED_TENSORS else "")
+        raise error(f"{where}: {len(bad)} tensors hold NaN or Inf: {names}; {fix}")
 
 
 def _is_ours(p: pathlib.Path, obj: Any) -> bool:
@@ -712,8 +859,55 @@ def _check_expected(
         )
 
 
+def _check_factory(
+    p: pathlib.Path,
+    meta: dict,
+    arch: Optional[str],
+    factory: Optional[str],
+    num_classes: Optional[int],
+) -> None:
+    """A checkpoint saved with factory=: rebuilt only with a factory given by the caller."""
+    recorded = meta.get("factory")
+    if recorded is None:
+        raise CheckpointError(
+            f"{_where(p)} holds {describe(meta.get('arch'), meta.get('num_classes'))} of "
+            f"captum-unicam; load it without factory={factory!r}"
+        )
+    if arch is not None:
+        raise CheckpointError(
+            f"{_where(p)} holds a model of factory {recorded!r}, not a {arch}; pass "
+            f"factory={recorded!r} instead of arch="
+        )
+    if factory is None:
+        raise CheckpointError(
+            f"{_where(p)} was saved from your own code (factory {recorded!r}); pass "
+            f"factory={recorded!r} to import and run it (a checkpoint never makes "
+            "captum-unicam import code by itself)"
+        )
+    if factory != recorded:
+        warnings.warn(
+            f"{_where(p)} was saved from factory {recorded!r}; it is loaded into what "
+            f"{factory!r} builds",
+            UserWarning,
+            stacklevel=4,
+        )
+    found = meta.get("num_classes")
+    if num_classes is not None and found is not None and found != num_classes:
+        raise CheckpointError(
+            f"{_where(p)} holds a model with {found} classes, but {num_classes} were expected; "
+            f"pass num_classes={found} or the checkpoint of the right model"
+        )
+    if found is None:
+        meta["num_classes"] = num_classes
+    meta["factory"] = factory
+
+
 def _verify_ours(
-    p: pathlib.Path, obj: Mapping[str, Any], arch: Optional[str], num_classes: Optional[int]
+    p: pathlib.Path,
+    obj: Mapping[str, Any],
+    arch: Optional[str],
+    factory: Optional[str],
+    num_classes: Optional[int],
 ) -> Tuple[Dict[str, Tensor], dict, Any]:
     """Phase 2 for a file of save_checkpoint: (state dict, metadata, build keywords)."""
     version = obj.get("version")
@@ -745,6 +939,9 @@ def _verify_ours(
             f"{_where(p)} is damaged: its weights or metadata do not match the SHA-256 "
             "digest written with them; copy or write it again"
         )
+    if meta.get("factory") is not None or factory is not None:
+        _check_factory(p, meta, arch, factory, num_classes)
+        return state, meta, {}
     _check_expected(p, meta, arch, num_classes)
     build_kwargs = meta.get("build_kwargs")
     return state, meta, {} if build_kwargs is None else build_kwargs
@@ -788,38 +985,47 @@ def _plain_class_count(
     return num_classes
 
 
+def _plain_meta(arch: Optional[str], factory: Optional[str], num_classes: Any) -> dict:
+    meta = {"arch": arch, "factory": factory, "num_classes": num_classes}
+    for key in ("class_names", "recipe", "kd_method", "teacher", "extra", "preprocessing"):
+        meta[key] = None
+    meta["accuracy"] = None
+    return meta
+
+
 def _verify_state_dict(
-    p: pathlib.Path, obj: Any, arch: Optional[str], num_classes: Optional[int]
+    p: pathlib.Path,
+    obj: Any,
+    arch: Optional[str],
+    factory: Optional[str],
+    num_classes: Optional[int],
 ) -> Tuple[Dict[str, Tensor], dict, Dict[str, Any]]:
     """Phase 2 for a plain state dict: (state dict, metadata, build keywords)."""
     state = _unwrapped_state(p, obj)
+    if factory is not None:
+        meta = _plain_meta(None, factory, num_classes)
+        meta["build_kwargs"] = None
+        return state, meta, {}
     if arch is None:
         raise CheckpointError(
             f"{_where(p)} is a plain state dict without metadata; pass its "
-            f"architecture (arch=..., --arch), one of {', '.join(ARCHITECTURES)}"
+            f"architecture (arch=..., --arch), one of {', '.join(ARCHITECTURES)}, or the "
+            "function of your code that builds the model (factory='package.module:function')"
         )
     num_classes = _plain_class_count(p, arch, state, num_classes)
     conv = state.get("conv1.weight")
     build_kwargs: Dict[str, Any] = {}
     if arch in TORCHVISION and isinstance(conv, Tensor) and conv.ndim == 4:
         build_kwargs["cifar_stem"] = tuple(conv.shape[-2:]) == (3, 3)
-    meta = {
-        "arch": arch,
-        "num_classes": num_classes,
-        "class_names": None,
-        "recipe": None,
-        "kd_method": None,
-        "teacher": None,
-        "extra": None,
-        "build_kwargs": build_kwargs,
-    }
+    meta = _plain_meta(arch, None, num_classes)
+    meta["build_kwargs"] = build_kwargs
     return state, meta, build_kwargs
 
 
 def _check_class_name_list(p: pathlib.Path, meta: Mapping[str, Any]) -> None:
-    names = meta.get("class_names")
+    names, n = meta.get("class_names"), meta.get("num_classes")
     if names is not None and (
-        not isinstance(names, (list, tuple)) or len(names) != meta["num_classes"]
+        not isinstance(names, (list, tuple)) or (n is not None and len(names) != n)
     ):
         raise CheckpointError(
             f"{_where(p)}: its class_names metadata does not list "
@@ -827,90 +1033,146 @@ def _check_class_name_list(p: pathlib.Path, meta: Mapping[str, Any]) -> None:
         )
 
 
-def _build(
-    p: pathlib.Path,
-    meta: Mapping[str, Any],
-    build_kwargs: Mapping[str, Any],
-    state: Mapping[str, Tensor],
+def _build_empty(
+    p: pathlib.Path, meta: Mapping[str, Any], build_kwargs: Mapping[str, Any]
 ) -> nn.Module:
-    """Phase 3: the model with the file's weights (strictly)."""
+    """The architecture of ``meta`` with random weights."""
     what = describe(meta["arch"], meta["num_classes"])
     kwargs = dict(build_kwargs)
     if "blocks" in kwargs:
         kwargs["blocks"] = tuple(kwargs["blocks"])
     try:
-        model = build_model(meta["arch"], meta["num_classes"], **kwargs)
+        return build_model(meta["arch"], meta["num_classes"], **kwargs)
     except (ValueError, TypeError) as e:
         raise CheckpointError(
             f"{_where(p)}: cannot rebuild {what} from its metadata ({e}); it was written by "
             "an incompatible version"
         ) from e
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = [ln.strip() for ln in str(e).splitlines() if ln.strip()][:3]
+
+
+def _load_into(p: pathlib.Path, model: nn.Module, state: Mapping[str, Tensor], what: str) -> None:
+    """The file's weights into ``model``, strictly; a mismatch names the keys."""
+    problem = state_mismatch(model.state_dict(), state)
+    if problem:
         raise CheckpointError(
-            f"{_where(p)}: its weights do not fit {what} ({' '.join(first)[:400]}); "
-            "give the architecture the file was trained with (arch=..., --arch)"
-        ) from e
-    return model
+            f"{_where(p)}: its weights do not fit {what} ({problem}); give the architecture "
+            "the file was trained with (arch=..., --arch, or factory=..., --model)"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def read_checkpoint(
+    path: Union[str, os.PathLike],
+    *,
+    arch: Optional[str] = None,
+    factory: Optional[str] = None,
+    num_classes: Optional[int] = None,
+) -> Tuple[Dict[str, Tensor], dict]:
+    r"""Reads and verifies a checkpoint like :func:`load_checkpoint`, without building a
+    model (nor importing a factory).
+
+    Args:
+
+        path, arch, factory, num_classes: as for :func:`load_checkpoint`.
+
+    Returns:
+        *tuple[dict[str, Tensor], dict]*: the state dict (on the CPU) and the metadata.
+
+    Raises:
+        CheckpointError: as :func:`load_checkpoint`.
+    """
+    if arch is not None and factory is not None:
+        raise InputError("give arch= or factory=, not both")
+    if arch is not None:
+        arch = check_arch(arch)
+    if factory is not None:
+        parse_factory(factory)
+    if num_classes is not None:
+        num_classes = check_num_classes(num_classes)
+    p = expand(path)
+    obj = _read(p)
+    if _is_ours(p, obj):
+        state, meta, build_kwargs = _verify_ours(p, obj, arch, factory, num_classes)
+    else:
+        state, meta, build_kwargs = _verify_state_dict(p, obj, arch, factory, num_classes)
+    _check_finite_state(
+        state,
+        _where(p),
+        CheckpointError,
+        "the checkpoint's training diverged; train it again (e.g. with a lower learning rate)",
+    )
+    if meta.get("factory") is None:
+        _check_architecture(p, meta["arch"], meta["num_classes"], build_kwargs, state)
+        meta["build_kwargs"] = build_kwargs
+    _check_class_name_list(p, meta)
+    meta["path"] = str(p)
+    return state, meta
 
 
 def load_checkpoint(
     path: Union[str, os.PathLike],
     *,
     arch: Optional[str] = None,
+    factory: Optional[str] = None,
     num_classes: Optional[int] = None,
     map_location: Union[str, torch.device] = "cpu",
 ) -> Tuple[nn.Module, dict]:
     r"""Reads a checkpoint with ``torch.load(weights_only=True)`` and rebuilds the model.
 
     Before anything is unpickled or built, the file is checked (see the module
-    docstring): the CRC-32 of its zip entries, no TorchScript and no bare pickle; then the
-    SHA-256 digest of the tensors and metadata (files of :func:`save_checkpoint`) and the
-    architecture keywords against the tensors' shapes.
+    docstring): a regular file (not a FIFO or device), the CRC-32 of its zip entries, no
+    TorchScript and no bare pickle; then the nesting of the metadata, the SHA-256 digest
+    of the tensors and metadata (files of :func:`save_checkpoint`), NaN / Inf in the
+    weights, and the architecture keywords against the tensors' shapes.
 
     Args:
 
         path (str or PathLike): A file of :func:`save_checkpoint`, or a plain state
                     dict (e.g. torchvision's ``resnet18-*.pth``, or ``{"state_dict":
                     ...}``; a ``module.`` prefix of DistributedDataParallel is
-                    removed), in which case ``arch`` is required.
-        arch (str, optional): Expected architecture. Checked against the file's
-                    metadata; required for a plain state dict.
+                    removed), in which case ``arch`` or ``factory`` is required. ``~`` is
+                    expanded.
+        arch (str, optional): Expected architecture of :data:`ARCHITECTURES`. Checked
+                    against the file's metadata.
+        factory (str, optional): ``"package.module:function"`` of your code that builds
+                    the model (:mod:`~captum_unicam.models.factory`); it is imported and
+                    called, and the file's weights are loaded into what it returns,
+                    strictly. Needed for a checkpoint saved with ``factory=`` (the file
+                    names it, but is never enough to import code).
         num_classes (int, optional): Expected number of classes; checked against the
-                    metadata. For a plain state dict, read off ``fc.weight`` when None.
+                    metadata. For a plain state dict, read off ``fc.weight`` when None;
+                    passed to a factory that takes ``num_classes``.
         map_location (str or torch.device, optional): Device of the returned model.
                     Default: "cpu"
 
     Returns:
         *tuple[nn.Module, dict]*: the model, in eval mode on ``map_location``, and its
-        metadata (``arch``, ``num_classes``, ``class_names``, ``recipe``, ``kd_method``,
+        metadata (``arch`` (None for a factory model), ``factory``, ``num_classes``,
+        ``class_names``, ``preprocessing``, ``accuracy``, ``recipe``, ``kd_method``,
         ``teacher``, ``extra``, ``build_kwargs``, ..., and ``path``).
 
     Raises:
-        CheckpointError: missing, unreadable or damaged file (CRC or digest mismatch), a
-        TorchScript archive or bare pickle, a file that needs unsafe unpickling, or
-        weights / metadata of another architecture or class count than expected.
+        CheckpointError: missing, unreadable, not a regular file, or damaged file (CRC or
+        digest mismatch, metadata nested too deep), a TorchScript archive or bare pickle,
+        a file that needs unsafe unpickling, NaN / Inf weights (named), or weights /
+        metadata of another architecture or class count than expected (the missing and
+        unexpected keys are named).
+        InputError: a factory that cannot be imported or called, or that does not return
+        an ``nn.Module``.
 
     Examples::
 
         >>> save_checkpoint("student.pt", model, arch="small_resnet_s", num_classes=4)
         >>> student, meta = load_checkpoint("student.pt", arch="small_resnet_s")
+        >>> mine, meta = load_checkpoint("cnn.pt", factory="mynets:small_cnn", num_classes=10)
     """
-    if arch is not None:
-        arch = check_arch(arch)
-    if num_classes is not None:
-        num_classes = check_num_classes(num_classes)
-    p = pathlib.Path(path)
-    obj = _read(p)
-    if _is_ours(p, obj):
-        state, meta, build_kwargs = _verify_ours(p, obj, arch, num_classes)
+    state, meta = read_checkpoint(path, arch=arch, factory=factory, num_classes=num_classes)
+    p = pathlib.Path(meta["path"])
+    if meta.get("factory") is None:
+        model = _build_empty(p, meta, meta["build_kwargs"])
+        _load_into(p, model, state, describe(meta["arch"], meta["num_classes"]))
     else:
-        state, meta, build_kwargs = _verify_state_dict(p, obj, arch, num_classes)
-    _check_architecture(p, meta["arch"], meta["num_classes"], build_kwargs, state)
-    _check_class_name_list(p, meta)
-    model = _build(p, meta, build_kwargs, state)
+        model = build_from_factory(meta["factory"], meta["num_classes"])
+        _load_into(p, model, state, f"what factory {meta['factory']!r} builds")
     model.to(map_location).eval()
-    meta["path"] = str(p)
     return model, meta

@@ -1,19 +1,88 @@
-r"""The report's ``index.html``, from templates (:class:`string.Template`).
+r"""The one page renderer of every report's ``index.html``, from templates
+(:class:`string.Template`).
 
-One page template holds the layout; each section has its own small template and is
-left out when the report has nothing for it (no "Maps" section in a ``quantify``
-report, no localisation where the data have no masks). Every value is HTML-escaped
-before it is substituted.
+:func:`render_page` lays out a :class:`Page`: title, warnings, notes, the report's
+:class:`Section` s, what each number means, links, versions and the command. Each
+section is built by a small function and left out when the report has nothing for it
+(no "Maps" section in a ``quantify`` report, no localisation where the data have no
+masks): :func:`compared_section`, :func:`score_sections`, :func:`localisation_section`,
+:func:`cued_section` for the reports of ``demo`` / ``explain`` / ``quantify``, and
+:func:`figure_table_section` (a text, a figure and a Markdown table) for any other
+report, such as ``compare``'s. Every value is HTML-escaped before it is substituted.
+This module takes plain values only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
 from string import Template
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["render_page", "markdown_to_html"]
+__all__ = [
+    "CSS",
+    "Page",
+    "Section",
+    "render_page",
+    "markdown_to_html",
+    "compared_section",
+    "score_sections",
+    "localisation_section",
+    "cued_section",
+    "figure_table_section",
+]
+
+#: The style of every report page.
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.7em;margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left}th{background:#f3f3f3}
+img{max-width:100%;height:auto;border:1px solid #eee;margin:.4em 0}
+.note{color:#555;font-size:.92em}.warn{background:#fff4e5;border-left:4px solid #f0a030;padding:.5em 1em}
+dt{font-weight:bold;margin-top:.6em}code,pre{background:#f6f6f6;padding:.1em .3em;font-size:.9em}
+pre{padding:.6em;overflow-x:auto;white-space:pre-wrap}
+nav a{margin-right:1em}
+"""
+
+
+@dataclasses.dataclass
+class Section:
+    r"""One section of a page: its anchor, its name in the page's navigation, its HTML."""
+
+    anchor: str
+    nav: str
+    html: str
+
+
+@dataclasses.dataclass
+class Page:
+    r"""Everything :func:`render_page` shows, as plain values.
+
+    Attributes:
+        title (str): Page title (escaped).
+        command (str): The command line that made the report (escaped). Default: ""
+        sections (list of Section): The report's sections, in order.
+        notes (list of str): Paragraphs at the top.
+        warnings (list of str): Highlighted paragraphs at the top.
+        meanings (dict): Term -> what it means, under "What each number means".
+        table_links (list of str): Paths of CSV files linked next to metrics.json.
+        versions (dict): Package -> version.
+        css (str): The style sheet. Default: :data:`CSS`
+    """
+
+    title: str
+    command: str = ""
+    sections: Sequence[Section] = ()
+    notes: Sequence[str] = ()
+    warnings: Sequence[str] = ()
+    meanings: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    table_links: Sequence[str] = ()
+    versions: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    css: str = CSS
+
 
 PAGE = Template("""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -124,7 +193,10 @@ def _pct(a: Any) -> str:
     return f"{100 * a:.1f} %" if isinstance(a, (int, float)) and math.isfinite(a) else "not measured"
 
 
-def _compared(data, models, accuracy_set, model_files) -> str:
+def compared_section(data: Optional[str], models: Mapping[str, Mapping[str, Any]],
+                     accuracy_set: Optional[str], model_files: Mapping[str, Any]) -> Section:
+    r""""What was compared": the data and one row per model (accuracy, KD method,
+    checkpoint), with the sentence comparing the Student's accuracy to the Base's."""
     cued = any(i.get("cued_accuracy") is not None for i in models.values())
     trained = any(i.get("trained_on") for i in models.values())
     acc_head = f"accuracy on {accuracy_set}" if accuracy_set else "test accuracy"
@@ -138,86 +210,117 @@ def _compared(data, models, accuracy_set, model_files) -> str:
         cells += [str(info.get("trained_on") or "–")] if trained else []
         cells += [str(info.get("checkpoint") or "–")]
         rows.append(ROW.substitute(cells="".join(CELL.substitute(v=e(c)) for c in cells)))
-    accs = {r: i.get("accuracy") for r, i in models.items()}
-    s, b = accs.get("Student"), accs.get("Base")
-    verdict = ""
-    if isinstance(s, (int, float)) and isinstance(b, (int, float)):
-        text = (f"The Student's accuracy is {'higher than' if s > b else 'not higher than'} the Base's "
-                f"({100 * s:.1f} % vs {100 * b:.1f} %)"
-                + ("" if s > b else ": distillation did not help here; read the maps as an explanation of "
-                   "that failure") + ".")
-        verdict = PARA.substitute(cls="note", text=e(text))
     checkpoints = ""
     if model_files:
         links = ", ".join(f'<a href="models/{e(n)}">models/{e(n)}</a>' for n in model_files)
         checkpoints = (f"<p>Checkpoints: {links} (accepted by <code>captum-unicam explain</code> "
                        "and <code>quantify</code>).</p>")
-    return COMPARED.substitute(data=f"<p>Data: {e(data)}</p>" if data else "",
+    body = COMPARED.substitute(data=f"<p>Data: {e(data)}</p>" if data else "",
                                head="".join(HEAD.substitute(v=e(h)) for h in head), rows="\n".join(rows),
-                               verdict=verdict, checkpoints=checkpoints)
+                               verdict=_verdict(models), checkpoints=checkpoints)
+    return Section("compared", "What was compared", body)
 
 
-def render_page(*, title: str, command: str, data: Optional[str], models: Mapping[str, Mapping[str, Any]],
-                figures: Mapping[str, str], empty_maps: Mapping[str, str], table1_md: Optional[str],
-                tables: Mapping[str, Tuple[str, str]], localisation: Optional[Mapping[str, Any]],
-                notes: Sequence[str], warnings: Sequence[str], model_files: Mapping[str, Any],
-                meanings: Mapping[str, str], versions: Mapping[str, str], css: str,
-                accuracy_set: Optional[str] = None, cued_reading: Optional[str] = None) -> str:
-    r"""The ``index.html`` text: only the sections the report has content for."""
-    sections: List[str] = []
-    nav: List[Tuple[str, str]] = []
-    if models or data:
-        sections.append(_compared(data, models, accuracy_set, model_files))
-        nav.append(("compared", "What was compared"))
+def _verdict(models: Mapping[str, Mapping[str, Any]]) -> str:
+    s, b = (models.get(r, {}).get("accuracy") for r in ("Student", "Base"))
+    if not (isinstance(s, (int, float)) and isinstance(b, (int, float))):
+        return ""
+    text = (f"The Student's accuracy is {'higher than' if s > b else 'not higher than'} the Base's "
+            f"({100 * s:.1f} % vs {100 * b:.1f} %)"
+            + ("" if s > b else ": distillation did not help here; read the maps as an explanation of "
+               "that failure") + ".")
+    return PARA.substitute(cls="note", text=e(text))
+
+
+def score_sections(figures: Mapping[str, str], empty_maps: Mapping[str, str],
+                   table1_md: Optional[str]) -> List[Section]:
+    r"""The map grids per layer (figures ``grid_LAYER``) and the FSS / RS figure with Table 1."""
+    sections: List[Section] = []
     grid_names = [k for k in figures if k.startswith("grid_")]
     if grid_names:
-        layers = [MAP_LAYER.substitute(layer=e(k[5:]), src=e(figures[k]),
-                                       empty=PARA.substitute(cls="note", text=e(
-                                           f"Empty maps (no positive evidence after ReLU): {empty_maps[k[5:]]}."))
-                                       if empty_maps.get(k[5:]) else "")
+        layers = [MAP_LAYER.substitute(layer=e(k[5:]), src=e(figures[k]), empty=_empty_note(empty_maps.get(k[5:])))
                   for k in grid_names]
-        sections.append(MAPS.substitute(layers="\n".join(layers)))
-        nav.append(("maps", "Maps"))
+        sections.append(Section("maps", "Maps", MAPS.substitute(layers="\n".join(layers))))
     fig = f'<img src="{e(figures["scores"])}" alt="FSS and RS per layer">' if "scores" in figures else ""
     if table1_md:
-        sections.append(SCORES.substitute(figure=fig, table=markdown_to_html(table1_md)))
-        nav += [("scores", "FSS and RS"), ("table1", "Table 1")]
+        body = SCORES.substitute(figure=fig, table=markdown_to_html(table1_md))
+        sections += [Section("scores", "FSS and RS", body), Section("table1", "Table 1", "")]
     elif fig:  # a figure of given score panels, with no Table 1 behind it
-        sections.append(SCORES_FIGURE.substitute(figure=fig))
-        nav.append(("scores", "FSS and RS"))
-    if localisation:
-        fig = f'<img src="{e(figures["localisation"])}" alt="localisation per layer">' if "localisation" in figures else ""
-        table = markdown_to_html(tables["localisation"][1]) if "localisation" in tables else ""
-        ch = next(iter(localisation.values())).get("chance", {}).get("energy")
-        chance = PARA.substitute(cls="note", text=e(f"A uniform map would score {ch:.3f} on both (the mean object area).")) \
-            if ch is not None else ""
-        sections.append(LOCALISATION.substitute(figure=fig, table=table, chance=chance))
-        nav.append(("localisation", "Localisation"))
-    if "cued_scores" in tables:
-        sections.append(CUED.substitute(
-            reading=PARA.substitute(cls="note", text=e(cued_reading)) if cued_reading else "",
-            scores=markdown_to_html(tables["cued_scores"][1]),
-            background=markdown_to_html(tables["cued_background"][1]) if "cued_background" in tables else ""))
-        nav.append(("cued", "Cued images"))
+        sections.append(Section("scores", "FSS and RS", SCORES_FIGURE.substitute(figure=fig)))
+    return sections
+
+
+def _empty_note(text: Optional[str]) -> str:
+    if not text:
+        return ""
+    return PARA.substitute(cls="note", text=e(f"Empty maps (no positive evidence after ReLU): {text}."))
+
+
+def localisation_section(figures: Mapping[str, str], tables: Mapping[str, Tuple[str, str]],
+                         localisation: Mapping[str, Any]) -> Section:
+    r"""Localisation on the object mask: the figure, the table (``tables["localisation"]``,
+    (csv, markdown)) and the chance level."""
+    fig = (f'<img src="{e(figures["localisation"])}" alt="localisation per layer">'
+           if "localisation" in figures else "")
+    table = markdown_to_html(tables["localisation"][1]) if "localisation" in tables else ""
+    ch = next(iter(localisation.values())).get("chance", {}).get("energy")
+    chance = (PARA.substitute(cls="note", text=e(f"A uniform map would score {ch:.3f} on both (the mean object area)."))
+              if ch is not None else "")
+    return Section("localisation", "Localisation", LOCALISATION.substitute(figure=fig, table=table, chance=chance))
+
+
+def cued_section(tables: Mapping[str, Tuple[str, str]], reading: Optional[str]) -> Section:
+    r"""What the Base used that the Student dropped: ``tables["cued_scores"]`` and
+    ``tables["cued_background"]`` ((csv, markdown) each) with a one-sentence reading."""
+    body = CUED.substitute(
+        reading=PARA.substitute(cls="note", text=e(reading)) if reading else "",
+        scores=markdown_to_html(tables["cued_scores"][1]),
+        background=markdown_to_html(tables["cued_background"][1]) if "cued_background" in tables else "")
+    return Section("cued", "Cued images", body)
+
+
+def figure_table_section(anchor: str, title: str, text: str, *, figure: Optional[str] = None,
+                         table_md: Optional[str] = None, csv: Optional[str] = None) -> Section:
+    r"""A generic section: a heading, a paragraph, an optional figure (a path relative to
+    the page), an optional Markdown table and a link to its CSV file.
+
+    Examples::
+
+        >>> figure_table_section("road", "ROAD", "Accuracy after ...", figure="figures/road.png",
+        ...                      table_md=md, csv="tables/road.csv")
+    """
+    parts = [f'<h2 id="{e(anchor)}">{e(title)}</h2>', PARA.substitute(cls="", text=e(text)).replace(' class=""', "")]
+    if figure:
+        parts.append(f'<img src="{e(figure)}" alt="{e(title)}">')
+    if table_md:
+        parts.append(markdown_to_html(table_md))
+    if csv:
+        parts.append(f'<p class="note">Also in <a href="{e(csv)}">{e(csv)}</a>.</p>')
+    return Section(anchor, title, "\n".join(parts))
+
+
+def render_page(page: Page) -> str:
+    r"""The ``index.html`` text of ``page``: its sections in the one page layout.
+
+    Examples::
+
+        >>> render_page(Page(title="compare", command="captum-unicam compare ...",
+        ...                  sections=[figure_table_section("road", "ROAD", text, table_md=md)]))
+    """
+    nav = [(s.anchor, s.nav) for s in page.sections]
     nav += [("meaning", "What the numbers mean"), ("versions", "Versions")]
-    shown = {k: v for k, v in meanings.items()
-             if (localisation or not k.startswith("Localisation"))
-             and (table1_md or not k.startswith(("FSS", "RS", "Intervals")))
-             and (grid_names or table1_md or not k.endswith("(UniCAM)"))}
-    table_links = [f'<a href="tables/{e(n)}.csv">{e(n)}.csv</a>' for n in tables]
-    if table1_md:
-        table_links.append('<a href="tables/table1.csv">table1.csv</a>')
     links = ('<p>All numbers: <a href="metrics.json">metrics.json</a>'
-             + ("; tables: " + ", ".join(table_links) if table_links else "") + ".</p>")
+             + ("; tables: " + ", ".join(f'<a href="{e(p)}">{e(p.rsplit("/", 1)[-1])}</a>' for p in page.table_links)
+                if page.table_links else "") + ".</p>")
     return PAGE.substitute(
-        title=e(title), css=css,
+        title=e(page.title), css=page.css,
         nav="".join(f'<a href="#{a}">{e(t)}</a>' for a, t in nav),
-        warnings="\n".join(PARA.substitute(cls="warn", text=e(n)) for n in warnings),
-        notes="\n".join(f"<p>{e(n)}</p>" for n in notes),
-        sections="\n".join(sections),
-        meanings="\n".join(MEANING.substitute(term=e(k), text=e(t)) for k, t in shown.items()),
+        warnings="\n".join(PARA.substitute(cls="warn", text=e(n)) for n in page.warnings),
+        notes="\n".join(f"<p>{e(n)}</p>" for n in page.notes),
+        sections="\n".join(s.html for s in page.sections if s.html),
+        meanings="\n".join(MEANING.substitute(term=e(k), text=e(t)) for k, t in page.meanings.items()),
         links=links,
         versions="\n".join(ROW.substitute(cells=CELL.substitute(v=e(k)) + CELL.substitute(v=e(v)))
-                           for k, v in versions.items()),
-        command=e(command),
+                           for k, v in page.versions.items()),
+        command=e(page.command),
     )

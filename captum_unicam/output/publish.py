@@ -34,7 +34,6 @@ import secrets
 import shutil
 import signal
 import threading
-import time
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, List, Optional, Union
@@ -55,16 +54,12 @@ __all__ = [
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
-OutputFolderError = OutputError  # the name report.py used before
 
 #: The ``"format"`` value that marks the ``metrics.json`` of a report of this tool.
 REPORT_FORMAT = "captum-unicam/report"
 
 #: Files whose content marks a folder as written by this tool (report, experiment).
 _MARKERS = ("metrics.json", "results.json")
-
-#: Temporary names without a process id (written by older versions) are stale after this.
-_LEGACY_STALE_S = 24 * 3600
 
 #: Renames tried before giving up when another run writes the same folder at the same time.
 _PUBLISH_ATTEMPTS = 8
@@ -87,10 +82,8 @@ def _stage(name: str) -> None:
 def is_report_dir(path: PathLike) -> bool:
     r"""Whether ``path`` is a folder written by captum-unicam (a report or an experiment).
 
-    A report's ``metrics.json`` holds ``"format": REPORT_FORMAT``; reports written before
-    that field existed are recognised by their ``"versions"`` entry naming
-    ``captum-unicam`` and their ``"command"``. An experiment folder's ``results.json``
-    holds a ``"format"`` starting with ``"captum-unicam/"``.
+    A report's ``metrics.json`` holds ``"format": REPORT_FORMAT``; an experiment folder's
+    ``results.json`` holds a ``"format"`` starting with ``"captum-unicam/"``.
 
     Args:
         path (str or PathLike): a folder.
@@ -113,10 +106,6 @@ def is_report_dir(path: PathLike) -> bool:
         fmt = data.get("format")
         if isinstance(fmt, str) and fmt.startswith("captum-unicam/"):
             return True
-        versions = data.get("versions")
-        if (name == "metrics.json" and isinstance(versions, dict)
-                and "captum-unicam" in versions and "command" in data):
-            return True
     return False
 
 
@@ -126,8 +115,8 @@ def is_report_dir(path: PathLike) -> bool:
 
 
 def _leftover_re(name: str) -> "re.Pattern[str]":
-    # .X.tmp-PID-RANDOM / .X.old-PID-RANDOM, or the legacy mkdtemp names .X.tmp-RANDOM
-    return re.compile(rf"^\.{re.escape(name)}\.(tmp|old)-(?:(\d+)-[A-Za-z0-9_]+|[a-z0-9_]{{8}})$")
+    # .X.tmp-PID-RANDOM / .X.old-PID-RANDOM
+    return re.compile(rf"^\.{re.escape(name)}\.(tmp|old)-(\d+)-[A-Za-z0-9_]+$")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -143,7 +132,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _leftovers(out: Path):
-    """(path, kind, pid or None, mtime) of the temporary folders of ``out`` in its parent."""
+    """(path, kind, pid, mtime) of the temporary folders of ``out`` in its parent."""
     pattern = _leftover_re(out.name)
     try:
         entries = list(os.scandir(out.parent))
@@ -160,21 +149,18 @@ def _leftovers(out: Path):
             mtime = e.stat(follow_symlinks=False).st_mtime
         except OSError:
             continue
-        found.append((Path(e.path), m.group(1), int(m.group(2)) if m.group(2) else None, mtime))
+        found.append((Path(e.path), m.group(1), int(m.group(2)), mtime))
     return found
 
 
-def _stale(pid: Optional[int], mtime: float) -> bool:
-    if pid is None:
-        return time.time() - mtime > _LEGACY_STALE_S
+def _stale(pid: int, mtime: float) -> bool:
     return not _pid_alive(pid)
 
 
 def recover_output_dir(out_dir: PathLike) -> List[str]:
     r"""Cleans up what killed runs left beside ``out_dir``; never touches a live run's files.
 
-    - ``.X.tmp-PID-*`` folders whose process is gone (or, for names without a process id,
-      older than a day) are deleted;
+    - ``.X.tmp-PID-*`` folders whose process is gone are deleted;
     - when ``X`` is missing and a run that is gone left the previous report in
       ``.X.old-PID-*`` (it was killed between its two renames), that report is put back
       as ``X``; when ``X`` exists (the run had published it), the old one is deleted.
@@ -195,7 +181,7 @@ def recover_output_dir(out_dir: PathLike) -> List[str]:
             shutil.rmtree(path, ignore_errors=True)
             if not path.exists():
                 done.append(f"removed {path.name!r}, the unfinished output of an earlier run "
-                            f"that was killed{f' (process {pid})' if pid else ''}")
+                            f"that was killed (process {pid})")
     olds = sorted((i for i in items if i[1] == "old" and _stale(i[2], i[3])), key=lambda i: i[3])
     if olds and not os.path.lexists(out):
         path, pid = olds[-1][0], olds[-1][2]  # the newest
@@ -203,7 +189,7 @@ def recover_output_dir(out_dir: PathLike) -> List[str]:
             os.rename(path, out)
             olds.pop()
             done.append(f"restored {str(out)!r} from {path.name!r}: an earlier run"
-                        f"{f' (process {pid})' if pid else ''} was killed while replacing it")
+                        f" (process {pid}) was killed while replacing it")
         except OSError:
             pass
     if os.path.lexists(out):

@@ -10,21 +10,18 @@ explicit :class:`Preprocessing`, which training records in the checkpoint's ``re
 from __future__ import annotations
 
 import dataclasses
-import warnings
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch.utils.data import Dataset
 
 from captum_unicam.errors import InputError
+from captum_unicam.kd.recipe import NORMALIZATIONS
 from captum_unicam.pipeline.batches import labels_of
 
 __all__ = ["NORMALIZATIONS", "Preprocessing", "load_data", "labelled_subset", "checkpoint_preprocessing",
            "agreed_preprocessing", "PreprocessingWarning"]
 
-#: Normalisations: ``imagenet`` (ImageNet's per-channel mean / std, as torchvision's
-#: pretrained weights expect) or ``none`` (images in [0, 1]).
-NORMALIZATIONS = ("imagenet", "none")
 _MEAN_STD = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 
 
@@ -186,8 +183,3 @@ def agreed_preprocessing(metas: Mapping[str, Mapping[str, Any]], *, image_size: 
         chosen[key] = values[0] if values else None
     prep = Preprocessing(chosen["image_size"], chosen["normalize"] or "none")
     return prep, notes
-
-
-def warn_lines(lines: Sequence[str]) -> None:
-    for line in lines:
-        warnings.warn(line, PreprocessingWarning, stacklevel=3)

@@ -4,7 +4,7 @@ Every UniCAM object of the pipeline is built by :func:`make_unicam`, and every F
 evaluation runs through :func:`score_pair`, so a change of either API is one edit here.
 :func:`compute_maps` draws Grad-CAM (Student, Base) and UniCAM (distilled, residual) maps
 per layer; :func:`map_grids` picks one image per class for the figures;
-:func:`accuracy` is the accuracy of a model on the evaluated set;
+:func:`localise` measures where each map kind puts its mass on the object masks;
 :func:`cued_evaluation` compares cue-free and cued test images (scores and where each
 map kind puts its mass), for the demo report and the experiment runner alike.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["MAP_COLUMNS", "make_unicam", "score_pair", "compute_maps", "map_grids", "accuracy",
+__all__ = ["MAP_COLUMNS", "make_unicam", "score_pair", "compute_maps", "map_grids", "localise",
            "cued_evaluation"]
 
 #: Map kinds of :func:`compute_maps` and their column titles in the figures.
@@ -61,23 +61,18 @@ def score_pair(student, base, loader, layers: Mapping[str, Tuple[Any, Any]], *, 
     return evaluation
 
 
-def accuracy(model, loader, device: Any = "cpu") -> float:
-    r"""Share of the items of ``loader`` whose arg-max class is the label (model in eval
-    mode during the pass; its mode is restored)."""
-    import torch
+def localise(maps: Mapping[str, Mapping[str, Any]], masks, *, seed: int,
+             n_bootstrap: int) -> Optional[Dict[str, Any]]:
+    r"""Localisation of every map kind of :func:`compute_maps` per layer
+    (:func:`~captum_unicam.metrics.localisation.localisation`, columns named by
+    :data:`MAP_COLUMNS`), only where the data have object masks (else None)."""
+    if masks is None:
+        return None
+    from captum_unicam.metrics.localisation import localisation
 
-    correct = total = 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                x, y = batch[0].to(device), batch[1].to(device)
-                correct += int((model(x).argmax(1) == y).sum())
-                total += int(y.numel())
-    finally:
-        model.train(was_training)
-    return correct / total if total else float("nan")
+    return {layer: localisation({MAP_COLUMNS[k]: m for k, m in kinds.items()}, masks, n_bootstrap=n_bootstrap,
+                                seed=seed)
+            for layer, kinds in maps.items()}
 
 
 def compute_maps(student, base, layers, batches, *, label_embeddings=None, device="cpu",

@@ -16,121 +16,21 @@ writes a checkpoint whose ``recipe`` records all of it, including the preprocess
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 import warnings
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+import torch
+from torch.utils.data import DataLoader
+
 from captum_unicam.errors import CheckpointError, DataSpecError, InputError
+from captum_unicam.kd.recipe import Recipe, positive_int
+from captum_unicam.kd.train import cross_validate, evaluate_accuracy, train_model
+from captum_unicam.models import build_model, load_checkpoint, save_checkpoint, stage_layers
+from captum_unicam.pipeline.data import Preprocessing, checkpoint_preprocessing, labelled_subset, load_data
 
-__all__ = ["Recipe", "build", "fit", "train_checkpoint", "pretrained_state_dict"]
-
-_OPTIMIZERS = ("sgd", "adam")
-_KD_METHODS = ("response", "attention", "overhaul")
-
-
-@dataclasses.dataclass
-class Recipe:
-    r"""Every choice of one training run (recorded in the checkpoint's ``recipe``).
-
-    Attributes:
-        arch (str): Architecture (``captum_unicam.models.ARCHITECTURES``).
-        epochs (int): Passes over the training data. Default: 10
-        batch_size (int): Default: 64
-        lr (float): Peak learning rate (cosine decay). Default: 0.05
-        optimizer (str): ``"sgd"`` or ``"adam"``. Default: "sgd"
-        weight_decay (float): Default: 5e-4
-        augment (bool): Random horizontal flips and crops. Default: False
-        image_size (int, optional): Image side; None: the Teacher's, else the data's
-                    default. Default: None
-        normalize (str, optional): ``"imagenet"`` or ``"none"``; None: the Teacher's,
-                    else ``"imagenet"`` with ``weights``, else ``"none"``. Default: None
-        labelled (int, optional): Train on a seeded, class-stratified subset of this
-                    many labelled images. Default: None (all)
-        limit (int, optional): Use only this many training images (a seeded subset).
-        transfer (str, optional): Data spec of the images a Student is distilled on;
-                    their labels are never read. Its ``transfer`` split is used: the
-                    controlled dataset's transfer stream, CIFAR-10's training images, a
-                    folder's ``train/`` (or, without ``train/`` and ``test/``, the 80 %
-                    of its images that are not held out for testing). Default: None
-        method (str, optional): KD method with a Teacher (``"response"``,
-                    ``"attention"``, ``"overhaul"``). Default: None
-        temperature (float): KD softmax temperature. Default: 4.0
-        alpha (float): Weight of the response-KD term. Default: 0.9
-        beta (float, optional): Weight of the feature-KD term. Default: the method's
-        weights (str, optional): torchvision pretrained weights to start from, e.g.
-                    ``"IMAGENET1K_V1"`` or ``"ResNet18_Weights.IMAGENET1K_V1"``.
-        seed (int): Seed of the subsets, initialisation and training. Default: 0
-    """
-
-    arch: str
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    weight_decay: float = 5e-4
-    augment: bool = False
-    image_size: Optional[int] = None
-    normalize: Optional[str] = None
-    labelled: Optional[int] = None
-    limit: Optional[int] = None
-    transfer: Optional[str] = None
-    method: Optional[str] = None
-    temperature: float = 4.0
-    alpha: float = 0.9
-    beta: Optional[float] = None
-    weights: Optional[str] = None
-    seed: int = 0
-
-    def check(self, has_teacher: bool) -> None:
-        r"""Raises :class:`~captum_unicam.errors.InputError` for a bad value, before any work."""
-        from captum_unicam.models import ARCHITECTURES
-        from captum_unicam.pipeline.data import NORMALIZATIONS
-
-        if self.arch not in ARCHITECTURES:
-            raise InputError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-        for name in ("epochs", "batch_size"):
-            _positive(getattr(self, name), name)
-        for name in ("labelled", "limit", "image_size"):
-            if getattr(self, name) is not None:
-                _positive(getattr(self, name), name)
-        if self.image_size is not None and self.image_size < 8:
-            raise InputError(f"image_size must be at least 8, got {self.image_size}")
-        for name in ("lr", "temperature"):
-            if not float(getattr(self, name)) > 0:
-                raise InputError(f"{name} must be positive, got {getattr(self, name)!r}")
-        if not float(self.weight_decay) >= 0:
-            raise InputError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not 0.0 <= float(self.alpha) <= 1.0:
-            raise InputError(f"alpha must be in [0, 1], got {self.alpha!r}")
-        if self.optimizer not in _OPTIMIZERS:
-            raise InputError(f"optimizer must be one of {', '.join(_OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.normalize is not None and self.normalize not in NORMALIZATIONS:
-            raise InputError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
-        if self.method is not None and self.method not in _KD_METHODS:
-            raise InputError(f"unknown KD method {self.method!r}; choose one of {', '.join(_KD_METHODS)}")
-        if self.method is not None and not has_teacher:
-            raise InputError(f"method {self.method!r} needs a Teacher checkpoint (teacher=...)")
-        if has_teacher and self.method is None:
-            raise InputError(f"a Teacher was given; choose the KD method (method= one of {', '.join(_KD_METHODS)})")
-        if self.transfer is not None and not has_teacher:
-            raise InputError("a transfer set has no labels to learn from: it needs a Teacher (teacher=...)")
-        if self.transfer is not None and self.labelled is not None:
-            raise InputError("labelled= and transfer= exclude each other: a Student distilled on a transfer "
-                             "set reads no labels; train a Base with labelled=N, and the Student with transfer=SPEC")
-        if self.weights is not None and self.arch.startswith("small_resnet"):
-            raise InputError(f"pretrained weights exist only for torchvision's ResNets, not {self.arch!r}")
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def _positive(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be a positive int, got {value!r}")
-    return value
-
+__all__ = ["build", "fit", "train_checkpoint", "pretrained_state_dict"]
 
 def pretrained_state_dict(arch: str, name: str, *, download: bool = False, progress: bool = False) -> Tuple[Dict[str, Any], str]:
     r"""The state dict of torchvision's pretrained weights ``name`` for ``arch``.
@@ -151,7 +51,6 @@ def pretrained_state_dict(arch: str, name: str, *, download: bool = False, progr
         InputError: unknown weights for ``arch``.
         CheckpointError: the weights are not in the local cache and ``download`` is False.
     """
-    import torch
     from torchvision import models as tvm
 
     try:
@@ -175,7 +74,6 @@ def pretrained_state_dict(arch: str, name: str, *, download: bool = False, progr
 
 def _start_from(model, state: Dict[str, Any]) -> List[str]:
     """Copies the tensors of ``state`` whose names and shapes fit; returns the names left out."""
-    import torch
 
     own = model.state_dict()
     skipped = []
@@ -191,9 +89,7 @@ def _start_from(model, state: Dict[str, Any]) -> List[str]:
 def build(arch: str, num_classes: int, seed: int, **build_kwargs: Any):
     r"""``build_model(arch, num_classes, **build_kwargs)`` with its random initialisation
     drawn from ``seed`` (the caller's random state is left untouched)."""
-    import torch
 
-    from captum_unicam.models import build_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
@@ -215,17 +111,12 @@ def fit(model, dataset, recipe: Recipe, *, teacher=None, unlabelled: bool = Fals
     Returns:
         *nn.Module*: ``model``, trained.
     """
-    import torch
-    from torch.utils.data import DataLoader
 
-    from captum_unicam.kd.train import train_model
 
     g = torch.Generator().manual_seed(int(recipe.seed if order_seed is None else order_seed))
     loader = DataLoader(dataset, batch_size=min(recipe.batch_size, len(dataset)), shuffle=True, generator=g,
                         drop_last=len(dataset) > recipe.batch_size)
-    return train_model(model, loader, epochs=recipe.epochs, teacher=teacher, method=recipe.method, lr=recipe.lr,
-                       optimizer=recipe.optimizer, weight_decay=recipe.weight_decay, temperature=recipe.temperature,
-                       alpha=recipe.alpha, beta=recipe.beta, unlabelled=unlabelled, seed=recipe.seed, device=device,
+    return train_model(model, loader, recipe, teacher=teacher, unlabelled=unlabelled, device=device,
                        progress=progress, desc=desc or f"train {recipe.arch}")
 
 
@@ -248,7 +139,8 @@ def train_checkpoint(
     Args:
         data (str): Data spec of the labelled data (its ``train`` split trains, its
                     ``test`` split measures the accuracy).
-        recipe (Recipe): What to train and how.
+        recipe (Recipe): What to train and how (its ``image_size`` and ``normalize`` are
+                    set to what was used).
         out (str or PathLike): Checkpoint file to write.
         teacher (str or PathLike, optional): Teacher checkpoint: train a Student by
                     distillation. Default: None
@@ -261,31 +153,82 @@ def train_checkpoint(
 
     Returns:
         *dict*: ``path``, ``arch``, ``num_classes``, ``class_names``, ``kd_method``,
-        ``teacher``, ``test_accuracy``, ``train_size``, ``test_size``, ``recipe``.
+        ``teacher``, ``test_accuracy``, ``train_size``, ``test_size``, ``recipe``
+        (and ``cross_validation`` with ``folds``).
 
     Raises:
         InputError, DataSpecError, CheckpointError: bad recipe, data or Teacher; all
         before training starts.
+
+    Examples::
+
+        >>> train_checkpoint("imagefolder:/data/pets", Recipe("resnet18", image_size=32,
+        ...                  labelled=300, epochs=20), "base.pt")
     """
-    import torch
-    from torch.utils.data import DataLoader
+    out_path = _check_request(recipe, out, teacher, folds, test_limit)
+    device = torch.device(device)
+    teacher_model, t_meta = _load_teacher(teacher, teacher_arch, recipe, device, warn)
+    prep = Preprocessing(recipe.image_size, recipe.normalize or "none")
+    sets = _datasets(data, recipe, prep, download, test_limit)
+    class_names = sets["class_names"]
+    if t_meta is not None:
+        _check_teacher_classes(t_meta, teacher, teacher_model, data, class_names, recipe.method)
+    side = int(sets["test"][0][0].shape[-1])
+    recipe.image_size = side
+    recipe.normalize = prep.normalize
+    state = weights_name = None
+    if recipe.weights is not None:
+        state, weights_name = pretrained_state_dict(recipe.arch, recipe.weights, download=download, progress=progress)
+    build_kwargs = {"cifar_stem": side <= 64}
 
-    from captum_unicam.kd.train import cross_validate, evaluate_accuracy
-    from captum_unicam.models import load_checkpoint, save_checkpoint
-    from captum_unicam.pipeline.data import Preprocessing, checkpoint_preprocessing, labelled_subset, load_data
+    def build_one():
+        m = build(recipe.arch, len(class_names), recipe.seed, **build_kwargs)
+        skipped = _start_from(m, state) if state is not None else None
+        return m, skipped
 
+    cv = None
+    if folds is not None:
+        cv = cross_validate(lambda: build_one()[0], sets["train"], recipe, k=folds, teacher=teacher_model,
+                            device=device, progress=progress)
+        cv = {"k": folds, "accuracies": cv["accuracies"], "mean": cv["mean"], "std": cv["std"]}
+    model, skipped = build_one()
+    fit(model, sets["fit"], recipe, teacher=teacher_model, unlabelled=recipe.transfer is not None, device=device,
+        progress=progress)
+    acc = evaluate_accuracy(model, DataLoader(sets["test"], batch_size=256), device=device, progress=progress)
+    teacher_name = str(teacher) if teacher is not None else None
+    recorded = recipe.to_dict()
+    recorded.update(data=data, weights=weights_name, weights_skipped=skipped,
+                    role="student" if teacher is not None else ("base" if recipe.labelled else "teacher or base"),
+                    teacher=teacher_name)
+    extra = {"test_accuracy": acc, "train_size": len(sets["fit"]), "test_size": len(sets["test"]),
+             "labelled_size": None if recipe.transfer is not None else len(sets["train"])}
+    if cv is not None:
+        extra["cross_validation"] = cv
+    save_checkpoint(out_path, model, arch=recipe.arch, num_classes=len(class_names), class_names=class_names,
+                    recipe=recorded, kd_method=recipe.method, teacher=teacher_name, extra=extra,
+                    build_kwargs=build_kwargs)
+    result: Dict[str, Any] = {} if cv is None else {"cross_validation": cv}
+    result.update(path=str(out_path), arch=recipe.arch, num_classes=len(class_names), class_names=class_names,
+                  kd_method=recipe.method, teacher=teacher_name, test_accuracy=acc, train_size=len(sets["fit"]),
+                  test_size=len(sets["test"]), recipe=recorded)
+    return result
+
+
+def _check_request(recipe: Recipe, out, teacher, folds, test_limit) -> pathlib.Path:
     recipe.check(has_teacher=teacher is not None)
     if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 2):
         raise InputError(f"folds must be an int >= 2, got {folds!r}")
     if test_limit is not None:
-        _positive(test_limit, "test_limit")
+        positive_int(test_limit, "test_limit")
     out_path = pathlib.Path(out)
     if out_path.is_dir():
         raise InputError(f"out {str(out_path)!r} is a folder; give a checkpoint file name like model.pt")
-    device = torch.device(device)
+    return out_path
 
-    # ---- the Teacher: its classes and preprocessing ----
-    teacher_model = t_meta = None
+
+def _load_teacher(teacher, teacher_arch, recipe: Recipe, device, warn):
+    """The Teacher and its metadata (None, None without one); the recipe takes the
+    Teacher's image size and normalisation where it sets none (a warning where it differs)."""
     if teacher is not None:
         if not pathlib.Path(teacher).is_file():
             raise CheckpointError(f"Teacher checkpoint {str(teacher)!r} does not exist; train one first "
@@ -298,11 +241,16 @@ def train_checkpoint(
                 setattr(recipe, key, theirs)
             elif theirs is not None and mine != theirs:
                 warn(f"the Teacher was trained with {key} {theirs}; the Student is trained with {mine}")
+    else:
+        teacher_model = t_meta = None
     if recipe.normalize is None and recipe.weights is not None:
         recipe.normalize = "imagenet"  # what torchvision's pretrained weights expect
-    prep = Preprocessing(recipe.image_size, recipe.normalize or "none")
+    return teacher_model, t_meta
 
-    # ---- data ----
+
+def _datasets(data: str, recipe: Recipe, prep: Preprocessing, download: bool, test_limit) -> Dict[str, Any]:
+    """``train`` (labelled, after ``labelled``), ``fit`` (what is trained on: ``train`` or
+    the transfer set), ``test`` and the ``class_names``."""
     train_ds = load_data(data, "train", prep, augment=recipe.augment, limit=recipe.limit, download=download)
     test_ds = load_data(data, "test", prep, limit=test_limit, download=download)
     if len(train_ds) == 0 or len(test_ds) == 0:
@@ -310,19 +258,6 @@ def train_checkpoint(
     class_names = [str(c) for c in getattr(train_ds, "classes", [])]
     if len(class_names) < 2:
         raise DataSpecError(f"data spec {data!r} has {len(class_names)} class(es); at least 2 are needed")
-    num_classes = len(class_names)
-    if t_meta is not None:
-        t_names = t_meta.get("class_names")
-        if t_meta.get("num_classes") not in (None, num_classes):
-            raise CheckpointError(f"the Teacher checkpoint {str(teacher)!r} has {t_meta.get('num_classes')} classes, "
-                                  f"the data {data!r} has {num_classes}; use a Teacher trained on the same classes")
-        if t_names is not None and list(t_names) != class_names:
-            raise CheckpointError(f"the Teacher checkpoint {str(teacher)!r} was trained on classes {list(t_names)}, "
-                                  f"but {data!r} has {class_names}; use a Teacher trained on the same data")
-        if recipe.method in ("attention", "overhaul"):
-            from captum_unicam.models import stage_layers
-
-            stage_layers(teacher_model)
     if recipe.labelled is not None:
         train_ds = labelled_subset(train_ds, recipe.labelled, seed=recipe.seed)
     fit_ds = train_ds
@@ -330,49 +265,16 @@ def train_checkpoint(
         fit_ds = load_data(recipe.transfer, "transfer", prep, augment=recipe.augment, download=download)
         if len(fit_ds) == 0:
             raise DataSpecError(f"transfer spec {recipe.transfer!r} holds no images")
-    side = int(test_ds[0][0].shape[-1])
-    recipe.image_size = side
-    recipe.normalize = prep.normalize
-    state = weights_name = None
-    if recipe.weights is not None:
-        state, weights_name = pretrained_state_dict(recipe.arch, recipe.weights, download=download, progress=progress)
-    build_kwargs = {"cifar_stem": side <= 64}
+    return {"train": train_ds, "fit": fit_ds, "test": test_ds, "class_names": class_names}
 
-    def build_one():
-        m = build(recipe.arch, num_classes, recipe.seed, **build_kwargs)
-        if state is not None:
-            m._captum_unicam_skipped = _start_from(m, state)  # type: ignore[attr-defined]
-        return m
 
-    result: Dict[str, Any] = {}
-    if folds is not None:
-        train_kwargs = dict(teacher=teacher_model, method=recipe.method, lr=recipe.lr, optimizer=recipe.optimizer,
-                            weight_decay=recipe.weight_decay, temperature=recipe.temperature, alpha=recipe.alpha,
-                            beta=recipe.beta)
-        cv = cross_validate(build_one, train_ds, k=folds, epochs=recipe.epochs, batch_size=recipe.batch_size,
-                            seed=recipe.seed, device=device, progress=progress, **train_kwargs)
-        result["cross_validation"] = {"k": folds, "accuracies": cv["accuracies"], "mean": cv["mean"], "std": cv["std"]}
-
-    model = build_one()
-    fit(model, fit_ds, recipe, teacher=teacher_model, unlabelled=recipe.transfer is not None, device=device,
-        progress=progress)
-    test_loader = DataLoader(test_ds, batch_size=256)
-    acc = evaluate_accuracy(model, test_loader, device=device, progress=progress)
-    recorded = recipe.to_dict()
-    recorded.update(data=data, weights=weights_name,
-                    weights_skipped=getattr(model, "_captum_unicam_skipped", None),
-                    role="student" if teacher is not None else ("base" if recipe.labelled else "teacher or base"),
-                    teacher=str(teacher) if teacher is not None else None)
-    if hasattr(model, "_captum_unicam_skipped"):
-        del model._captum_unicam_skipped
-    extra = {"test_accuracy": acc, "train_size": len(fit_ds), "test_size": len(test_ds),
-             "labelled_size": None if recipe.transfer is not None else len(train_ds)}
-    if "cross_validation" in result:
-        extra["cross_validation"] = result["cross_validation"]
-    save_checkpoint(out_path, model, arch=recipe.arch, num_classes=num_classes, class_names=class_names,
-                    recipe=recorded, kd_method=recipe.method, teacher=str(teacher) if teacher is not None else None,
-                    extra=extra, build_kwargs=build_kwargs)
-    result.update(path=str(out_path), arch=recipe.arch, num_classes=num_classes, class_names=class_names,
-                  kd_method=recipe.method, teacher=str(teacher) if teacher is not None else None,
-                  test_accuracy=acc, train_size=len(fit_ds), test_size=len(test_ds), recipe=recorded)
-    return result
+def _check_teacher_classes(t_meta, teacher, teacher_model, data: str, class_names, method) -> None:
+    t_names = t_meta.get("class_names")
+    if t_meta.get("num_classes") not in (None, len(class_names)):
+        raise CheckpointError(f"the Teacher checkpoint {str(teacher)!r} has {t_meta.get('num_classes')} classes, "
+                              f"the data {data!r} has {len(class_names)}; use a Teacher trained on the same classes")
+    if t_names is not None and list(t_names) != class_names:
+        raise CheckpointError(f"the Teacher checkpoint {str(teacher)!r} was trained on classes {list(t_names)}, "
+                              f"but {data!r} has {class_names}; use a Teacher trained on the same data")
+    if method in ("attention", "overhaul"):
+        stage_layers(teacher_model)

@@ -56,15 +56,9 @@ non-empty ``out`` that is not an experiment folder (no ``results.json``, not onl
 
 from __future__ import annotations
 
-from captum_unicam.errors import InputError
-
-from captum_unicam import errors as _errors
-
-import csv
 import dataclasses
 import functools
 import hashlib
-import io
 import json
 import os
 import shlex
@@ -77,12 +71,16 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from captum_unicam.data import SCHEMES, DataSpecError, load_dataset
+from captum_unicam.errors import InputError, OutputError
+from captum_unicam.output.tables import LAYERS, MAP_TITLES, csv_table, format_interval, format_pm, markdown_table
+from captum_unicam.pipeline.process import torch_threads
+
 __all__ = [
     "run_experiment",
     "RECIPES",
     "CONTROLLED_ARCHS",
     "REAL_ARCHS",
-    "ExperimentFolderError",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -90,7 +88,6 @@ ArchSpec = Union[str, Tuple[str, Mapping[str, Any]], Mapping[str, Any]]
 
 _FORMAT = "captum-unicam/experiment"
 _FORMAT_VERSION = 1
-LAYERS = ("L1", "L2", "L3", "L4")
 
 #: Default (teacher, assistant, student) architectures on the controlled dataset:
 #: small ResNets of widths 16 / 12 / 8 standing in for R101 / R50 / R18 (parameter
@@ -153,15 +150,7 @@ RECIPES: Dict[str, Dict[str, Any]] = {
 _EVAL_KEYS = frozenset({"test_size", "eval_batch_size", "eval_batches", "map_batches", "n_show", "n_bootstrap",
                         "n_permutations", "dpi", "grid_layers"})
 
-_MAP_TITLES = {
-    "gradcam_base": "Grad-CAM Base",
-    "gradcam_student": "Grad-CAM Student",
-    "distilled": "UniCAM distilled",
-    "residual": "UniCAM residual",
-}
-
-
-ExperimentFolderError = _errors.OutputError  # the library's one family of expected failures
+_MAP_TITLES = {k: MAP_TITLES[k] for k in ("gradcam_base", "gradcam_student", "distilled", "residual")}
 
 
 # ---------------------------------------------------------------------------
@@ -215,11 +204,11 @@ def _check_methods(methods: Any) -> Tuple[str, ...]:
 def _check_out(out: PathLike) -> Path:
     path = Path(out).expanduser().absolute()
     if path.exists() and not path.is_dir():
-        raise ExperimentFolderError(f"out {str(path)!r} exists and is not a folder; choose another out")
+        raise OutputError(f"out {str(path)!r} exists and is not a folder; choose another out")
     if path.is_dir():
         entries = {p.name for p in path.iterdir()}
         if entries and "results.json" not in entries and entries != {"models"}:
-            raise ExperimentFolderError(
+            raise OutputError(
                 f"out {str(path)!r} is a non-empty folder that is not an experiment folder "
                 "(no results.json); it would be replaced, so choose a new or empty folder"
             )
@@ -305,7 +294,7 @@ def _obtain(role: str, arch: Tuple[str, Dict[str, Any]], recipe: Dict[str, Any],
         return model
     if why != "absent":
         warnings.warn(f"retraining {role}: the cached checkpoint {str(path)!r} cannot be reused ({why})",
-                      stacklevel=3)
+                      stacklevel=5)  # _obtain <- _train_models <- _run <- run_experiment <- its caller
     from captum_unicam.pipeline.training import build
 
     t0 = time.perf_counter()
@@ -313,7 +302,8 @@ def _obtain(role: str, arch: Tuple[str, Dict[str, Any]], recipe: Dict[str, Any],
     train_fn(model)
     model.to(device).eval()
     save_checkpoint(path, model, arch=name, num_classes=num_classes, class_names=list(class_names),
-                    recipe=recipe, kd_method=kd_method, teacher=teacher)
+                    recipe=recipe, kd_method=kd_method, teacher=teacher,
+                    overwrite=True)  # a cached checkpoint of another recipe
     log[role] = {"status": "trained", "seconds": round(time.perf_counter() - t0, 2)}
     return model
 
@@ -321,44 +311,6 @@ def _obtain(role: str, arch: Tuple[str, Dict[str, Any]], recipe: Dict[str, Any],
 # ---------------------------------------------------------------------------
 # formatting and writing
 # ---------------------------------------------------------------------------
-
-
-def _pm(entry: Optional[Mapping[str, Any]], digits: int = 4) -> str:
-    """'mean ± half-width of the interval'."""
-    if not entry or entry.get("mean") is None:
-        return "–"
-    m = float(entry["mean"])
-    lo, hi = entry.get("low"), entry.get("high")
-    if lo is None or hi is None:
-        return f"{m:.{digits}f}"
-    return f"{m:.{digits}f} ± {(float(hi) - float(lo)) / 2:.{digits}f}"
-
-
-def _iv(entry: Optional[Mapping[str, Any]], digits: int = 3) -> str:
-    """'mean [low, high]'."""
-    if not entry or entry.get("mean") is None:
-        return "–"
-    lo, hi = entry.get("low"), entry.get("high")
-    if lo is None or hi is None:
-        return f"{float(entry['mean']):.{digits}f}"
-    return f"{float(entry['mean']):.{digits}f} [{float(lo):.{digits}f}, {float(hi):.{digits}f}]"
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]], notes: Sequence[str] = ()) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    if notes:
-        lines += [""] + list(notes)
-    return "\n".join(lines) + "\n"
-
-
-def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    for row in rows:
-        w.writerow(["" if v is None else (repr(v) if isinstance(v, float) else v) for v in row])
-    return buf.getvalue()
 
 
 def _write(folder: Path, name: str, text: str) -> None:
@@ -404,9 +356,9 @@ def _table1(method: str, summary: Mapping[str, Any], settings: Mapping[str, Any]
         cell = {key: s[kind][metric] for kind, metric, key in cols}
         p_sb = s["gradcam"]["p_student_gt_base"]
         p_dr = s["none"]["p_distilled_gt_residual"]
-        md_rows.append([layer, _pm(cell["fss_gradcam"]), _pm(cell["rs_base_gradcam"]), _pm(cell["rs_student_gradcam"]),
-                        f"{p_sb:.3g}", _pm(cell["rs_base_residual_map"]), _pm(cell["rs_student_distilled_map"]),
-                        _pm(cell["rs_distilled_raw"]), _pm(cell["rs_residual_raw"]), f"{p_dr:.3g}"])
+        md_rows.append([layer, format_pm(cell["fss_gradcam"], 4), format_pm(cell["rs_base_gradcam"], 4), format_pm(cell["rs_student_gradcam"], 4),
+                        f"{p_sb:.3g}", format_pm(cell["rs_base_residual_map"], 4), format_pm(cell["rs_student_distilled_map"], 4),
+                        format_pm(cell["rs_distilled_raw"], 4), format_pm(cell["rs_residual_raw"], 4), f"{p_dr:.3g}"])
         row: List[Any] = [layer]
         for _, _, key in cols:
             row += [cell[key]["mean"], cell[key]["low"], cell[key]["high"]]
@@ -423,7 +375,7 @@ def _table1(method: str, summary: Mapping[str, Any], settings: Mapping[str, Any]
         f"(RS of the unique features). Labels: {settings.get('label_embeddings', '?')}; "
         f"estimator {settings.get('estimator', '?')!r}.",
     ]
-    return _md_table(header_md, md_rows, notes), _csv_text(header_csv, csv_rows)
+    return markdown_table(header_md, md_rows, notes), csv_table(header_csv, csv_rows)
 
 
 def _table2(direct: Mapping[str, Any], ta: Mapping[str, Any], accs: Mapping[str, Mapping[str, Any]],
@@ -441,7 +393,7 @@ def _table2(direct: Mapping[str, Any], ta: Mapping[str, Any], accs: Mapping[str,
         for title, kind, metric, with_base in stats:
             b = direct[layer][kind]["rs_base"] if with_base else None
             d, t = direct[layer][kind][metric], ta[layer][kind][metric]
-            md_rows.append([layer, title, _pm(b) if b else "–", _pm(d), _pm(t)])
+            md_rows.append([layer, title, format_pm(b, 4) if b else "–", format_pm(d, 4), format_pm(t, 4)])
             for model, e in (("base", b), ("direct", d), ("ta", t)):
                 if e is not None:
                     csv_rows.append([layer, title, model, e["mean"], e["low"], e["high"]])
@@ -458,8 +410,8 @@ def _table2(direct: Mapping[str, Any], ta: Mapping[str, Any], accs: Mapping[str,
     notes = ["Table 2 layout: the Student distilled directly from the Teacher (response KD) against the Student "
              "distilled through the Teacher assistant, each compared with the same Base. Mean ± half-width of the 95 % "
              "bootstrap interval over batches."]
-    return (_md_table(header, md_rows, notes),
-            _csv_text(["layer", "statistic", "model", "mean", "ci_low", "ci_high"], csv_rows))
+    return (markdown_table(header, md_rows, notes),
+            csv_table(["layer", "statistic", "model", "mean", "ci_low", "ci_high"], csv_rows))
 
 
 def _localisation_table(loc: Mapping[str, Mapping[str, Any]], pair_titles: Mapping[str, str]) -> Tuple[str, str]:
@@ -471,7 +423,7 @@ def _localisation_table(loc: Mapping[str, Mapping[str, Any]], pair_titles: Mappi
             chance = entry["chance"]["energy"]
             for kind, title in _MAP_TITLES.items():
                 k = entry["kinds"][kind]
-                md_rows.append([pair_titles[pair], layer, title, _iv(k["energy"]), _iv(k["pointing"]),
+                md_rows.append([pair_titles[pair], layer, title, format_interval(k["energy"]), format_interval(k["pointing"]),
                                 f"{k['n_empty']}/{k['n_images']}"])
                 csv_rows.append([pair, layer, kind, k["energy"]["mean"], k["energy"]["low"], k["energy"]["high"],
                                  k["pointing"]["mean"], k["pointing"]["low"], k["pointing"]["high"],
@@ -482,13 +434,13 @@ def _localisation_table(loc: Mapping[str, Mapping[str, Any]], pair_titles: Mappi
              f"{chance:.3f} (chance). Empty maps (nothing left after ReLU) are left out of the means."] if chance is not None else []
     csv_header = ["pair", "layer", "map", "energy_mean", "energy_low", "energy_high", "pointing_mean",
                   "pointing_low", "pointing_high", "n_images", "n_empty", "chance"]
-    return _md_table(header, md_rows, notes), _csv_text(csv_header, csv_rows)
+    return markdown_table(header, md_rows, notes), csv_table(csv_header, csv_rows)
 
 
 def _cued_table(cued: Mapping[str, Mapping[str, Any]], pair_titles: Mapping[str, str]) -> Tuple[str, str]:
     """The cued evaluation of every pair: markdown (the report's two tables, with a pair
     column) and a long CSV (one row per pair, condition, layer, quantity and map kind)."""
-    from captum_unicam.report import cued_tables
+    from captum_unicam.output.report import cued_tables
 
     md_parts: Dict[str, Tuple[List[str], List[List[Any]]]] = {}
     csv_rows: List[List[Any]] = []
@@ -511,9 +463,9 @@ def _cued_table(cued: Mapping[str, Mapping[str, Any]], pair_titles: Mapping[str,
     md = ""
     for name, (header, rows) in md_parts.items():
         title = "Scores and mass on the object" if name == "cued_scores" else "Mass on the background"
-        md += f"### {title}\n\n" + _md_table(header, rows) + "\n"
+        md += f"### {title}\n\n" + markdown_table(header, rows) + "\n"
     md += notes[0] + "\n"
-    return md, _csv_text(["pair", "condition", "layer", "quantity", "map", "mean", "low", "high", "n", "chance"],
+    return md, csv_table(["pair", "condition", "layer", "quantity", "map", "mean", "low", "high", "n", "chance"],
                          csv_rows)
 
 
@@ -525,8 +477,8 @@ def _accuracy_table(accs: Mapping[str, Mapping[str, Any]], info: Mapping[str, Ma
                         "–" if a.get("test_cued") is None else f"{100 * a['test_cued']:.1f} %"])
         csv_rows.append([role, i["arch"], i["trained_on"], a["test"], a.get("test_cued")])
     header = ["Model", "Architecture", "Trained on", "accuracy, cue-free test", "accuracy, cued test"]
-    return (_md_table(header, md_rows),
-            _csv_text(["model", "arch", "trained_on", "acc_test", "acc_test_cued"], csv_rows))
+    return (markdown_table(header, md_rows),
+            csv_table(["model", "arch", "trained_on", "acc_test", "acc_test_cued"], csv_rows))
 
 
 # ---------------------------------------------------------------------------
@@ -601,43 +553,26 @@ def run_experiment(
 
     Raises:
         DataSpecError: the dataset spec cannot be loaded (before any training).
-        ExperimentFolderError: ``out`` is a file or a foreign non-empty folder.
+        OutputError: ``out`` is a file or a foreign non-empty folder.
         InputError: unknown method or architecture, bad seed, recipe or label option.
 
     Examples::
 
-        >>> from captum_unicam.experiments import run_experiment
+        >>> from captum_unicam.pipeline.study import run_experiment
         >>> results = run_experiment("controlled", out="runs/controlled")
         >>> print(results["tables"]["table2"])
     """
-    from captum_unicam.data import SCHEMES, DataSpecError, load_dataset
-
     t_start = time.perf_counter()
-    # ---- cheap checks ----------------------------------------------------------------
-    if not isinstance(dataset, str) or not dataset.strip():
-        raise DataSpecError(f"dataset must be a spec like 'controlled' or 'cifar10:ROOT', got {dataset!r}")
-    methods = _check_methods(methods)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise InputError(f"seed must be a non-negative int, got {seed!r}")
-    if label_embeddings not in ("text", "one-hot"):
-        raise InputError(f"label_embeddings must be 'text' or 'one-hot', got {label_embeddings!r}")
-    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1):
-        raise InputError(f"num_threads must be a positive int, got {num_threads!r}")
-    scheme = _scheme(dataset)
-    controlled = scheme == "controlled"
-    if scheme not in SCHEMES:
-        load_dataset(dataset)  # raises DataSpecError naming the accepted specs
+    methods = _check_arguments(dataset, methods, seed, label_embeddings, num_threads)
+    controlled = _scheme(dataset) == "controlled"
     recipe = dict(recipe or {})
     known = set().union(*RECIPES.values())
     if set(recipe) - known:
         raise InputError(f"unknown recipe keys {sorted(set(recipe) - known)}; known: {sorted(known)}")
     r = dict(RECIPES[("controlled" if controlled else "real") + ("_quick" if quick else "")])
     defaults = CONTROLLED_ARCHS if controlled else REAL_ARCHS
-    archs = {
-        "teacher": _arch(teacher_arch if teacher_arch is not None else defaults["teacher"], "teacher"),
-        "assistant": _arch(assistant_arch if assistant_arch is not None else defaults["assistant"], "assistant"),
-        "student": _arch(student_arch if student_arch is not None else defaults["student"], "student"),
-    }
+    given = {"teacher": teacher_arch, "assistant": assistant_arch, "student": student_arch}
+    archs = {role: _arch(given[role] if given[role] is not None else defaults[role], role) for role in given}
     out_path = _check_out(out)
     device = torch.device(device)
 
@@ -647,6 +582,36 @@ def run_experiment(
     if unused:
         raise InputError(f"recipe keys {sorted(unused)} do not apply to {dataset!r}; use {sorted(r)}")
     r.update(recipe)
+    class_names = _check_evaluation(dataset, data, r)
+    stem = int(data["test"][0][0].shape[-1]) <= 64
+    for _name, kwargs in archs.values():
+        kwargs.setdefault("cifar_stem", stem)
+    with torch_threads(num_threads):
+        return _run(_Study(dataset=dataset, controlled=controlled, data=data, class_names=class_names, r=r,
+                           archs=archs, methods=tuple(methods), seed=seed, quick=quick, device=device,
+                           progress=progress, label_embeddings=label_embeddings, out_path=out_path,
+                           command=command, t_start=t_start))
+
+
+def _check_arguments(dataset: Any, methods: Any, seed: Any, label_embeddings: Any, num_threads: Any):
+    """The cheap checks of :func:`run_experiment`; returns the KD methods."""
+    if not isinstance(dataset, str) or not dataset.strip():
+        raise DataSpecError(f"dataset must be a spec like 'controlled' or 'cifar10:ROOT', got {dataset!r}")
+    methods = _check_methods(methods)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"seed must be a non-negative int, got {seed!r}")
+    if label_embeddings not in ("text", "one-hot"):
+        raise InputError(f"label_embeddings must be 'text' or 'one-hot', got {label_embeddings!r}")
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
+                                    or num_threads < 1):
+        raise InputError(f"num_threads must be a positive int, got {num_threads!r}")
+    if _scheme(dataset) not in SCHEMES:
+        load_dataset(dataset)  # raises DataSpecError naming the accepted specs
+    return methods
+
+
+def _check_evaluation(dataset: str, data: Mapping[str, Any], r: Mapping[str, Any]) -> List[str]:
+    """The evaluation settings against the data; returns the class names."""
     if not set(r["grid_layers"]) <= set(LAYERS):
         raise InputError(f"recipe grid_layers must be among {LAYERS}, got {r['grid_layers']!r}")
     n_eval = min(len(data["test"]), int(r["eval_batches"]) * int(r["eval_batch_size"]))
@@ -654,25 +619,9 @@ def run_experiment(
         raise InputError(f"recipe eval_batch_size {r['eval_batch_size']} over {len(data['test'])} test images: "
                          "UniCAM, FSS and RS need batches of at least 5 images")
     class_names = [str(c) for c in data["test"].classes]
-    num_classes = len(class_names)
-    if num_classes < 2:
-        raise DataSpecError(f"data spec {dataset!r} has {num_classes} class(es); at least 2 are needed")
-    side = int(data["test"][0][0].shape[-1])
-    stem = side <= 64
-    for key in archs:
-        name, kwargs = archs[key]
-        kwargs.setdefault("cifar_stem", stem)
-
-    old_threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
-        return _run(_Study(dataset=dataset, controlled=controlled, data=data, class_names=class_names, r=r,
-                           archs=archs, methods=tuple(methods), seed=seed, quick=quick, device=device,
-                           progress=progress, label_embeddings=label_embeddings, out_path=out_path,
-                           command=command, t_start=t_start))
-    finally:
-        torch.set_num_threads(old_threads)
+    if len(class_names) < 2:
+        raise DataSpecError(f"data spec {dataset!r} has {len(class_names)} class(es); at least 2 are needed")
+    return class_names
 
 
 @dataclasses.dataclass
@@ -764,7 +713,7 @@ def _run(study: _Study) -> Dict[str, Any]:
 def _train_models(study: _Study, bar):
     """Trains (or loads from ``out/models``) every model of the plan, by
     :func:`captum_unicam.pipeline.training.fit`."""
-    from captum_unicam.pipeline.training import Recipe
+    from captum_unicam.kd.recipe import Recipe
 
     r, data, archs = study.r, study.data, study.archs
     labelled = {"teacher": data["teacher"], "base": data["base"]}
@@ -901,7 +850,7 @@ def _publish(study: _Study, *, models, recipes, log, info, accs, evaluations, ma
     """Writes every table, figure, results.json and the checkpoints into a temporary
     folder and publishes it (:func:`captum_unicam.output.publish.staged_folder`)."""
     from captum_unicam.output.publish import staged_folder
-    from captum_unicam.report import to_jsonable, versions
+    from captum_unicam.output.report import to_jsonable, versions
 
     out_path, roles, pairs = study.out_path, study.roles, study.pairs
     summaries = {pair: ev.summary()["by_layer"] for pair, ev in evaluations.items()}
@@ -958,9 +907,6 @@ def _default_command(dataset, methods, seed, quick, out_path) -> str:
 
 def _write_all(folder: Path, r, methods, pairs, models, roles, accs, info, evaluations, summaries, maps_by_pair,
                map_batches, loc, class_names, direct_role, emb_desc, cued=None) -> Dict[str, Any]:
-    from captum_unicam import viz
-
-    dpi = int(r["dpi"])
     figs = folder / "figures"
     figs.mkdir()
     tables: Dict[str, str] = {}
@@ -995,7 +941,20 @@ def _write_all(folder: Path, r, methods, pairs, models, roles, accs, info, evalu
         md, csv_text = _cued_table(cued, pair_titles)
         table("cued_evaluation", md, csv_text)
 
-    # figures: grids per layer and pair (Figs. 3, 5, 8), direct vs TA (Fig. 7)
+    written["figures"] += _study_figures(folder, r, pair_titles, direct_pair, summaries, maps_by_pair,
+                                         map_batches, loc, class_names)
+    written["_tables"] = tables  # type: ignore[assignment]
+    return written
+
+
+def _study_figures(folder: Path, r, pair_titles, direct_pair, summaries, maps_by_pair, map_batches, loc,
+                   class_names) -> List[str]:
+    """The figures of a study: map grids per layer and pair (Figs. 3, 5, 8), direct vs TA
+    (Fig. 7), FSS / RS per layer (Fig. 4), localisation; returns their paths."""
+    from captum_unicam import viz
+
+    dpi = int(r["dpi"])
+    names: List[str] = []
     n_show = int(r["n_show"])
     images = torch.cat([b[0] for b in map_batches])[:n_show]
     labels_idx = torch.cat([b[1] for b in map_batches])[:n_show]
@@ -1006,36 +965,34 @@ def _write_all(folder: Path, r, methods, pairs, models, roles, accs, info, evalu
             kinds = by_layer[layer]
             maps = {_MAP_TITLES[k]: kinds[k][:n_show] for k in _MAP_TITLES}
             fig = viz.attribution_grid(images, maps, title=f"{pair_titles[p]}: {layer}", row_labels=row_labels)
-            name = f"figures/grid_{p}_{layer}.png"
-            _save_png(fig, folder / name, dpi)
-            written["figures"].append(name)
+            names.append(f"figures/grid_{p}_{layer}.png")
+            _save_png(fig, folder / names[-1], dpi)
     for layer in grid_layers:
         d, t = maps_by_pair[direct_pair][layer], maps_by_pair["ta"][layer]
         maps = {"Grad-CAM direct": d["gradcam_student"][:n_show], "UniCAM distilled, direct": d["distilled"][:n_show],
                 "Grad-CAM TA chain": t["gradcam_student"][:n_show], "UniCAM distilled, TA chain": t["distilled"][:n_show]}
         fig = viz.attribution_grid(images, maps, title=f"direct vs Teacher-assistant: {layer}", row_labels=row_labels)
-        name = f"figures/grid_direct_vs_ta_{layer}.png"
-        _save_png(fig, folder / name, dpi)
-        written["figures"].append(name)
-    # FSS / RS per layer (Fig. 4)
+        names.append(f"figures/grid_direct_vs_ta_{layer}.png")
+        _save_png(fig, folder / names[-1], dpi)
     for p, s in summaries.items():
-        panels = {
-            "(a) FSS, Grad-CAM": {"Student vs Base": {l: s[l]["gradcam"]["fss"] for l in LAYERS}},
-            "(b) RS, Grad-CAM": {"Base": {l: s[l]["gradcam"]["rs_base"] for l in LAYERS},
-                                 "Student": {l: s[l]["gradcam"]["rs_student"] for l in LAYERS}},
-            "(c) RS, UniCAM maps": {"Base on residual map": {l: s[l]["residual"]["rs_base"] for l in LAYERS},
-                                    "Student on distilled map": {l: s[l]["distilled"]["rs_student"] for l in LAYERS}},
-        }
-        fig = viz.scores_per_layer(panels, title=f"{pair_titles[p]}: FSS and RS per layer")
-        name = f"figures/scores_{p}.png"
-        _save_png(fig, folder / name, dpi + 16)
-        written["figures"].append(name)
+        fig = viz.scores_per_layer(_score_panels(s), title=f"{pair_titles[p]}: FSS and RS per layer")
+        names.append(f"figures/scores_{p}.png")
+        _save_png(fig, folder / names[-1], dpi + 16)
     for p, by_layer in loc.items():
         per_layer = {l: {_MAP_TITLES[k]: by_layer[l]["kinds"][k] for k in _MAP_TITLES} for l in LAYERS}
-        chance = by_layer["L1"]["chance"]
-        fig = viz.localisation_plot(per_layer, chance=chance, title=f"{pair_titles[p]}: localisation on the object")
-        name = f"figures/localisation_{p}.png"
-        _save_png(fig, folder / name, dpi + 16)
-        written["figures"].append(name)
-    written["_tables"] = tables  # type: ignore[assignment]
-    return written
+        fig = viz.localisation_plot(per_layer, chance=by_layer["L1"]["chance"],
+                                    title=f"{pair_titles[p]}: localisation on the object")
+        names.append(f"figures/localisation_{p}.png")
+        _save_png(fig, folder / names[-1], dpi + 16)
+    return names
+
+
+def _score_panels(s: Mapping[str, Any]) -> Dict[str, Dict[str, Dict[str, Any]]]:
+    """FSS / RS per layer panels of one pair's summary (paper Fig. 4)."""
+    return {
+        "(a) FSS, Grad-CAM": {"Student vs Base": {l: s[l]["gradcam"]["fss"] for l in LAYERS}},
+        "(b) RS, Grad-CAM": {"Base": {l: s[l]["gradcam"]["rs_base"] for l in LAYERS},
+                             "Student": {l: s[l]["gradcam"]["rs_student"] for l in LAYERS}},
+        "(c) RS, UniCAM maps": {"Base on residual map": {l: s[l]["residual"]["rs_base"] for l in LAYERS},
+                                "Student on distilled map": {l: s[l]["distilled"]["rs_student"] for l in LAYERS}},
+    }
