@@ -156,6 +156,7 @@ class _Score:
 
     def __init__(self, unicam: Any, features: str) -> None:
         self.unicam, self.features, self.warned = unicam, features, 0
+        self._score = unicam.score_function(features)
 
     def __call__(self, inputs: Tensor, labels: Tensor) -> Tensor:
         from captum_unicam.attr.unicam import UniCAMWarning
@@ -163,7 +164,7 @@ class _Score:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with torch.no_grad():
-                out = self.unicam.score(inputs, target=labels, features=self.features)
+                out = self._score(inputs, labels)
         for w in caught:
             if issubclass(w.category, UniCAMWarning):
                 self.warned += 1
@@ -223,8 +224,7 @@ def reference_indices(target: Any, per_class: int = REFERENCE_PER_CLASS, seed: i
 
     Examples::
 
-        >>> idx = reference_indices(train_labels, per_class=4)
-        >>> result = compare(x, y, methods, reference=(train_x[idx], train_labels[idx]))
+        >>> idx = reference_indices(y, per_class=4)   # what compare draws from (x, y)
     """
     if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
         raise InputError(f"per_class must be a positive int, got {per_class!r}.")
@@ -606,7 +606,8 @@ def compare(
                     measured at their own resolution by the curves.
         reference (tuple, optional): ``(ref_inputs, ref_target)``, UniCAM's reference set
                     (several images of each class, e.g. from the training split:
-                    :func:`reference_indices`). Default: None, a class-stratified draw of
+                    ``captum_unicam.reference_set(train_dataset, 16)``). Default: None, a
+                    class-stratified draw (:func:`reference_indices`) of
                     ``reference_per_class`` images per class (at most half of a class) from
                     ``inputs`` (seeded by ``seed``); those images are then not explained
                     and ``metrics["explained"]`` lists the positions that are.
@@ -653,11 +654,11 @@ def compare(
 
     Examples::
 
-        >>> from captum_unicam.comparison import compare, default_methods, reference_indices
+        >>> from captum_unicam import compare, reference_set
+        >>> from captum_unicam.comparison import default_methods
         >>> methods = default_methods(student, student.layer4, base, base.layer4)
-        >>> idx = reference_indices(train.labels, per_class=4)
         >>> result = compare(ds.images[:64], ds.labels[:64], methods,
-        ...                  reference=(train.images[idx], train.labels[idx]),
+        ...                  reference=reference_set(train_dataset, 16),
         ...                  masks={"object": ds.masks[:64]},
         ...                  sanity_models={"Student": student, "Base": base})
         >>> print(result.tables["faithfulness"]["md"])
