@@ -317,8 +317,9 @@ def test_choose_layout():
     assert choose_layout(torch.ones(2, 17, 8), attention_mask=torch.ones(2, 17)) == "tokens"
     assert choose_layout(torch.ones(2, 17, 8), inputs=torch.ones(2, 17).long()) == "tokens"
     assert choose_layout(torch.ones(2, 17, 8), inputs=(torch.ones(2, 3, 32, 32),)) == "grid"
-    assert choose_layout(torch.ones(2, 17, 8)) == "grid"
-    assert choose_layout(torch.ones(2, 12, 8)) == "tokens"
+    # neither text nor images (a Conv1d on signals, float embeddings): LayerGradCam's reading
+    assert choose_layout(torch.ones(2, 17, 8)) == "feature_map"
+    assert choose_layout(torch.ones(2, 12, 8), inputs=torch.ones(2, 12, 8)) == "feature_map"
     with pytest.raises(InputError, match="reshape_transform"):
         choose_layout(torch.ones(2, 12, 8), inputs=torch.ones(2, 3, 30, 30))
 

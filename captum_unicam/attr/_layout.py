@@ -14,9 +14,8 @@ where a CNN layer outputs a feature map ``(N, C, h, w)``. Two readings are defin
   DeiT's CLS and distillation tokens, ``k = 2``), are laid out on the ``s x s`` patch grid
   ``(N, C, s, s)`` (:func:`vit_grid`), after which the feature-map rule of Grad-CAM applies.
 
-:func:`choose_layout` decides between the two. Until UniCAM reads these layouts natively,
-:func:`vit_grid` is a ``reshape_transform`` as it stands, and token maps come from UniCAM
-through :func:`tokens_channels_first` and :func:`token_maps_from_layer_maps`.
+:func:`choose_layout` decides between the two; UniCAM and the metrics apply its rule when no
+``reshape_transform`` is given. :func:`vit_grid` is also a ``reshape_transform`` as it stands.
 
 This module is internal, shared by the attribution and the metrics (as Captum's
 ``_utils``): its names may change between releases.
@@ -37,7 +36,9 @@ __all__ = [
     "TokenPool",
     "check_mask",
     "choose_layout",
+    "forward_mask_kwargs",
     "grid_side",
+    "mask_from_args",
     "pool_tokens",
     "token_gradcam",
     "token_maps_from_layer_maps",
@@ -288,11 +289,14 @@ def choose_layout(
 
     1. not 3-dimensional (e.g. ``(N, C, h, w)`` or ``(N, C)``): ``"feature_map"``, the
        ordinary Grad-CAM layout;
-    2. an ``attention_mask`` is given: ``"tokens"`` (text);
-    3. the first input is an integer tensor (token ids): ``"tokens"``; a floating tensor
-       with 4 dimensions (images): ``"grid"``, and an InputError naming
-       ``reshape_transform`` when the tokens cannot be laid out;
-    4. otherwise ``"grid"`` when ``T = s * s + k`` (k in {1, 2}), else ``"tokens"``.
+    2. an ``attention_mask`` is given, or the first input is an integer tensor (token
+       ids): ``"tokens"`` (text);
+    3. the first input is a floating tensor with 4 dimensions (images): ``"grid"`` (a vision
+       transformer's tokens), and an InputError naming ``reshape_transform`` when the tokens
+       cannot be laid out on a square patch grid after 1 or 2 special tokens;
+    4. otherwise (e.g. a ``Conv1d`` layer on signals, or a transformer fed float embeddings
+       without a mask): ``"feature_map"``, dimension 1 read as channels, as ``LayerGradCam``
+       reads it. Pass an ``attention_mask`` to read such a layer as tokens.
 
     Args:
 
@@ -314,12 +318,53 @@ def choose_layout(
     first = inputs[0] if isinstance(inputs, (tuple, list)) and inputs else inputs
     if isinstance(first, Tensor) and not first.is_floating_point():
         return "tokens"
-    fits = grid_side(activation.shape[1]) is not None
     if isinstance(first, Tensor) and first.dim() == 4:
-        if not fits:
-            vit_grid(activation)  # raises the InputError naming reshape_transform
+        vit_grid(activation[:1])  # raises the InputError naming reshape_transform
         return "grid"
-    return "grid" if fits else "tokens"
+    return "feature_map"
+
+
+def mask_from_args(inputs: Any, additional_forward_args: Any) -> Tensor | None:
+    r"""The attention mask among a model's arguments, as Hugging Face's positional order
+    ``model(input_ids, attention_mask, ...)`` places it: the first additional forward
+    argument, when the first input is an integer tensor of token ids ``(N, T)`` and that
+    argument is an ``(N, T)`` tensor of 0 and 1. None otherwise.
+
+    Examples::
+
+        >>> mask_from_args(input_ids, (attention_mask,)) is attention_mask
+        True
+    """
+    first = inputs[0] if isinstance(inputs, (tuple, list)) and inputs else inputs
+    args = (
+        additional_forward_args
+        if isinstance(additional_forward_args, (tuple, list))
+        else (additional_forward_args,)
+    )
+    if not isinstance(first, Tensor) or first.is_floating_point() or first.dim() != 2 or not args:
+        return None
+    mask = args[0]
+    if not isinstance(mask, Tensor) or mask.shape != first.shape or mask.is_floating_point():
+        return None
+    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+        return None
+    return mask
+
+
+def forward_mask_kwargs(attention_mask: Tensor | None, additional_forward_args: Any) -> dict:
+    r"""``{"attention_mask": attention_mask}`` when a mask is given that is not already one
+    of the additional forward arguments (so that a Hugging Face model receives it as its
+    keyword), else ``{}``."""
+    if attention_mask is None:
+        return {}
+    args = (
+        additional_forward_args
+        if isinstance(additional_forward_args, (tuple, list))
+        else (additional_forward_args,)
+    )
+    if any(a is attention_mask for a in args):
+        return {}
+    return {"attention_mask": attention_mask}
 
 
 def tokens_channels_first(activation: Tensor) -> Tensor:
