@@ -37,6 +37,7 @@ class BatchPlan:
     perturbation: Optional[Callable]
     estimator: str
     leakage: bool
+    pooling: str = "mean"  # how a token layer of a text model is read
 
 
 @dataclass
@@ -175,11 +176,15 @@ def _features(
     return layer_features(plan.student, s_layer, x_s), layer_features(plan.base, b_layer, x_b)
 
 
-def _raw_features(plan: BatchPlan, x: Tensor) -> Dict[str, Tuple[Tensor, Tensor]]:
-    """The unperturbed features of every layer: one forward pass per model."""
+def _raw_features(
+    plan: BatchPlan, x: Tensor, mask: Optional[Tensor] = None
+) -> Dict[str, Tuple[Tensor, Tensor]]:
+    """The unperturbed features of every layer: one forward pass per model (a token layer
+    pooled over the valid tokens of ``mask``)."""
     pairs = plan.layer_pairs
-    raw_s = layers_features(plan.student, [s for s, _ in pairs.values()], x)
-    raw_b = layers_features(plan.base, [b for _, b in pairs.values()], x)
+    s_layers, b_layers = [s for s, _ in pairs.values()], [b for _, b in pairs.values()]
+    raw_s = layers_features(plan.student, s_layers, x, None, mask, plan.pooling)
+    raw_b = layers_features(plan.base, b_layers, x, None, mask, plan.pooling)
     return {name: (fs, fb) for name, fs, fb in zip(pairs, raw_s, raw_b)}
 
 
@@ -190,13 +195,16 @@ def uninformative(x: Tensor) -> Tensor:
     return mean.expand_as(x).contiguous()
 
 
-def evaluate_batch(plan: BatchPlan, x: Tensor, y: Tensor, labels: Tensor) -> BatchResult:
-    """Every metric and product of one batch, for each layer and map kind.
+def evaluate_batch(
+    plan: BatchPlan, x: Tensor, y: Tensor, labels: Tensor, mask: Optional[Tensor] = None
+) -> BatchResult:
+    """Every metric and product of one batch, for each layer and map kind (``mask``: the
+    attention mask of a text batch, raw features only).
 
     The leakage products are computed after every real value, so a random perturbation
     draws the same noise for the real values whether or not the leakage is measured."""
     maps = all_maps(plan, x, y)
-    raw = _raw_features(plan, x) if "none" in plan.kinds else {}
+    raw = _raw_features(plan, x, mask) if "none" in plan.kinds else {}
     out = BatchResult({}, {}, {}, {})
     for name in plan.layer_pairs:
         out.values[name], out.products[name], out.leakage[name] = {}, {}, {}
