@@ -27,13 +27,12 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from captum_unicam.errors import InputError
 
 __all__ = [
     "POOLINGS",
-    "TokenPool",
     "check_mask",
     "choose_layout",
     "forward_mask_kwargs",
@@ -41,8 +40,6 @@ __all__ = [
     "mask_from_args",
     "pool_tokens",
     "token_gradcam",
-    "token_maps_from_layer_maps",
-    "tokens_channels_first",
     "vit_grid",
 ]
 
@@ -365,89 +362,3 @@ def forward_mask_kwargs(attention_mask: Tensor | None, additional_forward_args: 
     if any(a is attention_mask for a in args):
         return {}
     return {"attention_mask": attention_mask}
-
-
-def tokens_channels_first(activation: Tensor) -> Tensor:
-    r"""``(N, T, C)`` to ``(N, C, T, 1)``: a token layer as a one-column feature map, for
-    UniCAM's ``reshape_transform`` until it reads token layers natively. Read the maps back
-    with :func:`token_maps_from_layer_maps`.
-
-    Examples::
-
-        >>> cam = UniCAM(student, student.bert.encoder.layer[-1], base,
-        ...              base.bert.encoder.layer[-1], reshape_transform=tokens_channels_first,
-        ...              student_feature_layer=pooled_student, base_feature_layer=pooled_base)
-    """
-    return _check_tokens(activation).transpose(1, 2).unsqueeze(-1)
-
-
-def token_maps_from_layer_maps(
-    maps: Tensor, attention_mask: Tensor | None = None
-) -> Tensor:
-    r"""Token maps ``(N, T)`` from the ``(N, 1, T, 1)`` maps of a Grad-CAM-style
-    attribution computed through :func:`tokens_channels_first`.
-
-    Such an attribution averages the gradient over all T positions; when the explained
-    score does not depend on the padding tokens (a representation pooled over the valid
-    tokens, see :func:`pool_tokens`), their gradient is 0 and the maps differ from
-    :func:`token_gradcam`'s by the factor ``T_valid / T`` of each sequence (the ReLU
-    commutes with a positive factor). This undoes it and sets padding to exactly 0.
-
-    Args:
-
-        maps (Tensor): ``(N, 1, T, 1)``.
-        attention_mask (Tensor, optional): ``(N, T)``.
-                    Default: None (all valid: the maps are only reshaped)
-
-    Returns:
-        *Tensor* of **maps**:
-        - **maps** (*Tensor*): ``(N, T)``, equal to :func:`token_gradcam` of the same
-          activations and gradient.
-    """
-    if not isinstance(maps, Tensor) or maps.dim() != 4 or maps.shape[1] != 1 or maps.shape[3] != 1:
-        got = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
-        raise InputError(
-            f"`maps` must be (N, 1, T, 1) maps of a layer read through tokens_channels_first, "
-            f"got {got}."
-        )
-    flat = maps[:, 0, :, 0]
-    mask = check_mask(attention_mask, flat.shape[0], flat.shape[1])
-    if mask is None:
-        return flat
-    mask = mask.to(flat.device)
-    scale = flat.shape[1] / mask.sum(dim=1, keepdim=True).to(flat.dtype)
-    return (flat * scale).masked_fill(~mask, 0.0)
-
-
-class TokenPool(nn.Module):
-    r""":func:`pool_tokens` as a module: called inside a model's forward on a token layer's
-    hidden states, its output is a pooled representation that UniCAM can read as
-    ``student_feature_layer`` / ``base_feature_layer`` (and the metrics as a layer), so
-    that padding does not enter the statistics.
-
-    Args:
-
-        pooling (str, optional): ``"mean"`` (over valid tokens) or ``"cls"``.
-                    Default: "mean"
-
-    Examples::
-
-        >>> class Classifier(torch.nn.Module):
-        ...     def __init__(self, hf_model):
-        ...         super().__init__()
-        ...         self.hf, self.pool = hf_model, TokenPool("mean")
-        ...     def forward(self, input_ids, attention_mask):
-        ...         out = self.hf(input_ids, attention_mask=attention_mask,
-        ...                       output_hidden_states=True)
-        ...         self.pool(out.hidden_states[-1], attention_mask)
-        ...         return out.logits
-    """
-
-    def __init__(self, pooling: str = "mean") -> None:
-        super().__init__()
-        if pooling not in POOLINGS:
-            raise InputError(f"`pooling` must be one of {POOLINGS}, got {pooling!r}.")
-        self.pooling = pooling
-
-    def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        return pool_tokens(hidden, attention_mask, self.pooling)
