@@ -10,9 +10,10 @@ import pytest
 import torch
 import torchvision
 import transformers as tf
+from captum.attr import visualization as captum_viz
 from torch import nn
 
-from captum_unicam import stats
+from captum_unicam import stats, viz
 from captum_unicam.attr._layout import pool_tokens, token_gradcam, vit_grid
 from captum_unicam.attr.unicam import UniCAM
 from captum_unicam.errors import InputError
@@ -262,3 +263,45 @@ def test_a_token_layer_that_cannot_be_laid_out_names_reshape_transform():
         x, target=[0, 1, 2, 0, 1, 2]
     )
     assert maps.shape == (6, 1, 3, 4)
+
+
+def test_native_token_maps_feed_captum_visualize_text():
+    student, base = _bert(0), _bert(5)
+    ids, mask = _batch(8)
+    residual = _cam(student, base).attribute(
+        ids, target=LABELS, attention_mask=mask, features="residual"
+    )
+    words = [[f"w{int(i)}" for i in row] for row in ids]
+    records = viz.text_records(words, residual, attention_mask=mask, kind="UniCAM residual")
+    assert len(records) == 8
+    assert all(isinstance(r, captum_viz.VisualizationDataRecord) for r in records)
+    for i, record in enumerate(records):
+        valid = residual[i][mask[i] == 1]
+        assert record.raw_input_ids == [w for w, m in zip(words[i], mask[i]) if m]
+        if float(valid.max()) > 0:  # the map over its valid tokens, scaled by its largest value
+            np.testing.assert_allclose(np.asarray(record.word_attributions, dtype=float),
+                                       (valid / valid.max()).numpy(), rtol=1e-12)
+    assert captum_viz.visualize_text(records) is not None
+
+
+@pytest.mark.parametrize("kind", ["torchvision", "deit"])
+def test_vision_transformers_in_reference_mode(kind):
+    if kind == "torchvision":
+        (student, base), size = (_tv_vit(0), _tv_vit(1)), 32
+        layers = student.encoder.layers[-1], base.encoder.layers[-1]
+    else:
+        (student, l_s), (base, l_b) = _hf_vision(kind, 0), _hf_vision(kind, 1)
+        layers, size = (l_s, l_b), 16
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 3, size, size, generator=gen)
+    ref = (torch.randn(6, 3, size, size, generator=gen), torch.tensor([0, 1, 2, 0, 1, 2]))
+    auto = UniCAM(student, layers[0], base, layers[1], reference=ref)
+    by_hand = UniCAM(student, layers[0], base, layers[1], reference=ref,
+                     reshape_transform=vit_grid)
+    got = auto.attribute(x, target=[0, 1, 2], features="both")
+    want = by_hand.attribute(x, target=[0, 1, 2], features="both")
+    for g, w in zip(got, want):
+        assert g.shape == (3, 1, 4, 4)
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+    torch.testing.assert_close(auto.attribute(x[1:2], target=[1]), got[0][1:2])
+    assert auto.score(x, target=[0, 1, 2])[0].shape == (3,)
