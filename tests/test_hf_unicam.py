@@ -305,3 +305,22 @@ def test_vision_transformers_in_reference_mode(kind):
         torch.testing.assert_close(g, w, rtol=0, atol=0)
     torch.testing.assert_close(auto.attribute(x[1:2], target=[1]), got[0][1:2])
     assert auto.score(x, target=[0, 1, 2])[0].shape == (3,)
+
+
+def test_sanity_check_on_a_hugging_face_vit_as_it_comes():
+    """The cascading randomisation explains the ModelOutput-returning model itself: the
+    maps (read at the last block, labels given) cannot change when only the classifier is
+    re-initialised, and do when the encoder is."""
+    from captum_unicam.sanity import cascading_randomisation
+
+    (student, l_s), (base, l_b) = _hf_vision("vit", 0), _hf_vision("vit", 1)
+    x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    state = {k: v.clone() for k, v in student.state_dict().items()}
+    rows = cascading_randomisation(
+        student, {"UniCAM": UniCAM(student, l_s, base, l_b)}, x, target=[0, 1, 2, 0, 1, 2],
+        blocks=["classifier", "vit"], n_bootstrap=20,
+    ).rows
+    assert [r["randomised"] for r in rows] == ["none", "classifier", "vit"]
+    assert rows[1]["spearman"]["mean"] == pytest.approx(1.0, abs=1e-12)
+    assert rows[2]["spearman"]["mean"] < 0.9
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in state.items())
