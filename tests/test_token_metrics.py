@@ -152,3 +152,55 @@ def test_evaluate_kd_on_dict_batches_equals_dcor_on_pooled_valid_tokens():
     assert summary["rs_residual"]["mean"] == pytest.approx(
         dcor.partial_distance_correlation(xb, y, xs), abs=1e-9
     )
+
+
+# -- vision transformers in evaluate_kd, as they come ------------------------------------
+
+
+def _vit(seed):
+    torch.manual_seed(seed)
+    cfg = tf.ViTConfig(image_size=16, patch_size=4, num_hidden_layers=2, hidden_size=16,
+                       num_attention_heads=2, intermediate_size=32, num_labels=3)
+    model = tf.ViTForImageClassification(cfg).double().eval()
+    # the first block: the last one reaches the logits through the class token only, so its
+    # patch tokens get no gradient
+    return model, model.vit.layers[0]
+
+
+def _gradcam_by_hand(model, layer, x, y):
+    """Grad-CAM of the target logits on the block's patch grid, written out."""
+    store = {}
+
+    def hook(module, args, out):
+        store["a"] = out
+        out.retain_grad()
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            model(pixel_values=x).logits.gather(1, y[:, None]).sum().backward()
+    finally:
+        handle.remove()
+    a, g = store["a"].detach(), store["a"].grad
+    model.zero_grad()
+    a, g = a[:, 1:].transpose(1, 2).reshape(-1, 16, 4, 4), g[:, 1:].transpose(1, 2).reshape(
+        -1, 16, 4, 4)
+    return (g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True).relu()
+
+
+def test_evaluate_kd_on_hugging_face_vits_with_gradcam_and_unicam_maps():
+    (student, l_s), (base, l_b) = _vit(0), _vit(1)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(10, 3, 16, 16, generator=gen, dtype=torch.float64)
+    y = LABELS
+    result = evaluate_kd(
+        student, {"L": (l_s, l_b)}, [(x, y)], base_forward_func=base,
+        maps=("gradcam", "distilled"), reference=None, leakage=False, progress=False,
+        n_bootstrap=20, n_permutations=20,
+    )
+    cams = _gradcam_by_hand(student, l_s, x, y), _gradcam_by_hand(base, l_b, x, y)
+    assert cams[0].shape == (10, 1, 4, 4) and float(cams[0].max()) > 0
+    want = feature_similarity_score(student, l_s, x, base_forward_func=base, base_layer=l_b,
+                                    attributions=cams)
+    assert result.values["L"]["gradcam"]["fss"][0] == pytest.approx(float(want), abs=1e-9)
+    assert np.isfinite(result.values["L"]["distilled"]["rs_student"][0])

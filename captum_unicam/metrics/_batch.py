@@ -16,6 +16,8 @@ import torch
 from captum.attr import LayerGradCam
 from torch import Tensor, nn
 
+from captum_unicam._outputs import logits_of
+from captum_unicam.attr._layout import choose_layout, token_gradcam, vit_grid
 from captum_unicam.errors import InputError
 from captum_unicam.metrics.estimators import batch_products
 from captum_unicam.metrics._features import Scores, layer_features, layers_features, perturb
@@ -84,6 +86,12 @@ def gradcams(model: nn.Module, layers: Sequence[nn.Module], x: Tensor, y: Tensor
 
     Where one pass cannot stand for Captum's (a layer returns a tuple, or runs more than once
     in the forward pass), Captum's ``LayerGradCam`` is called per layer instead.
+
+    The model's output is read as logits (``_outputs.logits_of``: a Hugging Face
+    ``ModelOutput`` too). A token layer ``(N, T, C)`` is read by the rule of
+    ``attr._layout.choose_layout``: a vision transformer's tokens on their patch grid
+    (``vit_grid``, maps ``(N, 1, s, s)``, an error naming ``reshape_transform`` when they
+    do not form one), a text model's tokens by the token rule (``token_gradcam``, ``(N, T)``).
     """
     unique = list({id(m): m for m in layers}.values())
     acts: Dict[int, Tensor] = {}
@@ -99,7 +107,7 @@ def gradcams(model: nn.Module, layers: Sequence[nn.Module], x: Tensor, y: Tensor
     handles = [m.register_forward_hook(hook) for m in unique]
     try:
         with torch.enable_grad():
-            output = model(x)
+            output = logits_of(model(x))
             score = output.gather(1, y.reshape(-1, 1).long()).sum()
             grads = torch.autograd.grad(score, [acts[id(m)] for m in unique], allow_unused=True)
     except _NotOnePass:
@@ -123,6 +131,12 @@ def gradcams(model: nn.Module, layers: Sequence[nn.Module], x: Tensor, y: Tensor
     for m, grad in zip(unique, grads):
         act = acts[id(m)].detach()
         grad = torch.zeros_like(act) if grad is None else grad
+        layout = choose_layout(act, None, x)
+        if layout == "tokens":
+            by_layer[id(m)] = token_gradcam(act, grad)
+            continue
+        if layout == "grid":
+            act, grad = vit_grid(act), vit_grid(grad)
         weights = (
             grad.mean(dim=tuple(range(2, grad.dim())), keepdim=True) if grad.dim() > 2 else grad
         )
