@@ -324,3 +324,15 @@ def test_sanity_check_on_a_hugging_face_vit_as_it_comes():
     assert rows[1]["spearman"]["mean"] == pytest.approx(1.0, abs=1e-12)
     assert rows[2]["spearman"]["mean"] < 0.9
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in state.items())
+
+
+def test_ids_and_mask_as_two_inputs_as_captum_passes_them():
+    """inputs=(input_ids, attention_mask): the mask is the model's second positional
+    argument, found there; the maps equal those with attention_mask=."""
+    student, base = _bert(0), _bert(5)
+    ids, mask = _batch(7)
+    cam = _cam(student, base)
+    two = cam.attribute((ids, mask), target=LABELS)
+    assert isinstance(two, tuple) and len(two) == 1  # Captum's convention for tuple inputs
+    torch.testing.assert_close(two[0], cam.attribute(ids, target=LABELS, attention_mask=mask),
+                               rtol=0, atol=0)

@@ -274,6 +274,8 @@ def test_mask_from_args_follows_hugging_face_order():
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     assert mask_from_args(ids, (mask,)) is mask
     assert mask_from_args((ids,), mask) is mask
+    assert mask_from_args((ids, mask), None) is mask  # the second input
+    assert mask_from_args((ids, ids * 0 + 3), (mask,)) is None  # the second argument is not 0/1
     assert mask_from_args(ids, (mask * 2,)) is None  # not 0/1
     assert mask_from_args(ids, (mask.float(),)) is None  # floats are not a mask
     assert mask_from_args(ids.float(), (mask,)) is None  # not token ids

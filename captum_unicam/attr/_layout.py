@@ -322,25 +322,30 @@ def choose_layout(
 
 
 def mask_from_args(inputs: Any, additional_forward_args: Any) -> Tensor | None:
-    r"""The attention mask among a model's arguments, as Hugging Face's positional order
-    ``model(input_ids, attention_mask, ...)`` places it: the first additional forward
-    argument, when the first input is an integer tensor of token ids ``(N, T)`` and that
-    argument is an ``(N, T)`` tensor of 0 and 1. None otherwise.
+    r"""The attention mask among a model's arguments, where Hugging Face's positional order
+    ``model(input_ids, attention_mask, ...)`` places it: the model's second positional
+    argument (the second input tensor, or else the first additional forward argument), when
+    the first input is an integer tensor of token ids ``(N, T)`` and that argument is an
+    ``(N, T)`` integer or bool tensor of 0 and 1. None otherwise.
 
     Examples::
 
         >>> mask_from_args(input_ids, (attention_mask,)) is attention_mask
         True
+        >>> mask_from_args((input_ids, attention_mask), None) is attention_mask
+        True
     """
-    first = inputs[0] if isinstance(inputs, (tuple, list)) and inputs else inputs
+    inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
     args = (
-        additional_forward_args
+        tuple(additional_forward_args)
         if isinstance(additional_forward_args, (tuple, list))
         else (additional_forward_args,)
     )
-    if not isinstance(first, Tensor) or first.is_floating_point() or first.dim() != 2 or not args:
+    first = inputs[0] if inputs else None
+    second = (inputs + args)[1:2]
+    if not isinstance(first, Tensor) or first.is_floating_point() or first.dim() != 2 or not second:
         return None
-    mask = args[0]
+    mask = second[0]
     if not isinstance(mask, Tensor) or mask.shape != first.shape or mask.is_floating_point():
         return None
     if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):

@@ -675,7 +675,8 @@ class UniCAM(LayerAttribution, GradientAttribution):
                         ``additional_forward_args``, it is also passed to both forward
                         functions as the keyword ``attention_mask`` (as Hugging Face models
                         take it). None: read from the inputs when the first input is
-                        token ids ``(N, T)`` and the first additional forward argument is an
+                        token ids ``(N, T)`` and the models' second positional argument (the
+                        second input, or else the first additional forward argument) is an
                         ``(N, T)`` tensor of 0 and 1 (Hugging Face's positional order
                         ``model(input_ids, attention_mask)``); else every token is valid.
                         With ``context``, give the mask as that argument (and the context's
