@@ -117,10 +117,10 @@ def test_mask_read_from_the_forward_arguments_and_predicted_targets():
     found = cam.attribute(ids, target=LABELS, additional_forward_args=(mask,))
     torch.testing.assert_close(found, explicit, rtol=0, atol=0)
     predicted = student(input_ids=ids, attention_mask=mask).logits.argmax(1)
-    if len(set(predicted.tolist())) > 1:
-        torch.testing.assert_close(
-            cam.score(ids, attention_mask=mask), cam.score(ids, predicted, attention_mask=mask)
-        )
+    assert len(set(predicted.tolist())) > 1  # two classes predicted: labels with structure
+    torch.testing.assert_close(
+        cam.score(ids, attention_mask=mask), cam.score(ids, predicted, attention_mask=mask)
+    )
     with pytest.raises(InputError, match="attention_mask"):
         cam.attribute(ids, target=LABELS, attention_mask=mask[:3])
 
