@@ -3,7 +3,9 @@
 Trains (or loads from the demo's cache) the demo's Teacher, Base and Student, and evaluates
 the Student against the Base on the demo's cue-free test images with raw features (no map) at
 L1..L4, in class-stratified batches of 16, 32 and 64 and in a shuffled order of batches of 32,
-with both aggregations of :func:`captum_unicam.evaluate_kd`:
+and in file order (batches of 32 as the images are stored), with raw features and with
+Grad-CAM-masked images (``mask_multiply``), with both aggregations of
+:func:`captum_unicam.evaluate_kd`:
 
 - ``aggregation="dataset"`` (the default): the U-centred inner products of every batch are
   averaged and the correlations formed from the averages;
@@ -34,16 +36,19 @@ from captum_unicam.pipeline.demo import train_demo_models
 STATISTICS = (("rs_distilled", "S_d"), ("rs_residual", "S_r"), ("rs_student", "RS Student"),
               ("rs_base", "RS Base"), ("fss", "FSS"))
 BATCHINGS = (("stratified, 16", 16, "stratified"), ("stratified, 32", 32, "stratified"),
-             ("stratified, 64", 64, "stratified"), ("shuffled, 32", 32, "shuffle"))
+             ("stratified, 64", 64, "stratified"), ("shuffled, 32", 32, "shuffle"),
+             ("file order, 32", 32, "file"))
+KINDS = ("none", "gradcam")
 
 
 def _evaluate(demo, layers, dataset, batch_size, order, aggregation):
     loader = stratified_loader(dataset, batch_size, seed=0, order=order)
-    ev = evaluate_kd(demo.student, layers, loader, base_forward_func=demo.base, maps=("none",),
+    ev = evaluate_kd(demo.student, layers, loader, base_forward_func=demo.base, maps=KINDS,
                      aggregation=aggregation, progress=False, n_bootstrap=1000,
                      n_permutations=2000)
-    summary = ev.summary()
-    return {layer: {m: summary[layer]["none"][m] for m, _ in STATISTICS} for layer in layers}
+    summary = ev.summary()["by_layer"]
+    return {layer: {kind: {m: summary[layer][kind][m] for m, _ in STATISTICS} for kind in KINDS}
+            for layer in layers}
 
 
 def _whole_set(demo, layers, dataset):
@@ -53,15 +58,15 @@ def _whole_set(demo, layers, dataset):
     return {layer: {m: ev.values[layer]["none"][m][0] for m, _ in STATISTICS} for layer in layers}
 
 
-def _table(results, exact, layer):
+def _table(results, exact, layer, kind):
     header = ["statistic", "whole set"] + [f"{name}: {agg}" for name, _, _ in BATCHINGS
                                           for agg in ("dataset", "batch mean")]
     rows = []
     for metric, title in STATISTICS:
-        row = [title, f"{exact[layer][metric]:.3f}"]
+        row = [title, f"{exact[layer][metric]:.3f}" if kind == "none" else "–"]
         for name, _, _ in BATCHINGS:
             for agg in ("dataset", "batch_mean"):
-                row.append(format_interval(results[name][agg][layer][metric]))
+                row.append(format_interval(results[name][agg][layer][kind][metric]))
         rows.append(row)
     return markdown_table(header, rows)
 
@@ -97,7 +102,8 @@ def main() -> None:
              f"Made by `python experiments/batching.py --out {args.out}"
              f"{' --quick' if args.quick else ''}` in {time.perf_counter() - t0:.0f} s.", ""]
     for layer in layers:
-        lines += [f"## {layer}", "", _table(results, exact, layer)]
+        for kind, title in (("none", "raw features"), ("gradcam", "Grad-CAM-masked images")):
+            lines += [f"## {layer}, {title}", "", _table(results, exact, layer, kind)]
     (out / "results.md").write_text("\n".join(lines), encoding="utf-8")
     (out / "results.json").write_text(json.dumps({"batchings": results, "whole_set": exact},
                                                  indent=2, default=float), encoding="utf-8")
