@@ -126,7 +126,7 @@ def test_explain_and_quantify_own_data(trained, tmp_path, capsys, command):
     assert "warning" not in err
     m = json.loads((out / "metrics.json").read_text())
     # image size carried over from the checkpoints (no --image-size given)
-    assert m["preprocessing"] == {"image_size": 32, "normalize": "none"}
+    assert m["preprocessing"] == {"image_size": 32, "resize": "shorter-side-crop", "normalize": "none"}
     # 40 test images in batches of 16: 16, 24 (a last batch of 8 >= 5 stays: 16, 16, 8)
     assert m["batch_sizes"] == [16, 16, 8]
     assert m["classes_per_batch"] == [4, 4, 4]  # no single-class batch although the files are class-ordered
@@ -282,4 +282,4 @@ def test_normalisation_mismatch_refused_then_overridden(trained, tree, tmp_path,
     lines = [ln for ln in err.strip().splitlines() if "warning" in ln]
     assert len(lines) == 1 and "Student was trained with normalize none" in lines[0]
     m = json.loads((tmp_path / "b" / "metrics.json").read_text())
-    assert m["preprocessing"] == {"image_size": 32, "normalize": "imagenet"}
+    assert m["preprocessing"] == {"image_size": 32, "resize": "shorter-side-crop", "normalize": "imagenet"}
