@@ -279,7 +279,7 @@ def load_pair(request: PairRequest, warn=None, info=None) -> Pair:
     Args:
         request (PairRequest): What to load.
         warn (callable, optional): Receives each note (overridden preprocessing, unnamed
-                    classes) as it is found; they are on ``Pair.notes`` too.
+                    classes) once everything is checked; they are on ``Pair.notes`` too.
         info (callable, optional): Receives the one line that says which preprocessing and
                     classes are used (``Pair.preprocessing_line``). Default: printed on
                     stderr.
@@ -302,9 +302,6 @@ def load_pair(request: PairRequest, warn=None, info=None) -> Pair:
     expected, match = expected_classes(metas)
     ds, classes = _load_evaluated(request, prep, metas, expected)
     notes = list(notes) + _unnamed_note(match, classes, expected)
-    for line in notes:
-        if warn is not None:
-            warn(line)
     loaded = {role: _load_model(path, role, *request.role_model(role), len(classes), device)
               for role, path in paths.items()}
     metas = {role: meta for role, (_, meta) in loaded.items()}
@@ -314,6 +311,8 @@ def load_pair(request: PairRequest, warn=None, info=None) -> Pair:
     emb, emb_desc = label_vectors(classes, one_hot=request.one_hot, label_model=request.label_model)
     summary = _summary(request, ds, sources, expected)
     line = _preprocessing_line(prep, summary, sources)
+    for note in notes if warn is not None else []:  # once everything is checked: an error is one line
+        warn(note)
     (info or _stderr)(line)
     return Pair(student=student, base=base, teacher=loaded.get("Teacher", (None, None))[0], metas=metas,
                 preprocessing=prep, notes=notes, data=ds, class_names=classes, layers=layers,

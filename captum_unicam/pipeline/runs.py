@@ -247,7 +247,11 @@ def _forward_progress(modules: Sequence[Any], enabled: bool, desc: str = "compar
         yield
         return
     bar = tqdm(desc=desc, unit=" forward passes", leave=False)
-    handles = [m.register_forward_hook(lambda *_: bar.update(1)) for m in modules]
+
+    def tick(*_: Any) -> None:  # returns None: the output is left as it is
+        bar.update(1)
+
+    handles = [m.register_forward_hook(tick) for m in modules]
     try:
         yield
     finally:
