@@ -210,10 +210,14 @@ def expected_classes(metas: Mapping[str, Mapping[str, Any]]) -> Tuple[Optional[L
     (first, names), *others = named.items()
     for role, other in others:
         if other != names:
-            how = "in another order" if sorted(other) == sorted(names) else "with other names"
-            raise CheckpointError(f"the {first} and the {role} were trained on classes {how} ({first}: "
-                                  f"{names}; {role}: {other}); the models of one study must index the same "
-                                  "classes in the same order: give checkpoints trained on the same data")
+            if len(other) != len(names):
+                how = f"the {first} was trained on {len(names)} classes and the {role} on {len(other)}"
+            else:
+                order = "in another order" if sorted(other) == sorted(names) else "with other names"
+                how = f"the {first} and the {role} were trained on classes {order}"
+            raise CheckpointError(f"{how} ({first}: {names}; {role}: {other}); the models of one study must "
+                                  "index the same classes in the same order: give checkpoints trained on the "
+                                  "same data")
     return names, match
 
 
