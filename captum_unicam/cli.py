@@ -161,49 +161,60 @@ def _class_map(text: str) -> dict:
 # the user's own code), how images are read, and how classes are matched
 def _add_models(p: argparse.ArgumentParser, teacher: bool = True) -> None:
     p.add_argument("--arch", default=None, metavar="ARCH",
-                   help="architecture of plain state-dict checkpoints of the Student and the Base; see "
-                        "'captum-unicam train --help' for names")
-    p.add_argument("--student-arch", default=None, metavar="ARCH", help="architecture of the Student, if it differs from --arch")
-    p.add_argument("--base-arch", default=None, metavar="ARCH", help="architecture of the Base, if it differs from --arch")
+                   help="architecture of plain state-dict checkpoints of the Student and the "
+                        "Base; see 'captum-unicam train --help' for names")
+    p.add_argument("--student-arch", default=None, metavar="ARCH",
+                   help="architecture of the Student, if it differs from --arch")
+    p.add_argument("--base-arch", default=None, metavar="ARCH",
+                   help="architecture of the Base, if it differs from --arch")
     p.add_argument("--model", default=None, metavar="MODULE:FUNCTION",
-                   help="your own architecture for the Student and the Base: the function of your code (importable, "
-                        "e.g. on PYTHONPATH) that builds the model, called with num_classes= when it takes it; "
-                        "the weights are read from the checkpoints with torch.load(weights_only=True). Name its "
-                        "layers by dotted path (--layers features.3)")
-    p.add_argument("--student-model", default=None, metavar="MODULE:FUNCTION", help="the Student's, if it differs from --model")
-    p.add_argument("--base-model", default=None, metavar="MODULE:FUNCTION", help="the Base's, if it differs from --model")
+                   help="your own architecture for the Student and the Base: the function of "
+                        "your code (importable, e.g. on PYTHONPATH) that builds the model, called "
+                        "with num_classes= when it takes it; the weights are read from the "
+                        "checkpoints with torch.load(weights_only=True). Name its layers by "
+                        "dotted path (--layers features.3)")
+    p.add_argument("--student-model", default=None, metavar="MODULE:FUNCTION",
+                   help="the Student's, if it differs from --model")
+    p.add_argument("--base-model", default=None, metavar="MODULE:FUNCTION",
+                   help="the Base's, if it differs from --model")
     if teacher:
         p.add_argument("--teacher-arch", default=None, metavar="ARCH",
-                       help="architecture of a plain state-dict Teacher (--arch and --model do not apply to it)")
+                       help="architecture of a plain state-dict Teacher (--arch and --model do "
+                            "not apply to it)")
         p.add_argument("--teacher-model", default=None, metavar="MODULE:FUNCTION",
                        help="your own architecture for the Teacher, as --model")
 
 
 def _add_reading(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=_positive_int, metavar="N", default=None,
-                   help="image side in pixels the models were trained at (default: the one recorded in the "
-                        "checkpoints; required when none records it: nothing is guessed); overrides the "
-                        "checkpoints with a warning")
+                   help="image side in pixels the models were trained at (default: the one "
+                        "recorded in the checkpoints; required when none records it: nothing is "
+                        "guessed); overrides the checkpoints with a warning")
     p.add_argument("--normalize", default=None, choices=("imagenet", "none"),
-                   help="input normalisation the models were trained with (default: the one recorded in the "
-                        "checkpoints; required when none records it); overrides the checkpoints with a warning")
+                   help="input normalisation the models were trained with (default: the one "
+                        "recorded in the checkpoints; required when none records it); overrides "
+                        "the checkpoints with a warning")
     p.add_argument("--resize", default=None, choices=("shorter-side-crop", "exact", "pad", "none"),
-                   help="how images of another size than --image-size are brought to it: shorter-side-crop "
-                        "(shorter side to N, then the centre square), exact (stretched), pad (longer side to N, "
-                        "black borders) or none (refused); images already N x N are never resized or cropped "
-                        "(default: the rule recorded in the checkpoints, else shorter-side-crop)")
+                   help="how images of another size than --image-size are brought to it: "
+                        "shorter-side-crop (shorter side to N, then the centre square), exact "
+                        "(stretched), pad (longer side to N, black borders) or none (refused); "
+                        "images already N x N are never resized or cropped (default: the rule "
+                        "recorded in the checkpoints, else shorter-side-crop)")
     p.add_argument("--class-map", type=_class_map, default=None, metavar="OLD=NEW,...",
-                   help="rename the data's classes (folder names) to the class names the checkpoints record, "
-                        "e.g. 0=zero,1=one; classes are matched by name, never by position")
+                   help="rename the data's classes (folder names) to the class names the "
+                        "checkpoints record, e.g. 0=zero,1=one; classes are matched by name, "
+                        "never by position")
     p.add_argument("--follow-links", action="store_true",
-                   help="follow symbolic links that lead out of the image folder (skipped with a warning otherwise)")
-    p.add_argument("--download", action="store_true", help="allow downloading CIFAR-10 into ROOT (nothing is downloaded otherwise)")
+                   help="follow symbolic links that lead out of the image folder (skipped with a "
+                        "warning otherwise)")
+    p.add_argument("--download", action="store_true",
+                   help="allow downloading CIFAR-10 into ROOT (nothing is downloaded otherwise)")
 
 
 def _add_pair(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student", required=True, metavar="CKPT",
-                   help="checkpoint of the Student (written by 'captum-unicam train', or a plain state dict with "
-                        "--arch or --model)")
+                   help="checkpoint of the Student (written by 'captum-unicam train', or a "
+                        "plain state dict with --arch or --model)")
     p.add_argument("--base", required=True, metavar="CKPT",
                    help="checkpoint of the Base (the Student's architecture trained without KD, or the Teacher)")
     p.add_argument("--teacher", default=None, metavar="CKPT",
@@ -218,8 +229,8 @@ def _add_pair(p: argparse.ArgumentParser) -> None:
                         "size allows), shuffle (seeded) or file (the data's order). A last batch under 5 images "
                         "is merged into the one before")
     p.add_argument("--layers", nargs="+", default=["L1", "L2", "L3", "L4"], metavar="LAYER",
-                   help="layers to explain: L1..L4 (last block of each ResNet stage) or dotted module paths "
-                        "present in both models (e.g. features.3 or encoder.layer.1)")
+                   help="layers to explain: L1..L4 (last block of each ResNet stage) or dotted "
+                        "module paths present in both models (e.g. features.3 or encoder.layer.1)")
     p.add_argument("--batch-size", type=_positive_int, metavar="N", default=32,
                    help="images per batch; UniCAM and the statistics are batch statistics and need at least 5")
     p.add_argument("--label-model", default=None, metavar="MODEL",
@@ -227,13 +238,15 @@ def _add_pair(p: argparse.ArgumentParser) -> None:
                         "default: the bundled all-MiniLM-L6-v2")
     p.add_argument("--one-hot", action="store_true", help="use one-hot label vectors instead of text embeddings of the class names")
     p.add_argument("--limit", type=_positive_int, metavar="N", default=None,
-                   help="evaluate a seeded subset of N images of the split (the same N gives the same images in "
-                        "explain and quantify): maps, accuracies and scores (default: all images)")
+                   help="evaluate a seeded subset of N images of the split (the same N gives the "
+                        "same images in explain and quantify): maps, accuracies and scores "
+                        "(default: all images)")
 
 
 def _add_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--student", required=True, metavar="CKPT",
-                        help="Student checkpoint (captum-unicam train / demo, or a plain state dict with --arch or --model)")
+                        help="Student checkpoint (captum-unicam train / demo, or a plain state dict "
+                             "with --arch or --model)")
     parser.add_argument("--base", required=True, metavar="CKPT", help="Base checkpoint")
     _add_models(parser, teacher=False)
     parser.add_argument("--data", required=True, metavar="SPEC",
@@ -242,10 +255,12 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="report folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     parser.add_argument("--layer", default="L4",
-                        help="layer explained: L1..L4 (ResNet stages) or a dotted module path present in both models")
+                        help="layer explained: L1..L4 (ResNet stages) or a dotted module path "
+                             "present in both models")
     parser.add_argument("--images", type=int, default=64,
-                        help="test images explained, drawn class-stratified (seeded by --seed: the classes take "
-                             "turns, so every class is represented even when the files are stored class by class)")
+                        help="test images explained, drawn class-stratified (seeded by --seed: the "
+                             "classes take turns, so every class is represented even when the "
+                             "files are stored class by class)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per attribution call (UniCAM's context)")
     parser.add_argument("--percentiles", type=float, nargs="*", default=[10, 30, 50, 70, 90],
                         help="ROAD removal percentiles (none: skip ROAD)")
@@ -257,7 +272,8 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="seed of ROAD's noise, randomisation, bootstrap")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="hide the progress bars")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads; small images are explained fastest on one (measured on a shared "
                              "2-core machine: 91 s with 1, 308 s with 2); raise it for large models on an idle machine")

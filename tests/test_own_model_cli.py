@@ -54,8 +54,13 @@ def own(tmp_path_factory):
     import mynets_cli
 
     paths = {}
-    for seed, (role, factory) in enumerate((("student", mynets_cli.small_cnn), ("base", mynets_cli.small_cnn),
-                                            ("wide", mynets_cli.wide_cnn))):
+    for seed, (role, factory) in enumerate(
+        (
+            ("student", mynets_cli.small_cnn),
+            ("base", mynets_cli.small_cnn),
+            ("wide", mynets_cli.wide_cnn),
+        )
+    ):
         torch.manual_seed(seed)
         torch.save(factory(num_classes=4).state_dict(), d / f"{role}.pt")
         paths[role] = str(d / f"{role}.pt")
@@ -69,12 +74,17 @@ def own(tmp_path_factory):
             (d / "data" / part / name).mkdir(parents=True)
             for i in range(3):
                 img = rng.integers(0, 120, size=(16, 16, 3)).astype(np.uint8)
-                img[4:12, 2 + c: 8 + c] = 230
+                img[4:12, 2 + c : 8 + c] = 230
                 Image.fromarray(img).save(d / "data" / part / name / f"{i}.png")
                 if part == "test":
                     images.append((torch.from_numpy(img).permute(2, 0, 1).float() / 255, c))
-    yield {"dir": d, "paths": paths, "data": "imagefolder:" + str(d / "data"), "test": images,
-           "module": mynets_cli}
+    yield {
+        "dir": d,
+        "paths": paths,
+        "data": "imagefolder:" + str(d / "data"),
+        "test": images,
+        "module": mynets_cli,
+    }
     mp.undo()
 
 
@@ -84,7 +94,7 @@ def _accuracy(model, images) -> float:
     with torch.no_grad():
         x = torch.stack([im for im, _ in images])
         pred = model(x).argmax(1).tolist()
-    return sum(int(p == c) for p, (_, c) in zip(pred, images)) / len(images)
+    return sum(int(p == c) for p, (_, c) in zip(pred, images, strict=True)) / len(images)
 
 
 def _loaded(module, factory: str, path: str):
@@ -101,9 +111,30 @@ def _run(capsys, argv):
 
 def _argv(command, own, out, *extra):
     p = own["paths"]
-    argv = [command, "--student", p["student"], "--base", p["base"], "--model", "mynets_cli:small_cnn",
-            "--data", own["data"], "--image-size", "16", "--normalize", "none", "--layers", "2", "3",
-            "--batch-size", "6", "--one-hot", "--no-progress", "--out", str(out)]
+    argv = [
+        command,
+        "--student",
+        p["student"],
+        "--base",
+        p["base"],
+        "--model",
+        "mynets_cli:small_cnn",
+        "--data",
+        own["data"],
+        "--image-size",
+        "16",
+        "--normalize",
+        "none",
+        "--layers",
+        "2",
+        "3",
+        "--batch-size",
+        "6",
+        "--one-hot",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     if command == "quantify":
         argv += ["--maps", "gradcam", "distilled", "--n-bootstrap", "20"]
     return argv + list(extra)
@@ -117,14 +148,20 @@ def test_own_architecture_explained_and_quantified(own, tmp_path, capsys, comman
     assert code == 0, err
     m = json.loads((out / "metrics.json").read_text())
     module = own["module"]
-    expected = {"Student": _accuracy(_loaded(module, "small_cnn", own["paths"]["student"]), own["test"]),
-                "Base": _accuracy(_loaded(module, "small_cnn", own["paths"]["base"]), own["test"])}
+    expected = {
+        "Student": _accuracy(_loaded(module, "small_cnn", own["paths"]["student"]), own["test"]),
+        "Base": _accuracy(_loaded(module, "small_cnn", own["paths"]["base"]), own["test"]),
+    }
     teacher_model = build_model("small_resnet_s", 4)
     teacher_model.load_state_dict(torch.load(own["paths"]["teacher"], weights_only=True))
     expected["Teacher"] = _accuracy(teacher_model, own["test"])
     for role, acc in expected.items():
         assert m["models"][role]["accuracy"] == pytest.approx(acc, abs=1e-12), role
-    assert m["layers"] == ["2", "3"] if command == "explain" else set(m["evaluation"]["by_layer"]) == {"2", "3"}
+    assert (
+        m["layers"] == ["2", "3"]
+        if command == "explain"
+        else set(m["evaluation"]["by_layer"]) == {"2", "3"}
+    )
     assert m["preprocessing"]["image_size"] == 16
     page = (out / "index.html").read_text()
     if command == "explain":
@@ -140,8 +177,19 @@ def test_teacher_of_own_code_and_per_role_models(own, tmp_path, capsys):
     the Base is another architecture than --model (the Student's)."""
     p = own["paths"]
     out = tmp_path / "r"
-    argv = _argv("explain", own, out, "--teacher", p["wide"], "--teacher-model", "mynets_cli:wide_cnn",
-                 "--base", p["wide"], "--base-model", "mynets_cli:wide_cnn")
+    argv = _argv(
+        "explain",
+        own,
+        out,
+        "--teacher",
+        p["wide"],
+        "--teacher-model",
+        "mynets_cli:wide_cnn",
+        "--base",
+        p["wide"],
+        "--base-model",
+        "mynets_cli:wide_cnn",
+    )
     code, _, err = _run(capsys, argv)
     assert code == 0, err
     m = json.loads((out / "metrics.json").read_text())
@@ -155,13 +203,38 @@ def test_a_factory_checkpoint_keeps_its_class_names_and_preprocessing(own, tmp_p
     paths = {}
     for role in ("student", "base"):
         paths[role] = tmp_path / f"{role}.pt"
-        save_checkpoint(paths[role], _loaded(module, "small_cnn", own["paths"][role]),
-                        factory="mynets_cli:small_cnn", num_classes=4, class_names=["owl", "fox", "dog", "cat"],
-                        preprocessing={"image_size": 16, "resize": "exact", "normalize": "none"})
+        save_checkpoint(
+            paths[role],
+            _loaded(module, "small_cnn", own["paths"][role]),
+            factory="mynets_cli:small_cnn",
+            num_classes=4,
+            class_names=["owl", "fox", "dog", "cat"],
+            preprocessing={"image_size": 16, "resize": "exact", "normalize": "none"},
+        )
     out = tmp_path / "q"
-    argv = ["quantify", "--student", str(paths["student"]), "--base", str(paths["base"]), "--model",
-            "mynets_cli:small_cnn", "--data", own["data"], "--layers", "3", "--batch-size", "6", "--one-hot",
-            "--maps", "gradcam", "--n-bootstrap", "20", "--no-progress", "--out", str(out)]
+    argv = [
+        "quantify",
+        "--student",
+        str(paths["student"]),
+        "--base",
+        str(paths["base"]),
+        "--model",
+        "mynets_cli:small_cnn",
+        "--data",
+        own["data"],
+        "--layers",
+        "3",
+        "--batch-size",
+        "6",
+        "--one-hot",
+        "--maps",
+        "gradcam",
+        "--n-bootstrap",
+        "20",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     code, _, err = _run(capsys, argv)
     assert code == 0, err
     assert "warning" not in err
@@ -172,17 +245,42 @@ def test_a_factory_checkpoint_keeps_its_class_names_and_preprocessing(own, tmp_p
     acc = _accuracy(_loaded(module, "small_cnn", own["paths"]["student"]), flipped)
     assert m["models"]["Student"]["accuracy"] == pytest.approx(acc, abs=1e-12)
     # without --model: the file names its factory, but never imports code by itself
-    code, _, err = _run(capsys, [a for a in argv if a not in ("--model", "mynets_cli:small_cnn")]
-                        + ["--overwrite"])
+    code, _, err = _run(
+        capsys, [a for a in argv if a not in ("--model", "mynets_cli:small_cnn")] + ["--overwrite"]
+    )
     assert code == 2 and "--model" in err and "mynets_cli:small_cnn" in err
 
 
 def test_compare_takes_an_own_architecture_and_shows_progress(own, tmp_path, capsys):
     p = own["paths"]
-    argv = ["compare", "--student", p["student"], "--base", p["base"], "--model", "mynets_cli:small_cnn",
-            "--data", own["data"], "--image-size", "16", "--normalize", "none", "--layer", "3",
-            "--images", "8", "--batch-size", "8", "--percentiles", "50", "--ig-steps", "2", "--n-bootstrap",
-            "20", "--no-sanity"]
+    argv = [
+        "compare",
+        "--student",
+        p["student"],
+        "--base",
+        p["base"],
+        "--model",
+        "mynets_cli:small_cnn",
+        "--data",
+        own["data"],
+        "--image-size",
+        "16",
+        "--normalize",
+        "none",
+        "--layer",
+        "3",
+        "--images",
+        "8",
+        "--batch-size",
+        "8",
+        "--percentiles",
+        "50",
+        "--ig-steps",
+        "2",
+        "--n-bootstrap",
+        "20",
+        "--no-sanity",
+    ]
     code, _, err = _run(capsys, argv + ["--out", str(tmp_path / "a")])
     assert code == 0, err
     assert "forward passes" in err  # the progress bar
@@ -192,15 +290,20 @@ def test_compare_takes_an_own_architecture_and_shows_progress(own, tmp_path, cap
     assert code == 0, err
     assert "forward passes" not in err
     student = _loaded(own["module"], "small_cnn", p["student"])
-    assert not student[3]._forward_hooks  # the bar's hooks were on the pair's models only, then removed
+    assert not student[
+        3
+    ]._forward_hooks  # the bar's hooks were on the pair's models only, then removed
 
 
-@pytest.mark.parametrize("extra, says", [
-    (["--arch", "small_resnet_s"], "--arch or --model, not both"),
-    (["--model", "not a factory"], "package.module:function"),
-    (["--model", "mynets_cli:no_such_function"], "no_such_function"),
-    (["--layers", "L4"], "L4"),
-])
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        (["--arch", "small_resnet_s"], "--arch or --model, not both"),
+        (["--model", "not a factory"], "package.module:function"),
+        (["--model", "mynets_cli:no_such_function"], "no_such_function"),
+        (["--layers", "L4"], "L4"),
+    ],
+)
 def test_own_model_mistakes_are_one_line(own, tmp_path, capsys, extra, says):
     argv = _argv("explain", own, tmp_path / "r")
     if extra[0] == "--model":
@@ -208,7 +311,7 @@ def test_own_model_mistakes_are_one_line(own, tmp_path, capsys, extra, says):
         argv[i + 1] = extra[1]
     elif extra[0] == "--layers":
         i = argv.index("--layers")
-        argv[i + 1: i + 3] = ["L4"]
+        argv[i + 1 : i + 3] = ["L4"]
     else:
         argv += extra
     code, _, err = _run(capsys, argv)

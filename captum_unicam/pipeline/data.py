@@ -22,8 +22,16 @@ from captum_unicam.errors import InputError
 from captum_unicam.kd.recipe import NORMALIZATIONS
 from captum_unicam.pipeline.batches import labels_of
 
-__all__ = ["NORMALIZATIONS", "RESIZE_RULES", "Preprocessing", "load_data", "labelled_subset",
-           "checkpoint_preprocessing", "agreed_preprocessing", "PreprocessingWarning"]
+__all__ = [
+    "NORMALIZATIONS",
+    "RESIZE_RULES",
+    "Preprocessing",
+    "load_data",
+    "labelled_subset",
+    "checkpoint_preprocessing",
+    "agreed_preprocessing",
+    "PreprocessingWarning",
+]
 
 _MEAN_STD = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 
@@ -49,9 +57,13 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.normalize not in NORMALIZATIONS:
-            raise InputError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
+            raise InputError(
+                f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}"
+            )
         if self.resize not in RESIZE_RULES:
-            raise InputError(f"resize must be one of {', '.join(RESIZE_RULES)}, got {self.resize!r}")
+            raise InputError(
+                f"resize must be one of {', '.join(RESIZE_RULES)}, got {self.resize!r}"
+            )
         s = self.image_size
         if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 8):
             raise InputError(f"image_size must be an int >= 8, got {s!r}")
@@ -119,13 +131,22 @@ def _flip_crop(x: torch.Tensor) -> torch.Tensor:
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     top = int(torch.randint(0, 2 * pad + 1, ()))
     left = int(torch.randint(0, 2 * pad + 1, ()))
-    return padded[..., top:top + h, left:left + w]
+    return padded[..., top : top + h, left : left + w]
 
 
-def load_data(spec: str, split: str, prep: Preprocessing = Preprocessing(), *, augment: bool = False,
-              limit: Optional[int] = None, download: bool = False,
-              expected_classes: Optional[Sequence[str]] = None, class_map: Optional[Mapping[str, str]] = None,
-              follow_links: bool = False, unlabelled: bool = False) -> Dataset:
+def load_data(
+    spec: str,
+    split: str,
+    prep: Preprocessing = Preprocessing(),
+    *,
+    augment: bool = False,
+    limit: Optional[int] = None,
+    download: bool = False,
+    expected_classes: Optional[Sequence[str]] = None,
+    class_map: Optional[Mapping[str, str]] = None,
+    follow_links: bool = False,
+    unlabelled: bool = False,
+) -> Dataset:
     r"""Loads ``spec`` (see :func:`~captum_unicam.data.load_dataset`) at
     ``prep.image_size`` by the rule ``prep.resize`` with ``prep.normalize``; ``augment``
     adds random flips and crops (for training).
@@ -139,9 +160,18 @@ def load_data(spec: str, split: str, prep: Preprocessing = Preprocessing(), *, a
     from captum_unicam.data import load_dataset
 
     extra = {"unlabelled": True} if unlabelled else {}
-    ds = load_dataset(spec, split, download=download, image_size=prep.image_size, limit=limit,
-                      resize=prep.resize, expected_classes=expected_classes, class_map=class_map,
-                      follow_links=follow_links, **extra)
+    ds = load_dataset(
+        spec,
+        split,
+        download=download,
+        image_size=prep.image_size,
+        limit=limit,
+        resize=prep.resize,
+        expected_classes=expected_classes,
+        class_map=class_map,
+        follow_links=follow_links,
+        **extra,
+    )
     if prep.normalize == "none" and not augment:
         return ds
     return _Prepared(ds, prep.normalize, augment)
@@ -162,7 +192,9 @@ def labelled_subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
         raise InputError(f"the labelled subset size must be a positive int, got {n!r}")
     labels = labels_of(dataset)
     if n > len(labels):
-        raise InputError(f"a labelled subset of {n} items was asked for, but the data hold only {len(labels)}")
+        raise InputError(
+            f"a labelled subset of {n} items was asked for, but the data hold only {len(labels)}"
+        )
     g = torch.Generator().manual_seed(int(seed))
     perm = torch.randperm(len(labels), generator=g).tolist()
     picked = first_per_class([labels[p] for p in perm], n)
@@ -198,32 +230,51 @@ def _missing(key: str, roles: Sequence[str]) -> InputError:
     if key == "image_size":
         what, fix = "image size", "image_size=N, the side in pixels the models were trained at"
     else:
-        what, fix = "input normalisation", "normalize=none, or normalize=imagenet for ImageNet-pretrained models"
-    return InputError(f"no checkpoint records the {what} its model was trained with ({who}: plain state dicts "
-                      f"or checkpoints without preprocessing) and none is guessed; give {fix}")
+        what, fix = (
+            "input normalisation",
+            "normalize=none, or normalize=imagenet for ImageNet-pretrained models",
+        )
+    return InputError(
+        f"no checkpoint records the {what} its model was trained with ({who}: plain state dicts "
+        f"or checkpoints without preprocessing) and none is guessed; give {fix}"
+    )
 
 
-def _agree(key: str, metas: Mapping[str, Mapping[str, Any]], override: Any) -> Tuple[Any, List[str], str]:
+def _agree(
+    key: str, metas: Mapping[str, Mapping[str, Any]], override: Any
+) -> Tuple[Any, List[str], str]:
     """``(value, notes, source)`` of one preprocessing value."""
     recorded = {role: checkpoint_preprocessing(m)[key] for role, m in metas.items()}
     known = {r: v for r, v in recorded.items() if v is not None}
     if override is not None:
-        notes = [f"the {role} was trained with {key} {v}, evaluated with {override}"
-                 for role, v in known.items() if v != override]
+        notes = [
+            f"the {role} was trained with {key} {v}, evaluated with {override}"
+            for role, v in known.items()
+            if v != override
+        ]
         return override, notes, f"{key}="
     values = sorted(set(known.values()), key=str)
     if len(values) > 1:
-        (r1, v1), (r2, v2) = next((a, b) for a in known.items() for b in known.items() if a[1] != b[1])
-        raise InputError(f"the {r1} was trained with {key} {v1} and the {r2} with {key} {v2}; "
-                         f"models of one study must see the same images (or pass {key}= to override)")
+        (r1, v1), (r2, v2) = next(
+            (a, b) for a in known.items() for b in known.items() if a[1] != b[1]
+        )
+        raise InputError(
+            f"the {r1} was trained with {key} {v1} and the {r2} with {key} {v2}; "
+            f"models of one study must see the same images (or pass {key}= to override)"
+        )
     if values:
         return values[0], [], "recorded in the checkpoints"
     return None, [], ""
 
 
-def agreed_preprocessing(metas: Mapping[str, Mapping[str, Any]], *, image_size: Optional[int] = None,
-                         normalize: Optional[str] = None, resize: Optional[str] = None,
-                         required: bool = False) -> Tuple[Preprocessing, List[str], Dict[str, str]]:
+def agreed_preprocessing(
+    metas: Mapping[str, Mapping[str, Any]],
+    *,
+    image_size: Optional[int] = None,
+    normalize: Optional[str] = None,
+    resize: Optional[str] = None,
+    required: bool = False,
+) -> Tuple[Preprocessing, List[str], Dict[str, str]]:
     r"""The preprocessing that the checkpoints of a study (``role -> metadata``) record.
 
     Args:

@@ -167,14 +167,15 @@ _FACTORY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\
 def _check_factory(spec: Optional[str], field: str) -> None:
     if spec is not None and not _FACTORY.match(spec.strip()):
         raise InputError(f"{field}= {spec!r} is not a module and a function; give it as "
-                         "'package.module:function' (importable, e.g. on PYTHONPATH), e.g. 'mynets:small_cnn'")
+                         "'package.module:function' (importable, e.g. on PYTHONPATH), e.g. "
+                         "'mynets:small_cnn'")
 
 
 def _role_model(arch: Optional[str], factory: Optional[str], arch_field: str,
                 factory_field: str) -> Tuple[Optional[str], Optional[str]]:
     if arch is not None and factory is not None:
-        raise InputError(f"give {arch_field}= or {factory_field}=, not both: an architecture of this library "
-                         "or the function of your code that builds the model")
+        raise InputError(f"give {arch_field}= or {factory_field}=, not both: an architecture of "
+                         "this library or the function of your code that builds the model")
     return arch, factory
 
 
@@ -403,10 +404,12 @@ class CompareRequest:
         return PairRequest(student=self.student, base=self.base, data=self.data, out=self.out,
                            layers=(self.layer,), one_hot=True, overwrite=self.overwrite, device=self.device,
                            seed=self.seed, batch_size=max(self.batch_size, 5), progress=False,
-                           arch=self.arch, student_arch=self.student_arch, base_arch=self.base_arch,
-                           model=self.model, student_model=self.student_model, base_model=self.base_model,
-                           image_size=self.image_size, normalize=self.normalize, resize=self.resize,
-                           class_map=self.class_map, follow_links=self.follow_links, download=self.download)
+                           arch=self.arch, student_arch=self.student_arch,
+                           base_arch=self.base_arch, model=self.model,
+                           student_model=self.student_model, base_model=self.base_model,
+                           image_size=self.image_size, normalize=self.normalize,
+                           resize=self.resize, class_map=self.class_map,
+                           follow_links=self.follow_links, download=self.download)
 
 
 

@@ -275,8 +275,9 @@ def compare(request: CompareRequest, *, command: Optional[Sequence[str]] = None,
         random_student = None
         if request.random_label_student:
             arch, factory = request.pair().role_model("Student")
-            random_student, _ = models.load_checkpoint(request.random_label_student, arch=arch, factory=factory,
-                                                       num_classes=len(pair.class_names), map_location=pair.device)
+            random_student, _ = models.load_checkpoint(
+                request.random_label_student, arch=arch, factory=factory,
+                num_classes=len(pair.class_names), map_location=pair.device)
             random_student.eval()
         x, y, masks = stratified_images(pair.data, request.images, request.seed)
         x, y = x.to(pair.device), y.to(pair.device)
@@ -285,12 +286,13 @@ def compare(request: CompareRequest, *, command: Optional[Sequence[str]] = None,
         sanity_models = None if request.no_sanity else {"Student": pair.student, "Base": pair.base}
         random_models = (None if request.no_sanity or random_student is None
                          else {"Student": (pair.student, random_student)})
-        with _forward_progress([m for m in (pair.student, pair.base, random_student) if m is not None],
-                               request.progress):
-            result = comparison.compare(x, y, methods, masks=masks, percentiles=list(request.percentiles),
-                                        sanity_models=sanity_models, random_label_models=random_models,
-                                        sanity_images=request.sanity_images, batch_size=request.batch_size,
-                                        n_bootstrap=request.n_bootstrap, seed=request.seed)
+        counted = [m for m in (pair.student, pair.base, random_student) if m is not None]
+        with _forward_progress(counted, request.progress):
+            result = comparison.compare(
+                x, y, methods, masks=masks, percentiles=list(request.percentiles),
+                sanity_models=sanity_models, random_label_models=random_models,
+                sanity_images=request.sanity_images, batch_size=request.batch_size,
+                n_bootstrap=request.n_bootstrap, seed=request.seed)
         notes = [f"Student {request.student}, Base {request.base}, data {request.data} ({x.shape[0]} test images, "
                  f"classes {', '.join(map(str, pair.class_names))}), layer {request.layer}.",
                  "Methods other than those on the Base explain the Student; ROAD measures the accuracy of the "
