@@ -318,3 +318,17 @@ def test_own_model_mistakes_are_one_line(own, tmp_path, capsys, extra, says):
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert says in err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_checkpoint_that_is_not_a_regular_file_is_named_as_such(own, tmp_path, capsys):
+    """A FIFO was reported as "does not exist" by the pair's own pre-check; the checkpoint
+    reader names it (and never blocks reading it)."""
+    import os
+
+    fifo = tmp_path / "student.pt"
+    os.mkfifo(fifo)
+    argv = _argv("explain", own, tmp_path / "r")
+    argv[argv.index("--student") + 1] = str(fifo)
+    code, _, err = _run(capsys, argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "not a regular file" in err and "Student" in err

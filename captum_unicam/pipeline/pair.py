@@ -118,8 +118,10 @@ def resolve_device(name: str) -> torch.device:
 
 def _check_files(request: PairRequest) -> None:
     for role, path in request.checkpoints():
-        if path is not None and not Path(path).is_file():
-            what = "is a folder" if Path(path).is_dir() else "does not exist"
+        # a FIFO or device is left to read_checkpoint, which names it "not a regular file"
+        p = Path(os.path.expanduser(path)) if path is not None else None
+        if p is not None and (p.is_dir() or not p.exists()):
+            what = "is a folder" if p.is_dir() else "does not exist"
             raise CheckpointError(
                 f"{role} checkpoint {path!r} {what}; give the path of a .pt file written by "
                 "'captum-unicam train' (or models/*.pt of a demo report)"
