@@ -290,6 +290,10 @@ def test_command_line_writes_a_complete_report(tmp_path):
         str(paths["base"]),
         "--data",
         "controlled:2",
+        "--image-size",  # the checkpoints record no preprocessing
+        "32",
+        "--normalize",
+        "none",
         "--out",
         str(out),
         "--images",

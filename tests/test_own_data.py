@@ -126,7 +126,7 @@ def test_explain_and_quantify_own_data(trained, tmp_path, capsys, command):
     assert "warning" not in err
     m = json.loads((out / "metrics.json").read_text())
     # image size carried over from the checkpoints (no --image-size given)
-    assert m["preprocessing"] == {"image_size": 32, "normalize": "none"}
+    assert m["preprocessing"] == {"image_size": 32, "resize": "shorter-side-crop", "normalize": "none"}
     # 40 test images in batches of 16: 16, 24 (a last batch of 8 >= 5 stays: 16, 16, 8)
     assert m["batch_sizes"] == [16, 16, 8]
     assert m["classes_per_batch"] == [4, 4, 4]  # no single-class batch although the files are class-ordered
@@ -282,4 +282,37 @@ def test_normalisation_mismatch_refused_then_overridden(trained, tree, tmp_path,
     lines = [ln for ln in err.strip().splitlines() if "warning" in ln]
     assert len(lines) == 1 and "Student was trained with normalize none" in lines[0]
     m = json.loads((tmp_path / "b" / "metrics.json").read_text())
-    assert m["preprocessing"] == {"image_size": 32, "normalize": "imagenet"}
+    assert m["preprocessing"] == {"image_size": 32, "resize": "shorter-side-crop", "normalize": "imagenet"}
+
+
+def test_readme_own_architecture_runs_as_written(tree, tmp_path, monkeypatch, capsys):
+    """The "Your own architecture" module and commands of docs/cli.md, on the 32 px tree,
+    with state dicts of that module's model saved as a user's own training code would."""
+    import pathlib
+    import re
+    import shlex
+    import shutil
+
+    page = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    section = page.split("### Your own architecture\n", 1)[1].split("\n## ", 1)[0]
+    module = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    bash = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    shutil.copytree(tree / "data", tmp_path / "my_images")
+    (tmp_path / "mynets.py").write_text(module)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    import mynets
+
+    for seed, role in enumerate(("student", "base")):
+        torch.manual_seed(seed)
+        torch.save(mynets.small_cnn(num_classes=4).state_dict(), tmp_path / f"cnn_{role}.pt")
+    for line in bash.strip().splitlines():
+        argv = shlex.split(line)
+        assert argv[0] == "captum-unicam"
+        code, _, err = _run(capsys, argv[1:] + ["--no-progress", "--one-hot"])
+        assert code == 0, (line, err)
+    for report in ("cnn-explain", "cnn-quantify"):
+        m = json.loads((tmp_path / report / "metrics.json").read_text())
+        assert m["preprocessing"]["image_size"] == 32 and m["layers" if "explain" in report else "map_kinds"]
+        assert m["models"]["Student"]["arch"] is None  # not an architecture of the library
+    assert "record no class names" in (tmp_path / "cnn-explain" / "index.html").read_text()

@@ -256,6 +256,8 @@ def train_demo_models(
         save_checkpoint(
             paths[role], models[role], arch=recipe["arch"][role], num_classes=recipe["num_classes"],
             class_names=class_names, recipe=recipe,
+            preprocessing={"image_size": recipe["image_size"], "resize": None, "normalize": "none",
+                           "augment": False},
             kd_method=recipe["method"] if role == "student" else None,
             teacher=str(paths["teacher"]) if role == "student" else None,
             extra={"role": role, "accuracy": acc[role], "cued_accuracy": cued[role],
