@@ -79,21 +79,25 @@ def _warner(depth: int) -> Warn:
 # ---------------------------------------------------------------------------
 
 
-def train(request: TrainRequest, *, warn: Optional[Warn] = None) -> Written:
+def train(request: TrainRequest, *, warn: Optional[Warn] = None,
+          inform: Optional[Callable[[str], None]] = None) -> Written:
     r"""``captum-unicam train``: trains one model by the request's recipe and writes its
-    checkpoint (:func:`~captum_unicam.pipeline.training.train_checkpoint`)."""
+    checkpoint (:func:`~captum_unicam.pipeline.training.train_checkpoint`, which checks the
+    destination, the images and the Teacher before training). ``inform`` receives the
+    line of the optimisation steps."""
     request.check()
     recipe = Recipe(**request.recipe_fields())
     recipe.check(has_teacher=request.teacher is not None)
-    reads = ([request.teacher] if request.teacher else []) + spec_paths(request.data) + (
-        spec_paths(request.transfer) if request.transfer else [])
-    out = check_output_file(request.out, overwrite=request.overwrite, reads=reads)
     device = resolve_device(request.device)
-    result = training.train_checkpoint(request.data, recipe, str(out), teacher=request.teacher, device=device,
+    result = training.train_checkpoint(request.data, recipe, request.out, teacher=request.teacher, device=device,
                                        progress=request.progress, download=request.download,
-                                       teacher_arch=request.teacher_arch, warn=warn or _warner(3))
+                                       teacher_arch=request.teacher_arch, overwrite=request.overwrite,
+                                       warn=warn or _warner(3), inform=inform)
+    out = Path(result["path"])
     acc = result.get("test_accuracy")
     shown = f", test accuracy {100 * acc:.1f} %" if isinstance(acc, (int, float)) else ""
+    train_acc = result.get("train_accuracy")
+    shown += f", training accuracy {100 * train_acc:.1f} %" if isinstance(train_acc, (int, float)) else ""
     return Written(out, f"checkpoint written to {out} ({result['recipe']['image_size']} px, normalize "
                         f"{result['recipe']['normalize']}{shown})")
 
