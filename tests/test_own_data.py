@@ -153,6 +153,7 @@ def test_image_size_mismatch_refused_then_overridden(trained, tree, tmp_path, ca
     other = str(tree / "base40.pt")
     assert cli.main(["train", "--data", data, "--arch", "small_resnet_s", "--epochs", "1", "--image-size", "40",
                      "--no-progress", "--out", other]) == 0
+    capsys.readouterr()  # the training's own lines
     argv = ["quantify", "--student", paths["student"], "--base", other, "--data", data, "--batch-size", "16",
             "--layers", "L4", "--one-hot", "--no-progress", "--n-bootstrap", "20", "--maps", "gradcam"]
     code, _, err = _run(capsys, argv + ["--out", str(tmp_path / "a")])
@@ -272,6 +273,7 @@ def test_normalisation_mismatch_refused_then_overridden(trained, tree, tmp_path,
     other = str(tree / "base_imagenet.pt")
     assert cli.main(["train", "--data", data, "--arch", "small_resnet_s", "--epochs", "1", "--image-size", "32",
                      "--normalize", "imagenet", "--no-progress", "--out", other]) == 0
+    capsys.readouterr()  # the training's own lines
     argv = ["explain", "--student", paths["student"], "--base", other, "--data", data, "--batch-size", "8",
             "--limit", "16", "--layers", "L4", "--one-hot", "--no-progress"]
     code, _, err = _run(capsys, argv + ["--out", str(tmp_path / "a")])

@@ -88,8 +88,11 @@ def train(request: TrainRequest, *, warn: Optional[Warn] = None,
     request.check()
     recipe = Recipe(**request.recipe_fields())
     recipe.check(has_teacher=request.teacher is not None)
+    reads = ([request.teacher] if request.teacher else []) + spec_paths(request.data) + (
+        spec_paths(request.transfer) if request.transfer else [])
+    out = check_output_file(request.out, overwrite=request.overwrite, reads=reads)
     device = resolve_device(request.device)
-    result = training.train_checkpoint(request.data, recipe, request.out, teacher=request.teacher, device=device,
+    result = training.train_checkpoint(request.data, recipe, str(out), teacher=request.teacher, device=device,
                                        progress=request.progress, download=request.download,
                                        teacher_arch=request.teacher_arch, overwrite=request.overwrite,
                                        warn=warn or _warner(3), inform=inform)
