@@ -288,6 +288,7 @@ def demo(request: DemoRequest, *, command: Optional[Sequence[str]] = None) -> Wr
     r"""``captum-unicam demo``: Teacher, Base and Student of the controlled dataset (trained
     or read from the cache), explained and quantified; writes the report folder
     (:func:`captum_unicam.pipeline.demo.run_demo`)."""
+    request.check()
     cache = request.cache_dir if request.cache_dir is not None else demo_models.default_cache_dir(
         request.seed, request.quick)
     out = check_output_dir(request.out, overwrite=request.overwrite, reads=[cache])
