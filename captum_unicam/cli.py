@@ -138,7 +138,8 @@ def _unit_float(text: str) -> float:
 def _seed(text: str) -> int:
     v = _nonneg_int(text)
     if v > MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {v}")
+        raise argparse.ArgumentTypeError(
+            f"must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {v}")
     return v
 
 
@@ -161,7 +162,8 @@ def _add_common(p: argparse.ArgumentParser, *, out_help: str, out_default: Optio
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing non-empty output folder (otherwise it is refused and left untouched)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=_seed, default=0, metavar="N", help=seed_help + f" (0 to {MAX_SEED})")
+    p.add_argument("--seed", type=_seed, default=0, metavar="N",
+                   help=seed_help + f" (0 to {MAX_SEED})")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="hide the progress bars")
 
@@ -269,9 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input normalisation: imagenet (ImageNet mean/std, for --weights) or none "
                         "(default: the Teacher's with --teacher, imagenet with --weights, else none)")
     p.add_argument("--augment", type=_augmentations, default=(), metavar="LIST",
-                   help="training augmentation, recorded in the checkpoint: none, or a comma-separated list of "
-                        "flip (random horizontal flip; wrong for data whose mirror image is another class, e.g. "
-                        "digits or text) and crop (random crop after zero padding by 1/8 of the side) "
+                   help="training augmentation, recorded in the checkpoint: none, or a "
+                        "comma-separated list of flip (random horizontal flip; wrong for data "
+                        "whose mirror image is another class, e.g. digits or text) and crop "
+                        "(random crop after zero padding by 1/8 of the side) "
                         "(default: none)")
     p.add_argument("--batch-size", type=_positive_int, metavar="N", default=64, help="images per training batch")
     p.add_argument("--lr", type=_positive_float, metavar="X", default=0.05, help="peak learning rate (cosine decay)")
@@ -365,8 +368,9 @@ def cmd_demo(args, argv) -> int:
 
 
 def cmd_train(args, argv) -> int:
-    return _print(_runs().train(request_from(TrainRequest, args), warn=lambda line: _warn(args, line),
-                                inform=lambda line: print(f"{PROG} train: {line}", file=sys.stderr)))
+    return _print(_runs().train(
+        request_from(TrainRequest, args), warn=lambda line: _warn(args, line),
+        inform=lambda line: print(f"{PROG} train: {line}", file=sys.stderr)))
 
 
 def cmd_explain(args, argv) -> int:

@@ -249,7 +249,7 @@ def test_only_the_named_augmentations_are_applied():
         crops = [training._Augmented(base, ("crop",), "none")[i % 2][0] for i in range(20)]
     assert all(torch.equal(a, x[i % 2]) for i, a in enumerate(none))
     mirrored = [torch.equal(a, x[i % 2].flip(-1)) for i, a in enumerate(flips)]
-    assert all(m or torch.equal(a, x[i % 2]) for i, (m, a) in enumerate(zip(mirrored, flips)))
+    assert all(m or torch.equal(a, x[i % 2]) for i, (m, a) in enumerate(zip(mirrored, flips, strict=True)))
     assert 0 < sum(mirrored) < 20
     # a crop shifts by at most 2 pixels (16 // 8) and never mirrors: each crop is a shifted copy
     for i, a in enumerate(crops):

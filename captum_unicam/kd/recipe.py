@@ -118,8 +118,9 @@ class Recipe:
         """
         positive_int(self.epochs, "epochs")
         positive_int(self.batch_size, "batch_size")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            raise InputError(f"seed must be an int from 0 to {MAX_SEED} (2**63 - 1), got {self.seed!r}")
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise InputError(f"seed must be an int from 0 to {MAX_SEED} (2**63 - 1), got {seed!r}")
         for name in ("lr", "temperature"):
             if not float(getattr(self, name)) > 0:
                 raise InputError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -155,9 +156,10 @@ class Recipe:
             raise InputError(f"image_size must be at least 8, got {self.image_size}")
         augment = self.augment
         if (isinstance(augment, (str, bool)) or not isinstance(augment, (tuple, list))
-                or any(a not in AUGMENTATIONS for a in augment) or len(set(augment)) != len(augment)):
-            raise InputError(f"augment must be a tuple of {', '.join(AUGMENTATIONS)} (each at most once; () for "
-                             f"none), got {augment!r}")
+                or any(a not in AUGMENTATIONS for a in augment)
+                or len(set(augment)) != len(augment)):
+            raise InputError(f"augment must be a tuple of {', '.join(AUGMENTATIONS)} (each at "
+                             f"most once; () for none), got {augment!r}")
         if self.normalize is not None and self.normalize not in NORMALIZATIONS:
             raise InputError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
         self.check_training(has_teacher)

@@ -266,8 +266,8 @@ def _optimizer(params: List[Tensor], recipe: Recipe, total: int):
     return opt, sched
 
 
-def _one_epoch(train_loader, step, opt, sched, bar, epoch: int, unlabelled: bool, device: torch.device,
-               teacher: Optional[nn.Module] = None, total: int = 0) -> None:
+def _one_epoch(train_loader, step, opt, sched, bar, epoch: int, unlabelled: bool,
+               device: torch.device, teacher: Optional[nn.Module] = None, total: int = 0) -> None:
     for batch in train_loader:
         x, y = _split_batch(batch, labelled=not unlabelled)
         x = x.to(device)
@@ -310,22 +310,23 @@ def first_nonfinite_module(model: nn.Module, inputs: Tensor) -> Optional[str]:
     return "" if not bool(torch.isfinite(out).all()) else None
 
 
-def _diverged(loss: Tensor, x: Tensor, teacher: Optional[nn.Module], step: int, total: int, epoch: int,
-              opt) -> InputError:
+def _diverged(loss: Tensor, x: Tensor, teacher: Optional[nn.Module], step: int, total: int,
+              epoch: int, opt) -> InputError:
     """The one-line error of a non-finite loss: the Teacher's outputs, or the training."""
     where = f"at step {step} of {total} (epoch {epoch + 1})"
     culprit = first_nonfinite_module(teacher, x) if teacher is not None else None
     if culprit is not None:
         module = f"module {culprit!r}" if culprit else "its final output"
         return InputError(
-            f"the Teacher's outputs hold NaN or Inf {where}, first at {module}: its weights give non-finite "
-            "outputs on these images (check the Teacher's weights, e.g. its BatchNorm running statistics, "
-            "and its preprocessing); a lower learning rate cannot help"
+            f"the Teacher's outputs hold NaN or Inf {where}, first at {module}: its weights give "
+            "non-finite outputs on these images (check the Teacher's weights, e.g. its BatchNorm "
+            "running statistics, and its preprocessing); a lower learning rate cannot help"
         )
     lr = opt.param_groups[0].get("lr")
     return InputError(
-        f"training diverged {where}: the loss became {loss.item()} (learning rate then {lr:.3g}); lower the "
-        "learning rate (lr=) or, with a Teacher, the weight of the KD term (alpha=)"
+        f"training diverged {where}: the loss became {loss.item()} (learning rate then "
+        f"{lr:.3g}); lower the learning rate (lr=) or, with a Teacher, the weight of the KD "
+        "term (alpha=)"
     )
 
 

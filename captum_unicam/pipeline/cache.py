@@ -51,9 +51,10 @@ def _marker(folder: pathlib.Path) -> Dict[str, str]:
         data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     except (OSError, UnicodeDecodeError, ValueError):
         data = None
-    if not isinstance(data, dict) or data.get("format") != _MARKER_FORMAT or not isinstance(data.get("files"), dict):
-        raise OutputError(f"{str(path)!r} is not the model cache's marker file; it is never replaced: move it, or "
-                          "give another cache folder (cache_dir=)")
+    ours = isinstance(data, dict) and data.get("format") == _MARKER_FORMAT
+    if not ours or not isinstance(data.get("files"), dict):
+        raise OutputError(f"{str(path)!r} is not the model cache's marker file; it is never "
+                          "replaced: move it, or give another cache folder (cache_dir=)")
     return {str(k): str(v) for k, v in data["files"].items()}
 
 
@@ -83,8 +84,9 @@ def check_replaceable(folder: PathLike, names: Sequence[str]) -> Dict[str, bool]
             replace[name] = False
             continue
         if path.is_symlink() or not path.is_file() or owned.get(name) != _sha256(path):
-            raise OutputError(f"{str(path)!r} was not written by this cache (or was changed since); it is never "
-                              "replaced: move it, or give another cache folder (cache_dir=)")
+            raise OutputError(f"{str(path)!r} was not written by this cache (or was changed "
+                              "since); it is never replaced: move it, or give another cache "
+                              "folder (cache_dir=)")
         replace[name] = True
     return replace
 

@@ -168,15 +168,16 @@ def check_data_spec(spec: str, field: str = "data") -> None:
 def _check_controlled_seed(spec: str, arg: str, field: str) -> None:
     """``controlled:SEED`` holds a seed from 0 to :data:`MAX_SEED`."""
     if not arg.isdigit() or int(arg) > MAX_SEED:
-        raise InputError(f"{field}=: {spec!r}: the seed of the controlled dataset must be an integer from 0 to "
-                         f"{MAX_SEED} (2**32 - 1), e.g. 'controlled:3'")
+        raise InputError(f"{field}=: {spec!r}: the seed of the controlled dataset must be an "
+                         f"integer from 0 to {MAX_SEED} (2**32 - 1), e.g. 'controlled:3'")
 
 
 def check_seed(seed: Any, field: str = "seed") -> None:
     r"""``seed`` is an int from 0 to :data:`MAX_SEED`; else an :class:`InputError` naming
     ``field=`` and the range."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise InputError(f"{field}= must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {seed!r}")
+        raise InputError(f"{field}= must be an integer from 0 to {MAX_SEED} (2**32 - 1), "
+                         f"got {seed!r}")
 
 
 def _check_min(value: int, field: str, least: int, why: str) -> None:
@@ -225,7 +226,8 @@ class TrainRequest:
         r"""The fields of the training recipe (the KD method defaults to ``response``
         with a Teacher)."""
         return dict(arch=self.arch, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                    optimizer=self.optimizer, weight_decay=self.weight_decay, augment=tuple(self.augment),
+                    optimizer=self.optimizer, weight_decay=self.weight_decay,
+                    augment=tuple(self.augment),
                     image_size=self.image_size, normalize=self.normalize, labelled=self.labelled,
                     limit=self.limit, transfer=self.transfer,
                     method=self.method or ("response" if self.teacher else None),

@@ -92,15 +92,16 @@ def train(request: TrainRequest, *, warn: Optional[Warn] = None,
         spec_paths(request.transfer) if request.transfer else [])
     out = check_output_file(request.out, overwrite=request.overwrite, reads=reads)
     device = resolve_device(request.device)
-    result = training.train_checkpoint(request.data, recipe, str(out), teacher=request.teacher, device=device,
-                                       progress=request.progress, download=request.download,
-                                       teacher_arch=request.teacher_arch, overwrite=request.overwrite,
-                                       warn=warn or _warner(3), inform=inform)
+    result = training.train_checkpoint(
+        request.data, recipe, str(out), teacher=request.teacher, device=device,
+        progress=request.progress, download=request.download, teacher_arch=request.teacher_arch,
+        overwrite=request.overwrite, warn=warn or _warner(3), inform=inform)
     out = Path(result["path"])
     acc = result.get("test_accuracy")
     shown = f", test accuracy {100 * acc:.1f} %" if isinstance(acc, (int, float)) else ""
     train_acc = result.get("train_accuracy")
-    shown += f", training accuracy {100 * train_acc:.1f} %" if isinstance(train_acc, (int, float)) else ""
+    if isinstance(train_acc, (int, float)):
+        shown += f", training accuracy {100 * train_acc:.1f} %"
     return Written(out, f"checkpoint written to {out} ({result['recipe']['image_size']} px, normalize "
                         f"{result['recipe']['normalize']}{shown})")
 

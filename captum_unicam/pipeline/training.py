@@ -38,12 +38,16 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-
 from captum_unicam.data import check_images, load_dataset, spec_paths
 from captum_unicam.data.loaders import IMAGENET_MEAN, IMAGENET_STD
 from captum_unicam.errors import CheckpointError, DataSpecError, InputError
 from captum_unicam.kd.recipe import Recipe, positive_int
-from captum_unicam.kd.train import cross_validate, evaluate_accuracy, first_nonfinite_module, train_model
+from captum_unicam.kd.train import (
+    cross_validate,
+    evaluate_accuracy,
+    first_nonfinite_module,
+    train_model,
+)
 from captum_unicam.models import (
     build_model,
     check_writable,
@@ -53,10 +57,15 @@ from captum_unicam.models import (
     stage_layers,
 )
 from captum_unicam.pipeline.batches import labels_of
-from captum_unicam.pipeline.data import Preprocessing, checkpoint_preprocessing, labelled_subset, load_data
+from captum_unicam.pipeline.data import (
+    Preprocessing,
+    checkpoint_preprocessing,
+    labelled_subset,
+    load_data,
+)
 
-__all__ = ["build", "fit", "train_checkpoint", "pretrained_state_dict", "training_steps", "MIN_STEPS",
-           "CHANCE_MARGIN", "TrainingWarning"]
+__all__ = ["build", "fit", "train_checkpoint", "pretrained_state_dict", "training_steps",
+           "MIN_STEPS", "CHANCE_MARGIN", "TrainingWarning"]
 
 
 class TrainingWarning(UserWarning):
@@ -177,8 +186,9 @@ def training_steps(n_images: int, batch_size: int, epochs: int) -> Dict[str, int
     """
     b = min(int(batch_size), int(n_images))
     per_epoch = n_images // b if n_images > batch_size else 1
-    return {"images": int(n_images), "batch_size": b, "epochs": int(epochs), "steps_per_epoch": per_epoch,
-            "steps": per_epoch * int(epochs), "dropped": int(n_images) - per_epoch * b}
+    return {"images": int(n_images), "batch_size": b, "epochs": int(epochs),
+            "steps_per_epoch": per_epoch, "steps": per_epoch * int(epochs),
+            "dropped": int(n_images) - per_epoch * b}
 
 
 def train_checkpoint(
@@ -242,7 +252,8 @@ def train_checkpoint(
     out_path = _check_request(recipe, out, teacher, folds, test_limit)
     reads = spec_paths(data) + (spec_paths(recipe.transfer) if recipe.transfer else []) + (
         [pathlib.Path(teacher)] if teacher is not None else [])
-    check_writable(out_path, overwrite=overwrite, forbidden_roots=reads)  # before anything is loaded
+    # before anything is loaded; again with the checkpoint's size once the model is built
+    check_writable(out_path, overwrite=overwrite, forbidden_roots=reads)
     device = torch.device(device)
     teacher_model, t_meta = _load_teacher(teacher, teacher_arch, recipe, device, warn)
     prep = Preprocessing(recipe.image_size, recipe.normalize or "none")
@@ -280,7 +291,8 @@ def train_checkpoint(
     acc = evaluate_accuracy(model, DataLoader(sets["test"], batch_size=256), device=device, progress=progress)
     train_acc = None
     if recipe.transfer is None:
-        train_acc = evaluate_accuracy(model, DataLoader(sets["fit_eval"], batch_size=256), device=device)
+        train_acc = evaluate_accuracy(model, DataLoader(sets["fit_eval"], batch_size=256),
+                                      device=device)
     doubts += _fit_doubts(train_acc, acc, len(class_names), warn)
     teacher_name = str(teacher) if teacher is not None else None
     recorded = recipe.to_dict()
@@ -288,7 +300,8 @@ def train_checkpoint(
                     role="student" if teacher is not None else ("base" if recipe.labelled else "teacher or base"),
                     teacher=teacher_name)
     extra = {"test_accuracy": acc, "train_accuracy": train_acc, "train_size": len(sets["fit"]),
-             "test_size": len(sets["test"]), "steps": steps["steps"], "steps_per_epoch": steps["steps_per_epoch"],
+             "test_size": len(sets["test"]), "steps": steps["steps"],
+             "steps_per_epoch": steps["steps_per_epoch"],
              "warnings": doubts,
              "labelled_size": None if recipe.transfer is not None else len(sets["train"])}
     if cv is not None:
@@ -299,7 +312,8 @@ def train_checkpoint(
                     accuracy=acc, overwrite=overwrite)
     result: Dict[str, Any] = {} if cv is None else {"cross_validation": cv}
     result.update(path=str(out_path), arch=recipe.arch, num_classes=len(class_names), class_names=class_names,
-                  kd_method=recipe.method, teacher=teacher_name, test_accuracy=acc, train_accuracy=train_acc,
+                  kd_method=recipe.method, teacher=teacher_name, test_accuracy=acc,
+                  train_accuracy=train_acc,
                   train_size=len(sets["fit"]), test_size=len(sets["test"]), steps=steps["steps"],
                   warnings=doubts, recipe=recorded)
     return result
@@ -307,15 +321,16 @@ def train_checkpoint(
 
 def _announce(steps: Dict[str, int], inform, warn) -> List[str]:
     """The steps line (to ``inform``) and, for a run too short to fit, its warning."""
-    dropped = (f" (the last {steps['dropped']} images of each epoch's order are left out: no short batch)"
-               if steps["dropped"] else "")
+    dropped = (f" (the last {steps['dropped']} images of each epoch's order are left out: "
+               "no short batch)" if steps["dropped"] else "")
     if inform is not None:
-        inform(f"{steps['images']} images, {steps['batch_size']} per batch, {steps['epochs']} epochs = "
-               f"{steps['steps']} steps{dropped}")
+        inform(f"{steps['images']} images, {steps['batch_size']} per batch, {steps['epochs']} "
+               f"epochs = {steps['steps']} steps{dropped}")
     if steps["steps"] >= MIN_STEPS:
         return []
-    line = (f"this run trains only {steps['steps']} optimisation steps, fewer than {MIN_STEPS}: too few to fit "
-            "a model; raise epochs= (or give more images, or a smaller batch_size=)")
+    line = (f"this run trains only {steps['steps']} optimisation steps, fewer than {MIN_STEPS}: "
+            "too few to fit a model; raise epochs= (or give more images, or a smaller "
+            "batch_size=)")
     warn(line)
     return [line]
 
@@ -327,9 +342,9 @@ def _fit_doubts(train_acc: Optional[float], test_acc: float, n_classes: int, war
     measured, what = (train_acc, "training") if train_acc is not None else (test_acc, "test")
     if measured - chance >= CHANCE_MARGIN:
         return []
-    line = (f"the {what} accuracy at the end is {100 * measured:.1f} %, within {100 * CHANCE_MARGIN:.0f} points "
-            f"of chance ({100 * chance:.1f} % for {n_classes} classes): the model did not fit; train longer "
-            "(epochs=), or check lr= and the data")
+    line = (f"the {what} accuracy at the end is {100 * measured:.1f} %, within "
+            f"{100 * CHANCE_MARGIN:.0f} points of chance ({100 * chance:.1f} % for {n_classes} "
+            "classes): the model did not fit; train longer (epochs=), or check lr= and the data")
     warn(line)
     return [line]
 
@@ -338,8 +353,8 @@ def _preprocessing(test_ds: Dataset, recipe: Recipe) -> Dict[str, Any]:
     """What the checkpoint records as its ``preprocessing``: the data's image size and
     resize rule, the normalisation and the training augmentation."""
     prep = dict(_attribute(test_ds, "preprocessing") or {})
-    return {"image_size": recipe.image_size, "resize": prep.get("resize"), "normalize": recipe.normalize,
-            "augment": list(recipe.augment)}
+    return {"image_size": recipe.image_size, "resize": prep.get("resize"),
+            "normalize": recipe.normalize, "augment": list(recipe.augment)}
 
 
 def _attribute(ds: Any, name: str) -> Any:
@@ -383,7 +398,8 @@ def _load_teacher(teacher, teacher_arch, recipe: Recipe, device, warn):
     return teacher_model, t_meta
 
 
-def _check_teacher_outputs(teacher_model, fit_ds: Dataset, teacher, batch_size: int, device) -> None:
+def _check_teacher_outputs(teacher_model, fit_ds: Dataset, teacher, batch_size: int,
+                           device) -> None:
     """The Teacher's outputs on the first training batch hold no NaN or Inf (its weights
     are finite: load_checkpoint refuses those), before any step."""
     n = min(int(batch_size), len(fit_ds))
@@ -392,10 +408,10 @@ def _check_teacher_outputs(teacher_model, fit_ds: Dataset, teacher, batch_size: 
     if culprit is None:
         return
     module = f"module {culprit!r}" if culprit else "its final output"
-    raise CheckpointError(f"the Teacher checkpoint {str(teacher)!r} gives NaN or Inf outputs on the first {n} "
-                          f"training images, first at {module}, although its weights are finite (check its "
-                          "BatchNorm running statistics and its preprocessing); give a Teacher that works on "
-                          "these images")
+    raise CheckpointError(f"the Teacher checkpoint {str(teacher)!r} gives NaN or Inf outputs on "
+                          f"the first {n} training images, first at {module}, although its "
+                          "weights are finite (check its BatchNorm running statistics and its "
+                          "preprocessing); give a Teacher that works on these images")
 
 
 def _datasets(data: str, recipe: Recipe, prep: Preprocessing, download: bool, test_limit) -> Dict[str, Any]:
@@ -412,7 +428,9 @@ def _datasets(data: str, recipe: Recipe, prep: Preprocessing, download: bool, te
     class_names = [str(c) for c in getattr(train_ds, "classes", [])]
     if len(class_names) < 2:
         raise DataSpecError(f"data spec {data!r} has {len(class_names)} class(es); at least 2 are needed")
-    transfer_ds = _transfer_set(recipe.transfer, fit_prep, download) if recipe.transfer is not None else None
+    transfer_ds = None
+    if recipe.transfer is not None:
+        transfer_ds = _transfer_set(recipe.transfer, fit_prep, download)
     for ds in (train_ds, test_ds, transfer_ds):
         if ds is not None:
             check_images(ds)  # headers only: a damaged file anywhere is named before any epoch
@@ -421,7 +439,8 @@ def _datasets(data: str, recipe: Recipe, prep: Preprocessing, download: bool, te
     base = train_ds if transfer_ds is None else transfer_ds
     fit_ds = _Augmented(base, augment, prep.normalize) if augment else base
     fit_eval = _Augmented(base, (), prep.normalize) if augment else base
-    return {"train": train_ds, "fit": fit_ds, "fit_eval": fit_eval, "test": test_ds, "class_names": class_names}
+    return {"train": train_ds, "fit": fit_ds, "fit_eval": fit_eval, "test": test_ds,
+            "class_names": class_names}
 
 
 def _transfer_set(spec: str, prep: Preprocessing, download: bool) -> Dataset:
@@ -433,9 +452,8 @@ def _transfer_set(spec: str, prep: Preprocessing, download: bool) -> Dataset:
     if scheme == "imagefolder" and roots:
         parts = [p for p in ("train", "test", "val") if (roots[0] / p).is_dir()]
         if "train" not in parts or len(parts) < 2:
-            ds = load_dataset(spec, "transfer", image_size=prep.image_size, normalize=prep.normalize == "imagenet",
-                              unlabelled=True)
-            return ds
+            return load_dataset(spec, "transfer", image_size=prep.image_size,
+                                normalize=prep.normalize == "imagenet", unlabelled=True)
     ds = load_data(spec, "transfer", prep, download=download)
     if len(ds) == 0:
         raise DataSpecError(f"transfer spec {spec!r} holds no images")
