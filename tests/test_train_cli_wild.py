@@ -374,3 +374,21 @@ def test_the_command_line_and_the_recipe_agree_on_augmentations_and_seeds():
             recipe.Recipe("small_resnet_s", augment=bad).check(has_teacher=False)
     with pytest.raises(InputError, match="seed"):
         recipe.Recipe("small_resnet_s", seed=2**64).check(has_teacher=False)
+
+
+def test_augmented_training_sets_are_normalised_like_the_test_set():
+    from captum_unicam.data import load_dataset
+    from captum_unicam.kd.recipe import Recipe
+    from captum_unicam.pipeline.data import Preprocessing
+
+    recipe = Recipe("small_resnet_s", augment=("crop",), limit=6, normalize="imagenet")
+    sets = training._datasets("controlled", recipe, Preprocessing(32, "imagenet"), False, 4)
+    raw = load_dataset("controlled", "train", limit=6)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    for i in range(6):
+        assert torch.allclose(sets["fit_eval"][i][0], (raw[i][0] - mean) / std)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        x = sets["train"][0][0]  # the cross-validation set: augmented, then normalised
+    assert sets["train"] is sets["fit"] and float(x.min()) == pytest.approx(float((-mean / std).min()))

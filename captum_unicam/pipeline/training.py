@@ -278,7 +278,8 @@ def train_checkpoint(
     out_path = check_writable(out_path, overwrite=overwrite, estimated_bytes=checkpoint_size(model),
                               forbidden_roots=reads)
     if teacher_model is not None:
-        _check_teacher_outputs(teacher_model, sets["fit"], teacher, recipe.batch_size, device)
+        _check_teacher_outputs(teacher_model, sets["fit_eval"], teacher, recipe.batch_size,
+                               device)
     steps = training_steps(len(sets["fit"]), recipe.batch_size, recipe.epochs)
     doubts = _announce(steps, inform, warn)
     cv = None
@@ -437,8 +438,12 @@ def _datasets(data: str, recipe: Recipe, prep: Preprocessing, download: bool, te
     if recipe.labelled is not None:
         train_ds = labelled_subset(train_ds, recipe.labelled, seed=recipe.seed)
     base = train_ds if transfer_ds is None else transfer_ds
-    fit_ds = _Augmented(base, augment, prep.normalize) if augment else base
-    fit_eval = _Augmented(base, (), prep.normalize) if augment else base
+    if augment:  # "train" also feeds cross-validation: augmented and normalised as "fit"
+        train_ds = _Augmented(train_ds, augment, prep.normalize)
+        fit_ds = train_ds if transfer_ds is None else _Augmented(base, augment, prep.normalize)
+        fit_eval = _Augmented(base, (), prep.normalize)
+    else:
+        fit_ds = fit_eval = base
     return {"train": train_ds, "fit": fit_ds, "fit_eval": fit_eval, "test": test_ds,
             "class_names": class_names}
 
