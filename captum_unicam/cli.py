@@ -263,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-arch", default=None, metavar="ARCH", help="architecture of a plain state-dict Teacher checkpoint")
     p.add_argument("--method", default=None, choices=("response", "attention", "overhaul"),
                    help="KD method (needs --teacher; default with --teacher: response)")
-    p.add_argument("--epochs", type=_positive_int, metavar="N", default=10, help="training epochs")
+    p.add_argument("--epochs", type=_positive_int, metavar="N", default=10,
+                   help="training epochs; the optimisation steps they make are printed before "
+                        "training, with a warning under 100")
     p.add_argument("--image-size", type=_positive_int, metavar="N", default=None,
                    help="image side in pixels (default: the Teacher's with --teacher, else 32 for controlled "
                         "and CIFAR-10, 224 for image folders)")
@@ -283,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labelled", type=_positive_int, metavar="N", default=None,
                    help="train on a seeded, class-stratified subset of N labelled images (e.g. a Base)")
     p.add_argument("--transfer", default=None, metavar="SPEC",
-                   help="data spec of the images a Student is distilled on (needs --teacher); their labels are never read")
+                   help="data spec of the images a Student is distilled on (needs --teacher); their "
+                        "labels are never read; an image folder without train/ and test/ "
+                        "sub-folders is used whole")
     p.add_argument("--temperature", type=_positive_float, metavar="T", default=4.0, help="KD softmax temperature")
     p.add_argument("--alpha", type=_unit_float, metavar="A", default=0.9,
                    help="weight of the response-KD term (the cross-entropy gets 1 - A)")
@@ -293,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, metavar="N", default=None, help="use only N training images")
     p.add_argument("--download", action="store_true", help="allow downloading CIFAR-10 into ROOT, and --weights")
     p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint file to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint file")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing checkpoint file (a regular file only: never a folder, "
+                        "FIFO or device)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
     p.add_argument("--seed", type=_seed, default=0, metavar="N",
                    help=f"seed of the subsets, initialisation and data order (0 to {MAX_SEED})")
