@@ -33,6 +33,8 @@ from captum_unicam import errors
 from captum_unicam.pipeline import __version__
 from captum_unicam.pipeline.requests import (
     ARCHITECTURE_NAMES,
+    AUGMENTATIONS,
+    MAX_SEED,
     CompareRequest,
     DemoRequest,
     ExplainRequest,
@@ -132,6 +134,27 @@ def _unit_float(text: str) -> float:
     return v
 
 
+# --- train / demo: argument types of --seed and --augment ---
+def _seed(text: str) -> int:
+    v = _nonneg_int(text)
+    if v > MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {v}")
+    return v
+
+
+def _augmentations(text: str) -> tuple:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if names == ["none"]:
+        return ()
+    unknown = [n for n in names if n not in AUGMENTATIONS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give none, or a comma-separated list of "
+                                         f"{', '.join(AUGMENTATIONS)} (each once), e.g. flip,crop")
+    return tuple(names)
+# --- end train / demo ---
+
+
 def _add_common(p: argparse.ArgumentParser, *, out_help: str, out_default: Optional[str] = None,
                 seed_help: str = "seed of the bootstrap intervals and permutation tests") -> None:
     p.add_argument("--out", required=out_default is None, default=out_default, metavar="DIR",
@@ -139,7 +162,8 @@ def _add_common(p: argparse.ArgumentParser, *, out_help: str, out_default: Optio
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing non-empty output folder (otherwise it is refused and left untouched)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=_nonneg_int, default=0, metavar="N", help=seed_help)
+    p.add_argument("--seed", type=_seed, default=0, metavar="N",
+                   help=seed_help + f" (0 to {MAX_SEED})")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="hide the progress bars")
 
@@ -314,14 +338,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-arch", default=None, metavar="ARCH", help="architecture of a plain state-dict Teacher checkpoint")
     p.add_argument("--method", default=None, choices=("response", "attention", "overhaul"),
                    help="KD method (needs --teacher; default with --teacher: response)")
-    p.add_argument("--epochs", type=_positive_int, metavar="N", default=10, help="training epochs")
+    p.add_argument("--epochs", type=_positive_int, metavar="N", default=10,
+                   help="training epochs; the optimisation steps they make are printed before "
+                        "training, with a warning under 100")
     p.add_argument("--image-size", type=_positive_int, metavar="N", default=None,
                    help="image side in pixels (default: the Teacher's with --teacher, else 32 for controlled "
                         "and CIFAR-10, 224 for image folders)")
     p.add_argument("--normalize", default=None, choices=("imagenet", "none"),
                    help="input normalisation: imagenet (ImageNet mean/std, for --weights) or none "
                         "(default: the Teacher's with --teacher, imagenet with --weights, else none)")
-    p.add_argument("--augment", action="store_true", help="random horizontal flips and crops while training")
+    p.add_argument("--augment", type=_augmentations, default=(), metavar="LIST",
+                   help="training augmentation, recorded in the checkpoint: none, or a "
+                        "comma-separated list of flip (random horizontal flip; wrong for data "
+                        "whose mirror image is another class, e.g. digits or text) and crop "
+                        "(random crop after zero padding by 1/8 of the side) "
+                        "(default: none)")
     p.add_argument("--batch-size", type=_positive_int, metavar="N", default=64, help="images per training batch")
     p.add_argument("--lr", type=_positive_float, metavar="X", default=0.05, help="peak learning rate (cosine decay)")
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"), help="SGD with Nesterov momentum, or AdamW")
@@ -329,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labelled", type=_positive_int, metavar="N", default=None,
                    help="train on a seeded, class-stratified subset of N labelled images (e.g. a Base)")
     p.add_argument("--transfer", default=None, metavar="SPEC",
-                   help="data spec of the images a Student is distilled on (needs --teacher); their labels are never read")
+                   help="data spec of the images a Student is distilled on (needs --teacher); their "
+                        "labels are never read; an image folder without train/ and test/ "
+                        "sub-folders is used whole")
     p.add_argument("--temperature", type=_positive_float, metavar="T", default=4.0, help="KD softmax temperature")
     p.add_argument("--alpha", type=_unit_float, metavar="A", default=0.9,
                    help="weight of the response-KD term (the cross-entropy gets 1 - A)")
@@ -339,9 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, metavar="N", default=None, help="use only N training images")
     p.add_argument("--download", action="store_true", help="allow downloading CIFAR-10 into ROOT, and --weights")
     p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint file to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint file")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing checkpoint file (a regular file only: never a folder, "
+                        "FIFO or device)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=_nonneg_int, default=0, metavar="N", help="seed of the subsets, initialisation and data order")
+    p.add_argument("--seed", type=_seed, default=0, metavar="N",
+                   help=f"seed of the subsets, initialisation and data order (0 to {MAX_SEED})")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
     p.set_defaults(func=cmd_train)
 
@@ -410,7 +446,9 @@ def cmd_demo(args, argv) -> int:
 
 
 def cmd_train(args, argv) -> int:
-    return _print(_runs().train(request_from(TrainRequest, args), warn=lambda line: _warn(args, line)))
+    return _print(_runs().train(
+        request_from(TrainRequest, args), warn=lambda line: _warn(args, line),
+        inform=lambda line: print(f"{PROG} train: {line}", file=sys.stderr)))
 
 
 def cmd_explain(args, argv) -> int:

@@ -60,7 +60,7 @@ def trained(tree):
               "--no-progress", "--lr", "0.05"]
     paths = {r: str(tree / f"{r}.pt") for r in ("teacher", "base", "student")}
     runs = [
-        ["train", *common, "--image-size", "32", "--augment", "--out", paths["teacher"]],
+        ["train", *common, "--image-size", "32", "--augment", "flip,crop", "--out", paths["teacher"]],
         ["train", *common, "--image-size", "32", "--labelled", "16", "--seed", "1", "--out", paths["base"]],
         ["train", *common, "--teacher", paths["teacher"], "--method", "response",
          "--transfer", "imagefolder:" + str(tree / "transfer"), "--temperature", "2", "--alpha", "1",
@@ -78,14 +78,14 @@ def test_checkpoints_record_their_recipe(trained):
     metas = {r: load_checkpoint(p)[1] for r, p in paths.items()}
     for r, m in metas.items():
         assert m["recipe"]["image_size"] == 32 and m["recipe"]["normalize"] == "none", r
-    assert metas["teacher"]["recipe"]["augment"] is True
+    assert list(metas["teacher"]["recipe"]["augment"]) == ["flip", "crop"]
     # the Base's labelled subset: 16 images, 4 per class (class-stratified)
     assert metas["base"]["recipe"]["labelled"] == 16 and metas["base"]["extra"]["labelled_size"] == 16
     # the Student took the Teacher's image size (no --image-size given) and was distilled on
-    # the unlabelled transfer images (a folder with one sub-folder: its label is never read;
-    # without train/ and test/ sub-folders, 80 % of the 48 images: ceil(0.2 * 48) = 10 held out)
+    # the unlabelled transfer images (a folder without train/ and test/ sub-folders: all 48
+    # images, labels never read)
     s = metas["student"]
-    assert s["kd_method"] == "response" and s["extra"]["train_size"] == 38
+    assert s["kd_method"] == "response" and s["extra"]["train_size"] == 48
     assert s["recipe"]["transfer"].endswith("transfer") and s["recipe"]["temperature"] == 2.0
     assert s["recipe"]["alpha"] == 1.0 and s["extra"]["labelled_size"] is None
 
@@ -153,6 +153,7 @@ def test_image_size_mismatch_refused_then_overridden(trained, tree, tmp_path, ca
     other = str(tree / "base40.pt")
     assert cli.main(["train", "--data", data, "--arch", "small_resnet_s", "--epochs", "1", "--image-size", "40",
                      "--no-progress", "--out", other]) == 0
+    capsys.readouterr()  # the training's own lines
     argv = ["quantify", "--student", paths["student"], "--base", other, "--data", data, "--batch-size", "16",
             "--layers", "L4", "--one-hot", "--no-progress", "--n-bootstrap", "20", "--maps", "gradcam"]
     code, _, err = _run(capsys, argv + ["--out", str(tmp_path / "a")])
@@ -272,6 +273,7 @@ def test_normalisation_mismatch_refused_then_overridden(trained, tree, tmp_path,
     other = str(tree / "base_imagenet.pt")
     assert cli.main(["train", "--data", data, "--arch", "small_resnet_s", "--epochs", "1", "--image-size", "32",
                      "--normalize", "imagenet", "--no-progress", "--out", other]) == 0
+    capsys.readouterr()  # the training's own lines
     argv = ["explain", "--student", paths["student"], "--base", other, "--data", data, "--batch-size", "8",
             "--limit", "16", "--layers", "L4", "--one-hot", "--no-progress"]
     code, _, err = _run(capsys, argv + ["--out", str(tmp_path / "a")])

@@ -31,6 +31,8 @@ from captum_unicam.errors import InputError
 __all__ = [
     "ARCHITECTURE_NAMES",
     "RESIZE_NAMES",
+    "AUGMENTATIONS",
+    "MAX_SEED",
     "FLAGS",
     "in_flags",
     "request_from",
@@ -47,10 +49,24 @@ __all__ = [
 ARCHITECTURE_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "small_resnet_s", "small_resnet_m",
                       "small_resnet_l", "small_resnet")
 
+# --- train / demo: seeds and augmentation (spelt out here so that the command line needs
+# no torch; a test checks AUGMENTATIONS against captum_unicam.kd.recipe) ---
+#: The largest seed a command accepts: every generator it seeds (torch, numpy, the
+#: controlled dataset's) takes it, and so do the seeds derived from it (the demo's
+#: ``1000 * seed + 22``, a fold's ``seed + k``).
+MAX_SEED = 2**32 - 1
+
+#: Training augmentations ``--augment`` may name: random horizontal ``flip``, random
+#: ``crop`` after zero padding by 1/8 of the side.
+AUGMENTATIONS = ("flip", "crop")
+# --- end train / demo ---
+
 #: Field (or library argument) name -> the command line's flag, whole names only.
 FLAGS: Dict[str, str] = {
     "alpha": "--alpha",
     "arch": "--arch",
+    # train
+    "augment": "--augment",
     "allow_download": "--download",
     "base": "--base",
     "base_arch": "--base-arch",
@@ -149,6 +165,8 @@ def check_data_spec(spec: str, field: str = "data") -> None:
     if scheme.lower() not in ("controlled", "cifar10", "imagefolder"):
         raise InputError(f"{field}=: unknown data spec {spec!r}; use controlled, controlled:SEED, cifar10:ROOT "
                          "or imagefolder:ROOT")
+    if scheme.lower() == "controlled" and arg.strip():
+        _check_controlled_seed(spec, arg.strip(), field)
     if scheme.lower() == "imagefolder":
         root = Path(os.path.expanduser(arg))
         if not arg or not root.is_dir():
@@ -201,6 +219,21 @@ def _pair_role_model(request: Any, role: str) -> Tuple[Optional[str], Optional[s
     return _role_model(request.arch, request.model, "arch", "model")
 
 
+def _check_controlled_seed(spec: str, arg: str, field: str) -> None:
+    """``controlled:SEED`` holds a seed from 0 to :data:`MAX_SEED`."""
+    if not arg.isdigit() or int(arg) > MAX_SEED:
+        raise InputError(f"{field}=: {spec!r}: the seed of the controlled dataset must be an "
+                         f"integer from 0 to {MAX_SEED} (2**32 - 1), e.g. 'controlled:3'")
+
+
+def check_seed(seed: Any, field: str = "seed") -> None:
+    r"""``seed`` is an int from 0 to :data:`MAX_SEED`; else an :class:`InputError` naming
+    ``field=`` and the range."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"{field}= must be an integer from 0 to {MAX_SEED} (2**32 - 1), "
+                         f"got {seed!r}")
+
+
 def _check_min(value: int, field: str, least: int, why: str) -> None:
     if value < least:
         raise InputError(f"{field}= {value} is too small: {why}")
@@ -226,7 +259,7 @@ class TrainRequest:
     epochs: int = 10
     image_size: Optional[int] = None
     normalize: Optional[str] = None
-    augment: bool = False
+    augment: Sequence[str] = ()
     batch_size: int = 64
     lr: float = 0.05
     optimizer: str = "sgd"
@@ -247,7 +280,8 @@ class TrainRequest:
         r"""The fields of the training recipe (the KD method defaults to ``response``
         with a Teacher)."""
         return dict(arch=self.arch, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                    optimizer=self.optimizer, weight_decay=self.weight_decay, augment=self.augment,
+                    optimizer=self.optimizer, weight_decay=self.weight_decay,
+                    augment=tuple(self.augment),
                     image_size=self.image_size, normalize=self.normalize, labelled=self.labelled,
                     limit=self.limit, transfer=self.transfer,
                     method=self.method or ("response" if self.teacher else None),
@@ -262,6 +296,11 @@ class TrainRequest:
         check_data_spec(self.data)
         if self.transfer is not None:
             check_data_spec(self.transfer, "transfer")
+        check_seed(self.seed)
+        unknown = [a for a in self.augment if a not in AUGMENTATIONS]
+        if isinstance(self.augment, str) or unknown:
+            raise InputError(f"augment= takes a list of {', '.join(AUGMENTATIONS)} (or none), got "
+                             f"{self.augment!r}")
 
 
 
@@ -427,3 +466,7 @@ class DemoRequest:
     overwrite: bool = False
     device: str = "cpu"
     progress: bool = True
+
+    def check(self) -> None:
+        r"""The seed is in range (the demo's own seeds are derived from it)."""
+        check_seed(self.seed)

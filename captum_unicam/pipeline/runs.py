@@ -80,9 +80,12 @@ def _warner(depth: int) -> Warn:
 # ---------------------------------------------------------------------------
 
 
-def train(request: TrainRequest, *, warn: Optional[Warn] = None) -> Written:
+def train(request: TrainRequest, *, warn: Optional[Warn] = None,
+          inform: Optional[Callable[[str], None]] = None) -> Written:
     r"""``captum-unicam train``: trains one model by the request's recipe and writes its
-    checkpoint (:func:`~captum_unicam.pipeline.training.train_checkpoint`)."""
+    checkpoint (:func:`~captum_unicam.pipeline.training.train_checkpoint`, which checks the
+    destination, the images and the Teacher before training). ``inform`` receives the
+    line of the optimisation steps."""
     request.check()
     recipe = Recipe(**request.recipe_fields())
     recipe.check(has_teacher=request.teacher is not None)
@@ -90,11 +93,16 @@ def train(request: TrainRequest, *, warn: Optional[Warn] = None) -> Written:
         spec_paths(request.transfer) if request.transfer else [])
     out = check_output_file(request.out, overwrite=request.overwrite, reads=reads)
     device = resolve_device(request.device)
-    result = training.train_checkpoint(request.data, recipe, str(out), teacher=request.teacher, device=device,
-                                       progress=request.progress, download=request.download,
-                                       teacher_arch=request.teacher_arch, warn=warn or _warner(3))
+    result = training.train_checkpoint(
+        request.data, recipe, str(out), teacher=request.teacher, device=device,
+        progress=request.progress, download=request.download, teacher_arch=request.teacher_arch,
+        overwrite=request.overwrite, warn=warn or _warner(3), inform=inform)
+    out = Path(result["path"])
     acc = result.get("test_accuracy")
     shown = f", test accuracy {100 * acc:.1f} %" if isinstance(acc, (int, float)) else ""
+    train_acc = result.get("train_accuracy")
+    if isinstance(train_acc, (int, float)):
+        shown += f", training accuracy {100 * train_acc:.1f} %"
     return Written(out, f"checkpoint written to {out} ({result['recipe']['image_size']} px, normalize "
                         f"{result['recipe']['normalize']}{shown})")
 
@@ -312,6 +320,7 @@ def demo(request: DemoRequest, *, command: Optional[Sequence[str]] = None) -> Wr
     r"""``captum-unicam demo``: Teacher, Base and Student of the controlled dataset (trained
     or read from the cache), explained and quantified; writes the report folder
     (:func:`captum_unicam.pipeline.demo.run_demo`)."""
+    request.check()
     cache = request.cache_dir if request.cache_dir is not None else demo_models.default_cache_dir(
         request.seed, request.quick)
     out = check_output_dir(request.out, overwrite=request.overwrite, reads=[cache])
