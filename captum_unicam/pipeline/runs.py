@@ -268,6 +268,7 @@ def _explain_grids(request: ExplainRequest, pair: Pair, batches, maps, tmaps) ->
     marks = evaluation.prediction_marks(pick, labels, preds, pair.class_names)
     for grid in grids.values():
         grid["marks"] = marks
+        grid["labels"] = [f"true: {name}" for name in grid["labels"]]
     return grids, masks, counts
 
 
