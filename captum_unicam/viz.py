@@ -389,6 +389,38 @@ def _draw_marks(ax, marks: Sequence[Tuple[str, str, bool]]) -> None:
                 ha="left", va="top", fontsize=7, color=model_colour(role) or "#222222")
 
 
+def _grid_maps(images: Tensor, maps: Mapping[str, Tensor], row_labels, row_marks) -> Dict[str, Tensor]:
+    """The checks of :func:`attribution_grid`; its maps upsampled to the images' size."""
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape (N,C,H,W), got {tuple(images.shape)}")
+    n = images.shape[0]
+    if n == 0:
+        raise ValueError("attribution_grid needs at least one image")
+    ups = {}
+    for name, m in maps.items():
+        if m.shape[0] != n:
+            raise ValueError(f"maps[{name!r}] has {m.shape[0]} maps for {n} images")
+        ups[name] = upsample_maps(m, images.shape[-2:])
+    if row_labels is not None and len(row_labels) != n:
+        raise ValueError(f"row_labels has {len(row_labels)} labels for {n} images")
+    if row_marks is not None and len(row_marks) != n:
+        raise ValueError(f"row_marks has {len(row_marks)} rows for {n} images")
+    return ups
+
+
+def _draw_map_row(axes, image: Tensor, ups: Mapping[str, Tensor], i: int, *, titles: bool) -> None:
+    """The maps of image ``i`` in ``axes[1:]``; with ``titles`` the column titles, each in
+    the colour of the model it names."""
+    for j, (name, up) in enumerate(ups.items(), start=1):
+        peak = float(up[i].max()) if up[i].numel() else 0.0
+        draw_attribution(axes[j], image, up[i, 0], title=name if titles else None,
+                         note=None if is_empty_map(up[i]) else f"max {peak:.3g}")
+        colour = model_colour(name, kinds=True)
+        if titles and colour:
+            axes[j].title.set_color(colour)
+            axes[j].title.set_fontweight("bold")
+
+
 def attribution_grid(
     images: Tensor,
     maps: Mapping[str, Tensor],
@@ -415,20 +447,8 @@ def attribution_grid(
         matplotlib.figure.Figure: the figure (Agg canvas), with one colour bar for all
         panels (each map is scaled to its own largest value, as Captum does).
     """
-    if images.dim() != 4:
-        raise ValueError(f"images must have shape (N,C,H,W), got {tuple(images.shape)}")
+    ups = _grid_maps(images, maps, row_labels, row_marks)
     n = images.shape[0]
-    if n == 0:
-        raise ValueError("attribution_grid needs at least one image")
-    ups = {}
-    for name, m in maps.items():
-        if m.shape[0] != n:
-            raise ValueError(f"maps[{name!r}] has {m.shape[0]} maps for {n} images")
-        ups[name] = upsample_maps(m, images.shape[-2:])
-    if row_labels is not None and len(row_labels) != n:
-        raise ValueError(f"row_labels has {len(row_labels)} labels for {n} images")
-    if row_marks is not None and len(row_marks) != n:
-        raise ValueError(f"row_marks has {len(row_marks)} rows for {n} images")
     cols = 1 + len(ups)
     lines = max((len(m) for m in row_marks), default=0) if row_marks is not None else 0
     row_h = 1.8 + 0.22 * lines
@@ -447,14 +467,7 @@ def attribution_grid(
                 ax.set_ylabel(str(row_labels[i]))
             if row_marks is not None:
                 _draw_marks(ax, row_marks[i])
-            for j, (name, up) in enumerate(ups.items(), start=1):
-                peak = float(up[i].max()) if up[i].numel() else 0.0
-                draw_attribution(axes[i, j], images[i], up[i, 0], title=name if i == 0 else None,
-                                 note=None if is_empty_map(up[i]) else f"max {peak:.3g}")
-                colour = model_colour(name, kinds=True)
-                if i == 0 and colour:
-                    axes[i, j].title.set_color(colour)
-                    axes[i, j].title.set_fontweight("bold")
+            _draw_map_row(axes[i], images[i], ups, i, titles=i == 0)
         top = 1.0 - (0.45 if title else 0.05) / fig.get_figheight()
         if title:
             fig.suptitle(title, fontsize=11, fontweight="bold", y=1.0 - 0.08 / fig.get_figheight(), va="top")
@@ -486,6 +499,17 @@ def _mean_low_high(value: _Interval) -> Tuple[float, float, float]:
         return tuple(num(v) for v in value)  # type: ignore[return-value]
     v = float(value)
     return v, v, v
+
+
+def _bars(values: Mapping[str, _Interval], layers: Sequence[str]) -> Tuple[List[float], np.ndarray]:
+    """Bar heights and (2, L) error-bar lengths of one series over ``layers``."""
+    means, lows, highs = [], [], []
+    for layer in layers:
+        m, lo, hi = _mean_low_high(values[layer]) if layer in values else (math.nan,) * 3
+        means.append(m)
+        lows.append(m - lo if math.isfinite(lo) and math.isfinite(m) else 0.0)
+        highs.append(hi - m if math.isfinite(hi) and math.isfinite(m) else 0.0)
+    return means, np.clip(np.array([lows, highs]), 0.0, None)
 
 
 def scores_per_layer(
@@ -528,13 +552,7 @@ def scores_per_layer(
             others = iter(_OTHER_COLOURS * (1 + len(series) // len(_OTHER_COLOURS)))
             for si, (sname, values) in enumerate(series.items()):
                 colour = model_colour(sname) or next(others)
-                means, lows, highs = [], [], []
-                for layer in layers:
-                    m, lo, hi = _mean_low_high(values[layer]) if layer in values else (math.nan,) * 3
-                    means.append(m)
-                    lows.append(m - lo if math.isfinite(lo) and math.isfinite(m) else 0.0)
-                    highs.append(hi - m if math.isfinite(hi) and math.isfinite(m) else 0.0)
-                err = np.clip(np.array([lows, highs]), 0.0, None)
+                means, err = _bars(values, layers)
                 ax.bar(x + (si - (k - 1) / 2) * width, means, width * 0.92, yerr=err, capsize=3,
                        label=sname, color=colour, edgecolor="white",
                        error_kw={"elinewidth": 1.0, "ecolor": "#333333"})

@@ -299,6 +299,20 @@ def test_demo_quick_end_to_end(tmp_path, capsys, no_deprecation):
     assert set(m["localisation"]) == {"L1", "L2", "L3", "L4"}
     page = (out / "index.html").read_text()
     assert "Teacher" in page and "Student" in page and "Base" in page
+    # the report opens with the conclusion of the map-free scores, the models' accuracies in it
+    from captum_unicam.metrics import KDEvaluation  # noqa: F401  (the headline's producer)
+
+    head = m["headline"]
+    assert head["kind"] == "none" and set(head["layers"]) == {"L1", "L2", "L3", "L4"}
+    acc = {r.lower(): m["models"][r]["accuracy"] for r in ("Teacher", "Base", "Student")}
+    assert head["accuracy"] == ("Accuracy: " + ", ".join(f"{r.capitalize()} {acc[r]:.1%}"
+                                                         for r in ("teacher", "base", "student")) + ".")
+    assert m["sanity"] == [] and "refused" not in head  # trained models pass the sanity check
+    assert page.index('id="conclusion"') < page.index('id="compared"') < page.index('id="table1"')
+    assert head["text"].split("\n\n")[0] in page
+    assert "† marks an RS whose interval is not above its leakage baseline" in page
+    assert m["classes"] == ["circle", "square", "triangle", "cross"]
+    assert sum(m["data_summary"]["class_counts"].values()) == m["data_summary"]["n_images"]
 
     # explain and quantify accept the demo's checkpoints
     ex = tmp_path / "ex"
@@ -309,6 +323,8 @@ def test_demo_quick_end_to_end(tmp_path, capsys, no_deprecation):
     assert code == 0, err
     mx = json.loads((ex / "metrics.json").read_text())
     assert mx["models"]["Teacher"]["arch"] == m["models"]["Teacher"]["arch"]
+    assert mx["empty_maps"]["L4"]["Grad-CAM teacher"]["computed"] == 8  # the Teacher's maps, every image
+    assert len(mx["drawn"]) == 2 and [d["model"] for d in mx["drawn"][0]] == ["Teacher", "Base", "Student"]
     q = tmp_path / "q"
     code, _, err = _run(capsys, ["quantify", "--student", str(out / "models/student.pt"),
                                  "--base", str(out / "models/base.pt"), "--data", "controlled", "--limit", "16",

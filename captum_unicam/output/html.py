@@ -215,15 +215,9 @@ def compared_section(data: Optional[str], models: Mapping[str, Mapping[str, Any]
     head = ["model", "architecture", acc_head] + (["accuracy its checkpoint records"] if recorded else []) \
         + (["accuracy, test with the training cue"] if cued else []) \
         + ["KD method"] + (["trained on"] if trained else []) + ["checkpoint"]
-    rows = []
-    for role, info in models.items():
-        cells = [role, str(info.get("arch") or "–"), _pct(info.get("accuracy"))]
-        cells += [_pct(info.get("recorded_accuracy"))] if recorded else []
-        cells += [_pct(info.get("cued_accuracy"))] if cued else []
-        cells += [str(info.get("kd_method") or "–")]
-        cells += [str(info.get("trained_on") or "–")] if trained else []
-        cells += [str(info.get("checkpoint") or "–")]
-        rows.append(ROW.substitute(cells="".join(CELL.substitute(v=e(c)) for c in cells)))
+    rows = [ROW.substitute(cells="".join(CELL.substitute(v=e(c))
+                                         for c in _model_cells(role, info, recorded, cued, trained)))
+            for role, info in models.items()]
     checkpoints = ""
     if model_files:
         links = ", ".join(f'<a href="models/{e(n)}">models/{e(n)}</a>' for n in model_files)
@@ -233,6 +227,16 @@ def compared_section(data: Optional[str], models: Mapping[str, Mapping[str, Any]
                                head="".join(HEAD.substitute(v=e(h)) for h in head), rows="\n".join(rows),
                                verdict=_verdict(models, refused), checkpoints=checkpoints)
     return Section("compared", "What was compared", body)
+
+
+def _model_cells(role: str, info: Mapping[str, Any], recorded: bool, cued: bool, trained: bool) -> List[str]:
+    """One row of the models table, with the optional columns that the table has."""
+    cells = [role, str(info.get("arch") or "–"), _pct(info.get("accuracy"))]
+    cells += [_pct(info.get("recorded_accuracy"))] if recorded else []
+    cells += [_pct(info.get("cued_accuracy"))] if cued else []
+    cells += [str(info.get("kd_method") or "–")]
+    cells += [str(info.get("trained_on") or "–")] if trained else []
+    return cells + [str(info.get("checkpoint") or "–")]
 
 
 def _verdict(models: Mapping[str, Mapping[str, Any]], refused: bool = False) -> str:

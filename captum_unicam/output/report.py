@@ -509,17 +509,16 @@ def _all_warnings(report: Report) -> List[str]:
     return list(dict.fromkeys(list(report.sanity or []) + list(report.warnings or [])))
 
 
-def _page(report: Report, ev: Mapping[str, Any], command: str, figures: Mapping[str, str],
-          tables: Mapping[str, Tuple[str, str]]) -> str:
-    """index.html: the sections this report has content for, in the one page layout."""
+def _opening_sections(report: Report, ev: Mapping[str, Any]) -> List[html.Section]:
+    """What the page opens with: the sanity check, the conclusion, what was compared, the
+    data, UniCAM's scores of the evaluated set (each when the report has it)."""
     models = report.models or {}
     sections: List[html.Section] = []
     if report.sanity:
         sections.append(html.sanity_section(report.sanity))
     if ev.get("conclusion"):
-        sections.append(html.conclusion_section(ev["conclusion"], ev.get("headline"),
-                                                masked=any(k != "none" for k in
-                                                           getattr(report.evaluation, "map_kinds", ()))))
+        masked = any(k != "none" for k in getattr(report.evaluation, "map_kinds", ()))
+        sections.append(html.conclusion_section(ev["conclusion"], ev.get("headline"), masked=masked))
     if models or report.data:
         sections.append(html.compared_section(report.data, models, report.accuracy_set,
                                               report.model_files or {}, refused=bool(report.sanity)))
@@ -527,6 +526,13 @@ def _page(report: Report, ev: Mapping[str, Any], command: str, figures: Mapping[
         sections.append(html.data_section(report.data_summary))
     if report.set_scores:
         sections.append(html.set_scores_section(report.set_scores))
+    return sections
+
+
+def _page(report: Report, ev: Mapping[str, Any], command: str, figures: Mapping[str, str],
+          tables: Mapping[str, Tuple[str, str]]) -> str:
+    """index.html: the sections this report has content for, in the one page layout."""
+    sections = _opening_sections(report, ev)
     if report.empty_maps:
         empty = {layer: _counted(kinds) for layer, kinds in report.empty_maps.items()}
     else:

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from captum_unicam.data import data_summary
 from captum_unicam.data.controlled import ControlledShapes
 from captum_unicam.errors import InputError
 from captum_unicam.kd.train import evaluate_accuracy
@@ -323,7 +324,8 @@ def demo_cued_evaluation(student: nn.Module, base: nn.Module, layers, *, n_image
 # ---------------------------------------------------------------------------
 
 
-def run_demo(request, out: pathlib.Path, device: torch.device, command: List[str]) -> Tuple[pathlib.Path, str]:
+def run_demo(request, out: pathlib.Path, device: torch.device, command: List[str],
+             recorded: Optional[List[str]] = None) -> Tuple[pathlib.Path, str]:
     r"""The ``demo`` command after its output check: trains or loads the models
     (:func:`train_demo_models`), quantifies and explains L1..L4, runs the cued evaluation
     and writes the report to ``out``.
@@ -334,6 +336,8 @@ def run_demo(request, out: pathlib.Path, device: torch.device, command: List[str
         out (pathlib.Path): The checked report folder.
         device (torch.device): Where to run.
         command (list of str): The command line, for the report.
+        recorded (list of str, optional): The warnings shown so far in the run (filled
+                    as it goes), for the report's warnings section.
 
     Returns:
         *(path, summary)*: the report folder and the line the command prints.
@@ -352,13 +356,16 @@ def run_demo(request, out: pathlib.Path, device: torch.device, command: List[str
     recipe = dict(demo.recipe) if isinstance(demo.recipe, dict) else {}
     notes = _demo_notes(demo.accuracies, recipe)
     test_desc = (demo.datasets or {}).get("test") or {}
+    models_table = _demo_models_table(demo, recipe)
     report = Report(
         title="captum-unicam demo: what did distillation change?", command=command, data=parts["data"],
-        models=_demo_models_table(demo, recipe), evaluation=parts["evaluation"], grids=parts["grids"],
+        models=models_table, evaluation=parts["evaluation"], grids=parts["grids"],
         localisation=parts["localisation"], cued=parts["cued"],
         accuracy_set=(f"the demo's cue-free test set ({test_desc.get('size', '?')} images of the test stream, "
                       f"seed {request.seed})"),
-        model_files={f"{k}.pt": v for k, v in dict(demo.paths).items()}, notes=notes[:1], warnings=notes[1:],
+        model_files={f"{k}.pt": v for k, v in dict(demo.paths).items()}, notes=notes[:1],
+        warnings=notes[1:] + list(recorded or []), data_summary=parts["data_summary"],
+        sanity=evaluation.sanity_lines(models_table, len(demo.class_names)),
         extra_metrics={"recipe": recipe, "demo_datasets": demo.datasets, "models_from_cache": demo.from_cache,
                        "label_embeddings": parts["labels"], "timings": timings, "quick": quick,
                        "seed": request.seed})
@@ -402,7 +409,7 @@ def _evaluate_demo(demo: DemoModels, request, device: torch.device, eval_batches
             f"({eval_batches} class-stratified batches of {eval_bs}) for FSS/RS; maps and localisation on the first "
             f"{sum(b[0].shape[0] for b in batches)} of them; labels: {emb_desc}")
     return {"evaluation": result, "grids": grids, "localisation": loc, "cued": cued, "data": data,
-            "labels": emb_desc}
+            "labels": emb_desc, "data_summary": data_summary(test)}
 
 
 def _demo_models_table(demo: DemoModels, recipe: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:

@@ -410,6 +410,7 @@ def compare(request: CompareRequest, *, command: Optional[Sequence[str]] = None,
 # ---------------------------------------------------------------------------
 
 
+@_recording
 def demo(request: DemoRequest, *, command: Optional[Sequence[str]] = None) -> Written:
     r"""``captum-unicam demo``: Teacher, Base and Student of the controlled dataset (trained
     or read from the cache), explained and quantified; writes the report folder
@@ -419,7 +420,8 @@ def demo(request: DemoRequest, *, command: Optional[Sequence[str]] = None) -> Wr
     out = check_output_dir(request.out, overwrite=request.overwrite, reads=[cache])
     device = resolve_device(request.device)
     with torch_threads(request.threads):
-        return Written(*demo_models.run_demo(request, out, device, _command_line(command)))
+        return Written(*demo_models.run_demo(request, out, device, _command_line(command),
+                                             recorded=_RECORDED.get()))
 
 
 def _command_line(argv: Optional[Sequence[str]]) -> List[str]:
