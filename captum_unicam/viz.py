@@ -512,6 +512,20 @@ def _bars(values: Mapping[str, _Interval], layers: Sequence[str]) -> Tuple[List[
     return means, np.clip(np.array([lows, highs]), 0.0, None)
 
 
+def _leakage_ticks(ax, values: Mapping[str, Any], layers: Sequence[str], xs, width: float, shown: bool) -> bool:
+    """A black tick across each bar at its leakage baseline (values given as dicts with a
+    ``"leakage"`` number); labelled once per panel. True once a tick is drawn."""
+    for xi, layer in zip(xs, layers):
+        v = values.get(layer)
+        leak = v.get("leakage") if isinstance(v, Mapping) else None
+        if leak is None or not math.isfinite(float(leak)):
+            continue
+        ax.hlines(float(leak), xi - width * 0.46, xi + width * 0.46, colors="#111111", linewidths=2.0,
+                  label=None if shown else "leakage baseline (the mask alone)", zorder=3)
+        shown = True
+    return shown
+
+
 def scores_per_layer(
     panels: Mapping[str, Mapping[str, Mapping[str, _Interval]]],
     *,
@@ -523,7 +537,8 @@ def scores_per_layer(
 
     Args:
         panels (dict): panel title -> series name -> layer -> value, where a value is a
-            float, a ``(mean, low, high)`` tuple or a dict with ``mean``, ``low``, ``high``.
+            float, a ``(mean, low, high)`` tuple or a dict with ``mean``, ``low``, ``high``
+            (and optionally ``leakage``: drawn as a black tick across the bar).
             E.g. ``{"(a) FSS": {"Student vs Base": {"L1": (0.4, 0.3, 0.5), ...}},
             "(b) RS": {"Base": {...}, "Student": {...}}}``. Layers are plotted in the
             order of their first appearance.
@@ -550,12 +565,15 @@ def scores_per_layer(
             k = max(len(series), 1)
             width = 0.8 / k
             others = iter(_OTHER_COLOURS * (1 + len(series) // len(_OTHER_COLOURS)))
+            leaked = False
             for si, (sname, values) in enumerate(series.items()):
                 colour = model_colour(sname) or next(others)
                 means, err = _bars(values, layers)
-                ax.bar(x + (si - (k - 1) / 2) * width, means, width * 0.92, yerr=err, capsize=3,
+                xs = x + (si - (k - 1) / 2) * width
+                ax.bar(xs, means, width * 0.92, yerr=err, capsize=3,
                        label=sname, color=colour, edgecolor="white",
                        error_kw={"elinewidth": 1.0, "ecolor": "#333333"})
+                leaked = _leakage_ticks(ax, values, layers, xs, width, leaked)
             ax.set_xticks(x)
             ax.set_xticklabels(layers)
             ax.set_xlabel("layer")
@@ -570,7 +588,7 @@ def scores_per_layer(
                 ax.axhline(ref[0], color="#444444", linestyle="--", linewidth=0.9, label=ref[1])
             if ylim is not None:
                 ax.set_ylim(*ylim)
-            if len(series) > 1 or ref is not None:
+            if len(series) > 1 or ref is not None or leaked:
                 ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
         if title:
             fig.suptitle(title, fontsize=11, fontweight="bold")

@@ -89,6 +89,7 @@ def test_report_opens_with_the_conclusion_of_the_map_free_scores(tmp_path):
     # masked FSS labelled with the reason, † explained
     assert "the mask alone makes FSS close to 1 for any pair of models" in page
     assert "† marks an RS whose interval is not above its leakage baseline" in page
+    assert m["headline"]["fss_note"] and m["headline"]["fss_note"] not in page  # said once, with †
     assert m["sanity"] == [] and m["warnings"] == []
 
 

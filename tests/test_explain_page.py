@@ -155,3 +155,24 @@ def test_explain_page_predictions_scores_teacher_maps(tmp_path, capsys, trio):
     page = (out / "index.html").read_text()
     assert 'id="set_scores"' in page and "UniCAM.score on all 20 evaluated images" in page
     assert "the Base gets" in page and m["classes"] == CLASSES
+
+
+def test_leakage_baseline_drawn_beside_every_masked_rs():
+    from captum_unicam.output.report import _panels_from_summary
+
+    iv = {"mean": 0.3, "low": 0.2, "high": 0.4}
+    leak = {"mean": 0.35, "low": 0.3, "high": 0.4}
+    entry = {m: dict(iv) for m in ("fss", "rs_base", "rs_student", "rs_distilled", "rs_residual")}
+    summary = {"L4": {"gradcam": dict(entry, leakage={"rs_base": leak, "rs_student": {**leak, "mean": 0.1}}),
+                      "none": dict(entry)}}
+    panels = _panels_from_summary(summary)
+    rs = panels["(b) RS on Grad-CAM regions"]
+    assert rs["Base"]["L4"]["leakage"] == 0.35 and rs["Student"]["L4"]["leakage"] == 0.1
+    assert all("leakage" not in v["L4"] for v in panels[next(iter(panels))].values())  # not on FSS
+    fig = viz.scores_per_layer(panels)
+    ax = fig.axes[1]
+    ticks = [c for c in ax.collections if c.get_label() == "leakage baseline (the mask alone)"]
+    assert len(ticks) == 1  # labelled once
+    ys = sorted(round(float(seg[0][1]), 6) for c in ax.collections for seg in c.get_segments()
+                if len(seg) == 2 and seg[0][1] == seg[1][1] and c.get_linewidth()[0] == 2.0)
+    assert ys == [0.1, 0.35]

@@ -304,7 +304,7 @@ def cued_section(tables: Mapping[str, Tuple[str, str]], reading: Optional[str]) 
 def sanity_section(lines: Sequence[str]) -> Section:
     r"""The sanity check, first on the page: each flagged model, and that no conclusion
     about distillation is drawn from it."""
-    body = ('<h2 id="sanity">Sanity check: a model looks mismatched</h2><div class="sanity">'
+    body = ('<h2 id="sanity">Sanity check before any conclusion</h2><div class="sanity">'
             + "".join(f"<p>{e(line)}</p>" for line in lines) + "</div>")
     return Section("sanity", "Sanity check", body)
 
@@ -332,8 +332,9 @@ def conclusion_section(text: str, headline: Optional[Mapping[str, Any]] = None,
     :meth:`~captum_unicam.metrics.KDEvaluation.conclusion` writes it), how it is generated,
     and (``masked``) why masked FSS is left out and what † marks."""
     refused = bool(headline and headline.get("refused"))
+    skip = {headline.get("fss_note")} if masked and headline else set()  # said below, with †
     paras = []
-    for block in [b for b in text.split("\n\n") if b.strip()]:
+    for block in [b for b in text.split("\n\n") if b.strip() and b not in skip]:
         layer, sep, rest = block.partition(": ")
         if sep and len(layer) < 40 and "(" in layer:
             paras.append(f'<p><span class="layer">{e(layer)}:</span> {e(rest)}</p>')

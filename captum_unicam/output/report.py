@@ -139,9 +139,8 @@ MEANINGS: Dict[str, str] = {
 
 
 #: Opens the conclusion when a model failed the sanity check.
-REFUSAL = ("No conclusion about distillation is drawn from this run: a model's accuracy says the "
-           "evaluation itself is doubtful (see the sanity check above). Fix the preprocessing or the "
-           "class order and run again.")
+REFUSAL = ("No conclusion about distillation is drawn from this run: a model failed the sanity check "
+           "above, so its accuracy makes any comparison of the Student with the Base doubtful.")
 
 
 def _accuracies(models: Optional[Mapping[str, Mapping[str, Any]]]) -> Dict[str, float]:
@@ -209,7 +208,11 @@ def _panels_from_summary(summary: Any) -> Optional[Dict[str, Dict[str, Dict[str,
         e = entry.get(metric) if isinstance(entry, Mapping) else None
         if not isinstance(e, Mapping) or e.get("mean") is None:
             return None
-        return {"mean": e["mean"], "low": e["low"], "high": e["high"]}
+        out = {"mean": e["mean"], "low": e["low"], "high": e["high"]}
+        leak = (entry.get("leakage") or {}).get(metric) if metric != "fss" else None
+        if isinstance(leak, Mapping) and leak.get("mean") is not None:
+            out["leakage"] = leak["mean"]  # drawn as a tick on the bar
+        return out
 
     for layer, kinds in summary.items():
         if not isinstance(kinds, Mapping):
@@ -231,7 +234,7 @@ def _panels_from_summary(summary: Any) -> Optional[Dict[str, Dict[str, Dict[str,
                 rs_uc.setdefault(name, {})[layer] = v
     panels: Dict[str, Dict[str, Dict[str, Any]]] = {}
     if fss:
-        panels["(a) FSS, Student vs Base"] = fss
+        panels["(a) FSS, Student vs Base (masked: high for any pair)"] = fss
     if rs_gc:
         panels["(b) RS on Grad-CAM regions"] = rs_gc
     if rs_uc:

@@ -40,7 +40,8 @@ _MISMATCH = ("likely a preprocessing mismatch (--image-size, --normalize, --resi
              "or a model that did not train; no conclusion about distillation is drawn from it")
 
 
-def sanity_lines(models: Mapping[str, Mapping[str, Any]], num_classes: int) -> List[str]:
+def sanity_lines(models: Mapping[str, Mapping[str, Any]], num_classes: int, *,
+                 reason: Optional[str] = None) -> List[str]:
     r"""The models that fail the sanity check before any conclusion, one line each.
 
     A model is flagged when its accuracy on the evaluated set is near chance (below
@@ -50,6 +51,8 @@ def sanity_lines(models: Mapping[str, Mapping[str, Any]], num_classes: int) -> L
     Args:
         models (dict): role -> ``{"accuracy", "recorded_accuracy" (optional)}``, fractions.
         num_classes (int): the number of evaluated classes.
+        reason (str, optional): the likely cause named in each line. Default: a
+                    preprocessing or class-order mismatch, or a model that did not train.
 
     Returns:
         list of str: empty when every model passes.
@@ -60,6 +63,7 @@ def sanity_lines(models: Mapping[str, Mapping[str, Any]], num_classes: int) -> L
         "Base: accuracy 11.0 % on the evaluated s"
     """
     chance = 1.0 / max(int(num_classes), 1)
+    why = reason or _MISMATCH
     lines = []
     for role, info in models.items():
         acc, rec = info.get("accuracy"), info.get("recorded_accuracy")
@@ -68,11 +72,11 @@ def sanity_lines(models: Mapping[str, Mapping[str, Any]], num_classes: int) -> L
         if acc < chance + CHANCE_MARGIN:
             lines.append(f"{role}: accuracy {100 * acc:.1f} % on the evaluated set is within "
                          f"{100 * CHANCE_MARGIN:.0f} points of chance ({100 * chance:.1f} % for "
-                         f"{num_classes} classes): {_MISMATCH}.")
+                         f"{num_classes} classes): {why}.")
         elif isinstance(rec, (int, float)) and acc < rec - CHECKPOINT_DROP:
             lines.append(f"{role}: accuracy {100 * acc:.1f} % on the evaluated set is "
                          f"{100 * (rec - acc):.1f} points below the {100 * rec:.1f} % its checkpoint "
-                         f"records: {_MISMATCH}.")
+                         f"records: {why}.")
     return lines
 
 
