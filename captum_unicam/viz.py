@@ -385,11 +385,13 @@ def _draw_marks(ax, marks: Sequence[Tuple[str, str, bool]]) -> None:
         y = -0.08 - 0.15 * k
         ax.text(0.0, y, "\u25a0", transform=ax.transAxes, ha="left", va="top", fontsize=9,
                 color=_RIGHT if correct else _WRONG)
-        ax.text(0.13, y, f"{role}: {predicted} {'(right)' if correct else '(wrong)'}", transform=ax.transAxes,
-                ha="left", va="top", fontsize=7, color=model_colour(role) or "#222222")
+        ax.text(0.13, y, f"{role}: {predicted} {'(right)' if correct else '(wrong)'}",
+                transform=ax.transAxes, ha="left", va="top", fontsize=7,
+                color=model_colour(role) or "#222222")
 
 
-def _grid_maps(images: Tensor, maps: Mapping[str, Tensor], row_labels, row_marks) -> Dict[str, Tensor]:
+def _grid_maps(images: Tensor, maps: Mapping[str, Tensor], row_labels,
+               row_marks) -> Dict[str, Tensor]:
     """The checks of :func:`attribution_grid`; its maps upsampled to the images' size."""
     if images.dim() != 4:
         raise ValueError(f"images must have shape (N,C,H,W), got {tuple(images.shape)}")
@@ -470,7 +472,8 @@ def attribution_grid(
             _draw_map_row(axes[i], images[i], ups, i, titles=i == 0)
         top = 1.0 - (0.45 if title else 0.05) / fig.get_figheight()
         if title:
-            fig.suptitle(title, fontsize=11, fontweight="bold", y=1.0 - 0.08 / fig.get_figheight(), va="top")
+            fig.suptitle(title, fontsize=11, fontweight="bold",
+                         y=1.0 - 0.08 / fig.get_figheight(), va="top")
         fig.tight_layout(rect=(0, 0, 0.93, top), h_pad=0.6 + 1.1 * lines)
         cax = fig.add_axes((0.94, 0.15, 0.015, 0.7))
         cbar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap=HEAT_CMAP), cax=cax)
@@ -512,16 +515,18 @@ def _bars(values: Mapping[str, _Interval], layers: Sequence[str]) -> Tuple[List[
     return means, np.clip(np.array([lows, highs]), 0.0, None)
 
 
-def _leakage_ticks(ax, values: Mapping[str, Any], layers: Sequence[str], xs, width: float, shown: bool) -> bool:
+def _leakage_ticks(ax, values: Mapping[str, Any], layers: Sequence[str], xs, width: float,
+                   shown: bool) -> bool:
     """A black tick across each bar at its leakage baseline (values given as dicts with a
     ``"leakage"`` number); labelled once per panel. True once a tick is drawn."""
-    for xi, layer in zip(xs, layers):
+    for xi, layer in zip(xs, layers, strict=True):
         v = values.get(layer)
         leak = v.get("leakage") if isinstance(v, Mapping) else None
         if leak is None or not math.isfinite(float(leak)):
             continue
-        ax.hlines(float(leak), xi - width * 0.46, xi + width * 0.46, colors="#111111", linewidths=2.0,
-                  label=None if shown else "leakage baseline (the mask alone)", zorder=3)
+        ax.hlines(float(leak), xi - width * 0.46, xi + width * 0.46, colors="#111111",
+                  linewidths=2.0, label=None if shown else "leakage baseline (the mask alone)",
+                  zorder=3)
         shown = True
     return shown
 

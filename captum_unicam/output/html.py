@@ -212,12 +212,13 @@ def compared_section(data: Optional[str], models: Mapping[str, Mapping[str, Any]
     trained = any(i.get("trained_on") for i in models.values())
     recorded = any(i.get("recorded_accuracy") is not None for i in models.values())
     acc_head = f"accuracy on {accuracy_set}" if accuracy_set else "test accuracy"
-    head = ["model", "architecture", acc_head] + (["accuracy its checkpoint records"] if recorded else []) \
+    head = ["model", "architecture", acc_head] \
+        + (["accuracy its checkpoint records"] if recorded else []) \
         + (["accuracy, test with the training cue"] if cued else []) \
         + ["KD method"] + (["trained on"] if trained else []) + ["checkpoint"]
-    rows = [ROW.substitute(cells="".join(CELL.substitute(v=e(c))
-                                         for c in _model_cells(role, info, recorded, cued, trained)))
-            for role, info in models.items()]
+    rows = [ROW.substitute(cells="".join(
+        CELL.substitute(v=e(c)) for c in _model_cells(role, info, recorded, cued, trained)))
+        for role, info in models.items()]
     checkpoints = ""
     if model_files:
         links = ", ".join(f'<a href="models/{e(n)}">models/{e(n)}</a>' for n in model_files)
@@ -229,7 +230,8 @@ def compared_section(data: Optional[str], models: Mapping[str, Mapping[str, Any]
     return Section("compared", "What was compared", body)
 
 
-def _model_cells(role: str, info: Mapping[str, Any], recorded: bool, cued: bool, trained: bool) -> List[str]:
+def _model_cells(role: str, info: Mapping[str, Any], recorded: bool, cued: bool,
+                 trained: bool) -> List[str]:
     """One row of the models table, with the optional columns that the table has."""
     cells = [role, str(info.get("arch") or "–"), _pct(info.get("accuracy"))]
     cells += [_pct(info.get("recorded_accuracy"))] if recorded else []
@@ -245,8 +247,8 @@ def _verdict(models: Mapping[str, Mapping[str, Any]], refused: bool = False) -> 
         return ""
     if refused:
         return PARA.substitute(cls="note", text=e(
-            f"Student {100 * s:.1f} % vs Base {100 * b:.1f} %: not read as a result of distillation, "
-            "because a model failed the sanity check above."))
+            f"Student {100 * s:.1f} % vs Base {100 * b:.1f} %: not read as a result of "
+            "distillation, because a model failed the sanity check above."))
     text = (f"The Student's accuracy is {'higher than' if s > b else 'not higher than'} the Base's "
             f"({100 * s:.1f} % vs {100 * b:.1f} %)"
             + ("" if s > b else ": distillation did not help here; read the maps as an explanation of "
@@ -311,19 +313,20 @@ def sanity_section(lines: Sequence[str]) -> Section:
 
 #: Under the conclusion: what it is read from, and why masked FSS is not in it.
 CONCLUSION_NOTE = (
-    "Generated from the raw-feature (map-free) scores of the table below: S_d = pdCor(Student, Y | "
-    "Base) and S_r = pdCor(Base, Y | Student) with their 95 % intervals, RS Student against RS Base "
-    "with the one-sided permutation p-value. A statement is made only where the interval excludes 0 "
-    "(S_d, S_r) or where p < 0.05 and the intervals do not overlap (RS); otherwise it says there is "
-    "no conclusion.")
+    "Generated from the raw-feature (map-free) scores of the table below: S_d = pdCor(Student, "
+    "Y | Base) and S_r = pdCor(Base, Y | Student) with their 95 % intervals, RS Student against "
+    "RS Base with the one-sided permutation p-value. A statement is made only where the interval "
+    "excludes 0 (S_d, S_r) or where p < 0.05 and the intervals do not overlap (RS); otherwise it "
+    "says there is no conclusion.")
 
 #: Why FSS on masked images is not read as similarity, and what † marks.
 MASKED_NOTE = (
-    "FSS on masked images is not a measure of how alike the models are: both models are fed the same "
-    "masked images, so the mask alone makes FSS close to 1 for any pair of models. Each masked row "
-    "carries its leakage baseline (the same statistic on the batch's mean image masked by the same "
-    "maps, i.e. what the mask alone carries); † marks an RS whose interval is not above its leakage "
-    "baseline's, so that RS measures the mask rather than the features.")
+    "FSS on masked images is not a measure of how alike the models are: both models are fed the "
+    "same masked images, so the mask alone makes FSS close to 1 for any pair of models. Each "
+    "masked row carries its leakage baseline (the same statistic on the batch's mean image masked "
+    "by the same maps, i.e. what the mask alone carries; a black tick on the bars of the figure); "
+    "† marks an RS whose interval is not above its leakage baseline's, so that RS measures the "
+    "mask rather than the features.")
 
 
 def conclusion_section(text: str, headline: Optional[Mapping[str, Any]] = None,
@@ -359,7 +362,8 @@ def data_section(summary: Mapping[str, Any]) -> Section:
                      for i, c in enumerate(classes))
     prep = summary.get("preprocessing") or {}
     prep_text = ", ".join(f"{k} {v}" for k, v in prep.items()) if prep else "not recorded"
-    body = (f'<h2 id="data">Data: {len(classes)} classes, {e(str(summary.get("n_images", "?")))} images</h2>'
+    n_images = e(str(summary.get("n_images", "?")))
+    body = (f'<h2 id="data">Data: {len(classes)} classes, {n_images} images</h2>'
             f"<p>Preprocessing: {e(prep_text)}.</p>"
             "<table><thead><tr><th>label</th><th>class</th><th>images</th></tr></thead><tbody>"
             + rows + "</tbody></table>")
@@ -378,8 +382,8 @@ def set_scores_section(scores: Mapping[str, Any]) -> Section:
     r"""UniCAM's scores S_d and S_r over the evaluated set, per layer (``scores``: layer ->
     ``{"s_d", "s_r"}`` intervals; ``"how"``: how they were computed)."""
     layers = {k: v for k, v in scores.items() if isinstance(v, Mapping)}
-    rows = "\n".join(ROW.substitute(cells=CELL.substitute(v=e(layer)) + CELL.substitute(v=e(_iv(v.get("s_d"))))
-                                    + CELL.substitute(v=e(_iv(v.get("s_r")))))
+    rows = "\n".join(ROW.substitute(cells="".join(CELL.substitute(v=e(c)) for c in
+                                                  (layer, _iv(v.get("s_d")), _iv(v.get("s_r")))))
                      for layer, v in layers.items())
     how = scores.get("how")
     body = ('<h2 id="set_scores">UniCAM scores of the evaluated set</h2>'

@@ -139,8 +139,9 @@ MEANINGS: Dict[str, str] = {
 
 
 #: Opens the conclusion when a model failed the sanity check.
-REFUSAL = ("No conclusion about distillation is drawn from this run: a model failed the sanity check "
-           "above, so its accuracy makes any comparison of the Student with the Base doubtful.")
+REFUSAL = ("No conclusion about distillation is drawn from this run: a model failed the sanity "
+           "check above, so its accuracy makes any comparison of the Student with the Base "
+           "doubtful.")
 
 
 def _accuracies(models: Optional[Mapping[str, Mapping[str, Any]]]) -> Dict[str, float]:
@@ -149,17 +150,19 @@ def _accuracies(models: Optional[Mapping[str, Mapping[str, Any]]]) -> Dict[str, 
             if isinstance(info.get("accuracy"), (int, float))}
 
 
-def _conclusion(report: "Report", evaluation: Any, summary: Any) -> Tuple[Optional[str], Optional[Dict[str, Any]]]:
+def _conclusion(report: "Report", evaluation: Any,
+                summary: Any) -> Tuple[Optional[str], Optional[Dict[str, Any]]]:
     """(text, headline) of the page's opening: the given conclusion, else the evaluation's
     map-free conclusion with the models' accuracies; a refusal when ``sanity`` flags a model."""
     head: Optional[Dict[str, Any]] = None
     text = report.conclusion
     kinds = list(getattr(evaluation, "map_kinds", ()) or ())
-    if text is None and evaluation is not None and hasattr(evaluation, "headline") and "none" in kinds:
+    reads = evaluation is not None and hasattr(evaluation, "headline")
+    if text is None and reads and "none" in kinds:
         acc = _accuracies(report.models)
         head = dict(evaluation.headline(accuracies=acc, summary=summary))
         text = evaluation.conclusion(accuracies=acc, summary=summary)
-    elif text is None and evaluation is not None and hasattr(evaluation, "headline"):
+    elif text is None and reads:
         text = ("No conclusion: the raw features (map kind 'none', the map-free scores the "
                 "conclusion reads) were not evaluated; add none to the map kinds.")
     if report.sanity:
@@ -428,7 +431,8 @@ def _write_figures(folder: Path, report: Report, ev: Mapping[str, Any], progress
     for name, payload in bar:
         if name.startswith("grid_"):
             fig = viz.attribution_grid(payload["images"], payload["maps"], title=f"Layer {name[5:]}",
-                                       row_labels=payload.get("labels"), row_marks=payload.get("marks"))
+                                       row_labels=payload.get("labels"),
+                                       row_marks=payload.get("marks"))
         elif name == "scores":
             fig = viz.scores_per_layer(payload, title="FSS and RS per layer (95 % intervals)")
         else:
@@ -498,8 +502,9 @@ def _metrics(report: Report, ev: Mapping[str, Any], command: str) -> Dict[str, A
     if report.set_scores:
         metrics["set_scores"] = report.set_scores
     if report.empty_maps:
-        metrics["empty_maps"] = {layer: {k: {"empty": e, "computed": n} for k, (e, n) in kinds.items()}
-                                 for layer, kinds in report.empty_maps.items()}
+        metrics["empty_maps"] = {
+            layer: {k: {"empty": e, "computed": n} for k, (e, n) in kinds.items()}
+            for layer, kinds in report.empty_maps.items()}
     if report.cued:
         metrics["cued_evaluation"] = report.cued
     if report.extra_metrics:
@@ -521,10 +526,12 @@ def _opening_sections(report: Report, ev: Mapping[str, Any]) -> List[html.Sectio
         sections.append(html.sanity_section(report.sanity))
     if ev.get("conclusion"):
         masked = any(k != "none" for k in getattr(report.evaluation, "map_kinds", ()))
-        sections.append(html.conclusion_section(ev["conclusion"], ev.get("headline"), masked=masked))
+        sections.append(html.conclusion_section(ev["conclusion"], ev.get("headline"),
+                                                masked=masked))
     if models or report.data:
         sections.append(html.compared_section(report.data, models, report.accuracy_set,
-                                              report.model_files or {}, refused=bool(report.sanity)))
+                                              report.model_files or {},
+                                              refused=bool(report.sanity)))
     if report.data_summary:
         sections.append(html.data_section(report.data_summary))
     if report.set_scores:
@@ -539,7 +546,8 @@ def _page(report: Report, ev: Mapping[str, Any], command: str, figures: Mapping[
     if report.empty_maps:
         empty = {layer: _counted(kinds) for layer, kinds in report.empty_maps.items()}
     else:
-        empty = {layer: _empty_counts(g.get("maps", {})) for layer, g in (report.grids or {}).items()}
+        empty = {layer: _empty_counts(g.get("maps", {}))
+                 for layer, g in (report.grids or {}).items()}
     sections += html.score_sections(figures, empty, ev["markdown"])
     if report.localisation:
         sections.append(html.localisation_section(figures, tables, report.localisation))

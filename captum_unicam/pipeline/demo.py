@@ -344,7 +344,8 @@ def run_demo(request, out: pathlib.Path, device: torch.device, command: List[str
     """
 
     quick = request.quick
-    eval_batches, eval_bs = (4, 24) if quick else (8, 64)  # >= 4 batches: an interval for the conclusion
+    # at least 4 batches: the conclusion needs an interval over batches
+    eval_batches, eval_bs = (4, 24) if quick else (8, 64)
     n_boot = 200 if quick else 1000
     timings: Dict[str, float] = {}
     t0 = time.perf_counter()
@@ -378,9 +379,9 @@ def run_demo(request, out: pathlib.Path, device: torch.device, command: List[str
 
 
 #: Why a demo model is near chance on cue-free test images (the data are the tool's own).
-_DEMO_CHANCE = ("here not a mismatch (the demo makes its own data): a model that learnt the background-tint "
-                "shortcut has nothing to go on in cue-free test images (see the cued evaluation below); "
-                "no conclusion about distillation is drawn from it")
+_DEMO_CHANCE = ("here not a mismatch (the demo makes its own data): a model that learnt the "
+                "background-tint shortcut has nothing to go on in cue-free test images (see the "
+                "cued evaluation below); no conclusion about distillation is drawn from it")
 
 
 def _evaluate_demo(demo: DemoModels, request, device: torch.device, eval_batches: int, eval_bs: int,

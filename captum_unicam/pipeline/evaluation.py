@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["MAP_COLUMNS", "TEACHER_COLUMN", "CHANCE_MARGIN", "CHECKPOINT_DROP", "make_unicam", "score_pair",
-           "compute_maps", "teacher_maps", "map_grids", "localise", "cued_evaluation", "sanity_lines",
-           "predictions", "pick_images", "prediction_marks", "empty_map_counts", "set_scores"]
+__all__ = ["MAP_COLUMNS", "TEACHER_COLUMN", "CHANCE_MARGIN", "CHECKPOINT_DROP", "make_unicam",
+           "score_pair", "compute_maps", "teacher_maps", "map_grids", "localise", "cued_evaluation",
+           "sanity_lines", "predictions", "pick_images", "prediction_marks", "empty_map_counts",
+           "set_scores"]
 
 #: Map kinds of :func:`compute_maps` and their column titles in the figures.
 MAP_COLUMNS = {
@@ -35,9 +36,10 @@ CHANCE_MARGIN = 0.05
 #: checkpoint records is far below it.
 CHECKPOINT_DROP = 0.10
 
-_MISMATCH = ("likely a preprocessing mismatch (--image-size, --normalize, --resize) or a class-order "
-             "mismatch (class folders in another order than the model was trained with; --class-map), "
-             "or a model that did not train; no conclusion about distillation is drawn from it")
+_MISMATCH = ("likely a preprocessing mismatch (--image-size, --normalize, --resize) or a "
+             "class-order mismatch (class folders in another order than the model was trained "
+             "with; --class-map), or a model that did not train; no conclusion about "
+             "distillation is drawn from it")
 
 
 def sanity_lines(models: Mapping[str, Mapping[str, Any]], num_classes: int, *,
@@ -75,8 +77,8 @@ def sanity_lines(models: Mapping[str, Mapping[str, Any]], num_classes: int, *,
                          f"{num_classes} classes): {why}.")
         elif isinstance(rec, (int, float)) and acc < rec - CHECKPOINT_DROP:
             lines.append(f"{role}: accuracy {100 * acc:.1f} % on the evaluated set is "
-                         f"{100 * (rec - acc):.1f} points below the {100 * rec:.1f} % its checkpoint "
-                         f"records: {why}.")
+                         f"{100 * (rec - acc):.1f} points below the {100 * rec:.1f} % its "
+                         f"checkpoint records: {why}.")
     return lines
 
 
@@ -113,7 +115,8 @@ def score_pair(student, base, loader, layers: Mapping[str, Tuple[Any, Any]], *, 
     evaluation = evaluate_kd(student, layers, loader, base_forward_func=base, label_embeddings=label_embeddings,
                              maps=kinds, perturbation=None if perturbation == "none" else perturbation,
                              n_bootstrap=n_bootstrap, n_permutations=n_permutations, seed=seed,
-                             progress=progress, device=device, accuracies=dict(accuracies or {}) or None)
+                             progress=progress, device=device,
+                             accuracies=dict(accuracies or {}) or None)
     evaluation.settings["perturbation"] = perturbation
     return evaluation
 
@@ -309,8 +312,9 @@ def teacher_maps(teacher, layers: Mapping[str, Any], batches, *, device="cpu") -
     out = {}
     for name, layer in layers.items():
         gc = LayerGradCam(teacher, layer)
-        out[name] = torch.cat([gc.attribute(b[0].to(device), target=b[1].to(device), relu_attributions=True)
-                               .detach().cpu() for b in batches])
+        out[name] = torch.cat([
+            gc.attribute(b[0].to(device), target=b[1].to(device), relu_attributions=True)
+            .detach().cpu() for b in batches])
     return out
 
 
@@ -339,8 +343,8 @@ def pick_images(labels, preds: Mapping[str, Any], n_show: int) -> Tuple[List[int
     from captum_unicam.pipeline.batches import first_per_class
 
     y = [int(v) for v in labels]
-    b_ok = [int(p) == t for p, t in zip(preds["Base"], y)]
-    s_ok = [int(p) == t for p, t in zip(preds["Student"], y)]
+    b_ok = [int(p) == t for p, t in zip(preds["Base"], y, strict=True)]
+    s_ok = [int(p) == t for p, t in zip(preds["Student"], y, strict=True)]
     gained = [i for i in range(len(y)) if s_ok[i] and not b_ok[i]]
     lost = [i for i in range(len(y)) if b_ok[i] and not s_ok[i]]
     share = max(1, n_show // 3)
@@ -349,7 +353,8 @@ def pick_images(labels, preds: Mapping[str, Any], n_show: int) -> Tuple[List[int
         chosen += [group[j] for j in first_per_class([y[i] for i in group], min(share, len(group)))]
     rest = [i for i in range(len(y)) if i not in set(chosen)]
     chosen += [rest[j] for j in first_per_class([y[i] for i in rest], max(n_show - len(chosen), 0))]
-    return chosen[:n_show], {"base_wrong_student_right": len(gained), "student_wrong_base_right": len(lost)}
+    return chosen[:n_show], {"base_wrong_student_right": len(gained),
+                             "student_wrong_base_right": len(lost)}
 
 
 def prediction_marks(pick: Sequence[int], labels, preds: Mapping[str, Any],
@@ -358,10 +363,12 @@ def prediction_marks(pick: Sequence[int], labels, preds: Mapping[str, Any],
     def name(c: int) -> str:
         return str(class_names[c]) if class_names and 0 <= c < len(class_names) else str(c)
 
-    return [[(role, name(int(p[i])), int(p[i]) == int(labels[i])) for role, p in preds.items()] for i in pick]
+    return [[(role, name(int(p[i])), int(p[i]) == int(labels[i])) for role, p in preds.items()]
+            for i in pick]
 
 
-def empty_map_counts(maps: Mapping[str, Mapping[str, Any]], extra: Optional[Mapping[str, Any]] = None
+def empty_map_counts(maps: Mapping[str, Mapping[str, Any]],
+                     extra: Optional[Mapping[str, Any]] = None
                      ) -> Dict[str, Dict[str, Tuple[int, int]]]:
     r"""Layer -> column -> ``(empty maps, maps computed)`` over every map computed (an
     empty map has no positive value); ``extra``: layer -> more maps under
@@ -378,8 +385,9 @@ def empty_map_counts(maps: Mapping[str, Mapping[str, Any]], extra: Optional[Mapp
     return out
 
 
-def set_scores(student, base, layers: Mapping[str, Tuple[Any, Any]], batches, *, label_embeddings=None,
-               reference=None, device="cpu", n_bootstrap: int = 1000, seed: int = 0) -> Dict[str, Any]:
+def set_scores(student, base, layers: Mapping[str, Tuple[Any, Any]], batches, *,
+               label_embeddings=None, reference=None, device="cpu", n_bootstrap: int = 1000,
+               seed: int = 0) -> Dict[str, Any]:
     r"""UniCAM's scores S_d and S_r over the evaluated set, per layer
     (:meth:`~captum_unicam.UniCAM.score`): in batch mode on all images of ``batches`` at
     once (one value each), in reference mode per image with the mean and its bootstrap
@@ -396,13 +404,16 @@ def set_scores(student, base, layers: Mapping[str, Tuple[Any, Any]], batches, *,
     y = torch.cat([b[1] for b in batches]).to(device)
     out: Dict[str, Any] = {}
     for name, (s_layer, b_layer) in layers.items():
-        uc = make_unicam(student, s_layer, base, b_layer, label_embeddings=label_embeddings, reference=reference)
+        uc = make_unicam(student, s_layer, base, b_layer, label_embeddings=label_embeddings,
+                         reference=reference)
         s_d, s_r = uc.score(x, target=y)
-        out[name] = {k: interval(v.detach().cpu().double().numpy(), n_bootstrap if v.dim() else 0, seed)
+        out[name] = {k: interval(v.detach().cpu().double().numpy(), n_bootstrap if v.dim() else 0,
+                                 seed)
                      for k, v in (("s_d", s_d), ("s_r", s_r))}
-    out["how"] = (f"UniCAM.score on all {int(x.shape[0])} evaluated images at once (one value per layer)"
+    n = int(x.shape[0])
+    out["how"] = (f"UniCAM.score on all {n} evaluated images at once (one value per layer)"
                   if reference is None else
-                  f"UniCAM.score in reference mode: one score per evaluated image ({int(x.shape[0])}), "
+                  f"UniCAM.score in reference mode: one score per evaluated image ({n}), "
                   "mean [95 % bootstrap interval over images]")
     return out
 

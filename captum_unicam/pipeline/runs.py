@@ -94,7 +94,8 @@ def recorded_warnings():
 
 
 #: The warning lines of the run in progress (set by :func:`_recording`).
-_RECORDED: contextvars.ContextVar = contextvars.ContextVar("captum_unicam_run_warnings", default=None)
+_RECORDED: contextvars.ContextVar = contextvars.ContextVar("captum_unicam_run_warnings",
+                                                           default=None)
 
 
 def _recording(run):
@@ -204,8 +205,9 @@ def _recorded_accuracy(meta: Dict[str, Any]) -> Optional[float]:
 
 
 def _model_info(meta: Dict[str, Any], accuracy: Optional[float], path: Optional[str]) -> Dict[str, Any]:
-    return {"arch": meta.get("arch"), "accuracy": accuracy, "recorded_accuracy": _recorded_accuracy(meta),
-            "kd_method": meta.get("kd_method"), "checkpoint": path, "num_classes": meta.get("num_classes")}
+    return {"arch": meta.get("arch"), "accuracy": accuracy,
+            "recorded_accuracy": _recorded_accuracy(meta), "kd_method": meta.get("kd_method"),
+            "checkpoint": path, "num_classes": meta.get("num_classes")}
 
 
 def _models(request: PairRequest, opened: _Opened) -> Dict[str, Dict[str, Any]]:
@@ -250,11 +252,13 @@ def _teacher_layers(pair: Pair) -> Dict[str, Any]:
         try:
             layers[name] = models.get_layer(pair.teacher, name)
         except (ValueError, InputError) as e:
-            warnings.warn(f"no Grad-CAM of the Teacher at {name}: {e}", PreprocessingWarning, stacklevel=2)
+            warnings.warn(f"no Grad-CAM of the Teacher at {name}: {e}", PreprocessingWarning,
+                          stacklevel=2)
     return layers
 
 
-def _explain_grids(request: ExplainRequest, pair: Pair, batches, maps, tmaps) -> Tuple[Any, Any, Dict[str, int]]:
+def _explain_grids(request: ExplainRequest, pair: Pair, batches, maps,
+                   tmaps) -> Tuple[Any, Any, Dict[str, int]]:
     """The drawn rows (Base wrong / Student right first, then the reverse, then one per
     class), each with every model's prediction; the masks; the disagreement counts."""
     roles = {"Teacher": pair.teacher, "Base": pair.base, "Student": pair.student}
@@ -289,8 +293,10 @@ def explain(request: ExplainRequest, *, command: Optional[Sequence[str]] = None,
     maps = evaluation.compute_maps(pair.student, pair.base, pair.layers, batches,
                                    label_embeddings=pair.label_vectors, device=pair.device,
                                    progress=request.progress, reference=reference)
-    tmaps = (evaluation.teacher_maps(pair.teacher, _teacher_layers(pair), batches, device=pair.device)
-             if pair.teacher is not None else None)
+    tmaps = None
+    if pair.teacher is not None:
+        tmaps = evaluation.teacher_maps(pair.teacher, _teacher_layers(pair), batches,
+                                        device=pair.device)
     grids, masks, counts = _explain_grids(request, pair, batches, maps, tmaps)
     scores = evaluation.set_scores(pair.student, pair.base, pair.layers, batches,
                                    label_embeddings=pair.label_vectors, reference=reference,
@@ -302,7 +308,8 @@ def explain(request: ExplainRequest, *, command: Optional[Sequence[str]] = None,
     extra = {"label_embeddings": pair.label_description, "layers": list(pair.layers),
              "preprocessing": pair.preprocessing.to_dict(), "order": request.order, "unicam_mode": reference_desc,
              "batch_sizes": [int(b[0].shape[0]) for b in batches],
-             "classes_per_batch": [len(set(b[1].tolist())) for b in batches], "disagreements": counts,
+             "classes_per_batch": [len(set(b[1].tolist())) for b in batches],
+             "disagreements": counts,
              "drawn": [[{"model": r, "predicted": c, "correct": ok} for r, c, ok in row]
                        for row in next(iter(grids.values()))["marks"]]}
     report = Report(title=f"{PROG} explain", command=_command_line(command), data=data, models=table,
@@ -315,10 +322,10 @@ def explain(request: ExplainRequest, *, command: Optional[Sequence[str]] = None,
 
 
 def _disagreement_note(counts: Mapping[str, int], n: int) -> str:
-    return (f"Of the {n} evaluated images, the Base gets {counts['base_wrong_student_right']} wrong that the "
-            f"Student gets right, and the Student {counts['student_wrong_base_right']} wrong that the Base gets "
-            "right; the maps show those first (where what distillation changed shows), then one image per "
-            "class.")
+    gained, lost = counts["base_wrong_student_right"], counts["student_wrong_base_right"]
+    return (f"Of the {n} evaluated images, the Base gets {gained} wrong that the Student gets "
+            f"right, and the Student {lost} wrong that the Base gets right; the maps show those first "
+            "(where what distillation changed shows), then one image per class.")
 
 
 def _classes_per_batch(opened: _Opened) -> List[int]:
@@ -337,7 +344,8 @@ def quantify(request: QuantifyRequest, *, command: Optional[Sequence[str]] = Non
     pair = opened.pair
     with process_group(pair.device) as (rank, world):
         table = _models(request, opened)
-        accuracies = {r.lower(): i["accuracy"] for r, i in table.items() if i.get("accuracy") is not None}
+        accuracies = {r.lower(): i["accuracy"] for r, i in table.items()
+                      if i.get("accuracy") is not None}
         result = evaluation.score_pair(pair.student, pair.base, opened.loader, pair.layers,
                                        label_embeddings=pair.label_vectors, map_kinds=request.maps,
                                        perturbation=request.perturb, n_bootstrap=request.n_bootstrap,
@@ -357,8 +365,8 @@ def quantify(request: QuantifyRequest, *, command: Optional[Sequence[str]] = Non
                  "classes_per_batch": _classes_per_batch(opened)}
         report = Report(title=f"{PROG} quantify", command=_command_line(command), data=data, models=table,
                         evaluation=result, accuracy_set=f"the evaluated set ({opened.evaluated_set})",
-                        warnings=_run_warnings(pair), sanity=sanity, data_summary=_data_summary(pair),
-                        extra_metrics=extra)
+                        warnings=_run_warnings(pair), sanity=sanity,
+                        data_summary=_data_summary(pair), extra_metrics=extra)
         out = write_report(opened.out, report, overwrite=request.overwrite, progress=request.progress)
     return Written(out, f"report written to {out}/index.html")
 
