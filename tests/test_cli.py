@@ -307,7 +307,12 @@ def test_demo_quick_end_to_end(tmp_path, capsys, no_deprecation):
     acc = {r.lower(): m["models"][r]["accuracy"] for r in ("Teacher", "Base", "Student")}
     assert head["accuracy"] == ("Accuracy: " + ", ".join(f"{r.capitalize()} {acc[r]:.1%}"
                                                          for r in ("teacher", "base", "student")) + ".")
-    assert m["sanity"] == [] and "refused" not in head  # trained models pass the sanity check
+    # the quick demo's Base learnt the tint shortcut: near chance on cue-free images, flagged
+    # with that reason (not as a mismatch), and then no conclusion is drawn
+    near = [r for r in ("Teacher", "Base", "Student") if m["models"][r]["accuracy"] < 0.25 + 0.05]
+    assert [line.split(":")[0] for line in m["sanity"]] == near
+    assert all("here not a mismatch" in line for line in m["sanity"])
+    assert ("refused" in head) == bool(near)
     assert page.index('id="conclusion"') < page.index('id="compared"') < page.index('id="table1"')
     assert head["text"].split("\n\n")[0] in page
     assert "† marks an RS whose interval is not above its leakage baseline" in page
