@@ -340,7 +340,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys, no_deprecation):
     assert mq["map_kinds"] == ["none"]
     # the footnote names what was run (raw features), not a map perturbation; no maps section
     table1 = (q / "tables" / "table1.md").read_text()
-    assert "perturbation none," in table1 and "mask" not in table1
+    assert "perturbation none," in table1 and "perturbation mask" not in table1
     page = (q / "index.html").read_text()
     assert 'id="maps"' not in page and 'id="localisation"' not in page
 
