@@ -88,6 +88,11 @@ def test_sanity_lines_chance_and_checkpoint_thresholds():
     assert len(lines) == 1 and lines[0].startswith("Teacher: accuracy 79.0 %")
     assert "11.0 points below the 90.0 % its checkpoint records" in lines[0]
     assert evaluation.sanity_lines(MODELS, 4) == []
+    # on 8 images, 62.5 % against a recorded 73.2 % is within 2 standard errors (0.31): not flagged;
+    # on 500 images (2 SE = 0.040) it is
+    drop = {"Teacher": {"accuracy": 0.625, "recorded_accuracy": 0.732}}
+    assert evaluation.sanity_lines(drop, 4, n_images=8) == []
+    assert len(evaluation.sanity_lines(drop, 4, n_images=500)) == 1
 
 
 # ---------------------------------------------------------------------------

@@ -165,7 +165,7 @@ def _conclusion(report: "Report", evaluation: Any,
     elif text is None and reads:
         text = ("No conclusion: the raw features (map kind 'none', the map-free scores the "
                 "conclusion reads) were not evaluated; add none to the map kinds.")
-    if report.sanity:
+    if report.sanity and text is not None:  # a conclusion to refuse (explain has none)
         text = REFUSAL + ("\n\nWhat the statistics alone would say:\n\n" + text if text else "")
         head = dict(head or {})
         head["refused"] = list(report.sanity)

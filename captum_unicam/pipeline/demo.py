@@ -366,7 +366,8 @@ def run_demo(request, out: pathlib.Path, device: torch.device, command: List[str
                       f"seed {request.seed})"),
         model_files={f"{k}.pt": v for k, v in dict(demo.paths).items()}, notes=notes[:1],
         warnings=notes[1:] + list(recorded or []), data_summary=parts["data_summary"],
-        sanity=evaluation.sanity_lines(models_table, len(demo.class_names), reason=_DEMO_CHANCE),
+        sanity=evaluation.sanity_lines(models_table, len(demo.class_names), reason=_DEMO_CHANCE,
+                                       n_images=test_desc.get("size")),
         extra_metrics={"recipe": recipe, "demo_datasets": demo.datasets, "models_from_cache": demo.from_cache,
                        "label_embeddings": parts["labels"], "timings": timings, "quick": quick,
                        "seed": request.seed})

@@ -131,7 +131,7 @@ def _data_summary(pair: Pair) -> Dict[str, Any]:
 
 def _sanity(table: Dict[str, Dict[str, Any]], pair: Pair) -> List[str]:
     """The sanity lines of the models table, each also warned (stderr) as it is found."""
-    lines = evaluation.sanity_lines(table, len(pair.class_names))
+    lines = evaluation.sanity_lines(table, len(pair.class_names), n_images=len(pair.data))
     for line in lines:
         warnings.warn(line, PreprocessingWarning, stacklevel=3)
     return lines
