@@ -454,7 +454,7 @@ def attribution_grid(
     cols = 1 + len(ups)
     lines = max((len(m) for m in row_marks), default=0) if row_marks is not None else 0
     row_h = 1.8 + 0.22 * lines
-    head = 0.75 if title else 0.35
+    head = 0.55 if title else 0.35
     with matplotlib.rc_context(_FONT):
         fig = _new_figure((1.75 * cols + 0.6, row_h * n + head))
         axes = fig.subplots(n, cols, squeeze=False)
@@ -470,11 +470,18 @@ def attribution_grid(
             if row_marks is not None:
                 _draw_marks(ax, row_marks[i])
             _draw_map_row(axes[i], images[i], ups, i, titles=i == 0)
-        top = 1.0 - (0.45 if title else 0.05) / fig.get_figheight()
+        top = 1.0 - (0.22 if title else 0.05) / fig.get_figheight()
         if title:
             fig.suptitle(title, fontsize=11, fontweight="bold",
                          y=1.0 - 0.08 / fig.get_figheight(), va="top")
-        fig.tight_layout(rect=(0, 0, 0.93, top), h_pad=0.6 + 1.1 * lines)
+        height = fig.get_figheight()
+        bottom = (0.24 * lines) / height  # the last row's marks (not laid out by matplotlib)
+        fig.tight_layout(rect=(0, bottom, 0.93, top))
+        if lines:  # room under each row for its marks: gap / axis height
+            gap = 0.24 * lines + 0.3
+            span = (fig.subplotpars.top - fig.subplotpars.bottom) * height
+            axis_h = max(span - (n - 1) * gap, 0.5) / n
+            fig.subplots_adjust(hspace=gap / axis_h)
         cax = fig.add_axes((0.94, 0.15, 0.015, 0.7))
         cbar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap=HEAT_CMAP), cax=cax)
         cbar.set_label("map value, scaled per map (top 2 % clipped)", fontsize=7)
