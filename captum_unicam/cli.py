@@ -404,9 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--perturb", default="mask", choices=("mask", "road", "none"),
                    help="how a map selects features: mask (image x map), road (impute the least relevant 50 %% of pixels), "
                         "none (raw features, no maps)")
-    p.add_argument("--maps", nargs="+", default=["gradcam", "distilled", "residual"],
+    p.add_argument("--maps", nargs="+", default=["none", "gradcam", "distilled", "residual"],
                    choices=("none", "gradcam", "distilled", "residual"), metavar="KIND",
-                   help="map kinds to evaluate: none, gradcam, distilled, residual (ignored with --perturb none)")
+                   help="map kinds to evaluate: none (raw features, map-free: the report's conclusion reads "
+                        "it), gradcam, distilled, residual (ignored with --perturb none)")
     p.add_argument("--n-bootstrap", type=_positive_int, metavar="N", default=1000, help="bootstrap resamples of the batches for the intervals")
     _add_common(p, out_help="report folder to write")
     p.set_defaults(func=cmd_quantify)

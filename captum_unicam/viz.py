@@ -51,6 +51,8 @@ __all__ = [
     "upsample_maps",
     "draw_attribution",
     "attribution_grid",
+    "MODEL_COLOURS",
+    "model_colour",
     "scores_per_layer",
     "localisation_plot",
     "save_figure",
@@ -66,6 +68,30 @@ HEAT_CMAP = "jet"
 
 _SIGNS = ("positive", "negative", "absolute_value", "all")
 _METHODS = ("heat_map", "blended_heat_map", "original_image", "masked_image", "alpha_scaling")
+
+#: One colour per model in every figure (bars, column titles, prediction markers).
+MODEL_COLOURS = {"Teacher": "#8172b3", "Base": "#dd8452", "Student": "#4c72b0"}
+#: Colours of a right and a wrong prediction.
+_RIGHT, _WRONG = "#2e8b3e", "#c0392b"
+_OTHER_COLOURS = ["#55a868", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd"]
+
+
+def model_colour(name: str, *, kinds: bool = False) -> Optional[str]:
+    r"""The colour of the model a series or column title names (``"Student on distilled
+    map"`` -> the Student's; with ``kinds=True`` a map kind with "distilled" is the
+    Student's, "residual" the Base's); None when it names none."""
+    low = name.lower()
+    for role, colour in MODEL_COLOURS.items():
+        if role.lower() in low:
+            return colour
+    if not kinds:
+        return None
+    if "distilled" in low:
+        return MODEL_COLOURS["Student"]
+    if "residual" in low:
+        return MODEL_COLOURS["Base"]
+    return None
+
 
 _DPI = 110
 _FONT = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 8}
@@ -352,27 +378,21 @@ def draw_attribution(ax, image, attr, *, title: Optional[str] = None, note: Opti
     return not empty
 
 
-def attribution_grid(
-    images: Tensor,
-    maps: Mapping[str, Tensor],
-    *,
-    title: Optional[str] = None,
-    row_labels: Optional[Sequence[str]] = None,
-) -> Figure:
-    r"""Grid of image | map 1 | map 2 | ... for a few images (the layout of paper Figs. 3 and 5).
+def _draw_marks(ax, marks: Sequence[Tuple[str, str, bool]]) -> None:
+    """Under an image: one line per model, a coloured square (green right, red wrong),
+    the model's name in its colour and the class it predicts."""
+    for k, (role, predicted, correct) in enumerate(marks):
+        y = -0.08 - 0.15 * k
+        ax.text(0.0, y, "\u25a0", transform=ax.transAxes, ha="left", va="top", fontsize=9,
+                color=_RIGHT if correct else _WRONG)
+        ax.text(0.13, y, f"{role}: {predicted} {'(right)' if correct else '(wrong)'}",
+                transform=ax.transAxes, ha="left", va="top", fontsize=7,
+                color=model_colour(role) or "#222222")
 
-    Args:
-        images (Tensor): (N,C,H,W) images with values in [0, 1].
-        maps (dict of str -> Tensor): column title -> (N,1,h,w) maps (e.g.
-            ``{"Grad-CAM student": ..., "Grad-CAM base": ..., "UniCAM distilled": ...,
-            "UniCAM residual": ...}``); upsampled to (H, W) here, bilinearly.
-        title (str, optional): figure title (e.g. the layer name).
-        row_labels (list of str, optional): one label per image (e.g. its class).
 
-    Returns:
-        matplotlib.figure.Figure: the figure (Agg canvas), with one colour bar for all
-        panels (each map is scaled to its own largest value, as Captum does).
-    """
+def _grid_maps(images: Tensor, maps: Mapping[str, Tensor], row_labels,
+               row_marks) -> Dict[str, Tensor]:
+    """The checks of :func:`attribution_grid`; its maps upsampled to the images' size."""
     if images.dim() != 4:
         raise ValueError(f"images must have shape (N,C,H,W), got {tuple(images.shape)}")
     n = images.shape[0]
@@ -385,9 +405,58 @@ def attribution_grid(
         ups[name] = upsample_maps(m, images.shape[-2:])
     if row_labels is not None and len(row_labels) != n:
         raise ValueError(f"row_labels has {len(row_labels)} labels for {n} images")
+    if row_marks is not None and len(row_marks) != n:
+        raise ValueError(f"row_marks has {len(row_marks)} rows for {n} images")
+    return ups
+
+
+def _draw_map_row(axes, image: Tensor, ups: Mapping[str, Tensor], i: int, *, titles: bool) -> None:
+    """The maps of image ``i`` in ``axes[1:]``; with ``titles`` the column titles, each in
+    the colour of the model it names."""
+    for j, (name, up) in enumerate(ups.items(), start=1):
+        peak = float(up[i].max()) if up[i].numel() else 0.0
+        draw_attribution(axes[j], image, up[i, 0], title=name if titles else None,
+                         note=None if is_empty_map(up[i]) else f"max {peak:.3g}")
+        colour = model_colour(name, kinds=True)
+        if titles and colour:
+            axes[j].title.set_color(colour)
+            axes[j].title.set_fontweight("bold")
+
+
+def attribution_grid(
+    images: Tensor,
+    maps: Mapping[str, Tensor],
+    *,
+    title: Optional[str] = None,
+    row_labels: Optional[Sequence[str]] = None,
+    row_marks: Optional[Sequence[Sequence[Tuple[str, str, bool]]]] = None,
+) -> Figure:
+    r"""Grid of image | map 1 | map 2 | ... for a few images (the layout of paper Figs. 3 and 5).
+
+    Args:
+        images (Tensor): (N,C,H,W) images with values in [0, 1].
+        maps (dict of str -> Tensor): column title -> (N,1,h,w) maps (e.g.
+            ``{"Grad-CAM student": ..., "Grad-CAM base": ..., "UniCAM distilled": ...,
+            "UniCAM residual": ...}``); upsampled to (H, W) here, bilinearly. Column titles
+            are drawn in the colour of the model they name (:data:`MODEL_COLOURS`).
+        title (str, optional): figure title (e.g. the layer name), above the column titles.
+        row_labels (list of str, optional): one label per image (e.g. its class).
+        row_marks (list, optional): per image, ``(model, predicted class, correct)`` per
+            model, drawn under the image: a green (right) or red (wrong) square, the model's
+            name in its colour and the class it predicts.
+
+    Returns:
+        matplotlib.figure.Figure: the figure (Agg canvas), with one colour bar for all
+        panels (each map is scaled to its own largest value, as Captum does).
+    """
+    ups = _grid_maps(images, maps, row_labels, row_marks)
+    n = images.shape[0]
     cols = 1 + len(ups)
+    lines = max((len(m) for m in row_marks), default=0) if row_marks is not None else 0
+    row_h = 1.8 + 0.22 * lines
+    head = 0.55 if title else 0.35
     with matplotlib.rc_context(_FONT):
-        fig = _new_figure((1.75 * cols + 0.6, 1.8 * n + (0.5 if title else 0.2)))
+        fig = _new_figure((1.75 * cols + 0.6, row_h * n + head))
         axes = fig.subplots(n, cols, squeeze=False)
         for i in range(n):
             ax = axes[i, 0]
@@ -398,13 +467,21 @@ def attribution_grid(
                 ax.set_title("image")
             if row_labels is not None:
                 ax.set_ylabel(str(row_labels[i]))
-            for j, (name, up) in enumerate(ups.items(), start=1):
-                peak = float(up[i].max()) if up[i].numel() else 0.0
-                draw_attribution(axes[i, j], images[i], up[i, 0], title=name if i == 0 else None,
-                                 note=None if is_empty_map(up[i]) else f"max {peak:.3g}")
+            if row_marks is not None:
+                _draw_marks(ax, row_marks[i])
+            _draw_map_row(axes[i], images[i], ups, i, titles=i == 0)
+        top = 1.0 - (0.22 if title else 0.05) / fig.get_figheight()
         if title:
-            fig.suptitle(title, fontsize=11, fontweight="bold")
-        fig.tight_layout(rect=(0, 0, 0.93, 1))
+            fig.suptitle(title, fontsize=11, fontweight="bold",
+                         y=1.0 - 0.08 / fig.get_figheight(), va="top")
+        height = fig.get_figheight()
+        bottom = (0.24 * lines) / height  # the last row's marks (not laid out by matplotlib)
+        fig.tight_layout(rect=(0, bottom, 0.93, top))
+        if lines:  # room under each row for its marks: gap / axis height
+            gap = 0.24 * lines + 0.3
+            span = (fig.subplotpars.top - fig.subplotpars.bottom) * height
+            axis_h = max(span - (n - 1) * gap, 0.5) / n
+            fig.subplots_adjust(hspace=gap / axis_h)
         cax = fig.add_axes((0.94, 0.15, 0.015, 0.7))
         cbar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap=HEAT_CMAP), cax=cax)
         cbar.set_label("map value, scaled per map (top 2 % clipped)", fontsize=7)
@@ -434,6 +511,33 @@ def _mean_low_high(value: _Interval) -> Tuple[float, float, float]:
     return v, v, v
 
 
+def _bars(values: Mapping[str, _Interval], layers: Sequence[str]) -> Tuple[List[float], np.ndarray]:
+    """Bar heights and (2, L) error-bar lengths of one series over ``layers``."""
+    means, lows, highs = [], [], []
+    for layer in layers:
+        m, lo, hi = _mean_low_high(values[layer]) if layer in values else (math.nan,) * 3
+        means.append(m)
+        lows.append(m - lo if math.isfinite(lo) and math.isfinite(m) else 0.0)
+        highs.append(hi - m if math.isfinite(hi) and math.isfinite(m) else 0.0)
+    return means, np.clip(np.array([lows, highs]), 0.0, None)
+
+
+def _leakage_ticks(ax, values: Mapping[str, Any], layers: Sequence[str], xs, width: float,
+                   shown: bool) -> bool:
+    """A black tick across each bar at its leakage baseline (values given as dicts with a
+    ``"leakage"`` number); labelled once per panel. True once a tick is drawn."""
+    for xi, layer in zip(xs, layers, strict=True):
+        v = values.get(layer)
+        leak = v.get("leakage") if isinstance(v, Mapping) else None
+        if leak is None or not math.isfinite(float(leak)):
+            continue
+        ax.hlines(float(leak), xi - width * 0.46, xi + width * 0.46, colors="#111111",
+                  linewidths=2.0, label=None if shown else "leakage baseline (the mask alone)",
+                  zorder=3)
+        shown = True
+    return shown
+
+
 def scores_per_layer(
     panels: Mapping[str, Mapping[str, Mapping[str, _Interval]]],
     *,
@@ -445,7 +549,8 @@ def scores_per_layer(
 
     Args:
         panels (dict): panel title -> series name -> layer -> value, where a value is a
-            float, a ``(mean, low, high)`` tuple or a dict with ``mean``, ``low``, ``high``.
+            float, a ``(mean, low, high)`` tuple or a dict with ``mean``, ``low``, ``high``
+            (and optionally ``leakage``: drawn as a black tick across the bar).
             E.g. ``{"(a) FSS": {"Student vs Base": {"L1": (0.4, 0.3, 0.5), ...}},
             "(b) RS": {"Base": {...}, "Student": {...}}}``. Layers are plotted in the
             order of their first appearance.
@@ -464,7 +569,6 @@ def scores_per_layer(
         n_series = max(len(series) for series in panels.values())
         fig = _new_figure((4.2 * len(panels), 3.0 + 0.2 * ((n_series + 1) // 2)))
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
-        palette = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
         for ax, (ptitle, series) in zip(axes, panels.items()):
             layers: list = []
             for s in series.values():
@@ -472,17 +576,16 @@ def scores_per_layer(
             x = np.arange(len(layers))
             k = max(len(series), 1)
             width = 0.8 / k
+            others = iter(_OTHER_COLOURS * (1 + len(series) // len(_OTHER_COLOURS)))
+            leaked = False
             for si, (sname, values) in enumerate(series.items()):
-                means, lows, highs = [], [], []
-                for layer in layers:
-                    m, lo, hi = _mean_low_high(values[layer]) if layer in values else (math.nan,) * 3
-                    means.append(m)
-                    lows.append(m - lo if math.isfinite(lo) and math.isfinite(m) else 0.0)
-                    highs.append(hi - m if math.isfinite(hi) and math.isfinite(m) else 0.0)
-                err = np.clip(np.array([lows, highs]), 0.0, None)
-                ax.bar(x + (si - (k - 1) / 2) * width, means, width * 0.92, yerr=err, capsize=3,
-                       label=sname, color=palette[si % len(palette)], edgecolor="white",
+                colour = model_colour(sname) or next(others)
+                means, err = _bars(values, layers)
+                xs = x + (si - (k - 1) / 2) * width
+                ax.bar(xs, means, width * 0.92, yerr=err, capsize=3,
+                       label=sname, color=colour, edgecolor="white",
                        error_kw={"elinewidth": 1.0, "ecolor": "#333333"})
+                leaked = _leakage_ticks(ax, values, layers, xs, width, leaked)
             ax.set_xticks(x)
             ax.set_xticklabels(layers)
             ax.set_xlabel("layer")
@@ -497,7 +600,7 @@ def scores_per_layer(
                 ax.axhline(ref[0], color="#444444", linestyle="--", linewidth=0.9, label=ref[1])
             if ylim is not None:
                 ax.set_ylim(*ylim)
-            if len(series) > 1 or ref is not None:
+            if len(series) > 1 or ref is not None or leaked:
                 ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
         if title:
             fig.suptitle(title, fontsize=11, fontweight="bold")

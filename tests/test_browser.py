@@ -100,3 +100,34 @@ def test_the_check_detects_a_missing_image(report_dir, tmp_path):
     finally:
         check.unlink()
     assert int(m.group(2)) == 1 and "figures/missing.png" in m.group(3)
+
+
+_ORDER = """
+<script>
+window.addEventListener("load", function () {
+  var h = Array.prototype.slice.call(document.querySelectorAll("h2")).map(function (e) {
+    return e.id; });
+  var c = document.querySelector(".conclusion");
+  var d = document.createElement("pre");
+  d.id = "order-check";
+  d.textContent = "ORDER " + h.join(",") + " BG " + getComputedStyle(c).backgroundColor + " END";
+  document.body.appendChild(d);
+});
+</script>
+"""
+
+
+def test_sanity_and_conclusion_are_rendered_first(tmp_path):
+    out = report.write_report(tmp_path / "rep", progress=False, report=report.Report(
+        command=["captum-unicam", "quantify"], data="test", conclusion="L4 (raw features): No conclusion.",
+        sanity=["Base: accuracy 26.0 % on the evaluated set is within 5 points of chance."],
+        models={"Base": {"arch": "b", "accuracy": 0.26}, "Student": {"arch": "s", "accuracy": 0.7}}))
+    page = (out / "index.html").read_text(encoding="utf-8")
+    check = out / "_browser_order.html"
+    check.write_text(page.replace("</body>", _ORDER + "</body>"), encoding="utf-8")
+    r = subprocess.run(_flags(tmp_path / "profile") + ["--dump-dom", check.as_uri()], capture_output=True,
+                       text=True, timeout=120)
+    m = re.search(r"ORDER ([^ ]*) BG (.*?) END", r.stdout)
+    assert m, f"no result in the dumped DOM (exit {r.returncode}): {r.stderr[-2000:]}"
+    assert m.group(1).split(",")[:3] == ["sanity", "conclusion", "compared"]
+    assert m.group(2) == "rgb(247, 247, 247)"  # the refused conclusion's grey box (.refused)

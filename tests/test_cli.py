@@ -300,6 +300,25 @@ def test_demo_quick_end_to_end(tmp_path, capsys, no_deprecation):
     assert set(m["localisation"]) == {"L1", "L2", "L3", "L4"}
     page = (out / "index.html").read_text()
     assert "Teacher" in page and "Student" in page and "Base" in page
+    # the report opens with the conclusion of the map-free scores, the models' accuracies in it
+    from captum_unicam.metrics import KDEvaluation  # noqa: F401  (the headline's producer)
+
+    head = m["headline"]
+    assert head["kind"] == "none" and set(head["layers"]) == {"L1", "L2", "L3", "L4"}
+    acc = {r.lower(): m["models"][r]["accuracy"] for r in ("Teacher", "Base", "Student")}
+    assert head["accuracy"] == ("Accuracy: " + ", ".join(f"{r.capitalize()} {acc[r]:.1%}"
+                                                         for r in ("teacher", "base", "student")) + ".")
+    # the quick demo's Base learnt the tint shortcut: near chance on cue-free images, flagged
+    # with that reason (not as a mismatch), and then no conclusion is drawn
+    near = [r for r in ("Teacher", "Base", "Student") if m["models"][r]["accuracy"] < 0.25 + 0.05]
+    assert [line.split(":")[0] for line in m["sanity"]] == near
+    assert all("here not a mismatch" in line for line in m["sanity"])
+    assert ("refused" in head) == bool(near)
+    assert page.index('id="conclusion"') < page.index('id="compared"') < page.index('id="table1"')
+    assert head["text"].split("\n\n")[0] in page
+    assert "† marks an RS whose interval is not above its leakage baseline" in page
+    assert m["classes"] == ["circle", "square", "triangle", "cross"]
+    assert sum(m["data_summary"]["class_counts"].values()) == m["data_summary"]["n_images"]
 
     # explain and quantify accept the demo's checkpoints
     ex = tmp_path / "ex"
@@ -310,6 +329,8 @@ def test_demo_quick_end_to_end(tmp_path, capsys, no_deprecation):
     assert code == 0, err
     mx = json.loads((ex / "metrics.json").read_text())
     assert mx["models"]["Teacher"]["arch"] == m["models"]["Teacher"]["arch"]
+    assert mx["empty_maps"]["L4"]["Grad-CAM teacher"]["computed"] == 8  # the Teacher's maps, every image
+    assert len(mx["drawn"]) == 2 and [d["model"] for d in mx["drawn"][0]] == ["Teacher", "Base", "Student"]
     q = tmp_path / "q"
     code, _, err = _run(capsys, ["quantify", "--student", str(out / "models/student.pt"),
                                  "--base", str(out / "models/base.pt"), "--data", "controlled", "--limit", "16",
@@ -320,7 +341,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys, no_deprecation):
     assert mq["map_kinds"] == ["none"]
     # the footnote names what was run (raw features), not a map perturbation; no maps section
     table1 = (q / "tables" / "table1.md").read_text()
-    assert "perturbation none," in table1 and "mask" not in table1
+    assert "perturbation none," in table1 and "perturbation mask" not in table1
     page = (q / "index.html").read_text()
     assert 'id="maps"' not in page and 'id="localisation"' not in page
 

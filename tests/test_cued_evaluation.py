@@ -182,7 +182,7 @@ def test_demo_cued_evaluation_uses_cue_free_and_cued_test_images(setup):
 def test_demo_report_has_the_cued_section_end_to_end(tmp_path, monkeypatch, capsys):
     """``captum-unicam demo --quick`` with tiny random models in place of the trained ones
     (seconds): the report's cued section holds cued_evaluation's numbers on the demo's
-    cue-free and cued test images (3 class-stratified batches of 32, seed 0)."""
+    cue-free and cued test images (4 class-stratified batches of 24, seed 0)."""
     from captum_unicam import cli
     from captum_unicam.pipeline import demo as demo_mod
     from captum_unicam.models import save_checkpoint
@@ -210,7 +210,7 @@ def test_demo_report_has_the_cued_section_end_to_end(tmp_path, monkeypatch, caps
     got = metrics["cued_evaluation"]
     assert got["data"]["cued"]["cue_strength"] == 1.0 and got["data"]["cued"]["size"] == 96
     s, b = stage_layers(models["student"]), stage_layers(models["base"])
-    conds = {name: stratified_loader(ControlledShapes(96, seed=0, split="test", num_classes=4, cue_strength=c), 32,
+    conds = {name: stratified_loader(ControlledShapes(96, seed=0, split="test", num_classes=4, cue_strength=c), 24,
                                      seed=0) for name, c in CUE_CONDITIONS.items()}
     from captum_unicam.embeddings import embed_labels  # the demo's label vectors (local encoder)
 

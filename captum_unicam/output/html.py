@@ -31,6 +31,10 @@ __all__ = [
     "localisation_section",
     "cued_section",
     "figure_table_section",
+    "sanity_section",
+    "conclusion_section",
+    "data_section",
+    "set_scores_section",
 ]
 
 #: The style of every report page.
@@ -45,6 +49,11 @@ img{max-width:100%;height:auto;border:1px solid #eee;margin:.4em 0}
 dt{font-weight:bold;margin-top:.6em}code,pre{background:#f6f6f6;padding:.1em .3em;font-size:.9em}
 pre{padding:.6em;overflow-x:auto;white-space:pre-wrap}
 nav a{margin-right:1em}
+.conclusion{background:#eef6ee;border-left:5px solid #3a8f4a;padding:.6em 1.2em;margin:1em 0}
+.conclusion p{margin:.45em 0}.conclusion .layer{font-weight:bold}
+.sanity{background:#fdecea;border-left:5px solid #c0392b;padding:.6em 1.2em;margin:1em 0}
+.refused{background:#f7f7f7;border-left:5px solid #999}
+.dagger{color:#555;font-size:.92em}
 """
 
 
@@ -194,22 +203,22 @@ def _pct(a: Any) -> str:
 
 
 def compared_section(data: Optional[str], models: Mapping[str, Mapping[str, Any]],
-                     accuracy_set: Optional[str], model_files: Mapping[str, Any]) -> Section:
-    r""""What was compared": the data and one row per model (accuracy, KD method,
-    checkpoint), with the sentence comparing the Student's accuracy to the Base's."""
+                     accuracy_set: Optional[str], model_files: Mapping[str, Any],
+                     refused: bool = False) -> Section:
+    r""""What was compared": the data and one row per model (accuracy, the accuracy its
+    checkpoint records, KD method, checkpoint), with the sentence comparing the Student's
+    accuracy to the Base's (withheld when ``refused``: a model failed the sanity check)."""
     cued = any(i.get("cued_accuracy") is not None for i in models.values())
     trained = any(i.get("trained_on") for i in models.values())
+    recorded = any(i.get("recorded_accuracy") is not None for i in models.values())
     acc_head = f"accuracy on {accuracy_set}" if accuracy_set else "test accuracy"
-    head = ["model", "architecture", acc_head] + (["accuracy, test with the training cue"] if cued else []) \
+    head = ["model", "architecture", acc_head] \
+        + (["accuracy its checkpoint records"] if recorded else []) \
+        + (["accuracy, test with the training cue"] if cued else []) \
         + ["KD method"] + (["trained on"] if trained else []) + ["checkpoint"]
-    rows = []
-    for role, info in models.items():
-        cells = [role, str(info.get("arch") or "–"), _pct(info.get("accuracy"))]
-        cells += [_pct(info.get("cued_accuracy"))] if cued else []
-        cells += [str(info.get("kd_method") or "–")]
-        cells += [str(info.get("trained_on") or "–")] if trained else []
-        cells += [str(info.get("checkpoint") or "–")]
-        rows.append(ROW.substitute(cells="".join(CELL.substitute(v=e(c)) for c in cells)))
+    rows = [ROW.substitute(cells="".join(
+        CELL.substitute(v=e(c)) for c in _model_cells(role, info, recorded, cued, trained)))
+        for role, info in models.items()]
     checkpoints = ""
     if model_files:
         links = ", ".join(f'<a href="models/{e(n)}">models/{e(n)}</a>' for n in model_files)
@@ -217,14 +226,29 @@ def compared_section(data: Optional[str], models: Mapping[str, Mapping[str, Any]
                        "and <code>quantify</code>).</p>")
     body = COMPARED.substitute(data=f"<p>Data: {e(data)}</p>" if data else "",
                                head="".join(HEAD.substitute(v=e(h)) for h in head), rows="\n".join(rows),
-                               verdict=_verdict(models), checkpoints=checkpoints)
+                               verdict=_verdict(models, refused), checkpoints=checkpoints)
     return Section("compared", "What was compared", body)
 
 
-def _verdict(models: Mapping[str, Mapping[str, Any]]) -> str:
+def _model_cells(role: str, info: Mapping[str, Any], recorded: bool, cued: bool,
+                 trained: bool) -> List[str]:
+    """One row of the models table, with the optional columns that the table has."""
+    cells = [role, str(info.get("arch") or "–"), _pct(info.get("accuracy"))]
+    cells += [_pct(info.get("recorded_accuracy"))] if recorded else []
+    cells += [_pct(info.get("cued_accuracy"))] if cued else []
+    cells += [str(info.get("kd_method") or "–")]
+    cells += [str(info.get("trained_on") or "–")] if trained else []
+    return cells + [str(info.get("checkpoint") or "–")]
+
+
+def _verdict(models: Mapping[str, Mapping[str, Any]], refused: bool = False) -> str:
     s, b = (models.get(r, {}).get("accuracy") for r in ("Student", "Base"))
     if not (isinstance(s, (int, float)) and isinstance(b, (int, float))):
         return ""
+    if refused:
+        return PARA.substitute(cls="note", text=e(
+            f"Student {100 * s:.1f} % vs Base {100 * b:.1f} %: not read as a result of "
+            "distillation, because a model failed the sanity check above."))
     text = (f"The Student's accuracy is {'higher than' if s > b else 'not higher than'} the Base's "
             f"({100 * s:.1f} % vs {100 * b:.1f} %)"
             + ("" if s > b else ": distillation did not help here; read the maps as an explanation of "
@@ -277,6 +301,98 @@ def cued_section(tables: Mapping[str, Tuple[str, str]], reading: Optional[str]) 
         scores=markdown_to_html(tables["cued_scores"][1]),
         background=markdown_to_html(tables["cued_background"][1]) if "cued_background" in tables else "")
     return Section("cued", "Cued images", body)
+
+
+def sanity_section(lines: Sequence[str]) -> Section:
+    r"""The sanity check, first on the page: each flagged model, and that no conclusion
+    about distillation is drawn from it."""
+    body = ('<h2 id="sanity">Sanity check before any conclusion</h2><div class="sanity">'
+            + "".join(f"<p>{e(line)}</p>" for line in lines) + "</div>")
+    return Section("sanity", "Sanity check", body)
+
+
+#: Under the conclusion: what it is read from, and why masked FSS is not in it.
+CONCLUSION_NOTE = (
+    "Generated from the raw-feature (map-free) scores of the table below: S_d = pdCor(Student, "
+    "Y | Base) and S_r = pdCor(Base, Y | Student) with their 95 % intervals, RS Student against "
+    "RS Base with the one-sided permutation p-value. A statement is made only where the interval "
+    "excludes 0 (S_d, S_r) or where p < 0.05 and the intervals do not overlap (RS); otherwise it "
+    "says there is no conclusion.")
+
+#: Why FSS on masked images is not read as similarity, and what † marks.
+MASKED_NOTE = (
+    "FSS on masked images is not a measure of how alike the models are: both models are fed the "
+    "same masked images, so the mask alone makes FSS close to 1 for any pair of models. Each "
+    "masked row carries its leakage baseline (the same statistic on the batch's mean image masked "
+    "by the same maps, i.e. what the mask alone carries; a black tick on the bars of the figure); "
+    "† marks an RS whose interval is not above its leakage baseline's, so that RS measures the "
+    "mask rather than the features.")
+
+
+def conclusion_section(text: str, headline: Optional[Mapping[str, Any]] = None,
+                       masked: bool = False) -> Section:
+    r"""The conclusion the page opens with: one paragraph per layer (``text`` as
+    :meth:`~captum_unicam.metrics.KDEvaluation.conclusion` writes it), how it is generated,
+    and (``masked``) why masked FSS is left out and what † marks."""
+    refused = bool(headline and headline.get("refused"))
+    skip = {headline.get("fss_note")} if masked and headline else set()  # said below, with †
+    paras = []
+    for block in [b for b in text.split("\n\n") if b.strip() and b not in skip]:
+        layer, sep, rest = block.partition(": ")
+        if sep and len(layer) < 40 and "(" in layer:
+            paras.append(f'<p><span class="layer">{e(layer)}:</span> {e(rest)}</p>')
+        else:
+            paras.append(f"<p>{e(block)}</p>")
+    cls = "conclusion refused" if refused else "conclusion"
+    notes = [PARA.substitute(cls="note", text=e(CONCLUSION_NOTE))]
+    if masked:
+        notes.append(PARA.substitute(cls="dagger", text=e(MASKED_NOTE)))
+    body = (f'<h2 id="conclusion">Conclusion: what did distillation change?</h2><div class="{cls}">'
+            + "\n".join(paras) + "</div>" + "\n".join(notes))
+    return Section("conclusion", "Conclusion", body)
+
+
+def data_section(summary: Mapping[str, Any]) -> Section:
+    r"""The evaluated data: classes in index order with their counts, and the preprocessing
+    (``summary`` as :func:`~captum_unicam.data.data_summary` returns it)."""
+    counts = summary.get("class_counts") or {}
+    classes = list(summary.get("classes") or counts)
+    rows = "\n".join(ROW.substitute(cells=CELL.substitute(v=str(i)) + CELL.substitute(v=e(str(c)))
+                                    + CELL.substitute(v=e(str(counts.get(c, "–")))))
+                     for i, c in enumerate(classes))
+    prep = summary.get("preprocessing") or {}
+    prep_text = ", ".join(f"{k} {v}" for k, v in prep.items()) if prep else "not recorded"
+    n_images = e(str(summary.get("n_images", "?")))
+    body = (f'<h2 id="data">Data: {len(classes)} classes, {n_images} images</h2>'
+            f"<p>Preprocessing: {e(prep_text)}.</p>"
+            "<table><thead><tr><th>label</th><th>class</th><th>images</th></tr></thead><tbody>"
+            + rows + "</tbody></table>")
+    return Section("data", "Data", body)
+
+
+def _iv(v: Any) -> str:
+    if not isinstance(v, Mapping) or v.get("mean") is None:
+        return "–"
+    if v.get("low") is None or v.get("high") is None or v["low"] == v["high"]:
+        return f"{v['mean']:.3f}"
+    return f"{v['mean']:.3f} [{v['low']:.3f}, {v['high']:.3f}]"
+
+
+def set_scores_section(scores: Mapping[str, Any]) -> Section:
+    r"""UniCAM's scores S_d and S_r over the evaluated set, per layer (``scores``: layer ->
+    ``{"s_d", "s_r"}`` intervals; ``"how"``: how they were computed)."""
+    layers = {k: v for k, v in scores.items() if isinstance(v, Mapping)}
+    rows = "\n".join(ROW.substitute(cells="".join(CELL.substitute(v=e(c)) for c in
+                                                  (layer, _iv(v.get("s_d")), _iv(v.get("s_r")))))
+                     for layer, v in layers.items())
+    how = scores.get("how")
+    body = ('<h2 id="set_scores">UniCAM scores of the evaluated set</h2>'
+            "<p>S_d = pdCor(Student, Y | Base): label structure only the Student carries; S_r = "
+            "pdCor(Base, Y | Student): only the Base. The maps below show where each is used.</p>"
+            + (PARA.substitute(cls="note", text=e(how)) if how else "")
+            + "<table><thead><tr><th>layer</th><th>S_d</th><th>S_r</th></tr></thead><tbody>"
+            + rows + "</tbody></table>")
+    return Section("set_scores", "S_d / S_r", body)
 
 
 def figure_table_section(anchor: str, title: str, text: str, *, figure: Optional[str] = None,

@@ -138,6 +138,42 @@ MEANINGS: Dict[str, str] = {
 # ---------------------------------------------------------------------------
 
 
+#: Opens the conclusion when a model failed the sanity check.
+REFUSAL = ("No conclusion about distillation is drawn from this run: a model failed the sanity "
+           "check above, so its accuracy makes any comparison of the Student with the Base "
+           "doubtful.")
+
+
+def _accuracies(models: Optional[Mapping[str, Mapping[str, Any]]]) -> Dict[str, float]:
+    """``{"teacher", "base", "student"}`` accuracies of the models table (those measured)."""
+    return {role.lower(): float(info["accuracy"]) for role, info in (models or {}).items()
+            if isinstance(info.get("accuracy"), (int, float))}
+
+
+def _conclusion(report: "Report", evaluation: Any,
+                summary: Any) -> Tuple[Optional[str], Optional[Dict[str, Any]]]:
+    """(text, headline) of the page's opening: the given conclusion, else the evaluation's
+    map-free conclusion with the models' accuracies; a refusal when ``sanity`` flags a model."""
+    head: Optional[Dict[str, Any]] = None
+    text = report.conclusion
+    kinds = list(getattr(evaluation, "map_kinds", ()) or ())
+    reads = evaluation is not None and hasattr(evaluation, "headline")
+    if text is None and reads and "none" in kinds:
+        acc = _accuracies(report.models)
+        head = dict(evaluation.headline(accuracies=acc, summary=summary))
+        text = evaluation.conclusion(accuracies=acc, summary=summary)
+    elif text is None and reads:
+        text = ("No conclusion: the raw features (map kind 'none', the map-free scores the "
+                "conclusion reads) were not evaluated; add none to the map kinds.")
+    if report.sanity and text is not None:  # a conclusion to refuse (explain has none)
+        text = REFUSAL + ("\n\nWhat the statistics alone would say:\n\n" + text if text else "")
+        head = dict(head or {})
+        head["refused"] = list(report.sanity)
+    if head is not None:
+        head["text"] = text
+    return text, head
+
+
 def _evaluation_parts(evaluation: Any) -> Dict[str, Any]:
     """Summary dict, Table 1 (markdown, csv) and per-layer plot panels of a KDEvaluation."""
     parts: Dict[str, Any] = {"summary": None, "markdown": None, "csv": None, "panels": None}
@@ -145,7 +181,7 @@ def _evaluation_parts(evaluation: Any) -> Dict[str, Any]:
         return parts
     parts["summary"] = evaluation.summary() if hasattr(evaluation, "summary") else evaluation
     if hasattr(evaluation, "to_markdown"):
-        parts["markdown"] = evaluation.to_markdown()
+        parts["markdown"] = evaluation.to_markdown(headline=False)
     if hasattr(evaluation, "to_csv"):
         csv_text = evaluation.to_csv()
         parts["csv"] = csv_text if isinstance(csv_text, str) else None
@@ -175,7 +211,11 @@ def _panels_from_summary(summary: Any) -> Optional[Dict[str, Dict[str, Dict[str,
         e = entry.get(metric) if isinstance(entry, Mapping) else None
         if not isinstance(e, Mapping) or e.get("mean") is None:
             return None
-        return {"mean": e["mean"], "low": e["low"], "high": e["high"]}
+        out = {"mean": e["mean"], "low": e["low"], "high": e["high"]}
+        leak = (entry.get("leakage") or {}).get(metric) if metric != "fss" else None
+        if isinstance(leak, Mapping) and leak.get("mean") is not None:
+            out["leakage"] = leak["mean"]  # drawn as a tick on the bar
+        return out
 
     for layer, kinds in summary.items():
         if not isinstance(kinds, Mapping):
@@ -197,7 +237,7 @@ def _panels_from_summary(summary: Any) -> Optional[Dict[str, Dict[str, Dict[str,
                 rs_uc.setdefault(name, {})[layer] = v
     panels: Dict[str, Dict[str, Dict[str, Any]]] = {}
     if fss:
-        panels["(a) FSS, Student vs Base"] = fss
+        panels["(a) FSS, Student vs Base (masked: high for any pair)"] = fss
     if rs_gc:
         panels["(b) RS on Grad-CAM regions"] = rs_gc
     if rs_uc:
@@ -285,6 +325,19 @@ class Report:
                     :func:`~captum_unicam.pipeline.evaluation.cued_evaluation`; gives the
                     section "What the Base used that the Student dropped" and
                     ``tables/cued_*.csv|.md``.
+        conclusion (str, optional): The conclusion the page opens with. Default: read off
+                    ``evaluation`` (``evaluation.conclusion(accuracies=...)`` with the
+                    accuracies of ``models``), or a refusal when ``sanity`` flags a model.
+        sanity (list of str, optional): Models flagged before any conclusion (near chance,
+                    far below their checkpoint's accuracy): shown first, and no conclusion
+                    about distillation is drawn.
+        data_summary (dict, optional): ``{"classes", "n_images", "class_counts",
+                    "preprocessing"}`` of the evaluated data
+                    (:func:`~captum_unicam.data.data_summary`); the page's data section.
+        empty_maps (dict, optional): Layer -> column -> ``(empty, computed)`` over every map
+                    computed (default: counted on the drawn ``grids`` only).
+        set_scores (dict, optional): Layer -> ``{"s_d", "s_r"}`` intervals of UniCAM's
+                    scores over the evaluated set, with ``"how"`` (a sentence).
     """
 
     title: str = "UniCAM report"
@@ -301,6 +354,11 @@ class Report:
     extra_metrics: Optional[Mapping[str, Any]] = None
     accuracy_set: Optional[str] = None
     cued: Optional[Mapping[str, Any]] = None
+    conclusion: Optional[str] = None
+    sanity: Optional[Sequence[str]] = None
+    data_summary: Optional[Mapping[str, Any]] = None
+    empty_maps: Optional[Mapping[str, Mapping[str, Tuple[int, int]]]] = None
+    set_scores: Optional[Mapping[str, Any]] = None
 
     def command_text(self) -> str:
         """The command line as one shell-quoted string."""
@@ -343,6 +401,7 @@ def write_report(out_dir: PathLike, report: Report, *, overwrite: bool = False,
         (tmp / "figures").mkdir()
         (tmp / "tables").mkdir()
         ev = _evaluation_parts(report.evaluation)
+        ev["conclusion"], ev["headline"] = _conclusion(report, report.evaluation, ev["summary"])
         figures = _write_figures(tmp / "figures", report, ev, progress)
         tables = _write_tables(tmp / "tables", report, ev)
         if report.model_files:
@@ -372,7 +431,8 @@ def _write_figures(folder: Path, report: Report, ev: Mapping[str, Any], progress
     for name, payload in bar:
         if name.startswith("grid_"):
             fig = viz.attribution_grid(payload["images"], payload["maps"], title=f"Layer {name[5:]}",
-                                       row_labels=payload.get("labels"))
+                                       row_labels=payload.get("labels"),
+                                       row_marks=payload.get("marks"))
         elif name == "scores":
             fig = viz.scores_per_layer(payload, title="FSS and RS per layer (95 % intervals)")
         else:
@@ -432,6 +492,19 @@ def _metrics(report: Report, ev: Mapping[str, Any], command: str) -> Dict[str, A
         "evaluation": ev["summary"],
         "localisation": report.localisation,
     }
+    metrics["headline"] = ev.get("headline") or (
+        {"text": ev["conclusion"]} if ev.get("conclusion") else None)
+    metrics["sanity"] = list(report.sanity or [])
+    metrics["warnings"] = _all_warnings(report)
+    if report.data_summary is not None:
+        metrics["data_summary"] = report.data_summary
+        metrics["classes"] = list(report.data_summary.get("classes") or [])
+    if report.set_scores:
+        metrics["set_scores"] = report.set_scores
+    if report.empty_maps:
+        metrics["empty_maps"] = {
+            layer: {k: {"empty": e, "computed": n} for k, (e, n) in kinds.items()}
+            for layer, kinds in report.empty_maps.items()}
     if report.cued:
         metrics["cued_evaluation"] = report.cued
     if report.extra_metrics:
@@ -439,15 +512,42 @@ def _metrics(report: Report, ev: Mapping[str, Any], command: str) -> Dict[str, A
     return metrics
 
 
+def _all_warnings(report: Report) -> List[str]:
+    """The sanity flags and every warning of the run, each once, in order."""
+    return list(dict.fromkeys(list(report.sanity or []) + list(report.warnings or [])))
+
+
+def _opening_sections(report: Report, ev: Mapping[str, Any]) -> List[html.Section]:
+    """What the page opens with: the sanity check, the conclusion, what was compared, the
+    data, UniCAM's scores of the evaluated set (each when the report has it)."""
+    models = report.models or {}
+    sections: List[html.Section] = []
+    if report.sanity:
+        sections.append(html.sanity_section(report.sanity))
+    if ev.get("conclusion"):
+        masked = any(k != "none" for k in getattr(report.evaluation, "map_kinds", ()))
+        sections.append(html.conclusion_section(ev["conclusion"], ev.get("headline"),
+                                                masked=masked))
+    if models or report.data:
+        sections.append(html.compared_section(report.data, models, report.accuracy_set,
+                                              report.model_files or {},
+                                              refused=bool(report.sanity)))
+    if report.data_summary:
+        sections.append(html.data_section(report.data_summary))
+    if report.set_scores:
+        sections.append(html.set_scores_section(report.set_scores))
+    return sections
+
+
 def _page(report: Report, ev: Mapping[str, Any], command: str, figures: Mapping[str, str],
           tables: Mapping[str, Tuple[str, str]]) -> str:
     """index.html: the sections this report has content for, in the one page layout."""
-    models = report.models or {}
-    sections: List[html.Section] = []
-    if models or report.data:
-        sections.append(html.compared_section(report.data, models, report.accuracy_set,
-                                              report.model_files or {}))
-    empty = {layer: _empty_counts(g.get("maps", {})) for layer, g in (report.grids or {}).items()}
+    sections = _opening_sections(report, ev)
+    if report.empty_maps:
+        empty = {layer: _counted(kinds) for layer, kinds in report.empty_maps.items()}
+    else:
+        empty = {layer: _empty_counts(g.get("maps", {}))
+                 for layer, g in (report.grids or {}).items()}
     sections += html.score_sections(figures, empty, ev["markdown"])
     if report.localisation:
         sections.append(html.localisation_section(figures, tables, report.localisation))
@@ -455,8 +555,9 @@ def _page(report: Report, ev: Mapping[str, Any], command: str, figures: Mapping[
         sections.append(html.cued_section(tables, cued_reading(report.cued) if report.cued else None))
     shown = _meanings(bool(report.localisation), bool(ev["markdown"]), any(k.startswith("grid_") for k in figures))
     links = [f"tables/{n}.csv" for n in tables] + (["tables/table1.csv"] if ev["markdown"] else [])
+    shown_warnings = [w for w in _all_warnings(report) if w not in (report.sanity or [])]
     return html.render_page(html.Page(title=report.title, command=command, sections=sections,
-                                      notes=list(report.notes or []), warnings=list(report.warnings or []),
+                                      notes=list(report.notes or []), warnings=shown_warnings,
                                       meanings=shown, table_links=links, versions=versions()))
 
 
@@ -467,6 +568,11 @@ def _meanings(localisation: bool, table1: bool, maps: bool) -> Dict[str, str]:
             if (localisation or not k.startswith("Localisation"))
             and (table1 or not k.startswith(("FSS", "RS", "Intervals")))
             and (maps or table1 or not k.endswith("(UniCAM)"))}
+
+
+def _counted(kinds: Mapping[str, Tuple[int, int]]) -> str:
+    """"column: k of n" for every column, over every map computed."""
+    return "; ".join(f"{name}: {k} of {n}" for name, (k, n) in kinds.items())
 
 
 def _empty_counts(maps: Mapping[str, Tensor]) -> str:

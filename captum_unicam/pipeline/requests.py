@@ -388,7 +388,7 @@ class QuantifyRequest(PairRequest):
     resamples; under torchrun the batches are shared between the processes."""
 
     perturb: str = "mask"
-    maps: Sequence[str] = ("gradcam", "distilled", "residual")
+    maps: Sequence[str] = ("none", "gradcam", "distilled", "residual")  # "none": the conclusion reads it
     n_bootstrap: int = 1000
 
 

@@ -20,17 +20,20 @@ Examples::
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
+import functools
 import shlex
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from captum_unicam import comparison, models
+from captum_unicam.data import data_summary
 from captum_unicam.data.loaders import spec_paths
 from captum_unicam.errors import InputError
 from captum_unicam.kd.recipe import Recipe
@@ -67,6 +70,71 @@ class Written:
 
     path: Path
     summary: str
+
+
+@contextlib.contextmanager
+def recorded_warnings():
+    r"""Every warning shown while the block runs, as one line each (the list it yields),
+    still shown as before (on stderr, or as the command line shows them); for the
+    report's warnings section and metrics.json. A warning the filters hide or turn into
+    an error is not recorded."""
+    lines: List[str] = []
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, (DeprecationWarning, PendingDeprecationWarning)):
+            lines.append(" ".join(str(message).split()))
+        return previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield lines
+    finally:
+        warnings.showwarning = previous
+
+
+#: The warning lines of the run in progress (set by :func:`_recording`).
+_RECORDED: contextvars.ContextVar = contextvars.ContextVar("captum_unicam_run_warnings",
+                                                           default=None)
+
+
+def _recording(run):
+    """Runs ``run`` under :func:`recorded_warnings`; :func:`_run_warnings` reads its lines."""
+    @functools.wraps(run)
+    def wrapper(*args, **kwargs):
+        with recorded_warnings() as lines:
+            token = _RECORDED.set(lines)
+            try:
+                return run(*args, **kwargs)
+            finally:
+                _RECORDED.reset(token)
+    return wrapper
+
+
+def _run_warnings(pair: Pair) -> List[str]:
+    """The pair's notes (preprocessing, class names) and every warning shown so far in the
+    run, in the command line's words, each once."""
+    notes = list(pair.notes) + list(getattr(pair, "class_notes", None) or [])
+    return list(dict.fromkeys(in_flags(n) for n in notes + list(_RECORDED.get() or [])))
+
+
+def _data_summary(pair: Pair) -> Dict[str, Any]:
+    """The evaluated data's classes, counts and preprocessing (the pair's, where it carries one)."""
+    summary = getattr(pair, "data_summary", None)
+    summary = dict(summary) if isinstance(summary, dict) else data_summary(pair.data)
+    if not summary.get("classes"):
+        summary["classes"] = [str(c) for c in pair.class_names]
+    if not summary.get("preprocessing"):
+        summary["preprocessing"] = pair.preprocessing.to_dict()
+    return summary
+
+
+def _sanity(table: Dict[str, Dict[str, Any]], pair: Pair) -> List[str]:
+    """The sanity lines of the models table, each also warned (stderr) as it is found."""
+    lines = evaluation.sanity_lines(table, len(pair.class_names), n_images=len(pair.data))
+    for line in lines:
+        warnings.warn(line, PreprocessingWarning, stacklevel=3)
+    return lines
 
 
 def _warner(depth: int) -> Warn:
@@ -135,8 +203,18 @@ def _open_pair(request: PairRequest, warn: Optional[Warn]) -> _Opened:
     return _Opened(out, pair, loader, what)
 
 
+def _recorded_accuracy(meta: Dict[str, Any]) -> Optional[float]:
+    """The accuracy a checkpoint records (measured when it was trained), if any."""
+    extra = meta.get("extra") if isinstance(meta.get("extra"), dict) else {}
+    for value in (meta.get("accuracy"), extra.get("test_accuracy"), extra.get("accuracy")):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
 def _model_info(meta: Dict[str, Any], accuracy: Optional[float], path: Optional[str]) -> Dict[str, Any]:
-    return {"arch": meta.get("arch"), "accuracy": accuracy, "kd_method": meta.get("kd_method"),
+    return {"arch": meta.get("arch"), "accuracy": accuracy,
+            "recorded_accuracy": _recorded_accuracy(meta), "kd_method": meta.get("kd_method"),
             "checkpoint": path, "num_classes": meta.get("num_classes")}
 
 
@@ -172,21 +250,65 @@ def _reference_set(request: ExplainRequest, pair: Pair) -> Tuple[Any, str]:
                             f"({classes} classes) alone")
 
 
+def _teacher_layers(pair: Pair) -> Dict[str, Any]:
+    """The Teacher's module of each explained layer name (those it has; the rest warned)."""
+    found = getattr(pair, "teacher_layers", None)
+    if isinstance(found, dict):
+        return found
+    layers = {}
+    for name in pair.layers:
+        try:
+            layers[name] = models.get_layer(pair.teacher, name)
+        except (ValueError, InputError) as e:
+            warnings.warn(f"no Grad-CAM of the Teacher at {name}: {e}", PreprocessingWarning,
+                          stacklevel=2)
+    return layers
+
+
+def _explain_grids(request: ExplainRequest, pair: Pair, batches, maps,
+                   tmaps) -> Tuple[Any, Any, Dict[str, int]]:
+    """The drawn rows (Base wrong / Student right first, then the reverse, then one per
+    class), each with every model's prediction; the masks; the disagreement counts."""
+    roles = {"Teacher": pair.teacher, "Base": pair.base, "Student": pair.student}
+    preds = evaluation.predictions(roles, batches, device=pair.device)
+    labels = torch.cat([b[1] for b in batches])
+    n_show = request.images or min(len(pair.class_names), 16)
+    pick, counts = evaluation.pick_images(labels, preds, n_show)
+    grids, _labels, masks = evaluation.map_grids(
+        maps, batches, pair.class_names, pick=pick, extra=tmaps,
+        mean=getattr(pair.data, "mean", None), std=getattr(pair.data, "std", None))
+    marks = evaluation.prediction_marks(pick, labels, preds, pair.class_names)
+    for grid in grids.values():
+        grid["marks"] = marks
+        grid["labels"] = [f"true: {name}" for name in grid["labels"]]
+    return grids, masks, counts
+
+
+@_recording
 def explain(request: ExplainRequest, *, command: Optional[Sequence[str]] = None,
             warn: Optional[Warn] = None) -> Written:
-    r"""``captum-unicam explain``: Grad-CAM and UniCAM maps per layer of the pair, one image
-    per class drawn, localisation where the data have masks; writes the report folder."""
+    r"""``captum-unicam explain``: Grad-CAM and UniCAM maps per layer of the pair (and
+    Grad-CAM of the Teacher when one is given), each drawn image with every model's
+    prediction, the images the Base gets wrong and the Student right (and the reverse)
+    first, UniCAM's scores of the evaluated set, localisation where the data have masks;
+    writes the report folder."""
     opened = _open_pair(request, warn)
     pair = opened.pair
     batches = list(opened.loader)
     table = _models(request, opened)
+    sanity = _sanity(table, pair)
     reference, reference_desc = _reference_set(request, pair)
     maps = evaluation.compute_maps(pair.student, pair.base, pair.layers, batches,
                                    label_embeddings=pair.label_vectors, device=pair.device,
                                    progress=request.progress, reference=reference)
-    grids, _labels, masks = evaluation.map_grids(
-        maps, batches, pair.class_names, request.images or min(len(pair.class_names), 16),
-        mean=getattr(pair.data, "mean", None), std=getattr(pair.data, "std", None))
+    tmaps = None
+    if pair.teacher is not None:
+        tmaps = evaluation.teacher_maps(pair.teacher, _teacher_layers(pair), batches,
+                                        device=pair.device)
+    grids, masks, counts = _explain_grids(request, pair, batches, maps, tmaps)
+    scores = evaluation.set_scores(pair.student, pair.base, pair.layers, batches,
+                                   label_embeddings=pair.label_vectors, reference=reference,
+                                   device=pair.device, seed=request.seed)
     loc = evaluation.localise(maps, masks, seed=request.seed, n_bootstrap=1000)
     sizes = sorted({int(b[0].shape[0]) for b in batches})
     data = (f"{opened.evaluated_set}; {len(batches)} {request.order} batches of {'/'.join(map(str, sizes))} "
@@ -194,12 +316,24 @@ def explain(request: ExplainRequest, *, command: Optional[Sequence[str]] = None,
     extra = {"label_embeddings": pair.label_description, "layers": list(pair.layers),
              "preprocessing": pair.preprocessing.to_dict(), "order": request.order, "unicam_mode": reference_desc,
              "batch_sizes": [int(b[0].shape[0]) for b in batches],
-             "classes_per_batch": [len(set(b[1].tolist())) for b in batches]}
+             "classes_per_batch": [len(set(b[1].tolist())) for b in batches],
+             "disagreements": counts,
+             "drawn": [[{"model": r, "predicted": c, "correct": ok} for r, c, ok in row]
+                       for row in next(iter(grids.values()))["marks"]]}
     report = Report(title=f"{PROG} explain", command=_command_line(command), data=data, models=table,
                     grids=grids, localisation=loc, accuracy_set=f"the evaluated set ({opened.evaluated_set})",
-                    warnings=[in_flags(n) for n in pair.notes], extra_metrics=extra)
+                    warnings=_run_warnings(pair), sanity=sanity, data_summary=_data_summary(pair),
+                    empty_maps=evaluation.empty_map_counts(maps, tmaps), set_scores=scores,
+                    notes=[_disagreement_note(counts, len(pair.data))], extra_metrics=extra)
     out = write_report(opened.out, report, overwrite=request.overwrite, progress=request.progress)
     return Written(out, f"report written to {out}/index.html")
+
+
+def _disagreement_note(counts: Mapping[str, int], n: int) -> str:
+    gained, lost = counts["base_wrong_student_right"], counts["student_wrong_base_right"]
+    return (f"Of the {n} evaluated images, the Base gets {gained} wrong that the Student gets "
+            f"right, and the Student {lost} wrong that the Base gets right; the maps show those first "
+            "(where what distillation changed shows), then one image per class.")
 
 
 def _classes_per_batch(opened: _Opened) -> List[int]:
@@ -207,22 +341,27 @@ def _classes_per_batch(opened: _Opened) -> List[int]:
     return [len({labels[i] for i in b}) for b in opened.loader.batch_sampler]
 
 
+@_recording
 def quantify(request: QuantifyRequest, *, command: Optional[Sequence[str]] = None,
              warn: Optional[Warn] = None) -> Optional[Written]:
     r"""``captum-unicam quantify``: FSS and RS per layer and map kind with intervals; writes
     the report folder. Under ``torchrun`` the batches are shared between the processes and
-    rank 0 writes the report (the other ranks return None)."""
+    rank 0 writes the report (the other ranks return None). The report opens with the
+    sanity check of every model's accuracy and the conclusion of the map-free scores."""
     opened = _open_pair(request, warn)
     pair = opened.pair
     with process_group(pair.device) as (rank, world):
+        table = _models(request, opened)
+        accuracies = {r.lower(): i["accuracy"] for r, i in table.items()
+                      if i.get("accuracy") is not None}
         result = evaluation.score_pair(pair.student, pair.base, opened.loader, pair.layers,
                                        label_embeddings=pair.label_vectors, map_kinds=request.maps,
                                        perturbation=request.perturb, n_bootstrap=request.n_bootstrap,
                                        seed=request.seed, progress=request.progress and rank == 0,
-                                       device=pair.device)
+                                       device=pair.device, accuracies=accuracies)
         if rank != 0:
             return None
-        table = _models(request, opened)
+        sanity = _sanity(table, pair)
         sizes = sorted({len(b) for b in opened.loader.batch_sampler})
         data = (f"{opened.evaluated_set}; {len(opened.loader)} {request.order} batches of "
                 f"{'/'.join(map(str, sizes))} images; perturbation: {request.perturb}; labels: "
@@ -234,7 +373,8 @@ def quantify(request: QuantifyRequest, *, command: Optional[Sequence[str]] = Non
                  "classes_per_batch": _classes_per_batch(opened)}
         report = Report(title=f"{PROG} quantify", command=_command_line(command), data=data, models=table,
                         evaluation=result, accuracy_set=f"the evaluated set ({opened.evaluated_set})",
-                        warnings=[in_flags(n) for n in pair.notes], extra_metrics=extra)
+                        warnings=_run_warnings(pair), sanity=sanity,
+                        data_summary=_data_summary(pair), extra_metrics=extra)
         out = write_report(opened.out, report, overwrite=request.overwrite, progress=request.progress)
     return Written(out, f"report written to {out}/index.html")
 
@@ -316,6 +456,7 @@ def compare(request: CompareRequest, *, command: Optional[Sequence[str]] = None,
 # ---------------------------------------------------------------------------
 
 
+@_recording
 def demo(request: DemoRequest, *, command: Optional[Sequence[str]] = None) -> Written:
     r"""``captum-unicam demo``: Teacher, Base and Student of the controlled dataset (trained
     or read from the cache), explained and quantified; writes the report folder
@@ -326,7 +467,8 @@ def demo(request: DemoRequest, *, command: Optional[Sequence[str]] = None) -> Wr
     out = check_output_dir(request.out, overwrite=request.overwrite, reads=[cache])
     device = resolve_device(request.device)
     with torch_threads(request.threads):
-        return Written(*demo_models.run_demo(request, out, device, _command_line(command)))
+        return Written(*demo_models.run_demo(request, out, device, _command_line(command),
+                                             recorded=_RECORDED.get()))
 
 
 def _command_line(argv: Optional[Sequence[str]]) -> List[str]:
