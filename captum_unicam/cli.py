@@ -286,8 +286,13 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
                              "classes take turns, so every class is represented even when the "
                              "files are stored class by class)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per attribution call (UniCAM's context)")
-    parser.add_argument("--percentiles", type=float, nargs="*", default=[10, 30, 50, 70, 90],
-                        help="ROAD removal percentiles (none: skip ROAD)")
+    parser.add_argument("--reference-images", type=_nonneg_int, default=16, metavar="N",
+                        help="UniCAM runs in reference mode with N class-stratified train images "
+                             "(0: draw the reference set from the test images instead)")
+    parser.add_argument("--percentiles", type=float, nargs="*",
+                        default=[0, 10, 20, 30, 40, 50, 60, 70, 80, 90],
+                        help="percentages of pixels removed (ROAD imputation) along each "
+                             "deletion curve, in [0, 100)")
     parser.add_argument("--sanity-images", type=int, default=32, help="images of the sanity checks")
     parser.add_argument("--no-sanity", action="store_true", help="skip the sanity checks")
     parser.add_argument("--random-label-student", default=None,

@@ -271,6 +271,8 @@ def test_compare_takes_an_own_architecture_and_shows_progress(own, tmp_path, cap
         "3",
         "--images",
         "8",
+        "--reference-images",
+        "8",
         "--batch-size",
         "8",
         "--percentiles",

@@ -91,6 +91,7 @@ FLAGS: Dict[str, str] = {
     "overwrite": "--overwrite",
     "reference": "--reference",
     "sanity_images": "--sanity-images",
+    "reference_images": "--reference-images",
     "seed": "--seed",
     "student": "--student",
     "student_arch": "--student-arch",
@@ -404,8 +405,9 @@ class CompareRequest:
     overwrite: bool = False
     layer: str = "L4"
     images: int = 64
+    reference_images: int = 16
     batch_size: int = 64
-    percentiles: Sequence[float] = (10, 30, 50, 70, 90)
+    percentiles: Sequence[float] = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90)
     sanity_images: int = 32
     no_sanity: bool = False
     random_label_student: Optional[str] = None
@@ -437,6 +439,9 @@ class CompareRequest:
             if getattr(self, name) < 5:
                 raise InputError(f"{name} must be at least 5 (UniCAM's scores are batch statistics), got "
                                  f"{getattr(self, name)}")
+        if self.reference_images and self.reference_images < 4:
+            raise InputError(f"reference_images must be 0 or at least 4 (a reference set with classes "
+                             f"repeated), got {self.reference_images}")
 
     def pair(self) -> PairRequest:
         """The Student / Base pair to load: the test split, this layer, no label vectors."""

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+from torch import Tensor
 
 from captum_unicam import comparison, models
 from captum_unicam.data import data_summary
@@ -237,17 +238,24 @@ def _reference_set(request: ExplainRequest, pair: Pair) -> Tuple[Any, str]:
     train split (the pair's preprocessing, class-stratified, seeded)."""
     if not request.reference:
         return None, "UniCAM in batch mode (each batch is its own context)"
-    ref_ds = load_data(request.data, "train", pair.preprocessing, download=request.download)
-    if len(ref_ds) < request.reference:
-        raise InputError(f"reference= {request.reference}: the train split of {request.data!r} has "
-                                    f"only {len(ref_ds)} images; pass a smaller reference=")
-    chosen = stratified_order(labels_of(ref_ds), seed=request.seed)[: request.reference]
-    items = [ref_ds[i] for i in chosen]
-    x_ref = torch.stack([it[0] for it in items]).to(pair.device)
-    y_ref = torch.tensor([int(it[1]) for it in items], device=pair.device)
+    x_ref, y_ref = _train_reference(request, pair, request.reference, "reference")
     classes = len(set(y_ref.tolist()))
     return (x_ref, y_ref), (f"UniCAM in reference mode: each image scored with {request.reference} train images "
                             f"({classes} classes) alone")
+
+
+def _train_reference(request: Any, pair: Pair, n: int, field: str) -> Tuple[Tensor, Tensor]:
+    """``n`` images of the train split (the pair's preprocessing, class-stratified, seeded):
+    the reference set of UniCAM in reference mode."""
+    ref_ds = load_data(request.data, "train", pair.preprocessing, download=request.download)
+    if len(ref_ds) < n:
+        raise InputError(f"{field}= {n}: the train split of {request.data!r} has "
+                         f"only {len(ref_ds)} images; pass a smaller {field}=")
+    chosen = stratified_order(labels_of(ref_ds), seed=request.seed)[:n]
+    items = [ref_ds[i] for i in chosen]
+    x_ref = torch.stack([it[0] for it in items]).to(pair.device)
+    y_ref = torch.tensor([int(it[1]) for it in items], device=pair.device)
+    return x_ref, y_ref
 
 
 def _teacher_layers(pair: Pair) -> Dict[str, Any]:
@@ -429,6 +437,8 @@ def compare(request: CompareRequest, *, command: Optional[Sequence[str]] = None,
             random_student.eval()
         x, y, masks = stratified_images(pair.data, request.images, request.seed)
         x, y = x.to(pair.device), y.to(pair.device)
+        reference = (_train_reference(request, pair, request.reference_images, "reference_images")
+                     if request.reference_images else None)
         s_layer, b_layer = pair.layers[next(iter(pair.layers))]
         methods = comparison.default_methods(pair.student, s_layer, pair.base, b_layer, ig_steps=request.ig_steps)
         sanity_models = None if request.no_sanity else {"Student": pair.student, "Base": pair.base}
@@ -437,14 +447,17 @@ def compare(request: CompareRequest, *, command: Optional[Sequence[str]] = None,
         counted = [m for m in (pair.student, pair.base, random_student) if m is not None]
         with _forward_progress(counted, request.progress):
             result = comparison.compare(
-                x, y, methods, masks=masks, percentiles=list(request.percentiles),
+                x, y, methods, reference=reference, masks=masks, percentiles=list(request.percentiles),
                 sanity_models=sanity_models, random_label_models=random_models,
                 sanity_images=request.sanity_images, batch_size=request.batch_size,
                 n_bootstrap=request.n_bootstrap, seed=request.seed)
         notes = [f"Student {request.student}, Base {request.base}, data {request.data} ({x.shape[0]} test images, "
                  f"classes {', '.join(map(str, pair.class_names))}), layer {request.layer}.",
-                 "Methods other than those on the Base explain the Student; ROAD measures the accuracy of the "
-                 "model each method explains (the Base for Grad-CAM Base and UniCAM residual)."]
+                 "Methods other than those on the Base explain the Student. UniCAM runs in reference mode "
+                 + (f"({request.reference_images} class-stratified train images)"
+                    if request.reference_images else "(a reference set drawn from the test images)")
+                 + "; each map's faithfulness is measured on what it explains: S_d or S_r for UniCAM, "
+                 "the target logit of the explained model for the other methods, against random maps."]
         with staged_folder(out, overwrite=request.overwrite) as tmp:
             result.metrics["timings"]["total_s"] = round(time.perf_counter() - t_start, 2)
             result.write(tmp, command=shlex.join(_command_line(command)), notes=notes)
