@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from captum_unicam import comparison, models
+from captum_unicam._distributed import join_process_group, leave_process_group, rank_and_world
 from captum_unicam.data.loaders import spec_paths
 from captum_unicam.errors import InputError
 from captum_unicam.kd.recipe import Recipe
@@ -41,7 +42,7 @@ from captum_unicam.pipeline import evaluation, training
 from captum_unicam.pipeline.batches import labels_of, stratified_loader, stratified_order
 from captum_unicam.pipeline.data import PreprocessingWarning, load_data
 from captum_unicam.pipeline.pair import Pair, load_pair, local_path, resolve_device, stratified_images
-from captum_unicam.pipeline.process import process_group, torch_threads
+from captum_unicam.pipeline.process import torch_threads
 from captum_unicam.pipeline.requests import (
     CompareRequest,
     DemoRequest,
@@ -203,9 +204,13 @@ def quantify(request: QuantifyRequest, *, command: Optional[Sequence[str]] = Non
     r"""``captum-unicam quantify``: FSS and RS per layer and map kind with intervals; writes
     the report folder. Under ``torchrun`` the batches are shared between the processes and
     rank 0 writes the report (the other ranks return None)."""
-    opened = _open_pair(request, warn)
-    pair = opened.pair
-    with process_group(pair.device) as (rank, world):
+    # the process group first (bounded, SIGTERM honoured), so no model is loaded in vain
+    request.check()
+    started = join_process_group(resolve_device(request.device))
+    try:
+        rank, world = rank_and_world()
+        opened = _open_pair(request, warn)
+        pair = opened.pair
         result = evaluation.score_pair(pair.student, pair.base, opened.loader, pair.layers,
                                        label_embeddings=pair.label_vectors, map_kinds=request.maps,
                                        perturbation=request.perturb, n_bootstrap=request.n_bootstrap,
@@ -227,6 +232,8 @@ def quantify(request: QuantifyRequest, *, command: Optional[Sequence[str]] = Non
                         evaluation=result, accuracy_set=f"the evaluated set ({opened.evaluated_set})",
                         warnings=[in_flags(n) for n in pair.notes], extra_metrics=extra)
         out = write_report(opened.out, report, overwrite=request.overwrite, progress=request.progress)
+    finally:
+        leave_process_group(started)
     return Written(out, f"report written to {out}/index.html")
 
 
