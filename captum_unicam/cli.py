@@ -132,9 +132,28 @@ def _unit_float(text: str) -> float:
     return v
 
 
+def _path(text: str) -> str:
+    """A path flag's value with ``~`` expanded (also in ``--flag=~/x``, which no shell
+    expands)."""
+    return os.path.expanduser(text)
+
+
+def _spec(text: str) -> str:
+    """A data spec with ``~`` expanded in its root (``imagefolder:~/pets``)."""
+    scheme, sep, root = text.partition(":")
+    return f"{scheme}{sep}{os.path.expanduser(root)}" if sep and root.startswith("~") else text
+
+
+def _add_force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="run even when the estimated memory of --image-size (batch size x 3 x "
+                        "size^2 x 4 bytes x 100) exceeds the memory available (otherwise refused "
+                        "before any data are loaded)")
+
+
 def _add_common(p: argparse.ArgumentParser, *, out_help: str, out_default: Optional[str] = None,
                 seed_help: str = "seed of the bootstrap intervals and permutation tests") -> None:
-    p.add_argument("--out", required=out_default is None, default=out_default, metavar="DIR",
+    p.add_argument("--out", type=_path, required=out_default is None, default=out_default, metavar="DIR",
                    help=out_help)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing non-empty output folder (otherwise it is refused and left untouched)")
@@ -145,17 +164,17 @@ def _add_common(p: argparse.ArgumentParser, *, out_help: str, out_default: Optio
 
 
 def _add_pair(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--student", required=True, metavar="CKPT",
+    p.add_argument("--student", type=_path, required=True, metavar="CKPT",
                    help="checkpoint of the Student (written by 'captum-unicam train', or a plain state dict with --arch)")
-    p.add_argument("--base", required=True, metavar="CKPT",
+    p.add_argument("--base", type=_path, required=True, metavar="CKPT",
                    help="checkpoint of the Base (the Student's architecture trained without KD, or the Teacher)")
-    p.add_argument("--teacher", default=None, metavar="CKPT",
+    p.add_argument("--teacher", type=_path, default=None, metavar="CKPT",
                    help="checkpoint of the Teacher, only to state its accuracy in the report")
     p.add_argument("--arch", default=None, metavar="ARCH",
                    help="architecture of plain state-dict checkpoints (all of them); see 'captum-unicam train --help' for names")
     p.add_argument("--student-arch", default=None, metavar="ARCH", help="architecture of the Student, if it differs from --arch")
     p.add_argument("--base-arch", default=None, metavar="ARCH", help="architecture of the Base, if it differs from --arch")
-    p.add_argument("--data", required=True, metavar="SPEC",
+    p.add_argument("--data", type=_spec, required=True, metavar="SPEC",
                    help="data spec: controlled, controlled:SEED, cifar10:ROOT or imagefolder:ROOT")
     p.add_argument("--split", default="test", choices=("train", "test", "val"), help="split of the data to use")
     p.add_argument("--download", action="store_true", help="allow downloading CIFAR-10 into ROOT (nothing is downloaded otherwise)")
@@ -174,17 +193,18 @@ def _add_pair(p: argparse.ArgumentParser) -> None:
                    help="layers to explain: L1..L4 (last block of each ResNet stage) or dotted module paths present in both models")
     p.add_argument("--batch-size", type=_positive_int, metavar="N", default=32,
                    help="images per batch; UniCAM and the statistics are batch statistics and need at least 5")
-    p.add_argument("--label-model", default=None, metavar="MODEL",
+    p.add_argument("--label-model", type=_path, default=None, metavar="MODEL",
                    help="text encoder for the label embeddings (local folder or cached Hugging Face id); "
                         "default: the bundled all-MiniLM-L6-v2")
     p.add_argument("--one-hot", action="store_true", help="use one-hot label vectors instead of text embeddings of the class names")
+    _add_force(p)
 
 
 def _add_compare(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--student", required=True, help="Student checkpoint (captum-unicam train / demo)")
-    parser.add_argument("--base", required=True, help="Base checkpoint")
-    parser.add_argument("--data", required=True, help="data spec: controlled[:SEED], cifar10:ROOT, imagefolder:ROOT")
-    parser.add_argument("--out", required=True, help="report folder to write")
+    parser.add_argument("--student", type=_path, required=True, help="Student checkpoint (captum-unicam train / demo)")
+    parser.add_argument("--base", type=_path, required=True, help="Base checkpoint")
+    parser.add_argument("--data", type=_spec, required=True, help="data spec: controlled[:SEED], cifar10:ROOT, imagefolder:ROOT")
+    parser.add_argument("--out", type=_path, required=True, help="report folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     parser.add_argument("--layer", default="L4", help="stage explained: L1, L2, L3 or L4")
     parser.add_argument("--images", type=int, default=64, help="test images explained (the first ones)")
@@ -193,9 +213,9 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
                         help="ROAD removal percentiles (none: skip ROAD)")
     parser.add_argument("--sanity-images", type=int, default=32, help="images of the sanity checks")
     parser.add_argument("--no-sanity", action="store_true", help="skip the sanity checks")
-    parser.add_argument("--random-label-student", default=None,
+    parser.add_argument("--random-label-student", type=_path, default=None,
                         help="checkpoint of a Student-architecture model trained on random labels")
-    parser.add_argument("--ig-steps", type=int, default=16, help="Integrated Gradients steps")
+    parser.add_argument("--ig-steps", type=_positive_int, default=16, help="Integrated Gradients steps")
     parser.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="seed of ROAD's noise, randomisation, bootstrap")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -220,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, out_help="report folder to write", out_default="unicam-report",
                 seed_help="seed of the demo: data, training (models are cached per seed) and intervals")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run (for tests): fewer epochs, images and bootstrap resamples")
-    p.add_argument("--cache-dir", default=None, metavar="DIR",
+    p.add_argument("--cache-dir", type=_path, default=None, metavar="DIR",
                    help="where the trained demo models are cached (default: the user's cache folder, e.g. ~/.cache/captum-unicam)")
     p.add_argument("--images", type=_positive_int, metavar="N", default=None,
                    help="images shown per layer in the map grids (default: one per class)")
@@ -232,10 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     from_models = ", ".join(ARCHITECTURE_NAMES)
     p = sub.add_parser("train", formatter_class=_Formatter, help="train a model (optionally by distillation) and save a checkpoint",
                        description=f"Train ARCH on the data; with --teacher, by knowledge distillation. Architectures: {from_models}.")
-    p.add_argument("--data", required=True, metavar="SPEC",
+    p.add_argument("--data", type=_spec, required=True, metavar="SPEC",
                    help="data spec: controlled, controlled:SEED, cifar10:ROOT or imagefolder:ROOT")
     p.add_argument("--arch", required=True, metavar="ARCH", help=f"architecture, one of {from_models}")
-    p.add_argument("--teacher", default=None, metavar="CKPT", help="Teacher checkpoint: train by distillation from it")
+    p.add_argument("--teacher", type=_path, default=None, metavar="CKPT", help="Teacher checkpoint: train by distillation from it")
     p.add_argument("--teacher-arch", default=None, metavar="ARCH", help="architecture of a plain state-dict Teacher checkpoint")
     p.add_argument("--method", default=None, choices=("response", "attention", "overhaul"),
                    help="KD method (needs --teacher; default with --teacher: response)")
@@ -247,13 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input normalisation: imagenet (ImageNet mean/std, for --weights) or none "
                         "(default: the Teacher's with --teacher, imagenet with --weights, else none)")
     p.add_argument("--augment", action="store_true", help="random horizontal flips and crops while training")
+    _add_force(p)
     p.add_argument("--batch-size", type=_positive_int, metavar="N", default=64, help="images per training batch")
     p.add_argument("--lr", type=_positive_float, metavar="X", default=0.05, help="peak learning rate (cosine decay)")
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"), help="SGD with Nesterov momentum, or AdamW")
     p.add_argument("--weight-decay", type=_nonneg_float, metavar="X", default=5e-4, help="weight decay")
     p.add_argument("--labelled", type=_positive_int, metavar="N", default=None,
                    help="train on a seeded, class-stratified subset of N labelled images (e.g. a Base)")
-    p.add_argument("--transfer", default=None, metavar="SPEC",
+    p.add_argument("--transfer", type=_spec, default=None, metavar="SPEC",
                    help="data spec of the images a Student is distilled on (needs --teacher); their labels are never read")
     p.add_argument("--temperature", type=_positive_float, metavar="T", default=4.0, help="KD softmax temperature")
     p.add_argument("--alpha", type=_unit_float, metavar="A", default=0.9,
@@ -263,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "local torch cache; fetched only with --download")
     p.add_argument("--limit", type=_positive_int, metavar="N", default=None, help="use only N training images")
     p.add_argument("--download", action="store_true", help="allow downloading CIFAR-10 into ROOT, and --weights")
-    p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint file to write")
+    p.add_argument("--out", type=_path, required=True, metavar="CKPT", help="checkpoint file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint file")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
     p.add_argument("--seed", type=_nonneg_int, default=0, metavar="N", help="seed of the subsets, initialisation and data order")

@@ -12,6 +12,9 @@ Token maps of text models, ``(N, T)``, are shown with Captum's
 :func:`captum.attr.visualization.visualize_text` (:func:`text_records`) or as an HTML table of
 highlights per map kind (:func:`token_maps_html`), with empty maps noted the same way.
 
+Every text of these figures (titles, class and layer names, legends) is drawn as written:
+``$`` is escaped, so a class folder named ``$x$`` is not read as mathtext.
+
 The figures use matplotlib's object-oriented API on the Agg backend: nothing is shown,
 nothing needs a display, and ``pyplot``'s global state is not touched.
 
@@ -69,6 +72,12 @@ _METHODS = ("heat_map", "blended_heat_map", "original_image", "masked_image", "a
 
 _DPI = 110
 _FONT = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 8}
+
+
+def _plain(text: Any) -> str:
+    """``text`` as matplotlib draws it literally: every ``$`` escaped, so that a class or layer
+    name such as ``$\\notacommand$`` is not parsed as mathtext (which fails, or changes it)."""
+    return str(text).replace("$", r"\$")
 
 
 def _new_figure(figsize: Tuple[float, float]) -> Figure:
@@ -338,17 +347,17 @@ def draw_attribution(ax, image, attr, *, title: Optional[str] = None, note: Opti
         ax.set_xticks([])
         ax.set_yticks([])
         if title:
-            ax.set_title(title)
+            ax.set_title(_plain(title))
     else:
         arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
         arr = arr / arr.max()  # Captum rescales per map anyway; this avoids its tiny-scale warning
         captum_viz.visualize_image_attr(
             arr[:, :, None], img, method="blended_heat_map", sign="positive",
             plt_fig_axis=(ax.figure, ax), cmap=HEAT_CMAP, alpha_overlay=0.5,
-            show_colorbar=False, title=title, use_pyplot=False,
+            show_colorbar=False, title=_plain(title) if title else title, use_pyplot=False,
         )
     if note:
-        ax.set_xlabel(note, fontsize=7, labelpad=2)
+        ax.set_xlabel(_plain(note), fontsize=7, labelpad=2)
     return not empty
 
 
@@ -397,13 +406,13 @@ def attribution_grid(
             if i == 0:
                 ax.set_title("image")
             if row_labels is not None:
-                ax.set_ylabel(str(row_labels[i]))
+                ax.set_ylabel(_plain(row_labels[i]))
             for j, (name, up) in enumerate(ups.items(), start=1):
                 peak = float(up[i].max()) if up[i].numel() else 0.0
                 draw_attribution(axes[i, j], images[i], up[i, 0], title=name if i == 0 else None,
                                  note=None if is_empty_map(up[i]) else f"max {peak:.3g}")
         if title:
-            fig.suptitle(title, fontsize=11, fontweight="bold")
+            fig.suptitle(_plain(title), fontsize=11, fontweight="bold")
         fig.tight_layout(rect=(0, 0, 0.93, 1))
         cax = fig.add_axes((0.94, 0.15, 0.015, 0.7))
         cbar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap=HEAT_CMAP), cax=cax)
@@ -481,12 +490,12 @@ def scores_per_layer(
                     highs.append(hi - m if math.isfinite(hi) and math.isfinite(m) else 0.0)
                 err = np.clip(np.array([lows, highs]), 0.0, None)
                 ax.bar(x + (si - (k - 1) / 2) * width, means, width * 0.92, yerr=err, capsize=3,
-                       label=sname, color=palette[si % len(palette)], edgecolor="white",
+                       label=_plain(sname), color=palette[si % len(palette)], edgecolor="white",
                        error_kw={"elinewidth": 1.0, "ecolor": "#333333"})
             ax.set_xticks(x)
-            ax.set_xticklabels(layers)
+            ax.set_xticklabels([_plain(layer) for layer in layers])
             ax.set_xlabel("layer")
-            ax.set_title(ptitle)
+            ax.set_title(_plain(ptitle))
             ax.axhline(0.0, color="#888888", linewidth=0.6)
             ax.grid(axis="y", alpha=0.3)
             ax.set_axisbelow(True)
@@ -494,13 +503,13 @@ def scores_per_layer(
                 ax.spines[side].set_visible(False)
             ref = (reference_lines or {}).get(ptitle)
             if ref is not None and ref[0] is not None and math.isfinite(ref[0]):
-                ax.axhline(ref[0], color="#444444", linestyle="--", linewidth=0.9, label=ref[1])
+                ax.axhline(ref[0], color="#444444", linestyle="--", linewidth=0.9, label=_plain(ref[1]))
             if ylim is not None:
                 ax.set_ylim(*ylim)
             if len(series) > 1 or ref is not None:
                 ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
         if title:
-            fig.suptitle(title, fontsize=11, fontweight="bold")
+            fig.suptitle(_plain(title), fontsize=11, fontweight="bold")
         fig.tight_layout()
     return fig
 

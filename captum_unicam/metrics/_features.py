@@ -300,6 +300,19 @@ def _flatten_output(output: Any) -> Tensor:
     raise InputError(f"the layer returned {type(output).__name__}; expected a tensor (N, ...).")
 
 
+def check_model_dtype(forward_func: Callable, layers: Sequence[nn.Module], inputs: Tensor) -> None:
+    """Floating ``inputs`` of another dtype than the model's parameters: an InputError that
+    names both dtypes and the fix (torch would fail inside the model with its own message)."""
+    modules = [forward_func] if isinstance(forward_func, nn.Module) else list(layers)
+    dtypes = {p.dtype for m in modules for p in m.parameters() if p.is_floating_point()}
+    if inputs.is_floating_point() and len(dtypes) == 1 and inputs.dtype not in dtypes:
+        (dtype,) = dtypes
+        raise InputError(
+            f"inputs are {inputs.dtype} but the model's parameters are {dtype}; convert the "
+            f"inputs with inputs.to({dtype}) (or the model with model.to({inputs.dtype}))."
+        )
+
+
 def layer_features(
     forward_func: Callable, layer: nn.Module, inputs: Tensor, additional_forward_args: Any = None
 ) -> Tensor:
@@ -330,6 +343,7 @@ def layers_features(
     Returns:
         list[Tensor]: float64 tensors ``(N, d_i)``, one per layer, in the order given.
     """
+    check_model_dtype(forward_func, layers, inputs)
     unique = list({id(m): m for m in layers}.values())
     captured: Dict[int, Tensor] = {}
 
@@ -447,7 +461,14 @@ def target_indices(target: Any, n: int) -> Tensor:
         )
     if target is None:
         raise InputError("target is required: the class index of each sample (list or 1-D tensor).")
-    t = target if isinstance(target, Tensor) else torch.as_tensor(target)
+    try:
+        t = target if isinstance(target, Tensor) else torch.as_tensor(target)
+    except (TypeError, ValueError, RuntimeError):  # a str, a list of names, ragged lists
+        raise InputError(
+            f"target must hold one integer class index per sample ({n}), as a list or 1-D tensor, "
+            f"or be an ({n}, e) float tensor of label vectors; got {type(target).__name__} "
+            f"{target!r:.60}. Map class names to indices first (e.g. dataset.class_to_idx)."
+        ) from None
     if (
         t.dim() != 1
         or t.shape[0] != n

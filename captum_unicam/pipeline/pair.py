@@ -86,7 +86,8 @@ def resolve_device(name: str) -> torch.device:
 
 def _check_files(request: PairRequest) -> None:
     for role, path in request.checkpoints():
-        if path is not None and not Path(path).is_file():
+        # FIFOs, devices and links to them are left to load_checkpoint ("not a regular file")
+        if path is not None and (Path(path).is_dir() or not os.path.lexists(path)):
             what = "is a folder" if Path(path).is_dir() else "does not exist"
             raise CheckpointError(f"{role} checkpoint {path!r} {what}; give the path of a .pt file written by "
                                   "'captum-unicam train' (or models/*.pt of a demo report)")

@@ -59,6 +59,7 @@ FLAGS: Dict[str, str] = {
     "device": "--device",
     "download": "--download",
     "epochs": "--epochs",
+    "force": "--force",  # the memory estimate of image_size (pipeline.memory)
     "image_size": "--image-size",
     "images": "--images",
     "label_model": "--label-model",
@@ -188,6 +189,8 @@ class TrainRequest:
     device: str = "cpu"
     seed: int = 0
     progress: bool = True
+    # run even when the memory estimate of image_size exceeds the memory available
+    force: bool = False
 
     def recipe_fields(self) -> Dict[str, Any]:
         r"""The fields of the training recipe (the KD method defaults to ``response``
@@ -238,6 +241,8 @@ class PairRequest:
     device: str = "cpu"
     seed: int = 0
     progress: bool = True
+    # run even when the memory estimate of image_size exceeds the memory available
+    force: bool = False
 
     def check(self) -> None:
         r"""Architecture names, the batch size and the data spec, before any loading."""

@@ -41,6 +41,7 @@ from captum_unicam.pipeline import demo as demo_models
 from captum_unicam.pipeline import evaluation, training
 from captum_unicam.pipeline.batches import labels_of, stratified_loader, stratified_order
 from captum_unicam.pipeline.data import PreprocessingWarning, load_data
+from captum_unicam.pipeline.memory import check_image_memory
 from captum_unicam.pipeline.pair import Pair, load_pair, local_path, resolve_device, stratified_images
 from captum_unicam.pipeline.process import torch_threads
 from captum_unicam.pipeline.requests import (
@@ -89,6 +90,7 @@ def train(request: TrainRequest, *, warn: Optional[Warn] = None) -> Written:
     reads = ([request.teacher] if request.teacher else []) + spec_paths(request.data) + (
         spec_paths(request.transfer) if request.transfer else [])
     out = check_output_file(request.out, overwrite=request.overwrite, reads=reads)
+    check_image_memory(request.image_size, request.batch_size, force=request.force)
     device = resolve_device(request.device)
     result = training.train_checkpoint(request.data, recipe, str(out), teacher=request.teacher, device=device,
                                        progress=request.progress, download=request.download,
@@ -116,6 +118,7 @@ def _open_pair(request: PairRequest, warn: Optional[Warn]) -> _Opened:
     """The output folder checked, then the pair loaded and batched."""
     reads = [p for _, p in request.checkpoints() if p] + spec_paths(request.data) + local_path(request.label_model)
     out = check_output_dir(request.out, overwrite=request.overwrite, reads=reads)
+    check_image_memory(request.image_size, request.batch_size, force=request.force)
     pair = load_pair(request, warn=warn or _warner(4))  # load_pair <- _open_pair <- run <- caller
     ds = pair.data
     loader = stratified_loader(ds, min(request.batch_size, len(ds)), seed=request.seed, order=request.order)
