@@ -111,7 +111,11 @@ def check_attributions(attr: Tensor, inputs: Tensor, name: str = "attributions")
     if not attr.is_floating_point():
         raise InputError(f"{name} must be floating point, got dtype {attr.dtype}.")
     if not torch.isfinite(attr).all():
-        raise InputError(f"{name} contain NaN or Inf; check the attribution method's output.")
+        bad = int((~torch.isfinite(attr.flatten(1))).any(dim=1).sum())
+        raise InputError(
+            f"{name} contain NaN or Inf ({bad} of {attr.shape[0]} maps); the explained model most "
+            "likely has Inf or NaN weights or activations: check its parameters "
+            "(torch.isfinite(p).all() for each) and retrain or reload it.")
 
 
 def check_estimator(estimator: Any) -> None:
