@@ -443,6 +443,17 @@ def _mean_low_high(value: _Interval) -> Tuple[float, float, float]:
     return v, v, v
 
 
+def _bars(values: Mapping[str, _Interval], layers: Sequence[str]) -> Tuple[list, np.ndarray]:
+    """Bar heights and (2, n) error-bar lengths of one series (NaN / 0 where missing)."""
+    means, lows, highs = [], [], []
+    for layer in layers:
+        m, lo, hi = _mean_low_high(values[layer]) if layer in values else (math.nan,) * 3
+        means.append(m)
+        lows.append(m - lo if math.isfinite(lo) and math.isfinite(m) else 0.0)
+        highs.append(hi - m if math.isfinite(hi) and math.isfinite(m) else 0.0)
+    return means, np.clip(np.array([lows, highs]), 0.0, None)
+
+
 def scores_per_layer(
     panels: Mapping[str, Mapping[str, Mapping[str, _Interval]]],
     *,
@@ -482,13 +493,7 @@ def scores_per_layer(
             k = max(len(series), 1)
             width = 0.8 / k
             for si, (sname, values) in enumerate(series.items()):
-                means, lows, highs = [], [], []
-                for layer in layers:
-                    m, lo, hi = _mean_low_high(values[layer]) if layer in values else (math.nan,) * 3
-                    means.append(m)
-                    lows.append(m - lo if math.isfinite(lo) and math.isfinite(m) else 0.0)
-                    highs.append(hi - m if math.isfinite(hi) and math.isfinite(m) else 0.0)
-                err = np.clip(np.array([lows, highs]), 0.0, None)
+                means, err = _bars(values, layers)
                 ax.bar(x + (si - (k - 1) / 2) * width, means, width * 0.92, yerr=err, capsize=3,
                        label=_plain(sname), color=palette[si % len(palette)], edgecolor="white",
                        error_kw={"elinewidth": 1.0, "ecolor": "#333333"})
