@@ -514,7 +514,8 @@ def test_quantify_without_its_peers_ends_in_one_line(tmp_path, cli_pair, local_r
     else:
         assert f"MASTER_PORT={port}: waited 3 s for the other processes" in lines[0]
         assert TIMEOUT_ENV in lines[0]
-    assert time.monotonic() - start < 10 + 20  # 3 s wait + the interpreter's start on a busy machine
+    # the 3 s wait + the interpreter's start and exit on a busy machine
+    assert time.monotonic() - start < 10 + 20
     assert not (tmp_path / "report").exists() and port_is_free(port)
 
 

@@ -18,7 +18,6 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -45,14 +44,16 @@ def _ckpt(path: Path, seed: int, classes, image_size: int = 32) -> str:
     torch.manual_seed(seed)
     model = build_model("small_resnet_s", len(classes), width=2)
     save_checkpoint(path, model, arch="small_resnet_s", num_classes=len(classes),
-                    class_names=list(classes), recipe={"image_size": image_size, "normalize": "none"})
+                    class_names=list(classes),
+                    recipe={"image_size": image_size, "normalize": "none"})
     return str(path)
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     d = tmp_path_factory.mktemp("pair")
-    return {"student": _ckpt(d / "student.pt", 0, CLASSES), "base": _ckpt(d / "base.pt", 1, CLASSES)}
+    return {"student": _ckpt(d / "student.pt", 0, CLASSES),
+            "base": _ckpt(d / "base.pt", 1, CLASSES)}
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,8 @@ def test_mask_multiply_on_inf_maps_names_the_map_and_the_weights():
         mask_multiply(x, maps)
     msg = str(info.value)
     assert isinstance(info.value, CaptumUnicamError) and isinstance(info.value, ValueError)
-    assert msg.startswith("mask_multiply: the saliency map of example 1 (attributions[1]) holds Inf "
+    assert msg.startswith("mask_multiply: the saliency map of example 1 (attributions[1]) holds "
+                          "Inf "
                           "(1 of 4 values; 2 of 3 maps hold NaN or Inf)")
     assert "Inf or NaN weights" in msg and "torch.nan_to_num" in msg
     with pytest.raises(InputError, match=r"example 0 \(attributions\[0\]\) holds NaN and Inf"):
@@ -179,7 +181,7 @@ def test_numpy_inputs_to_unicam_are_refused_like_captum(models, method):
     fixed = getattr(unicam, method)(torch.as_tensor(x.numpy(), dtype=torch.float32), target=y)
     expected = getattr(unicam, method)(x, target=y)
     for a, e in zip(fixed if isinstance(fixed, tuple) else (fixed,),
-                    expected if isinstance(expected, tuple) else (expected,)):
+                    expected if isinstance(expected, tuple) else (expected,), strict=True):
         assert torch.equal(a, e)
 
 
@@ -213,8 +215,8 @@ def _png(path: Path, value: int) -> None:
 
 
 def test_plain_text_escapes_every_dollar():
-    from matplotlib.figure import Figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     from captum_unicam import viz
 
@@ -306,7 +308,8 @@ def test_full_disk_while_quantify_writes_its_report(pair, tmp_path, capsys, monk
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", full)
-    code, _, err = _run(capsys, _argv("quantify", pair["student"], pair["base"], out, "--overwrite"))
+    argv = _argv("quantify", pair["student"], pair["base"], out, "--overwrite")
+    code, _, err = _run(capsys, argv)
     assert code == 2, err
     _one_error(err, "No space left on device", "the previous report there is kept")
     assert json.loads((out / "metrics.json").read_text())["tag"] == "old"
@@ -333,9 +336,11 @@ def test_tilde_is_expanded_in_every_path_flag(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     parser = cli.build_parser()
     home = str(tmp_path)
-    args = parser.parse_args(["quantify", "--student=~/s.pt", "--base", "~/b.pt", "--teacher=~/t.pt",
+    args = parser.parse_args(["quantify", "--student=~/s.pt", "--base", "~/b.pt",
+                              "--teacher=~/t.pt",
                               "--data=imagefolder:~/pets", "--out=~/rep", "--label-model=~/enc"])
-    assert (args.student, args.base, args.teacher) == (f"{home}/s.pt", f"{home}/b.pt", f"{home}/t.pt")
+    assert (args.student, args.base, args.teacher) == (f"{home}/s.pt", f"{home}/b.pt",
+                                                        f"{home}/t.pt")
     assert args.data == f"imagefolder:{home}/pets" and args.out == f"{home}/rep"
     assert args.label_model == f"{home}/enc"
     args = parser.parse_args(["train", "--data=controlled", "--arch", "small_resnet_s",
@@ -418,7 +423,8 @@ def test_huge_image_size_is_refused_before_loading(pair, tmp_path, capsys, monke
                 str(tmp_path / "s.pt"), "--image-size", "5000", "--batch-size", "64"]
         need = "1.92e+03 GB"
     else:
-        argv = _argv(command, pair["student"], pair["base"], tmp_path / "rep", "--image-size", "5000")
+        argv = _argv(command, pair["student"], pair["base"], tmp_path / "rep", "--image-size",
+                     "5000")
         need = "150 GB"  # batch 5
     code, _, err = _run(capsys, argv)
     assert code == 2
