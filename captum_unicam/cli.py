@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import sys
 import warnings
@@ -45,6 +46,9 @@ from captum_unicam.pipeline.requests import (
 __all__ = ["main", "build_parser"]
 
 PROG = "captum-unicam"
+
+#: errno values of a write that failed for want of space (disk, quota).
+_DISK_FULL = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e is not None)
 
 
 # ---------------------------------------------------------------------------
@@ -415,8 +419,9 @@ def _one_line_warnings(args):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     r"""Runs ``captum-unicam`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code.
 
-    Exit codes: 0 success, 2 bad input (one line on stderr), 130 interrupted (Ctrl-C,
-    SIGTERM or SIGHUP; temporary folders are removed, any previous report is left in place).
+    Exit codes: 0 success, 2 bad input or a full disk (one line on stderr), 130 interrupted
+    (Ctrl-C, SIGTERM or SIGHUP; temporary folders are removed, any previous report is left in
+    place).
     Library warnings are shown as one line each.
     """
     parser = build_parser()
@@ -438,6 +443,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if os.environ.get("CAPTUM_UNICAM_TRACEBACK"):
             raise
         print(f"{PROG} {args.command}: error: {in_flags(_one_line(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk anywhere (a cache, a temporary file): one line too
+        if e.errno not in _DISK_FULL or os.environ.get("CAPTUM_UNICAM_TRACEBACK"):
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"{PROG} {args.command}: error: {e.strerror or 'no space left on device'}{where}; "
+              "free some space (or raise the quota) and run again", file=sys.stderr)
         return 2
 
 

@@ -479,3 +479,26 @@ def test_formula_checkpoint_path_is_escaped_in_models_csv(pair, tmp_path, capsys
     cells = [cell for row in rows for cell in row]
     assert "'=HYPERLINK(1).pt" in cells
     assert not any(cell.startswith(("=", "+", "@")) for cell in cells)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_full_disk_anywhere_is_one_line(pair, tmp_path, capsys, monkeypatch, code):
+    """A full disk outside the report folder (a cache, a temporary file): one line, exit 2;
+    any other OSError is a bug and keeps its traceback."""
+    from captum_unicam.pipeline import runs
+
+    def full(*args, **kwargs):
+        raise OSError(code, os.strerror(code), "/tmp/cache/x.bin")
+
+    monkeypatch.setattr(runs, "quantify", full)
+    argv = _argv("quantify", pair["student"], pair["base"], tmp_path / "rep")
+    exit_code, _, err = _run(capsys, argv)
+    assert exit_code == 2
+    _one_error(err, os.strerror(code), "/tmp/cache/x.bin", "free some space")
+
+    def broken(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(runs, "quantify", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        cli.main(argv)
