@@ -85,14 +85,13 @@ def bootstrap_interval(
     """``{"mean", "low", "high", "n"}`` of the finite ``values`` (percentile bootstrap of
     the mean); all None and ``n = 0`` when none is finite."""
     # lazy: metrics imports the attribution stack
-    from captum_unicam.metrics.intervals import bootstrap_ci
+    from captum_unicam.metrics import intervals
 
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     if v.size == 0:
         return {"mean": None, "low": None, "high": None, "n": 0}
-    low, high = bootstrap_ci(v, n_bootstrap=n_bootstrap, seed=seed, level=confidence)
-    return {"mean": float(v.mean()), "low": low, "high": high, "n": int(v.size)}
+    return {**intervals.bootstrap_interval(v, n_bootstrap, seed, confidence), "n": int(v.size)}
 
 
 def new_figure(figsize: Tuple[float, float]) -> Figure:

@@ -34,6 +34,8 @@ from captum_unicam import errors
 from captum_unicam.pipeline import __version__
 from captum_unicam.pipeline.requests import (
     ARCHITECTURE_NAMES,
+    AUGMENTATIONS,
+    MAX_SEED,
     CompareRequest,
     DemoRequest,
     ExplainRequest,
@@ -155,6 +157,27 @@ def _add_force(p: argparse.ArgumentParser) -> None:
                         "before any data are loaded)")
 
 
+# --- train / demo: argument types of --seed and --augment ---
+def _seed(text: str) -> int:
+    v = _nonneg_int(text)
+    if v > MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {v}")
+    return v
+
+
+def _augmentations(text: str) -> tuple:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if names == ["none"]:
+        return ()
+    unknown = [n for n in names if n not in AUGMENTATIONS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give none, or a comma-separated list of "
+                                         f"{', '.join(AUGMENTATIONS)} (each once), e.g. flip,crop")
+    return tuple(names)
+# --- end train / demo ---
+
+
 def _add_common(p: argparse.ArgumentParser, *, out_help: str, out_default: Optional[str] = None,
                 seed_help: str = "seed of the bootstrap intervals and permutation tests") -> None:
     p.add_argument("--out", type=_path, required=out_default is None, default=out_default, metavar="DIR",
@@ -162,56 +185,130 @@ def _add_common(p: argparse.ArgumentParser, *, out_help: str, out_default: Optio
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing non-empty output folder (otherwise it is refused and left untouched)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=_nonneg_int, default=0, metavar="N", help=seed_help)
+    p.add_argument("--seed", type=_seed, default=0, metavar="N",
+                   help=seed_help + f" (0 to {MAX_SEED})")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="hide the progress bars")
 
 
+def _class_map(text: str) -> dict:
+    """``OLD=NEW,OLD2=NEW2`` -> ``{"OLD": "NEW", ...}`` (class names of the data -> names)."""
+    out = {}
+    for part in (p.strip() for p in text.split(",")):
+        old, sep, new = part.partition("=")
+        if not sep or not old.strip() or not new.strip():
+            raise argparse.ArgumentTypeError(f"{part!r} is not OLD=NEW; give e.g. 0=zero,1=one")
+        if old.strip() in out:
+            raise argparse.ArgumentTypeError(f"{old.strip()!r} is mapped twice")
+        out[old.strip()] = new.strip()
+    return out
+
+
+# explain / quantify / compare: the models of a pair (library architectures or factories of
+# the user's own code), how images are read, and how classes are matched
+def _add_models(p: argparse.ArgumentParser, teacher: bool = True) -> None:
+    p.add_argument("--arch", default=None, metavar="ARCH",
+                   help="architecture of plain state-dict checkpoints of the Student and the "
+                        "Base; see 'captum-unicam train --help' for names")
+    p.add_argument("--student-arch", default=None, metavar="ARCH",
+                   help="architecture of the Student, if it differs from --arch")
+    p.add_argument("--base-arch", default=None, metavar="ARCH",
+                   help="architecture of the Base, if it differs from --arch")
+    p.add_argument("--model", default=None, metavar="MODULE:FUNCTION",
+                   help="your own architecture for the Student and the Base: the function of "
+                        "your code (importable, e.g. on PYTHONPATH) that builds the model, called "
+                        "with num_classes= when it takes it; the weights are read from the "
+                        "checkpoints with torch.load(weights_only=True). Name its layers by "
+                        "dotted path (--layers features.3)")
+    p.add_argument("--student-model", default=None, metavar="MODULE:FUNCTION",
+                   help="the Student's, if it differs from --model")
+    p.add_argument("--base-model", default=None, metavar="MODULE:FUNCTION",
+                   help="the Base's, if it differs from --model")
+    if teacher:
+        p.add_argument("--teacher-arch", default=None, metavar="ARCH",
+                       help="architecture of a plain state-dict Teacher (--arch and --model do "
+                            "not apply to it)")
+        p.add_argument("--teacher-model", default=None, metavar="MODULE:FUNCTION",
+                       help="your own architecture for the Teacher, as --model")
+
+
+def _add_reading(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image-size", type=_positive_int, metavar="N", default=None,
+                   help="image side in pixels the models were trained at (default: the one "
+                        "recorded in the checkpoints; required when none records it: nothing is "
+                        "guessed); overrides the checkpoints with a warning")
+    p.add_argument("--normalize", default=None, choices=("imagenet", "none"),
+                   help="input normalisation the models were trained with (default: the one "
+                        "recorded in the checkpoints; required when none records it); overrides "
+                        "the checkpoints with a warning")
+    p.add_argument("--resize", default=None, choices=("shorter-side-crop", "exact", "pad", "none"),
+                   help="how images of another size than --image-size are brought to it: "
+                        "shorter-side-crop (shorter side to N, then the centre square), exact "
+                        "(stretched), pad (longer side to N, black borders) or none (refused); "
+                        "images already N x N are never resized or cropped (default: the rule "
+                        "recorded in the checkpoints, else shorter-side-crop)")
+    p.add_argument("--class-map", type=_class_map, default=None, metavar="OLD=NEW,...",
+                   help="rename the data's classes (folder names) to the class names the "
+                        "checkpoints record, e.g. 0=zero,1=one; classes are matched by name, "
+                        "never by position")
+    p.add_argument("--follow-links", action="store_true",
+                   help="follow symbolic links that lead out of the image folder (skipped with a "
+                        "warning otherwise)")
+    p.add_argument("--download", action="store_true",
+                   help="allow downloading CIFAR-10 into ROOT (nothing is downloaded otherwise)")
+
+
 def _add_pair(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student", type=_path, required=True, metavar="CKPT",
-                   help="checkpoint of the Student (written by 'captum-unicam train', or a plain state dict with --arch)")
+                   help="checkpoint of the Student (written by 'captum-unicam train', or a "
+                        "plain state dict with --arch or --model)")
     p.add_argument("--base", type=_path, required=True, metavar="CKPT",
                    help="checkpoint of the Base (the Student's architecture trained without KD, or the Teacher)")
     p.add_argument("--teacher", type=_path, default=None, metavar="CKPT",
                    help="checkpoint of the Teacher, only to state its accuracy in the report")
-    p.add_argument("--arch", default=None, metavar="ARCH",
-                   help="architecture of plain state-dict checkpoints (all of them); see 'captum-unicam train --help' for names")
-    p.add_argument("--student-arch", default=None, metavar="ARCH", help="architecture of the Student, if it differs from --arch")
-    p.add_argument("--base-arch", default=None, metavar="ARCH", help="architecture of the Base, if it differs from --arch")
+    _add_models(p)
     p.add_argument("--data", type=_spec, required=True, metavar="SPEC",
                    help="data spec: controlled, controlled:SEED, cifar10:ROOT or imagefolder:ROOT")
     p.add_argument("--split", default="test", choices=("train", "test", "val"), help="split of the data to use")
-    p.add_argument("--download", action="store_true", help="allow downloading CIFAR-10 into ROOT (nothing is downloaded otherwise)")
-    p.add_argument("--image-size", type=_positive_int, metavar="N", default=None,
-                   help="image side in pixels (default: the one recorded in the checkpoints; when they record "
-                        "none, 32 for controlled and CIFAR-10, 224 for image folders); overrides the checkpoints "
-                        "with a warning")
-    p.add_argument("--normalize", default=None, choices=("imagenet", "none"),
-                   help="input normalisation (default: the one recorded in the checkpoints, else none); "
-                        "overrides the checkpoints with a warning")
+    _add_reading(p)
     p.add_argument("--order", default="stratified", choices=("stratified", "shuffle", "file"),
                    help="how images are batched: stratified (seeded; every batch holds as many classes as its "
                         "size allows), shuffle (seeded) or file (the data's order). A last batch under 5 images "
                         "is merged into the one before")
     p.add_argument("--layers", nargs="+", default=["L1", "L2", "L3", "L4"], metavar="LAYER",
-                   help="layers to explain: L1..L4 (last block of each ResNet stage) or dotted module paths present in both models")
+                   help="layers to explain: L1..L4 (last block of each ResNet stage) or dotted "
+                        "module paths present in both models (e.g. features.3 or encoder.layer.1)")
     p.add_argument("--batch-size", type=_positive_int, metavar="N", default=32,
                    help="images per batch; UniCAM and the statistics are batch statistics and need at least 5")
     p.add_argument("--label-model", type=_path, default=None, metavar="MODEL",
                    help="text encoder for the label embeddings (local folder or cached Hugging Face id); "
                         "default: the bundled all-MiniLM-L6-v2")
     p.add_argument("--one-hot", action="store_true", help="use one-hot label vectors instead of text embeddings of the class names")
+    p.add_argument("--limit", type=_positive_int, metavar="N", default=None,
+                   help="evaluate a seeded subset of N images of the split (the same N gives the "
+                        "same images in explain and quantify): maps, accuracies and scores "
+                        "(default: all images)")
     _add_force(p)
 
 
 def _add_compare(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--student", type=_path, required=True, help="Student checkpoint (captum-unicam train / demo)")
-    parser.add_argument("--base", type=_path, required=True, help="Base checkpoint")
-    parser.add_argument("--data", type=_spec, required=True, help="data spec: controlled[:SEED], cifar10:ROOT, imagefolder:ROOT")
+    parser.add_argument("--student", type=_path, required=True, metavar="CKPT",
+                        help="Student checkpoint (captum-unicam train / demo, or a plain state dict "
+                             "with --arch or --model)")
+    parser.add_argument("--base", type=_path, required=True, metavar="CKPT", help="Base checkpoint")
+    _add_models(parser, teacher=False)
+    parser.add_argument("--data", type=_spec, required=True, metavar="SPEC",
+                        help="data spec: controlled[:SEED], cifar10:ROOT, imagefolder:ROOT")
+    _add_reading(parser)
     parser.add_argument("--out", type=_path, required=True, help="report folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
-    parser.add_argument("--layer", default="L4", help="stage explained: L1, L2, L3 or L4")
-    parser.add_argument("--images", type=int, default=64, help="test images explained (the first ones)")
+    parser.add_argument("--layer", default="L4",
+                        help="layer explained: L1..L4 (ResNet stages) or a dotted module path "
+                             "present in both models")
+    parser.add_argument("--images", type=int, default=64,
+                        help="test images explained, drawn class-stratified (seeded by --seed: the "
+                             "classes take turns, so every class is represented even when the "
+                             "files are stored class by class)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per attribution call (UniCAM's context)")
     parser.add_argument("--percentiles", type=float, nargs="*", default=[10, 30, 50, 70, 90],
                         help="ROAD removal percentiles (none: skip ROAD)")
@@ -223,6 +320,8 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="seed of ROAD's noise, randomisation, bootstrap")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="hide the progress bars")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads; small images are explained fastest on one (measured on a shared "
                              "2-core machine: 91 s with 1, 308 s with 2); raise it for large models on an idle machine")
@@ -263,14 +362,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-arch", default=None, metavar="ARCH", help="architecture of a plain state-dict Teacher checkpoint")
     p.add_argument("--method", default=None, choices=("response", "attention", "overhaul"),
                    help="KD method (needs --teacher; default with --teacher: response)")
-    p.add_argument("--epochs", type=_positive_int, metavar="N", default=10, help="training epochs")
+    p.add_argument("--epochs", type=_positive_int, metavar="N", default=10,
+                   help="training epochs; the optimisation steps they make are printed before "
+                        "training, with a warning under 100")
     p.add_argument("--image-size", type=_positive_int, metavar="N", default=None,
                    help="image side in pixels (default: the Teacher's with --teacher, else 32 for controlled "
                         "and CIFAR-10, 224 for image folders)")
     p.add_argument("--normalize", default=None, choices=("imagenet", "none"),
                    help="input normalisation: imagenet (ImageNet mean/std, for --weights) or none "
                         "(default: the Teacher's with --teacher, imagenet with --weights, else none)")
-    p.add_argument("--augment", action="store_true", help="random horizontal flips and crops while training")
+    p.add_argument("--augment", type=_augmentations, default=(), metavar="LIST",
+                   help="training augmentation, recorded in the checkpoint: none, or a "
+                        "comma-separated list of flip (random horizontal flip; wrong for data "
+                        "whose mirror image is another class, e.g. digits or text) and crop "
+                        "(random crop after zero padding by 1/8 of the side) "
+                        "(default: none)")
     _add_force(p)
     p.add_argument("--batch-size", type=_positive_int, metavar="N", default=64, help="images per training batch")
     p.add_argument("--lr", type=_positive_float, metavar="X", default=0.05, help="peak learning rate (cosine decay)")
@@ -279,7 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labelled", type=_positive_int, metavar="N", default=None,
                    help="train on a seeded, class-stratified subset of N labelled images (e.g. a Base)")
     p.add_argument("--transfer", type=_spec, default=None, metavar="SPEC",
-                   help="data spec of the images a Student is distilled on (needs --teacher); their labels are never read")
+                   help="data spec of the images a Student is distilled on (needs --teacher); their "
+                        "labels are never read; an image folder without train/ and test/ "
+                        "sub-folders is used whole")
     p.add_argument("--temperature", type=_positive_float, metavar="T", default=4.0, help="KD softmax temperature")
     p.add_argument("--alpha", type=_unit_float, metavar="A", default=0.9,
                    help="weight of the response-KD term (the cross-entropy gets 1 - A)")
@@ -289,9 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, metavar="N", default=None, help="use only N training images")
     p.add_argument("--download", action="store_true", help="allow downloading CIFAR-10 into ROOT, and --weights")
     p.add_argument("--out", type=_path, required=True, metavar="CKPT", help="checkpoint file to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint file")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing checkpoint file (a regular file only: never a folder, "
+                        "FIFO or device)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=_nonneg_int, default=0, metavar="N", help="seed of the subsets, initialisation and data order")
+    p.add_argument("--seed", type=_seed, default=0, metavar="N",
+                   help=f"seed of the subsets, initialisation and data order (0 to {MAX_SEED})")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
     p.set_defaults(func=cmd_train)
 
@@ -303,8 +414,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pair(p)
     p.add_argument("--images", type=_positive_int, metavar="N", default=None,
                    help="images drawn per layer, one per class in turn (default: one per class, at most 16)")
-    p.add_argument("--limit", type=_positive_int, metavar="N", default=256,
-                   help="evaluate a seeded subset of N images: maps, accuracies and localisation")
     p.add_argument("--reference", type=_nonneg_int, metavar="N", default=0,
                    help="reference mode: score each image with a fixed set of N images of the train split "
                         "(class-stratified, seeded) alone, so each map is per image and does not depend on its "
@@ -323,7 +432,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--maps", nargs="+", default=["gradcam", "distilled", "residual"],
                    choices=("none", "gradcam", "distilled", "residual"), metavar="KIND",
                    help="map kinds to evaluate: none, gradcam, distilled, residual (ignored with --perturb none)")
-    p.add_argument("--limit", type=_positive_int, metavar="N", default=None, help="evaluate a seeded subset of N images (default: all)")
     p.add_argument("--n-bootstrap", type=_positive_int, metavar="N", default=1000, help="bootstrap resamples of the batches for the intervals")
     _add_common(p, out_help="report folder to write")
     p.set_defaults(func=cmd_quantify)
@@ -363,7 +471,9 @@ def cmd_demo(args, argv) -> int:
 
 
 def cmd_train(args, argv) -> int:
-    return _print(_runs().train(request_from(TrainRequest, args), warn=lambda line: _warn(args, line)))
+    return _print(_runs().train(
+        request_from(TrainRequest, args), warn=lambda line: _warn(args, line),
+        inform=lambda line: print(f"{PROG} train: {line}", file=sys.stderr)))
 
 
 def cmd_explain(args, argv) -> int:

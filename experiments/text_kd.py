@@ -13,8 +13,9 @@ only the Base reads?
 
 Measured per seed: accuracies of the three models on cue-free and fully cued test
 sentences, and for each block of the two small BERTs the share of each map's mass on the cue
-token, over cued sentences: UniCAM residual and distilled (batch mode, the representation
-pooled over valid tokens, maps read back per token), Grad-CAM of the Base and of the Student
+token, over cued sentences: UniCAM residual and distilled (batch mode, on the Hugging Face
+models as they are: the block's token maps with the attention mask, the representation
+mean-pooled over valid tokens), Grad-CAM of the Base and of the Student
 on the same block (the token rule of ``captum_unicam.attr._layout``), and the naive
 difference ReLU(norm GradCAM(Base) - norm GradCAM(Student)) (each map divided by its largest
 value). Means with 95 % bootstrap intervals over sentences; the per-seed means pooled over
@@ -45,13 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captum_unicam.attr._layout import (
-    TokenPool,
-    pool_tokens,
-    token_gradcam,
-    token_maps_from_layer_maps,
-    tokens_channels_first,
-)
+from captum_unicam.attr._layout import pool_tokens, token_gradcam
 from captum_unicam.attr.unicam import UniCAM
 from captum_unicam.data.text import TextTopics, load_tokenizer
 from captum_unicam.embeddings import default_model_path
@@ -91,35 +86,6 @@ class Teacher(nn.Module):
 
     def forward(self, input_ids, attention_mask):
         return self.head(self.embed(input_ids, attention_mask))
-
-
-class Pooled(nn.Module):
-    """A Hugging Face classifier returning its logits, with a TokenPool on each block's
-    output: the representation UniCAM reads there (padding does not enter).
-
-    Each block's output is read where the next block receives it (a pre-hook for the
-    duration of the call), so that it is the tensor UniCAM's own hook handed on; the last
-    block's is the encoder's ``last_hidden_state``."""
-
-    def __init__(self, hf: nn.Module) -> None:
-        super().__init__()
-        self.hf = hf
-        self.pools = nn.ModuleList(TokenPool("mean") for _ in hf.bert.encoder.layer)
-
-    def forward(self, input_ids, attention_mask):
-        layers = self.hf.bert.encoder.layer
-        seen: list[torch.Tensor] = []
-        handles = [layer.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
-                   for layer in layers[1:]]
-        try:
-            out = self.hf(input_ids=input_ids, attention_mask=attention_mask,
-                          output_hidden_states=True)
-        finally:
-            for handle in handles:
-                handle.remove()
-        for pool, hidden in zip(self.pools, seen + [out.hidden_states[-1]]):
-            pool(hidden, attention_mask)
-        return out.logits
 
 
 def small_bert(vocab_size: int, hidden: int, seed: int, num_classes: int = 4) -> nn.Module:
@@ -208,10 +174,8 @@ def _normalised(maps: torch.Tensor) -> torch.Tensor:
 
 def compute_maps(models, block: int, task: TextTopics, eval_batch: int) -> dict[str, torch.Tensor]:
     """The five map kinds (N, T) on block ``block`` for the sentences of ``task``."""
-    student, base = Pooled(models["student"]).eval(), Pooled(models["base"]).eval()
-    cam = UniCAM(student, student.hf.bert.encoder.layer[block], base,
-                 base.hf.bert.encoder.layer[block], reshape_transform=tokens_channels_first,
-                 student_feature_layer=student.pools[block], base_feature_layer=base.pools[block])
+    student, base = models["student"].eval(), models["base"].eval()
+    cam = UniCAM(student, student.bert.encoder.layer[block], base, base.bert.encoder.layer[block])
     kinds: dict[str, list[torch.Tensor]] = {k: [] for k in KINDS}
     n = task.input_ids.shape[0] - task.input_ids.shape[0] % eval_batch
     for i in range(0, n, eval_batch):
@@ -219,9 +183,9 @@ def compute_maps(models, block: int, task: TextTopics, eval_batch: int) -> dict[
         y = task.labels[i:i + eval_batch]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # empty maps are counted (n_empty)
-            d, r = cam.attribute(ids, target=y, additional_forward_args=(mask,), features="both")
-        kinds["distilled"].append(token_maps_from_layer_maps(d, mask))
-        kinds["residual"].append(token_maps_from_layer_maps(r, mask))
+            d, r = cam.attribute(ids, target=y, attention_mask=mask, features="both")
+        kinds["distilled"].append(d)  # (N, T) token maps, padding exactly 0
+        kinds["residual"].append(r)
         g_b = gradcam_tokens(models["base"], block, ids, mask, y)
         g_s = gradcam_tokens(models["student"], block, ids, mask, y)
         kinds["gradcam_base"].append(g_b)

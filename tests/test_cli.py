@@ -47,7 +47,8 @@ def _run(capsys, argv):
 
 def _pair_args(c, out, **over):
     args = {"--student": c["student"], "--base": c["base"], "--data": "controlled", "--out": str(out),
-            "--limit": "10", "--batch-size": "5", "--layers": "L4", "--one-hot": None, "--no-progress": None}
+            "--limit": "10", "--batch-size": "5", "--layers": "L4", "--one-hot": None, "--no-progress": None,
+            "--image-size": "32", "--normalize": "none"}  # the checkpoints record no preprocessing
     args.update(over)
     argv = []
     for k, v in args.items():
@@ -329,7 +330,7 @@ def test_quantify_under_torchrun_equals_one_process(tmp_path, ckpts):
     pytest.importorskip("torch.distributed.run")
     common = ["quantify", "--student", ckpts["student"], "--base", ckpts["base"], "--data", "controlled",
               "--limit", "20", "--batch-size", "5", "--layers", "L4", "--maps", "gradcam",
-              "--one-hot", "--no-progress", "--n-bootstrap", "50"]
+              "--one-hot", "--no-progress", "--n-bootstrap", "50", "--image-size", "32", "--normalize", "none"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     one = subprocess.run([sys.executable, "-m", "captum_unicam", *common, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, timeout=600, env=env)

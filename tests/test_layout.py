@@ -13,16 +13,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
 
-from captum_unicam import stats
 from captum_unicam.attr._layout import (
-    TokenPool,
     check_mask,
     choose_layout,
+    forward_mask_kwargs,
     grid_side,
+    mask_from_args,
     pool_tokens,
     token_gradcam,
-    token_maps_from_layer_maps,
-    tokens_channels_first,
     vit_grid,
 )
 from captum_unicam.attr.unicam import UniCAM
@@ -104,7 +102,6 @@ def test_pool_tokens_by_hand_and_cls():
     torch.testing.assert_close(got, want.double())
     torch.testing.assert_close(pool_tokens(a), a.mean(1))
     assert torch.equal(pool_tokens(a, mask, "cls"), a[:, 0])
-    assert torch.equal(TokenPool("cls")(a, mask), a[:, 0])
     with pytest.raises(InputError, match="left padding"):
         pool_tokens(a, torch.tensor([[0, 1, 1], [1, 1, 1]]), "cls")
     with pytest.raises(InputError, match="pooling"):
@@ -176,58 +173,6 @@ def test_bert_gradcam_token_maps_do_not_change_with_more_padding():
     torch.testing.assert_close(m2[:, :6], m1, rtol=1e-9, atol=1e-12)
     assert (m2[:, 6:] == 0).all()
     assert (m1[mask == 0] == 0).all() and (m1[mask == 1] != 0).any()
-
-
-class _Pooled(torch.nn.Module):
-    """A HF classifier whose last block's hidden states are pooled by a module: the
-    representation UniCAM reads through student_feature_layer."""
-
-    def __init__(self, hf):
-        super().__init__()
-        self.hf, self.pool = hf, TokenPool("mean")
-
-    def forward(self, input_ids, attention_mask):
-        out = self.hf(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        self.pool(out.hidden_states[-1], attention_mask)
-        return out.logits
-
-
-def _oracle_unicam(student, base, ids, mask, target):
-    """pdCor of the pooled representations by autograd, then token_gradcam."""
-    hs = student(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
-    hb = base(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
-    hs = hs.detach().requires_grad_(True)
-    y = torch.nn.functional.one_hot(target, 3).double()
-    score = stats.partial_distance_correlation(pool_tokens(hs, mask), y, pool_tokens(hb, mask))
-    (grad,) = torch.autograd.grad(score, hs)
-    return token_gradcam(hs, grad, mask)
-
-
-def test_unicam_through_tokens_channels_first_equals_the_autograd_oracle():
-    student, base = _bert(0), _bert(5)
-    ws, wb = _Pooled(student).eval(), _Pooled(base).eval()
-    target = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
-    cam = UniCAM(
-        ws, student.bert.encoder.layer[-1], wb, base.bert.encoder.layer[-1],
-        reshape_transform=tokens_channels_first,
-        student_feature_layer=ws.pool, base_feature_layer=wb.pool,
-    )
-    results = {}
-    for pad_to in (6, 10):
-        ids, mask = _batch(pad_to)
-        maps = cam.attribute(ids, target=target, additional_forward_args=(mask,))
-        assert maps.shape == (8, 1, pad_to, 1)
-        tokens = token_maps_from_layer_maps(maps, mask)
-        oracle = _oracle_unicam(student, base, ids, mask, target)
-        torch.testing.assert_close(tokens, oracle, rtol=1e-6, atol=1e-10)
-        assert (tokens[mask == 0] == 0).all() and float(tokens.max()) > 0
-        results[pad_to] = tokens
-    torch.testing.assert_close(results[10][:, :6], results[6], rtol=1e-6, atol=1e-10)
-
-
-def test_token_maps_from_layer_maps_rejects_other_shapes():
-    with pytest.raises(InputError, match=r"\(N, 1, T, 1\)"):
-        token_maps_from_layer_maps(torch.ones(2, 1, 4, 4))
 
 
 # -- vision transformers -------------------------------------------------------
@@ -317,33 +262,25 @@ def test_choose_layout():
     assert choose_layout(torch.ones(2, 17, 8), attention_mask=torch.ones(2, 17)) == "tokens"
     assert choose_layout(torch.ones(2, 17, 8), inputs=torch.ones(2, 17).long()) == "tokens"
     assert choose_layout(torch.ones(2, 17, 8), inputs=(torch.ones(2, 3, 32, 32),)) == "grid"
-    assert choose_layout(torch.ones(2, 17, 8)) == "grid"
-    assert choose_layout(torch.ones(2, 12, 8)) == "tokens"
+    # neither text nor images (a Conv1d on signals, float embeddings): LayerGradCam's reading
+    assert choose_layout(torch.ones(2, 17, 8)) == "feature_map"
+    assert choose_layout(torch.ones(2, 12, 8), inputs=torch.ones(2, 12, 8)) == "feature_map"
     with pytest.raises(InputError, match="reshape_transform"):
         choose_layout(torch.ones(2, 12, 8), inputs=torch.ones(2, 3, 30, 30))
 
 
-def test_reference_mode_with_sequences_of_other_lengths():
-    """A reference set padded to 10 tokens explains inputs padded to 6 or 9: the pooled
-    representations have one width, and each input's map is its own (not the call's)."""
-    student, base = _bert(0), _bert(5)
-    ws, wb = _Pooled(student).eval(), _Pooled(base).eval()
-    ref_ids, ref_mask = _batch(10, seed=3)
-    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
-    cam = UniCAM(
-        ws, student.bert.encoder.layer[-1], wb, base.bert.encoder.layer[-1],
-        reshape_transform=tokens_channels_first,
-        student_feature_layer=ws.pool, base_feature_layer=wb.pool,
-        reference=(ref_ids, labels, (ref_mask,)),
-    )
-
-    def maps(ids, mask, t):
-        out = cam.attribute(ids, target=t, additional_forward_args=(mask,))
-        return token_maps_from_layer_maps(out, mask)
-
-    ids, mask = _batch(6)
-    ids2, mask2 = _batch(9)
-    m6, m9 = maps(ids, mask, labels), maps(ids2, mask2, labels)
-    torch.testing.assert_close(m9[:, :6], m6, rtol=1e-9, atol=1e-12)
-    assert (m9[:, 6:] == 0).all() and float(m6.max()) > 0
-    torch.testing.assert_close(maps(ids[:3], mask[:3], labels[:3]), m6[:3], rtol=1e-9, atol=1e-12)
+def test_mask_from_args_follows_hugging_face_order():
+    ids = torch.tensor([[5, 6, 0], [7, 0, 0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert mask_from_args(ids, (mask,)) is mask
+    assert mask_from_args((ids,), mask) is mask
+    assert mask_from_args((ids, mask), None) is mask  # the second input
+    assert mask_from_args((ids, ids * 0 + 3), (mask,)) is None  # the second argument is not 0/1
+    assert mask_from_args(ids, (mask * 2,)) is None  # not 0/1
+    assert mask_from_args(ids, (mask.float(),)) is None  # floats are not a mask
+    assert mask_from_args(ids.float(), (mask,)) is None  # not token ids
+    assert mask_from_args(ids, (mask[:, :2],)) is None  # another shape
+    assert mask_from_args(ids, ()) is None and mask_from_args(ids, None) is None
+    assert forward_mask_kwargs(mask, (mask,)) == {}
+    assert forward_mask_kwargs(None, ()) == {}
+    assert forward_mask_kwargs(mask, ())["attention_mask"] is mask

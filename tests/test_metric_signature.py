@@ -30,11 +30,12 @@ def test_signatures():
     assert params(feature_similarity_score) == [
         ("forward_func", POS), ("layer", POS), ("inputs", POS), ("base_forward_func", KW), ("base_layer", KW),
         ("attributions", KW), ("perturbation", KW), ("additional_forward_args", KW), ("estimator", KW),
+        ("attention_mask", KW), ("pooling", KW),
     ]
     assert params(relevance_score) == [
         ("forward_func", POS), ("layer", POS), ("inputs", POS), ("target", KW), ("label_embeddings", KW),
         ("base_forward_func", KW), ("base_layer", KW), ("attributions", KW), ("perturbation", KW),
-        ("additional_forward_args", KW), ("estimator", KW),
+        ("additional_forward_args", KW), ("estimator", KW), ("attention_mask", KW), ("pooling", KW),
     ]
     kd = params(evaluate_kd)
     assert kd[:5] == [("forward_func", POS), ("layers", POS), ("data", POS), ("base_forward_func", KW),

@@ -60,7 +60,7 @@ def trained(tree):
               "--no-progress", "--lr", "0.05"]
     paths = {r: str(tree / f"{r}.pt") for r in ("teacher", "base", "student")}
     runs = [
-        ["train", *common, "--image-size", "32", "--augment", "--out", paths["teacher"]],
+        ["train", *common, "--image-size", "32", "--augment", "flip,crop", "--out", paths["teacher"]],
         ["train", *common, "--image-size", "32", "--labelled", "16", "--seed", "1", "--out", paths["base"]],
         ["train", *common, "--teacher", paths["teacher"], "--method", "response",
          "--transfer", "imagefolder:" + str(tree / "transfer"), "--temperature", "2", "--alpha", "1",
@@ -78,14 +78,14 @@ def test_checkpoints_record_their_recipe(trained):
     metas = {r: load_checkpoint(p)[1] for r, p in paths.items()}
     for r, m in metas.items():
         assert m["recipe"]["image_size"] == 32 and m["recipe"]["normalize"] == "none", r
-    assert metas["teacher"]["recipe"]["augment"] is True
+    assert list(metas["teacher"]["recipe"]["augment"]) == ["flip", "crop"]
     # the Base's labelled subset: 16 images, 4 per class (class-stratified)
     assert metas["base"]["recipe"]["labelled"] == 16 and metas["base"]["extra"]["labelled_size"] == 16
     # the Student took the Teacher's image size (no --image-size given) and was distilled on
-    # the unlabelled transfer images (a folder with one sub-folder: its label is never read;
-    # without train/ and test/ sub-folders, 80 % of the 48 images: ceil(0.2 * 48) = 10 held out)
+    # the unlabelled transfer images (a folder without train/ and test/ sub-folders: all 48
+    # images, labels never read)
     s = metas["student"]
-    assert s["kd_method"] == "response" and s["extra"]["train_size"] == 38
+    assert s["kd_method"] == "response" and s["extra"]["train_size"] == 48
     assert s["recipe"]["transfer"].endswith("transfer") and s["recipe"]["temperature"] == 2.0
     assert s["recipe"]["alpha"] == 1.0 and s["extra"]["labelled_size"] is None
 
@@ -126,7 +126,7 @@ def test_explain_and_quantify_own_data(trained, tmp_path, capsys, command):
     assert "warning" not in err
     m = json.loads((out / "metrics.json").read_text())
     # image size carried over from the checkpoints (no --image-size given)
-    assert m["preprocessing"] == {"image_size": 32, "normalize": "none"}
+    assert m["preprocessing"] == {"image_size": 32, "resize": "shorter-side-crop", "normalize": "none"}
     # 40 test images in batches of 16: 16, 24 (a last batch of 8 >= 5 stays: 16, 16, 8)
     assert m["batch_sizes"] == [16, 16, 8]
     assert m["classes_per_batch"] == [4, 4, 4]  # no single-class batch although the files are class-ordered
@@ -153,6 +153,7 @@ def test_image_size_mismatch_refused_then_overridden(trained, tree, tmp_path, ca
     other = str(tree / "base40.pt")
     assert cli.main(["train", "--data", data, "--arch", "small_resnet_s", "--epochs", "1", "--image-size", "40",
                      "--no-progress", "--out", other]) == 0
+    capsys.readouterr()  # the training's own lines
     argv = ["quantify", "--student", paths["student"], "--base", other, "--data", data, "--batch-size", "16",
             "--layers", "L4", "--one-hot", "--no-progress", "--n-bootstrap", "20", "--maps", "gradcam"]
     code, _, err = _run(capsys, argv + ["--out", str(tmp_path / "a")])
@@ -272,6 +273,7 @@ def test_normalisation_mismatch_refused_then_overridden(trained, tree, tmp_path,
     other = str(tree / "base_imagenet.pt")
     assert cli.main(["train", "--data", data, "--arch", "small_resnet_s", "--epochs", "1", "--image-size", "32",
                      "--normalize", "imagenet", "--no-progress", "--out", other]) == 0
+    capsys.readouterr()  # the training's own lines
     argv = ["explain", "--student", paths["student"], "--base", other, "--data", data, "--batch-size", "8",
             "--limit", "16", "--layers", "L4", "--one-hot", "--no-progress"]
     code, _, err = _run(capsys, argv + ["--out", str(tmp_path / "a")])
@@ -282,4 +284,37 @@ def test_normalisation_mismatch_refused_then_overridden(trained, tree, tmp_path,
     lines = [ln for ln in err.strip().splitlines() if "warning" in ln]
     assert len(lines) == 1 and "Student was trained with normalize none" in lines[0]
     m = json.loads((tmp_path / "b" / "metrics.json").read_text())
-    assert m["preprocessing"] == {"image_size": 32, "normalize": "imagenet"}
+    assert m["preprocessing"] == {"image_size": 32, "resize": "shorter-side-crop", "normalize": "imagenet"}
+
+
+def test_readme_own_architecture_runs_as_written(tree, tmp_path, monkeypatch, capsys):
+    """The "Your own architecture" module and commands of docs/cli.md, on the 32 px tree,
+    with state dicts of that module's model saved as a user's own training code would."""
+    import pathlib
+    import re
+    import shlex
+    import shutil
+
+    page = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    section = page.split("### Your own architecture\n", 1)[1].split("\n## ", 1)[0]
+    module = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    bash = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    shutil.copytree(tree / "data", tmp_path / "my_images")
+    (tmp_path / "mynets.py").write_text(module)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    import mynets
+
+    for seed, role in enumerate(("student", "base")):
+        torch.manual_seed(seed)
+        torch.save(mynets.small_cnn(num_classes=4).state_dict(), tmp_path / f"cnn_{role}.pt")
+    for line in bash.strip().splitlines():
+        argv = shlex.split(line)
+        assert argv[0] == "captum-unicam"
+        code, _, err = _run(capsys, argv[1:] + ["--no-progress", "--one-hot"])
+        assert code == 0, (line, err)
+    for report in ("cnn-explain", "cnn-quantify"):
+        m = json.loads((tmp_path / report / "metrics.json").read_text())
+        assert m["preprocessing"]["image_size"] == 32 and m["layers" if "explain" in report else "map_kinds"]
+        assert m["models"]["Student"]["arch"] is None  # not an architecture of the library
+    assert "record no class names" in (tmp_path / "cnn-explain" / "index.html").read_text()

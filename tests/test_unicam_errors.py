@@ -177,7 +177,23 @@ def test_layer_with_non_tensor_output(data):
 
     student, base = Net().double().eval(), Net().double().eval()
     x, y = data
-    with pytest.raises(ValueError, match="single floating-point tensor"):
+    # A tuple whose other elements are not tensors (as Hugging Face layers return, with
+    # None or caches): its first element is the layer's output, read as that tensor.
+    got = UniCAM(student, student.block, base, base.block).attribute(x, target=y, features="both")
+    want = UniCAM(student, student.block.conv, base, base.block.conv).attribute(
+        x, target=y, features="both"
+    )
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+    assert any(float(g.abs().max()) > 0 for g in got)
+    assert all_hooks(student, base) == 0
+
+    class NoneOut(TupleOut):
+        def forward(self, x):
+            return (None, self.conv(x))  # no tensor first: nothing to read
+
+    student.block, base.block = NoneOut().double(), NoneOut().double()
+    with pytest.raises(ValueError, match="hidden states"):
         UniCAM(student, student.block, base, base.block).attribute(x, target=y)
     assert all_hooks(student, base) == 0
 

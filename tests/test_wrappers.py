@@ -206,7 +206,9 @@ def test_layer_output_with_a_non_tensor_is_a_public_input_error(setup):
             self.conv = nn.Conv2d(3, 4, 3, padding=1)
 
         def forward(self, x):
-            return self.conv(x), "meta"
+            # no tensor first (a tensor first with other things after it, as Hugging Face
+            # layers return, is read as that tensor)
+            return "meta", self.conv(x)
 
     class Net(nn.Module):
         def __init__(self):
@@ -215,11 +217,11 @@ def test_layer_output_with_a_non_tensor_is_a_public_input_error(setup):
             self.fc = nn.Linear(4, 4)
 
         def forward(self, x):
-            return self.fc(self.block(x)[0].mean((2, 3)))
+            return self.fc(self.block(x)[1].mean((2, 3)))
 
     student, base = Net().double().eval(), Net().double().eval()
     _, _, x, y = setup
-    with pytest.raises(InputError, match="single floating-point tensor") as info:
+    with pytest.raises(InputError, match="hidden states") as info:
         UniCAM(student, student.block, base, base.block).attribute(x, target=y)
     assert type(info.value) is InputError  # not the private hook error
     assert all_hooks(student, base) == 0

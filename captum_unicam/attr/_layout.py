@@ -14,9 +14,8 @@ where a CNN layer outputs a feature map ``(N, C, h, w)``. Two readings are defin
   DeiT's CLS and distillation tokens, ``k = 2``), are laid out on the ``s x s`` patch grid
   ``(N, C, s, s)`` (:func:`vit_grid`), after which the feature-map rule of Grad-CAM applies.
 
-:func:`choose_layout` decides between the two. Until UniCAM reads these layouts natively,
-:func:`vit_grid` is a ``reshape_transform`` as it stands, and token maps come from UniCAM
-through :func:`tokens_channels_first` and :func:`token_maps_from_layer_maps`.
+:func:`choose_layout` decides between the two; UniCAM and the metrics apply its rule when no
+``reshape_transform`` is given. :func:`vit_grid` is also a ``reshape_transform`` as it stands.
 
 This module is internal, shared by the attribution and the metrics (as Captum's
 ``_utils``): its names may change between releases.
@@ -28,20 +27,19 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from captum_unicam.errors import InputError
 
 __all__ = [
     "POOLINGS",
-    "TokenPool",
     "check_mask",
     "choose_layout",
+    "forward_mask_kwargs",
     "grid_side",
+    "mask_from_args",
     "pool_tokens",
     "token_gradcam",
-    "token_maps_from_layer_maps",
-    "tokens_channels_first",
     "vit_grid",
 ]
 
@@ -288,11 +286,14 @@ def choose_layout(
 
     1. not 3-dimensional (e.g. ``(N, C, h, w)`` or ``(N, C)``): ``"feature_map"``, the
        ordinary Grad-CAM layout;
-    2. an ``attention_mask`` is given: ``"tokens"`` (text);
-    3. the first input is an integer tensor (token ids): ``"tokens"``; a floating tensor
-       with 4 dimensions (images): ``"grid"``, and an InputError naming
-       ``reshape_transform`` when the tokens cannot be laid out;
-    4. otherwise ``"grid"`` when ``T = s * s + k`` (k in {1, 2}), else ``"tokens"``.
+    2. an ``attention_mask`` is given, or the first input is an integer tensor (token
+       ids): ``"tokens"`` (text);
+    3. the first input is a floating tensor with 4 dimensions (images): ``"grid"`` (a vision
+       transformer's tokens), and an InputError naming ``reshape_transform`` when the tokens
+       cannot be laid out on a square patch grid after 1 or 2 special tokens;
+    4. otherwise (e.g. a ``Conv1d`` layer on signals, or a transformer fed float embeddings
+       without a mask): ``"feature_map"``, dimension 1 read as channels, as ``LayerGradCam``
+       reads it. Pass an ``attention_mask`` to read such a layer as tokens.
 
     Args:
 
@@ -314,95 +315,55 @@ def choose_layout(
     first = inputs[0] if isinstance(inputs, (tuple, list)) and inputs else inputs
     if isinstance(first, Tensor) and not first.is_floating_point():
         return "tokens"
-    fits = grid_side(activation.shape[1]) is not None
     if isinstance(first, Tensor) and first.dim() == 4:
-        if not fits:
-            vit_grid(activation)  # raises the InputError naming reshape_transform
+        vit_grid(activation[:1])  # raises the InputError naming reshape_transform
         return "grid"
-    return "grid" if fits else "tokens"
+    return "feature_map"
 
 
-def tokens_channels_first(activation: Tensor) -> Tensor:
-    r"""``(N, T, C)`` to ``(N, C, T, 1)``: a token layer as a one-column feature map, for
-    UniCAM's ``reshape_transform`` until it reads token layers natively. Read the maps back
-    with :func:`token_maps_from_layer_maps`.
-
-    Examples::
-
-        >>> cam = UniCAM(student, student.bert.encoder.layer[-1], base,
-        ...              base.bert.encoder.layer[-1], reshape_transform=tokens_channels_first,
-        ...              student_feature_layer=pooled_student, base_feature_layer=pooled_base)
-    """
-    return _check_tokens(activation).transpose(1, 2).unsqueeze(-1)
-
-
-def token_maps_from_layer_maps(
-    maps: Tensor, attention_mask: Tensor | None = None
-) -> Tensor:
-    r"""Token maps ``(N, T)`` from the ``(N, 1, T, 1)`` maps of a Grad-CAM-style
-    attribution computed through :func:`tokens_channels_first`.
-
-    Such an attribution averages the gradient over all T positions; when the explained
-    score does not depend on the padding tokens (a representation pooled over the valid
-    tokens, see :func:`pool_tokens`), their gradient is 0 and the maps differ from
-    :func:`token_gradcam`'s by the factor ``T_valid / T`` of each sequence (the ReLU
-    commutes with a positive factor). This undoes it and sets padding to exactly 0.
-
-    Args:
-
-        maps (Tensor): ``(N, 1, T, 1)``.
-        attention_mask (Tensor, optional): ``(N, T)``.
-                    Default: None (all valid: the maps are only reshaped)
-
-    Returns:
-        *Tensor* of **maps**:
-        - **maps** (*Tensor*): ``(N, T)``, equal to :func:`token_gradcam` of the same
-          activations and gradient.
-    """
-    if not isinstance(maps, Tensor) or maps.dim() != 4 or maps.shape[1] != 1 or maps.shape[3] != 1:
-        got = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
-        raise InputError(
-            f"`maps` must be (N, 1, T, 1) maps of a layer read through tokens_channels_first, "
-            f"got {got}."
-        )
-    flat = maps[:, 0, :, 0]
-    mask = check_mask(attention_mask, flat.shape[0], flat.shape[1])
-    if mask is None:
-        return flat
-    mask = mask.to(flat.device)
-    scale = flat.shape[1] / mask.sum(dim=1, keepdim=True).to(flat.dtype)
-    return (flat * scale).masked_fill(~mask, 0.0)
-
-
-class TokenPool(nn.Module):
-    r""":func:`pool_tokens` as a module: called inside a model's forward on a token layer's
-    hidden states, its output is a pooled representation that UniCAM can read as
-    ``student_feature_layer`` / ``base_feature_layer`` (and the metrics as a layer), so
-    that padding does not enter the statistics.
-
-    Args:
-
-        pooling (str, optional): ``"mean"`` (over valid tokens) or ``"cls"``.
-                    Default: "mean"
+def mask_from_args(inputs: Any, additional_forward_args: Any) -> Tensor | None:
+    r"""The attention mask among a model's arguments, where Hugging Face's positional order
+    ``model(input_ids, attention_mask, ...)`` places it: the model's second positional
+    argument (the second input tensor, or else the first additional forward argument), when
+    the first input is an integer tensor of token ids ``(N, T)`` and that argument is an
+    ``(N, T)`` integer or bool tensor of 0 and 1. None otherwise.
 
     Examples::
 
-        >>> class Classifier(torch.nn.Module):
-        ...     def __init__(self, hf_model):
-        ...         super().__init__()
-        ...         self.hf, self.pool = hf_model, TokenPool("mean")
-        ...     def forward(self, input_ids, attention_mask):
-        ...         out = self.hf(input_ids, attention_mask=attention_mask,
-        ...                       output_hidden_states=True)
-        ...         self.pool(out.hidden_states[-1], attention_mask)
-        ...         return out.logits
+        >>> mask_from_args(input_ids, (attention_mask,)) is attention_mask
+        True
+        >>> mask_from_args((input_ids, attention_mask), None) is attention_mask
+        True
     """
+    inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    args = (
+        tuple(additional_forward_args)
+        if isinstance(additional_forward_args, (tuple, list))
+        else (additional_forward_args,)
+    )
+    first = inputs[0] if inputs else None
+    second = (inputs + args)[1:2]
+    if not isinstance(first, Tensor) or first.is_floating_point() or first.dim() != 2 or not second:
+        return None
+    mask = second[0]
+    if not isinstance(mask, Tensor) or mask.shape != first.shape or mask.is_floating_point():
+        return None
+    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+        return None
+    return mask
 
-    def __init__(self, pooling: str = "mean") -> None:
-        super().__init__()
-        if pooling not in POOLINGS:
-            raise InputError(f"`pooling` must be one of {POOLINGS}, got {pooling!r}.")
-        self.pooling = pooling
 
-    def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        return pool_tokens(hidden, attention_mask, self.pooling)
+def forward_mask_kwargs(attention_mask: Tensor | None, additional_forward_args: Any) -> dict:
+    r"""``{"attention_mask": attention_mask}`` when a mask is given that is not already one
+    of the additional forward arguments (so that a Hugging Face model receives it as its
+    keyword), else ``{}``."""
+    if attention_mask is None:
+        return {}
+    args = (
+        additional_forward_args
+        if isinstance(additional_forward_args, (tuple, list))
+        else (additional_forward_args,)
+    )
+    if any(a is attention_mask for a in args):
+        return {}
+    return {"attention_mask": attention_mask}

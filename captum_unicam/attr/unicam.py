@@ -14,6 +14,7 @@ what distillation made the Student drop.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -26,7 +27,18 @@ from torch import Tensor
 from torch.nn import Module
 
 from captum_unicam import _fused
+from captum_unicam._outputs import hidden_of, logits_of
 from captum_unicam.attr import _diagnosis
+from captum_unicam.attr._layout import (
+    POOLINGS,
+    check_mask,
+    choose_layout,
+    forward_mask_kwargs,
+    mask_from_args,
+    pool_tokens,
+    token_gradcam,
+    vit_grid,
+)
 from captum_unicam.attr._targets import parse_target, ravel_targets, rows_of
 from captum_unicam.errors import InputError
 
@@ -50,6 +62,10 @@ def _statistics_dtype(x: Tensor) -> Tensor:
 
 
 Transform = Callable[[Tensor], Tensor]
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 class UniCAMWarning(UserWarning):
@@ -102,6 +118,9 @@ class _Capture:
         self.activation: Optional[Tensor] = None
         self.shapes: Optional[List[torch.Size]] = None  # several tensors at the layer
         self.representation: Optional[Tensor] = None
+        self.layout = "feature_map"  # or "tokens" / "grid", set after the forward pass
+        self.mask: Optional[Tensor] = None  # the tokens' attention mask (bool), if any
+        self.pooling = "mean"  # how a token layer's representation is pooled
         self._tick = 0
         self._activation_tick = 0
         self._feature_tick = 0
@@ -145,7 +164,38 @@ class _Capture:
                 "choose a layer whose tensors keep the batch dimension first."
             )
 
+    def _unpack(self, value: Any, name: str) -> Tuple[Any, Callable[[Any], Any]]:
+        """(what to capture, a function that puts a replacement back into the value's form).
+
+        A tensor, or a tuple of floating-point tensors (several maps, as LayerGradCam), is
+        captured as it is. A tuple whose other elements are not all floating-point tensors
+        (attention weights set to None, caches: Hugging Face layers) gives its first element;
+        a ``ModelOutput`` or mapping gives its hidden states (``_outputs.hidden_of``)."""
+        if isinstance(value, Tensor):
+            return value, _same
+        if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
+            if all(isinstance(t, Tensor) and t.is_floating_point() for t in value):
+                return value, _same
+            rest = tuple(value[1:])
+            if isinstance(value, list):
+                return value[0], lambda t: [t, *rest]
+            if hasattr(value, "_fields"):
+                return value[0], lambda t: type(value)(t, *rest)
+            return value[0], lambda t: (t,) + rest
+        try:
+            hidden = hidden_of(value, name)
+        except InputError as err:
+            raise _HookError(str(err)) from None
+
+        def rebuild(t: Tensor) -> Any:
+            out = type(value)(**dict(value.items())) if isinstance(value, Mapping) else value
+            out["last_hidden_state"] = t
+            return out
+
+        return hidden, rebuild
+
     def _take(self, value: Any, where: str) -> Any:
+        value, rebuild = self._unpack(value, self.layer_arg)
         tensors = tuple(value) if isinstance(value, (tuple, list)) else (value,)
         self._check_value(tensors, where)
         self._tick += 1
@@ -165,7 +215,7 @@ class _Capture:
         torch.set_grad_enabled(True)
         leaf.requires_grad_(True)
         if self.shapes is None:
-            return leaf.clone()  # a non-leaf copy, so in-place layers downstream stay legal
+            return rebuild(leaf.clone())  # a non-leaf copy: in-place layers downstream stay legal
         pieces = tuple(p.clone() for p in self.split(leaf))
         if isinstance(value, list):
             return list(pieces)
@@ -205,7 +255,8 @@ class _Capture:
         replaced = self._take(args[0], "input")
         return None if replaced is None else (replaced,) + tuple(args[1:])
 
-    def _feature_hook(self, module: Module, args: Any, output: Any) -> Optional[Tensor]:
+    def _feature_hook(self, module: Module, args: Any, output: Any) -> Optional[Any]:
+        output, rebuild = self._unpack(output, self.feature_arg)
         if not isinstance(output, Tensor) or not output.is_floating_point():
             raise _HookError(
                 f"The output of `{self.feature_arg}` in the {self.model} is not a single "
@@ -216,7 +267,7 @@ class _Capture:
         if self.graph:
             self.representation = output
             torch.set_grad_enabled(False)  # the rest of the network needs no graph
-            return output.detach().clone()  # in-place layers downstream cannot alter it
+            return rebuild(output.detach().clone())  # in-place layers downstream cannot alter it
         self.representation = output.detach().clone()
         return None
 
@@ -369,6 +420,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
         base_feature_layer: Optional[Module] = None,
         reshape_transform: Union[None, Transform, Sequence[Optional[Transform]]] = None,
         reference: Optional[Tuple[Any, ...]] = None,
+        token_pooling: str = "mean",
     ) -> None:
         r"""
         Args:
@@ -424,8 +476,16 @@ class UniCAM(LayerAttribution, GradientAttribution):
                         the models' weights change). ``ref_target`` follows the rules
                         of ``target``; use repeated classes in the reference set (or
                         ``label_embeddings``), see the degenerate cases above. Scores
-                        are then one per input. Default: None (batch mode, the paper's
-                        behaviour)
+                        are then one per input. For text, a fourth element
+                        ``ref_attention_mask`` gives the reference set's mask (else it is
+                        read from ``ref_additional_forward_args`` as for the inputs, see
+                        ``attention_mask`` of :meth:`attribute`); the reference sequences
+                        may be padded to another length than the inputs. Default: None
+                        (batch mode, the paper's behaviour)
+            token_pooling (str, optional): How the representation of a token layer
+                        (text, ``(N, T, C)``) is read for the statistics: ``"mean"``
+                        over the valid tokens, or ``"cls"``, the first token. Either way
+                        padding cannot change a score. Default: "mean"
         """
         if (
             device_ids is not None
@@ -462,6 +522,9 @@ class UniCAM(LayerAttribution, GradientAttribution):
         self.label_embeddings = self._check_embeddings(label_embeddings)
         self.reshape_transform = reshape_transform
         self._transforms = self._check_transforms(reshape_transform)
+        if token_pooling not in POOLINGS:
+            raise InputError(f"`token_pooling` must be one of {POOLINGS}, got {token_pooling!r}.")
+        self.token_pooling = token_pooling
         self._reference = self._check_reference(reference)
         self._reference_cache: Dict[Any, Any] = {}
         self._warned_batch = False  # the batch-make-up warning is shown once
@@ -525,6 +588,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
         context: Optional[Tuple[Any, ...]] = None,
         return_score: bool = False,
         reference: Optional[Tuple[Any, ...]] = None,
+        attention_mask: Optional[Tensor] = None,
     ) -> Union[Tensor, Tuple[Tensor, Tensor], Tuple[Any, Any]]:
         r"""
         Args:
@@ -603,6 +667,21 @@ class UniCAM(LayerAttribution, GradientAttribution):
                         constructor's ``reference`` (not cached); it replaces the
                         constructor's. Cannot be combined with ``context``.
                         Default: None
+            attention_mask (Tensor, optional): ``(N, T)``, 1 for the valid tokens and
+                        0 for padding, as a tokenizer returns it. It makes a token layer
+                        ``(N, T, C)`` read as text: one map value per token, padding
+                        exactly 0, the representation pooled over the valid tokens
+                        (``token_pooling``). Unless it is one of
+                        ``additional_forward_args``, it is also passed to both forward
+                        functions as the keyword ``attention_mask`` (as Hugging Face models
+                        take it). None: read from the inputs when the first input is
+                        token ids ``(N, T)`` and the models' second positional argument (the
+                        second input, or else the first additional forward argument) is an
+                        ``(N, T)`` tensor of 0 and 1 (Hugging Face's positional order
+                        ``model(input_ids, attention_mask)``); else every token is valid.
+                        With ``context``, give the mask as that argument (and the context's
+                        in ``context[2]``).
+                        Default: None
 
         Returns:
             *Tensor* or *tuple[Tensor, Tensor]* of **attributions**:
@@ -625,6 +704,16 @@ class UniCAM(LayerAttribution, GradientAttribution):
                         sensitivity is mis-computed). With ``return_score=True``, a
                         pair ``(attributions, scores)`` where ``scores`` is ``S_d``,
                         ``S_r``, or ``(S_d, S_r)``.
+
+                        Layers of transformers, with no ``reshape_transform``: a token
+                        layer of a text model (token ids as inputs, or an
+                        ``attention_mask``) gives ``(N, T)`` maps, one value per token,
+                        aligned with ``input_ids`` (channel weights from the gradient
+                        averaged over the valid tokens; padding exactly 0); a vision
+                        transformer's token layer (image inputs) is laid out on its patch
+                        grid after its special tokens and gives ``(N, 1, s, s)`` maps
+                        (``attr._layout.vit_grid``), or an ``InputError`` naming
+                        ``reshape_transform`` when its tokens do not form a square grid.
 
         Examples::
 
@@ -674,6 +763,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
             attr_dim_summation=attr_dim_summation,
             grad_kwargs=grad_kwargs,
             reference=reference,
+            attention_mask=attention_mask,
         )
         if features == "both":
             out: Any = maps
@@ -698,6 +788,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
         features: str = "both",
         context: Optional[Tuple[Any, ...]] = None,
         reference: Optional[Tuple[Any, ...]] = None,
+        attention_mask: Optional[Tensor] = None,
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         r"""The scores behind the maps, without computing any gradient.
 
@@ -733,6 +824,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
             context,
             maps=False,
             reference=reference,
+            attention_mask=attention_mask,
         )
         return scores if features == "both" else scores[0]
 
@@ -748,7 +840,9 @@ class UniCAM(LayerAttribution, GradientAttribution):
         positional arguments are the input tensors, the next one (optional) the targets
         of those inputs (as in :meth:`attribute`; pass them through the tool's
         ``additional_forward_args``, which Captum repeats with the inputs it perturbs),
-        the rest the models' additional forward arguments. It returns an ``(N,)``
+        the rest the models' additional forward arguments (for text, the attention mask
+        first: it is read from there, see ``attention_mask`` of :meth:`attribute`). It
+        returns an ``(N,)``
         tensor: in **reference mode** input i's score with the reference set alone
         (:meth:`score`), a per-input function, which is what these tools assume. In batch
         mode the score is one statistic of the whole batch, returned for every input,
@@ -806,6 +900,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
         attr_dim_summation: bool = True,
         grad_kwargs: Optional[Dict[str, Any]] = None,
         reference: Any = None,
+        attention_mask: Optional[Tensor] = None,
     ) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
         kinds = ("distilled", "residual") if features == "both" else (features,)
         to_input = attribute_to_layer_input
@@ -815,6 +910,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
             inputs, target, additional_forward_args, context, grad_kwargs, reference
         )
         n = inputs[0].shape[0] if context is None else parts[0][1]
+        mask, kwargs = self._input_mask(inputs, args, attention_mask, context)
         self._warn_training()
         tool = None if reference is not None else _diagnosis.calling_tool()
 
@@ -828,7 +924,12 @@ class UniCAM(LayerAttribution, GradientAttribution):
             "distilled": maps and "distilled" in kinds,
             "residual": maps and "residual" in kinds,
         }
-        (out_s, cap_s), (_, cap_b) = self._forward_pair(inputs, args, to_input, need)
+        (out_s, cap_s), (_, cap_b) = self._forward_pair(inputs, args, to_input, need, kwargs)
+        out_s = self._as_logits(out_s)
+        transforms = (
+            self._layout(cap_s, self._transforms[0], mask, inputs, self.token_pooling),
+            self._layout(cap_b, self._transforms[1], mask, inputs, self.token_pooling),
+        )
 
         # 4. Label vectors Y, on the device of the representations.
         y, label_ok = self._labels(
@@ -840,11 +941,9 @@ class UniCAM(LayerAttribution, GradientAttribution):
         n_total = inputs[0].shape[0]
         with torch.enable_grad() if maps else torch.no_grad():
             rep_s = self._representation(
-                cap_s, self._transforms[0], need["distilled"], "Student", n_total
+                cap_s, transforms[0], need["distilled"], "Student", n_total
             )
-            rep_b = self._representation(
-                cap_b, self._transforms[1], need["residual"], "Base", n_total
-            )
+            rep_b = self._representation(cap_b, transforms[1], need["residual"], "Base", n_total)
         explained = [0 if kind == "distilled" else 2 for kind in kinds]
         s_all, w_all, flags, rescaled, scales, repeated = self._statistics(
             rep_s[2], y, rep_b[2], blocks, explained
@@ -859,9 +958,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
             for k, kind in enumerate(kinds):
                 v = explained[k]
                 rep, transform, cap = (
-                    (rep_s, self._transforms[0], cap_s)
-                    if v == 0
-                    else (rep_b, self._transforms[1], cap_b)
+                    (rep_s, transforms[0], cap_s) if v == 0 else (rep_b, transforms[1], cap_b)
                 )
                 if blocks is None:
                     grad_x = _fused.laplacian_product(w_all[k, 0], rescaled[v])
@@ -870,6 +967,12 @@ class UniCAM(LayerAttribution, GradientAttribution):
                         w_all[k, :, 0, 1:], rescaled[v], blocks["x"][v]
                     )
                 grad_x = (grad_x / scales[v].to(grad_x.dtype)).to(rep[2].dtype)
+                if cap.layout == "tokens":
+                    grad = self._token_gradient(grad_x, *rep, cap, grad_kwargs or {})
+                    results.append(
+                        self._token_maps(cap, grad, relu_attributions, attr_dim_summation, n)
+                    )
+                    continue
                 grad = self._gradient(grad_x, *rep, transform, cap, grad_kwargs or {})
                 results.append(
                     self._layer_maps(cap, rep[1], grad, relu_attributions, attr_dim_summation, n)
@@ -936,6 +1039,8 @@ class UniCAM(LayerAttribution, GradientAttribution):
                 f"{len(ref_inputs)}; give inputs of the reference set's form."
             )
         for i, (a, r) in enumerate(zip(inputs, ref_inputs)):
+            if not a.is_floating_point() and a.dim() == 2 == r.dim():
+                continue  # token ids: sequences of any length (the representation is pooled)
             if a.shape[1:] != r.shape[1:]:
                 raise InputError(
                     f"Input {i} has example shape {tuple(a.shape[1:])}, but the reference set's "
@@ -950,6 +1055,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
         args: Tuple[Any, ...],
         to_input: bool,
         need: Dict[str, bool],
+        kwargs: Dict[str, Any],
     ) -> Tuple[Tuple[Any, _Capture], Tuple[Any, _Capture]]:
         """One forward pass of the Student and of the Base, with their captures."""
         s_feature = self._feature_layer(self.student_feature_layer, self.layer, to_input)
@@ -965,6 +1071,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
             args,
             to_input,
             graph=need["distilled"] and s_feature is not None,
+            kwargs=kwargs,
         )
         base = self._run(
             "Base",
@@ -977,6 +1084,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
             args,
             to_input,
             graph=need["residual"] and b_feature is not None,
+            kwargs=kwargs,
         )
         return student, base
 
@@ -1010,17 +1118,116 @@ class UniCAM(LayerAttribution, GradientAttribution):
             return cap.maps(grad, relu, summation, n)
         return self._gradcam(a.detach(), grad, relu, summation)[:n]
 
+    # -- transformer layers --------------------------------------------------------
+
+    @staticmethod
+    def _as_logits(output: Any) -> Any:
+        """The Student's output as logits (a Hugging Face ModelOutput, a mapping with
+        ``logits``, a tuple with the logits first); another output is kept as it is, and
+        refused by :meth:`_logits` only where logits are needed."""
+        try:
+            return logits_of(output, "Student")
+        except InputError:
+            return output
+
+    def _input_mask(
+        self, inputs: Tuple[Tensor, ...], args: Tuple[Any, ...], mask: Any, context: Any
+    ) -> Tuple[Optional[Tensor], Dict[str, Any]]:
+        """(the attention mask of the inputs, or None; keyword arguments for the models)."""
+        if mask is None:
+            return mask_from_args(inputs, args), {}
+        if context is not None:
+            raise InputError(
+                "`attention_mask` cannot be combined with `context`: give the mask as the first "
+                "additional forward argument and the context's in "
+                "context=(ctx_inputs, ctx_target, (ctx_attention_mask,)), or use reference mode."
+            )
+        if not isinstance(mask, Tensor) or mask.dim() != 2 or mask.shape[0] != inputs[0].shape[0]:
+            got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise InputError(
+                f"`attention_mask` must be an (N, T) tensor with N = {inputs[0].shape[0]} rows, "
+                f"one per input, got {got}; pass the tokenizer's attention_mask of the batch."
+            )
+        return mask, forward_mask_kwargs(mask, args)
+
+    @staticmethod
+    def _layout(
+        cap: _Capture,
+        transform: Optional[Transform],
+        mask: Optional[Tensor],
+        inputs: Any,
+        pooling: str,
+    ) -> Optional[Transform]:
+        """Decides how the captured layer is read (``attr._layout.choose_layout``) and returns
+        the transform to apply: the user's, ``vit_grid`` for a vision transformer's token
+        layer, or None (feature maps, and token layers, read as tokens)."""
+        if transform is not None or cap.shapes is not None:
+            return transform
+        leaf = cap.activation
+        assert leaf is not None
+        cap.pooling = pooling
+        try:
+            cap.layout = choose_layout(leaf, mask, inputs)
+        except InputError as err:
+            raise InputError(f"At `{cap.layer_arg}` of the {cap.model}: {err}") from None
+        if cap.layout == "tokens" and mask is not None:
+            cap.mask = check_mask(mask, leaf.shape[0], leaf.shape[1]).to(leaf.device)
+        return vit_grid if cap.layout == "grid" else None
+
+    @staticmethod
+    def _token_gradient(
+        grad_x: Tensor,
+        leaf: Tensor,
+        a: Tensor,
+        x: Tensor,
+        capture: _Capture,
+        grad_kwargs: Dict[str, Any],
+    ) -> Tensor:
+        """dS/dA on a token layer from dS/dX: in closed form through the pooling when the
+        representation is the pooled layer, else by autograd from the representation."""
+        if capture.feature_layer is not None:
+            return UniCAM._gradient(grad_x, leaf, a, x, None, capture, grad_kwargs)
+        rows, t = grad_x.shape[0], a.shape[1]
+        g = grad_x.reshape(rows, 1, -1)
+        if capture.pooling == "cls":
+            weight = torch.zeros(rows, t, 1, dtype=g.dtype, device=g.device)
+            weight[:, 0] = 1
+        elif capture.mask is None:
+            weight = torch.full((rows, t, 1), 1.0 / t, dtype=g.dtype, device=g.device)
+        else:
+            m = capture.mask[:rows].to(g.dtype).unsqueeze(-1)
+            weight = m / m.sum(dim=1, keepdim=True)
+        return g * weight
+
+    @staticmethod
+    def _token_maps(cap: _Capture, grad: Tensor, relu: bool, summation: bool, n: int) -> Tensor:
+        """``(N, T)`` token maps (``attr._layout.token_gradcam``); with
+        ``attr_dim_summation=False`` the ``(N, T, C)`` weighted activations."""
+        a = cap.activation.detach()[:n]
+        mask = None if cap.mask is None else cap.mask[:n]
+        grad = grad[:n].detach()
+        if summation:
+            return token_gradcam(a, grad, mask, relu)
+        if mask is None:
+            out = grad.mean(dim=1, keepdim=True) * a
+        else:
+            m = mask.to(grad.dtype).unsqueeze(-1)
+            out = (grad * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True) * a * m
+        return F.relu(out) if relu else out
+
     # -- reference mode ----------------------------------------------------------
 
     @staticmethod
     def _check_reference(reference: Any) -> Optional[Tuple[Any, ...]]:
         if reference is None:
             return None
-        if not isinstance(reference, (tuple, list)) or len(reference) not in (2, 3):
+        if not isinstance(reference, (tuple, list)) or len(reference) not in (2, 3, 4):
             length = f" of length {len(reference)}" if isinstance(reference, (tuple, list)) else ""
             raise InputError(
-                "`reference` must be (ref_inputs, ref_target) or (ref_inputs, ref_target, "
-                f"ref_additional_forward_args); got {type(reference).__name__}{length}."
+                "`reference` must be (ref_inputs, ref_target), (ref_inputs, ref_target, "
+                "ref_additional_forward_args) or (ref_inputs, ref_target, "
+                f"ref_additional_forward_args, ref_attention_mask); got "
+                f"{type(reference).__name__}{length}."
             )
         ref_inputs = UniCAM._check_inputs(reference[0], "reference[0] (ref_inputs)")
         m = ref_inputs[0].shape[0]
@@ -1044,7 +1251,10 @@ class UniCAM(LayerAttribution, GradientAttribution):
         ref_inputs = self._check_inputs(reference[0], "reference[0] (ref_inputs)")
         m = ref_inputs[0].shape[0]
         ref_args = (
-            _format_additional_forward_args(reference[2] if len(reference) == 3 else None) or ()
+            _format_additional_forward_args(reference[2] if len(reference) >= 3 else None) or ()
+        )
+        ref_mask, kwargs = self._input_mask(
+            ref_inputs, ref_args, reference[3] if len(reference) == 4 else None, None
         )
         part = (parse_target(reference[1], m, "reference[1] (ref_target)", table_rows), m)
         s_feature = self._feature_layer(self.student_feature_layer, self.layer, to_input)
@@ -1060,6 +1270,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
             ref_args,
             to_input,
             graph=False,
+            kwargs=kwargs,
         )
         _, cap_b = self._run(
             "Base",
@@ -1072,13 +1283,18 @@ class UniCAM(LayerAttribution, GradientAttribution):
             ref_args,
             to_input,
             graph=False,
+            kwargs=kwargs,
         )
+        out_s = self._as_logits(out_s)
         y, label_ok = self._labels(
             ravel_targets([part], out_s, table_rows), out_s, cap_s.activation.device
         )
+        pooling = self.token_pooling
         with torch.no_grad():
-            _, _, x_s = self._representation(cap_s, self._transforms[0], False, "Student", m)
-            _, _, x_b = self._representation(cap_b, self._transforms[1], False, "Base", m)
+            t_s = self._layout(cap_s, self._transforms[0], ref_mask, ref_inputs, pooling)
+            t_b = self._layout(cap_b, self._transforms[1], ref_mask, ref_inputs, pooling)
+            _, _, x_s = self._representation(cap_s, t_s, False, "Student", m)
+            _, _, x_b = self._representation(cap_b, t_b, False, "Base", m)
         x_s = _statistics_dtype(x_s.detach().reshape(m, -1))
         x_b = _statistics_dtype(x_b.detach().reshape(m, -1))
         blocks = _fused.reference_block([x_s, y.to(x_s.dtype), x_b])
@@ -1215,13 +1431,14 @@ class UniCAM(LayerAttribution, GradientAttribution):
         args: Tuple[Any, ...],
         to_input: bool,
         graph: bool,
+        kwargs: Optional[Dict[str, Any]] = None,
     ) -> Tuple[Any, _Capture]:
         capture = _Capture(model, layer, layer_arg, feature, feature_arg, to_input, graph)
         capture.attach()
         try:
             with torch.no_grad():
                 try:
-                    output = forward_func(*inputs, *args)
+                    output = forward_func(*inputs, *args, **(kwargs or {}))
                 except _HookError as err:
                     raise InputError(str(err)) from None
                 except Exception as err:
@@ -1445,6 +1662,9 @@ class UniCAM(LayerAttribution, GradientAttribution):
             )
         x = a if capture.feature_layer is None else capture.representation
         assert x is not None
+        if capture.layout == "tokens" and (x is a or x.dim() == 3):
+            # one vector per sequence, pooled over the valid tokens (or the CLS token)
+            x = pool_tokens(x.detach() if x is a else x, capture.mask, capture.pooling)
         if x.shape[0] != n:
             raise InputError(
                 f"The {model}'s representation has {x.shape[0]} rows for {n} inputs; choose a "

@@ -11,12 +11,13 @@ rule that combines the fields, with messages that name them as ``field=``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from captum_unicam.errors import InputError
 from captum_unicam.output.tables import KD_METHODS
 
-__all__ = ["Recipe", "OPTIMIZERS", "NORMALIZATIONS", "DEFAULT_BETA", "positive_int"]
+__all__ = ["Recipe", "OPTIMIZERS", "NORMALIZATIONS", "AUGMENTATIONS", "MAX_SEED", "DEFAULT_BETA",
+           "positive_int"]
 
 #: Optimisers: SGD with Nesterov momentum, or AdamW.
 OPTIMIZERS = ("sgd", "adam")
@@ -24,6 +25,14 @@ OPTIMIZERS = ("sgd", "adam")
 #: Normalisations: ``imagenet`` (ImageNet's per-channel mean / std, as torchvision's
 #: pretrained weights expect) or ``none`` (images in [0, 1]).
 NORMALIZATIONS = ("imagenet", "none")
+
+#: Training augmentations: random horizontal ``flip`` (wrong where a mirror image is another
+#: class: digits, letters, text) and random ``crop`` after zero padding by 1/8 of the side.
+AUGMENTATIONS = ("flip", "crop")
+
+#: The largest seed of a recipe: torch's generators take seeds up to 2**63 - 1 here (the
+#: command line allows 0 to 2**32 - 1, so that seeds derived from its seed stay in range).
+MAX_SEED = 2**63 - 1
 
 #: Weight of the feature term of each feature-based KD method, when the recipe gives none.
 DEFAULT_BETA = {"attention": 1e3, "overhaul": 1e-3}
@@ -49,7 +58,8 @@ class Recipe:
         optimizer (str): ``"sgd"`` (Nesterov momentum 0.9) or ``"adam"`` (AdamW).
                     Default: "sgd"
         weight_decay (float): Default: 5e-4
-        augment (bool): Random horizontal flips and crops. Default: False
+        augment (tuple of str): Training augmentations, any of :data:`AUGMENTATIONS`
+                    (``("flip", "crop")``); none is applied unless named. Default: ()
         image_size (int, optional): Image side; None: the Teacher's, else the data's
                     default. Default: None
         normalize (str, optional): ``"imagenet"`` or ``"none"``; None: the Teacher's,
@@ -69,7 +79,8 @@ class Recipe:
                     Default: None (:data:`DEFAULT_BETA`)
         weights (str, optional): torchvision pretrained weights to start from, e.g.
                     ``"IMAGENET1K_V1"``.
-        seed (int): Seed of the subsets, initialisation and training. Default: 0
+        seed (int): Seed of the subsets, initialisation and training, from 0 to
+                    :data:`MAX_SEED`. Default: 0
 
     Examples::
 
@@ -82,7 +93,7 @@ class Recipe:
     lr: float = 0.05
     optimizer: str = "sgd"
     weight_decay: float = 5e-4
-    augment: bool = False
+    augment: Tuple[str, ...] = ()
     image_size: Optional[int] = None
     normalize: Optional[str] = None
     labelled: Optional[int] = None
@@ -107,6 +118,9 @@ class Recipe:
         """
         positive_int(self.epochs, "epochs")
         positive_int(self.batch_size, "batch_size")
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise InputError(f"seed must be an int from 0 to {MAX_SEED} (2**63 - 1), got {seed!r}")
         for name in ("lr", "temperature"):
             if not float(getattr(self, name)) > 0:
                 raise InputError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -140,6 +154,12 @@ class Recipe:
                 positive_int(getattr(self, name), name)
         if self.image_size is not None and self.image_size < 8:
             raise InputError(f"image_size must be at least 8, got {self.image_size}")
+        augment = self.augment
+        if (isinstance(augment, (str, bool)) or not isinstance(augment, (tuple, list))
+                or any(a not in AUGMENTATIONS for a in augment)
+                or len(set(augment)) != len(augment)):
+            raise InputError(f"augment must be a tuple of {', '.join(AUGMENTATIONS)} (each at "
+                             f"most once; () for none), got {augment!r}")
         if self.normalize is not None and self.normalize not in NORMALIZATIONS:
             raise InputError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
         self.check_training(has_teacher)

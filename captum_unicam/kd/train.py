@@ -53,6 +53,7 @@ __all__ = [
     "train_teacher_assistant_chain",
     "kfold_indices",
     "cross_validate",
+    "first_nonfinite_module",
 ]
 
 #: SGD's (Nesterov) momentum.
@@ -180,7 +181,9 @@ def train_model(
     Raises:
         InputError: a bad recipe (unknown method, method without teacher or teacher
         without method, bad numbers), or batches without labels for labelled training;
-        raised before any training step.
+        raised before any training step. During training, a loss that becomes NaN or
+        Inf: the message names the step and, when the Teacher's outputs are at fault, the
+        first of its modules whose output is not finite (else it advises a lower ``lr``).
 
     Examples::
 
@@ -214,7 +217,8 @@ def train_model(
                     progress)
         try:
             for epoch in range(recipe.epochs):
-                _one_epoch(train_loader, step, opt, sched, bar, epoch, unlabelled, device)
+                _one_epoch(train_loader, step, opt, sched, bar, epoch, unlabelled, device, teacher,
+                           recipe.epochs * steps_per_epoch)
         finally:
             bar.close()
     return model
@@ -262,23 +266,68 @@ def _optimizer(params: List[Tensor], recipe: Recipe, total: int):
     return opt, sched
 
 
-def _one_epoch(train_loader, step, opt, sched, bar, epoch: int, unlabelled: bool, device: torch.device) -> None:
+def _one_epoch(train_loader, step, opt, sched, bar, epoch: int, unlabelled: bool,
+               device: torch.device, teacher: Optional[nn.Module] = None, total: int = 0) -> None:
     for batch in train_loader:
         x, y = _split_batch(batch, labelled=not unlabelled)
         x = x.to(device)
         y = y.to(device) if y is not None else None
         loss = step(x, y)
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"the training loss became {loss.item()} at epoch {epoch}; "
-                "lower the learning rate (lr=...) or the KD weight (beta=...)"
-            )
+            raise _diverged(loss, x, teacher, sched.last_epoch + 1, total, epoch, opt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         bar.update(1)
         bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
+
+
+def first_nonfinite_module(model: nn.Module, inputs: Tensor) -> Optional[str]:
+    r"""The name of the first module (in the order they run) whose output holds NaN or Inf
+    on ``inputs``, ``""`` for the model's own output, or None when every output is finite.
+
+    One forward pass under ``torch.no_grad()`` with temporary hooks (removed on return);
+    the model's modes are restored.
+    """
+    names = {m: n for n, m in model.named_modules() if n}
+    found: List[str] = []
+
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        if not found and isinstance(output, Tensor) and not bool(torch.isfinite(output).all()):
+            found.append(names.get(module, ""))
+
+    handles = [m.register_forward_hook(hook) for m in names]
+    try:
+        with _modes(model), torch.no_grad():
+            model.eval()
+            out = model(inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    if found:
+        return found[0]
+    return "" if not bool(torch.isfinite(out).all()) else None
+
+
+def _diverged(loss: Tensor, x: Tensor, teacher: Optional[nn.Module], step: int, total: int,
+              epoch: int, opt) -> InputError:
+    """The one-line error of a non-finite loss: the Teacher's outputs, or the training."""
+    where = f"at step {step} of {total} (epoch {epoch + 1})"
+    culprit = first_nonfinite_module(teacher, x) if teacher is not None else None
+    if culprit is not None:
+        module = f"module {culprit!r}" if culprit else "its final output"
+        return InputError(
+            f"the Teacher's outputs hold NaN or Inf {where}, first at {module}: its weights give "
+            "non-finite outputs on these images (check the Teacher's weights, e.g. its BatchNorm "
+            "running statistics, and its preprocessing); a lower learning rate cannot help"
+        )
+    lr = opt.param_groups[0].get("lr")
+    return InputError(
+        f"training diverged {where}: the loss became {loss.item()} (learning rate then "
+        f"{lr:.3g}); lower the learning rate (lr=) or, with a Teacher, the weight of the KD "
+        "term (alpha=)"
+    )
 
 
 def _step_loss(model, teacher, method, distiller, layer_pairs, x, y, *, alpha, temperature, beta) -> Tensor:

@@ -16,6 +16,8 @@ import torch
 from captum.attr import LayerGradCam
 from torch import Tensor, nn
 
+from captum_unicam._outputs import logits_of
+from captum_unicam.attr._layout import choose_layout, token_gradcam, vit_grid
 from captum_unicam.errors import InputError
 from captum_unicam.metrics.estimators import batch_products
 from captum_unicam.metrics._features import Scores, layer_features, layers_features, perturb
@@ -37,6 +39,7 @@ class BatchPlan:
     perturbation: Optional[Callable]
     estimator: str
     leakage: bool
+    pooling: str = "mean"  # how a token layer of a text model is read
 
 
 @dataclass
@@ -83,6 +86,12 @@ def gradcams(model: nn.Module, layers: Sequence[nn.Module], x: Tensor, y: Tensor
 
     Where one pass cannot stand for Captum's (a layer returns a tuple, or runs more than once
     in the forward pass), Captum's ``LayerGradCam`` is called per layer instead.
+
+    The model's output is read as logits (``_outputs.logits_of``: a Hugging Face
+    ``ModelOutput`` too). A token layer ``(N, T, C)`` is read by the rule of
+    ``attr._layout.choose_layout``: a vision transformer's tokens on their patch grid
+    (``vit_grid``, maps ``(N, 1, s, s)``, an error naming ``reshape_transform`` when they
+    do not form one), a text model's tokens by the token rule (``token_gradcam``, ``(N, T)``).
     """
     unique = list({id(m): m for m in layers}.values())
     acts: Dict[int, Tensor] = {}
@@ -98,7 +107,7 @@ def gradcams(model: nn.Module, layers: Sequence[nn.Module], x: Tensor, y: Tensor
     handles = [m.register_forward_hook(hook) for m in unique]
     try:
         with torch.enable_grad():
-            output = model(x)
+            output = logits_of(model(x))
             score = output.gather(1, y.reshape(-1, 1).long()).sum()
             grads = torch.autograd.grad(score, [acts[id(m)] for m in unique], allow_unused=True)
     except _NotOnePass:
@@ -122,6 +131,12 @@ def gradcams(model: nn.Module, layers: Sequence[nn.Module], x: Tensor, y: Tensor
     for m, grad in zip(unique, grads):
         act = acts[id(m)].detach()
         grad = torch.zeros_like(act) if grad is None else grad
+        layout = choose_layout(act, None, x)
+        if layout == "tokens":
+            by_layer[id(m)] = token_gradcam(act, grad)
+            continue
+        if layout == "grid":
+            act, grad = vit_grid(act), vit_grid(grad)
         weights = (
             grad.mean(dim=tuple(range(2, grad.dim())), keepdim=True) if grad.dim() > 2 else grad
         )
@@ -175,11 +190,15 @@ def _features(
     return layer_features(plan.student, s_layer, x_s), layer_features(plan.base, b_layer, x_b)
 
 
-def _raw_features(plan: BatchPlan, x: Tensor) -> Dict[str, Tuple[Tensor, Tensor]]:
-    """The unperturbed features of every layer: one forward pass per model."""
+def _raw_features(
+    plan: BatchPlan, x: Tensor, mask: Optional[Tensor] = None
+) -> Dict[str, Tuple[Tensor, Tensor]]:
+    """The unperturbed features of every layer: one forward pass per model (a token layer
+    pooled over the valid tokens of ``mask``)."""
     pairs = plan.layer_pairs
-    raw_s = layers_features(plan.student, [s for s, _ in pairs.values()], x)
-    raw_b = layers_features(plan.base, [b for _, b in pairs.values()], x)
+    s_layers, b_layers = [s for s, _ in pairs.values()], [b for _, b in pairs.values()]
+    raw_s = layers_features(plan.student, s_layers, x, None, mask, plan.pooling)
+    raw_b = layers_features(plan.base, b_layers, x, None, mask, plan.pooling)
     return {name: (fs, fb) for name, fs, fb in zip(pairs, raw_s, raw_b)}
 
 
@@ -190,13 +209,16 @@ def uninformative(x: Tensor) -> Tensor:
     return mean.expand_as(x).contiguous()
 
 
-def evaluate_batch(plan: BatchPlan, x: Tensor, y: Tensor, labels: Tensor) -> BatchResult:
-    """Every metric and product of one batch, for each layer and map kind.
+def evaluate_batch(
+    plan: BatchPlan, x: Tensor, y: Tensor, labels: Tensor, mask: Optional[Tensor] = None
+) -> BatchResult:
+    """Every metric and product of one batch, for each layer and map kind (``mask``: the
+    attention mask of a text batch, raw features only).
 
     The leakage products are computed after every real value, so a random perturbation
     draws the same noise for the real values whether or not the leakage is measured."""
     maps = all_maps(plan, x, y)
-    raw = _raw_features(plan, x) if "none" in plan.kinds else {}
+    raw = _raw_features(plan, x, mask) if "none" in plan.kinds else {}
     out = BatchResult({}, {}, {}, {})
     for name in plan.layer_pairs:
         out.values[name], out.products[name], out.leakage[name] = {}, {}, {}

@@ -15,6 +15,15 @@ import torch
 from torch import Tensor, nn
 
 from captum_unicam import stats
+from captum_unicam._outputs import hidden_of
+from captum_unicam.attr._layout import (
+    POOLINGS,
+    check_mask,
+    choose_layout,
+    forward_mask_kwargs,
+    mask_from_args,
+    pool_tokens,
+)
 from captum_unicam.attr._targets import parse_target
 from captum_unicam.errors import InputError
 
@@ -68,7 +77,11 @@ def single_input(inputs: Any) -> Tensor:
     return inputs
 
 
-def check_inputs(inputs: Tensor, min_batch: int = MIN_BATCH, what: str = "FSS and RS") -> None:
+def check_inputs(
+    inputs: Tensor, min_batch: int = MIN_BATCH, what: str = "FSS and RS", tokens: bool = False
+) -> None:
+    """The batch: at least ``min_batch`` samples, floating point and finite; with ``tokens``
+    (raw features, no perturbation) integer token ids are accepted too."""
     if inputs.dim() < 1 or inputs.shape[0] < min_batch:
         n = inputs.shape[0] if inputs.dim() else 0
         why = (
@@ -83,8 +96,15 @@ def check_inputs(inputs: Tensor, min_batch: int = MIN_BATCH, what: str = "FSS an
             f"least {min_batch}. Use batches of {min_batch} or more (with a DataLoader: "
             "drop_last=True)."
         )
+    if tokens and not inputs.is_floating_point() and not inputs.is_complex():
+        if inputs.dtype == torch.bool:
+            raise InputError("inputs are booleans; pass token ids (integers) or floats.")
+        return
     if not inputs.is_floating_point():
-        raise InputError(f"inputs must be a floating-point tensor, got dtype {inputs.dtype}.")
+        raise InputError(
+            f"inputs must be a floating-point tensor, got dtype {inputs.dtype} (integer token "
+            "ids are accepted for raw features: perturbation=None, no attributions)."
+        )
     if not torch.isfinite(inputs).all():
         raise InputError("inputs contain NaN or Inf; clean or re-normalise the batch first.")
 
@@ -296,12 +316,40 @@ def _forward_args(additional_forward_args: Any) -> tuple:
     return (additional_forward_args,)
 
 
-def _flatten_output(output: Any) -> Tensor:
-    if isinstance(output, Tensor):
-        return output.detach().reshape(output.shape[0], -1)
-    if isinstance(output, (tuple, list)) and output and all(isinstance(o, Tensor) for o in output):
+def check_pooling(pooling: Any, attention_mask: Any, inputs: Optional[Tensor]) -> None:
+    """``pooling`` is one of :data:`attr._layout.POOLINGS`; ``attention_mask`` is None or an
+    ``(N, T)`` tensor of 0 and 1 with the inputs' N (its T is checked at each layer)."""
+    if pooling not in POOLINGS:
+        raise InputError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
+    if attention_mask is None:
+        return
+    if not isinstance(attention_mask, Tensor) or attention_mask.dim() != 2:
+        raise InputError(
+            "attention_mask must be an (N, T) tensor of 0 (padding) and 1 (valid token), as a "
+            f"tokenizer returns it; got {getattr(attention_mask, 'shape', type(attention_mask))}."
+        )
+    n = attention_mask.shape[0] if inputs is None else inputs.shape[0]
+    check_mask(attention_mask, n, attention_mask.shape[1])
+
+
+def _flatten_output(
+    output: Any, inputs: Any = None, attention_mask: Optional[Tensor] = None, pooling: str = "mean"
+) -> Tensor:
+    """One row per sample from a layer's output: a tuple of floating-point tensors is
+    flattened and concatenated; otherwise the hidden states (``_outputs.hidden_of``: a
+    Hugging Face ``ModelOutput``, a tuple with the hidden states first) are read, and a token
+    layer of a text model (``attr._layout.choose_layout``) is pooled over its valid tokens
+    (``attr._layout.pool_tokens``), so padding never enters the statistics."""
+    if (
+        isinstance(output, (tuple, list))
+        and len(output) > 1
+        and all(isinstance(o, Tensor) and o.is_floating_point() for o in output)
+    ):
         return torch.cat([o.detach().reshape(o.shape[0], -1) for o in output], dim=1)
-    raise InputError(f"the layer returned {type(output).__name__}; expected a tensor (N, ...).")
+    hidden = hidden_of(output).detach()
+    if choose_layout(hidden, attention_mask, inputs) == "tokens":
+        return pool_tokens(hidden, attention_mask, pooling)
+    return hidden.reshape(hidden.shape[0], -1)
 
 
 def check_model_dtype(forward_func: Callable, layers: Sequence[nn.Module], inputs: Tensor) -> None:
@@ -318,9 +366,15 @@ def check_model_dtype(forward_func: Callable, layers: Sequence[nn.Module], input
 
 
 def layer_features(
-    forward_func: Callable, layer: nn.Module, inputs: Tensor, additional_forward_args: Any = None
+    forward_func: Callable,
+    layer: nn.Module,
+    inputs: Tensor,
+    additional_forward_args: Any = None,
+    attention_mask: Optional[Tensor] = None,
+    pooling: str = "mean",
 ) -> Tensor:
-    r"""Flattened output of ``layer`` when ``forward_func`` runs on ``inputs``.
+    r"""Flattened output of ``layer`` when ``forward_func`` runs on ``inputs``; a token
+    layer of a text model is pooled over its valid tokens (see :func:`layers_features`).
 
     Runs under ``torch.no_grad()``; the forward pass stops as soon as ``layer`` has
     produced its output (the rest of the network is skipped). The hook is removed in
@@ -330,7 +384,9 @@ def layer_features(
     Returns:
         Tensor: float64 tensor ``(N, d)``.
     """
-    return layers_features(forward_func, [layer], inputs, additional_forward_args)[0]
+    return layers_features(
+        forward_func, [layer], inputs, additional_forward_args, attention_mask, pooling
+    )[0]
 
 
 def layers_features(
@@ -338,8 +394,19 @@ def layers_features(
     layers: Sequence[nn.Module],
     inputs: Tensor,
     additional_forward_args: Any = None,
+    attention_mask: Optional[Tensor] = None,
+    pooling: str = "mean",
 ) -> List[Tensor]:
     r""":func:`layer_features` of several layers from one forward pass.
+
+    A layer's output is read through ``_outputs.hidden_of`` (Hugging Face outputs). A token
+    layer ``(N, T, C)`` of a text model (an ``attention_mask``, or token ids as inputs) gives
+    one vector per sequence, ``attr._layout.pool_tokens(hidden, attention_mask, pooling)``:
+    the mean over the valid tokens (``"mean"``) or the first token (``"cls"``). The mask,
+    unless it is one of ``additional_forward_args``, is also passed to ``forward_func`` as
+    the keyword ``attention_mask``. With no ``attention_mask``, the first additional forward
+    argument is read as the mask when the inputs are token ids ``(N, T)`` and it is an
+    ``(N, T)`` tensor of 0 and 1 (Hugging Face's order ``model(input_ids, attention_mask)``).
 
     The pass stops once every layer has produced its output (its first call, if a layer
     runs more than once), so reading L1..L4 costs one forward pass instead of four.
@@ -353,15 +420,19 @@ def layers_features(
 
     def hook(module, _inp, out):
         if id(module) not in captured:
-            captured[id(module)] = _flatten_output(out)
+            captured[id(module)] = _flatten_output(out, inputs, attention_mask, pooling)
         if len(captured) == len(unique):
             raise _Captured
 
+    args = _forward_args(additional_forward_args)
+    kwargs = forward_mask_kwargs(attention_mask, args)
+    if attention_mask is None:  # Hugging Face's order: model(input_ids, attention_mask)
+        attention_mask = mask_from_args(inputs, args)
     handles = [m.register_forward_hook(hook) for m in unique]
     try:
         with torch.no_grad():
             try:
-                forward_func(inputs, *_forward_args(additional_forward_args))
+                forward_func(inputs, *args, **kwargs)
             except _Captured:
                 pass
     finally:
@@ -418,6 +489,8 @@ def paired_features(
     perturbation: Perturbation,
     additional_forward_args: Any,
     names: Tuple[str, str],
+    attention_mask: Optional[Tensor] = None,
+    pooling: str = "mean",
 ) -> Tuple[Tensor, Tensor]:
     """Features of two models at their layers, each on the inputs perturbed by its map.
 
@@ -431,8 +504,8 @@ def paired_features(
     x_b = x_a if attr_b is attr_a else perturb(inputs, attr_b, perturbation)
     (forward_a, layer_a), (forward_b, layer_b) = models
     return (
-        layer_features(forward_a, layer_a, x_a, additional_forward_args),
-        layer_features(forward_b, layer_b, x_b, additional_forward_args),
+        layer_features(forward_a, layer_a, x_a, additional_forward_args, attention_mask, pooling),
+        layer_features(forward_b, layer_b, x_b, additional_forward_args, attention_mask, pooling),
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from captum_unicam._outputs import logits_of
 from captum_unicam.errors import DeviceError, InputError
 from captum_unicam.metrics._features import check_perturbation, target_indices
 from captum_unicam.perturb import mask_multiply, road_impute
@@ -156,6 +157,10 @@ def output_widths(student: Callable, base: Callable, x: Tensor, need_logits: boo
                     f"the {who} failed on the first batch's inputs of shape {tuple(x.shape)} "
                     f"({type(err).__name__}: {err}); check the inputs' shape, dtype and device."
                 ) from err
+            try:  # a Hugging Face ModelOutput, a tuple with the logits first
+                out = logits_of(out, who)
+            except InputError:
+                out = None
             widths.append(out.shape[1] if isinstance(out, Tensor) and out.dim() == 2 else None)
     w_s, w_b = widths
     if need_logits and (w_s is None or w_b is None):

@@ -42,6 +42,18 @@ from captum_unicam.attr.unicam import UniCAM
 from captum_unicam.errors import DeviceError, InputError
 from captum_unicam.metrics import _reference
 from captum_unicam.metrics._batch import BatchPlan, batch_rng, evaluate_batch
+from captum_unicam.metrics._features import (
+    LABEL_FIX,
+    MIN_BATCH_PARTIAL,
+    Estimator,
+    check_estimator,
+    check_forward_func,
+    check_inputs,
+    check_label_embeddings,
+    check_pooling,
+    label_degeneracy,
+    warn_degenerate,
+)
 from captum_unicam.metrics._validate import (
     check_layers,
     check_positive_int,
@@ -52,17 +64,6 @@ from captum_unicam.metrics._validate import (
     unpack,
 )
 from captum_unicam.metrics.estimators import AGGREGATIONS
-from captum_unicam.metrics._features import (
-    LABEL_FIX,
-    MIN_BATCH_PARTIAL,
-    Estimator,
-    check_estimator,
-    check_forward_func,
-    check_inputs,
-    check_label_embeddings,
-    label_degeneracy,
-    warn_degenerate,
-)
 from captum_unicam.metrics.result import KDEvaluation
 from captum_unicam.metrics.rs import label_vectors
 from captum_unicam.output.tables import MAP_KINDS, METRICS
@@ -189,8 +190,17 @@ def _validate(args: Mapping[str, Any]) -> _Run:
     emb = emb.detach().to(device) if emb is not None and device is not None else emb
     _warn_training(student, base)
     leakage = bool(args["leakage"]) and any(k != "none" for k in kinds)
+    check_pooling(args["pooling"], None, None)
     plan = BatchPlan(
-        student, base, layer_pairs, kinds, {}, perturb_callable, args["estimator"], leakage
+        student,
+        base,
+        layer_pairs,
+        kinds,
+        {},
+        perturb_callable,
+        args["estimator"],
+        leakage,
+        args["pooling"],
     )
     return _Run(
         plan,
@@ -250,7 +260,7 @@ def _candidates(
     """(local index, x, class indices) of the head batches, checked as a scored batch is."""
     out = []
     for local, (i, item) in enumerate(head):
-        x, y = unpack(item, i)
+        x, y, _ = _item(item, i)
         if x.shape[0] < MIN_BATCH_PARTIAL:
             if small_batches == "error":
                 raise InputError(_small_message(i, x.shape[0]))
@@ -279,7 +289,25 @@ def _head_batches(iterator: Iterator[Tuple[int, Any]]) -> List[Tuple[int, Any]]:
     return head
 
 
+def _item(item: Any, index: int) -> Tuple[Tensor, Any, Optional[Tensor]]:
+    """(inputs, target, attention mask or None) of a data item: ``(x, y[, ...])``, or a
+    mapping with ``input_ids``, ``labels`` (or ``label``) and optionally ``attention_mask``,
+    as Hugging Face datasets and collators give text batches."""
+    if isinstance(item, Mapping) and "input_ids" in item:
+        labels = item.get("labels", item.get("label"))
+        if labels is None:
+            raise InputError(
+                f"batch {index} is a mapping with input_ids but no 'labels' (or 'label'); "
+                "evaluate_kd needs each sequence's class."
+            )
+        return item["input_ids"], labels, item.get("attention_mask")
+    x, y = unpack(item, index)
+    return x, y, None
+
+
 def x_size(item: Any) -> int:
+    if isinstance(item, Mapping) and isinstance(item.get("input_ids"), Tensor):
+        return int(item["input_ids"].shape[0])
     x = item[0] if isinstance(item, (tuple, list)) and item else None
     return int(x.shape[0]) if isinstance(x, Tensor) and x.dim() else 0
 
@@ -335,7 +363,7 @@ def _head(
     if first is None:
         run.plan.unicams = _unicams(run, None)
         return iter(()), None
-    x, _ = unpack(first[1], first[0])
+    x, _, _ = _item(first[1], first[0])
     width = _probe(run, x)
     head = [first]
     reference = run.reference
@@ -381,17 +409,19 @@ def _score_one(
     caught: Dict[Tuple[type, str], int],
 ) -> Dict[str, Any]:
     """The record of one batch: its values, products and leakage, or why it was left out."""
-    x, y = unpack(item, i)
+    x, y, mask = _item(item, i)
     n = x.shape[0]
     if n < MIN_BATCH_PARTIAL:
         return _small(run, i, n, shard)
     if run.device is not None:
         x = x.to(run.device)
+        mask = None if mask is None else mask.to(run.device)
     y = (y if isinstance(y, Tensor) else torch.as_tensor(y)).to(x.device)
     rows = run.emb.shape[0] if run.emb is not None else None
     y = check_target(i, y, n, width, rows)
     try:
-        check_inputs(x, MIN_BATCH_PARTIAL)
+        check_inputs(x, MIN_BATCH_PARTIAL, tokens=run.plan.perturbation is None)
+        check_pooling(run.plan.pooling, mask, x)
         labels = label_vectors(y, n, run.emb)
     except InputError as err:
         raise InputError(f"batch {i}: {err}") from err
@@ -400,7 +430,7 @@ def _score_one(
         return {"index": i, "rank": shard.rank, "size": n, "values": None, "degenerate": why}
     with batch_rng(run.seed, i, x.device), warnings.catch_warnings(record=True) as got:
         warnings.simplefilter("always")
-        result = evaluate_batch(run.plan, x, y, labels)
+        result = evaluate_batch(run.plan, x, y, labels, mask)
     for w in got:
         key = (w.category, str(w.message))
         caught[key] = caught.get(key, 0) + 1
@@ -623,6 +653,7 @@ def evaluate_kd(
     reference: Union[Literal["auto"], None, Tuple[Tensor, Tensor]] = "auto",
     leakage: bool = True,
     accuracies: Optional[Mapping[str, float]] = None,
+    pooling: str = "mean",
 ) -> KDEvaluation:
     r"""FSS and RS of a Student/Base pair over a data set, per layer and map kind.
 
@@ -683,8 +714,13 @@ def evaluate_kd(
     is computed on it.
 
     **Batches.** Data items are ``(x, y)`` or ``(x, y, mask, ...)``; only the first
-    two are used; ``y`` holds class indices. Batches with fewer than 5 samples cannot
-    be scored (the partial distance correlation is always +-1 at 4): with
+    two are used; ``y`` holds class indices. **Text**: an item may also be a mapping with
+    ``input_ids``, ``labels`` (or ``label``) and ``attention_mask``, as Hugging Face
+    datasets and collators give it; with ``perturbation=None`` (raw features; token ids
+    cannot be masked) a token layer ``(N, T, C)`` is read as one vector per sequence pooled
+    over its valid tokens (``pooling``), so padding never enters a statistic, and the
+    mask is passed to both models as the keyword ``attention_mask``. Batches with fewer
+    than 5 samples cannot be scored (the partial distance correlation is always +-1 at 4): with
     ``small_batches="skip"`` (default) they are skipped with a warning and listed in
     ``KDEvaluation.skipped_batches``; with ``"error"`` they raise. A DataLoader's last
     batch is often small: use :func:`captum_unicam.pipeline.stratified_loader`, whose
@@ -754,6 +790,9 @@ def evaluate_kd(
         accuracies (dict, optional): accuracies in [0, 1] of some of ``"teacher"``,
                     ``"base"``, ``"student"``, stated by the conclusion (a model near
                     chance stops it from concluding). Default: None.
+        pooling (str, optional): how a token layer of a text model is read: ``"mean"``
+                    over the valid tokens, or ``"cls"``, the first token.
+                    Default: "mean".
 
     Returns:
         KDEvaluation: per-batch values and products; ``.summary()``, ``.conclusion()``,

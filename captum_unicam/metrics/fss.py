@@ -10,7 +10,7 @@ that carry no information, constant features) are described in ``docs/method.md`
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from torch import Tensor, nn
 
@@ -24,6 +24,7 @@ from captum_unicam.metrics._features import (
     check_inputs,
     check_layer,
     check_perturbation,
+    check_pooling,
     paired_features,
     single_input,
     warn_degenerate,
@@ -44,6 +45,8 @@ def feature_similarity_score(
     perturbation: Perturbation = mask_multiply,
     additional_forward_args: Any = None,
     estimator: Estimator = "u",
+    attention_mask: Optional[Tensor] = None,
+    pooling: str = "mean",
 ) -> Tensor:
     r"""Feature similarity score (FSS) of a Student and a Base model on one batch.
 
@@ -87,6 +90,16 @@ def feature_similarity_score(
                     functions, as in Captum. Default: None.
         estimator (str, optional): ``"u"``: bias-corrected dCor² (paper). ``"v"``:
                     the biased V-statistic ``distance_correlation_sqr``. Default: "u".
+        attention_mask (Tensor, optional): for text, the ``(N, T)`` mask of the batch (1
+                    for valid tokens, 0 for padding). A token layer ``(N, T, C)`` is then read
+                    as one vector per sequence pooled over its valid tokens, so padding never
+                    enters the statistics; unless it is one of
+                    ``additional_forward_args``, the mask is also passed to the forward
+                    function(s) as the keyword ``attention_mask`` (Hugging Face models take
+                    it so). ``inputs`` may then be integer token ids (raw features only:
+                    no attributions). Default: None.
+        pooling (str, optional): how a token layer is read: ``"mean"`` over the valid
+                    tokens, or ``"cls"``, the first token. Default: "mean".
 
     Returns:
         Tensor: a 0-dim float64 tensor (in [-1, 1] for "u", [0, 1] for "v"). It is 0,
@@ -108,7 +121,8 @@ def feature_similarity_score(
         ...                                base_layer=base.layer4, attributions=cam)
     """
     inputs = single_input(inputs)
-    check_inputs(inputs)
+    check_inputs(inputs, tokens=attributions is None)
+    check_pooling(pooling, attention_mask, inputs)
     check_estimator(estimator)
     check_forward_func(forward_func, "forward_func")
     check_forward_func(base_forward_func, "base_forward_func")
@@ -122,6 +136,8 @@ def feature_similarity_score(
         perturbation,
         additional_forward_args,
         ("student", "base"),
+        attention_mask,
+        pooling,
     )
     scores = Scores(
         {"s": feats_s, "b": feats_b}, {"s": "the Student's features", "b": "the Base's features"}

@@ -3,9 +3,6 @@ r"""Localisation of saliency maps against ground-truth object masks.
 On data with object masks (the controlled dataset), :func:`localisation` measures
 where each kind of map puts its mass: the mask energy fraction and the pointing game,
 each with a percentile bootstrap interval over images from
-<<<<<<< HEAD
-:func:`captum_unicam.metrics.intervals.bootstrap_ci` (the interval of FSS and RS too).
-=======
 :func:`captum_unicam.metrics.intervals.bootstrap_ci` (the interval of FSS and RS too).
 
 A layer map has the resolution of its layer (4 x 4 at the last stage of a ResNet on 32 x 32
@@ -19,7 +16,6 @@ resolution, one value per image (NaN where a map has no positive value):
   grid can reach after bilinear upsampling;
 - :func:`relative_mask_energy`: :func:`mask_energy` divided by it (1: no map at this
   resolution puts more of its mass on the mask).
->>>>>>> ground
 """
 
 from __future__ import annotations
@@ -255,12 +251,8 @@ def localisation(
 
     Maps with no positive value (possible after ReLU) have none of these; they are counted
     in ``n_empty`` and left out of the means. Intervals are percentile bootstrap
-<<<<<<< HEAD
-    intervals over images (``n_bootstrap`` resamples, seeded; :func:`~captum_unicam.metrics.intervals.bootstrap_ci`).
-=======
     intervals over images (``n_bootstrap`` resamples, seeded;
     :func:`~captum_unicam.metrics.intervals.bootstrap_ci`).
->>>>>>> ground
 
     Args:
         maps (dict of str -> Tensor): map kind -> (N,1,h,w) maps of the same N images.

@@ -24,6 +24,7 @@ from captum_unicam.metrics._features import (
     check_label_embeddings,
     check_layer,
     check_perturbation,
+    check_pooling,
     label_degeneracy,
     layer_features,
     paired_features,
@@ -90,6 +91,8 @@ def relevance_score(
     perturbation: Perturbation = mask_multiply,
     additional_forward_args: Any = None,
     estimator: Estimator = "u",
+    attention_mask: Optional[Tensor] = None,
+    pooling: str = "mean",
 ) -> Tensor:
     r"""Relevance score (RS) of a model's features at a layer on one batch.
 
@@ -141,6 +144,16 @@ def relevance_score(
                     (biased ``distance_correlation_sqr``). The partial distance
                     correlation exists only as a U-statistic, so a Base requires
                     ``"u"``. Default: "u".
+        attention_mask (Tensor, optional): for text, the ``(N, T)`` mask of the batch (1
+                    for valid tokens, 0 for padding). A token layer ``(N, T, C)`` is then read
+                    as one vector per sequence pooled over its valid tokens, so padding never
+                    enters the statistics; unless it is one of
+                    ``additional_forward_args``, the mask is also passed to the forward
+                    function(s) as the keyword ``attention_mask`` (Hugging Face models take
+                    it so). ``inputs`` may then be integer token ids (raw features only:
+                    no attributions). Default: None.
+        pooling (str, optional): how a token layer is read: ``"mean"`` over the valid
+                    tokens, or ``"cls"``, the first token. Default: "mean".
 
     Returns:
         Tensor: a 0-dim float64 tensor. It is 0, with a
@@ -176,10 +189,14 @@ def relevance_score(
             "forward_func, given the Base's), or neither (plain RS)."
         )
     with_base = base_forward_func is not None
+    tokens = attributions is None
     if with_base:
-        check_inputs(inputs, MIN_BATCH_PARTIAL, "RS given a Base (a partial distance correlation)")
+        check_inputs(
+            inputs, MIN_BATCH_PARTIAL, "RS given a Base (a partial distance correlation)", tokens
+        )
     else:
-        check_inputs(inputs, MIN_BATCH)
+        check_inputs(inputs, MIN_BATCH, tokens=tokens)
+    check_pooling(pooling, attention_mask, inputs)
     check_estimator(estimator)
     check_perturbation(perturbation, attributions)
     y = label_vectors(target, inputs.shape[0], label_embeddings)
@@ -209,6 +226,8 @@ def relevance_score(
             layer,
             perturb(inputs, attributions, perturbation),
             additional_forward_args,
+            attention_mask,
+            pooling,
         )
         scores = Scores({"x": feats, "y": y.to(feats.device)}, {"x": "the model's features"})
         value, reason = scores.dcor("x", "y", estimator)
@@ -220,6 +239,8 @@ def relevance_score(
             perturbation,
             additional_forward_args,
             ("model", "base"),
+            attention_mask,
+            pooling,
         )
         scores = Scores(
             {"x": feats, "y": y.to(feats.device), "z": feats_base},

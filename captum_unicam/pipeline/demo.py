@@ -23,7 +23,10 @@ All three are evaluated on cue-free test images; the Student beats the Base ther
 are recorded too, so a model that reads the tint shows it.
 
 Checkpoints are cached (``teacher.pt``, ``base.pt``, ``student.pt`` in ``cache_dir``) and
-reused when their metadata records the same recipe; a changed recipe retrains.
+reused when their metadata records the same recipe; a changed recipe retrains. The cache
+replaces only files it wrote itself (recorded in the folder's marker,
+:data:`~captum_unicam.pipeline.cache.MARKER`): a ``teacher.pt`` of your own in
+``cache_dir`` is refused before any training and left as it is.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from captum_unicam.output.report import Report, write_report
 from captum_unicam.output.tables import LAYERS
 from captum_unicam.pipeline import evaluation
 from captum_unicam.pipeline.batches import stratified_loader
-from captum_unicam.pipeline.cache import load_cached
+from captum_unicam.pipeline.cache import check_replaceable, load_cached, record_written
 from captum_unicam.pipeline.evaluation import CUE_CONDITIONS, cued_evaluation
 from captum_unicam.pipeline.pair import label_vectors, resolve_layers
 from captum_unicam.kd.recipe import Recipe
@@ -240,6 +243,7 @@ def train_demo_models(
             recipe=recipe, datasets=datasets, paths={r: str(p) for r, p in paths.items()},
             cache_dir=str(cache), from_cache=True, train_seconds=0.0,
         )
+    replace = check_replaceable(cache, [p.name for p in paths.values()])  # before any training
     start = time.perf_counter()
     x_test, y_test, class_names = _tensors(datasets["test"], recipe)
     x_cued, y_cued, _ = _tensors(datasets["test_cued"], recipe)
@@ -256,12 +260,15 @@ def train_demo_models(
         save_checkpoint(
             paths[role], models[role], arch=recipe["arch"][role], num_classes=recipe["num_classes"],
             class_names=class_names, recipe=recipe,
+            preprocessing={"image_size": recipe["image_size"], "resize": None, "normalize": "none",
+                           "augment": False},
             kd_method=recipe["method"] if role == "student" else None,
             teacher=str(paths["teacher"]) if role == "student" else None,
             extra={"role": role, "accuracy": acc[role], "cued_accuracy": cued[role],
                    "dataset": datasets[role], "train_seconds": seconds},
-            overwrite=True,  # a stale cache file of an earlier recipe
+            overwrite=replace[paths[role].name],  # only a stale file this cache wrote
         )
+        record_written(cache, [paths[role].name])
     return DemoModels(
         **models, class_names=list(class_names), accuracies=acc, cued_accuracies=cued, recipe=recipe,
         datasets=datasets, paths={r: str(p) for r, p in paths.items()}, cache_dir=str(cache),

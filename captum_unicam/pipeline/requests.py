@@ -30,6 +30,9 @@ from captum_unicam.errors import InputError
 
 __all__ = [
     "ARCHITECTURE_NAMES",
+    "RESIZE_NAMES",
+    "AUGMENTATIONS",
+    "MAX_SEED",
     "FLAGS",
     "in_flags",
     "request_from",
@@ -46,10 +49,24 @@ __all__ = [
 ARCHITECTURE_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "small_resnet_s", "small_resnet_m",
                       "small_resnet_l", "small_resnet")
 
+# --- train / demo: seeds and augmentation (spelt out here so that the command line needs
+# no torch; a test checks AUGMENTATIONS against captum_unicam.kd.recipe) ---
+#: The largest seed a command accepts: every generator it seeds (torch, numpy, the
+#: controlled dataset's) takes it, and so do the seeds derived from it (the demo's
+#: ``1000 * seed + 22``, a fold's ``seed + k``).
+MAX_SEED = 2**32 - 1
+
+#: Training augmentations ``--augment`` may name: random horizontal ``flip``, random
+#: ``crop`` after zero padding by 1/8 of the side.
+AUGMENTATIONS = ("flip", "crop")
+# --- end train / demo ---
+
 #: Field (or library argument) name -> the command line's flag, whole names only.
 FLAGS: Dict[str, str] = {
     "alpha": "--alpha",
     "arch": "--arch",
+    # train
+    "augment": "--augment",
     "allow_download": "--download",
     "base": "--base",
     "base_arch": "--base-arch",
@@ -85,6 +102,15 @@ FLAGS: Dict[str, str] = {
     "transfer": "--transfer",
     "weight_decay": "--weight-decay",
     "weights": "--weights",
+    # explain / quantify / compare: own architectures, preprocessing, classes by name
+    "model": "--model",
+    "factory": "--model",
+    "student_model": "--student-model",
+    "base_model": "--base-model",
+    "teacher_model": "--teacher-model",
+    "resize": "--resize",
+    "class_map": "--class-map",
+    "follow_links": "--follow-links",
 }
 
 #: Placeholder values in messages (``teacher=...``) -> the flag's metavar.
@@ -140,12 +166,73 @@ def check_data_spec(spec: str, field: str = "data") -> None:
     if scheme.lower() not in ("controlled", "cifar10", "imagefolder"):
         raise InputError(f"{field}=: unknown data spec {spec!r}; use controlled, controlled:SEED, cifar10:ROOT "
                          "or imagefolder:ROOT")
+    if scheme.lower() == "controlled" and arg.strip():
+        _check_controlled_seed(spec, arg.strip(), field)
     if scheme.lower() == "imagefolder":
         root = Path(os.path.expanduser(arg))
         if not arg or not root.is_dir():
             raise InputError(f"{field}=: image folder {arg!r} does not exist or is not a folder; give the folder "
                              "that holds one sub-folder of images per class (or train/ and test/ sub-folders of "
                              "those)")
+
+
+#: The resize rules of :data:`captum_unicam.data.resize.RESIZE_RULES`, spelt out so that
+#: checks and ``--help`` need no torch (a test checks that the two agree).
+RESIZE_NAMES = ("shorter-side-crop", "exact", "pad", "none")
+
+_FACTORY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def _check_factory(spec: Optional[str], field: str) -> None:
+    if spec is not None and not _FACTORY.match(spec.strip()):
+        raise InputError(f"{field}= {spec!r} is not a module and a function; give it as "
+                         "'package.module:function' (importable, e.g. on PYTHONPATH), e.g. "
+                         "'mynets:small_cnn'")
+
+
+def _role_model(arch: Optional[str], factory: Optional[str], arch_field: str,
+                factory_field: str) -> Tuple[Optional[str], Optional[str]]:
+    if arch is not None and factory is not None:
+        raise InputError(f"give {arch_field}= or {factory_field}=, not both: an architecture of "
+                         "this library or the function of your code that builds the model")
+    return arch, factory
+
+
+def _check_pair_models(request: Any) -> None:
+    """The architecture names and factories of a pair: known, well formed, one per role."""
+    for field in ("arch", "student_arch", "base_arch", "teacher_arch"):
+        _check_arch(getattr(request, field, None), field)
+    for field in ("model", "student_model", "base_model", "teacher_model"):
+        _check_factory(getattr(request, field, None), field)
+    for role in ("Student", "Base", "Teacher"):
+        request.role_model(role)
+    if request.resize is not None and request.resize not in RESIZE_NAMES:
+        raise InputError(f"resize= {request.resize!r}: use one of {', '.join(RESIZE_NAMES)}")
+
+
+def _pair_role_model(request: Any, role: str) -> Tuple[Optional[str], Optional[str]]:
+    """``(arch, factory)`` of ``role``: its own flags, else (Student and Base) the shared
+    ``arch`` / ``model``; the Teacher takes only ``teacher_arch`` / ``teacher_model``."""
+    key = role.lower()
+    own = (getattr(request, f"{key}_arch", None), getattr(request, f"{key}_model", None))
+    if own != (None, None) or role == "Teacher":
+        return _role_model(*own, f"{key}_arch", f"{key}_model")
+    return _role_model(request.arch, request.model, "arch", "model")
+
+
+def _check_controlled_seed(spec: str, arg: str, field: str) -> None:
+    """``controlled:SEED`` holds a seed from 0 to :data:`MAX_SEED`."""
+    if not arg.isdigit() or int(arg) > MAX_SEED:
+        raise InputError(f"{field}=: {spec!r}: the seed of the controlled dataset must be an "
+                         f"integer from 0 to {MAX_SEED} (2**32 - 1), e.g. 'controlled:3'")
+
+
+def check_seed(seed: Any, field: str = "seed") -> None:
+    r"""``seed`` is an int from 0 to :data:`MAX_SEED`; else an :class:`InputError` naming
+    ``field=`` and the range."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"{field}= must be an integer from 0 to {MAX_SEED} (2**32 - 1), "
+                         f"got {seed!r}")
 
 
 def _check_min(value: int, field: str, least: int, why: str) -> None:
@@ -173,7 +260,7 @@ class TrainRequest:
     epochs: int = 10
     image_size: Optional[int] = None
     normalize: Optional[str] = None
-    augment: bool = False
+    augment: Sequence[str] = ()
     batch_size: int = 64
     lr: float = 0.05
     optimizer: str = "sgd"
@@ -196,7 +283,8 @@ class TrainRequest:
         r"""The fields of the training recipe (the KD method defaults to ``response``
         with a Teacher)."""
         return dict(arch=self.arch, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                    optimizer=self.optimizer, weight_decay=self.weight_decay, augment=self.augment,
+                    optimizer=self.optimizer, weight_decay=self.weight_decay,
+                    augment=tuple(self.augment),
                     image_size=self.image_size, normalize=self.normalize, labelled=self.labelled,
                     limit=self.limit, transfer=self.transfer,
                     method=self.method or ("response" if self.teacher else None),
@@ -211,6 +299,11 @@ class TrainRequest:
         check_data_spec(self.data)
         if self.transfer is not None:
             check_data_spec(self.transfer, "transfer")
+        check_seed(self.seed)
+        unknown = [a for a in self.augment if a not in AUGMENTATIONS]
+        if isinstance(self.augment, str) or unknown:
+            raise InputError(f"augment= takes a list of {', '.join(AUGMENTATIONS)} (or none), got "
+                             f"{self.augment!r}")
 
 
 
@@ -241,13 +334,22 @@ class PairRequest:
     device: str = "cpu"
     seed: int = 0
     progress: bool = True
+    # own architectures (a factory "package.module:function" of the user's code), the
+    # Teacher's architecture, the resize rule, classes matched by name
+    teacher_arch: Optional[str] = None
+    model: Optional[str] = None
+    student_model: Optional[str] = None
+    base_model: Optional[str] = None
+    teacher_model: Optional[str] = None
+    resize: Optional[str] = None
+    class_map: Optional[Dict[str, str]] = None
+    follow_links: bool = False
     # run even when the memory estimate of image_size exceeds the memory available
     force: bool = False
 
     def check(self) -> None:
-        r"""Architecture names, the batch size and the data spec, before any loading."""
-        for field in ("arch", "student_arch", "base_arch"):
-            _check_arch(getattr(self, field), field)
+        r"""Architecture names, factories, the batch size and the data spec, before any loading."""
+        _check_pair_models(self)
         _check_min(self.batch_size, "batch_size", 5, "UniCAM, FSS and RS are batch statistics and need at "
                    "least 5 images per batch")
         check_data_spec(self.data)
@@ -256,24 +358,26 @@ class PairRequest:
         """``(role, path)`` of the models, in loading order."""
         return [("Student", self.student), ("Base", self.base), ("Teacher", self.teacher)]
 
+    def role_model(self, role: str) -> Tuple[Optional[str], Optional[str]]:
+        r"""``(arch, factory)`` for a checkpoint of ``role``: the role's own
+        ``{role}_arch`` / ``{role}_model``, else for the Student and the Base the shared
+        ``arch`` / ``model`` (the Teacher takes only its own)."""
+        return _pair_role_model(self, role)
+
     def role_arch(self, role: str) -> Optional[str]:
         """The architecture given for a plain state-dict checkpoint of ``role``."""
-        if role == "Student":
-            return self.student_arch or self.arch
-        if role == "Base":
-            return self.base_arch or self.arch
-        return None
+        return self.role_model(role)[0]
 
 
 
 @dataclasses.dataclass
 class ExplainRequest(PairRequest):
-    r"""``explain``: Grad-CAM and UniCAM maps of the pair, drawn ``images`` per layer, on a
-    seeded subset of ``limit`` images; ``reference`` > 0: UniCAM in reference mode with that
-    many train images."""
+    r"""``explain``: Grad-CAM and UniCAM maps of the pair, drawn ``images`` per layer, over
+    the evaluated set (all images of the split, or the seeded subset of ``limit``: the same
+    images as ``quantify`` with the same ``limit``); ``reference`` > 0: UniCAM in reference
+    mode with that many train images."""
 
     images: Optional[int] = None
-    limit: Optional[int] = 256
     reference: int = 0
 
     def check(self) -> None:
@@ -315,8 +419,23 @@ class CompareRequest:
     seed: int = 0
     device: str = "cpu"
     threads: Optional[int] = 1
+    # the pair as explain and quantify load it: own architectures, preprocessing, classes
+    progress: bool = True
+    arch: Optional[str] = None
+    student_arch: Optional[str] = None
+    base_arch: Optional[str] = None
+    model: Optional[str] = None
+    student_model: Optional[str] = None
+    base_model: Optional[str] = None
+    image_size: Optional[int] = None
+    normalize: Optional[str] = None
+    resize: Optional[str] = None
+    class_map: Optional[Dict[str, str]] = None
+    follow_links: bool = False
+    download: bool = False
 
     def check(self) -> None:
+        self.pair().check()
         if self.threads is not None and self.threads < 1:
             raise InputError(f"threads must be a positive int, got {self.threads}")
         for name in ("images", "batch_size", "sanity_images"):
@@ -328,7 +447,13 @@ class CompareRequest:
         """The Student / Base pair to load: the test split, this layer, no label vectors."""
         return PairRequest(student=self.student, base=self.base, data=self.data, out=self.out,
                            layers=(self.layer,), one_hot=True, overwrite=self.overwrite, device=self.device,
-                           seed=self.seed, batch_size=max(self.batch_size, 5), progress=False)
+                           seed=self.seed, batch_size=max(self.batch_size, 5), progress=False,
+                           arch=self.arch, student_arch=self.student_arch,
+                           base_arch=self.base_arch, model=self.model,
+                           student_model=self.student_model, base_model=self.base_model,
+                           image_size=self.image_size, normalize=self.normalize,
+                           resize=self.resize, class_map=self.class_map,
+                           follow_links=self.follow_links, download=self.download)
 
 
 
@@ -346,3 +471,7 @@ class DemoRequest:
     overwrite: bool = False
     device: str = "cpu"
     progress: bool = True
+
+    def check(self) -> None:
+        r"""The seed is in range (the demo's own seeds are derived from it)."""
+        check_seed(self.seed)

@@ -19,6 +19,7 @@ Examples::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shlex
 import sys
@@ -81,9 +82,12 @@ def _warner(depth: int) -> Warn:
 # ---------------------------------------------------------------------------
 
 
-def train(request: TrainRequest, *, warn: Optional[Warn] = None) -> Written:
+def train(request: TrainRequest, *, warn: Optional[Warn] = None,
+          inform: Optional[Callable[[str], None]] = None) -> Written:
     r"""``captum-unicam train``: trains one model by the request's recipe and writes its
-    checkpoint (:func:`~captum_unicam.pipeline.training.train_checkpoint`)."""
+    checkpoint (:func:`~captum_unicam.pipeline.training.train_checkpoint`, which checks the
+    destination, the images and the Teacher before training). ``inform`` receives the
+    line of the optimisation steps."""
     request.check()
     recipe = Recipe(**request.recipe_fields())
     recipe.check(has_teacher=request.teacher is not None)
@@ -92,11 +96,16 @@ def train(request: TrainRequest, *, warn: Optional[Warn] = None) -> Written:
     out = check_output_file(request.out, overwrite=request.overwrite, reads=reads)
     check_image_memory(request.image_size, request.batch_size, force=request.force)
     device = resolve_device(request.device)
-    result = training.train_checkpoint(request.data, recipe, str(out), teacher=request.teacher, device=device,
-                                       progress=request.progress, download=request.download,
-                                       teacher_arch=request.teacher_arch, warn=warn or _warner(3))
+    result = training.train_checkpoint(
+        request.data, recipe, str(out), teacher=request.teacher, device=device,
+        progress=request.progress, download=request.download, teacher_arch=request.teacher_arch,
+        overwrite=request.overwrite, warn=warn or _warner(3), inform=inform)
+    out = Path(result["path"])
     acc = result.get("test_accuracy")
     shown = f", test accuracy {100 * acc:.1f} %" if isinstance(acc, (int, float)) else ""
+    train_acc = result.get("train_accuracy")
+    if isinstance(train_acc, (int, float)):
+        shown += f", training accuracy {100 * train_acc:.1f} %"
     return Written(out, f"checkpoint written to {out} ({result['recipe']['image_size']} px, normalize "
                         f"{result['recipe']['normalize']}{shown})")
 
@@ -245,6 +254,30 @@ def quantify(request: QuantifyRequest, *, command: Optional[Sequence[str]] = Non
 # ---------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _forward_progress(modules: Sequence[Any], enabled: bool, desc: str = "compare"):
+    """A progress bar counting the forward passes of ``modules`` (and of the copies made
+    of them while it is open), for runs whose total is not known in advance; its hooks are
+    removed on exit."""
+    from tqdm.auto import tqdm
+
+    if not enabled:
+        yield
+        return
+    bar = tqdm(desc=desc, unit=" forward passes", leave=False)
+
+    def tick(*_: Any) -> None:  # returns None: the output is left as it is
+        bar.update(1)
+
+    handles = [m.register_forward_hook(tick) for m in modules]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        bar.close()
+
+
 def compare(request: CompareRequest, *, command: Optional[Sequence[str]] = None,
             warn: Optional[Warn] = None) -> Written:
     r"""``captum-unicam compare``: the report of :func:`captum_unicam.compare` for the pair
@@ -259,7 +292,10 @@ def compare(request: CompareRequest, *, command: Optional[Sequence[str]] = None,
         pair = load_pair(request.pair(), warn=warn or _warner(3))  # load_pair <- compare <- caller
         random_student = None
         if request.random_label_student:
-            random_student, _ = models.load_checkpoint(request.random_label_student, map_location=pair.device)
+            arch, factory = request.pair().role_model("Student")
+            random_student, _ = models.load_checkpoint(
+                request.random_label_student, arch=arch, factory=factory,
+                num_classes=len(pair.class_names), map_location=pair.device)
             random_student.eval()
         x, y, masks = stratified_images(pair.data, request.images, request.seed)
         x, y = x.to(pair.device), y.to(pair.device)
@@ -268,10 +304,13 @@ def compare(request: CompareRequest, *, command: Optional[Sequence[str]] = None,
         sanity_models = None if request.no_sanity else {"Student": pair.student, "Base": pair.base}
         random_models = (None if request.no_sanity or random_student is None
                          else {"Student": (pair.student, random_student)})
-        result = comparison.compare(x, y, methods, masks=masks, percentiles=list(request.percentiles),
-                                    sanity_models=sanity_models, random_label_models=random_models,
-                                    sanity_images=request.sanity_images, batch_size=request.batch_size,
-                                    n_bootstrap=request.n_bootstrap, seed=request.seed)
+        counted = [m for m in (pair.student, pair.base, random_student) if m is not None]
+        with _forward_progress(counted, request.progress):
+            result = comparison.compare(
+                x, y, methods, masks=masks, percentiles=list(request.percentiles),
+                sanity_models=sanity_models, random_label_models=random_models,
+                sanity_images=request.sanity_images, batch_size=request.batch_size,
+                n_bootstrap=request.n_bootstrap, seed=request.seed)
         notes = [f"Student {request.student}, Base {request.base}, data {request.data} ({x.shape[0]} test images, "
                  f"classes {', '.join(map(str, pair.class_names))}), layer {request.layer}.",
                  "Methods other than those on the Base explain the Student; ROAD measures the accuracy of the "
@@ -291,6 +330,7 @@ def demo(request: DemoRequest, *, command: Optional[Sequence[str]] = None) -> Wr
     r"""``captum-unicam demo``: Teacher, Base and Student of the controlled dataset (trained
     or read from the cache), explained and quantified; writes the report folder
     (:func:`captum_unicam.pipeline.demo.run_demo`)."""
+    request.check()
     cache = request.cache_dir if request.cache_dir is not None else demo_models.default_cache_dir(
         request.seed, request.quick)
     out = check_output_dir(request.out, overwrite=request.overwrite, reads=[cache])
