@@ -83,9 +83,10 @@ def _run(capsys, argv):
 
 
 def _one_error(err: str, *patterns: str) -> str:
-    lines = err.strip().splitlines()
+    """The one error line (information lines such as the preprocessing may precede it)."""
+    lines = [line for line in err.strip().splitlines() if " error: " in line]
     assert len(lines) == 1, err
-    assert " error: " in lines[0] and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == lines[0] and "Traceback" not in err
     for pattern in patterns:
         assert pattern in lines[0], lines[0]
     return lines[0]
