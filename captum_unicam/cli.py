@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import sys
 import warnings
@@ -47,6 +48,9 @@ from captum_unicam.pipeline.requests import (
 __all__ = ["main", "build_parser"]
 
 PROG = "captum-unicam"
+
+#: errno values of a write that failed for want of space (disk, quota).
+_DISK_FULL = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e is not None)
 
 
 # ---------------------------------------------------------------------------
@@ -134,6 +138,25 @@ def _unit_float(text: str) -> float:
     return v
 
 
+def _path(text: str) -> str:
+    """A path flag's value with ``~`` expanded (also in ``--flag=~/x``, which no shell
+    expands)."""
+    return os.path.expanduser(text)
+
+
+def _spec(text: str) -> str:
+    """A data spec with ``~`` expanded in its root (``imagefolder:~/pets``)."""
+    scheme, sep, root = text.partition(":")
+    return f"{scheme}{sep}{os.path.expanduser(root)}" if sep and root.startswith("~") else text
+
+
+def _add_force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="run even when the estimated memory of --image-size (batch size x 3 x "
+                        "size^2 x 4 bytes x 100) exceeds the memory available (otherwise refused "
+                        "before any data are loaded)")
+
+
 # --- train / demo: argument types of --seed and --augment ---
 def _seed(text: str) -> int:
     v = _nonneg_int(text)
@@ -157,7 +180,7 @@ def _augmentations(text: str) -> tuple:
 
 def _add_common(p: argparse.ArgumentParser, *, out_help: str, out_default: Optional[str] = None,
                 seed_help: str = "seed of the bootstrap intervals and permutation tests") -> None:
-    p.add_argument("--out", required=out_default is None, default=out_default, metavar="DIR",
+    p.add_argument("--out", type=_path, required=out_default is None, default=out_default, metavar="DIR",
                    help=out_help)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing non-empty output folder (otherwise it is refused and left untouched)")
@@ -236,15 +259,15 @@ def _add_reading(p: argparse.ArgumentParser) -> None:
 
 
 def _add_pair(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--student", required=True, metavar="CKPT",
+    p.add_argument("--student", type=_path, required=True, metavar="CKPT",
                    help="checkpoint of the Student (written by 'captum-unicam train', or a "
                         "plain state dict with --arch or --model)")
-    p.add_argument("--base", required=True, metavar="CKPT",
+    p.add_argument("--base", type=_path, required=True, metavar="CKPT",
                    help="checkpoint of the Base (the Student's architecture trained without KD, or the Teacher)")
-    p.add_argument("--teacher", default=None, metavar="CKPT",
+    p.add_argument("--teacher", type=_path, default=None, metavar="CKPT",
                    help="checkpoint of the Teacher, only to state its accuracy in the report")
     _add_models(p)
-    p.add_argument("--data", required=True, metavar="SPEC",
+    p.add_argument("--data", type=_spec, required=True, metavar="SPEC",
                    help="data spec: controlled, controlled:SEED, cifar10:ROOT or imagefolder:ROOT")
     p.add_argument("--split", default="test", choices=("train", "test", "val"), help="split of the data to use")
     _add_reading(p)
@@ -257,7 +280,7 @@ def _add_pair(p: argparse.ArgumentParser) -> None:
                         "module paths present in both models (e.g. features.3 or encoder.layer.1)")
     p.add_argument("--batch-size", type=_positive_int, metavar="N", default=32,
                    help="images per batch; UniCAM and the statistics are batch statistics and need at least 5")
-    p.add_argument("--label-model", default=None, metavar="MODEL",
+    p.add_argument("--label-model", type=_path, default=None, metavar="MODEL",
                    help="text encoder for the label embeddings (local folder or cached Hugging Face id); "
                         "default: the bundled all-MiniLM-L6-v2")
     p.add_argument("--one-hot", action="store_true", help="use one-hot label vectors instead of text embeddings of the class names")
@@ -265,18 +288,19 @@ def _add_pair(p: argparse.ArgumentParser) -> None:
                    help="evaluate a seeded subset of N images of the split (the same N gives the "
                         "same images in explain and quantify): maps, accuracies and scores "
                         "(default: all images)")
+    _add_force(p)
 
 
 def _add_compare(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--student", required=True, metavar="CKPT",
+    parser.add_argument("--student", type=_path, required=True, metavar="CKPT",
                         help="Student checkpoint (captum-unicam train / demo, or a plain state dict "
                              "with --arch or --model)")
-    parser.add_argument("--base", required=True, metavar="CKPT", help="Base checkpoint")
+    parser.add_argument("--base", type=_path, required=True, metavar="CKPT", help="Base checkpoint")
     _add_models(parser, teacher=False)
-    parser.add_argument("--data", required=True, metavar="SPEC",
+    parser.add_argument("--data", type=_spec, required=True, metavar="SPEC",
                         help="data spec: controlled[:SEED], cifar10:ROOT, imagefolder:ROOT")
     _add_reading(parser)
-    parser.add_argument("--out", required=True, help="report folder to write")
+    parser.add_argument("--out", type=_path, required=True, help="report folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     parser.add_argument("--layer", default="L4",
                         help="layer explained: L1..L4 (ResNet stages) or a dotted module path "
@@ -295,9 +319,9 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
                              "deletion curve, in [0, 100)")
     parser.add_argument("--sanity-images", type=int, default=32, help="images of the sanity checks")
     parser.add_argument("--no-sanity", action="store_true", help="skip the sanity checks")
-    parser.add_argument("--random-label-student", default=None,
+    parser.add_argument("--random-label-student", type=_path, default=None,
                         help="checkpoint of a Student-architecture model trained on random labels")
-    parser.add_argument("--ig-steps", type=int, default=16, help="Integrated Gradients steps")
+    parser.add_argument("--ig-steps", type=_positive_int, default=16, help="Integrated Gradients steps")
     parser.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="seed of ROAD's noise, randomisation, bootstrap")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -324,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, out_help="report folder to write", out_default="unicam-report",
                 seed_help="seed of the demo: data, training (models are cached per seed) and intervals")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run (for tests): fewer epochs, images and bootstrap resamples")
-    p.add_argument("--cache-dir", default=None, metavar="DIR",
+    p.add_argument("--cache-dir", type=_path, default=None, metavar="DIR",
                    help="where the trained demo models are cached (default: the user's cache folder, e.g. ~/.cache/captum-unicam)")
     p.add_argument("--images", type=_positive_int, metavar="N", default=None,
                    help="images shown per layer in the map grids (default: one per class)")
@@ -336,10 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
     from_models = ", ".join(ARCHITECTURE_NAMES)
     p = sub.add_parser("train", formatter_class=_Formatter, help="train a model (optionally by distillation) and save a checkpoint",
                        description=f"Train ARCH on the data; with --teacher, by knowledge distillation. Architectures: {from_models}.")
-    p.add_argument("--data", required=True, metavar="SPEC",
+    p.add_argument("--data", type=_spec, required=True, metavar="SPEC",
                    help="data spec: controlled, controlled:SEED, cifar10:ROOT or imagefolder:ROOT")
     p.add_argument("--arch", required=True, metavar="ARCH", help=f"architecture, one of {from_models}")
-    p.add_argument("--teacher", default=None, metavar="CKPT", help="Teacher checkpoint: train by distillation from it")
+    p.add_argument("--teacher", type=_path, default=None, metavar="CKPT", help="Teacher checkpoint: train by distillation from it")
     p.add_argument("--teacher-arch", default=None, metavar="ARCH", help="architecture of a plain state-dict Teacher checkpoint")
     p.add_argument("--method", default=None, choices=("response", "attention", "overhaul"),
                    help="KD method (needs --teacher; default with --teacher: response)")
@@ -358,13 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "whose mirror image is another class, e.g. digits or text) and crop "
                         "(random crop after zero padding by 1/8 of the side) "
                         "(default: none)")
+    _add_force(p)
     p.add_argument("--batch-size", type=_positive_int, metavar="N", default=64, help="images per training batch")
     p.add_argument("--lr", type=_positive_float, metavar="X", default=0.05, help="peak learning rate (cosine decay)")
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"), help="SGD with Nesterov momentum, or AdamW")
     p.add_argument("--weight-decay", type=_nonneg_float, metavar="X", default=5e-4, help="weight decay")
     p.add_argument("--labelled", type=_positive_int, metavar="N", default=None,
                    help="train on a seeded, class-stratified subset of N labelled images (e.g. a Base)")
-    p.add_argument("--transfer", default=None, metavar="SPEC",
+    p.add_argument("--transfer", type=_spec, default=None, metavar="SPEC",
                    help="data spec of the images a Student is distilled on (needs --teacher); their "
                         "labels are never read; an image folder without train/ and test/ "
                         "sub-folders is used whole")
@@ -376,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "local torch cache; fetched only with --download")
     p.add_argument("--limit", type=_positive_int, metavar="N", default=None, help="use only N training images")
     p.add_argument("--download", action="store_true", help="allow downloading CIFAR-10 into ROOT, and --weights")
-    p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint file to write")
+    p.add_argument("--out", type=_path, required=True, metavar="CKPT", help="checkpoint file to write")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing checkpoint file (a regular file only: never a folder, "
                         "FIFO or device)")
@@ -510,8 +535,9 @@ def _one_line_warnings(args):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     r"""Runs ``captum-unicam`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code.
 
-    Exit codes: 0 success, 2 bad input (one line on stderr), 130 interrupted (Ctrl-C,
-    SIGTERM or SIGHUP; temporary folders are removed, any previous report is left in place).
+    Exit codes: 0 success, 2 bad input or a full disk (one line on stderr), 130 interrupted
+    (Ctrl-C, SIGTERM or SIGHUP; temporary folders are removed, any previous report is left in
+    place).
     Library warnings are shown as one line each.
     """
     parser = build_parser()
@@ -533,6 +559,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if os.environ.get("CAPTUM_UNICAM_TRACEBACK"):
             raise
         print(f"{PROG} {args.command}: error: {in_flags(_one_line(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk anywhere (a cache, a temporary file): one line too
+        if e.errno not in _DISK_FULL or os.environ.get("CAPTUM_UNICAM_TRACEBACK"):
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"{PROG} {args.command}: error: {e.strerror or 'no space left on device'}{where}; "
+              "free some space (or raise the quota) and run again", file=sys.stderr)
         return 2
 
 

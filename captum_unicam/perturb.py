@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from captum_unicam.errors import InputError
+
 __all__ = ["mask_multiply", "road_impute", "removal_count", "removal_mask"]
 
 # ROAD's neighbour weights (Rong et al. 2022): 1/6 for the 4 edge neighbours, 1/12 for
@@ -48,28 +50,45 @@ __all__ = ["mask_multiply", "road_impute", "removal_count", "removal_mask"]
 
 def _check_inputs(inputs: Tensor, func: str) -> None:
     if not isinstance(inputs, Tensor):
-        raise ValueError(
+        raise InputError(
             f"{func}: inputs must be a torch.Tensor of shape (N, C, H, W), got "
             f"{type(inputs).__name__}."
         )
     if inputs.dim() != 4:
-        raise ValueError(
+        raise InputError(
             f"{func}: inputs must have shape (N, C, H, W), got shape {tuple(inputs.shape)}; "
             "add a batch dimension with inputs.unsqueeze(0) for a single image."
         )
     if not inputs.is_floating_point():
-        raise ValueError(
+        raise InputError(
             f"{func}: inputs must be a floating-point tensor, got dtype {inputs.dtype}; "
             "convert it with inputs.float()."
         )
     if inputs.numel() == 0:
-        raise ValueError(f"{func}: inputs is empty (shape {tuple(inputs.shape)}).")
+        raise InputError(f"{func}: inputs is empty (shape {tuple(inputs.shape)}).")
+
+
+def _non_finite_maps(maps: Tensor, func: str) -> InputError:
+    """The error for maps holding NaN or Inf: which map, how many values, the likely cause."""
+    bad = ~torch.isfinite(maps.flatten(1))
+    rows = bad.any(dim=1).nonzero().flatten().tolist()
+    first = rows[0]
+    kinds = " and ".join(k for k, m in (("NaN", maps[first].isnan()), ("Inf", maps[first].isinf()))
+                         if bool(m.any()))
+    return InputError(
+        f"{func}: the saliency map of example {first} (attributions[{first}]) holds "
+        f"{kinds} ({int(bad[first].sum())} of {bad.shape[1]} values; {len(rows)} of "
+        f"{maps.shape[0]} maps hold NaN or Inf); the explained model most likely has Inf or "
+        "NaN weights or activations: check its parameters (torch.isfinite(p).all() for each) "
+        "and retrain or reload it, or replace the values with torch.nan_to_num before "
+        "perturbing."
+    )
 
 
 def _saliency_maps(inputs: Tensor, attributions: Tensor, func: str) -> Tensor:
     """Returns the attributions as (N, 1, H, W) maps on the input's device and grid."""
     if not isinstance(attributions, Tensor):
-        raise ValueError(
+        raise InputError(
             f"{func}: attributions must be a torch.Tensor, got {type(attributions).__name__}."
         )
     n, c, height, width = inputs.shape
@@ -77,35 +96,32 @@ def _saliency_maps(inputs: Tensor, attributions: Tensor, func: str) -> Tensor:
     if attributions.dim() == 3:
         attributions = attributions.unsqueeze(1)
     if attributions.dim() != 4:
-        raise ValueError(
+        raise InputError(
             f"{func}: attributions must have shape (N, 1, h, w), (N, h, w) or (N, C, h, w) "
             f"for inputs of shape {tuple(inputs.shape)}, got shape {shape}."
         )
     if attributions.shape[0] != n:
-        raise ValueError(
+        raise InputError(
             f"{func}: attributions hold {attributions.shape[0]} maps but inputs hold {n} "
             f"examples (attributions shape {shape}, inputs shape {tuple(inputs.shape)}); "
             "pass one map per example."
         )
     if attributions.shape[1] not in (1, c):
-        raise ValueError(
+        raise InputError(
             f"{func}: attributions have {attributions.shape[1]} channels; expected 1 (a "
             f"layer map such as LayerGradCam's) or {c} (an input attribution, summed over "
             f"channels). Got shape {shape} for inputs of shape {tuple(inputs.shape)}."
         )
     if attributions.shape[2] == 0 or attributions.shape[3] == 0:
-        raise ValueError(f"{func}: attributions are empty (shape {shape}).")
+        raise InputError(f"{func}: attributions are empty (shape {shape}).")
     if attributions.is_complex() or attributions.dtype == torch.bool:
-        raise ValueError(
+        raise InputError(
             f"{func}: attributions must be real numbers, got dtype {attributions.dtype}."
         )
     dtype = attributions.dtype if attributions.dtype == torch.float64 else torch.float32
     maps = attributions.detach().to(device=inputs.device, dtype=dtype)
     if not bool(torch.isfinite(maps).all()):
-        raise ValueError(
-            f"{func}: attributions contain NaN or Inf; fix the attribution method (or "
-            "replace them, e.g. torch.nan_to_num) before perturbing."
-        )
+        raise _non_finite_maps(maps, func)
     if maps.shape[1] != 1:
         maps = maps.sum(dim=1, keepdim=True)
     if maps.shape[-2:] != (height, width):
@@ -137,7 +153,7 @@ def mask_multiply(inputs: Tensor, attributions: Tensor) -> Tensor:
                     ``(N, C, h, w)`` input attributions, which are summed over
                     channels. Maps of another size than the inputs are upsampled
                     like ``LayerAttribution.interpolate(attributions, (H, W),
-                    "bilinear")``. NaN or Inf raise a ValueError.
+                    "bilinear")``. NaN or Inf raise an InputError naming the map.
 
     Returns:
         *Tensor* of **perturbed** inputs:
@@ -457,11 +473,11 @@ def _solve(x: Tensor, unknown: Tensor, tol: float, max_iter: int) -> Tuple[Tenso
 
 def _check_number(value: object, name: str, low: float, high: float = math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"road_impute: {name} must be a real number, got {value!r}.")
+        raise InputError(f"road_impute: {name} must be a real number, got {value!r}.")
     value = float(value)
     if not (low <= value <= high):
         bounds = f"in [{low:g}, {high:g}]" if high < math.inf else f">= {low:g}"
-        raise ValueError(f"road_impute: {name} must be {bounds}, got {value!r}.")
+        raise InputError(f"road_impute: {name} must be {bounds}, got {value!r}.")
     return value
 
 
@@ -505,7 +521,8 @@ def road_impute(
                     ``LayerGradCam`` or ``UniCAM`` output), ``(N, h, w)``, or
                     ``(N, C, h, w)`` input attributions (summed over channels). Maps of
                     another size are upsampled like ``LayerAttribution.interpolate(
-                    attributions, (H, W), "bilinear")``. NaN or Inf raise a ValueError.
+                    attributions, (H, W), "bilinear")``. NaN or Inf raise an InputError
+                    naming the map.
         percentile (float, optional): Percentage of pixels to replace, in [0, 100),
                     the least relevant first. It must leave at least one pixel.
                     Default: 50.
@@ -546,28 +563,28 @@ def road_impute(
     percentile = _check_number(percentile, "percentile", 0.0, 100.0)
     noise = _check_number(noise, "noise", 0.0)
     if not math.isfinite(noise):
-        raise ValueError(f"road_impute: noise must be finite, got {noise!r}.")
+        raise InputError(f"road_impute: noise must be finite, got {noise!r}.")
     tol = _check_number(tol, "tol", 0.0)
     if tol <= 0 or not math.isfinite(tol):
-        raise ValueError(f"road_impute: tol must be a positive finite number, got {tol!r}.")
+        raise InputError(f"road_impute: tol must be a positive finite number, got {tol!r}.")
     if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
-        raise ValueError(f"road_impute: max_iter must be a positive integer, got {max_iter!r}.")
+        raise InputError(f"road_impute: max_iter must be a positive integer, got {max_iter!r}.")
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(
+        raise InputError(
             f"road_impute: generator must be a torch.Generator or None, got "
             f"{type(generator).__name__}."
         )
     n, channels, height, width = inputs.shape
     k = removal_count(height, width, percentile)
     if k >= height * width:
-        raise ValueError(
+        raise InputError(
             f"road_impute: percentile={percentile:g} removes all {height * width} pixels of "
             f"a {height}x{width} image, which leaves nothing to impute from; use a "
             "smaller percentile."
         )
     maps = _saliency_maps(inputs, attributions, "road_impute")
     if not bool(torch.isfinite(inputs).all()):
-        raise ValueError(
+        raise InputError(
             "road_impute: inputs contain NaN or Inf, which the imputation would spread "
             "into the removed pixels; clean the images first."
         )

@@ -12,6 +12,9 @@ Token maps of text models, ``(N, T)``, are shown with Captum's
 :func:`captum.attr.visualization.visualize_text` (:func:`text_records`) or as an HTML table of
 highlights per map kind (:func:`token_maps_html`), with empty maps noted the same way.
 
+Every text of these figures (titles, class and layer names, legends) is drawn as written:
+``$`` is escaped, so a class folder named ``$x$`` is not read as mathtext.
+
 The figures use matplotlib's object-oriented API on the Agg backend: nothing is shown,
 nothing needs a display, and ``pyplot``'s global state is not touched.
 
@@ -95,6 +98,12 @@ def model_colour(name: str, *, kinds: bool = False) -> Optional[str]:
 
 _DPI = 110
 _FONT = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 8}
+
+
+def _plain(text: Any) -> str:
+    """``text`` as matplotlib draws it literally: every ``$`` escaped, so that a class or layer
+    name such as ``$\\notacommand$`` is not parsed as mathtext (which fails, or changes it)."""
+    return str(text).replace("$", r"\$")
 
 
 def _new_figure(figsize: Tuple[float, float]) -> Figure:
@@ -364,17 +373,17 @@ def draw_attribution(ax, image, attr, *, title: Optional[str] = None, note: Opti
         ax.set_xticks([])
         ax.set_yticks([])
         if title:
-            ax.set_title(title)
+            ax.set_title(_plain(title))
     else:
         arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
         arr = arr / arr.max()  # Captum rescales per map anyway; this avoids its tiny-scale warning
         captum_viz.visualize_image_attr(
             arr[:, :, None], img, method="blended_heat_map", sign="positive",
             plt_fig_axis=(ax.figure, ax), cmap=HEAT_CMAP, alpha_overlay=0.5,
-            show_colorbar=False, title=title, use_pyplot=False,
+            show_colorbar=False, title=_plain(title) if title else title, use_pyplot=False,
         )
     if note:
-        ax.set_xlabel(note, fontsize=7, labelpad=2)
+        ax.set_xlabel(_plain(note), fontsize=7, labelpad=2)
     return not empty
 
 
@@ -466,13 +475,13 @@ def attribution_grid(
             if i == 0:
                 ax.set_title("image")
             if row_labels is not None:
-                ax.set_ylabel(str(row_labels[i]))
+                ax.set_ylabel(_plain(row_labels[i]))
             if row_marks is not None:
                 _draw_marks(ax, row_marks[i])
             _draw_map_row(axes[i], images[i], ups, i, titles=i == 0)
         top = 1.0 - (0.22 if title else 0.05) / fig.get_figheight()
         if title:
-            fig.suptitle(title, fontsize=11, fontweight="bold",
+            fig.suptitle(_plain(title), fontsize=11, fontweight="bold",
                          y=1.0 - 0.08 / fig.get_figheight(), va="top")
         height = fig.get_figheight()
         bottom = (0.24 * lines) / height  # the last row's marks (not laid out by matplotlib)
@@ -583,13 +592,13 @@ def scores_per_layer(
                 means, err = _bars(values, layers)
                 xs = x + (si - (k - 1) / 2) * width
                 ax.bar(xs, means, width * 0.92, yerr=err, capsize=3,
-                       label=sname, color=colour, edgecolor="white",
+                       label=_plain(sname), color=colour, edgecolor="white",
                        error_kw={"elinewidth": 1.0, "ecolor": "#333333"})
                 leaked = _leakage_ticks(ax, values, layers, xs, width, leaked)
             ax.set_xticks(x)
-            ax.set_xticklabels(layers)
+            ax.set_xticklabels([_plain(layer) for layer in layers])
             ax.set_xlabel("layer")
-            ax.set_title(ptitle)
+            ax.set_title(_plain(ptitle))
             ax.axhline(0.0, color="#888888", linewidth=0.6)
             ax.grid(axis="y", alpha=0.3)
             ax.set_axisbelow(True)
@@ -597,13 +606,13 @@ def scores_per_layer(
                 ax.spines[side].set_visible(False)
             ref = (reference_lines or {}).get(ptitle)
             if ref is not None and ref[0] is not None and math.isfinite(ref[0]):
-                ax.axhline(ref[0], color="#444444", linestyle="--", linewidth=0.9, label=ref[1])
+                ax.axhline(ref[0], color="#444444", linestyle="--", linewidth=0.9, label=_plain(ref[1]))
             if ylim is not None:
                 ax.set_ylim(*ylim)
             if len(series) > 1 or ref is not None or leaked:
                 ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
         if title:
-            fig.suptitle(title, fontsize=11, fontweight="bold")
+            fig.suptitle(_plain(title), fontsize=11, fontweight="bold")
         fig.tight_layout()
     return fig
 

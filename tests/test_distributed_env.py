@@ -456,3 +456,96 @@ def test_two_processes_join_and_leave(tmp_path):
         # started, already joined, rank, world, 1 + 2 summed over ranks, left, outside
         assert out.split("\n")[0] == f"True False {rank} 2 3.0 False (0, 1)"
     assert port_is_free(port)  # rank 0's store is closed with the group
+
+
+# ---------------------------------------------------------------------------
+# the command line in an inherited cluster environment (quantify joins before loading)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_pair(tmp_path_factory):
+    from captum_unicam.models import build_model, save_checkpoint
+
+    folder = tmp_path_factory.mktemp("cluster-pair")
+    paths = []
+    for seed, name in ((0, "student.pt"), (1, "base.pt")):
+        torch.manual_seed(seed)
+        model = build_model("small_resnet_s", 4, width=2)
+        save_checkpoint(folder / name, model, arch="small_resnet_s", num_classes=4,
+                        recipe={"image_size": 32, "normalize": "none"})
+        paths.append(str(folder / name))
+    return paths
+
+
+def quantify_process(tmp_path, cli_pair, env: dict) -> subprocess.Popen:
+    student, base = cli_pair
+    argv = [sys.executable, "-m", "captum_unicam", "quantify", "--student", student, "--base", base,
+            "--data", "controlled", "--out", str(tmp_path / "report"), "--limit", "10",
+            "--batch-size", "5", "--layers", "L4", "--one-hot", "--no-progress", "--maps",
+            "gradcam", "--n-bootstrap", "20"]
+    full = {k: v for k, v in os.environ.items() if k not in VARS}
+    full.update(env, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.Popen(argv, env=full, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("local_rank", ["0", None], ids=["torchrun-like", "no-LOCAL_RANK"])
+def test_quantify_without_its_peers_ends_in_one_line(tmp_path, cli_pair, local_rank):
+    """Before: quantify loaded the models, then waited in torch's init_process_group for
+    30 minutes (no output, SIGTERM ignored). Now: exit 2 after the 3 s timeout, one line."""
+    port = free_port()
+    env = {**cluster_env(0, port), "LOCAL_RANK": local_rank, TIMEOUT_ENV: "3"}
+    env = {k: v for k, v in env.items() if v is not None}
+    start = time.monotonic()
+    proc = quantify_process(tmp_path, cli_pair, env)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = err.strip().splitlines()
+    assert proc.returncode == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("captum-unicam quantify: error: ")
+    if local_rank is None:
+        assert "LOCAL_RANK is not set" in lines[0]
+    else:
+        assert f"MASTER_PORT={port}: waited 3 s for the other processes" in lines[0]
+        assert TIMEOUT_ENV in lines[0]
+    # the 3 s wait + the interpreter's start and exit on a busy machine
+    assert time.monotonic() - start < 10 + 20
+    assert not (tmp_path / "report").exists() and port_is_free(port)
+
+
+def wait_for_listener(port: int, proc: subprocess.Popen, limit_s: float = 60) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("quantify never listened on MASTER_PORT")
+
+
+def test_sigterm_during_the_quantify_join_exits_130(tmp_path, cli_pair):
+    port = free_port()
+    proc = quantify_process(tmp_path, cli_pair, {**cluster_env(0, port), TIMEOUT_ENV: "60"})
+    try:
+        wait_for_listener(port, proc)
+        time.sleep(0.5)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["captum-unicam quantify: interrupted (terminated by signal "
+                                        "SIGTERM)"], err
+    assert elapsed < 20.0  # handled at once; the rest is the interpreter's exit on a busy machine
+    assert port_is_free(port) and not (tmp_path / "report").exists()

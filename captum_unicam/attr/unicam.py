@@ -1319,9 +1319,15 @@ class UniCAM(LayerAttribution, GradientAttribution):
     def _check_inputs(inputs: Any, name: str) -> Tuple[Tensor, ...]:
         if isinstance(inputs, list):
             inputs = tuple(inputs)
+        given = inputs if isinstance(inputs, tuple) else (inputs,)
+        if not given or not all(isinstance(t, Tensor) for t in given):
+            kinds = ", ".join(sorted({f"{type(t).__module__}.{type(t).__name__}" for t in given}))
+            raise InputError(
+                f"`{name}` must be a torch.Tensor or a tuple of tensors, as in Captum; got "
+                f"{kinds or 'an empty tuple'}. Convert arrays with torch.as_tensor(x, "
+                "dtype=torch.float32) (the dtype of the model's parameters)."
+            )
         inputs = _format_tensor_into_tuples(inputs)
-        if not inputs or not all(isinstance(t, Tensor) for t in inputs):
-            raise InputError(f"`{name}` must be a tensor or a tuple of tensors.")
         if any(t.dim() == 0 for t in inputs):
             raise InputError(f"`{name}` must have a batch dimension (dimension 0).")
         sizes = {t.shape[0] for t in inputs}

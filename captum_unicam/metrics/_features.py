@@ -131,7 +131,11 @@ def check_attributions(attr: Tensor, inputs: Tensor, name: str = "attributions")
     if not attr.is_floating_point():
         raise InputError(f"{name} must be floating point, got dtype {attr.dtype}.")
     if not torch.isfinite(attr).all():
-        raise InputError(f"{name} contain NaN or Inf; check the attribution method's output.")
+        bad = int((~torch.isfinite(attr.flatten(1))).any(dim=1).sum())
+        raise InputError(
+            f"{name} contain NaN or Inf ({bad} of {attr.shape[0]} maps); the explained model most "
+            "likely has Inf or NaN weights or activations: check its parameters "
+            "(torch.isfinite(p).all() for each) and retrain or reload it.")
 
 
 def check_estimator(estimator: Any) -> None:
@@ -348,6 +352,19 @@ def _flatten_output(
     return hidden.reshape(hidden.shape[0], -1)
 
 
+def check_model_dtype(forward_func: Callable, layers: Sequence[nn.Module], inputs: Tensor) -> None:
+    """Floating ``inputs`` of another dtype than the model's parameters: an InputError that
+    names both dtypes and the fix (torch would fail inside the model with its own message)."""
+    modules = [forward_func] if isinstance(forward_func, nn.Module) else list(layers)
+    dtypes = {p.dtype for m in modules for p in m.parameters() if p.is_floating_point()}
+    if inputs.is_floating_point() and len(dtypes) == 1 and inputs.dtype not in dtypes:
+        (dtype,) = dtypes
+        raise InputError(
+            f"inputs are {inputs.dtype} but the model's parameters are {dtype}; convert the "
+            f"inputs with inputs.to({dtype}) (or the model with model.to({inputs.dtype}))."
+        )
+
+
 def layer_features(
     forward_func: Callable,
     layer: nn.Module,
@@ -397,6 +414,7 @@ def layers_features(
     Returns:
         list[Tensor]: float64 tensors ``(N, d_i)``, one per layer, in the order given.
     """
+    check_model_dtype(forward_func, layers, inputs)
     unique = list({id(m): m for m in layers}.values())
     captured: Dict[int, Tensor] = {}
 
@@ -520,7 +538,14 @@ def target_indices(target: Any, n: int) -> Tensor:
         )
     if target is None:
         raise InputError("target is required: the class index of each sample (list or 1-D tensor).")
-    t = target if isinstance(target, Tensor) else torch.as_tensor(target)
+    try:
+        t = target if isinstance(target, Tensor) else torch.as_tensor(target)
+    except (TypeError, ValueError, RuntimeError):  # a str, a list of names, ragged lists
+        raise InputError(
+            f"target must hold one integer class index per sample ({n}), as a list or 1-D tensor, "
+            f"or be an ({n}, e) float tensor of label vectors; got {type(target).__name__} "
+            f"{target!r:.60}. Map class names to indices first (e.g. dataset.class_to_idx)."
+        ) from None
     if (
         t.dim() != 1
         or t.shape[0] != n

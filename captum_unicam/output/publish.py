@@ -485,6 +485,21 @@ def publish_folder(tmp: PathLike, out: PathLike, *, overwrite: bool,
             shutil.rmtree(old, ignore_errors=True)
 
 
+#: errno values of a write that failed for want of space (disk, quota, file size limit).
+_DISK_FULL = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG)
+                       if e is not None)
+
+
+def _disk_full(err: OSError, out: Path) -> OutputError:
+    where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+    kept = ("the previous report there is kept" if os.path.lexists(out)
+            else "nothing was written there")
+    return OutputError(
+        f"the report {str(out)!r} could not be written: {err.strerror or 'no space left'}{where}; "
+        f"{kept} and the unfinished copy was removed; free some space (or raise the quota) "
+        "and run again, or choose an output folder on another disk")
+
+
 @contextlib.contextmanager
 def staged_folder(out_dir: PathLike, *, overwrite: bool = False,
                   only_reports: bool = True) -> Iterator[Path]:
@@ -492,7 +507,9 @@ def staged_folder(out_dir: PathLike, *, overwrite: bool = False,
     success (:func:`publish_folder`), deleted on any error or interrupt.
 
     Leftovers of killed runs are cleaned up first (:func:`recover_output_dir`). Parent
-    folders created for the report are removed again on failure when left empty.
+    folders created for the report are removed again on failure when left empty. A write
+    that fails for want of space (``ENOSPC``, ``EDQUOT``, ``EFBIG``) becomes one
+    :class:`OutputError` saying so; the previous report is kept.
 
     Args:
         out_dir (str or PathLike): the report folder (checked by :func:`check_output_dir`).
@@ -522,7 +539,7 @@ def staged_folder(out_dir: PathLike, *, overwrite: bool = False,
         yield tmp
         _stage("before-publish")
         publish_folder(tmp, out, overwrite=overwrite, only_reports=only_reports)
-    except BaseException:
+    except BaseException as err:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         for d in created:
@@ -530,6 +547,8 @@ def staged_folder(out_dir: PathLike, *, overwrite: bool = False,
                 d.rmdir()
             except OSError:
                 break
+        if isinstance(err, OSError) and err.errno in _DISK_FULL:
+            raise _disk_full(err, out) from None
         raise
 
 

@@ -76,6 +76,7 @@ FLAGS: Dict[str, str] = {
     "device": "--device",
     "download": "--download",
     "epochs": "--epochs",
+    "force": "--force",  # the memory estimate of image_size (pipeline.memory)
     "image_size": "--image-size",
     "images": "--images",
     "label_model": "--label-model",
@@ -276,6 +277,8 @@ class TrainRequest:
     device: str = "cpu"
     seed: int = 0
     progress: bool = True
+    # run even when the memory estimate of image_size exceeds the memory available
+    force: bool = False
 
     def recipe_fields(self) -> Dict[str, Any]:
         r"""The fields of the training recipe (the KD method defaults to ``response``
@@ -342,6 +345,8 @@ class PairRequest:
     resize: Optional[str] = None
     class_map: Optional[Dict[str, str]] = None
     follow_links: bool = False
+    # run even when the memory estimate of image_size exceeds the memory available
+    force: bool = False
 
     def check(self) -> None:
         r"""Architecture names, factories, the batch size and the data spec, before any loading."""

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from captum_unicam import comparison, models
 from captum_unicam.data import data_summary
+from captum_unicam._distributed import join_process_group, leave_process_group, rank_and_world
 from captum_unicam.data.loaders import spec_paths
 from captum_unicam.errors import InputError
 from captum_unicam.kd.recipe import Recipe
@@ -45,8 +46,9 @@ from captum_unicam.pipeline import demo as demo_models
 from captum_unicam.pipeline import evaluation, training
 from captum_unicam.pipeline.batches import labels_of, stratified_loader, stratified_order
 from captum_unicam.pipeline.data import PreprocessingWarning, load_data
+from captum_unicam.pipeline.memory import check_image_memory
 from captum_unicam.pipeline.pair import Pair, load_pair, local_path, resolve_device, stratified_images
-from captum_unicam.pipeline.process import process_group, torch_threads
+from captum_unicam.pipeline.process import torch_threads
 from captum_unicam.pipeline.requests import (
     CompareRequest,
     DemoRequest,
@@ -161,6 +163,7 @@ def train(request: TrainRequest, *, warn: Optional[Warn] = None,
     reads = ([request.teacher] if request.teacher else []) + spec_paths(request.data) + (
         spec_paths(request.transfer) if request.transfer else [])
     out = check_output_file(request.out, overwrite=request.overwrite, reads=reads)
+    check_image_memory(request.image_size, request.batch_size, force=request.force)
     device = resolve_device(request.device)
     result = training.train_checkpoint(
         request.data, recipe, str(out), teacher=request.teacher, device=device,
@@ -193,6 +196,7 @@ def _open_pair(request: PairRequest, warn: Optional[Warn]) -> _Opened:
     """The output folder checked, then the pair loaded and batched."""
     reads = [p for _, p in request.checkpoints() if p] + spec_paths(request.data) + local_path(request.label_model)
     out = check_output_dir(request.out, overwrite=request.overwrite, reads=reads)
+    check_image_memory(request.image_size, request.batch_size, force=request.force)
     pair = load_pair(request, warn=warn or _warner(4))  # load_pair <- _open_pair <- run <- caller
     ds = pair.data
     loader = stratified_loader(ds, min(request.batch_size, len(ds)), seed=request.seed, order=request.order)
@@ -356,9 +360,13 @@ def quantify(request: QuantifyRequest, *, command: Optional[Sequence[str]] = Non
     the report folder. Under ``torchrun`` the batches are shared between the processes and
     rank 0 writes the report (the other ranks return None). The report opens with the
     sanity check of every model's accuracy and the conclusion of the map-free scores."""
-    opened = _open_pair(request, warn)
-    pair = opened.pair
-    with process_group(pair.device) as (rank, world):
+    # the process group first (bounded, SIGTERM honoured), so no model is loaded in vain
+    request.check()
+    started = join_process_group(resolve_device(request.device))
+    try:
+        rank, world = rank_and_world()
+        opened = _open_pair(request, warn)
+        pair = opened.pair
         table = _models(request, opened)
         accuracies = {r.lower(): i["accuracy"] for r, i in table.items()
                       if i.get("accuracy") is not None}
@@ -384,6 +392,8 @@ def quantify(request: QuantifyRequest, *, command: Optional[Sequence[str]] = Non
                         warnings=_run_warnings(pair), sanity=sanity,
                         data_summary=_data_summary(pair), extra_metrics=extra)
         out = write_report(opened.out, report, overwrite=request.overwrite, progress=request.progress)
+    finally:
+        leave_process_group(started)
     return Written(out, f"report written to {out}/index.html")
 
 
