@@ -324,9 +324,10 @@ def test_command_line_writes_a_complete_report(tmp_path):
         "Student on random labels",
     }
     assert (out / "index.html").is_file() and (out / "figures" / "faithfulness.png").is_file()
-    # no reference given: drawn class-stratified from the test images, which are not explained
-    assert doc["reference"]["source"].startswith("drawn") and doc["reference"]["n"] == 8
-    assert doc["n_images"] == 8 and len(doc["explained"]) == 8
+    # the command line's reference set: --reference-images (16) class-stratified train images,
+    # so every drawn test image is explained
+    assert doc["reference"]["source"] == "given" and doc["reference"]["n"] == 16
+    assert doc["n_images"] == 16
     # an existing report is refused before any work, and left alone
     before = (out / "metrics.json").read_text()
     with pytest.raises(OutputError, match="not empty"):
