@@ -28,7 +28,9 @@ from captum_unicam.metrics import evaluate_kd
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=112)
@@ -44,15 +46,22 @@ def main() -> None:
     x = torch.randn(2 * args.batch, 3, args.size, args.size, generator=g)
     y = torch.arange(2 * args.batch) % 10
     loader = [(x[: args.batch], y[: args.batch]), (x[args.batch :], y[args.batch :])]
-    layers = {f"L{i}": (getattr(student, f"layer{i}")[-1], getattr(base, f"layer{i}")[-1]) for i in range(1, 5)}
+    layers = {
+        f"L{i}": (getattr(student, f"layer{i}")[-1], getattr(base, f"layer{i}")[-1])
+        for i in range(1, 5)
+    }
     options = dict(progress=False, n_bootstrap=10, n_permutations=10)
 
     def together():
         return evaluate_kd(student, layers, loader, base_forward_func=base, **options).values
 
     def one_by_one():
-        return {name: evaluate_kd(student, {name: pair}, loader, base_forward_func=base, **options).values[name]
-                for name, pair in layers.items()}
+        return {
+            name: evaluate_kd(
+                student, {name: pair}, loader, base_forward_func=base, **options
+            ).values[name]
+            for name, pair in layers.items()
+        }
 
     def timed(fn):
         if device.type == "cuda":
@@ -72,12 +81,16 @@ def main() -> None:
 
     diff = max(
         abs(a - b)
-        for name in layers for kind in ours[name] for metric in ours[name][kind]
+        for name in layers
+        for kind in ours[name]
+        for metric in ours[name][kind]
         for a, b in zip(ours[name][kind][metric], peer[name][kind][metric])
     )
     m_ours, m_peer = statistics.median(t_ours), statistics.median(t_peer)
-    print(f"evaluate_kd, ResNet-18, 2 batches of {args.batch} x 3x{args.size}x{args.size}, L1..L4, "
-          f"4 map kinds, {device}, {torch.get_num_threads()} CPU threads, {args.repeats} interleaved repeats, medians")
+    print(
+        f"evaluate_kd, ResNet-18, 2 batches of {args.batch} x 3x{args.size}x{args.size}, L1..L4, "
+        f"4 map kinds, {device}, {torch.get_num_threads()} CPU threads, {args.repeats} interleaved repeats, medians"
+    )
     print()
     print("| what | time (s) | per-repeat (s) |")
     print("|---|---|---|")

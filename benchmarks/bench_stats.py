@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import time
-
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +54,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _seconds(fn, device: torch.device = torch.device("cpu")) -> float:
+_CPU = torch.device("cpu")
+
+
+def _seconds(fn, device: torch.device = _CPU) -> float:
     _sync(device)
     t0 = time.perf_counter()
     fn()
@@ -93,14 +95,18 @@ def _memory(which: str, n: int, d: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=128)
     parser.add_argument("--d", type=int, default=100352)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--dcor-repeats", type=int, default=3)
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--no-dcor", action="store_true", help="skip dcor and the memory children (slow)")
+    parser.add_argument(
+        "--no-dcor", action="store_true", help="skip dcor and the memory children (slow)"
+    )
     args = parser.parse_args()
     if args.memory_child:
         _memory_child(args.memory_child, args.n, args.d)
@@ -113,7 +119,11 @@ def main() -> None:
     use_dcor = not args.no_dcor
     # first, while this process is small: a child's peak RSS starts at its parent's RSS
     # at fork time, so measuring later would hide the children's growth
-    mem = {k: _memory(k, n, d) for k in ("floor", "ours", "dcor")} if use_dcor and device.type == "cpu" else {}
+    mem = (
+        {k: _memory(k, n, d) for k in ("floor", "ours", "dcor")}
+        if use_dcor and device.type == "cpu"
+        else {}
+    )
     x, y, z = _data(n, d)
     xn, yn, zn = x.numpy(), y.numpy(), z.numpy()
     xd, yd, zd = (t.to(device) for t in (x, y, z))
@@ -148,10 +158,17 @@ def main() -> None:
     ours32 = float(stats.partial_distance_correlation(xd, yd, zd))
     ours64 = float(stats.partial_distance_correlation(x64, y64, z64))
 
-    where = f"{device.type}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f", torch threads={torch.get_num_threads()}")
+    where = f"{device.type}" + (
+        f" ({torch.cuda.get_device_name(device)})"
+        if device.type == "cuda"
+        else f", torch threads={torch.get_num_threads()}"
+    )
     print(f"partial_distance_correlation, n={n}, d={d}, float32, {where}")
     print(f"{'what':40s} {'time (ms)':>10s} {'peak extra MiB':>15s}")
-    rows = [("floor: 3 Gram products (float32)", t_floor, mem.get("floor")), ("captum_unicam.stats pdCor (float32)", t_ours, mem.get("ours"))]
+    rows = [
+        ("floor: 3 Gram products (float32)", t_floor, mem.get("floor")),
+        ("captum_unicam.stats pdCor (float32)", t_ours, mem.get("ours")),
+    ]
     if use_dcor:
         rows.append(("dcor pdCor (float32 arrays)", t_dcor, mem.get("dcor")))
     for name, t, m in rows:
@@ -159,18 +176,30 @@ def main() -> None:
     vs_floor = t_ours / t_floor
     print()
     print(f"time / floor:              {vs_floor:8.2f}x   (bar <= 3x; <= 2x on an H200)")
-    print(f"operations per call:       {ops:8d}    host round trips per call: {trips.count} (the NaN/Inf check)")
+    print(
+        f"operations per call:       {ops:8d}    host round trips per call: {trips.count} (the NaN/Inf check)"
+    )
     if use_dcor:
-        ref32 = float(dcor.partial_distance_correlation(xn.astype(np.float64), yn.astype(np.float64), zn.astype(np.float64)))
+        ref32 = float(
+            dcor.partial_distance_correlation(
+                xn.astype(np.float64), yn.astype(np.float64), zn.astype(np.float64)
+            )
+        )
         err64 = abs(ours64 - ref32)  # ref32 is dcor on the float64 copy of the same data
         err32 = abs(ours32 - ref32)
         speedup = t_dcor / t_ours
-        print(f"speed-up over dcor:        {speedup:8.1f}x   (bar >= 100x)  {'OK' if speedup >= 100 else 'MISSED'}")
-        print(f"|ours - dcor|, float64:    {err64:10.2e} (bar <= 1e-9)  {'OK' if err64 <= 1e-9 else 'MISSED'}")
+        print(
+            f"speed-up over dcor:        {speedup:8.1f}x   (bar >= 100x)  {'OK' if speedup >= 100 else 'MISSED'}"
+        )
+        print(
+            f"|ours - dcor|, float64:    {err64:10.2e} (bar <= 1e-9)  {'OK' if err64 <= 1e-9 else 'MISSED'}"
+        )
         print(f"|ours - dcor|, float32 in: {err32:10.2e} (float32 Gram, float64 after it)")
     else:
         print(f"|float32 - float64|:       {abs(ours32 - ours64):10.2e} (dcor skipped: --no-dcor)")
-    print(f"inputs: {3 * n * d * 4 / 2**20:.0f} MiB; an (n, n, d) tensor would be {n * n * d * 4 / 2**30:.1f} GiB")
+    print(
+        f"inputs: {3 * n * d * 4 / 2**20:.0f} MiB; an (n, n, d) tensor would be {n * n * d * 4 / 2**30:.1f} GiB"
+    )
 
 
 if __name__ == "__main__":

@@ -66,7 +66,9 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def _interleaved(peer: Callable, ours: Callable, repeats: int, device: torch.device) -> Dict[str, object]:
+def _interleaved(
+    peer: Callable, ours: Callable, repeats: int, device: torch.device
+) -> Dict[str, object]:
     peer()  # warm-up (allocator, kernels, the reference cache)
     ours()
     t_peer: List[float] = []
@@ -116,7 +118,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (CPU runs)")
     parser.add_argument("--layers", nargs="+", default=["layer4", "layer1"])
-    parser.add_argument("--ref-images", type=int, default=256, help="images explained in reference mode")
+    parser.add_argument(
+        "--ref-images", type=int, default=256, help="images explained in reference mode"
+    )
     parser.add_argument("--ref-size", type=int, default=64, help="images in the reference set")
     parser.add_argument("--ref-repeats", type=int, default=3)
     parser.add_argument("--no-reference", action="store_true", help="skip the reference-mode rows")
@@ -133,23 +137,42 @@ def main() -> None:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=g).to(device)
     y = (torch.arange(args.batch) % min(10, args.batch // 2)).to(device)  # repeated classes
-    where = f"{device.type}" + (f", {args.threads} threads" if device.type == "cpu" else f" ({torch.cuda.get_device_name(device)})")
+    where = f"{device.type}" + (
+        f", {args.threads} threads"
+        if device.type == "cpu"
+        else f" ({torch.cuda.get_device_name(device)})"
+    )
     print(
         f"UniCAM vs LayerGradCam(student) + LayerGradCam(base): ResNet-18, 3x{args.size}x{args.size}, "
         f"{where}, interleaved repeats, medians"
     )
     print()
-    print("| row | 2 x LayerGradCam (ms) | UniCAM (ms) | ratio | per-repeat ratios | UniCAM ops beyond forwards | host round trips | bar |")
+    print(
+        "| row | 2 x LayerGradCam (ms) | UniCAM (ms) | ratio | per-repeat ratios "
+        "| UniCAM ops beyond forwards | host round trips | bar |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for layer in args.layers:
         s_layer, b_layer = getattr(student, layer), getattr(base, layer)
         cam_s, cam_b = LayerGradCam(student, s_layer), LayerGradCam(base, b_layer)
         unicam = UniCAM(student, s_layer, base, b_layer)
-        peer = lambda: (cam_s.attribute(x, target=y), cam_b.attribute(x, target=y))  # noqa: E731
-        ours = lambda: unicam.attribute(x, target=y, features="both")  # noqa: E731
+
+        def peer(cam_s=cam_s, cam_b=cam_b):
+            return cam_s.attribute(x, target=y), cam_b.attribute(x, target=y)
+
+        def ours(unicam=unicam):
+            return unicam.attribute(x, target=y, features="both")
+
         r = _interleaved(peer, ours, args.repeats, device)
         y_list = y.tolist()
-        counts = _counts(student, base, lambda: unicam.attribute(x, target=y_list, features="both"), x)
+        counts = _counts(
+            student,
+            base,
+            lambda unicam=unicam, y_list=y_list: unicam.attribute(
+                x, target=y_list, features="both"
+            ),
+            x,
+        )
         name = f"batch {args.batch}, {layer}, both"
         print(_row(name, r, counts, BAR_BATCH if layer == "layer4" else None), flush=True)
 
@@ -163,7 +186,10 @@ def main() -> None:
         cam_s, cam_b = LayerGradCam(student, student.layer4), LayerGradCam(base, base.layer4)
         unicam = UniCAM(student, student.layer4, base, base.layer4, reference=(ref_x, ref_y))
         for per_call, bar in ((1, BAR_REF_ONE), (min(32, total), BAR_REF_32)):
-            chunks = [(images[i : i + per_call], labels[i : i + per_call]) for i in range(0, total, per_call)]
+            chunks = [
+                (images[i : i + per_call], labels[i : i + per_call])
+                for i in range(0, total, per_call)
+            ]
 
             def peer(chunks=chunks):
                 for xi, yi in chunks:
@@ -177,7 +203,14 @@ def main() -> None:
             r = _interleaved(peer, ours, args.ref_repeats, device)
             first = chunks[0]
             first_y = first[1].tolist()
-            counts = _counts(student, base, lambda: unicam.attribute(first[0], target=first_y, features="both"), first[0])
+            counts = _counts(
+                student,
+                base,
+                lambda unicam=unicam, first=first, first_y=first_y: unicam.attribute(
+                    first[0], target=first_y, features="both"
+                ),
+                first[0],
+            )
             name = f"reference mode (m={m}), {total} images in calls of {per_call}, layer4, both"
             print(_row(name, r, counts, bar), flush=True)
     print()

@@ -84,9 +84,16 @@ class RoundTrips(TorchDispatchMode):
             and str(kwargs.get("device", "")) == "cpu"
         )
         # a copy to the host is one round trip; what it returns is host data
-        host = name in ("aten::lift_fresh", "aten::lift_fresh_copy") or to_host or self._is_host(tensors)
-        syncs = outer_read or to_host or name in _DATA_DEPENDENT or (
-            name == "aten::index" and any(t.dtype == torch.bool for t in tensors[1:])
+        host = (
+            name in ("aten::lift_fresh", "aten::lift_fresh_copy")
+            or to_host
+            or self._is_host(tensors)
+        )
+        syncs = (
+            outer_read
+            or to_host
+            or name in _DATA_DEPENDENT
+            or (name == "aten::index" and any(t.dtype == torch.bool for t in tensors[1:]))
         )
         if syncs and not self._is_host(tensors):
             self.count += 1

@@ -83,8 +83,10 @@ class _Env:
     port: int
 
     def describe(self) -> str:
-        return (f"WORLD_SIZE={self.world} RANK={self.rank} MASTER_ADDR={self.addr} "
-                f"MASTER_PORT={self.port}")
+        return (
+            f"WORLD_SIZE={self.world} RANK={self.rank} MASTER_ADDR={self.addr} "
+            f"MASTER_PORT={self.port}"
+        )
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -144,8 +146,12 @@ def join_process_group(device: torch.device, *, timeout_s: float | None = None) 
     if world <= 1:
         return False
     if not dist.is_available():
-        warnings.warn(f"WORLD_SIZE={world} but this torch has no torch.distributed: this process "
-                      f"evaluates everything alone; {_FIX}.", DistributedWarning, stacklevel=2)
+        warnings.warn(
+            f"WORLD_SIZE={world} but this torch has no torch.distributed: this process "
+            f"evaluates everything alone; {_FIX}.",
+            DistributedWarning,
+            stacklevel=2,
+        )
         return False
     if dist.is_initialized():
         return False
@@ -182,13 +188,15 @@ def leave_process_group(started: bool) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _int_var(name: str, default: str | None = None, *, low: int = 0,
-             high: int | None = None) -> int:
+def _int_var(
+    name: str, default: str | None = None, *, low: int = 0, high: int | None = None
+) -> int:
     raw = os.environ.get(name, default)
     if raw is None or not raw.strip():
         world = os.environ.get("WORLD_SIZE")
-        raise InputError(f"{name} is not set although WORLD_SIZE={world} asks for several "
-                         f"processes; {_FIX}.")
+        raise InputError(
+            f"{name} is not set although WORLD_SIZE={world} asks for several processes; {_FIX}."
+        )
     try:
         value = int(raw.strip())
     except ValueError:
@@ -205,8 +213,10 @@ def _read_env(world: int) -> _Env:
     port = _int_var("MASTER_PORT", low=1, high=65535)
     addr = os.environ.get("MASTER_ADDR", "").strip()
     if not addr:
-        raise InputError(f"MASTER_ADDR is not set although WORLD_SIZE={world} asks for several "
-                         f"processes; {_FIX}.")
+        raise InputError(
+            f"MASTER_ADDR is not set although WORLD_SIZE={world} asks for several "
+            f"processes; {_FIX}."
+        )
     return _Env(rank=rank, world=world, local_rank=local_rank, addr=addr, port=port)
 
 
@@ -220,20 +230,25 @@ def _timeout(timeout_s: float | None) -> float:
         try:
             timeout_s = float(raw)
         except ValueError:
-            raise InputError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds; set it to a "
-                             f"positive number, e.g. 60.") from None
+            raise InputError(
+                f"{TIMEOUT_ENV}={raw!r} is not a number of seconds; set it to a "
+                f"positive number, e.g. 60."
+            ) from None
     if not (math.isfinite(timeout_s) and timeout_s > 0):
-        raise InputError(f"{source}={timeout_s} must be a positive, finite number of seconds, "
-                         f"e.g. 60.")
+        raise InputError(
+            f"{source}={timeout_s} must be a positive, finite number of seconds, e.g. 60."
+        )
     return float(timeout_s)
 
 
 def _check_cuda(env: _Env) -> None:
     count = torch.cuda.device_count()
     if env.local_rank >= count:
-        raise InputError(f"LOCAL_RANK={env.local_rank} but this machine has {count} CUDA "
-                         f"device(s); start at most {count} processes per machine, or run on the "
-                         f"CPU.")
+        raise InputError(
+            f"LOCAL_RANK={env.local_rank} but this machine has {count} CUDA "
+            f"device(s); start at most {count} processes per machine, or run on the "
+            f"CPU."
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -248,35 +263,46 @@ def _meet(env: _Env, timeout: float, start: float) -> Any:
         store = _host_store(env, timeout)
     else:
         _wait_for_listener(env, timeout, start)
-        store = _call_interruptibly(functools.partial(_client_store, env, timeout, start), env,
-                                    timeout, start, "the store there did not answer")
+        store = _call_interruptibly(
+            functools.partial(_client_store, env, timeout, start),
+            env,
+            timeout,
+            start,
+            "the store there did not answer",
+        )
     try:
         _check_in(store, env, timeout, start)
     except RuntimeError as err:  # DistNetworkError: the store went away (its host ended)
         del store
-        raise InputError(f"{env.describe()}: the store closed while this process waited for "
-                         f"the others ({_first_line(err)}); {_FIX}.") from None
+        raise InputError(
+            f"{env.describe()}: the store closed while this process waited for "
+            f"the others ({_first_line(err)}); {_FIX}."
+        ) from None
     except BaseException as err:  # noqa: BLE001 - raised again below
         # closes the store (and the server this process hosts): the frames of the traceback
         # would keep it, and its port, open as long as the error lives
         del store
-        raise err.with_traceback(None)
+        raise err.with_traceback(None) from None
     return store
 
 
 def _host_store(env: _Env, timeout: float) -> Any:
     try:  # binds and returns at once (wait_for_workers=False)
-        return dist.TCPStore(env.addr, env.port, env.world, True, timedelta(seconds=timeout),
-                             wait_for_workers=False)
+        return dist.TCPStore(
+            env.addr, env.port, env.world, True, timedelta(seconds=timeout), wait_for_workers=False
+        )
     except (RuntimeError, OSError) as err:  # DistNetworkError: EADDRINUSE, no permission
-        raise InputError(f"RANK=0 cannot listen on MASTER_PORT={env.port} ({_first_line(err)}); "
-                         f"choose a free MASTER_PORT, or {_FIX}.") from None
+        raise InputError(
+            f"RANK=0 cannot listen on MASTER_PORT={env.port} ({_first_line(err)}); "
+            f"choose a free MASTER_PORT, or {_FIX}."
+        ) from None
 
 
 def _client_store(env: _Env, timeout: float, start: float) -> Any:
     left = max(timeout - (time.monotonic() - start), 0.1)
-    return dist.TCPStore(env.addr, env.port, env.world, False, timedelta(seconds=left),
-                         wait_for_workers=False)
+    return dist.TCPStore(
+        env.addr, env.port, env.world, False, timedelta(seconds=left), wait_for_workers=False
+    )
 
 
 def _wait_for_listener(env: _Env, timeout: float, start: float) -> None:
@@ -290,18 +316,24 @@ def _wait_for_listener(env: _Env, timeout: float, start: float) -> None:
             with socket.create_connection((env.addr, env.port), timeout=min(1.0, left)):
                 return
         except socket.gaierror as err:
-            raise InputError(f"MASTER_ADDR={env.addr} is not a known host ({err}); set it to "
-                             f"the address of the RANK=0 machine, or {_FIX}.") from None
+            raise InputError(
+                f"MASTER_ADDR={env.addr} is not a known host ({err}); set it to "
+                f"the address of the RANK=0 machine, or {_FIX}."
+            ) from None
         except OSError:  # refused, unreachable, timed out: the host may come up later
             time.sleep(min(_POLL_S, max(left, 0.0)))
 
 
 def _check_in(store: Any, env: _Env, timeout: float, start: float) -> None:
-    prefix = (f"{_KEY}/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/"
-              f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}")
+    prefix = (
+        f"{_KEY}/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/"
+        f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    )
     if store.add(f"{prefix}/rank{env.rank}", 1) > 1:
-        raise InputError(f"two processes have RANK={env.rank} ({env.describe()}); give every "
-                         f"process its own RANK, or {_FIX}.")
+        raise InputError(
+            f"two processes have RANK={env.rank} ({env.describe()}); give every "
+            f"process its own RANK, or {_FIX}."
+        )
     joined = store.add(f"{prefix}/joined", 1)
     while joined < env.world:
         if time.monotonic() - start >= timeout:
@@ -309,9 +341,11 @@ def _check_in(store: Any, env: _Env, timeout: float, start: float) -> None:
         time.sleep(_POLL_S)
         joined = store.add(f"{prefix}/joined", 0)
     if joined > env.world:
-        raise InputError(f"{joined} processes checked in at MASTER_ADDR={env.addr} "
-                         f"MASTER_PORT={env.port} for WORLD_SIZE={env.world}: another job uses "
-                         f"this port; choose another MASTER_PORT, or {_FIX}.")
+        raise InputError(
+            f"{joined} processes checked in at MASTER_ADDR={env.addr} "
+            f"MASTER_PORT={env.port} for WORLD_SIZE={env.world}: another job uses "
+            f"this port; choose another MASTER_PORT, or {_FIX}."
+        )
 
 
 def _init(store: Any, env: _Env, device: torch.device) -> None:
@@ -321,8 +355,9 @@ def _init(store: Any, env: _Env, device: torch.device) -> None:
     dist.init_process_group(backend, store=store, rank=env.rank, world_size=env.world)
 
 
-def _call_interruptibly(fn: Callable[[], Any], env: _Env, timeout: float, start: float,
-                        what: str) -> Any:
+def _call_interruptibly(
+    fn: Callable[[], Any], env: _Env, timeout: float, start: float, what: str
+) -> Any:
     """Runs ``fn`` (a call that blocks in C++) in a daemon thread while this thread waits
     in short steps, so that signal handlers run and the wait ends by the deadline."""
     result: dict = {}
@@ -342,15 +377,18 @@ def _call_interruptibly(fn: Callable[[], Any], env: _Env, timeout: float, start:
     if "error" in result:
         err = result["error"]
         if isinstance(err, (RuntimeError, OSError)):
-            raise InputError(f"{env.describe()}: the join failed ({_first_line(err)}); "
-                             f"{_FIX}.") from err
+            raise InputError(
+                f"{env.describe()}: the join failed ({_first_line(err)}); {_FIX}."
+            ) from err
         raise err
     return result.get("value")
 
 
 def _timed_out(env: _Env, timeout: float, state: str) -> InputError:
-    return InputError(f"{env.describe()}: waited {timeout:g} s for the other processes ({state}); "
-                      f"{_FIX} (or set {TIMEOUT_ENV} to wait longer).")
+    return InputError(
+        f"{env.describe()}: waited {timeout:g} s for the other processes ({state}); "
+        f"{_FIX} (or set {TIMEOUT_ENV} to wait longer)."
+    )
 
 
 def _first_line(err: BaseException) -> str:

@@ -125,8 +125,10 @@ def hidden_of(layer_output: Any, layer: str = "layer") -> Tensor:
     """
     if isinstance(layer_output, Tensor):
         return layer_output
-    if isinstance(layer_output, (tuple, list)) and layer_output and isinstance(
-        layer_output[0], Tensor
+    if (
+        isinstance(layer_output, (tuple, list))
+        and layer_output
+        and isinstance(layer_output[0], Tensor)
     ):
         return layer_output[0]
     hidden = getattr(layer_output, "last_hidden_state", None)

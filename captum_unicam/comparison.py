@@ -140,7 +140,10 @@ def _reference_unicam(uc: Any, reference: Tuple[Tensor, Tensor]) -> Any:
     from captum_unicam.attr.unicam import UniCAM
 
     return UniCAM(
-        uc.forward_func, uc.layer, uc.base_forward_func, uc.base_layer,
+        uc.forward_func,
+        uc.layer,
+        uc.base_forward_func,
+        uc.base_layer,
         label_embeddings=uc.label_embeddings,
         student_feature_layer=uc.student_feature_layer,
         base_feature_layer=uc.base_feature_layer,
@@ -195,8 +198,9 @@ class _ScorePerturbation:
         if self.kind == "occlusion":
             c, w = inputs.shape[1], self.size
             step = max(1, w // 2)
-            return self._method.attribute(inputs, sliding_window_shapes=(c, w, w),
-                                          strides=(c, step, step), **common)
+            return self._method.attribute(
+                inputs, sliding_window_shapes=(c, w, w), strides=(c, step, step), **common
+            )
         h, w = inputs.shape[-2:]
         rows = torch.arange(h, device=inputs.device) * self.size // h
         cols = torch.arange(w, device=inputs.device) * self.size // w
@@ -327,8 +331,10 @@ def _reference_specs(specs, reference, perturbations):
 def _sanity_specs(specs: Mapping[str, Any], reference: Tuple[Tensor, Tensor]) -> Dict[str, Any]:
     """The user's methods with UniCAM's reference passed per call (not cached: the sanity
     checks change the models' weights in place between calls)."""
-    return {name: (attr, {**kwargs, "reference": reference}) if _is_unicam(attr) else (attr, kwargs)
-            for name, (attr, kwargs) in specs.items()}
+    return {
+        name: (attr, {**kwargs, "reference": reference}) if _is_unicam(attr) else (attr, kwargs)
+        for name, (attr, kwargs) in specs.items()
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -389,15 +395,22 @@ def _faithfulness_groups(specs, scores, labels):
         if name in scores:
             s = scores[name]
             key = ("score", id(s.unicam), s.features)
-            group = groups.setdefault(key, {"forward": s, "labels_in": True,
-                                            "on": _SCORES[s.features], "names": []})
+            group = groups.setdefault(
+                key, {"forward": s, "labels_in": True, "on": _SCORES[s.features], "names": []}
+            )
         else:
             model = _explained_model(attr, kwargs)
             label = labels.get(id(model), f"model {len(labels) + 1}")
             labels.setdefault(id(model), label)
-            group = groups.setdefault(("logit", id(model)), {
-                "forward": target_logit(model), "labels_in": False,
-                "on": f"target logit ({label})", "names": []})
+            group = groups.setdefault(
+                ("logit", id(model)),
+                {
+                    "forward": target_logit(model),
+                    "labels_in": False,
+                    "on": f"target logit ({label})",
+                    "names": [],
+                },
+            )
         group["names"].append(name)
     return groups
 
@@ -411,29 +424,38 @@ def _faithfulness(specs, scores, native, inputs, target, labels, settings) -> Di
     torch.set_num_threads(1)  # the imputation's small tensor ops are faster on one thread
     try:
         for group in _faithfulness_groups(specs, scores, labels).values():
-            call = dict(target=None, additional_forward_args=(target,)) if group["labels_in"] \
+            call = (
+                dict(target=None, additional_forward_args=(target,))
+                if group["labels_in"]
                 else dict(target=target)
+            )
             before = getattr(group["forward"], "warned", 0)
-            res = faithfulness(group["forward"], inputs, {n: native[n] for n in group["names"]},
-                               **call, **settings)
+            res = faithfulness(
+                group["forward"], inputs, {n: native[n] for n in group["names"]}, **call, **settings
+            )
             degenerate = getattr(group["forward"], "warned", 0) - before
             for name in group["names"]:
-                out[name] = {"measured_on": group["on"], "degenerate_score_calls": degenerate,
-                             **res[name]}
+                out[name] = {
+                    "measured_on": group["on"],
+                    "degenerate_score_calls": degenerate,
+                    **res[name],
+                }
             if degenerate:
                 warnings.warn(
                     f"compare: {degenerate} calls of {group['on']} on perturbed images for "
                     f"{group['names']} had a degenerate input, scored 0 (UniCAM's warnings); the "
                     "curves are flat there. Use more reference images of each class.",
-                    UserWarning, stacklevel=3,
+                    UserWarning,
+                    stacklevel=3,
                 )
     finally:
         torch.set_num_threads(threads)
     return out
 
 
-def _sanity(specs, inputs, target, models, random_label_models, batch_size, seed, n_bootstrap,
-            confidence):
+def _sanity(
+    specs, inputs, target, models, random_label_models, batch_size, seed, n_bootstrap, confidence
+):
     # lazy: sanity imports comparison's neighbours; only needed when checks are asked for
     from captum_unicam.sanity import cascading_randomisation, label_randomisation
 
@@ -444,14 +466,20 @@ def _sanity(specs, inputs, target, models, random_label_models, batch_size, seed
         for label, model in models.items():
             chosen = {n: s for n, s in specs.items() if refers_to(s[0], model)}
             if chosen:
-                results.append(cascading_randomisation(
-                    model, chosen, inputs, target, check=f"{label} randomised", **common))
+                results.append(
+                    cascading_randomisation(
+                        model, chosen, inputs, target, check=f"{label} randomised", **common
+                    )
+                )
         for label, (model, random_model) in random_label_models.items():
             chosen = {n: s for n, s in specs.items() if refers_to(s[0], model)}
             if chosen:
                 rebound = _rebind(chosen, model, random_model)
-                results.append(label_randomisation(
-                    chosen, rebound, inputs, target, check=f"{label} on random labels", **common))
+                results.append(
+                    label_randomisation(
+                        chosen, rebound, inputs, target, check=f"{label} on random labels", **common
+                    )
+                )
     result = None
     for r in results:
         result = r if result is None else result + r
@@ -505,8 +533,10 @@ def _check_images(inputs: Any, target: Any, batch_size: Any) -> Tensor:
 def _check_masks(masks: Any, inputs: Tensor) -> Dict[str, Tensor]:
     masks = dict(masks or {})
     for region, m in masks.items():
-        if not isinstance(m, Tensor) or m.shape[0] != inputs.shape[0] or (
-            m.shape[-2:] != inputs.shape[-2:]
+        if (
+            not isinstance(m, Tensor)
+            or m.shape[0] != inputs.shape[0]
+            or (m.shape[-2:] != inputs.shape[-2:])
         ):
             raise InputError(
                 f"masks[{region!r}] must be a (N, 1, H, W) tensor matching `inputs` "
@@ -516,13 +546,19 @@ def _check_masks(masks: Any, inputs: Tensor) -> Dict[str, Tensor]:
 
 
 def _check_size(value: Any, name: str, high: int) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                              or not 1 <= value <= high):
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high
+    ):
         raise InputError(f"{name} must be None or an int within 1..{high}, got {value!r}.")
 
 
-def _check_curves(percentiles: Sequence[float], n_random: Any, occlusion: Any,
-                  feature_ablation: Any, inputs: Tensor) -> List[float]:
+def _check_curves(
+    percentiles: Sequence[float],
+    n_random: Any,
+    occlusion: Any,
+    feature_ablation: Any,
+    inputs: Tensor,
+) -> List[float]:
     percentiles = [float(p) for p in percentiles]
     if any(not 0 <= p < 100 for p in percentiles) or percentiles != sorted(set(percentiles)):
         raise InputError(
@@ -532,8 +568,9 @@ def _check_curves(percentiles: Sequence[float], n_random: Any, occlusion: Any,
     if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 1:
         raise InputError(f"n_random must be a positive int, got {n_random!r}.")
     _check_size(occlusion, "occlusion (the window side in pixels)", min(inputs.shape[-2:]))
-    _check_size(feature_ablation, "feature_ablation (the grid's cells per side)",
-                min(inputs.shape[-2:]))
+    _check_size(
+        feature_ablation, "feature_ablation (the grid's cells per side)", min(inputs.shape[-2:])
+    )
     return percentiles
 
 
@@ -544,16 +581,24 @@ def _check_sanity(sanity_models: Any, random_label_models: Any, sanity_images: A
                 f"sanity_models[{label!r}] must be a torch.nn.Module, got {type(model).__name__}."
             )
     for label, pair in (random_label_models or {}).items():
-        if not (isinstance(pair, tuple) and len(pair) == 2
-                and all(isinstance(m, nn.Module) for m in pair)):
+        if not (
+            isinstance(pair, tuple)
+            and len(pair) == 2
+            and all(isinstance(m, nn.Module) for m in pair)
+        ):
             raise InputError(
                 f"random_label_models[{label!r}] must be a pair (model, random_label_model) of "
                 "torch.nn.Modules."
             )
         _rebind({}, *pair)  # architecture check before any work
-    if (sanity_models or random_label_models) and sanity_images is not None and (
-        isinstance(sanity_images, bool) or not isinstance(sanity_images, int)
-        or sanity_images < MIN_BATCH
+    if (
+        (sanity_models or random_label_models)
+        and sanity_images is not None
+        and (
+            isinstance(sanity_images, bool)
+            or not isinstance(sanity_images, int)
+            or sanity_images < MIN_BATCH
+        )
     ):
         raise InputError(
             f"sanity_images must be None or an int >= {MIN_BATCH} (the sanity checks explain "
@@ -671,13 +716,17 @@ def compare(
     check_bootstrap(n_bootstrap, confidence)
     _check_sanity(sanity_models, random_label_models, sanity_images)
     ref, explained, ref_info = _resolve_reference(
-        reference, inputs, target_t.to(inputs.device), reference_per_class, seed)
+        reference, inputs, target_t.to(inputs.device), reference_per_class, seed
+    )
     if explained is not None:
         inputs, target_t = inputs[explained.to(inputs.device)], target_t[explained]
         masks = {r: m[explained.to(m.device)] for r, m in masks.items()}
     batch_sizes(inputs.shape[0], batch_size)
-    ref_specs, scores = _reference_specs(specs, ref, {
-        "Occlusion": ("occlusion", occlusion), "FeatureAblation": ("ablation", feature_ablation)})
+    ref_specs, scores = _reference_specs(
+        specs,
+        ref,
+        {"Occlusion": ("occlusion", occlusion), "FeatureAblation": ("ablation", feature_ablation)},
+    )
     y = target_t.to(inputs.device)
     timings: Dict[str, float] = {}
     boot = dict(n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
@@ -693,28 +742,52 @@ def compare(
     timings["maps_s"] = time.perf_counter() - t0
     _warn_occlusion(ref_specs)
     metrics: Dict[str, Any] = {
-        "methods": list(ref_specs), "n_images": int(inputs.shape[0]), "reference": ref_info,
+        "methods": list(ref_specs),
+        "n_images": int(inputs.shape[0]),
+        "reference": ref_info,
         "explained": None if explained is None else explained.tolist(),
-        "localisation": None, "faithfulness": None, "sanity": None,
+        "localisation": None,
+        "faithfulness": None,
+        "sanity": None,
     }
     _measure(metrics, timings, masks, maps, boot)
     if percentiles:
         t0 = time.perf_counter()
-        settings = dict(percentiles=percentiles, mode="deletion", baseline="road",
-                        noise=road_noise, n_random=n_random, batch_size=batch_size, **boot)
+        settings = dict(
+            percentiles=percentiles,
+            mode="deletion",
+            baseline="road",
+            noise=road_noise,
+            n_random=n_random,
+            batch_size=batch_size,
+            **boot,
+        )
         metrics["faithfulness"] = {
-            "percentiles": percentiles, "noise": road_noise, "n_random": n_random,
-            "confidence": confidence, "seed": seed,
-            "methods": _faithfulness(ref_specs, scores, native, inputs, y,
-                                     _model_labels(specs, sanity_models), settings)}
+            "percentiles": percentiles,
+            "noise": road_noise,
+            "n_random": n_random,
+            "confidence": confidence,
+            "seed": seed,
+            "methods": _faithfulness(
+                ref_specs, scores, native, inputs, y, _model_labels(specs, sanity_models), settings
+            ),
+        }
         timings["faithfulness_s"] = time.perf_counter() - t0
     sanity_result = None
     if sanity_models or random_label_models:
         t0 = time.perf_counter()
         k = inputs.shape[0] if sanity_images is None else min(int(sanity_images), inputs.shape[0])
-        sanity_result = _sanity(_sanity_specs(specs, ref), inputs[:k], y[:k],
-                                dict(sanity_models or {}), dict(random_label_models or {}),
-                                batch_size, seed, n_bootstrap, confidence)
+        sanity_result = _sanity(
+            _sanity_specs(specs, ref),
+            inputs[:k],
+            y[:k],
+            dict(sanity_models or {}),
+            dict(random_label_models or {}),
+            batch_size,
+            seed,
+            n_bootstrap,
+            confidence,
+        )
         metrics["sanity"] = sanity_result.to_dict() if sanity_result is not None else None
         timings["sanity_s"] = time.perf_counter() - t0
     metrics["timings"] = {key: round(v, 2) for key, v in timings.items()}
@@ -728,7 +801,8 @@ def _warn_occlusion(specs: Mapping[str, Any]) -> None:
                 f"compare: {attr.score.warned} score calls of {name!r} had a degenerate "
                 "perturbed input, scored 0 (UniCAM's warnings); the map is off where those "
                 "pixels are. Use more reference images of each class.",
-                UserWarning, stacklevel=3,
+                UserWarning,
+                stacklevel=3,
             )
 
 
@@ -738,8 +812,9 @@ def _measure(metrics, timings, masks, maps, boot) -> None:
         from captum_unicam.metrics.localisation import localisation
 
         t0 = time.perf_counter()
-        metrics["localisation"] = {region: localisation(maps, m, **boot)
-                                   for region, m in masks.items()}
+        metrics["localisation"] = {
+            region: localisation(maps, m, **boot) for region, m in masks.items()
+        }
         timings["localisation_s"] = time.perf_counter() - t0
 
 
@@ -748,13 +823,17 @@ def _measure(metrics, timings, masks, maps, boot) -> None:
 # ---------------------------------------------------------------------------
 
 _STATS = ("mean", "low", "high")
-_SHORT = {"better than random": "better", "worse than random": "worse",
-          "not distinguishable from random": "≈ random"}
+_SHORT = {
+    "better than random": "better",
+    "worse than random": "worse",
+    "not distinguishable from random": "≈ random",
+}
 
 
 def _localisation_table(loc: Mapping[str, Any], methods: Sequence[str]) -> Dict[str, str]:
-    header = (["method"] + [f"{r}: mass [95% CI]" for r in loc]
-              + [f"{r}: pointing [95% CI]" for r in loc])
+    header = (
+        ["method"] + [f"{r}: mass [95% CI]" for r in loc] + [f"{r}: pointing [95% CI]" for r in loc]
+    )
     rows, crows = [], []
     for m in methods:
         k = {r: loc[r]["kinds"][m] for r in loc}
@@ -763,8 +842,9 @@ def _localisation_table(loc: Mapping[str, Any], methods: Sequence[str]) -> Dict[
             [m] + [k[r][q][s] for q in ("energy", "pointing") for r in loc for s in _STATS]
         )
     rows.append(["chance (mask area)"] + [f"{loc[r]['chance']['energy']:.3f}" for r in loc] * 2)
-    cheader = ["method"] + [f"{r}_{q}_{s}" for q in ("energy", "pointing") for r in loc
-                            for s in _STATS]
+    cheader = ["method"] + [
+        f"{r}_{q}_{s}" for q in ("energy", "pointing") for r in loc for s in _STATS
+    ]
     return {"md": markdown_table(header, rows), "csv": csv_table(cheader, crows)}
 
 
@@ -776,27 +856,55 @@ def _verdict(e: Mapping[str, Any]) -> str:
 
 def _faithfulness_table(faith: Mapping[str, Any], methods: Sequence[str]) -> Dict[str, str]:
     level = f"{100 * faith['confidence']:g}%"
-    header = ["method", "measured on", "maps constant", "MoRF AUC", "random MoRF AUC",
-              f"MoRF − random [{level} CI]", "gap", "random gap", f"gap − random [{level} CI]",
-              "verdict"]
+    header = [
+        "method",
+        "measured on",
+        "maps constant",
+        "MoRF AUC",
+        "random MoRF AUC",
+        f"MoRF − random [{level} CI]",
+        "gap",
+        "random gap",
+        f"gap − random [{level} CI]",
+        "verdict",
+    ]
     rows, crows = [], []
     for m in methods:
         e = faith["methods"][m]
-        rows.append([
-            m, e["measured_on"], f"{e['n_constant_maps']} / {e['n_images']}",
-            f"{e['morf']['auc']['mean']:.4g}", f"{e['morf']['random_auc']['mean']:.4g}",
-            format_interval(e["morf"]["minus_random"]), f"{e['gap']['auc']['mean']:.4g}",
-            f"{e['gap']['random_auc']['mean']:.4g}", format_interval(e["gap"]["minus_random"]),
-            _verdict(e),
-        ])
-        crows.append([m, e["measured_on"], e["n_constant_maps"], e["n_images"]]
-                     + [e[k][q][s] for k in ("morf", "lerf", "gap")
-                        for q in ("auc", "random_auc", "minus_random") for s in _STATS]
-                     + [e[k]["verdict"] for k in ("morf", "lerf", "gap")])
-    cheader = (["method", "measured_on", "n_constant_maps", "n_images"]
-               + [f"{k}_{q}_{s}" for k in ("morf", "lerf", "gap")
-                  for q in ("auc", "random_auc", "minus_random") for s in _STATS]
-               + [f"{k}_verdict" for k in ("morf", "lerf", "gap")])
+        rows.append(
+            [
+                m,
+                e["measured_on"],
+                f"{e['n_constant_maps']} / {e['n_images']}",
+                f"{e['morf']['auc']['mean']:.4g}",
+                f"{e['morf']['random_auc']['mean']:.4g}",
+                format_interval(e["morf"]["minus_random"]),
+                f"{e['gap']['auc']['mean']:.4g}",
+                f"{e['gap']['random_auc']['mean']:.4g}",
+                format_interval(e["gap"]["minus_random"]),
+                _verdict(e),
+            ]
+        )
+        crows.append(
+            [m, e["measured_on"], e["n_constant_maps"], e["n_images"]]
+            + [
+                e[k][q][s]
+                for k in ("morf", "lerf", "gap")
+                for q in ("auc", "random_auc", "minus_random")
+                for s in _STATS
+            ]
+            + [e[k]["verdict"] for k in ("morf", "lerf", "gap")]
+        )
+    cheader = (
+        ["method", "measured_on", "n_constant_maps", "n_images"]
+        + [
+            f"{k}_{q}_{s}"
+            for k in ("morf", "lerf", "gap")
+            for q in ("auc", "random_auc", "minus_random")
+            for s in _STATS
+        ]
+        + [f"{k}_verdict" for k in ("morf", "lerf", "gap")]
+    )
     return {"md": markdown_table(header, rows), "csv": csv_table(cheader, crows)}
 
 
@@ -806,8 +914,10 @@ def _localisation_figure(loc: Mapping[str, Any], methods: Sequence[str]):
     for ax, (region, d) in zip(axes, loc.items(), strict=True):
         e = [d["kinds"][m]["energy"] for m in methods]
         mean = [x["mean"] if x["mean"] is not None else np.nan for x in e]
-        err = [[max(0.0, x["mean"] - x["low"]) if x["mean"] is not None else 0 for x in e],
-               [max(0.0, x["high"] - x["mean"]) if x["mean"] is not None else 0 for x in e]]
+        err = [
+            [max(0.0, x["mean"] - x["low"]) if x["mean"] is not None else 0 for x in e],
+            [max(0.0, x["high"] - x["mean"]) if x["mean"] is not None else 0 for x in e],
+        ]
         ax.barh(range(len(methods)), mean, xerr=err, color="tab:blue", alpha=0.8)
         ax.axvline(d["chance"]["energy"], color="0.3", ls="--", lw=0.8, label="chance")
         ax.set_yticks(range(len(methods)))
@@ -835,7 +945,7 @@ def _faithfulness_figure(faith: Mapping[str, Any], methods: Sequence[str]):
         ax.set_xlabel("pixels removed (%)", fontsize=7)
         ax.set_ylabel(e["measured_on"], fontsize=7)
         ax.tick_params(labelsize=6)
-    for ax in axes[len(methods):]:
+    for ax in axes[len(methods) :]:
         ax.axis("off")
     axes[0].legend(fontsize=5)
     fig.tight_layout()
@@ -861,8 +971,9 @@ class ComparisonResult:
         figures (dict): measure -> matplotlib ``Figure`` (made on first access).
     """
 
-    def __init__(self, metrics: Dict[str, Any], maps: Dict[str, Tensor], inputs: Tensor,
-                 sanity_result: Any) -> None:
+    def __init__(
+        self, metrics: Dict[str, Any], maps: Dict[str, Tensor], inputs: Tensor, sanity_result: Any
+    ) -> None:
         self.metrics = metrics
         self.maps = maps
         self._inputs = inputs
@@ -893,9 +1004,13 @@ class ComparisonResult:
 
         methods = self.metrics["methods"]
         k = min(4, self._inputs.shape[0])
-        figs: Dict[str, Any] = {"maps": viz.attribution_grid(
-            self._inputs[:k], {m: self.maps[m][:k].float() for m in methods},
-            title="maps of every method (UniCAM in reference mode)")}
+        figs: Dict[str, Any] = {
+            "maps": viz.attribution_grid(
+                self._inputs[:k],
+                {m: self.maps[m][:k].float() for m in methods},
+                title="maps of every method (UniCAM in reference mode)",
+            )
+        }
         if self.metrics["faithfulness"]:
             figs["faithfulness"] = _faithfulness_figure(self.metrics["faithfulness"], methods)
         if self.metrics["localisation"]:
@@ -904,9 +1019,15 @@ class ComparisonResult:
             figs["sanity"] = self._sanity.figure()
         return figs
 
-
-    def write(self, folder: Path, *, title: str = "Comparison of attribution methods",
-              command: str = "", notes: Sequence[str] = (), dpi: int = 80) -> List[str]:
+    def write(
+        self,
+        folder: Path,
+        *,
+        title: str = "Comparison of attribution methods",
+        command: str = "",
+        notes: Sequence[str] = (),
+        dpi: int = 80,
+    ) -> List[str]:
         r"""Writes ``metrics.json``, ``tables/*.md|.csv``, ``figures/*.png`` and
         ``index.html`` into ``folder`` (which must exist and be empty; the command line
         builds it in a temporary folder and publishes it with
@@ -931,10 +1052,17 @@ class ComparisonResult:
         for name, fig in self.figures.items():
             save_figure(fig, folder / "figures" / f"{name}.png", dpi=dpi)
             written.append(f"figures/{name}.png")
-        doc = {"format": REPORT_FORMAT, "title": title, "command": command, "notes": list(notes),
-               **self.metrics, "versions": versions()}
-        (folder / "metrics.json").write_text(json.dumps(to_jsonable(doc), indent=1) + "\n",
-                                             encoding="utf-8")
+        doc = {
+            "format": REPORT_FORMAT,
+            "title": title,
+            "command": command,
+            "notes": list(notes),
+            **self.metrics,
+            "versions": versions(),
+        }
+        (folder / "metrics.json").write_text(
+            json.dumps(to_jsonable(doc), indent=1) + "\n", encoding="utf-8"
+        )
         written.append("metrics.json")
         page = _index_html(title, command, notes, tables, written, versions())
         (folder / "index.html").write_text(page, encoding="utf-8")
@@ -944,37 +1072,56 @@ class ComparisonResult:
 
 # The sections of compare's page: (heading, what the section's numbers mean).
 _SECTIONS = {
-    "maps": ("Maps", "The first images, every method's map (upsampled to the image); UniCAM's "
-             "maps in reference mode, so each is a function of its image alone."),
-    "faithfulness": ("Faithfulness to what each map explains", "ROAD deletion curves: the "
-                     "quantity the map explains, on images whose most relevant pixels (MoRF) or "
-                     "least relevant pixels (LeRF) were replaced by noisy linear imputation, "
-                     "against random maps at the map's own resolution on the same images. "
-                     "UniCAM and Occlusion maps are measured on the per-image score S_d "
-                     "(distilled) or S_r (residual) with the reference set, every other map on "
-                     "the target logit of the model it explains. A faithful map has a lower "
-                     "MoRF AUC (mean height of the curve) than random and a larger gap (LeRF − "
-                     "MoRF AUC); 'MoRF − random' and 'gap − random' are paired per image, with "
-                     "bootstrap intervals over images; the verdict is the gap's. Units differ "
-                     "between quantities (logits, units of S_d): compare each method with its "
-                     "random baseline, not the rows with each other. This replaces the ROAD "
-                     "accuracy curves, which read the predicted class (a coarse, step-wise "
-                     "quantity no map explains directly) and had no random baseline."),
-    "localisation": ("Localisation", "Share of each map's positive mass inside each ground-truth "
-                     "mask, and the pointing game (is the map's largest pixel inside?), 95 % "
-                     "bootstrap intervals over images."),
-    "sanity": ("Sanity checks", "Similarity of each method's maps to the intact model's after "
-               "re-initialising the model's blocks from the top down (cumulatively), or for a "
-               "model trained on random labels. A map that stays similar does not depend on what "
-               "the model learned."),
+    "maps": (
+        "Maps",
+        "The first images, every method's map (upsampled to the image); UniCAM's "
+        "maps in reference mode, so each is a function of its image alone.",
+    ),
+    "faithfulness": (
+        "Faithfulness to what each map explains",
+        "ROAD deletion curves: the "
+        "quantity the map explains, on images whose most relevant pixels (MoRF) or "
+        "least relevant pixels (LeRF) were replaced by noisy linear imputation, "
+        "against random maps at the map's own resolution on the same images. "
+        "UniCAM and Occlusion maps are measured on the per-image score S_d "
+        "(distilled) or S_r (residual) with the reference set, every other map on "
+        "the target logit of the model it explains. A faithful map has a lower "
+        "MoRF AUC (mean height of the curve) than random and a larger gap (LeRF − "
+        "MoRF AUC); 'MoRF − random' and 'gap − random' are paired per image, with "
+        "bootstrap intervals over images; the verdict is the gap's. Units differ "
+        "between quantities (logits, units of S_d): compare each method with its "
+        "random baseline, not the rows with each other. This replaces the ROAD "
+        "accuracy curves, which read the predicted class (a coarse, step-wise "
+        "quantity no map explains directly) and had no random baseline.",
+    ),
+    "localisation": (
+        "Localisation",
+        "Share of each map's positive mass inside each ground-truth "
+        "mask, and the pointing game (is the map's largest pixel inside?), 95 % "
+        "bootstrap intervals over images.",
+    ),
+    "sanity": (
+        "Sanity checks",
+        "Similarity of each method's maps to the intact model's after "
+        "re-initialising the model's blocks from the top down (cumulatively), or for a "
+        "model trained on random labels. A map that stays similar does not depend on what "
+        "the model learned.",
+    ),
 }
-_CSS = ("body{font-family:sans-serif;max-width:70em;margin:1em auto}table{border-collapse:collapse;"
-        "font-size:0.85em}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}")
+_CSS = (
+    "body{font-family:sans-serif;max-width:70em;margin:1em auto}table{border-collapse:collapse;"
+    "font-size:0.85em}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}"
+)
 
 
-def _index_html(title: str, command: str, notes: Sequence[str],
-                tables: Mapping[str, Mapping[str, str]], written: Sequence[str],
-                versions: Mapping[str, str]) -> str:
+def _index_html(
+    title: str,
+    command: str,
+    notes: Sequence[str],
+    tables: Mapping[str, Mapping[str, str]],
+    written: Sequence[str],
+    versions: Mapping[str, str],
+) -> str:
     """compare's ``index.html`` in the page template of :mod:`captum_unicam.output.html`."""
     e = html.escape
     sections, meanings = [], []
@@ -991,9 +1138,14 @@ def _index_html(title: str, command: str, notes: Sequence[str],
             sections.append(f'<p><a href="tables/{name}.csv">{name}.csv</a></p>')
     rows = "\n".join(f"<tr><td>{e(k)}</td><td>{e(str(v))}</td></tr>" for k, v in versions.items())
     return PAGE.substitute(
-        title=e(title), css=_CSS, nav="", warnings="",
+        title=e(title),
+        css=_CSS,
+        nav="",
+        warnings="",
         notes="\n".join(f"<p>{e(n)}</p>" for n in notes),
-        sections="\n".join(sections), meanings="\n".join(meanings),
+        sections="\n".join(sections),
+        meanings="\n".join(meanings),
         links='<p>All numbers: <a href="metrics.json">metrics.json</a>.</p>',
-        versions=rows, command=e(command),
+        versions=rows,
+        command=e(command),
     )

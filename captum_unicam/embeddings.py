@@ -29,8 +29,6 @@ A model that cannot be loaded raises :class:`EmbeddingModelError`, a
 
 from __future__ import annotations
 
-from captum_unicam import errors as _errors
-
 import contextlib
 import os
 import threading
@@ -39,6 +37,8 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
+
+from captum_unicam import errors as _errors
 
 __all__ = ["embed_labels", "default_model_path", "EmbeddingModelError", "clear_cache"]
 
@@ -197,7 +197,6 @@ def _load(source: str, is_local: bool, allow_download: bool):
 
 def _load_transformers(source: str, is_local: bool, allow_download: bool, local_only: bool):
     from transformers import AutoModel, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     # transformers draws a "Loading weights" bar even for a 90 MB local folder read in

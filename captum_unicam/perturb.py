@@ -73,8 +73,9 @@ def _non_finite_maps(maps: Tensor, func: str) -> InputError:
     bad = ~torch.isfinite(maps.flatten(1))
     rows = bad.any(dim=1).nonzero().flatten().tolist()
     first = rows[0]
-    kinds = " and ".join(k for k, m in (("NaN", maps[first].isnan()), ("Inf", maps[first].isinf()))
-                         if bool(m.any()))
+    kinds = " and ".join(
+        k for k, m in (("NaN", maps[first].isnan()), ("Inf", maps[first].isinf())) if bool(m.any())
+    )
     return InputError(
         f"{func}: the saliency map of example {first} (attributions[{first}]) holds "
         f"{kinds} ({int(bad[first].sum())} of {bad.shape[1]} values; {len(rows)} of "

@@ -729,7 +729,8 @@ def partial_distance_correlation(
     :math:`\tilde C`. Here the projections are formed explicitly, which stays exact (to
     1e-8 in float64, tested against a 50-digit oracle) when x and z nearly agree, where
     the formula above loses accuracy as :math:`\epsilon / (1 - r_{xz})`. It is 0 when a
-    projection leaves nothing (e.g. ``x`` is ``z``); a constant ``z`` removes nothing. Needs ``n >= 4``. UniCAM's distilled score is
+    projection leaves nothing (e.g. ``x`` is ``z``); a constant ``z`` removes nothing. Needs
+    ``n >= 4``. UniCAM's distilled score is
     ``partial_distance_correlation(student_features, labels, base_features)``.
 
     Args:

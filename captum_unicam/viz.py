@@ -33,17 +33,15 @@ import math
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-import numpy as np
-from torch import Tensor
-
 import matplotlib
-
-from captum_unicam.errors import InputError
-
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from torch import Tensor
+
+from captum_unicam.errors import InputError
 
 __all__ = [
     "EMPTY_MAP_NOTE",
@@ -114,7 +112,11 @@ def _new_figure(figsize: Tuple[float, float]) -> Figure:
 
 def _as_image(image: Union[Tensor, np.ndarray]) -> np.ndarray:
     """(C,H,W) or (H,W,C) tensor/array with values in [0, 1] -> (H,W,3) float array in [0, 1]."""
-    arr = image.detach().cpu().float().numpy() if isinstance(image, Tensor) else np.asarray(image, float)
+    arr = (
+        image.detach().cpu().float().numpy()
+        if isinstance(image, Tensor)
+        else np.asarray(image, float)
+    )
     if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
         arr = arr.transpose(1, 2, 0)
     if arr.ndim == 2:
@@ -155,7 +157,11 @@ def is_empty_map(attr: Union[Tensor, np.ndarray], sign: str = "positive") -> boo
     """
     if sign not in _SIGNS:
         raise InputError(f"`sign` must be one of {_SIGNS}, got {sign!r}.")
-    arr = attr.detach().cpu().double().numpy() if isinstance(attr, Tensor) else np.asarray(attr, float)
+    arr = (
+        attr.detach().cpu().double().numpy()
+        if isinstance(attr, Tensor)
+        else np.asarray(attr, float)
+    )
     finite = arr[np.isfinite(arr)]
     if sign == "positive":
         finite = finite[finite > 0]
@@ -240,9 +246,18 @@ def visualize_image_attr(
         if method == "original_image":  # Captum normalises the map even here; it is unused
             attr_np = np.ones_like(np.asarray(attr_np, float))
         return captum_viz.visualize_image_attr(
-            attr_np, image, method=method, sign=sign, plt_fig_axis=plt_fig_axis,
-            outlier_perc=outlier_perc, cmap=cmap, alpha_overlay=alpha_overlay,
-            show_colorbar=show_colorbar, title=title, fig_size=fig_size, use_pyplot=use_pyplot,
+            attr_np,
+            image,
+            method=method,
+            sign=sign,
+            plt_fig_axis=plt_fig_axis,
+            outlier_perc=outlier_perc,
+            cmap=cmap,
+            alpha_overlay=alpha_overlay,
+            show_colorbar=show_colorbar,
+            title=title,
+            fig_size=fig_size,
+            use_pyplot=use_pyplot,
         )
     if method not in _METHODS:
         raise InputError(f"`method` must be one of {_METHODS}, got {method!r}.")
@@ -259,9 +274,17 @@ def visualize_image_attr(
         ax = fig.subplots()
     if image is not None:
         ax.imshow(_as_image(image).mean(axis=2), cmap="gray", vmin=0.0, vmax=1.0, alpha=0.35)
-    ax.text(0.5, 0.5, _empty_note(sign), transform=ax.transAxes, ha="center", va="center",
-            fontsize=8, color="#7a1f1f",
-            bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="#c9a0a0", alpha=0.9))
+    ax.text(
+        0.5,
+        0.5,
+        _empty_note(sign),
+        transform=ax.transAxes,
+        ha="center",
+        va="center",
+        fontsize=8,
+        color="#7a1f1f",
+        bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="#c9a0a0", alpha=0.9),
+    )
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
@@ -296,9 +319,13 @@ def visualize_image_attr_multiple(
         2-element tuple of **figure**, **axis** (one axis, or a list of them), as Captum's.
     """
     if len(methods) != len(signs):
-        raise InputError(f"`methods` and `signs` must have the same length; got {len(methods)} and {len(signs)}.")
+        raise InputError(
+            f"`methods` and `signs` must have the same length; got {len(methods)} and {len(signs)}."
+        )
     if titles is not None and len(titles) != len(methods):
-        raise InputError(f"`titles` must have one entry per method; got {len(titles)} for {len(methods)}.")
+        raise InputError(
+            f"`titles` must have one entry per method; got {len(titles)} for {len(methods)}."
+        )
     if use_pyplot:
         import matplotlib.pyplot as plt
 
@@ -309,8 +336,14 @@ def visualize_image_attr_multiple(
     axis_list = [axes] if len(methods) == 1 else list(np.asarray(axes).ravel())
     for i, (method, sign) in enumerate(zip(methods, signs)):
         visualize_image_attr(
-            attr, original_image, method=method, sign=sign, plt_fig_axis=(fig, axis_list[i]),
-            use_pyplot=False, title=titles[i] if titles else None, **kwargs,
+            attr,
+            original_image,
+            method=method,
+            sign=sign,
+            plt_fig_axis=(fig, axis_list[i]),
+            use_pyplot=False,
+            title=titles[i] if titles else None,
+            **kwargs,
         )
     fig.tight_layout()
     if use_pyplot:
@@ -359,17 +392,31 @@ def draw_attribution(ax, image, attr, *, title: Optional[str] = None, note: Opti
     from captum.attr import visualization as captum_viz
 
     img = _as_image(image)
-    arr = attr.detach().cpu().double().numpy() if isinstance(attr, Tensor) else np.asarray(attr, float)
+    arr = (
+        attr.detach().cpu().double().numpy()
+        if isinstance(attr, Tensor)
+        else np.asarray(attr, float)
+    )
     arr = np.squeeze(arr)
     if arr.shape != img.shape[:2]:
-        raise ValueError(f"the map {arr.shape} must have the image's size {img.shape[:2]}; upsample it first")
+        raise ValueError(
+            f"the map {arr.shape} must have the image's size {img.shape[:2]}; upsample it first"
+        )
     empty = is_empty_map(arr)
     if empty:
         grey = img.mean(axis=2)
         ax.imshow(grey, cmap="gray", vmin=0.0, vmax=1.0, alpha=0.35)
-        ax.text(0.5, 0.5, EMPTY_MAP_NOTE.replace(" after", "\nafter"), transform=ax.transAxes,
-                ha="center", va="center", fontsize=7, color="#7a1f1f",
-                bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="#c9a0a0", alpha=0.9))
+        ax.text(
+            0.5,
+            0.5,
+            EMPTY_MAP_NOTE.replace(" after", "\nafter"),
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="#7a1f1f",
+            bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="#c9a0a0", alpha=0.9),
+        )
         ax.set_xticks([])
         ax.set_yticks([])
         if title:
@@ -378,9 +425,16 @@ def draw_attribution(ax, image, attr, *, title: Optional[str] = None, note: Opti
         arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
         arr = arr / arr.max()  # Captum rescales per map anyway; this avoids its tiny-scale warning
         captum_viz.visualize_image_attr(
-            arr[:, :, None], img, method="blended_heat_map", sign="positive",
-            plt_fig_axis=(ax.figure, ax), cmap=HEAT_CMAP, alpha_overlay=0.5,
-            show_colorbar=False, title=_plain(title) if title else title, use_pyplot=False,
+            arr[:, :, None],
+            img,
+            method="blended_heat_map",
+            sign="positive",
+            plt_fig_axis=(ax.figure, ax),
+            cmap=HEAT_CMAP,
+            alpha_overlay=0.5,
+            show_colorbar=False,
+            title=_plain(title) if title else title,
+            use_pyplot=False,
         )
     if note:
         ax.set_xlabel(_plain(note), fontsize=7, labelpad=2)
@@ -392,15 +446,31 @@ def _draw_marks(ax, marks: Sequence[Tuple[str, str, bool]]) -> None:
     the model's name in its colour and the class it predicts."""
     for k, (role, predicted, correct) in enumerate(marks):
         y = -0.08 - 0.15 * k
-        ax.text(0.0, y, "\u25a0", transform=ax.transAxes, ha="left", va="top", fontsize=9,
-                color=_RIGHT if correct else _WRONG)
-        ax.text(0.13, y, f"{role}: {predicted} {'(right)' if correct else '(wrong)'}",
-                transform=ax.transAxes, ha="left", va="top", fontsize=7,
-                color=model_colour(role) or "#222222")
+        ax.text(
+            0.0,
+            y,
+            "\u25a0",
+            transform=ax.transAxes,
+            ha="left",
+            va="top",
+            fontsize=9,
+            color=_RIGHT if correct else _WRONG,
+        )
+        ax.text(
+            0.13,
+            y,
+            f"{role}: {predicted} {'(right)' if correct else '(wrong)'}",
+            transform=ax.transAxes,
+            ha="left",
+            va="top",
+            fontsize=7,
+            color=model_colour(role) or "#222222",
+        )
 
 
-def _grid_maps(images: Tensor, maps: Mapping[str, Tensor], row_labels,
-               row_marks) -> Dict[str, Tensor]:
+def _grid_maps(
+    images: Tensor, maps: Mapping[str, Tensor], row_labels, row_marks
+) -> Dict[str, Tensor]:
     """The checks of :func:`attribution_grid`; its maps upsampled to the images' size."""
     if images.dim() != 4:
         raise ValueError(f"images must have shape (N,C,H,W), got {tuple(images.shape)}")
@@ -424,8 +494,13 @@ def _draw_map_row(axes, image: Tensor, ups: Mapping[str, Tensor], i: int, *, tit
     the colour of the model it names."""
     for j, (name, up) in enumerate(ups.items(), start=1):
         peak = float(up[i].max()) if up[i].numel() else 0.0
-        draw_attribution(axes[j], image, up[i, 0], title=name if titles else None,
-                         note=None if is_empty_map(up[i]) else f"max {peak:.3g}")
+        draw_attribution(
+            axes[j],
+            image,
+            up[i, 0],
+            title=name if titles else None,
+            note=None if is_empty_map(up[i]) else f"max {peak:.3g}",
+        )
         colour = model_colour(name, kinds=True)
         if titles and colour:
             axes[j].title.set_color(colour)
@@ -481,8 +556,13 @@ def attribution_grid(
             _draw_map_row(axes[i], images[i], ups, i, titles=i == 0)
         top = 1.0 - (0.22 if title else 0.05) / fig.get_figheight()
         if title:
-            fig.suptitle(_plain(title), fontsize=11, fontweight="bold",
-                         y=1.0 - 0.08 / fig.get_figheight(), va="top")
+            fig.suptitle(
+                _plain(title),
+                fontsize=11,
+                fontweight="bold",
+                y=1.0 - 0.08 / fig.get_figheight(),
+                va="top",
+            )
         height = fig.get_figheight()
         bottom = (0.24 * lines) / height  # the last row's marks (not laid out by matplotlib)
         fig.tight_layout(rect=(0, bottom, 0.93, top))
@@ -531,8 +611,9 @@ def _bars(values: Mapping[str, _Interval], layers: Sequence[str]) -> Tuple[List[
     return means, np.clip(np.array([lows, highs]), 0.0, None)
 
 
-def _leakage_ticks(ax, values: Mapping[str, Any], layers: Sequence[str], xs, width: float,
-                   shown: bool) -> bool:
+def _leakage_ticks(
+    ax, values: Mapping[str, Any], layers: Sequence[str], xs, width: float, shown: bool
+) -> bool:
     """A black tick across each bar at its leakage baseline (values given as dicts with a
     ``"leakage"`` number); labelled once per panel. True once a tick is drawn."""
     for xi, layer in zip(xs, layers, strict=True):
@@ -540,9 +621,15 @@ def _leakage_ticks(ax, values: Mapping[str, Any], layers: Sequence[str], xs, wid
         leak = v.get("leakage") if isinstance(v, Mapping) else None
         if leak is None or not math.isfinite(float(leak)):
             continue
-        ax.hlines(float(leak), xi - width * 0.46, xi + width * 0.46, colors="#111111",
-                  linewidths=2.0, label=None if shown else "leakage baseline (the mask alone)",
-                  zorder=3)
+        ax.hlines(
+            float(leak),
+            xi - width * 0.46,
+            xi + width * 0.46,
+            colors="#111111",
+            linewidths=2.0,
+            label=None if shown else "leakage baseline (the mask alone)",
+            zorder=3,
+        )
         shown = True
     return shown
 
@@ -591,9 +678,17 @@ def scores_per_layer(
                 colour = model_colour(sname) or next(others)
                 means, err = _bars(values, layers)
                 xs = x + (si - (k - 1) / 2) * width
-                ax.bar(xs, means, width * 0.92, yerr=err, capsize=3,
-                       label=_plain(sname), color=colour, edgecolor="white",
-                       error_kw={"elinewidth": 1.0, "ecolor": "#333333"})
+                ax.bar(
+                    xs,
+                    means,
+                    width * 0.92,
+                    yerr=err,
+                    capsize=3,
+                    label=_plain(sname),
+                    color=colour,
+                    edgecolor="white",
+                    error_kw={"elinewidth": 1.0, "ecolor": "#333333"},
+                )
                 leaked = _leakage_ticks(ax, values, layers, xs, width, leaked)
             ax.set_xticks(x)
             ax.set_xticklabels([_plain(layer) for layer in layers])
@@ -606,7 +701,9 @@ def scores_per_layer(
                 ax.spines[side].set_visible(False)
             ref = (reference_lines or {}).get(ptitle)
             if ref is not None and ref[0] is not None and math.isfinite(ref[0]):
-                ax.axhline(ref[0], color="#444444", linestyle="--", linewidth=0.9, label=_plain(ref[1]))
+                ax.axhline(
+                    ref[0], color="#444444", linestyle="--", linewidth=0.9, label=_plain(ref[1])
+                )
             if ylim is not None:
                 ax.set_ylim(*ylim)
             if len(series) > 1 or ref is not None or leaked:
@@ -637,14 +734,22 @@ def localisation_plot(
         matplotlib.figure.Figure: two panels, energy fraction and pointing game.
     """
     panels: Dict[str, Dict[str, Dict[str, _Interval]]] = {
-        "mask energy fraction": {}, "pointing game (hit rate)": {}}
+        "mask energy fraction": {},
+        "pointing game (hit rate)": {},
+    }
     for layer, kinds in localisation.items():
         for kind, metrics in kinds.items():
-            for metric, panel in (("energy", "mask energy fraction"), ("pointing", "pointing game (hit rate)")):
+            for metric, panel in (
+                ("energy", "mask energy fraction"),
+                ("pointing", "pointing game (hit rate)"),
+            ):
                 if metric in metrics:
                     panels[panel].setdefault(kind, {})[layer] = metrics[metric]
     refs = {}
-    for metric, panel in (("energy", "mask energy fraction"), ("pointing", "pointing game (hit rate)")):
+    for metric, panel in (
+        ("energy", "mask energy fraction"),
+        ("pointing", "pointing game (hit rate)"),
+    ):
         if chance and chance.get(metric) is not None:
             refs[panel] = (float(chance[metric]), "uniform map")
     return scores_per_layer(panels, title=title, reference_lines=refs, ylim=(0.0, 1.05))
@@ -686,8 +791,9 @@ def _token_rows(
     if attention_mask is None:
         mask = np.ones(arr.shape, dtype=bool)
     else:
-        mask = np.asarray(attention_mask.detach().cpu() if isinstance(attention_mask, Tensor)
-                          else attention_mask).astype(bool)
+        mask = np.asarray(
+            attention_mask.detach().cpu() if isinstance(attention_mask, Tensor) else attention_mask
+        ).astype(bool)
         if mask.shape != arr.shape:
             raise InputError(
                 f"`attention_mask` {mask.shape} must have the shape of `maps` {arr.shape}."
@@ -760,16 +866,18 @@ def text_records(
     for i, (words, values) in enumerate(_token_rows(tokens, maps, attention_mask)):
         scaled, empty = _scaled(values)
         label = f"{kind} ({EMPTY_MAP_NOTE})".strip() if empty else kind
-        records.append(captum_viz.VisualizationDataRecord(
-            word_attributions=scaled,
-            pred_prob=float(pred_prob[i]) if pred_prob is not None else float("nan"),
-            pred_class=pred_class[i] if pred_class is not None else "",
-            true_class=true_class[i] if true_class is not None else "",
-            attr_class=label,
-            attr_score=float(np.nansum(values)),
-            raw_input_ids=words,
-            convergence_score=None,
-        ))
+        records.append(
+            captum_viz.VisualizationDataRecord(
+                word_attributions=scaled,
+                pred_prob=float(pred_prob[i]) if pred_prob is not None else float("nan"),
+                pred_class=pred_class[i] if pred_class is not None else "",
+                true_class=true_class[i] if true_class is not None else "",
+                attr_class=label,
+                attr_score=float(np.nansum(values)),
+                raw_input_ids=words,
+                convergence_score=None,
+            )
+        )
     return records
 
 

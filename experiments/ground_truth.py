@@ -220,7 +220,10 @@ def train_models(
         ds = sets[role]
         student = role == "student"
         recipe = Recipe(
-            ARCH, epochs=s[f"{role}_epochs"], seed=seed * 1000 + 20 + i, **TRAIN,
+            ARCH,
+            epochs=s[f"{role}_epochs"],
+            seed=seed * 1000 + 20 + i,
+            **TRAIN,
             **(KD if student else {}),
         )
         t0 = time.process_time()

@@ -27,11 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", default="experiments/results/controlled", help="output folder")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data (controlled:SEED) and of training")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the data (controlled:SEED) and of training"
+    )
     p.add_argument("--quick", action="store_true", help="tiny recipe for smoke tests")
-    p.add_argument("--methods", nargs="+", default=list(KD_METHODS), choices=KD_METHODS, help="KD methods")
+    p.add_argument(
+        "--methods", nargs="+", default=list(KD_METHODS), choices=KD_METHODS, help="KD methods"
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--one-hot", action="store_true", help="one-hot label vectors instead of text embeddings")
+    p.add_argument(
+        "--one-hot", action="store_true", help="one-hot label vectors instead of text embeddings"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: unchanged)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p
@@ -45,9 +51,15 @@ def main(argv=None) -> int:
     command = " ".join(shlex.quote(a) for a in ["python", "experiments/run_controlled.py", *argv])
     try:
         results = run_experiment(
-            f"controlled:{args.seed}", out=args.out, methods=tuple(args.methods), seed=args.seed,
-            quick=args.quick, device=args.device, progress=not args.no_progress,
-            label_embeddings="one-hot" if args.one_hot else "text", num_threads=args.threads,
+            f"controlled:{args.seed}",
+            out=args.out,
+            methods=tuple(args.methods),
+            seed=args.seed,
+            quick=args.quick,
+            device=args.device,
+            progress=not args.no_progress,
+            label_embeddings="one-hot" if args.one_hot else "text",
+            num_threads=args.threads,
             command=command,
         )
     except ValueError as e:  # DataSpecError, ExperimentFolderError, bad arguments

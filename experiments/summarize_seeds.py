@@ -39,7 +39,9 @@ def _table(header: List[str], rows: List[List[str]]) -> str:
     return "\n".join(lines)
 
 
-def _rows(runs: List[Dict], keys: Sequence[str], value: Callable[[Dict, str], float], fmt: str) -> List[List[str]]:
+def _rows(
+    runs: List[Dict], keys: Sequence[str], value: Callable[[Dict, str], float], fmt: str
+) -> List[List[str]]:
     out = []
     for key in keys:
         vals = [value(r, key) for r in runs]
@@ -54,23 +56,37 @@ def summarize(folders: Sequence[str], method: str = "response") -> str:
     parts = []
 
     models = list(runs[0]["accuracies"])
-    parts.append("Cue-free test accuracy (%):\n\n" + _table(
-        ["model"] + seeds + ["mean ± sd"],
-        _rows(runs, models, lambda r, m: 100 * r["accuracies"][m]["test"], "{:.1f}"),
-    ))
+    parts.append(
+        "Cue-free test accuracy (%):\n\n"
+        + _table(
+            ["model"] + seeds + ["mean ± sd"],
+            _rows(runs, models, lambda r, m: 100 * r["accuracies"][m]["test"], "{:.1f}"),
+        )
+    )
 
     def pdcor(which: str) -> Callable[[Dict, str], float]:
-        return lambda r, layer: r["evaluations"][method]["summary"]["by_layer"][layer]["none"][which]["mean"]
+        return lambda r, layer: r["evaluations"][method]["summary"]["by_layer"][layer]["none"][
+            which
+        ]["mean"]
 
     rows = []
     for layer in layers:
         d = [pdcor("rs_distilled")(r, layer) for r in runs]
         s = [pdcor("rs_residual")(r, layer) for r in runs]
-        p = [r["evaluations"][method]["summary"]["by_layer"][layer]["none"]["p_distilled_gt_residual"] for r in runs]
-        rows.append([layer, _spread(d, "{:.3f}"), _spread(s, "{:.3f}"), ", ".join(f"{v:.3g}" for v in p)])
-    parts.append(f"pdCor of the raw distilled and residual features ({method} KD; mean over batches, "
-                 "then mean ± sd over seeds; p per seed, distilled > residual):\n\n"
-                 + _table(["layer", "distilled", "residual", "p per seed"], rows))
+        p = [
+            r["evaluations"][method]["summary"]["by_layer"][layer]["none"][
+                "p_distilled_gt_residual"
+            ]
+            for r in runs
+        ]
+        rows.append(
+            [layer, _spread(d, "{:.3f}"), _spread(s, "{:.3f}"), ", ".join(f"{v:.3g}" for v in p)]
+        )
+    parts.append(
+        f"pdCor of the raw distilled and residual features ({method} KD; mean over batches, "
+        "then mean ± sd over seeds; p per seed, distilled > residual):\n\n"
+        + _table(["layer", "distilled", "residual", "p per seed"], rows)
+    )
 
     def energy(kind: str) -> Callable[[Dict, str], float]:
         return lambda r, layer: r["localisation"][method][layer]["kinds"][kind]["energy"]["mean"]
@@ -81,15 +97,24 @@ def summarize(folders: Sequence[str], method: str = "response") -> str:
         for kind in ("gradcam_base", "gradcam_student", "distilled", "residual"):
             row.append(_spread([energy(kind)(r, layer) for r in runs], "{:.2f}"))
         rows.append(row)
-    chance = _spread([r["localisation"][method][layers[0]]["chance"]["energy"] for r in runs], "{:.3f}")
-    parts.append(f"Share of each map's positive mass on the object ({method} KD; mean ± sd over seeds; "
-                 f"chance {chance}):\n\n"
-                 + _table(["layer", "Grad-CAM Base", "Grad-CAM Student", "UniCAM distilled", "UniCAM residual"], rows))
+    chance = _spread(
+        [r["localisation"][method][layers[0]]["chance"]["energy"] for r in runs], "{:.3f}"
+    )
+    parts.append(
+        f"Share of each map's positive mass on the object ({method} KD; mean ± sd over seeds; "
+        f"chance {chance}):\n\n"
+        + _table(
+            ["layer", "Grad-CAM Base", "Grad-CAM Student", "UniCAM distilled", "UniCAM residual"],
+            rows,
+        )
+    )
     return "\n\n".join(parts) + "\n"
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("folders", nargs="+", help="output folders of run_controlled.py")
     p.add_argument("--method", default="response", help="KD method whose evaluation to summarise")
     args = p.parse_args(argv)

@@ -57,13 +57,33 @@ KINDS = ("residual", "distilled", "gradcam_base", "gradcam_student", "naive_diff
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "full": dict(  # noqa: C408
-                 teacher_train=1000, base_train=96, student_train=1500, test=600, explain=128,
-                 cue_strength=0.9, hidden=64, base_epochs=40, student_epochs=12,
-                 batch=32, eval_batch=32, n_bootstrap=1000),
+        teacher_train=1000,
+        base_train=96,
+        student_train=1500,
+        test=600,
+        explain=128,
+        cue_strength=0.9,
+        hidden=64,
+        base_epochs=40,
+        student_epochs=12,
+        batch=32,
+        eval_batch=32,
+        n_bootstrap=1000,
+    ),
     "small": dict(  # noqa: C408
-                  teacher_train=400, base_train=64, student_train=600, test=200, explain=64,
-                  cue_strength=0.9, hidden=64, base_epochs=30, student_epochs=10,
-                  batch=32, eval_batch=32, n_bootstrap=200),
+        teacher_train=400,
+        base_train=64,
+        student_train=600,
+        test=200,
+        explain=64,
+        cue_strength=0.9,
+        hidden=64,
+        base_epochs=30,
+        student_epochs=10,
+        batch=32,
+        eval_batch=32,
+        n_bootstrap=200,
+    ),
 }
 
 
@@ -79,7 +99,7 @@ class Teacher(nn.Module):
         with torch.no_grad():
             parts = []
             for i in range(0, input_ids.shape[0], batch):
-                ids, mask = input_ids[i:i + batch], attention_mask[i:i + batch]
+                ids, mask = input_ids[i : i + batch], attention_mask[i : i + batch]
                 hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
                 parts.append(pool_tokens(hidden, mask))
             return torch.cat(parts)
@@ -92,9 +112,15 @@ def small_bert(vocab_size: int, hidden: int, seed: int, num_classes: int = 4) ->
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=2,
-                     num_attention_heads=2, intermediate_size=2 * hidden,
-                     max_position_embeddings=32, num_labels=num_classes)
+    cfg = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=32,
+        num_labels=num_classes,
+    )
     return BertForSequenceClassification(cfg)
 
 
@@ -105,7 +131,7 @@ def _train(model, ids, mask, epochs, batch, seed, loss_fn):
     for _ in range(epochs):
         order = torch.randperm(ids.shape[0], generator=gen)
         for i in range(0, ids.shape[0], batch):
-            j = order[i:i + batch]
+            j = order[i : i + batch]
             logits = model(input_ids=ids[j], attention_mask=mask[j]).logits
             loss = loss_fn(logits, j)
             opt.zero_grad()
@@ -119,10 +145,12 @@ def train_models(seed: int, s: Mapping[str, Any], tok) -> dict[str, Any]:
 
     data = {
         "teacher": TextTopics(s["teacher_train"], seed=1000 + seed, tokenizer=tok),
-        "base": TextTopics(s["base_train"], seed=2000 + seed, cue_strength=s["cue_strength"],
-                           tokenizer=tok),
-        "student": TextTopics(s["student_train"], seed=3000 + seed,
-                              cue_strength=s["cue_strength"], tokenizer=tok),
+        "base": TextTopics(
+            s["base_train"], seed=2000 + seed, cue_strength=s["cue_strength"], tokenizer=tok
+        ),
+        "student": TextTopics(
+            s["student_train"], seed=3000 + seed, cue_strength=s["cue_strength"], tokenizer=tok
+        ),
     }
     encoder = AutoModel.from_pretrained(str(default_model_path()), local_files_only=True).eval()
     teacher = Teacher(encoder, 4)
@@ -138,15 +166,27 @@ def train_models(seed: int, s: Mapping[str, Any], tok) -> dict[str, Any]:
     teacher.eval()
     vocab = tok.vocab_size
     base_data = data["base"]
-    base = _train(small_bert(vocab, s["hidden"], 10 + seed), base_data.input_ids,
-                  base_data.attention_mask, s["base_epochs"], s["batch"], seed,
-                  lambda logits, j: F.cross_entropy(logits, base_data.labels[j]))
+    base = _train(
+        small_bert(vocab, s["hidden"], 10 + seed),
+        base_data.input_ids,
+        base_data.attention_mask,
+        s["base_epochs"],
+        s["batch"],
+        seed,
+        lambda logits, j: F.cross_entropy(logits, base_data.labels[j]),
+    )
     st = data["student"]
     with torch.no_grad():
         t_logits = teacher(st.input_ids, st.attention_mask)
-    student = _train(small_bert(vocab, s["hidden"], 20 + seed), st.input_ids, st.attention_mask,
-                     s["student_epochs"], s["batch"], seed,
-                     lambda logits, j: response_kd_loss(logits, t_logits[j], temperature=4.0))
+    student = _train(
+        small_bert(vocab, s["hidden"], 20 + seed),
+        st.input_ids,
+        st.attention_mask,
+        s["student_epochs"],
+        s["batch"],
+        seed,
+        lambda logits, j: response_kd_loss(logits, t_logits[j], temperature=4.0),
+    )
     return {"teacher": teacher, "base": base, "student": student}
 
 
@@ -179,8 +219,8 @@ def compute_maps(models, block: int, task: TextTopics, eval_batch: int) -> dict[
     kinds: dict[str, list[torch.Tensor]] = {k: [] for k in KINDS}
     n = task.input_ids.shape[0] - task.input_ids.shape[0] % eval_batch
     for i in range(0, n, eval_batch):
-        ids, mask = task.input_ids[i:i + eval_batch], task.attention_mask[i:i + eval_batch]
-        y = task.labels[i:i + eval_batch]
+        ids, mask = task.input_ids[i : i + eval_batch], task.attention_mask[i : i + eval_batch]
+        y = task.labels[i : i + eval_batch]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # empty maps are counted (n_empty)
             d, r = cam.attribute(ids, target=y, attention_mask=mask, features="both")
@@ -214,8 +254,10 @@ def run_seed(seed: int, s: Mapping[str, Any], tok) -> dict[str, Any]:
     models = train_models(seed, s, tok)
     clean = TextTopics(s["test"], seed=4000 + seed, tokenizer=tok)
     cued = TextTopics(s["test"], seed=5000 + seed, cue_strength=1.0, tokenizer=tok)
-    acc = {name: {"cue_free": accuracy(m, clean), "cued": accuracy(m, cued)}
-           for name, m in models.items()}
+    acc = {
+        name: {"cue_free": accuracy(m, clean), "cued": accuracy(m, cued)}
+        for name, m in models.items()
+    }
     explain = TextTopics(s["explain"], seed=6000 + seed, cue_strength=1.0, tokenizer=tok)
     chance = (1.0 / explain.attention_mask.sum(1).double()).tolist()
     blocks = {}
@@ -229,8 +271,13 @@ def run_seed(seed: int, s: Mapping[str, Any], tok) -> dict[str, Any]:
             entry[kind] = interval(masses, s["n_bootstrap"], seed)
             entry[kind]["n_empty"] = sum(x is None for x in masses)
         blocks[f"block{block}"] = entry
-    return {"seed": seed, "accuracy": acc, "cue_mass": blocks,
-            "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
+    return {
+        "seed": seed,
+        "accuracy": acc,
+        "cue_mass": blocks,
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
+    }
 
 
 def pooled(per_seed: Sequence[Mapping[str, Any]], n_bootstrap: int) -> dict[str, Any]:
@@ -258,21 +305,35 @@ def _ci(d: Mapping[str, Any], digits: int = 3) -> str:
 
 
 def markdown(res: Mapping[str, Any]) -> str:
-    lines = ["# Text KD scenario: the cue word only the Base reads", "",
-             f"Command: `{res['command']}`; seeds {res['seeds']}; settings `{res['size']}`; "
-             f"one torch thread.", "",
-             "Accuracy (mean over seeds [95 % bootstrap interval over seeds]):", "",
-             "| model | cue-free test | every sentence cued |", "|---|---|---|"]
+    lines = [
+        "# Text KD scenario: the cue word only the Base reads",
+        "",
+        f"Command: `{res['command']}`; seeds {res['seeds']}; settings `{res['size']}`; "
+        f"one torch thread.",
+        "",
+        "Accuracy (mean over seeds [95 % bootstrap interval over seeds]):",
+        "",
+        "| model | cue-free test | every sentence cued |",
+        "|---|---|---|",
+    ]
     for model, a in res["pooled"]["accuracy"].items():
         lines.append(f"| {model} | {_ci(a['cue_free'])} | {_ci(a['cued'])} |")
-    lines += ["", "Share of each map's mass on the cue token, cued sentences (mean of the per-seed "
-              "means [95 % bootstrap interval over seeds]; chance = 1 / number of valid tokens):",
-              "", "| block | " + " | ".join(KINDS) + " | chance |",
-              "|---|" + "---|" * (len(KINDS) + 1)]
+    lines += [
+        "",
+        "Share of each map's mass on the cue token, cued sentences (mean of the per-seed "
+        "means [95 % bootstrap interval over seeds]; chance = 1 / number of valid tokens):",
+        "",
+        "| block | " + " | ".join(KINDS) + " | chance |",
+        "|---|" + "---|" * (len(KINDS) + 1),
+    ]
     for block, m in res["pooled"]["cue_mass"].items():
         lines.append(f"| {block} | " + " | ".join(_ci(m[k]) for k in KINDS + ("chance",)) + " |")
-    lines += ["", "Per seed (mean [95 % bootstrap interval over sentences]; empty maps excluded, "
-              "count in parentheses):", ""]
+    lines += [
+        "",
+        "Per seed (mean [95 % bootstrap interval over sentences]; empty maps excluded, "
+        "count in parentheses):",
+        "",
+    ]
     for r in res["per_seed"]:
         acc = ", ".join(
             f"{k} {v['cue_free']:.3f}/{v['cued']:.3f}" for k, v in r["accuracy"].items()
@@ -282,10 +343,15 @@ def markdown(res: Mapping[str, Any]) -> str:
         for block, m in r["cue_mass"].items():
             cells = "; ".join(f"{k} {_ci(m[k])} ({m[k]['n_empty']})" for k in KINDS)
             lines.append(f"  - {block}: {cells}")
-    lines += ["", f"Seconds per seed: wall {_ci(res['pooled']['seconds'], 1)}, CPU "
-              f"{_ci(res['pooled']['cpu_seconds'], 1)} (one torch thread on a machine shared with "
-              "other jobs: the wall time depends on the load, the CPU time much less).", "",
-              res["verdict"], ""]
+    lines += [
+        "",
+        f"Seconds per seed: wall {_ci(res['pooled']['seconds'], 1)}, CPU "
+        f"{_ci(res['pooled']['cpu_seconds'], 1)} (one torch thread on a machine shared with "
+        "other jobs: the wall time depends on the load, the CPU time much less).",
+        "",
+        res["verdict"],
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -316,11 +382,13 @@ def verdict(res: Mapping[str, Any]) -> str:
     gains = ", ".join(
         f"{m} {acc[m]['cued']['mean'] - acc[m]['cue_free']['mean']:+.3f}" for m in acc
     )
-    return ("Result (intervals over seeds; 'above' means the intervals do not overlap): "
-            + " ".join(parts)
-            + f" Accuracy gained from the cue (cued minus cue-free): {gains}. The Student saw the "
-            "cue in its unlabelled sentences, where it predicts the Teacher's answer, so it may "
-            "pick some of it up too.")
+    return (
+        "Result (intervals over seeds; 'above' means the intervals do not overlap): "
+        + " ".join(parts)
+        + f" Accuracy gained from the cue (cued minus cue-free): {gains}. The Student saw the "
+        "cue in its unlabelled sentences, where it predicts the Teacher's answer, so it may "
+        "pick some of it up too."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -335,12 +403,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     per_seed = []
     for seed in args.seeds:
         per_seed.append(run_seed(seed, s, tok))
-        print(f"seed {seed}: {per_seed[-1]['seconds']:.0f} s wall, "
-              f"{per_seed[-1]['cpu_seconds']:.0f} s CPU", file=sys.stderr)
+        print(
+            f"seed {seed}: {per_seed[-1]['seconds']:.0f} s wall, "
+            f"{per_seed[-1]['cpu_seconds']:.0f} s CPU",
+            file=sys.stderr,
+        )
     command = "python experiments/text_kd.py " + " ".join(argv or sys.argv[1:])
-    res: dict[str, Any] = {"command": command,
-                           "seeds": list(args.seeds), "size": args.size, "settings": dict(s),
-                           "per_seed": per_seed, "pooled": pooled(per_seed, s["n_bootstrap"])}
+    res: dict[str, Any] = {
+        "command": command,
+        "seeds": list(args.seeds),
+        "size": args.size,
+        "settings": dict(s),
+        "per_seed": per_seed,
+        "pooled": pooled(per_seed, s["n_bootstrap"]),
+    }
     res["verdict"] = verdict(res)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(res, indent=1), encoding="utf-8")

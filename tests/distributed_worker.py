@@ -42,7 +42,13 @@ def evaluate(loader, student, base, layers, emb, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # UniCAM degenerate-case warnings on random nets
         return evaluate_kd(
-            student, layers, loader, base_forward_func=base, label_embeddings=emb, progress=False, n_bootstrap=100,
+            student,
+            layers,
+            loader,
+            base_forward_func=base,
+            label_embeddings=emb,
+            progress=False,
+            n_bootstrap=100,
             **kwargs,
         )
 
@@ -59,7 +65,9 @@ def run(rank: int, world_size: int, port: int, out_dir: str) -> None:
         #    (road_impute with its default noise: random, yet the same on any rank)
         from captum_unicam.perturb import road_impute
 
-        result = evaluate(DataLoader(data, batch_size=BATCH), student, base, layers, emb, perturbation=road_impute)
+        result = evaluate(
+            DataLoader(data, batch_size=BATCH), student, base, layers, emb, perturbation=road_impute
+        )
         (out / f"rank{rank}.json").write_text(result.to_json())
         # 2. the caller shards with a DistributedSampler
         sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=False)
@@ -78,4 +86,9 @@ def run(rank: int, world_size: int, port: int, out_dir: str) -> None:
 
 
 if __name__ == "__main__":  # under torchrun
-    run(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["MASTER_PORT"]), sys.argv[1])
+    run(
+        int(os.environ["RANK"]),
+        int(os.environ["WORLD_SIZE"]),
+        int(os.environ["MASTER_PORT"]),
+        sys.argv[1],
+    )

@@ -55,8 +55,15 @@ def evaluation():
     loader = DataLoader(make_data(), batch_size=6)  # 6, 6, 6, 6, 2: the last one is skipped
     with pytest.warns(UserWarning, match="batch 4 has 2 samples"):
         result = evaluate_kd(
-            s, layers_of(s, b), loader, base_forward_func=b, label_embeddings=EMB, progress=False, n_bootstrap=200,
-            reference=None, aggregation="batch_mean",  # batch-mode maps, the paper's mean over batches
+            s,
+            layers_of(s, b),
+            loader,
+            base_forward_func=b,
+            label_embeddings=EMB,
+            progress=False,
+            n_bootstrap=200,
+            reference=None,
+            aggregation="batch_mean",  # batch-mode maps, the paper's mean over batches
         )
     return s, b, loader, result
 
@@ -70,7 +77,9 @@ def test_bootstrap_ci_hand_computation():
     v = np.array([0.1, 0.4, 0.2, 0.9, 0.3])
     lo, hi = bootstrap_ci(v, n_bootstrap=500, seed=7)
     rng = np.random.default_rng(7)
-    means = [v[rng.integers(0, 5, size=(1, 5))[0]].mean() for _ in range(500)]  # one resample at a time
+    means = [
+        v[rng.integers(0, 5, size=(1, 5))[0]].mean() for _ in range(500)
+    ]  # one resample at a time
     want = np.quantile(np.array(means), [0.025, 0.975])
     assert (lo, hi) == pytest.approx(tuple(want), abs=1e-15)
     assert v.min() <= lo <= v.mean() <= hi <= v.max()
@@ -82,8 +91,12 @@ def test_permutation_pvalue_exact_enumeration():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=6), rng.normal(size=6)
     d = a - b
-    flips = [np.mean(np.array(s) * d) >= d.mean() - 1e-12 for s in itertools.product([-1, 1], repeat=6)]
-    assert paired_permutation_pvalue(a, b, n_permutations=10000) == pytest.approx(np.mean(flips), abs=1e-15)
+    flips = [
+        np.mean(np.array(s) * d) >= d.mean() - 1e-12 for s in itertools.product([-1, 1], repeat=6)
+    ]
+    assert paired_permutation_pvalue(a, b, n_permutations=10000) == pytest.approx(
+        np.mean(flips), abs=1e-15
+    )
     # Student >> Base on every batch: only the identity pattern is as extreme
     assert paired_permutation_pvalue(a + 10, a, 10000) == pytest.approx(2**-6)
     # Student == Base: every pattern ties, p = 1
@@ -116,7 +129,12 @@ def test_per_batch_values_equal_metric_functions(evaluation):
     s, b, loader, result = evaluation
     assert result.batch_indices == [0, 1, 2, 3] and result.batch_sizes == [6] * 4
     assert result.skipped_batches == [4]
-    assert result.layers == ["L1", "L2"] and result.map_kinds == ["none", "gradcam", "distilled", "residual"]
+    assert result.layers == ["L1", "L2"] and result.map_kinds == [
+        "none",
+        "gradcam",
+        "distilled",
+        "residual",
+    ]
     checked = 0
     for i, (x, y, _) in enumerate(loader):
         if i not in (0, 3):
@@ -124,19 +142,40 @@ def test_per_batch_values_equal_metric_functions(evaluation):
         for name, (sl, bl) in layers_of(s, b).items():
             cam_s = LayerGradCam(s, sl).attribute(x, target=y, relu_attributions=True)
             cam_b = LayerGradCam(b, bl).attribute(x, target=y, relu_attributions=True)
-            dist, res = UniCAM(s, sl, b, bl, label_embeddings=EMB).attribute(x, target=y, features="both")
+            dist, res = UniCAM(s, sl, b, bl, label_embeddings=EMB).attribute(
+                x, target=y, features="both"
+            )
             maps = {"none": None, "gradcam": (cam_s, cam_b), "distilled": dist, "residual": res}
             for kind, attr in maps.items():
                 pair = attr if isinstance(attr, tuple) else (attr, attr)
                 want = {
-                    "fss": feature_similarity_score(s, sl, x, base_forward_func=b, base_layer=bl, attributions=attr),
-                    "rs_student": relevance_score(s, sl, x, target=y, label_embeddings=EMB, attributions=pair[0]),
-                    "rs_base": relevance_score(b, bl, x, target=y, label_embeddings=EMB, attributions=pair[1]),
+                    "fss": feature_similarity_score(
+                        s, sl, x, base_forward_func=b, base_layer=bl, attributions=attr
+                    ),
+                    "rs_student": relevance_score(
+                        s, sl, x, target=y, label_embeddings=EMB, attributions=pair[0]
+                    ),
+                    "rs_base": relevance_score(
+                        b, bl, x, target=y, label_embeddings=EMB, attributions=pair[1]
+                    ),
                     "rs_distilled": relevance_score(
-                        s, sl, x, target=y, label_embeddings=EMB, base_forward_func=b, base_layer=bl, attributions=attr
+                        s,
+                        sl,
+                        x,
+                        target=y,
+                        label_embeddings=EMB,
+                        base_forward_func=b,
+                        base_layer=bl,
+                        attributions=attr,
                     ),
                     "rs_residual": relevance_score(
-                        b, bl, x, target=y, label_embeddings=EMB, base_forward_func=s, base_layer=sl,
+                        b,
+                        bl,
+                        x,
+                        target=y,
+                        label_embeddings=EMB,
+                        base_forward_func=s,
+                        base_layer=sl,
                         attributions=attr if attr is None else (pair[1], pair[0]),
                     ),
                 }
@@ -158,11 +197,17 @@ def test_summary_matches_hand_computation(evaluation):
     v = np.array(result.values["L2"]["gradcam"]["rs_student"])
     assert e["rs_student"]["mean"] == pytest.approx(v.mean(), abs=1e-15)
     assert (e["rs_student"]["low"], e["rs_student"]["high"]) == bootstrap_ci(v, 200, 0)
-    assert e["p_student_gt_base"] == paired_permutation_pvalue(v, result.values["L2"]["gradcam"]["rs_base"], 10000, 0)
+    assert e["p_student_gt_base"] == paired_permutation_pvalue(
+        v, result.values["L2"]["gradcam"]["rs_base"], 10000, 0
+    )
     assert e["n_batches"] == 4
     rows = [r for r in summ["rows"] if r["layer"] == "L2" and r["map"] == "gradcam"]
     assert [r["key"] for r in rows] == list(METRICS)
-    assert rows[2]["series"] == "Student" and rows[2]["metric"] == "RS" and rows[2]["p"] == e["p_student_gt_base"]
+    assert (
+        rows[2]["series"] == "Student"
+        and rows[2]["metric"] == "RS"
+        and rows[2]["p"] == e["p_student_gt_base"]
+    )
     assert rows[0]["metric"] == "FSS" and rows[0]["low"] == e["fss"]["low"]
     assert len(summ["rows"]) == 2 * 4 * 5
 
@@ -177,7 +222,9 @@ def test_json_round_trip(evaluation, tmp_path):
     assert KDEvaluation.from_json(text) == result
     data = json.loads(path.read_text())
     assert data["summary"] == json.loads(json.dumps(result.summary()))
-    assert data["settings"]["label_embeddings"] == "table 3x6" and data["settings"]["estimator"] == "u"
+    assert (
+        data["settings"]["label_embeddings"] == "table 3x6" and data["settings"]["estimator"] == "u"
+    )
     with pytest.raises(ValueError, match="not a KDEvaluation"):
         KDEvaluation.from_json('{"format": "other"}')
 
@@ -215,13 +262,20 @@ def test_subset_of_kinds_v_estimator_and_modes():
     loader = DataLoader(make_data(12), batch_size=6)
     with pytest.warns(UserWarning, match="training mode"):
         res = evaluate_kd(
-            s, {"L2": (s.layer2, b.layer2)}, [(x, y) for x, y, _ in loader], base_forward_func=b, maps=("none",),
-            estimator="v", progress=False,
+            s,
+            {"L2": (s.layer2, b.layer2)},
+            [(x, y) for x, y, _ in loader],
+            base_forward_func=b,
+            maps=("none",),
+            estimator="v",
+            progress=False,
         )
     assert s.training and not b.training  # modes untouched
     s.eval()
     x, y, _ = next(iter(loader))
-    want = feature_similarity_score(s, s.layer2, x, base_forward_func=b, base_layer=b.layer2, estimator="v")
+    want = feature_similarity_score(
+        s, s.layer2, x, base_forward_func=b, base_layer=b.layer2, estimator="v"
+    )
     assert res.values["L2"]["none"]["fss"][0] == pytest.approx(float(want), abs=1e-9)
     assert res.map_kinds == ["none"] and res.settings["label_embeddings"] == "one-hot"
     for m in list(s.modules()) + list(b.modules()):
@@ -239,8 +293,13 @@ def test_value_errors():
         args.update(kw)
         return evaluate_kd(**args)
 
-    with pytest.raises(InputError, match="batch 0: target holds class index 3, but the models have 3 outputs"):
-        run(data=[(torch.rand(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 0, 1]))], label_embeddings=torch.randn(3, 4))
+    with pytest.raises(
+        InputError, match="batch 0: target holds class index 3, but the models have 3 outputs"
+    ):
+        run(
+            data=[(torch.rand(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 0, 1]))],
+            label_embeddings=torch.randn(3, 4),
+        )
     with pytest.raises(InputError, match="batch 0: inputs contain NaN"):
         run(data=[(torch.full((6, 3, 16, 16), float("nan")), torch.arange(6) % 3)])
     with pytest.raises(InputError, match="at least 5"):
@@ -292,17 +351,27 @@ def test_student_much_better_than_base_gives_small_p():
     x[:, 0, :2, :2] += 3.0 * y.view(-1, 1, 1).float()
     s, b = Oracle(True).eval(), Oracle(False).eval()
     res = evaluate_kd(
-        s, {"L": (s.layer, b.layer)}, DataLoader(TensorDataset(x, y), batch_size=8), base_forward_func=b, maps=("none",),
+        s,
+        {"L": (s.layer, b.layer)},
+        DataLoader(TensorDataset(x, y), batch_size=8),
+        base_forward_func=b,
+        maps=("none",),
         progress=False,
     )
     e = res.summary()["by_layer"]["L"]["none"]
     assert e["rs_student"]["mean"] > 0.5 > 0.1 > e["rs_base"]["mean"]
     assert e["p_student_gt_base"] == pytest.approx(2**-6)
     assert e["p_distilled_gt_residual"] == pytest.approx(2**-6)
-    with pytest.warns(UniCAMWarning, match="same distance structure"):  # one warning for all batches
+    with pytest.warns(
+        UniCAMWarning, match="same distance structure"
+    ):  # one warning for all batches
         same = evaluate_kd(
-            s, {"L": (s.layer, s.layer)}, DataLoader(TensorDataset(x, y), batch_size=8), base_forward_func=s,
-            maps=("none",), progress=False,
+            s,
+            {"L": (s.layer, s.layer)},
+            DataLoader(TensorDataset(x, y), batch_size=8),
+            base_forward_func=s,
+            maps=("none",),
+            progress=False,
         )
     assert same.degenerate_values == {"L/none/rs_distilled": 6, "L/none/rs_residual": 6}
     assert same.summary()["by_layer"]["L"]["none"]["p_student_gt_base"] == 1.0
@@ -312,18 +381,34 @@ def test_paper_layout(evaluation):
     _, _, _, result = evaluation
     md = result.to_markdown(layout="paper", headline=False)
     lines = md.splitlines()
-    assert lines[0] == "| Layer | Layer-specific: Base | Layer-specific: Student | Residual: Base | Distilled: Student |"
+    assert (
+        lines[0]
+        == "| Layer | Layer-specific: Base | Layer-specific: Student | Residual: Base | Distilled: Student |"
+    )
     s = result.summary()["by_layer"]
     cells = [c.strip() for c in lines[3].strip("|").split("|")]
     assert cells[0] == "L2"
-    for cell, (k, m) in zip(cells[1:], [("gradcam", "rs_base"), ("gradcam", "rs_student"), ("residual", "rs_base"), ("distilled", "rs_student")]):
+    for cell, (k, m) in zip(
+        cells[1:],
+        [
+            ("gradcam", "rs_base"),
+            ("gradcam", "rs_student"),
+            ("residual", "rs_base"),
+            ("distilled", "rs_student"),
+        ],
+    ):
         assert cell.startswith(f"{s['L2'][k][m]['mean']:.4f} ± ")
     rows = list(csv.DictReader(io.StringIO(result.to_csv(layout="paper"))))
     assert [r["layer"] for r in rows] == ["L1", "L2"]
     assert float(rows[0]["distilled_rs_student_mean"]) == s["L1"]["distilled"]["rs_student"]["mean"]
     assert float(rows[1]["residual_rs_base_ci_high"]) == s["L2"]["residual"]["rs_base"]["high"]
-    partial = KDEvaluation(result.layers, ["none"], {l: {"none": result.values[l]["none"]} for l in result.layers},
-                           result.batch_indices, result.batch_sizes)
+    partial = KDEvaluation(
+        result.layers,
+        ["none"],
+        {layer: {"none": result.values[layer]["none"]} for layer in result.layers},
+        result.batch_indices,
+        result.batch_sizes,
+    )
     with pytest.raises(ValueError, match="needs the map kinds"):
         partial.to_markdown(layout="paper")
     with pytest.raises(ValueError, match="layout"):
@@ -337,7 +422,13 @@ def test_random_perturbation_is_seeded_per_batch():
     s, b = make_models()
     batches = [(x, y) for x, y, _ in DataLoader(make_data(12), batch_size=6)]
     run = lambda data, seed=0: evaluate_kd(  # noqa: E731
-        s, {"L1": (s.layer1, b.layer1)}, data, base_forward_func=b, maps=("gradcam",), perturbation=road_impute, seed=seed,
+        s,
+        {"L1": (s.layer1, b.layer1)},
+        data,
+        base_forward_func=b,
+        maps=("gradcam",),
+        perturbation=road_impute,
+        seed=seed,
         progress=False,
     )
     torch.manual_seed(123)
@@ -362,7 +453,10 @@ def test_random_perturbation_is_seeded_per_batch():
 def test_permutation_and_bootstrap_properties(d, seed):
     d = np.array(d)
     zeros = np.zeros_like(d)
-    p_up, p_down = paired_permutation_pvalue(d, zeros, 1000, seed), paired_permutation_pvalue(zeros, d, 1000, seed)
+    p_up, p_down = (
+        paired_permutation_pvalue(d, zeros, 1000, seed),
+        paired_permutation_pvalue(zeros, d, 1000, seed),
+    )
     assert 2.0 ** -len(d) - 1e-15 <= p_up <= 1.0
     assert p_up + p_down >= 1.0 - 1e-12  # the sign-flip distribution is symmetric
     lo, hi = bootstrap_ci(d, 200, seed)

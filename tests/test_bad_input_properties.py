@@ -43,7 +43,9 @@ def _assert_untouched(models, tensors, before):
 
 def _batch(n, seed):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, 16, 16, generator=g, dtype=torch.float64), torch.arange(n) % NUM_CLASSES
+    return torch.randn(n, 3, 16, 16, generator=g, dtype=torch.float64), torch.arange(
+        n
+    ) % NUM_CLASSES
 
 
 @SETTINGS
@@ -59,7 +61,9 @@ def test_unicam_too_few_samples(pair, n, context, seed):
     calls, handles = _forward_counter(student, base)
     try:
         with pytest.raises(ValueError, match=r"context=") as info:
-            UniCAM(student, student.layer2, base, base.layer2).attribute(x[:n], target=y[:n], **kwargs)
+            UniCAM(student, student.layer2, base, base.layer2).attribute(
+                x[:n], target=y[:n], **kwargs
+            )
     finally:
         for h in handles:
             h.remove()
@@ -131,13 +135,26 @@ def test_metrics_attributions_that_cannot_be_matched(pair, n_attr, channels, met
     try:
         with pytest.raises(ValueError, match="cannot be matched"):
             if metric == "fss":
-                feature_similarity_score(student, student.layer2, x, base_forward_func=base, base_layer=base.layer2,
-                                         attributions=attr)
+                feature_similarity_score(
+                    student,
+                    student.layer2,
+                    x,
+                    base_forward_func=base,
+                    base_layer=base.layer2,
+                    attributions=attr,
+                )
             elif metric == "rs":
                 relevance_score(student, student.layer2, x, target=y, attributions=attr)
             else:
-                relevance_score(student, student.layer2, x, target=y, attributions=attr, base_forward_func=base,
-                                base_layer=base.layer2)
+                relevance_score(
+                    student,
+                    student.layer2,
+                    x,
+                    target=y,
+                    attributions=attr,
+                    base_forward_func=base,
+                    base_layer=base.layer2,
+                )
     finally:
         for h in handles:
             h.remove()
@@ -161,8 +178,14 @@ def test_metrics_non_finite_values(pair, bad, position, where, metric):
     before = _state(pair, [x, attr])
     with pytest.raises(ValueError, match="NaN"):
         if metric == "fss":
-            feature_similarity_score(student, student.layer2, x, base_forward_func=base, base_layer=base.layer2,
-                                         attributions=attr)
+            feature_similarity_score(
+                student,
+                student.layer2,
+                x,
+                base_forward_func=base,
+                base_layer=base.layer2,
+                attributions=attr,
+            )
         else:
             relevance_score(student, student.layer2, x, target=y, attributions=attr)
     _assert_untouched(pair, [x, attr], before)

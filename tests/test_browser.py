@@ -18,8 +18,12 @@ from captum_unicam.output import report
 
 
 def _chromium():
-    for c in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"),
-              shutil.which("google-chrome")):
+    for c in (
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+        shutil.which("google-chrome"),
+    ):
         if c and Path(c).is_file():
             return c
     return None
@@ -29,7 +33,7 @@ CHROMIUM = _chromium()
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None,
     reason="headless Chromium not found (/usr/bin/chromium or chromium on PATH); "
-           "install it with `apt-get install chromium` to run the browser check",
+    "install it with `apt-get install chromium` to run the browser check",
 )
 
 _CHECK = """
@@ -48,13 +52,26 @@ window.addEventListener("load", function () {
 
 
 def _flags(tmp):
-    return [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--allow-file-access-from-files", f"--user-data-dir={tmp}", "--virtual-time-budget=10000"]
+    return [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--allow-file-access-from-files",
+        f"--user-data-dir={tmp}",
+        "--virtual-time-budget=10000",
+    ]
 
 
 def _check(page: Path, tmp: Path) -> str:
-    r = subprocess.run(_flags(tmp) + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        _flags(tmp) + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    )
     m = re.search(r"IMAGES (\d+) BROKEN (\d+) \[([^\]]*)\]", r.stdout)
     assert m, f"no result in the dumped DOM (exit {r.returncode}): {r.stderr[-2000:]}"
     return m
@@ -65,13 +82,25 @@ def report_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     g = torch.Generator().manual_seed(0)
     imgs = torch.rand(2, 3, 16, 16, generator=g)
-    maps = {"Grad-CAM student": torch.rand(2, 1, 4, 4, generator=g), "UniCAM residual": torch.zeros(2, 1, 4, 4)}
+    maps = {
+        "Grad-CAM student": torch.rand(2, 1, 4, 4, generator=g),
+        "UniCAM residual": torch.zeros(2, 1, 4, 4),
+    }
     out = report.write_report(
-        root / "rep", progress=False, report=report.Report(command=["captum-unicam", "demo"], data="test",
-        models={"Teacher": {"arch": "t", "accuracy": 0.9}, "Base": {"arch": "b", "accuracy": 0.6},
-                "Student": {"arch": "s", "accuracy": 0.7}},
-        grids={"L4": {"images": imgs, "maps": maps}},
-        score_panels={"(a) FSS": {"Grad-CAM": {"L4": (0.5, 0.4, 0.6)}}}))
+        root / "rep",
+        progress=False,
+        report=report.Report(
+            command=["captum-unicam", "demo"],
+            data="test",
+            models={
+                "Teacher": {"arch": "t", "accuracy": 0.9},
+                "Base": {"arch": "b", "accuracy": 0.6},
+                "Student": {"arch": "s", "accuracy": 0.7},
+            },
+            grids={"L4": {"images": imgs, "maps": maps}},
+            score_panels={"(a) FSS": {"Grad-CAM": {"L4": (0.5, 0.4, 0.6)}}},
+        ),
+    )
     return out
 
 
@@ -93,8 +122,10 @@ def test_the_check_detects_a_missing_image(report_dir, tmp_path):
     # the oracle of the check itself: a page with a missing figure reports it as broken
     page = (report_dir / "index.html").read_text(encoding="utf-8")
     check = report_dir / "_browser_check_bad.html"
-    check.write_text(page.replace("</body>", '<img src="figures/missing.png">' + _CHECK + "</body>"),
-                     encoding="utf-8")
+    check.write_text(
+        page.replace("</body>", '<img src="figures/missing.png">' + _CHECK + "</body>"),
+        encoding="utf-8",
+    )
     try:
         m = _check(check, tmp_path / "profile")
     finally:
@@ -118,15 +149,29 @@ window.addEventListener("load", function () {
 
 
 def test_sanity_and_conclusion_are_rendered_first(tmp_path):
-    out = report.write_report(tmp_path / "rep", progress=False, report=report.Report(
-        command=["captum-unicam", "quantify"], data="test", conclusion="L4 (raw features): No conclusion.",
-        sanity=["Base: accuracy 26.0 % on the evaluated set is within 5 points of chance."],
-        models={"Base": {"arch": "b", "accuracy": 0.26}, "Student": {"arch": "s", "accuracy": 0.7}}))
+    out = report.write_report(
+        tmp_path / "rep",
+        progress=False,
+        report=report.Report(
+            command=["captum-unicam", "quantify"],
+            data="test",
+            conclusion="L4 (raw features): No conclusion.",
+            sanity=["Base: accuracy 26.0 % on the evaluated set is within 5 points of chance."],
+            models={
+                "Base": {"arch": "b", "accuracy": 0.26},
+                "Student": {"arch": "s", "accuracy": 0.7},
+            },
+        ),
+    )
     page = (out / "index.html").read_text(encoding="utf-8")
     check = out / "_browser_order.html"
     check.write_text(page.replace("</body>", _ORDER + "</body>"), encoding="utf-8")
-    r = subprocess.run(_flags(tmp_path / "profile") + ["--dump-dom", check.as_uri()], capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        _flags(tmp_path / "profile") + ["--dump-dom", check.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     m = re.search(r"ORDER ([^ ]*) BG (.*?) END", r.stdout)
     assert m, f"no result in the dumped DOM (exit {r.returncode}): {r.stderr[-2000:]}"
     assert m.group(1).split(",")[:3] == ["sanity", "conclusion", "compared"]

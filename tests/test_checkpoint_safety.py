@@ -106,8 +106,9 @@ def test_a_file_created_during_the_write_is_never_replaced(tmp_path, rescue_dir,
             path.write_bytes(b"the other run's checkpoint")
 
     monkeypatch.setattr(torch, "save", racing_save)
-    with pytest.raises(OutputError, match="student.pt' exists .written by another run meanwhile"
-                                          ".*--overwrite") as info:
+    with pytest.raises(
+        OutputError, match="student.pt' exists .written by another run meanwhile.*--overwrite"
+    ) as info:
         save_checkpoint(path, _model(1), **ARGS)
     monkeypatch.undo()
     assert path.read_bytes() == b"the other run's checkpoint"
@@ -235,10 +236,13 @@ def _disk_full_in(folder, error):
     return save
 
 
-@pytest.mark.parametrize("error", [
-    OSError(errno.ENOSPC, "No space left on device"),
-    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 33984 vs 33880"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 33984 vs 33880"),
+    ],
+)
 def test_disk_full_is_one_line_and_the_model_is_kept(tmp_path, rescue_dir, monkeypatch, error):
     out = tmp_path / "full"
     out.mkdir()
@@ -307,8 +311,15 @@ def test_metadata_nested_5000_deep(tmp_path):
     sys.setrecursionlimit(30000)  # torch.save itself recurses
     try:
         meta = {"arch": "small_resnet_s", "num_classes": 4, "extra": deep, "sha256": "0"}
-        torch.save({"format": "captum-unicam-checkpoint", "version": 2,
-                    "state_dict": _model().state_dict(), "meta": meta}, path)
+        torch.save(
+            {
+                "format": "captum-unicam-checkpoint",
+                "version": 2,
+                "state_dict": _model().state_dict(),
+                "meta": meta,
+            },
+            path,
+        )
     finally:
         sys.setrecursionlimit(limit)
     with pytest.raises(CheckpointError, match=f"nested deeper than {MAX_METADATA_DEPTH} levels"):
@@ -348,10 +359,14 @@ def test_tilde_is_expanded(tmp_path, monkeypatch):
 
 
 def test_a_model_of_another_architecture_is_refused_before_writing(tmp_path):
-    with pytest.raises(InputError, match=r"^the weights of the model do not fit a small_resnet_s "
-                                         r"with 4 classes \(blocks per stage .*nothing is written"):
-        save_checkpoint(tmp_path / "a.pt", torchvision.models.resnet18(weights=None,
-                                                                       num_classes=4), **ARGS)
+    with pytest.raises(
+        InputError,
+        match=r"^the weights of the model do not fit a small_resnet_s "
+        r"with 4 classes \(blocks per stage .*nothing is written",
+    ):
+        save_checkpoint(
+            tmp_path / "a.pt", torchvision.models.resnet18(weights=None, num_classes=4), **ARGS
+        )
     narrow = _model()
     del narrow._captum_unicam_build  # as if built by the user's own code
     with pytest.raises(InputError, match="width 8 asked, conv1 has 2.*nothing is written"):
@@ -365,10 +380,15 @@ def test_a_model_of_another_architecture_is_refused_before_writing(tmp_path):
 
 
 def test_preprocessing_and_accuracy_are_recorded(tmp_path):
-    prep = {"image_size": 32, "resize": "shorter-side-crop", "normalize": "none",
-            "augment": False}
-    save_checkpoint(tmp_path / "m.pt", _model(), **ARGS, class_names=list("abcd"),
-                    preprocessing=prep, accuracy=0.875)
+    prep = {"image_size": 32, "resize": "shorter-side-crop", "normalize": "none", "augment": False}
+    save_checkpoint(
+        tmp_path / "m.pt",
+        _model(),
+        **ARGS,
+        class_names=list("abcd"),
+        preprocessing=prep,
+        accuracy=0.875,
+    )
     _, meta = load_checkpoint(tmp_path / "m.pt")
     assert meta["preprocessing"] == prep and meta["accuracy"] == 0.875
     assert meta["class_names"] == list("abcd")

@@ -19,12 +19,22 @@ CLASSES = ["circle", "square", "triangle", "cross"]
 def ckpts(tmp_path_factory):
     d = tmp_path_factory.mktemp("ckpt")
     out = {}
-    for i, (name, arch, n) in enumerate([("student", "small_resnet_s", 4), ("base", "small_resnet_s", 4),
-                                         ("three", "small_resnet_s", 3)]):
+    for i, (name, arch, n) in enumerate(
+        [
+            ("student", "small_resnet_s", 4),
+            ("base", "small_resnet_s", 4),
+            ("three", "small_resnet_s", 3),
+        ]
+    ):
         torch.manual_seed(i)
         m = build_model(arch, n, cifar_stem=True)
-        save_checkpoint(d / f"{name}.pt", m, arch=arch, num_classes=n,
-                        class_names=CLASSES[:n] if n == 4 else None)
+        save_checkpoint(
+            d / f"{name}.pt",
+            m,
+            arch=arch,
+            num_classes=n,
+            class_names=CLASSES[:n] if n == 4 else None,
+        )
         out[name] = str(d / f"{name}.pt")
     torch.manual_seed(5)
     torch.save(build_model("small_resnet_s", 4, cifar_stem=True).state_dict(), d / "plain.pt")
@@ -46,9 +56,19 @@ def _run(capsys, argv):
 
 
 def _pair_args(c, out, **over):
-    args = {"--student": c["student"], "--base": c["base"], "--data": "controlled", "--out": str(out),
-            "--limit": "10", "--batch-size": "5", "--layers": "L4", "--one-hot": None, "--no-progress": None,
-            "--image-size": "32", "--normalize": "none"}  # the checkpoints record no preprocessing
+    args = {
+        "--student": c["student"],
+        "--base": c["base"],
+        "--data": "controlled",
+        "--out": str(out),
+        "--limit": "10",
+        "--batch-size": "5",
+        "--layers": "L4",
+        "--one-hot": None,
+        "--no-progress": None,
+        "--image-size": "32",
+        "--normalize": "none",
+    }  # the checkpoints record no preprocessing
     args.update(over)
     argv = []
     for k, v in args.items():
@@ -88,19 +108,38 @@ def test_help_mentions_every_option_and_its_default(capsys, command):
         # the formatted help of each option states its default (or that it is required)
         entry = sub.formatter_class("x")._get_help_string(action)
         assert "default" in entry.lower() or "(required)" in entry, (action.option_strings, entry)
-    for cmd_opt in {"demo": ["--out", "--quick", "--seed", "--device", "--overwrite"],
-                    "train": ["--data", "--arch", "--teacher", "--method", "--epochs", "--limit", "--out"],
-                    "explain": ["--student", "--base", "--data", "--layers", "--images", "--out"],
-                    "quantify": ["--student", "--base", "--data", "--layers", "--perturb", "--out",
-                                 "--batch-size", "--limit", "--overwrite", "--device"],
-                    "compare": ["--student", "--base", "--data", "--out", "--overwrite", "--layer",
-                                "--percentiles", "--random-label-student"]}[command]:
+    for cmd_opt in {
+        "demo": ["--out", "--quick", "--seed", "--device", "--overwrite"],
+        "train": ["--data", "--arch", "--teacher", "--method", "--epochs", "--limit", "--out"],
+        "explain": ["--student", "--base", "--data", "--layers", "--images", "--out"],
+        "quantify": [
+            "--student",
+            "--base",
+            "--data",
+            "--layers",
+            "--perturb",
+            "--out",
+            "--batch-size",
+            "--limit",
+            "--overwrite",
+            "--device",
+        ],
+        "compare": [
+            "--student",
+            "--base",
+            "--data",
+            "--out",
+            "--overwrite",
+            "--layer",
+            "--percentiles",
+            "--random-label-student",
+        ],
+    }[command]:
         assert cmd_opt in flat
 
 
 def test_architecture_names_agree_with_models():
     from captum_unicam.models import ARCHITECTURES
-
     from captum_unicam.pipeline.requests import ARCHITECTURE_NAMES
 
     assert tuple(ARCHITECTURE_NAMES) == tuple(ARCHITECTURES)
@@ -127,7 +166,10 @@ BAD = {
     "unknown architecture": (dict(**{"--arch": "resnet7"}), "unknown architecture"),
     "unknown layer": (dict(**{"--layers": "L9"}), "no layer named 'L9'"),
     "unknown data spec": (dict(**{"--data": "mnist:/x"}), "unknown data spec"),
-    "missing data folder": (dict(**{"--data": "imagefolder:/nonexistent/folder"}), "/nonexistent/folder"),
+    "missing data folder": (
+        dict(**{"--data": "imagefolder:/nonexistent/folder"}),
+        "/nonexistent/folder",
+    ),
     "empty data folder": ("empty_data", "image folder"),
     "class folders without images": ("empty_classes", "image"),
     "batch too small": (dict(**{"--batch-size": "4"}), "at least 5"),
@@ -166,7 +208,9 @@ def test_bad_input_exit_2_one_line(tmp_path, capsys, ckpts, case, command):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_cuda_without_cuda(tmp_path, capsys, ckpts):
-    code, _, err = _run(capsys, ["explain"] + _pair_args(ckpts, tmp_path / "r", **{"--device": "cuda"}))
+    code, _, err = _run(
+        capsys, ["explain"] + _pair_args(ckpts, tmp_path / "r", **{"--device": "cuda"})
+    )
     assert code == 2 and "CUDA is not available" in err and len(err.strip().splitlines()) == 1
 
 
@@ -174,11 +218,15 @@ def test_existing_out_refused_and_untouched(tmp_path, capsys, ckpts):
     out = tmp_path / "report"
     out.mkdir()
     (out / "mine.txt").write_text("keep")
-    for argv in (["demo", "--out", str(out), "--quick", "--no-progress"],
-                 ["quantify"] + _pair_args(ckpts, out)):
+    for argv in (
+        ["demo", "--out", str(out), "--quick", "--no-progress"],
+        ["quantify"] + _pair_args(ckpts, out),
+    ):
         code, _, err = _run(capsys, argv)
         assert code == 2 and "--overwrite" in err and len(err.strip().splitlines()) == 1
-        assert [p.name for p in out.iterdir()] == ["mine.txt"] and (out / "mine.txt").read_text() == "keep"
+        assert [p.name for p in out.iterdir()] == ["mine.txt"] and (
+            out / "mine.txt"
+        ).read_text() == "keep"
         assert [p.name for p in tmp_path.iterdir()] == ["report"]
 
 
@@ -186,10 +234,46 @@ def test_train_bad_input(tmp_path, capsys, ckpts):
     out = tmp_path / "m.pt"
     cases = [
         (["--data", "controlled", "--arch", "resnet7", "--out", str(out)], "unknown architecture"),
-        (["--data", "controlled", "--arch", "small_resnet_s", "--method", "attention", "--out", str(out)], "--teacher"),
+        (
+            [
+                "--data",
+                "controlled",
+                "--arch",
+                "small_resnet_s",
+                "--method",
+                "attention",
+                "--out",
+                str(out),
+            ],
+            "--teacher",
+        ),
         (["--data", "foo", "--arch", "small_resnet_s", "--out", str(out)], "unknown data spec"),
-        (["--data", "controlled", "--arch", "small_resnet_s", "--teacher", ckpts["three"], "--out", str(out)], "3 classes"),
-        (["--data", "controlled", "--arch", "small_resnet_s", "--teacher", "missing.pt", "--out", str(out)], "does not exist"),
+        (
+            [
+                "--data",
+                "controlled",
+                "--arch",
+                "small_resnet_s",
+                "--teacher",
+                ckpts["three"],
+                "--out",
+                str(out),
+            ],
+            "3 classes",
+        ),
+        (
+            [
+                "--data",
+                "controlled",
+                "--arch",
+                "small_resnet_s",
+                "--teacher",
+                "missing.pt",
+                "--out",
+                str(out),
+            ],
+            "does not exist",
+        ),
         (["--data", "controlled", "--arch", "small_resnet_s", "--out", ckpts["student"]], "exists"),
         (["--data", "controlled", "--arch", "small_resnet_s", "--out", str(tmp_path)], "folder"),
     ]
@@ -203,9 +287,25 @@ def test_train_bad_input(tmp_path, capsys, ckpts):
 
 def test_entry_point_subprocess(tmp_path):
     # the real process: one stderr line, exit 2, no traceback
-    r = subprocess.run([sys.executable, "-m", "captum_unicam", "explain", "--student", "missing.pt",
-                        "--base", "missing.pt", "--data", "controlled", "--out", str(tmp_path / "r")],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "captum_unicam",
+            "explain",
+            "--student",
+            "missing.pt",
+            "--base",
+            "missing.pt",
+            "--data",
+            "controlled",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert "does not exist" in r.stderr
@@ -219,8 +319,9 @@ def test_entry_point_subprocess(tmp_path):
 
 def test_explain_and_overwrite(tmp_path, capsys, ckpts):
     out = tmp_path / "ex"
-    argv = ["explain"] + _pair_args(ckpts, out, **{"--images": "2", "--arch": "small_resnet_s",
-                                                   "--base": ckpts["plain"]})
+    argv = ["explain"] + _pair_args(
+        ckpts, out, **{"--images": "2", "--arch": "small_resnet_s", "--base": ckpts["plain"]}
+    )
     code, stdout, err = _run(capsys, argv)
     assert code == 0, err
     assert (out / "index.html").is_file() and (out / "figures" / "grid_L4.png").is_file()
@@ -245,8 +346,11 @@ def test_quantify_equals_evaluate_kd(tmp_path, capsys, ckpts, no_deprecation):
     from captum_unicam.models import load_checkpoint, stage_layers
 
     out = tmp_path / "q"
-    code, _, err = _run(capsys, ["quantify"] + _pair_args(ckpts, out, **{"--maps": ["gradcam", "distilled"],
-                                                                         "--n-bootstrap": "50"}))
+    code, _, err = _run(
+        capsys,
+        ["quantify"]
+        + _pair_args(ckpts, out, **{"--maps": ["gradcam", "distilled"], "--n-bootstrap": "50"}),
+    )
     assert code == 0, err
     got = json.loads((out / "metrics.json").read_text())["evaluation"]
     s, _ = load_checkpoint(ckpts["student"])
@@ -255,13 +359,22 @@ def test_quantify_equals_evaluate_kd(tmp_path, capsys, ckpts, no_deprecation):
 
     ds = load_dataset("controlled", "test", limit=10)
     loader = stratified_loader(ds, 5, seed=0)  # the API and the CLI draw the same batches
-    ref = evaluate_kd(s, {"L4": (stage_layers(s)["L4"], stage_layers(b)["L4"])}, loader, base_forward_func=b,
-                      maps=("gradcam", "distilled"), n_bootstrap=50, progress=False).summary()
+    ref = evaluate_kd(
+        s,
+        {"L4": (stage_layers(s)["L4"], stage_layers(b)["L4"])},
+        loader,
+        base_forward_func=b,
+        maps=("gradcam", "distilled"),
+        n_bootstrap=50,
+        progress=False,
+    ).summary()
     ref = json.loads(json.dumps(ref))
     got, ref = got.get("by_layer", got), ref.get("by_layer", ref)
     for kind in ("gradcam", "distilled"):
         for metric in ("fss", "rs_base", "rs_student", "rs_distilled", "rs_residual"):
-            assert got["L4"][kind][metric]["mean"] == pytest.approx(ref["L4"][kind][metric]["mean"], abs=1e-9)
+            assert got["L4"][kind][metric]["mean"] == pytest.approx(
+                ref["L4"][kind][metric]["mean"], abs=1e-9
+            )
     assert (out / "tables" / "table1.md").is_file() and (out / "figures" / "scores.png").is_file()
 
 
@@ -284,12 +397,23 @@ def no_deprecation():
 def test_demo_quick_end_to_end(tmp_path, capsys, no_deprecation):
     out = tmp_path / "demo"
     cache = tmp_path / "cache"
-    code, stdout, err = _run(capsys, ["demo", "--quick", "--out", str(out), "--cache-dir", str(cache),
-                                      "--no-progress"])
+    code, stdout, err = _run(
+        capsys, ["demo", "--quick", "--out", str(out), "--cache-dir", str(cache), "--no-progress"]
+    )
     assert code == 0, err
-    for f in ("index.html", "metrics.json", "models/teacher.pt", "models/base.pt", "models/student.pt",
-              "tables/table1.csv", "tables/table1.md", "tables/localisation.csv", "figures/scores.png",
-              "figures/localisation.png", *[f"figures/grid_L{i}.png" for i in range(1, 5)]):
+    for f in (
+        "index.html",
+        "metrics.json",
+        "models/teacher.pt",
+        "models/base.pt",
+        "models/student.pt",
+        "tables/table1.csv",
+        "tables/table1.md",
+        "tables/localisation.csv",
+        "figures/scores.png",
+        "figures/localisation.png",
+        *[f"figures/grid_L{i}.png" for i in range(1, 5)],
+    ):
         assert (out / f).is_file(), f
     m = json.loads((out / "metrics.json").read_text())
     assert m["format"] == "captum-unicam/report"  # marks it as ours for --overwrite
@@ -306,8 +430,11 @@ def test_demo_quick_end_to_end(tmp_path, capsys, no_deprecation):
     head = m["headline"]
     assert head["kind"] == "none" and set(head["layers"]) == {"L1", "L2", "L3", "L4"}
     acc = {r.lower(): m["models"][r]["accuracy"] for r in ("Teacher", "Base", "Student")}
-    assert head["accuracy"] == ("Accuracy: " + ", ".join(f"{r.capitalize()} {acc[r]:.1%}"
-                                                         for r in ("teacher", "base", "student")) + ".")
+    assert head["accuracy"] == (
+        "Accuracy: "
+        + ", ".join(f"{r.capitalize()} {acc[r]:.1%}" for r in ("teacher", "base", "student"))
+        + "."
+    )
     # the quick demo's Base learnt the tint shortcut: near chance on cue-free images, flagged
     # with that reason (not as a mismatch), and then no conclusion is drawn
     near = [r for r in ("Teacher", "Base", "Student") if m["models"][r]["accuracy"] < 0.25 + 0.05]
@@ -322,20 +449,69 @@ def test_demo_quick_end_to_end(tmp_path, capsys, no_deprecation):
 
     # explain and quantify accept the demo's checkpoints
     ex = tmp_path / "ex"
-    code, _, err = _run(capsys, ["explain", "--student", str(out / "models/student.pt"),
-                                 "--base", str(out / "models/base.pt"), "--teacher", str(out / "models/teacher.pt"),
-                                 "--data", "controlled", "--limit", "8", "--batch-size", "8", "--images", "2",
-                                 "--layers", "L3", "L4", "--one-hot", "--no-progress", "--out", str(ex)])
+    code, _, err = _run(
+        capsys,
+        [
+            "explain",
+            "--student",
+            str(out / "models/student.pt"),
+            "--base",
+            str(out / "models/base.pt"),
+            "--teacher",
+            str(out / "models/teacher.pt"),
+            "--data",
+            "controlled",
+            "--limit",
+            "8",
+            "--batch-size",
+            "8",
+            "--images",
+            "2",
+            "--layers",
+            "L3",
+            "L4",
+            "--one-hot",
+            "--no-progress",
+            "--out",
+            str(ex),
+        ],
+    )
     assert code == 0, err
     mx = json.loads((ex / "metrics.json").read_text())
     assert mx["models"]["Teacher"]["arch"] == m["models"]["Teacher"]["arch"]
-    assert mx["empty_maps"]["L4"]["Grad-CAM teacher"]["computed"] == 8  # the Teacher's maps, every image
-    assert len(mx["drawn"]) == 2 and [d["model"] for d in mx["drawn"][0]] == ["Teacher", "Base", "Student"]
+    assert (
+        mx["empty_maps"]["L4"]["Grad-CAM teacher"]["computed"] == 8
+    )  # the Teacher's maps, every image
+    assert len(mx["drawn"]) == 2 and [d["model"] for d in mx["drawn"][0]] == [
+        "Teacher",
+        "Base",
+        "Student",
+    ]
     q = tmp_path / "q"
-    code, _, err = _run(capsys, ["quantify", "--student", str(out / "models/student.pt"),
-                                 "--base", str(out / "models/base.pt"), "--data", "controlled", "--limit", "16",
-                                 "--batch-size", "8", "--layers", "L4", "--perturb", "none", "--one-hot",
-                                 "--no-progress", "--out", str(q)])
+    code, _, err = _run(
+        capsys,
+        [
+            "quantify",
+            "--student",
+            str(out / "models/student.pt"),
+            "--base",
+            str(out / "models/base.pt"),
+            "--data",
+            "controlled",
+            "--limit",
+            "16",
+            "--batch-size",
+            "8",
+            "--layers",
+            "L4",
+            "--perturb",
+            "none",
+            "--one-hot",
+            "--no-progress",
+            "--out",
+            str(q),
+        ],
+    )
     assert code == 0, err
     mq = json.loads((q / "metrics.json").read_text())
     assert mq["map_kinds"] == ["none"]
@@ -349,16 +525,59 @@ def test_demo_quick_end_to_end(tmp_path, capsys, no_deprecation):
 @pytest.mark.slow
 def test_quantify_under_torchrun_equals_one_process(tmp_path, ckpts):
     pytest.importorskip("torch.distributed.run")
-    common = ["quantify", "--student", ckpts["student"], "--base", ckpts["base"], "--data", "controlled",
-              "--limit", "20", "--batch-size", "5", "--layers", "L4", "--maps", "gradcam",
-              "--one-hot", "--no-progress", "--n-bootstrap", "50", "--image-size", "32", "--normalize", "none"]
+    common = [
+        "quantify",
+        "--student",
+        ckpts["student"],
+        "--base",
+        ckpts["base"],
+        "--data",
+        "controlled",
+        "--limit",
+        "20",
+        "--batch-size",
+        "5",
+        "--layers",
+        "L4",
+        "--maps",
+        "gradcam",
+        "--one-hot",
+        "--no-progress",
+        "--n-bootstrap",
+        "50",
+        "--image-size",
+        "32",
+        "--normalize",
+        "none",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    one = subprocess.run([sys.executable, "-m", "captum_unicam", *common, "--out", str(tmp_path / "one")],
-                         capture_output=True, text=True, timeout=600, env=env)
+    one = subprocess.run(
+        [sys.executable, "-m", "captum_unicam", *common, "--out", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "captum_unicam", *common, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, timeout=600, env=env)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "captum_unicam",
+            *common,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a = json.loads((tmp_path / "one" / "metrics.json").read_text())
     b = json.loads((tmp_path / "two" / "metrics.json").read_text())
@@ -387,7 +606,9 @@ def test_explain_reference_mode_maps_do_not_depend_on_the_batches(tmp_path, caps
     mode, where each batch is its own context)."""
 
     def localisation(out, *extra):
-        code, _, err = _run(capsys, ["explain"] + _pair_args(ckpts, out, **{"--limit": "10"}) + list(extra))
+        code, _, err = _run(
+            capsys, ["explain"] + _pair_args(ckpts, out, **{"--limit": "10"}) + list(extra)
+        )
         assert code == 0, err
         m = json.loads((out / "metrics.json").read_text())
         kinds = m["localisation"]["L4"]["kinds"]
@@ -401,7 +622,9 @@ def test_explain_reference_mode_maps_do_not_depend_on_the_batches(tmp_path, caps
     _, b5 = localisation(tmp_path / "b5", "--batch-size", "5")
     _, b10 = localisation(tmp_path / "b10", "--batch-size", "10")
     assert any(abs(b5[k] - b10[k]) > 1e-4 for k in b5)  # batch mode: the batch matters
-    code, _, err = _run(capsys, ["explain"] + _pair_args(ckpts, tmp_path / "r3") + ["--reference", "3"])
+    code, _, err = _run(
+        capsys, ["explain"] + _pair_args(ckpts, tmp_path / "r3") + ["--reference", "3"]
+    )
     assert code == 2 and "--reference 3" in err and len(err.strip().splitlines()) == 1
 
 
@@ -414,10 +637,13 @@ def test_messages_name_flags_through_one_table_of_whole_names():
     assert in_flags("or pass download=True") == "or pass --download"
     assert in_flags("(teacher=...)") == "(--teacher CKPT)"
     assert in_flags("train a Base with labelled=N, and the Student with transfer=SPEC") == (
-        "train a Base with --labelled N, and the Student with --transfer SPEC")
+        "train a Base with --labelled N, and the Student with --transfer SPEC"
+    )
     assert in_flags("or pass image_size= to override") == "or pass --image-size to override"
     assert in_flags("use device=cpu") == "use --device cpu"
-    assert in_flags("x_image_size= and unknown_name= stay") == "x_image_size= and unknown_name= stay"
+    assert (
+        in_flags("x_image_size= and unknown_name= stay") == "x_image_size= and unknown_name= stay"
+    )
     assert all(flag.startswith("--") for flag in FLAGS.values())
 
 
@@ -426,12 +652,25 @@ def test_requests_take_the_parsed_flags_field_by_field():
     flag cannot silently fall back to a default)."""
     import dataclasses
 
-    from captum_unicam.pipeline.requests import (CompareRequest, DemoRequest, ExplainRequest, QuantifyRequest,
-                                                 TrainRequest)
+    from captum_unicam.pipeline.requests import (
+        CompareRequest,
+        DemoRequest,
+        ExplainRequest,
+        QuantifyRequest,
+        TrainRequest,
+    )
 
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for command, cls in (("demo", DemoRequest), ("train", TrainRequest), ("explain", ExplainRequest),
-                         ("quantify", QuantifyRequest), ("compare", CompareRequest)):
+    for command, cls in (
+        ("demo", DemoRequest),
+        ("train", TrainRequest),
+        ("explain", ExplainRequest),
+        ("quantify", QuantifyRequest),
+        ("compare", CompareRequest),
+    ):
         dests = {a.dest for a in sub.choices[command]._actions}
-        assert {f.name for f in dataclasses.fields(cls)} <= dests, (command, {f.name for f in dataclasses.fields(cls)} - dests)
+        assert {f.name for f in dataclasses.fields(cls)} <= dests, (
+            command,
+            {f.name for f in dataclasses.fields(cls)} - dests,
+        )

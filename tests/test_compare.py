@@ -130,22 +130,32 @@ def test_faithfulness_equals_direct_calls_on_the_explained_quantity(setup):
         assert got["measured_on"] == f"target logit ({name.split()[-1]})"
         _same_entries(got, want)
     # the random baseline is shared by methods on the same quantity and resolution
-    assert (faith["Grad-CAM Student"]["per_image"]["random_morf"]
-            == faith["Gradient x Activation Student"]["per_image"]["random_morf"])
+    assert (
+        faith["Grad-CAM Student"]["per_image"]["random_morf"]
+        == faith["Gradient x Activation Student"]["per_image"]["random_morf"]
+    )
 
 
 def test_the_random_baseline_is_seeded(setup):
     student, base, *_ = setup
     ds, ref = ControlledShapes(6, seed=5, split="test"), ControlledShapes(8, seed=2, split="test")
     uc = UniCAM(student, student.layer3, base, base.layer3)
-    methods = {"d": (uc, {"features": "distilled"}),
-               "g": (LayerGradCam(student, student.layer3), {"relu_attributions": True})}
+    methods = {
+        "d": (uc, {"features": "distilled"}),
+        "g": (LayerGradCam(student, student.layer3), {"relu_attributions": True}),
+    }
     runs = []
     for seed in (4, 4, 5):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            r = compare(ds.images, ds.labels, methods, reference=(ref.images, ref.labels),
-                        batch_size=8, **{**CURVES, "seed": seed})
+            r = compare(
+                ds.images,
+                ds.labels,
+                methods,
+                reference=(ref.images, ref.labels),
+                batch_size=8,
+                **{**CURVES, "seed": seed},
+            )
         runs.append(r.metrics["faithfulness"]["methods"])
     assert runs[0] == runs[1]
     for name in ("d", "g"):
@@ -425,9 +435,14 @@ def test_any_number_of_images_gives_the_per_image_reference_mode_maps(n):
     uc = UniCAM(student, student.layer3, base, base.layer3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = compare(x, y, {"distilled": (uc, {"features": "distilled"})},
-                      reference=(rx, ry), batch_size=64,
-                      **{**CURVES, "percentiles": (0, 50) if n < 100 else ()})
+        res = compare(
+            x,
+            y,
+            {"distilled": (uc, {"features": "distilled"})},
+            reference=(rx, ry),
+            batch_size=64,
+            **{**CURVES, "percentiles": (0, 50) if n < 100 else ()},
+        )
         ref_mode = UniCAM(student, student.layer3, base, base.layer3, reference=(rx, ry))
         want = ref_mode.attribute(x, target=y, features="distilled")
     want = LayerAttribution.interpolate(want, (16, 16), "bilinear").detach()
@@ -455,12 +470,21 @@ def test_a_drawn_reference_is_not_explained():
     uc = UniCAM(student, student.layer3, base, base.layer3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = compare(x, y, {"d": (uc, {"features": "distilled"})}, masks={"object": ds.masks},
-                      reference_per_class=2, percentiles=(), n_bootstrap=20, seed=7)
+        res = compare(
+            x,
+            y,
+            {"d": (uc, {"features": "distilled"})},
+            masks={"object": ds.masks},
+            reference_per_class=2,
+            percentiles=(),
+            n_bootstrap=20,
+            seed=7,
+        )
         idx = reference_indices(y, per_class=2, seed=7)
         rest = [i for i in range(16) if i not in idx.tolist()]
-        want = UniCAM(student, student.layer3, base, base.layer3,
-                      reference=(x[idx], y[idx])).attribute(x[rest], target=y[rest])
+        want = UniCAM(
+            student, student.layer3, base, base.layer3, reference=(x[idx], y[idx])
+        ).attribute(x[rest], target=y[rest])
     assert res.metrics["reference"]["indices"] == idx.tolist()
     assert res.metrics["explained"] == rest and res.metrics["n_images"] == 8
     want = LayerAttribution.interpolate(want, (32, 32), "bilinear").detach()
@@ -492,12 +516,19 @@ def test_occlusion_of_the_score_equals_a_hand_loop_over_the_windows():
     uc = UniCAM(student, student.layer, base, base.layer)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = compare(x, y, {"d": (uc, {"features": "distilled"}),
-                             "r": (uc, {"features": "residual"})},
-                      reference=(rx, ry), occlusion=4, feature_ablation=2, percentiles=(),
-                      n_bootstrap=10)
+        res = compare(
+            x,
+            y,
+            {"d": (uc, {"features": "distilled"}), "r": (uc, {"features": "residual"})},
+            reference=(rx, ry),
+            occlusion=4,
+            feature_ablation=2,
+            percentiles=(),
+            n_bootstrap=10,
+        )
         ref_mode = UniCAM(student, student.layer, base, base.layer, reference=(rx, ry))
         for name, features in (("d", "distilled"), ("r", "residual")):
+
             def score(t, features=features):
                 return ref_mode.score(t, target=y, features=features).double()
 
@@ -507,10 +538,10 @@ def test_occlusion_of_the_score_equals_a_hand_loop_over_the_windows():
             for top in (0, 2, 4):  # window 4, stride 2 on 8 px
                 for left in (0, 2, 4):
                     occluded = x.clone()
-                    occluded[:, :, top:top + 4, left:left + 4] = 0.0
+                    occluded[:, :, top : top + 4, left : left + 4] = 0.0
                     drop = full - score(occluded)
-                    total[:, :, top:top + 4, left:left + 4] += drop.view(5, 1, 1, 1)
-                    count[top:top + 4, left:left + 4] += 1
+                    total[:, :, top : top + 4, left : left + 4] += drop.view(5, 1, 1, 1)
+                    count[top : top + 4, left : left + 4] += 1
             want = (total / count).sum(1, keepdim=True)
             got = res.maps[f"Occlusion ({name})"]
             assert torch.allclose(got, want, atol=1e-5), name
@@ -520,13 +551,20 @@ def test_occlusion_of_the_score_equals_a_hand_loop_over_the_windows():
             for top in (0, 4):
                 for left in (0, 4):
                     ablated = x.clone()
-                    ablated[:, :, top:top + 4, left:left + 4] = 0.0
-                    cells[:, :, top:top + 4, left:left + 4] = (
-                        2 * (full - score(ablated))).view(5, 1, 1, 1)  # summed over 2 channels
+                    ablated[:, :, top : top + 4, left : left + 4] = 0.0
+                    cells[:, :, top : top + 4, left : left + 4] = (
+                        2 * (full - score(ablated))
+                    ).view(5, 1, 1, 1)  # summed over 2 channels
             got = res.maps[f"FeatureAblation ({name})"]
             assert torch.allclose(got, cells, atol=1e-5), name
-    assert res.metrics["methods"] == ["d", "r", "Occlusion (d)", "Occlusion (r)",
-                                      "FeatureAblation (d)", "FeatureAblation (r)"]
+    assert res.metrics["methods"] == [
+        "d",
+        "r",
+        "Occlusion (d)",
+        "Occlusion (r)",
+        "FeatureAblation (d)",
+        "FeatureAblation (r)",
+    ]
 
 
 def test_compare_batches_follow_the_pipeline_rule():
@@ -554,8 +592,9 @@ def test_degenerate_scores_on_perturbed_images_are_counted_and_warned():
     uc = UniCAM(student, student.layer3, student, student.layer3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = compare(x, y, {"d": (uc, {"features": "distilled"})}, reference=(rx, ry),
-                      occlusion=8, **CURVES)
+        res = compare(
+            x, y, {"d": (uc, {"features": "distilled"})}, reference=(rx, ry), occlusion=8, **CURVES
+        )
     faith = res.metrics["faithfulness"]["methods"]
     # 2 orders x 2 percentiles x (1 map + 2 random maps) calls, plus the Occlusion map's
     assert faith["d"]["degenerate_score_calls"] > 0

@@ -28,10 +28,14 @@ def _digest(ds: ControlledShapes) -> str:
 # existed (the parent of commit f3299b6), for two configurations; marker_strength=0 must give
 # the same data.
 _BEFORE_MARKERS = [
-    (dict(size=70, seed=3, cue_strength=0.6),
-     "0b8cb60aac0c94b30f5b575aed0c82736c19a5b0705c3b31dc76b7b0e08c83f9"),
-    (dict(size=40, seed=0, image_size=24, num_classes=6, split="transfer"),
-     "00f726e07eca04a2e9eeffca11ce94d8d85a08c842ea9629f132f506645b9815"),
+    (
+        dict(size=70, seed=3, cue_strength=0.6),
+        "0b8cb60aac0c94b30f5b575aed0c82736c19a5b0705c3b31dc76b7b0e08c83f9",
+    ),
+    (
+        dict(size=40, seed=0, image_size=24, num_classes=6, split="transfer"),
+        "00f726e07eca04a2e9eeffca11ce94d8d85a08c842ea9629f132f506645b9815",
+    ),
 ]
 
 
@@ -94,7 +98,10 @@ def test_marker_presence_rate_and_independence_from_the_object():
     # presence does not depend on the class
     for c in range(4):
         sel = ds.labels == c
-        assert abs(float(ds.has_marker[sel].float().mean()) - p) < 5 * (p * (1 - p) / int(sel.sum())) ** 0.5
+        assert (
+            abs(float(ds.has_marker[sel].float().mean()) - p)
+            < 5 * (p * (1 - p) / int(sel.sum())) ** 0.5
+        )
 
 
 def test_items_are_the_same_in_any_dataset_size_and_through_getitem():

@@ -49,8 +49,12 @@ def _on(device, *tensors):
 
 @pytest.mark.parametrize(
     "name",
-    ["distance_covariance_sqr", "distance_correlation_sqr", "u_distance_covariance_sqr",
-     "u_distance_correlation_sqr"],
+    [
+        "distance_covariance_sqr",
+        "distance_correlation_sqr",
+        "u_distance_covariance_sqr",
+        "u_distance_correlation_sqr",
+    ],
 )
 def test_two_sample_statistics_equal_the_cpu(name):
     x, y, _ = _samples()
@@ -84,9 +88,16 @@ def test_matrices_equal_the_cpu():
     ga, gb = stats.distance_matrix(x.to(CUDA)), stats.distance_matrix(y.to(CUDA))
     torch.testing.assert_close(ga.cpu(), a, rtol=0, atol=1e-10)
     torch.testing.assert_close(stats.u_centered(ga).cpu(), stats.u_centered(a), rtol=0, atol=1e-10)
-    torch.testing.assert_close(stats.double_centered(ga).cpu(), stats.double_centered(a), rtol=0, atol=1e-10)
-    assert abs(float(stats.u_product(stats.u_centered(ga), stats.u_centered(gb)).cpu())
-               - float(stats.u_product(stats.u_centered(a), stats.u_centered(b)))) <= 1e-10
+    torch.testing.assert_close(
+        stats.double_centered(ga).cpu(), stats.double_centered(a), rtol=0, atol=1e-10
+    )
+    assert (
+        abs(
+            float(stats.u_product(stats.u_centered(ga), stats.u_centered(gb)).cpu())
+            - float(stats.u_product(stats.u_centered(a), stats.u_centered(b)))
+        )
+        <= 1e-10
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -118,15 +129,21 @@ def test_unicam_maps_and_scores_equal_the_cpu(models):
     assert_close(g_unicam.attribute(x.to(CUDA), target=y).cpu(), d, rtol=1e-9)
 
 
-@pytest.mark.skipif(not HAS_REFERENCE, reason="UniCAM has no `reference=` keyword yet (reference mode "
-                    "is being added in another branch)")
+@pytest.mark.skipif(
+    not HAS_REFERENCE,
+    reason="UniCAM has no `reference=` keyword yet (reference mode "
+    "is being added in another branch)",
+)
 def test_unicam_reference_mode_equals_the_cpu(models):
     (s, b), (gs, gb) = models
     x, y = batch(5, seed=4)
     ref_x, ref_y = batch(8, seed=5)
-    want = UniCAM(s, s.layer2, b, b.layer2, reference=(ref_x, ref_y)).attribute(x, target=y, features="both")
-    got = UniCAM(gs, gs.layer2, gb, gb.layer2, reference=(ref_x.to(CUDA), ref_y.to(CUDA))).attribute(
-        x.to(CUDA), target=y.to(CUDA), features="both")
+    want = UniCAM(s, s.layer2, b, b.layer2, reference=(ref_x, ref_y)).attribute(
+        x, target=y, features="both"
+    )
+    got = UniCAM(
+        gs, gs.layer2, gb, gb.layer2, reference=(ref_x.to(CUDA), ref_y.to(CUDA))
+    ).attribute(x.to(CUDA), target=y.to(CUDA), features="both")
     for g, w in zip(got, want):
         assert g.device.type == "cuda"
         assert_close(g.cpu(), w, rtol=1e-9)
@@ -170,7 +187,9 @@ def test_evaluate_kd_with_models_and_batches_on_cuda(models):
     kinds = ("none", "gradcam", "distilled", "residual")
     common = dict(maps=kinds, n_bootstrap=20, n_permutations=20, progress=False)
     want = evaluate_kd(s, {"L2": (s.layer2, b.layer2)}, cpu_loader, base_forward_func=b, **common)
-    got = evaluate_kd(gs, {"L2": (gs.layer2, gb.layer2)}, gpu_loader, base_forward_func=gb, **common)  # no device
+    got = evaluate_kd(
+        gs, {"L2": (gs.layer2, gb.layer2)}, gpu_loader, base_forward_func=gb, **common
+    )  # no device
     for kind in kinds:
         for metric, values in want.values["L2"][kind].items():
             assert got.values["L2"][kind][metric] == pytest.approx(values, abs=1e-8), (kind, metric)
@@ -190,20 +209,56 @@ def test_cli_quantify_on_cuda_equals_the_cpu(tmp_path):
     for i, name in enumerate(("student", "base")):
         torch.manual_seed(i)
         model = build_model("small_resnet_s", 4, cifar_stem=True)
-        save_checkpoint(tmp_path / f"{name}.pt", model, arch="small_resnet_s", num_classes=4,
-                        class_names=["circle", "square", "triangle", "cross"])
+        save_checkpoint(
+            tmp_path / f"{name}.pt",
+            model,
+            arch="small_resnet_s",
+            num_classes=4,
+            class_names=["circle", "square", "triangle", "cross"],
+        )
         ckpt[name] = str(tmp_path / f"{name}.pt")
-    common = ["quantify", "--student", ckpt["student"], "--base", ckpt["base"], "--data", "controlled",
-              "--limit", "16", "--batch-size", "8", "--layers", "L3", "L4", "--one-hot", "--no-progress",
-              "--maps", "gradcam", "distilled", "residual", "--n-bootstrap", "20"]
+    common = [
+        "quantify",
+        "--student",
+        ckpt["student"],
+        "--base",
+        ckpt["base"],
+        "--data",
+        "controlled",
+        "--limit",
+        "16",
+        "--batch-size",
+        "8",
+        "--layers",
+        "L3",
+        "L4",
+        "--one-hot",
+        "--no-progress",
+        "--maps",
+        "gradcam",
+        "distilled",
+        "residual",
+        "--n-bootstrap",
+        "20",
+    ]
     # NVIDIA_TF32_OVERRIDE=0: exact float32 convolutions. PyTorch lets cuDNN use TF32 (a
     # 10-bit mantissa) for float32 convolutions by default; on an H200 that moved a
     # Grad-CAM FSS mean from 0.260 (CPU) to 0.217, the ReLU and the per-image min-max
     # scaling of the masks amplifying the rounding. With TF32 off the two agree to 2e-4.
-    env = dict(os.environ, NVIDIA_TF32_OVERRIDE="0",
-               PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
-    run = subprocess.run([sys.executable, "-m", "captum_unicam"] + common + ["--out", str(tmp_path / "gpu"),
-                          "--device", "cuda"], capture_output=True, text=True, env=env, timeout=300)
+    env = dict(
+        os.environ,
+        NVIDIA_TF32_OVERRIDE="0",
+        PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])),
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "captum_unicam"]
+        + common
+        + ["--out", str(tmp_path / "gpu"), "--device", "cuda"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert cli.main(common + ["--out", str(tmp_path / "cpu"), "--device", "cpu"]) == 0
     got = json.loads((tmp_path / "gpu" / "metrics.json").read_text())["evaluation"]

@@ -36,15 +36,25 @@ def setup():
     student, base = _model(0), _model(1)
     s, b = stage_layers(student), stage_layers(base)
     layers = {"L3": (s["L3"], b["L3"]), "L4": (s["L4"], b["L4"])}
-    conditions = {name: list(stratified_loader(ControlledShapes(20, seed=5, split="test", cue_strength=c), 10, seed=0))
-                  for name, c in CUE_CONDITIONS.items()}
-    res = cued_evaluation(student, base, layers, conditions, n_bootstrap=N_BOOT, seed=3, progress=False)
+    conditions = {
+        name: list(
+            stratified_loader(
+                ControlledShapes(20, seed=5, split="test", cue_strength=c), 10, seed=0
+            )
+        )
+        for name, c in CUE_CONDITIONS.items()
+    }
+    res = cued_evaluation(
+        student, base, layers, conditions, n_bootstrap=N_BOOT, seed=3, progress=False
+    )
     return student, base, layers, conditions, res
 
 
 def _energy(maps: torch.Tensor, mask: torch.Tensor):
     """Per image: share of the upsampled positive map on ``mask`` (None for an empty map)."""
-    h = F.interpolate(maps.double(), size=mask.shape[-2:], mode="bilinear", align_corners=False).clamp_min(0)[:, 0]
+    h = F.interpolate(
+        maps.double(), size=mask.shape[-2:], mode="bilinear", align_corners=False
+    ).clamp_min(0)[:, 0]
     m = mask.reshape(h.shape).double()
     total = h.flatten(1).sum(1)
     return [None if t <= 0 else float((h[i] * m[i]).sum() / t) for i, t in enumerate(total)]
@@ -75,11 +85,22 @@ def test_masses_by_hand_from_gradcam_and_masks(setup):
         got = res["conditions"][cond]["layers"]["L4"]
         # chance: the mean object area, and its complement
         assert got["chance"]["object"] == pytest.approx(mask.double().mean().item(), abs=1e-12)
-        assert got["chance"]["object"] + got["chance"]["background"] == pytest.approx(1.0, abs=1e-12)
-        for model, layer, kind in ((student, layers["L4"][0], "gradcam_student"), (base, layers["L4"][1], "gradcam_base")):
+        assert got["chance"]["object"] + got["chance"]["background"] == pytest.approx(
+            1.0, abs=1e-12
+        )
+        for model, layer, kind in (
+            (student, layers["L4"][0], "gradcam_student"),
+            (base, layers["L4"][1], "gradcam_base"),
+        ):
             # Grad-CAM per batch (each batch as in the evaluation), then energies by hand
-            maps = torch.cat([LayerGradCam(model, layer).attribute(b[0], target=b[1], relu_attributions=True).detach()
-                              for b in batches])
+            maps = torch.cat(
+                [
+                    LayerGradCam(model, layer)
+                    .attribute(b[0], target=b[1], relu_attributions=True)
+                    .detach()
+                    for b in batches
+                ]
+            )
             obj = [e for e in _energy(maps, mask) if e is not None]
             bg = [e for e in _energy(maps, 1 - mask) if e is not None]
             assert obj, "no non-empty map: the test would compare nothing"
@@ -102,8 +123,12 @@ def test_residual_maps_are_unicams_on_each_batch(setup):
     mask = torch.cat([b[2] for b in batches])[:, 0]
     uc = UniCAM(student, layers["L3"][0], base, layers["L3"][1])
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # degenerate batches of random models; counted as empty maps
-        r = torch.cat([uc.attribute(b[0], target=b[1], features="residual").detach() for b in batches])
+        warnings.simplefilter(
+            "ignore"
+        )  # degenerate batches of random models; counted as empty maps
+        r = torch.cat(
+            [uc.attribute(b[0], target=b[1], features="residual").detach() for b in batches]
+        )
     obj = [e for e in _energy(r, mask) if e is not None]
     got = res["conditions"]["cued"]["layers"]["L3"]["mass"]["object"]["residual"]
     assert got["n"] == len(obj)
@@ -126,11 +151,16 @@ def test_errors_before_any_work(setup):
     counting = _Counting(student)
     s = stage_layers(student)
     lay = {"L4": (s["L4"], stage_layers(base)["L4"])}
-    no_masks = {"cue-free": [(b[0], b[1]) for b in conditions["cue-free"]], "cued": conditions["cued"]}
+    no_masks = {
+        "cue-free": [(b[0], b[1]) for b in conditions["cue-free"]],
+        "cued": conditions["cued"],
+    }
     with pytest.raises(InputError, match="masks"):
         cued_evaluation(counting, base, lay, no_masks, progress=False)
     with pytest.raises(InputError, match="no batches"):
-        cued_evaluation(counting, base, lay, {"cued": conditions["cued"], "cue-free": []}, progress=False)
+        cued_evaluation(
+            counting, base, lay, {"cued": conditions["cued"], "cue-free": []}, progress=False
+        )
     with pytest.raises(InputError, match="conditions is empty"):
         cued_evaluation(counting, base, lay, {}, progress=False)
     with pytest.raises(InputError, match="layers is empty"):
@@ -146,17 +176,25 @@ def test_report_section_tables_and_metrics(setup, tmp_path):
     page = (out / "index.html").read_text()
     assert "What the Base used that the Student dropped" in page
     rows = list(csv.DictReader(io.StringIO((out / "tables" / "cued_scores.csv").read_text())))
-    assert [(r["condition"], r["layer"]) for r in rows] == [(c, l) for c in ("cue-free", "cued") for l in ("L3", "L4")]
+    assert [(r["condition"], r["layer"]) for r in rows] == [
+        (c, layer) for c in ("cue-free", "cued") for layer in ("L3", "L4")
+    ]
     got = res["conditions"]["cued"]["layers"]["L4"]
     row = rows[3]
-    assert row["S_r"] == f"{got['s_r']['mean']:.3f} [{got['s_r']['low']:.3f}, {got['s_r']['high']:.3f}]"
-    assert row["object mass: Grad-CAM Base"].startswith(f"{got['mass']['object']['gradcam_base']['mean']:.3f} [")
+    assert (
+        row["S_r"]
+        == f"{got['s_r']['mean']:.3f} [{got['s_r']['low']:.3f}, {got['s_r']['high']:.3f}]"
+    )
+    assert row["object mass: Grad-CAM Base"].startswith(
+        f"{got['mass']['object']['gradcam_base']['mean']:.3f} ["
+    )
     assert row["S_r"] in page  # the table is on the page
     bg = list(csv.DictReader(io.StringIO((out / "tables" / "cued_background.csv").read_text())))
     assert float(bg[3]["chance"]) == pytest.approx(got["chance"]["background"], abs=5e-4)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["cued_evaluation"]["conditions"]["cued"]["layers"]["L4"]["s_r"]["mean"] == pytest.approx(
-        got["s_r"]["mean"], rel=1e-12)
+    assert metrics["cued_evaluation"]["conditions"]["cued"]["layers"]["L4"]["s_r"][
+        "mean"
+    ] == pytest.approx(got["s_r"]["mean"], rel=1e-12)
     # without a cued evaluation there is no such section
     plain = write_report(tmp_path / "plain", Report(title="t"), progress=False)
     assert "What the Base used" not in (plain / "index.html").read_text()
@@ -167,12 +205,20 @@ def test_demo_cued_evaluation_uses_cue_free_and_cued_test_images(setup):
 
     student, base, layers, _, _ = setup
     lay = {"L4": layers["L4"]}
-    res = demo_cued_evaluation(student, base, lay, n_images=20, batch_size=10, seed=5, n_bootstrap=N_BOOT,
-                               progress=False)
-    assert res["data"]["cued"]["cue_strength"] == 1.0 and res["data"]["cue-free"]["cue_strength"] == 0.0
+    res = demo_cued_evaluation(
+        student, base, lay, n_images=20, batch_size=10, seed=5, n_bootstrap=N_BOOT, progress=False
+    )
+    assert (
+        res["data"]["cued"]["cue_strength"] == 1.0
+        and res["data"]["cue-free"]["cue_strength"] == 0.0
+    )
     # the same as cued_evaluation on the same stratified batches of the two test sets
-    conds = {name: stratified_loader(ControlledShapes(20, seed=5, split="test", cue_strength=c), 10, seed=5)
-             for name, c in CUE_CONDITIONS.items()}
+    conds = {
+        name: stratified_loader(
+            ControlledShapes(20, seed=5, split="test", cue_strength=c), 10, seed=5
+        )
+        for name, c in CUE_CONDITIONS.items()
+    }
     ref = cued_evaluation(student, base, lay, conds, n_bootstrap=N_BOOT, seed=5, progress=False)
     for cond in CUE_CONDITIONS:
         a, b = res["conditions"][cond]["layers"]["L4"], ref["conditions"][cond]["layers"]["L4"]
@@ -184,21 +230,35 @@ def test_demo_report_has_the_cued_section_end_to_end(tmp_path, monkeypatch, caps
     (seconds): the report's cued section holds cued_evaluation's numbers on the demo's
     cue-free and cued test images (4 class-stratified batches of 24, seed 0)."""
     from captum_unicam import cli
-    from captum_unicam.pipeline import demo as demo_mod
     from captum_unicam.models import save_checkpoint
+    from captum_unicam.pipeline import demo as demo_mod
 
     models = {"teacher": _model(2), "base": _model(1), "student": _model(0)}
     paths = {}
     for role, m in models.items():
         paths[role] = str(tmp_path / f"{role}.pt")
-        save_checkpoint(paths[role], m, arch="small_resnet_s", num_classes=4, class_names=list("abcd"),
-                        build_kwargs={"width": 4})
+        save_checkpoint(
+            paths[role],
+            m,
+            arch="small_resnet_s",
+            num_classes=4,
+            class_names=list("abcd"),
+            build_kwargs={"width": 4},
+        )
 
     def fake_train(seed=0, **kwargs):
-        return demo_mod.DemoModels(**models, class_names=list("abcd"), accuracies=dict.fromkeys(models, 0.25),
-                                   cued_accuracies=dict.fromkeys(models, 0.25), recipe={"method": "overhaul"},
-                                   datasets={}, paths=paths, cache_dir=str(tmp_path), from_cache=True,
-                                   train_seconds=0.0)
+        return demo_mod.DemoModels(
+            **models,
+            class_names=list("abcd"),
+            accuracies=dict.fromkeys(models, 0.25),
+            cued_accuracies=dict.fromkeys(models, 0.25),
+            recipe={"method": "overhaul"},
+            datasets={},
+            paths=paths,
+            cache_dir=str(tmp_path),
+            from_cache=True,
+            train_seconds=0.0,
+        )
 
     monkeypatch.setattr(demo_mod, "train_demo_models", fake_train)
     out = tmp_path / "report"
@@ -210,17 +270,32 @@ def test_demo_report_has_the_cued_section_end_to_end(tmp_path, monkeypatch, caps
     got = metrics["cued_evaluation"]
     assert got["data"]["cued"]["cue_strength"] == 1.0 and got["data"]["cued"]["size"] == 96
     s, b = stage_layers(models["student"]), stage_layers(models["base"])
-    conds = {name: stratified_loader(ControlledShapes(96, seed=0, split="test", num_classes=4, cue_strength=c), 24,
-                                     seed=0) for name, c in CUE_CONDITIONS.items()}
+    conds = {
+        name: stratified_loader(
+            ControlledShapes(96, seed=0, split="test", num_classes=4, cue_strength=c), 24, seed=0
+        )
+        for name, c in CUE_CONDITIONS.items()
+    }
     from captum_unicam.embeddings import embed_labels  # the demo's label vectors (local encoder)
 
     emb = embed_labels(list("abcd")).detach().float().cpu()
-    ref = cued_evaluation(models["student"], models["base"], {"L4": (s["L4"], b["L4"])}, conds, n_bootstrap=200,
-                          seed=0, progress=False, label_embeddings=emb)
+    ref = cued_evaluation(
+        models["student"],
+        models["base"],
+        {"L4": (s["L4"], b["L4"])},
+        conds,
+        n_bootstrap=200,
+        seed=0,
+        progress=False,
+        label_embeddings=emb,
+    )
     for cond in CUE_CONDITIONS:
         a, r = got["conditions"][cond]["layers"]["L4"], ref["conditions"][cond]["layers"]["L4"]
         assert a["s_r"]["mean"] == pytest.approx(r["s_r"]["mean"], abs=1e-9)
         assert a["mass"]["object"]["gradcam_base"]["mean"] == pytest.approx(
-            r["mass"]["object"]["gradcam_base"]["mean"], abs=1e-9)
+            r["mass"]["object"]["gradcam_base"]["mean"], abs=1e-9
+        )
     rows = list(csv.DictReader(io.StringIO((out / "tables" / "cued_scores.csv").read_text())))
-    assert [(r["condition"], r["layer"]) for r in rows] == [(c, f"L{i}") for c in CUE_CONDITIONS for i in range(1, 5)]
+    assert [(r["condition"], r["layer"]) for r in rows] == [
+        (c, f"L{i}") for c in CUE_CONDITIONS for i in range(1, 5)
+    ]

@@ -289,8 +289,9 @@ def test_imagefolder_items_and_split(tmp_path):
     assert not (_paths(train) & _paths(test))
     again = load_dataset(f"imagefolder:{root}", "test", image_size=16)
     assert _paths(again) == _paths(test)
-    other = load_dataset(f"imagefolder:{root}", "test", image_size=16, split_seed=1,
-                         test_fraction=0.5)
+    other = load_dataset(
+        f"imagefolder:{root}", "test", image_size=16, split_seed=1, test_fraction=0.5
+    )
     assert len(other) == 9
     for i in range(len(train)):
         x, y = train[i]
@@ -378,8 +379,18 @@ def _write_fake_cifar(root, n=6):
         data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         with open(folder / name, "wb") as f:
             pickle.dump({"data": data, "labels": [int(v) for v in rng.integers(0, 10, n)]}, f)
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-             "ship", "truck"]
+    names = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": names}, f)
     return folder

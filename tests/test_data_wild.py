@@ -151,12 +151,16 @@ def test_thin_and_huge_images_are_refused_from_the_header(tmp_path, no_decoding)
     thin = tmp_path / "thin.png"
     Image.new("L", (200_000, 1), 0).save(thin)  # about 700 bytes, 1.2 GB once resized
     assert thin.stat().st_size < 5000
-    with pytest.raises(DataSpecError, match=r"thin\.png.*200000 x 1.*aspect ratio of 200,000.*"
-                                            r"limit of 20 \(max_aspect_ratio\)"):
+    with pytest.raises(
+        DataSpecError,
+        match=r"thin\.png.*200000 x 1.*aspect ratio of 200,000.*"
+        r"limit of 20 \(max_aspect_ratio\)",
+    ):
         read_image(str(thin))
     big = _rgb(tmp_path / "big.png", size=(300, 200))
-    with pytest.raises(DataSpecError,
-                       match=r"big\.png.*60,000 pixels.*limit of 10,000 \(max_pixels\)"):
+    with pytest.raises(
+        DataSpecError, match=r"big\.png.*60,000 pixels.*limit of 10,000 \(max_pixels\)"
+    ):
         read_image(str(big), max_pixels=10_000)
     h = image_header(str(big))
     assert (h.width, h.height, h.mode, h.format) == (300, 200, "RGB", "PNG")
@@ -299,12 +303,17 @@ def test_check_images_through_subsets_and_in_memory_data(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("test_classes,message", [
-    (("cat", "fox"), r"missing in test/: \['dog'\]"),
-    (("cat", "dog", "fox", "owl"), r"extra in test/: \['owl'\]"),
-    (("cat", "dgo", "fox"),
-     r"missing in test/: \['dog'\]; extra in test/: \['dgo'\] \(renamed\?\)"),
-])
+@pytest.mark.parametrize(
+    "test_classes,message",
+    [
+        (("cat", "fox"), r"missing in test/: \['dog'\]"),
+        (("cat", "dog", "fox", "owl"), r"extra in test/: \['owl'\]"),
+        (
+            ("cat", "dgo", "fox"),
+            r"missing in test/: \['dog'\]; extra in test/: \['dgo'\] \(renamed\?\)",
+        ),
+    ],
+)
 def test_train_and_test_class_folders_are_compared_by_name(tmp_path, test_classes, message):
     # before: a test/ without 'dog' labelled its 'fox' images 1 ('dog' in train/)
     root = tmp_path / "pets"
@@ -348,8 +357,13 @@ def test_class_map_renames_folders(tmp_path):
     for d in ("0", "1"):
         for i in range(3):
             _rgb(root / d / f"{i}.png", (200 * int(d), 0, 0))
-    ds = load_dataset(f"imagefolder:{root}", "test", image_size=8,
-                      class_map={"0": "zero", "1": "one"}, expected_classes=["zero", "one"])
+    ds = load_dataset(
+        f"imagefolder:{root}",
+        "test",
+        image_size=8,
+        class_map={"0": "zero", "1": "one"},
+        expected_classes=["zero", "one"],
+    )
     assert ds.classes == ["zero", "one"]
     for i in range(len(ds)):
         x, y = ds[i]
@@ -388,8 +402,9 @@ def test_controlled_and_cifar_in_a_given_class_order(tmp_path):
     same = load_dataset("controlled:1", limit=5, expected_classes=list(ref.classes))
     assert isinstance(same, ControlledShapes)
     with pytest.raises(DataSpecError, match=r"missing in the controlled dataset: \['dog'\]"):
-        load_dataset("controlled", limit=5,
-                     expected_classes=["circle", "square", "triangle", "dog"])
+        load_dataset(
+            "controlled", limit=5, expected_classes=["circle", "square", "triangle", "dog"]
+        )
     folder = _cifar(tmp_path)
     raw = pickle.loads((folder / "test_batch").read_bytes())
     names = NAMES[::-1]
@@ -412,14 +427,19 @@ def test_images_at_the_target_size_are_not_changed(tmp_path, resize):
         arrays[c] = _smooth(32, 32, seed=ord(c))
         (root / c).mkdir(parents=True)
         Image.fromarray(arrays[c]).save(root / c / "0.png")
-    ds = load_dataset(f"imagefolder:{root}", "train", image_size=32, resize=resize,
-                      test_fraction=0.01)
+    ds = load_dataset(
+        f"imagefolder:{root}", "train", image_size=32, resize=resize, test_fraction=0.01
+    )
     for i in range(len(ds)):
         x, y = ds[i]
         expected = torch.from_numpy(arrays[ds.classes[y]].astype(np.float32) / 255).permute(2, 0, 1)
         assert torch.equal(x, expected)
-    assert ds.preprocessing == {"image_size": 32, "resize": resize, "normalize": "none",
-                                "augment": False}
+    assert ds.preprocessing == {
+        "image_size": 32,
+        "resize": resize,
+        "normalize": "none",
+        "augment": False,
+    }
 
 
 def _pil_resized(a: np.ndarray, w: int, h: int) -> torch.Tensor:
@@ -435,8 +455,9 @@ def test_resize_rules_on_an_image_of_another_size(tmp_path):
         Image.fromarray(a).save(root / c / "0.png")
 
     def item(resize):
-        ds = load_dataset(f"imagefolder:{root}", "train", image_size=24, resize=resize,
-                          test_fraction=0.01)
+        ds = load_dataset(
+            f"imagefolder:{root}", "train", image_size=24, resize=resize, test_fraction=0.01
+        )
         assert ds.preprocessing["resize"] == resize
         return ds[0][0]
 
@@ -458,20 +479,39 @@ def test_resize_rules_on_an_image_of_another_size(tmp_path):
 
 def test_preprocessing_is_recorded_for_every_scheme(tmp_path):
     _cifar(tmp_path)
-    c = load_dataset(f"cifar10:{tmp_path}", "train", image_size=40, resize="pad", normalize=True,
-                     augment=True, limit=3)
-    assert c.preprocessing == {"image_size": 40, "resize": "pad", "normalize": "cifar10",
-                               "augment": True}
+    c = load_dataset(
+        f"cifar10:{tmp_path}",
+        "train",
+        image_size=40,
+        resize="pad",
+        normalize=True,
+        augment=True,
+        limit=3,
+    )
+    assert c.preprocessing == {
+        "image_size": 40,
+        "resize": "pad",
+        "normalize": "cifar10",
+        "augment": True,
+    }
     assert c[0][0].shape == (3, 40, 40)
     with pytest.raises(DataSpecError, match="32 x 32 pixels, not 40 x 40"):
         load_dataset(f"cifar10:{tmp_path}", "test", image_size=40, resize="none")
     g = load_dataset("controlled", limit=3, image_size=40)
-    assert g.preprocessing == {"image_size": 40, "resize": None, "normalize": "none",
-                               "augment": False}
+    assert g.preprocessing == {
+        "image_size": 40,
+        "resize": None,
+        "normalize": "none",
+        "augment": False,
+    }
     root = _tree(tmp_path / "pets")
     f = load_dataset(f"imagefolder:{root}", "test", normalize=True)
-    assert f.preprocessing == {"image_size": 224, "resize": "shorter-side-crop",
-                               "normalize": "imagenet", "augment": False}
+    assert f.preprocessing == {
+        "image_size": 224,
+        "resize": "shorter-side-crop",
+        "normalize": "imagenet",
+        "augment": False,
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -486,8 +526,10 @@ def _cifar(root: Path, n=4, protocol=4, keys=str, edit=None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        d = {keys("data"): rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-             keys("labels"): [int(v) for v in rng.integers(0, 10, n)]}
+        d = {
+            keys("data"): rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            keys("labels"): [int(v) for v in rng.integers(0, 10, n)],
+        }
         if edit is not None and name == "test_batch":
             edit(d)
         (folder / name).write_bytes(pickle.dumps(d, protocol=protocol))
@@ -534,8 +576,11 @@ def test_malicious_cifar_pickles_never_run(tmp_path, no_download):
     marker = tmp_path / "ran"
     folder = _cifar(tmp_path)
     (folder / "test_batch").write_bytes(pickle.dumps(_Reduce(os.system, f"touch {marker}")))
-    with pytest.raises(DataSpecError, match=r"test_batch.*not a batch in CIFAR-10's python "
-                                            r"format.*posix.system|test_batch.*os.system") as info:
+    with pytest.raises(
+        DataSpecError,
+        match=r"test_batch.*not a batch in CIFAR-10's python "
+        r"format.*posix.system|test_batch.*os.system",
+    ) as info:
         load_dataset(f"cifar10:{tmp_path}", "test")
     assert not marker.exists() and "download" not in str(info.value)
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": _Reduce(eval, "1")}))
@@ -543,17 +588,23 @@ def test_malicious_cifar_pickles_never_run(tmp_path, no_download):
         load_dataset(f"cifar10:{tmp_path}", "train")
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda d: d.update(data=d["data"].astype(np.float32)),
-     r"uint8 array of shape \(N, 3072\), got float32"),
-    (lambda d: d.update(data=d["data"][:, :3000]), r"got uint8 \(4, 3000\)"),
-    (lambda d: d.update(labels=[0, 1, 2, 10]), r"label 10 is outside 0\.\.9"),
-    (lambda d: d.update(labels=[0, 1, 2]), "4 images but 3 labels"),
-    (lambda d: d.update(labels=["a"] * 4), "'labels' must be a list of ints"),
-    (lambda d: d.pop("labels"), "no 'labels' entry"),
-])
-def test_malformed_cifar_batches_are_named_without_offering_a_download(tmp_path, no_download,
-                                                                        edit, message):
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (
+            lambda d: d.update(data=d["data"].astype(np.float32)),
+            r"uint8 array of shape \(N, 3072\), got float32",
+        ),
+        (lambda d: d.update(data=d["data"][:, :3000]), r"got uint8 \(4, 3000\)"),
+        (lambda d: d.update(labels=[0, 1, 2, 10]), r"label 10 is outside 0\.\.9"),
+        (lambda d: d.update(labels=[0, 1, 2]), "4 images but 3 labels"),
+        (lambda d: d.update(labels=["a"] * 4), "'labels' must be a list of ints"),
+        (lambda d: d.pop("labels"), "no 'labels' entry"),
+    ],
+)
+def test_malformed_cifar_batches_are_named_without_offering_a_download(
+    tmp_path, no_download, edit, message
+):
     _cifar(tmp_path, edit=edit)
     with pytest.raises(DataSpecError, match=r"test_batch'?:? .*" + message) as info:
         load_dataset(f"cifar10:{tmp_path}", "test")
@@ -586,13 +637,20 @@ def test_data_summary_and_checks_through_a_wrapper(tmp_path):
 
     root = _tree(tmp_path / "pets", n=2)
     _rgb(root / "test" / "dog" / "odd.png", size=(9, 8))
-    ds = load_dataset(f"imagefolder:{root}", "test", image_size=8, resize="none",
-                      expected_classes=["dog", "cat", "fox"])
+    ds = load_dataset(
+        f"imagefolder:{root}",
+        "test",
+        image_size=8,
+        resize="none",
+        expected_classes=["dog", "cat", "fox"],
+    )
     s = data_summary(Wrapper(ds))
-    assert s == {"classes": ["dog", "cat", "fox"], "n_images": 7,
-                 "class_counts": {"dog": 3, "cat": 2, "fox": 2},
-                 "preprocessing": {"image_size": 8, "resize": "none", "normalize": "none",
-                                   "augment": False}}
+    assert s == {
+        "classes": ["dog", "cat", "fox"],
+        "n_images": 7,
+        "class_counts": {"dog": 3, "cat": 2, "fox": 2},
+        "preprocessing": {"image_size": 8, "resize": "none", "normalize": "none", "augment": False},
+    }
     with pytest.raises(DataSpecError, match=r"odd\.png.*9 x 8 pixels, not 8 x 8"):
         check_images(Wrapper(ds))  # the rule is found through the wrapper
     g = data_summary(load_dataset("controlled", "test", limit=8))

@@ -46,7 +46,9 @@ def test_all_distinct_one_hot_classes_give_zero_maps_and_a_warning(pair):
     for m in messages:
         assert "same distance" in m and "label_embeddings=embed_labels(class_names)" in m
         assert "batch with repeated classes" in m
-    with pytest.warns(UniCAMWarning, match="U-centred distance matrix of the label vectors is zero"):
+    with pytest.warns(
+        UniCAMWarning, match="U-centred distance matrix of the label vectors is zero"
+    ):
         s_d, s_r = unicam.score(x, target=torch.arange(8))
     assert float(s_d) == 0 and float(s_r) == 0
 
@@ -88,14 +90,20 @@ def test_label_embeddings_remove_the_degeneracy(pair):
 def test_reference_set_of_distinct_classes_is_flagged_and_repeated_classes_fix_it(pair):
     student, base = pair
     x, _ = batch(12, seed=2)
-    flagged = UniCAM(student, student.layer2, base, base.layer2, reference=(x[2:8], torch.arange(6)))
+    flagged = UniCAM(
+        student, student.layer2, base, base.layer2, reference=(x[2:8], torch.arange(6))
+    )
     (d, _), messages = _run(flagged, x[:2], [6, 7])
     assert torch.equal(d, torch.zeros_like(d))
     assert messages and all(
-        "label_embeddings=embed_labels" in m and "for some inputs" in m and "reference set with repeated" in m
+        "label_embeddings=embed_labels" in m
+        and "for some inputs" in m
+        and "reference set with repeated" in m
         for m in messages
     )
-    fixed = UniCAM(student, student.layer2, base, base.layer2, reference=(x[2:12], torch.arange(10) % 3))
+    fixed = UniCAM(
+        student, student.layer2, base, base.layer2, reference=(x[2:12], torch.arange(10) % 3)
+    )
     (d, _), messages = _run(fixed, x[:2], [0, 1])
     assert messages == [] and float(d.abs().max()) > 0
 
@@ -118,7 +126,6 @@ def test_near_duplicate_samples_keep_their_exact_distance():
     import dcor
     import numpy as np
 
-
     g = torch.Generator().manual_seed(3)
     x = torch.randn(10, 5000, generator=g) + 3.0
     x[4] = x[3] + 1e-4 * torch.randn(5000, generator=g)
@@ -138,7 +145,6 @@ def test_near_duplicates_in_reference_mode_keep_their_exact_distance():
     import dcor
     import numpy as np
 
-
     g = torch.Generator().manual_seed(3)
     ref = torch.randn(10, 5000, generator=g) + 3.0
     ref[4] = ref[3] + 1e-4 * torch.randn(5000, generator=g)
@@ -148,6 +154,10 @@ def test_near_duplicates_in_reference_mode_keep_their_exact_distance():
     a, _, scales = _fused.reference_distances([inputs, labels[:2], inputs], block)
     for i in range(2):
         d = (a[0, i] * scales[0]).numpy()
-        expected = dcor.distances.pairwise_distances(torch.cat([inputs[i : i + 1], ref]).double().numpy())
+        expected = dcor.distances.pairwise_distances(
+            torch.cat([inputs[i : i + 1], ref]).double().numpy()
+        )
         np.testing.assert_allclose(d, expected, rtol=1e-4, atol=1e-2 * expected[4, 5])
-    assert float(a[0, 0, 0, 7]) > 0 and float(a[0, 1, 0, 3]) == 0  # near-copy of ref 6; ref 2 itself
+    assert (
+        float(a[0, 0, 0, 7]) > 0 and float(a[0, 1, 0, 3]) == 0
+    )  # near-copy of ref 6; ref 2 itself

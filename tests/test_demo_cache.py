@@ -61,8 +61,17 @@ def test_a_users_own_files_are_never_replaced(tiny, tmp_path):
 
 def test_the_command_line_refuses_them_in_one_line(tmp_path, capsys):
     mine = _users_files(tmp_path / "cache")
-    code = cli.main(["demo", "--quick", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "r"),
-                     "--no-progress"])
+    code = cli.main(
+        [
+            "demo",
+            "--quick",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--out",
+            str(tmp_path / "r"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "teacher.pt" in err and "--cache-dir" in err and "Traceback" not in err
@@ -110,16 +119,33 @@ def test_a_foreign_marker_file_is_refused(tmp_path):
     with pytest.raises(OutputError, match="not the model cache's marker"):
         model_cache.check_replaceable(tmp_path, ["teacher.pt"])
     assert (tmp_path / model_cache.MARKER).read_text() == "{}"
-    assert model_cache.check_replaceable(tmp_path / "absent", ["teacher.pt"]) == {"teacher.pt": False}
+    assert model_cache.check_replaceable(tmp_path / "absent", ["teacher.pt"]) == {
+        "teacher.pt": False
+    }
 
 
 def test_the_demo_recipe_the_cache_key_is_unchanged():
     """The cache key of the quick demo, spelt out: a change would retrain every cache."""
     assert demo.demo_recipe(0, quick=True) == {
-        "version": 3, "seed": 0, "quick": True, "image_size": 32, "num_classes": 4, "cue_strength": 0.9,
-        "arch": {"teacher": "small_resnet_s", "base": "small_resnet_s", "student": "small_resnet_s"},
+        "version": 3,
+        "seed": 0,
+        "quick": True,
+        "image_size": 32,
+        "num_classes": 4,
+        "cue_strength": 0.9,
+        "arch": {
+            "teacher": "small_resnet_s",
+            "base": "small_resnet_s",
+            "student": "small_resnet_s",
+        },
         "sizes": {"teacher": 800, "base": 200, "student": 800, "test": 500},
         "epochs": {"teacher": 6, "base": 15, "student": 5},
         "splits": {"teacher": "val", "base": "train", "student": "transfer", "test": "test"},
-        "batch_size": {"teacher": 64, "base": 64, "student": 64}, "optimizer": "sgd", "lr": 0.2,
-        "weight_decay": 5e-4, "method": "overhaul", "temperature": 4.0, "beta": 1e-3}
+        "batch_size": {"teacher": 64, "base": 64, "student": 64},
+        "optimizer": "sgd",
+        "lr": 0.2,
+        "weight_decay": 5e-4,
+        "method": "overhaul",
+        "temperature": 4.0,
+        "beta": 1e-3,
+    }

@@ -77,7 +77,10 @@ def test_one_class_is_still_named_one_class():
 @pytest.mark.parametrize("layer", ["layer1", "layer2"])
 def test_bfloat16_scores_are_those_of_float32(layer):
     s32, b32 = make(SmallResNet, 1, dtype=torch.float32), make(SmallResNet, 2, dtype=torch.float32)
-    s16, b16 = make(SmallResNet, 1, dtype=torch.float32).bfloat16(), make(SmallResNet, 2, dtype=torch.float32).bfloat16()
+    s16, b16 = (
+        make(SmallResNet, 1, dtype=torch.float32).bfloat16(),
+        make(SmallResNet, 2, dtype=torch.float32).bfloat16(),
+    )
     x, y = batch(16, seed=4, dtype=torch.float32)
     want = UniCAM(s32, getattr(s32, layer), b32, getattr(b32, layer)).score(x, target=y)
     unicam = UniCAM(s16, getattr(s16, layer), b16, getattr(b16, layer))

@@ -30,9 +30,15 @@ def assert_same_values(got: KDEvaluation, want: KDEvaluation, tol=1e-6):
                 a, b = got.values[layer][kind][m], want.values[layer][kind][m]
                 assert len(a) == len(b)
                 assert max(abs(u - v) for u, v in zip(a, b)) <= tol, (layer, kind, m)
-            for key, want_products in want.products[layer][kind].items():  # the dataset estimator's sums
+            for key, want_products in want.products[layer][
+                kind
+            ].items():  # the dataset estimator's sums
                 got_products = got.products[layer][kind][key]
-                assert max(abs(u - v) for u, v in zip(got_products, want_products)) <= tol, (layer, kind, key)
+                assert max(abs(u - v) for u, v in zip(got_products, want_products)) <= tol, (
+                    layer,
+                    kind,
+                    key,
+                )
 
 
 @pytest.mark.slow
@@ -46,15 +52,24 @@ def test_two_processes_equal_one(tmp_path):
         from captum_unicam.perturb import road_impute
 
         single = worker.evaluate(
-            DataLoader(data, batch_size=worker.BATCH), student, base, layers, emb, perturbation=road_impute
+            DataLoader(data, batch_size=worker.BATCH),
+            student,
+            base,
+            layers,
+            emb,
+            perturbation=road_impute,
         )
         # the same batches as the two DistributedSamplers, in the order (local index, rank)
         bs = worker.SAMPLER_BATCH
         order = [
-            list(range(r, len(data), 2))[i * bs : (i + 1) * bs] for i in range(len(data) // 2 // bs) for r in (0, 1)
+            list(range(r, len(data), 2))[i * bs : (i + 1) * bs]
+            for i in range(len(data) // 2 // bs)
+            for r in (0, 1)
         ]
         interleaved = [(data[idx][0], data[idx][1]) for idx in (torch.tensor(o) for o in order)]
-        single_sampler = worker.evaluate(interleaved, student, base, layers, emb, maps=("none", "distilled"))
+        single_sampler = worker.evaluate(
+            interleaved, student, base, layers, emb, maps=("none", "distilled")
+        )
     finally:
         torch.set_num_threads(before)
 

@@ -34,8 +34,17 @@ CPU = torch.device("cpu")
 TIMEOUT = 3.0
 SLACK = 5.0  # the brief: ends within timeout + a few seconds
 FIX = "unset WORLD_SIZE/RANK to run in one process, or start with torchrun"
-VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", TIMEOUT_ENV,
-        "TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")
+VARS = (
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    TIMEOUT_ENV,
+    "TORCHELASTIC_USE_AGENT_STORE",
+    "TORCHELASTIC_RUN_ID",
+    "TORCHELASTIC_RESTART_COUNT",
+)
 
 
 def free_port() -> int:
@@ -57,8 +66,13 @@ def port_is_free(port: int) -> bool:
 
 
 def cluster_env(rank: int, port: int, world: int = 2, **extra) -> dict:
-    env = {"WORLD_SIZE": str(world), "RANK": str(rank), "LOCAL_RANK": str(rank),
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    env = {
+        "WORLD_SIZE": str(world),
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
     env.update(extra)
     return env
 
@@ -82,6 +96,7 @@ def environ(monkeypatch):
 @pytest.fixture
 def no_sockets(monkeypatch):
     """Any socket or store opened during the test fails it."""
+
     def boom(*args, **kwargs):
         raise AssertionError("a socket was opened before the environment was checked")
 
@@ -114,22 +129,25 @@ def test_default_timeout_is_documented_value(environ):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("values, name", [
-    ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc'"),
-    ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0"),
-    ({"RANK": "2"}, "RANK=2"),
-    ({"RANK": "-1"}, "RANK=-1"),
-    ({"RANK": None}, "RANK is not set"),
-    ({"RANK": "one"}, "RANK='one'"),
-    ({"LOCAL_RANK": None}, "LOCAL_RANK is not set"),
-    ({"LOCAL_RANK": "5"}, "LOCAL_RANK=5"),
-    ({"MASTER_PORT": None}, "MASTER_PORT is not set"),
-    ({"MASTER_PORT": "70000"}, "MASTER_PORT=70000"),
-    ({"MASTER_PORT": "0"}, "MASTER_PORT=0"),
-    ({"MASTER_PORT": "29500x"}, "MASTER_PORT='29500x'"),
-    ({"MASTER_ADDR": None}, "MASTER_ADDR is not set"),
-    ({"MASTER_ADDR": " "}, "MASTER_ADDR is not set"),
-])
+@pytest.mark.parametrize(
+    "values, name",
+    [
+        ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc'"),
+        ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0"),
+        ({"RANK": "2"}, "RANK=2"),
+        ({"RANK": "-1"}, "RANK=-1"),
+        ({"RANK": None}, "RANK is not set"),
+        ({"RANK": "one"}, "RANK='one'"),
+        ({"LOCAL_RANK": None}, "LOCAL_RANK is not set"),
+        ({"LOCAL_RANK": "5"}, "LOCAL_RANK=5"),
+        ({"MASTER_PORT": None}, "MASTER_PORT is not set"),
+        ({"MASTER_PORT": "70000"}, "MASTER_PORT=70000"),
+        ({"MASTER_PORT": "0"}, "MASTER_PORT=0"),
+        ({"MASTER_PORT": "29500x"}, "MASTER_PORT='29500x'"),
+        ({"MASTER_ADDR": None}, "MASTER_ADDR is not set"),
+        ({"MASTER_ADDR": " "}, "MASTER_ADDR is not set"),
+    ],
+)
 def test_malformed_environment_before_any_socket(environ, no_sockets, values, name):
     env = cluster_env(0, 29500)
     env.update(values)
@@ -151,14 +169,17 @@ def test_cuda_local_rank_beyond_the_devices(environ, no_sockets, monkeypatch):
         join_process_group(torch.device("cuda"), timeout_s=TIMEOUT)
 
 
-@pytest.mark.parametrize("raw, timeout_s, name", [
-    ("abc", None, f"{TIMEOUT_ENV}='abc'"),
-    ("0", None, f"{TIMEOUT_ENV}=0.0"),
-    ("-3", None, f"{TIMEOUT_ENV}=-3.0"),
-    ("inf", None, f"{TIMEOUT_ENV}=inf"),
-    (None, float("nan"), "timeout_s=nan"),
-    (None, 0.0, "timeout_s=0.0"),
-])
+@pytest.mark.parametrize(
+    "raw, timeout_s, name",
+    [
+        ("abc", None, f"{TIMEOUT_ENV}='abc'"),
+        ("0", None, f"{TIMEOUT_ENV}=0.0"),
+        ("-3", None, f"{TIMEOUT_ENV}=-3.0"),
+        ("inf", None, f"{TIMEOUT_ENV}=inf"),
+        (None, float("nan"), "timeout_s=nan"),
+        (None, 0.0, "timeout_s=0.0"),
+    ],
+)
 def test_malformed_timeout_before_any_socket(environ, no_sockets, raw, timeout_s, name):
     environ({**cluster_env(0, 29500), TIMEOUT_ENV: raw})
     with pytest.raises(InputError, match="positive|number of seconds") as info:
@@ -189,9 +210,11 @@ def test_rank0_alone_ends_after_timeout(environ):
     environ(cluster_env(0, port))
     elapsed, message = timed_join()
     assert TIMEOUT - 0.1 <= elapsed <= TIMEOUT + SLACK
-    assert message == (f"WORLD_SIZE=2 RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT={port}: waited 3 s "
-                       f"for the other processes (1 of 2 processes checked in); {FIX} (or set "
-                       f"{TIMEOUT_ENV} to wait longer).")
+    assert message == (
+        f"WORLD_SIZE=2 RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT={port}: waited 3 s "
+        f"for the other processes (1 of 2 processes checked in); {FIX} (or set "
+        f"{TIMEOUT_ENV} to wait longer)."
+    )
     assert not dist.is_initialized()
     assert port_is_free(port)  # the store this process hosted is closed
 
@@ -240,8 +263,13 @@ def test_rank0_under_torchrun_uses_the_agents_store(environ):
     """TORCHELASTIC_USE_AGENT_STORE=True: the agent hosts the store at MASTER_PORT, and rank 0
     connects to it like every rank (hosting it would find the port taken)."""
     agent = dist.TCPStore("127.0.0.1", 0, 2, True, wait_for_workers=False)
-    environ({**cluster_env(0, agent.port), "TORCHELASTIC_USE_AGENT_STORE": "True",
-             "TORCHELASTIC_RESTART_COUNT": "2"})
+    environ(
+        {
+            **cluster_env(0, agent.port),
+            "TORCHELASTIC_USE_AGENT_STORE": "True",
+            "TORCHELASTIC_RESTART_COUNT": "2",
+        }
+    )
     start = time.monotonic()
     with pytest.raises(InputError, match=r"waited 1 s .*\(1 of 2 processes checked in\)"):
         join_process_group(CPU, timeout_s=1.0)
@@ -377,8 +405,13 @@ def spawn(tmp_path, env: dict, timeout_s: float, script: str = JOINER) -> subpro
     path.write_text(script)
     full = {k: v for k, v in os.environ.items() if k not in VARS}
     full.update(env, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, str(path), str(timeout_s)], env=full, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, str(path), str(timeout_s)],
+        env=full,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def terminate_during_join(proc: subprocess.Popen) -> tuple:
@@ -397,9 +430,11 @@ def terminate_during_join(proc: subprocess.Popen) -> tuple:
             proc.wait()
 
 
-@pytest.mark.parametrize("rank, listener", [(0, False), (1, False), (1, True)],
-                         ids=["rank0-waits-for-peers", "rank1-waits-for-rank0",
-                              "rank1-in-store-handshake"])
+@pytest.mark.parametrize(
+    "rank, listener",
+    [(0, False), (1, False), (1, True)],
+    ids=["rank0-waits-for-peers", "rank1-waits-for-rank0", "rank1-in-store-handshake"],
+)
 def test_sigterm_ends_the_join(tmp_path, rank, listener):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
         if listener:  # accepts, never answers: the join blocks in the C++ handshake
@@ -442,8 +477,9 @@ WORKER = textwrap.dedent("""
 
 def test_two_processes_join_and_leave(tmp_path):
     port = free_port()
-    procs = [spawn(tmp_path, cluster_env(rank, port), timeout_s=30, script=WORKER)
-             for rank in (0, 1)]
+    procs = [
+        spawn(tmp_path, cluster_env(rank, port), timeout_s=30, script=WORKER) for rank in (0, 1)
+    ]
     try:
         outs = [p.communicate(timeout=90) for p in procs]
     finally:
@@ -472,22 +508,50 @@ def cli_pair(tmp_path_factory):
     for seed, name in ((0, "student.pt"), (1, "base.pt")):
         torch.manual_seed(seed)
         model = build_model("small_resnet_s", 4, width=2)
-        save_checkpoint(folder / name, model, arch="small_resnet_s", num_classes=4,
-                        recipe={"image_size": 32, "normalize": "none"})
+        save_checkpoint(
+            folder / name,
+            model,
+            arch="small_resnet_s",
+            num_classes=4,
+            recipe={"image_size": 32, "normalize": "none"},
+        )
         paths.append(str(folder / name))
     return paths
 
 
 def quantify_process(tmp_path, cli_pair, env: dict) -> subprocess.Popen:
     student, base = cli_pair
-    argv = [sys.executable, "-m", "captum_unicam", "quantify", "--student", student, "--base", base,
-            "--data", "controlled", "--out", str(tmp_path / "report"), "--limit", "10",
-            "--batch-size", "5", "--layers", "L4", "--one-hot", "--no-progress", "--maps",
-            "gradcam", "--n-bootstrap", "20"]
+    argv = [
+        sys.executable,
+        "-m",
+        "captum_unicam",
+        "quantify",
+        "--student",
+        student,
+        "--base",
+        base,
+        "--data",
+        "controlled",
+        "--out",
+        str(tmp_path / "report"),
+        "--limit",
+        "10",
+        "--batch-size",
+        "5",
+        "--layers",
+        "L4",
+        "--one-hot",
+        "--no-progress",
+        "--maps",
+        "gradcam",
+        "--n-bootstrap",
+        "20",
+    ]
     full = {k: v for k, v in os.environ.items() if k not in VARS}
     full.update(env, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    return subprocess.Popen(argv, env=full, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        argv, env=full, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 @pytest.mark.parametrize("local_rank", ["0", None], ids=["torchrun-like", "no-LOCAL_RANK"])
@@ -545,7 +609,8 @@ def test_sigterm_during_the_quantify_join_exits_130(tmp_path, cli_pair):
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, err
-    assert err.strip().splitlines() == ["captum-unicam quantify: interrupted (terminated by signal "
-                                        "SIGTERM)"], err
+    assert err.strip().splitlines() == [
+        "captum-unicam quantify: interrupted (terminated by signal SIGTERM)"
+    ], err
     assert elapsed < 20.0  # handled at once; the rest is the interpreter's exit on a busy machine
     assert port_is_free(port) and not (tmp_path / "report").exists()

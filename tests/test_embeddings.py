@@ -41,7 +41,9 @@ def test_matches_hand_mean_pooling(reference):
 def test_normalize(reference):
     e = embed_labels(NAMES, normalize=True)
     torch.testing.assert_close(e.norm(dim=1), torch.ones(4), atol=1e-5, rtol=0)
-    torch.testing.assert_close(e, torch.nn.functional.normalize(reference, dim=1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        e, torch.nn.functional.normalize(reference, dim=1), atol=1e-5, rtol=1e-4
+    )
 
 
 def test_semantic_sanity():
@@ -116,7 +118,12 @@ def test_missing_default_package(monkeypatch):
 
 @pytest.mark.parametrize(
     "names, match",
-    [("cat", "single string"), ([], "empty"), (["cat", ""], r"names\[1\]"), (["cat", 3], r"names\[1\]")],
+    [
+        ("cat", "single string"),
+        ([], "empty"),
+        (["cat", ""], r"names\[1\]"),
+        (["cat", 3], r"names\[1\]"),
+    ],
 )
 def test_bad_names(names, match):
     with pytest.raises(ValueError, match=match):
@@ -163,7 +170,11 @@ def test_nothing_is_downloaded_unless_asked(monkeypatch):
     # transformers is called: tests/test_hostile.py)
     monkeypatch.setattr(embeddings, "_in_hub_cache", lambda repo: True)
     embeddings.clear_cache()
-    for model, allow in ((None, False), ("some-org/some-bert", False), ("some-org/some-bert", True)):
+    for model, allow in (
+        (None, False),
+        ("some-org/some-bert", False),
+        ("some-org/some-bert", True),
+    ):
         with pytest.raises(EmbeddingModelError):
             embed_labels(["cat"], model=model, allow_download=allow)
     assert [local for _, local in seen] == [True, True, False]

@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from captum_unicam.attr.unicam import UniCAM
 from captum_unicam.metrics import evaluate_kd, feature_similarity_score, relevance_score
-from captum_unicam.metrics.estimators import scores_from_products, swap_models
 from captum_unicam.metrics._features import layer_features
+from captum_unicam.metrics.estimators import scores_from_products, swap_models
 from captum_unicam.metrics.intervals import (
     bootstrap_ci,
     bootstrap_statistic,
@@ -50,8 +50,13 @@ def run(s, b, data, **kw):
     opts.update(kw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return evaluate_kd(s, {"L1": (s.layer1, b.layer1), "L2": (s.layer2, b.layer2)}, data,
-                           base_forward_func=b, **opts)
+        return evaluate_kd(
+            s,
+            {"L1": (s.layer1, b.layer1), "L2": (s.layer2, b.layer2)},
+            data,
+            base_forward_func=b,
+            **opts,
+        )
 
 
 def test_one_batch_equals_dcor_on_the_whole_set():
@@ -102,8 +107,12 @@ def test_dataset_estimate_is_the_ratio_of_averaged_dcor_covariances():
     assert res.products["L2"]["none"]["sy"] == pytest.approx(cov["sy"], abs=1e-10)
     # the interval: the bootstrap of bootstrap_ci (same resamples), applied to the products
     rows = np.stack([np.array(cov[k]) for k in ("ss", "bb", "yy", "sb", "sy", "by")], axis=1)
-    want = bootstrap_statistic(rows, lambda r: scores_from_products(r.mean(1))["rs_student"], 300, 0)
-    assert (e["rs_student"]["low"], e["rs_student"]["high"]) == pytest.approx((want["low"], want["high"]), abs=1e-12)
+    want = bootstrap_statistic(
+        rows, lambda r: scores_from_products(r.mean(1))["rs_student"], 300, 0
+    )
+    assert (e["rs_student"]["low"], e["rs_student"]["high"]) == pytest.approx(
+        (want["low"], want["high"]), abs=1e-12
+    )
     # the swap test, enumerated by hand: 2^4 patterns of swapping Student and Base per batch
     diffs = []
     for signs in itertools.product([1, -1], repeat=4):
@@ -132,18 +141,31 @@ def test_batch_sizes_and_orders_agree_within_the_intervals():
     ds = TensorDataset(x, y)
     ref = (x[:24], y[:24])  # one reference set: the UniCAM maps do not depend on the batching
     loaders = {bs: DataLoader(ds, batch_size=bs) for bs in (16, 32, 64)}
-    loaders["32 shuffled"] = DataLoader(ds, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(1))
-    loaders["16 shuffled"] = DataLoader(ds, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(2))
-    results = {k: run(s, b, v, maps=("none", "gradcam", "distilled"), reference=ref) for k, v in loaders.items()}
+    loaders["32 shuffled"] = DataLoader(
+        ds, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(1)
+    )
+    loaders["16 shuffled"] = DataLoader(
+        ds, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(2)
+    )
+    results = {
+        k: run(s, b, v, maps=("none", "gradcam", "distilled"), reference=ref)
+        for k, v in loaders.items()
+    }
     whole = run(s, b, [(x, y)], maps=("none",)).summary()["by_layer"]
     summaries = {k: r.summary()["by_layer"] for k, r in results.items()}
-    for layer, kind, m in itertools.product(("L1", "L2"), ("none", "gradcam", "distilled"), METRICS):
+    for layer, kind, m in itertools.product(
+        ("L1", "L2"), ("none", "gradcam", "distilled"), METRICS
+    ):
         entries = {k: summ[layer][kind][m] for k, summ in summaries.items()}
         for (ka, a), (kb, c) in itertools.combinations(entries.items(), 2):
             assert a["low"] <= c["high"] and c["low"] <= a["high"], (layer, kind, m, ka, kb)
     covered = [
-        summ[layer]["none"][m]["low"] <= whole[layer]["none"][m]["mean"] <= summ[layer]["none"][m]["high"]
-        for summ in summaries.values() for layer in ("L1", "L2") for m in METRICS
+        summ[layer]["none"][m]["low"]
+        <= whole[layer]["none"][m]["mean"]
+        <= summ[layer]["none"][m]["high"]
+        for summ in summaries.values()
+        for layer in ("L1", "L2")
+        for m in METRICS
     ]
     assert all(covered)
 
@@ -157,20 +179,32 @@ def test_reference_mode_maps_equal_unicam_with_that_reference():
     ref = (x, y)  # auto: the first images, class-stratified, in data order
     xb, yb = batches[1]
     dist, resid = UniCAM(s, s.layer2, b, b.layer2, label_embeddings=EMB, reference=ref).attribute(
-        xb, target=yb, features="both")
+        xb, target=yb, features="both"
+    )
     for kind, h in (("distilled", dist), ("residual", resid)):
-        fss = feature_similarity_score(s, s.layer2, xb, base_forward_func=b, base_layer=b.layer2, attributions=h)
+        fss = feature_similarity_score(
+            s, s.layer2, xb, base_forward_func=b, base_layer=b.layer2, attributions=h
+        )
         rs = relevance_score(s, s.layer2, xb, target=yb, label_embeddings=EMB, attributions=h)
         assert res.values["L2"][kind]["fss"][1] == pytest.approx(float(fss), abs=1e-9)
         assert res.values["L2"][kind]["rs_student"][1] == pytest.approx(float(rs), abs=1e-9)
     # a map does not depend on its batch-mates: the same images in other batches, the same maps
-    other = run(s, b, [(x[12:18], y[12:18]), (x[18:], y[18:])], maps=("distilled",), leakage=False,
-                label_embeddings=EMB, reference=ref)
+    other = run(
+        s,
+        b,
+        [(x[12:18], y[12:18]), (x[18:], y[18:])],
+        maps=("distilled",),
+        leakage=False,
+        label_embeddings=EMB,
+        reference=ref,
+    )
     single = UniCAM(s, s.layer2, b, b.layer2, label_embeddings=EMB, reference=ref).attribute(
-        x[12:18], target=y[12:18], features="distilled")
+        x[12:18], target=y[12:18], features="distilled"
+    )
     assert torch.allclose(single, dist[:6], atol=1e-12)
-    fss = feature_similarity_score(s, s.layer2, x[12:18], base_forward_func=b, base_layer=b.layer2,
-                                   attributions=single)
+    fss = feature_similarity_score(
+        s, s.layer2, x[12:18], base_forward_func=b, base_layer=b.layer2, attributions=single
+    )
     assert other.values["L2"]["distilled"]["fss"][0] == pytest.approx(float(fss), abs=1e-9)
 
 
@@ -180,7 +214,13 @@ def test_reference_errors():
     with pytest.raises(ValueError, match="reference must be"):
         run(s, b, [(x, y)], reference="first")
     with pytest.raises(ValueError, match="labels carry no information"):
-        run(s, b, [(x, torch.zeros(12, dtype=torch.long))], maps=("distilled",), label_embeddings=None)
+        run(
+            s,
+            b,
+            [(x, torch.zeros(12, dtype=torch.long))],
+            maps=("distilled",),
+            label_embeddings=None,
+        )
     with pytest.raises(ValueError, match="aggregation must be"):
         run(s, b, [(x, y)], aggregation="mean")
 
@@ -192,7 +232,9 @@ def test_v_estimator_dataset_value_is_the_v_statistic_on_one_batch():
     e = res.summary()["by_layer"]["L2"]["none"]
     fs, fb = layer_features(s, s.layer2, x).numpy(), layer_features(b, b.layer2, x).numpy()
     assert e["fss"]["mean"] == pytest.approx(dcor.distance_correlation_sqr(fs, fb), abs=1e-10)
-    assert e["rs_base"]["mean"] == pytest.approx(dcor.distance_correlation_sqr(fb, labels_of(y)), abs=1e-10)
+    assert e["rs_base"]["mean"] == pytest.approx(
+        dcor.distance_correlation_sqr(fb, labels_of(y)), abs=1e-10
+    )
     # the partial correlations stay the bias-corrected ones
     want = dcor.partial_distance_correlation(fs, labels_of(y), fb)
     assert e["rs_distilled"]["mean"] == pytest.approx(want, abs=1e-10)

@@ -22,16 +22,28 @@ mp.mp.dps = 50
 
 def _dist(rows):
     n = len(rows)
-    return [[mp.sqrt(sum((mp.mpf(a) - mp.mpf(b)) ** 2 for a, b in zip(rows[i], rows[j]))) for j in range(n)]
-            for i in range(n)]
+    return [
+        [
+            mp.sqrt(sum((mp.mpf(a) - mp.mpf(b)) ** 2 for a, b in zip(rows[i], rows[j])))
+            for j in range(n)
+        ]
+        for i in range(n)
+    ]
 
 
 def _u_centred(a):
     n = len(a)
     rows = [sum(r) for r in a]
     total = sum(rows)
-    return [[mp.mpf(0) if i == j else a[i][j] - rows[i] / (n - 2) - rows[j] / (n - 2) + total / ((n - 1) * (n - 2))
-             for j in range(n)] for i in range(n)]
+    return [
+        [
+            mp.mpf(0)
+            if i == j
+            else a[i][j] - rows[i] / (n - 2) - rows[j] / (n - 2) + total / ((n - 1) * (n - 2))
+            for j in range(n)
+        ]
+        for i in range(n)
+    ]
 
 
 def _prod(a, b):
@@ -55,10 +67,18 @@ def exact_pdcor(x, y, z):
 def near_copies(seed):
     g = torch.Generator().manual_seed(seed)
     centre = torch.randn(1, 6, generator=g, dtype=torch.float64)
-    base = torch.cat([centre + 1e-7 * torch.randn(6, 6, generator=g, dtype=torch.float64),
-                      torch.randn(2, 6, generator=g, dtype=torch.float64)])
-    student = torch.cat([centre + 1e-7 * torch.randn(6, 6, generator=g, dtype=torch.float64),
-                         base[6:] + 1e-7 * torch.randn(2, 6, generator=g, dtype=torch.float64)])
+    base = torch.cat(
+        [
+            centre + 1e-7 * torch.randn(6, 6, generator=g, dtype=torch.float64),
+            torch.randn(2, 6, generator=g, dtype=torch.float64),
+        ]
+    )
+    student = torch.cat(
+        [
+            centre + 1e-7 * torch.randn(6, 6, generator=g, dtype=torch.float64),
+            base[6:] + 1e-7 * torch.randn(2, 6, generator=g, dtype=torch.float64),
+        ]
+    )
     labels = torch.randn(8, 3, generator=g, dtype=torch.float64)
     return student, labels, base
 
@@ -102,7 +122,9 @@ def test_distinct_one_hot_rows_give_exact_zero(n, dtype):
     assert float(stats.partial_distance_covariance(e, y, z)) == 0.0
     # a z with no structure removes nothing
     want = stats.u_distance_correlation_sqr(y, z)
-    assert float(stats.partial_distance_correlation(y, z, e)) == pytest.approx(float(want), abs=1e-6)
+    assert float(stats.partial_distance_correlation(y, z, e)) == pytest.approx(
+        float(want), abs=1e-6
+    )
 
 
 def test_nothing_left_after_the_projection_is_exact_zero():

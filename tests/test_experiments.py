@@ -23,15 +23,33 @@ TINY_ARCHS = dict(
     student_arch=("small_resnet_s", {"width": 4}),
 )
 TINY_RECIPE = {
-    "teacher_size": 64, "base_size": 32, "transfer_size": 32, "test_size": 16,
-    "batch_size": 16, "eval_batch_size": 8, "eval_batches": 2, "map_batches": 1,
-    "n_show": 1, "n_bootstrap": 50, "n_permutations": 64, "dpi": 30, "grid_layers": ("L1", "L4"),
+    "teacher_size": 64,
+    "base_size": 32,
+    "transfer_size": 32,
+    "test_size": 16,
+    "batch_size": 16,
+    "eval_batch_size": 8,
+    "eval_batches": 2,
+    "map_batches": 1,
+    "n_show": 1,
+    "n_bootstrap": 50,
+    "n_permutations": 64,
+    "dpi": 30,
+    "grid_layers": ("L1", "L4"),
 }
 
 
 def _run(out: Path, dataset: str = "controlled:3", **kwargs):
-    args = dict(methods=("response",), seed=0, quick=True, progress=False, label_embeddings="one-hot",
-                 recipe=TINY_RECIPE, num_threads=1, **TINY_ARCHS)
+    args = dict(
+        methods=("response",),
+        seed=0,
+        quick=True,
+        progress=False,
+        label_embeddings="one-hot",
+        recipe=TINY_RECIPE,
+        num_threads=1,
+        **TINY_ARCHS,
+    )
     args.update(kwargs)
     return run_experiment(dataset, out=out, **args)
 
@@ -70,9 +88,19 @@ def controlled_run(tmp_path_factory):
 
 def test_files_tables_and_json(controlled_run):
     out, results = controlled_run
-    for name in ("results.json", "table1_response.md", "table1_response.csv", "table2.md", "table2.csv",
-                 "localisation.md", "localisation.csv", "accuracies.md", "accuracies.csv",
-                 "evaluation_response.md", "evaluation_ta.csv"):
+    for name in (
+        "results.json",
+        "table1_response.md",
+        "table1_response.csv",
+        "table2.md",
+        "table2.csv",
+        "localisation.md",
+        "localisation.csv",
+        "accuracies.md",
+        "accuracies.csv",
+        "evaluation_response.md",
+        "evaluation_ta.csv",
+    ):
         assert (out / name).is_file(), name
     for role in ("teacher", "base", "student_response", "assistant", "student_ta"):
         assert (out / "models" / f"{role}.pt").is_file(), role
@@ -83,13 +111,16 @@ def test_files_tables_and_json(controlled_run):
     for name in ("scores_response", "scores_ta", "localisation_response", "localisation_ta"):
         png = (out / "figures" / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "temporary folder left behind"
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], (
+        "temporary folder left behind"
+    )
 
     # results.json: the returned dict, all numbers finite, recorded statuses
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["config"]["methods"] == ["response"]
     assert {k: v["status"] for k, v in on_disk["models"].items()} == dict.fromkeys(
-        ("teacher", "base", "student_response", "assistant", "student_ta"), "trained")
+        ("teacher", "base", "student_response", "assistant", "student_ta"), "trained"
+    )
     _finite_numbers(on_disk)
     assert on_disk == {k: v for k, v in results.items() if k != "out"}
 
@@ -101,11 +132,17 @@ def test_files_tables_and_json(controlled_run):
     summary = on_disk["evaluations"]["response"]["summary"]["by_layer"]
     for row in table1:
         s = summary[row["layer"]]
-        assert float(row["fss_gradcam_mean"]) == pytest.approx(s["gradcam"]["fss"]["mean"], rel=1e-12)
+        assert float(row["fss_gradcam_mean"]) == pytest.approx(
+            s["gradcam"]["fss"]["mean"], rel=1e-12
+        )
         assert float(row["rs_student_distilled_map_mean"]) == pytest.approx(
-            s["distilled"]["rs_student"]["mean"], rel=1e-12)
-        assert float(row["rs_distilled_raw_ci_low"]) <= float(row["rs_distilled_raw_mean"]) <= float(
-            row["rs_distilled_raw_ci_high"])
+            s["distilled"]["rs_student"]["mean"], rel=1e-12
+        )
+        assert (
+            float(row["rs_distilled_raw_ci_low"])
+            <= float(row["rs_distilled_raw_mean"])
+            <= float(row["rs_distilled_raw_ci_high"])
+        )
         assert 0.0 < float(row["p_student_gt_base_gradcam"]) <= 1.0
 
     # Table 2: per layer statistics for base / direct / ta, then accuracies
@@ -115,8 +152,13 @@ def test_files_tables_and_json(controlled_run):
     acc = {(r["statistic"], r["model"]): float(r["mean"]) for r in t2 if r["layer"] == "all"}
     assert acc[("accuracy, cue-free test", "ta")] == on_disk["accuracies"]["student_ta"]["test"]
     assert acc[("accuracy, cued test", "base")] == on_disk["accuracies"]["base"]["test_cued"]
-    direct_rs = [float(r["mean"]) for r in t2 if r["layer"] == "L4" and r["model"] == "direct"
-                 and r["statistic"].startswith("RS, Grad-CAM")]
+    direct_rs = [
+        float(r["mean"])
+        for r in t2
+        if r["layer"] == "L4"
+        and r["model"] == "direct"
+        and r["statistic"].startswith("RS, Grad-CAM")
+    ]
     assert direct_rs == [summary["L4"]["gradcam"]["rs_student"]["mean"]]
 
     # accuracies: every model on cue-free and cued data, in [0, 1]
@@ -130,16 +172,22 @@ def test_files_tables_and_json(controlled_run):
     assert {r["map"] for r in loc} == {"gradcam_base", "gradcam_student", "distilled", "residual"}
     for r in loc:
         if r["energy_mean"]:
-            assert 0.0 <= float(r["energy_low"]) <= float(r["energy_mean"]) <= float(r["energy_high"]) <= 1.0
+            assert (
+                0.0
+                <= float(r["energy_low"])
+                <= float(r["energy_mean"])
+                <= float(r["energy_high"])
+                <= 1.0
+            )
         assert 0.0 < float(r["chance"]) < 1.0
 
 
 def test_localisation_matches_report_on_the_same_maps(controlled_run):
     """The energy fraction in the table is recomputed here by hand from the masks."""
     out, results = controlled_run
-    from captum_unicam.pipeline.evaluation import compute_maps
     from captum_unicam.data import load_dataset
     from captum_unicam.models import load_checkpoint, stage_layers
+    from captum_unicam.pipeline.evaluation import compute_maps
 
     student, _ = load_checkpoint(out / "models" / "student_response.pt")
     base, _ = load_checkpoint(out / "models" / "base.pt")
@@ -147,8 +195,9 @@ def test_localisation_matches_report_on_the_same_maps(controlled_run):
     batch = next(iter(torch.utils.data.DataLoader(test, batch_size=TINY_RECIPE["eval_batch_size"])))
     s, b = stage_layers(student), stage_layers(base)
     maps = compute_maps(student, base, {"L4": (s["L4"], b["L4"])}, [batch], progress=False)["L4"]
-    h = torch.nn.functional.interpolate(maps["gradcam_student"].double(), size=(32, 32), mode="bilinear",
-                                        align_corners=False).clamp_min(0)[:, 0]
+    h = torch.nn.functional.interpolate(
+        maps["gradcam_student"].double(), size=(32, 32), mode="bilinear", align_corners=False
+    ).clamp_min(0)[:, 0]
     m = batch[2][:, 0].double()
     ok = h.flatten(1).sum(1) > 0
     energy = ((h * m).flatten(1).sum(1) / h.flatten(1).sum(1))[ok].mean().item()
@@ -178,17 +227,30 @@ def test_cued_evaluation_table_and_scores_by_hand(controlled_run):
     bs = TINY_RECIPE["eval_batch_size"]
     for cond, cue in (("cue-free", 0.0), ("cued", 1.0)):
         test = load_dataset("controlled:3", "test", size=TINY_RECIPE["test_size"], cue_strength=cue)
-        batches = list(torch.utils.data.DataLoader(test, batch_size=bs))  # file order, as the runner's
+        batches = list(
+            torch.utils.data.DataLoader(test, batch_size=bs)
+        )  # file order, as the runner's
         sr = [float(uc.score(x, target=y)[1]) for x, y, _ in batches]
         entry = results["cued_evaluation"]["response"]["conditions"][cond]["layers"]["L4"]
         assert entry["s_r"]["mean"] == pytest.approx(sum(sr) / len(sr), abs=1e-6)
-        csv_sr = [r for r in rows if r["pair"] == "response" and r["condition"] == cond and r["layer"] == "L4"
-                  and r["quantity"] == "s_r"]
+        csv_sr = [
+            r
+            for r in rows
+            if r["pair"] == "response"
+            and r["condition"] == cond
+            and r["layer"] == "L4"
+            and r["quantity"] == "s_r"
+        ]
         assert float(csv_sr[0]["mean"]) == pytest.approx(entry["s_r"]["mean"], rel=1e-12)
-        gc = torch.cat([LayerGradCam(base, b["L4"]).attribute(x, target=y, relu_attributions=True).detach()
-                        for x, y, _ in batches])
-        h = torch.nn.functional.interpolate(gc.double(), size=(32, 32), mode="bilinear",
-                                            align_corners=False).clamp_min(0)[:, 0]
+        gc = torch.cat(
+            [
+                LayerGradCam(base, b["L4"]).attribute(x, target=y, relu_attributions=True).detach()
+                for x, y, _ in batches
+            ]
+        )
+        h = torch.nn.functional.interpolate(
+            gc.double(), size=(32, 32), mode="bilinear", align_corners=False
+        ).clamp_min(0)[:, 0]
         m = torch.cat([mk for _, _, mk in batches])[:, 0].double()
         ok = h.flatten(1).sum(1) > 0
         energy = ((h * m).flatten(1).sum(1) / h.flatten(1).sum(1))[ok]
@@ -205,10 +267,14 @@ def test_rerun_loads_cached_models(controlled_run, monkeypatch):
 
     calls = []
     original = kd_train.train_model
-    monkeypatch.setattr(kd_train, "train_model", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(
+        kd_train, "train_model", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
     second = _run(out, recipe={**TINY_RECIPE, "grid_layers": ("L4",)})  # evaluation-only change
     assert calls == []
-    assert {k: v["status"] for k, v in second["models"].items()} == dict.fromkeys(first["models"], "loaded")
+    assert {k: v["status"] for k, v in second["models"].items()} == dict.fromkeys(
+        first["models"], "loaded"
+    )
     assert {p.name: p.stat().st_mtime_ns for p in (out / "models").iterdir()} == mtimes
     # same models, same data, same seeds: the same numbers
     assert second["accuracies"] == first["accuracies"]
@@ -216,7 +282,9 @@ def test_rerun_loads_cached_models(controlled_run, monkeypatch):
     assert second["evaluations"]["ta"]["values"] == first["evaluations"]["ta"]["values"]
 
 
-@pytest.mark.parametrize("spec", ["controlled:abc", "nope:x", "imagefolder:/no/such/folder", "cifar10:/no/such"])
+@pytest.mark.parametrize(
+    "spec", ["controlled:abc", "nope:x", "imagefolder:/no/such/folder", "cifar10:/no/such"]
+)
 def test_bad_dataset_spec_raises_before_training(tmp_path, spec, monkeypatch):
     import captum_unicam.kd.train as kd_train
 
@@ -253,8 +321,16 @@ def test_imagefolder_tree(tmp_path):
             arr = (torch.rand(24, 24, 3, generator=g) * 80).to(torch.uint8)
             arr[6:18, 6:18, c] = 230  # a class-coloured square
             Image.fromarray(arr.numpy()).save(root / name / f"{i}.png")
-    recipe = {"batch_size": 8, "eval_batch_size": 6, "eval_batches": 1, "n_show": 1, "n_bootstrap": 20,
-              "n_permutations": 16, "dpi": 30, "grid_layers": ("L4",)}
+    recipe = {
+        "batch_size": 8,
+        "eval_batch_size": 6,
+        "eval_batches": 1,
+        "n_show": 1,
+        "n_bootstrap": 20,
+        "n_permutations": 16,
+        "dpi": 30,
+        "grid_layers": ("L4",),
+    }
     results = _run(tmp_path / "out", dataset=f"imagefolder:{root}", recipe=recipe, image_size=24)
     out = tmp_path / "out"
     assert results["localisation"] is None and not (out / "localisation.md").exists()
@@ -270,7 +346,8 @@ def test_summarize_seeds_means_and_spreads(controlled_run, tmp_path):
     import statistics
 
     spec = importlib.util.spec_from_file_location(
-        "summarize_seeds", Path(__file__).parents[1] / "experiments" / "summarize_seeds.py")
+        "summarize_seeds", Path(__file__).parents[1] / "experiments" / "summarize_seeds.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
 
@@ -292,6 +369,8 @@ def test_summarize_seeds_means_and_spreads(controlled_run, tmp_path):
     teacher = next(r for r in rows if r[0] == "teacher")
     assert teacher[3].endswith("± 0.0")  # unchanged between the two runs
     l4 = [ln for ln in text.splitlines() if ln.startswith("| L4 |")][0]
-    p = first["evaluations"]["response"]["summary"]["by_layer"]["L4"]["none"]["p_distilled_gt_residual"]
+    p = first["evaluations"]["response"]["summary"]["by_layer"]["L4"]["none"][
+        "p_distilled_gt_residual"
+    ]
     assert f"{p:.3g}, {p:.3g}" in l4
     assert module.main([str(tmp_path / "missing")]) == 2

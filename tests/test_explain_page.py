@@ -54,7 +54,6 @@ def test_empty_map_counts_cover_every_map_computed():
 
 def _bar_colours(ax):
     import matplotlib.colors as mc
-
     from matplotlib.container import BarContainer
 
     return {

@@ -55,7 +55,7 @@ def hand_case():
 @pytest.mark.parametrize(
     "order, mode, curve, auc",
     [
-        ("morf", "deletion", [136, 78, 36, 10, 0], 48),   # 136 - (16+15+14+13) = 78, ...
+        ("morf", "deletion", [136, 78, 36, 10, 0], 48),  # 136 - (16+15+14+13) = 78, ...
         ("lerf", "deletion", [136, 126, 100, 58, 0], 88),  # 136 - (1+2+3+4) = 126, ...
         ("morf", "insertion", [0, 58, 100, 126, 136], 88),
         ("lerf", "insertion", [0, 10, 36, 78, 136], 48),
@@ -132,10 +132,10 @@ def test_road_curves_equal_road_impute_on_the_same_removal():
         torch.testing.assert_close(lerf.curves[:, j], keep, rtol=0, atol=1e-10)
         torch.testing.assert_close(morf.curves[:, j], drop, rtol=0, atol=1e-10)
     # insertion of p % = deletion of the other (100 - p) %
-    ins = perturbation_curve(linear(w), x, maps, percentiles=[10, 50, 80], mode="insertion",
-                             noise=0.0)
-    rev = perturbation_curve(linear(w), x, maps, percentiles=[20, 50, 90], order="lerf",
-                             noise=0.0)
+    ins = perturbation_curve(
+        linear(w), x, maps, percentiles=[10, 50, 80], mode="insertion", noise=0.0
+    )
+    rev = perturbation_curve(linear(w), x, maps, percentiles=[20, 50, 90], order="lerf", noise=0.0)
     torch.testing.assert_close(ins.curves, rev.curves.flip(1), rtol=0, atol=1e-10)
 
 
@@ -205,8 +205,11 @@ def test_several_maps_share_the_random_baseline():
     resolution share the random AUCs, maps of another get their own."""
     x, w = linear_batch(n=6)
     g = torch.Generator().manual_seed(9)
-    maps = {"true": x * w, "noise": torch.rand(6, 1, 8, 8, generator=g, dtype=torch.float64),
-            "coarse": torch.rand(6, 1, 2, 2, generator=g, dtype=torch.float64)}
+    maps = {
+        "true": x * w,
+        "noise": torch.rand(6, 1, 8, 8, generator=g, dtype=torch.float64),
+        "coarse": torch.rand(6, 1, 2, 2, generator=g, dtype=torch.float64),
+    }
     kwargs = {"n_random": 2, "n_bootstrap": 100, "baseline": 0.0}
     together = faithfulness(linear(w), x, maps, **kwargs)
     assert list(together) == ["true", "noise", "coarse"]
@@ -248,19 +251,23 @@ def test_batching_invariance():
     f = target_logit(model)
     for baseline, tol in ((0.0, 0.0), ("road", 1e-6)):
         whole = perturbation_curve(f, x, maps, target=y, baseline=baseline)
-        halves = [perturbation_curve(f, x[s], maps[s], target=y[s], baseline=baseline)
-                  for s in (slice(0, 4), slice(4, 8))]
+        halves = [
+            perturbation_curve(f, x[s], maps[s], target=y[s], baseline=baseline)
+            for s in (slice(0, 4), slice(4, 8))
+        ]
         chunked = perturbation_curve(f, x, maps, target=y, baseline=baseline, batch_size=3)
         perm = torch.tensor([5, 2, 7, 0, 1, 6, 3, 4])
         shuffled = perturbation_curve(f, x[perm], maps[perm], target=y[perm], baseline=baseline)
-        torch.testing.assert_close(torch.cat([h.curves for h in halves]), whole.curves,
-                                   rtol=0, atol=tol)
+        torch.testing.assert_close(
+            torch.cat([h.curves for h in halves]), whole.curves, rtol=0, atol=tol
+        )
         torch.testing.assert_close(chunked.curves, whole.curves, rtol=0, atol=tol)
         torch.testing.assert_close(shuffled.curves, whole.curves[perm], rtol=0, atol=tol)
     a = faithfulness(f, x, maps, target=y, n_random=2, n_bootstrap=100)
     b = faithfulness(f, x, maps, target=y, n_random=2, n_bootstrap=100, batch_size=5)
-    np.testing.assert_allclose(a["per_image"]["random_morf"], b["per_image"]["random_morf"],
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        a["per_image"]["random_morf"], b["per_image"]["random_morf"], rtol=0, atol=1e-6
+    )
 
 
 def test_determinism_under_a_seed():
@@ -305,11 +312,11 @@ def test_logit_and_probability_forward_funcs():
     one = perturbation_curve(target_logit(model), x, maps, target=2, percentiles=[0])
     torch.testing.assert_close(one.curves[:, 0], logits[:, 2], rtol=0, atol=1e-12)
     # the scale argument of TinyNet as an additional forward argument
-    scaled = perturbation_curve(target_logit(model), x, maps, target=y, percentiles=[0],
-                                additional_forward_args=(2.0,))
+    scaled = perturbation_curve(
+        target_logit(model), x, maps, target=y, percentiles=[0], additional_forward_args=(2.0,)
+    )
     with torch.no_grad():
-        torch.testing.assert_close(scaled.curves[:, 0], model(x, 2.0)[rows, y], rtol=0,
-                                   atol=1e-12)
+        torch.testing.assert_close(scaled.curves[:, 0], model(x, 2.0)[rows, y], rtol=0, atol=1e-12)
 
 
 @pytest.fixture(scope="module")
@@ -344,18 +351,35 @@ def test_unicam_reference_mode_score(unicam_setting, features):
     maps = up + 1e-9 * float(up.abs().max()) * torch.arange(256.0).reshape(1, 1, 16, 16)
     f = score_of(unicam, features)
     grid = [0, 30, 60]
-    curve = perturbation_curve(f, x, maps, additional_forward_args=(y,), percentiles=grid,
-                               order="lerf", noise=0.0)
-    torch.testing.assert_close(curve.curves[:, 0], unicam.score(x, target=y, features=features),
-                               rtol=0, atol=1e-12)
+    curve = perturbation_curve(
+        f, x, maps, additional_forward_args=(y,), percentiles=grid, order="lerf", noise=0.0
+    )
+    torch.testing.assert_close(
+        curve.curves[:, 0], unicam.score(x, target=y, features=features), rtol=0, atol=1e-12
+    )
     for j, p in enumerate(grid[1:], start=1):
         expected = unicam.score(road_impute(x, maps, p, noise=0.0), target=y, features=features)
         torch.testing.assert_close(curve.curves[:, j], expected, rtol=0, atol=1e-8)
-    chunked = perturbation_curve(f, x, maps, additional_forward_args=(y,), percentiles=grid,
-                                 order="lerf", noise=0.0, batch_size=4)
+    chunked = perturbation_curve(
+        f,
+        x,
+        maps,
+        additional_forward_args=(y,),
+        percentiles=grid,
+        order="lerf",
+        noise=0.0,
+        batch_size=4,
+    )
     torch.testing.assert_close(chunked.curves, curve.curves, rtol=0, atol=1e-6)
-    result = faithfulness(f, x, maps, additional_forward_args=(y,), n_random=2,
-                          n_bootstrap=100, percentiles=[0, 30, 60, 90])
+    result = faithfulness(
+        f,
+        x,
+        maps,
+        additional_forward_args=(y,),
+        n_random=2,
+        n_bootstrap=100,
+        percentiles=[0, 30, 60, 90],
+    )
     assert np.isfinite(result["morf"]["minus_random"]["mean"])
     assert len(result["per_image"]["random_lerf"]) == 10
 
@@ -454,8 +478,13 @@ def test_tensor_baseline_per_channel():
     torch.testing.assert_close(got.curves[:, 0], expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(got.curves[:, 1], linear(w)(b.expand_as(x)), rtol=0, atol=1e-12)
     same = perturbation_curve(linear(w), x, maps, percentiles=[25], baseline=0.5)
-    full = perturbation_curve(linear(w), x, maps, percentiles=[25],
-                              baseline=torch.full((2, 4, 4), 0.5, dtype=torch.float64))
+    full = perturbation_curve(
+        linear(w),
+        x,
+        maps,
+        percentiles=[25],
+        baseline=torch.full((2, 4, 4), 0.5, dtype=torch.float64),
+    )
     assert torch.equal(same.curves, full.curves)
     with pytest.raises(InputError, match="does not broadcast"):
         perturbation_curve(linear(w), x, maps, baseline=torch.zeros(3, 1, 1))

@@ -24,9 +24,15 @@ LABELS = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
 def _bert(seed):
     torch.manual_seed(seed)
     cfg = tf.BertConfig(
-        vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, num_labels=3, max_position_embeddings=32,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=30,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=3,
+        max_position_embeddings=32,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     return tf.BertForSequenceClassification(cfg).double().eval()
 
@@ -138,15 +144,20 @@ def test_reference_mode_with_sequences_of_other_lengths():
     assert (m9[:, 6:] == 0).all() and (m6[mask == 0] == 0).all() and float(m6.max()) > 0
     # each input's map is its own: scored with the reference set alone
     torch.testing.assert_close(
-        cam.attribute(ids[2:4], target=LABELS[2:4], attention_mask=mask[2:4]), m6[2:4],
-        rtol=1e-9, atol=1e-12,
+        cam.attribute(ids[2:4], target=LABELS[2:4], attention_mask=mask[2:4]),
+        m6[2:4],
+        rtol=1e-9,
+        atol=1e-12,
     )
     # oracle for input 0: the 1 + m batch of that input and the reference set (pads to 10)
     pad_ids = torch.zeros(1, 10, dtype=torch.long)
     pad_mask = torch.zeros(1, 10, dtype=torch.long)
     pad_ids[0, :6], pad_mask[0, :6] = ids[0], mask[0]
     want, _ = _oracle(
-        student, base, torch.cat([pad_ids, ref_ids]), torch.cat([pad_mask, ref_mask]),
+        student,
+        base,
+        torch.cat([pad_ids, ref_ids]),
+        torch.cat([pad_mask, ref_mask]),
         torch.cat([LABELS[:1], LABELS]),
     )
     torch.testing.assert_close(m6[0], want[0, :6], rtol=1e-6, atol=1e-10)
@@ -160,8 +171,12 @@ def test_deeper_representation_layer_through_an_early_block():
     student, base = _bert(0), _bert(5)
     ids, mask = _batch(7)
     cam = UniCAM(
-        student, student.bert.encoder.layer[0], base, base.bert.encoder.layer[0],
-        student_feature_layer=student.bert.pooler, base_feature_layer=base.bert.pooler,
+        student,
+        student.bert.encoder.layer[0],
+        base,
+        base.bert.encoder.layer[0],
+        student_feature_layer=student.bert.pooler,
+        base_feature_layer=base.bert.pooler,
     )
     d = cam.attribute(ids, target=LABELS, attention_mask=mask)
 
@@ -194,7 +209,12 @@ def test_deeper_representation_layer_through_an_early_block():
 def _tv_vit(seed):
     torch.manual_seed(seed)
     return torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+        image_size=32,
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        mlp_dim=64,
         num_classes=3,
     ).eval()
 
@@ -202,8 +222,13 @@ def _tv_vit(seed):
 def _hf_vision(kind, seed):
     torch.manual_seed(seed)
     common = dict(  # noqa: C408
-        image_size=16, patch_size=4, num_hidden_layers=1, hidden_size=16,
-        num_attention_heads=2, intermediate_size=32, num_labels=3,
+        image_size=16,
+        patch_size=4,
+        num_hidden_layers=1,
+        hidden_size=16,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=3,
     )
     if kind == "vit":
         model = tf.ViTForImageClassification(tf.ViTConfig(**common)).eval()
@@ -279,8 +304,11 @@ def test_native_token_maps_feed_captum_visualize_text():
         valid = residual[i][mask[i] == 1]
         assert record.raw_input_ids == [w for w, m in zip(words[i], mask[i]) if m]
         if float(valid.max()) > 0:  # the map over its valid tokens, scaled by its largest value
-            np.testing.assert_allclose(np.asarray(record.word_attributions, dtype=float),
-                                       (valid / valid.max()).numpy(), rtol=1e-12)
+            np.testing.assert_allclose(
+                np.asarray(record.word_attributions, dtype=float),
+                (valid / valid.max()).numpy(),
+                rtol=1e-12,
+            )
     assert captum_viz.visualize_text(records) is not None
 
 
@@ -296,8 +324,7 @@ def test_vision_transformers_in_reference_mode(kind):
     x = torch.randn(3, 3, size, size, generator=gen)
     ref = (torch.randn(6, 3, size, size, generator=gen), torch.tensor([0, 1, 2, 0, 1, 2]))
     auto = UniCAM(student, layers[0], base, layers[1], reference=ref)
-    by_hand = UniCAM(student, layers[0], base, layers[1], reference=ref,
-                     reshape_transform=vit_grid)
+    by_hand = UniCAM(student, layers[0], base, layers[1], reference=ref, reshape_transform=vit_grid)
     got = auto.attribute(x, target=[0, 1, 2], features="both")
     want = by_hand.attribute(x, target=[0, 1, 2], features="both")
     for g, w in zip(got, want):
@@ -317,8 +344,12 @@ def test_sanity_check_on_a_hugging_face_vit_as_it_comes():
     x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     state = {k: v.clone() for k, v in student.state_dict().items()}
     rows = cascading_randomisation(
-        student, {"UniCAM": UniCAM(student, l_s, base, l_b)}, x, target=[0, 1, 2, 0, 1, 2],
-        blocks=["classifier", "vit"], n_bootstrap=20,
+        student,
+        {"UniCAM": UniCAM(student, l_s, base, l_b)},
+        x,
+        target=[0, 1, 2, 0, 1, 2],
+        blocks=["classifier", "vit"],
+        n_bootstrap=20,
     ).rows
     assert [r["randomised"] for r in rows] == ["none", "classifier", "vit"]
     assert rows[1]["spearman"]["mean"] == pytest.approx(1.0, abs=1e-12)
@@ -334,5 +365,6 @@ def test_ids_and_mask_as_two_inputs_as_captum_passes_them():
     cam = _cam(student, base)
     two = cam.attribute((ids, mask), target=LABELS)
     assert isinstance(two, tuple) and len(two) == 1  # Captum's convention for tuple inputs
-    torch.testing.assert_close(two[0], cam.attribute(ids, target=LABELS, attention_mask=mask),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        two[0], cam.attribute(ids, target=LABELS, attention_mask=mask), rtol=0, atol=0
+    )

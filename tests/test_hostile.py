@@ -133,7 +133,9 @@ def test_overwrite_refuses_a_folder_that_is_not_a_report(tmp_path):
     # ours: the marker, an experiment folder; a metrics.json without the marker is not ours
     (out / "metrics.json").write_text(json.dumps({"format": REPORT_FORMAT}))
     assert check_output_dir(out, overwrite=True) == out.resolve()
-    (out / "metrics.json").write_text(json.dumps({"versions": {"captum-unicam": "0.1"}, "command": "x"}))
+    (out / "metrics.json").write_text(
+        json.dumps({"versions": {"captum-unicam": "0.1"}, "command": "x"})
+    )
     assert not is_report_dir(out)
     (out / "metrics.json").unlink()
     (out / "results.json").write_text(json.dumps({"format": "captum-unicam/experiment"}))
@@ -176,8 +178,9 @@ def test_output_parent_not_writable(tmp_path, monkeypatch):
     ro = tmp_path / "ro"
     ro.mkdir()
     # root ignores permissions; ask os.access what an ordinary user would be told
-    monkeypatch.setattr(publish.os, "access",
-                        lambda p, mode: False if Path(p) == ro else real_access(p, mode))
+    monkeypatch.setattr(
+        publish.os, "access", lambda p, mode: False if Path(p) == ro else real_access(p, mode)
+    )
     with pytest.raises(OutputError, match="not writable"):
         check_output_dir(ro / "deep" / "report")
     with pytest.raises(OutputError, match="not writable"):
@@ -204,7 +207,10 @@ def test_train_output_file(tmp_path):
         check_output_file(teacher / "x.pt")
     with pytest.raises(OutputError, match="is a folder"):
         check_output_file(tmp_path)
-    assert check_output_file(tmp_path / "new" / "s.pt", reads=[teacher]) == tmp_path.resolve() / "new" / "s.pt"
+    assert (
+        check_output_file(tmp_path / "new" / "s.pt", reads=[teacher])
+        == tmp_path.resolve() / "new" / "s.pt"
+    )
     assert check_output_file(teacher, overwrite=True) == teacher.resolve()
     assert teacher.read_bytes() == b"teacher"
 
@@ -216,8 +222,14 @@ def test_train_output_file(tmp_path):
 
 def _writer(*args, timeout=60):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, str(HERE / "hostile_writer.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT))
+    return subprocess.run(
+        [sys.executable, str(HERE / "hostile_writer.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=str(ROOT),
+    )
 
 
 STAGES = ["tmp-created", "writing", "before-publish", "moved-aside", "published"]
@@ -308,8 +320,12 @@ def test_two_overwrite_runs_racing(tmp_path):
     _report(out, "first")
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, str(HERE / "hostile_writer.py"), str(out), "race", "25"]
-    procs = [subprocess.Popen(cmd + [tag], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env) for tag in ("a", "b")]
+    procs = [
+        subprocess.Popen(
+            cmd + [tag], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for tag in ("a", "b")
+    ]
     results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
     for stdout, stderr, code in results:
         assert code == 0 and "Traceback" not in stderr, stderr
@@ -383,12 +399,13 @@ import zipfile  # noqa: E402
 
 import torch  # noqa: E402
 
-from captum_unicam.models import checkpoints  # noqa: E402
+from captum_unicam.data import load_dataset, loaders  # noqa: E402
 from captum_unicam.errors import CheckpointError  # noqa: E402
 from captum_unicam.models import (  # noqa: E402
     build_model,
     check_class_names,
     checkpoint_digest,
+    checkpoints,  # noqa: E402
     load_checkpoint,
     save_checkpoint,
 )
@@ -399,16 +416,23 @@ def tiny_ckpt(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model("small_resnet_s", 4, width=2).eval()
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, model, arch="small_resnet_s", num_classes=4,
-                    class_names=["circle", "square", "triangle", "cross"])
+    save_checkpoint(
+        path,
+        model,
+        arch="small_resnet_s",
+        num_classes=4,
+        class_names=["circle", "square", "triangle", "cross"],
+    )
     return path, model
 
 
 @pytest.fixture
 def no_build(monkeypatch):
     """Fails the test if a model is built."""
+
     def refuse(*a, **k):
         raise AssertionError("build_model was called")
+
     monkeypatch.setattr(checkpoints, "build_model", refuse)
 
 
@@ -441,17 +465,33 @@ def _malicious(kind: str, path: Path, marker: Path) -> None:
         torch.save(_Reduce(functools.partial(os.system, f"touch {m}")), path)
     elif kind == "payload-in-metadata":
         model = build_model("small_resnet_s", 2, width=2)
-        torch.save({"format": "captum-unicam-checkpoint", "version": 2,
-                    "state_dict": model.state_dict(),
-                    "meta": {"arch": "small_resnet_s", "num_classes": 2,
-                             "extra": {"x": _Reduce(eval, touch)}}}, path)
+        torch.save(
+            {
+                "format": "captum-unicam-checkpoint",
+                "version": 2,
+                "state_dict": model.state_dict(),
+                "meta": {
+                    "arch": "small_resnet_s",
+                    "num_classes": 2,
+                    "extra": {"x": _Reduce(eval, touch)},
+                },
+            },
+            path,
+        )
     else:  # pragma: no cover
         raise AssertionError(kind)
 
 
-MALICIOUS = ["zip-os.system", "raw-protocol4-os.system", "raw-protocol0-opcodes",
-             "legacy-torch-eval", "zip-exec", "zip-subprocess", "zip-partial",
-             "payload-in-metadata"]
+MALICIOUS = [
+    "zip-os.system",
+    "raw-protocol4-os.system",
+    "raw-protocol0-opcodes",
+    "legacy-torch-eval",
+    "zip-exec",
+    "zip-subprocess",
+    "zip-partial",
+    "payload-in-metadata",
+]
 
 
 @pytest.mark.parametrize("kind", MALICIOUS)
@@ -487,7 +527,7 @@ def _entries(path: Path):
     out = {}
     with zipfile.ZipFile(path) as z:
         for info in z.infolist():
-            n, m = struct.unpack("<HH", data[info.header_offset + 26: info.header_offset + 30])
+            n, m = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
             out[info.filename] = (info.header_offset + 30 + n + m, info.compress_size)
     return data, out
 
@@ -532,7 +572,7 @@ def test_fuzzed_checkpoints_are_all_refused(tmp_path, tiny_ckpt, no_build):
     cases = _flips(tiny_ckpt)
     assert len(cases) > 20
     bad = tmp_path / "bad.pt"
-    for label, content in cases:
+    for _label, content in cases:
         bad.write_bytes(content)
         with pytest.raises(CheckpointError, match="bad.pt"):
             load_checkpoint(bad)
@@ -557,25 +597,36 @@ def _rewrite(path: Path, dst: Path, edit, *, redigest: bool = True) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda r: r["meta"]["build_kwargs"].update(blocks=[20000, 1, 1, 1]), r"blocks per stage \(20000, 1, 1, 1\)"),
-    (lambda r: r["meta"]["build_kwargs"].update(width=10 ** 7), "width 10000000"),
-    (lambda r: r["meta"]["build_kwargs"].update(width=True), "width=True"),
-    (lambda r: r["meta"]["build_kwargs"].update(blocks="1111"), "blocks='1111'"),
-    (lambda r: r["meta"]["build_kwargs"].update(norm_layer="x"), "unknown build keywords"),
-    (lambda r: r["meta"].update(num_classes=10 ** 9), "fc.weight has 4 outputs"),
-    (lambda r: r["meta"].update(num_classes=-1), "num_classes=-1"),
-    (lambda r: r["meta"].update(arch="resnet101", build_kwargs={"cifar_stem": True}), r"\(3, 4, 23, 3\) blocks"),
-    (lambda r: r["meta"].update(arch="vit_huge"), "does not know"),
-    (lambda r: r.update(state_dict=None), "no state_dict of tensors"),
-    (lambda r: r.update(state_dict={}), "no state_dict of tensors"),
-    (lambda r: r.update(meta=None), "no metadata"),
-    (lambda r: r.update(version=99), "upgrade"),
-    (lambda r: r.update(version=1), "reads version 2; write it again"),
-    (lambda r: r.update(format="something-else"), "unknown format"),
-    (lambda r: r["meta"].update(class_names=["a"]), "class_names"),
-])
-def test_crafted_metadata_refused_before_any_model_is_built(tmp_path, tiny_ckpt, no_build, edit, match):
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (
+            lambda r: r["meta"]["build_kwargs"].update(blocks=[20000, 1, 1, 1]),
+            r"blocks per stage \(20000, 1, 1, 1\)",
+        ),
+        (lambda r: r["meta"]["build_kwargs"].update(width=10**7), "width 10000000"),
+        (lambda r: r["meta"]["build_kwargs"].update(width=True), "width=True"),
+        (lambda r: r["meta"]["build_kwargs"].update(blocks="1111"), "blocks='1111'"),
+        (lambda r: r["meta"]["build_kwargs"].update(norm_layer="x"), "unknown build keywords"),
+        (lambda r: r["meta"].update(num_classes=10**9), "fc.weight has 4 outputs"),
+        (lambda r: r["meta"].update(num_classes=-1), "num_classes=-1"),
+        (
+            lambda r: r["meta"].update(arch="resnet101", build_kwargs={"cifar_stem": True}),
+            r"\(3, 4, 23, 3\) blocks",
+        ),
+        (lambda r: r["meta"].update(arch="vit_huge"), "does not know"),
+        (lambda r: r.update(state_dict=None), "no state_dict of tensors"),
+        (lambda r: r.update(state_dict={}), "no state_dict of tensors"),
+        (lambda r: r.update(meta=None), "no metadata"),
+        (lambda r: r.update(version=99), "upgrade"),
+        (lambda r: r.update(version=1), "reads version 2; write it again"),
+        (lambda r: r.update(format="something-else"), "unknown format"),
+        (lambda r: r["meta"].update(class_names=["a"]), "class_names"),
+    ],
+)
+def test_crafted_metadata_refused_before_any_model_is_built(
+    tmp_path, tiny_ckpt, no_build, edit, match
+):
     path, _ = tiny_ckpt
     bad = _rewrite(path, tmp_path / "crafted.pt", edit)
     with pytest.raises(CheckpointError, match=match):
@@ -591,11 +642,17 @@ def test_digest_mismatch_and_files_without_digest(tmp_path, tiny_ckpt, monkeypat
     bad = _rewrite(path, tmp_path / "nudged.pt", nudge, redigest=False)
     with pytest.raises(CheckpointError, match="SHA-256"):
         load_checkpoint(bad)
-    bad = _rewrite(path, tmp_path / "renamed.pt",
-                   lambda r: r["meta"].update(class_names=["a", "b", "c", "d"]), redigest=False)
+    bad = _rewrite(
+        path,
+        tmp_path / "renamed.pt",
+        lambda r: r["meta"].update(class_names=["a", "b", "c", "d"]),
+        redigest=False,
+    )
     with pytest.raises(CheckpointError, match="SHA-256"):
         load_checkpoint(bad)
-    bad = _rewrite(path, tmp_path / "nodigest.pt", lambda r: r["meta"].pop("sha256"), redigest=False)
+    bad = _rewrite(
+        path, tmp_path / "nodigest.pt", lambda r: r["meta"].pop("sha256"), redigest=False
+    )
     with pytest.raises(CheckpointError, match="no sha256"):
         load_checkpoint(bad)
 
@@ -604,7 +661,9 @@ def test_digest_mismatch_and_files_without_digest(tmp_path, tiny_ckpt, monkeypat
     plain = tmp_path / "plain.pt"
     model = build_model("small_resnet_s", 4).eval()
     torch.save(model.state_dict(), plain)
-    with pytest.raises(CheckpointError, match=r"blocks per stage \(2, 2, 2, 2\) asked, \(1, 1, 1, 1\) in the file"):
+    with pytest.raises(
+        CheckpointError, match=r"blocks per stage \(2, 2, 2, 2\) asked, \(1, 1, 1, 1\) in the file"
+    ):
         load_checkpoint(plain, arch="small_resnet_l")
     with torch.no_grad():
         assert torch.equal(load_checkpoint(plain, arch="small_resnet_s")[0](x), model(x))
@@ -615,7 +674,10 @@ def test_digest_covers_every_byte_of_every_tensor_and_the_metadata(tiny_ckpt):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     meta = {"arch": "small_resnet_s", "extra": {1: "a", "1": "b"}, "t": (1, 2.5)}
     ref = checkpoint_digest(state, meta)
-    assert checkpoint_digest({k: v.clone() for k, v in reversed(list(state.items()))}, dict(meta)) == ref
+    assert (
+        checkpoint_digest({k: v.clone() for k, v in reversed(list(state.items()))}, dict(meta))
+        == ref
+    )
     assert checkpoint_digest(state, {**meta, "path": "x", "sha256": "y"}) == ref
     for key in ("conv1.weight", "bn1.num_batches_tracked", "fc.bias"):
         n_bytes = state[key].numel() * state[key].element_size()
@@ -646,8 +708,11 @@ def test_unreadable_checkpoint(tmp_path, tiny_ckpt, monkeypatch):
 
 
 def test_class_names_of_checkpoint_and_data():
-    meta = {"class_names": ["circle", "square", "triangle", "cross"], "num_classes": 4,
-            "path": "s.pt"}
+    meta = {
+        "class_names": ["circle", "square", "triangle", "cross"],
+        "num_classes": 4,
+        "path": "s.pt",
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_class_names(meta, ["circle", "square", "triangle", "cross"], "Student")
@@ -687,7 +752,9 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket.socket, "connect_ex", connect)
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: connect(None, address))
+    monkeypatch.setattr(
+        socket, "create_connection", lambda address, *a, **k: connect(None, address)
+    )
     return attempts
 
 
@@ -707,7 +774,9 @@ def empty_hub_cache(monkeypatch, tmp_path):
 
 def test_hub_id_with_downloads_off_never_touches_the_network(no_network, empty_hub_cache):
     hub_constants = empty_hub_cache
-    with pytest.raises(EmbeddingModelError, match="not in the local Hugging Face cache.*nothing was fetched"):
+    with pytest.raises(
+        EmbeddingModelError, match="not in the local Hugging Face cache.*nothing was fetched"
+    ):
         embeddings.embed_labels(["cat", "dog"], model="bert-base-uncased")
     with pytest.raises(EmbeddingModelError, match="not in the local"):
         embeddings.embed_labels(["cat", "dog"], model="some-org/some-model")
@@ -725,8 +794,14 @@ def test_every_load_runs_offline_and_the_environment_is_restored(monkeypatch):
     seen = []
 
     def fake_from_pretrained(source, **kwargs):
-        seen.append((os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"),
-                     hub_constants.HF_HUB_OFFLINE, kwargs.get("local_files_only")))
+        seen.append(
+            (
+                os.environ.get("HF_HUB_OFFLINE"),
+                os.environ.get("TRANSFORMERS_OFFLINE"),
+                hub_constants.HF_HUB_OFFLINE,
+                kwargs.get("local_files_only"),
+            )
+        )
         raise OSError("stop here")
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake_from_pretrained)
@@ -756,9 +831,6 @@ def test_cifar_download_without_a_network_is_a_data_spec_error(no_network, tmp_p
 # ---------------------------------------------------------------------------
 # 4, 5. image folders: symlink loops, cycles, depth, unreadable / damaged / empty
 # ---------------------------------------------------------------------------
-
-from captum_unicam.data import loaders  # noqa: E402
-from captum_unicam.data import load_dataset  # noqa: E402
 
 
 def _png(path: Path, value: int) -> None:
@@ -836,7 +908,7 @@ def test_dangling_image_link_is_named(folder):
 
 def test_folder_depth_is_bounded(folder):
     deep = folder / "test" / "cat"
-    for i in range(loaders.MAX_FOLDER_DEPTH + 1):
+    for _ in range(loaders.MAX_FOLDER_DEPTH + 1):
         deep = deep / "d"
     _png(deep / "x.png", 1)
     with pytest.raises(DataSpecError, match="more than 32 deep"):
@@ -862,8 +934,9 @@ def test_unreadable_damaged_and_empty_have_distinct_messages(folder, monkeypatch
     # answer of os.access is what an ordinary user gets)
     denied = str(cat / "1.png")
     real_access = os.access
-    monkeypatch.setattr(loaders.os, "access",
-                        lambda p, m: False if str(p) == denied else real_access(p, m))
+    monkeypatch.setattr(
+        loaders.os, "access", lambda p, m: False if str(p) == denied else real_access(p, m)
+    )
     with pytest.raises(DataSpecError, match="cannot be read \\(permission denied\\).*1.png"):
         _load(folder)
     monkeypatch.undo()
@@ -950,4 +1023,6 @@ def test_killed_checkpoint_save_leaves_nothing_for_long(tmp_path, tiny_ckpt):
     other = tmp_path / f".teacher.pt.{dead}-abc123.tmp"
     other.write_bytes(b"not this save's")
     save_checkpoint(tmp_path / "student.pt", model, arch="small_resnet_s", num_classes=4)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "student.pt"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [live.name, other.name, "student.pt"]
+    )

@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_hostile import MALICIOUS, _flips, _malicious, _rewrite, empty_hub_cache, no_network  # noqa: F401  (fixtures)
 
 from captum_unicam import cli, models
 from captum_unicam.models import build_model, save_checkpoint
 from captum_unicam.output.publish import REPORT_FORMAT, is_report_dir
-
-from test_hostile import MALICIOUS, _flips, _malicious, _rewrite, empty_hub_cache, no_network  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["circle", "square", "triangle", "cross"]
@@ -38,16 +37,25 @@ CLASSES = ["circle", "square", "triangle", "cross"]
 def _ckpt(path: Path, seed: int, classes, image_size: int = 32) -> str:
     torch.manual_seed(seed)
     model = build_model("small_resnet_s", len(classes), width=2)
-    save_checkpoint(path, model, arch="small_resnet_s", num_classes=len(classes), class_names=list(classes),
-                    recipe={"image_size": image_size, "normalize": "none"})
+    save_checkpoint(
+        path,
+        model,
+        arch="small_resnet_s",
+        num_classes=len(classes),
+        class_names=list(classes),
+        recipe={"image_size": image_size, "normalize": "none"},
+    )
     return str(path)
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     d = tmp_path_factory.mktemp("pair")
-    return {"student": _ckpt(d / "student.pt", 0, CLASSES), "base": _ckpt(d / "base.pt", 1, CLASSES),
-            "dir": d}
+    return {
+        "student": _ckpt(d / "student.pt", 0, CLASSES),
+        "base": _ckpt(d / "base.pt", 1, CLASSES),
+        "dir": d,
+    }
 
 
 def _png(path: Path, value: int) -> None:
@@ -73,8 +81,25 @@ def pets(tmp_path):
 
 
 def _argv(command, student, base, out, *extra, data="controlled"):
-    argv = [command, "--student", str(student), "--base", str(base), "--data", data, "--out", str(out),
-            "--limit", "10", "--batch-size", "5", "--layers", "L4", "--one-hot", "--no-progress"]
+    argv = [
+        command,
+        "--student",
+        str(student),
+        "--base",
+        str(base),
+        "--data",
+        data,
+        "--out",
+        str(out),
+        "--limit",
+        "10",
+        "--batch-size",
+        "5",
+        "--layers",
+        "L4",
+        "--one-hot",
+        "--no-progress",
+    ]
     if command == "quantify":
         argv += ["--maps", "gradcam", "--n-bootstrap", "20"]
     return argv + list(extra)
@@ -124,6 +149,7 @@ def no_training(monkeypatch):
 @pytest.fixture
 def no_build(monkeypatch):
     """Fails the test if a model is built from a checkpoint."""
+
     def refuse(*a, **k):
         raise AssertionError("build_model was called")
 
@@ -141,7 +167,9 @@ def test_report_holding_the_checkpoints_read_is_not_replaced(pair, tmp_path, cap
     for role in ("student", "base"):
         (r / "models" / f"{role}.pt").write_bytes(Path(pair[role]).read_bytes())
     before = {p: p.read_bytes() for p in r.rglob("*") if p.is_file()}
-    code, _, err = _run(capsys, _argv("quantify", r / "models/student.pt", r / "models/base.pt", r, "--overwrite"))
+    code, _, err = _run(
+        capsys, _argv("quantify", r / "models/student.pt", r / "models/base.pt", r, "--overwrite")
+    )
     assert code == 2
     _one_error(err, "which this run reads")
     assert {p: p.read_bytes() for p in r.rglob("*") if p.is_file()} == before
@@ -154,7 +182,9 @@ def test_current_folder_and_parent_are_refused(pair, tmp_path, capsys, monkeypat
     (d / "precious.txt").write_text("x")
     _fake_report(d, "mine")  # even a report of ours
     monkeypatch.chdir(d)
-    code, _, err = _run(capsys, _argv("quantify", pair["student"], pair["base"], target, "--overwrite"))
+    code, _, err = _run(
+        capsys, _argv("quantify", pair["student"], pair["base"], target, "--overwrite")
+    )
     assert code == 2
     _one_error(err, "current folder")
     assert (d / "precious.txt").read_text() == "x" and _tag(d) == "mine"
@@ -182,8 +212,19 @@ def test_demo_never_replaces_its_model_cache(tmp_path, capsys, monkeypatch):
     cache.mkdir()
     (cache / "student.pt").write_bytes(b"cached")
     for out in (r, cache):
-        code, _, err = _run(capsys, ["demo", "--quick", "--cache-dir", str(cache), "--out", str(out),
-                                     "--overwrite", "--no-progress"])
+        code, _, err = _run(
+            capsys,
+            [
+                "demo",
+                "--quick",
+                "--cache-dir",
+                str(cache),
+                "--out",
+                str(out),
+                "--overwrite",
+                "--no-progress",
+            ],
+        )
         assert code == 2
         _one_error(err, "which this run reads")
     assert (cache / "student.pt").read_bytes() == b"cached" and _tag(r) == "old"
@@ -195,7 +236,9 @@ def test_dangling_out_symlink_is_refused(pair, tmp_path, capsys, no_training):
     code, _, err = _run(capsys, _argv("quantify", pair["student"], pair["base"], link))
     assert code == 2
     _one_error(err, "does not exist")
-    code, _, err = _run(capsys, ["train", "--data", "controlled", "--arch", "small_resnet_s", "--out", str(link)])
+    code, _, err = _run(
+        capsys, ["train", "--data", "controlled", "--arch", "small_resnet_s", "--out", str(link)]
+    )
     assert code == 2
     _one_error(err, "does not exist")
     assert link.is_symlink() and not (tmp_path / "nowhere").exists()
@@ -209,7 +252,11 @@ def test_out_symlink_to_an_empty_folder_gets_the_report(pair, tmp_path, capsys):
     code, out, err = _run(capsys, _argv("quantify", pair["student"], pair["base"], link))
     assert code == 0, err
     assert link.is_symlink() and link.resolve() == target.resolve()
-    assert is_report_dir(target) and (target / "index.html").is_file() and (target / "tables" / "table1.md").is_file()
+    assert (
+        is_report_dir(target)
+        and (target / "index.html").is_file()
+        and (target / "tables" / "table1.md").is_file()
+    )
     m = json.loads((target / "metrics.json").read_text())
     assert m["format"] == REPORT_FORMAT
     assert _leftovers(tmp_path) == []
@@ -221,8 +268,23 @@ def test_out_symlink_to_an_empty_folder_gets_the_report(pair, tmp_path, capsys):
 
 
 def _train(teacher, out, *extra):
-    return ["train", "--data", "controlled", "--arch", "small_resnet_s", "--teacher", str(teacher),
-            "--out", str(out), "--epochs", "1", "--limit", "10", "--no-progress", *extra]
+    return [
+        "train",
+        "--data",
+        "controlled",
+        "--arch",
+        "small_resnet_s",
+        "--teacher",
+        str(teacher),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--limit",
+        "10",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_train_never_writes_over_its_teacher(pair, tmp_path, capsys, no_training):
@@ -250,7 +312,9 @@ def test_train_output_under_a_file_and_unwritable(pair, tmp_path, capsys, monkey
     ro = tmp_path / "ro"
     ro.mkdir()
     real_access = os.access  # root ignores permissions: ask what an ordinary user is told
-    monkeypatch.setattr(publish.os, "access", lambda p, mode: False if Path(p) == ro else real_access(p, mode))
+    monkeypatch.setattr(
+        publish.os, "access", lambda p, mode: False if Path(p) == ro else real_access(p, mode)
+    )
     code, _, err = _run(capsys, _train(pair["base"], ro / "student.pt"))
     assert code == 2  # no_training: refused before any training
     _one_error(err, "not writable")
@@ -261,8 +325,9 @@ def test_train_output_under_a_file_and_unwritable(pair, tmp_path, capsys, monkey
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["zip-os.system", "raw-protocol0-opcodes", "legacy-torch-eval",
-                                  "payload-in-metadata"])
+@pytest.mark.parametrize(
+    "kind", ["zip-os.system", "raw-protocol0-opcodes", "legacy-torch-eval", "payload-in-metadata"]
+)
 def test_malicious_checkpoints_never_run(pair, tmp_path, capfd, kind):
     assert kind in MALICIOUS
     evil, marker = tmp_path / "evil.pt", tmp_path / "pwned"
@@ -288,12 +353,17 @@ def test_fuzzed_checkpoints_are_refused(pair, tmp_path, capsys, no_build):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda r: r["meta"]["build_kwargs"].update(blocks=[20000, 1, 1, 1]), "20000"),
-    (lambda r: r["meta"]["build_kwargs"].update(width=10 ** 7), "width 10000000"),
-    (lambda r: r.update(state_dict=None), "no state_dict"),
-])
-def test_crafted_metadata_refused_before_a_model_is_built(pair, tmp_path, capsys, no_build, edit, match):
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda r: r["meta"]["build_kwargs"].update(blocks=[20000, 1, 1, 1]), "20000"),
+        (lambda r: r["meta"]["build_kwargs"].update(width=10**7), "width 10000000"),
+        (lambda r: r.update(state_dict=None), "no state_dict"),
+    ],
+)
+def test_crafted_metadata_refused_before_a_model_is_built(
+    pair, tmp_path, capsys, no_build, edit, match
+):
     bad = _rewrite(Path(pair["student"]), tmp_path / "crafted.pt", edit)
     code, _, err = _run(capsys, _argv("quantify", bad, pair["base"], tmp_path / "out"))
     assert code == 2
@@ -337,15 +407,23 @@ def test_layers_checked_before_any_computation(pair, tmp_path, capsys, monkeypat
     monkeypatch.setattr(evaluation, "score_pair", refuse)
     monkeypatch.setattr(evaluation, "compute_maps", refuse)
     for layer, pattern in (("fc", "not feature maps"), ("nosuch", "no layer named 'nosuch'")):
-        code, _, err = _run(capsys, _argv("quantify", pair["student"], pair["base"], tmp_path / "out",
-                                          "--layers", layer))
+        code, _, err = _run(
+            capsys,
+            _argv("quantify", pair["student"], pair["base"], tmp_path / "out", "--layers", layer),
+        )
         assert code == 2
         _one_error(err, pattern)
     assert not (tmp_path / "out").exists()
 
 
-def test_uncached_hub_label_model_never_touches_the_network(pair, tmp_path, capsys, no_network, empty_hub_cache):
-    argv = [a for a in _argv("quantify", pair["student"], pair["base"], tmp_path / "out") if a != "--one-hot"]
+def test_uncached_hub_label_model_never_touches_the_network(
+    pair, tmp_path, capsys, no_network, empty_hub_cache
+):
+    argv = [
+        a
+        for a in _argv("quantify", pair["student"], pair["base"], tmp_path / "out")
+        if a != "--one-hot"
+    ]
     code, _, err = _run(capsys, argv + ["--label-model", "some-org/some-model"])
     assert code == 2
     _one_error(err, "not in the local")
@@ -358,7 +436,9 @@ def test_image_symlink_cycle_is_exit_2(pets, tmp_path, capsys):
     cat = root / "test" / "cat"
     (cat / "a.png").symlink_to("b.png")
     (cat / "b.png").symlink_to("a.png")
-    code, _, err = _run(capsys, _argv("quantify", s, b, tmp_path / "out", data=f"imagefolder:{root}"))
+    code, _, err = _run(
+        capsys, _argv("quantify", s, b, tmp_path / "out", data=f"imagefolder:{root}")
+    )
     assert code == 2
     _one_error(err, "cycle")
 
@@ -367,11 +447,18 @@ def test_self_link_in_a_class_folder_counts_each_image_once(pets, tmp_path, caps
     root, s, b = pets
     (root / "test" / "cat" / "self").symlink_to(".")
     out = tmp_path / "out"
-    code, _, err = _run(capsys, _argv("quantify", s, b, out, "--batch-size", "6", "--limit", "100",
-                                      data=f"imagefolder:{root}"))
+    code, _, err = _run(
+        capsys,
+        _argv(
+            "quantify", s, b, out, "--batch-size", "6", "--limit", "100", data=f"imagefolder:{root}"
+        ),
+    )
     assert code == 0, err
-    lines = [ln for ln in err.strip().splitlines()
-             if not ln.startswith("preprocessing: ") and "on the evaluated set is" not in ln]
+    lines = [
+        ln
+        for ln in err.strip().splitlines()
+        if not ln.startswith("preprocessing: ") and "on the evaluated set is" not in ln
+    ]
     assert len(lines) == 1 and "warning:" in lines[0] and "self" in lines[0], err
     m = json.loads((out / "metrics.json").read_text())
     assert sum(m["batch_sizes"]) == 12  # 2 classes x 6 images, each once
@@ -404,8 +491,12 @@ sys.exit(main(sys.argv[1:]))
 
 
 def _env(stage=None, sig=None):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               MPLBACKEND="Agg", OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        MPLBACKEND="Agg",
+        OMP_NUM_THREADS="1",
+    )
     env.pop("CAPTUM_UNICAM_TRACEBACK", None)
     if stage:
         env.update(HOSTILE_STAGE=stage, HOSTILE_SIGNAL=sig)
@@ -413,8 +504,14 @@ def _env(stage=None, sig=None):
 
 
 def _spawn(argv, stage=None, sig=None):
-    return subprocess.Popen([sys.executable, "-c", RUNNER, *argv], env=_env(stage, sig), cwd=str(ROOT),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", RUNNER, *argv],
+        env=_env(stage, sig),
+        cwd=str(ROOT),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(proc, timeout=120):
@@ -424,8 +521,13 @@ def _finish(proc, timeout=120):
 
 def test_sigterm_while_writing_exits_130_and_leaves_nothing(pair, tmp_path):
     r = _fake_report(tmp_path / "R", "old")
-    code, _, err = _finish(_spawn(_argv("quantify", pair["student"], pair["base"], r, "--overwrite"),
-                                  "before-publish", "SIGTERM"))
+    code, _, err = _finish(
+        _spawn(
+            _argv("quantify", pair["student"], pair["base"], r, "--overwrite"),
+            "before-publish",
+            "SIGTERM",
+        )
+    )
     assert code == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert _tag(r) == "old" and _leftovers(tmp_path) == []
@@ -433,8 +535,13 @@ def test_sigterm_while_writing_exits_130_and_leaves_nothing(pair, tmp_path):
 
 def test_sigkill_between_the_renames_is_recovered_by_the_next_run(pair, tmp_path, capsys):
     r = _fake_report(tmp_path / "R", "old")
-    code, _, err = _finish(_spawn(_argv("explain", pair["student"], pair["base"], r, "--overwrite"),
-                                  "moved-aside", "SIGKILL"))
+    code, _, err = _finish(
+        _spawn(
+            _argv("explain", pair["student"], pair["base"], r, "--overwrite"),
+            "moved-aside",
+            "SIGKILL",
+        )
+    )
     assert code == -signal.SIGKILL, err
     assert not r.exists() and any(".R.old-" in n for n in _leftovers(tmp_path))
     assert any(".R.tmp-" in n for n in _leftovers(tmp_path))
@@ -450,8 +557,10 @@ def test_sigkill_between_the_renames_is_recovered_by_the_next_run(pair, tmp_path
 
 def test_two_overwrite_runs_racing_never_traceback(pair, tmp_path):
     r = _fake_report(tmp_path / "R", "old")
-    procs = [_spawn(_argv("quantify", pair["student"], pair["base"], r, "--overwrite", "--seed", str(i)))
-             for i in range(2)]
+    procs = [
+        _spawn(_argv("quantify", pair["student"], pair["base"], r, "--overwrite", "--seed", str(i)))
+        for i in range(2)
+    ]
     results = [_finish(p) for p in procs]
     for code, _, err in results:
         assert code in (0, 2), err

@@ -50,7 +50,9 @@ def test_response_kd_matches_explicit_sums():
     t = [[2.0, 0.0, 1.0], [0.5, 0.5, -2.0]]
     for T in (1.0, 4.0, 0.5):
         expected, per_sample = _kd_by_hand(s, t, T)
-        got = response_kd_loss(torch.tensor(s, dtype=torch.float64), torch.tensor(t, dtype=torch.float64), T)
+        got = response_kd_loss(
+            torch.tensor(s, dtype=torch.float64), torch.tensor(t, dtype=torch.float64), T
+        )
         assert got.item() == pytest.approx(expected, rel=1e-12)
         none = response_kd_loss(torch.tensor(s), torch.tensor(t), T, reduction="none")
         assert none.tolist() == pytest.approx(per_sample, rel=1e-5)
@@ -105,7 +107,9 @@ def test_attention_map_explicit_formula():
     # p = 1: sum of absolute values [3, 2, 1, 4]
     q1 = [3.0, 2.0, 1.0, 4.0]
     n1 = math.sqrt(sum(v * v for v in q1))
-    assert attention_map(a, p=1).flatten().tolist() == pytest.approx([v / n1 for v in q1], rel=1e-12)
+    assert attention_map(a, p=1).flatten().tolist() == pytest.approx(
+        [v / n1 for v in q1], rel=1e-12
+    )
 
 
 def test_attention_transfer_loss_by_hand():
@@ -116,8 +120,16 @@ def test_attention_transfer_loss_by_hand():
     def by_hand(s, t):
         total = 0.0
         for i in range(s.shape[0]):
-            qs = [float((s[i, :, y, x] ** 2).sum()) for y in range(s.shape[2]) for x in range(s.shape[3])]
-            qt = [float((t[i, :, y, x] ** 2).sum()) for y in range(t.shape[2]) for x in range(t.shape[3])]
+            qs = [
+                float((s[i, :, y, x] ** 2).sum())
+                for y in range(s.shape[2])
+                for x in range(s.shape[3])
+            ]
+            qt = [
+                float((t[i, :, y, x] ** 2).sum())
+                for y in range(t.shape[2])
+                for x in range(t.shape[3])
+            ]
             ns, nt = math.sqrt(sum(v * v for v in qs)), math.sqrt(sum(v * v for v in qt))
             total += sum((a / ns - b / nt) ** 2 for a, b in zip(qs, qt))
         return total / (s.shape[0] * s.shape[2] * s.shape[3])
@@ -153,7 +165,9 @@ def test_margin_closed_form_and_monte_carlo():
     got = overhaul_margin(mu, sigma)
     assert got[0].item() == pytest.approx(-math.sqrt(2 / math.pi), rel=1e-12)
     for j in range(5):
-        assert got[j].item() == pytest.approx(_margin_by_hand(mu[j].item(), sigma[j].item()), rel=1e-9)
+        assert got[j].item() == pytest.approx(
+            _margin_by_hand(mu[j].item(), sigma[j].item()), rel=1e-9
+        )
     g = torch.Generator().manual_seed(0)
     samples = mu + sigma * torch.randn(400_000, 5, generator=g, dtype=torch.float64)
     for j in range(5):
@@ -164,7 +178,9 @@ def test_margin_closed_form_and_monte_carlo():
 
 
 def test_margin_extremes_are_finite():
-    got = overhaul_margin(torch.tensor([40.0, -40.0, 1.0, -1.0]), torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    got = overhaul_margin(
+        torch.tensor([40.0, -40.0, 1.0, -1.0]), torch.tensor([1.0, 1.0, 0.0, 0.0])
+    )
     assert torch.isfinite(got).all()
     assert -0.03 < got[0].item() < 0  # E[x | x<0] -> 0- (about -sigma/a)
     assert got[1].item() == pytest.approx(-40.0, rel=1e-3)
@@ -217,11 +233,15 @@ class _TinyResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity()
         inplanes = width
-        for k, (planes, stride) in enumerate([(width, 1), (2 * width, 2), (4 * width, 2), (8 * width, 2)]):
+        for k, (planes, stride) in enumerate(
+            [(width, 1), (2 * width, 2), (4 * width, 2), (8 * width, 2)]
+        ):
             out = planes * block.expansion
             down = None
             if stride != 1 or inplanes != out:
-                down = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+                down = nn.Sequential(
+                    nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out)
+                )
             setattr(self, f"layer{k + 1}", nn.Sequential(block(inplanes, planes, stride, down)))
             inplanes = out
         self.fc = nn.Linear(inplanes, num_classes)
@@ -286,12 +306,18 @@ def test_distiller_captures_pre_relu_features(teacher_block):
     with torch.no_grad():
         feats_s, feats_t = [], []
         for stage in ("layer2", "layer4"):
-            feats_s.append(_pre_relu_by_hand(getattr(student, stage)[-1], _block_input(student, stage, x)))
+            feats_s.append(
+                _pre_relu_by_hand(getattr(student, stage)[-1], _block_input(student, stage, x))
+            )
             teacher.eval()
-            feats_t.append(_pre_relu_by_hand(getattr(teacher, stage)[-1], _block_input(teacher, stage, x)))
+            feats_t.append(
+                _pre_relu_by_hand(getattr(teacher, stage)[-1], _block_input(teacher, stage, x))
+            )
         connected = [c(f) for c, f in zip(distiller.connectors, feats_s)]
         last_bn = "bn3" if teacher_block is Bottleneck else "bn2"
-        margins = [bn_margin(getattr(getattr(teacher, st_)[-1], last_bn)) for st_ in ("layer2", "layer4")]
+        margins = [
+            bn_margin(getattr(getattr(teacher, st_)[-1], last_bn)) for st_ in ("layer2", "layer4")
+        ]
         expected = overhaul_loss(connected, feats_t, margins)
         assert torch.allclose(out.loss, expected, rtol=1e-5)
         assert torch.allclose(out.teacher_logits, teacher(x), atol=1e-6)

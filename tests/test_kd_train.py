@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from captum_unicam.data.loaders import DataSpecError
 from captum_unicam.kd import train as kd_train
 from captum_unicam.kd.losses import response_kd_loss
+from captum_unicam.kd.recipe import Recipe
 from captum_unicam.kd.train import (
     cross_validate,
     evaluate_accuracy,
@@ -20,14 +21,13 @@ from captum_unicam.kd.train import (
     train_model,
     train_teacher_assistant_chain,
 )
-from captum_unicam.kd.recipe import Recipe
-from captum_unicam.pipeline.training import train_checkpoint
 from captum_unicam.models import (
     CheckpointError,
     build_model,
     load_checkpoint,
     save_checkpoint,
 )
+from captum_unicam.pipeline.training import train_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -53,8 +53,12 @@ def _data(n=24, num_classes=3, side=8, seed=0):
 
 
 def _loader(x, y, bs=8, seed=0):
-    return DataLoader(TensorDataset(x, y), batch_size=bs, shuffle=True,
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        TensorDataset(x, y),
+        batch_size=bs,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def _same_weights(a, b):
@@ -103,8 +107,12 @@ def test_train_is_deterministic_and_leaves_global_rng_alone():
     free = []
     for seed in (7, 7, 8):
         model = _tiny(0)
-        train_model(model, DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True), Recipe(epochs=2, seed=seed),
-                    progress=False)
+        train_model(
+            model,
+            DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True),
+            Recipe(epochs=2, seed=seed),
+            progress=False,
+        )
         free.append(model)
     assert _same_weights(free[0], free[1]) and not _same_weights(free[0], free[2])
     assert not _same_weights(runs[0], _tiny(0))  # training changed the weights
@@ -120,7 +128,9 @@ def test_each_method_trains_and_restores_modes(method):
         teacher.train()
         t_before = copy.deepcopy(teacher.state_dict())
     before = copy.deepcopy(student.state_dict())
-    train_model(student, _loader(x, y), Recipe(epochs=1, method=method), teacher=teacher, progress=False)
+    train_model(
+        student, _loader(x, y), Recipe(epochs=1, method=method), teacher=teacher, progress=False
+    )
     assert not student.training and all(not m.training for m in student.modules())
     assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
     if teacher is not None:
@@ -141,8 +151,14 @@ def test_unlabelled_distillation_lowers_the_kd_loss():
         before = response_kd_loss(student(x), t).item()
     loader = DataLoader(TensorDataset(x), batch_size=16)  # batches of inputs only
     loader = [b[0] for b in loader]
-    train_model(student, loader, Recipe(epochs=15, method="response", optimizer="adam", lr=1e-2), teacher=teacher,
-                unlabelled=True, progress=False)
+    train_model(
+        student,
+        loader,
+        Recipe(epochs=15, method="response", optimizer="adam", lr=1e-2),
+        teacher=teacher,
+        unlabelled=True,
+        progress=False,
+    )
     with torch.no_grad():
         student.eval()
         after = response_kd_loss(student(x), t).item()
@@ -152,7 +168,9 @@ def test_unlabelled_distillation_lowers_the_kd_loss():
 def test_supervised_training_fits_a_learnable_signal():
     x, y = _data(n=48)
     model = _tiny(0)
-    train_model(model, _loader(x, y, bs=16), Recipe(epochs=12, optimizer="adam", lr=1e-2), progress=False)
+    train_model(
+        model, _loader(x, y, bs=16), Recipe(epochs=12, optimizer="adam", lr=1e-2), progress=False
+    )
     assert evaluate_accuracy(model, DataLoader(TensorDataset(x, y), batch_size=48)) > 0.9
 
 
@@ -205,7 +223,9 @@ def test_evaluate_accuracy_of_an_empty_loader_is_an_error():
     with pytest.raises(InputError, match="empty"):
         evaluate_accuracy(nn.Linear(2, 3), [])
     with pytest.raises(InputError, match="empty"):
-        evaluate_accuracy(nn.Linear(2, 3), DataLoader(TensorDataset(torch.zeros(0, 2), torch.zeros(0).long())))
+        evaluate_accuracy(
+            nn.Linear(2, 3), DataLoader(TensorDataset(torch.zeros(0, 2), torch.zeros(0).long()))
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -224,15 +244,23 @@ def test_teacher_assistant_chain_distils_link_by_link(monkeypatch):
     monkeypatch.setattr(kd_train, "train_model", spy)
     x, y = _data(n=16)
     models = train_teacher_assistant_chain(
-        _loader(x, y), Recipe(epochs=1), num_classes=3, archs=("small_resnet_m", "small_resnet_s", "small_resnet_s"),
-        epochs=(1, 1, 1), build_kwargs={"width": 2}, progress=False, transfer_loader=[x[:8], x[8:]],
+        _loader(x, y),
+        Recipe(epochs=1),
+        num_classes=3,
+        archs=("small_resnet_m", "small_resnet_s", "small_resnet_s"),
+        epochs=(1, 1, 1),
+        build_kwargs={"width": 2},
+        progress=False,
+        transfer_loader=[x[:8], x[8:]],
     )
     assert len(models) == 3
     assert calls[0][1:] == (None, None, False)
     assert calls[1][1] is models[0] and calls[1][2] == "response" and calls[1][3] is True
     assert calls[2][1] is models[1]
     with pytest.raises(ValueError, match="unknown architecture"):
-        train_teacher_assistant_chain(_loader(x, y), Recipe(), num_classes=3, archs=("resnet9", "resnet18"))
+        train_teacher_assistant_chain(
+            _loader(x, y), Recipe(), num_classes=3, archs=("resnet9", "resnet18")
+        )
     with pytest.raises(ValueError, match="at least two"):
         train_teacher_assistant_chain(_loader(x, y), Recipe(), num_classes=3, archs=("resnet18",))
 
@@ -255,19 +283,31 @@ def test_train_checkpoint_teacher_then_student(tmp_path):
     from captum_unicam.data.loaders import load_dataset
 
     t_path = tmp_path / "teacher.pt"
-    info = train_checkpoint("controlled:1", Recipe("small_resnet_s", epochs=1, limit=16, batch_size=8), t_path,
-                            progress=False, test_limit=64)
+    info = train_checkpoint(
+        "controlled:1",
+        Recipe("small_resnet_s", epochs=1, limit=16, batch_size=8),
+        t_path,
+        progress=False,
+        test_limit=64,
+    )
     teacher, meta = load_checkpoint(t_path, arch="small_resnet_s", num_classes=4)
     assert meta["kd_method"] is None and meta["class_names"] == info["class_names"]
     assert meta["extra"]["train_size"] == 16 and meta["recipe"]["data"] == "controlled:1"
     test = load_dataset("controlled:1", "test", limit=64)
     acc = evaluate_accuracy(teacher, DataLoader(test, batch_size=500))
-    assert acc == pytest.approx(info["test_accuracy"]) == pytest.approx(meta["extra"]["test_accuracy"])
+    assert (
+        acc == pytest.approx(info["test_accuracy"]) == pytest.approx(meta["extra"]["test_accuracy"])
+    )
 
     s_path = tmp_path / "student.pt"
-    info_s = train_checkpoint("controlled:1", Recipe("small_resnet_s", method="attention", epochs=1, limit=16,
-                                                     batch_size=8), s_path, teacher=t_path, progress=False,
-                              test_limit=64)
+    info_s = train_checkpoint(
+        "controlled:1",
+        Recipe("small_resnet_s", method="attention", epochs=1, limit=16, batch_size=8),
+        s_path,
+        teacher=t_path,
+        progress=False,
+        test_limit=64,
+    )
     _, meta_s = load_checkpoint(s_path)
     assert meta_s["kd_method"] == "attention" and meta_s["teacher"] == str(t_path)
     assert info_s["kd_method"] == "attention"
@@ -278,22 +318,43 @@ def test_train_checkpoint_rejects_bad_input_before_training(tmp_path):
     with pytest.raises(ValueError, match="unknown architecture"):
         train_checkpoint("controlled", Recipe("resnet9"), out, progress=False)
     with pytest.raises(ValueError, match="needs a Teacher"):
-        train_checkpoint("controlled", Recipe("small_resnet_s", method="response"), out, progress=False)
+        train_checkpoint(
+            "controlled", Recipe("small_resnet_s", method="response"), out, progress=False
+        )
     with pytest.raises(ValueError, match="KD method"):
         train_checkpoint("controlled", Recipe("small_resnet_s"), out, teacher=out, progress=False)
     with pytest.raises(CheckpointError, match="does not exist"):
-        train_checkpoint("controlled", Recipe("small_resnet_s", method="response"), out, teacher=tmp_path / "no.pt", progress=False)
+        train_checkpoint(
+            "controlled",
+            Recipe("small_resnet_s", method="response"),
+            out,
+            teacher=tmp_path / "no.pt",
+            progress=False,
+        )
     with pytest.raises(DataSpecError):
         train_checkpoint("mnist:/nowhere", Recipe("small_resnet_s"), out, progress=False)
     with pytest.raises(DataSpecError):
-        train_checkpoint("imagefolder:" + str(tmp_path / "missing"), Recipe("small_resnet_s"), out, progress=False)
+        train_checkpoint(
+            "imagefolder:" + str(tmp_path / "missing"),
+            Recipe("small_resnet_s"),
+            out,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="folder"):
         train_checkpoint("controlled", Recipe("small_resnet_s"), tmp_path, progress=False)
     # a Teacher with another class count
     wrong = tmp_path / "t3.pt"
-    save_checkpoint(wrong, build_model("small_resnet_s", 3, width=2), arch="small_resnet_s", num_classes=3)
+    save_checkpoint(
+        wrong, build_model("small_resnet_s", 3, width=2), arch="small_resnet_s", num_classes=3
+    )
     with pytest.raises(CheckpointError):
-        train_checkpoint("controlled", Recipe("small_resnet_s", method="response", limit=8), out, teacher=wrong, progress=False)
+        train_checkpoint(
+            "controlled",
+            Recipe("small_resnet_s", method="response", limit=8),
+            out,
+            teacher=wrong,
+            progress=False,
+        )
     assert not out.exists()
 
 

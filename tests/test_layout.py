@@ -137,9 +137,15 @@ def test_token_gradcam_rejects_bad_shapes():
 def _bert(seed):
     torch.manual_seed(seed)
     cfg = tf.BertConfig(
-        vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, num_labels=3, max_position_embeddings=32,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=30,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=3,
+        max_position_embeddings=32,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     return tf.BertForSequenceClassification(cfg).double().eval()
 
@@ -179,8 +185,17 @@ def test_bert_gradcam_token_maps_do_not_change_with_more_padding():
 
 
 @pytest.mark.parametrize(
-    "t, k, want", [(17, None, (4, 1)), (18, None, (4, 2)), (5, None, (2, 1)), (16, 0, (4, 0)),
-                   (12, None, None), (16, None, None), (2, None, None), (2, 1, (1, 1))]
+    "t, k, want",
+    [
+        (17, None, (4, 1)),
+        (18, None, (4, 2)),
+        (5, None, (2, 1)),
+        (16, 0, (4, 0)),
+        (12, None, None),
+        (16, None, None),
+        (2, None, None),
+        (2, 1, (1, 1)),
+    ],
 )
 def test_grid_side(t, k, want):
     assert grid_side(t, k) == want
@@ -199,7 +214,12 @@ def test_vit_grid_equals_pytorch_grad_cam_reshape_and_deit_by_hand():
 def _tv_vit(seed):
     torch.manual_seed(seed)
     return torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+        image_size=32,
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        mlp_dim=64,
         num_classes=3,
     ).eval()
 
@@ -210,8 +230,13 @@ def test_unicam_on_torchvision_vit_with_vit_grid_equals_grad_cam_reshape():
     target = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     layers = student.encoder.layers[-1], base.encoder.layers[-1]
     ours = UniCAM(student, layers[0], base, layers[1], reshape_transform=vit_grid)
-    theirs = UniCAM(student, layers[0], base, layers[1],
-                    reshape_transform=partial(vit_reshape_transform, height=4, width=4))
+    theirs = UniCAM(
+        student,
+        layers[0],
+        base,
+        layers[1],
+        reshape_transform=partial(vit_reshape_transform, height=4, width=4),
+    )
     got = ours.attribute(x, target=target, features="both")
     want = theirs.attribute(x, target=target, features="both")
     for g, w in zip(got, want):
@@ -223,8 +248,13 @@ def test_unicam_on_torchvision_vit_with_vit_grid_equals_grad_cam_reshape():
 @pytest.mark.parametrize("kind, k", [("vit", 1), ("deit", 2)])
 def test_hf_vision_transformers_lay_out_and_explain(kind, k):
     common = dict(  # noqa: C408
-        image_size=16, patch_size=4, num_hidden_layers=1, hidden_size=16,
-        num_attention_heads=2, intermediate_size=32, num_labels=3,
+        image_size=16,
+        patch_size=4,
+        num_hidden_layers=1,
+        hidden_size=16,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=3,
     )
     models = []
     for seed in (0, 1):
@@ -248,8 +278,10 @@ def test_hf_vision_transformers_lay_out_and_explain(kind, k):
     torch.testing.assert_close(vit_grid(seen[0]), want)
     bodies = [m.vit if kind == "vit" else m.deit for m in models]
     cam = UniCAM(
-        lambda p: models[0](pixel_values=p).logits, bodies[0].layers[-1],
-        lambda p: models[1](pixel_values=p).logits, bodies[1].layers[-1],
+        lambda p: models[0](pixel_values=p).logits,
+        bodies[0].layers[-1],
+        lambda p: models[1](pixel_values=p).logits,
+        bodies[1].layers[-1],
         reshape_transform=vit_grid,
     )
     maps = cam.attribute(x, target=[0, 1, 2, 0, 1, 2])

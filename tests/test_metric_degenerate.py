@@ -16,7 +16,12 @@ from torch import nn
 from captum_unicam import stats
 from captum_unicam.attr.unicam import UniCAMWarning
 from captum_unicam.errors import InputError
-from captum_unicam.metrics import KDEvaluation, evaluate_kd, feature_similarity_score, relevance_score
+from captum_unicam.metrics import (
+    KDEvaluation,
+    evaluate_kd,
+    feature_similarity_score,
+    relevance_score,
+)
 from captum_unicam.metrics._features import label_degeneracy
 
 
@@ -70,17 +75,26 @@ def test_all_distinct_one_hot_classes_give_zero_with_a_warning(nets):
     assert float(got) == 0.0
     # a label table whose rows are all equally far apart is the same case
     with pytest.warns(UniCAMWarning, match="same distance apart"):
-        assert float(relevance_score(s, s.layer2, x, target=y, label_embeddings=3 * torch.eye(8))) == 0.0
+        assert (
+            float(relevance_score(s, s.layer2, x, target=y, label_embeddings=3 * torch.eye(8)))
+            == 0.0
+        )
 
 
 def test_one_class_gives_zero_with_a_warning(nets):
     s, b = nets
     x = batch(6)
-    for y in ([2] * 6, torch.full((6,), 2), torch.ones(6, 4)):  # indices, a tensor, equal label vectors
+    for y in (
+        [2] * 6,
+        torch.full((6,), 2),
+        torch.ones(6, 4),
+    ):  # indices, a tensor, equal label vectors
         with pytest.warns(UniCAMWarning, match="one class"):
             assert float(relevance_score(s, s.layer1, x, target=y)) == 0.0
     with pytest.warns(UniCAMWarning, match="one class"):
-        got = relevance_score(s, s.layer1, x, target=[2] * 6, base_forward_func=b, base_layer=b.layer1)
+        got = relevance_score(
+            s, s.layer1, x, target=[2] * 6, base_forward_func=b, base_layer=b.layer1
+        )
     assert float(got) == 0.0
 
 
@@ -90,7 +104,9 @@ def test_int_target_is_refused_with_the_reason(nets):
         with pytest.raises(InputError, match="every sample would get the same label vector"):
             relevance_score(s, s.layer1, batch(6), target=target)
         with pytest.raises(InputError, match="one-hot or from label_embeddings"):
-            relevance_score(s, s.layer1, batch(6), target=target, label_embeddings=torch.randn(8, 3))
+            relevance_score(
+                s, s.layer1, batch(6), target=target, label_embeddings=torch.randn(8, 3)
+            )
 
 
 def test_partial_rs_needs_five_samples(nets):
@@ -99,7 +115,9 @@ def test_partial_rs_needs_five_samples(nets):
     # why: at n = 4 the partial distance correlation is +-1 whatever the data (dcor agrees)
     rng = np.random.default_rng(0)
     for _ in range(5):
-        v = dcor.partial_distance_correlation(rng.normal(size=(4, 3)), rng.normal(size=(4, 2)), rng.normal(size=(4, 5)))
+        v = dcor.partial_distance_correlation(
+            rng.normal(size=(4, 3)), rng.normal(size=(4, 2)), rng.normal(size=(4, 5))
+        )
         assert abs(abs(v) - 1) < 1e-9
     with pytest.raises(InputError, match="at least 5.*2-dimensional|2-dimensional.*at least 5"):
         relevance_score(s, s.layer1, x, target=y, base_forward_func=b, base_layer=b.layer1)
@@ -130,7 +148,9 @@ def test_label_degeneracy_threshold_is_far_from_both_sides():
     for n in (8, 64, 256):
         distinct = torch.eye(n, dtype=torch.float64)
         a = stats.distance_matrix(distinct)
-        assert float(stats.u_centered(a).abs().max()) < 1e-14 * float(a.max())  # degenerate: rounding only
+        assert float(stats.u_centered(a).abs().max()) < 1e-14 * float(
+            a.max()
+        )  # degenerate: rounding only
         assert label_degeneracy(distinct) is not None
         y = torch.arange(n)
         y[1] = 0
@@ -152,16 +172,36 @@ def zero_out(inputs, attributions):  # a perturbation that removes everything
 def test_constant_features_give_zero_with_a_warning(nets):
     s, b = nets
     x, y, attr = batch(6), torch.arange(6) % 3, torch.rand(6, 1, 2, 2)
-    with pytest.warns(UniCAMWarning, match="FSS set to 0: the Student's features are the same for every sample"):
+    with pytest.warns(
+        UniCAMWarning, match="FSS set to 0: the Student's features are the same for every sample"
+    ):
         got = feature_similarity_score(
-            s, s.layer2, x, base_forward_func=b, base_layer=b.layer2, attributions=attr, perturbation=zero_out
+            s,
+            s.layer2,
+            x,
+            base_forward_func=b,
+            base_layer=b.layer2,
+            attributions=attr,
+            perturbation=zero_out,
         )
     assert float(got) == 0.0
     with pytest.warns(UniCAMWarning, match="is_empty_map"):
-        assert float(relevance_score(s, s.layer2, x, target=y, attributions=attr, perturbation=zero_out)) == 0.0
+        assert (
+            float(
+                relevance_score(s, s.layer2, x, target=y, attributions=attr, perturbation=zero_out)
+            )
+            == 0.0
+        )
     with pytest.warns(UniCAMWarning, match="RS set to 0: the model's features are the same"):
         got = relevance_score(
-            s, s.layer2, x, target=y, base_forward_func=b, base_layer=b.layer2, attributions=attr, perturbation=zero_out
+            s,
+            s.layer2,
+            x,
+            target=y,
+            base_forward_func=b,
+            base_layer=b.layer2,
+            attributions=attr,
+            perturbation=zero_out,
         )
     assert float(got) == 0.0
 
@@ -185,7 +225,9 @@ def test_labels_fully_explained_by_the_base_give_zero_with_a_warning():
     x[:, 0, 0, :k] = torch.nn.functional.one_hot(y, k).float()  # the Base's features are the labels
     student, base = Planted(10), Planted(k, scale=2.0)
     with pytest.warns(UniCAMWarning, match="labels are fully explained by the Base's features"):
-        got = relevance_score(student, student.layer, x, target=y, base_forward_func=base, base_layer=base.layer)
+        got = relevance_score(
+            student, student.layer, x, target=y, base_forward_func=base, base_layer=base.layer
+        )
     assert float(got) == 0.0
 
 
@@ -203,7 +245,9 @@ def test_evaluate_kd_counts_degenerate_batches_and_warns_once(nets):
     data = [good[0], distinct, one_class, good[1]]
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        result = evaluate_kd(s, layers, data, base_forward_func=b, maps=("none",), progress=False, n_bootstrap=20)
+        result = evaluate_kd(
+            s, layers, data, base_forward_func=b, maps=("none",), progress=False, n_bootstrap=20
+        )
     ours = [w for w in rec if issubclass(w.category, UniCAMWarning)]
     assert len(ours) == 1  # one warning for all degenerate batches, not one per batch
     text = str(ours[0].message)
@@ -212,7 +256,9 @@ def test_evaluate_kd_counts_degenerate_batches_and_warns_once(nets):
     assert result.degenerate_batches == [1, 2] and result.batch_indices == [0, 3]
     assert result.skipped_batches == []
     # the scored batches are exactly those of a run without the degenerate ones
-    clean = evaluate_kd(s, layers, good, base_forward_func=b, maps=("none",), progress=False, n_bootstrap=20)
+    clean = evaluate_kd(
+        s, layers, good, base_forward_func=b, maps=("none",), progress=False, n_bootstrap=20
+    )
     assert clean.values == result.values
     assert KDEvaluation.from_json(result.to_json()).degenerate_batches == [1, 2]
 
@@ -221,7 +267,14 @@ def test_evaluate_kd_with_only_degenerate_batches_says_how_to_fix_it(nets):
     s, b = nets
     data = [(batch(8, seed=i), torch.arange(8)) for i in range(2)]
     with pytest.raises(InputError, match="no batch could be scored.*embed_labels"):
-        evaluate_kd(s, {"L2": (s.layer2, b.layer2)}, data, base_forward_func=b, maps=("none",), progress=False)
+        evaluate_kd(
+            s,
+            {"L2": (s.layer2, b.layer2)},
+            data,
+            base_forward_func=b,
+            maps=("none",),
+            progress=False,
+        )
 
 
 def test_evaluate_kd_scores_a_near_degenerate_batch(nets):
@@ -229,8 +282,15 @@ def test_evaluate_kd_scores_a_near_degenerate_batch(nets):
     x, y = batch(8, seed=5), torch.tensor([0, 1, 2, 3, 4, 5, 6, 0])
     ctx = no_warnings()
     try:
-        result = evaluate_kd(s, {"L2": (s.layer2, b.layer2)}, [(x, y)], base_forward_func=b, maps=("none",),
-                             progress=False, n_bootstrap=20)
+        result = evaluate_kd(
+            s,
+            {"L2": (s.layer2, b.layer2)},
+            [(x, y)],
+            base_forward_func=b,
+            maps=("none",),
+            progress=False,
+            n_bootstrap=20,
+        )
     finally:
         ctx.__exit__(None, None, None)
     assert result.degenerate_batches == [] and result.batch_indices == [0]
@@ -238,8 +298,12 @@ def test_evaluate_kd_scores_a_near_degenerate_batch(nets):
     yy = np.eye(7)[y.numpy()]
     v = result.values["L2"]["none"]
     assert v["rs_student"][0] == pytest.approx(dcor.u_distance_correlation_sqr(fs, yy), abs=1e-9)
-    assert v["rs_distilled"][0] == pytest.approx(dcor.partial_distance_correlation(fs, yy, fb), abs=1e-9)
-    assert v["rs_residual"][0] == pytest.approx(dcor.partial_distance_correlation(fb, yy, fs), abs=1e-9)
+    assert v["rs_distilled"][0] == pytest.approx(
+        dcor.partial_distance_correlation(fs, yy, fb), abs=1e-9
+    )
+    assert v["rs_residual"][0] == pytest.approx(
+        dcor.partial_distance_correlation(fb, yy, fs), abs=1e-9
+    )
 
 
 def test_evaluate_kd_counts_values_set_to_zero(nets):
@@ -247,11 +311,22 @@ def test_evaluate_kd_counts_values_set_to_zero(nets):
     data = [(batch(8, seed=i), torch.arange(8) % 3) for i in range(3)]
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        result = evaluate_kd(s, {"L1": (s.layer1, b.layer1)}, data, base_forward_func=b, maps=("gradcam",),
-                             perturbation=zero_out, progress=False, n_bootstrap=20)
+        result = evaluate_kd(
+            s,
+            {"L1": (s.layer1, b.layer1)},
+            data,
+            base_forward_func=b,
+            maps=("gradcam",),
+            perturbation=zero_out,
+            progress=False,
+            n_bootstrap=20,
+        )
     ours = [w for w in rec if issubclass(w.category, UniCAMWarning)]
     assert len(ours) == 1 and "same for every sample" in str(ours[0].message)
-    assert all(result.degenerate_values[f"L1/gradcam/{m}"] == 3 for m in ("fss", "rs_base", "rs_student", "rs_distilled", "rs_residual"))
+    assert all(
+        result.degenerate_values[f"L1/gradcam/{m}"] == 3
+        for m in ("fss", "rs_base", "rs_student", "rs_distilled", "rs_residual")
+    )
     assert all(v == [0.0] * 3 for v in result.values["L1"]["gradcam"].values())
 
 
@@ -259,7 +334,10 @@ def test_all_but_one_in_one_class_is_degenerate_too(nets):
     """U-centring removes every additive matrix d_ij = a_i + a_j: one odd sample among one class."""
     s, _ = nets
     y = torch.tensor([0, 0, 0, 0, 0, 1])
-    assert abs(dcor.u_distance_correlation_sqr(feats_of(s, s.layer2, batch(6)), np.eye(2)[y.numpy()])) < 1e-10
+    assert (
+        abs(dcor.u_distance_correlation_sqr(feats_of(s, s.layer2, batch(6)), np.eye(2)[y.numpy()]))
+        < 1e-10
+    )
     with pytest.warns(UniCAMWarning, match="additive"):
         assert float(relevance_score(s, s.layer2, batch(6), target=y)) == 0.0
 

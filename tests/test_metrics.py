@@ -68,10 +68,18 @@ def test_fss_raw_features_equal_dcor(setup, layer_name):
 def test_fss_perturbed_equal_dcor(setup, perturb_func):
     s, b, x, y, attr = setup
     got = feature_similarity_score(
-        s, s.layer2, x, base_forward_func=b, base_layer=b.layer2, attributions=attr, perturbation=perturb_func
+        s,
+        s.layer2,
+        x,
+        base_forward_func=b,
+        base_layer=b.layer2,
+        attributions=attr,
+        perturbation=perturb_func,
     )
     xp = perturb_func(x, attr)
-    want = dcor.u_distance_correlation_sqr(oracle_features(s, s.layer2, xp), oracle_features(b, b.layer2, xp))
+    want = dcor.u_distance_correlation_sqr(
+        oracle_features(s, s.layer2, xp), oracle_features(b, b.layer2, xp)
+    )
     assert abs(float(got) - want) < 1e-9
     raw = feature_similarity_score(s, s.layer2, x, base_forward_func=b, base_layer=b.layer2)
     assert abs(float(raw) - want) > 1e-6  # the perturbation is really applied
@@ -80,23 +88,37 @@ def test_fss_perturbed_equal_dcor(setup, perturb_func):
 def test_fss_pair_of_maps_and_v_estimator(setup):
     s, b, x, y, attr = setup
     attr_b = torch.rand(N, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    got = feature_similarity_score(s, s.layer1, x, base_forward_func=b, base_layer=b.layer1, attributions=(attr, attr_b))
+    got = feature_similarity_score(
+        s, s.layer1, x, base_forward_func=b, base_layer=b.layer1, attributions=(attr, attr_b)
+    )
     fs = oracle_features(s, s.layer1, mask_multiply(x, attr))
     fb = oracle_features(b, b.layer1, mask_multiply(x, attr_b))
     assert abs(float(got) - dcor.u_distance_correlation_sqr(fs, fb)) < 1e-9
     got_v = feature_similarity_score(
-        s, s.layer1, x, base_forward_func=b, base_layer=b.layer1, attributions=(attr, attr_b), estimator="v"
+        s,
+        s.layer1,
+        x,
+        base_forward_func=b,
+        base_layer=b.layer1,
+        attributions=(attr, attr_b),
+        estimator="v",
     )
     assert abs(float(got_v) - dcor.distance_correlation_sqr(fs, fb)) < 1e-9
 
 
 def test_additional_forward_args(setup):
     s, b, x, y, attr = setup
-    got = feature_similarity_score(s, s.layer1, x, base_forward_func=b, base_layer=b.layer1, additional_forward_args=(0.5,))
-    want = dcor.u_distance_correlation_sqr(oracle_features(s, s.layer1, x, 0.5), oracle_features(b, b.layer1, x, 0.5))
+    got = feature_similarity_score(
+        s, s.layer1, x, base_forward_func=b, base_layer=b.layer1, additional_forward_args=(0.5,)
+    )
+    want = dcor.u_distance_correlation_sqr(
+        oracle_features(s, s.layer1, x, 0.5), oracle_features(b, b.layer1, x, 0.5)
+    )
     assert abs(float(got) - want) < 1e-9
     got = relevance_score(s, s.layer2, x, target=y, attributions=attr, additional_forward_args=0.5)
-    want = dcor.u_distance_correlation_sqr(oracle_features(s, s.layer2, mask_multiply(x, attr), 0.5), one_hot(y, 3))
+    want = dcor.u_distance_correlation_sqr(
+        oracle_features(s, s.layer2, mask_multiply(x, attr), 0.5), one_hot(y, 3)
+    )
     assert abs(float(got) - want) < 1e-9
 
 
@@ -106,13 +128,23 @@ def test_rs_equal_dcor(setup, perturb_func):
     feats = oracle_features(s, s.layer2, perturb_func(x, attr))
     got = relevance_score(s, s.layer2, x, target=y, attributions=attr, perturbation=perturb_func)
     assert abs(float(got) - dcor.u_distance_correlation_sqr(feats, one_hot(y, 3))) < 1e-9
-    got_v = relevance_score(s, s.layer2, x, target=y.tolist(), attributions=attr, perturbation=perturb_func, estimator="v")
+    got_v = relevance_score(
+        s,
+        s.layer2,
+        x,
+        target=y.tolist(),
+        attributions=attr,
+        perturbation=perturb_func,
+        estimator="v",
+    )
     assert abs(float(got_v) - dcor.distance_correlation_sqr(feats, one_hot(y, 3))) < 1e-9
 
 
 def test_rs_label_embeddings_and_vectors(setup):
     s, b, x, y, attr = setup
-    emb = torch.randn(5, 7, generator=torch.Generator().manual_seed(3))  # more rows than classes used
+    emb = torch.randn(
+        5, 7, generator=torch.Generator().manual_seed(3)
+    )  # more rows than classes used
     feats = oracle_features(b, b.layer1, x)
     want = dcor.u_distance_correlation_sqr(feats, emb.double().numpy()[y.numpy()])
     got = relevance_score(b, b.layer1, x, target=y, label_embeddings=emb)
@@ -133,24 +165,46 @@ def test_rs_given_equals_partial_distance_correlation(setup):
     fs, fb = oracle_features(s, s.layer2, xp), oracle_features(b, b.layer2, xp)
     yy = emb.double().numpy()[y.numpy()]
     distilled = relevance_score(
-        s, s.layer2, x, target=y, label_embeddings=emb, base_forward_func=b, base_layer=b.layer2, attributions=attr
+        s,
+        s.layer2,
+        x,
+        target=y,
+        label_embeddings=emb,
+        base_forward_func=b,
+        base_layer=b.layer2,
+        attributions=attr,
     )
     assert abs(float(distilled) - dcor.partial_distance_correlation(fs, yy, fb)) < 1e-9
     residual = relevance_score(
-        b, b.layer2, x, target=y, label_embeddings=emb, base_forward_func=s, base_layer=s.layer2, attributions=attr
+        b,
+        b.layer2,
+        x,
+        target=y,
+        label_embeddings=emb,
+        base_forward_func=s,
+        base_layer=s.layer2,
+        attributions=attr,
     )
     assert abs(float(residual) - dcor.partial_distance_correlation(fb, yy, fs)) < 1e-9
     # a pair of maps: each model on its own perturbed images
     attr2 = attr.flip(0)
     pair = relevance_score(
-        s, s.layer2, x, target=y, label_embeddings=emb, base_forward_func=b, base_layer=b.layer2,
+        s,
+        s.layer2,
+        x,
+        target=y,
+        label_embeddings=emb,
+        base_forward_func=b,
+        base_layer=b.layer2,
         attributions=(attr, attr2),
     )
     fb2 = oracle_features(b, b.layer2, mask_multiply(x, attr2))
     assert abs(float(pair) - dcor.partial_distance_correlation(fs, yy, fb2)) < 1e-9
     # no unique part: a model given itself is 0, with a warning that says why
     with pytest.warns(UniCAMWarning, match="same distance structure"):
-        same = relevance_score(s, s.layer2, x, target=y, base_forward_func=s, base_layer=s.layer2, attributions=attr)
+        same = relevance_score(
+            s, s.layer2, x, target=y, base_forward_func=s, base_layer=s.layer2, attributions=attr
+        )
     assert float(same) == 0.0
 
 
@@ -160,8 +214,18 @@ def test_no_side_effects(setup):
     x_in, attr_in = x.clone().requires_grad_(True), attr.clone()
     before = [p.clone() for p in s.parameters()]
     try:
-        relevance_score(s, s.layer1, x_in, target=y, base_forward_func=b, base_layer=b.layer1, attributions=attr_in)
-        feature_similarity_score(s, s.layer1, x_in, base_forward_func=b, base_layer=b.layer1, attributions=attr_in)
+        relevance_score(
+            s,
+            s.layer1,
+            x_in,
+            target=y,
+            base_forward_func=b,
+            base_layer=b.layer1,
+            attributions=attr_in,
+        )
+        feature_similarity_score(
+            s, s.layer1, x_in, base_forward_func=b, base_layer=b.layer1, attributions=attr_in
+        )
         assert s.training and not b.training  # modes untouched
     finally:
         s.eval()
@@ -187,7 +251,15 @@ def test_bad_input_value_errors(setup):
     s, b, x, y, attr = setup
 
     def fss(x, attributions=None, **kw):
-        return feature_similarity_score(s, s.layer1, x, base_forward_func=b, base_layer=b.layer1, attributions=attributions, **kw)
+        return feature_similarity_score(
+            s,
+            s.layer1,
+            x,
+            base_forward_func=b,
+            base_layer=b.layer1,
+            attributions=attributions,
+            **kw,
+        )
 
     def rs(x, target, attributions=None, **kw):
         return relevance_score(s, s.layer1, x, target=target, attributions=attributions, **kw)
@@ -201,7 +273,10 @@ def test_bad_input_value_errors(setup):
         (lambda: rs(x, y, attr.unsqueeze(1)), "cannot be matched"),
         (lambda: fss(x[:3]), "at least 4"),
         (lambda: rs(x[:3], y[:3]), "at least 4"),
-        (lambda: rs(x, y, label_embeddings=torch.randn(2, 5)), "2 rows but target holds class index 2"),
+        (
+            lambda: rs(x, y, label_embeddings=torch.randn(2, 5)),
+            "2 rows but target holds class index 2",
+        ),
         (lambda: rs(x, y, label_embeddings=torch.full((3, 2), float("nan"))), "NaN"),
         (lambda: fss(torch.where(x > 0.99, float("nan"), x)), "NaN"),
         (lambda: rs(x, y, attr.masked_fill(attr > 0.9, float("nan"))), "NaN"),
@@ -214,7 +289,12 @@ def test_bad_input_value_errors(setup):
         (lambda: rs(x, y, base_forward_func=b), "together"),
         (lambda: rs(x, y, (attr, attr)), "needs a Base"),
         (lambda: fss(x, (attr, attr, attr)), "pair"),
-        (lambda: feature_similarity_score(s, b.layer1, x, base_forward_func=b, base_layer=b.layer1), "was not called"),
+        (
+            lambda: feature_similarity_score(
+                s, b.layer1, x, base_forward_func=b, base_layer=b.layer1
+            ),
+            "was not called",
+        ),
         (lambda: rs(x, y, attr, perturbation="mask"), "perturbation must be callable"),
         (lambda: rs(x, y, attr, perturbation=None), "perturbation=None means raw features"),
     ]
@@ -243,13 +323,27 @@ def test_batch_permutation_and_symmetry(seed, n):
     y = torch.randint(0, 3, (n,), generator=g)
     attr = torch.rand(n, 1, 2, 2, generator=g)
     perm = torch.randperm(n, generator=g)
-    f1 = feature_similarity_score(s, s.layer2, x, base_forward_func=b, base_layer=b.layer2, attributions=attr)
-    f2 = feature_similarity_score(s, s.layer2, x[perm], base_forward_func=b, base_layer=b.layer2, attributions=attr[perm])
-    f3 = feature_similarity_score(b, b.layer2, x, base_forward_func=s, base_layer=s.layer2, attributions=attr)
+    f1 = feature_similarity_score(
+        s, s.layer2, x, base_forward_func=b, base_layer=b.layer2, attributions=attr
+    )
+    f2 = feature_similarity_score(
+        s, s.layer2, x[perm], base_forward_func=b, base_layer=b.layer2, attributions=attr[perm]
+    )
+    f3 = feature_similarity_score(
+        b, b.layer2, x, base_forward_func=s, base_layer=s.layer2, attributions=attr
+    )
     assert abs(float(f1) - float(f2)) < 1e-9 and abs(float(f1) - float(f3)) < 1e-9
-    r1 = relevance_score(s, s.layer1, x, target=y, base_forward_func=b, base_layer=b.layer1, attributions=attr)
+    r1 = relevance_score(
+        s, s.layer1, x, target=y, base_forward_func=b, base_layer=b.layer1, attributions=attr
+    )
     r2 = relevance_score(
-        s, s.layer1, x[perm], target=y[perm], base_forward_func=b, base_layer=b.layer1, attributions=attr[perm]
+        s,
+        s.layer1,
+        x[perm],
+        target=y[perm],
+        base_forward_func=b,
+        base_layer=b.layer1,
+        attributions=attr[perm],
     )
     assert abs(float(r1) - float(r2)) < 1e-9
     assert -1 - 1e-12 <= float(r1) <= 1 + 1e-12
@@ -257,6 +351,10 @@ def test_batch_permutation_and_symmetry(seed, n):
 
 def test_attributions_without_channel_dim(setup):
     s, b, x, y, attr = setup
-    a = feature_similarity_score(s, s.layer2, x, base_forward_func=b, base_layer=b.layer2, attributions=attr)
-    c = feature_similarity_score(s, s.layer2, x, base_forward_func=b, base_layer=b.layer2, attributions=attr[:, 0])  # (N, h, w)
+    a = feature_similarity_score(
+        s, s.layer2, x, base_forward_func=b, base_layer=b.layer2, attributions=attr
+    )
+    c = feature_similarity_score(
+        s, s.layer2, x, base_forward_func=b, base_layer=b.layer2, attributions=attr[:, 0]
+    )  # (N, h, w)
     assert abs(float(a) - float(c)) < 1e-12

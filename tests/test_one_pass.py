@@ -23,7 +23,10 @@ def _layers(model):
 
 
 def _captum(model, layers, x, y):
-    return [LayerGradCam(model, m).attribute(x, target=y, relu_attributions=True).detach() for m in layers]
+    return [
+        LayerGradCam(model, m).attribute(x, target=y, relu_attributions=True).detach()
+        for m in layers
+    ]
 
 
 class InplaceAfter(nn.Module):
@@ -99,7 +102,10 @@ def test_gradcams_fall_back_to_captum_where_one_pass_cannot_stand_for_it():
     torch.manual_seed(0)
     twice = Twice().double().eval()
     x, y = _x()
-    for a, b in zip(_gradcams(twice, [twice.block, twice.stem], x, y), _captum(twice, [twice.block, twice.stem], x, y)):
+    for a, b in zip(
+        _gradcams(twice, [twice.block, twice.stem], x, y),
+        _captum(twice, [twice.block, twice.stem], x, y),
+    ):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not any(m._forward_hooks for m in twice.modules())
     tup = TupleLayer().double().eval()
@@ -141,11 +147,28 @@ def test_evaluate_kd_perturbs_once_per_map():
 
     x, y = _x(n=8, seed=2)
     layers = {"L1": (student.layer1, base.layer1), "L2": (student.layer2, base.layer2)}
-    evaluate_kd(student, layers, [(x, y)], base_forward_func=base, perturbation=counting, progress=False,
-                n_bootstrap=10, n_permutations=10)
+    evaluate_kd(
+        student,
+        layers,
+        [(x, y)],
+        base_forward_func=base,
+        perturbation=counting,
+        progress=False,
+        n_bootstrap=10,
+        n_permutations=10,
+    )
     # each map perturbs the images once and, for the leakage baseline, the uninformative ones once
     assert len(calls) == 2 * len(layers) * (2 + 1 + 1)
     calls.clear()
-    evaluate_kd(student, layers, [(x, y)], base_forward_func=base, perturbation=counting, progress=False,
-                n_bootstrap=10, n_permutations=10, leakage=False)
+    evaluate_kd(
+        student,
+        layers,
+        [(x, y)],
+        base_forward_func=base,
+        perturbation=counting,
+        progress=False,
+        n_bootstrap=10,
+        n_permutations=10,
+        leakage=False,
+    )
     assert len(calls) == len(layers) * (2 + 1 + 1)

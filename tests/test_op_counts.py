@@ -28,7 +28,10 @@ MAX_ROUND_TRIPS = 2
 
 @pytest.fixture(scope="module")
 def setting():
-    student, base = make(SmallResNet, 1, dtype=torch.float32), make(SmallResNet, 2, dtype=torch.float32)
+    student, base = (
+        make(SmallResNet, 1, dtype=torch.float32),
+        make(SmallResNet, 2, dtype=torch.float32),
+    )
     x, y = batch(12, seed=3, dtype=torch.float32)
     return student, base, x, y.tolist()
 
@@ -58,13 +61,18 @@ def test_operations_do_not_grow_with_the_batch(setting):
     unicam = UniCAM(student, student.layer2, base, base.layer2)
     counts = []
     for n in (6, 12):
-        call = lambda: unicam.attribute(x[:n], target=y[:n], features="both")  # noqa: E731
+
+        def call(n=n):
+            return unicam.attribute(x[:n], target=y[:n], features="both")
+
         call()
         counts.append(count_ops(call) - _forward_ops(student, base, x[:n]))
     assert counts[0] == counts[1]
 
 
-@pytest.mark.filterwarnings("ignore::captum_unicam.attr.UniCAMWarning")  # target=None: one predicted class
+@pytest.mark.filterwarnings(
+    "ignore::captum_unicam.attr.UniCAMWarning"
+)  # target=None: one predicted class
 @pytest.mark.parametrize("target", ["list", "none", "vectors"])
 def test_round_trips_per_attribute_both(setting, target):
     student, base, x, y = setting

@@ -16,8 +16,13 @@ from captum_unicam.errors import InputError
 def _bert():
     torch.manual_seed(0)
     cfg = tf.BertConfig(
-        vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, num_labels=3, max_position_embeddings=16,
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=3,
+        max_position_embeddings=16,
     )
     return tf.BertForSequenceClassification(cfg).eval()
 
@@ -25,8 +30,13 @@ def _bert():
 def _vision(kind):
     torch.manual_seed(0)
     common = {
-        "image_size": 16, "patch_size": 8, "num_hidden_layers": 1, "hidden_size": 16,
-        "num_attention_heads": 2, "intermediate_size": 32, "num_labels": 5,
+        "image_size": 16,
+        "patch_size": 8,
+        "num_hidden_layers": 1,
+        "hidden_size": 16,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "num_labels": 5,
     }
     if kind == "vit":
         return tf.ViTForImageClassification(tf.ViTConfig(**common)).eval()

@@ -21,8 +21,12 @@ def _image(c: int, rng: np.random.Generator) -> np.ndarray:
     yy, xx = np.mgrid[:32, :32]
     cy, cx = rng.integers(12, 20, size=2)
     r = np.hypot(yy - cy, xx - cx)
-    shape = {0: r < 7, 1: (abs(xx - cx) < 3) & (abs(yy - cy) < 10), 2: (r > 5) & (r < 9),
-             3: (abs(xx - cx) < 2) | (abs(yy - cy) < 2)}[c]
+    shape = {
+        0: r < 7,
+        1: (abs(xx - cx) < 3) & (abs(yy - cy) < 10),
+        2: (r > 5) & (r < 9),
+        3: (abs(xx - cx) < 2) | (abs(yy - cy) < 2),
+    }[c]
     img[shape] = [230, 200, 60]
     return img.astype(np.uint8)
 
@@ -56,15 +60,61 @@ def _run(capsys, argv):
 def trained(tree):
     """Teacher, Base (--labelled 16) and Student (--transfer, labels never read), at 32 px."""
     data = "imagefolder:" + str(tree / "data")
-    common = ["--data", data, "--arch", "small_resnet_s", "--epochs", "2", "--batch-size", "16",
-              "--no-progress", "--lr", "0.05"]
+    common = [
+        "--data",
+        data,
+        "--arch",
+        "small_resnet_s",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--no-progress",
+        "--lr",
+        "0.05",
+    ]
     paths = {r: str(tree / f"{r}.pt") for r in ("teacher", "base", "student")}
     runs = [
-        ["train", *common, "--image-size", "32", "--augment", "flip,crop", "--out", paths["teacher"]],
-        ["train", *common, "--image-size", "32", "--labelled", "16", "--seed", "1", "--out", paths["base"]],
-        ["train", *common, "--teacher", paths["teacher"], "--method", "response",
-         "--transfer", "imagefolder:" + str(tree / "transfer"), "--temperature", "2", "--alpha", "1",
-         "--seed", "2", "--out", paths["student"]],
+        [
+            "train",
+            *common,
+            "--image-size",
+            "32",
+            "--augment",
+            "flip,crop",
+            "--out",
+            paths["teacher"],
+        ],
+        [
+            "train",
+            *common,
+            "--image-size",
+            "32",
+            "--labelled",
+            "16",
+            "--seed",
+            "1",
+            "--out",
+            paths["base"],
+        ],
+        [
+            "train",
+            *common,
+            "--teacher",
+            paths["teacher"],
+            "--method",
+            "response",
+            "--transfer",
+            "imagefolder:" + str(tree / "transfer"),
+            "--temperature",
+            "2",
+            "--alpha",
+            "1",
+            "--seed",
+            "2",
+            "--out",
+            paths["student"],
+        ],
     ]
     for argv in runs:
         assert cli.main(argv) == 0, argv
@@ -80,7 +130,9 @@ def test_checkpoints_record_their_recipe(trained):
         assert m["recipe"]["image_size"] == 32 and m["recipe"]["normalize"] == "none", r
     assert list(metas["teacher"]["recipe"]["augment"]) == ["flip", "crop"]
     # the Base's labelled subset: 16 images, 4 per class (class-stratified)
-    assert metas["base"]["recipe"]["labelled"] == 16 and metas["base"]["extra"]["labelled_size"] == 16
+    assert (
+        metas["base"]["recipe"]["labelled"] == 16 and metas["base"]["extra"]["labelled_size"] == 16
+    )
     # the Student took the Teacher's image size (no --image-size given) and was distilled on
     # the unlabelled transfer images (a folder without train/ and test/ sub-folders: all 48
     # images, labels never read)
@@ -113,24 +165,51 @@ def test_explain_and_quantify_own_data(trained, tmp_path, capsys, command):
 
     data, paths = trained
     out = tmp_path / command
-    argv = [command, "--student", paths["student"], "--base", paths["base"], "--teacher", paths["teacher"],
-            "--data", data, "--batch-size", "16", "--layers", "L3", "L4", "--one-hot", "--no-progress",
-            "--out", str(out)]
+    argv = [
+        command,
+        "--student",
+        paths["student"],
+        "--base",
+        paths["base"],
+        "--teacher",
+        paths["teacher"],
+        "--data",
+        data,
+        "--batch-size",
+        "16",
+        "--layers",
+        "L3",
+        "L4",
+        "--one-hot",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     if command == "quantify":
         argv += ["--n-bootstrap", "50"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         code, _, err = _run(capsys, argv)
     assert code == 0, err
-    assert not [w for w in caught if issubclass(w.category, UniCAMWarning)], [str(w.message) for w in caught]
+    assert not [w for w in caught if issubclass(w.category, UniCAMWarning)], [
+        str(w.message) for w in caught
+    ]
     # untrained models: only the sanity lines (near chance), no other warning
     assert all("on the evaluated set is" in ln for ln in err.splitlines() if "warning" in ln), err
     m = json.loads((out / "metrics.json").read_text())
     # image size carried over from the checkpoints (no --image-size given)
-    assert m["preprocessing"] == {"image_size": 32, "resize": "shorter-side-crop", "normalize": "none"}
+    assert m["preprocessing"] == {
+        "image_size": 32,
+        "resize": "shorter-side-crop",
+        "normalize": "none",
+    }
     # 40 test images in batches of 16: 16, 24 (a last batch of 8 >= 5 stays: 16, 16, 8)
     assert m["batch_sizes"] == [16, 16, 8]
-    assert m["classes_per_batch"] == [4, 4, 4]  # no single-class batch although the files are class-ordered
+    assert m["classes_per_batch"] == [
+        4,
+        4,
+        4,
+    ]  # no single-class batch although the files are class-ordered
     # the report's accuracies are those of the checkpoints on the evaluated set (all 40 test images)
     test = load_dataset(data, "test", image_size=32)
     assert len(test) == 40 and "all 40 images" in m["accuracy_set"]
@@ -152,21 +231,61 @@ def test_explain_and_quantify_own_data(trained, tmp_path, capsys, command):
 def test_image_size_mismatch_refused_then_overridden(trained, tree, tmp_path, capsys):
     data, paths = trained
     other = str(tree / "base40.pt")
-    assert cli.main(["train", "--data", data, "--arch", "small_resnet_s", "--epochs", "1", "--image-size", "40",
-                     "--no-progress", "--out", other]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--data",
+                data,
+                "--arch",
+                "small_resnet_s",
+                "--epochs",
+                "1",
+                "--image-size",
+                "40",
+                "--no-progress",
+                "--out",
+                other,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()  # the training's own lines
-    argv = ["quantify", "--student", paths["student"], "--base", other, "--data", data, "--batch-size", "16",
-            "--layers", "L4", "--one-hot", "--no-progress", "--n-bootstrap", "20", "--maps", "gradcam"]
+    argv = [
+        "quantify",
+        "--student",
+        paths["student"],
+        "--base",
+        other,
+        "--data",
+        data,
+        "--batch-size",
+        "16",
+        "--layers",
+        "L4",
+        "--one-hot",
+        "--no-progress",
+        "--n-bootstrap",
+        "20",
+        "--maps",
+        "gradcam",
+    ]
     code, _, err = _run(capsys, argv + ["--out", str(tmp_path / "a")])
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "image_size 32" in err and "image_size 40" in err and "--image-size" in err
     assert not (tmp_path / "a").exists()
     code, _, err = _run(capsys, argv + ["--image-size", "32", "--out", str(tmp_path / "b")])
     assert code == 0, err
-    lines = [ln for ln in err.strip().splitlines()
-             if "warning" in ln and "on the evaluated set is" not in ln]  # the sanity lines of untrained models aside
+    lines = [
+        ln
+        for ln in err.strip().splitlines()
+        if "warning" in ln and "on the evaluated set is" not in ln
+    ]  # the sanity lines of untrained models aside
     assert len(lines) == 1 and "Base was trained with image_size 40" in lines[0]
-    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["preprocessing"]["image_size"] == 32
+    assert (
+        json.loads((tmp_path / "b" / "metrics.json").read_text())["preprocessing"]["image_size"]
+        == 32
+    )
 
 
 def test_class_count_mismatch_refused(trained, tmp_path, capsys):
@@ -174,22 +293,61 @@ def test_class_count_mismatch_refused(trained, tmp_path, capsys):
 
     data, paths = trained
     three = tmp_path / "three.pt"
-    save_checkpoint(three, build_model("small_resnet_s", 3), arch="small_resnet_s", num_classes=3,
-                    recipe={"image_size": 32, "normalize": "none"})
-    for argv in (["explain", "--student", paths["student"], "--base", str(three), "--data", data,
-                  "--one-hot", "--out", str(tmp_path / "r")],
-                 ["train", "--data", data, "--arch", "small_resnet_s", "--teacher", str(three),
-                  "--out", str(tmp_path / "s.pt")]):
+    save_checkpoint(
+        three,
+        build_model("small_resnet_s", 3),
+        arch="small_resnet_s",
+        num_classes=3,
+        recipe={"image_size": 32, "normalize": "none"},
+    )
+    for argv in (
+        [
+            "explain",
+            "--student",
+            paths["student"],
+            "--base",
+            str(three),
+            "--data",
+            data,
+            "--one-hot",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        [
+            "train",
+            "--data",
+            data,
+            "--arch",
+            "small_resnet_s",
+            "--teacher",
+            str(three),
+            "--out",
+            str(tmp_path / "s.pt"),
+        ],
+    ):
         code, _, err = _run(capsys, argv)
         assert code == 2 and len(err.strip().splitlines()) == 1, err
         assert "3 classes" in err and "4" in err
     assert list(p.name for p in tmp_path.iterdir()) == ["three.pt"]
 
 
-def test_library_errors_are_exit_2_and_bugs_keep_their_traceback(trained, tmp_path, capsys, monkeypatch):
+def test_library_errors_are_exit_2_and_bugs_keep_their_traceback(
+    trained, tmp_path, capsys, monkeypatch
+):
     data, paths = trained
-    argv = ["quantify", "--student", paths["student"], "--base", paths["base"], "--data", data,
-            "--one-hot", "--no-progress", "--out", str(tmp_path / "q")]
+    argv = [
+        "quantify",
+        "--student",
+        paths["student"],
+        "--base",
+        paths["base"],
+        "--data",
+        data,
+        "--one-hot",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "q"),
+    ]
 
     def bug(*args, **kwargs):
         raise ValueError("an internal bug")
@@ -208,7 +366,9 @@ def test_readme_own_data_section_runs_as_written(tree, tmp_path, monkeypatch, ca
     import shlex
     import shutil
 
-    page = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    page = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text(
+        encoding="utf-8"
+    )
     section = page.split("Your own data and checkpoints\n", 1)[1].split("\n## ", 1)[0]
     bash = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     python = re.search(r"```python\n(.*?)```", section, re.S).group(1)
@@ -242,9 +402,27 @@ def test_pretrained_weights_come_from_the_local_cache_only(tree, tmp_path, monke
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache: nothing there
     data = "imagefolder:" + str(tree / "data")
-    argv = ["train", "--data", data, "--arch", "resnet18", "--image-size", "32",
-            "--epochs", "1", "--lr", "1e-12", "--weight-decay", "0", "--limit", "16", "--no-progress"]
-    code, _, err = _run(capsys, argv + ["--weights", "IMAGENET1K_V1", "--out", str(tmp_path / "a.pt")])
+    argv = [
+        "train",
+        "--data",
+        data,
+        "--arch",
+        "resnet18",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-12",
+        "--weight-decay",
+        "0",
+        "--limit",
+        "16",
+        "--no-progress",
+    ]
+    code, _, err = _run(
+        capsys, argv + ["--weights", "IMAGENET1K_V1", "--out", str(tmp_path / "a.pt")]
+    )
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "not in the local torch cache" in err and "--download" in err
     code, _, err = _run(capsys, argv + ["--weights", "IMAGENET9", "--out", str(tmp_path / "a.pt")])
@@ -252,12 +430,21 @@ def test_pretrained_weights_come_from_the_local_cache_only(tree, tmp_path, monke
     assert not (tmp_path / "a.pt").exists()
 
     # a file in the cache under the weights' name is used (no network involved)
-    cached = tmp_path / "torch" / "hub" / "checkpoints" / os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url)
+    cached = (
+        tmp_path
+        / "torch"
+        / "hub"
+        / "checkpoints"
+        / os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url)
+    )
     cached.parent.mkdir(parents=True)
     torch.manual_seed(7)
     state = build_model("resnet18", 1000).state_dict()
     torch.save(state, cached)
-    code, _, err = _run(capsys, argv + ["--weights", "ResNet18_Weights.IMAGENET1K_V1", "--out", str(tmp_path / "b.pt")])
+    code, _, err = _run(
+        capsys,
+        argv + ["--weights", "ResNet18_Weights.IMAGENET1K_V1", "--out", str(tmp_path / "b.pt")],
+    )
     assert code == 0, err
     model, meta = load_checkpoint(tmp_path / "b.pt")
     rec = meta["recipe"]
@@ -267,27 +454,70 @@ def test_pretrained_weights_come_from_the_local_cache_only(tree, tmp_path, monke
     assert rec["weights_skipped"] == ["conv1.weight", "fc.bias", "fc.weight"]
     got = model.state_dict()
     for name in ("layer1.0.conv1.weight", "layer4.1.conv2.weight"):
-        assert torch.allclose(got[name], state[name], atol=1e-6), name  # lr 1e-12: still the cached weights
+        assert torch.allclose(got[name], state[name], atol=1e-6), (
+            name
+        )  # lr 1e-12: still the cached weights
 
 
 def test_normalisation_mismatch_refused_then_overridden(trained, tree, tmp_path, capsys):
     data, paths = trained
     other = str(tree / "base_imagenet.pt")
-    assert cli.main(["train", "--data", data, "--arch", "small_resnet_s", "--epochs", "1", "--image-size", "32",
-                     "--normalize", "imagenet", "--no-progress", "--out", other]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--data",
+                data,
+                "--arch",
+                "small_resnet_s",
+                "--epochs",
+                "1",
+                "--image-size",
+                "32",
+                "--normalize",
+                "imagenet",
+                "--no-progress",
+                "--out",
+                other,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()  # the training's own lines
-    argv = ["explain", "--student", paths["student"], "--base", other, "--data", data, "--batch-size", "8",
-            "--limit", "16", "--layers", "L4", "--one-hot", "--no-progress"]
+    argv = [
+        "explain",
+        "--student",
+        paths["student"],
+        "--base",
+        other,
+        "--data",
+        data,
+        "--batch-size",
+        "8",
+        "--limit",
+        "16",
+        "--layers",
+        "L4",
+        "--one-hot",
+        "--no-progress",
+    ]
     code, _, err = _run(capsys, argv + ["--out", str(tmp_path / "a")])
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "normalize none" in err and "normalize imagenet" in err and "--normalize" in err
     code, _, err = _run(capsys, argv + ["--normalize", "imagenet", "--out", str(tmp_path / "b")])
     assert code == 0, err
-    lines = [ln for ln in err.strip().splitlines()
-             if "warning" in ln and "on the evaluated set is" not in ln]  # the sanity lines of untrained models aside
+    lines = [
+        ln
+        for ln in err.strip().splitlines()
+        if "warning" in ln and "on the evaluated set is" not in ln
+    ]  # the sanity lines of untrained models aside
     assert len(lines) == 1 and "Student was trained with normalize none" in lines[0]
     m = json.loads((tmp_path / "b" / "metrics.json").read_text())
-    assert m["preprocessing"] == {"image_size": 32, "resize": "shorter-side-crop", "normalize": "imagenet"}
+    assert m["preprocessing"] == {
+        "image_size": 32,
+        "resize": "shorter-side-crop",
+        "normalize": "imagenet",
+    }
 
 
 def test_readme_own_architecture_runs_as_written(tree, tmp_path, monkeypatch, capsys):
@@ -298,7 +528,9 @@ def test_readme_own_architecture_runs_as_written(tree, tmp_path, monkeypatch, ca
     import shlex
     import shutil
 
-    page = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    page = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text(
+        encoding="utf-8"
+    )
     section = page.split("### Your own architecture\n", 1)[1].split("\n## ", 1)[0]
     module = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     bash = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
@@ -318,6 +550,9 @@ def test_readme_own_architecture_runs_as_written(tree, tmp_path, monkeypatch, ca
         assert code == 0, (line, err)
     for report in ("cnn-explain", "cnn-quantify"):
         m = json.loads((tmp_path / report / "metrics.json").read_text())
-        assert m["preprocessing"]["image_size"] == 32 and m["layers" if "explain" in report else "map_kinds"]
+        assert (
+            m["preprocessing"]["image_size"] == 32
+            and m["layers" if "explain" in report else "map_kinds"]
+        )
         assert m["models"]["Student"]["arch"] is None  # not an architecture of the library
     assert "record no class names" in (tmp_path / "cnn-explain" / "index.html").read_text()

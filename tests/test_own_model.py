@@ -20,7 +20,7 @@ from captum_unicam.models import (
 
 torch.set_num_threads(1)
 
-MODULE = textwrap.dedent('''
+MODULE = textwrap.dedent("""
     import torch
     from torch import nn
 
@@ -77,7 +77,7 @@ MODULE = textwrap.dedent('''
 
 
     NUMBER = 3
-''')
+""")
 
 
 @pytest.fixture
@@ -126,8 +126,9 @@ def test_layers_by_dotted_path(mynets):
     assert get_layer(model, "encoder.layer.1") is model.encoder.layer[1]
     with pytest.raises(ValueError, match="closest: features.3.conv"):
         get_layer(model, "features.3.cnv")
-    with pytest.raises(ValueError, match="no stage 'layer1'.*dotted paths starting with: "
-                                         "features, encoder, head$"):
+    with pytest.raises(
+        ValueError, match="no stage 'layer1'.*dotted paths starting with: features, encoder, head$"
+    ):
         get_layer(model, "L4")  # no ResNet stages: the message says what to give
 
 
@@ -135,12 +136,19 @@ def test_checkpoint_that_records_its_factory(tmp_path, mynets):
     spec = f"{mynets}:digit_net"
     model = _trained(mynets)
     path = tmp_path / "student.pt"
-    save_checkpoint(path, model, factory=spec, num_classes=3, class_names=["a", "b", "c"],
-                    preprocessing={"image_size": 16, "resize": "exact", "normalize": "none"},
-                    accuracy=0.5)
+    save_checkpoint(
+        path,
+        model,
+        factory=spec,
+        num_classes=3,
+        class_names=["a", "b", "c"],
+        preprocessing={"image_size": 16, "resize": "exact", "normalize": "none"},
+        accuracy=0.5,
+    )
     sys.modules.pop(mynets)
-    with pytest.raises(CheckpointError, match=f"your own code .factory '{spec}'.; pass "
-                                              f"factory='{spec}'"):
+    with pytest.raises(
+        CheckpointError, match=f"your own code .factory '{spec}'.; pass factory='{spec}'"
+    ):
         load_checkpoint(path)
     assert mynets not in sys.modules  # the file alone never imports code
     with pytest.raises(CheckpointError, match="not a resnet18"):
@@ -156,12 +164,20 @@ def test_checkpoint_that_records_its_factory(tmp_path, mynets):
 
 def test_save_with_a_factory_that_builds_another_model_writes_nothing(tmp_path, mynets):
     model = _trained(mynets, n=3)
-    with pytest.raises(InputError, match=r"does not load into what factory .* builds "
-                                         r"\(shapes differ .*head.weight \(3, 8\) vs \(5, 8\)"):
+    with pytest.raises(
+        InputError,
+        match=r"does not load into what factory .* builds "
+        r"\(shapes differ .*head.weight \(3, 8\) vs \(5, 8\)",
+    ):
         save_checkpoint(tmp_path / "m.pt", model, factory=f"{mynets}:digit_net", num_classes=5)
     with pytest.raises(InputError, match="exactly one of arch= and factory="):
-        save_checkpoint(tmp_path / "m.pt", model, arch="small_resnet_s",
-                        factory=f"{mynets}:digit_net", num_classes=3)
+        save_checkpoint(
+            tmp_path / "m.pt",
+            model,
+            arch="small_resnet_s",
+            factory=f"{mynets}:digit_net",
+            num_classes=3,
+        )
     assert not (tmp_path / "m.pt").exists()
 
 

@@ -32,7 +32,11 @@ def identity(inputs, perturb_radius=0.0):
 
 
 def batch_warnings(record):
-    return [w for w in record if issubclass(w.category, UniCAMWarning) and "reference mode" in str(w.message)]
+    return [
+        w
+        for w in record
+        if issubclass(w.category, UniCAMWarning) and "reference mode" in str(w.message)
+    ]
 
 
 def run(fn):
@@ -44,13 +48,20 @@ def run(fn):
 
 def tools(unicam, x, y):
     return {
-        "noise_tunnel": lambda: NoiseTunnel(unicam).attribute(x, nt_type="smoothgrad", nt_samples=2, stdevs=0.1,
-                                                              target=y),
-        "sensitivity_max": lambda: sensitivity_max(unicam.attribute, x, perturb_func=identity, target=y,
-                                                   n_perturb_samples=2),
+        "noise_tunnel": lambda: NoiseTunnel(unicam).attribute(
+            x, nt_type="smoothgrad", nt_samples=2, stdevs=0.1, target=y
+        ),
+        "sensitivity_max": lambda: sensitivity_max(
+            unicam.attribute, x, perturb_func=identity, target=y, n_perturb_samples=2
+        ),
         "infidelity": lambda: infidelity(
-            unicam.score_function(), lambda inp: (torch.zeros_like(inp), inp),
-            x, torch.zeros_like(x), additional_forward_args=(y,), n_perturb_samples=2),
+            unicam.score_function(),
+            lambda inp: (torch.zeros_like(inp), inp),
+            x,
+            torch.zeros_like(x),
+            additional_forward_args=(y,),
+            n_perturb_samples=2,
+        ),
     }
 
 
@@ -86,8 +97,11 @@ def test_sensitivity_max_identity_is_zero_in_reference_mode_not_in_batch_mode(se
 def test_ordinary_batch_of_distinct_images_does_not_warn(setup):
     student, base, x, y, _ = setup
     unicam = UniCAM(student, student.layer2, base, base.layer2)
-    for call in (lambda: unicam.attribute(x, target=y), lambda: unicam.score(x, target=y),
-                 lambda: unicam.attribute(x[:1], target=y[:1], context=(x[1:], y[1:]))):
+    for call in (
+        lambda: unicam.attribute(x, target=y),
+        lambda: unicam.score(x, target=y),
+        lambda: unicam.attribute(x[:1], target=y[:1], context=(x[1:], y[1:])),
+    ):
         _, found = run(call)
         assert found == []
 
@@ -96,7 +110,9 @@ def test_a_batch_with_repeated_samples_warns_outside_any_tool(setup):
     """The batches those tools build, built by hand: the repetition itself is detected."""
     student, base, x, y, _ = setup
     unicam = UniCAM(student, student.layer2, base, base.layer2)
-    _, found = run(lambda: unicam.attribute(x.repeat_interleave(2, 0), target=y.repeat_interleave(2)))
+    _, found = run(
+        lambda: unicam.attribute(x.repeat_interleave(2, 0), target=y.repeat_interleave(2))
+    )
     assert len(found) == 1 and "repeated" in str(found[0].message)
 
 
@@ -113,8 +129,9 @@ def test_reference_set_is_stratified_and_seeded(setup):
         assert match.any() and int(pool_y[match][0]) == int(yi)
     again = reference_set((pool_x, pool_y), 12, seed=3)
     assert torch.equal(again[0], ref_x) and torch.equal(again[1], ref_y)
-    assert not torch.equal(reference_set((pool_x, pool_y), 12, seed=4)[1], ref_y) or not torch.equal(
-        reference_set((pool_x, pool_y), 12, seed=4)[0], ref_x)
+    assert not torch.equal(
+        reference_set((pool_x, pool_y), 12, seed=4)[1], ref_y
+    ) or not torch.equal(reference_set((pool_x, pool_y), 12, seed=4)[0], ref_x)
 
 
 def test_reference_set_from_a_map_style_dataset():
@@ -136,8 +153,9 @@ def test_score_function_under_occlusion_equals_a_hand_loop(setup):
     f = unicam.score_function("distilled")
     base_scores = unicam.score(x, target=y, features="distilled")
     torch.testing.assert_close(f(x, y), base_scores)
-    got = Occlusion(f).attribute(x, sliding_window_shapes=(3, 8, 8), strides=(3, 8, 8),
-                                 additional_forward_args=(y,))
+    got = Occlusion(f).attribute(
+        x, sliding_window_shapes=(3, 8, 8), strides=(3, 8, 8), additional_forward_args=(y,)
+    )
     want = torch.zeros_like(x)
     for i in range(2):
         for j in range(2):
@@ -156,6 +174,9 @@ def test_score_function_in_batch_mode_warns_under_occlusion(setup):
     f = unicam.score_function("residual")
     value = f(x, y)
     assert value.shape == (8,) and bool((value == value[0]).all())
-    _, found = run(lambda: Occlusion(f).attribute(x, sliding_window_shapes=(3, 8, 8), strides=(3, 8, 8),
-                                                  additional_forward_args=(y,)))
+    _, found = run(
+        lambda: Occlusion(f).attribute(
+            x, sliding_window_shapes=(3, 8, 8), strides=(3, 8, 8), additional_forward_args=(y,)
+        )
+    )
     assert len(found) == 1

@@ -7,8 +7,13 @@ from hypothesis import strategies as st
 from torch.utils.data import TensorDataset
 
 from captum_unicam.errors import InputError
-from captum_unicam.pipeline.batches import (MIN_BATCH, StratifiedBatchSampler, batch_sizes, first_per_class,
-                                            stratified_loader)
+from captum_unicam.pipeline.batches import (
+    MIN_BATCH,
+    StratifiedBatchSampler,
+    batch_sizes,
+    first_per_class,
+    stratified_loader,
+)
 
 
 @given(n=st.integers(MIN_BATCH, 400), bs=st.integers(MIN_BATCH, 64))
@@ -36,8 +41,13 @@ def test_batch_sizes_by_hand():
 
 
 @settings(max_examples=60, deadline=None)
-@given(k=st.integers(2, 10), per_class=st.integers(1, 30), bs=st.integers(MIN_BATCH, 40), seed=st.integers(0, 99),
-       order=st.sampled_from(["stratified", "shuffle", "file"]))
+@given(
+    k=st.integers(2, 10),
+    per_class=st.integers(1, 30),
+    bs=st.integers(MIN_BATCH, 40),
+    seed=st.integers(0, 99),
+    order=st.sampled_from(["stratified", "shuffle", "file"]),
+)
 def test_every_item_once_and_balanced_batches_hold_all_classes(k, per_class, bs, seed, order):
     labels = [c for c in range(k) for _ in range(per_class)]  # class-ordered, like a folder
     assume(len(labels) >= MIN_BATCH)
@@ -68,7 +78,9 @@ def test_loader_yields_the_sampler_batches():
     loader = stratified_loader(ds, 8, seed=1)
     got = [b[1].tolist() for b in loader]
     assert [len(g) for g in got] == [8, 8, 8]
-    assert all(sorted(set(g)) == [0, 1, 2, 3] and all(g.count(c) == 2 for c in range(4)) for g in got)
+    assert all(
+        sorted(set(g)) == [0, 1, 2, 3] and all(g.count(c) == 2 for c in range(4)) for g in got
+    )
     assert [b[1].tolist() for b in loader] == got  # the same batches on every pass
     with pytest.raises(InputError, match="shuffle"):
         stratified_loader(ds, 8, shuffle=True)

@@ -26,7 +26,10 @@ quantus = pytest.importorskip("quantus")
 
 @pytest.fixture(scope="module")
 def setup():
-    student, base = make(SmallResNet, 1, dtype=torch.float32), make(SmallResNet, 2, dtype=torch.float32)
+    student, base = (
+        make(SmallResNet, 1, dtype=torch.float32),
+        make(SmallResNet, 2, dtype=torch.float32),
+    )
     x, y = batch(8, seed=21, dtype=torch.float32)
     pool_x, pool_y = batch(40, seed=5, dtype=torch.float32)
     reference = reference_set((pool_x, pool_y), 12)
@@ -38,12 +41,16 @@ def test_explain_equals_unicam_in_reference_mode_upsampled(setup):
     student, base, x, y, kwargs = setup
     got = explain(student, x, y, **kwargs)
     unicam = UniCAM(student, student.layer2, base, base.layer2, reference=kwargs["reference"])
-    want = unicam.attribute(torch.from_numpy(x), target=torch.from_numpy(y), relu_attributions=False)
+    want = unicam.attribute(
+        torch.from_numpy(x), target=torch.from_numpy(y), relu_attributions=False
+    )
     want = LayerAttribution.interpolate(want, (16, 16), "bilinear").numpy()
     assert got.shape == (8, 1, 16, 16) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
     # per image: one image explained alone gives its map of the batch
-    np.testing.assert_allclose(explain(student, x[3:4], y[3:4], **kwargs), got[3:4], rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(
+        explain(student, x[3:4], y[3:4], **kwargs), got[3:4], rtol=1e-5, atol=1e-9
+    )
 
 
 def test_empty_maps_become_uniform_with_relu(setup):
@@ -61,8 +68,15 @@ def _run(metric, setup, **call):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UniCAMWarning)  # reference mode: no batch warning
         return np.asarray(
-            metric(model=student, x_batch=x, y_batch=y, explain_func=explain,
-                   explain_func_kwargs=kwargs, device="cpu", **call),
+            metric(
+                model=student,
+                x_batch=x,
+                y_batch=y,
+                explain_func=explain,
+                explain_func_kwargs=kwargs,
+                device="cpu",
+                **call,
+            ),
             dtype=float,
         )
 
@@ -71,12 +85,19 @@ def test_sparseness_is_finite(setup):
     scores = _run(quantus.Sparseness(disable_warnings=True), setup, batch_size=4)
     assert scores.shape == (8,) and np.isfinite(scores).all()
     # reference mode: the value of an image does not depend on Quantus' batch size
-    np.testing.assert_allclose(_run(quantus.Sparseness(disable_warnings=True), setup, batch_size=8), scores, rtol=1e-5)
+    np.testing.assert_allclose(
+        _run(quantus.Sparseness(disable_warnings=True), setup, batch_size=8), scores, rtol=1e-5
+    )
 
 
 def test_faithfulness_correlation_is_finite(setup):
-    metric = quantus.FaithfulnessCorrelation(nr_runs=10, subset_size=32, perturb_baseline="black",
-                                             return_aggregate=True, disable_warnings=True)
+    metric = quantus.FaithfulnessCorrelation(
+        nr_runs=10,
+        subset_size=32,
+        perturb_baseline="black",
+        return_aggregate=True,
+        disable_warnings=True,
+    )
     scores = _run(metric, setup, batch_size=8)
     assert np.isfinite(scores).all()
 
@@ -88,7 +109,9 @@ def test_max_sensitivity_is_finite(setup):
 
 
 def test_mprt_runs_on_randomised_copies(setup):
-    metric = quantus.MPRT(layer_order="bottom_up", return_average_correlation=True, disable_warnings=True)
+    metric = quantus.MPRT(
+        layer_order="bottom_up", return_average_correlation=True, disable_warnings=True
+    )
     scores = _run(metric, setup, batch_size=8)
     assert np.isfinite(scores).all()
 
@@ -98,8 +121,14 @@ def test_batch_mode_inside_quantus_warns_naming_reference_mode(setup):
     batch_kwargs = dict(kwargs, mode="batch")
     with pytest.warns(UniCAMWarning, match="reference mode"):
         quantus.Sparseness(disable_warnings=True)(
-            model=student, x_batch=x, y_batch=y, explain_func=explain,
-            explain_func_kwargs=batch_kwargs, device="cpu", batch_size=8)
+            model=student,
+            x_batch=x,
+            y_batch=y,
+            explain_func=explain,
+            explain_func_kwargs=batch_kwargs,
+            device="cpu",
+            batch_size=8,
+        )
 
 
 def test_missing_reference_and_unknown_layer_are_input_errors(setup):
@@ -121,4 +150,5 @@ def test_a_users_own_explain_func_over_batch_mode_warns(setup):
 
     with pytest.warns(UniCAMWarning, match="called from quantus"):
         quantus.Sparseness(disable_warnings=True)(
-            model=student, x_batch=x, y_batch=y, explain_func=own, device="cpu", batch_size=8)
+            model=student, x_batch=x, y_batch=y, explain_func=own, device="cpu", batch_size=8
+        )

@@ -43,12 +43,18 @@ def test_each_map_equals_its_own_call_and_batch_mode_with_context(setting):
     )
     assert d.shape == (16, 1, 4, 4) and s_d.shape == (16,) and s_r.shape == (16,)
     for i in range(16):
-        di, ri = unicam.attribute(x[i : i + 1], target=y[i : i + 1], features="both", relu_attributions=False)
+        di, ri = unicam.attribute(
+            x[i : i + 1], target=y[i : i + 1], features="both", relu_attributions=False
+        )
         _close(d[i : i + 1], di)
         _close(r[i : i + 1], ri)
         (bd, br), (bs_d, bs_r) = plain.attribute(
-            x[i : i + 1], target=y[i : i + 1], features="both", relu_attributions=False,
-            context=(ref_x, ref_y), return_score=True,
+            x[i : i + 1],
+            target=y[i : i + 1],
+            features="both",
+            relu_attributions=False,
+            context=(ref_x, ref_y),
+            return_score=True,
         )
         _close(d[i : i + 1], bd)
         _close(r[i : i + 1], br)
@@ -85,7 +91,10 @@ def test_permuting_or_splitting_the_batch_changes_nothing(setting, perm, cut):
     dp, rp = unicam.attribute(x[p], target=y[p], features="both", relu_attributions=False)
     _close(dp, d[p], rel=1e-9)
     _close(rp, r[p], rel=1e-9)
-    parts = [unicam.attribute(x[s], target=y[s], relu_attributions=False) for s in (slice(0, cut), slice(cut, 16))]
+    parts = [
+        unicam.attribute(x[s], target=y[s], relu_attributions=False)
+        for s in (slice(0, cut), slice(cut, 16))
+    ]
     _close(torch.cat(parts), d, rel=1e-9)
 
 
@@ -95,7 +104,11 @@ def test_batch_of_one_and_per_call_reference(setting):
     plain = UniCAM(student, student.layer2, base, base.layer2)
     one = cached.attribute(x[:1], target=y[:1], relu_attributions=False)
     assert one.shape == (1, 1, 4, 4)
-    _close(plain.attribute(x[:1], target=y[:1], relu_attributions=False, reference=(ref_x, ref_y)), one, rel=1e-12)
+    _close(
+        plain.attribute(x[:1], target=y[:1], relu_attributions=False, reference=(ref_x, ref_y)),
+        one,
+        rel=1e-12,
+    )
     s = plain.score(x[:3], target=y[:3], reference=(ref_x, ref_y))
     t = cached.score(x[:3], target=y[:3])
     assert torch.allclose(s[0], t[0], atol=1e-12) and torch.allclose(s[1], t[1], atol=1e-12)
@@ -109,7 +122,11 @@ def test_feature_layer_and_transform_in_reference_mode(setting):
     d, r = unicam.attribute(x[:3], target=y[:3], features="both", relu_attributions=False)
     for i in range(3):
         bd, br = plain.attribute(
-            x[i : i + 1], target=y[i : i + 1], features="both", relu_attributions=False, context=(ref_x, ref_y)
+            x[i : i + 1],
+            target=y[i : i + 1],
+            features="both",
+            relu_attributions=False,
+            context=(ref_x, ref_y),
         )
         _close(d[i : i + 1], bd)
         _close(r[i : i + 1], br)
@@ -119,14 +136,23 @@ def test_feature_layer_and_transform_in_reference_mode(setting):
     vit_plain = UniCAM(vs, vs.block1, vb, vb.block1, **kw)
     got = vit.attribute(x[:2], target=y[:2], relu_attributions=False)
     for i in range(2):
-        _close(got[i : i + 1], vit_plain.attribute(x[i : i + 1], target=y[i : i + 1], relu_attributions=False, context=(ref_x, ref_y)))
+        _close(
+            got[i : i + 1],
+            vit_plain.attribute(
+                x[i : i + 1], target=y[i : i + 1], relu_attributions=False, context=(ref_x, ref_y)
+            ),
+        )
 
 
 def test_sensitivity_max_identity_is_exactly_zero(setting):
     student, base, x, y, ref_x, ref_y = setting
     unicam = UniCAM(student, student.layer2, base, base.layer2, reference=(ref_x, ref_y))
     sens = sensitivity_max(
-        unicam.attribute, x[:4], perturb_func=lambda inputs, perturb_radius=0.0: inputs, target=y[:4], n_perturb_samples=3
+        unicam.attribute,
+        x[:4],
+        perturb_func=lambda inputs, perturb_radius=0.0: inputs,
+        target=y[:4],
+        n_perturb_samples=3,
     )
     assert torch.equal(sens, torch.zeros_like(sens))
 

@@ -46,8 +46,12 @@ def setup():
 
 
 def one_at_a_time(unicam, inputs, target, **kwargs):
-    return torch.cat([unicam.attribute(inputs[i : i + 1], target=target[i : i + 1], **kwargs)
-                      for i in range(inputs.shape[0])])
+    return torch.cat(
+        [
+            unicam.attribute(inputs[i : i + 1], target=target[i : i + 1], **kwargs)
+            for i in range(inputs.shape[0])
+        ]
+    )
 
 
 @pytest.mark.parametrize("nt_type", NT_TYPES)
@@ -61,15 +65,25 @@ def test_noise_tunnel_equals_the_mean_over_the_same_noisy_inputs(setup, nt_type)
     assert_close(got, want, rtol=1e-6)
     # the same in calls of any size: Captum's internal batching changes nothing
     torch.manual_seed(11)
-    split = NoiseTunnel(unicam).attribute(x, nt_type=nt_type, nt_samples=k, stdevs=stdev, target=y,
-                                          nt_samples_batch_size=1)
+    split = NoiseTunnel(unicam).attribute(
+        x, nt_type=nt_type, nt_samples=k, stdevs=stdev, target=y, nt_samples_batch_size=1
+    )
     torch.manual_seed(11)
-    assert_close(split, smoothing(one_at_a_time(unicam, _partitioned_noise(x, k, stdev), y.repeat_interleave(k)),
-                                  n, k, nt_type), rtol=1e-6)
+    assert_close(
+        split,
+        smoothing(
+            one_at_a_time(unicam, _partitioned_noise(x, k, stdev), y.repeat_interleave(k)),
+            n,
+            k,
+            nt_type,
+        ),
+        rtol=1e-6,
+    )
     # LayerGradCam through NoiseTunnel on the same model: same call, same shape
     torch.manual_seed(11)
-    gc = NoiseTunnel(LayerGradCam(student, student.layer2)).attribute(x, nt_type=nt_type, nt_samples=k,
-                                                                      stdevs=stdev, target=y)
+    gc = NoiseTunnel(LayerGradCam(student, student.layer2)).attribute(
+        x, nt_type=nt_type, nt_samples=k, stdevs=stdev, target=y
+    )
     assert gc.shape == got.shape
     assert all_hooks(student, base) == 0
 

@@ -10,9 +10,10 @@ import torch
 
 from captum_unicam import viz
 from captum_unicam.errors import OutputError
+from captum_unicam.metrics import KDEvaluation
 from captum_unicam.metrics.localisation import localisation
 from captum_unicam.output import html, report
-from captum_unicam.metrics import KDEvaluation
+
 
 def _write(out, *, overwrite=False, progress=True, **fields):
     return report.write_report(out, report.Report(**fields), overwrite=overwrite, progress=progress)
@@ -28,10 +29,10 @@ def test_localisation_hand_computed():
     masks[:, 0, :2, :2] = 1.0  # object: top-left 2x2, area 4/16
     m = torch.zeros(3, 1, 4, 4)
     m[0, 0, 0, 0] = 3.0
-    m[0, 0, 3, 3] = 1.0      # energy 3/4, peak on object
+    m[0, 0, 3, 3] = 1.0  # energy 3/4, peak on object
     m[1, 0, 3, 3] = 2.0
-    m[1, 0, 1, 1] = 1.0      # energy 1/3, peak off object
-    m[1, 0, 2, 2] = -5.0     # negative values are ignored
+    m[1, 0, 1, 1] = 1.0  # energy 1/3, peak off object
+    m[1, 0, 2, 2] = -5.0  # negative values are ignored
     # image 2: all zero -> empty, left out
     out = localisation({"k": m}, masks, n_bootstrap=200, seed=1)
     assert out["chance"]["energy"] == pytest.approx(0.25)
@@ -86,33 +87,59 @@ def _evaluation():
     vals = {}
     rng = np.random.default_rng(0)
     for layer in ("L1", "L2"):
-        vals[layer] = {k: {m: list(rng.random(4)) for m in ("fss", "rs_base", "rs_student", "rs_distilled", "rs_residual")}
-                       for k in ("gradcam", "distilled", "residual")}
-    return KDEvaluation(layers=["L1", "L2"], map_kinds=["gradcam", "distilled", "residual"], values=vals,
-                        batch_indices=[0, 1, 2, 3], batch_sizes=[8] * 4,
-                        settings={"n_bootstrap": 100, "n_permutations": 100, "seed": 0})
+        vals[layer] = {
+            k: {
+                m: list(rng.random(4))
+                for m in ("fss", "rs_base", "rs_student", "rs_distilled", "rs_residual")
+            }
+            for k in ("gradcam", "distilled", "residual")
+        }
+    return KDEvaluation(
+        layers=["L1", "L2"],
+        map_kinds=["gradcam", "distilled", "residual"],
+        values=vals,
+        batch_indices=[0, 1, 2, 3],
+        batch_sizes=[8] * 4,
+        settings={"n_bootstrap": 100, "n_permutations": 100, "seed": 0},
+    )
 
 
 def _small_kwargs():
     # no figures: fast
-    return dict(command=["captum-unicam", "demo"], data="test data", progress=False,
-                models={"Teacher": {"arch": "t", "accuracy": 0.9}, "Base": {"arch": "b", "accuracy": 0.6},
-                        "Student": {"arch": "s", "accuracy": 0.75}})
+    return dict(
+        command=["captum-unicam", "demo"],
+        data="test data",
+        progress=False,
+        models={
+            "Teacher": {"arch": "t", "accuracy": 0.9},
+            "Base": {"arch": "b", "accuracy": 0.6},
+            "Student": {"arch": "s", "accuracy": 0.75},
+        },
+    )
 
 
 def _kwargs(ckpt=None):
     g = torch.Generator().manual_seed(0)
     imgs = torch.rand(4, 3, 16, 16, generator=g)
-    maps = {"Grad-CAM student": torch.rand(4, 1, 4, 4, generator=g), "UniCAM residual": torch.zeros(4, 1, 4, 4)}
+    maps = {
+        "Grad-CAM student": torch.rand(4, 1, 4, 4, generator=g),
+        "UniCAM residual": torch.zeros(4, 1, 4, 4),
+    }
     masks = torch.zeros(4, 16, 16)
     masks[:, 4:12, 4:12] = 1
-    kw = dict(command=["captum-unicam", "demo", "--quick"], data="test data",
-              models={"Teacher": {"arch": "t", "accuracy": 0.9}, "Base": {"arch": "b", "accuracy": 0.6},
-                      "Student": {"arch": "s", "accuracy": 0.75, "kd_method": "response"}},
-              evaluation=_evaluation(),
-              grids={"L4": {"images": imgs, "maps": maps, "labels": list("abcd")}},
-              localisation={"L4": localisation(maps, masks, n_bootstrap=50)},
-              progress=False)
+    kw = dict(
+        command=["captum-unicam", "demo", "--quick"],
+        data="test data",
+        models={
+            "Teacher": {"arch": "t", "accuracy": 0.9},
+            "Base": {"arch": "b", "accuracy": 0.6},
+            "Student": {"arch": "s", "accuracy": 0.75, "kd_method": "response"},
+        },
+        evaluation=_evaluation(),
+        grids={"L4": {"images": imgs, "maps": maps, "labels": list("abcd")}},
+        localisation={"L4": localisation(maps, masks, n_bootstrap=50)},
+        progress=False,
+    )
     if ckpt is not None:
         kw["model_files"] = {"student.pt": ckpt}
     return kw
@@ -124,14 +151,25 @@ def test_write_report_contents(tmp_path):
     out = _write(tmp_path / "a" / "rep", **_kwargs(ckpt))
     assert out == (tmp_path / "a" / "rep").absolute()
     files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
-    for f in ("index.html", "metrics.json", "tables/table1.csv", "tables/table1.md", "tables/models.csv",
-              "tables/localisation.csv", "figures/grid_L4.png", "figures/scores.png",
-              "figures/localisation.png", "models/student.pt"):
+    for f in (
+        "index.html",
+        "metrics.json",
+        "tables/table1.csv",
+        "tables/table1.md",
+        "tables/models.csv",
+        "tables/localisation.csv",
+        "figures/grid_L4.png",
+        "figures/scores.png",
+        "figures/localisation.png",
+        "models/student.pt",
+    ):
         assert f in files
     # no temporary siblings left
     assert [p.name for p in out.parent.iterdir()] == ["rep"]
 
-    metrics = json.loads((out / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    metrics = json.loads(
+        (out / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(c)
+    )
     assert metrics["models"]["Student"]["accuracy"] == 0.75
     assert metrics["command"] == "captum-unicam demo --quick"
     assert set(metrics["versions"]) >= {"python", "torch", "captum", "captum-unicam"}
@@ -139,9 +177,12 @@ def test_write_report_contents(tmp_path):
     ev, got = ev.get("by_layer", ev), metrics["evaluation"]
     got = got.get("by_layer", got)
     assert got["L2"]["distilled"]["rs_student"]["mean"] == pytest.approx(
-        ev["L2"]["distilled"]["rs_student"]["mean"])
+        ev["L2"]["distilled"]["rs_student"]["mean"]
+    )
     loc = metrics["localisation"]["L4"]["kinds"]
-    assert loc["UniCAM residual"]["n_empty"] == 4 and loc["UniCAM residual"]["energy"]["mean"] is None
+    assert (
+        loc["UniCAM residual"]["n_empty"] == 4 and loc["UniCAM residual"]["energy"]["mean"] is None
+    )
 
     page = (out / "index.html").read_text()
     parser = _Links()
@@ -152,8 +193,18 @@ def test_write_report_contents(tmp_path):
             continue
         assert not re.match(r"^[a-z]+:", link), link  # relative only: no http, no CDN
         assert (out / link).is_file(), link
-    for text in ("Teacher", "90.0 %", "60.0 %", "75.0 %", "FSS", "RS", "distilled", "residual",
-                 "captum-unicam demo --quick", "no positive evidence after ReLU"):
+    for text in (
+        "Teacher",
+        "90.0 %",
+        "60.0 %",
+        "75.0 %",
+        "FSS",
+        "RS",
+        "distilled",
+        "residual",
+        "captum-unicam demo --quick",
+        "no positive evidence after ReLU",
+    ):
         assert text in page
     assert (out / "tables" / "table1.csv").read_text() == _evaluation().to_csv()
 
@@ -210,8 +261,11 @@ def test_crash_mid_report_leaves_nothing(tmp_path, monkeypatch, existing):
 
 def test_failed_accuracy_is_stated(tmp_path):
     kw = _small_kwargs()
-    kw["models"] = {"Teacher": {"arch": "t", "accuracy": None}, "Base": {"arch": "b", "accuracy": 0.8},
-                    "Student": {"arch": "s", "accuracy": 0.7}}
+    kw["models"] = {
+        "Teacher": {"arch": "t", "accuracy": None},
+        "Base": {"arch": "b", "accuracy": 0.8},
+        "Student": {"arch": "s", "accuracy": 0.7},
+    }
     out = _write(tmp_path / "r", **kw)
     page = (out / "index.html").read_text()
     assert "not measured" in page and "did not help" in page
@@ -234,10 +288,19 @@ def test_every_figure_written_is_shown(tmp_path):
 
     g = torch.Generator().manual_seed(0)
     out = _write(
-        tmp_path / "rep", command=["captum-unicam", "demo"], data="test", progress=False,
+        tmp_path / "rep",
+        command=["captum-unicam", "demo"],
+        data="test",
+        progress=False,
         models={"Student": {"arch": "s", "accuracy": 0.7}},
-        grids={"L4": {"images": torch.rand(2, 3, 16, 16, generator=g), "maps": {"UniCAM residual": torch.zeros(2, 1, 4, 4)}}},
-        score_panels={"(a) FSS": {"Grad-CAM": {"L4": (0.5, 0.4, 0.6)}}})
+        grids={
+            "L4": {
+                "images": torch.rand(2, 3, 16, 16, generator=g),
+                "maps": {"UniCAM residual": torch.zeros(2, 1, 4, 4)},
+            }
+        },
+        score_panels={"(a) FSS": {"Grad-CAM": {"L4": (0.5, 0.4, 0.6)}}},
+    )
     page = (out / "index.html").read_text(encoding="utf-8")
     shown = set(re.findall(r'<img src="(figures/[^"]+)"', page))
     written = {f"figures/{p.name}" for p in (out / "figures").iterdir()}
@@ -248,12 +311,27 @@ def test_one_page_renderer_renders_any_report_page():
     """A report other than explain / quantify (compare's sections: text, figure, table,
     CSV link) goes through the same renderer, escaped, with its sections in the navigation."""
     md = "| method | MoRF 50 |\n|---|---|\n| UniCAM <x> | 0.5 [0.4, 0.6] |\n"
-    sections = [html.figure_table_section("road", "ROAD", "Accuracy after replacing pixels.",
-                                          figure="figures/road.png", table_md=md, csv="tables/road.csv"),
-                html.figure_table_section("sanity", "Sanity checks", "Text only.")]
-    page = html.render_page(html.Page(title="Comparison & co", command="captum-unicam compare --x",
-                                      notes=["a <note>"], sections=sections, table_links=["tables/road.csv"],
-                                      versions={"torch": "2"}))
+    sections = [
+        html.figure_table_section(
+            "road",
+            "ROAD",
+            "Accuracy after replacing pixels.",
+            figure="figures/road.png",
+            table_md=md,
+            csv="tables/road.csv",
+        ),
+        html.figure_table_section("sanity", "Sanity checks", "Text only."),
+    ]
+    page = html.render_page(
+        html.Page(
+            title="Comparison & co",
+            command="captum-unicam compare --x",
+            notes=["a <note>"],
+            sections=sections,
+            table_links=["tables/road.csv"],
+            versions={"torch": "2"},
+        )
+    )
     assert "<title>Comparison &amp; co</title>" in page and "<p>a &lt;note&gt;</p>" in page
     assert '<a href="#road">ROAD</a><a href="#sanity">Sanity checks</a>' in page
     assert '<h2 id="road">ROAD</h2>' in page and '<img src="figures/road.png" alt="ROAD">' in page

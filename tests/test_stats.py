@@ -61,7 +61,9 @@ def _degenerate(t: torch.Tensor, name: str) -> bool:
     """Whether a variable's own (U-)distance variance is (nearly) zero, so that a correlation
     with it is 0/0 and both dcor's value and ours are rounding noise. Measured on centred data
     with dcor's naive method, which cancels least."""
-    covariance = dcor.u_distance_covariance_sqr if name.startswith("u_") else dcor.distance_covariance_sqr
+    covariance = (
+        dcor.u_distance_covariance_sqr if name.startswith("u_") else dcor.distance_covariance_sqr
+    )
     a = _np(t) - _np(t).mean(axis=0)
     scale = float(dcor.distances.pairwise_distances(a).mean()) ** 2
     rel = 1e-6 if t.dtype == torch.float64 else 1e-3
@@ -215,7 +217,9 @@ def test_invariance_to_shift_scale_rotation(dtype):
     if dtype == torch.float64:
         # nothing of `moved` is left once x is removed (in float32 the rounding of the
         # Gram product is all that is left, and pdCor amplifies it: an ill-posed case)
-        assert float(stats.partial_distance_correlation(moved, y, x)) == pytest.approx(0.0, abs=1e-4)
+        assert float(stats.partial_distance_correlation(moved, y, x)) == pytest.approx(
+            0.0, abs=1e-4
+        )
 
 
 def test_trailing_dimensions_are_flattened():
@@ -247,13 +251,17 @@ def test_matrix_functions_equal_dcor():
     a_np = dcor.distances.pairwise_distances(_np(x))
     b_np = dcor.distances.pairwise_distances(_np(y))
     a, b = stats.distance_matrix(x), stats.distance_matrix(y)
-    np.testing.assert_allclose(stats.double_centered(a).numpy(), dcor.double_centered(a_np), atol=1e-12)
+    np.testing.assert_allclose(
+        stats.double_centered(a).numpy(), dcor.double_centered(a_np), atol=1e-12
+    )
     ua, ub = stats.u_centered(a), stats.u_centered(b)
     np.testing.assert_allclose(ua.numpy(), dcor.u_centered(a_np), atol=1e-12)
     assert float(stats.u_product(ua, ub)) == pytest.approx(
         dcor.u_product(dcor.u_centered(a_np), dcor.u_centered(b_np)), abs=1e-12
     )
-    assert float(stats.mean_product(a, b)) == pytest.approx(dcor.mean_product(a_np, b_np), abs=1e-12)
+    assert float(stats.mean_product(a, b)) == pytest.approx(
+        dcor.mean_product(a_np, b_np), abs=1e-12
+    )
     uc = dcor.u_centered(b_np)
     np.testing.assert_allclose(
         stats.u_projection(ua)(ub).numpy(), dcor.u_projection(dcor.u_centered(a_np))(uc), atol=1e-12
@@ -374,7 +382,10 @@ def test_non_finite_values(name, bad, position, which):
 
 
 @pytest.mark.parametrize("magnitude", [1e-25, 1e-30, 1e19, 1e30])
-@pytest.mark.parametrize("name", ["u_distance_correlation_sqr", "distance_correlation_sqr", "partial_distance_correlation"])
+@pytest.mark.parametrize(
+    "name",
+    ["u_distance_correlation_sqr", "distance_correlation_sqr", "partial_distance_correlation"],
+)
 def test_float32_underflow_and_overflow_are_rescaled(magnitude, name):
     """float32 samples whose squared norms under- or overflow: each variable is rescaled
     first (correlations are scale-free), so the value is dcor's, not a silent 0 or an error."""
@@ -443,9 +454,21 @@ def _exact_dcov_sqr(x: list, y: list, unbiased: bool) -> Fraction:
         rows = [sum(r) for r in a]
         total = sum(rows)
         if unbiased:
-            return [[Fraction(0) if i == j else a[i][j] - rows[i] / (n - 2) - rows[j] / (n - 2)
-                     + total / ((n - 1) * (n - 2)) for j in range(n)] for i in range(n)]
-        return [[a[i][j] - rows[i] / n - rows[j] / n + total / n**2 for j in range(n)] for i in range(n)]
+            return [
+                [
+                    Fraction(0)
+                    if i == j
+                    else a[i][j]
+                    - rows[i] / (n - 2)
+                    - rows[j] / (n - 2)
+                    + total / ((n - 1) * (n - 2))
+                    for j in range(n)
+                ]
+                for i in range(n)
+            ]
+        return [
+            [a[i][j] - rows[i] / n - rows[j] / n + total / n**2 for j in range(n)] for i in range(n)
+        ]
 
     a, b = centred(x), centred(y)
     s = sum(a[i][j] * b[i][j] for i in range(n) for j in range(n))
@@ -460,8 +483,13 @@ def test_one_dimensional_samples_far_from_zero_equal_exact_arithmetic(seed):
     x = 5 + 3e-3 * torch.randn(n, 1, generator=g, dtype=torch.float64)
     y = -7 + 2e-3 * torch.randn(n, 1, generator=g, dtype=torch.float64)
     x[1] = x[0]
-    for unbiased, fn in ((False, stats.distance_covariance_sqr), (True, stats.u_distance_covariance_sqr)):
+    for unbiased, fn in (
+        (False, stats.distance_covariance_sqr),
+        (True, stats.u_distance_covariance_sqr),
+    ):
         exact = _exact_dcov_sqr(x[:, 0].tolist(), y[:, 0].tolist(), unbiased)
-        scale = float(_exact_dcov_sqr(x[:, 0].tolist(), x[:, 0].tolist(), unbiased)) ** 0.5 * float(
-            _exact_dcov_sqr(y[:, 0].tolist(), y[:, 0].tolist(), unbiased)) ** 0.5
+        scale = (
+            float(_exact_dcov_sqr(x[:, 0].tolist(), x[:, 0].tolist(), unbiased)) ** 0.5
+            * float(_exact_dcov_sqr(y[:, 0].tolist(), y[:, 0].tolist(), unbiased)) ** 0.5
+        )
         assert abs(float(fn(x, y)) - float(exact)) <= 1e-12 * scale

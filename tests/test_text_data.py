@@ -52,8 +52,9 @@ def test_cue_rate_class_and_positions(tokenizer):
         (pos,) = task.cue_masks[i].nonzero().flatten().tolist()
         assert pos == words.index(cue) + 1
         assert int(task.input_ids[i, pos]) == tokenizer.convert_tokens_to_ids(cue)
-    assert torch.equal(task.attention_mask.sum(1), torch.tensor(
-        [len(s.split()) + 2 for s in task.sentences]))
+    assert torch.equal(
+        task.attention_mask.sum(1), torch.tensor([len(s.split()) + 2 for s in task.sentences])
+    )
 
 
 def test_labels_balanced_and_topic_words_match_class():
@@ -95,8 +96,9 @@ def test_scenario_cue_mass_and_naive_difference_by_hand():
     assert kd.cue_mass(maps, cue) == [0.75, None, 0.5]  # an empty map is left out, not 0/0
     with np.errstate(all="raise"):
         normed = kd._normalised(maps)
-    torch.testing.assert_close(normed, torch.tensor(
-        [[1 / 3, 1.0, 0, 0], [0, 0, 0, 0], [0.5, 0.5, 1.0, 0]]))
+    torch.testing.assert_close(
+        normed, torch.tensor([[1 / 3, 1.0, 0, 0], [0, 0, 0, 0], [0.5, 0.5, 1.0, 0]])
+    )
     got = kd.interval([0.2, None, 0.4], n_bootstrap=50, seed=0)
     assert got["n"] == 2 and got["mean"] == pytest.approx(0.3)
     assert 0.2 <= got["low"] <= got["high"] <= 0.4

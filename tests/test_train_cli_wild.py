@@ -61,8 +61,23 @@ def fits(monkeypatch):
 
 
 def _argv(tree, out, *more):
-    return ["train", "--data", f"imagefolder:{tree}", "--arch", "small_resnet_s", "--image-size", "16",
-            "--epochs", "1", "--batch-size", "4", "--no-progress", "--out", str(out), *more]
+    return [
+        "train",
+        "--data",
+        f"imagefolder:{tree}",
+        "--arch",
+        "small_resnet_s",
+        "--image-size",
+        "16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--no-progress",
+        "--out",
+        str(out),
+        *more,
+    ]
 
 
 def _run(capsys, argv):
@@ -90,7 +105,9 @@ def test_out_inside_the_data_folder_is_refused_before_training(tree, capsys, fit
     assert sorted(p.name for p in (tree / "train").iterdir()) == ["a", "b"]
 
 
-def test_an_existing_file_is_kept_without_overwrite_and_replaced_with_it(tree, tmp_path, capsys, fits):
+def test_an_existing_file_is_kept_without_overwrite_and_replaced_with_it(
+    tree, tmp_path, capsys, fits
+):
     out = tmp_path / "m.pt"
     out.write_bytes(b"mine")
     code, _, err = _run(capsys, _argv(tree, out))
@@ -145,7 +162,9 @@ def test_a_damaged_test_image_is_named_before_any_epoch(tree, tmp_path, capsys, 
     assert fits == [] and not out.exists()
 
 
-def test_too_little_free_space_is_refused_before_training(tree, tmp_path, capsys, fits, monkeypatch):
+def test_too_little_free_space_is_refused_before_training(
+    tree, tmp_path, capsys, fits, monkeypatch
+):
     from captum_unicam.models import _files
 
     monkeypatch.setattr(_files, "free_bytes", lambda folder: 1000)
@@ -201,9 +220,13 @@ def test_steps_line_and_short_run_warning_are_shown_and_recorded(tree, tmp_path,
     # the recorded accuracies, recomputed on the same images
     test = load_dataset(f"imagefolder:{tree}", "test", image_size=16)
     train = load_dataset(f"imagefolder:{tree}", "train", image_size=16)
-    assert meta["accuracy"] == pytest.approx(evaluate_accuracy(model, DataLoader(test, batch_size=8)))
+    assert meta["accuracy"] == pytest.approx(
+        evaluate_accuracy(model, DataLoader(test, batch_size=8))
+    )
     assert meta["accuracy"] == extra["test_accuracy"]
-    assert extra["train_accuracy"] == pytest.approx(evaluate_accuracy(model, DataLoader(train, batch_size=8)))
+    assert extra["train_accuracy"] == pytest.approx(
+        evaluate_accuracy(model, DataLoader(train, batch_size=8))
+    )
     assert meta["preprocessing"]["image_size"] == 16 and meta["preprocessing"]["augment"] == []
 
 
@@ -249,12 +272,16 @@ def test_only_the_named_augmentations_are_applied():
         crops = [training._Augmented(base, ("crop",), "none")[i % 2][0] for i in range(20)]
     assert all(torch.equal(a, x[i % 2]) for i, a in enumerate(none))
     mirrored = [torch.equal(a, x[i % 2].flip(-1)) for i, a in enumerate(flips)]
-    assert all(m or torch.equal(a, x[i % 2]) for i, (m, a) in enumerate(zip(mirrored, flips, strict=True)))
+    assert all(
+        m or torch.equal(a, x[i % 2]) for i, (m, a) in enumerate(zip(mirrored, flips, strict=True))
+    )
     assert 0 < sum(mirrored) < 20
     # a crop shifts by at most 2 pixels (16 // 8) and never mirrors: each crop is a shifted copy
     for i, a in enumerate(crops):
         src = torch.nn.functional.pad(x[i % 2], (2, 2, 2, 2))
-        assert any(torch.equal(a, src[:, t:t + 16, s:s + 16]) for t in range(5) for s in range(5))
+        assert any(
+            torch.equal(a, src[:, t : t + 16, s : s + 16]) for t in range(5) for s in range(5)
+        )
     normed = training._Augmented(base, (), "imagenet")[0][0]
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -270,27 +297,63 @@ def test_an_unlabelled_transfer_folder_is_used_whole(tree, tmp_path, capsys):
     for i in range(7):  # no class folders, no train/ or test/
         _png(flat / f"{i}.png", 40 + 170 * (i % 2), rng)
     out = tmp_path / "student.pt"
-    code, _, err = _run(capsys, ["train", "--data", f"imagefolder:{tree}", "--arch", "small_resnet_s",
-                                 "--teacher", teacher, "--transfer", f"imagefolder:{flat}", "--epochs", "1",
-                                 "--batch-size", "4", "--no-progress", "--out", out])
+    code, _, err = _run(
+        capsys,
+        [
+            "train",
+            "--data",
+            f"imagefolder:{tree}",
+            "--arch",
+            "small_resnet_s",
+            "--teacher",
+            teacher,
+            "--transfer",
+            f"imagefolder:{flat}",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--no-progress",
+            "--out",
+            out,
+        ],
+    )
     assert code == 0, err
     assert "7 images, 4 per batch, 1 epochs = 1 steps" in err
     _, meta = load_checkpoint(out)
     assert meta["extra"]["train_size"] == 7 and meta["extra"]["train_accuracy"] is None
 
 
-def test_out_inside_the_transfer_folder_or_over_the_teacher_is_refused(tree, tmp_path, capsys, fits):
+def test_out_inside_the_transfer_folder_or_over_the_teacher_is_refused(
+    tree, tmp_path, capsys, fits
+):
     teacher = tmp_path / "teacher.pt"
-    save_checkpoint(teacher, build_model("small_resnet_s", 2), arch="small_resnet_s", num_classes=2,
-                    class_names=list(CLASSES), recipe={"image_size": 16, "normalize": "none"})
-    common = ["train", "--data", f"imagefolder:{tree}", "--arch", "small_resnet_s", "--teacher", teacher,
-              "--no-progress"]
+    save_checkpoint(
+        teacher,
+        build_model("small_resnet_s", 2),
+        arch="small_resnet_s",
+        num_classes=2,
+        class_names=list(CLASSES),
+        recipe={"image_size": 16, "normalize": "none"},
+    )
+    common = [
+        "train",
+        "--data",
+        f"imagefolder:{tree}",
+        "--arch",
+        "small_resnet_s",
+        "--teacher",
+        teacher,
+        "--no-progress",
+    ]
     code, _, err = _run(capsys, [*common, "--out", teacher, "--overwrite"])
     assert code == 2 and "which this run reads" in _one_error_line(err)
     flat = tmp_path / "transfer"
     flat.mkdir()
     _png(flat / "0.png", 40, np.random.default_rng(0))
-    code, _, err = _run(capsys, [*common, "--transfer", f"imagefolder:{flat}", "--out", flat / "s.pt"])
+    code, _, err = _run(
+        capsys, [*common, "--transfer", f"imagefolder:{flat}", "--out", flat / "s.pt"]
+    )
     assert code == 2 and "which this run reads" in _one_error_line(err)
     assert fits == [] and not (flat / "s.pt").exists()
 
@@ -305,11 +368,33 @@ def test_a_teacher_with_nan_outputs_is_one_line_naming_it(tree, tmp_path, capsys
     with torch.no_grad():
         teacher.layer2[0].bn1.running_var.fill_(-1.0)  # finite weights, NaN outputs
     path = tmp_path / "teacher.pt"
-    save_checkpoint(path, teacher, arch="small_resnet_s", num_classes=2, class_names=list(CLASSES),
-                    recipe={"image_size": 16, "normalize": "none"})
-    code, _, err = _run(capsys, ["train", "--data", f"imagefolder:{tree}", "--arch", "small_resnet_s",
-                                 "--teacher", path, "--epochs", "1", "--batch-size", "4", "--no-progress",
-                                 "--out", tmp_path / "s.pt"])
+    save_checkpoint(
+        path,
+        teacher,
+        arch="small_resnet_s",
+        num_classes=2,
+        class_names=list(CLASSES),
+        recipe={"image_size": 16, "normalize": "none"},
+    )
+    code, _, err = _run(
+        capsys,
+        [
+            "train",
+            "--data",
+            f"imagefolder:{tree}",
+            "--arch",
+            "small_resnet_s",
+            "--teacher",
+            path,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--no-progress",
+            "--out",
+            tmp_path / "s.pt",
+        ],
+    )
     line = _one_error_line(err)
     assert code == 2 and str(path) in line and "layer2.0.bn1" in line and "NaN or Inf" in line
     assert "learning rate" not in line and fits == []
@@ -325,7 +410,9 @@ def test_a_diverged_loss_names_the_step_and_the_learning_rate():
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
-    loader = DataLoader(TensorDataset(torch.randn(8, 3, 2, 2) * 1e3, torch.tensor([0, 1] * 4)), batch_size=4)
+    loader = DataLoader(
+        TensorDataset(torch.randn(8, 3, 2, 2) * 1e3, torch.tensor([0, 1] * 4)), batch_size=4
+    )
     with pytest.raises(InputError, match=r"training diverged at step \d+ of 20 \(epoch \d+\).*lr="):
         train_model(model, loader, Recipe(epochs=10, lr=1e38, weight_decay=0.0), progress=False)
 
@@ -342,22 +429,46 @@ def test_a_teacher_that_turns_nan_during_training_is_named_not_the_learning_rate
     teacher = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
     with torch.no_grad():
         teacher[1].weight.fill_(3e38)  # finite, overflows to Inf on these inputs
-    loader = DataLoader(TensorDataset(torch.ones(8, 3, 2, 2), torch.tensor([0, 1] * 4)), batch_size=4)
-    with pytest.raises(InputError, match=r"Teacher's outputs hold NaN or Inf at step 1 of 2 .*module '1'"):
-        train_model(student, loader, Recipe(epochs=1, method="response"), teacher=teacher, progress=False)
+    loader = DataLoader(
+        TensorDataset(torch.ones(8, 3, 2, 2), torch.tensor([0, 1] * 4)), batch_size=4
+    )
+    with pytest.raises(
+        InputError, match=r"Teacher's outputs hold NaN or Inf at step 1 of 2 .*module '1'"
+    ):
+        train_model(
+            student, loader, Recipe(epochs=1, method="response"), teacher=teacher, progress=False
+        )
 
 
 @pytest.mark.parametrize("command", ["train", "demo"])
 def test_a_seed_out_of_range_is_an_argparse_error(tree, tmp_path, capsys, command):
-    argv = _argv(tree, tmp_path / "m.pt") if command == "train" else ["demo", "--out", tmp_path / "r"]
+    argv = (
+        _argv(tree, tmp_path / "m.pt") if command == "train" else ["demo", "--out", tmp_path / "r"]
+    )
     code, _, err = _run(capsys, [*argv, "--seed", str(2**64)])
-    assert code == 2 and "argument --seed" in err and "0 to 4294967295" in err and "Traceback" not in err
+    assert (
+        code == 2
+        and "argument --seed" in err
+        and "0 to 4294967295" in err
+        and "Traceback" not in err
+    )
     assert not (tmp_path / "m.pt").exists()
 
 
 def test_a_controlled_seed_out_of_range_is_one_line(tmp_path, capsys):
-    code, _, err = _run(capsys, ["train", "--data", "controlled:99999999999999999999", "--arch",
-                                 "small_resnet_s", "--out", tmp_path / "m.pt", "--no-progress"])
+    code, _, err = _run(
+        capsys,
+        [
+            "train",
+            "--data",
+            "controlled:99999999999999999999",
+            "--arch",
+            "small_resnet_s",
+            "--out",
+            tmp_path / "m.pt",
+            "--no-progress",
+        ],
+    )
     line = _one_error_line(err)
     assert code == 2 and "--data" in line and "0 to 4294967295" in line
 
@@ -391,4 +502,6 @@ def test_augmented_training_sets_are_normalised_like_the_test_set():
     with torch.random.fork_rng():
         torch.manual_seed(0)
         x = sets["train"][0][0]  # the cross-validation set: augmented, then normalised
-    assert sets["train"] is sets["fit"] and float(x.min()) == pytest.approx(float((-mean / std).min()))
+    assert sets["train"] is sets["fit"] and float(x.min()) == pytest.approx(
+        float((-mean / std).min())
+    )

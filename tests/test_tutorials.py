@@ -158,8 +158,13 @@ def test_notebook_runs_top_to_bottom(name, notebook_env):
     ]
     assert not errors
     # no deprecated call on the way (the warning would be printed in a stream output)
-    printed = "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
-                      for out in cell.get("outputs", []) if out.get("output_type") == "stream")
+    printed = "".join(
+        out.get("text", "")
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "stream"
+    )
     assert "DeprecationWarning" not in printed, f"{name} calls a deprecated form"
     # Every figure cell drew something.
     images = [

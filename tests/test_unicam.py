@@ -77,9 +77,13 @@ def test_score_float32_and_label_embeddings(data):
         x_s, x_b = student.layer1_out(x), base.layer1_out(x)
     expected = dcor.partial_distance_correlation(np64(x_s), table[y].double().numpy(), np64(x_b))
     assert abs(float(s_d) - expected) < 1e-5
-    assert float(s_d) == pytest.approx(float(stats.partial_distance_correlation(x_s, table[y], x_b)), abs=1e-6)
+    assert float(s_d) == pytest.approx(
+        float(stats.partial_distance_correlation(x_s, table[y], x_b)), abs=1e-6
+    )
     # label vectors given directly as target are the same thing
-    assert float(unicam.score(x, target=table[y], features="distilled")) == pytest.approx(float(s_d), abs=1e-7)
+    assert float(unicam.score(x, target=table[y], features="distilled")) == pytest.approx(
+        float(s_d), abs=1e-7
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -117,12 +121,18 @@ def test_deeper_feature_layer_records_graph_from_layer_only(pair, data):
     student, base = pair
     x, y = data
     unicam = UniCAM(
-        student, student.layer1, base, base.layer1,
-        student_feature_layer=student.layer2, base_feature_layer=base.layer2,
+        student,
+        student.layer1,
+        base,
+        base.layer1,
+        student_feature_layer=student.layer2,
+        base_feature_layer=base.layer2,
     )
     with torch.no_grad():
         a_s, a_b = student.layer1_out(x), base.layer1_out(x)
-    exp_d, exp_r, s_d, s_r = unicam_oracle(a_s, a_b, one_hot(y), rep_s=student.layer2, rep_b=base.layer2)
+    exp_d, exp_r, s_d, s_r = unicam_oracle(
+        a_s, a_b, one_hot(y), rep_s=student.layer2, rep_b=base.layer2
+    )
     (d, r), (got_d, got_r) = unicam.attribute(x, target=y, features="both", return_score=True)
     assert d.shape == (12, 1, 8, 8)
     assert_close(d, exp_d)
@@ -214,8 +224,12 @@ def test_mixed_architectures_resnet_student_vgg_base(data):
     assert_close(d, exp_d)
     assert_close(r, exp_r)
     labels = one_hot(y).numpy()
-    assert float(s_d) == pytest.approx(dcor.partial_distance_correlation(np64(a_s), labels, np64(a_b)), abs=1e-9)
-    assert float(s_r) == pytest.approx(dcor.partial_distance_correlation(np64(a_b), labels, np64(a_s)), abs=1e-9)
+    assert float(s_d) == pytest.approx(
+        dcor.partial_distance_correlation(np64(a_s), labels, np64(a_b)), abs=1e-9
+    )
+    assert float(s_r) == pytest.approx(
+        dcor.partial_distance_correlation(np64(a_b), labels, np64(a_s)), abs=1e-9
+    )
 
 
 def test_vit_token_layer_with_reshape_transform(data):
@@ -235,7 +249,9 @@ def test_vit_token_layer_with_reshape_transform(data):
 def test_vit_student_against_cnn_base_with_a_transform_pair(data):
     student, base = make(TinyViT, 1), make(SmallResNet, 2)
     x, y = data
-    unicam = UniCAM(student, student.block2, base, base.layer1, reshape_transform=(tokens_to_grid, None))
+    unicam = UniCAM(
+        student, student.block2, base, base.layer1, reshape_transform=(tokens_to_grid, None)
+    )
     d, r = unicam.attribute(x, target=y, features="both")
     assert d.shape == (12, 1, 4, 4) and r.shape == (12, 1, 8, 8)
     with torch.no_grad():
@@ -254,7 +270,9 @@ def test_tuple_inputs_additional_forward_args_and_context():
     scale = torch.rand(10, generator=g, dtype=torch.float64) + 0.5
     y = torch.arange(10) % 4
     unicam = UniCAM(student, student.layer, base, base.layer)
-    d, r = unicam.attribute((img, depth), target=y, additional_forward_args=(scale, "diff"), features="both")
+    d, r = unicam.attribute(
+        (img, depth), target=y, additional_forward_args=(scale, "diff"), features="both"
+    )
     with torch.no_grad():
         a_s = student.layer(student.fused(img, depth, scale, "diff"))
         a_b = base.layer(base.fused(img, depth, scale, "diff"))
@@ -267,7 +285,10 @@ def test_tuple_inputs_additional_forward_args_and_context():
     assert not torch.allclose(d, d_sum)
     # attribute to the layer input: the fused activations (N, 8, 8, 8) for the Student
     (d_in,) = unicam.attribute(
-        (img, depth), target=y, additional_forward_args=(scale, "diff"), attribute_to_layer_input=True
+        (img, depth),
+        target=y,
+        additional_forward_args=(scale, "diff"),
+        attribute_to_layer_input=True,
     )
     with torch.no_grad():
         f_s = student.fused(img, depth, scale, "diff")
@@ -276,7 +297,9 @@ def test_tuple_inputs_additional_forward_args_and_context():
     # context with batch-wise additional args: the third element of `context`
     k = 3
     (dk,) = unicam.attribute(
-        (img[:k], depth[:k]), target=y[:k], additional_forward_args=(scale[:k], "diff"),
+        (img[:k], depth[:k]),
+        target=y[:k],
+        additional_forward_args=(scale[:k], "diff"),
         context=((img[k:], depth[k:]), y[k:], (scale[k:], "diff")),
     )
     assert_close(dk, d[:k])
@@ -285,15 +308,31 @@ def test_tuple_inputs_additional_forward_args_and_context():
 def test_parameters_without_requires_grad(pair, data):
     student, base = make(SmallResNet, 1), make(SmallResNet, 2)
     x, y = data
-    reference = UniCAM(student, student.layer1, base, base.layer1, student_feature_layer=student.layer2,
-                       base_feature_layer=base.layer2).attribute(x, target=y, features="both")
-    default_ref = UniCAM(student, student.layer2, base, base.layer2).attribute(x, target=y, features="both")
+    reference = UniCAM(
+        student,
+        student.layer1,
+        base,
+        base.layer1,
+        student_feature_layer=student.layer2,
+        base_feature_layer=base.layer2,
+    ).attribute(x, target=y, features="both")
+    default_ref = UniCAM(student, student.layer2, base, base.layer2).attribute(
+        x, target=y, features="both"
+    )
     for p in list(student.parameters()) + list(base.parameters())[::2]:
         p.requires_grad_(False)
     flags = [p.requires_grad for p in list(student.parameters()) + list(base.parameters())]
-    frozen = UniCAM(student, student.layer1, base, base.layer1, student_feature_layer=student.layer2,
-                    base_feature_layer=base.layer2).attribute(x, target=y, features="both")
-    default_frozen = UniCAM(student, student.layer2, base, base.layer2).attribute(x, target=y, features="both")
+    frozen = UniCAM(
+        student,
+        student.layer1,
+        base,
+        base.layer1,
+        student_feature_layer=student.layer2,
+        base_feature_layer=base.layer2,
+    ).attribute(x, target=y, features="both")
+    default_frozen = UniCAM(student, student.layer2, base, base.layer2).attribute(
+        x, target=y, features="both"
+    )
     for a, b in zip(frozen + default_frozen, reference + default_ref):
         assert torch.equal(a, b)
     assert flags == [p.requires_grad for p in list(student.parameters()) + list(base.parameters())]
@@ -305,12 +344,20 @@ def test_layer_input_with_feature_layer_equals_previous_layer_output(pair, data)
     student, base = pair
     x, y = data
     via_input = UniCAM(
-        student, student.layer2, base, base.layer2,
-        student_feature_layer=student.layer2, base_feature_layer=base.layer2,
+        student,
+        student.layer2,
+        base,
+        base.layer2,
+        student_feature_layer=student.layer2,
+        base_feature_layer=base.layer2,
     ).attribute(x, target=y, features="both", attribute_to_layer_input=True)
     via_output = UniCAM(
-        student, student.layer1, base, base.layer1,
-        student_feature_layer=student.layer2, base_feature_layer=base.layer2,
+        student,
+        student.layer1,
+        base,
+        base.layer1,
+        student_feature_layer=student.layer2,
+        base_feature_layer=base.layer2,
     ).attribute(x, target=y, features="both")
     for a, b in zip(via_input, via_output):
         assert_close(a, b, rtol=1e-12)

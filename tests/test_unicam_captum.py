@@ -49,7 +49,9 @@ def test_visualize_image_attr_shows_the_map(setup):
     heat = attr[i].permute(1, 2, 0).numpy()
     image = (x[i] - x[i].min()) / (x[i].max() - x[i].min())
     image = image.permute(1, 2, 0).numpy()
-    fig, ax = viz.visualize_image_attr(heat, image, method="heat_map", sign="positive", use_pyplot=False)
+    fig, ax = viz.visualize_image_attr(
+        heat, image, method="heat_map", sign="positive", use_pyplot=False
+    )
     shown = np.asarray(ax.images[-1].get_array())
     # Captum shows map / s clipped to 1, s = the value at which the sorted map's
     # cumulative sum reaches 98 % of the total (outlier_perc=2)
@@ -63,7 +65,9 @@ def test_visualize_image_attr_shows_the_map(setup):
     )
     assert len(axes) == 2
     # the original image is shown as 8-bit colours
-    np.testing.assert_allclose(np.asarray(axes[0].images[0].get_array()) / 255, image, atol=1 / 255 + 1e-9)
+    np.testing.assert_allclose(
+        np.asarray(axes[0].images[0].get_array()) / 255, image, atol=1 / 255 + 1e-9
+    )
     assert len(axes[1].images) == 2  # image and heat map, blended
     plt.close(fig)
 
@@ -102,10 +106,19 @@ def test_sensitivity_max_with_unicam_attribute(setup):
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
     assert float(expected.max()) > 0
     # keyword arguments of UniCAM.attribute pass through, e.g. residual maps with a context
-    got_r = sensitivity_max(unicam.attribute, x[:2], perturb_func=perturb_first_two(delta), n_perturb_samples=1,
-                            target=y[:2], features="residual", context=(x[2:], y[2:]))
+    got_r = sensitivity_max(
+        unicam.attribute,
+        x[:2],
+        perturb_func=perturb_first_two(delta),
+        n_perturb_samples=1,
+        target=y[:2],
+        features="residual",
+        context=(x[2:], y[2:]),
+    )
     r = unicam.attribute(x[:2], target=y[:2], features="residual", context=(x[2:], y[2:]))
-    r_perturbed = unicam.attribute(x[:2] + delta[:2], target=y[:2], features="residual", context=(x[2:], y[2:]))
+    r_perturbed = unicam.attribute(
+        x[:2] + delta[:2], target=y[:2], features="residual", context=(x[2:], y[2:])
+    )
     expected_r = relative_change(r, r_perturbed)
     torch.testing.assert_close(got_r, expected_r, rtol=1e-9, atol=1e-12)
     assert all_hooks(student, base) == 0
@@ -114,7 +127,9 @@ def test_sensitivity_max_with_unicam_attribute(setup):
 def relative_change(a, a_perturbed):
     """|a - a'| / |a| per example; Captum divides by 1 where |a| = 0 (an all-zero map)."""
     norm = a.flatten(1).norm(dim=1)
-    return (a - a_perturbed).flatten(1).norm(dim=1) / torch.where(norm == 0, torch.ones_like(norm), norm)
+    return (a - a_perturbed).flatten(1).norm(dim=1) / torch.where(
+        norm == 0, torch.ones_like(norm), norm
+    )
 
 
 def perturb_first_two(delta):
@@ -131,12 +146,16 @@ def test_swap_in_for_layer_grad_cam(setup):
         UniCAM(student, student.layer2, base, base.layer2),
     ]
     for explainer in explainers:
-        assert isinstance(explainer, LayerAttribution) and isinstance(explainer, GradientAttribution)
+        assert isinstance(explainer, LayerAttribution) and isinstance(
+            explainer, GradientAttribution
+        )
     # the same calls, positional and keyword, give tensors of the same shapes
     calls = [
         dict(args=(x, y), kwargs=dict(relu_attributions=True)),
         dict(args=(x,), kwargs=dict(target=y, attribute_to_layer_input=True)),
-        dict(args=(x, y, None, False, False, False), kwargs=dict(grad_kwargs={"retain_graph": True})),
+        dict(
+            args=(x, y, None, False, False, False), kwargs=dict(grad_kwargs={"retain_graph": True})
+        ),
     ]
     for call in calls:
         grad_cam, unicam = (e.attribute(*call["args"], **call["kwargs"]) for e in explainers)

@@ -59,7 +59,9 @@ class SmallVGG(nn.Module):
             nn.Conv2d(12, 24, 3, padding=1),
             nn.ReLU(inplace=True),
         )
-        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, classes))
+        self.classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -114,7 +116,9 @@ class TwoInputNet(nn.Module):
         self.layer = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)
         self.fc = nn.Linear(2 * c, classes)
 
-    def fused(self, img: torch.Tensor, depth: torch.Tensor, scale: torch.Tensor, mode: str) -> torch.Tensor:
+    def fused(
+        self, img: torch.Tensor, depth: torch.Tensor, scale: torch.Tensor, mode: str
+    ) -> torch.Tensor:
         d = self.depth(depth) * scale.view(-1, 1, 1, 1)
         h = self.rgb(img) + d if mode == "sum" else self.rgb(img) - d
         return torch.relu(h)
@@ -153,7 +157,12 @@ def u_centred_distances(x: torch.Tensor) -> torch.Tensor:
     sq = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
     eye = torch.eye(n, dtype=torch.bool)
     d = torch.where(eye, torch.zeros_like(sq), torch.where(eye, torch.ones_like(sq), sq).sqrt())
-    u = d - d.sum(1, keepdim=True) / (n - 2) - d.sum(0, keepdim=True) / (n - 2) + d.sum() / ((n - 1) * (n - 2))
+    u = (
+        d
+        - d.sum(1, keepdim=True) / (n - 2)
+        - d.sum(0, keepdim=True) / (n - 2)
+        + d.sum() / ((n - 1) * (n - 2))
+    )
     return u.masked_fill(eye, 0.0)
 
 

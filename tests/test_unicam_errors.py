@@ -53,7 +53,12 @@ def test_fewer_than_five_samples_points_to_context_and_says_why(pair, data):
     with pytest.raises(InputError, match="context="):
         unicam_of(pair).attribute(x[:1], target=y[:1], context=(x[1:4], y[1:4]))
     # with enough context, a single image is fine
-    assert unicam_of(pair).attribute(x[:1], target=y[:1], context=(x[1:5], y[1:5])).shape == (1, 1, 4, 4)
+    assert unicam_of(pair).attribute(x[:1], target=y[:1], context=(x[1:5], y[1:5])).shape == (
+        1,
+        1,
+        4,
+        4,
+    )
 
 
 @pytest.mark.parametrize(
@@ -109,17 +114,26 @@ def test_bad_arguments(pair, data):
         UniCAM(student, student.layer2, base, base.layer2, [0])
     with pytest.raises(ValueError, match="label vectors"):
         # label vectors for the inputs, class indices for the context: widths differ
-        unicam_of(pair).attribute(x[:4], target=torch.randn(4, 7, dtype=torch.float64), context=(x[4:], y[4:]))
+        unicam_of(pair).attribute(
+            x[:4], target=torch.randn(4, 7, dtype=torch.float64), context=(x[4:], y[4:])
+        )
 
 
 def test_batchwise_additional_arg_needs_context_rows():
     student, base = make(TwoInputNet, 1), make(TwoInputNet, 2)
-    img, depth = torch.randn(6, 3, 8, 8, dtype=torch.float64), torch.randn(6, 1, 8, 8, dtype=torch.float64)
+    img, depth = (
+        torch.randn(6, 3, 8, 8, dtype=torch.float64),
+        torch.randn(6, 1, 8, 8, dtype=torch.float64),
+    )
     scale = torch.ones(6, dtype=torch.float64)
     unicam = UniCAM(student, student.layer, base, base.layer)
     with pytest.raises(ValueError, match="ctx_additional_forward_args"):
-        unicam.attribute((img[:2], depth[:2]), target=[0, 1], additional_forward_args=(scale[:2],),
-                         context=((img[2:], depth[2:]), [0, 1, 2, 3]))
+        unicam.attribute(
+            (img[:2], depth[:2]),
+            target=[0, 1],
+            additional_forward_args=(scale[:2],),
+            context=((img[2:], depth[2:]), [0, 1, 2, 3]),
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -151,9 +165,13 @@ def test_layer_never_reached(pair, data):
     with pytest.raises(ValueError, match="never called during the Base's forward"):
         UniCAM(student, student.layer2, base, stray).attribute(x, target=y)
     with pytest.raises(ValueError, match="student_feature_layer.*never"):
-        UniCAM(student, student.layer1, base, base.layer1, student_feature_layer=stray).attribute(x, target=y)
+        UniCAM(student, student.layer1, base, base.layer1, student_feature_layer=stray).attribute(
+            x, target=y
+        )
     with pytest.raises(ValueError, match="runs before"):
-        UniCAM(student, student.layer2, base, base.layer2, student_feature_layer=student.layer1).attribute(x, target=y)
+        UniCAM(
+            student, student.layer2, base, base.layer2, student_feature_layer=student.layer1
+        ).attribute(x, target=y)
     assert all_hooks(student, base, stray) == 0
 
 
@@ -216,8 +234,14 @@ def test_identical_student_and_base_give_zero_maps(data):
         assert float(s_d) == 0.0 and float(s_r) == 0.0
     # and with a deeper representation layer (the graph path)
     with pytest.warns(UniCAMWarning, match="no unique part"):
-        d = UniCAM(student, student.layer1, twin, twin.layer1, student_feature_layer=student.layer2,
-                   base_feature_layer=twin.layer2).attribute(x, target=y)
+        d = UniCAM(
+            student,
+            student.layer1,
+            twin,
+            twin.layer1,
+            student_feature_layer=student.layer2,
+            base_feature_layer=twin.layer2,
+        ).attribute(x, target=y)
     assert not d.isnan().any() and float(d.abs().max()) == 0.0
 
 
@@ -283,7 +307,9 @@ def test_user_state_is_never_changed(data, deep):
         p.requires_grad_(False)
     flags = [p.requires_grad for p in params]
     modes = [m.training for m in list(student.modules()) + list(base.modules())]
-    kwargs = dict(student_feature_layer=student.layer2, base_feature_layer=base.layer2) if deep else {}
+    kwargs = (
+        dict(student_feature_layer=student.layer2, base_feature_layer=base.layer2) if deep else {}
+    )
     layer_s, layer_b = (student.layer1, base.layer1) if deep else (student.layer2, base.layer2)
     unicam = UniCAM(student, layer_s, base, layer_b, label_embeddings=table, **kwargs)
     with warnings.catch_warnings():
@@ -306,7 +332,11 @@ def test_docstring_example_runs():
     globs = {"__name__": "unicam_doctest"}
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
-    tests = [t for t in finder.find(unicam_module.UniCAM.attribute, "attribute", globs=globs) if t.examples]
+    tests = [
+        t
+        for t in finder.find(unicam_module.UniCAM.attribute, "attribute", globs=globs)
+        if t.examples
+    ]
     assert tests
     for test in tests:
         runner.run(test)

@@ -22,17 +22,21 @@ def test_captum_refuses_all_zero_maps_so_we_need_the_guard():
     # the oracle for the guard: Captum's own visualiser cannot draw an all-zero map
     img = np.random.default_rng(0).random((8, 8, 3))
     with pytest.raises(AssertionError):
-        captum_viz.visualize_image_attr(np.zeros((8, 8, 1)), img, method="blended_heat_map",
-                                        sign="positive", use_pyplot=False)
+        captum_viz.visualize_image_attr(
+            np.zeros((8, 8, 1)), img, method="blended_heat_map", sign="positive", use_pyplot=False
+        )
 
 
-@pytest.mark.parametrize("attr,empty", [
-    (torch.zeros(1, 4, 4), True),
-    (-torch.ones(1, 4, 4), True),
-    (torch.full((1, 4, 4), float("nan")), True),
-    (torch.tensor([[[0.0, 1e-12], [0.0, 0.0]]]), False),
-    (torch.rand(1, 4, 4) + 0.1, False),
-])
+@pytest.mark.parametrize(
+    "attr,empty",
+    [
+        (torch.zeros(1, 4, 4), True),
+        (-torch.ones(1, 4, 4), True),
+        (torch.full((1, 4, 4), float("nan")), True),
+        (torch.tensor([[[0.0, 1e-12], [0.0, 0.0]]]), False),
+        (torch.rand(1, 4, 4) + 0.1, False),
+    ],
+)
 def test_is_empty_map(attr, empty):
     assert viz.is_empty_map(attr) is empty
     assert viz.is_empty_map(attr.numpy()) is empty
@@ -63,12 +67,18 @@ def test_draw_attribution_uses_captum_and_empty_panel_has_note():
 
 def test_attribution_grid_all_zero_columns(tmp_path):
     imgs = _images(3)
-    maps = {"Grad-CAM student": torch.relu(torch.randn(3, 1, 4, 4)) + 0.01,
-            "UniCAM distilled": torch.zeros(3, 1, 4, 4),
-            "UniCAM residual": torch.zeros(3, 1, 2, 2)}
+    maps = {
+        "Grad-CAM student": torch.relu(torch.randn(3, 1, 4, 4)) + 0.01,
+        "UniCAM distilled": torch.zeros(3, 1, 4, 4),
+        "UniCAM residual": torch.zeros(3, 1, 2, 2),
+    }
     fig = viz.attribution_grid(imgs, maps, title="L4", row_labels=["a", "b", "c"])
-    notes = [t for ax in fig.axes for t in ax.texts
-             if t.get_text().replace("\n", " ") == viz.EMPTY_MAP_NOTE]
+    notes = [
+        t
+        for ax in fig.axes
+        for t in ax.texts
+        if t.get_text().replace("\n", " ") == viz.EMPTY_MAP_NOTE
+    ]
     assert len(notes) == 6  # 2 empty columns x 3 rows
     path = viz.save_figure(fig, tmp_path / "sub" / "grid.png")
     with open(path, "rb") as f:
@@ -78,8 +88,15 @@ def test_attribution_grid_all_zero_columns(tmp_path):
 
 
 def test_scores_per_layer_bars_and_error_bars_match_intervals():
-    panels = {"(a) FSS": {"Grad-CAM": {"L1": (0.4, 0.3, 0.55), "L2": {"mean": 0.6, "low": 0.5, "high": 0.7}}},
-              "(b) RS": {"Base": {"L1": 0.1, "L2": None}, "Student": {"L1": (0.2, 0.1, 0.3), "L2": (0.3, 0.25, 0.4)}}}
+    panels = {
+        "(a) FSS": {
+            "Grad-CAM": {"L1": (0.4, 0.3, 0.55), "L2": {"mean": 0.6, "low": 0.5, "high": 0.7}}
+        },
+        "(b) RS": {
+            "Base": {"L1": 0.1, "L2": None},
+            "Student": {"L1": (0.2, 0.1, 0.3), "L2": (0.3, 0.25, 0.4)},
+        },
+    }
     fig = viz.scores_per_layer(panels, title="t")
     ax_a, ax_b = fig.axes
     heights = [p.get_height() for p in ax_a.patches]
@@ -94,8 +111,14 @@ def test_scores_per_layer_bars_and_error_bars_match_intervals():
 
 
 def test_localisation_plot_has_chance_line():
-    loc = {"L4": {"distilled": {"energy": {"mean": 0.5, "low": 0.4, "high": 0.6},
-                                "pointing": {"mean": 0.7, "low": 0.5, "high": 0.9}}}}
+    loc = {
+        "L4": {
+            "distilled": {
+                "energy": {"mean": 0.5, "low": 0.4, "high": 0.6},
+                "pointing": {"mean": 0.7, "low": 0.5, "high": 0.9},
+            }
+        }
+    }
     fig = viz.localisation_plot(loc, chance={"energy": 0.2, "pointing": 0.2})
     for ax in fig.axes:
         assert any(np.allclose(line.get_ydata(), 0.2) for line in ax.get_lines())

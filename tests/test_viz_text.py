@@ -10,17 +10,25 @@ from captum.attr import visualization as captum_viz
 from captum_unicam import viz
 from captum_unicam.errors import InputError
 
-WORDS = [["[CLS]", "the", "zebra", "ran", "[SEP]", "[PAD]"],
-         ["[CLS]", "<b>", "&", "[SEP]", "[PAD]", "[PAD]"]]
+WORDS = [
+    ["[CLS]", "the", "zebra", "ran", "[SEP]", "[PAD]"],
+    ["[CLS]", "<b>", "&", "[SEP]", "[PAD]", "[PAD]"],
+]
 MASK = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]])
 
 
 def test_text_records_scale_trim_and_score():
     maps = torch.tensor([[0.0, 1.0, 4.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
     with np.errstate(all="raise"):  # no division by zero for the empty map
-        records = viz.text_records(WORDS, maps, attention_mask=MASK, kind="UniCAM residual",
-                                   true_class=["food", "sports"], pred_class=["food", "food"],
-                                   pred_prob=[0.9, 0.4])
+        records = viz.text_records(
+            WORDS,
+            maps,
+            attention_mask=MASK,
+            kind="UniCAM residual",
+            true_class=["food", "sports"],
+            pred_class=["food", "food"],
+            pred_prob=[0.9, 0.4],
+        )
     first, second = records
     assert first.raw_input_ids == WORDS[0][:5]
     np.testing.assert_allclose(first.word_attributions, [0.0, 0.25, 1.0, 0.5, 0.0])

@@ -43,17 +43,24 @@ MATH = "$\\notacommand$"
 def _ckpt(path: Path, seed: int, classes, image_size: int = 32) -> str:
     torch.manual_seed(seed)
     model = build_model("small_resnet_s", len(classes), width=2)
-    save_checkpoint(path, model, arch="small_resnet_s", num_classes=len(classes),
-                    class_names=list(classes),
-                    recipe={"image_size": image_size, "normalize": "none"})
+    save_checkpoint(
+        path,
+        model,
+        arch="small_resnet_s",
+        num_classes=len(classes),
+        class_names=list(classes),
+        recipe={"image_size": image_size, "normalize": "none"},
+    )
     return str(path)
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     d = tmp_path_factory.mktemp("pair")
-    return {"student": _ckpt(d / "student.pt", 0, CLASSES),
-            "base": _ckpt(d / "base.pt", 1, CLASSES)}
+    return {
+        "student": _ckpt(d / "student.pt", 0, CLASSES),
+        "base": _ckpt(d / "base.pt", 1, CLASSES),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +75,25 @@ def models():
 
 
 def _argv(command, student, base, out, *extra, data="controlled"):
-    argv = [command, "--student", str(student), "--base", str(base), "--data", data, "--out",
-            str(out), "--limit", "10", "--batch-size", "5", "--layers", "L4", "--one-hot",
-            "--no-progress"]
+    argv = [
+        command,
+        "--student",
+        str(student),
+        "--base",
+        str(base),
+        "--data",
+        data,
+        "--out",
+        str(out),
+        "--limit",
+        "10",
+        "--batch-size",
+        "5",
+        "--layers",
+        "L4",
+        "--one-hot",
+        "--no-progress",
+    ]
     if command == "quantify":
         argv += ["--maps", "gradcam", "--n-bootstrap", "20"]
     return argv + list(extra)
@@ -108,9 +131,11 @@ def test_mask_multiply_on_inf_maps_names_the_map_and_the_weights():
         mask_multiply(x, maps)
     msg = str(info.value)
     assert isinstance(info.value, CaptumUnicamError) and isinstance(info.value, ValueError)
-    assert msg.startswith("mask_multiply: the saliency map of example 1 (attributions[1]) holds "
-                          "Inf "
-                          "(1 of 4 values; 2 of 3 maps hold NaN or Inf)")
+    assert msg.startswith(
+        "mask_multiply: the saliency map of example 1 (attributions[1]) holds "
+        "Inf "
+        "(1 of 4 values; 2 of 3 maps hold NaN or Inf)"
+    )
     assert "Inf or NaN weights" in msg and "torch.nan_to_num" in msg
     with pytest.raises(InputError, match=r"example 0 \(attributions\[0\]\) holds NaN and Inf"):
         road_impute(x, maps[2:].expand(3, 1, 2, 2).clone())
@@ -128,8 +153,11 @@ def test_inf_weights_reach_mask_multiply_as_one_input_error(models):
         broken.fc.weight[0, 0] = float("inf")
     cam = LayerGradCam(broken, broken.layer4).attribute(x, target=y)
     assert not bool(torch.isfinite(cam).all())  # the oracle: Captum's own maps are broken
-    with pytest.raises(InputError, match=r"attributions contain NaN or Inf \(8 of 8 maps\); the "
-                       "explained model most likely has Inf or NaN weights"):
+    with pytest.raises(
+        InputError,
+        match=r"attributions contain NaN or Inf \(8 of 8 maps\); the "
+        "explained model most likely has Inf or NaN weights",
+    ):
         relevance_score(broken, broken.layer4, x, target=y, attributions=cam)
     with pytest.raises(InputError, match="most likely has Inf or NaN weights"):
         mask_multiply(x, cam)
@@ -150,9 +178,11 @@ def test_float64_inputs_on_a_float32_model_name_the_dtypes(models, metric):
             relevance_score(s, s.layer4, x.double(), target=y, **kwargs)
         else:
             feature_similarity_score(s, s.layer4, x.double(), **kwargs)
-    assert str(info.value) == ("inputs are torch.float64 but the model's parameters are "
-                               "torch.float32; convert the inputs with inputs.to(torch.float32) "
-                               "(or the model with model.to(torch.float64)).")
+    assert str(info.value) == (
+        "inputs are torch.float64 but the model's parameters are "
+        "torch.float32; convert the inputs with inputs.to(torch.float32) "
+        "(or the model with model.to(torch.float64))."
+    )
     # the fix works, and gives the float32 value
     fixed = relevance_score(s, s.layer4, x.double().float(), target=y, **kwargs)
     assert torch.equal(fixed, relevance_score(s, s.layer4, x, target=y, **kwargs))
@@ -181,8 +211,11 @@ def test_numpy_inputs_to_unicam_are_refused_like_captum(models, method):
     # the documented fix gives the tensor's result
     fixed = getattr(unicam, method)(torch.as_tensor(x.numpy(), dtype=torch.float32), target=y)
     expected = getattr(unicam, method)(x, target=y)
-    for a, e in zip(fixed if isinstance(fixed, tuple) else (fixed,),
-                    expected if isinstance(expected, tuple) else (expected,), strict=True):
+    for a, e in zip(
+        fixed if isinstance(fixed, tuple) else (fixed,),
+        expected if isinstance(expected, tuple) else (expected,),
+        strict=True,
+    ):
         assert torch.equal(a, e)
 
 
@@ -325,8 +358,19 @@ def test_full_disk_while_quantify_writes_its_report(pair, tmp_path, capsys, monk
 @pytest.mark.parametrize("steps", ["0", "-3"])
 def test_compare_ig_steps_must_be_positive(pair, tmp_path, capsys, steps):
     """Before: ``--ig-steps 0`` reached Captum's AssertionError (exit 1, a traceback)."""
-    argv = ["compare", "--student", pair["student"], "--base", pair["base"], "--data",
-            "controlled", "--out", str(tmp_path / "c"), "--ig-steps", steps]
+    argv = [
+        "compare",
+        "--student",
+        pair["student"],
+        "--base",
+        pair["base"],
+        "--data",
+        "controlled",
+        "--out",
+        str(tmp_path / "c"),
+        "--ig-steps",
+        steps,
+    ]
     code, _, err = _run(capsys, argv)
     assert code == 2
     _one_error(err, "--ig-steps", "must be a positive integer")
@@ -337,26 +381,75 @@ def test_tilde_is_expanded_in_every_path_flag(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     parser = cli.build_parser()
     home = str(tmp_path)
-    args = parser.parse_args(["quantify", "--student=~/s.pt", "--base", "~/b.pt",
-                              "--teacher=~/t.pt",
-                              "--data=imagefolder:~/pets", "--out=~/rep", "--label-model=~/enc"])
-    assert (args.student, args.base, args.teacher) == (f"{home}/s.pt", f"{home}/b.pt",
-                                                        f"{home}/t.pt")
+    args = parser.parse_args(
+        [
+            "quantify",
+            "--student=~/s.pt",
+            "--base",
+            "~/b.pt",
+            "--teacher=~/t.pt",
+            "--data=imagefolder:~/pets",
+            "--out=~/rep",
+            "--label-model=~/enc",
+        ]
+    )
+    assert (args.student, args.base, args.teacher) == (
+        f"{home}/s.pt",
+        f"{home}/b.pt",
+        f"{home}/t.pt",
+    )
     assert args.data == f"imagefolder:{home}/pets" and args.out == f"{home}/rep"
     assert args.label_model == f"{home}/enc"
-    args = parser.parse_args(["train", "--data=controlled", "--arch", "small_resnet_s",
-                              "--teacher=~/t.pt", "--transfer=imagefolder:~/u", "--out=~/s.pt"])
-    assert (args.teacher, args.transfer, args.out) == (f"{home}/t.pt", f"imagefolder:{home}/u",
-                                                        f"{home}/s.pt")
-    args = parser.parse_args(["compare", "--student=~/s.pt", "--base=~/b.pt", "--data=controlled",
-                              "--out=~/c", "--random-label-student=~/r.pt"])
+    args = parser.parse_args(
+        [
+            "train",
+            "--data=controlled",
+            "--arch",
+            "small_resnet_s",
+            "--teacher=~/t.pt",
+            "--transfer=imagefolder:~/u",
+            "--out=~/s.pt",
+        ]
+    )
+    assert (args.teacher, args.transfer, args.out) == (
+        f"{home}/t.pt",
+        f"imagefolder:{home}/u",
+        f"{home}/s.pt",
+    )
+    args = parser.parse_args(
+        [
+            "compare",
+            "--student=~/s.pt",
+            "--base=~/b.pt",
+            "--data=controlled",
+            "--out=~/c",
+            "--random-label-student=~/r.pt",
+        ]
+    )
     assert (args.student, args.base, args.out, args.random_label_student) == (
-        f"{home}/s.pt", f"{home}/b.pt", f"{home}/c", f"{home}/r.pt")
+        f"{home}/s.pt",
+        f"{home}/b.pt",
+        f"{home}/c",
+        f"{home}/r.pt",
+    )
     args = parser.parse_args(["demo", "--out=~/d", "--cache-dir=~/cache"])
     assert (args.out, args.cache_dir) == (f"{home}/d", f"{home}/cache")
     # a hub id or a name without ~ is left as it is
-    args = parser.parse_args(["explain", "--student", "s.pt", "--base", "b.pt", "--data",
-                              "controlled:3", "--out", "r", "--label-model", "org/model"])
+    args = parser.parse_args(
+        [
+            "explain",
+            "--student",
+            "s.pt",
+            "--base",
+            "b.pt",
+            "--data",
+            "controlled:3",
+            "--out",
+            "r",
+            "--label-model",
+            "org/model",
+        ]
+    )
     assert (args.student, args.data, args.label_model) == ("s.pt", "controlled:3", "org/model")
 
 
@@ -402,15 +495,16 @@ def test_available_memory_from_proc_meminfo(monkeypatch, tmp_path):
     fake = tmp_path / "meminfo"
     fake.write_text("MemTotal:  1000 kB\nMemFree:  10 kB\nMemAvailable:  2048 kB\n")
     monkeypatch.setitem(__import__("sys").modules, "psutil", None)  # as if not installed
-    monkeypatch.setattr(builtins, "open",
-                        lambda f, *a, **k: real_open(fake if f == "/proc/meminfo" else f, *a, **k))
+    monkeypatch.setattr(
+        builtins, "open", lambda f, *a, **k: real_open(fake if f == "/proc/meminfo" else f, *a, **k)
+    )
     assert memory.available_memory() == 2048 * 1024
 
 
 @pytest.mark.parametrize("command", ["explain", "quantify", "train"])
 def test_huge_image_size_is_refused_before_loading(pair, tmp_path, capsys, monkeypatch, command):
     """Before: ``--image-size 5000`` grew to 22 GB and was killed by the kernel."""
-    monkeypatch.setattr(memory, "available_memory", lambda: 8 * 10 ** 9)
+    monkeypatch.setattr(memory, "available_memory", lambda: 8 * 10**9)
 
     def refuse(*a, **k):
         raise AssertionError("data or models were loaded")
@@ -420,22 +514,39 @@ def test_huge_image_size_is_refused_before_loading(pair, tmp_path, capsys, monke
     monkeypatch.setattr(runs, "load_pair", refuse)
     monkeypatch.setattr(training, "train_checkpoint", refuse)
     if command == "train":
-        argv = ["train", "--data", "controlled", "--arch", "small_resnet_s", "--out",
-                str(tmp_path / "s.pt"), "--image-size", "5000", "--batch-size", "64"]
+        argv = [
+            "train",
+            "--data",
+            "controlled",
+            "--arch",
+            "small_resnet_s",
+            "--out",
+            str(tmp_path / "s.pt"),
+            "--image-size",
+            "5000",
+            "--batch-size",
+            "64",
+        ]
         need = "1.92e+03 GB"
     else:
-        argv = _argv(command, pair["student"], pair["base"], tmp_path / "rep", "--image-size",
-                     "5000")
+        argv = _argv(
+            command, pair["student"], pair["base"], tmp_path / "rep", "--image-size", "5000"
+        )
         need = "150 GB"  # batch 5
     code, _, err = _run(capsys, argv)
     assert code == 2
-    _one_error(err, "--image-size 5000 needs about " + need, "but 8 GB are available", "--force",
-               "--batch-size")
+    _one_error(
+        err,
+        "--image-size 5000 needs about " + need,
+        "but 8 GB are available",
+        "--force",
+        "--batch-size",
+    )
     assert not (tmp_path / "rep").exists() and not (tmp_path / "s.pt").exists()
 
 
 def test_force_skips_the_memory_estimate(monkeypatch):
-    monkeypatch.setattr(memory, "available_memory", lambda: 10 ** 6)
+    monkeypatch.setattr(memory, "available_memory", lambda: 10**6)
     memory.check_image_memory(5000, 32, force=True)
     memory.check_image_memory(None, 32)  # the checkpoints' size: nothing to estimate
     with pytest.raises(InputError, match="force=True"):
@@ -445,8 +556,9 @@ def test_force_skips_the_memory_estimate(monkeypatch):
 
 
 def test_force_flag_reaches_the_request(pair, tmp_path):
-    args = cli.build_parser().parse_args(_argv("quantify", pair["student"], pair["base"], tmp_path,
-                                               "--force"))
+    args = cli.build_parser().parse_args(
+        _argv("quantify", pair["student"], pair["base"], tmp_path, "--force")
+    )
     from captum_unicam.pipeline.requests import QuantifyRequest, request_from
 
     assert request_from(QuantifyRequest, args).force is True

@@ -77,10 +77,15 @@ def test_noise_tunnel_runs_and_equals_the_hand_computation(setup, nt_type):
     # the hand reproduction of NoiseTunnel, checked on LayerGradCam (per-image maps)
     grad_cam = LayerGradCam(student, student.layer2)
     torch.manual_seed(7)
-    got_gc = NoiseTunnel(grad_cam).attribute(x, nt_type=nt_type, nt_samples=k, stdevs=stdev, target=y,
-                                             relu_attributions=True)
-    want_gc = smoothing(grad_cam.attribute(noisy, target=y.repeat_interleave(k), relu_attributions=True),
-                        n, k, nt_type)
+    got_gc = NoiseTunnel(grad_cam).attribute(
+        x, nt_type=nt_type, nt_samples=k, stdevs=stdev, target=y, relu_attributions=True
+    )
+    want_gc = smoothing(
+        grad_cam.attribute(noisy, target=y.repeat_interleave(k), relu_attributions=True),
+        n,
+        k,
+        nt_type,
+    )
     torch.testing.assert_close(got_gc, want_gc, rtol=1e-9, atol=1e-12)
     # UniCAM in batch mode: NoiseTunnel hands it all n * k noisy copies in one call
     unicam = UniCAM(student, student.layer2, base, base.layer2)
@@ -91,9 +96,12 @@ def test_noise_tunnel_runs_and_equals_the_hand_computation(setup, nt_type):
     assert_close(got, want)
     # keyword arguments pass through: residual maps, on the Base's layer
     torch.manual_seed(7)
-    got_r = NoiseTunnel(unicam).attribute(x, nt_type=nt_type, nt_samples=k, stdevs=stdev, target=y,
-                                          features="residual")
-    want_r = smoothing(unicam.attribute(noisy, target=y.repeat_interleave(k), features="residual"), n, k, nt_type)
+    got_r = NoiseTunnel(unicam).attribute(
+        x, nt_type=nt_type, nt_samples=k, stdevs=stdev, target=y, features="residual"
+    )
+    want_r = smoothing(
+        unicam.attribute(noisy, target=y.repeat_interleave(k), features="residual"), n, k, nt_type
+    )
     assert_close(got_r, want_r)
     assert all_hooks(student, base) == 0
 
@@ -120,8 +128,13 @@ def test_sensitivity_max_in_batch_mode_measures_the_batch(setup):
     assert float(want.max()) > 0.05  # no perturbation, yet far from 0
     # LayerGradCam, a per-image map, gives exactly 0 under the same identity perturbation
     grad_cam = LayerGradCam(student, student.layer2)
-    gc = sensitivity_max(lambda inp, **kw: (grad_cam.attribute(inp, **kw),), x, perturb_func=identity,
-                         target=y, n_perturb_samples=k)
+    gc = sensitivity_max(
+        lambda inp, **kw: (grad_cam.attribute(inp, **kw),),
+        x,
+        perturb_func=identity,
+        target=y,
+        n_perturb_samples=k,
+    )
     assert float(gc.abs().max()) == 0.0
 
 
@@ -276,7 +289,9 @@ def test_one_element_tuples_on_a_class_output_are_class_indices(setup):
     assert torch.equal(got, unicam.attribute(x, target=y))
     # LayerGradCam reads the same target the same way
     gc = LayerGradCam(student, student.layer2)
-    assert torch.equal(gc.attribute(x, target=[(int(c),) for c in y]), gc.attribute(x, target=y.tolist()))
+    assert torch.equal(
+        gc.attribute(x, target=[(int(c),) for c in y]), gc.attribute(x, target=y.tolist())
+    )
 
 
 @pytest.mark.parametrize("target", [1, (1,), torch.tensor(1), torch.tensor([1])])
@@ -320,7 +335,9 @@ def test_inference_mode_is_named(setup):
         assert calls == [1]  # attribute ran no forward pass
     finally:
         handle.remove()
-    assert float(s_d) == pytest.approx(float(unicam.score(x, target=y, features="distilled")), abs=1e-12)
+    assert float(s_d) == pytest.approx(
+        float(unicam.score(x, target=y, features="distilled")), abs=1e-12
+    )
     # and outside inference mode, under no_grad, the maps work as usual
     with torch.no_grad():
         assert torch.equal(unicam.attribute(x, target=y), unicam.attribute(x, target=y))
@@ -349,7 +366,9 @@ def test_all_zero_unicam_map_reaches_visualize_image_attr(setup):
     with pytest.raises(AssertionError, match="scale factor = 0"):  # Captum alone
         captum_viz.visualize_image_attr(heat, img, "blended_heat_map", "positive", use_pyplot=False)
     for sign in ("positive", "all", "absolute_value"):
-        fig, ax = viz.visualize_image_attr(heat, img, "blended_heat_map", sign, use_pyplot=False, title="t")
+        fig, ax = viz.visualize_image_attr(
+            heat, img, "blended_heat_map", sign, use_pyplot=False, title="t"
+        )
         texts = [t.get_text() for t in ax.texts]
         assert texts == [viz.EMPTY_MAP_NOTE if sign == "positive" else "all-zero map"]
         assert ax.get_title() == "t" and len(ax.images) == 1  # the greyed image, no heat map
@@ -365,22 +384,32 @@ def test_non_empty_map_is_drawn_by_captum_unchanged(setup):
     i = int(up.flatten(1).amax(1).argmax())
     heat = up[i].permute(1, 2, 0).numpy()
     _, ours = viz.visualize_image_attr(heat, None, "heat_map", "positive", use_pyplot=False)
-    _, theirs = captum_viz.visualize_image_attr(heat, None, "heat_map", "positive", use_pyplot=False)
-    np.testing.assert_array_equal(np.asarray(ours.images[0].get_array()), np.asarray(theirs.images[0].get_array()))
+    _, theirs = captum_viz.visualize_image_attr(
+        heat, None, "heat_map", "positive", use_pyplot=False
+    )
+    np.testing.assert_array_equal(
+        np.asarray(ours.images[0].get_array()), np.asarray(theirs.images[0].get_array())
+    )
     assert len(ours.texts) == 0
 
 
 def test_all_zero_unicam_map_reaches_visualize_image_attr_multiple(setup):
     attr, image = zero_unicam_map(setup)
     heat, img = attr.permute(1, 2, 0).numpy(), image.permute(1, 2, 0).numpy()
-    methods, signs = ["original_image", "heat_map", "blended_heat_map"], ["all", "positive", "positive"]
+    methods, signs = (
+        ["original_image", "heat_map", "blended_heat_map"],
+        ["all", "positive", "positive"],
+    )
     with pytest.raises(AssertionError, match="scale factor = 0"):  # Captum alone
         captum_viz.visualize_image_attr_multiple(heat, img, methods, signs, use_pyplot=False)
-    fig, axes = viz.visualize_image_attr_multiple(heat, img, methods, signs, titles=["a", "b", "c"],
-                                                  use_pyplot=False)
+    fig, axes = viz.visualize_image_attr_multiple(
+        heat, img, methods, signs, titles=["a", "b", "c"], use_pyplot=False
+    )
     assert len(axes) == 3 and [ax.get_title() for ax in axes] == ["a", "b", "c"]
     # the original image is drawn by Captum as usual (8-bit colours); the map panels carry the note
-    np.testing.assert_allclose(np.asarray(axes[0].images[0].get_array()) / 255, img, atol=1 / 255 + 1e-9)
+    np.testing.assert_allclose(
+        np.asarray(axes[0].images[0].get_array()) / 255, img, atol=1 / 255 + 1e-9
+    )
     assert len(axes[0].texts) == 0
     assert [t.get_text() for t in axes[1].texts] == [viz.EMPTY_MAP_NOTE]
     assert [t.get_text() for t in axes[2].texts] == [viz.EMPTY_MAP_NOTE]

@@ -955,7 +955,7 @@ class UniCAM(LayerAttribution, GradientAttribution):
 
         results: List[Any] = []
         if maps:
-            for k, kind in enumerate(kinds):
+            for k in range(len(kinds)):
                 v = explained[k]
                 rep, transform, cap = (
                     (rep_s, transforms[0], cap_s) if v == 0 else (rep_b, transforms[1], cap_b)

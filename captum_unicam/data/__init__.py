@@ -27,8 +27,24 @@ from captum_unicam.data.loaders import SCHEMES, DataSpecError, load_dataset, spe
 from captum_unicam.data.resize import DEFAULT_RESIZE, RESIZE_RULES, resize_image
 
 __all__ = [
-    "ControlledShapes", "SHAPES", "SPLITS", "SCHEMES", "DataSpecError", "load_dataset",
-    "spec_paths", "check_images", "ImageCheck", "read_image", "image_header", "ImageHeader",
-    "MAX_PIXELS", "MAX_ASPECT_RATIO", "RESIZE_RULES", "DEFAULT_RESIZE", "resize_image",
-    "order_classes", "class_difference", "data_summary",
+    "ControlledShapes",
+    "SHAPES",
+    "SPLITS",
+    "SCHEMES",
+    "DataSpecError",
+    "load_dataset",
+    "spec_paths",
+    "check_images",
+    "ImageCheck",
+    "read_image",
+    "image_header",
+    "ImageHeader",
+    "MAX_PIXELS",
+    "MAX_ASPECT_RATIO",
+    "RESIZE_RULES",
+    "DEFAULT_RESIZE",
+    "resize_image",
+    "order_classes",
+    "class_difference",
+    "data_summary",
 ]

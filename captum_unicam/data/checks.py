@@ -41,14 +41,18 @@ class ImageCheck:
         sizes = ", ".join(f"{w} x {h} ({n:,})" for (w, h), n in top[:3])
         more = f", {len(top) - 3} more" if len(top) > 3 else ""
         modes = ", ".join(f"{m} ({n:,})" for m, n in sorted(self.modes.items()))
-        return (f"{self.n_images:,} images; {len(top)} size(s): {sizes}{more}"
-                + (f"; modes: {modes}" if modes else ""))
+        return f"{self.n_images:,} images; {len(top)} size(s): {sizes}{more}" + (
+            f"; modes: {modes}" if modes else ""
+        )
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain values for a report: sizes as ``"WxH": count``."""
-        return {"n_images": self.n_images,
-                "sizes": {f"{w}x{h}": n for (w, h), n in sorted(self.sizes.items())},
-                "modes": dict(sorted(self.modes.items())), "in_memory": self.in_memory}
+        return {
+            "n_images": self.n_images,
+            "sizes": {f"{w}x{h}": n for (w, h), n in sorted(self.sizes.items())},
+            "modes": dict(sorted(self.modes.items())),
+            "in_memory": self.in_memory,
+        }
 
 
 def _sample_paths(ds: Any) -> Optional[List[str]]:
@@ -96,9 +100,12 @@ def data_summary(dataset: Dataset) -> Dict[str, Any]:
         targets = [int(v) for v in dataset.labels]
     counts = collections.Counter(int(t) for t in (targets or []))
     prep = _attribute(dataset, "preprocessing")
-    return {"classes": classes, "n_images": len(dataset),  # type: ignore[arg-type]
-            "class_counts": {c: counts.get(i, 0) for i, c in enumerate(classes)},
-            "preprocessing": dict(prep) if prep is not None else None}
+    return {
+        "classes": classes,
+        "n_images": len(dataset),  # type: ignore[arg-type]
+        "class_counts": {c: counts.get(i, 0) for i, c in enumerate(classes)},
+        "preprocessing": dict(prep) if prep is not None else None,
+    }
 
 
 def _root_paths(root: str, follow_links: bool) -> List[str]:
@@ -114,22 +121,31 @@ def _root_paths(root: str, follow_links: bool) -> List[str]:
     return [p for p, _ in scan_folders(root, folders, follow_links=follow_links, allow_empty=True)]
 
 
-def _one(path: str, decode: bool, size: Optional[int], resize: Optional[str],
-         limits: dict) -> Tuple[Tuple[int, int], str]:
+def _one(
+    path: str, decode: bool, size: Optional[int], resize: Optional[str], limits: dict
+) -> Tuple[Tuple[int, int], str]:
     header = image_header(path, **limits)
     if decode:
         read_image(path, **limits)
     if resize == "none" and size is not None and (header.width, header.height) != (size, size):
         raise DataSpecError(
             f"image {path!r} is {header.width} x {header.height} pixels, not {size} x {size}, "
-            "and resize='none' refuses images of another size")
+            "and resize='none' refuses images of another size"
+        )
     return (header.width, header.height), header.mode
 
 
-def check_images(data: Union[Dataset, str, "os.PathLike[str]"], *, image_size: Optional[int] = None,
-                 resize: Optional[str] = None, max_pixels: int = MAX_PIXELS,
-                 max_aspect_ratio: float = MAX_ASPECT_RATIO, decode: bool = False,
-                 follow_links: bool = False, max_named: int = 5) -> ImageCheck:
+def check_images(
+    data: Union[Dataset, str, "os.PathLike[str]"],
+    *,
+    image_size: Optional[int] = None,
+    resize: Optional[str] = None,
+    max_pixels: int = MAX_PIXELS,
+    max_aspect_ratio: float = MAX_ASPECT_RATIO,
+    decode: bool = False,
+    follow_links: bool = False,
+    max_named: int = 5,
+) -> ImageCheck:
     r"""Checks every image of a data set (or below a folder) from its header.
 
     Args:
@@ -192,5 +208,6 @@ def check_images(data: Union[Dataset, str, "os.PathLike[str]"], *, image_size: O
         more = f" (and {len(bad) - max_named} more)" if len(bad) > max_named else ""
         raise DataSpecError(
             f"{len(bad)} of {len(paths)} image files cannot be used; fix or remove them before "
-            f"training: " + " | ".join(bad[:max_named]) + more)
+            f"training: " + " | ".join(bad[:max_named]) + more
+        )
     return ImageCheck(len(paths), dict(sizes), dict(modes))

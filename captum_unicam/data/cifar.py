@@ -52,7 +52,8 @@ class _SafeUnpickler(pickle.Unpickler):
         modules = _ALLOWED.get((module, name))
         if modules is None:
             raise pickle.UnpicklingError(
-                f"it names {module}.{name}, which a CIFAR batch never holds")
+                f"it names {module}.{name}, which a CIFAR batch never holds"
+            )
         for m in modules:
             try:
                 return getattr(importlib.import_module(m), name)
@@ -78,7 +79,8 @@ def _unpickle(path: str) -> Any:
     except Exception as e:  # noqa: BLE001  (any failure of a crafted pickle is bad input)
         raise DataSpecError(
             f"{path!r} is not a batch in CIFAR-10's python format ({type(e).__name__}: {e}); "
-            "write it as a pickled dict with 'data' (uint8, N x 3072) and 'labels'") from e
+            "write it as a pickled dict with 'data' (uint8, N x 3072) and 'labels'"
+        ) from e
 
 
 def _field(d: Any, key: str, path: str) -> Any:
@@ -87,17 +89,24 @@ def _field(d: Any, key: str, path: str) -> Any:
     for k in (key, key.encode()):
         if k in d:
             return d[k]
-    raise DataSpecError(f"{path!r} has no {key!r} entry (keys: {sorted(map(repr, d))[:6]}); "
-                        "a CIFAR-format file needs it")
+    raise DataSpecError(
+        f"{path!r} has no {key!r} entry (keys: {sorted(map(repr, d))[:6]}); "
+        "a CIFAR-format file needs it"
+    )
 
 
 def _names(folder: str) -> List[str]:
     path = os.path.join(folder, META)
     names = _field(_unpickle(path), "label_names", path)
-    if not isinstance(names, (list, tuple)) or len(names) < 2 or not all(
-            isinstance(n, (str, bytes)) for n in names):
-        raise DataSpecError(f"{path!r}: 'label_names' must be a list of at least 2 names, "
-                            f"got {type(names).__name__}")
+    if (
+        not isinstance(names, (list, tuple))
+        or len(names) < 2
+        or not all(isinstance(n, (str, bytes)) for n in names)
+    ):
+        raise DataSpecError(
+            f"{path!r}: 'label_names' must be a list of at least 2 names, "
+            f"got {type(names).__name__}"
+        )
     out = [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names]
     if len(set(out)) != len(out):
         raise DataSpecError(f"{path!r}: 'label_names' names a class twice: {out}")
@@ -107,24 +116,31 @@ def _names(folder: str) -> List[str]:
 def _batch(path: str, n_classes: int) -> Tuple[np.ndarray, List[int]]:
     d = _unpickle(path)
     data, labels = _field(d, "data", path), _field(d, "labels", path)
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
-            or data.shape[1] != 3072:
-        what = (f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray)
-                else type(data).__name__)
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != 3072
+    ):
+        what = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataSpecError(
-            f"{path!r}: 'data' must be a uint8 array of shape (N, 3072), got {what}")
+            f"{path!r}: 'data' must be a uint8 array of shape (N, 3072), got {what}"
+        )
     if isinstance(labels, np.ndarray):
         labels = labels.tolist()
     if not isinstance(labels, (list, tuple)) or not all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels):
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels
+    ):
         raise DataSpecError(f"{path!r}: 'labels' must be a list of ints")
     labels = [int(v) for v in labels]
     if len(labels) != len(data):
         raise DataSpecError(f"{path!r}: {len(data)} images but {len(labels)} labels")
     bad = [v for v in labels if not 0 <= v < n_classes]
     if bad:
-        raise DataSpecError(f"{path!r}: label {bad[0]} is outside 0..{n_classes - 1} "
-                            f"(batches.meta names {n_classes} classes)")
+        raise DataSpecError(
+            f"{path!r}: label {bad[0]} is outside 0..{n_classes - 1} "
+            f"(batches.meta names {n_classes} classes)"
+        )
     return data, labels
 
 
@@ -150,8 +166,10 @@ def read_cifar_folder(folder: str, train: bool) -> Tuple[np.ndarray, List[int], 
         >>> images, labels, names = read_cifar_folder("/data/cifar-10-batches-py", train=False)
     """
     names = _names(folder)
-    parts = [_batch(os.path.join(folder, f), len(names))
-             for f in (TRAIN_BATCHES if train else (TEST_BATCH,))]
+    parts = [
+        _batch(os.path.join(folder, f), len(names))
+        for f in (TRAIN_BATCHES if train else (TEST_BATCH,))
+    ]
     data = np.concatenate([p[0] for p in parts]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(data), [v for p in parts for v in p[1]], names
 
@@ -163,8 +181,15 @@ class CIFARFolder(Dataset):
     ``class_to_idx``, ``root``, ``preprocessing``.
     """
 
-    def __init__(self, root: str, data: np.ndarray, targets: List[int], classes: List[str],
-                 transform, preprocessing: dict) -> None:
+    def __init__(
+        self,
+        root: str,
+        data: np.ndarray,
+        targets: List[int],
+        classes: List[str],
+        transform,
+        preprocessing: dict,
+    ) -> None:
         self.root = root
         self.data = data
         self.targets = list(targets)

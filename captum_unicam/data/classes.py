@@ -22,19 +22,24 @@ from captum_unicam.errors import DataSpecError
 __all__ = ["order_classes", "class_difference"]
 
 
-def _check_map(class_map: Optional[Mapping[str, str]], names: Sequence[str],
-               where: str) -> Dict[str, str]:
+def _check_map(
+    class_map: Optional[Mapping[str, str]], names: Sequence[str], where: str
+) -> Dict[str, str]:
     if class_map is None:
         return {}
     if not isinstance(class_map, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) and v for k, v in class_map.items()):
-        raise DataSpecError(f"class_map must map class names (str) to new names (non-empty str), "
-                            f"got {class_map!r}")
+        isinstance(k, str) and isinstance(v, str) and v for k, v in class_map.items()
+    ):
+        raise DataSpecError(
+            f"class_map must map class names (str) to new names (non-empty str), got {class_map!r}"
+        )
     unknown = sorted(set(class_map) - set(names))
     if unknown:
         verb = "is" if len(unknown) == 1 else "are"
-        raise DataSpecError(f"class_map renames {unknown}, which {verb} "
-                            f"not a class of {where} (its classes: {list(names)}); fix class_map")
+        raise DataSpecError(
+            f"class_map renames {unknown}, which {verb} "
+            f"not a class of {where} (its classes: {list(names)}); fix class_map"
+        )
     return dict(class_map)
 
 
@@ -60,10 +65,15 @@ def class_difference(a: Sequence[str], b: Sequence[str], second: str) -> str:
     return text
 
 
-def order_classes(names: Sequence[str], *, where: str,
-                  expected_classes: Optional[Sequence[str]] = None,
-                  class_map: Optional[Mapping[str, str]] = None, sort: bool = True,
-                  expected_from: str = "expected_classes") -> Tuple[List[str], Dict[str, int]]:
+def order_classes(
+    names: Sequence[str],
+    *,
+    where: str,
+    expected_classes: Optional[Sequence[str]] = None,
+    class_map: Optional[Mapping[str, str]] = None,
+    sort: bool = True,
+    expected_from: str = "expected_classes",
+) -> Tuple[List[str], Dict[str, int]]:
     r"""The classes of a data set in index order, and each original name's index.
 
     Args:
@@ -88,15 +98,19 @@ def order_classes(names: Sequence[str], *, where: str,
     mapped = [renames.get(n, n) for n in names]
     if len(set(mapped)) != len(mapped):
         dup = sorted({m for m in mapped if mapped.count(m) > 1})
-        raise DataSpecError(f"class_map gives two classes of {where} the same name {dup}; "
-                            "map each class to its own name")
+        raise DataSpecError(
+            f"class_map gives two classes of {where} the same name {dup}; "
+            "map each class to its own name"
+        )
     if expected_classes is None:
         classes = sorted(mapped) if sort else list(mapped)
     else:
         if isinstance(expected_classes, str) or not all(
-                isinstance(c, str) for c in expected_classes):
-            raise DataSpecError(f"{expected_from} must be a list of class names (str), got "
-                                f"{expected_classes!r}")
+            isinstance(c, str) for c in expected_classes
+        ):
+            raise DataSpecError(
+                f"{expected_from} must be a list of class names (str), got {expected_classes!r}"
+            )
         classes = list(expected_classes)
         if len(set(classes)) != len(classes):
             raise DataSpecError(f"{expected_from} names a class twice: {classes}")
@@ -105,6 +119,7 @@ def order_classes(names: Sequence[str], *, where: str,
             raise DataSpecError(
                 f"the classes of {where} differ by name from {expected_from} {classes}: {diff}; "
                 "rename the folders, or pass class_map={'name in the data': 'expected name', ...} "
-                "(classes are matched by name, never by position)")
+                "(classes are matched by name, never by position)"
+            )
     index = {c: i for i, c in enumerate(classes)}
     return classes, {n: index[m] for n, m in zip(names, mapped, strict=True)}

@@ -78,16 +78,24 @@ def marker_side(image_size: int) -> int:
 
 def _check_marker(strength: object, size: object, image_size: int) -> None:
     """Refuses a marker_strength outside [0, 1] or a marker_size outside 1..image_size."""
-    if (isinstance(strength, bool) or not isinstance(strength, (int, float))
-            or not 0.0 <= strength <= 1.0):
+    if (
+        isinstance(strength, bool)
+        or not isinstance(strength, (int, float))
+        or not 0.0 <= strength <= 1.0
+    ):
         raise InputError(
             f"marker_strength must be a number in [0, 1] (the probability that an image "
-            f"carries the class-coloured marker), got {strength!r}")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer))
-                             or not 1 <= size <= image_size):
+            f"carries the class-coloured marker), got {strength!r}"
+        )
+    if size is not None and (
+        isinstance(size, bool)
+        or not isinstance(size, (int, np.integer))
+        or not 1 <= size <= image_size
+    ):
         raise InputError(
             f"marker_size must be an int from 1 to image_size ({image_size}) pixels, or None "
-            f"for the default side {marker_side(image_size)}, got {size!r}")
+            f"for the default side {marker_side(image_size)}, got {size!r}"
+        )
 
 
 def _palette(k: int) -> Tensor:
@@ -241,8 +249,11 @@ class ControlledShapes(torch.utils.data.Dataset):
             f"{self.image_size}, num_classes={self.num_classes}, cue_strength="
             f"{self.cue_strength}, clutter={self.clutter}, noise={self.noise}, "
             f"split={self.split!r}"
-            + (f", marker_strength={self.marker_strength}, marker_size={self.marker_size}"
-               if self.marker_strength else "")
+            + (
+                f", marker_strength={self.marker_strength}, marker_size={self.marker_size}"
+                if self.marker_strength
+                else ""
+            )
             + ")"
         )
 
@@ -263,9 +274,17 @@ class ControlledShapes(torch.utils.data.Dataset):
 
     def _empty(self, key: str) -> Tensor:
         s = self.image_size
-        shapes = {"images": (0, 3, s, s), "masks": (0, 1, s, s), "labels": (0,),
-                  "tints": (0,), "object_colors": (0, 3), "background_colors": (0, 3),
-                  "geometry": (0, 4), "marker_masks": (0, 1, s, s), "has_marker": (0,)}
+        shapes = {
+            "images": (0, 3, s, s),
+            "masks": (0, 1, s, s),
+            "labels": (0,),
+            "tints": (0,),
+            "object_colors": (0, 3),
+            "background_colors": (0, 3),
+            "geometry": (0, 4),
+            "marker_masks": (0, 1, s, s),
+            "has_marker": (0,),
+        }
         dtype = torch.int64 if key in ("labels", "tints") else torch.float32
         if key == "has_marker":
             dtype = torch.bool
@@ -325,8 +344,10 @@ class ControlledShapes(torch.utils.data.Dataset):
 
     def _keys(self, stream: int, idx: np.ndarray) -> np.ndarray:
         """64-bit keys of (seed, split, stream, i) for every i of idx (a hash chain)."""
-        base = _mix64(_mix64(_mix64(np.array([self.seed], np.uint64)) ^ np.uint64(
-            SPLITS[self.split])) ^ np.uint64(stream))
+        base = _mix64(
+            _mix64(_mix64(np.array([self.seed], np.uint64)) ^ np.uint64(SPLITS[self.split]))
+            ^ np.uint64(stream)
+        )
         return _mix64(base ^ np.asarray(idx, dtype=np.uint64))
 
     def _make_labels(self, idx: np.ndarray) -> Tensor:
@@ -373,10 +394,10 @@ class ControlledShapes(torch.utils.data.Dataset):
         bg_jit = (par[:, 2:5] - 0.5) * 0.08
         r = (0.2 + 0.14 * par[:, 5]) * s
         obj = np.stack(
-            [r + (s - 2 * r) * par[:, 6], r + (s - 2 * r) * par[:, 7], r,
-             2 * math.pi * par[:, 8]], axis=1)
-        obj_hsv = np.stack(
-            [par[:, 9], 0.35 + 0.65 * par[:, 10], 0.78 + 0.22 * par[:, 11]], axis=1)
+            [r + (s - 2 * r) * par[:, 6], r + (s - 2 * r) * par[:, 7], r, 2 * math.pi * par[:, 8]],
+            axis=1,
+        )
+        obj_hsv = np.stack([par[:, 9], 0.35 + 0.65 * par[:, 10], 0.78 + 0.22 * par[:, 11]], axis=1)
         cl = par[:, 12:].reshape(n, m, 10)
         cl_type = (cl[..., 0] < 0.5).astype(np.int64)  # 1: line, 0: blob
         cl_geom = cl[..., 1:6] * s  # blob: x, y, -, -, sigma ; line: x0, y0, x1, y1
@@ -433,8 +454,10 @@ class ControlledShapes(torch.utils.data.Dataset):
         not depend on anything else in the image."""
         s, side = self.image_size, self.marker_size
         keys = self._keys(2, idx)
-        u = [(_mix64(keys ^ np.uint64(j)) >> np.uint64(11)).astype(np.float64) * 2.0**-53
-             for j in (1, 2, 3)]
+        u = [
+            (_mix64(keys ^ np.uint64(j)) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+            for j in (1, 2, 3)
+        ]
         present = torch.from_numpy(u[0] < self.marker_strength)
         x0 = torch.from_numpy(np.floor(u[1] * (s - side + 1)).astype(np.int64)).view(-1, 1, 1)
         y0 = torch.from_numpy(np.floor(u[2] * (s - side + 1)).astype(np.int64)).view(-1, 1, 1)

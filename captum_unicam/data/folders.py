@@ -28,8 +28,13 @@ from captum_unicam.data.images import MAX_ASPECT_RATIO, MAX_PIXELS, is_hidden, r
 from captum_unicam.data.resize import resize_image
 from captum_unicam.errors import DataSpecError
 
-__all__ = ["IMAGE_EXTENSIONS", "MAX_FOLDER_DEPTH", "ImageFolderDataset", "scan_folders",
-           "class_folders"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_FOLDER_DEPTH",
+    "ImageFolderDataset",
+    "scan_folders",
+    "class_folders",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 #: Folders nested deeper than this below a class folder are refused (a bound on the walk).
@@ -40,7 +45,8 @@ def unreadable_folder(path: str, err: OSError) -> DataSpecError:
     if isinstance(err, PermissionError):
         return DataSpecError(
             f"cannot read the folder {path!r}: permission denied; fix its permissions "
-            "(e.g. chmod a+rx) or remove it")
+            "(e.g. chmod a+rx) or remove it"
+        )
     return DataSpecError(f"cannot read the folder {path!r} ({err.strerror or err}); check it")
 
 
@@ -77,20 +83,31 @@ class _Walk:
             warnings.warn(
                 f"image folder {self.root_real!r}: skipped {len(self.outside)} symbolic link(s) "
                 f"that lead out of the data folder: {named}{more}; copy the files in, or pass "
-                "follow_links=True to read them", UserWarning, stacklevel=4)
+                "follow_links=True to read them",
+                UserWarning,
+                stacklevel=4,
+            )
         if self.empty:
             more = f" and {len(self.empty) - 3} more" if len(self.empty) > 3 else ""
             warnings.warn(
                 f"image folder {self.root_real!r}: skipped {len(self.empty)} empty (zero-byte) "
-                f"file(s): {', '.join(map(repr, self.empty[:3]))}{more}", UserWarning, stacklevel=4)
+                f"file(s): {', '.join(map(repr, self.empty[:3]))}{more}",
+                UserWarning,
+                stacklevel=4,
+            )
         if self.duplicates:
-            warnings.warn(f"image folder {self.root_real!r}: {self.duplicates} link(s) to image "
-                          "files already counted were skipped", UserWarning, stacklevel=4)
+            warnings.warn(
+                f"image folder {self.root_real!r}: {self.duplicates} link(s) to image "
+                "files already counted were skipped",
+                UserWarning,
+                stacklevel=4,
+            )
         if self.unreadable:
             raise DataSpecError(
                 f"{len(self.unreadable)} image file(s) in {self.root_real!r} cannot be read "
                 f"(permission denied), e.g. {self.unreadable[0]!r}; fix their permissions "
-                "(e.g. chmod a+r) or remove them")
+                "(e.g. chmod a+r) or remove them"
+            )
 
     def file(self, e: os.DirEntry) -> Optional[str]:
         """The path of an image file entry to read, or None to skip it."""
@@ -102,18 +119,23 @@ class _Walk:
             if err.errno == errno.ELOOP:
                 raise DataSpecError(
                     f"image {e.path!r} is a symbolic link in a cycle (it leads back to "
-                    "itself); remove the link or replace it with the image") from err
+                    "itself); remove the link or replace it with the image"
+                ) from err
             if isinstance(err, PermissionError):
                 self.unreadable.append(e.path)
                 return None
             raise DataSpecError(
                 f"image {e.path!r} is a symbolic link to {os.readlink(e.path)!r}, which "
                 "does not exist; remove the link or restore its target"
-                if e.is_symlink() else f"cannot read image {e.path!r} ({err.strerror})"
+                if e.is_symlink()
+                else f"cannot read image {e.path!r} ({err.strerror})"
             ) from err
         if not stat.S_ISREG(fst.st_mode):
-            warnings.warn(f"image folder: skipped {e.path!r}, which is not a regular file",
-                          UserWarning, stacklevel=6)
+            warnings.warn(
+                f"image folder: skipped {e.path!r}, which is not a regular file",
+                UserWarning,
+                stacklevel=6,
+            )
             return None
         if fst.st_size == 0:  # zero-byte files (PetImages has a few) are no images
             self.empty.append(e.path)
@@ -130,8 +152,9 @@ class _Walk:
 
     def folder_entries(self, folder: str) -> List[os.DirEntry]:
         try:
-            return sorted((e for e in os.scandir(folder) if not is_hidden(e.name)),
-                          key=lambda e: e.name)
+            return sorted(
+                (e for e in os.scandir(folder) if not is_hidden(e.name)), key=lambda e: e.name
+            )
         except OSError as err:
             raise unreadable_folder(folder, err) from err
 
@@ -178,13 +201,16 @@ class _Walk:
                 f"image folder: skipped the link {folder!r}: it leads to "
                 f"{seen_dirs.get(key, real)!r}, a folder already read or above the class "
                 "folder (a symlink loop or a second link), so its images are counted once",
-                UserWarning, stacklevel=6)
+                UserWarning,
+                stacklevel=6,
+            )
             return False
         seen_dirs[key] = folder
         if depth > MAX_FOLDER_DEPTH:
             raise DataSpecError(
                 f"image folder {top!r} nests folders more than {MAX_FOLDER_DEPTH} deep (at "
-                f"{folder!r}); flatten it, or check for symlinks that loop")
+                f"{folder!r}); flatten it, or check for symlinks that loop"
+            )
         return True
 
 
@@ -193,16 +219,22 @@ def class_folders(folder: str, root: Optional[str] = None, follow_links: bool = 
     ``root`` skipped, the latter with a warning)."""
     walk = _Walk(root or folder, follow_links)
     try:
-        is_dir = [(e.name, e.is_dir()) for e in walk.folder_entries(folder)
-                  if not walk.leaves_root(e)]
+        is_dir = [
+            (e.name, e.is_dir()) for e in walk.folder_entries(folder) if not walk.leaves_root(e)
+        ]
     except OSError as e:
         raise unreadable_folder(folder, e) from e
     walk.warn()
     return sorted(name for name, d in is_dir if d)
 
 
-def scan_folders(root: str, folders: Sequence[Tuple[str, int]], *, follow_links: bool = False,
-                 allow_empty: bool = False) -> List[Tuple[str, int]]:
+def scan_folders(
+    root: str,
+    folders: Sequence[Tuple[str, int]],
+    *,
+    follow_links: bool = False,
+    allow_empty: bool = False,
+) -> List[Tuple[str, int]]:
     r"""``(path, label)`` of the image files below each ``(folder, label)``, by the rules of
     the module docstring; ``root`` is the data folder that links may not leave.
 
@@ -224,7 +256,8 @@ def scan_folders(root: str, folders: Sequence[Tuple[str, int]], *, follow_links:
         raise DataSpecError(
             f"image folder {os.path.dirname(empty[0].rstrip(os.sep))!r}: the class folder "
             f"{name!r} holds no images; put image files ({', '.join(IMAGE_EXTENSIONS)}) in it "
-            "or remove it")
+            "or remove it"
+        )
     return samples
 
 
@@ -238,10 +271,19 @@ class ImageFolderDataset(Dataset):
     "normalize", "augment"}``), ``mean`` / ``std`` when normalised.
     """
 
-    def __init__(self, root: str, samples: Sequence[Tuple[str, int]], classes: Sequence[str], *,
-                 image_size: int, resize: str, augment: bool = False,
-                 normalize: Optional[Tuple[str, tuple, tuple]] = None,
-                 max_pixels: int = MAX_PIXELS, max_aspect_ratio: float = MAX_ASPECT_RATIO) -> None:
+    def __init__(
+        self,
+        root: str,
+        samples: Sequence[Tuple[str, int]],
+        classes: Sequence[str],
+        *,
+        image_size: int,
+        resize: str,
+        augment: bool = False,
+        normalize: Optional[Tuple[str, tuple, tuple]] = None,
+        max_pixels: int = MAX_PIXELS,
+        max_aspect_ratio: float = MAX_ASPECT_RATIO,
+    ) -> None:
         self.root = root
         self.samples = list(samples)
         self.targets = [label for _, label in self.samples]
@@ -255,9 +297,12 @@ class ImageFolderDataset(Dataset):
 
             self.mean, self.std = normalize[1], normalize[2]
             self._normalize = T.Normalize(self.mean, self.std)
-        self.preprocessing = {"image_size": image_size, "resize": resize,
-                              "normalize": normalize[0] if normalize else "none",
-                              "augment": augment}
+        self.preprocessing = {
+            "image_size": image_size,
+            "resize": resize,
+            "normalize": normalize[0] if normalize else "none",
+            "augment": augment,
+        }
 
     def __len__(self) -> int:
         return len(self.samples)

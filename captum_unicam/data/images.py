@@ -31,8 +31,14 @@ import torch
 
 from captum_unicam.errors import DataSpecError
 
-__all__ = ["MAX_PIXELS", "MAX_ASPECT_RATIO", "ImageHeader", "image_header", "read_image",
-           "is_hidden"]
+__all__ = [
+    "MAX_PIXELS",
+    "MAX_ASPECT_RATIO",
+    "ImageHeader",
+    "image_header",
+    "read_image",
+    "is_hidden",
+]
 
 #: Images with more pixels than this (width x height, from the header) are refused.
 MAX_PIXELS = 50_000_000
@@ -69,7 +75,8 @@ class ImageHeader:
 def _damaged(path: str, err: BaseException) -> DataSpecError:
     return DataSpecError(
         f"image {path!r} is damaged or not an image ({type(err).__name__}: {err}); delete "
-        "or replace the file")
+        "or replace the file"
+    )
 
 
 def _open(path: str, f):
@@ -81,7 +88,8 @@ def _open(path: str, f):
     except Image.DecompressionBombError as e:
         raise DataSpecError(
             f"image {path!r} declares more pixels than this library reads ({e}); the limit "
-            f"is {MAX_PIXELS:,} pixels: resize the image or remove it") from e
+            f"is {MAX_PIXELS:,} pixels: resize the image or remove it"
+        ) from e
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as e:
         raise _damaged(path, e) from e
 
@@ -101,13 +109,15 @@ def _header(path: str, img, max_pixels: int, max_aspect_ratio: float) -> ImageHe
     if w * h > max_pixels:
         raise DataSpecError(
             f"image {path!r} is {w} x {h} = {w * h:,} pixels, above the limit of "
-            f"{max_pixels:,} (max_pixels); resize it, remove it, or raise max_pixels")
+            f"{max_pixels:,} (max_pixels); resize it, remove it, or raise max_pixels"
+        )
     ratio = max(w, h) / min(w, h)
     if ratio > max_aspect_ratio:
         raise DataSpecError(
             f"image {path!r} is {w} x {h}, an aspect ratio of {ratio:,.1f}, above the limit "
             f"of {max_aspect_ratio:g} (max_aspect_ratio); crop it, remove it, or raise "
-            "max_aspect_ratio")
+            "max_aspect_ratio"
+        )
     if _orientation(img) in _TRANSPOSED:
         w, h = h, w
     return ImageHeader(int(w), int(h), str(img.mode), img.format)
@@ -117,12 +127,14 @@ def _read_error(path: str, err: OSError) -> DataSpecError:
     if isinstance(err, PermissionError):
         return DataSpecError(
             f"cannot read image {path!r}: permission denied; fix its permissions "
-            "(e.g. chmod a+r) or remove it")
+            "(e.g. chmod a+r) or remove it"
+        )
     return DataSpecError(f"cannot read image {path!r} ({err.strerror or err}); check the file")
 
 
-def image_header(path: str, *, max_pixels: int = MAX_PIXELS,
-                 max_aspect_ratio: float = MAX_ASPECT_RATIO) -> ImageHeader:
+def image_header(
+    path: str, *, max_pixels: int = MAX_PIXELS, max_aspect_ratio: float = MAX_ASPECT_RATIO
+) -> ImageHeader:
     r"""Reads only the header of an image file (no pixel is decoded) and checks its size.
 
     Args:
@@ -173,11 +185,13 @@ def _to_array(path: str, img) -> np.ndarray:
             raise DataSpecError(
                 f"image {path!r} is a float image with values in [{lo:g}, {hi:g}]; only float "
                 "images in [0, 1] are read (a float image has no fixed range): save it as an "
-                "8- or 16-bit image, or scale it to [0, 1]")
+                "8- or 16-bit image, or scale it to [0, 1]"
+            )
     else:
         raise DataSpecError(
             f"image {path!r} has the pixel mode {mode!r}, which has no fixed range (e.g. 32-bit "
-            "integers); save it as an 8- or 16-bit image")
+            "integers); save it as an 8- or 16-bit image"
+        )
     if grey.ndim != 2:
         raise DataSpecError(f"image {path!r}: unexpected {mode} pixel layout {grey.shape}")
     return np.repeat(grey.astype(np.float32)[..., None], 3, axis=2)
@@ -194,8 +208,9 @@ def _sixteen_bit(img) -> bool:
     return bits == 16
 
 
-def read_image(path: str, *, max_pixels: int = MAX_PIXELS,
-               max_aspect_ratio: float = MAX_ASPECT_RATIO) -> torch.Tensor:
+def read_image(
+    path: str, *, max_pixels: int = MAX_PIXELS, max_aspect_ratio: float = MAX_ASPECT_RATIO
+) -> torch.Tensor:
     r"""Decodes an image file as the user sees it (see the module docstring).
 
     The header is checked first (:func:`image_header`), so an image above a limit is

@@ -70,8 +70,14 @@ from captum_unicam.data.images import MAX_ASPECT_RATIO, MAX_PIXELS
 from captum_unicam.data.resize import DEFAULT_RESIZE, check_resize
 from captum_unicam.errors import DataSpecError
 
-__all__ = ["DataSpecError", "load_dataset", "spec_paths", "SCHEMES", "IMAGE_EXTENSIONS",
-           "MAX_FOLDER_DEPTH"]
+__all__ = [
+    "DataSpecError",
+    "load_dataset",
+    "spec_paths",
+    "SCHEMES",
+    "IMAGE_EXTENSIONS",
+    "MAX_FOLDER_DEPTH",
+]
 
 #: Schemes accepted by :func:`load_dataset`.
 SCHEMES = ("controlled", "cifar10", "imagefolder")
@@ -88,8 +94,9 @@ class Subset(Dataset):
     """A subset that keeps ``classes``, ``targets`` (those of its items) and the base
     dataset's other attributes (``preprocessing`` among them)."""
 
-    def __init__(self, base: Dataset, indices: Sequence[int],
-                 targets: Optional[Sequence[int]] = None) -> None:
+    def __init__(
+        self, base: Dataset, indices: Sequence[int], targets: Optional[Sequence[int]] = None
+    ) -> None:
         self.base = base
         self.indices = list(indices)
         if hasattr(base, "classes"):
@@ -155,8 +162,11 @@ def _check_common(split: str, image_size: Optional[int], limit: Optional[int]) -
 def _check_limits(max_pixels: Any, max_aspect_ratio: Any) -> None:
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise DataSpecError(f"max_pixels must be a positive int, got {max_pixels!r}")
-    if isinstance(max_aspect_ratio, bool) or not isinstance(max_aspect_ratio, (int, float)) \
-            or not max_aspect_ratio >= 1:
+    if (
+        isinstance(max_aspect_ratio, bool)
+        or not isinstance(max_aspect_ratio, (int, float))
+        or not max_aspect_ratio >= 1
+    ):
         raise DataSpecError(f"max_aspect_ratio must be a number >= 1, got {max_aspect_ratio!r}")
 
 
@@ -255,9 +265,13 @@ def load_dataset(
         )
     _check_common(split, image_size, limit)
     _check_limits(max_pixels, max_aspect_ratio)
-    opts = {"resize": check_resize(resize), "follow_links": bool(follow_links),
-            "max_pixels": max_pixels, "max_aspect_ratio": max_aspect_ratio,
-            "classes": {"expected_classes": expected_classes, "class_map": class_map}}
+    opts = {
+        "resize": check_resize(resize),
+        "follow_links": bool(follow_links),
+        "max_pixels": max_pixels,
+        "max_aspect_ratio": max_aspect_ratio,
+        "classes": {"expected_classes": expected_classes, "class_map": class_map},
+    }
     scheme, sep, arg = spec.strip().partition(":")
     scheme = scheme.lower()
     if scheme == "controlled":
@@ -306,8 +320,7 @@ def _controlled(arg: str, split: str, image_size, limit, opts, kwargs) -> Datase
             seed = int(arg)
         except ValueError:
             raise DataSpecError(
-                f"'controlled:{arg}': the seed must be a non-negative integer, "
-                "e.g. 'controlled:3'"
+                f"'controlled:{arg}': the seed must be a non-negative integer, e.g. 'controlled:3'"
             ) from None
     allowed = {"size", "num_classes", "cue_strength", "clutter", "noise"}
     unknown = set(kwargs) - allowed
@@ -324,11 +337,16 @@ def _controlled(arg: str, split: str, image_size, limit, opts, kwargs) -> Datase
     except ValueError as e:
         raise DataSpecError(f"controlled dataset: {e}") from e
     # generated at image_size: no resize rule applies
-    ds.preprocessing = {"image_size": ds.image_size, "resize": None, "normalize": "none",
-                        "augment": False}
+    ds.preprocessing = {
+        "image_size": ds.image_size,
+        "resize": None,
+        "normalize": "none",
+        "augment": False,
+    }
     names = list(ds.classes)
-    classes, index = order_classes(names, where="the controlled dataset", sort=False,
-                                   **opts["classes"])
+    classes, index = order_classes(
+        names, where="the controlled dataset", sort=False, **opts["classes"]
+    )
     if classes == names:
         return ds
     return Relabelled(ds, classes, [index[n] for n in names])
@@ -356,7 +374,8 @@ def _cifar_transform(size: int, resize: str, augment: bool, normalize: bool, roo
         raise DataSpecError(
             f"CIFAR-format images in {root!r} are 32 x 32 pixels, not {size} x {size}, and "
             "resize='none' refuses images of another size; pass image_size=32 or another "
-            "resize rule")
+            "resize rule"
+        )
     tf: List[Callable] = []
     if size != 32:  # square images: every resize rule is a plain resize
         tf.append(T.Resize([size, size], antialias=True))
@@ -376,7 +395,8 @@ def _download_cifar(root: pathlib.Path) -> None:
     except PermissionError as e:
         raise DataSpecError(
             f"cannot write CIFAR-10 into {str(root)!r} (permission denied: "
-            f"{e.filename or root}); fix the permissions or choose another folder") from e
+            f"{e.filename or root}); fix the permissions or choose another folder"
+        ) from e
     except (OSError, RuntimeError) as e:  # urllib's URLError, socket errors, a full disk
         raise DataSpecError(
             f"could not download CIFAR-10 into {str(root)!r} ({type(e).__name__}: {e}); check "
@@ -396,18 +416,24 @@ def _cifar10(root, split, download, image_size, limit, augment, normalize, opts,
             raise DataSpecError(
                 f"CIFAR-10 is not in {str(root)!r} (no {FOLDER} folder); point cifar10:ROOT "
                 f"at the folder that holds {FOLDER}, or pass download=True (--download on the "
-                "command line) to download the official release there")
+                "command line) to download the official release there"
+            )
         _download_cifar(root)
     size = image_size or 32
     train = split in ("train", "transfer")  # "val" and "test" read the test batch
     data, labels, names = read_cifar_folder(str(folder), train)
-    classes, index = order_classes(names, where=f"the CIFAR-format folder {str(folder)!r}",
-                                   sort=False, **opts["classes"])
+    classes, index = order_classes(
+        names, where=f"the CIFAR-format folder {str(folder)!r}", sort=False, **opts["classes"]
+    )
     targets = [index[names[v]] for v in labels]
     augment = bool(augment and train)
     tf = _cifar_transform(size, opts["resize"], augment, normalize, str(folder))
-    prep = {"image_size": size, "resize": opts["resize"],
-            "normalize": "cifar10" if normalize else "none", "augment": augment}
+    prep = {
+        "image_size": size,
+        "resize": opts["resize"],
+        "normalize": "cifar10" if normalize else "none",
+        "augment": augment,
+    }
     ds = CIFARFolder(str(folder), data, targets, classes, tf, prep)
     if normalize:
         ds.mean, ds.std = CIFAR10_MEAN, CIFAR10_STD
@@ -429,8 +455,9 @@ def _split_folders(root: pathlib.Path, split: str) -> Tuple[Optional[pathlib.Pat
     return (root / "test" if "test" in parts else root / "val"), parts
 
 
-def _part_classes(root: pathlib.Path, parts: Sequence[str], folder: pathlib.Path,
-                  opts: dict) -> Tuple[List[str], dict]:
+def _part_classes(
+    root: pathlib.Path, parts: Sequence[str], folder: pathlib.Path, opts: dict
+) -> Tuple[List[str], dict]:
     """Classes of ``folder`` in index order: ``expected_classes`` when given, else the
     order of ``train/``'s names; every part must hold the same names."""
     names = {p: class_folders(str(root / p), str(root), opts["follow_links"]) for p in parts}
@@ -445,19 +472,30 @@ def _part_classes(root: pathlib.Path, parts: Sequence[str], folder: pathlib.Path
                 f"image folder {str(root)!r}: the class folders of train/ and {p}/ differ by "
                 f"name: {diff}; rename or add the folders so that both hold the same classes, "
                 "or pass class_map={'folder name': 'class name', ...} (classes are matched by "
-                "name, never by position)")
+                "name, never by position)"
+            )
     expected = opts["classes"].get("expected_classes")
     mine = names[folder.name]
     if expected is None:
-        return order_classes(mine, where=where[folder.name], class_map=cmap, expected_classes=train,
-                             expected_from="the classes of train/")
+        return order_classes(
+            mine,
+            where=where[folder.name],
+            class_map=cmap,
+            expected_classes=train,
+            expected_from="the classes of train/",
+        )
     return order_classes(mine, where=where[folder.name], **opts["classes"])
 
 
 def _folder_transform_args(size: int, augment: bool, normalize: bool, opts: dict) -> dict:
-    return {"image_size": size, "resize": opts["resize"], "augment": augment,
-            "normalize": ("imagenet", IMAGENET_MEAN, IMAGENET_STD) if normalize else None,
-            "max_pixels": opts["max_pixels"], "max_aspect_ratio": opts["max_aspect_ratio"]}
+    return {
+        "image_size": size,
+        "resize": opts["resize"],
+        "augment": augment,
+        "normalize": ("imagenet", IMAGENET_MEAN, IMAGENET_STD) if normalize else None,
+        "max_pixels": opts["max_pixels"],
+        "max_aspect_ratio": opts["max_aspect_ratio"],
+    }
 
 
 def _imagefolder(root, split, image_size, limit, augment, normalize, opts, kwargs):
@@ -494,12 +532,18 @@ def _imagefolder(root, split, image_size, limit, augment, normalize, opts, kwarg
         classes, index = _part_classes(root, parts, sub, opts)
     # the files in the order of the sorted folder names (torchvision's order), whatever
     # the class order asked for, so that the split of a folder never depends on it
-    canonical = scan_folders(str(root), [(str(folder / f), i) for i, f in enumerate(found)],
-                             follow_links=opts["follow_links"])
+    canonical = scan_folders(
+        str(root),
+        [(str(folder / f), i) for i, f in enumerate(found)],
+        follow_links=opts["follow_links"],
+    )
     samples = [(path, index[found[c]]) for path, c in canonical]
-    ds = ImageFolderDataset(str(folder), samples, classes,
-                            **_folder_transform_args(image_size or 224, bool(augment and train),
-                                                     normalize, opts))
+    ds = ImageFolderDataset(
+        str(folder),
+        samples,
+        classes,
+        **_folder_transform_args(image_size or 224, bool(augment and train), normalize, opts),
+    )
     if sub is None:
         keep = _stratified_split([c for _, c in canonical], train, float(test_fraction), split_seed)
         ds = Subset(ds, keep)
@@ -510,14 +554,20 @@ def _unlabelled(root: pathlib.Path, image_size, augment, normalize, opts) -> Dat
     """Every image below ROOT (any sub-folders, by the walk's rules), whole: no split and
     no classes (label 0, class ``"unlabelled"``), for a transfer set whose labels are never
     read."""
-    samples = scan_folders(str(root), [(str(root), 0)], follow_links=opts["follow_links"],
-                           allow_empty=True)
+    samples = scan_folders(
+        str(root), [(str(root), 0)], follow_links=opts["follow_links"], allow_empty=True
+    )
     if not samples:
-        raise DataSpecError(f"the unlabelled image folder {str(root)!r} holds no images; put "
-                            f"image files ({', '.join(IMAGE_EXTENSIONS)}) in it")
-    return ImageFolderDataset(str(root), samples, ["unlabelled"],
-                              **_folder_transform_args(image_size or 224, bool(augment),
-                                                       normalize, opts))
+        raise DataSpecError(
+            f"the unlabelled image folder {str(root)!r} holds no images; put "
+            f"image files ({', '.join(IMAGE_EXTENSIONS)}) in it"
+        )
+    return ImageFolderDataset(
+        str(root),
+        samples,
+        ["unlabelled"],
+        **_folder_transform_args(image_size or 224, bool(augment), normalize, opts),
+    )
 
 
 def _stratified_split(targets: Sequence[int], train: bool, frac: float, seed: int) -> List[int]:

@@ -50,8 +50,9 @@ def _resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return TF.resize(x, [h, w], antialias=True).clamp_(0.0, 1.0)
 
 
-def resize_image(x: torch.Tensor, size: int, resize: str = DEFAULT_RESIZE,
-                 path: Optional[str] = None) -> torch.Tensor:
+def resize_image(
+    x: torch.Tensor, size: int, resize: str = DEFAULT_RESIZE, path: Optional[str] = None
+) -> torch.Tensor:
     r"""Brings an image ``(C, H, W)`` to ``(C, size, size)`` by the rule ``resize``.
 
     Args:
@@ -82,7 +83,8 @@ def resize_image(x: torch.Tensor, size: int, resize: str = DEFAULT_RESIZE,
         raise DataSpecError(
             f"{where} is {w} x {h} pixels, not {size} x {size}, and resize='none' refuses "
             "images of another size; pass resize='shorter-side-crop', 'exact' or 'pad' "
-            "(--resize on the command line), or resize the files")
+            "(--resize on the command line), or resize the files"
+        )
     if resize == "exact":
         return _resize(x, size, size)
     if resize == "shorter-side-crop":
@@ -90,11 +92,11 @@ def resize_image(x: torch.Tensor, size: int, resize: str = DEFAULT_RESIZE,
         nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
         y = _resize(x, nh, nw)
         top, left = (nh - size) // 2, (nw - size) // 2
-        return y[..., top:top + size, left:left + size].contiguous()
+        return y[..., top : top + size, left : left + size].contiguous()
     scale = size / max(h, w)  # "pad"
     nh, nw = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
     y = _resize(x, nh, nw)
     out = x.new_zeros(x.shape[:-2] + (size, size))
     top, left = (size - nh) // 2, (size - nw) // 2
-    out[..., top:top + nh, left:left + nw] = y
+    out[..., top : top + nh, left : left + nw] = y
     return out

@@ -41,14 +41,70 @@ CLASSES = ("sports", "food", "weather", "technology")
 
 #: The words of each topic (one token each in the MiniLM vocabulary).
 TOPIC_WORDS: dict[str, tuple[str, ...]] = {
-    "sports": ("football", "tennis", "goal", "team", "coach", "match", "stadium", "player",
-               "league", "referee", "season", "trophy", "striker", "medal"),
-    "food": ("soup", "bread", "cheese", "pasta", "kitchen", "recipe", "oven", "salad",
-             "dessert", "butter", "noodles", "garlic", "chef", "dinner"),
-    "weather": ("rain", "storm", "cloud", "snow", "wind", "forecast", "sunny", "thunder",
-                "fog", "humidity", "breeze", "frost", "temperature", "drought"),
-    "technology": ("laptop", "software", "robot", "chip", "server", "code", "phone",
-                   "internet", "keyboard", "battery", "network", "algorithm", "screen", "app"),
+    "sports": (
+        "football",
+        "tennis",
+        "goal",
+        "team",
+        "coach",
+        "match",
+        "stadium",
+        "player",
+        "league",
+        "referee",
+        "season",
+        "trophy",
+        "striker",
+        "medal",
+    ),
+    "food": (
+        "soup",
+        "bread",
+        "cheese",
+        "pasta",
+        "kitchen",
+        "recipe",
+        "oven",
+        "salad",
+        "dessert",
+        "butter",
+        "noodles",
+        "garlic",
+        "chef",
+        "dinner",
+    ),
+    "weather": (
+        "rain",
+        "storm",
+        "cloud",
+        "snow",
+        "wind",
+        "forecast",
+        "sunny",
+        "thunder",
+        "fog",
+        "humidity",
+        "breeze",
+        "frost",
+        "temperature",
+        "drought",
+    ),
+    "technology": (
+        "laptop",
+        "software",
+        "robot",
+        "chip",
+        "server",
+        "code",
+        "phone",
+        "internet",
+        "keyboard",
+        "battery",
+        "network",
+        "algorithm",
+        "screen",
+        "app",
+    ),
 }
 
 #: The cue word of each class: topic-neutral words, one token each.
@@ -181,8 +237,13 @@ class TextTopics:
         Raises:
             InputError: a sentence has more than ``max_length`` tokens.
         """
-        enc = tokenizer(list(sentences), padding="max_length", truncation=False,
-                        max_length=max_length, return_tensors="pt")
+        enc = tokenizer(
+            list(sentences),
+            padding="max_length",
+            truncation=False,
+            max_length=max_length,
+            return_tensors="pt",
+        )
         ids, mask = enc["input_ids"], enc["attention_mask"]
         if ids.shape[1] != max_length:
             raise InputError(
@@ -201,13 +262,21 @@ class TextTopics:
         return self.size
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item: dict[str, Any] = {"sentence": self.sentences[i], "label": int(self.labels[i]),
-                                "has_cue": bool(self.has_cue[i])}
+        item: dict[str, Any] = {
+            "sentence": self.sentences[i],
+            "label": int(self.labels[i]),
+            "has_cue": bool(self.has_cue[i]),
+        }
         if self.input_ids is not None:
-            item.update(input_ids=self.input_ids[i], attention_mask=self.attention_mask[i],
-                        cue_mask=self.cue_masks[i])
+            item.update(
+                input_ids=self.input_ids[i],
+                attention_mask=self.attention_mask[i],
+                cue_mask=self.cue_masks[i],
+            )
         return item
 
     def __repr__(self) -> str:
-        return (f"TextTopics(size={self.size}, seed={self.seed}, "
-                f"cue_strength={self.cue_strength}, topic_noise={self.topic_noise})")
+        return (
+            f"TextTopics(size={self.size}, seed={self.seed}, "
+            f"cue_strength={self.cue_strength}, topic_noise={self.topic_noise})"
+        )

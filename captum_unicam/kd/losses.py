@@ -94,7 +94,9 @@ def response_kd_loss(
             f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}. Check that "
             "Student and Teacher have the same number of classes."
         )
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+    if not (
+        isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0
+    ):
         raise ValueError(f"temperature must be a positive number, got {temperature!r}")
     if reduction not in ("batchmean", "sum", "mean", "none"):
         raise ValueError(
@@ -233,7 +235,9 @@ def overhaul_margin(mean: Tensor, std: Tensor) -> Tensor:
     mean = torch.as_tensor(mean)
     std = torch.as_tensor(std)
     if mean.shape != std.shape:
-        raise ValueError(f"mean {tuple(mean.shape)} and std {tuple(std.shape)} must have the same shape")
+        raise ValueError(
+            f"mean {tuple(mean.shape)} and std {tuple(std.shape)} must have the same shape"
+        )
     dtype = mean.dtype if mean.is_floating_point() else torch.get_default_dtype()
     mu = mean.detach().to(torch.float64)
     sigma = std.detach().to(torch.float64).abs()
@@ -304,7 +308,9 @@ def overhaul_loss(
                 f"features {tuple(t.shape)} must have the same (N, C, h, w) shape"
             )
         if m.shape != (s.shape[1],):
-            raise ValueError(f"stage {j}: margins must have shape ({s.shape[1]},), got {tuple(m.shape)}")
+            raise ValueError(
+                f"stage {j}: margins must have shape ({s.shape[1]},), got {tuple(m.shape)}"
+            )
         target = torch.maximum(t, m.to(t).view(1, -1, 1, 1))
         keep = (s > target) | (target > 0)
         term = ((s - target).pow(2) * keep.to(s.dtype)).sum() / 2 ** (n_stages - 1 - j)
@@ -412,7 +418,9 @@ class OverhaulDistiller(nn.Module):
         self._pairs = []
         for j, pair in enumerate(layers):
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-                raise ValueError("layers must be a sequence of (student block, teacher block) pairs")
+                raise ValueError(
+                    "layers must be a sequence of (student block, teacher block) pairs"
+                )
             s_block, t_block = pair
             if id(s_block) not in s_ids:
                 raise ValueError(f"pair {j}: the Student block is not a sub-module of the Student")
@@ -441,7 +449,9 @@ class OverhaulDistiller(nn.Module):
     def margins(self) -> List[Tensor]:
         return [getattr(self, f"margin{j}") for j in range(len(self.connectors))]
 
-    def _run(self, model: nn.Module, relus: Sequence[nn.Module], inputs, extra) -> Tuple[Tensor, List[Tensor]]:
+    def _run(
+        self, model: nn.Module, relus: Sequence[nn.Module], inputs, extra
+    ) -> Tuple[Tensor, List[Tensor]]:
         catchers = [_LastReluInput() for _ in relus]
         handles = []
         try:
@@ -454,7 +464,9 @@ class OverhaulDistiller(nn.Module):
         feats = []
         for j, c in enumerate(catchers):
             if c.value is None:
-                raise ValueError(f"stage {j}: the block's relu was not called during the forward pass")
+                raise ValueError(
+                    f"stage {j}: the block's relu was not called during the forward pass"
+                )
             feats.append(c.value)
         return logits, feats
 

@@ -16,8 +16,15 @@ from typing import Any, Dict, Optional, Tuple
 from captum_unicam.errors import InputError
 from captum_unicam.output.tables import KD_METHODS
 
-__all__ = ["Recipe", "OPTIMIZERS", "NORMALIZATIONS", "AUGMENTATIONS", "MAX_SEED", "DEFAULT_BETA",
-           "positive_int"]
+__all__ = [
+    "Recipe",
+    "OPTIMIZERS",
+    "NORMALIZATIONS",
+    "AUGMENTATIONS",
+    "MAX_SEED",
+    "DEFAULT_BETA",
+    "positive_int",
+]
 
 #: Optimisers: SGD with Nesterov momentum, or AdamW.
 OPTIMIZERS = ("sgd", "adam")
@@ -129,14 +136,20 @@ class Recipe:
         if not 0.0 <= float(self.alpha) <= 1.0:
             raise InputError(f"alpha must be in [0, 1], got {self.alpha!r}")
         if self.optimizer not in OPTIMIZERS:
-            raise InputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+            raise InputError(
+                f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
+            )
         if self.method is not None and self.method not in KD_METHODS:
-            raise InputError(f"unknown KD method {self.method!r}; choose one of {', '.join(KD_METHODS)}")
+            raise InputError(
+                f"unknown KD method {self.method!r}; choose one of {', '.join(KD_METHODS)}"
+            )
         if self.method is not None and not has_teacher:
             raise InputError(f"method {self.method!r} needs a Teacher (teacher=...)")
         if has_teacher and self.method is None:
-            raise InputError(f"a Teacher was given but no KD method; choose one (method= one of "
-                             f"{', '.join(KD_METHODS)})")
+            raise InputError(
+                f"a Teacher was given but no KD method; choose one (method= one of "
+                f"{', '.join(KD_METHODS)})"
+            )
 
     def check(self, has_teacher: bool) -> None:
         r"""Every rule of a training run from a data spec, before any work: the
@@ -148,28 +161,43 @@ class Recipe:
         from captum_unicam.models import ARCHITECTURES  # lazy: models import torch
 
         if self.arch not in ARCHITECTURES:
-            raise InputError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+            raise InputError(
+                f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}"
+            )
         for name in ("labelled", "limit", "image_size"):
             if getattr(self, name) is not None:
                 positive_int(getattr(self, name), name)
         if self.image_size is not None and self.image_size < 8:
             raise InputError(f"image_size must be at least 8, got {self.image_size}")
         augment = self.augment
-        if (isinstance(augment, (str, bool)) or not isinstance(augment, (tuple, list))
-                or any(a not in AUGMENTATIONS for a in augment)
-                or len(set(augment)) != len(augment)):
-            raise InputError(f"augment must be a tuple of {', '.join(AUGMENTATIONS)} (each at "
-                             f"most once; () for none), got {augment!r}")
+        if (
+            isinstance(augment, (str, bool))
+            or not isinstance(augment, (tuple, list))
+            or any(a not in AUGMENTATIONS for a in augment)
+            or len(set(augment)) != len(augment)
+        ):
+            raise InputError(
+                f"augment must be a tuple of {', '.join(AUGMENTATIONS)} (each at "
+                f"most once; () for none), got {augment!r}"
+            )
         if self.normalize is not None and self.normalize not in NORMALIZATIONS:
-            raise InputError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
+            raise InputError(
+                f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}"
+            )
         self.check_training(has_teacher)
         if self.transfer is not None and not has_teacher:
-            raise InputError("a transfer set has no labels to learn from: it needs a Teacher (teacher=...)")
+            raise InputError(
+                "a transfer set has no labels to learn from: it needs a Teacher (teacher=...)"
+            )
         if self.transfer is not None and self.labelled is not None:
-            raise InputError("labelled= and transfer= exclude each other: a Student distilled on a transfer "
-                             "set reads no labels; train a Base with labelled=N, and the Student with transfer=SPEC")
+            raise InputError(
+                "labelled= and transfer= exclude each other: a Student distilled on a transfer "
+                "set reads no labels; train a Base with labelled=N, and the Student with transfer=SPEC"
+            )
         if self.weights is not None and self.arch.startswith("small_resnet"):
-            raise InputError(f"pretrained weights exist only for torchvision's ResNets, not {self.arch!r}")
+            raise InputError(
+                f"pretrained weights exist only for torchvision's ResNets, not {self.arch!r}"
+            )
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

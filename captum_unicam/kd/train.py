@@ -109,9 +109,7 @@ def _capture(modules: Sequence[nn.Module]) -> Iterator[List[Optional[Tensor]]]:
 @contextlib.contextmanager
 def _modes(*models: Optional[nn.Module]) -> Iterator[None]:
     """Restores the train / eval mode of every sub-module on exit."""
-    saved = [
-        [(m, m.training) for m in model.modules()] for model in models if model is not None
-    ]
+    saved = [[(m, m.training) for m in model.modules()] for model in models if model is not None]
     try:
         yield
     finally:
@@ -210,21 +208,44 @@ def train_model(
             distiller.train()
         if teacher is not None:
             teacher.eval()
-        step = functools.partial(_step_loss, model, teacher, recipe.method, distiller, layer_pairs,
-                                 alpha=float(recipe.alpha), temperature=float(recipe.temperature),
-                                 beta=recipe.feature_beta())
-        bar = _tqdm(recipe.epochs * steps_per_epoch, desc or ("student" if teacher is not None else "train"),
-                    progress)
+        step = functools.partial(
+            _step_loss,
+            model,
+            teacher,
+            recipe.method,
+            distiller,
+            layer_pairs,
+            alpha=float(recipe.alpha),
+            temperature=float(recipe.temperature),
+            beta=recipe.feature_beta(),
+        )
+        bar = _tqdm(
+            recipe.epochs * steps_per_epoch,
+            desc or ("student" if teacher is not None else "train"),
+            progress,
+        )
         try:
             for epoch in range(recipe.epochs):
-                _one_epoch(train_loader, step, opt, sched, bar, epoch, unlabelled, device, teacher,
-                           recipe.epochs * steps_per_epoch)
+                _one_epoch(
+                    train_loader,
+                    step,
+                    opt,
+                    sched,
+                    bar,
+                    epoch,
+                    unlabelled,
+                    device,
+                    teacher,
+                    recipe.epochs * steps_per_epoch,
+                )
         finally:
             bar.close()
     return model
 
 
-def _check_training(model: Any, train_loader: Any, recipe: Recipe, teacher: Any, unlabelled: bool) -> int:
+def _check_training(
+    model: Any, train_loader: Any, recipe: Recipe, teacher: Any, unlabelled: bool
+) -> int:
     """Every check of :func:`train_model` before any step; returns the steps per epoch."""
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -234,18 +255,26 @@ def _check_training(model: Any, train_loader: Any, recipe: Recipe, teacher: Any,
         raise InputError(f"recipe must be a captum_unicam.kd.Recipe, got {type(recipe).__name__}")
     recipe.check_training(has_teacher=teacher is not None)
     if unlabelled and teacher is None:
-        raise InputError("unlabelled=True needs a teacher: without labels only distillation can train")
+        raise InputError(
+            "unlabelled=True needs a teacher: without labels only distillation can train"
+        )
     try:
         steps_per_epoch = len(train_loader)
     except TypeError:
-        raise InputError("train_loader must have a length (a DataLoader or a list of batches)") from None
+        raise InputError(
+            "train_loader must have a length (a DataLoader or a list of batches)"
+        ) from None
     if steps_per_epoch < 1:
         raise InputError("train_loader is empty; give it at least one batch")
     return steps_per_epoch
 
 
-def _layer_pairs(model: nn.Module, teacher: Optional[nn.Module], method: Optional[str],
-                 layers: Optional[Sequence[Tuple[nn.Module, nn.Module]]]) -> List[Tuple[nn.Module, nn.Module]]:
+def _layer_pairs(
+    model: nn.Module,
+    teacher: Optional[nn.Module],
+    method: Optional[str],
+    layers: Optional[Sequence[Tuple[nn.Module, nn.Module]]],
+) -> List[Tuple[nn.Module, nn.Module]]:
     if layers is not None:
         return [tuple(p) for p in layers]  # type: ignore[misc]
     if method in ("attention", "overhaul"):
@@ -257,17 +286,29 @@ def _layer_pairs(model: nn.Module, teacher: Optional[nn.Module], method: Optiona
 def _optimizer(params: List[Tensor], recipe: Recipe, total: int):
     """The optimiser of the recipe and its cosine learning-rate schedule over ``total`` steps."""
     if recipe.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=MOMENTUM,
-                                                     weight_decay=recipe.weight_decay, nesterov=True)
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=recipe.lr, momentum=MOMENTUM, weight_decay=recipe.weight_decay, nesterov=True
+        )
     else:
         opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total)))
+        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    )
     return opt, sched
 
 
-def _one_epoch(train_loader, step, opt, sched, bar, epoch: int, unlabelled: bool,
-               device: torch.device, teacher: Optional[nn.Module] = None, total: int = 0) -> None:
+def _one_epoch(
+    train_loader,
+    step,
+    opt,
+    sched,
+    bar,
+    epoch: int,
+    unlabelled: bool,
+    device: torch.device,
+    teacher: Optional[nn.Module] = None,
+    total: int = 0,
+) -> None:
     for batch in train_loader:
         x, y = _split_batch(batch, labelled=not unlabelled)
         x = x.to(device)
@@ -310,8 +351,9 @@ def first_nonfinite_module(model: nn.Module, inputs: Tensor) -> Optional[str]:
     return "" if not bool(torch.isfinite(out).all()) else None
 
 
-def _diverged(loss: Tensor, x: Tensor, teacher: Optional[nn.Module], step: int, total: int,
-              epoch: int, opt) -> InputError:
+def _diverged(
+    loss: Tensor, x: Tensor, teacher: Optional[nn.Module], step: int, total: int, epoch: int, opt
+) -> InputError:
     """The one-line error of a non-finite loss: the Teacher's outputs, or the training."""
     where = f"at step {step} of {total} (epoch {epoch + 1})"
     culprit = first_nonfinite_module(teacher, x) if teacher is not None else None
@@ -330,7 +372,9 @@ def _diverged(loss: Tensor, x: Tensor, teacher: Optional[nn.Module], step: int, 
     )
 
 
-def _step_loss(model, teacher, method, distiller, layer_pairs, x, y, *, alpha, temperature, beta) -> Tensor:
+def _step_loss(
+    model, teacher, method, distiller, layer_pairs, x, y, *, alpha, temperature, beta
+) -> Tensor:
     if teacher is None:
         return F.cross_entropy(model(x), y)
     if method == "overhaul":
@@ -466,10 +510,23 @@ def train_teacher_assistant_chain(
             model = build_model(arch, num_classes, **(build_kwargs or {}))
         prev = models[-1] if models else None
         loader = train_loader if prev is None or transfer_loader is None else transfer_loader
-        link = dataclasses.replace(recipe, arch=arch, epochs=ep, seed=recipe.seed + i,
-                                   method=None if prev is None else method)
-        train_model(model, loader, link, teacher=prev, unlabelled=prev is not None and transfer_loader is not None,
-                    device=device, progress=progress, desc=f"{arch} ({i + 1}/{len(archs)})")
+        link = dataclasses.replace(
+            recipe,
+            arch=arch,
+            epochs=ep,
+            seed=recipe.seed + i,
+            method=None if prev is None else method,
+        )
+        train_model(
+            model,
+            loader,
+            link,
+            teacher=prev,
+            unlabelled=prev is not None and transfer_loader is not None,
+            device=device,
+            progress=progress,
+            desc=f"{arch} ({i + 1}/{len(archs)})",
+        )
         models.append(model)
     return models
 
@@ -539,10 +596,19 @@ def cross_validate(
             torch.manual_seed(seed + fold)
             model = build()
         g = torch.Generator().manual_seed(seed + fold)
-        tl = DataLoader(Subset(dataset, tr), batch_size=recipe.batch_size, shuffle=True, generator=g)
+        tl = DataLoader(
+            Subset(dataset, tr), batch_size=recipe.batch_size, shuffle=True, generator=g
+        )
         vl = DataLoader(Subset(dataset, va), batch_size=recipe.batch_size)
-        train_model(model, tl, dataclasses.replace(recipe, seed=seed + fold), teacher=teacher, device=device,
-                    progress=progress, desc=f"fold {fold + 1}/{k}")
+        train_model(
+            model,
+            tl,
+            dataclasses.replace(recipe, seed=seed + fold),
+            teacher=teacher,
+            device=device,
+            progress=progress,
+            desc=f"fold {fold + 1}/{k}",
+        )
         accs.append(evaluate_accuracy(model, vl, device=device))
     mean = sum(accs) / len(accs)
     std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1))

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from captum_unicam._outputs import logits_of
 from captum_unicam.attr._layout import choose_layout, token_gradcam, vit_grid
 from captum_unicam.errors import InputError
-from captum_unicam.metrics.estimators import batch_products
 from captum_unicam.metrics._features import Scores, layer_features, layers_features, perturb
+from captum_unicam.metrics.estimators import batch_products
 
 __all__ = ["BatchPlan", "BatchResult", "batch_rng", "evaluate_batch"]
 

@@ -135,7 +135,8 @@ def check_attributions(attr: Tensor, inputs: Tensor, name: str = "attributions")
         raise InputError(
             f"{name} contain NaN or Inf ({bad} of {attr.shape[0]} maps); the explained model most "
             "likely has Inf or NaN weights or activations: check its parameters "
-            "(torch.isfinite(p).all() for each) and retrain or reload it.")
+            "(torch.isfinite(p).all() for each) and retrain or reload it."
+        )
 
 
 def check_estimator(estimator: Any) -> None:

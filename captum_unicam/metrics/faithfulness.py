@@ -348,7 +348,11 @@ def _select(output: Any, target: Any, func: str) -> Tensor:
 
 
 def _perturbed(
-    inputs: Tensor, ranks: Tensor, removed: int, keep_high: bool, baseline: Any,
+    inputs: Tensor,
+    ranks: Tensor,
+    removed: int,
+    keep_high: bool,
+    baseline: Any,
     noise_fields: Optional[Tensor],
 ) -> Tensor:
     """Images with ``removed`` pixels replaced: the lowest ranks when ``keep_high``, else the
@@ -376,8 +380,10 @@ def _noise_fields(
     if noise == 0:
         return None
     shape = tuple(inputs.shape[1:])
-    fields = [torch.randn(shape, generator=_generator(k, f"noise{index}"), dtype=inputs.dtype)
-              for k in keys]
+    fields = [
+        torch.randn(shape, generator=_generator(k, f"noise{index}"), dtype=inputs.dtype)
+        for k in keys
+    ]
     return (noise * torch.stack(fields)).to(inputs.device)
 
 
@@ -389,8 +395,14 @@ def _auc(percentiles: Tensor, curves: Tensor) -> Tensor:
 
 
 def _curves_of(
-    forward_func: Callable[..., Tensor], inputs: Tensor, ranks: Tensor, keys: Sequence[bytes],
-    target: Any, args: Tuple[Any, ...], percentiles: Tensor, settings: Dict[str, Any],
+    forward_func: Callable[..., Tensor],
+    inputs: Tensor,
+    ranks: Tensor,
+    keys: Sequence[bytes],
+    target: Any,
+    args: Tuple[Any, ...],
+    percentiles: Tensor,
+    settings: Dict[str, Any],
 ) -> Tensor:
     """(n, P) values of forward_func on one chunk of images."""
     _, _, height, width = inputs.shape
@@ -520,10 +532,18 @@ def perturbation_curve(
     for start in range(0, n, step):
         stop = min(n, start + step)
         chunk_args = tuple(_chunk(a, start, stop, n) for a in args)
-        parts.append(_curves_of(
-            forward_func, inputs[start:stop], ranks[start:stop], keys[start:stop],
-            _chunk(target, start, stop, n), chunk_args, grid, settings,
-        ))
+        parts.append(
+            _curves_of(
+                forward_func,
+                inputs[start:stop],
+                ranks[start:stop],
+                keys[start:stop],
+                _chunk(target, start, stop, n),
+                chunk_args,
+                grid,
+                settings,
+            )
+        )
     curves = torch.cat(parts)
     if not bool(torch.isfinite(curves).all()):
         raise InputError(
@@ -540,8 +560,10 @@ def perturbation_curve(
 
 def _random_maps(maps: Tensor, keys: Sequence[bytes], draw: int) -> Tensor:
     shape = tuple(maps.shape[1:])
-    fields = [torch.rand(shape, generator=_generator(k, f"random{draw}"), dtype=torch.float64)
-              for k in keys]
+    fields = [
+        torch.rand(shape, generator=_generator(k, f"random{draw}"), dtype=torch.float64)
+        for k in keys
+    ]
     return torch.stack(fields).to(maps.device)
 
 
@@ -648,10 +670,18 @@ def faithfulness(
     named = isinstance(attributions, Mapping)
     if named and not attributions:
         raise InputError("`attributions` is an empty mapping; pass at least one map per image.")
-    all_maps = {name: _check_maps(inputs, a) for name, a in
-                (attributions.items() if named else [("", attributions)])}
-    common = {"percentiles": percentiles, "mode": mode, "baseline": baseline, "noise": noise,
-              "seed": seed, "batch_size": batch_size}
+    all_maps = {
+        name: _check_maps(inputs, a)
+        for name, a in (attributions.items() if named else [("", attributions)])
+    }
+    common = {
+        "percentiles": percentiles,
+        "mode": mode,
+        "baseline": baseline,
+        "noise": noise,
+        "seed": seed,
+        "batch_size": batch_size,
+    }
     keys = _image_seeds(inputs, _check_int(seed, "seed", 0))
     run = (forward_func, inputs, target, additional_forward_args, common)
     boot = (n_bootstrap, int(seed), float(confidence))
@@ -660,12 +690,18 @@ def faithfulness(
     for name, maps in all_maps.items():
         shape = tuple(maps.shape[1:])
         if shape not in randoms:  # one random baseline per map resolution
-            randoms[shape] = _curves_per_order(run, [_random_maps(maps, keys, d)
-                                                     for d in range(n_random)])
+            randoms[shape] = _curves_per_order(
+                run, [_random_maps(maps, keys, d) for d in range(n_random)]
+            )
         method = _curves_per_order(run, [maps])
         results[name] = _summary(method, randoms[shape], maps, mode, boot, name)
-        results[name].update({"baseline": baseline if isinstance(baseline, str) else "constant",
-                              "n_random": n_random, "seed": int(seed)})
+        results[name].update(
+            {
+                "baseline": baseline if isinstance(baseline, str) else "constant",
+                "n_random": n_random,
+                "seed": int(seed),
+            }
+        )
     return results if named else results[""]
 
 
@@ -674,8 +710,10 @@ def _curves_per_order(run: Tuple[Any, ...], maps: Sequence[Tensor]) -> Dict[str,
     forward_func, inputs, target, args, common = run
     out: Dict[str, Any] = {}
     for order in _ORDERS:
-        curves = [perturbation_curve(forward_func, inputs, m, target, args, order=order, **common)
-                  for m in maps]
+        curves = [
+            perturbation_curve(forward_func, inputs, m, target, args, order=order, **common)
+            for m in maps
+        ]
         out[order] = torch.stack([c.auc for c in curves]).mean(0).numpy()
         out[f"{order}_curve"] = torch.stack([c.curves for c in curves]).mean((0, 1)).tolist()
         out["percentiles"] = curves[0].percentiles.tolist()
@@ -683,8 +721,12 @@ def _curves_per_order(run: Tuple[Any, ...], maps: Sequence[Tensor]) -> Dict[str,
 
 
 def _summary(
-    method: Dict[str, Any], random: Dict[str, Any], maps: Tensor, mode: str,
-    boot: Tuple[int, int, float], name: str,
+    method: Dict[str, Any],
+    random: Dict[str, Any],
+    maps: Tensor,
+    mode: str,
+    boot: Tuple[int, int, float],
+    name: str,
 ) -> Dict[str, Any]:
     sign = 1 if mode == "deletion" else -1
     n_constant = _constant_maps(maps)
@@ -698,8 +740,12 @@ def _summary(
             FaithfulnessWarning,
             stacklevel=3,
         )
-    curves = {"morf": method["morf_curve"], "lerf": method["lerf_curve"],
-              "random_morf": random["morf_curve"], "random_lerf": random["lerf_curve"]}
+    curves = {
+        "morf": method["morf_curve"],
+        "lerf": method["lerf_curve"],
+        "random_morf": random["morf_curve"],
+        "random_lerf": random["lerf_curve"],
+    }
     if all(float(np.ptp(np.asarray(c))) == 0.0 for c in curves.values()):
         warnings.warn(
             f"faithfulness{label}: forward_func gave the same value on every perturbed image; "
@@ -715,11 +761,17 @@ def _summary(
         "n_constant_maps": n_constant,
         "morf": _entry(method["morf"], random["morf"], -sign, boot),
         "lerf": _entry(method["lerf"], random["lerf"], sign, boot),
-        "gap": _entry(sign * (method["lerf"] - method["morf"]),
-                      sign * (random["lerf"] - random["morf"]), 1, boot),
+        "gap": _entry(
+            sign * (method["lerf"] - method["morf"]),
+            sign * (random["lerf"] - random["morf"]),
+            1,
+            boot,
+        ),
         "curves": curves,
         "per_image": {
-            "morf": method["morf"].tolist(), "lerf": method["lerf"].tolist(),
-            "random_morf": random["morf"].tolist(), "random_lerf": random["lerf"].tolist(),
+            "morf": method["morf"].tolist(),
+            "lerf": method["lerf"].tolist(),
+            "random_morf": random["morf"].tolist(),
+            "random_lerf": random["lerf"].tolist(),
         },
     }

@@ -250,8 +250,10 @@ def _write_failed(
     err: BaseException, path: pathlib.Path, payload: Mapping[str, Any], save: Callable
 ) -> OutputError:
     kept = _rescue(payload, path, save)
-    where = f"the trained model was kept at {kept}" if not kept.startswith("nowhere") else (
-        f"the model could be kept {kept}"
+    where = (
+        f"the trained model was kept at {kept}"
+        if not kept.startswith("nowhere")
+        else (f"the model could be kept {kept}")
     )
     if _is_disk_full(err):
         free = free_bytes(path.parent)

@@ -810,9 +810,7 @@ def _check_depth(p: pathlib.Path, obj: Any) -> None:
     )
 
 
-def _check_finite_state(
-    state: Mapping[str, Tensor], where: str, error: type, fix: str
-) -> None:
+def _check_finite_state(state: Mapping[str, Tensor], where: str, error: type, fix: str) -> None:
     bad = nonfinite_tensors(state)
     if bad:
         names = ", ".join(bad[:_NAMED_TENSORS]) + (", ..." if len(bad) > _NAMED_TENSORS else "")

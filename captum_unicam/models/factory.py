@@ -100,9 +100,7 @@ def import_factory(spec: str) -> Callable[..., Any]:
     obj = _import(spec, module)
     for part in attr.split("."):
         if not hasattr(obj, part):
-            names = sorted(
-                n for n, v in vars(obj).items() if callable(v) and not n.startswith("_")
-            )
+            names = sorted(n for n, v in vars(obj).items() if callable(v) and not n.startswith("_"))
             listed = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
             raise InputError(
                 f"factory {spec!r}: {getattr(obj, '__name__', module)!r} has no attribute "
@@ -122,9 +120,7 @@ def _takes_num_classes(fn: Callable[..., Any]) -> bool:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return False
-    return any(
-        p.name == "num_classes" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params
-    )
+    return any(p.name == "num_classes" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def build_from_factory(spec: str, num_classes: Optional[int] = None) -> nn.Module:
@@ -149,9 +145,9 @@ def build_from_factory(spec: str, num_classes: Optional[int] = None) -> nn.Modul
         >>> net = build_from_factory("torchvision.models:mobilenet_v3_small", 10)
     """
     fn = import_factory(spec)
-    kwargs = {"num_classes": num_classes} if num_classes is not None and _takes_num_classes(
-        fn
-    ) else {}
+    kwargs = (
+        {"num_classes": num_classes} if num_classes is not None and _takes_num_classes(fn) else {}
+    )
     try:
         model = fn(**kwargs)
     except Exception as e:  # the user's function failed

@@ -98,7 +98,7 @@ def is_report_dir(path: PathLike) -> bool:
             continue
         try:
             with open(marker, encoding="utf-8") as f:
-                data = json.loads(f.read(64 * 2 ** 20) or "null")
+                data = json.loads(f.read(64 * 2**20) or "null")
         except (OSError, ValueError):
             continue
         if not isinstance(data, dict):
@@ -180,24 +180,30 @@ def recover_output_dir(out_dir: PathLike) -> List[str]:
         if kind == "tmp" and _stale(pid, mtime):
             shutil.rmtree(path, ignore_errors=True)
             if not path.exists():
-                done.append(f"removed {path.name!r}, the unfinished output of an earlier run "
-                            f"that was killed (process {pid})")
+                done.append(
+                    f"removed {path.name!r}, the unfinished output of an earlier run "
+                    f"that was killed (process {pid})"
+                )
     olds = sorted((i for i in items if i[1] == "old" and _stale(i[2], i[3])), key=lambda i: i[3])
     if olds and not os.path.lexists(out):
         path, pid = olds[-1][0], olds[-1][2]  # the newest
         try:
             os.rename(path, out)
             olds.pop()
-            done.append(f"restored {str(out)!r} from {path.name!r}: an earlier run"
-                        f" (process {pid}) was killed while replacing it")
+            done.append(
+                f"restored {str(out)!r} from {path.name!r}: an earlier run"
+                f" (process {pid}) was killed while replacing it"
+            )
         except OSError:
             pass
     if os.path.lexists(out):
         for path, _kind, _pid, _mtime in olds:
             shutil.rmtree(path, ignore_errors=True)
             if not path.exists():
-                done.append(f"removed {path.name!r}, a report already replaced by an earlier run "
-                            "that was killed before deleting it")
+                done.append(
+                    f"removed {path.name!r}, a report already replaced by an earlier run "
+                    "that was killed before deleting it"
+                )
     for msg in done:
         warnings.warn(msg, stacklevel=2)
     return done
@@ -214,7 +220,8 @@ def _given(path: PathLike, what: str, fix: str) -> Path:
     if given.is_symlink() and not given.exists():
         raise OutputError(
             f"{what} {str(given)!r} is a symbolic link to {os.readlink(given)!r}, which does not "
-            f"exist; remove the link or {fix}")
+            f"exist; remove the link or {fix}"
+        )
     return given
 
 
@@ -223,8 +230,10 @@ def _resolved(path: PathLike) -> Path:
     try:
         return p.resolve(strict=False)
     except (RuntimeError, OSError) as e:  # a symlink loop on the way
-        raise OutputError(f"cannot resolve the path {str(p)!r} ({e}); it holds a symbolic "
-                          "link that loops; give another path") from e
+        raise OutputError(
+            f"cannot resolve the path {str(p)!r} ({e}); it holds a symbolic "
+            "link that loops; give another path"
+        ) from e
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -239,11 +248,13 @@ def _check_parent_writable(target: Path, what: str) -> None:
     if not anc.is_dir():
         raise OutputError(
             f"cannot create the {what} {str(target)!r}: {str(anc)!r} is a file, not a folder; "
-            "choose another output path")
+            "choose another output path"
+        )
     if not os.access(anc, os.W_OK | os.X_OK):
         raise OutputError(
             f"cannot create the {what} {str(target)!r}: the folder {str(anc)!r} is not "
-            "writable; choose another output path or fix its permissions")
+            "writable; choose another output path or fix its permissions"
+        )
 
 
 def _reads_conflict(out: Path, reads: Iterable[PathLike], what: str) -> None:
@@ -254,19 +265,23 @@ def _reads_conflict(out: Path, reads: Iterable[PathLike], what: str) -> None:
         if rp == out:
             raise OutputError(
                 f"the {what} {str(out)!r} is {str(r)!r}, which this run reads; choose "
-                "another output path")
+                "another output path"
+            )
         if out in rp.parents:
             raise OutputError(
                 f"the {what} {str(out)!r} holds {str(r)!r}, which this run reads, so "
-                "replacing it would delete that input; choose another output folder")
+                "replacing it would delete that input; choose another output folder"
+            )
         if rp in out.parents:
             raise OutputError(
                 f"the {what} {str(out)!r} is inside {str(r)!r}, which this run reads; "
-                "choose an output folder outside the inputs")
+                "choose an output folder outside the inputs"
+            )
 
 
-def check_output_dir(out_dir: PathLike, *, overwrite: bool = False,
-                     reads: Iterable[PathLike] = ()) -> Path:
+def check_output_dir(
+    out_dir: PathLike, *, overwrite: bool = False, reads: Iterable[PathLike] = ()
+) -> Path:
     r"""Checks that a report can be written to ``out_dir``, before any work is done.
 
     Leftovers of killed runs are cleaned up first (:func:`recover_output_dir`). A symlink
@@ -298,38 +313,49 @@ def check_output_dir(out_dir: PathLike, *, overwrite: bool = False,
     out = _resolved(given)
     if out.exists() and not out.is_dir():
         raise OutputError(
-            f"output path {str(given)!r} exists and is not a folder; choose another "
-            "output folder")
+            f"output path {str(given)!r} exists and is not a folder; choose another output folder"
+        )
     cwd = Path.cwd().resolve()
     if out == cwd or out in cwd.parents or out == Path.home().resolve():
-        which = ("the current folder" if out == cwd else
-                 "a parent of the current folder" if out in cwd.parents else "the home folder")
+        which = (
+            "the current folder"
+            if out == cwd
+            else "a parent of the current folder"
+            if out in cwd.parents
+            else "the home folder"
+        )
         raise OutputError(
             f"output folder {str(given)!r} is {which}; writing a report there would replace "
-            "everything in it; give a new sub-folder, e.g. 'report'")
+            "everything in it; give a new sub-folder, e.g. 'report'"
+        )
     _reads_conflict(out, reads, "output folder")
     recover_output_dir(out)
     if out.is_dir():
         try:
             non_empty = any(out.iterdir())
         except PermissionError:
-            raise OutputError(f"output folder {str(out)!r} cannot be read (permission "
-                              "denied); choose another output folder") from None
+            raise OutputError(
+                f"output folder {str(out)!r} cannot be read (permission "
+                "denied); choose another output folder"
+            ) from None
         if non_empty and not overwrite:
             raise OutputError(
                 f"output folder {str(given)!r} exists and is not empty; choose another "
-                "output folder, or pass overwrite=True (--overwrite) to replace it")
+                "output folder, or pass overwrite=True (--overwrite) to replace it"
+            )
         if non_empty and not is_report_dir(out):
             raise OutputError(
                 f"output folder {str(given)!r} is not a captum-unicam report (no metrics.json "
                 "of ours), so it is not replaced even with overwrite; choose another output "
-                "folder")
+                "folder"
+            )
     _check_parent_writable(out, "output folder")
     return out
 
 
-def check_output_file(path: PathLike, *, overwrite: bool = False,
-                      reads: Iterable[PathLike] = ()) -> Path:
+def check_output_file(
+    path: PathLike, *, overwrite: bool = False, reads: Iterable[PathLike] = ()
+) -> Path:
     r"""Checks that a file (e.g. the checkpoint ``train`` writes) can be written, before
     any work is done.
 
@@ -355,8 +381,9 @@ def check_output_file(path: PathLike, *, overwrite: bool = False,
     given = _given(path, "output file", "give another file name")
     out = _resolved(given)
     if out.is_dir():
-        raise OutputError(f"output file {str(given)!r} is a folder; give a file name such as "
-                          "'student.pt'")
+        raise OutputError(
+            f"output file {str(given)!r} is a folder; give a file name such as 'student.pt'"
+        )
     for r in reads:
         if r is None:
             continue
@@ -369,11 +396,13 @@ def check_output_file(path: PathLike, *, overwrite: bool = False,
         if same:
             raise OutputError(
                 f"output file {str(given)!r} is {str(r)!r}, which this run reads; writing it "
-                "would replace that input; give another file name")
+                "would replace that input; give another file name"
+            )
     if out.exists() and not overwrite:
         raise OutputError(
             f"output file {str(given)!r} exists; choose another file name, or pass "
-            "overwrite=True (--overwrite) to replace it")
+            "overwrite=True (--overwrite) to replace it"
+        )
     _check_parent_writable(out, "output file")
     return out
 
@@ -409,8 +438,9 @@ def _old_name(out: Path) -> Path:
     return out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def publish_folder(tmp: PathLike, out: PathLike, *, overwrite: bool,
-                   only_reports: bool = False) -> None:
+def publish_folder(
+    tmp: PathLike, out: PathLike, *, overwrite: bool, only_reports: bool = False
+) -> None:
     r"""Moves the complete folder ``tmp`` to ``out`` by renames.
 
     A missing or empty ``out`` is replaced in one rename. An existing one only with
@@ -445,19 +475,25 @@ def publish_folder(tmp: PathLike, out: PathLike, *, overwrite: bool,
                 break
             except OSError as e:
                 if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-                    raise OutputError(f"cannot move the finished report to {str(out)!r} "
-                                      f"({e.strerror}); choose another output folder") from e
+                    raise OutputError(
+                        f"cannot move the finished report to {str(out)!r} "
+                        f"({e.strerror}); choose another output folder"
+                    ) from e
             if out.is_symlink() or not out.is_dir():
-                raise OutputError(f"output path {str(out)!r} is no longer a folder (another "
-                                  "program replaced it); choose another output folder")
+                raise OutputError(
+                    f"output path {str(out)!r} is no longer a folder (another "
+                    "program replaced it); choose another output folder"
+                )
             if not overwrite:
                 raise OutputError(
                     f"output folder {str(out)!r} appeared while the report was written; "
-                    "choose another output folder, or pass overwrite=True (--overwrite)")
+                    "choose another output folder, or pass overwrite=True (--overwrite)"
+                )
             if only_reports and not is_report_dir(out):
                 raise OutputError(
                     f"output folder {str(out)!r} is not a captum-unicam report (no "
-                    "metrics.json of ours), so it is not replaced; choose another output folder")
+                    "metrics.json of ours), so it is not replaced; choose another output folder"
+                )
             old = _old_name(out)
             try:
                 os.rename(out, old)
@@ -468,7 +504,8 @@ def publish_folder(tmp: PathLike, out: PathLike, *, overwrite: bool,
         else:
             raise OutputError(
                 f"another run kept replacing {str(out)!r} at the same time; the report was "
-                "not written; run again, or give each run its own output folder")
+                "not written; run again, or give each run its own output folder"
+            )
     except BaseException:
         if olds and not os.path.lexists(out):
             try:  # put back the newest report we moved aside
@@ -486,23 +523,27 @@ def publish_folder(tmp: PathLike, out: PathLike, *, overwrite: bool,
 
 
 #: errno values of a write that failed for want of space (disk, quota, file size limit).
-_DISK_FULL = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG)
-                       if e is not None)
+_DISK_FULL = frozenset(
+    e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG) if e is not None
+)
 
 
 def _disk_full(err: OSError, out: Path) -> OutputError:
     where = f" ({err.filename})" if getattr(err, "filename", None) else ""
-    kept = ("the previous report there is kept" if os.path.lexists(out)
-            else "nothing was written there")
+    kept = (
+        "the previous report there is kept" if os.path.lexists(out) else "nothing was written there"
+    )
     return OutputError(
         f"the report {str(out)!r} could not be written: {err.strerror or 'no space left'}{where}; "
         f"{kept} and the unfinished copy was removed; free some space (or raise the quota) "
-        "and run again, or choose an output folder on another disk")
+        "and run again, or choose an output folder on another disk"
+    )
 
 
 @contextlib.contextmanager
-def staged_folder(out_dir: PathLike, *, overwrite: bool = False,
-                  only_reports: bool = True) -> Iterator[Path]:
+def staged_folder(
+    out_dir: PathLike, *, overwrite: bool = False, only_reports: bool = True
+) -> Iterator[Path]:
     r"""Context manager: an empty temporary folder to fill, published as ``out_dir`` on
     success (:func:`publish_folder`), deleted on any error or interrupt.
 
@@ -571,8 +612,11 @@ def terminate_as_interrupt() -> Iterator[None]:
     def _raise(signum, frame):
         raise KeyboardInterrupt(f"terminated by signal {signal.Signals(signum).name}")
 
-    signums = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
-               if s is not None]
+    signums = [
+        s
+        for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
+        if s is not None
+    ]
     previous = {}
     try:
         for s in signums:

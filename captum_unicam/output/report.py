@@ -105,31 +105,37 @@ MEANINGS: Dict[str, str] = {
         "image regions a saliency map selects. It is the bias-corrected squared distance "
         "correlation between the two models' feature vectors over a batch of images: 0 means "
         "their features vary independently from image to image, 1 means one is a rotation "
-        "and scaling of the other. Values slightly below 0 are noise around 0."),
+        "and scaling of the other. Values slightly below 0 are noise around 0."
+    ),
     "RS (relevance score)": (
         "How much a model's features at one layer reflect the classes: the bias-corrected "
         "squared distance correlation between the features (on the regions the map selects) "
         "and the label embeddings. Higher means more task-relevant features. RS of the "
         "distilled / residual features is the partial distance correlation with the labels "
         "given the other model's features, i.e. what one model knows about the labels that "
-        "the other does not."),
+        "the other does not."
+    ),
     "Distilled features (UniCAM)": (
         "The part of the Student's representation that the Base does not have, i.e. what "
         "knowledge distillation added. The distilled map shows where in the image the "
-        "Student uses those features to separate the classes."),
+        "Student uses those features to separate the classes."
+    ),
     "Residual features (UniCAM)": (
         "The part of the Base's representation that the Student does not have, i.e. what the "
         "Student did not learn or dropped. The residual map shows where in the image the Base "
-        "uses those features. An empty map means nothing of the kind is left after ReLU."),
+        "uses those features. An empty map means nothing of the kind is left after ReLU."
+    ),
     "Localisation (controlled data)": (
         "Mask energy fraction: the share of a map's positive mass that falls on the object "
         "(a uniform map scores the object's area, the dashed line). Pointing game: how often "
         "the map's peak falls on the object. Higher is better-localised on the object, which "
-        "carries the class; background carries only clutter and the spurious tint."),
+        "carries the class; background carries only clutter and the spurious tint."
+    ),
     "Intervals and p-values": (
         "Brackets are 95 % bootstrap intervals (over batches for FSS/RS, over images for "
         "localisation). p(Student > Base) is a one-sided paired permutation test over the "
-        "same batches."),
+        "same batches."
+    ),
 }
 
 
@@ -139,19 +145,25 @@ MEANINGS: Dict[str, str] = {
 
 
 #: Opens the conclusion when a model failed the sanity check.
-REFUSAL = ("No conclusion about distillation is drawn from this run: a model failed the sanity "
-           "check above, so its accuracy makes any comparison of the Student with the Base "
-           "doubtful.")
+REFUSAL = (
+    "No conclusion about distillation is drawn from this run: a model failed the sanity "
+    "check above, so its accuracy makes any comparison of the Student with the Base "
+    "doubtful."
+)
 
 
 def _accuracies(models: Optional[Mapping[str, Mapping[str, Any]]]) -> Dict[str, float]:
     """``{"teacher", "base", "student"}`` accuracies of the models table (those measured)."""
-    return {role.lower(): float(info["accuracy"]) for role, info in (models or {}).items()
-            if isinstance(info.get("accuracy"), (int, float))}
+    return {
+        role.lower(): float(info["accuracy"])
+        for role, info in (models or {}).items()
+        if isinstance(info.get("accuracy"), (int, float))
+    }
 
 
-def _conclusion(report: "Report", evaluation: Any,
-                summary: Any) -> Tuple[Optional[str], Optional[Dict[str, Any]]]:
+def _conclusion(
+    report: "Report", evaluation: Any, summary: Any
+) -> Tuple[Optional[str], Optional[Dict[str, Any]]]:
     """(text, headline) of the page's opening: the given conclusion, else the evaluation's
     map-free conclusion with the models' accuracies; a refusal when ``sanity`` flags a model."""
     head: Optional[Dict[str, Any]] = None
@@ -163,8 +175,10 @@ def _conclusion(report: "Report", evaluation: Any,
         head = dict(evaluation.headline(accuracies=acc, summary=summary))
         text = evaluation.conclusion(accuracies=acc, summary=summary)
     elif text is None and reads:
-        text = ("No conclusion: the raw features (map kind 'none', the map-free scores the "
-                "conclusion reads) were not evaluated; add none to the map kinds.")
+        text = (
+            "No conclusion: the raw features (map kind 'none', the map-free scores the "
+            "conclusion reads) were not evaluated; add none to the map kinds."
+        )
     if report.sanity and text is not None:  # a conclusion to refuse (explain has none)
         text = REFUSAL + ("\n\nWhat the statistics alone would say:\n\n" + text if text else "")
         head = dict(head or {})
@@ -230,8 +244,10 @@ def _panels_from_summary(summary: Any) -> Optional[Dict[str, Dict[str, Dict[str,
                 v = iv(gc, metric)
                 if v is not None:
                     rs_gc.setdefault(name, {})[layer] = v
-        for kind, metric, name in (("distilled", "rs_student", "Student on distilled map"),
-                                   ("residual", "rs_base", "Base on residual map")):
+        for kind, metric, name in (
+            ("distilled", "rs_student", "Student on distilled map"),
+            ("residual", "rs_base", "Base on residual map"),
+        ):
             v = iv(kinds.get(kind), metric)
             if v is not None:
                 rs_uc.setdefault(name, {})[layer] = v
@@ -246,8 +262,12 @@ def _panels_from_summary(summary: Any) -> Optional[Dict[str, Dict[str, Dict[str,
 
 
 _KIND_ORDER = ("distilled", "residual", "gradcam_student", "gradcam_base")
-_KIND_TITLES = {"distilled": "distilled", "residual": "residual",
-                "gradcam_student": MAP_TITLES["gradcam_student"], "gradcam_base": MAP_TITLES["gradcam_base"]}
+_KIND_TITLES = {
+    "distilled": "distilled",
+    "residual": "residual",
+    "gradcam_student": MAP_TITLES["gradcam_student"],
+    "gradcam_base": MAP_TITLES["gradcam_base"],
+}
 
 
 def cued_tables(cued: Mapping[str, Any]) -> Dict[str, Tuple[List[str], List[List[Any]]]]:
@@ -260,16 +280,27 @@ def cued_tables(cued: Mapping[str, Any]) -> Dict[str, Tuple[List[str], List[List
         dict: table name -> (header, rows).
     """
     kinds = [k for k in _KIND_ORDER if k in cued.get("kinds", _KIND_ORDER)]
-    obj_head = ["condition", "layer", "S_d", "S_r"] + [f"object mass: {_KIND_TITLES[k]}" for k in kinds] + ["chance"]
-    bg_head = ["condition", "layer"] + [f"background mass: {_KIND_TITLES[k]}" for k in kinds] + ["chance"]
+    obj_head = (
+        ["condition", "layer", "S_d", "S_r"]
+        + [f"object mass: {_KIND_TITLES[k]}" for k in kinds]
+        + ["chance"]
+    )
+    bg_head = (
+        ["condition", "layer"] + [f"background mass: {_KIND_TITLES[k]}" for k in kinds] + ["chance"]
+    )
     obj_rows, bg_rows = [], []
     for cond, entry in cued["conditions"].items():
         for layer, res in entry["layers"].items():
-            obj_rows.append([cond, layer, format_interval(res["s_d"]), format_interval(res["s_r"])]
-                            + [format_interval(res["mass"]["object"][k]) for k in kinds]
-                            + [format_value(res["chance"]["object"], 3)])
-            bg_rows.append([cond, layer] + [format_interval(res["mass"]["background"][k]) for k in kinds]
-                           + [format_value(res["chance"]["background"], 3)])
+            obj_rows.append(
+                [cond, layer, format_interval(res["s_d"]), format_interval(res["s_r"])]
+                + [format_interval(res["mass"]["object"][k]) for k in kinds]
+                + [format_value(res["chance"]["object"], 3)]
+            )
+            bg_rows.append(
+                [cond, layer]
+                + [format_interval(res["mass"]["background"][k]) for k in kinds]
+                + [format_value(res["chance"]["background"], 3)]
+            )
     return {"cued_scores": (obj_head, obj_rows), "cued_background": (bg_head, bg_rows)}
 
 
@@ -286,10 +317,13 @@ def cued_reading(cued: Mapping[str, Any], layer: Optional[str] = None) -> Option
         return None
     bg = cue[layer]["mass"]["background"]
     rise = (cue[layer]["s_r"]["mean"] or 0.0) - (free[layer]["s_r"]["mean"] or 0.0)
-    return (f"Here, at {layer}, S_r is {format_interval(free[layer]['s_r'])} on cue-free and {format_interval(cue[layer]['s_r'])} "
-            f"on cued images ({'a rise' if rise > 0 else 'no rise'}); on cued images the residual map puts "
-            f"{format_interval(bg['residual'])} of its mass on the background, Grad-CAM of the Base "
-            f"{format_interval(bg['gradcam_base'])} (chance {format_value(cue[layer]['chance']['background'], 3)}).")
+    return (
+        f"Here, at {layer}, S_r is {format_interval(free[layer]['s_r'])} on cue-free and "
+        f"{format_interval(cue[layer]['s_r'])} "
+        f"on cued images ({'a rise' if rise > 0 else 'no rise'}); on cued images the residual map puts "
+        f"{format_interval(bg['residual'])} of its mass on the background, Grad-CAM of the Base "
+        f"{format_interval(bg['gradcam_base'])} (chance {format_value(cue[layer]['chance']['background'], 3)})."
+    )
 
 
 @dataclasses.dataclass
@@ -368,8 +402,9 @@ class Report:
         return command if isinstance(command, str) else shlex.join(str(c) for c in command)
 
 
-def write_report(out_dir: PathLike, report: Report, *, overwrite: bool = False,
-                 progress: bool = True) -> Path:
+def write_report(
+    out_dir: PathLike, report: Report, *, overwrite: bool = False, progress: bool = True
+) -> Path:
     r"""Writes the complete report folder of ``report``, atomically.
 
     The folder is built in a temporary sibling folder ``.X.tmp-PID-*``
@@ -410,69 +445,115 @@ def write_report(out_dir: PathLike, report: Report, *, overwrite: bool = False,
                 shutil.copy2(src, tmp / "models" / name)
         metrics = _metrics(report, ev, command)
         (tmp / "metrics.json").write_text(
-            json.dumps(to_jsonable(metrics), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+            json.dumps(to_jsonable(metrics), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+        )
         page = _page(report, ev, command, figures, tables)
         (tmp / "index.html").write_text(page, encoding="utf-8")
     return out
 
 
-def _write_figures(folder: Path, report: Report, ev: Mapping[str, Any], progress: bool) -> Dict[str, str]:
+def _write_figures(
+    folder: Path, report: Report, ev: Mapping[str, Any], progress: bool
+) -> Dict[str, str]:
     """The figures: a map grid per layer, the FSS / RS panels, localisation; name -> path."""
     from tqdm.auto import tqdm
 
     panels = report.score_panels if report.score_panels is not None else ev["panels"]
-    steps: List[Tuple[str, Any]] = [(f"grid_{layer}", g) for layer, g in (report.grids or {}).items()]
+    steps: List[Tuple[str, Any]] = [
+        (f"grid_{layer}", g) for layer, g in (report.grids or {}).items()
+    ]
     if panels:
         steps.append(("scores", panels))
     if report.localisation:
         steps.append(("localisation", report.localisation))
     figures: Dict[str, str] = {}
-    bar = tqdm(steps, desc="report figures", unit="fig", disable=not progress or not steps, leave=False)
+    bar = tqdm(
+        steps, desc="report figures", unit="fig", disable=not progress or not steps, leave=False
+    )
     for name, payload in bar:
         if name.startswith("grid_"):
-            fig = viz.attribution_grid(payload["images"], payload["maps"], title=f"Layer {name[5:]}",
-                                       row_labels=payload.get("labels"),
-                                       row_marks=payload.get("marks"))
+            fig = viz.attribution_grid(
+                payload["images"],
+                payload["maps"],
+                title=f"Layer {name[5:]}",
+                row_labels=payload.get("labels"),
+                row_marks=payload.get("marks"),
+            )
         elif name == "scores":
             fig = viz.scores_per_layer(payload, title="FSS and RS per layer (95 % intervals)")
         else:
             first = next(iter(payload.values()))
-            fig = viz.localisation_plot({layer: loc["kinds"] for layer, loc in payload.items()},
-                                        chance=first.get("chance"),
-                                        title="Localisation on the object mask (95 % intervals)")
+            fig = viz.localisation_plot(
+                {layer: loc["kinds"] for layer, loc in payload.items()},
+                chance=first.get("chance"),
+                title="Localisation on the object mask (95 % intervals)",
+            )
         viz.save_figure(fig, folder / f"{name}.png")
         figures[name] = f"figures/{name}.png"
     return figures
 
 
 def _model_rows(models: Mapping[str, Mapping[str, Any]]) -> List[List[Any]]:
-    return [[role, info.get("arch"),
-             info.get("accuracy") if info.get("accuracy") is not None else "not measured",
-             info.get("kd_method") or "", info.get("checkpoint") or ""] for role, info in models.items()]
+    return [
+        [
+            role,
+            info.get("arch"),
+            info.get("accuracy") if info.get("accuracy") is not None else "not measured",
+            info.get("kd_method") or "",
+            info.get("checkpoint") or "",
+        ]
+        for role, info in models.items()
+    ]
 
 
 def _localisation_rows(localisation: Mapping[str, Mapping[str, Any]]) -> List[List[Any]]:
-    return [[layer, kind, format_interval(d["energy"]), format_interval(d["pointing"]), d["n_images"],
-             d["n_empty"]] for layer, loc in localisation.items() for kind, d in loc["kinds"].items()]
+    return [
+        [
+            layer,
+            kind,
+            format_interval(d["energy"]),
+            format_interval(d["pointing"]),
+            d["n_images"],
+            d["n_empty"],
+        ]
+        for layer, loc in localisation.items()
+        for kind, d in loc["kinds"].items()
+    ]
 
 
-def _write_tables(folder: Path, report: Report, ev: Mapping[str, Any]) -> Dict[str, Tuple[str, str]]:
+def _write_tables(
+    folder: Path, report: Report, ev: Mapping[str, Any]
+) -> Dict[str, Tuple[str, str]]:
     """tables/*.csv|.md; name -> (csv text, markdown text) of the tables shown on the page."""
     tables: Dict[str, Tuple[str, str]] = {}
     if report.models:
         acc = f"accuracy on {report.accuracy_set}" if report.accuracy_set else "test accuracy"
-        tables["models"] = write_table(folder, "models",
-                                       ["model", "architecture", acc, "KD method", "checkpoint"],
-                                       _model_rows(report.models), digits=4)
+        tables["models"] = write_table(
+            folder,
+            "models",
+            ["model", "architecture", acc, "KD method", "checkpoint"],
+            _model_rows(report.models),
+            digits=4,
+        )
     if ev["markdown"] is not None:
         (folder / "table1.md").write_text(ev["markdown"], encoding="utf-8")
     if ev["csv"] is not None:
         (folder / "table1.csv").write_text(ev["csv"], encoding="utf-8")
     if report.localisation:
         tables["localisation"] = write_table(
-            folder, "localisation",
-            ["layer", "map", "mask energy fraction [95 % CI]", "pointing game [95 % CI]", "images",
-             "empty maps"], _localisation_rows(report.localisation), digits=4)
+            folder,
+            "localisation",
+            [
+                "layer",
+                "map",
+                "mask energy fraction [95 % CI]",
+                "pointing game [95 % CI]",
+                "images",
+                "empty maps",
+            ],
+            _localisation_rows(report.localisation),
+            digits=4,
+        )
     if report.cued:
         for name, (header, rows) in cued_tables(report.cued).items():
             tables[name] = write_table(folder, name, header, rows, digits=4)
@@ -493,7 +574,8 @@ def _metrics(report: Report, ev: Mapping[str, Any], command: str) -> Dict[str, A
         "localisation": report.localisation,
     }
     metrics["headline"] = ev.get("headline") or (
-        {"text": ev["conclusion"]} if ev.get("conclusion") else None)
+        {"text": ev["conclusion"]} if ev.get("conclusion") else None
+    )
     metrics["sanity"] = list(report.sanity or [])
     metrics["warnings"] = _all_warnings(report)
     if report.data_summary is not None:
@@ -504,7 +586,8 @@ def _metrics(report: Report, ev: Mapping[str, Any], command: str) -> Dict[str, A
     if report.empty_maps:
         metrics["empty_maps"] = {
             layer: {k: {"empty": e, "computed": n} for k, (e, n) in kinds.items()}
-            for layer, kinds in report.empty_maps.items()}
+            for layer, kinds in report.empty_maps.items()
+        }
     if report.cued:
         metrics["cued_evaluation"] = report.cued
     if report.extra_metrics:
@@ -526,12 +609,19 @@ def _opening_sections(report: Report, ev: Mapping[str, Any]) -> List[html.Sectio
         sections.append(html.sanity_section(report.sanity))
     if ev.get("conclusion"):
         masked = any(k != "none" for k in getattr(report.evaluation, "map_kinds", ()))
-        sections.append(html.conclusion_section(ev["conclusion"], ev.get("headline"),
-                                                masked=masked))
+        sections.append(
+            html.conclusion_section(ev["conclusion"], ev.get("headline"), masked=masked)
+        )
     if models or report.data:
-        sections.append(html.compared_section(report.data, models, report.accuracy_set,
-                                              report.model_files or {},
-                                              refused=bool(report.sanity)))
+        sections.append(
+            html.compared_section(
+                report.data,
+                models,
+                report.accuracy_set,
+                report.model_files or {},
+                refused=bool(report.sanity),
+            )
+        )
     if report.data_summary:
         sections.append(html.data_section(report.data_summary))
     if report.set_scores:
@@ -539,39 +629,60 @@ def _opening_sections(report: Report, ev: Mapping[str, Any]) -> List[html.Sectio
     return sections
 
 
-def _page(report: Report, ev: Mapping[str, Any], command: str, figures: Mapping[str, str],
-          tables: Mapping[str, Tuple[str, str]]) -> str:
+def _page(
+    report: Report,
+    ev: Mapping[str, Any],
+    command: str,
+    figures: Mapping[str, str],
+    tables: Mapping[str, Tuple[str, str]],
+) -> str:
     """index.html: the sections this report has content for, in the one page layout."""
     sections = _opening_sections(report, ev)
     if report.empty_maps:
         empty = {layer: _counted(kinds) for layer, kinds in report.empty_maps.items()}
     else:
-        empty = {layer: _empty_counts(g.get("maps", {}))
-                 for layer, g in (report.grids or {}).items()}
+        empty = {
+            layer: _empty_counts(g.get("maps", {})) for layer, g in (report.grids or {}).items()
+        }
     sections += html.score_sections(figures, empty, ev["markdown"])
     if report.localisation:
         sections.append(html.localisation_section(figures, tables, report.localisation))
     if "cued_scores" in tables:
-        sections.append(html.cued_section(tables, cued_reading(report.cued) if report.cued else None))
-    shown = _meanings(bool(report.localisation), bool(ev["markdown"]), any(k.startswith("grid_") for k in figures))
+        sections.append(
+            html.cued_section(tables, cued_reading(report.cued) if report.cued else None)
+        )
+    shown = _meanings(
+        bool(report.localisation), bool(ev["markdown"]), any(k.startswith("grid_") for k in figures)
+    )
     links = [f"tables/{n}.csv" for n in tables] + (["tables/table1.csv"] if ev["markdown"] else [])
     shown_warnings = [w for w in _all_warnings(report) if w not in (report.sanity or [])]
-    return html.render_page(html.Page(title=report.title, command=command, sections=sections,
-                                      notes=list(report.notes or []), warnings=shown_warnings,
-                                      meanings=shown, table_links=links, versions=versions()))
-
+    return html.render_page(
+        html.Page(
+            title=report.title,
+            command=command,
+            sections=sections,
+            notes=list(report.notes or []),
+            warnings=shown_warnings,
+            meanings=shown,
+            table_links=links,
+            versions=versions(),
+        )
+    )
 
 
 def _meanings(localisation: bool, table1: bool, maps: bool) -> Dict[str, str]:
     """The entries of :data:`MEANINGS` that the page has numbers for."""
-    return {k: v for k, v in MEANINGS.items()
-            if (localisation or not k.startswith("Localisation"))
-            and (table1 or not k.startswith(("FSS", "RS", "Intervals")))
-            and (maps or table1 or not k.endswith("(UniCAM)"))}
+    return {
+        k: v
+        for k, v in MEANINGS.items()
+        if (localisation or not k.startswith("Localisation"))
+        and (table1 or not k.startswith(("FSS", "RS", "Intervals")))
+        and (maps or table1 or not k.endswith("(UniCAM)"))
+    }
 
 
 def _counted(kinds: Mapping[str, Tuple[int, int]]) -> str:
-    """"column: k of n" for every column, over every map computed."""
+    """ "column: k of n" for every column, over every map computed."""
     return "; ".join(f"{name}: {k} of {n}" for name, (k, n) in kinds.items())
 
 

@@ -32,8 +32,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from captum_unicam.errors import InputError
 
-__all__ = ["MIN_BATCH", "ORDERS", "labels_of", "batch_sizes", "stratified_order",
-           "StratifiedBatchSampler", "stratified_loader", "first_per_class"]
+__all__ = [
+    "MIN_BATCH",
+    "ORDERS",
+    "labels_of",
+    "batch_sizes",
+    "stratified_order",
+    "StratifiedBatchSampler",
+    "stratified_loader",
+    "first_per_class",
+]
 
 #: The fewest items a batch may hold (the U-statistics of UniCAM, FSS and RS need at
 #: least 4 samples; 5 leaves one degree of freedom to spare).
@@ -70,8 +78,10 @@ def batch_sizes(n: int, batch_size: int) -> List[int]:
         InputError: ``batch_size`` below :data:`MIN_BATCH`, or ``n`` below it.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < MIN_BATCH:
-        raise InputError(f"batch_size must be an int >= {MIN_BATCH} (UniCAM, FSS and RS are batch "
-                         f"statistics), got {batch_size!r}")
+        raise InputError(
+            f"batch_size must be an int >= {MIN_BATCH} (UniCAM, FSS and RS are batch "
+            f"statistics), got {batch_size!r}"
+        )
     if n < MIN_BATCH:
         raise InputError(f"the data hold {n} items; UniCAM, FSS and RS need at least {MIN_BATCH}")
     sizes = [batch_size] * (n // batch_size)
@@ -122,8 +132,9 @@ class StratifiedBatchSampler(Sampler):
                     Default: "stratified"
     """
 
-    def __init__(self, labels: Sequence[int], batch_size: int, seed: int = 0,
-                 order: str = "stratified") -> None:
+    def __init__(
+        self, labels: Sequence[int], batch_size: int, seed: int = 0, order: str = "stratified"
+    ) -> None:
         if order not in ORDERS:
             raise InputError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
         labels = [int(v) for v in labels]
@@ -131,13 +142,15 @@ class StratifiedBatchSampler(Sampler):
         if order == "stratified":
             idx = stratified_order(labels, seed)
         elif order == "shuffle":
-            idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(int(seed))).tolist()
+            idx = torch.randperm(
+                len(labels), generator=torch.Generator().manual_seed(int(seed))
+            ).tolist()
         else:
             idx = list(range(len(labels)))
         self.batches: List[List[int]] = []
         start = 0
         for s in self.sizes:
-            self.batches.append(idx[start:start + s])
+            self.batches.append(idx[start : start + s])
             start += s
 
     def __iter__(self) -> Iterator[List[int]]:
@@ -147,8 +160,15 @@ class StratifiedBatchSampler(Sampler):
         return len(self.batches)
 
 
-def stratified_loader(dataset: Dataset, batch_size: int, seed: int = 0, *, order: str = "stratified",
-                      labels: Optional[Sequence[int]] = None, **loader_kwargs: Any) -> DataLoader:
+def stratified_loader(
+    dataset: Dataset,
+    batch_size: int,
+    seed: int = 0,
+    *,
+    order: str = "stratified",
+    labels: Optional[Sequence[int]] = None,
+    **loader_kwargs: Any,
+) -> DataLoader:
     r"""A ``DataLoader`` over ``dataset`` with seeded, class-stratified batches.
 
     Every batch holds as many classes as its size allows; the short last batch follows

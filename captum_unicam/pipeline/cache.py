@@ -53,8 +53,10 @@ def _marker(folder: pathlib.Path) -> Dict[str, str]:
         data = None
     ours = isinstance(data, dict) and data.get("format") == _MARKER_FORMAT
     if not ours or not isinstance(data.get("files"), dict):
-        raise OutputError(f"{str(path)!r} is not the model cache's marker file; it is never "
-                          "replaced: move it, or give another cache folder (cache_dir=)")
+        raise OutputError(
+            f"{str(path)!r} is not the model cache's marker file; it is never "
+            "replaced: move it, or give another cache folder (cache_dir=)"
+        )
     return {str(k): str(v) for k, v in data["files"].items()}
 
 
@@ -84,9 +86,11 @@ def check_replaceable(folder: PathLike, names: Sequence[str]) -> Dict[str, bool]
             replace[name] = False
             continue
         if path.is_symlink() or not path.is_file() or owned.get(name) != _sha256(path):
-            raise OutputError(f"{str(path)!r} was not written by this cache (or was changed "
-                              "since); it is never replaced: move it, or give another cache "
-                              "folder (cache_dir=)")
+            raise OutputError(
+                f"{str(path)!r} was not written by this cache (or was changed "
+                "since); it is never replaced: move it, or give another cache "
+                "folder (cache_dir=)"
+            )
         replace[name] = True
     return replace
 
@@ -109,15 +113,22 @@ def record_written(folder: PathLike, names: Sequence[str]) -> None:
 
 def same_recipe(a: Any, b: Any) -> bool:
     """True when two recipes are equal as JSON values."""
+
     def normal(obj: Any) -> Any:
         return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
     return normal(a) == normal(b)
 
 
-def load_cached(path: Union[str, os.PathLike], recipe: Mapping[str, Any], *, arch: str, num_classes: int,
-                map_location: Any = "cpu", accept: Optional[Callable[[dict], bool]] = None
-                ) -> Tuple[Optional[Any], Optional[dict], str]:
+def load_cached(
+    path: Union[str, os.PathLike],
+    recipe: Mapping[str, Any],
+    *,
+    arch: str,
+    num_classes: int,
+    map_location: Any = "cpu",
+    accept: Optional[Callable[[dict], bool]] = None,
+) -> Tuple[Optional[Any], Optional[dict], str]:
     r"""The model cached in ``path`` when it was trained by ``recipe``.
 
     Args:
@@ -138,7 +149,9 @@ def load_cached(path: Union[str, os.PathLike], recipe: Mapping[str, Any], *, arc
     if not os.path.isfile(path):
         return None, None, "absent"
     try:
-        model, meta = load_checkpoint(path, arch=arch, num_classes=num_classes, map_location=map_location)
+        model, meta = load_checkpoint(
+            path, arch=arch, num_classes=num_classes, map_location=map_location
+        )
     except CheckpointError as e:
         return None, None, str(e)
     if not same_recipe(meta.get("recipe"), recipe):

@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from captum_unicam.data import data_summary
 from captum_unicam.data.controlled import ControlledShapes
 from captum_unicam.errors import InputError
+from captum_unicam.kd.recipe import Recipe
 from captum_unicam.kd.train import evaluate_accuracy
 from captum_unicam.models import save_checkpoint
 from captum_unicam.output.report import Report, write_report
@@ -53,11 +54,16 @@ from captum_unicam.pipeline.batches import stratified_loader
 from captum_unicam.pipeline.cache import check_replaceable, load_cached, record_written
 from captum_unicam.pipeline.evaluation import CUE_CONDITIONS, cued_evaluation
 from captum_unicam.pipeline.pair import label_vectors, resolve_layers
-from captum_unicam.kd.recipe import Recipe
 from captum_unicam.pipeline.training import build, fit
 
-__all__ = ["DemoModels", "train_demo_models", "demo_recipe", "default_cache_dir", "demo_cued_evaluation",
-           "run_demo"]
+__all__ = [
+    "DemoModels",
+    "train_demo_models",
+    "demo_recipe",
+    "default_cache_dir",
+    "demo_cued_evaluation",
+    "run_demo",
+]
 
 _RECIPE_VERSION = 3
 ROLES = ("teacher", "base", "student")
@@ -123,7 +129,11 @@ def demo_recipe(seed: int = 0, quick: bool = False) -> Dict[str, Any]:
         "image_size": 32,
         "num_classes": 4,
         "cue_strength": 0.9,
-        "arch": {"teacher": "small_resnet_s", "base": "small_resnet_s", "student": "small_resnet_s"},
+        "arch": {
+            "teacher": "small_resnet_s",
+            "base": "small_resnet_s",
+            "student": "small_resnet_s",
+        },
         "sizes": sizes,
         "epochs": epochs,
         "splits": {"teacher": "val", "base": "train", "student": "transfer", "test": "test"},
@@ -154,30 +164,52 @@ def _datasets(recipe: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
             "seed": recipe["seed"],
             "labelled": role != "student",
         }
-    out["test"] = {"split": "test", "size": recipe["sizes"]["test"], "cue_strength": 0.0,
-                   "seed": recipe["seed"], "labelled": True}
-    out["test_cued"] = {"split": "test", "size": recipe["sizes"]["test"], "cue_strength": cue,
-                        "seed": recipe["seed"], "labelled": True}
+    out["test"] = {
+        "split": "test",
+        "size": recipe["sizes"]["test"],
+        "cue_strength": 0.0,
+        "seed": recipe["seed"],
+        "labelled": True,
+    }
+    out["test_cued"] = {
+        "split": "test",
+        "size": recipe["sizes"]["test"],
+        "cue_strength": cue,
+        "seed": recipe["seed"],
+        "labelled": True,
+    }
     return out
 
 
 def _tensors(desc: Dict[str, Any], recipe: Dict[str, Any]):
 
     ds = ControlledShapes(
-        desc["size"], seed=desc["seed"], image_size=recipe["image_size"],
-        num_classes=recipe["num_classes"], cue_strength=desc["cue_strength"], split=desc["split"],
+        desc["size"],
+        seed=desc["seed"],
+        image_size=recipe["image_size"],
+        num_classes=recipe["num_classes"],
+        cue_strength=desc["cue_strength"],
+        split=desc["split"],
     )
     return ds.images, ds.labels, ds.classes
 
 
-def _try_cache(paths: Dict[str, pathlib.Path], recipe: Dict[str, Any], device) -> Optional[Dict[str, Any]]:
+def _try_cache(
+    paths: Dict[str, pathlib.Path], recipe: Dict[str, Any], device
+) -> Optional[Dict[str, Any]]:
 
     loaded = {}
     for role, path in paths.items():
-        model, meta, _ = load_cached(path, recipe, arch=recipe["arch"][role], num_classes=recipe["num_classes"],
-                                     map_location=device,
-                                     accept=lambda m, role=role: (m.get("extra") or {}).get("role") == role
-                                     and "accuracy" in (m.get("extra") or {}))
+        model, meta, _ = load_cached(
+            path,
+            recipe,
+            arch=recipe["arch"][role],
+            num_classes=recipe["num_classes"],
+            map_location=device,
+            accept=lambda m, role=role: (
+                (m.get("extra") or {}).get("role") == role and "accuracy" in (m.get("extra") or {})
+            ),
+        )
         if model is None:
             return None
         loaded[role] = (model, meta)
@@ -241,8 +273,12 @@ def train_demo_models(
             class_names=list(metas["teacher"]["class_names"]),
             accuracies={r: float(metas[r]["extra"]["accuracy"]) for r in ROLES},
             cued_accuracies={r: float(metas[r]["extra"]["cued_accuracy"]) for r in ROLES},
-            recipe=recipe, datasets=datasets, paths={r: str(p) for r, p in paths.items()},
-            cache_dir=str(cache), from_cache=True, train_seconds=0.0,
+            recipe=recipe,
+            datasets=datasets,
+            paths={r: str(p) for r, p in paths.items()},
+            cache_dir=str(cache),
+            from_cache=True,
+            train_seconds=0.0,
         )
     replace = check_replaceable(cache, [p.name for p in paths.values()])  # before any training
     start = time.perf_counter()
@@ -253,32 +289,59 @@ def train_demo_models(
     acc, cued = {}, {}
     for role in ROLES:
         models[role].eval()
-        acc[role] = evaluate_accuracy(models[role], DataLoader(TensorDataset(x_test, y_test), batch_size=500),
-                                      device=device)
-        cued[role] = evaluate_accuracy(models[role], DataLoader(TensorDataset(x_cued, y_cued), batch_size=500),
-                                       device=device)
+        acc[role] = evaluate_accuracy(
+            models[role], DataLoader(TensorDataset(x_test, y_test), batch_size=500), device=device
+        )
+        cued[role] = evaluate_accuracy(
+            models[role], DataLoader(TensorDataset(x_cued, y_cued), batch_size=500), device=device
+        )
     for role in ROLES:
         save_checkpoint(
-            paths[role], models[role], arch=recipe["arch"][role], num_classes=recipe["num_classes"],
-            class_names=class_names, recipe=recipe,
-            preprocessing={"image_size": recipe["image_size"], "resize": None, "normalize": "none",
-                           "augment": False},
+            paths[role],
+            models[role],
+            arch=recipe["arch"][role],
+            num_classes=recipe["num_classes"],
+            class_names=class_names,
+            recipe=recipe,
+            preprocessing={
+                "image_size": recipe["image_size"],
+                "resize": None,
+                "normalize": "none",
+                "augment": False,
+            },
             kd_method=recipe["method"] if role == "student" else None,
             teacher=str(paths["teacher"]) if role == "student" else None,
-            extra={"role": role, "accuracy": acc[role], "cued_accuracy": cued[role],
-                   "dataset": datasets[role], "train_seconds": seconds},
+            extra={
+                "role": role,
+                "accuracy": acc[role],
+                "cued_accuracy": cued[role],
+                "dataset": datasets[role],
+                "train_seconds": seconds,
+            },
             overwrite=replace[paths[role].name],  # only a stale file this cache wrote
         )
         record_written(cache, [paths[role].name])
     return DemoModels(
-        **models, class_names=list(class_names), accuracies=acc, cued_accuracies=cued, recipe=recipe,
-        datasets=datasets, paths={r: str(p) for r, p in paths.items()}, cache_dir=str(cache),
-        from_cache=False, train_seconds=seconds,
+        **models,
+        class_names=list(class_names),
+        accuracies=acc,
+        cued_accuracies=cued,
+        recipe=recipe,
+        datasets=datasets,
+        paths={r: str(p) for r, p in paths.items()},
+        cache_dir=str(cache),
+        from_cache=False,
+        train_seconds=seconds,
     )
 
 
-def _train_roles(recipe: Dict[str, Any], datasets: Dict[str, Dict[str, Any]], seed: int, device: torch.device,
-                 progress: bool) -> Dict[str, nn.Module]:
+def _train_roles(
+    recipe: Dict[str, Any],
+    datasets: Dict[str, Dict[str, Any]],
+    seed: int,
+    device: torch.device,
+    progress: bool,
+) -> Dict[str, nn.Module]:
     """Teacher, Base and Student built and trained in turn by the demo's recipe (the
     Student by distillation from the Teacher, on its unlabelled transfer stream)."""
     models: Dict[str, nn.Module] = {}
@@ -287,19 +350,46 @@ def _train_roles(recipe: Dict[str, Any], datasets: Dict[str, Dict[str, Any]], se
     for i, role in enumerate(ROLES):
         x, y, _ = _tensors(datasets[role], recipe)
         student = role == "student"
-        plan = Recipe(arch=recipe["arch"][role], epochs=recipe["epochs"][role], batch_size=recipe["batch_size"][role],
-                      lr=recipe["lr"], optimizer=recipe["optimizer"], weight_decay=recipe["weight_decay"],
-                      method=recipe["method"] if student else None, temperature=recipe["temperature"],
-                      beta=recipe["beta"] if student else None, seed=seed * 1000 + 20 + i)
-        fit(models[role], TensorDataset(x, y), plan, teacher=models["teacher"] if student else None,
-            unlabelled=student, order_seed=seed * 1000 + 10 + i, device=device, progress=progress,
-            desc="student (KD)" if student else role)
+        plan = Recipe(
+            arch=recipe["arch"][role],
+            epochs=recipe["epochs"][role],
+            batch_size=recipe["batch_size"][role],
+            lr=recipe["lr"],
+            optimizer=recipe["optimizer"],
+            weight_decay=recipe["weight_decay"],
+            method=recipe["method"] if student else None,
+            temperature=recipe["temperature"],
+            beta=recipe["beta"] if student else None,
+            seed=seed * 1000 + 20 + i,
+        )
+        fit(
+            models[role],
+            TensorDataset(x, y),
+            plan,
+            teacher=models["teacher"] if student else None,
+            unlabelled=student,
+            order_seed=seed * 1000 + 10 + i,
+            device=device,
+            progress=progress,
+            desc="student (KD)" if student else role,
+        )
     return models
 
 
-def demo_cued_evaluation(student: nn.Module, base: nn.Module, layers, *, n_images: int, batch_size: int,
-                         seed: int = 0, num_classes: int = 4, label_embeddings=None, n_bootstrap: int = 1000,
-                         device: Union[str, torch.device] = "cpu", progress: bool = True) -> Dict[str, Any]:
+def demo_cued_evaluation(
+    student: nn.Module,
+    base: nn.Module,
+    layers,
+    *,
+    n_images: int,
+    batch_size: int,
+    seed: int = 0,
+    num_classes: int = 4,
+    label_embeddings=None,
+    n_bootstrap: int = 1000,
+    device: Union[str, torch.device] = "cpu",
+    progress: bool = True,
+) -> Dict[str, Any]:
     r"""The demo report's "What the Base used that the Student dropped":
     :func:`~captum_unicam.pipeline.evaluation.cued_evaluation` on ``n_images`` cue-free
     and ``n_images`` cued test images (``ControlledShapes(n_images, seed=seed,
@@ -316,13 +406,37 @@ def demo_cued_evaluation(student: nn.Module, base: nn.Module, layers, *, n_image
         >>> res = demo_cued_evaluation(demo.student, demo.base, layers, n_images=256, batch_size=64)
     """
 
-    conditions = {name: stratified_loader(ControlledShapes(n_images, seed=seed, split="test", num_classes=num_classes,
-                                                           cue_strength=cue), batch_size, seed=seed)
-                  for name, cue in CUE_CONDITIONS.items()}
-    res = cued_evaluation(student, base, layers, conditions, label_embeddings=label_embeddings,
-                          n_bootstrap=n_bootstrap, seed=seed, device=device, progress=progress)
-    res["data"] = {name: {"split": "test", "size": int(n_images), "cue_strength": cue, "seed": int(seed),
-                          "batch_size": int(batch_size)} for name, cue in CUE_CONDITIONS.items()}
+    conditions = {
+        name: stratified_loader(
+            ControlledShapes(
+                n_images, seed=seed, split="test", num_classes=num_classes, cue_strength=cue
+            ),
+            batch_size,
+            seed=seed,
+        )
+        for name, cue in CUE_CONDITIONS.items()
+    }
+    res = cued_evaluation(
+        student,
+        base,
+        layers,
+        conditions,
+        label_embeddings=label_embeddings,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
+    res["data"] = {
+        name: {
+            "split": "test",
+            "size": int(n_images),
+            "cue_strength": cue,
+            "seed": int(seed),
+            "batch_size": int(batch_size),
+        }
+        for name, cue in CUE_CONDITIONS.items()
+    }
     return res
 
 
@@ -331,8 +445,13 @@ def demo_cued_evaluation(student: nn.Module, base: nn.Module, layers, *, n_image
 # ---------------------------------------------------------------------------
 
 
-def run_demo(request, out: pathlib.Path, device: torch.device, command: List[str],
-             recorded: Optional[List[str]] = None) -> Tuple[pathlib.Path, str]:
+def run_demo(
+    request,
+    out: pathlib.Path,
+    device: torch.device,
+    command: List[str],
+    recorded: Optional[List[str]] = None,
+) -> Tuple[pathlib.Path, str]:
     r"""The ``demo`` command after its output check: trains or loads the models
     (:func:`train_demo_models`), quantifies and explains L1..L4, runs the cued evaluation
     and writes the report to ``out``.
@@ -356,8 +475,13 @@ def run_demo(request, out: pathlib.Path, device: torch.device, command: List[str
     n_boot = 200 if quick else 1000
     timings: Dict[str, float] = {}
     t0 = time.perf_counter()
-    demo = train_demo_models(seed=request.seed, quick=quick, cache_dir=request.cache_dir, device=str(device),
-                             progress=request.progress)
+    demo = train_demo_models(
+        seed=request.seed,
+        quick=quick,
+        cache_dir=request.cache_dir,
+        device=str(device),
+        progress=request.progress,
+    )
     timings["train_or_load_models_s"] = time.perf_counter() - t0
     parts = _evaluate_demo(demo, request, device, eval_batches, eval_bs, n_boot, timings)
     t3 = time.perf_counter()
@@ -366,74 +490,150 @@ def run_demo(request, out: pathlib.Path, device: torch.device, command: List[str
     test_desc = (demo.datasets or {}).get("test") or {}
     models_table = _demo_models_table(demo, recipe)
     report = Report(
-        title="captum-unicam demo: what did distillation change?", command=command, data=parts["data"],
-        models=models_table, evaluation=parts["evaluation"], grids=parts["grids"],
-        localisation=parts["localisation"], cued=parts["cued"],
-        accuracy_set=(f"the demo's cue-free test set ({test_desc.get('size', '?')} images of the test stream, "
-                      f"seed {request.seed})"),
-        model_files={f"{k}.pt": v for k, v in dict(demo.paths).items()}, notes=notes[:1],
-        warnings=notes[1:] + list(recorded or []), data_summary=parts["data_summary"],
-        sanity=evaluation.sanity_lines(models_table, len(demo.class_names), reason=_DEMO_CHANCE,
-                                       n_images=test_desc.get("size")),
-        extra_metrics={"recipe": recipe, "demo_datasets": demo.datasets, "models_from_cache": demo.from_cache,
-                       "label_embeddings": parts["labels"], "timings": timings, "quick": quick,
-                       "seed": request.seed})
+        title="captum-unicam demo: what did distillation change?",
+        command=command,
+        data=parts["data"],
+        models=models_table,
+        evaluation=parts["evaluation"],
+        grids=parts["grids"],
+        localisation=parts["localisation"],
+        cued=parts["cued"],
+        accuracy_set=(
+            f"the demo's cue-free test set ({test_desc.get('size', '?')} images of the test stream, "
+            f"seed {request.seed})"
+        ),
+        model_files={f"{k}.pt": v for k, v in dict(demo.paths).items()},
+        notes=notes[:1],
+        warnings=notes[1:] + list(recorded or []),
+        data_summary=parts["data_summary"],
+        sanity=evaluation.sanity_lines(
+            models_table, len(demo.class_names), reason=_DEMO_CHANCE, n_images=test_desc.get("size")
+        ),
+        extra_metrics={
+            "recipe": recipe,
+            "demo_datasets": demo.datasets,
+            "models_from_cache": demo.from_cache,
+            "label_embeddings": parts["labels"],
+            "timings": timings,
+            "quick": quick,
+            "seed": request.seed,
+        },
+    )
     write_report(out, report, overwrite=request.overwrite, progress=request.progress)
     timings["report_s"] = time.perf_counter() - t3
     total = time.perf_counter() - t0
-    return out, (f"report written to {out}/index.html ({total:.0f} s: models {timings['train_or_load_models_s']:.0f} s, "
-                 f"quantify {timings['quantify_s']:.0f} s, maps {timings['explain_s']:.0f} s, "
-                 f"cued {timings['cued_s']:.0f} s, report {timings['report_s']:.0f} s)")
+    return out, (
+        f"report written to {out}/index.html ({total:.0f} s: models {timings['train_or_load_models_s']:.0f} s, "
+        f"quantify {timings['quantify_s']:.0f} s, maps {timings['explain_s']:.0f} s, "
+        f"cued {timings['cued_s']:.0f} s, report {timings['report_s']:.0f} s)"
+    )
 
 
 #: Why a demo model is near chance on cue-free test images (the data are the tool's own).
-_DEMO_CHANCE = ("here not a mismatch (the demo makes its own data): a model that learnt the "
-                "background-tint shortcut has nothing to go on in cue-free test images (see the "
-                "cued evaluation below); no conclusion about distillation is drawn from it")
+_DEMO_CHANCE = (
+    "here not a mismatch (the demo makes its own data): a model that learnt the "
+    "background-tint shortcut has nothing to go on in cue-free test images (see the "
+    "cued evaluation below); no conclusion about distillation is drawn from it"
+)
 
 
-def _evaluate_demo(demo: DemoModels, request, device: torch.device, eval_batches: int, eval_bs: int,
-                   n_boot: int, timings: Dict[str, float]) -> Dict[str, Any]:
+def _evaluate_demo(
+    demo: DemoModels,
+    request,
+    device: torch.device,
+    eval_batches: int,
+    eval_bs: int,
+    n_boot: int,
+    timings: Dict[str, float],
+) -> Dict[str, Any]:
     """FSS / RS, the maps and their localisation, and the cued evaluation of the demo."""
 
     t1 = time.perf_counter()
     class_names = list(demo.class_names)
-    test = ControlledShapes(eval_batches * eval_bs, seed=request.seed, split="test", num_classes=len(class_names),
-                            cue_strength=0.0)
+    test = ControlledShapes(
+        eval_batches * eval_bs,
+        seed=request.seed,
+        split="test",
+        num_classes=len(class_names),
+        cue_strength=0.0,
+    )
     loader = stratified_loader(test, eval_bs, seed=request.seed)
     student, base = demo.student.to(device).eval(), demo.base.to(device).eval()
     layers = resolve_layers(list(LAYERS), student, base)
     emb, emb_desc = label_vectors(class_names)
-    result = evaluation.score_pair(student, base, loader, layers, label_embeddings=emb,
-                                   map_kinds=("none", "gradcam", "distilled", "residual"), perturbation="mask",
-                                   n_bootstrap=n_boot, seed=request.seed, progress=request.progress, device=device)
+    result = evaluation.score_pair(
+        student,
+        base,
+        loader,
+        layers,
+        label_embeddings=emb,
+        map_kinds=("none", "gradcam", "distilled", "residual"),
+        perturbation="mask",
+        n_bootstrap=n_boot,
+        seed=request.seed,
+        progress=request.progress,
+        device=device,
+    )
     timings["quantify_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    batches = list(loader)[:1 if request.quick else 2]
-    maps = evaluation.compute_maps(student, base, layers, batches, label_embeddings=emb, device=device,
-                                   progress=request.progress)
+    batches = list(loader)[: 1 if request.quick else 2]
+    maps = evaluation.compute_maps(
+        student,
+        base,
+        layers,
+        batches,
+        label_embeddings=emb,
+        device=device,
+        progress=request.progress,
+    )
     grids, _, masks = evaluation.map_grids(maps, batches, class_names, request.images)
     loc = evaluation.localise(maps, masks, seed=request.seed, n_bootstrap=n_boot)
     timings["explain_s"] = time.perf_counter() - t2
     t_cued = time.perf_counter()
-    cued = demo_cued_evaluation(student, base, layers, n_images=eval_batches * eval_bs, batch_size=eval_bs,
-                                seed=request.seed, num_classes=len(class_names), label_embeddings=emb,
-                                n_bootstrap=n_boot, device=device, progress=request.progress)
+    cued = demo_cued_evaluation(
+        student,
+        base,
+        layers,
+        n_images=eval_batches * eval_bs,
+        batch_size=eval_bs,
+        seed=request.seed,
+        num_classes=len(class_names),
+        label_embeddings=emb,
+        n_bootstrap=n_boot,
+        device=device,
+        progress=request.progress,
+    )
     timings["cued_s"] = time.perf_counter() - t_cued
-    data = (f"controlled dataset, seed {request.seed}: {len(test)} held-out cue-free test images "
-            f"({eval_batches} class-stratified batches of {eval_bs}) for FSS/RS; maps and localisation on the first "
-            f"{sum(b[0].shape[0] for b in batches)} of them; labels: {emb_desc}")
-    return {"evaluation": result, "grids": grids, "localisation": loc, "cued": cued, "data": data,
-            "labels": emb_desc, "data_summary": data_summary(test)}
+    data = (
+        f"controlled dataset, seed {request.seed}: {len(test)} held-out cue-free test images "
+        f"({eval_batches} class-stratified batches of {eval_bs}) for FSS/RS; maps and localisation on the first "
+        f"{sum(b[0].shape[0] for b in batches)} of them; labels: {emb_desc}"
+    )
+    return {
+        "evaluation": result,
+        "grids": grids,
+        "localisation": loc,
+        "cued": cued,
+        "data": data,
+        "labels": emb_desc,
+        "data_summary": data_summary(test),
+    }
 
 
 def _demo_models_table(demo: DemoModels, recipe: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     accs, cued = dict(demo.accuracies), dict(demo.cued_accuracies or {})
     archs = recipe.get("arch", {}) if isinstance(recipe.get("arch"), dict) else {}
-    return {role.capitalize(): {
-        "arch": archs.get(role), "accuracy": accs.get(role), "cued_accuracy": cued.get(role),
-        "kd_method": recipe.get("method", "response") if role == "student" else None,
-        "checkpoint": f"models/{role}.pt", "trained_on": _describe_split(demo, role)} for role in ROLES}
+    return {
+        role.capitalize(): {
+            "arch": archs.get(role),
+            "accuracy": accs.get(role),
+            "cued_accuracy": cued.get(role),
+            "kd_method": recipe.get("method", "response") if role == "student" else None,
+            "checkpoint": f"models/{role}.pt",
+            "trained_on": _describe_split(demo, role),
+        }
+        for role in ROLES
+    }
 
 
 def _describe_split(demo: DemoModels, role: str) -> Optional[str]:
@@ -441,20 +641,30 @@ def _describe_split(demo: DemoModels, role: str) -> Optional[str]:
     if not isinstance(d, dict):
         return None
     cue = d.get("cue_strength")
-    return (f"{d.get('size')} controlled images ({d.get('split')} stream), "
-            + ("labelled" if d.get("labelled", True) else "unlabelled, distilled from the Teacher")
-            + (f", background tint agrees with the class {100 * cue:.0f} % of the time" if cue else ", no tint cue"))
+    return (
+        f"{d.get('size')} controlled images ({d.get('split')} stream), "
+        + ("labelled" if d.get("labelled", True) else "unlabelled, distilled from the Teacher")
+        + (
+            f", background tint agrees with the class {100 * cue:.0f} % of the time"
+            if cue
+            else ", no tint cue"
+        )
+    )
 
 
 def _demo_notes(accs: Dict[str, float], recipe: Dict[str, Any]) -> List[str]:
     s, b = accs.get("student"), accs.get("base")
     method = recipe.get("method") or "response"
-    notes = ["Scenario: the Teacher learnt the shapes on cue-free images; the Base learnt from a few "
-             "hundred labelled images whose background tint mostly agrees with the class (a shortcut); "
-             f"the Student, of the Base's architecture, learnt from the Teacher by distillation ({method} KD) "
-             "on a larger unlabelled set with the same cue. Accuracies are on cue-free test images, where "
-             "the tint shortcut does not help."]
+    notes = [
+        "Scenario: the Teacher learnt the shapes on cue-free images; the Base learnt from a few "
+        "hundred labelled images whose background tint mostly agrees with the class (a shortcut); "
+        f"the Student, of the Base's architecture, learnt from the Teacher by distillation ({method} KD) "
+        "on a larger unlabelled set with the same cue. Accuracies are on cue-free test images, where "
+        "the tint shortcut does not help."
+    ]
     if isinstance(s, (int, float)) and isinstance(b, (int, float)) and s <= b:
-        notes.append(f"Distillation did not help in this run: Student {100 * s:.1f} % vs Base {100 * b:.1f} % "
-                     "test accuracy. The maps below explain the models as they are.")
+        notes.append(
+            f"Distillation did not help in this run: Student {100 * s:.1f} % vs Base {100 * b:.1f} % "
+            "test accuracy. The maps below explain the models as they are."
+        )
     return notes

@@ -14,10 +14,25 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["MAP_COLUMNS", "TEACHER_COLUMN", "CHANCE_MARGIN", "CHECKPOINT_DROP", "make_unicam",
-           "score_pair", "compute_maps", "teacher_maps", "map_grids", "localise", "cued_evaluation",
-           "sanity_lines", "predictions", "pick_images", "prediction_marks", "empty_map_counts",
-           "set_scores"]
+__all__ = [
+    "MAP_COLUMNS",
+    "TEACHER_COLUMN",
+    "CHANCE_MARGIN",
+    "CHECKPOINT_DROP",
+    "make_unicam",
+    "score_pair",
+    "compute_maps",
+    "teacher_maps",
+    "map_grids",
+    "localise",
+    "cued_evaluation",
+    "sanity_lines",
+    "predictions",
+    "pick_images",
+    "prediction_marks",
+    "empty_map_counts",
+    "set_scores",
+]
 
 #: Map kinds of :func:`compute_maps` and their column titles in the figures.
 MAP_COLUMNS = {
@@ -37,14 +52,21 @@ CHANCE_MARGIN = 0.05
 #: checkpoint records is far below it.
 CHECKPOINT_DROP = 0.10
 
-_MISMATCH = ("likely a preprocessing mismatch (--image-size, --normalize, --resize) or a "
-             "class-order mismatch (class folders in another order than the model was trained "
-             "with; --class-map), or a model that did not train; no conclusion about "
-             "distillation is drawn from it")
+_MISMATCH = (
+    "likely a preprocessing mismatch (--image-size, --normalize, --resize) or a "
+    "class-order mismatch (class folders in another order than the model was trained "
+    "with; --class-map), or a model that did not train; no conclusion about "
+    "distillation is drawn from it"
+)
 
 
-def sanity_lines(models: Mapping[str, Mapping[str, Any]], num_classes: int, *,
-                 n_images: Optional[int] = None, reason: Optional[str] = None) -> List[str]:
+def sanity_lines(
+    models: Mapping[str, Mapping[str, Any]],
+    num_classes: int,
+    *,
+    n_images: Optional[int] = None,
+    reason: Optional[str] = None,
+) -> List[str]:
     r"""The models that fail the sanity check before any conclusion, one line each.
 
     A model is flagged when its accuracy on the evaluated set is near chance (below
@@ -77,13 +99,17 @@ def sanity_lines(models: Mapping[str, Mapping[str, Any]], num_classes: int, *,
         if not isinstance(acc, (int, float)):
             continue
         if acc < chance + CHANCE_MARGIN:
-            lines.append(f"{role}: accuracy {100 * acc:.1f} % on the evaluated set is within "
-                         f"{100 * CHANCE_MARGIN:.0f} points of chance ({100 * chance:.1f} % for "
-                         f"{num_classes} classes): {why}.")
+            lines.append(
+                f"{role}: accuracy {100 * acc:.1f} % on the evaluated set is within "
+                f"{100 * CHANCE_MARGIN:.0f} points of chance ({100 * chance:.1f} % for "
+                f"{num_classes} classes): {why}."
+            )
         elif isinstance(rec, (int, float)) and acc < rec - _drop_allowed(rec, n_images):
-            lines.append(f"{role}: accuracy {100 * acc:.1f} % on the evaluated set is "
-                         f"{100 * (rec - acc):.1f} points below the {100 * rec:.1f} % its "
-                         f"checkpoint records: {why}.")
+            lines.append(
+                f"{role}: accuracy {100 * acc:.1f} % on the evaluated set is "
+                f"{100 * (rec - acc):.1f} points below the {100 * rec:.1f} % its "
+                f"checkpoint records: {why}."
+            )
     return lines
 
 
@@ -100,13 +126,32 @@ def make_unicam(student, student_layer, base, base_layer, *, label_embeddings=No
     builds it); ``reference=(ref_inputs, ref_target)`` selects reference mode."""
     from captum_unicam.attr.unicam import UniCAM
 
-    return UniCAM(student, student_layer, base, base_layer, label_embeddings=label_embeddings, reference=reference)
+    return UniCAM(
+        student,
+        student_layer,
+        base,
+        base_layer,
+        label_embeddings=label_embeddings,
+        reference=reference,
+    )
 
 
-def score_pair(student, base, loader, layers: Mapping[str, Tuple[Any, Any]], *, label_embeddings=None,
-               map_kinds: Sequence[str] = ("none", "gradcam", "distilled", "residual"), perturbation: str = "mask",
-               n_bootstrap: int = 1000, n_permutations: int = 10000, seed: int = 0, progress: bool = True,
-               device: Any = "cpu", accuracies: Optional[Mapping[str, float]] = None):
+def score_pair(
+    student,
+    base,
+    loader,
+    layers: Mapping[str, Tuple[Any, Any]],
+    *,
+    label_embeddings=None,
+    map_kinds: Sequence[str] = ("none", "gradcam", "distilled", "residual"),
+    perturbation: str = "mask",
+    n_bootstrap: int = 1000,
+    n_permutations: int = 10000,
+    seed: int = 0,
+    progress: bool = True,
+    device: Any = "cpu",
+    accuracies: Optional[Mapping[str, float]] = None,
+):
     r"""FSS and RS of ``student`` against ``base`` over ``loader``, per layer and map kind
     (:func:`~captum_unicam.metrics.evaluate_kd`; the one place the pipeline calls it).
 
@@ -125,17 +170,28 @@ def score_pair(student, base, loader, layers: Mapping[str, Tuple[Any, Any]], *, 
     if perturbation not in ("mask", "road", "none"):
         raise InputError(f"perturbation must be one of mask, road, none, got {perturbation!r}")
     kinds = ("none",) if perturbation == "none" else tuple(dict.fromkeys(map_kinds))
-    evaluation = evaluate_kd(student, layers, loader, base_forward_func=base, label_embeddings=label_embeddings,
-                             maps=kinds, perturbation=None if perturbation == "none" else perturbation,
-                             n_bootstrap=n_bootstrap, n_permutations=n_permutations, seed=seed,
-                             progress=progress, device=device,
-                             accuracies=dict(accuracies or {}) or None)
+    evaluation = evaluate_kd(
+        student,
+        layers,
+        loader,
+        base_forward_func=base,
+        label_embeddings=label_embeddings,
+        maps=kinds,
+        perturbation=None if perturbation == "none" else perturbation,
+        n_bootstrap=n_bootstrap,
+        n_permutations=n_permutations,
+        seed=seed,
+        progress=progress,
+        device=device,
+        accuracies=dict(accuracies or {}) or None,
+    )
     evaluation.settings["perturbation"] = perturbation
     return evaluation
 
 
-def localise(maps: Mapping[str, Mapping[str, Any]], masks, *, seed: int,
-             n_bootstrap: int) -> Optional[Dict[str, Any]]:
+def localise(
+    maps: Mapping[str, Mapping[str, Any]], masks, *, seed: int, n_bootstrap: int
+) -> Optional[Dict[str, Any]]:
     r"""Localisation of every map kind of :func:`compute_maps` per layer
     (:func:`~captum_unicam.metrics.localisation.localisation`, columns named by
     :data:`MAP_COLUMNS`), only where the data have object masks (else None)."""
@@ -143,13 +199,25 @@ def localise(maps: Mapping[str, Mapping[str, Any]], masks, *, seed: int,
         return None
     from captum_unicam.metrics.localisation import localisation
 
-    return {layer: localisation({MAP_COLUMNS[k]: m for k, m in kinds.items()}, masks, n_bootstrap=n_bootstrap,
-                                seed=seed)
-            for layer, kinds in maps.items()}
+    return {
+        layer: localisation(
+            {MAP_COLUMNS[k]: m for k, m in kinds.items()}, masks, n_bootstrap=n_bootstrap, seed=seed
+        )
+        for layer, kinds in maps.items()
+    }
 
 
-def compute_maps(student, base, layers, batches, *, label_embeddings=None, device="cpu",
-                 progress: bool = True, reference=None) -> Dict[str, Dict[str, Any]]:
+def compute_maps(
+    student,
+    base,
+    layers,
+    batches,
+    *,
+    label_embeddings=None,
+    device="cpu",
+    progress: bool = True,
+    reference=None,
+) -> Dict[str, Dict[str, Any]]:
     r"""Grad-CAM (Student, Base) and UniCAM (distilled, residual) maps per layer.
 
     Each batch is explained on its own (UniCAM is a batch statistic; each batch is its
@@ -171,13 +239,33 @@ def compute_maps(student, base, layers, batches, *, label_embeddings=None, devic
         dict: layer -> ``{"gradcam_student", "gradcam_base", "distilled", "residual"}``
         -> (N,1,h,w) CPU tensors over all batches, concatenated.
     """
-    maps, _ = _explain(student, base, layers, batches, label_embeddings=label_embeddings, device=device,
-                       progress=progress, scores=False, reference=reference)
+    maps, _ = _explain(
+        student,
+        base,
+        layers,
+        batches,
+        label_embeddings=label_embeddings,
+        device=device,
+        progress=progress,
+        scores=False,
+        reference=reference,
+    )
     return maps
 
 
-def _explain(student, base, layers, batches, *, label_embeddings, device, progress, scores: bool,
-             desc: str = "maps (Grad-CAM, UniCAM)", reference=None):
+def _explain(
+    student,
+    base,
+    layers,
+    batches,
+    *,
+    label_embeddings,
+    device,
+    progress,
+    scores: bool,
+    desc: str = "maps (Grad-CAM, UniCAM)",
+    reference=None,
+):
     """The loop of :func:`compute_maps`: the four map kinds per layer over ``batches``,
     and with ``scores=True`` UniCAM's scores (S_d, S_r) of each batch."""
     import torch
@@ -187,14 +275,22 @@ def _explain(student, base, layers, batches, *, label_embeddings, device, progre
     batches = list(batches)
     out: Dict[str, Dict[str, List[Any]]] = {name: {k: [] for k in MAP_COLUMNS} for name in layers}
     per_batch: Dict[str, Dict[str, List[float]]] = {name: {"s_d": [], "s_r": []} for name in layers}
-    bar = tqdm(total=len(layers) * len(batches), desc=desc, unit="batch", disable=not progress, leave=False)
+    bar = tqdm(
+        total=len(layers) * len(batches), desc=desc, unit="batch", disable=not progress, leave=False
+    )
     for name, (s_layer, b_layer) in layers.items():
         gc_s, gc_b = LayerGradCam(student, s_layer), LayerGradCam(base, b_layer)
-        uc = make_unicam(student, s_layer, base, b_layer, label_embeddings=label_embeddings, reference=reference)
+        uc = make_unicam(
+            student, s_layer, base, b_layer, label_embeddings=label_embeddings, reference=reference
+        )
         for batch in batches:
             x, y = batch[0].to(device), batch[1].to(device)
-            out[name]["gradcam_student"].append(gc_s.attribute(x, target=y, relu_attributions=True).detach().cpu())
-            out[name]["gradcam_base"].append(gc_b.attribute(x, target=y, relu_attributions=True).detach().cpu())
+            out[name]["gradcam_student"].append(
+                gc_s.attribute(x, target=y, relu_attributions=True).detach().cpu()
+            )
+            out[name]["gradcam_base"].append(
+                gc_b.attribute(x, target=y, relu_attributions=True).detach().cpu()
+            )
             if scores:
                 (d, r), (s_d, s_r) = uc.attribute(x, target=y, features="both", return_score=True)
                 per_batch[name]["s_d"].append(float(s_d))
@@ -217,9 +313,19 @@ CUE_CONDITIONS = {"cue-free": 0.0, "cued": 1.0}
 REGIONS = ("object", "background")
 
 
-def cued_evaluation(student, base, layers: Mapping[str, Tuple[Any, Any]], conditions: Mapping[str, Any], *,
-                    label_embeddings=None, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0,
-                    device: Any = "cpu", progress: bool = True) -> Dict[str, Any]:
+def cued_evaluation(
+    student,
+    base,
+    layers: Mapping[str, Tuple[Any, Any]],
+    conditions: Mapping[str, Any],
+    *,
+    label_embeddings=None,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    device: Any = "cpu",
+    progress: bool = True,
+) -> Dict[str, Any]:
     r"""What the Base used that the Student dropped: UniCAM's scores and where each map
     kind puts its mass, on test images without and with the cue.
 
@@ -289,25 +395,44 @@ def cued_evaluation(student, base, layers: Mapping[str, Tuple[Any, Any]], condit
         if not batches:
             raise InputError(f"conditions[{name!r}] has no batches")
         if not all(isinstance(b, (tuple, list)) and len(b) > 2 for b in batches):
-            raise InputError(f"conditions[{name!r}]: batches must be (x, y, mask) with the objects' masks "
-                             "(e.g. from ControlledShapes); these have no masks")
+            raise InputError(
+                f"conditions[{name!r}]: batches must be (x, y, mask) with the objects' masks "
+                "(e.g. from ControlledShapes); these have no masks"
+            )
         listed[name] = batches
 
     out: Dict[str, Any] = {"kinds": dict(MAP_COLUMNS), "conditions": {}}
     for name, batches in listed.items():
-        maps, per_batch = _explain(student, base, layers, batches, label_embeddings=label_embeddings, device=device,
-                                   progress=progress, scores=True, desc=f"{name} (maps, scores)")
+        maps, per_batch = _explain(
+            student,
+            base,
+            layers,
+            batches,
+            label_embeddings=label_embeddings,
+            device=device,
+            progress=progress,
+            scores=True,
+            desc=f"{name} (maps, scores)",
+        )
         obj = torch.cat([b[2] for b in batches]).detach().cpu()
         obj = (obj > 0.5) if obj.is_floating_point() else (obj != 0)
         regions = {"object": obj, "background": ~obj}
-        entry: Dict[str, Any] = {"n_images": int(obj.shape[0]), "n_batches": len(batches), "layers": {}}
+        entry: Dict[str, Any] = {
+            "n_images": int(obj.shape[0]),
+            "n_batches": len(batches),
+            "layers": {},
+        }
         for layer, kinds in maps.items():
             res: Dict[str, Any] = {
                 "s_d": interval(per_batch[layer]["s_d"], n_bootstrap, seed, confidence),
                 "s_r": interval(per_batch[layer]["s_r"], n_bootstrap, seed, confidence),
-                "mass": {}, "chance": {}}
+                "mass": {},
+                "chance": {},
+            }
             for region, mask in regions.items():
-                loc = localisation(kinds, mask, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+                loc = localisation(
+                    kinds, mask, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed
+                )
                 res["mass"][region] = {k: loc["kinds"][k]["energy"] for k in kinds}
                 res["chance"][region] = loc["chance"]["energy"]
                 res["n_empty"] = {k: loc["kinds"][k]["n_empty"] for k in kinds}
@@ -325,9 +450,14 @@ def teacher_maps(teacher, layers: Mapping[str, Any], batches, *, device="cpu") -
     out = {}
     for name, layer in layers.items():
         gc = LayerGradCam(teacher, layer)
-        out[name] = torch.cat([
-            gc.attribute(b[0].to(device), target=b[1].to(device), relu_attributions=True)
-            .detach().cpu() for b in batches])
+        out[name] = torch.cat(
+            [
+                gc.attribute(b[0].to(device), target=b[1].to(device), relu_attributions=True)
+                .detach()
+                .cpu()
+                for b in batches
+            ]
+        )
     return out
 
 
@@ -366,23 +496,29 @@ def pick_images(labels, preds: Mapping[str, Any], n_show: int) -> Tuple[List[int
         chosen += [group[j] for j in first_per_class([y[i] for i in group], min(share, len(group)))]
     rest = [i for i in range(len(y)) if i not in set(chosen)]
     chosen += [rest[j] for j in first_per_class([y[i] for i in rest], max(n_show - len(chosen), 0))]
-    return chosen[:n_show], {"base_wrong_student_right": len(gained),
-                             "student_wrong_base_right": len(lost)}
+    return chosen[:n_show], {
+        "base_wrong_student_right": len(gained),
+        "student_wrong_base_right": len(lost),
+    }
 
 
-def prediction_marks(pick: Sequence[int], labels, preds: Mapping[str, Any],
-                     class_names: Sequence[str]) -> List[List[Tuple[str, str, bool]]]:
+def prediction_marks(
+    pick: Sequence[int], labels, preds: Mapping[str, Any], class_names: Sequence[str]
+) -> List[List[Tuple[str, str, bool]]]:
     r"""Per drawn image, one ``(role, predicted class name, correct)`` per model."""
+
     def name(c: int) -> str:
         return str(class_names[c]) if class_names and 0 <= c < len(class_names) else str(c)
 
-    return [[(role, name(int(p[i])), int(p[i]) == int(labels[i])) for role, p in preds.items()]
-            for i in pick]
+    return [
+        [(role, name(int(p[i])), int(p[i]) == int(labels[i])) for role, p in preds.items()]
+        for i in pick
+    ]
 
 
-def empty_map_counts(maps: Mapping[str, Mapping[str, Any]],
-                     extra: Optional[Mapping[str, Any]] = None
-                     ) -> Dict[str, Dict[str, Tuple[int, int]]]:
+def empty_map_counts(
+    maps: Mapping[str, Mapping[str, Any]], extra: Optional[Mapping[str, Any]] = None
+) -> Dict[str, Dict[str, Tuple[int, int]]]:
     r"""Layer -> column -> ``(empty maps, maps computed)`` over every map computed (an
     empty map has no positive value); ``extra``: layer -> more maps under
     :data:`TEACHER_COLUMN`."""
@@ -393,14 +529,25 @@ def empty_map_counts(maps: Mapping[str, Mapping[str, Any]],
         cols = {MAP_COLUMNS.get(k, k): m for k, m in kinds.items()}
         if extra and layer in extra:
             cols[TEACHER_COLUMN] = extra[layer]
-        out[layer] = {c: (sum(bool(is_empty_map(m[i])) for i in range(m.shape[0])), int(m.shape[0]))
-                      for c, m in cols.items()}
+        out[layer] = {
+            c: (sum(bool(is_empty_map(m[i])) for i in range(m.shape[0])), int(m.shape[0]))
+            for c, m in cols.items()
+        }
     return out
 
 
-def set_scores(student, base, layers: Mapping[str, Tuple[Any, Any]], batches, *,
-               label_embeddings=None, reference=None, device="cpu", n_bootstrap: int = 1000,
-               seed: int = 0) -> Dict[str, Any]:
+def set_scores(
+    student,
+    base,
+    layers: Mapping[str, Tuple[Any, Any]],
+    batches,
+    *,
+    label_embeddings=None,
+    reference=None,
+    device="cpu",
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> Dict[str, Any]:
     r"""UniCAM's scores S_d and S_r over the evaluated set, per layer
     (:meth:`~captum_unicam.UniCAM.score`): in batch mode on all images of ``batches`` at
     once (one value each), in reference mode per image with the mean and its bootstrap
@@ -417,23 +564,35 @@ def set_scores(student, base, layers: Mapping[str, Tuple[Any, Any]], batches, *,
     y = torch.cat([b[1] for b in batches]).to(device)
     out: Dict[str, Any] = {}
     for name, (s_layer, b_layer) in layers.items():
-        uc = make_unicam(student, s_layer, base, b_layer, label_embeddings=label_embeddings,
-                         reference=reference)
+        uc = make_unicam(
+            student, s_layer, base, b_layer, label_embeddings=label_embeddings, reference=reference
+        )
         s_d, s_r = uc.score(x, target=y)
-        out[name] = {k: interval(v.detach().cpu().double().numpy(), n_bootstrap if v.dim() else 0,
-                                 seed)
-                     for k, v in (("s_d", s_d), ("s_r", s_r))}
+        out[name] = {
+            k: interval(v.detach().cpu().double().numpy(), n_bootstrap if v.dim() else 0, seed)
+            for k, v in (("s_d", s_d), ("s_r", s_r))
+        }
     n = int(x.shape[0])
-    out["how"] = (f"UniCAM.score on all {n} evaluated images at once (one value per layer)"
-                  if reference is None else
-                  f"UniCAM.score in reference mode: one score per evaluated image ({n}), "
-                  "mean [95 % bootstrap interval over images]")
+    out["how"] = (
+        f"UniCAM.score on all {n} evaluated images at once (one value per layer)"
+        if reference is None
+        else f"UniCAM.score in reference mode: one score per evaluated image ({n}), "
+        "mean [95 % bootstrap interval over images]"
+    )
     return out
 
 
-def map_grids(maps, batches, class_names: Sequence[str], n_show: Optional[int] = None, *,
-              mean=None, std=None, pick: Optional[Sequence[int]] = None,
-              extra: Optional[Mapping[str, Any]] = None) -> Tuple[Dict[str, Any], Any, Any]:
+def map_grids(
+    maps,
+    batches,
+    class_names: Sequence[str],
+    n_show: Optional[int] = None,
+    *,
+    mean=None,
+    std=None,
+    pick: Optional[Sequence[int]] = None,
+    extra: Optional[Mapping[str, Any]] = None,
+) -> Tuple[Dict[str, Any], Any, Any]:
     r"""The figures' rows: one image per class (then a second of each, ... up to
     ``n_show``; default one per class), in class order.
 
@@ -456,7 +615,9 @@ def map_grids(maps, batches, class_names: Sequence[str], n_show: Optional[int] =
     pick = list(pick) if pick is not None else first_per_class(labels.tolist(), n_show)
     shown = images[pick]
     if mean is not None and std is not None:
-        shown = (shown * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)).clamp(0, 1)
+        shown = (
+            shown * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+        ).clamp(0, 1)
     names = [class_names[int(labels[i])] if class_names else str(int(labels[i])) for i in pick]
     grids = {}
     for layer, kinds in maps.items():

@@ -87,4 +87,5 @@ def check_image_memory(image_size: Optional[int], batch_size: int, *, force: boo
         f"image_size= {image_size} needs about {_gb(need)} of memory ({batch_size} images of "
         f"3 x {image_size} x {image_size} float32 values x {ACTIVATION_FACTOR} for the "
         f"activations and gradients of the models) but {_gb(have)} are available; pass a "
-        "smaller image_size= or batch_size=, or force=True to try anyway")
+        "smaller image_size= or batch_size=, or force=True to try anyway"
+    )

@@ -42,7 +42,11 @@ def process_group(device: torch.device) -> Iterator[Tuple[int, int]]:
     block and leaves it after; yields ``(rank, world size)`` (``(0, 1)`` alone). A group
     started by the caller is used as it is and left to the caller."""
     started = False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+    if (
+        int(os.environ.get("WORLD_SIZE", "1")) > 1
+        and dist.is_available()
+        and not dist.is_initialized()
+    ):
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")

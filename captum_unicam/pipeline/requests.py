@@ -46,8 +46,16 @@ __all__ = [
 
 #: The names of :data:`captum_unicam.models.ARCHITECTURES`, spelt out so that checks and
 #: ``--help`` need no torch (a test checks that the two agree).
-ARCHITECTURE_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "small_resnet_s", "small_resnet_m",
-                      "small_resnet_l", "small_resnet")
+ARCHITECTURE_NAMES = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "small_resnet_s",
+    "small_resnet_m",
+    "small_resnet_l",
+    "small_resnet",
+)
 
 # --- train / demo: seeds and augmentation (spelt out here so that the command line needs
 # no torch; a test checks AUGMENTATIONS against captum_unicam.kd.recipe) ---
@@ -131,6 +139,7 @@ def in_flags(text: str) -> str:
         >>> in_flags("pass allow_download=True to fetch it")
         'pass --download to fetch it'
     """
+
     def flag(m: "re.Match[str]") -> str:
         name, value = m.group(1), m.group(2)
         if name not in FLAGS:
@@ -158,23 +167,29 @@ def request_from(cls: type, values: Any, **overrides: Any):
 
 def _check_arch(name: Optional[str], field: str) -> None:
     if name is not None and name not in ARCHITECTURE_NAMES:
-        raise InputError(f"unknown architecture {name!r} for {field}=; use one of {', '.join(ARCHITECTURE_NAMES)}")
+        raise InputError(
+            f"unknown architecture {name!r} for {field}=; use one of {', '.join(ARCHITECTURE_NAMES)}"
+        )
 
 
 def check_data_spec(spec: str, field: str = "data") -> None:
     r"""The checks of a data spec that need no torch (the loader repeats them)."""
     scheme, _sep, arg = spec.strip().partition(":")
     if scheme.lower() not in ("controlled", "cifar10", "imagefolder"):
-        raise InputError(f"{field}=: unknown data spec {spec!r}; use controlled, controlled:SEED, cifar10:ROOT "
-                         "or imagefolder:ROOT")
+        raise InputError(
+            f"{field}=: unknown data spec {spec!r}; use controlled, controlled:SEED, cifar10:ROOT "
+            "or imagefolder:ROOT"
+        )
     if scheme.lower() == "controlled" and arg.strip():
         _check_controlled_seed(spec, arg.strip(), field)
     if scheme.lower() == "imagefolder":
         root = Path(os.path.expanduser(arg))
         if not arg or not root.is_dir():
-            raise InputError(f"{field}=: image folder {arg!r} does not exist or is not a folder; give the folder "
-                             "that holds one sub-folder of images per class (or train/ and test/ sub-folders of "
-                             "those)")
+            raise InputError(
+                f"{field}=: image folder {arg!r} does not exist or is not a folder; give the folder "
+                "that holds one sub-folder of images per class (or train/ and test/ sub-folders of "
+                "those)"
+            )
 
 
 #: The resize rules of :data:`captum_unicam.data.resize.RESIZE_RULES`, spelt out so that
@@ -186,16 +201,21 @@ _FACTORY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\
 
 def _check_factory(spec: Optional[str], field: str) -> None:
     if spec is not None and not _FACTORY.match(spec.strip()):
-        raise InputError(f"{field}= {spec!r} is not a module and a function; give it as "
-                         "'package.module:function' (importable, e.g. on PYTHONPATH), e.g. "
-                         "'mynets:small_cnn'")
+        raise InputError(
+            f"{field}= {spec!r} is not a module and a function; give it as "
+            "'package.module:function' (importable, e.g. on PYTHONPATH), e.g. "
+            "'mynets:small_cnn'"
+        )
 
 
-def _role_model(arch: Optional[str], factory: Optional[str], arch_field: str,
-                factory_field: str) -> Tuple[Optional[str], Optional[str]]:
+def _role_model(
+    arch: Optional[str], factory: Optional[str], arch_field: str, factory_field: str
+) -> Tuple[Optional[str], Optional[str]]:
     if arch is not None and factory is not None:
-        raise InputError(f"give {arch_field}= or {factory_field}=, not both: an architecture of "
-                         "this library or the function of your code that builds the model")
+        raise InputError(
+            f"give {arch_field}= or {factory_field}=, not both: an architecture of "
+            "this library or the function of your code that builds the model"
+        )
     return arch, factory
 
 
@@ -224,16 +244,19 @@ def _pair_role_model(request: Any, role: str) -> Tuple[Optional[str], Optional[s
 def _check_controlled_seed(spec: str, arg: str, field: str) -> None:
     """``controlled:SEED`` holds a seed from 0 to :data:`MAX_SEED`."""
     if not arg.isdigit() or int(arg) > MAX_SEED:
-        raise InputError(f"{field}=: {spec!r}: the seed of the controlled dataset must be an "
-                         f"integer from 0 to {MAX_SEED} (2**32 - 1), e.g. 'controlled:3'")
+        raise InputError(
+            f"{field}=: {spec!r}: the seed of the controlled dataset must be an "
+            f"integer from 0 to {MAX_SEED} (2**32 - 1), e.g. 'controlled:3'"
+        )
 
 
 def check_seed(seed: Any, field: str = "seed") -> None:
     r"""``seed`` is an int from 0 to :data:`MAX_SEED`; else an :class:`InputError` naming
     ``field=`` and the range."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise InputError(f"{field}= must be an integer from 0 to {MAX_SEED} (2**32 - 1), "
-                         f"got {seed!r}")
+        raise InputError(
+            f"{field}= must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {seed!r}"
+        )
 
 
 def _check_min(value: int, field: str, least: int, why: str) -> None:
@@ -283,13 +306,25 @@ class TrainRequest:
     def recipe_fields(self) -> Dict[str, Any]:
         r"""The fields of the training recipe (the KD method defaults to ``response``
         with a Teacher)."""
-        return dict(arch=self.arch, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                    optimizer=self.optimizer, weight_decay=self.weight_decay,
-                    augment=tuple(self.augment),
-                    image_size=self.image_size, normalize=self.normalize, labelled=self.labelled,
-                    limit=self.limit, transfer=self.transfer,
-                    method=self.method or ("response" if self.teacher else None),
-                    temperature=self.temperature, alpha=self.alpha, weights=self.weights, seed=self.seed)
+        return dict(
+            arch=self.arch,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            optimizer=self.optimizer,
+            weight_decay=self.weight_decay,
+            augment=tuple(self.augment),
+            image_size=self.image_size,
+            normalize=self.normalize,
+            labelled=self.labelled,
+            limit=self.limit,
+            transfer=self.transfer,
+            method=self.method or ("response" if self.teacher else None),
+            temperature=self.temperature,
+            alpha=self.alpha,
+            weights=self.weights,
+            seed=self.seed,
+        )
 
     def check(self) -> None:
         r"""Raises :class:`~captum_unicam.errors.InputError` for names and specs that cannot
@@ -303,9 +338,10 @@ class TrainRequest:
         check_seed(self.seed)
         unknown = [a for a in self.augment if a not in AUGMENTATIONS]
         if isinstance(self.augment, str) or unknown:
-            raise InputError(f"augment= takes a list of {', '.join(AUGMENTATIONS)} (or none), got "
-                             f"{self.augment!r}")
-
+            raise InputError(
+                f"augment= takes a list of {', '.join(AUGMENTATIONS)} (or none), got "
+                f"{self.augment!r}"
+            )
 
 
 @dataclasses.dataclass
@@ -351,8 +387,12 @@ class PairRequest:
     def check(self) -> None:
         r"""Architecture names, factories, the batch size and the data spec, before any loading."""
         _check_pair_models(self)
-        _check_min(self.batch_size, "batch_size", 5, "UniCAM, FSS and RS are batch statistics and need at "
-                   "least 5 images per batch")
+        _check_min(
+            self.batch_size,
+            "batch_size",
+            5,
+            "UniCAM, FSS and RS are batch statistics and need at least 5 images per batch",
+        )
         check_data_spec(self.data)
 
     def checkpoints(self) -> List[Tuple[str, Optional[str]]]:
@@ -370,7 +410,6 @@ class PairRequest:
         return self.role_model(role)[0]
 
 
-
 @dataclasses.dataclass
 class ExplainRequest(PairRequest):
     r"""``explain``: Grad-CAM and UniCAM maps of the pair, drawn ``images`` per layer, over
@@ -384,8 +423,13 @@ class ExplainRequest(PairRequest):
     def check(self) -> None:
         super().check()
         if self.reference:
-            _check_min(self.reference, "reference", 4, "a reference set needs at least 4 images (each image "
-                       "is scored with them, n = 1 + N >= 5)")
+            _check_min(
+                self.reference,
+                "reference",
+                4,
+                "a reference set needs at least 4 images (each image "
+                "is scored with them, n = 1 + N >= 5)",
+            )
 
 
 @dataclasses.dataclass
@@ -394,7 +438,12 @@ class QuantifyRequest(PairRequest):
     resamples; under torchrun the batches are shared between the processes."""
 
     perturb: str = "mask"
-    maps: Sequence[str] = ("none", "gradcam", "distilled", "residual")  # "none": the conclusion reads it
+    maps: Sequence[str] = (
+        "none",
+        "gradcam",
+        "distilled",
+        "residual",
+    )  # "none": the conclusion reads it
     n_bootstrap: int = 1000
 
 
@@ -442,24 +491,43 @@ class CompareRequest:
             raise InputError(f"threads must be a positive int, got {self.threads}")
         for name in ("images", "batch_size", "sanity_images"):
             if getattr(self, name) < 5:
-                raise InputError(f"{name} must be at least 5 (UniCAM's scores are batch statistics), got "
-                                 f"{getattr(self, name)}")
+                raise InputError(
+                    f"{name} must be at least 5 (UniCAM's scores are batch statistics), got "
+                    f"{getattr(self, name)}"
+                )
         if self.reference_images and self.reference_images < 4:
-            raise InputError(f"reference_images must be 0 or at least 4 (a reference set with classes "
-                             f"repeated), got {self.reference_images}")
+            raise InputError(
+                f"reference_images must be 0 or at least 4 (a reference set with classes "
+                f"repeated), got {self.reference_images}"
+            )
 
     def pair(self) -> PairRequest:
         """The Student / Base pair to load: the test split, this layer, no label vectors."""
-        return PairRequest(student=self.student, base=self.base, data=self.data, out=self.out,
-                           layers=(self.layer,), one_hot=True, overwrite=self.overwrite, device=self.device,
-                           seed=self.seed, batch_size=max(self.batch_size, 5), progress=False,
-                           arch=self.arch, student_arch=self.student_arch,
-                           base_arch=self.base_arch, model=self.model,
-                           student_model=self.student_model, base_model=self.base_model,
-                           image_size=self.image_size, normalize=self.normalize,
-                           resize=self.resize, class_map=self.class_map,
-                           follow_links=self.follow_links, download=self.download)
-
+        return PairRequest(
+            student=self.student,
+            base=self.base,
+            data=self.data,
+            out=self.out,
+            layers=(self.layer,),
+            one_hot=True,
+            overwrite=self.overwrite,
+            device=self.device,
+            seed=self.seed,
+            batch_size=max(self.batch_size, 5),
+            progress=False,
+            arch=self.arch,
+            student_arch=self.student_arch,
+            base_arch=self.base_arch,
+            model=self.model,
+            student_model=self.student_model,
+            base_model=self.base_model,
+            image_size=self.image_size,
+            normalize=self.normalize,
+            resize=self.resize,
+            class_map=self.class_map,
+            follow_links=self.follow_links,
+            download=self.download,
+        )
 
 
 @dataclasses.dataclass

@@ -73,7 +73,14 @@ from torch import nn
 
 from captum_unicam.data import SCHEMES, DataSpecError, load_dataset
 from captum_unicam.errors import InputError, OutputError
-from captum_unicam.output.tables import LAYERS, MAP_TITLES, csv_table, format_interval, format_pm, markdown_table
+from captum_unicam.output.tables import (
+    LAYERS,
+    MAP_TITLES,
+    csv_table,
+    format_interval,
+    format_pm,
+    markdown_table,
+)
 from captum_unicam.pipeline.process import torch_threads
 
 __all__ = [
@@ -117,40 +124,115 @@ REAL_ARCHS: Dict[str, ArchSpec] = {
 #: ``n_permutations``, ``dpi``, ``grid_layers``.
 RECIPES: Dict[str, Dict[str, Any]] = {
     "controlled": {
-        "image_size": 32, "num_classes": 4, "cue_strength": 0.9,
-        "transfer_cue": 0.5, "teacher_size": 1536, "base_size": 256, "transfer_size": 1536,
-        "test_size": 512, "teacher_epochs": 6, "base_epochs": 25, "student_epochs": 8,
-        "batch_size": 64, "optimizer": "adam", "lr": 3e-3, "student_lr": 1e-2, "weight_decay": 5e-4,
-        "eval_batch_size": 48, "eval_batches": 8, "map_batches": 2, "n_show": 3,
-        "n_bootstrap": 1000, "n_permutations": 10000, "dpi": 64, "grid_layers": LAYERS,
+        "image_size": 32,
+        "num_classes": 4,
+        "cue_strength": 0.9,
+        "transfer_cue": 0.5,
+        "teacher_size": 1536,
+        "base_size": 256,
+        "transfer_size": 1536,
+        "test_size": 512,
+        "teacher_epochs": 6,
+        "base_epochs": 25,
+        "student_epochs": 8,
+        "batch_size": 64,
+        "optimizer": "adam",
+        "lr": 3e-3,
+        "student_lr": 1e-2,
+        "weight_decay": 5e-4,
+        "eval_batch_size": 48,
+        "eval_batches": 8,
+        "map_batches": 2,
+        "n_show": 3,
+        "n_bootstrap": 1000,
+        "n_permutations": 10000,
+        "dpi": 64,
+        "grid_layers": LAYERS,
     },
     "controlled_quick": {
-        "image_size": 32, "num_classes": 4, "cue_strength": 0.9, "transfer_cue": 0.5,
-        "teacher_size": 192, "base_size": 64, "transfer_size": 128,
-        "test_size": 48, "teacher_epochs": 1, "base_epochs": 1, "student_epochs": 1,
-        "batch_size": 32, "optimizer": "adam", "lr": 3e-3, "student_lr": 1e-2, "weight_decay": 5e-4,
-        "eval_batch_size": 24, "eval_batches": 2, "map_batches": 1, "n_show": 2,
-        "n_bootstrap": 100, "n_permutations": 1000, "dpi": 40, "grid_layers": LAYERS,
+        "image_size": 32,
+        "num_classes": 4,
+        "cue_strength": 0.9,
+        "transfer_cue": 0.5,
+        "teacher_size": 192,
+        "base_size": 64,
+        "transfer_size": 128,
+        "test_size": 48,
+        "teacher_epochs": 1,
+        "base_epochs": 1,
+        "student_epochs": 1,
+        "batch_size": 32,
+        "optimizer": "adam",
+        "lr": 3e-3,
+        "student_lr": 1e-2,
+        "weight_decay": 5e-4,
+        "eval_batch_size": 24,
+        "eval_batches": 2,
+        "map_batches": 1,
+        "n_show": 2,
+        "n_bootstrap": 100,
+        "n_permutations": 1000,
+        "dpi": 40,
+        "grid_layers": LAYERS,
     },
     "real": {
-        "image_size": None, "teacher_epochs": 60, "base_epochs": 60, "student_epochs": 60,
-        "batch_size": 64, "optimizer": "sgd", "lr": 0.05, "student_lr": 0.05, "weight_decay": 5e-4,
-        "eval_batch_size": 64, "eval_batches": 16, "map_batches": 1, "n_show": 6,
-        "n_bootstrap": 1000, "n_permutations": 10000, "dpi": 80, "grid_layers": LAYERS,
+        "image_size": None,
+        "teacher_epochs": 60,
+        "base_epochs": 60,
+        "student_epochs": 60,
+        "batch_size": 64,
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "student_lr": 0.05,
+        "weight_decay": 5e-4,
+        "eval_batch_size": 64,
+        "eval_batches": 16,
+        "map_batches": 1,
+        "n_show": 6,
+        "n_bootstrap": 1000,
+        "n_permutations": 10000,
+        "dpi": 80,
+        "grid_layers": LAYERS,
     },
     "real_quick": {
-        "image_size": None, "teacher_epochs": 1, "base_epochs": 1, "student_epochs": 1,
-        "batch_size": 16, "optimizer": "adam", "lr": 3e-3, "student_lr": 3e-3, "weight_decay": 5e-4,
-        "eval_batch_size": 8, "eval_batches": 2, "map_batches": 1, "n_show": 2,
-        "n_bootstrap": 100, "n_permutations": 1000, "dpi": 40, "grid_layers": LAYERS,
+        "image_size": None,
+        "teacher_epochs": 1,
+        "base_epochs": 1,
+        "student_epochs": 1,
+        "batch_size": 16,
+        "optimizer": "adam",
+        "lr": 3e-3,
+        "student_lr": 3e-3,
+        "weight_decay": 5e-4,
+        "eval_batch_size": 8,
+        "eval_batches": 2,
+        "map_batches": 1,
+        "n_show": 2,
+        "n_bootstrap": 100,
+        "n_permutations": 1000,
+        "dpi": 40,
+        "grid_layers": LAYERS,
     },
 }
 
 #: Recipe keys of the evaluation only: changing them does not retrain any model.
-_EVAL_KEYS = frozenset({"test_size", "eval_batch_size", "eval_batches", "map_batches", "n_show", "n_bootstrap",
-                        "n_permutations", "dpi", "grid_layers"})
+_EVAL_KEYS = frozenset(
+    {
+        "test_size",
+        "eval_batch_size",
+        "eval_batches",
+        "map_batches",
+        "n_show",
+        "n_bootstrap",
+        "n_permutations",
+        "dpi",
+        "grid_layers",
+    }
+)
 
-_MAP_TITLES = {k: MAP_TITLES[k] for k in ("gradcam_base", "gradcam_student", "distilled", "residual")}
+_MAP_TITLES = {
+    k: MAP_TITLES[k] for k in ("gradcam_base", "gradcam_student", "distilled", "residual")
+}
 
 
 # ---------------------------------------------------------------------------
@@ -167,7 +249,12 @@ def _arch(spec: Any, role: str) -> Tuple[str, Dict[str, Any]]:
         name, kwargs = spec, {}
     elif isinstance(spec, Mapping) and isinstance(spec.get("arch"), str):
         name, kwargs = spec["arch"], {k: v for k, v in spec.items() if k != "arch"}
-    elif isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], Mapping):
+    elif (
+        isinstance(spec, (tuple, list))
+        and len(spec) == 2
+        and isinstance(spec[0], str)
+        and isinstance(spec[1], Mapping)
+    ):
         name, kwargs = spec[0], dict(spec[1])
     else:
         raise InputError(
@@ -175,7 +262,9 @@ def _arch(spec: Any, role: str) -> Tuple[str, Dict[str, Any]]:
             f"('small_resnet_s', {{'width': 12}}) or a dict {{'arch': ..., ...}}; got {spec!r}"
         )
     if name not in ARCHITECTURES:
-        raise InputError(f"{role}_arch: unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+        raise InputError(
+            f"{role}_arch: unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}"
+        )
     return name, dict(kwargs)
 
 
@@ -236,12 +325,15 @@ def _controlled_data(spec: str, r: Mapping[str, Any]) -> Dict[str, Any]:
         "base": load_dataset(spec, "val", size=r["base_size"], cue_strength=cue, **common),
         # the Students: a larger unlabelled transfer set with a weaker cue (with the Base's
         # cue the small Students copy the Teacher through the tint: see RECIPES notes)
-        "transfer": load_dataset(spec, "transfer", size=r["transfer_size"], cue_strength=r["transfer_cue"],
-                                 **common),
+        "transfer": load_dataset(
+            spec, "transfer", size=r["transfer_size"], cue_strength=r["transfer_cue"], **common
+        ),
         "test": load_dataset(spec, "test", size=r["test_size"], cue_strength=0.0, **common),
         "test_cued": load_dataset(spec, "test", size=r["test_size"], cue_strength=cue, **common),
         # the cued evaluation: the tint of its class on every test image
-        "test_cue_always": load_dataset(spec, "test", size=r["test_size"], cue_strength=1.0, **common),
+        "test_cue_always": load_dataset(
+            spec, "test", size=r["test_size"], cue_strength=1.0, **common
+        ),
         "unlabelled_transfer": True,
     }
 
@@ -254,15 +346,27 @@ def _real_data(spec: str, r: Mapping[str, Any], image_size: Optional[int]) -> Di
     test = load_dataset(spec, "test", image_size=size)
     if len(train) == 0 or len(test) == 0:
         raise DataSpecError(f"data spec {spec!r} has an empty train or test split")
-    return {"teacher": train, "base": train, "transfer": train, "test": test, "test_cued": None,
-            "test_cue_always": None, "unlabelled_transfer": False}
+    return {
+        "teacher": train,
+        "base": train,
+        "transfer": train,
+        "test": test,
+        "test_cued": None,
+        "test_cue_always": None,
+        "unlabelled_transfer": False,
+    }
 
 
 def _loader(ds, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False):
     g = torch.Generator().manual_seed(seed)
     drop = drop_last and len(ds) > batch_size
-    return torch.utils.data.DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=shuffle,
-                                       generator=g if shuffle else None, drop_last=drop)
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_size=min(batch_size, len(ds)),
+        shuffle=shuffle,
+        generator=g if shuffle else None,
+        drop_last=drop,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -279,31 +383,54 @@ def _normal(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
-def _obtain(role: str, arch: Tuple[str, Dict[str, Any]], recipe: Dict[str, Any], *, models_dir: Path,
-            num_classes: int, class_names: Sequence[str], train_fn, device, log: Dict[str, Any],
-            kd_method: Optional[str] = None, teacher: Optional[str] = None) -> nn.Module:
+def _obtain(
+    role: str,
+    arch: Tuple[str, Dict[str, Any]],
+    recipe: Dict[str, Any],
+    *,
+    models_dir: Path,
+    num_classes: int,
+    class_names: Sequence[str],
+    train_fn,
+    device,
+    log: Dict[str, Any],
+    kd_method: Optional[str] = None,
+    teacher: Optional[str] = None,
+) -> nn.Module:
     """Loads ``models_dir/<role>.pt`` when its recipe matches, else trains and saves it."""
     from captum_unicam.models import save_checkpoint
     from captum_unicam.pipeline.cache import load_cached
 
     path = models_dir / f"{role}.pt"
     name, kwargs = arch
-    model, _, why = load_cached(path, recipe, arch=name, num_classes=num_classes, map_location=device)
+    model, _, why = load_cached(
+        path, recipe, arch=name, num_classes=num_classes, map_location=device
+    )
     if model is not None:
         log[role] = {"status": "loaded", "seconds": 0.0}
         return model
     if why != "absent":
-        warnings.warn(f"retraining {role}: the cached checkpoint {str(path)!r} cannot be reused ({why})",
-                      stacklevel=5)  # _obtain <- _train_models <- _run <- run_experiment <- its caller
+        warnings.warn(
+            f"retraining {role}: the cached checkpoint {str(path)!r} cannot be reused ({why})",
+            stacklevel=5,
+        )  # _obtain <- _train_models <- _run <- run_experiment <- its caller
     from captum_unicam.pipeline.training import build
 
     t0 = time.perf_counter()
     model = build(name, num_classes, int(recipe["seed"]), **kwargs)
     train_fn(model)
     model.to(device).eval()
-    save_checkpoint(path, model, arch=name, num_classes=num_classes, class_names=list(class_names),
-                    recipe=recipe, kd_method=kd_method, teacher=teacher,
-                    overwrite=True)  # a cached checkpoint of another recipe
+    save_checkpoint(
+        path,
+        model,
+        arch=name,
+        num_classes=num_classes,
+        class_names=list(class_names),
+        recipe=recipe,
+        kd_method=kd_method,
+        teacher=teacher,
+        overwrite=True,
+    )  # a cached checkpoint of another recipe
     log[role] = {"status": "trained", "seconds": round(time.perf_counter() - t0, 2)}
     return model
 
@@ -337,16 +464,32 @@ def _save_png(fig, path: Path, dpi: int) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _table1(method: str, summary: Mapping[str, Any], settings: Mapping[str, Any]) -> Tuple[str, str]:
+def _table1(
+    method: str, summary: Mapping[str, Any], settings: Mapping[str, Any]
+) -> Tuple[str, str]:
     """Paper Table 1 for one KD method: layer-specific (Grad-CAM) and UniCAM features."""
-    header_md = ["Layer", "FSS (Grad-CAM)", "RS Base (Grad-CAM)", "RS Student (Grad-CAM)", "p (Student > Base)",
-                 "RS Base (residual map)", "RS Student (distilled map)", "pdCor distilled (raw)",
-                 "pdCor residual (raw)", "p (distilled > residual)"]
+    header_md = [
+        "Layer",
+        "FSS (Grad-CAM)",
+        "RS Base (Grad-CAM)",
+        "RS Student (Grad-CAM)",
+        "p (Student > Base)",
+        "RS Base (residual map)",
+        "RS Student (distilled map)",
+        "pdCor distilled (raw)",
+        "pdCor residual (raw)",
+        "p (distilled > residual)",
+    ]
     header_csv = ["layer"]
-    cols = [("gradcam", "fss", "fss_gradcam"), ("gradcam", "rs_base", "rs_base_gradcam"),
-            ("gradcam", "rs_student", "rs_student_gradcam"), ("residual", "rs_base", "rs_base_residual_map"),
-            ("distilled", "rs_student", "rs_student_distilled_map"), ("none", "rs_distilled", "rs_distilled_raw"),
-            ("none", "rs_residual", "rs_residual_raw")]
+    cols = [
+        ("gradcam", "fss", "fss_gradcam"),
+        ("gradcam", "rs_base", "rs_base_gradcam"),
+        ("gradcam", "rs_student", "rs_student_gradcam"),
+        ("residual", "rs_base", "rs_base_residual_map"),
+        ("distilled", "rs_student", "rs_student_distilled_map"),
+        ("none", "rs_distilled", "rs_distilled_raw"),
+        ("none", "rs_residual", "rs_residual_raw"),
+    ]
     for _, _, key in cols:
         header_csv += [f"{key}_mean", f"{key}_ci_low", f"{key}_ci_high"]
     header_csv += ["p_student_gt_base_gradcam", "p_distilled_gt_residual_raw", "n_batches"]
@@ -356,9 +499,20 @@ def _table1(method: str, summary: Mapping[str, Any], settings: Mapping[str, Any]
         cell = {key: s[kind][metric] for kind, metric, key in cols}
         p_sb = s["gradcam"]["p_student_gt_base"]
         p_dr = s["none"]["p_distilled_gt_residual"]
-        md_rows.append([layer, format_pm(cell["fss_gradcam"], 4), format_pm(cell["rs_base_gradcam"], 4), format_pm(cell["rs_student_gradcam"], 4),
-                        f"{p_sb:.3g}", format_pm(cell["rs_base_residual_map"], 4), format_pm(cell["rs_student_distilled_map"], 4),
-                        format_pm(cell["rs_distilled_raw"], 4), format_pm(cell["rs_residual_raw"], 4), f"{p_dr:.3g}"])
+        md_rows.append(
+            [
+                layer,
+                format_pm(cell["fss_gradcam"], 4),
+                format_pm(cell["rs_base_gradcam"], 4),
+                format_pm(cell["rs_student_gradcam"], 4),
+                f"{p_sb:.3g}",
+                format_pm(cell["rs_base_residual_map"], 4),
+                format_pm(cell["rs_student_distilled_map"], 4),
+                format_pm(cell["rs_distilled_raw"], 4),
+                format_pm(cell["rs_residual_raw"], 4),
+                f"{p_dr:.3g}",
+            ]
+        )
         row: List[Any] = [layer]
         for _, _, key in cols:
             row += [cell[key]["mean"], cell[key]["low"], cell[key]["high"]]
@@ -378,8 +532,13 @@ def _table1(method: str, summary: Mapping[str, Any], settings: Mapping[str, Any]
     return markdown_table(header_md, md_rows, notes), csv_table(header_csv, csv_rows)
 
 
-def _table2(direct: Mapping[str, Any], ta: Mapping[str, Any], accs: Mapping[str, Mapping[str, Any]],
-            roles: Mapping[str, str], labels: Mapping[str, str]) -> Tuple[str, str]:
+def _table2(
+    direct: Mapping[str, Any],
+    ta: Mapping[str, Any],
+    accs: Mapping[str, Mapping[str, Any]],
+    roles: Mapping[str, str],
+    labels: Mapping[str, str],
+) -> Tuple[str, str]:
     """Paper Table 2: Base, direct Student (T -> S) and Teacher-assistant Student (T -> A -> S)."""
     stats = [
         ("RS, Grad-CAM (layer-specific)", "gradcam", "rs_student", True),
@@ -393,7 +552,9 @@ def _table2(direct: Mapping[str, Any], ta: Mapping[str, Any], accs: Mapping[str,
         for title, kind, metric, with_base in stats:
             b = direct[layer][kind]["rs_base"] if with_base else None
             d, t = direct[layer][kind][metric], ta[layer][kind][metric]
-            md_rows.append([layer, title, format_pm(b, 4) if b else "–", format_pm(d, 4), format_pm(t, 4)])
+            md_rows.append(
+                [layer, title, format_pm(b, 4) if b else "–", format_pm(d, 4), format_pm(t, 4)]
+            )
             for model, e in (("base", b), ("direct", d), ("ta", t)):
                 if e is not None:
                     csv_rows.append([layer, title, model, e["mean"], e["low"], e["high"]])
@@ -401,20 +562,33 @@ def _table2(direct: Mapping[str, Any], ta: Mapping[str, Any], accs: Mapping[str,
         vals = {k: accs.get(roles[k], {}).get(split) for k in ("base", "direct", "ta")}
         if all(v is None for v in vals.values()):
             continue
-        md_rows.append(["all", title] + ["–" if v is None else f"{100 * v:.1f} %" for v in vals.values()])
+        md_rows.append(
+            ["all", title] + ["–" if v is None else f"{100 * v:.1f} %" for v in vals.values()]
+        )
         for model, v in vals.items():
             if v is not None:
                 csv_rows.append(["all", title, model, v, None, None])
-    header = ["Layer", "Statistic", f"Base ({labels['base']})", f"direct T→S ({labels['direct']})",
-              f"TA chain T→A→S ({labels['ta']})"]
-    notes = ["Table 2 layout: the Student distilled directly from the Teacher (response KD) against the Student "
-             "distilled through the Teacher assistant, each compared with the same Base. Mean ± half-width of the 95 % "
-             "bootstrap interval over batches."]
-    return (markdown_table(header, md_rows, notes),
-            csv_table(["layer", "statistic", "model", "mean", "ci_low", "ci_high"], csv_rows))
+    header = [
+        "Layer",
+        "Statistic",
+        f"Base ({labels['base']})",
+        f"direct T→S ({labels['direct']})",
+        f"TA chain T→A→S ({labels['ta']})",
+    ]
+    notes = [
+        "Table 2 layout: the Student distilled directly from the Teacher (response KD) against the Student "
+        "distilled through the Teacher assistant, each compared with the same Base. Mean ± half-width of the 95 % "
+        "bootstrap interval over batches."
+    ]
+    return (
+        markdown_table(header, md_rows, notes),
+        csv_table(["layer", "statistic", "model", "mean", "ci_low", "ci_high"], csv_rows),
+    )
 
 
-def _localisation_table(loc: Mapping[str, Mapping[str, Any]], pair_titles: Mapping[str, str]) -> Tuple[str, str]:
+def _localisation_table(
+    loc: Mapping[str, Mapping[str, Any]], pair_titles: Mapping[str, str]
+) -> Tuple[str, str]:
     md_rows, csv_rows = [], []
     chance = None
     for pair, by_layer in loc.items():
@@ -423,21 +597,69 @@ def _localisation_table(loc: Mapping[str, Mapping[str, Any]], pair_titles: Mappi
             chance = entry["chance"]["energy"]
             for kind, title in _MAP_TITLES.items():
                 k = entry["kinds"][kind]
-                md_rows.append([pair_titles[pair], layer, title, format_interval(k["energy"]), format_interval(k["pointing"]),
-                                f"{k['n_empty']}/{k['n_images']}"])
-                csv_rows.append([pair, layer, kind, k["energy"]["mean"], k["energy"]["low"], k["energy"]["high"],
-                                 k["pointing"]["mean"], k["pointing"]["low"], k["pointing"]["high"],
-                                 k["n_images"], k["n_empty"], entry["chance"]["energy"]])
-    header = ["Pair", "Layer", "Map", "mask energy fraction [95 % CI]", "pointing game [95 % CI]", "empty maps"]
-    notes = [f"Share of each map's positive mass on the object mask, and the share of images whose map peaks on the "
-             f"object; 95 % percentile bootstrap intervals over images. A uniform map scores the mean mask area, "
-             f"{chance:.3f} (chance). Empty maps (nothing left after ReLU) are left out of the means."] if chance is not None else []
-    csv_header = ["pair", "layer", "map", "energy_mean", "energy_low", "energy_high", "pointing_mean",
-                  "pointing_low", "pointing_high", "n_images", "n_empty", "chance"]
+                md_rows.append(
+                    [
+                        pair_titles[pair],
+                        layer,
+                        title,
+                        format_interval(k["energy"]),
+                        format_interval(k["pointing"]),
+                        f"{k['n_empty']}/{k['n_images']}",
+                    ]
+                )
+                csv_rows.append(
+                    [
+                        pair,
+                        layer,
+                        kind,
+                        k["energy"]["mean"],
+                        k["energy"]["low"],
+                        k["energy"]["high"],
+                        k["pointing"]["mean"],
+                        k["pointing"]["low"],
+                        k["pointing"]["high"],
+                        k["n_images"],
+                        k["n_empty"],
+                        entry["chance"]["energy"],
+                    ]
+                )
+    header = [
+        "Pair",
+        "Layer",
+        "Map",
+        "mask energy fraction [95 % CI]",
+        "pointing game [95 % CI]",
+        "empty maps",
+    ]
+    notes = (
+        [
+            f"Share of each map's positive mass on the object mask, and the share of images whose map peaks on the "
+            f"object; 95 % percentile bootstrap intervals over images. A uniform map scores the mean mask area, "
+            f"{chance:.3f} (chance). Empty maps (nothing left after ReLU) are left out of the means."
+        ]
+        if chance is not None
+        else []
+    )
+    csv_header = [
+        "pair",
+        "layer",
+        "map",
+        "energy_mean",
+        "energy_low",
+        "energy_high",
+        "pointing_mean",
+        "pointing_low",
+        "pointing_high",
+        "n_images",
+        "n_empty",
+        "chance",
+    ]
     return markdown_table(header, md_rows, notes), csv_table(csv_header, csv_rows)
 
 
-def _cued_table(cued: Mapping[str, Mapping[str, Any]], pair_titles: Mapping[str, str]) -> Tuple[str, str]:
+def _cued_table(
+    cued: Mapping[str, Mapping[str, Any]], pair_titles: Mapping[str, str]
+) -> Tuple[str, str]:
     """The cued evaluation of every pair: markdown (the report's two tables, with a pair
     column) and a long CSV (one row per pair, condition, layer, quantity and map kind)."""
     from captum_unicam.output.report import cued_tables
@@ -451,34 +673,82 @@ def _cued_table(cued: Mapping[str, Mapping[str, Any]], pair_titles: Mapping[str,
         for cond, entry in res["conditions"].items():
             for layer, e in entry["layers"].items():
                 for q in ("s_d", "s_r"):
-                    csv_rows.append([pair, cond, layer, q, "", e[q]["mean"], e[q]["low"], e[q]["high"], e[q]["n"], ""])
+                    csv_rows.append(
+                        [
+                            pair,
+                            cond,
+                            layer,
+                            q,
+                            "",
+                            e[q]["mean"],
+                            e[q]["low"],
+                            e[q]["high"],
+                            e[q]["n"],
+                            "",
+                        ]
+                    )
                 for region, by_kind in e["mass"].items():
                     for kind, iv in by_kind.items():
-                        csv_rows.append([pair, cond, layer, f"mass_{region}", kind, iv["mean"], iv["low"], iv["high"],
-                                         iv["n"], e["chance"][region]])
-    notes = ["S_d, S_r: UniCAM's scores per batch (the batch is UniCAM's context), mean [95 % bootstrap interval "
-             "over batches]. Masses: share of each map's positive mass on the object / on the background, mean "
-             "[95 % bootstrap interval over images]; chance = the region's mean area. Cued: the tint of its class on "
-             "every test image (cue_strength 1.0)."]
+                        csv_rows.append(
+                            [
+                                pair,
+                                cond,
+                                layer,
+                                f"mass_{region}",
+                                kind,
+                                iv["mean"],
+                                iv["low"],
+                                iv["high"],
+                                iv["n"],
+                                e["chance"][region],
+                            ]
+                        )
+    notes = [
+        "S_d, S_r: UniCAM's scores per batch (the batch is UniCAM's context), mean [95 % bootstrap interval "
+        "over batches]. Masses: share of each map's positive mass on the object / on the background, mean "
+        "[95 % bootstrap interval over images]; chance = the region's mean area. Cued: the tint of its class on "
+        "every test image (cue_strength 1.0)."
+    ]
     md = ""
     for name, (header, rows) in md_parts.items():
-        title = "Scores and mass on the object" if name == "cued_scores" else "Mass on the background"
+        title = (
+            "Scores and mass on the object" if name == "cued_scores" else "Mass on the background"
+        )
         md += f"### {title}\n\n" + markdown_table(header, rows) + "\n"
     md += notes[0] + "\n"
-    return md, csv_table(["pair", "condition", "layer", "quantity", "map", "mean", "low", "high", "n", "chance"],
-                         csv_rows)
+    return md, csv_table(
+        ["pair", "condition", "layer", "quantity", "map", "mean", "low", "high", "n", "chance"],
+        csv_rows,
+    )
 
 
-def _accuracy_table(accs: Mapping[str, Mapping[str, Any]], info: Mapping[str, Mapping[str, Any]]) -> Tuple[str, str]:
+def _accuracy_table(
+    accs: Mapping[str, Mapping[str, Any]], info: Mapping[str, Mapping[str, Any]]
+) -> Tuple[str, str]:
     md_rows, csv_rows = [], []
     for role, a in accs.items():
         i = info[role]
-        md_rows.append([role, i["arch"], i["trained_on"], f"{100 * a['test']:.1f} %",
-                        "–" if a.get("test_cued") is None else f"{100 * a['test_cued']:.1f} %"])
+        md_rows.append(
+            [
+                role,
+                i["arch"],
+                i["trained_on"],
+                f"{100 * a['test']:.1f} %",
+                "–" if a.get("test_cued") is None else f"{100 * a['test_cued']:.1f} %",
+            ]
+        )
         csv_rows.append([role, i["arch"], i["trained_on"], a["test"], a.get("test_cued")])
-    header = ["Model", "Architecture", "Trained on", "accuracy, cue-free test", "accuracy, cued test"]
-    return (markdown_table(header, md_rows),
-            csv_table(["model", "arch", "trained_on", "acc_test", "acc_test_cued"], csv_rows))
+    header = [
+        "Model",
+        "Architecture",
+        "Trained on",
+        "accuracy, cue-free test",
+        "accuracy, cued test",
+    ]
+    return (
+        markdown_table(header, md_rows),
+        csv_table(["model", "arch", "trained_on", "acc_test", "acc_test_cued"], csv_rows),
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -568,42 +838,73 @@ def run_experiment(
     recipe = dict(recipe or {})
     known = set().union(*RECIPES.values())
     if set(recipe) - known:
-        raise InputError(f"unknown recipe keys {sorted(set(recipe) - known)}; known: {sorted(known)}")
+        raise InputError(
+            f"unknown recipe keys {sorted(set(recipe) - known)}; known: {sorted(known)}"
+        )
     r = dict(RECIPES[("controlled" if controlled else "real") + ("_quick" if quick else "")])
     defaults = CONTROLLED_ARCHS if controlled else REAL_ARCHS
     given = {"teacher": teacher_arch, "assistant": assistant_arch, "student": student_arch}
-    archs = {role: _arch(given[role] if given[role] is not None else defaults[role], role) for role in given}
+    archs = {
+        role: _arch(given[role] if given[role] is not None else defaults[role], role)
+        for role in given
+    }
     out_path = _check_out(out)
     device = torch.device(device)
 
     # ---- data (DataSpecError here, before training) ------------------------------------
-    data = _controlled_data(dataset, {**r, **recipe}) if controlled else _real_data(dataset, r, image_size)
+    data = (
+        _controlled_data(dataset, {**r, **recipe})
+        if controlled
+        else _real_data(dataset, r, image_size)
+    )
     unused = set(recipe) - set(r)
     if unused:
-        raise InputError(f"recipe keys {sorted(unused)} do not apply to {dataset!r}; use {sorted(r)}")
+        raise InputError(
+            f"recipe keys {sorted(unused)} do not apply to {dataset!r}; use {sorted(r)}"
+        )
     r.update(recipe)
     class_names = _check_evaluation(dataset, data, r)
     stem = int(data["test"][0][0].shape[-1]) <= 64
     for _name, kwargs in archs.values():
         kwargs.setdefault("cifar_stem", stem)
     with torch_threads(num_threads):
-        return _run(_Study(dataset=dataset, controlled=controlled, data=data, class_names=class_names, r=r,
-                           archs=archs, methods=tuple(methods), seed=seed, quick=quick, device=device,
-                           progress=progress, label_embeddings=label_embeddings, out_path=out_path,
-                           command=command, t_start=t_start))
+        return _run(
+            _Study(
+                dataset=dataset,
+                controlled=controlled,
+                data=data,
+                class_names=class_names,
+                r=r,
+                archs=archs,
+                methods=tuple(methods),
+                seed=seed,
+                quick=quick,
+                device=device,
+                progress=progress,
+                label_embeddings=label_embeddings,
+                out_path=out_path,
+                command=command,
+                t_start=t_start,
+            )
+        )
 
 
-def _check_arguments(dataset: Any, methods: Any, seed: Any, label_embeddings: Any, num_threads: Any):
+def _check_arguments(
+    dataset: Any, methods: Any, seed: Any, label_embeddings: Any, num_threads: Any
+):
     """The cheap checks of :func:`run_experiment`; returns the KD methods."""
     if not isinstance(dataset, str) or not dataset.strip():
-        raise DataSpecError(f"dataset must be a spec like 'controlled' or 'cifar10:ROOT', got {dataset!r}")
+        raise DataSpecError(
+            f"dataset must be a spec like 'controlled' or 'cifar10:ROOT', got {dataset!r}"
+        )
     methods = _check_methods(methods)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"seed must be a non-negative int, got {seed!r}")
     if label_embeddings not in ("text", "one-hot"):
         raise InputError(f"label_embeddings must be 'text' or 'one-hot', got {label_embeddings!r}")
-    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
-                                    or num_threads < 1):
+    if num_threads is not None and (
+        isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+    ):
         raise InputError(f"num_threads must be a positive int, got {num_threads!r}")
     if _scheme(dataset) not in SCHEMES:
         load_dataset(dataset)  # raises DataSpecError naming the accepted specs
@@ -616,11 +917,15 @@ def _check_evaluation(dataset: str, data: Mapping[str, Any], r: Mapping[str, Any
         raise InputError(f"recipe grid_layers must be among {LAYERS}, got {r['grid_layers']!r}")
     n_eval = min(len(data["test"]), int(r["eval_batches"]) * int(r["eval_batch_size"]))
     if int(r["eval_batch_size"]) < 5 or n_eval < 5:
-        raise InputError(f"recipe eval_batch_size {r['eval_batch_size']} over {len(data['test'])} test images: "
-                         "UniCAM, FSS and RS need batches of at least 5 images")
+        raise InputError(
+            f"recipe eval_batch_size {r['eval_batch_size']} over {len(data['test'])} test images: "
+            "UniCAM, FSS and RS need batches of at least 5 images"
+        )
     class_names = [str(c) for c in data["test"].classes]
     if len(class_names) < 2:
-        raise DataSpecError(f"data spec {dataset!r} has {len(class_names)} class(es); at least 2 are needed")
+        raise DataSpecError(
+            f"data spec {dataset!r} has {len(class_names)} class(es); at least 2 are needed"
+        )
     return class_names
 
 
@@ -666,9 +971,13 @@ class _Study:
     def training_plan(self) -> List[Tuple[str, str, int, Optional[str], Optional[str]]]:
         """(role, architecture key, epochs, KD method, Teacher role), in training order."""
         r = self.r
-        plan = [("teacher", "teacher", r["teacher_epochs"], None, None),
-                ("base", "student", r["base_epochs"], None, None)]
-        plan += [(f"student_{m}", "student", r["student_epochs"], m, "teacher") for m in self.methods]
+        plan = [
+            ("teacher", "teacher", r["teacher_epochs"], None, None),
+            ("base", "student", r["base_epochs"], None, None),
+        ]
+        plan += [
+            (f"student_{m}", "student", r["student_epochs"], m, "teacher") for m in self.methods
+        ]
         if self.direct_role == "student_direct":
             plan.append(("student_direct", "student", r["student_epochs"], "response", "teacher"))
         plan.append(("assistant", "assistant", r["student_epochs"], "response", "teacher"))
@@ -677,18 +986,28 @@ class _Study:
 
     def data_id(self, group: str) -> Dict[str, Any]:
         common_keys = ("image_size", "num_classes", "batch_size", "optimizer", "weight_decay")
-        role_keys = {"teacher": ("teacher_size", "teacher_epochs", "lr"),
-                     "base": ("base_size", "cue_strength", "base_epochs", "lr"),
-                     "distilled": ("transfer_size", "transfer_cue", "student_epochs", "student_lr")}
-        return {"dataset": self.dataset, **{k: self.r.get(k) for k in common_keys + role_keys[group]}}
+        role_keys = {
+            "teacher": ("teacher_size", "teacher_epochs", "lr"),
+            "base": ("base_size", "cue_strength", "base_epochs", "lr"),
+            "distilled": ("transfer_size", "transfer_cue", "student_epochs", "student_lr"),
+        }
+        return {
+            "dataset": self.dataset,
+            **{k: self.r.get(k) for k in common_keys + role_keys[group]},
+        }
 
 
 def _run(study: _Study) -> Dict[str, Any]:
     from tqdm.auto import tqdm
 
     timings: Dict[str, float] = {}
-    bar = tqdm(total=len(study.roles) + len(study.pairs) + 2, desc="experiment", unit="stage",
-               disable=not study.progress, position=0)
+    bar = tqdm(
+        total=len(study.roles) + len(study.pairs) + 2,
+        desc="experiment",
+        unit="stage",
+        disable=not study.progress,
+        position=0,
+    )
     try:
         t0 = time.perf_counter()
         models, recipes, log, info = _train_models(study, bar)
@@ -703,9 +1022,23 @@ def _run(study: _Study) -> Dict[str, Any]:
         timings["evaluation_s"] = time.perf_counter() - t0
         loc = _localise(study, maps_by_pair, map_batches)
         t0 = time.perf_counter()
-        return _publish(study, models=models, recipes=recipes, log=log, info=info, accs=accs,
-                        evaluations=evaluations, maps_by_pair=maps_by_pair, map_batches=map_batches, loc=loc,
-                        emb_desc=emb_desc, timings=timings, t_write=t0, bar=bar, cued=cued)
+        return _publish(
+            study,
+            models=models,
+            recipes=recipes,
+            log=log,
+            info=info,
+            accs=accs,
+            evaluations=evaluations,
+            maps_by_pair=maps_by_pair,
+            map_batches=map_batches,
+            loc=loc,
+            emb_desc=emb_desc,
+            timings=timings,
+            t_write=t0,
+            bar=bar,
+            cued=cued,
+        )
     finally:
         bar.close()
 
@@ -720,36 +1053,75 @@ def _train_models(study: _Study, bar):
     transfer = data["transfer"]
     unlabelled = bool(data["unlabelled_transfer"])
     trained_on = {
-        "teacher": f"{len(data['teacher'])} labelled images" + (" (cue-free)" if study.controlled else ""),
-        "base": f"{len(data['base'])} labelled images" + (f" (cue {r['cue_strength']})" if study.controlled else ""),
+        "teacher": f"{len(data['teacher'])} labelled images"
+        + (" (cue-free)" if study.controlled else ""),
+        "base": f"{len(data['base'])} labelled images"
+        + (f" (cue {r['cue_strength']})" if study.controlled else ""),
     }
-    distil_desc = (f"{len(transfer)} unlabelled transfer images (cue {r['transfer_cue']})" if unlabelled
-                   else f"{len(transfer)} labelled images + KD loss")
+    distil_desc = (
+        f"{len(transfer)} unlabelled transfer images (cue {r['transfer_cue']})"
+        if unlabelled
+        else f"{len(transfer)} labelled images + KD loss"
+    )
     models: Dict[str, nn.Module] = {}
     recipes: Dict[str, Dict[str, Any]] = {}
     log: Dict[str, Any] = {}
     info: Dict[str, Dict[str, Any]] = {}
     for i, (role, arch_key, epochs, method, teacher_role) in enumerate(study.training_plan()):
         name, kwargs = archs[arch_key]
-        recipes[role] = _normal({
-            "role": role, "arch": name, "build_kwargs": kwargs, "epochs": int(epochs), "method": method,
-            "seed": study.seed + i, "dataset": study.dataset,
-            "data": study.data_id(role if teacher_role is None else "distilled"),
-            "teacher": None if teacher_role is None else _fingerprint(recipes[teacher_role])})
+        recipes[role] = _normal(
+            {
+                "role": role,
+                "arch": name,
+                "build_kwargs": kwargs,
+                "epochs": int(epochs),
+                "method": method,
+                "seed": study.seed + i,
+                "dataset": study.dataset,
+                "data": study.data_id(role if teacher_role is None else "distilled"),
+                "teacher": None if teacher_role is None else _fingerprint(recipes[teacher_role]),
+            }
+        )
         teacher = models.get(teacher_role) if teacher_role else None
-        info[role] = {"arch": _arch_label(name, kwargs),
-                      "trained_on": trained_on[role] if teacher_role is None
-                      else f"{method} KD from the {teacher_role} on {distil_desc}"}
-        plan = Recipe(arch=name, epochs=int(epochs), batch_size=int(r["batch_size"]), method=method,
-                      lr=float(r["lr"] if teacher is None else r["student_lr"]), optimizer=r["optimizer"],
-                      weight_decay=float(r["weight_decay"]), seed=study.seed + i)
-        train_fn = functools.partial(_fit_role, plan=plan, data=labelled[role] if teacher is None else transfer,
-                                     teacher=teacher, unlabelled=teacher is not None and unlabelled,
-                                     device=study.device, progress=study.progress, desc=role)
-        models[role] = _obtain(role, archs[arch_key], recipes[role], models_dir=study.out_path / "models",
-                               num_classes=len(study.class_names), class_names=study.class_names,
-                               train_fn=train_fn, device=study.device, log=log, kd_method=method,
-                               teacher=teacher_role)
+        info[role] = {
+            "arch": _arch_label(name, kwargs),
+            "trained_on": trained_on[role]
+            if teacher_role is None
+            else f"{method} KD from the {teacher_role} on {distil_desc}",
+        }
+        plan = Recipe(
+            arch=name,
+            epochs=int(epochs),
+            batch_size=int(r["batch_size"]),
+            method=method,
+            lr=float(r["lr"] if teacher is None else r["student_lr"]),
+            optimizer=r["optimizer"],
+            weight_decay=float(r["weight_decay"]),
+            seed=study.seed + i,
+        )
+        train_fn = functools.partial(
+            _fit_role,
+            plan=plan,
+            data=labelled[role] if teacher is None else transfer,
+            teacher=teacher,
+            unlabelled=teacher is not None and unlabelled,
+            device=study.device,
+            progress=study.progress,
+            desc=role,
+        )
+        models[role] = _obtain(
+            role,
+            archs[arch_key],
+            recipes[role],
+            models_dir=study.out_path / "models",
+            num_classes=len(study.class_names),
+            class_names=study.class_names,
+            train_fn=train_fn,
+            device=study.device,
+            log=log,
+            kd_method=method,
+            teacher=teacher_role,
+        )
         bar.update(1)
         bar.set_postfix_str(f"{role}: {log[role]['status']}", refresh=False)
     return models, recipes, log, info
@@ -760,7 +1132,16 @@ def _fit_role(model, *, plan, data, teacher, unlabelled, device, progress, desc)
 
     if teacher is not None:
         teacher.eval()
-    fit(model, data, plan, teacher=teacher, unlabelled=unlabelled, device=device, progress=progress, desc=desc)
+    fit(
+        model,
+        data,
+        plan,
+        teacher=teacher,
+        unlabelled=unlabelled,
+        device=device,
+        progress=progress,
+        desc=desc,
+    )
 
 
 def _accuracies(study: _Study, models) -> Dict[str, Dict[str, Any]]:
@@ -768,12 +1149,16 @@ def _accuracies(study: _Study, models) -> Dict[str, Dict[str, Any]]:
 
     data, device = study.data, study.device
     test_loader = _loader(data["test"], 256, shuffle=False)
-    cued_loader = _loader(data["test_cued"], 256, shuffle=False) if data["test_cued"] is not None else None
+    cued_loader = (
+        _loader(data["test_cued"], 256, shuffle=False) if data["test_cued"] is not None else None
+    )
     accs: Dict[str, Dict[str, Any]] = {}
     for role in study.roles:
         m = models[role].to(device).eval()
-        accs[role] = {"test": evaluate_accuracy(m, test_loader, device=device),
-                      "test_cued": evaluate_accuracy(m, cued_loader, device=device) if cued_loader else None}
+        accs[role] = {
+            "test": evaluate_accuracy(m, test_loader, device=device),
+            "test_cued": evaluate_accuracy(m, cued_loader, device=device) if cued_loader else None,
+        }
     return accs
 
 
@@ -801,14 +1186,26 @@ def _evaluate_pairs(study: _Study, models, emb, bar):
     eval_ds = torch.utils.data.Subset(data["test"], range(n_eval))
     # the pipeline's batches; file order keeps the published results' batches (the controlled
     # and CIFAR-10 test images are not stored class by class); a short last batch is merged
-    eval_loader = stratified_loader(eval_ds, min(eval_bs, n_eval), seed=study.seed, order="file",
-                                    labels=labels_of(data["test"])[:n_eval])
+    eval_loader = stratified_loader(
+        eval_ds,
+        min(eval_bs, n_eval),
+        seed=study.seed,
+        order="file",
+        labels=labels_of(data["test"])[:n_eval],
+    )
     conditions = None
     if study.controlled and data.get("test_cue_always") is not None:
         cued_ds = torch.utils.data.Subset(data["test_cue_always"], range(n_eval))
-        conditions = {"cue-free": eval_loader,
-                      "cued": stratified_loader(cued_ds, min(eval_bs, n_eval), seed=study.seed, order="file",
-                                                labels=labels_of(data["test_cue_always"])[:n_eval])}
+        conditions = {
+            "cue-free": eval_loader,
+            "cued": stratified_loader(
+                cued_ds,
+                min(eval_bs, n_eval),
+                seed=study.seed,
+                order="file",
+                labels=labels_of(data["test_cue_always"])[:n_eval],
+            ),
+        }
     cued: Dict[str, Any] = {}
     base = models["base"].to(device).eval()
     evaluations: Dict[str, Any] = {}
@@ -819,16 +1216,42 @@ def _evaluate_pairs(study: _Study, models, emb, bar):
         s_l, b_l = stage_layers(student), stage_layers(base)
         layers = {k: (s_l[k], b_l[k]) for k in LAYERS}
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # degenerate-batch notes of UniCAM; counted in the tables
-            evaluations[pair] = score_pair(student, base, eval_loader, layers, label_embeddings=emb,
-                                           n_bootstrap=int(r["n_bootstrap"]), n_permutations=int(r["n_permutations"]),
-                                           seed=study.seed, progress=study.progress, device=device)
-            maps_by_pair[pair] = compute_maps(student, base, layers, map_batches, label_embeddings=emb,
-                                              device=device, progress=study.progress)
+            warnings.simplefilter(
+                "ignore"
+            )  # degenerate-batch notes of UniCAM; counted in the tables
+            evaluations[pair] = score_pair(
+                student,
+                base,
+                eval_loader,
+                layers,
+                label_embeddings=emb,
+                n_bootstrap=int(r["n_bootstrap"]),
+                n_permutations=int(r["n_permutations"]),
+                seed=study.seed,
+                progress=study.progress,
+                device=device,
+            )
+            maps_by_pair[pair] = compute_maps(
+                student,
+                base,
+                layers,
+                map_batches,
+                label_embeddings=emb,
+                device=device,
+                progress=study.progress,
+            )
             if conditions is not None:
-                cued[pair] = cued_evaluation(student, base, layers, conditions, label_embeddings=emb,
-                                             n_bootstrap=int(r["n_bootstrap"]), seed=study.seed, device=device,
-                                             progress=study.progress)
+                cued[pair] = cued_evaluation(
+                    student,
+                    base,
+                    layers,
+                    conditions,
+                    label_embeddings=emb,
+                    n_bootstrap=int(r["n_bootstrap"]),
+                    seed=study.seed,
+                    device=device,
+                    progress=study.progress,
+                )
         bar.update(1)
     return evaluations, maps_by_pair, map_batches, cued
 
@@ -840,13 +1263,35 @@ def _localise(study: _Study, maps_by_pair, map_batches) -> Dict[str, Any]:
     if not study.controlled:
         return {}
     masks = torch.cat([b[2] for b in map_batches])
-    return {pair: {layer: localisation(kinds, masks, n_bootstrap=int(study.r["n_bootstrap"]), seed=study.seed)
-                   for layer, kinds in by_layer.items()}
-            for pair, by_layer in maps_by_pair.items()}
+    return {
+        pair: {
+            layer: localisation(
+                kinds, masks, n_bootstrap=int(study.r["n_bootstrap"]), seed=study.seed
+            )
+            for layer, kinds in by_layer.items()
+        }
+        for pair, by_layer in maps_by_pair.items()
+    }
 
 
-def _publish(study: _Study, *, models, recipes, log, info, accs, evaluations, maps_by_pair, map_batches, loc,
-             emb_desc, timings, t_write, bar, cued=None) -> Dict[str, Any]:
+def _publish(
+    study: _Study,
+    *,
+    models,
+    recipes,
+    log,
+    info,
+    accs,
+    evaluations,
+    maps_by_pair,
+    map_batches,
+    loc,
+    emb_desc,
+    timings,
+    t_write,
+    bar,
+    cued=None,
+) -> Dict[str, Any]:
     """Writes every table, figure, results.json and the checkpoints into a temporary
     folder and publishes it (:func:`captum_unicam.output.publish.staged_folder`)."""
     from captum_unicam.output.publish import staged_folder
@@ -855,23 +1300,53 @@ def _publish(study: _Study, *, models, recipes, log, info, accs, evaluations, ma
     out_path, roles, pairs = study.out_path, study.roles, study.pairs
     summaries = {pair: ev.summary()["by_layer"] for pair, ev in evaluations.items()}
     with staged_folder(out_path, overwrite=True, only_reports=False) as tmp:
-        files = _write_all(tmp, study.r, study.methods, pairs, models, roles, accs, info, evaluations, summaries,
-                           maps_by_pair, map_batches, loc, study.class_names, study.direct_role, emb_desc,
-                           cued=cued)
+        files = _write_all(
+            tmp,
+            study.r,
+            study.methods,
+            pairs,
+            models,
+            roles,
+            accs,
+            info,
+            evaluations,
+            summaries,
+            maps_by_pair,
+            map_batches,
+            loc,
+            study.class_names,
+            study.direct_role,
+            emb_desc,
+            cued=cued,
+        )
         bar.update(1)
         timings["write_s"] = time.perf_counter() - t_write
         timings["total_s"] = time.perf_counter() - study.t_start
         results = {
-            "format": _FORMAT, "version": _FORMAT_VERSION,
-            "config": {"dataset": study.dataset, "methods": list(study.methods), "seed": study.seed,
-                       "quick": study.quick, "device": str(study.device), "label_embeddings": emb_desc,
-                       "class_names": study.class_names,
-                       "archs": {k: _arch_label(*v) for k, v in study.archs.items()},
-                       "pairs": {p: {"student": role, "base": "base"} for p, role in pairs.items()},
-                       "direct_student": study.direct_role},
+            "format": _FORMAT,
+            "version": _FORMAT_VERSION,
+            "config": {
+                "dataset": study.dataset,
+                "methods": list(study.methods),
+                "seed": study.seed,
+                "quick": study.quick,
+                "device": str(study.device),
+                "label_embeddings": emb_desc,
+                "class_names": study.class_names,
+                "archs": {k: _arch_label(*v) for k, v in study.archs.items()},
+                "pairs": {p: {"student": role, "base": "base"} for p, role in pairs.items()},
+                "direct_student": study.direct_role,
+            },
             "recipe": study.r,
-            "models": {role: {**info[role], **log[role], "recipe": recipes[role],
-                              "checkpoint": f"models/{role}.pt"} for role in roles},
+            "models": {
+                role: {
+                    **info[role],
+                    **log[role],
+                    "recipe": recipes[role],
+                    "checkpoint": f"models/{role}.pt",
+                }
+                for role in roles
+            },
             "accuracies": accs,
             "evaluations": {p: ev.to_dict() for p, ev in evaluations.items()},
             "localisation": loc or None,
@@ -880,8 +1355,8 @@ def _publish(study: _Study, *, models, recipes, log, info, accs, evaluations, ma
             "files": files,
             "timings": {k: round(v, 2) for k, v in timings.items()},
             "versions": versions(),
-            "command": study.command or _default_command(study.dataset, study.methods, study.seed, study.quick,
-                                                         out_path),
+            "command": study.command
+            or _default_command(study.dataset, study.methods, study.seed, study.quick, out_path),
         }
         results = to_jsonable(results)
         (tmp / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
@@ -898,15 +1373,43 @@ def _publish(study: _Study, *, models, recipes, log, info, accs, evaluations, ma
 
 
 def _default_command(dataset, methods, seed, quick, out_path) -> str:
-    args = ["python", "experiments/run_controlled.py", "--out", str(out_path), "--seed", str(seed),
-            "--methods", *methods] + (["--quick"] if quick else [])
+    args = [
+        "python",
+        "experiments/run_controlled.py",
+        "--out",
+        str(out_path),
+        "--seed",
+        str(seed),
+        "--methods",
+        *methods,
+    ] + (["--quick"] if quick else [])
     if _scheme(dataset) != "controlled" or dataset.strip() != "controlled":
-        return f"run_experiment({dataset!r}, out={str(out_path)!r}, methods={tuple(methods)!r}, seed={seed}, quick={quick})"
+        return (
+            f"run_experiment({dataset!r}, out={str(out_path)!r}, methods={tuple(methods)!r}, "
+            f"seed={seed}, quick={quick})"
+        )
     return " ".join(shlex.quote(a) for a in args)
 
 
-def _write_all(folder: Path, r, methods, pairs, models, roles, accs, info, evaluations, summaries, maps_by_pair,
-               map_batches, loc, class_names, direct_role, emb_desc, cued=None) -> Dict[str, Any]:
+def _write_all(
+    folder: Path,
+    r,
+    methods,
+    pairs,
+    models,
+    roles,
+    accs,
+    info,
+    evaluations,
+    summaries,
+    maps_by_pair,
+    map_batches,
+    loc,
+    class_names,
+    direct_role,
+    emb_desc,
+    cued=None,
+) -> Dict[str, Any]:
     figs = folder / "figures"
     figs.mkdir()
     tables: Dict[str, str] = {}
@@ -926,10 +1429,19 @@ def _write_all(folder: Path, r, methods, pairs, models, roles, accs, info, evalu
     for p, ev in evaluations.items():
         table(f"evaluation_{p}", ev.to_markdown(), ev.to_csv())
     # Table 2
-    labels = {"base": info["base"]["arch"], "direct": info[direct_role]["arch"], "ta": info["student_ta"]["arch"]}
+    labels = {
+        "base": info["base"]["arch"],
+        "direct": info[direct_role]["arch"],
+        "ta": info["student_ta"]["arch"],
+    }
     direct_pair = "response" if "response" in pairs else "direct"
-    md, csv_text = _table2(summaries[direct_pair], summaries["ta"], accs,
-                           {"base": "base", "direct": direct_role, "ta": "student_ta"}, labels)
+    md, csv_text = _table2(
+        summaries[direct_pair],
+        summaries["ta"],
+        accs,
+        {"base": "base", "direct": direct_role, "ta": "student_ta"},
+        labels,
+    )
     table("table2", md, csv_text)
     # accuracies, localisation
     md, csv_text = _accuracy_table(accs, info)
@@ -941,14 +1453,24 @@ def _write_all(folder: Path, r, methods, pairs, models, roles, accs, info, evalu
         md, csv_text = _cued_table(cued, pair_titles)
         table("cued_evaluation", md, csv_text)
 
-    written["figures"] += _study_figures(folder, r, pair_titles, direct_pair, summaries, maps_by_pair,
-                                         map_batches, loc, class_names)
+    written["figures"] += _study_figures(
+        folder, r, pair_titles, direct_pair, summaries, maps_by_pair, map_batches, loc, class_names
+    )
     written["_tables"] = tables  # type: ignore[assignment]
     return written
 
 
-def _study_figures(folder: Path, r, pair_titles, direct_pair, summaries, maps_by_pair, map_batches, loc,
-                   class_names) -> List[str]:
+def _study_figures(
+    folder: Path,
+    r,
+    pair_titles,
+    direct_pair,
+    summaries,
+    maps_by_pair,
+    map_batches,
+    loc,
+    class_names,
+) -> List[str]:
     """The figures of a study: map grids per layer and pair (Figs. 3, 5, 8), direct vs TA
     (Fig. 7), FSS / RS per layer (Fig. 4), localisation; returns their paths."""
     from captum_unicam import viz
@@ -964,24 +1486,40 @@ def _study_figures(folder: Path, r, pair_titles, direct_pair, summaries, maps_by
         for layer in grid_layers:
             kinds = by_layer[layer]
             maps = {_MAP_TITLES[k]: kinds[k][:n_show] for k in _MAP_TITLES}
-            fig = viz.attribution_grid(images, maps, title=f"{pair_titles[p]}: {layer}", row_labels=row_labels)
+            fig = viz.attribution_grid(
+                images, maps, title=f"{pair_titles[p]}: {layer}", row_labels=row_labels
+            )
             names.append(f"figures/grid_{p}_{layer}.png")
             _save_png(fig, folder / names[-1], dpi)
     for layer in grid_layers:
         d, t = maps_by_pair[direct_pair][layer], maps_by_pair["ta"][layer]
-        maps = {"Grad-CAM direct": d["gradcam_student"][:n_show], "UniCAM distilled, direct": d["distilled"][:n_show],
-                "Grad-CAM TA chain": t["gradcam_student"][:n_show], "UniCAM distilled, TA chain": t["distilled"][:n_show]}
-        fig = viz.attribution_grid(images, maps, title=f"direct vs Teacher-assistant: {layer}", row_labels=row_labels)
+        maps = {
+            "Grad-CAM direct": d["gradcam_student"][:n_show],
+            "UniCAM distilled, direct": d["distilled"][:n_show],
+            "Grad-CAM TA chain": t["gradcam_student"][:n_show],
+            "UniCAM distilled, TA chain": t["distilled"][:n_show],
+        }
+        fig = viz.attribution_grid(
+            images, maps, title=f"direct vs Teacher-assistant: {layer}", row_labels=row_labels
+        )
         names.append(f"figures/grid_direct_vs_ta_{layer}.png")
         _save_png(fig, folder / names[-1], dpi)
     for p, s in summaries.items():
-        fig = viz.scores_per_layer(_score_panels(s), title=f"{pair_titles[p]}: FSS and RS per layer")
+        fig = viz.scores_per_layer(
+            _score_panels(s), title=f"{pair_titles[p]}: FSS and RS per layer"
+        )
         names.append(f"figures/scores_{p}.png")
         _save_png(fig, folder / names[-1], dpi + 16)
     for p, by_layer in loc.items():
-        per_layer = {l: {_MAP_TITLES[k]: by_layer[l]["kinds"][k] for k in _MAP_TITLES} for l in LAYERS}
-        fig = viz.localisation_plot(per_layer, chance=by_layer["L1"]["chance"],
-                                    title=f"{pair_titles[p]}: localisation on the object")
+        per_layer = {
+            layer: {_MAP_TITLES[k]: by_layer[layer]["kinds"][k] for k in _MAP_TITLES}
+            for layer in LAYERS
+        }
+        fig = viz.localisation_plot(
+            per_layer,
+            chance=by_layer["L1"]["chance"],
+            title=f"{pair_titles[p]}: localisation on the object",
+        )
         names.append(f"figures/localisation_{p}.png")
         _save_png(fig, folder / names[-1], dpi + 16)
     return names
@@ -990,9 +1528,17 @@ def _study_figures(folder: Path, r, pair_titles, direct_pair, summaries, maps_by
 def _score_panels(s: Mapping[str, Any]) -> Dict[str, Dict[str, Dict[str, Any]]]:
     """FSS / RS per layer panels of one pair's summary (paper Fig. 4)."""
     return {
-        "(a) FSS, Grad-CAM": {"Student vs Base": {l: s[l]["gradcam"]["fss"] for l in LAYERS}},
-        "(b) RS, Grad-CAM": {"Base": {l: s[l]["gradcam"]["rs_base"] for l in LAYERS},
-                             "Student": {l: s[l]["gradcam"]["rs_student"] for l in LAYERS}},
-        "(c) RS, UniCAM maps": {"Base on residual map": {l: s[l]["residual"]["rs_base"] for l in LAYERS},
-                                "Student on distilled map": {l: s[l]["distilled"]["rs_student"] for l in LAYERS}},
+        "(a) FSS, Grad-CAM": {
+            "Student vs Base": {layer: s[layer]["gradcam"]["fss"] for layer in LAYERS}
+        },
+        "(b) RS, Grad-CAM": {
+            "Base": {layer: s[layer]["gradcam"]["rs_base"] for layer in LAYERS},
+            "Student": {layer: s[layer]["gradcam"]["rs_student"] for layer in LAYERS},
+        },
+        "(c) RS, UniCAM maps": {
+            "Base on residual map": {layer: s[layer]["residual"]["rs_base"] for layer in LAYERS},
+            "Student on distilled map": {
+                layer: s[layer]["distilled"]["rs_student"] for layer in LAYERS
+            },
+        },
     }

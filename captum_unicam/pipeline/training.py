@@ -64,8 +64,16 @@ from captum_unicam.pipeline.data import (
     load_data,
 )
 
-__all__ = ["build", "fit", "train_checkpoint", "pretrained_state_dict", "training_steps",
-           "MIN_STEPS", "CHANCE_MARGIN", "TrainingWarning"]
+__all__ = [
+    "build",
+    "fit",
+    "train_checkpoint",
+    "pretrained_state_dict",
+    "training_steps",
+    "MIN_STEPS",
+    "CHANCE_MARGIN",
+    "TrainingWarning",
+]
 
 
 class TrainingWarning(UserWarning):
@@ -83,7 +91,10 @@ MIN_STEPS = 100
 #: 5 percentage points) means the model did not fit: it is warned about.
 CHANCE_MARGIN = 0.05
 
-def pretrained_state_dict(arch: str, name: str, *, download: bool = False, progress: bool = False) -> Tuple[Dict[str, Any], str]:
+
+def pretrained_state_dict(
+    arch: str, name: str, *, download: bool = False, progress: bool = False
+) -> Tuple[Dict[str, Any], str]:
     r"""The state dict of torchvision's pretrained weights ``name`` for ``arch``.
 
     Read from the local torch cache (``torch.hub.get_dir()/checkpoints``); fetched from
@@ -118,8 +129,10 @@ def pretrained_state_dict(arch: str, name: str, *, download: bool = False, progr
     if os.path.isfile(path):
         return torch.load(path, map_location="cpu", weights_only=True), full
     if not download:
-        raise CheckpointError(f"pretrained weights {full} are not in the local torch cache ({path}); "
-                              "put the file there, or pass download=True to fetch it")
+        raise CheckpointError(
+            f"pretrained weights {full} are not in the local torch cache ({path}); "
+            "put the file there, or pass download=True to fetch it"
+        )
     return weights.get_state_dict(progress=progress, check_hash=True), full
 
 
@@ -141,14 +154,23 @@ def build(arch: str, num_classes: int, seed: int, **build_kwargs: Any):
     r"""``build_model(arch, num_classes, **build_kwargs)`` with its random initialisation
     drawn from ``seed`` (the caller's random state is left untouched)."""
 
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         return build_model(arch, num_classes, **build_kwargs)
 
 
-def fit(model, dataset, recipe: Recipe, *, teacher=None, unlabelled: bool = False, order_seed: Optional[int] = None,
-        device: Any = "cpu", progress: bool = True, desc: Optional[str] = None):
+def fit(
+    model,
+    dataset,
+    recipe: Recipe,
+    *,
+    teacher=None,
+    unlabelled: bool = False,
+    order_seed: Optional[int] = None,
+    device: Any = "cpu",
+    progress: bool = True,
+    desc: Optional[str] = None,
+):
     r"""Trains ``model`` on ``dataset`` by ``recipe``: how every Teacher, Base and Student of
     the command line, the demo and the experiments is trained.
 
@@ -163,12 +185,24 @@ def fit(model, dataset, recipe: Recipe, *, teacher=None, unlabelled: bool = Fals
         *nn.Module*: ``model``, trained.
     """
 
-
     g = torch.Generator().manual_seed(int(recipe.seed if order_seed is None else order_seed))
-    loader = DataLoader(dataset, batch_size=min(recipe.batch_size, len(dataset)), shuffle=True, generator=g,
-                        drop_last=len(dataset) > recipe.batch_size)  # as training_steps counts
-    return train_model(model, loader, recipe, teacher=teacher, unlabelled=unlabelled, device=device,
-                       progress=progress, desc=desc or f"train {recipe.arch}")
+    loader = DataLoader(
+        dataset,
+        batch_size=min(recipe.batch_size, len(dataset)),
+        shuffle=True,
+        generator=g,
+        drop_last=len(dataset) > recipe.batch_size,
+    )  # as training_steps counts
+    return train_model(
+        model,
+        loader,
+        recipe,
+        teacher=teacher,
+        unlabelled=unlabelled,
+        device=device,
+        progress=progress,
+        desc=desc or f"train {recipe.arch}",
+    )
 
 
 def training_steps(n_images: int, batch_size: int, epochs: int) -> Dict[str, int]:
@@ -186,9 +220,14 @@ def training_steps(n_images: int, batch_size: int, epochs: int) -> Dict[str, int
     """
     b = min(int(batch_size), int(n_images))
     per_epoch = n_images // b if n_images > batch_size else 1
-    return {"images": int(n_images), "batch_size": b, "epochs": int(epochs),
-            "steps_per_epoch": per_epoch, "steps": per_epoch * int(epochs),
-            "dropped": int(n_images) - per_epoch * b}
+    return {
+        "images": int(n_images),
+        "batch_size": b,
+        "epochs": int(epochs),
+        "steps_per_epoch": per_epoch,
+        "steps": per_epoch * int(epochs),
+        "dropped": int(n_images) - per_epoch * b,
+    }
 
 
 def train_checkpoint(
@@ -250,8 +289,11 @@ def train_checkpoint(
         ...                  labelled=300, epochs=20), "base.pt")
     """
     out_path = _check_request(recipe, out, teacher, folds, test_limit)
-    reads = spec_paths(data) + (spec_paths(recipe.transfer) if recipe.transfer else []) + (
-        [pathlib.Path(teacher)] if teacher is not None else [])
+    reads = (
+        spec_paths(data)
+        + (spec_paths(recipe.transfer) if recipe.transfer else [])
+        + ([pathlib.Path(teacher)] if teacher is not None else [])
+    )
     # before anything is loaded; again with the checkpoint's size once the model is built
     check_writable(out_path, overwrite=overwrite, forbidden_roots=reads)
     device = torch.device(device)
@@ -266,7 +308,9 @@ def train_checkpoint(
     recipe.normalize = prep.normalize
     state = weights_name = None
     if recipe.weights is not None:
-        state, weights_name = pretrained_state_dict(recipe.arch, recipe.weights, download=download, progress=progress)
+        state, weights_name = pretrained_state_dict(
+            recipe.arch, recipe.weights, download=download, progress=progress
+        )
     build_kwargs = {"cifar_stem": side <= 64}
 
     def build_one():
@@ -275,63 +319,119 @@ def train_checkpoint(
         return m, skipped
 
     model, skipped = build_one()
-    out_path = check_writable(out_path, overwrite=overwrite, estimated_bytes=checkpoint_size(model),
-                              forbidden_roots=reads)
+    out_path = check_writable(
+        out_path, overwrite=overwrite, estimated_bytes=checkpoint_size(model), forbidden_roots=reads
+    )
     if teacher_model is not None:
-        _check_teacher_outputs(teacher_model, sets["fit_eval"], teacher, recipe.batch_size,
-                               device)
+        _check_teacher_outputs(teacher_model, sets["fit_eval"], teacher, recipe.batch_size, device)
     steps = training_steps(len(sets["fit"]), recipe.batch_size, recipe.epochs)
     doubts = _announce(steps, inform, warn)
     cv = None
     if folds is not None:
-        cv = cross_validate(lambda: build_one()[0], sets["train"], recipe, k=folds, teacher=teacher_model,
-                            device=device, progress=progress)
+        cv = cross_validate(
+            lambda: build_one()[0],
+            sets["train"],
+            recipe,
+            k=folds,
+            teacher=teacher_model,
+            device=device,
+            progress=progress,
+        )
         cv = {"k": folds, "accuracies": cv["accuracies"], "mean": cv["mean"], "std": cv["std"]}
-    fit(model, sets["fit"], recipe, teacher=teacher_model, unlabelled=recipe.transfer is not None, device=device,
-        progress=progress)
-    acc = evaluate_accuracy(model, DataLoader(sets["test"], batch_size=256), device=device, progress=progress)
+    fit(
+        model,
+        sets["fit"],
+        recipe,
+        teacher=teacher_model,
+        unlabelled=recipe.transfer is not None,
+        device=device,
+        progress=progress,
+    )
+    acc = evaluate_accuracy(
+        model, DataLoader(sets["test"], batch_size=256), device=device, progress=progress
+    )
     train_acc = None
     if recipe.transfer is None:
-        train_acc = evaluate_accuracy(model, DataLoader(sets["fit_eval"], batch_size=256),
-                                      device=device)
+        train_acc = evaluate_accuracy(
+            model, DataLoader(sets["fit_eval"], batch_size=256), device=device
+        )
     doubts += _fit_doubts(train_acc, acc, len(class_names), warn)
     teacher_name = str(teacher) if teacher is not None else None
     recorded = recipe.to_dict()
-    recorded.update(data=data, weights=weights_name, weights_skipped=skipped,
-                    role="student" if teacher is not None else ("base" if recipe.labelled else "teacher or base"),
-                    teacher=teacher_name)
-    extra = {"test_accuracy": acc, "train_accuracy": train_acc, "train_size": len(sets["fit"]),
-             "test_size": len(sets["test"]), "steps": steps["steps"],
-             "steps_per_epoch": steps["steps_per_epoch"],
-             "warnings": doubts,
-             "labelled_size": None if recipe.transfer is not None else len(sets["train"])}
+    recorded.update(
+        data=data,
+        weights=weights_name,
+        weights_skipped=skipped,
+        role="student"
+        if teacher is not None
+        else ("base" if recipe.labelled else "teacher or base"),
+        teacher=teacher_name,
+    )
+    extra = {
+        "test_accuracy": acc,
+        "train_accuracy": train_acc,
+        "train_size": len(sets["fit"]),
+        "test_size": len(sets["test"]),
+        "steps": steps["steps"],
+        "steps_per_epoch": steps["steps_per_epoch"],
+        "warnings": doubts,
+        "labelled_size": None if recipe.transfer is not None else len(sets["train"]),
+    }
     if cv is not None:
         extra["cross_validation"] = cv
-    save_checkpoint(out_path, model, arch=recipe.arch, num_classes=len(class_names), class_names=class_names,
-                    recipe=recorded, kd_method=recipe.method, teacher=teacher_name, extra=extra,
-                    build_kwargs=build_kwargs, preprocessing=_preprocessing(sets["test"], recipe),
-                    accuracy=acc, overwrite=overwrite)
+    save_checkpoint(
+        out_path,
+        model,
+        arch=recipe.arch,
+        num_classes=len(class_names),
+        class_names=class_names,
+        recipe=recorded,
+        kd_method=recipe.method,
+        teacher=teacher_name,
+        extra=extra,
+        build_kwargs=build_kwargs,
+        preprocessing=_preprocessing(sets["test"], recipe),
+        accuracy=acc,
+        overwrite=overwrite,
+    )
     result: Dict[str, Any] = {} if cv is None else {"cross_validation": cv}
-    result.update(path=str(out_path), arch=recipe.arch, num_classes=len(class_names), class_names=class_names,
-                  kd_method=recipe.method, teacher=teacher_name, test_accuracy=acc,
-                  train_accuracy=train_acc,
-                  train_size=len(sets["fit"]), test_size=len(sets["test"]), steps=steps["steps"],
-                  warnings=doubts, recipe=recorded)
+    result.update(
+        path=str(out_path),
+        arch=recipe.arch,
+        num_classes=len(class_names),
+        class_names=class_names,
+        kd_method=recipe.method,
+        teacher=teacher_name,
+        test_accuracy=acc,
+        train_accuracy=train_acc,
+        train_size=len(sets["fit"]),
+        test_size=len(sets["test"]),
+        steps=steps["steps"],
+        warnings=doubts,
+        recipe=recorded,
+    )
     return result
 
 
 def _announce(steps: Dict[str, int], inform, warn) -> List[str]:
     """The steps line (to ``inform``) and, for a run too short to fit, its warning."""
-    dropped = (f" (the last {steps['dropped']} images of each epoch's order are left out: "
-               "no short batch)" if steps["dropped"] else "")
+    dropped = (
+        f" (the last {steps['dropped']} images of each epoch's order are left out: no short batch)"
+        if steps["dropped"]
+        else ""
+    )
     if inform is not None:
-        inform(f"{steps['images']} images, {steps['batch_size']} per batch, {steps['epochs']} "
-               f"epochs = {steps['steps']} steps{dropped}")
+        inform(
+            f"{steps['images']} images, {steps['batch_size']} per batch, {steps['epochs']} "
+            f"epochs = {steps['steps']} steps{dropped}"
+        )
     if steps["steps"] >= MIN_STEPS:
         return []
-    line = (f"this run trains only {steps['steps']} optimisation steps, fewer than {MIN_STEPS}: "
-            "too few to fit a model; raise epochs= (or give more images, or a smaller "
-            "batch_size=)")
+    line = (
+        f"this run trains only {steps['steps']} optimisation steps, fewer than {MIN_STEPS}: "
+        "too few to fit a model; raise epochs= (or give more images, or a smaller "
+        "batch_size=)"
+    )
     warn(line)
     return [line]
 
@@ -343,9 +443,11 @@ def _fit_doubts(train_acc: Optional[float], test_acc: float, n_classes: int, war
     measured, what = (train_acc, "training") if train_acc is not None else (test_acc, "test")
     if measured - chance >= CHANCE_MARGIN:
         return []
-    line = (f"the {what} accuracy at the end is {100 * measured:.1f} %, within "
-            f"{100 * CHANCE_MARGIN:.0f} points of chance ({100 * chance:.1f} % for {n_classes} "
-            "classes): the model did not fit; train longer (epochs=), or check lr= and the data")
+    line = (
+        f"the {what} accuracy at the end is {100 * measured:.1f} %, within "
+        f"{100 * CHANCE_MARGIN:.0f} points of chance ({100 * chance:.1f} % for {n_classes} "
+        "classes): the model did not fit; train longer (epochs=), or check lr= and the data"
+    )
     warn(line)
     return [line]
 
@@ -354,8 +456,12 @@ def _preprocessing(test_ds: Dataset, recipe: Recipe) -> Dict[str, Any]:
     """What the checkpoint records as its ``preprocessing``: the data's image size and
     resize rule, the normalisation and the training augmentation."""
     prep = dict(_attribute(test_ds, "preprocessing") or {})
-    return {"image_size": recipe.image_size, "resize": prep.get("resize"),
-            "normalize": recipe.normalize, "augment": list(recipe.augment)}
+    return {
+        "image_size": recipe.image_size,
+        "resize": prep.get("resize"),
+        "normalize": recipe.normalize,
+        "augment": list(recipe.augment),
+    }
 
 
 def _attribute(ds: Any, name: str) -> Any:
@@ -376,7 +482,9 @@ def _check_request(recipe: Recipe, out, teacher, folds, test_limit) -> pathlib.P
         positive_int(test_limit, "test_limit")
     out_path = pathlib.Path(out).expanduser()
     if out_path.is_dir():
-        raise InputError(f"out {str(out_path)!r} is a folder; give a checkpoint file name like model.pt")
+        raise InputError(
+            f"out {str(out_path)!r} is a folder; give a checkpoint file name like model.pt"
+        )
     return out_path
 
 
@@ -391,7 +499,9 @@ def _load_teacher(teacher, teacher_arch, recipe: Recipe, device, warn):
             if mine is None:
                 setattr(recipe, key, theirs)
             elif theirs is not None and mine != theirs:
-                warn(f"the Teacher was trained with {key} {theirs}; the Student is trained with {mine}")
+                warn(
+                    f"the Teacher was trained with {key} {theirs}; the Student is trained with {mine}"
+                )
     else:
         teacher_model = t_meta = None
     if recipe.normalize is None and recipe.weights is not None:
@@ -399,8 +509,9 @@ def _load_teacher(teacher, teacher_arch, recipe: Recipe, device, warn):
     return teacher_model, t_meta
 
 
-def _check_teacher_outputs(teacher_model, fit_ds: Dataset, teacher, batch_size: int,
-                           device) -> None:
+def _check_teacher_outputs(
+    teacher_model, fit_ds: Dataset, teacher, batch_size: int, device
+) -> None:
     """The Teacher's outputs on the first training batch hold no NaN or Inf (its weights
     are finite: load_checkpoint refuses those), before any step."""
     n = min(int(batch_size), len(fit_ds))
@@ -409,13 +520,17 @@ def _check_teacher_outputs(teacher_model, fit_ds: Dataset, teacher, batch_size: 
     if culprit is None:
         return
     module = f"module {culprit!r}" if culprit else "its final output"
-    raise CheckpointError(f"the Teacher checkpoint {str(teacher)!r} gives NaN or Inf outputs on "
-                          f"the first {n} training images, first at {module}, although its "
-                          "weights are finite (check its BatchNorm running statistics and its "
-                          "preprocessing); give a Teacher that works on these images")
+    raise CheckpointError(
+        f"the Teacher checkpoint {str(teacher)!r} gives NaN or Inf outputs on "
+        f"the first {n} training images, first at {module}, although its "
+        "weights are finite (check its BatchNorm running statistics and its "
+        "preprocessing); give a Teacher that works on these images"
+    )
 
 
-def _datasets(data: str, recipe: Recipe, prep: Preprocessing, download: bool, test_limit) -> Dict[str, Any]:
+def _datasets(
+    data: str, recipe: Recipe, prep: Preprocessing, download: bool, test_limit
+) -> Dict[str, Any]:
     """``train`` (labelled, after ``labelled``), ``fit`` (what is trained on: ``train`` or
     the transfer set, with the recipe's augmentation), ``fit_eval`` (the same without
     augmentation), ``test`` and the ``class_names``; every image file checked first."""
@@ -425,10 +540,14 @@ def _datasets(data: str, recipe: Recipe, prep: Preprocessing, download: bool, te
     train_ds = load_data(data, "train", fit_prep, limit=recipe.limit, download=download)
     test_ds = load_data(data, "test", prep, limit=test_limit, download=download)
     if len(train_ds) == 0 or len(test_ds) == 0:
-        raise DataSpecError(f"data spec {data!r} has no {'training' if len(train_ds) == 0 else 'test'} images")
+        raise DataSpecError(
+            f"data spec {data!r} has no {'training' if len(train_ds) == 0 else 'test'} images"
+        )
     class_names = [str(c) for c in getattr(train_ds, "classes", [])]
     if len(class_names) < 2:
-        raise DataSpecError(f"data spec {data!r} has {len(class_names)} class(es); at least 2 are needed")
+        raise DataSpecError(
+            f"data spec {data!r} has {len(class_names)} class(es); at least 2 are needed"
+        )
     transfer_ds = None
     if recipe.transfer is not None:
         transfer_ds = _transfer_set(recipe.transfer, fit_prep, download)
@@ -444,8 +563,13 @@ def _datasets(data: str, recipe: Recipe, prep: Preprocessing, download: bool, te
         fit_eval = _Augmented(base, (), prep.normalize)
     else:
         fit_ds = fit_eval = base
-    return {"train": train_ds, "fit": fit_ds, "fit_eval": fit_eval, "test": test_ds,
-            "class_names": class_names}
+    return {
+        "train": train_ds,
+        "fit": fit_ds,
+        "fit_eval": fit_eval,
+        "test": test_ds,
+        "class_names": class_names,
+    }
 
 
 def _transfer_set(spec: str, prep: Preprocessing, download: bool) -> Dataset:
@@ -457,8 +581,13 @@ def _transfer_set(spec: str, prep: Preprocessing, download: bool) -> Dataset:
     if scheme == "imagefolder" and roots:
         parts = [p for p in ("train", "test", "val") if (roots[0] / p).is_dir()]
         if "train" not in parts or len(parts) < 2:
-            return load_dataset(spec, "transfer", image_size=prep.image_size,
-                                normalize=prep.normalize == "imagenet", unlabelled=True)
+            return load_dataset(
+                spec,
+                "transfer",
+                image_size=prep.image_size,
+                normalize=prep.normalize == "imagenet",
+                unlabelled=True,
+            )
     ds = load_data(spec, "transfer", prep, download=download)
     if len(ds) == 0:
         raise DataSpecError(f"transfer spec {spec!r} holds no images")
@@ -476,8 +605,9 @@ class _Augmented(Dataset):
         for name in ("classes", "class_to_idx", "root", "split"):
             if hasattr(base, name):
                 setattr(self, name, getattr(base, name))
-        self.preprocessing = dict(_attribute(base, "preprocessing") or {}, normalize=normalize,
-                                  augment=list(self.augment))
+        self.preprocessing = dict(
+            _attribute(base, "preprocessing") or {}, normalize=normalize, augment=list(self.augment)
+        )
         self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
@@ -499,7 +629,7 @@ class _Augmented(Dataset):
             padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
             top = int(torch.randint(0, 2 * pad + 1, ()))
             left = int(torch.randint(0, 2 * pad + 1, ()))
-            x = padded[..., top:top + h, left:left + w]
+            x = padded[..., top : top + h, left : left + w]
         if self.normalize == "imagenet":
             x = (x - self._mean) / self._std
         return (x,) + tuple(item[1:])
@@ -508,10 +638,14 @@ class _Augmented(Dataset):
 def _check_teacher_classes(t_meta, teacher, teacher_model, data: str, class_names, method) -> None:
     t_names = t_meta.get("class_names")
     if t_meta.get("num_classes") not in (None, len(class_names)):
-        raise CheckpointError(f"the Teacher checkpoint {str(teacher)!r} has {t_meta.get('num_classes')} classes, "
-                              f"the data {data!r} has {len(class_names)}; use a Teacher trained on the same classes")
+        raise CheckpointError(
+            f"the Teacher checkpoint {str(teacher)!r} has {t_meta.get('num_classes')} classes, "
+            f"the data {data!r} has {len(class_names)}; use a Teacher trained on the same classes"
+        )
     if t_names is not None and list(t_names) != class_names:
-        raise CheckpointError(f"the Teacher checkpoint {str(teacher)!r} was trained on classes {list(t_names)}, "
-                              f"but {data!r} has {class_names}; use a Teacher trained on the same data")
+        raise CheckpointError(
+            f"the Teacher checkpoint {str(teacher)!r} was trained on classes {list(t_names)}, "
+            f"but {data!r} has {class_names}; use a Teacher trained on the same data"
+        )
     if method in ("attention", "overhaul"):
         stage_layers(teacher_model)
