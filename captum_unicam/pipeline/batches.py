@@ -30,6 +30,7 @@ from typing import Any, Iterator, List, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from captum_unicam._batching import MIN_BATCH, batch_sizes
 from captum_unicam.errors import InputError
 
 __all__ = [
@@ -43,9 +44,8 @@ __all__ = [
     "first_per_class",
 ]
 
-#: The fewest items a batch may hold (the U-statistics of UniCAM, FSS and RS need at
-#: least 4 samples; 5 leaves one degree of freedom to spare).
-MIN_BATCH = 5
+# MIN_BATCH and batch_sizes (the rule for a short last batch) come from captum_unicam._batching,
+# which compare() and the sanity checks share.
 
 #: Orders of :func:`stratified_loader`: ``stratified`` (default), ``shuffle`` (a seeded
 #: permutation), ``file`` (the data set's own order).
@@ -68,29 +68,6 @@ def labels_of(dataset: Dataset) -> List[int]:
             except TypeError:
                 pass
     return [int(dataset[i][1]) for i in range(len(dataset))]  # type: ignore[index]
-
-
-def batch_sizes(n: int, batch_size: int) -> List[int]:
-    r"""Sizes of the batches that ``n`` items are cut into (the rule of the module
-    docstring: a remainder under :data:`MIN_BATCH` is merged into the batch before it).
-
-    Raises:
-        InputError: ``batch_size`` below :data:`MIN_BATCH`, or ``n`` below it.
-    """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < MIN_BATCH:
-        raise InputError(
-            f"batch_size must be an int >= {MIN_BATCH} (UniCAM, FSS and RS are batch "
-            f"statistics), got {batch_size!r}"
-        )
-    if n < MIN_BATCH:
-        raise InputError(f"the data hold {n} items; UniCAM, FSS and RS need at least {MIN_BATCH}")
-    sizes = [batch_size] * (n // batch_size)
-    rest = n - batch_size * len(sizes)
-    if rest >= MIN_BATCH or not sizes:
-        sizes.append(rest)
-    elif rest:
-        sizes[-1] += rest
-    return sizes
 
 
 def stratified_order(labels: Sequence[int], seed: int = 0) -> List[int]:
