@@ -32,11 +32,21 @@ from typing import Optional, Sequence
 
 from captum_unicam import errors
 from captum_unicam.pipeline import __version__
-from captum_unicam.pipeline.arguments import HELP
+from captum_unicam.pipeline.arguments import (
+    COMMANDS,
+    HELP,
+    augmentations,
+    class_map,
+    data_spec,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    seed_value,
+    unit_float,
+    user_path,
+)
 from captum_unicam.pipeline.requests import (
-    ARCHITECTURE_NAMES,
-    AUGMENTATIONS,
-    MAX_SEED,
     RESIZE_NAMES,
     CompareRequest,
     DemoRequest,
@@ -89,69 +99,6 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
         return text + " (default: %(default)s)"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {v}")
-    return v
-
-
-def _float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if v != v or v in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    v = _float(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return v
-
-
-def _nonneg_float(text: str) -> float:
-    v = _float(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return v
-
-
-def _unit_float(text: str) -> float:
-    v = _float(text)
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return v
-
-
-def _path(text: str) -> str:
-    """A path flag's value with ``~`` expanded (also in ``--flag=~/x``, which no shell
-    expands)."""
-    return os.path.expanduser(text)
-
-
-def _spec(text: str) -> str:
-    """A data spec with ``~`` expanded in its root (``imagefolder:~/pets``)."""
-    scheme, sep, root = text.partition(":")
-    return f"{scheme}{sep}{os.path.expanduser(root)}" if sep and root.startswith("~") else text
-
-
 def _arg(p: argparse.ArgumentParser, flag: str, key: Optional[str] = None, **kwargs) -> None:
     """``p.add_argument(flag, **kwargs)`` with the help text ``HELP[key]`` (by default
     ``key`` is the option's dest, e.g. ``"batch_size"`` for ``--batch-size``)."""
@@ -163,55 +110,18 @@ def _add_force(p: argparse.ArgumentParser) -> None:
     _arg(p, "--force", action="store_true")
 
 
-# --- train / demo: argument types of --seed and --augment ---
-def _seed(text: str) -> int:
-    v = _nonneg_int(text)
-    if v > MAX_SEED:
-        raise argparse.ArgumentTypeError(
-            f"must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {v}"
-        )
-    return v
-
-
-def _augmentations(text: str) -> tuple:
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    if names == ["none"]:
-        return ()
-    unknown = [n for n in names if n not in AUGMENTATIONS]
-    if not names or unknown or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give none, or a comma-separated list of "
-            f"{', '.join(AUGMENTATIONS)} (each once), e.g. flip,crop"
-        )
-    return tuple(names)
-
-
-# --- end train / demo ---
-
-
 def _add_common(
     p: argparse.ArgumentParser, *, out_default: Optional[str] = None, seed: str = "seed"
 ) -> None:
     """``--out`` (a report folder), ``--overwrite``, ``--device``, ``--seed`` (help text
     ``HELP[seed]``) and ``--no-progress``."""
-    _arg(p, "--out", type=_path, required=out_default is None, default=out_default, metavar="DIR")
+    _arg(
+        p, "--out", type=user_path, required=out_default is None, default=out_default, metavar="DIR"
+    )
     _arg(p, "--overwrite", action="store_true")
     _arg(p, "--device", default="cpu")
-    _arg(p, "--seed", seed, type=_seed, default=0, metavar="N")
+    _arg(p, "--seed", seed, type=seed_value, default=0, metavar="N")
     _arg(p, "--no-progress", dest="progress", action="store_false")
-
-
-def _class_map(text: str) -> dict:
-    """``OLD=NEW,OLD2=NEW2`` -> ``{"OLD": "NEW", ...}`` (class names of the data -> names)."""
-    out = {}
-    for part in (p.strip() for p in text.split(",")):
-        old, sep, new = part.partition("=")
-        if not sep or not old.strip() or not new.strip():
-            raise argparse.ArgumentTypeError(f"{part!r} is not OLD=NEW; give e.g. 0=zero,1=one")
-        if old.strip() in out:
-            raise argparse.ArgumentTypeError(f"{old.strip()!r} is mapped twice")
-        out[old.strip()] = new.strip()
-    return out
 
 
 # explain / quantify / compare: the models of a pair (library architectures or factories of
@@ -228,48 +138,48 @@ def _add_models(p: argparse.ArgumentParser, teacher: bool = True) -> None:
 
 
 def _add_reading(p: argparse.ArgumentParser) -> None:
-    _arg(p, "--image-size", type=_positive_int, metavar="N")
+    _arg(p, "--image-size", type=positive_int, metavar="N")
     _arg(p, "--normalize", choices=("imagenet", "none"))
     _arg(p, "--resize", choices=RESIZE_NAMES)
-    _arg(p, "--class-map", type=_class_map, metavar="OLD=NEW,...")
+    _arg(p, "--class-map", type=class_map, metavar="OLD=NEW,...")
     _arg(p, "--follow-links", action="store_true")
     _arg(p, "--download", action="store_true")
 
 
 def _add_pair(p: argparse.ArgumentParser) -> None:
-    _arg(p, "--student", type=_path, required=True, metavar="CKPT")
-    _arg(p, "--base", type=_path, required=True, metavar="CKPT")
-    _arg(p, "--teacher", type=_path, metavar="CKPT")
+    _arg(p, "--student", type=user_path, required=True, metavar="CKPT")
+    _arg(p, "--base", type=user_path, required=True, metavar="CKPT")
+    _arg(p, "--teacher", type=user_path, metavar="CKPT")
     _add_models(p)
-    _arg(p, "--data", type=_spec, required=True, metavar="SPEC")
+    _arg(p, "--data", type=data_spec, required=True, metavar="SPEC")
     _arg(p, "--split", default="test", choices=("train", "test", "val"))
     _add_reading(p)
     _arg(p, "--order", default="stratified", choices=("stratified", "shuffle", "file"))
     _arg(p, "--layers", nargs="+", default=["L1", "L2", "L3", "L4"], metavar="LAYER")
-    _arg(p, "--batch-size", type=_positive_int, metavar="N", default=32)
-    _arg(p, "--label-model", type=_path, metavar="MODEL")
+    _arg(p, "--batch-size", type=positive_int, metavar="N", default=32)
+    _arg(p, "--label-model", type=user_path, metavar="MODEL")
     _arg(p, "--one-hot", action="store_true")
-    _arg(p, "--limit", type=_positive_int, metavar="N")
+    _arg(p, "--limit", type=positive_int, metavar="N")
     _add_force(p)
 
 
 def _add_compare(p: argparse.ArgumentParser) -> None:
-    _arg(p, "--student", "compare.student", type=_path, required=True, metavar="CKPT")
-    _arg(p, "--base", "compare.base", type=_path, required=True, metavar="CKPT")
+    _arg(p, "--student", "compare.student", type=user_path, required=True, metavar="CKPT")
+    _arg(p, "--base", "compare.base", type=user_path, required=True, metavar="CKPT")
     _add_models(p, teacher=False)
-    _arg(p, "--data", "compare.data", type=_spec, required=True, metavar="SPEC")
+    _arg(p, "--data", "compare.data", type=data_spec, required=True, metavar="SPEC")
     _add_reading(p)
-    _arg(p, "--out", type=_path, required=True)
+    _arg(p, "--out", type=user_path, required=True)
     _arg(p, "--overwrite", "compare.overwrite", action="store_true")
     _arg(p, "--layer", default="L4")
     _arg(p, "--images", "compare.images", type=int, default=64)
     _arg(p, "--batch-size", "compare.batch_size", type=int, default=64)
-    _arg(p, "--reference-images", type=_nonneg_int, default=16, metavar="N")
+    _arg(p, "--reference-images", type=nonneg_int, default=16, metavar="N")
     _arg(p, "--percentiles", type=float, nargs="*", default=[0, 10, 20, 30, 40, 50, 60, 70, 80, 90])
     _arg(p, "--sanity-images", type=int, default=32)
     _arg(p, "--no-sanity", action="store_true")
-    _arg(p, "--random-label-student", type=_path)
-    _arg(p, "--ig-steps", type=_positive_int, default=16)
+    _arg(p, "--random-label-student", type=user_path)
+    _arg(p, "--ig-steps", type=positive_int, default=16)
     _arg(p, "--n-bootstrap", "compare.n_bootstrap", type=int, default=1000)
     _arg(p, "--seed", "compare.seed", type=int, default=0)
     _arg(p, "--device", "compare.device", default="cpu")
@@ -278,32 +188,56 @@ def _add_compare(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
-    _arg(p, "--data", type=_spec, required=True, metavar="SPEC")
+    _arg(p, "--data", type=data_spec, required=True, metavar="SPEC")
     _arg(p, "--arch", "train.arch", required=True, metavar="ARCH")
-    _arg(p, "--teacher", "train.teacher", type=_path, metavar="CKPT")
+    _arg(p, "--teacher", "train.teacher", type=user_path, metavar="CKPT")
     _arg(p, "--teacher-arch", "train.teacher_arch", metavar="ARCH")
     _arg(p, "--method", choices=("response", "attention", "overhaul"))
-    _arg(p, "--epochs", type=_positive_int, metavar="N", default=10)
-    _arg(p, "--image-size", "train.image_size", type=_positive_int, metavar="N")
+    _arg(p, "--epochs", type=positive_int, metavar="N", default=10)
+    _arg(p, "--image-size", "train.image_size", type=positive_int, metavar="N")
     _arg(p, "--normalize", "train.normalize", choices=("imagenet", "none"))
-    _arg(p, "--augment", type=_augmentations, default=(), metavar="LIST")
+    _arg(p, "--augment", type=augmentations, default=(), metavar="LIST")
     _add_force(p)
-    _arg(p, "--batch-size", "train.batch_size", type=_positive_int, metavar="N", default=64)
-    _arg(p, "--lr", type=_positive_float, metavar="X", default=0.05)
+    _arg(p, "--batch-size", "train.batch_size", type=positive_int, metavar="N", default=64)
+    _arg(p, "--lr", type=positive_float, metavar="X", default=0.05)
     _arg(p, "--optimizer", default="sgd", choices=("sgd", "adam"))
-    _arg(p, "--weight-decay", type=_nonneg_float, metavar="X", default=5e-4)
-    _arg(p, "--labelled", type=_positive_int, metavar="N")
-    _arg(p, "--transfer", type=_spec, metavar="SPEC")
-    _arg(p, "--temperature", type=_positive_float, metavar="T", default=4.0)
-    _arg(p, "--alpha", type=_unit_float, metavar="A", default=0.9)
+    _arg(p, "--weight-decay", type=nonneg_float, metavar="X", default=5e-4)
+    _arg(p, "--labelled", type=positive_int, metavar="N")
+    _arg(p, "--transfer", type=data_spec, metavar="SPEC")
+    _arg(p, "--temperature", type=positive_float, metavar="T", default=4.0)
+    _arg(p, "--alpha", type=unit_float, metavar="A", default=0.9)
     _arg(p, "--weights", metavar="NAME")
-    _arg(p, "--limit", "train.limit", type=_positive_int, metavar="N")
+    _arg(p, "--limit", "train.limit", type=positive_int, metavar="N")
     _arg(p, "--download", "train.download", action="store_true")
-    _arg(p, "--out", "train.out", type=_path, required=True, metavar="CKPT")
+    _arg(p, "--out", "train.out", type=user_path, required=True, metavar="CKPT")
     _arg(p, "--overwrite", "train.overwrite", action="store_true")
     _arg(p, "--device", default="cpu")
-    _arg(p, "--seed", "train.seed", type=_seed, default=0, metavar="N")
+    _arg(p, "--seed", "train.seed", type=seed_value, default=0, metavar="N")
     _arg(p, "--no-progress", dest="progress", action="store_false")
+
+
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    _add_common(p, out_default="unicam-report", seed="demo.seed")
+    _arg(p, "--quick", action="store_true")
+    _arg(p, "--cache-dir", type=user_path, metavar="DIR")
+    _arg(p, "--images", "demo.images", type=positive_int, metavar="N")
+    _arg(p, "--threads", "demo.threads", type=positive_int, metavar="N", default=1)
+
+
+def _add_explain(p: argparse.ArgumentParser) -> None:
+    _add_pair(p)
+    _arg(p, "--images", "explain.images", type=positive_int, metavar="N")
+    _arg(p, "--reference", type=nonneg_int, metavar="N", default=0)
+    _add_common(p)
+
+
+def _add_quantify(p: argparse.ArgumentParser) -> None:
+    _add_pair(p)
+    _arg(p, "--perturb", default="mask", choices=("mask", "road", "none"))
+    kinds = ("none", "gradcam", "distilled", "residual")
+    _arg(p, "--maps", nargs="+", default=list(kinds), choices=kinds, metavar="KIND")
+    _arg(p, "--n-bootstrap", type=positive_int, metavar="N", default=1000)
+    _add_common(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,74 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    p = sub.add_parser(
-        "demo",
-        formatter_class=_Formatter,
-        help="train, explain and quantify a KD demo offline; write a report",
-        description="Train a Teacher, a Base and a KD Student on the built-in controlled dataset "
-        "(no network, no files of yours; cached per seed), explain and quantify L1..L4 and "
-        "write the report folder, including models/teacher.pt, base.pt, student.pt.",
-    )
-    _add_common(p, out_default="unicam-report", seed="demo.seed")
-    _arg(p, "--quick", action="store_true")
-    _arg(p, "--cache-dir", type=_path, metavar="DIR")
-    _arg(p, "--images", "demo.images", type=_positive_int, metavar="N")
-    _arg(p, "--threads", "demo.threads", type=_positive_int, metavar="N", default=1)
-    p.set_defaults(func=cmd_demo)
-
-    from_models = ", ".join(ARCHITECTURE_NAMES)
-    p = sub.add_parser(
-        "train",
-        formatter_class=_Formatter,
-        help="train a model (optionally by distillation) and save a checkpoint",
-        description=f"Train ARCH on the data; with --teacher, by knowledge distillation. Architectures: {from_models}.",
-    )
-    _add_train(p)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser(
-        "explain",
-        formatter_class=_Formatter,
-        help="Grad-CAM and UniCAM maps of a Student/Base pair; write a report",
-        description="Draw Grad-CAM (Student, Base) and UniCAM (distilled, residual) maps per layer over "
-        "the evaluated images in class-stratified batches (UniCAM is a batch statistic; each "
-        "batch is its own context) and draw one image per class; on data with object masks "
-        "(the controlled dataset), measure their localisation.",
-    )
-    _add_pair(p)
-    _arg(p, "--images", "explain.images", type=_positive_int, metavar="N")
-    _arg(p, "--reference", type=_nonneg_int, metavar="N", default=0)
-    _add_common(p)
-    p.set_defaults(func=cmd_explain)
-
-    p = sub.add_parser(
-        "quantify",
-        formatter_class=_Formatter,
-        help="FSS and RS per layer with intervals; write a report",
-        description="FSS and RS of a Student/Base pair per layer and map kind over the data, with bootstrap "
-        "intervals and permutation p-values (Table 1). Under torchrun the batches are shared "
-        "between processes and rank 0 writes the same numbers as one process.",
-    )
-    _add_pair(p)
-    _arg(p, "--perturb", default="mask", choices=("mask", "road", "none"))
-    kinds = ("none", "gradcam", "distilled", "residual")
-    _arg(p, "--maps", nargs="+", default=list(kinds), choices=kinds, metavar="KIND")
-    _arg(p, "--n-bootstrap", type=_positive_int, metavar="N", default=1000)
-    _add_common(p)
-    p.set_defaults(func=cmd_quantify)
-
-    p = sub.add_parser(
-        "compare",
-        formatter_class=_Formatter,
-        help="UniCAM next to Captum's attribution methods: localisation, ROAD, sanity checks; write a report",
-        description="UniCAM distilled and residual next to Captum's LayerGradCam, GuidedGradCam, "
-        "LayerGradientXActivation and IntegratedGradients (and Grad-CAM of each model) on "
-        "the same test images: localisation (when masks exist), ROAD most- and "
-        "least-relevant-first curves, and the sanity checks; one table and one figure per "
-        "measure.",
-    )
-    _add_compare(p)
-    p.set_defaults(func=cmd_compare)
+    commands = {
+        "demo": (_add_demo, cmd_demo),
+        "train": (_add_train, cmd_train),
+        "explain": (_add_explain, cmd_explain),
+        "quantify": (_add_quantify, cmd_quantify),
+        "compare": (_add_compare, cmd_compare),
+    }
+    for name, (add_options, func) in commands.items():
+        summary, description = COMMANDS[name]
+        p = sub.add_parser(name, formatter_class=_Formatter, help=summary, description=description)
+        add_options(p)
+        p.set_defaults(func=func)
     return parser
 
 

@@ -1,4 +1,4 @@
-r"""The command line's vocabulary: the help text of every ``captum-unicam`` option.
+r"""The command line's vocabulary: what each ``captum-unicam`` option and command means.
 
 :data:`HELP` maps an option's dest (the field name of its request in
 :mod:`captum_unicam.pipeline.requests`, e.g. ``"epochs"`` for ``--epochs``) to the text
@@ -6,17 +6,36 @@ r"""The command line's vocabulary: the help text of every ``captum-unicam`` opti
 own per command, ``"COMMAND.FIELD"`` (``"train.out"`` is the checkpoint file ``train``
 writes, ``"out"`` the report folder of the other commands); the plain key is the text the
 report commands (``explain``, ``quantify`` and, where they share the option, ``demo`` and
-``compare``) use. The parser (:mod:`captum_unicam.cli`) adds the types, defaults, choices
-and metavars; ``--help`` appends each default. No torch import: ``--help`` stays fast.
+``compare``) use. :data:`COMMANDS` holds each command's summary and description, and the
+``type=`` functions (:func:`positive_int`, :func:`data_spec`, :func:`class_map`, ...) the
+values an option takes. The parser (:mod:`captum_unicam.cli`) picks the types, defaults,
+choices and metavars; ``--help`` appends each default. No torch import: ``--help`` stays
+fast.
 """
 
 from __future__ import annotations
 
-from typing import Dict
+import argparse
+import os
+from typing import Dict, Tuple
 
-from captum_unicam.pipeline.requests import ARCHITECTURE_NAMES, MAX_SEED
+from captum_unicam.pipeline.requests import ARCHITECTURE_NAMES, AUGMENTATIONS, MAX_SEED
 
-__all__ = ["HELP"]
+__all__ = [
+    "HELP",
+    "COMMANDS",
+    "augmentations",
+    "class_map",
+    "data_spec",
+    "finite_float",
+    "nonneg_float",
+    "nonneg_int",
+    "positive_float",
+    "positive_int",
+    "seed_value",
+    "unit_float",
+    "user_path",
+]
 
 _ARCHITECTURES = ", ".join(ARCHITECTURE_NAMES)
 
@@ -95,7 +114,9 @@ HELP: Dict[str, str] = {
         "checkpoint of the Student (written by 'captum-unicam train', or a plain state dict "
         "with --arch or --model)"
     ),
-    "base": "checkpoint of the Base (the Student's architecture trained without KD, or the Teacher)",
+    "base": (
+        "checkpoint of the Base (the Student's architecture trained without KD, or the Teacher)"
+    ),
     "teacher": "checkpoint of the Teacher, only to state its accuracy in the report",
     "arch": (
         "architecture of plain state-dict checkpoints of the Student and the Base; see "
@@ -111,7 +132,9 @@ HELP: Dict[str, str] = {
     ),
     "student_model": "the Student's, if it differs from --model",
     "base_model": "the Base's, if it differs from --model",
-    "teacher_arch": "architecture of a plain state-dict Teacher (--arch and --model do not apply to it)",
+    "teacher_arch": (
+        "architecture of a plain state-dict Teacher (--arch and --model do not apply to it)"
+    ),
     "teacher_model": "your own architecture for the Teacher, as --model",
     "split": "split of the data to use",
     "image_size": (
@@ -146,7 +169,9 @@ HELP: Dict[str, str] = {
         "layers to explain: L1..L4 (last block of each ResNet stage) or dotted module paths "
         "present in both models (e.g. features.3 or encoder.layer.1)"
     ),
-    "batch_size": "images per batch; UniCAM and the statistics are batch statistics and need at least 5",
+    "batch_size": (
+        "images per batch; UniCAM and the statistics are batch statistics and need at least 5"
+    ),
     "label_model": (
         "text encoder for the label embeddings (local folder or cached Hugging Face id); "
         "default: the bundled all-MiniLM-L6-v2"
@@ -156,7 +181,9 @@ HELP: Dict[str, str] = {
         "evaluate a seeded subset of N images of the split (the same N gives the same images "
         "in explain and quantify): maps, accuracies and scores (default: all images)"
     ),
-    "explain.images": "images drawn per layer, one per class in turn (default: one per class, at most 16)",
+    "explain.images": (
+        "images drawn per layer, one per class in turn (default: one per class, at most 16)"
+    ),
     "reference": (
         "reference mode: score each image with a fixed set of N images of the train split "
         "(class-stratified, seeded) alone, so each map is per image and does not depend on its "
@@ -179,7 +206,9 @@ HELP: Dict[str, str] = {
     "compare.base": "Base checkpoint",
     "compare.data": "data spec: controlled[:SEED], cifar10:ROOT, imagefolder:ROOT",
     "compare.overwrite": "replace an existing report folder",
-    "layer": "layer explained: L1..L4 (ResNet stages) or a dotted module path present in both models",
+    "layer": (
+        "layer explained: L1..L4 (ResNet stages) or a dotted module path present in both models"
+    ),
     "compare.images": (
         "test images explained, drawn class-stratified (seeded by --seed: the classes take "
         "turns, so every class is represented even when the files are stored class by class)"
@@ -189,7 +218,9 @@ HELP: Dict[str, str] = {
         "UniCAM runs in reference mode with N class-stratified train images (0: draw the "
         "reference set from the test images instead)"
     ),
-    "percentiles": "percentages of pixels removed (ROAD imputation) along each deletion curve, in [0, 100)",
+    "percentiles": (
+        "percentages of pixels removed (ROAD imputation) along each deletion curve, in [0, 100)"
+    ),
     "sanity_images": "images of the sanity checks",
     "no_sanity": "skip the sanity checks",
     "random_label_student": "checkpoint of a Student-architecture model trained on random labels",
@@ -203,3 +234,144 @@ HELP: Dict[str, str] = {
         "machine"
     ),
 }
+
+#: command -> (its one-line summary in ``captum-unicam --help``, its ``--help`` description).
+COMMANDS: Dict[str, Tuple[str, str]] = {
+    "demo": (
+        "train, explain and quantify a KD demo offline; write a report",
+        "Train a Teacher, a Base and a KD Student on the built-in controlled dataset "
+        "(no network, no files of yours; cached per seed), explain and quantify L1..L4 and "
+        "write the report folder, including models/teacher.pt, base.pt, student.pt.",
+    ),
+    "train": (
+        "train a model (optionally by distillation) and save a checkpoint",
+        "Train ARCH on the data; with --teacher, by knowledge distillation. "
+        f"Architectures: {_ARCHITECTURES}.",
+    ),
+    "explain": (
+        "Grad-CAM and UniCAM maps of a Student/Base pair; write a report",
+        "Draw Grad-CAM (Student, Base) and UniCAM (distilled, residual) maps per layer over "
+        "the evaluated images in class-stratified batches (UniCAM is a batch statistic; each "
+        "batch is its own context) and draw one image per class; on data with object masks "
+        "(the controlled dataset), measure their localisation.",
+    ),
+    "quantify": (
+        "FSS and RS per layer with intervals; write a report",
+        "FSS and RS of a Student/Base pair per layer and map kind over the data, with "
+        "bootstrap intervals and permutation p-values (Table 1). Under torchrun the batches "
+        "are shared between processes and rank 0 writes the same numbers as one process.",
+    ),
+    "compare": (
+        "UniCAM next to Captum's attribution methods: localisation, ROAD, sanity checks; "
+        "write a report",
+        "UniCAM distilled and residual next to Captum's LayerGradCam, GuidedGradCam, "
+        "LayerGradientXActivation and IntegratedGradients (and Grad-CAM of each model) on "
+        "the same test images: localisation (when masks exist), ROAD most- and "
+        "least-relevant-first curves, and the sanity checks; one table and one figure per "
+        "measure.",
+    ),
+}
+
+
+# ---------------------------------------------------------------------------
+# value types: argparse ``type=`` functions; a bad value raises argparse.ArgumentTypeError
+# with a message that says what is wanted
+# ---------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {v}")
+    return v
+
+
+def finite_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    v = finite_float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return v
+
+
+def nonneg_float(text: str) -> float:
+    v = finite_float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
+def unit_float(text: str) -> float:
+    v = finite_float(text)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return v
+
+
+def user_path(text: str) -> str:
+    """A path flag's value with ``~`` expanded (also in ``--flag=~/x``, which no shell
+    expands)."""
+    return os.path.expanduser(text)
+
+
+def data_spec(text: str) -> str:
+    """A data spec with ``~`` expanded in its root (``imagefolder:~/pets``)."""
+    scheme, sep, root = text.partition(":")
+    return f"{scheme}{sep}{os.path.expanduser(root)}" if sep and root.startswith("~") else text
+
+
+def seed_value(text: str) -> int:
+    v = nonneg_int(text)
+    if v > MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {v}"
+        )
+    return v
+
+
+def augmentations(text: str) -> tuple:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if names == ["none"]:
+        return ()
+    unknown = [n for n in names if n not in AUGMENTATIONS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give none, or a comma-separated list of "
+            f"{', '.join(AUGMENTATIONS)} (each once), e.g. flip,crop"
+        )
+    return tuple(names)
+
+
+def class_map(text: str) -> dict:
+    """``OLD=NEW,OLD2=NEW2`` -> ``{"OLD": "NEW", ...}`` (class names of the data -> names)."""
+    out = {}
+    for part in (p.strip() for p in text.split(",")):
+        old, sep, new = part.partition("=")
+        if not sep or not old.strip() or not new.strip():
+            raise argparse.ArgumentTypeError(f"{part!r} is not OLD=NEW; give e.g. 0=zero,1=one")
+        if old.strip() in out:
+            raise argparse.ArgumentTypeError(f"{old.strip()!r} is mapped twice")
+        out[old.strip()] = new.strip()
+    return out
