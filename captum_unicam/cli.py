@@ -32,10 +32,22 @@ from typing import Optional, Sequence
 
 from captum_unicam import errors
 from captum_unicam.pipeline import __version__
+from captum_unicam.pipeline.arguments import (
+    COMMANDS,
+    HELP,
+    augmentations,
+    class_map,
+    data_spec,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    seed_value,
+    unit_float,
+    user_path,
+)
 from captum_unicam.pipeline.requests import (
-    ARCHITECTURE_NAMES,
-    AUGMENTATIONS,
-    MAX_SEED,
+    RESIZE_NAMES,
     CompareRequest,
     DemoRequest,
     ExplainRequest,
@@ -87,422 +99,145 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
         return text + " (default: %(default)s)"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {v}")
-    return v
-
-
-def _float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if v != v or v in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    v = _float(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return v
-
-
-def _nonneg_float(text: str) -> float:
-    v = _float(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return v
-
-
-def _unit_float(text: str) -> float:
-    v = _float(text)
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return v
-
-
-def _path(text: str) -> str:
-    """A path flag's value with ``~`` expanded (also in ``--flag=~/x``, which no shell
-    expands)."""
-    return os.path.expanduser(text)
-
-
-def _spec(text: str) -> str:
-    """A data spec with ``~`` expanded in its root (``imagefolder:~/pets``)."""
-    scheme, sep, root = text.partition(":")
-    return f"{scheme}{sep}{os.path.expanduser(root)}" if sep and root.startswith("~") else text
+def _arg(p: argparse.ArgumentParser, flag: str, key: Optional[str] = None, **kwargs) -> None:
+    """``p.add_argument(flag, **kwargs)`` with the help text ``HELP[key]`` (by default
+    ``key`` is the option's dest, e.g. ``"batch_size"`` for ``--batch-size``)."""
+    key = key or kwargs.get("dest") or flag[2:].replace("-", "_")
+    p.add_argument(flag, help=HELP[key], **kwargs)
 
 
 def _add_force(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="run even when the estimated memory of --image-size (batch size x 3 x "
-        "size^2 x 4 bytes x 100) exceeds the memory available (otherwise refused "
-        "before any data are loaded)",
-    )
-
-
-# --- train / demo: argument types of --seed and --augment ---
-def _seed(text: str) -> int:
-    v = _nonneg_int(text)
-    if v > MAX_SEED:
-        raise argparse.ArgumentTypeError(
-            f"must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {v}"
-        )
-    return v
-
-
-def _augmentations(text: str) -> tuple:
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    if names == ["none"]:
-        return ()
-    unknown = [n for n in names if n not in AUGMENTATIONS]
-    if not names or unknown or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give none, or a comma-separated list of "
-            f"{', '.join(AUGMENTATIONS)} (each once), e.g. flip,crop"
-        )
-    return tuple(names)
-
-
-# --- end train / demo ---
+    _arg(p, "--force", action="store_true")
 
 
 def _add_common(
-    p: argparse.ArgumentParser,
-    *,
-    out_help: str,
-    out_default: Optional[str] = None,
-    seed_help: str = "seed of the bootstrap intervals and permutation tests",
+    p: argparse.ArgumentParser, *, out_default: Optional[str] = None, seed: str = "seed"
 ) -> None:
-    p.add_argument(
-        "--out",
-        type=_path,
-        required=out_default is None,
-        default=out_default,
-        metavar="DIR",
-        help=out_help,
+    """``--out`` (a report folder), ``--overwrite``, ``--device``, ``--seed`` (help text
+    ``HELP[seed]``) and ``--no-progress``."""
+    _arg(
+        p, "--out", type=user_path, required=out_default is None, default=out_default, metavar="DIR"
     )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing non-empty output folder (otherwise it is refused and left untouched)",
-    )
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
-    p.add_argument(
-        "--seed", type=_seed, default=0, metavar="N", help=seed_help + f" (0 to {MAX_SEED})"
-    )
-    p.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="hide the progress bars"
-    )
-
-
-def _class_map(text: str) -> dict:
-    """``OLD=NEW,OLD2=NEW2`` -> ``{"OLD": "NEW", ...}`` (class names of the data -> names)."""
-    out = {}
-    for part in (p.strip() for p in text.split(",")):
-        old, sep, new = part.partition("=")
-        if not sep or not old.strip() or not new.strip():
-            raise argparse.ArgumentTypeError(f"{part!r} is not OLD=NEW; give e.g. 0=zero,1=one")
-        if old.strip() in out:
-            raise argparse.ArgumentTypeError(f"{old.strip()!r} is mapped twice")
-        out[old.strip()] = new.strip()
-    return out
+    _arg(p, "--overwrite", action="store_true")
+    _arg(p, "--device", default="cpu")
+    _arg(p, "--seed", seed, type=seed_value, default=0, metavar="N")
+    _arg(p, "--no-progress", dest="progress", action="store_false")
 
 
 # explain / quantify / compare: the models of a pair (library architectures or factories of
 # the user's own code), how images are read, and how classes are matched
 def _add_models(p: argparse.ArgumentParser, teacher: bool = True) -> None:
-    p.add_argument(
-        "--arch",
-        default=None,
-        metavar="ARCH",
-        help="architecture of plain state-dict checkpoints of the Student and the "
-        "Base; see 'captum-unicam train --help' for names",
-    )
-    p.add_argument(
-        "--student-arch",
-        default=None,
-        metavar="ARCH",
-        help="architecture of the Student, if it differs from --arch",
-    )
-    p.add_argument(
-        "--base-arch",
-        default=None,
-        metavar="ARCH",
-        help="architecture of the Base, if it differs from --arch",
-    )
-    p.add_argument(
-        "--model",
-        default=None,
-        metavar="MODULE:FUNCTION",
-        help="your own architecture for the Student and the Base: the function of "
-        "your code (importable, e.g. on PYTHONPATH) that builds the model, called "
-        "with num_classes= when it takes it; the weights are read from the "
-        "checkpoints with torch.load(weights_only=True). Name its layers by "
-        "dotted path (--layers features.3)",
-    )
-    p.add_argument(
-        "--student-model",
-        default=None,
-        metavar="MODULE:FUNCTION",
-        help="the Student's, if it differs from --model",
-    )
-    p.add_argument(
-        "--base-model",
-        default=None,
-        metavar="MODULE:FUNCTION",
-        help="the Base's, if it differs from --model",
-    )
+    roles = ("", "student_", "base_")
+    for role in roles:
+        _arg(p, "--" + role.replace("_", "-") + "arch", metavar="ARCH")
+    for role in roles:
+        _arg(p, "--" + role.replace("_", "-") + "model", metavar="MODULE:FUNCTION")
     if teacher:
-        p.add_argument(
-            "--teacher-arch",
-            default=None,
-            metavar="ARCH",
-            help="architecture of a plain state-dict Teacher (--arch and --model do "
-            "not apply to it)",
-        )
-        p.add_argument(
-            "--teacher-model",
-            default=None,
-            metavar="MODULE:FUNCTION",
-            help="your own architecture for the Teacher, as --model",
-        )
+        _arg(p, "--teacher-arch", metavar="ARCH")
+        _arg(p, "--teacher-model", metavar="MODULE:FUNCTION")
 
 
 def _add_reading(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--image-size",
-        type=_positive_int,
-        metavar="N",
-        default=None,
-        help="image side in pixels the models were trained at (default: the one "
-        "recorded in the checkpoints; required when none records it: nothing is "
-        "guessed); overrides the checkpoints with a warning",
-    )
-    p.add_argument(
-        "--normalize",
-        default=None,
-        choices=("imagenet", "none"),
-        help="input normalisation the models were trained with (default: the one "
-        "recorded in the checkpoints; required when none records it); overrides "
-        "the checkpoints with a warning",
-    )
-    p.add_argument(
-        "--resize",
-        default=None,
-        choices=("shorter-side-crop", "exact", "pad", "none"),
-        help="how images of another size than --image-size are brought to it: "
-        "shorter-side-crop (shorter side to N, then the centre square), exact "
-        "(stretched), pad (longer side to N, black borders) or none (refused); "
-        "images already N x N are never resized or cropped (default: the rule "
-        "recorded in the checkpoints, else shorter-side-crop)",
-    )
-    p.add_argument(
-        "--class-map",
-        type=_class_map,
-        default=None,
-        metavar="OLD=NEW,...",
-        help="rename the data's classes (folder names) to the class names the "
-        "checkpoints record, e.g. 0=zero,1=one; classes are matched by name, "
-        "never by position",
-    )
-    p.add_argument(
-        "--follow-links",
-        action="store_true",
-        help="follow symbolic links that lead out of the image folder (skipped with a "
-        "warning otherwise)",
-    )
-    p.add_argument(
-        "--download",
-        action="store_true",
-        help="allow downloading CIFAR-10 into ROOT (nothing is downloaded otherwise)",
-    )
+    _arg(p, "--image-size", type=positive_int, metavar="N")
+    _arg(p, "--normalize", choices=("imagenet", "none"))
+    _arg(p, "--resize", choices=RESIZE_NAMES)
+    _arg(p, "--class-map", type=class_map, metavar="OLD=NEW,...")
+    _arg(p, "--follow-links", action="store_true")
+    _arg(p, "--download", action="store_true")
 
 
 def _add_pair(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--student",
-        type=_path,
-        required=True,
-        metavar="CKPT",
-        help="checkpoint of the Student (written by 'captum-unicam train', or a "
-        "plain state dict with --arch or --model)",
-    )
-    p.add_argument(
-        "--base",
-        type=_path,
-        required=True,
-        metavar="CKPT",
-        help="checkpoint of the Base (the Student's architecture trained without KD, or the Teacher)",
-    )
-    p.add_argument(
-        "--teacher",
-        type=_path,
-        default=None,
-        metavar="CKPT",
-        help="checkpoint of the Teacher, only to state its accuracy in the report",
-    )
+    _arg(p, "--student", type=user_path, required=True, metavar="CKPT")
+    _arg(p, "--base", type=user_path, required=True, metavar="CKPT")
+    _arg(p, "--teacher", type=user_path, metavar="CKPT")
     _add_models(p)
-    p.add_argument(
-        "--data",
-        type=_spec,
-        required=True,
-        metavar="SPEC",
-        help="data spec: controlled, controlled:SEED, cifar10:ROOT or imagefolder:ROOT",
-    )
-    p.add_argument(
-        "--split", default="test", choices=("train", "test", "val"), help="split of the data to use"
-    )
+    _arg(p, "--data", type=data_spec, required=True, metavar="SPEC")
+    _arg(p, "--split", default="test", choices=("train", "test", "val"))
     _add_reading(p)
-    p.add_argument(
-        "--order",
-        default="stratified",
-        choices=("stratified", "shuffle", "file"),
-        help="how images are batched: stratified (seeded; every batch holds as many classes as its "
-        "size allows), shuffle (seeded) or file (the data's order). A last batch under 5 images "
-        "is merged into the one before",
-    )
-    p.add_argument(
-        "--layers",
-        nargs="+",
-        default=["L1", "L2", "L3", "L4"],
-        metavar="LAYER",
-        help="layers to explain: L1..L4 (last block of each ResNet stage) or dotted "
-        "module paths present in both models (e.g. features.3 or encoder.layer.1)",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        metavar="N",
-        default=32,
-        help="images per batch; UniCAM and the statistics are batch statistics and need at least 5",
-    )
-    p.add_argument(
-        "--label-model",
-        type=_path,
-        default=None,
-        metavar="MODEL",
-        help="text encoder for the label embeddings (local folder or cached Hugging Face id); "
-        "default: the bundled all-MiniLM-L6-v2",
-    )
-    p.add_argument(
-        "--one-hot",
-        action="store_true",
-        help="use one-hot label vectors instead of text embeddings of the class names",
-    )
-    p.add_argument(
-        "--limit",
-        type=_positive_int,
-        metavar="N",
-        default=None,
-        help="evaluate a seeded subset of N images of the split (the same N gives the "
-        "same images in explain and quantify): maps, accuracies and scores "
-        "(default: all images)",
-    )
+    _arg(p, "--order", default="stratified", choices=("stratified", "shuffle", "file"))
+    _arg(p, "--layers", nargs="+", default=["L1", "L2", "L3", "L4"], metavar="LAYER")
+    _arg(p, "--batch-size", type=positive_int, metavar="N", default=32)
+    _arg(p, "--label-model", type=user_path, metavar="MODEL")
+    _arg(p, "--one-hot", action="store_true")
+    _arg(p, "--limit", type=positive_int, metavar="N")
     _add_force(p)
 
 
-def _add_compare(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--student",
-        type=_path,
-        required=True,
-        metavar="CKPT",
-        help="Student checkpoint (captum-unicam train / demo, or a plain state dict "
-        "with --arch or --model)",
-    )
-    parser.add_argument("--base", type=_path, required=True, metavar="CKPT", help="Base checkpoint")
-    _add_models(parser, teacher=False)
-    parser.add_argument(
-        "--data",
-        type=_spec,
-        required=True,
-        metavar="SPEC",
-        help="data spec: controlled[:SEED], cifar10:ROOT, imagefolder:ROOT",
-    )
-    _add_reading(parser)
-    parser.add_argument("--out", type=_path, required=True, help="report folder to write")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace an existing report folder"
-    )
-    parser.add_argument(
-        "--layer",
-        default="L4",
-        help="layer explained: L1..L4 (ResNet stages) or a dotted module path "
-        "present in both models",
-    )
-    parser.add_argument(
-        "--images",
-        type=int,
-        default=64,
-        help="test images explained, drawn class-stratified (seeded by --seed: the "
-        "classes take turns, so every class is represented even when the "
-        "files are stored class by class)",
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=64, help="images per attribution call (UniCAM's context)"
-    )
-    parser.add_argument(
-        "--reference-images",
-        type=_nonneg_int,
-        default=16,
-        metavar="N",
-        help="UniCAM runs in reference mode with N class-stratified train images "
-        "(0: draw the reference set from the test images instead)",
-    )
-    parser.add_argument(
-        "--percentiles",
-        type=float,
-        nargs="*",
-        default=[0, 10, 20, 30, 40, 50, 60, 70, 80, 90],
-        help="percentages of pixels removed (ROAD imputation) along each "
-        "deletion curve, in [0, 100)",
-    )
-    parser.add_argument("--sanity-images", type=int, default=32, help="images of the sanity checks")
-    parser.add_argument("--no-sanity", action="store_true", help="skip the sanity checks")
-    parser.add_argument(
-        "--random-label-student",
-        type=_path,
-        default=None,
-        help="checkpoint of a Student-architecture model trained on random labels",
-    )
-    parser.add_argument(
-        "--ig-steps", type=_positive_int, default=16, help="Integrated Gradients steps"
-    )
-    parser.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of ROAD's noise, randomisation, bootstrap"
-    )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="hide the progress bars"
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads; small images are explained fastest on one (measured on a shared "
-        "2-core machine: 91 s with 1, 308 s with 2); raise it for large models on an idle machine",
-    )
+def _add_compare(p: argparse.ArgumentParser) -> None:
+    _arg(p, "--student", "compare.student", type=user_path, required=True, metavar="CKPT")
+    _arg(p, "--base", "compare.base", type=user_path, required=True, metavar="CKPT")
+    _add_models(p, teacher=False)
+    _arg(p, "--data", "compare.data", type=data_spec, required=True, metavar="SPEC")
+    _add_reading(p)
+    _arg(p, "--out", type=user_path, required=True)
+    _arg(p, "--overwrite", "compare.overwrite", action="store_true")
+    _arg(p, "--layer", default="L4")
+    _arg(p, "--images", "compare.images", type=int, default=64)
+    _arg(p, "--batch-size", "compare.batch_size", type=int, default=64)
+    _arg(p, "--reference-images", type=nonneg_int, default=16, metavar="N")
+    _arg(p, "--percentiles", type=float, nargs="*", default=[0, 10, 20, 30, 40, 50, 60, 70, 80, 90])
+    _arg(p, "--sanity-images", type=int, default=32)
+    _arg(p, "--no-sanity", action="store_true")
+    _arg(p, "--random-label-student", type=user_path)
+    _arg(p, "--ig-steps", type=positive_int, default=16)
+    _arg(p, "--n-bootstrap", "compare.n_bootstrap", type=int, default=1000)
+    _arg(p, "--seed", "compare.seed", type=int, default=0)
+    _arg(p, "--device", "compare.device", default="cpu")
+    _arg(p, "--no-progress", dest="progress", action="store_false")
+    _arg(p, "--threads", "compare.threads", type=int, default=1)
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    _arg(p, "--data", type=data_spec, required=True, metavar="SPEC")
+    _arg(p, "--arch", "train.arch", required=True, metavar="ARCH")
+    _arg(p, "--teacher", "train.teacher", type=user_path, metavar="CKPT")
+    _arg(p, "--teacher-arch", "train.teacher_arch", metavar="ARCH")
+    _arg(p, "--method", choices=("response", "attention", "overhaul"))
+    _arg(p, "--epochs", type=positive_int, metavar="N", default=10)
+    _arg(p, "--image-size", "train.image_size", type=positive_int, metavar="N")
+    _arg(p, "--normalize", "train.normalize", choices=("imagenet", "none"))
+    _arg(p, "--augment", type=augmentations, default=(), metavar="LIST")
+    _add_force(p)
+    _arg(p, "--batch-size", "train.batch_size", type=positive_int, metavar="N", default=64)
+    _arg(p, "--lr", type=positive_float, metavar="X", default=0.05)
+    _arg(p, "--optimizer", default="sgd", choices=("sgd", "adam"))
+    _arg(p, "--weight-decay", type=nonneg_float, metavar="X", default=5e-4)
+    _arg(p, "--labelled", type=positive_int, metavar="N")
+    _arg(p, "--transfer", type=data_spec, metavar="SPEC")
+    _arg(p, "--temperature", type=positive_float, metavar="T", default=4.0)
+    _arg(p, "--alpha", type=unit_float, metavar="A", default=0.9)
+    _arg(p, "--weights", metavar="NAME")
+    _arg(p, "--limit", "train.limit", type=positive_int, metavar="N")
+    _arg(p, "--download", "train.download", action="store_true")
+    _arg(p, "--out", "train.out", type=user_path, required=True, metavar="CKPT")
+    _arg(p, "--overwrite", "train.overwrite", action="store_true")
+    _arg(p, "--device", default="cpu")
+    _arg(p, "--seed", "train.seed", type=seed_value, default=0, metavar="N")
+    _arg(p, "--no-progress", dest="progress", action="store_false")
+
+
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    _add_common(p, out_default="unicam-report", seed="demo.seed")
+    _arg(p, "--quick", action="store_true")
+    _arg(p, "--cache-dir", type=user_path, metavar="DIR")
+    _arg(p, "--images", "demo.images", type=positive_int, metavar="N")
+    _arg(p, "--threads", "demo.threads", type=positive_int, metavar="N", default=1)
+
+
+def _add_explain(p: argparse.ArgumentParser) -> None:
+    _add_pair(p)
+    _arg(p, "--images", "explain.images", type=positive_int, metavar="N")
+    _arg(p, "--reference", type=nonneg_int, metavar="N", default=0)
+    _add_common(p)
+
+
+def _add_quantify(p: argparse.ArgumentParser) -> None:
+    _add_pair(p)
+    _arg(p, "--perturb", default="mask", choices=("mask", "road", "none"))
+    kinds = ("none", "gradcam", "distilled", "residual")
+    _arg(p, "--maps", nargs="+", default=list(kinds), choices=kinds, metavar="KIND")
+    _arg(p, "--n-bootstrap", type=positive_int, metavar="N", default=1000)
+    _add_common(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -516,286 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    p = sub.add_parser(
-        "demo",
-        formatter_class=_Formatter,
-        help="train, explain and quantify a KD demo offline; write a report",
-        description="Train a Teacher, a Base and a KD Student on the built-in controlled dataset "
-        "(no network, no files of yours; cached per seed), explain and quantify L1..L4 and "
-        "write the report folder, including models/teacher.pt, base.pt, student.pt.",
-    )
-    _add_common(
-        p,
-        out_help="report folder to write",
-        out_default="unicam-report",
-        seed_help="seed of the demo: data, training (models are cached per seed) and intervals",
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="a smaller, faster run (for tests): fewer epochs, images and bootstrap resamples",
-    )
-    p.add_argument(
-        "--cache-dir",
-        type=_path,
-        default=None,
-        metavar="DIR",
-        help="where the trained demo models are cached (default: the user's cache folder, e.g. ~/.cache/captum-unicam)",
-    )
-    p.add_argument(
-        "--images",
-        type=_positive_int,
-        metavar="N",
-        default=None,
-        help="images shown per layer in the map grids (default: one per class)",
-    )
-    p.add_argument(
-        "--threads",
-        type=_positive_int,
-        metavar="N",
-        default=1,
-        help="torch intra-op threads; the demo's models are tiny, so a second thread saves little "
-        "and costs much more on a busy machine",
-    )
-    p.set_defaults(func=cmd_demo)
-
-    from_models = ", ".join(ARCHITECTURE_NAMES)
-    p = sub.add_parser(
-        "train",
-        formatter_class=_Formatter,
-        help="train a model (optionally by distillation) and save a checkpoint",
-        description=f"Train ARCH on the data; with --teacher, by knowledge distillation. Architectures: {from_models}.",
-    )
-    p.add_argument(
-        "--data",
-        type=_spec,
-        required=True,
-        metavar="SPEC",
-        help="data spec: controlled, controlled:SEED, cifar10:ROOT or imagefolder:ROOT",
-    )
-    p.add_argument(
-        "--arch", required=True, metavar="ARCH", help=f"architecture, one of {from_models}"
-    )
-    p.add_argument(
-        "--teacher",
-        type=_path,
-        default=None,
-        metavar="CKPT",
-        help="Teacher checkpoint: train by distillation from it",
-    )
-    p.add_argument(
-        "--teacher-arch",
-        default=None,
-        metavar="ARCH",
-        help="architecture of a plain state-dict Teacher checkpoint",
-    )
-    p.add_argument(
-        "--method",
-        default=None,
-        choices=("response", "attention", "overhaul"),
-        help="KD method (needs --teacher; default with --teacher: response)",
-    )
-    p.add_argument(
-        "--epochs",
-        type=_positive_int,
-        metavar="N",
-        default=10,
-        help="training epochs; the optimisation steps they make are printed before "
-        "training, with a warning under 100",
-    )
-    p.add_argument(
-        "--image-size",
-        type=_positive_int,
-        metavar="N",
-        default=None,
-        help="image side in pixels (default: the Teacher's with --teacher, else 32 for controlled "
-        "and CIFAR-10, 224 for image folders)",
-    )
-    p.add_argument(
-        "--normalize",
-        default=None,
-        choices=("imagenet", "none"),
-        help="input normalisation: imagenet (ImageNet mean/std, for --weights) or none "
-        "(default: the Teacher's with --teacher, imagenet with --weights, else none)",
-    )
-    p.add_argument(
-        "--augment",
-        type=_augmentations,
-        default=(),
-        metavar="LIST",
-        help="training augmentation, recorded in the checkpoint: none, or a "
-        "comma-separated list of flip (random horizontal flip; wrong for data "
-        "whose mirror image is another class, e.g. digits or text) and crop "
-        "(random crop after zero padding by 1/8 of the side) "
-        "(default: none)",
-    )
-    _add_force(p)
-    p.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        metavar="N",
-        default=64,
-        help="images per training batch",
-    )
-    p.add_argument(
-        "--lr",
-        type=_positive_float,
-        metavar="X",
-        default=0.05,
-        help="peak learning rate (cosine decay)",
-    )
-    p.add_argument(
-        "--optimizer",
-        default="sgd",
-        choices=("sgd", "adam"),
-        help="SGD with Nesterov momentum, or AdamW",
-    )
-    p.add_argument(
-        "--weight-decay", type=_nonneg_float, metavar="X", default=5e-4, help="weight decay"
-    )
-    p.add_argument(
-        "--labelled",
-        type=_positive_int,
-        metavar="N",
-        default=None,
-        help="train on a seeded, class-stratified subset of N labelled images (e.g. a Base)",
-    )
-    p.add_argument(
-        "--transfer",
-        type=_spec,
-        default=None,
-        metavar="SPEC",
-        help="data spec of the images a Student is distilled on (needs --teacher); their "
-        "labels are never read; an image folder without train/ and test/ "
-        "sub-folders is used whole",
-    )
-    p.add_argument(
-        "--temperature",
-        type=_positive_float,
-        metavar="T",
-        default=4.0,
-        help="KD softmax temperature",
-    )
-    p.add_argument(
-        "--alpha",
-        type=_unit_float,
-        metavar="A",
-        default=0.9,
-        help="weight of the response-KD term (the cross-entropy gets 1 - A)",
-    )
-    p.add_argument(
-        "--weights",
-        default=None,
-        metavar="NAME",
-        help="start from torchvision's pretrained weights NAME (e.g. IMAGENET1K_V1), read from the "
-        "local torch cache; fetched only with --download",
-    )
-    p.add_argument(
-        "--limit", type=_positive_int, metavar="N", default=None, help="use only N training images"
-    )
-    p.add_argument(
-        "--download",
-        action="store_true",
-        help="allow downloading CIFAR-10 into ROOT, and --weights",
-    )
-    p.add_argument(
-        "--out", type=_path, required=True, metavar="CKPT", help="checkpoint file to write"
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing checkpoint file (a regular file only: never a folder, "
-        "FIFO or device)",
-    )
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
-    p.add_argument(
-        "--seed",
-        type=_seed,
-        default=0,
-        metavar="N",
-        help=f"seed of the subsets, initialisation and data order (0 to {MAX_SEED})",
-    )
-    p.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="hide the progress bars"
-    )
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser(
-        "explain",
-        formatter_class=_Formatter,
-        help="Grad-CAM and UniCAM maps of a Student/Base pair; write a report",
-        description="Draw Grad-CAM (Student, Base) and UniCAM (distilled, residual) maps per layer over "
-        "the evaluated images in class-stratified batches (UniCAM is a batch statistic; each "
-        "batch is its own context) and draw one image per class; on data with object masks "
-        "(the controlled dataset), measure their localisation.",
-    )
-    _add_pair(p)
-    p.add_argument(
-        "--images",
-        type=_positive_int,
-        metavar="N",
-        default=None,
-        help="images drawn per layer, one per class in turn (default: one per class, at most 16)",
-    )
-    p.add_argument(
-        "--reference",
-        type=_nonneg_int,
-        metavar="N",
-        default=0,
-        help="reference mode: score each image with a fixed set of N images of the train split "
-        "(class-stratified, seeded) alone, so each map is per image and does not depend on its "
-        "batch (0: batch mode, each batch is its own context)",
-    )
-    _add_common(p, out_help="report folder to write")
-    p.set_defaults(func=cmd_explain)
-
-    p = sub.add_parser(
-        "quantify",
-        formatter_class=_Formatter,
-        help="FSS and RS per layer with intervals; write a report",
-        description="FSS and RS of a Student/Base pair per layer and map kind over the data, with bootstrap "
-        "intervals and permutation p-values (Table 1). Under torchrun the batches are shared "
-        "between processes and rank 0 writes the same numbers as one process.",
-    )
-    _add_pair(p)
-    p.add_argument(
-        "--perturb",
-        default="mask",
-        choices=("mask", "road", "none"),
-        help="how a map selects features: mask (image x map), road (impute the least relevant 50 %% of pixels), "
-        "none (raw features, no maps)",
-    )
-    p.add_argument(
-        "--maps",
-        nargs="+",
-        default=["none", "gradcam", "distilled", "residual"],
-        choices=("none", "gradcam", "distilled", "residual"),
-        metavar="KIND",
-        help="map kinds to evaluate: none (raw features, map-free: the report's conclusion reads "
-        "it), gradcam, distilled, residual (ignored with --perturb none)",
-    )
-    p.add_argument(
-        "--n-bootstrap",
-        type=_positive_int,
-        metavar="N",
-        default=1000,
-        help="bootstrap resamples of the batches for the intervals",
-    )
-    _add_common(p, out_help="report folder to write")
-    p.set_defaults(func=cmd_quantify)
-
-    p = sub.add_parser(
-        "compare",
-        formatter_class=_Formatter,
-        help="UniCAM next to Captum's attribution methods: localisation, ROAD, sanity checks; write a report",
-        description="UniCAM distilled and residual next to Captum's LayerGradCam, GuidedGradCam, "
-        "LayerGradientXActivation and IntegratedGradients (and Grad-CAM of each model) on "
-        "the same test images: localisation (when masks exist), ROAD most- and "
-        "least-relevant-first curves, and the sanity checks; one table and one figure per "
-        "measure.",
-    )
-    _add_compare(p)
-    p.set_defaults(func=cmd_compare)
+    commands = {
+        "demo": (_add_demo, cmd_demo),
+        "train": (_add_train, cmd_train),
+        "explain": (_add_explain, cmd_explain),
+        "quantify": (_add_quantify, cmd_quantify),
+        "compare": (_add_compare, cmd_compare),
+    }
+    for name, (add_options, func) in commands.items():
+        summary, description = COMMANDS[name]
+        p = sub.add_parser(name, formatter_class=_Formatter, help=summary, description=description)
+        add_options(p)
+        p.set_defaults(func=func)
     return parser
 
 
