@@ -459,7 +459,7 @@ def _draw_marks(ax, marks: Sequence[Tuple[str, str, bool]]) -> None:
         ax.text(
             0.13,
             y,
-            f"{role}: {predicted} {'(right)' if correct else '(wrong)'}",
+            _plain(f"{role}: {predicted} {'(right)' if correct else '(wrong)'}"),
             transform=ax.transAxes,
             ha="left",
             va="top",

@@ -145,6 +145,10 @@ def test_explain_page_predictions_scores_teacher_maps(tmp_path, capsys, trio):
             str(trio / "teacher.pt"),
             "--data",
             "controlled",
+            "--image-size",  # the checkpoints record no preprocessing
+            "32",
+            "--normalize",
+            "none",
             "--limit",
             "20",
             "--batch-size",

@@ -280,7 +280,7 @@ def test_explain_on_a_mathtext_class_folder_draws_its_name(tmp_path, capsys, lab
     assert (out / "index.html").is_file() and "report written" in stdout
     figures = list((out / "figures").glob("*.png"))
     assert figures, sorted(p.name for p in out.rglob("*"))
-    assert (MATH, False) in labels  # the row label of that class, drawn as written
+    assert (f"true: {MATH}", False) in labels  # the row label of that class, drawn as written
 
 
 @pytest.fixture
