@@ -114,6 +114,28 @@ class Oracle(nn.Module):
         return self.head(self.layer(x[:, c, :2, :2].reshape(len(x), -1)))
 
 
+def test_a_model_near_chance_by_design_is_stated_not_refused():
+    e = entry(
+        iv(0.3, 0.2, 0.4), iv(0.1, 0.05, 0.15), iv(0.5, 0.45, 0.55), iv(0.2, 0.15, 0.25), 0.001
+    )
+    acc = {"teacher": 0.98, "base": 0.27, "student": 0.78}
+    refused = headline({"L4": {"none": e}}, ["L4"], "none", acc, 4, ["none"])
+    assert len(refused["layers"]["L4"]) == 1 and refused["explained"] == []
+    why = "it learnt a shortcut the evaluated images do not carry"
+    head = headline({"L4": {"none": e}}, ["L4"], "none", acc, 4, ["none"], {"base": why})
+    # the same three statements as for a model above chance, and the stated reason
+    assert head["layers"]["L4"] == statements(e, {"base": 0.9, "student": 0.78}, 4)
+    assert head["near_chance"] == []
+    assert head["explained"] == [f"the Base (27.0%, chance 25.0%) is near chance by design: {why}."]
+    out = text(head).split("\n\n")
+    assert out[1] == f"The Base (27.0%, chance 25.0%) is near chance by design: {why}."
+    # a reason for one model does not lift the refusal for another near chance
+    both = headline(
+        {"L4": {"none": e}}, ["L4"], "none", dict(acc, student=0.26), 4, ["none"], {"base": why}
+    )
+    assert len(both["layers"]["L4"]) == 1 and "the Student (26.0%" in both["layers"]["L4"][0]
+
+
 def test_end_to_end_on_models_that_differ():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(48, 2, 4, 4, generator=g)

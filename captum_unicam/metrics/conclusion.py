@@ -8,7 +8,10 @@ Per layer, from the raw-feature (map-free) summary by default, four checkable st
 3. **RS**: RS Student against RS Base with the one-sided permutation p-value. "higher" only
    when p < :data:`ALPHA` *and* the two intervals do not overlap; otherwise no conclusion.
 4. **Accuracies** when given. A model is *near chance* when its accuracy is below
-   1 / num_classes + :data:`CHANCE_MARGIN`; then no comparison involving it is concluded.
+   1 / num_classes + :data:`CHANCE_MARGIN`; then no comparison involving it is concluded,
+   unless the caller states why it is near chance (``explained``: e.g. the demo's Base, which
+   learnt a shortcut the evaluated images do not carry). Then the statements are made, and
+   the stated reason is part of the headline.
 
 With fewer than :data:`MIN_BATCHES` batches nothing is concluded (no usable interval).
 
@@ -80,14 +83,19 @@ def _rs(entry: Mapping[str, Any]) -> str:
 
 
 def _near_chance(accuracies: Mapping[str, float], num_classes: Optional[int]) -> List[str]:
+    """The Base and Student roles whose accuracy is near chance."""
     if not num_classes:
         return []
     chance = 1.0 / num_classes
     return [
-        f"the {role.capitalize()} ({acc:.1%}, chance {chance:.1%})"
+        role
         for role, acc in accuracies.items()
         if role in ("base", "student") and acc < chance + CHANCE_MARGIN
     ]
+
+
+def _who(role: str, accuracies: Mapping[str, float], num_classes: int) -> str:
+    return f"the {role.capitalize()} ({accuracies[role]:.1%}, chance {1.0 / num_classes:.1%})"
 
 
 def _accuracy_line(accuracies: Mapping[str, float]) -> Optional[str]:
@@ -124,15 +132,25 @@ def headline(
     accuracies: Mapping[str, float],
     num_classes: Optional[int],
     map_kinds: Sequence[str],
+    explained: Optional[Mapping[str, str]] = None,
 ) -> Dict[str, Any]:
-    """The statements per layer as data: ``{"kind", "accuracy", "layers": {layer:
-    [statement, ...]}, "fss_note"}``."""
-    near = _near_chance(accuracies, num_classes)
+    """The statements per layer as data: ``{"kind", "accuracy", "near_chance", "explained",
+    "layers": {layer: [statement, ...]}, "fss_note"}``. ``explained`` maps a role
+    (``"base"``, ``"student"``) to the stated reason it is near chance."""
+    explained = dict(explained or {})
+    roles = _near_chance(accuracies, num_classes)
+    near = [_who(r, accuracies, num_classes) for r in roles if r not in explained]
+    known = [
+        f"{_who(r, accuracies, num_classes)} is near chance by design: {explained[r]}."
+        for r in roles
+        if r in explained
+    ]
     return {
         "kind": kind,
         "source": map_title(kind),
         "accuracy": _accuracy_line(accuracies),
         "near_chance": near,
+        "explained": known,
         "layers": {layer: _layer(by_layer[layer][kind], near) for layer in layers},
         "fss_note": FSS_NOTE if any(k != "none" for k in map_kinds) else None,
     }
@@ -143,6 +161,7 @@ def text(head: Mapping[str, Any]) -> str:
     parts = []
     if head["accuracy"]:
         parts.append(head["accuracy"])
+    parts += [s[0].upper() + s[1:] for s in head.get("explained") or ()]
     for layer, statements in head["layers"].items():
         parts.append(
             f"{layer} ({head['source']}): " + " ".join(s[0].upper() + s[1:] for s in statements)

@@ -180,6 +180,7 @@ class KDEvaluation:
         kind: str = "none",
         accuracies: Optional[Mapping[str, float]] = None,
         summary: Optional[Mapping[str, Any]] = None,
+        explained: Optional[Mapping[str, str]] = None,
     ) -> str:
         r"""A short generated statement per layer of what the statistics support.
 
@@ -195,17 +196,20 @@ class KDEvaluation:
             accuracies (dict, optional): ``{"teacher", "base", "student"}`` accuracies in
                         [0, 1]; default: :attr:`accuracies`.
             summary (dict, optional): a :meth:`summary` to read (default: computed).
+            explained (dict, optional): role (``"base"``, ``"student"``) -> why that model is
+                        near chance; its statements are then made, with the reason.
 
         Returns:
             str: one paragraph per layer.
         """
-        return _conclusion.text(self.headline(kind, accuracies, summary))
+        return _conclusion.text(self.headline(kind, accuracies, summary, explained))
 
     def headline(
         self,
         kind: str = "none",
         accuracies: Optional[Mapping[str, float]] = None,
         summary: Optional[Mapping[str, Any]] = None,
+        explained: Optional[Mapping[str, str]] = None,
     ) -> Dict[str, Any]:
         """The statements of :meth:`conclusion` as data (per layer), plus the reason masked
         FSS is left out."""
@@ -217,7 +221,7 @@ class KDEvaluation:
         s = summary if summary is not None else self.summary()
         acc = dict(self.accuracies if accuracies is None else accuracies)
         return _conclusion.headline(
-            s["by_layer"], self.layers, kind, acc, self.num_classes, self.map_kinds
+            s["by_layer"], self.layers, kind, acc, self.num_classes, self.map_kinds, explained
         )
 
     # -- serialisation ----------------------------------------------------

@@ -172,8 +172,9 @@ def _conclusion(
     reads = evaluation is not None and hasattr(evaluation, "headline")
     if text is None and reads and "none" in kinds:
         acc = _accuracies(report.models)
-        head = dict(evaluation.headline(accuracies=acc, summary=summary))
-        text = evaluation.conclusion(accuracies=acc, summary=summary)
+        known = report.near_chance_by_design
+        head = dict(evaluation.headline(accuracies=acc, summary=summary, explained=known))
+        text = evaluation.conclusion(accuracies=acc, summary=summary, explained=known)
     elif text is None and reads:
         text = (
             "No conclusion: the raw features (map kind 'none', the map-free scores the "
@@ -365,6 +366,9 @@ class Report:
         sanity (list of str, optional): Models flagged before any conclusion (near chance,
                     far below their checkpoint's accuracy): shown first, and no conclusion
                     about distillation is drawn.
+        near_chance_by_design (dict, optional): Role (``"base"``, ``"student"``) -> why
+                    that model is near chance by design (e.g. the demo's Base); its statements
+                    are made, with the reason, instead of refused.
         data_summary (dict, optional): ``{"classes", "n_images", "class_counts",
                     "preprocessing"}`` of the evaluated data
                     (:func:`~captum_unicam.data.data_summary`); the page's data section.
@@ -390,6 +394,7 @@ class Report:
     cued: Optional[Mapping[str, Any]] = None
     conclusion: Optional[str] = None
     sanity: Optional[Sequence[str]] = None
+    near_chance_by_design: Optional[Dict[str, str]] = None
     data_summary: Optional[Mapping[str, Any]] = None
     empty_maps: Optional[Mapping[str, Mapping[str, Tuple[int, int]]]] = None
     set_scores: Optional[Mapping[str, Any]] = None
