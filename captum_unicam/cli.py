@@ -56,6 +56,7 @@ from captum_unicam.pipeline.requests import (
     in_flags,
     request_from,
 )
+from captum_unicam.pipeline.warning_lines import is_reported, one_line
 
 __all__ = ["main", "build_parser"]
 
@@ -323,7 +324,7 @@ def _warn(args, line: str) -> None:
 
 
 def _one_line(e: BaseException) -> str:
-    msg = " ".join(str(e).split()) or type(e).__name__
+    msg = one_line(e) or type(e).__name__
     if isinstance(e, (FileNotFoundError, PermissionError)) and getattr(e, "filename", None):
         msg = f"{e.strerror or type(e).__name__}: {e.filename!s}; check the path"
     return msg
@@ -337,9 +338,9 @@ def _one_line_warnings(args):
     previous = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, (DeprecationWarning, PendingDeprecationWarning)):
+        if not is_reported(category):
             return previous(message, category, filename, lineno, file, line)
-        _warn(args, " ".join(str(message).split()))
+        _warn(args, one_line(message))
 
     warnings.showwarning = show
     try:

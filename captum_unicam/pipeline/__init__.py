@@ -17,7 +17,7 @@
   localisation, the cued evaluation);
 - :mod:`captum_unicam.pipeline.demo`: the demo's models (cached) and its run;
 - :mod:`captum_unicam.pipeline.study`: the experiment runner (:func:`run_experiment`);
-- :mod:`captum_unicam.pipeline.process`: thread count and torchrun process group of a run.
+- :mod:`captum_unicam.pipeline.process`: the thread count of a run.
 
 Reports are written by :mod:`captum_unicam.output.report`. The names below are imported
 lazily, so that ``captum_unicam.pipeline.requests`` costs no torch import.

@@ -64,6 +64,7 @@ from captum_unicam.pipeline.requests import (
     TrainRequest,
     in_flags,
 )
+from captum_unicam.pipeline.warning_lines import is_reported, one_line
 
 __all__ = ["Written", "train", "explain", "quantify", "compare", "demo", "PROG"]
 
@@ -91,8 +92,8 @@ def recorded_warnings():
     previous = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if not issubclass(category, (DeprecationWarning, PendingDeprecationWarning)):
-            lines.append(" ".join(str(message).split()))
+        if is_reported(category):
+            lines.append(one_line(message))
         return previous(message, category, filename, lineno, file, line)
 
     warnings.showwarning = show
