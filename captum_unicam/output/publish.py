@@ -38,6 +38,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, List, Optional, Union
 
+from captum_unicam._process import pid_alive
 from captum_unicam.errors import OutputError
 
 __all__ = [
@@ -119,18 +120,6 @@ def _leftover_re(name: str) -> "re.Pattern[str]":
     return re.compile(rf"^\.{re.escape(name)}\.(tmp|old)-(\d+)-[A-Za-z0-9_]+$")
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # exists, owned by someone else
-    return True
-
-
 def _leftovers(out: Path):
     """(path, kind, pid, mtime) of the temporary folders of ``out`` in its parent."""
     pattern = _leftover_re(out.name)
@@ -154,7 +143,7 @@ def _leftovers(out: Path):
 
 
 def _stale(pid: int, mtime: float) -> bool:
-    return not _pid_alive(pid)
+    return not pid_alive(pid)
 
 
 def recover_output_dir(out_dir: PathLike) -> List[str]:
